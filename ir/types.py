@@ -1,0 +1,140 @@
+"""Tensor types whose dimensions are ints or sympy expressions over named symbols."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Union
+
+import sympy
+
+from . import dtypes as dt
+from .errors import IRError
+
+Dim = Union[int, sympy.Expr]
+
+
+@lru_cache(maxsize=None)
+def sym(name: str) -> sympy.Symbol:
+    """The dimension symbol called ``name``; dimension symbols are positive integers."""
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+def canon_dim(d: Dim | str) -> Dim:
+    """Normalise a dimension: python/sympy integers become ``int``, names become symbols."""
+    if isinstance(d, bool):
+        raise IRError(f"bad dimension {d!r}")
+    if isinstance(d, int):
+        if d < 0:
+            raise IRError(f"negative dimension {d}")
+        return d
+    if isinstance(d, str):
+        return parse_dim(d)
+    if isinstance(d, sympy.Basic):
+        # Re-create free symbols with the dimension assumptions, so that 'B' parsed from text
+        # and 'B' built by a frontend are the same object.
+        d = d.xreplace({s: sym(s.name) for s in d.free_symbols if s != sym(s.name)})
+        if d.is_Integer:
+            return int(d)
+        return d
+    if hasattr(d, "__index__"):
+        return canon_dim(int(d))
+    raise IRError(f"bad dimension {d!r}")
+
+
+_FUNCS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "ceil": sympy.ceiling,
+          "Max": sympy.Max, "Min": sympy.Min, "Mod": sympy.Mod}
+
+
+def parse_dim(text: str) -> Dim:
+    """Parse a dimension written as text (``"64"``, ``"B"``, ``"2*S + 1"``)."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    local = {n: _FUNCS[n] if n in _FUNCS else sym(n) for n in names}
+    try:
+        expr = sympy.sympify(text, locals=local)
+    except Exception as e:  # sympy raises many types
+        raise IRError(f"bad dimension expression {text!r}: {e}") from None
+    if not isinstance(expr, sympy.Expr):
+        raise IRError(f"bad dimension expression {text!r}")
+    return canon_dim(expr)
+
+
+def dim_str(d: Dim) -> str:
+    """Canonical text of a dimension (stable across runs)."""
+    if isinstance(d, int):
+        return str(d)
+    return sympy.sstr(d, order="lex").replace(" ", "")
+
+
+def dims_equal(a: Dim, b: Dim) -> bool:
+    """Whether two dimensions are provably equal."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    diff = sympy.expand(sympy.sympify(a) - sympy.sympify(b))
+    return diff == 0 or sympy.simplify(diff) == 0
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """The type of a Value: an element dtype and a shape of ints or sympy expressions."""
+
+    dtype: dt.DType
+    shape: tuple[Dim, ...]
+
+    def __init__(self, dtype: dt.DType | str, shape: Iterable[Dim | str]):
+        object.__setattr__(self, "dtype", dt.get(dtype))
+        object.__setattr__(self, "shape", tuple(canon_dim(d) for d in shape))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    @property
+    def symbols(self) -> set[sympy.Symbol]:
+        out: set[sympy.Symbol] = set()
+        for d in self.shape:
+            if not isinstance(d, int):
+                out |= d.free_symbols
+        return out
+
+    def numel(self) -> Dim:
+        n: Dim = 1
+        for d in self.shape:
+            n = n * d
+        return canon_dim(n) if not isinstance(n, int) else n
+
+    def nbytes(self) -> sympy.Expr:
+        """Bytes occupied when stored packed, as a sympy expression."""
+        return sympy.Rational(self.dtype.bits, 8) * sympy.sympify(self.numel())
+
+    def with_shape(self, shape: Iterable[Dim]) -> "TensorType":
+        return TensorType(self.dtype, shape)
+
+    def with_dtype(self, dtype: dt.DType | str) -> "TensorType":
+        return TensorType(dtype, self.shape)
+
+    def concrete(self, env: dict[sympy.Symbol, int]) -> tuple[int, ...]:
+        """The shape with symbols substituted from ``env``; raises IRError if one is unbound."""
+        out = []
+        for d in self.shape:
+            if isinstance(d, int):
+                out.append(d)
+            else:
+                v = d.subs(env)
+                if not v.is_Integer:
+                    raise IRError(f"dimension {dim_str(d)} is not bound")
+                out.append(int(v))
+        return tuple(out)
+
+    def __str__(self) -> str:
+        return f"{self.dtype.name}[{','.join(dim_str(d) for d in self.shape)}]"
+
+    def __repr__(self) -> str:
+        return f"TensorType({self})"
