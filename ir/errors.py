@@ -69,3 +69,7 @@ class FrontendError(ScalefoldError):
 
 # Public alias with a friendlier name; the trailing underscore avoids shadowing the builtin.
 OpAttributeError = AttributeError_
+
+
+class ExecutionError(ScalefoldError):
+    """A node failed while running; the message names the node and op."""

@@ -1,0 +1,1 @@
+"""codegen layer (see DESIGN.md §2)."""

@@ -1,0 +1,111 @@
+"""Test helpers: golden files, numeric comparison with per-dtype tolerances, counter checks."""
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from scalefold.passes import Counters
+
+TESTS_ROOT = Path(__file__).resolve().parent
+_GOLDEN_LOG_ENV = "SCALEFOLD_GOLDEN_LOG"
+
+
+def _record_golden_use(path: Path) -> None:
+    log_dir = os.environ.get(_GOLDEN_LOG_ENV)
+    if log_dir:
+        with open(Path(log_dir) / f"used-{os.getpid()}.txt", "a") as f:
+            f.write(str(path.resolve()) + "\n")
+
+
+def assert_golden(text: str, path: str | os.PathLike) -> None:
+    """Compare ``text`` with the golden file at ``path``.
+
+    With ``UPDATE_GOLDEN=1`` the file is (re)written atomically instead. A missing golden fails
+    with a hint. Every golden used is logged so the session can report orphans.
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        p = TESTS_ROOT / p
+    _record_golden_use(p)
+    if not text.endswith("\n"):
+        text += "\n"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, p)
+        return
+    if not p.exists():
+        raise AssertionError(f"golden {p} does not exist; run with UPDATE_GOLDEN=1 to create it")
+    want = p.read_text()
+    if want != text:
+        diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True),
+                                            fromfile=f"{p} (golden)", tofile="actual"))
+        raise AssertionError(f"stale golden {p} (UPDATE_GOLDEN=1 rewrites it):\n{diff}")
+
+
+# (rtol, atol) relative to the output's scale for floats; integers and bools are exact.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (2e-3, 1e-4),
+    torch.bfloat16: (1.6e-2, 1e-3),
+    torch.float8_e4m3fn: (1.25e-1, 1e-2),
+    torch.float8_e5m2: (2.5e-1, 1e-2),
+}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float | None = None,
+                 atol: float | None = None, rel_to_scale: bool = False, what: str = "output") -> None:
+    """Assert two tensors agree within the tolerance of the *less precise* dtype.
+
+    ``rel_to_scale=True`` measures the error against max|expected| (for whole-model outputs
+    where elementwise relative error is meaningless near zero).
+    """
+    assert isinstance(actual, torch.Tensor), f"{what}: expected a tensor, got {type(actual)}"
+    assert tuple(actual.shape) == tuple(expected.shape), \
+        f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    if not (actual.is_floating_point() or expected.is_floating_point()):
+        assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+        bad = (actual != expected)
+        assert not bad.any(), (f"{what}: {int(bad.sum())} of {bad.numel()} elements differ; "
+                               f"first at {tuple(bad.nonzero()[0].tolist())}")
+        return
+    tol_a = TOLERANCES.get(actual.dtype, (1e-5, 1e-6))
+    tol_e = TOLERANCES.get(expected.dtype, (1e-5, 1e-6))
+    rt = rtol if rtol is not None else max(tol_a[0], tol_e[0])
+    at = atol if atol is not None else max(tol_a[1], tol_e[1])
+    a = actual.detach().to(torch.float64)
+    e = expected.detach().to(torch.float64)
+    nan_a, nan_e = torch.isnan(a), torch.isnan(e)
+    assert torch.equal(nan_a, nan_e), f"{what}: NaN positions differ"
+    a, e = a.masked_fill(nan_a, 0), e.masked_fill(nan_e, 0)
+    err = (a - e).abs()
+    if rel_to_scale:
+        scale = e.abs().max().item() if e.numel() else 0.0
+        rel = err.max().item() / max(scale, 1e-30) if err.numel() else 0.0
+        assert rel <= rt or err.max().item() <= at, \
+            f"{what}: max error {err.max().item():.3e} is {rel:.3e} of output scale {scale:.3e} (rtol {rt:g})"
+        return
+    bound = at + rt * e.abs()
+    bad = err > bound
+    if bad.any():
+        idx = tuple(bad.nonzero()[0].tolist())
+        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} elements out of tolerance "
+                             f"(rtol {rt:g}, atol {at:g}); max abs err {err.max().item():.3e}; "
+                             f"first at {idx}: {a[idx].item()!r} vs {e[idx].item()!r}")
+
+
+def assert_fired(counters: Counters, pass_name: str, rule: str, times: int | None = None) -> None:
+    """Assert a rule fired (exactly ``times`` times when given)."""
+    n = counters.get(pass_name, rule)
+    if times is None:
+        assert n > 0, f"rule {pass_name}.{rule} never fired; counters: {counters.as_dict()}"
+    else:
+        assert n == times, f"rule {pass_name}.{rule} fired {n} times, expected {times}; " \
+                           f"counters: {counters.as_dict()}"
