@@ -133,8 +133,9 @@ def to_container(t: torch.Tensor, dtype: DType) -> torch.Tensor:
         return fp4_e2m1_encode(t)
     if dtype.is_subbyte:
         lo, hi = dtype.int_range()
-        return t.round().clamp(lo, hi).to(dtype.container) if t.is_floating_point() \
-            else t.clamp(lo, hi).to(dtype.container)
+        # Widen first: clamping a uint8 tensor to a negative bound would wrap.
+        wide = t.round() if t.is_floating_point() else t.to(torch.int64)
+        return wide.clamp(lo, hi).to(dtype.container)
     return t.to(dtype.container)
 
 

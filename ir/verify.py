@@ -47,14 +47,14 @@ def verify_or_errors(graph: Graph) -> list[str]:
 
 def describe_value(v: Value) -> str:
     """A short label for a value in messages: its name, type and where it comes from."""
-    name = f"%{v.name}" if v.name else "value"
     if v.is_const:
         origin = "constant"
     elif v.producer is not None:
         origin = f"output {v.index} of {v.producer.describe()}"
     else:
         origin = "input"
-    return f"{name}: {v.type} ({origin})"
+    label = f"%{v.name}: {v.type}" if v.name else f"value {v.type}"
+    return f"{label} ({origin})"
 
 
 def _input_label(opdef: OpDef | None, i: int) -> str:
@@ -216,6 +216,7 @@ def _check_node(graph: Graph, node: Node, seen_nodes: set[int], producer_of: dic
         try:
             inferred = opdef.infer(in_types, node.attrs, where=where)
         except ScalefoldError as e:
+            # Any other exception is a bug in the op's shape function: let it surface.
             yield f"{where}: type inference failed: {e}"
             return
         yield from _type_problems(where, node.outputs, inferred)

@@ -15,6 +15,7 @@ import torch
 from ..ir.errors import ExecutionError, ScalefoldError, ShapeError
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
+from ..ir.ops.common import bind_dims
 from ..ir.types import TensorType, dim_str
 
 Hook = Callable[[Node, Sequence[torch.Tensor]], None]
@@ -123,7 +124,8 @@ class Interpreter:
             opdef = get_op(node.op)
             args = [fetch(v) for v in node.inputs]
             try:
-                res = opdef.reference(args, node.attrs)
+                # Symbolic attrs (reshape targets, arange ends) become ints for this run.
+                res = opdef.reference(args, bind_dims(node.attrs, env))
             except ScalefoldError:
                 raise
             except Exception as e:  # torch errors become one line naming the node

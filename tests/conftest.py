@@ -12,6 +12,8 @@ import torch
 TESTS_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_ROOT))
 
+from harness import find_orphan_goldens  # noqa: E402
+
 _LOG = "SCALEFOLD_GOLDEN_LOG"
 
 
@@ -48,8 +50,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     used: set[str] = set()
     for f in Path(log_dir).glob("used-*.txt"):
         used |= set(f.read_text().split())
-    present = {str(p.resolve()) for p in TESTS_ROOT.rglob("*.golden")}
-    orphans = sorted(present - used)
+    orphans = find_orphan_goldens(TESTS_ROOT, used)
     if orphans:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         msg = "orphan golden files (no test compares against them):\n  " + "\n  ".join(orphans)

@@ -49,6 +49,12 @@ def assert_golden(text: str, path: str | os.PathLike) -> None:
         raise AssertionError(f"stale golden {p} (UPDATE_GOLDEN=1 rewrites it):\n{diff}")
 
 
+def find_orphan_goldens(root: Path, used: set[str]) -> list[str]:
+    """Golden files under ``root`` that no test compared against (``used`` holds resolved paths)."""
+    present = {str(p.resolve()) for p in Path(root).rglob("*.golden")}
+    return sorted(present - used)
+
+
 # (rtol, atol) relative to the output's scale for floats; integers and bools are exact.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-10, 1e-12),

@@ -1,11 +1,12 @@
 """Shape helpers shared by the op families."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import sympy
 
 from ..errors import ShapeError
+from ..graph import Attrs
 from ..types import Dim, TensorType, dim_str, dims_equal
 
 
@@ -70,3 +71,18 @@ def prod(ds: Sequence[Dim]) -> Dim:
     for d in ds:
         p = p * d
     return p if isinstance(p, int) else sympy.sympify(p)
+
+
+def bind_dims(attrs: Attrs, env: Mapping[sympy.Symbol, int]) -> Attrs:
+    """``attrs`` with symbolic dims substituted from ``env``: what reference implementations
+    expect for "dim"/"dims" attributes (e.g. reshape's target, arange's end)."""
+    def sub(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return tuple(sub(x) for x in v)
+        if isinstance(v, sympy.Basic) and v.free_symbols:
+            r = v.subs(env)
+            return int(r) if r.is_Integer else r  # plain int: a bound value may be negative
+        return v
+    if not any(isinstance(v, (tuple, sympy.Basic)) for v in attrs.values()):
+        return attrs
+    return Attrs({k: sub(v) for k, v in attrs.items()})
