@@ -1,0 +1,224 @@
+"""ONNX -> IR: ``from_onnx(path | ModelProto | bytes)``.
+
+The driver here loads and checks the model (garbage, truncation, cycles, missing tensors,
+external data that escapes the model's folder), makes graph inputs with ``dim_param`` names as
+symbols, turns initializers into constants, and converts nodes in topological order through
+the op table (``frontend/onnx_ops_*.py``, registered with ``onnx_ctx.onnx_op``). Every
+unsupported op of the model is reported at once.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Mapping
+
+import networkx as nx
+import onnx
+import torch
+from google.protobuf.message import DecodeError
+
+from ..ir import dtypes as dt
+from ..ir.errors import FrontendError, ScalefoldError, ShapeError, UnsupportedOpError
+from ..ir.graph import Graph
+from ..ir.types import TensorType, sym
+from . import onnx_ops  # noqa: F401  (registers the converters)
+from .onnx_ctx import Ctx, converter, node_attrs
+from .onnx_tensors import numpy_to_torch, onnx_dtype, resolve_external_data, tensor_to_torch
+
+MIN_OPSET = 13
+
+
+def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
+    """Parse a model from a path, bytes or a ModelProto; external data is read and checked."""
+    base: Path | None = None
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+        where = "ModelProto"
+    else:
+        if isinstance(model, (bytes, bytearray)):
+            data, where = bytes(model), "ONNX bytes"
+        else:
+            p = Path(model)
+            where = f"file {p}"
+            if not p.is_file():
+                raise FrontendError(f"{where}: no such file")
+            data = p.read_bytes()
+            base = p.resolve().parent
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(data)
+        except (DecodeError, ValueError, RuntimeError) as e:
+            raise FrontendError(f"{where} is not a valid ONNX model (truncated or not protobuf): "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
+            raise FrontendError(f"{where} is not a valid ONNX model: it has no graph")
+    resolve_external_data(proto, base)
+    return proto, base
+
+
+def _opsets(proto: onnx.ModelProto) -> dict[str, int]:
+    out = {}
+    for o in proto.opset_import:
+        out[o.domain if o.domain != "ai.onnx" else ""] = o.version
+    return out
+
+
+def _sanitize(name: str, fallback: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if not s or s[0].isdigit():
+        s = f"{fallback}_{s}" if s else fallback
+    return s
+
+
+def _check_structure(g: onnx.GraphProto, where: str) -> list[onnx.NodeProto]:
+    """Reject cycles and reads of undefined tensors; return the nodes in topological order."""
+    produced: dict[str, int] = {}
+    for i, n in enumerate(g.node):
+        for o in n.output:
+            if o:
+                if o in produced:
+                    raise FrontendError(f"{where}: tensor '{o}' is produced twice (nodes "
+                                        f"{_label(g.node[produced[o]])} and {_label(n)})")
+                produced[o] = i
+    defined = {v.name for v in g.input} | {t.name for t in g.initializer} | \
+        {t.name for t in g.sparse_initializer}
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(len(g.node)))
+    for i, n in enumerate(g.node):
+        for name in n.input:
+            if not name:
+                continue
+            if name in produced:
+                dag.add_edge(produced[name], i)
+            elif name not in defined:
+                raise FrontendError(f"{where}: {_label(n)} reads '{name}', which no node, graph "
+                                    f"input or initializer defines (missing initializer?)")
+    try:
+        cycle = nx.find_cycle(dag)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        names = " -> ".join(_label(g.node[a]) for a, _ in cycle)
+        raise FrontendError(f"{where}: the graph has a cycle: {names}")
+    for o in g.output:
+        if o.name not in produced and o.name not in defined:
+            raise FrontendError(f"{where}: graph output '{o.name}' is not defined")
+    order = list(nx.lexicographical_topological_sort(dag))
+    return [g.node[i] for i in order]
+
+
+def _label(n: onnx.NodeProto) -> str:
+    return f"node '{n.name}' ({n.op_type})" if n.name else f"node {n.op_type}"
+
+
+def _check_supported(nodes: list[onnx.NodeProto], opsets: Mapping[str, int], where: str) -> None:
+    missing: Counter[str] = Counter()
+    for n in nodes:
+        dom = n.domain if n.domain != "ai.onnx" else ""
+        if converter(dom, n.op_type) is None:
+            missing[f"{dom + '::' if dom else ''}{n.op_type}"] += 1
+    if missing:
+        raise UnsupportedOpError(dict(missing), where=where)
+
+
+def _input_type(v: onnx.ValueInfoProto, fallback: str) -> TensorType:
+    tt = v.type.tensor_type
+    if not v.type.HasField("tensor_type"):
+        raise FrontendError(f"graph input '{v.name}': only tensor inputs are supported")
+    d = onnx_dtype(tt.elem_type, f"graph input '{v.name}'")
+    if not tt.HasField("shape"):
+        raise FrontendError(f"graph input '{v.name}' has no shape (its rank must be known)")
+    dims = []
+    for i, dim in enumerate(tt.shape.dim):
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_param") and dim.dim_param:
+            dims.append(sym(_sanitize(dim.dim_param, "d")))
+        else:
+            dims.append(sym(f"{fallback}_{i}"))
+    return TensorType(d, dims)
+
+
+def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
+              input_values: Mapping[str, torch.Tensor] | None = None,
+              name: str | None = None) -> Graph:
+    """Import an ONNX model (opset >= 13; older ones are upgraded with onnx's converter).
+
+    ``input_values`` freezes graph inputs to constants (e.g. a shape input), which lets shape
+    computations fold. Raises FrontendError / UnsupportedOpError / ShapeError naming the file,
+    node or tensor at fault; the result passes ``verify``.
+    """
+    proto, base = load_model(model)
+    where = f"file {model}" if isinstance(model, (str, os.PathLike)) else "ONNX model"
+    opsets = _opsets(proto)
+    opset = opsets.get("", 0)
+    if opset < MIN_OPSET:
+        try:
+            proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
+        except Exception as e:
+            raise FrontendError(f"{where}: opset {opset} is older than {MIN_OPSET} and could not "
+                                f"be upgraded: {str(e).splitlines()[0] if str(e) else e}") from None
+        opsets = _opsets(proto)
+        opset = opsets.get("", MIN_OPSET)
+    gp = proto.graph
+    nodes = _check_structure(gp, where)
+    _check_supported(nodes, opsets, where)
+
+    g = Graph(_sanitize(name or gp.name or "main", "g"))
+    ctx = Ctx(g, opset, opsets)
+    frozen = dict(input_values or {})
+    inits = {t.name for t in gp.initializer}
+    for t in gp.initializer:
+        data, d = tensor_to_torch(t, base, f"initializer '{t.name}'")
+        ctx.set(t.name, g.add_const(data, d, t.name))
+    for i, v in enumerate(gp.input):
+        if v.name in inits:
+            continue  # an input with an initializer default is treated as a constant
+        t = _input_type(v, _sanitize(v.name, f"in{i}"))
+        if v.name in frozen:
+            x = frozen.pop(v.name)
+            if not isinstance(x, torch.Tensor):
+                x = numpy_to_torch(x, t.dtype)
+            if x.dim() != t.rank:
+                raise ShapeError(f"input '{v.name}': expected rank {t.rank} ({t}), got shape "
+                                 f"{tuple(x.shape)}")
+            ctx.set(v.name, g.add_const(x.to(t.dtype.container), t.dtype, v.name))
+            continue
+        ctx.set(v.name, g.add_input(t, v.name))
+    if frozen:
+        raise FrontendError(f"{where}: input_values names unknown input(s): {', '.join(frozen)}")
+
+    for n in nodes:
+        ctx.node = n
+        fn = converter(n.domain if n.domain != "ai.onnx" else "", n.op_type)
+        assert fn is not None
+        try:
+            outs = list(fn(ctx, n, node_attrs(n)))
+        except ScalefoldError as e:
+            msg = str(e)
+            label = ctx.where()
+            if label not in msg:
+                msg = f"{label}: {msg}"
+            raise type(e)(msg) if type(e) in (FrontendError, ShapeError) else FrontendError(msg) from None
+        if len(outs) < len(n.output):
+            outs += [None] * (len(n.output) - len(outs))
+        for name, v in zip(n.output, outs):
+            if name and v is not None:
+                ctx.set(name, v)
+    ctx.node = None
+    outs, names = [], []
+    for o in gp.output:
+        if not ctx.has(o.name):
+            raise FrontendError(f"{where}: graph output '{o.name}' was not produced")
+        outs.append(ctx.value(o.name))
+        names.append(o.name)
+    g.set_outputs(outs, names)
+    from ..ir.verify import verify
+    try:
+        verify(g)
+    except ScalefoldError as e:
+        raise FrontendError(f"{where}: the imported graph does not verify: {e}") from None
+    return g
