@@ -1,2 +1,8 @@
 """The ONNX op table, one module per family; importing this package registers every converter."""
 from . import basic  # noqa: F401
+from . import quant  # noqa: F401
+from . import elementwise  # noqa: F401
+from . import reduce  # noqa: F401
+from . import nn  # noqa: F401
+from . import shape  # noqa: F401
+from . import attention  # noqa: F401

@@ -1,0 +1,108 @@
+"""The public entry points that wire the layers together: ``compile`` and ``load``."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .ir.errors import ScalefoldError
+from .ir.graph import Graph
+
+TARGETS = ("c", "interp", "triton")
+
+
+def to_graph(model: Any, example_inputs: Sequence[torch.Tensor] | None = None,
+             dynamic_shapes: Any = None) -> Graph:
+    """Import ``model``: an ``sf.Graph``, an ONNX path / ModelProto / bytes, an
+    ``nn.Module`` or ``fx.GraphModule`` (needs ``example_inputs``)."""
+    if isinstance(model, Graph):
+        return model
+    import onnx
+    if isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto)):
+        from .frontend.onnx import from_onnx
+        return from_onnx(model)
+    if isinstance(model, torch.nn.Module):
+        if example_inputs is None:
+            raise ScalefoldError("compiling a torch module needs example_inputs")
+        from .frontend.torch import from_torch
+        return from_torch(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes)
+    raise ScalefoldError(f"cannot compile an object of type {type(model).__name__}: expected an "
+                         f"nn.Module, fx.GraphModule, ONNX path/ModelProto or scalefold Graph")
+
+
+class CompiledModel:
+    """A compiled graph: callable on torch tensors, with ``.graph`` and ``.save(dir)``."""
+
+    def __init__(self, graph: Graph, target: str, runner: Any, sources: dict[str, str] | None = None,
+                 schedule: Any = None):
+        self.graph = graph
+        self.target = target
+        self._runner = runner
+        self.sources = sources or {}
+        self.schedule = schedule
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outs = self._runner(*inputs)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from .runtime.artifact import save
+        return save(self, Path(path))
+
+    def __repr__(self) -> str:
+        return f"<CompiledModel @{self.graph.name} target={self.target}>"
+
+
+def build_c(graph: Graph) -> CompiledModel:
+    """Partition, render, compile (cached) and wrap ``graph`` for the CPU."""
+    from .codegen import c
+    from .codegen.schedule import partition
+    from .runtime.cache import build, load_kernel
+    from .runtime.executor import Executor
+
+    sched = partition(graph, c.CAPS)
+    rendered = c.render(sched)
+    # Distinct sources compile once; compile them in parallel (the compiler is the slow part).
+    unique = sorted({ck.source for ck in rendered})
+    with ThreadPoolExecutor(max_workers=max(1, min(len(unique), os.cpu_count() or 1))) as pool:
+        paths = dict(zip(unique, pool.map(build, unique)))
+    fns = {ck.name: load_kernel(paths[ck.source]) for ck in rendered}
+    params = {ck.name: ck.params for ck in rendered}
+    ex = Executor(graph, sched, fns, params)
+    return CompiledModel(graph, "c", ex, {ck.name: ck.source for ck in rendered}, sched)
+
+
+def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, passes: Iterable[str] = (),
+            calibration: Iterable[Sequence[torch.Tensor]] | None = None, target: str = "c",
+            dynamic_shapes: Any = None) -> CompiledModel:
+    """Compile a model (see :func:`to_graph` for what ``model`` may be) for ``target``:
+    ``"c"`` (generated C for the CPU), ``"interp"`` (the reference interpreter) or ``"triton"``.
+
+    ``passes`` is a pipeline of pass names with options (``"smooth(alpha=0.8)"``);
+    ``calibration`` an iterable of input tuples for passes that need statistics.
+    """
+    if target not in TARGETS:
+        raise ScalefoldError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    graph = to_graph(model, example_inputs, dynamic_shapes).clone()
+    passes = list(passes)
+    if passes:
+        from .passes import run_pipeline
+        graph = run_pipeline(graph, passes, calibration=calibration)
+    from .ir.verify import verify
+    verify(graph)
+    if target == "interp":
+        from .runtime.interp import Interpreter
+        interp = Interpreter(graph)
+        return CompiledModel(graph, "interp", lambda *xs: interp.run(xs))
+    if target == "c":
+        return build_c(graph)
+    raise ScalefoldError("target 'triton' is not available yet")
+
+
+def load(path: str | os.PathLike) -> CompiledModel:
+    """Load an artifact written by ``CompiledModel.save`` (no pickle; hashes checked)."""
+    from .runtime.artifact import load as _load
+    return _load(Path(path))

@@ -1,0 +1,239 @@
+"""IR -> ONNX export (DESIGN.md §5, "ONNX out"): :func:`to_onnx`.
+
+The model is standard ONNX (default opset 21, any opset >= 17 where the graph's ops and
+dtypes allow) that passes ``onnx.checker.check_model(full_check=True)`` and runs in
+onnxruntime. The op table lives in ``onnx_ops.py`` (float ops) and ``onnx_quant.py``
+(compression ops); ``onnx_build.py`` holds the graph under construction.
+
+Conventions:
+- Graph inputs and outputs keep their names (``graph.inputs[i].name``, ``graph.output_names``).
+  Input and output shapes use ``dim_param`` for symbolic dims: a bare symbol becomes its name
+  (``B``, ``S``); a compound dim becomes its canonical expression text (``2*S``), which ONNX
+  treats as an opaque name (onnxruntime does not check it), so the relation is documented in
+  the model without being enforced.
+- Constants become initializers named from ``Value.name`` when that is a valid, unused name,
+  else ``c0``, ``c1``...; export-time layouts of a constant (W^T, packed 4-bit blocks) get
+  derived names (``w_T``).
+- Symbolic attributes (reshape/expand targets, arange bounds, slice bounds, split sizes, pads,
+  topk k) become shape computations: each symbol is bound to (input, axis) where it first
+  appears among the graph inputs and read with ``Shape(start, end)``; arithmetic follows the
+  sympy expression (floor/ceiling division exact for either sign).
+- Element types need their opset: float8 19, int4/uint4 21, float4 (f4e2m1) 23; an op or type
+  that cannot be expressed at the requested opset raises :class:`ExportError` naming the node.
+- Custom domains: ``com.microsoft`` (MatMulNBits) only, where onnxruntime runs it natively. No
+  op needs the reserved ``ai.scalefold`` domain at present (``onnx_ops.REFUSED`` is empty).
+- Writing is atomic: the model (and with external data the sidecar ``<file name>.data``, e.g.
+  ``model.onnx.data`` next to ``model.onnx``) is written into a temporary folder inside the
+  target folder, checked there by path, then moved into place with ``os.replace`` (sidecar
+  first). On any failure, including the checker, nothing is left at ``path`` and no temporary
+  file remains; an existing file at ``path`` is untouched. External data is used when
+  ``external_data=True`` or when the initializers would push the proto past 2 GB; the
+  returned ModelProto then references the sidecar instead of holding the tensors.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import onnx
+import sympy
+from onnx import helper
+
+from ..ir import dtypes as dt
+from ..ir.errors import ScalefoldError, UnsupportedOpError
+from ..ir.graph import Graph, Value
+from ..ir.types import dim_str
+from . import onnx_quant  # noqa: F401  (registers the compression ops)
+from .onnx_build import DTYPE_MIN_OPSET, ONNX_DTYPE, Emitter, ExportError
+from .onnx_ops import RENDER
+
+__all__ = ["to_onnx", "ExportError", "MIN_OPSET", "EXTERNAL_THRESHOLD"]
+
+MIN_OPSET = 17
+# Past this many bytes of tensor data the proto cannot be serialised (protobuf's 2 GB limit);
+# the margin leaves room for the graph itself.
+EXTERNAL_THRESHOLD = 2 ** 31 - 2 ** 26
+_DOMAIN_VERSIONS = {"com.microsoft": 1, "ai.scalefold": 1}
+
+
+def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = 21,
+            external_data: bool | None = None) -> onnx.ModelProto:
+    """Export ``graph`` as an ONNX model, checked with ``onnx.checker`` (full_check).
+
+    With ``path`` the model is written atomically (see the module docstring); with
+    ``external_data=True``, or automatically past 2 GB, initializers go to a sidecar file
+    ``<file name>.data``. Raises :class:`ExportError` (a ScalefoldError) naming the node when
+    an op cannot be expressed at ``opset``, and UnsupportedOpError listing every op the table
+    lacks.
+    """
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ExportError(f"ONNX export: opset {opset} is outside {MIN_OPSET}.."
+                          f"{onnx.defs.onnx_opset_version()}")
+    model = build_model(graph, opset)
+    big = _data_bytes(model) > EXTERNAL_THRESHOLD
+    if path is None:
+        if external_data:
+            raise ExportError("ONNX export: external_data=True needs a path to write the sidecar next to")
+        if big:  # the checker can only read a >2 GB model from disk
+            with tempfile.TemporaryDirectory(prefix="scalefold-onnx-") as d:
+                _write_checked(copy.deepcopy(model), os.path.join(d, "model.onnx"), True)
+        else:
+            _check(model)
+        return model
+    _write_checked(model, os.fspath(path), bool(external_data) or big)
+    return model
+
+
+def build_model(graph: Graph, opset: int) -> onnx.ModelProto:
+    """The unchecked ModelProto for ``graph`` at ``opset``."""
+    missing: dict[str, int] = {}
+    for n in graph.nodes:
+        if n.op not in RENDER:
+            missing[n.op] = missing.get(n.op, 0) + 1
+    if missing:
+        raise UnsupportedOpError(missing, where=f"ONNX export of graph @{graph.name}")
+    cx = Emitter(graph, opset)
+    out_names = list(graph.output_names) or [f"out{i}" for i in range(len(graph.outputs))]
+    if len(out_names) != len(graph.outputs):
+        raise ExportError(f"ONNX export: graph @{graph.name} has {len(graph.outputs)} outputs but "
+                          f"{len(out_names)} output names")
+    in_names = [v.name or f"in{i}" for i, v in enumerate(graph.inputs)]
+    for nm in in_names + out_names:
+        if not nm:
+            raise ExportError(f"ONNX export: graph @{graph.name} has an empty input/output name")
+    if len(set(in_names)) != len(in_names) or len(set(out_names)) != len(out_names):
+        raise ExportError(f"ONNX export: graph @{graph.name} repeats an input or output name")
+    for i, nm in enumerate(out_names):
+        if nm in in_names and graph.outputs[i] is not graph.inputs[in_names.index(nm)]:
+            raise ExportError(f"ONNX export: output name {nm!r} is also the name of another input")
+    for nm in in_names + out_names:
+        cx.reserve(nm)
+    cx.name_constants()
+    for v, nm in zip(graph.inputs, in_names):
+        _need_dtype(cx, v, boundary=True)
+        cx.names[id(v)] = nm
+        if v.dtype is dt.f4e2m1:  # FLOAT4E2M1 at the boundary, uint8 codes inside
+            cx.names[id(v)] = cx.f4_encode(cx.op("Cast", [nm], to=onnx.TensorProto.FLOAT))
+    cx.bind_symbols([(nm, v.shape) for v, nm in zip(graph.inputs, in_names)])
+
+    want: dict[int, str] = {}
+    for v, nm in zip(graph.outputs, out_names):
+        _need_dtype(cx, v, boundary=True)
+        if v.producer is not None and id(v) not in want and v.dtype is not dt.f4e2m1:
+            want[id(v)] = nm
+    for node in graph.nodes:
+        cx.current = node
+        for v in list(node.inputs) + list(node.outputs):
+            if v is not None:
+                _need_dtype(cx, v)
+        start = len(cx.nodes)
+        try:
+            outs = RENDER[node.op](cx, node)
+        except ScalefoldError:
+            raise
+        except Exception as e:  # a renderer bug or an unforeseen attribute combination
+            raise ExportError(f"ONNX export of node {node.describe()} failed: "
+                              f"{type(e).__name__}: {e}") from e
+        for v, name in zip(node.outputs, outs):
+            if id(v) in want:
+                name = _rename(cx, start, name, want[id(v)])
+            cx.names[id(v)] = name
+    cx.current = None
+    for v, nm in zip(graph.outputs, out_names):
+        if v.dtype is dt.f4e2m1:
+            cx.nodes.append(helper.make_node("Cast", [cx.f4_decode(cx.value(v))], [nm],
+                                             to=onnx.TensorProto.FLOAT4E2M1, name=cx.fresh("n_out")))
+        elif cx.value(v) != nm:
+            cx.nodes.append(helper.make_node("Identity", [cx.value(v)], [nm], name=cx.fresh("n_out")))
+
+    g = helper.make_graph(cx.nodes, graph.name or "main",
+                          [_value_info(nm, v) for v, nm in zip(graph.inputs, in_names)],
+                          [_value_info(nm, v) for v, nm in zip(graph.outputs, out_names)],
+                          cx.initializers)
+    imports = [helper.make_opsetid("", opset)] + \
+        [helper.make_opsetid(d, _DOMAIN_VERSIONS[d]) for d in sorted(cx.domains)]
+    model = helper.make_model(g, opset_imports=imports, producer_name="scalefold",
+                              producer_version=_version())
+    model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+    return model
+
+
+def _version() -> str:
+    try:
+        from .. import __version__
+        return __version__
+    except Exception:  # pragma: no cover - partial installs
+        return "0"
+
+
+def _need_dtype(cx: Emitter, v: Value, boundary: bool = False) -> None:
+    if v.dtype is dt.f4e2m1 and not boundary:
+        return  # uint8 codes inside the graph
+    need = DTYPE_MIN_OPSET.get(v.dtype.name)
+    if need is not None:
+        cx.need_opset(need, f"element type {v.dtype.name} ({v!r})")
+
+
+def _rename(cx: Emitter, start: int, name: str, target: str) -> str:
+    """Make the node that produced ``name`` (emitted for the current IR node, and not a shared
+    cached value) write ``target`` instead; otherwise leave it for an Identity."""
+    if name == target or name in cx._dims.values() or name in cx._small.values():
+        return name
+    for n in cx.nodes[start:]:
+        if name in n.output:
+            for m in cx.nodes[start:]:
+                for seq in (m.input, m.output):
+                    for i, x in enumerate(seq):
+                        if x == name:
+                            seq[i] = target
+            return target
+    return name
+
+
+def _value_info(name: str, v: Value) -> onnx.ValueInfoProto:
+    shape: list[Any] = []
+    for d in v.shape:
+        if isinstance(d, int):
+            shape.append(d)
+        else:
+            shape.append(d.name if isinstance(d, sympy.Symbol) else dim_str(d))
+    return helper.make_tensor_value_info(name, ONNX_DTYPE[v.dtype.name], shape)
+
+
+def _data_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def _check(model: onnx.ModelProto | str) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise ExportError(f"ONNX export: the model fails onnx.checker: {type(e).__name__}: {e}") from e
+
+
+def _write_checked(model: onnx.ModelProto, path: str, external: bool) -> None:
+    """Write into a temporary folder beside ``path``, check from disk, then move into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    if not base:
+        raise ExportError(f"ONNX export: {path!r} names no file")
+    tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    try:
+        staged = os.path.join(tmp, base)
+        location = base + ".data"
+        if external:
+            onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=location, size_threshold=0)
+        else:
+            with open(staged, "wb") as f:
+                f.write(model.SerializeToString())
+        _check(staged)
+        if external:
+            os.replace(os.path.join(tmp, location), os.path.join(folder, location))
+        os.replace(staged, os.path.abspath(path))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+

@@ -1,0 +1,322 @@
+"""Partition a graph into kernels and plan their buffers (DESIGN.md §5).
+
+Kernel kinds:
+- ``fused``: a tree of elementwise ops, optionally feeding one *row op* (a reduction or
+  normalisation over the trailing axes: softmax, layer_norm, rms_norm, reduce_*) whose result
+  may in turn feed a chain of elementwise ops (the epilogue). One loop nest, one kernel.
+- ``view``: reshape-like ops; buffers are contiguous, so the output aliases the input.
+- ``library``: dense float GEMM, convolution, attention and pooling, run by torch (oneDNN/MKL
+  on CPU, cuBLAS on GPU) where a generated kernel would not beat it.
+- ``template``: one matmul-like compression op rendered from a backend template.
+- ``reference``: an op the backend has no kernel for; its torch reference runs it. The
+  backend's table names these ops explicitly.
+
+The partition is backend-neutral apart from a :class:`Caps` record saying which ops the
+backend renders; C and Triton share it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+import sympy
+
+from ..ir.graph import Graph, Node, Value
+from ..ir.ops import get_op
+from ..ir.types import dims_equal
+
+VIEW_OPS = frozenset({"reshape", "squeeze", "unsqueeze", "flatten", "identity"})
+LIBRARY_OPS = frozenset({"linear", "matmul", "conv", "conv_transpose", "sdpa", "max_pool", "avg_pool",
+                         "global_avg_pool", "global_max_pool"})
+ROW_OPS = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm", "reduce_sum", "reduce_mean",
+                     "reduce_max", "reduce_min", "reduce_sum_square", "reduce_l2", "reduce_logsumexp",
+                     "reduce_prod"})
+
+
+def _always(n: Node) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What a backend renders: elementwise ops (by name), row ops, template ops, library ops;
+    ``node_ok``/``row_ok`` refine per node (e.g. dtypes the backend cannot load)."""
+
+    elementwise: frozenset[str]
+    row: frozenset[str] = ROW_OPS
+    template: frozenset[str] = frozenset()
+    library: frozenset[str] = LIBRARY_OPS
+    node_ok: Callable[[Node], bool] = _always
+    row_ok: Callable[[Node], bool] = _always
+
+
+@dataclass
+class Kernel:
+    """One unit of execution. ``nodes`` are in topological order; ``inputs`` are the values it
+    reads from outside (graph inputs, constants, other kernels' outputs), ``outputs`` the values
+    it writes that something outside reads."""
+
+    name: str
+    kind: str
+    nodes: list[Node]
+    inputs: list[Value] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+    row: Node | None = None
+
+    @property
+    def ops(self) -> list[str]:
+        return [n.op for n in self.nodes]
+
+    def describe(self) -> str:
+        return f"{self.name} [{self.kind}] " + " -> ".join(self.ops)
+
+
+@dataclass
+class Schedule:
+    graph: Graph
+    kernels: list[Kernel]
+
+    def by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for k in self.kernels:
+            out[k.kind] = out.get(k.kind, 0) + 1
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(k.describe() for k in self.kernels)
+
+
+def _is_row_op(n: Node) -> bool:
+    """Whether ``n`` reduces over a contiguous trailing block of axes (what a row kernel does)."""
+    x = n.inputs[0]
+    if x is None:
+        return False
+    rank = x.type.rank
+    if rank == 0:
+        return False
+    if n.op in ("softmax", "log_softmax"):
+        return n.attrs["axis"] % rank == rank - 1
+    if n.op in ("layer_norm", "rms_norm"):
+        return True  # they normalise over axis..end by definition
+    axes = n.attrs.get("axes")
+    if axes is None or len(axes) == 0:
+        return True
+    axs = sorted(a % rank for a in axes)
+    return axs == list(range(rank - len(axs), rank))
+
+
+def _same_shape(a: Value, b: Value) -> bool:
+    sa, sb = a.type.shape, b.type.shape
+    return len(sa) == len(sb) and all(dims_equal(x, y) for x, y in zip(sa, sb))
+
+
+def partition(graph: Graph, caps: Caps) -> Schedule:
+    """Split ``graph`` into kernels (see module doc).
+
+    Fusion rule: an elementwise producer joins its consumer's kernel when it has exactly one
+    reader, is not a graph output, and has the consumer's loop shape. Groups are therefore
+    in-trees, which cannot create a cycle between kernels. A row op absorbs the tree that
+    computes its main input (the prologue) and the single-reader elementwise chain after it
+    with the row op's output shape (the epilogue).
+    """
+    outputs = {id(v) for v in graph.outputs}
+    readers: dict[int, int] = {}
+    for n in graph.nodes:
+        for v in n.inputs:
+            if v is not None:
+                readers[id(v)] = readers.get(id(v), 0) + 1
+
+    def kind_of(n: Node) -> str:
+        if n.op in VIEW_OPS and len(n.outputs) == 1:
+            return "view"
+        if n.op in caps.elementwise and get_op(n.op).elementwise and caps.node_ok(n):
+            return "elementwise"
+        if n.op in caps.row and _is_row_op(n) and caps.row_ok(n):
+            return "row"
+        if n.op in caps.library:
+            return "library"
+        if n.op in caps.template:
+            return "template"
+        return "reference"
+
+    kinds = {id(n): kind_of(n) for n in graph.nodes}
+    group: dict[int, int] = {}          # node id -> group id (the root's id)
+    members: dict[int, list[Node]] = {}
+
+    def private(v: Value) -> bool:
+        return readers.get(id(v), 0) == 1 and id(v) not in outputs
+
+    # Walk in reverse topological order so that each root collects its producer tree.
+    for n in reversed(graph.nodes):
+        k = kinds[id(n)]
+        if k not in ("elementwise", "row") or id(n) in group:
+            continue
+        gid = id(n)
+        group[gid] = gid
+        members[gid] = [n]
+        has_row = k == "row"
+        stack = [n]
+        while stack:
+            m = stack.pop()
+            # A row op only absorbs the producers of its main input (inputs[0]); its weights
+            # and biases are read as they are.
+            ins = m.inputs[:1] if kinds[id(m)] == "row" else m.inputs
+            for v in ins:
+                p = v.producer if v is not None else None
+                if p is None or id(p) in group or p.graph is not graph:
+                    continue
+                pk = kinds[id(p)]
+                if pk == "row" and has_row:
+                    continue
+                if pk not in ("elementwise", "row") or len(p.outputs) != 1 or not private(v):
+                    continue
+                if not _same_shape(v, m.outputs[0] if kinds[id(m)] != "row" else v):
+                    continue
+                if pk == "row":
+                    # A row op below an elementwise root: the root is its epilogue, which must
+                    # run on the row op's output shape.
+                    if not _same_shape(p.outputs[0], n.outputs[0]):
+                        continue
+                    has_row = True
+                group[id(p)] = gid
+                members[gid].append(p)
+                stack.append(p)
+
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    kernels: list[Kernel] = []
+    emitted: set[int] = set()
+    for n in graph.nodes:
+        if id(n) in emitted:
+            continue
+        if id(n) in group:
+            nodes = sorted(members[group[id(n)]], key=lambda m: order[id(m)])
+            kind = "fused"
+        else:
+            nodes = [n]
+            kind = {"view": "view", "library": "library", "template": "template"}.get(
+                kinds[id(n)], "reference")
+        # A group is emitted at the position of its last node; since groups are in-trees whose
+        # external inputs come from earlier nodes, emitting at the first member is equivalent.
+        for m in nodes:
+            emitted.add(id(m))
+        kernels.append(_make_kernel(f"k{len(kernels)}", kind, nodes, readers, outputs))
+    kernels = _order_kernels(kernels)
+    for i, k in enumerate(kernels):
+        k.name = f"k{i}"
+    return Schedule(graph, kernels)
+
+
+def _make_kernel(name: str, kind: str, nodes: list[Node], readers: Mapping[int, int],
+                 outputs: set[int]) -> Kernel:
+    inside = {id(o) for m in nodes for o in m.outputs}
+    ins: list[Value] = []
+    seen: set[int] = set()
+    for m in nodes:
+        for v in m.inputs:
+            if v is not None and id(v) not in inside and id(v) not in seen:
+                seen.add(id(v))
+                ins.append(v)
+    used_inside: dict[int, int] = {}
+    for m in nodes:
+        for v in m.inputs:
+            if v is not None and id(v) in inside:
+                used_inside[id(v)] = used_inside.get(id(v), 0) + 1
+    outs = [o for m in nodes for o in m.outputs
+            if id(o) in outputs or readers.get(id(o), 0) > used_inside.get(id(o), 0)]
+    row = next((m for m in nodes if m.op in ROW_OPS and kind == "fused"), None)
+    return Kernel(name, kind, nodes, ins, outs, row)
+
+
+def _order_kernels(kernels: list[Kernel]) -> list[Kernel]:
+    """A topological order of kernels (stable), via networkx."""
+    import networkx as nx
+
+    prod: dict[int, int] = {}
+    for i, k in enumerate(kernels):
+        for m in k.nodes:
+            for o in m.outputs:
+                prod[id(o)] = i
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(kernels)))
+    for i, k in enumerate(kernels):
+        for v in k.inputs:
+            j = prod.get(id(v))
+            if j is not None and j != i:
+                g.add_edge(j, i)
+    return [kernels[i] for i in nx.lexicographical_topological_sort(g)]
+
+
+# ---- buffer planning ------------------------------------------------------------------------
+@dataclass
+class BufferPlan:
+    """Offsets of every intermediate in one arena, for one binding of the symbols."""
+
+    offsets: dict[int, int]        # id(Value) -> byte offset in the arena
+    sizes: dict[int, int]          # id(Value) -> bytes
+    alias: dict[int, int]          # id(view Value) -> id(base Value)
+    arena_bytes: int
+    naive_bytes: int               # what one buffer per value would take
+
+    @property
+    def reuse_ratio(self) -> float:
+        return self.arena_bytes / self.naive_bytes if self.naive_bytes else 1.0
+
+
+ALIGN = 64
+
+
+def plan_buffers(schedule: Schedule, env: Mapping[sympy.Symbol, int],
+                 exclude: Iterable[Value] = ()) -> BufferPlan:
+    """Assign arena offsets to kernel outputs by liveness (first-fit on an interval graph).
+
+    Values in ``exclude`` (graph outputs, which must outlive a call) and graph inputs and
+    constants get no arena space. A view's output aliases its input's buffer, so the base
+    stays live as long as any view of it does.
+    """
+    excluded = {id(v) for v in exclude}
+    base: dict[int, int] = {}
+    step_of_def: dict[int, int] = {}
+    last_use: dict[int, int] = {}
+    size: dict[int, int] = {}
+    for step, k in enumerate(schedule.kernels):
+        for v in k.inputs:
+            b = base.get(id(v), id(v))
+            last_use[b] = max(last_use.get(b, -1), step)
+        for o in k.outputs:
+            if k.kind == "view":
+                src = k.nodes[0].inputs[0]
+                base[id(o)] = base.get(id(src), id(src))
+                continue
+            step_of_def[id(o)] = step
+            shape = o.type.concrete(env)
+            n = 1
+            for d in shape:
+                n *= d
+            size[id(o)] = (n * o.type.dtype.bits + 7) // 8
+    # A view of an excluded value (graph output) or of a graph input needs no planning.
+    intervals = []
+    for vid, s in step_of_def.items():
+        if vid in excluded:
+            continue
+        intervals.append((s, last_use.get(vid, s), vid))
+    intervals.sort()
+    placed: list[tuple[int, int, int, int]] = []  # (start, end, offset, size)
+    offsets: dict[int, int] = {}
+    arena = 0
+    for s, e, vid in intervals:
+        need = max(size[vid], 1)
+        live = sorted((off, off + sz) for (ps, pe, off, sz) in placed if not (pe < s or ps > e))
+        off = 0
+        for lo, hi in live:
+            if off + need <= lo:
+                break
+            off = max(off, _align(hi))
+        offsets[vid] = off
+        placed.append((s, e, off, need))
+        arena = max(arena, off + need)
+    naive = sum(_align(size[v]) for _, _, v in intervals)
+    return BufferPlan(offsets, size, base, _align(arena), naive)
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN

@@ -1,0 +1,260 @@
+"""ATen -> IR: nn ops (linear/matmul, convolution, normalisation, attention, softmax, pooling).
+
+These are the ops the compression passes look for, so each becomes one IR node. A matrix
+product with a constant 2-D right operand (GPT-2's Conv1D ``addmm``, ``x @ W``) becomes
+``linear`` with the weight transposed once at import.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.fx as fx
+
+from ..ir import dtypes as dt
+from ..ir.errors import FrontendError
+from ..ir.graph import Value
+from .aten_table import Ctx, aten
+
+
+def _weight_t(ctx: Ctx, w: Value) -> Value:
+    """The [N, K] linear weight of a constant [K, N] right operand (keeps the FQN)."""
+    wt = ctx.const(w.const.t().contiguous(), w.dtype)
+    wt.name = w.name
+    return wt
+
+
+def _is_const_matrix(v: Value) -> bool:
+    return v.is_const and v.type.rank == 2
+
+
+@aten("linear.default")
+def _linear(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("linear", [ctx.t(a["input"]), ctx.t(a["weight"]), ctx.opt(a["bias"])])
+
+
+@aten("matmul.default", "mm.default", "bmm.default")
+def _matmul(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x, w = ctx.t(a["self"]), ctx.t(a["other"] if "other" in a else a["mat2"])
+    if _is_const_matrix(w) and x.type.rank >= 2 and not x.is_const:
+        return ctx.emit("linear", [x, _weight_t(ctx, w)])
+    return ctx.emit("matmul", [x, w])
+
+
+@aten("addmm.default")
+def _addmm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    bias, x, w = ctx.t(a["self"]), ctx.t(a["mat1"]), ctx.t(a["mat2"])
+    beta, alpha = a["beta"], a["alpha"]
+    if alpha != 1:
+        x = ctx.emit("mul", [x, ctx.scalar(alpha, x.dtype)])
+    if beta != 1:
+        bias = ctx.emit("mul", [bias, ctx.scalar(beta, bias.dtype)])
+    if _is_const_matrix(w) and not x.is_const:
+        if bias.type.rank == 1 and bias.dtype is x.dtype and bias.shape[0] == w.shape[1]:
+            return ctx.emit("linear", [x, _weight_t(ctx, w), bias])
+        return ctx.emit("add", [ctx.emit("linear", [x, _weight_t(ctx, w)]), bias])
+    return ctx.emit("add", [ctx.emit("matmul", [x, w]), bias])
+
+
+@aten("baddbmm.default")
+def _baddbmm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    bias, x, w = ctx.t(a["self"]), ctx.t(a["batch1"]), ctx.t(a["batch2"])
+    y = ctx.emit("matmul", [x, w])
+    if a["alpha"] != 1:
+        y = ctx.emit("mul", [y, ctx.scalar(a["alpha"], y.dtype)])
+    if a["beta"] == 0:
+        return y
+    if a["beta"] != 1:
+        bias = ctx.emit("mul", [bias, ctx.scalar(a["beta"], bias.dtype)])
+    return ctx.emit("add", [y, bias])
+
+
+# ---- convolution ------------------------------------------------------------------------------
+
+
+def _ints(v: Any, n: int) -> tuple[int, ...]:
+    v = [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+    return tuple(v * n if len(v) == 1 else v)
+
+
+def _conv_padding(padding: Any, w: Value, dilation: Sequence[int], nsp: int) -> tuple[int, ...]:
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * nsp
+        # 'same': total padding dilation*(k-1), the odd extra on the end (as torch does).
+        ks = [int(k) for k in w.shape[2:]]
+        tot = [d * (k - 1) for d, k in zip(dilation, ks)]
+        return tuple(t // 2 for t in tot) + tuple(t - t // 2 for t in tot)
+    return _ints(padding, nsp)
+
+
+def _conv(ctx: Ctx, x: Value, w: Value, b: Value | None, stride: Any, padding: Any,
+          dilation: Any, groups: int, transposed: bool = False, output_padding: Any = 0) -> Value:
+    nsp = x.type.rank - 2
+    dil = _ints(dilation, nsp)
+    attrs = dict(stride=_ints(stride, nsp), padding=_conv_padding(padding, w, dil, nsp),
+                 dilation=dil, groups=int(groups))
+    if transposed:
+        return ctx.emit("conv_transpose", [x, w, b], output_padding=_ints(output_padding, nsp),
+                        **attrs)
+    return ctx.emit("conv", [x, w, b], **attrs)
+
+
+@aten("conv1d.default", "conv2d.default", "conv3d.default", "conv1d.padding", "conv2d.padding",
+      "conv3d.padding")
+def _convnd(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return _conv(ctx, ctx.t(a["input"]), ctx.t(a["weight"]), ctx.opt(a["bias"]), a["stride"],
+                 a["padding"], a["dilation"], a["groups"])
+
+
+@aten("convolution.default", "_convolution.default")
+def _convolution(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return _conv(ctx, ctx.t(a["input"]), ctx.t(a["weight"]), ctx.opt(a["bias"]), a["stride"],
+                 a["padding"], a["dilation"], a["groups"], bool(a["transposed"]),
+                 a["output_padding"])
+
+
+@aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input")
+def _conv_transpose(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return _conv(ctx, ctx.t(a["input"]), ctx.t(a["weight"]), ctx.opt(a["bias"]), a["stride"],
+                 a["padding"], a["dilation"], a["groups"], True, a["output_padding"])
+
+
+# ---- normalisation ----------------------------------------------------------------------------
+
+
+def _per_channel(ctx: Ctx, v: Value | None, c: Any, fill: float, dtype: dt.DType) -> Value:
+    if v is not None:
+        return v
+    if not isinstance(c, int):
+        return ctx.emit("full", [], shape=(c,), value=fill, dtype=dtype.name)
+    return ctx.const(torch.full((c,), fill, dtype=dtype.container), dtype)
+
+
+def _batch_norm(ctx: Ctx, a: dict) -> Value:
+    x = ctx.t(a["input"])
+    c = x.shape[1]
+    w = _per_channel(ctx, ctx.opt(a["weight"]), c, 1.0, x.dtype)
+    b = _per_channel(ctx, ctx.opt(a["bias"]), c, 0.0, x.dtype)
+    mean, var = ctx.t(a["running_mean"]), ctx.t(a["running_var"])
+    return ctx.emit("batch_norm", [x, w, b, mean, var], eps=float(a["eps"]))
+
+
+@aten("_native_batch_norm_legit_no_training.default")
+def _bn_no_training(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, None, None]:
+    return _batch_norm(ctx, a), None, None
+
+
+@aten("native_batch_norm.default", "_native_batch_norm_legit.default", "batch_norm.default")
+def _bn(ctx: Ctx, n: fx.Node, a: dict) -> Any:
+    if a["training"]:
+        raise FrontendError(f"{ctx.node_name}: batch norm in training mode; call model.eval()")
+    y = _batch_norm(ctx, a)
+    return y if "batch_norm.default" == str(n.target).split("aten.")[-1] else (y, None, None)
+
+
+@aten("layer_norm.default")
+def _layer_norm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("layer_norm", [ctx.t(a["input"]), ctx.opt(a["weight"]), ctx.opt(a["bias"])],
+                    axis=-len(a["normalized_shape"]), eps=float(a["eps"]))
+
+
+@aten("native_layer_norm.default")
+def _native_layer_norm(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, None, None]:
+    return _layer_norm(ctx, n, a), None, None
+
+
+@aten("rms_norm.default")
+def _rms_norm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["input"])
+    eps = a["eps"]
+    if eps is None:  # torch's default: the machine epsilon of the input's dtype
+        eps = torch.finfo(x.dtype.container).eps
+    return ctx.emit("rms_norm", [x, ctx.opt(a["weight"])], axis=-len(a["normalized_shape"]),
+                    eps=float(eps))
+
+
+@aten("group_norm.default")
+def _group_norm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("group_norm", [ctx.t(a["input"]), ctx.opt(a["weight"]), ctx.opt(a["bias"])],
+                    groups=int(a["num_groups"]), eps=float(a["eps"]))
+
+
+@aten("instance_norm.default")
+def _instance_norm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    if a["use_input_stats"] is False:
+        return _batch_norm(ctx, a)
+    return ctx.emit("instance_norm", [ctx.t(a["input"]), ctx.opt(a["weight"]),
+                                      ctx.opt(a["bias"])], eps=float(a["eps"]))
+
+
+# ---- attention, softmax -----------------------------------------------------------------------
+
+
+@aten("scaled_dot_product_attention.default")
+def _sdpa(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    if a["dropout_p"]:
+        raise FrontendError(f"{ctx.node_name}: attention dropout_p={a['dropout_p']} at inference")
+    q, k, v = ctx.t(a["query"]), ctx.t(a["key"]), ctx.t(a["value"])
+    mask = ctx.opt(a["attn_mask"])
+    if mask is not None and mask.dtype is not dt.boolean:
+        mask = ctx.cast(mask, q.dtype)
+    scale = a["scale"]
+    return ctx.emit("sdpa", [q, k, v, mask], causal=bool(a["is_causal"]),
+                    scale=None if scale is None else float(scale), gqa=bool(a["enable_gqa"]))
+
+
+def _softmax_like(op: str):
+    def h(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+        x = ctx.cast(ctx.t(a["self"]), ctx.out_dtype(n))
+        return ctx.emit(op, [x], axis=int(a["dim"]))
+    return h
+
+
+aten("softmax.int", "_softmax.default", "_safe_softmax.default")(_softmax_like("softmax"))
+aten("log_softmax.int", "_log_softmax.default")(_softmax_like("log_softmax"))
+
+
+# ---- pooling ----------------------------------------------------------------------------------
+
+
+def _pool_args(a: dict, nsp: int) -> dict:
+    kernel = _ints(a["kernel_size"], nsp)
+    stride = _ints(a["stride"], nsp) if a["stride"] else kernel  # torch: stride defaults to kernel
+    return dict(kernel=kernel, stride=stride, padding=_ints(a["padding"], nsp),
+                ceil_mode=bool(a["ceil_mode"]))
+
+
+@aten("max_pool1d_with_indices.default", "max_pool2d_with_indices.default",
+      "max_pool3d_with_indices.default", "max_pool1d.default", "max_pool2d.default",
+      "max_pool3d.default")
+def _max_pool(ctx: Ctx, n: fx.Node, a: dict) -> Any:
+    x = ctx.t(a["self"])
+    nsp = x.type.rank - 2
+    y = ctx.emit("max_pool", [x], dilation=_ints(a["dilation"], nsp), **_pool_args(a, nsp))
+    return (y, None) if "with_indices" in str(n.target) else y
+
+
+@aten("avg_pool1d.default", "avg_pool2d.default", "avg_pool3d.default")
+def _avg_pool(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    if a.get("divisor_override") is not None:
+        raise FrontendError(f"{ctx.node_name}: avg_pool divisor_override is not supported")
+    x = ctx.t(a["self"])
+    return ctx.emit("avg_pool", [x], count_include_pad=bool(a["count_include_pad"]),
+                    **_pool_args(a, x.type.rank - 2))
+
+
+@aten("adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default", "adaptive_avg_pool3d.default",
+      "_adaptive_avg_pool2d.default", "_adaptive_avg_pool3d.default")
+def _adaptive_avg_pool(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    nsp = x.type.rank - 2
+    out = _ints(a["output_size"], nsp)
+    if all(o == 1 for o in out):
+        return ctx.emit("global_avg_pool", [x])
+    ins = x.shape[2:]
+    if not all(isinstance(i, int) and i % o == 0 for i, o in zip(ins, out)):
+        raise FrontendError(f"{ctx.node_name}: adaptive_avg_pool from {ins} to {out} "
+                            f"(only divisible sizes are supported)")
+    k = tuple(i // o for i, o in zip(ins, out))
+    return ctx.emit("avg_pool", [x], kernel=k, stride=k)

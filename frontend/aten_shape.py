@@ -1,0 +1,253 @@
+"""ATen -> IR: shape and data-movement ops (views, slicing, indexing, concatenation, padding).
+
+Target shapes of views and expands are taken from torch's own inferred output shape (the fx
+node's ``meta['val']``, translated to IR symbols), which has every -1 and SymInt resolved.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+import torch.fx as fx
+
+from ..ir import dtypes as dt
+from ..ir.errors import FrontendError
+from ..ir.graph import Value
+from ..ir.ops import get_op
+from ..ir.types import Dim, dims_equal
+from .aten_table import Ctx, aten
+
+_END = 2 ** 63 - 1  # what torch writes for an open slice end
+
+
+def _same_shape(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> bool:
+    return len(a) == len(b) and all(dims_equal(x, y) for x, y in zip(a, b))
+
+
+@aten("view.default", "_unsafe_view.default", "reshape.default", "flatten.using_ints",
+      "unflatten.int", "view_copy.default")
+def _view(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    shape = ctx.out_type(n).shape
+    if _same_shape(x.shape, shape):
+        return x
+    return ctx.emit("reshape", [x], shape=shape)
+
+
+@aten("expand.default", "expand_copy.default")
+def _expand(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    shape = ctx.out_type(n).shape
+    if _same_shape(x.shape, shape):
+        return x
+    return ctx.emit("expand", [x], shape=shape)
+
+
+@aten("permute.default", "permute_copy.default")
+def _permute(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    perm = tuple(int(d) % max(x.type.rank, 1) for d in a["dims"])
+    if perm == tuple(range(len(perm))):
+        return x
+    return ctx.emit("transpose", [x], perm=perm)
+
+
+@aten("transpose.int", "t.default")
+def _transpose(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    r = x.type.rank
+    if r < 2:
+        return x
+    d0, d1 = (int(a["dim0"]) % r, int(a["dim1"]) % r) if "dim0" in a else (0, 1)
+    perm = list(range(r))
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return x if d0 == d1 else ctx.emit("transpose", [x], perm=tuple(perm))
+
+
+@aten("unsqueeze.default", "unsqueeze_copy.default")
+def _unsqueeze(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("unsqueeze", [ctx.t(a["self"])], axes=(int(a["dim"]),))
+
+
+@aten("squeeze.dim", "squeeze.dims", "squeeze.default", "squeeze_copy.dims")
+def _squeeze(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    r = x.type.rank
+    dims = a.get("dim")
+    cand = range(r) if dims is None else ([dims] if isinstance(dims, int) else dims)
+    # torch silently keeps dims that are not 1; only the provable 1s are squeezed.
+    axes = tuple(sorted({int(d) % max(r, 1) for d in cand if r and x.shape[int(d) % r] == 1}))
+    if not axes:
+        return x
+    return ctx.emit("squeeze", [x], axes=axes)
+
+
+def _bound(ctx: Ctx, v: Any, default: int) -> Dim:
+    if v is None:
+        return default
+    d = ctx.dim(v)
+    return d
+
+
+@aten("slice.Tensor", "slice_copy.Tensor")
+def _slice(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    axis = int(a["dim"]) % x.type.rank
+    start, end = _bound(ctx, a["start"], 0), _bound(ctx, a["end"], _END)
+    step = int(a["step"])
+    if step == 1 and _same_shape(x.shape, ctx.out_type(n).shape):
+        return x
+    size = x.shape[axis]
+    if not isinstance(end, int) and not isinstance(size, int) and \
+            sympy.sympify(end - size).is_nonnegative:
+        end = _END  # a symbolic end at or past the dim: to the end
+    if isinstance(end, int) and end >= 2 ** 31:
+        end = _END
+    attrs = dict(starts=(start,), ends=(end,), axes=(axis,), steps=(step,))
+    want = ctx.out_type(n).shape[axis]
+    got = get_op("slice").infer([x.type], get_op("slice").bind_attrs(attrs))[0].shape[axis]
+    if not dims_equal(got, want) and step > 0 and not isinstance(end, int):
+        # torch knows the symbolic end is in range (from the Dim's bounds), the IR does not:
+        # read the rows start..end through an explicit index instead, which has length end-start.
+        idx = ctx.emit("arange", [], start=start, end=end, step=step, dtype="i64")
+        return ctx.emit("gather", [x, idx], axis=axis)
+    return ctx.emit("slice", [x], **attrs)
+
+
+@aten("select.int", "select_copy.int")
+def _select(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    axis = int(a["dim"]) % x.type.rank
+    i = ctx.dim(a["index"])
+    if isinstance(i, int) and i < 0 and isinstance(x.shape[axis], int):
+        i += x.shape[axis]
+    end = _END if isinstance(i, int) and i == -1 else i + 1
+    s = ctx.emit("slice", [x], starts=(i,), ends=(end,), axes=(axis,), steps=(1,))
+    return ctx.emit("squeeze", [s], axes=(axis,))
+
+
+@aten("cat.default", "concat.default")
+def _cat(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    out = ctx.out_dtype(n)
+    xs = [ctx.cast(ctx.t(t), out) for t in a["tensors"]]
+    # torch still accepts legacy empty 1-D tensors in cat; they contribute nothing.
+    rank = max(v.type.rank for v in xs)
+    xs = [v for v in xs if not (v.type.rank == 1 and rank > 1 and v.shape[0] == 0)]
+    if len(xs) == 1:
+        return xs[0]
+    return ctx.emit("concat", xs, axis=int(a["dim"]))
+
+
+@aten("stack.default")
+def _stack(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    out = ctx.out_dtype(n)
+    d = int(a["dim"])
+    xs = [ctx.emit("unsqueeze", [ctx.cast(ctx.t(t), out)], axes=(d,)) for t in a["tensors"]]
+    return xs[0] if len(xs) == 1 else ctx.emit("concat", xs, axis=d)
+
+
+@aten("split_with_sizes.default", "split.Tensor", "split.sizes", "chunk.default",
+      "split_with_sizes_copy.default", "unsafe_split.Tensor")
+def _split(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, ...]:
+    x = ctx.t(a["self"])
+    axis = int(a["dim"]) % x.type.rank
+    sizes = tuple(ctx.shape_of(v)[axis] for v in ctx.meta(n))
+    if len(sizes) == 1:
+        return (x,)
+    out = ctx.emit("split", [x], axis=axis, sizes=sizes)
+    return out if isinstance(out, tuple) else (out,)
+
+
+@aten("unbind.int")
+def _unbind(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, ...]:
+    x = ctx.t(a["self"])
+    axis = int(a["dim"]) % x.type.rank
+    k = x.shape[axis]
+    if not isinstance(k, int):
+        raise FrontendError(f"{ctx.node_name}: unbind over a symbolic dim")
+    parts = ctx.emit("split", [x], axis=axis, sizes=(1,) * k) if k > 1 else (x,)
+    parts = parts if isinstance(parts, tuple) else (parts,)
+    return tuple(ctx.emit("squeeze", [p], axes=(axis,)) for p in parts)
+
+
+@aten("gather.default")
+def _gather(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("gather_elements", [ctx.t(a["self"]), ctx.t(a["index"])], axis=int(a["dim"]))
+
+
+@aten("index_select.default")
+def _index_select(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("gather", [ctx.t(a["self"]), ctx.t(a["index"])], axis=int(a["dim"]))
+
+
+@aten("index.Tensor")
+def _index(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    """Advanced indexing x[..., i0, i1, ...] with integer index tensors on adjacent dims.
+
+    The k indexed dims are merged into one (row-major), the indices combined into one flat
+    index (each wrapped into range first, as torch accepts negative indices), and a single
+    gather reads the rows; the broadcast index shape replaces the indexed dims in place.
+    """
+    x = ctx.t(a["self"])
+    idx = list(a["indices"])
+    while idx and idx[-1] is None:
+        idx.pop()
+    pos = [i for i, v in enumerate(idx) if v is not None]
+    if not pos or pos != list(range(pos[0], pos[-1] + 1)):
+        raise FrontendError(f"{ctx.node_name}: indexing with non-adjacent index tensors")
+    vals = [ctx.t(idx[i]) for i in pos]
+    if any(v.dtype is dt.boolean or v.dtype is dt.u8 for v in vals):
+        raise FrontendError(f"{ctx.node_name}: boolean-mask indexing (data-dependent shape)")
+    p, k = pos[0], len(pos)
+    if k == 1:
+        return ctx.emit("gather", [x, vals[0]], axis=p)
+    dims = x.shape[p:p + k]
+    flat = None
+    for j, (v, d) in enumerate(zip(vals, dims)):
+        v = ctx.cast(v, dt.i64)
+        v = ctx.emit("mod", [v, ctx.scalar(d, dt.i64)])
+        stride: Dim = 1
+        for dd in dims[j + 1:]:
+            stride = stride * dd
+        term = v if stride == 1 else ctx.emit("mul", [v, ctx.scalar(stride, dt.i64)])
+        flat = term if flat is None else ctx.emit("add", [flat, term])
+    merged = 1
+    for d in dims:
+        merged = merged * d
+    xr = ctx.emit("reshape", [x], shape=tuple(x.shape[:p]) + (merged,) + tuple(x.shape[p + k:]))
+    return ctx.emit("gather", [xr, flat], axis=p)
+
+
+@aten("constant_pad_nd.default")
+def _pad(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    r = x.type.rank
+    pad = ctx.dims(a["pad"])
+    begins: list[Dim] = [0] * r
+    ends: list[Dim] = [0] * r
+    for j in range(len(pad) // 2):  # torch lists (begin, end) pairs from the last dim backwards
+        begins[r - 1 - j], ends[r - 1 - j] = pad[2 * j], pad[2 * j + 1]
+    return ctx.emit("pad", [x], pads=tuple(begins + ends), value=float(a["value"]))
+
+
+@aten("tril.default", "triu.default")
+def _trilu(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("trilu", [ctx.t(a["self"])], diagonal=int(a["diagonal"]),
+                    upper="triu" in str(n.target))
+
+
+@aten("repeat.default")
+def _repeat(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    reps = tuple(int(r) for r in a["repeats"])
+    extra = len(reps) - x.type.rank
+    if extra > 0:
+        x = ctx.emit("unsqueeze", [x], axes=tuple(range(extra)))
+    if all(r == 1 for r in reps):
+        return x
+    return ctx.emit("tile", [x], repeats=reps)
+
+
+@aten("embedding.default")
+def _embedding(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("embedding", [ctx.t(a["weight"]), ctx.t(a["indices"])])

@@ -1,0 +1,360 @@
+"""PyTorch frontend: nn.Module / fx.GraphModule / ExportedProgram -> IR Graph.
+
+Route: ``torch.export.export`` (non-strict) gives a functional ATen graph in which the
+high-level composite ops are still intact; ``run_decompositions`` with torch's default table
+*minus* the ops in :data:`KEEP` then lowers everything else to core ATen. So ``linear``,
+``layer_norm``, ``rms_norm``, ``conv*``, ``scaled_dot_product_attention``, ``silu``,
+``softmax``, ``matmul`` (and a few more) survive as single nodes and map one-to-one onto IR ops
+the compression passes look for, while the long tail of ATen is reduced to a small core set.
+
+Conversion walks the fx graph once: parameters, buffers and lifted constants become IR
+constants named by their FQN, user inputs become graph inputs named after the forward's
+arguments, SymInt nodes become sympy expressions over the user's ``Dim`` names, and each ATen
+call goes through the table in ``aten_table`` / ``aten_shape`` / ``aten_nn``. Nodes whose inputs
+are all constant are folded with the IR op's reference implementation.
+"""
+from __future__ import annotations
+
+import inspect
+import operator
+from collections import Counter
+from typing import Any, Mapping
+
+import sympy
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch.export import ExportedProgram
+
+from ..ir import dtypes as dt
+from ..ir.errors import FrontendError, ScalefoldError, UnsupportedOpError
+from ..ir.graph import Graph, Value
+from ..ir.types import Dim, TensorType, canon_dim, dims_equal, sym
+from . import aten_nn, aten_shape  # noqa: F401  (registration)
+from .aten_table import ATEN, Ctx, bind_args, op_name
+from .aten_fuse import cleanup
+
+__all__ = ["from_torch", "KEEP", "supported_ops"]
+
+_A = torch.ops.aten
+# Composite ops kept whole through run_decompositions (removed from torch's default table).
+KEEP = (
+    _A.linear.default, _A.matmul.default, _A.layer_norm.default, _A.rms_norm.default,
+    _A.group_norm.default, _A.instance_norm.default,
+    _A.conv1d.default, _A.conv2d.default, _A.conv3d.default,
+    _A.conv1d.padding, _A.conv2d.padding, _A.conv3d.padding,
+    _A.conv_transpose1d.default, _A.conv_transpose2d.input, _A.conv_transpose3d.input,
+    _A.scaled_dot_product_attention.default, _A.silu.default, _A.softmax.int,
+    _A.log_softmax.int, _A.hardswish.default, _A.hardsigmoid.default, _A.mish.default,
+    _A.softplus.default, _A.logsumexp.default, _A.tril.default, _A.triu.default,
+)
+
+# Calls with no tensor result that carry no meaning for inference.
+_SKIP = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
+         "aten.sym_constrain_range_for_size.default", "aten.sym_constrain_range.default",
+         "aten._assert_async.msg", "aten._assert_async.default"}
+
+
+def supported_ops() -> list[str]:
+    """Names of the ATen overloads the frontend converts."""
+    return sorted(ATEN)
+
+
+def from_torch(model: torch.nn.Module | ExportedProgram, example_inputs: Any,
+               dynamic_shapes: Any = None, name: str | None = None) -> Graph:
+    """Import a PyTorch model as an IR Graph.
+
+    ``model`` is an nn.Module (including an fx.GraphModule) or an ExportedProgram.
+    ``example_inputs`` is a tuple of positional arguments, a dict of keyword arguments, a
+    ``(args, kwargs)`` pair or a single tensor. ``dynamic_shapes`` is passed to torch.export
+    (``Dim("B")`` becomes the IR symbol ``B``). The module is exported in eval mode (its mode
+    is restored afterwards). Raises UnsupportedOpError listing every ATen op without a
+    conversion (with counts) and FrontendError when torch cannot export the model.
+    """
+    args, kwargs = _split_inputs(example_inputs)
+    gname = name or (type(model).__name__ if not isinstance(model, ExportedProgram) else "main")
+    ep = model if isinstance(model, ExportedProgram) else _export(model, args, kwargs, dynamic_shapes)
+    try:
+        ep = ep.run_decompositions(_decomp_table())
+    except Exception as e:  # torch raises many kinds
+        raise FrontendError(f"decomposing {gname} failed: {_one_line(e)}") from e
+    dim_names = _dim_names(model, ep, args, kwargs, dynamic_shapes)
+    return _convert(ep, gname, dim_names)
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+
+def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 2 \
+            and isinstance(example_inputs[0], (tuple, list)) and isinstance(example_inputs[1], Mapping):
+        return tuple(example_inputs[0]), dict(example_inputs[1])
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any) -> ExportedProgram:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes,
+                                       strict=False)
+    except Exception as e:  # torch raises many kinds
+        raise FrontendError(f"torch.export failed for {type(model).__name__}: {_one_line(e)}") from e
+    finally:
+        model.train(was_training)
+
+
+def _decomp_table() -> Any:
+    table = torch.export.default_decompositions()
+    for op in KEEP:
+        if op in table:
+            del table[op]
+    return table
+
+
+# ---- symbols ----------------------------------------------------------------------------------
+
+
+def _dim_names(model: Any, ep: ExportedProgram, args: tuple, kwargs: dict,
+               dynamic_shapes: Any) -> dict[int, dict[int, str]]:
+    """{id(example tensor): {axis: Dim name}} from the user's dynamic_shapes spec."""
+    out: dict[int, dict[int, str]] = {}
+
+    def record(t: torch.Tensor, axis: int, d: Any) -> None:
+        if d is None or isinstance(d, int):
+            return
+        root = getattr(d, "root", None)  # a derived dim (2*B): name its root
+        nm = getattr(root if root is not None else d, "__name__", None)
+        if isinstance(nm, str) and nm.isidentifier():
+            out.setdefault(id(t), {})[axis] = ("=" if root is not None else "") + nm
+
+    def walk(v: Any, spec: Any) -> None:
+        if spec is None:
+            return
+        if isinstance(v, torch.Tensor):
+            items = spec.items() if isinstance(spec, Mapping) else enumerate(spec) \
+                if isinstance(spec, (list, tuple)) else ()
+            for ax, d in items:
+                record(v, int(ax), d)
+        elif isinstance(v, Mapping) and isinstance(spec, Mapping):
+            for k in spec:
+                if k in v:
+                    walk(v[k], spec[k])
+        elif isinstance(v, (list, tuple)) and isinstance(spec, (list, tuple)):
+            for x, s in zip(v, spec):
+                walk(x, s)
+
+    if dynamic_shapes is None or isinstance(model, ExportedProgram):
+        return out
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+        combined = dict(bound.arguments)
+    except (TypeError, ValueError):
+        combined = {f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs)
+    if isinstance(dynamic_shapes, Mapping):
+        walk(combined, dynamic_shapes)
+    else:
+        walk(list(combined.values()), list(dynamic_shapes))
+    return out
+
+
+class _Symbols:
+    """Maps torch's shape symbols (s0, s77, ...) to IR symbols named after the user's Dims."""
+
+    def __init__(self) -> None:
+        self.map: dict[sympy.Symbol, sympy.Expr] = {}
+
+    def bind(self, expr: sympy.Expr, name: str | None, fallback: str) -> None:
+        free = list(expr.free_symbols)
+        if isinstance(expr, sympy.Symbol):
+            if expr not in self.map:
+                self.map[expr] = sym(name.lstrip("=") if name else fallback)
+        elif len(free) == 1 and free[0] not in self.map and name and name.startswith("="):
+            self.map[free[0]] = sym(name[1:])  # derived dim: its root gets the Dim's name
+
+    def expr(self, e: Any) -> Dim:
+        if isinstance(e, (int, bool)) or (isinstance(e, sympy.Basic) and e.is_Integer):
+            return int(e)
+        if isinstance(e, sympy.Basic) and e.is_Number:
+            return float(e)  # type: ignore[return-value]
+        from torch.utils._sympy import functions as F
+        unknown = [s for s in e.free_symbols if s not in self.map]
+        if unknown:
+            raise FrontendError(f"data-dependent or unnamed shape symbol(s) "
+                                f"{', '.join(sorted(map(str, unknown)))} in {e}")
+        r = e.xreplace(self.map)
+        repl = {F.FloorDiv: lambda x, y: sympy.floor(x / y), F.CeilDiv: lambda x, y: sympy.ceiling(x / y),
+                F.CleanDiv: lambda x, y: x / y, F.IntTrueDiv: lambda x, y: x / y,
+                F.PythonMod: sympy.Mod, F.Mod: sympy.Mod, F.Max: sympy.Max, F.Min: sympy.Min}
+        for cls, fn in repl.items():
+            r = r.replace(lambda x, c=cls: isinstance(x, c), lambda x, f=fn: f(*x.args))
+        return canon_dim(r) if r.is_integer is not False else r
+
+
+# ---- conversion -------------------------------------------------------------------------------
+
+
+def _is_symbolic(val: Any) -> bool:
+    return isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool))
+
+
+def _scan(gm: fx.GraphModule, gname: str) -> None:
+    """Raise UnsupportedOpError naming every op without a conversion, with counts."""
+    bad: Counter[str] = Counter()
+    for n in gm.graph.nodes:
+        if n.op == "call_function":
+            key = op_name(n.target)
+            if key in ATEN or key in _SKIP or n.target is operator.getitem \
+                    or _is_symbolic(n.meta.get("val")) or isinstance(n.meta.get("val"), (int, float)):
+                continue
+            bad[key] += 1
+        elif n.op in ("call_module", "call_method", "get_attr"):
+            bad[f"{n.op}:{n.target}"] += 1
+    if bad:
+        raise UnsupportedOpError(dict(bad), where=f"model {gname}")
+
+
+def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str]]) -> Graph:
+    gm = ep.graph_module
+    _scan(gm, gname)
+    sig = ep.graph_signature
+    syms = _Symbols()
+    g = Graph(gname)
+    ctx = Ctx(g, syms.expr)
+
+    from torch.export.graph_signature import InputKind, OutputKind
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    user_leaves = pytree.tree_leaves(ep.example_inputs) if ep.example_inputs else []
+    user_i = 0
+    # Bind symbols first (every user input), so that input types can use any of them.
+    specs = list(zip(sig.input_specs, placeholders))
+    for spec, ph in specs:
+        if spec.kind == InputKind.USER_INPUT:
+            val = ph.meta.get("val")
+            leaf = user_leaves[user_i] if user_i < len(user_leaves) else None
+            user_i += 1
+            if isinstance(val, torch.Tensor):
+                names = dim_names.get(id(leaf), {})
+                for ax, d in enumerate(val.shape):
+                    if isinstance(d, torch.SymInt):
+                        syms.bind(d.node.expr, names.get(ax), f"{ph.name}_dim{ax}")
+    for spec, ph in specs:
+        val = ph.meta.get("val")
+        if spec.kind == InputKind.USER_INPUT:
+            if isinstance(val, torch.Tensor):
+                try:
+                    dtype = dt.from_torch(val.dtype)
+                except ScalefoldError as e:
+                    raise FrontendError(f"input {ph.name!r}: {e}") from None
+                ctx.env[ph] = g.add_input(TensorType(dtype, ctx.shape_of(val)), ph.name)
+            else:
+                ctx.env[ph] = val  # a specialised python value (flag, int)
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            t = ep.state_dict.get(spec.target) if spec.kind != InputKind.CONSTANT_TENSOR else None
+            if t is None:
+                t = ep.constants.get(spec.target)
+            if t is None:
+                raise FrontendError(f"no tensor for {spec.kind.name.lower()} {spec.target!r}")
+            ctx.env[ph] = ctx.const(t.detach(), name=spec.target)
+        else:
+            raise FrontendError(f"input {ph.name!r} of kind {spec.kind.name} is not supported")
+
+    out_node = None
+    for n in gm.graph.nodes:
+        if n.op == "call_function":
+            ctx.node_name = n.name
+            ctx.env[n] = _convert_node(ctx, n, syms)
+        elif n.op == "output":
+            out_node = n
+    assert out_node is not None
+    flat = list(out_node.args[0])
+    outs: list[Value] = []
+    for spec, a in zip(sig.output_specs, flat):
+        if spec.kind != OutputKind.USER_OUTPUT:
+            if spec.kind == OutputKind.BUFFER_MUTATION:
+                raise FrontendError(f"the model mutates buffer {spec.target!r}; not supported")
+            continue
+        v = ctx.env.get(a) if isinstance(a, fx.Node) else a
+        if not isinstance(v, Value):
+            v = ctx.scalar(v, dt.from_torch(torch.tensor(v).dtype))
+        outs.append(v)
+    g.set_outputs(outs, _output_names(ep, len(outs)))
+    cleanup(g)
+    return g
+
+
+def _convert_node(ctx: Ctx, n: fx.Node, syms: _Symbols) -> Any:
+    val = n.meta.get("val")
+    if n.target is operator.getitem:
+        src = ctx.env[n.args[0]]
+        return src[n.args[1]]
+    if _is_symbolic(val):
+        return syms.expr(val.node.expr)
+    if isinstance(val, (int, float)) and not isinstance(n.target, torch._ops.OpOverload):
+        return val
+    key = op_name(n.target)
+    if key in _SKIP:
+        return None
+    a = bind_args(n.target, n.args, n.kwargs)
+    try:
+        res = ATEN[key](ctx, n, a)
+    except ScalefoldError as e:
+        msg = str(e)
+        if n.name in msg:
+            raise
+        raise type(e)(f"{n.name} ({key}): {msg}") if type(e) is FrontendError else e
+    _check(ctx, n, res)
+    return res
+
+
+def _check(ctx: Ctx, n: fx.Node, res: Any) -> None:
+    """The IR type of each result must be what torch inferred (catches table bugs early)."""
+    val = n.meta.get("val")
+    pairs = zip(res, val) if isinstance(res, tuple) else [(res, val)]
+    for v, m in pairs:
+        if not isinstance(v, Value) or not isinstance(m, torch.Tensor):
+            continue
+        want = TensorType(dt.from_torch(m.dtype), ctx.shape_of(m))
+        if v.dtype is not want.dtype or v.type.rank != want.rank or \
+                not all(dims_equal(x, y) for x, y in zip(v.shape, want.shape)):
+            raise FrontendError(f"{n.name} ({op_name(n.target)}): converted to {v.type}, "
+                                f"but torch infers {want}")
+
+
+def _output_names(ep: ExportedProgram, count: int) -> list[str]:
+    try:
+        spec = ep.call_spec.out_spec
+        tree = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
+        paths = [p for p, _ in pytree.tree_flatten_with_path(tree)[0]]
+    except Exception:  # an exotic output container: fall back to positions
+        paths = []
+    if len(paths) != count:
+        return [f"out{i}" for i in range(count)]
+    names = []
+    for p in paths:
+        parts = []
+        for k in p:
+            if isinstance(k, pytree.MappingKey):
+                parts.append(str(k.key))
+            elif isinstance(k, pytree.GetAttrKey):
+                parts.append(k.name)
+            elif isinstance(k, pytree.SequenceKey):
+                parts.append(str(k.idx))
+            else:
+                parts.append(str(k))
+        nm = ".".join(parts) or "output"
+        names.append(nm if not nm[0].isdigit() else "out" + nm)
+    return names
+

@@ -1,0 +1,109 @@
+"""The kernel cache: C sources compiled once into shared objects keyed by content.
+
+Key = sha256(source, flags, compiler version). Entries live in ``$SCALEFOLD_CACHE_DIR/c``
+(default ``~/.cache/scalefold/c``), one ``<key>.so`` per distinct kernel. A build happens in a
+private temporary directory and is moved into place with ``os.replace`` while holding a
+per-key file lock, so concurrent processes compiling the same kernel produce exactly one
+entry and a crashed build never leaves a half-written one.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from filelock import FileLock
+
+from ..ir.errors import CompileError
+
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno",
+          "-fno-trapping-math", "-std=gnu11")
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$SCALEFOLD_CACHE_DIR`` or ``~/.cache/scalefold``."""
+    root = os.environ.get("SCALEFOLD_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "scalefold"
+
+
+def compiler() -> str:
+    return os.environ.get("CC", "cc")
+
+
+@lru_cache(maxsize=None)
+def compiler_version(cc: str) -> str:
+    try:
+        r = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CompileError(f"C compiler '{cc}' cannot be run: {e}") from None
+    if r.returncode != 0:
+        raise CompileError(f"C compiler '{cc}' failed to report its version", r.stderr)
+    return r.stdout.splitlines()[0] if r.stdout else cc
+
+
+def cache_key(source: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -> str:
+    cc = cc or compiler()
+    h = hashlib.sha256()
+    for part in (source, "\0".join(flags), compiler_version(cc)):
+        h.update(part.encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:40]
+
+
+def build(source: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -> Path:
+    """Compile ``source`` (or find it in the cache) and return the shared object's path."""
+    cc = cc or compiler()
+    key = cache_key(source, flags, cc)
+    entries = cache_dir() / "c"
+    locks = cache_dir() / "locks"
+    target = entries / f"{key}.so"
+    if target.exists():
+        return target
+    entries.mkdir(parents=True, exist_ok=True)
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"{key}.lock")):
+        if target.exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-{key[:12]}-", dir=entries))
+        try:
+            src = tmp / "kernel.c"
+            src.write_text(source)
+            out = tmp / "kernel.so"
+            cmd = [cc, *flags, "-o", str(out), str(src)]
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise CompileError(f"C compiler '{cc}' could not run: {e}") from None
+            if r.returncode != 0 or not out.exists():
+                raise CompileError(f"C compilation failed ({' '.join(cmd[:1] + list(flags))}): "
+                                   f"kernel {key[:12]}", r.stderr)
+            os.replace(out, target)
+            # The source beside the entry is for people reading the cache; written atomically too.
+            os.replace(src, entries / f"{key}.c")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+_LOADED: dict[str, ctypes.CDLL] = {}
+
+
+def load_kernel(path: Path, symbol: str = "sf_kernel"):
+    """The kernel function of a built shared object (``void f(void**, const int64_t*)``)."""
+    key = str(path)
+    lib = _LOADED.get(key)
+    if lib is None:
+        try:
+            lib = ctypes.CDLL(key)
+        except OSError as e:
+            raise CompileError(f"cannot load kernel {path}: {e}") from None
+        _LOADED[key] = lib
+    fn = getattr(lib, symbol)
+    fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64)]
+    fn.restype = None
+    return fn

@@ -1,0 +1,184 @@
+"""Runs a scheduled, compiled graph: binds symbols, allocates the planned arena, calls kernels.
+
+Per binding of the symbols (cached, LRU) the executor evaluates each kernel's runtime sizes,
+plans one arena by liveness (``codegen.schedule.plan_buffers``) and pre-builds one step per
+kernel. A call then only fills pointer arrays and calls: no per-element Python.
+Graph outputs never live in the arena (it is reused by the next call), so they are returned
+as fresh tensors.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import sympy
+import torch
+
+from ..codegen.schedule import BufferPlan, Kernel, Schedule, plan_buffers
+from ..ir.graph import Graph, Value
+from ..ir.ops import get_op
+from ..ir.ops.common import bind_dims
+from .interp import bind_symbols
+from .library import library_fn
+
+Step = Callable[[list], None]
+ENV_CACHE = 8
+
+
+@dataclass
+class _Bound:
+    env: dict[sympy.Symbol, int]
+    plan: BufferPlan
+    arena: torch.Tensor
+    base_vals: list
+    steps: list[Step]
+    fresh: list[tuple[int, tuple[int, ...], torch.dtype]]   # graph outputs allocated per call
+
+
+class Executor:
+    """Callable runner of ``schedule`` with ``kernels`` (name -> ctypes function) for its
+    fused kernels and ``params`` (name -> sympy expressions of their runtime integers)."""
+
+    def __init__(self, graph: Graph, schedule: Schedule, kernels: Mapping[str, Callable],
+                 params: Mapping[str, Sequence[sympy.Expr]]):
+        self.graph = graph
+        self.schedule = schedule
+        self.kernels = dict(kernels)
+        self.params = {k: list(v) for k, v in params.items()}
+        self._slot: dict[int, int] = {}
+        for v in graph.inputs:
+            self._slot.setdefault(id(v), len(self._slot))
+        for k in schedule.kernels:
+            for v in k.inputs:
+                self._slot.setdefault(id(v), len(self._slot))
+            for n in k.nodes:
+                for o in n.outputs:
+                    self._slot.setdefault(id(o), len(self._slot))
+        for v in graph.outputs:
+            self._slot.setdefault(id(v), len(self._slot))
+        self._consts = [(self._slot[id(v)], v.const) for v in _consts(graph)]
+        self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ---- binding ------------------------------------------------------------------------
+    def _bind(self, env: dict[sympy.Symbol, int]) -> _Bound:
+        key = tuple(sorted((s.name, v) for s, v in env.items()))
+        b = self._bound.get(key)
+        if b is not None:
+            self._bound.move_to_end(key)
+            return b
+        g = self.graph
+        outs = {id(v) for v in g.outputs}
+        plan = plan_buffers(self.schedule, env, exclude=g.outputs)
+        arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8)
+        vals: list = [None] * len(self._slot)
+        for s, t in self._consts:
+            vals[s] = t
+        fresh = []
+        for k in self.schedule.kernels:
+            if k.kind == "view":
+                continue
+            for o in k.outputs:
+                shape = o.type.concrete(env)
+                if id(o) in plan.offsets:
+                    vals[self._slot[id(o)]] = _view(arena, plan.offsets[id(o)], shape, o.dtype.container)
+                elif id(o) in outs:
+                    fresh.append((self._slot[id(o)], shape, o.dtype.container))
+        steps = [self._step(k, env) for k in self.schedule.kernels]
+        b = _Bound(env, plan, arena, vals, steps, fresh)
+        self._bound[key] = b
+        if len(self._bound) > ENV_CACHE:
+            self._bound.popitem(last=False)
+        return b
+
+    def _step(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> Step:
+        slot = self._slot
+        if k.kind == "fused":
+            fn = self.kernels[k.name]
+            ins = [slot[id(v)] for v in k.inputs]
+            outs = [slot[id(v)] for v in k.outputs]
+            order = ins + outs
+            ptrs = (ctypes.c_void_p * len(order))()
+            q = [int(sympy.sympify(e).subs(env)) for e in self.params.get(k.name, [])]
+            qarr = (ctypes.c_int64 * max(len(q), 1))(*q)
+
+            def run_fused(vals: list) -> None:
+                for i, s in enumerate(order):
+                    ptrs[i] = vals[s].data_ptr()
+                fn(ptrs, qarr)
+            return run_fused
+        node = k.nodes[0]
+        ins = [slot[id(v)] if v is not None else -1 for v in node.inputs]
+        out_slots = [slot[id(o)] for o in node.outputs]
+        if k.kind == "view":
+            shape = node.outputs[0].type.concrete(env)
+            src, dst = ins[0], out_slots[0]
+
+            def run_view(vals: list) -> None:
+                vals[dst] = vals[src].view(shape)
+            return run_view
+        if k.kind == "library":
+            fn_lib, writes_out = library_fn(node)
+            dst = out_slots[0]
+
+            def run_lib(vals: list) -> None:
+                xs = [vals[s] if s >= 0 else None for s in ins]
+                res = fn_lib(xs, vals[dst] if writes_out else None)
+                vals[dst] = res if res.is_contiguous() else res.contiguous()
+            return run_lib
+        ref = get_op(node.op).reference
+        attrs = bind_dims(node.attrs, env)
+
+        def run_ref(vals: list) -> None:
+            xs = [vals[s] if s >= 0 else None for s in ins]
+            res = ref(xs, attrs)
+            res = list(res) if isinstance(res, (tuple, list)) else [res]
+            for s, t in zip(out_slots, res):
+                vals[s] = t if t.is_contiguous() else t.contiguous()
+        return run_ref
+
+    # ---- running -----------------------------------------------------------------------
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        return self.run(inputs)
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        g = self.graph
+        inputs = [x.contiguous() if isinstance(x, torch.Tensor) else x for x in inputs]
+        env = bind_symbols(g, inputs)
+        with self._lock:
+            b = self._bind(env)
+            vals = list(b.base_vals)
+            for v, x in zip(g.inputs, inputs):
+                vals[self._slot[id(v)]] = x
+            for s, shape, dtype in b.fresh:
+                vals[s] = torch.empty(shape, dtype=dtype)
+            for step in b.steps:
+                step(vals)
+            res = []
+            arena = b.arena.untyped_storage().data_ptr()
+            for v in g.outputs:
+                t = vals[self._slot[id(v)]]
+                if v.is_const or t.untyped_storage().data_ptr() == arena:
+                    t = t.clone()  # never hand out the arena or a constant
+                res.append(t)
+            return res
+
+    def memory_report(self, env: Mapping[sympy.Symbol, int]) -> BufferPlan:
+        """The buffer plan for one binding: arena bytes (peak of planned intermediates) and
+        what one buffer per value would take."""
+        return plan_buffers(self.schedule, env, exclude=self.graph.outputs)
+
+
+def _view(arena: torch.Tensor, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    n = 1
+    for d in shape:
+        n *= d
+    item = torch.empty(0, dtype=dtype).element_size()
+    return arena[offset:offset + n * item].view(dtype).view(shape)
+
+
+def _consts(graph: Graph) -> list[Value]:
+    return graph.constants()

@@ -1,0 +1,275 @@
+"""ONNX backend node-test conformance: every case of ``collect_testcases()`` through
+``from_onnx`` + the reference interpreter, compared with the shipped expected outputs.
+
+Run as a script to print a per-op table (``--update`` rewrites the expectation file next to
+this one); import ``run_all()`` from tests.
+
+Compile-time inputs: each model is first imported with *all* graph inputs live. If the import
+fails with a FrontendError saying an input must be known at compile time (a constant, a shape,
+axes, pads, repeats, k, ...), it is retried with every integer-typed input frozen to the data
+set's value (``from_onnx(input_values=...)``); float inputs always stay live. This mirrors how
+a real model passes such tensors (as initializers or shape computations).
+
+Comparison follows the ONNX backend test: ``|got - want| <= atol + rtol * |want|`` with the
+case's rtol/atol (defaults 1e-3 / 1e-7) for floats, exact equality for ints and bools, equal
+NaN positions, output dtype and shape must match too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import sys
+import time
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+EXPECTED = Path(__file__).with_name("onnx_conformance_expected.json")
+CASE_TIMEOUT_S = 20          # per case; no shipped case comes close
+MAX_MODEL_BYTES = 64 << 20   # guard against huge models (none ship)
+_FREEZE_HINTS = ("known at compile time", "must be a constant")
+
+_CASES: list[Any] | None = None
+
+
+def _cases() -> list[Any]:
+    global _CASES
+    if _CASES is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import onnx.backend.test.case.node as node_cases
+            _CASES = sorted(node_cases.collect_testcases(), key=lambda c: c.name)
+    return _CASES
+
+
+def case_op(case: Any, by_name: dict[str, Any] | None = None) -> str:
+    """The op a case tests: its single node's op type; for function-expanded variants
+    (``*_expanded*``) the op of the unexpanded sibling case."""
+    nodes = case.model.graph.node
+    if by_name is not None and "_expanded" in case.name:
+        sib = by_name.get(re.sub(r"_expanded.*$", "", case.name))
+        if sib is not None and len(sib.model.graph.node) == 1:
+            return sib.model.graph.node[0].op_type
+    if len(nodes) == 1:
+        return nodes[0].op_type
+    return nodes[-1].op_type if nodes else "?"
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise _Timeout(f"timed out after {CASE_TIMEOUT_S} s")
+
+
+def _compare(got: Any, want: Any, out_type: Any, rtol: float, atol: float) -> str | None:
+    """None if ``got`` (torch container) matches ``want`` (numpy), else the reason."""
+    import numpy as np
+    import torch
+
+    from scalefold.frontend.onnx_tensors import numpy_to_torch
+    from scalefold.ir import dtypes as dt
+
+    from onnx import TensorProto, numpy_helper
+    if isinstance(want, TensorProto):
+        want = numpy_helper.to_array(want)
+    if not isinstance(want, np.ndarray):
+        want = np.asarray(want)
+    w = numpy_to_torch(want, out_type).reshape(want.shape)
+    if tuple(got.shape) != tuple(w.shape):
+        return f"shape {tuple(got.shape)} != expected {tuple(w.shape)}"
+    if got.dtype != w.dtype:
+        return f"container dtype {got.dtype} != expected {w.dtype}"
+    if not out_type.is_float:
+        if not torch.equal(got, w):
+            n = int((got != w).sum())
+            return f"{n} of {w.numel()} integer/bool elements differ"
+        return None
+    g64 = dt.to_real(got, out_type, torch.float64)
+    w64 = dt.to_real(w, out_type, torch.float64)
+    gn, wn = torch.isnan(g64), torch.isnan(w64)
+    if not torch.equal(gn, wn):
+        return "NaN positions differ"
+    g64, w64 = g64[~wn], w64[~wn]
+    same_inf = torch.isinf(w64) & (g64 == w64)
+    err = (g64 - w64).abs()
+    bad = ~same_inf & ~(err <= atol + rtol * w64.abs())
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        return (f"{int(bad.sum())} of {w.numel()} values off (first: got {g64[i].item():.6g}, "
+                f"want {w64[i].item():.6g}; rtol={rtol}, atol={atol})")
+    return None
+
+
+def _run_dataset(case: Any, inputs: list[Any], outputs: list[Any]) -> str | None:
+    """None on success, else a one-line reason."""
+    import numpy as np
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from scalefold.frontend.onnx import from_onnx
+    from scalefold.frontend.onnx_tensors import numpy_to_torch, onnx_dtype
+    from scalefold.ir.errors import FrontendError
+    from scalefold.runtime.interp import run
+
+    gp = case.model.graph
+    inits = {t.name for t in gp.initializer}
+    ins = [v for v in gp.input if v.name not in inits]
+    if len(inputs) != len(ins):
+        return f"data set has {len(inputs)} inputs, model {len(ins)}"
+    tensors = {}
+    for v, a in zip(ins, inputs):
+        if isinstance(a, onnx.TensorProto):
+            a = numpy_helper.to_array(a)
+        if isinstance(a, np.generic):
+            a = np.asarray(a)
+        if not isinstance(a, np.ndarray):
+            return f"input '{v.name}' is a {type(a).__name__} (sequence/optional), not a tensor"
+        # reshape: numpy_to_torch goes through ascontiguousarray, which makes 0-d arrays 1-d.
+        tensors[v.name] = numpy_to_torch(a, onnx_dtype(v.type.tensor_type.elem_type, v.name)
+                                         ).reshape(a.shape)
+    frozen: dict[str, Any] = {}
+    try:
+        g = from_onnx(case.model)
+    except FrontendError as e:
+        if not any(h in str(e) for h in _FREEZE_HINTS):
+            raise
+        frozen = {n: t for n, t in tensors.items()
+                  if not t.is_floating_point() and t.dtype != torch.bool}
+        g = from_onnx(case.model, input_values=frozen)
+    live = [tensors[v.name] for v in ins if v.name not in frozen]
+    got = run(g, *live)
+    if len(got) != len(outputs):
+        return f"{len(got)} outputs, expected {len(outputs)}"
+    for o, t, want in zip(gp.output, got, outputs):
+        d = onnx_dtype(o.type.tensor_type.elem_type, o.name)
+        why = _compare(t, want, d, case.rtol, case.atol)
+        if why:
+            return f"output '{o.name}': {why}"
+    return None
+
+
+def run_case(idx: int) -> tuple[str, str, str | None, float]:
+    """(name, op, reason-or-None, seconds) of case ``idx``; never raises."""
+    cases = _cases()
+    case = cases[idx]
+    by_name = {c.name: c for c in cases}
+    op = case_op(case, by_name)
+    t0 = time.perf_counter()
+    why: str | None = None
+    old = signal.signal(signal.SIGALRM, _alarm) if hasattr(signal, "SIGALRM") else None
+    try:
+        if hasattr(signal, "SIGALRM"):
+            signal.alarm(CASE_TIMEOUT_S)
+        if case.model.ByteSize() > MAX_MODEL_BYTES:
+            why = "model too large for the conformance run"
+        elif not case.data_sets:
+            why = "no data sets"
+        else:
+            for inputs, outputs in case.data_sets:
+                why = _run_dataset(case, list(inputs), list(outputs))
+                if why:
+                    break
+    except BaseException as e:  # noqa: BLE001  (one case may never stop the run)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        msg = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
+    finally:
+        if hasattr(signal, "SIGALRM"):
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+    return case.name, op, why, time.perf_counter() - t0
+
+
+def _init_worker() -> None:
+    import torch
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    _cases()
+
+
+def run_all(processes: int | None = None) -> dict[str, tuple[str, str | None]]:
+    """Run every case; {name: (op, reason or None)}."""
+    n = len(_cases())
+    processes = processes or min(4, os.cpu_count() or 1)
+    out: dict[str, tuple[str, str | None]] = {}
+    if processes <= 1:
+        _init_worker()
+        results = map(run_case, range(n))
+        for name, op, why, _ in results:
+            out[name] = (op, why)
+        return out
+    ctx = mp.get_context("fork") if sys.platform != "win32" else mp.get_context()
+    with ctx.Pool(processes, initializer=_init_worker) as pool:
+        for name, op, why, _ in pool.imap_unordered(run_case, range(n), chunksize=8):
+            out[name] = (op, why)
+    return out
+
+
+def summarize(results: dict[str, tuple[str, str | None]]) -> dict[str, list[int]]:
+    """{op: [passed, total]} sorted by op."""
+    per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for op, why in results.values():
+        per[op][1] += 1
+        if why is None:
+            per[op][0] += 1
+    return dict(sorted(per.items()))
+
+
+def load_expected() -> dict[str, Any]:
+    if not EXPECTED.exists():
+        return {"passing": [], "per_op": {}}
+    return json.loads(EXPECTED.read_text())
+
+
+def write_expected(results: dict[str, tuple[str, str | None]]) -> None:
+    passing = sorted(n for n, (_, why) in results.items() if why is None)
+    per = summarize(results)
+    data = {"total_cases": len(results), "passed": len(passing),
+            "per_op": {op: f"{p}/{t}" for op, (p, t) in per.items()}, "passing": passing}
+    tmp = EXPECTED.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(EXPECTED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--update", action="store_true", help="rewrite the expectation file")
+    ap.add_argument("--failures", action="store_true", help="list failing cases with reasons")
+    ap.add_argument("--op", help="only show rows/failures of this op")
+    ap.add_argument("-j", type=int, default=None, help="worker processes")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    res = run_all(args.j)
+    dt_s = time.perf_counter() - t0
+    per = summarize(res)
+    for op, (p, t) in per.items():
+        if args.op and op != args.op:
+            continue
+        print(f"{op:32s} {p:4d}/{t:<4d}{'  ok' if p == t else ''}")
+    if args.failures:
+        reasons = Counter()
+        for name, (op, why) in sorted(res.items()):
+            if why is not None and (not args.op or op == args.op):
+                print(f"FAIL {name} [{op}]: {why}")
+                reasons[why.split(":")[0]] += 1
+    npass = sum(p for p, _ in per.values())
+    full = sum(1 for p, t in per.values() if p == t)
+    print(f"passed {npass}/{len(res)} cases; {full}/{len(per)} op types fully passing; {dt_s:.1f} s")
+    if args.update:
+        write_expected(res)
+        print(f"wrote {EXPECTED}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    raise SystemExit(main())
