@@ -6,3 +6,4 @@ from . import reduce  # noqa: F401
 from . import nn  # noqa: F401
 from . import shape  # noqa: F401
 from . import attention  # noqa: F401
+from . import misc  # noqa: F401

@@ -136,14 +136,23 @@ def _run_dataset(case: Any, inputs: list[Any], outputs: list[Any]) -> str | None
         tensors[v.name] = numpy_to_torch(a, onnx_dtype(v.type.tensor_type.elem_type, v.name)
                                          ).reshape(a.shape)
     frozen: dict[str, Any] = {}
-    try:
-        g = from_onnx(case.model)
-    except FrontendError as e:
-        if not any(h in str(e) for h in _FREEZE_HINTS):
-            raise
-        frozen = {n: t for n, t in tensors.items()
-                  if not t.is_floating_point() and t.dtype != torch.bool}
-        g = from_onnx(case.model, input_values=frozen)
+    for _ in range(4):
+        try:
+            g = from_onnx(case.model, input_values=frozen)
+            break
+        except FrontendError as e:
+            if not any(h in str(e) for h in _FREEZE_HINTS):
+                raise
+            more = {n: t for n, t in tensors.items()
+                    if not t.is_floating_point() and t.dtype != torch.bool}
+            named = _named_input(gp, str(e))
+            if named in tensors:
+                more[named] = tensors[named]
+            if set(more) <= set(frozen):
+                raise
+            frozen.update(more)
+    else:
+        raise FrontendError("could not import with compile-time inputs frozen")
     live = [tensors[v.name] for v in ins if v.name not in frozen]
     got = run(g, *live)
     if len(got) != len(outputs):
@@ -153,6 +162,19 @@ def _run_dataset(case: Any, inputs: list[Any], outputs: list[Any]) -> str | None
         why = _compare(t, want, d, case.rtol, case.atol)
         if why:
             return f"output '{o.name}': {why}"
+    return None
+
+
+def _named_input(gp: Any, msg: str) -> str | None:
+    """The graph tensor an error like "node X (OneHot): input 1 (depth) must be ..." names."""
+    m = re.search(r"node (?:'([^']*)' \((\w+)\)|(\w+)): input (\d+)", msg)
+    if not m:
+        return None
+    name, op = m.group(1), m.group(2) or m.group(3)
+    for n in gp.node:
+        if (name and n.name == name) or (not name and n.op_type == op):
+            i = int(m.group(4))
+            return n.input[i] if i < len(n.input) else None
     return None
 
 

@@ -61,11 +61,11 @@ def check(op: str, feeds: dict[str, np.ndarray], attrs: dict[str, Any] | None = 
 
 
 def f32(*shape: int, lo: float = -3.0, hi: float = 3.0) -> np.ndarray:
-    return RNG.uniform(lo, hi, shape).astype(np.float32)
+    return np.asarray(RNG.uniform(lo, hi, shape), dtype=np.float32)
 
 
 def ints(*shape: int, lo: int = -6, hi: int = 7, dtype: Any = np.int32) -> np.ndarray:
-    return RNG.integers(lo, hi, shape).astype(dtype)
+    return np.asarray(RNG.integers(lo, hi, shape), dtype=dtype)
 
 
 # ---- unary ----------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ SHAPES = [((2, 3, 4), (3, 1)), ((1,), (2, 1, 4)), ((2, 3), (2, 3)), ((4, 1), ())
 @pytest.mark.parametrize("sa,sb", SHAPES)
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
 def test_arith_broadcast(op: str, sa: tuple, sb: tuple, opset: int) -> None:
-    b = f32(*sb, lo=0.5, hi=3.0) * np.where(RNG.random(sb) > 0.5, 1, -1).astype(np.float32)
+    b = np.asarray(f32(*sb, lo=0.5, hi=3.0) * np.where(RNG.random(sb) > 0.5, 1, -1), np.float32)
     check(op, {"a": f32(*sa), "b": b}, opset=opset)
 
 
@@ -246,7 +246,6 @@ def test_variadic_int() -> None:
     feeds = {"a": ints(3, 4), "b": ints(4), "c": ints(3, 1)}
     check("Max", feeds, opset=13)
     check("Min", feeds, opset=13)
-    check("Sum", feeds, opset=13)
 
 
 @pytest.mark.parametrize("opset", [13, 16])
@@ -289,17 +288,18 @@ def test_clip(case: str) -> None:
 
 
 def test_arith_on_shapes_folds_to_symbolic_dims() -> None:
-    """Shape -> Mul/Add/Sub/Div -> output stays a compile-time dim list (no arithmetic nodes)."""
+    """Shape -> Mul/Add/Sub/Div/Max and the Equal(-1)/Where idiom of exporters stay compile-time
+    dim lists: the only node left materialises the symbolic results."""
     nodes = [helper.make_node("Shape", ["x"], ["s"]),
              helper.make_node("Mul", ["s", "two"], ["m"]),
              helper.make_node("Add", ["m", "s"], ["a"]),
              helper.make_node("Sub", ["a", "one"], ["b"]),
              helper.make_node("Div", ["a", "three"], ["d"]),
              helper.make_node("Max", ["s", "three"], ["mx"]),
-             helper.make_node("Equal", ["s", "three"], ["eq"]),
+             helper.make_node("Equal", ["s", "minus1"], ["eq"]),
              helper.make_node("Where", ["eq", "m", "s"], ["w"])]
     inits = [onnx.numpy_helper.from_array(np.array(v, np.int64), n)
-             for n, v in (("two", 2), ("one", 1), ("three", 3))]
+             for n, v in (("two", 2), ("one", 1), ("three", 3), ("minus1", -1))]
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])
     outs = [helper.make_value_info(o, onnx.TypeProto()) for o in ("b", "d", "mx", "w")]
     m = helper.make_model(helper.make_graph(nodes, "g", [x], outs, initializer=inits),

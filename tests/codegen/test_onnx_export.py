@@ -1,0 +1,566 @@
+"""ONNX export: every IR op exported, full-checked, run in onnxruntime and compared with the
+reference interpreter; symbolic dims, opset limits, atomic writes, external data and the model
+graphs of tests/runtime/test_interp_models.py.
+
+Tolerances: float results use fp32 tolerance (rtol = atol = 1e-5; f16 results the f16 one).
+Quantisation codes are compared exactly: onnxruntime's QuantizeLinear divides by the scale
+and rounds half to even, as the IR does.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from harness import assert_close
+from scalefold.codegen.onnx import ExportError, to_onnx
+from scalefold.codegen.onnx_ops import REFUSED, RENDER
+from scalefold.ir import dtypes as dt
+from scalefold.ir.errors import ScalefoldError
+from scalefold.ir.graph import Graph
+from scalefold.ir.ops import all_ops
+from scalefold.ir.parser import parse
+from scalefold.ir.types import TensorType
+from scalefold.runtime.interp import run
+
+CPU = ["CPUExecutionProvider"]
+_F8 = {"f8e4m3": torch.float8_e4m3fn, "f8e5m2": torch.float8_e5m2}
+
+
+def _session(model: onnx.ModelProto | str) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    src = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(src, opts, providers=CPU)
+
+
+def _rand(t: TensorType) -> torch.Tensor:
+    shape = [int(d) for d in t.shape]
+    d = t.dtype
+    if d.is_float:
+        return torch.randn(shape).to(d.container)
+    if d is dt.boolean:
+        return torch.rand(shape) > 0.5
+    if d.is_signed:
+        return torch.randint(-8, 8, shape).to(d.container)
+    return torch.randint(0, 16, shape).to(d.container)
+
+
+def check(g: Graph, feeds: list[torch.Tensor], opset: int = 21, rtol: float = 1e-5,
+          atol: float = 1e-5) -> onnx.ModelProto:
+    """Export (full check inside to_onnx), run in onnxruntime and compare to the interpreter."""
+    m = to_onnx(g, opset=opset)
+    got = _session(m).run(None, {v.name: t.numpy() for v, t in zip(g.inputs, feeds)})
+    want = run(g, *feeds)
+    for i, (a, e, v) in enumerate(zip(got, want, g.outputs)):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if v.dtype.name in _F8:
+            t = t.view(_F8[v.dtype.name])
+        tol = {} if e.dtype in (torch.float16, torch.bfloat16) or not e.is_floating_point() \
+            else {"rtol": rtol, "atol": atol}
+        assert_close(t, e, what=f"output {i} of {[n.op for n in g.nodes]}", **tol)
+    return m
+
+
+class In:
+    """A graph input fed with the given data (otherwise inputs get random data)."""
+
+    def __init__(self, t: torch.Tensor, dtype: str | None = None):
+        self.t, self.dtype = t, dtype or dt.from_torch(t.dtype).name
+
+
+class C:
+    """A constant operand of the given IR dtype."""
+
+    def __init__(self, t: torch.Tensor, dtype: str | None = None):
+        self.t, self.dtype = t, dtype
+
+
+Spec = "str | In | C | torch.Tensor | None"
+
+
+def graph_of(ops: list[tuple[str, list, dict]], *ins) -> tuple[Graph, list[torch.Tensor]]:
+    """A graph applying ``ops`` in sequence; operand "%k" is the k-th op's output (first
+    output), "$i" the i-th spec in ``ins``; specs are type text (random input), In, C or a
+    tensor (constant)."""
+    g, feeds, vals = Graph("t"), [], []
+    for i, s in enumerate(ins):
+        if s is None:
+            vals.append(None)
+        elif isinstance(s, str):
+            v = g.add_input(s, f"x{i}")
+            feeds.append(_rand(v.type))
+            vals.append(v)
+        elif isinstance(s, In):
+            vals.append(g.add_input(TensorType(s.dtype, s.t.shape), f"x{i}"))
+            feeds.append(s.t)
+        elif isinstance(s, C):
+            vals.append(g.add_const(s.t, s.dtype))
+        else:
+            vals.append(g.add_const(s))
+    outs = []
+    for op, args, attrs in ops:
+        xs = [outs[int(a[1:])][0] if isinstance(a, str) and a.startswith("%") else
+              vals[int(a[1:])] if isinstance(a, str) else a for a in args]
+        r = g.add(op, xs, attrs)
+        outs.append(list(r) if isinstance(r, tuple) else [r])
+    g.set_outputs(outs[-1])
+    return g, feeds
+
+
+def unit(op: str, *ins, then: list[tuple[str, list, dict]] = (), **attrs):
+    """Builder for one op on operands ``ins`` (optionally followed by more ops)."""
+    return lambda: graph_of([(op, [f"${i}" for i in range(len(ins))], attrs)] + list(then), *ins)
+
+
+pos = lambda *s: In(torch.rand(*s) + 0.1)                     # noqa: E731
+nz = lambda *s: In((torch.rand(*s) + 0.5) * torch.where(torch.rand(*s) > 0.5, 1.0, -1.0))  # noqa: E731
+special = In(torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 0.0], [-0.0, float("nan"), float("inf"),
+                                                              -float("inf"), 3.7, -1.2]]))
+X = "f32[3,5]"
+
+CASES: list = []
+
+
+def case(name: str, builder: Callable, **kw) -> None:
+    CASES.append(pytest.param(builder, kw, id=name))
+
+
+# ---- elementwise ------------------------------------------------------------------------------
+for _op in ("relu", "neg", "abs", "exp", "sin", "cos", "tanh", "sigmoid", "silu", "erf", "floor",
+            "ceil", "leaky_relu", "elu", "hardsigmoid", "hardswish", "softplus", "mish", "identity",
+            "reciprocal"):
+    case(_op, unit(_op, X))
+for _op in ("log", "sqrt", "rsqrt"):
+    case(_op, unit(_op, pos(3, 5)))
+for _op in ("round", "sign", "isnan", "isinf"):
+    case(_op, unit(_op, special))
+case("gelu_none", unit("gelu", X))
+case("gelu_tanh", unit("gelu", X, approximate="tanh"))
+case("gelu_opset17", unit("gelu", X, approximate="tanh"), opset=17)
+case("gelu_erf_opset17", unit("gelu", X), opset=17)
+case("mish_opset17", unit("mish", X), opset=17)
+case("relu_i32", unit("relu", "i32[4,3]"))
+case("neg_i64", unit("neg", "i64[5]"))
+case("abs_f16", unit("abs", "f16[5]"))
+case("clip_f32_nan", unit("clip", special, min=-1.0, max=2.0))
+case("clip_min_only", unit("clip", X, min=0.25))
+case("clip_i32", unit("clip", "i32[4,4]", min=-2.5, max=3.5))
+case("logical_not", unit("logical_not", "bool[3,4]"))
+for _op in ("add", "sub", "mul", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge"):
+    case(_op, unit(_op, "f32[3,4]", "f32[4]"))
+case("add_i32", unit("add", "i32[3,4]", "i32[3,1]"))
+case("add_bf16_const", unit("add", C(torch.randn(4), "bf16"), C(torch.randn(4), "bf16"),
+                            then=[("cast", ["%0"], {"to": "f32"})]))
+case("mul_f8_const", unit("mul", C(torch.randn(6), "f8e4m3"), C(torch.randn(6), "f8e4m3"),
+                          then=[("cast", ["%0"], {"to": "f32"})]))
+case("div_f32", unit("div", "f32[3,4]", nz(3, 4)))
+case("div_i32_trunc", unit("div", In(torch.randint(-20, 20, (4, 4), dtype=torch.int32)),
+                           In(torch.tensor([3, -2, 5, -7], dtype=torch.int32))))
+case("pow", unit("pow", pos(3, 4), "f32[3,4]"))
+for _fm in (False, True):
+    case(f"mod_f32_fmod{int(_fm)}", unit("mod", In(torch.randn(4, 5) * 5), nz(4, 5), fmod=_fm))
+    case(f"mod_i64_fmod{int(_fm)}", unit("mod", In(torch.randint(-20, 20, (10,))),
+                                         In(torch.tensor([3, -3, 4, -5, 7, 2, -2, 9, -9, 6])), fmod=_fm))
+for _op in ("logical_and", "logical_or", "logical_xor"):
+    case(_op, unit(_op, "bool[3,4]", "bool[4]"))
+for _op in ("bitwise_and", "bitwise_or", "bitwise_xor"):
+    case(_op, unit(_op, "i32[3,4]", "i32[3,4]"))
+case("where", unit("where", "bool[3,4]", "f32[3,4]", "f32[4]"))
+for _src, _to in (("f32", "i32"), ("f32", "f16"), ("i32", "f32"), ("f32", "bool"), ("i64", "i8"),
+                  ("bool", "f32"), ("f32", "u8")):
+    case(f"cast_{_src}_{_to}", unit("cast", In(_rand(TensorType(_src, [3, 4])) * (3 if _src == "f32" else 1)),
+                                    to=_to))
+case("cast_f32_f8_f32", unit("cast", In(torch.randn(3, 4) * 100), to="f8e4m3",
+                             then=[("cast", ["%0"], {"to": "f32"})]))
+case("cast_f32_i4_i8", unit("cast", In(torch.tensor([[-20.0, -3.7, 0.2, 6.9, 11.0, float("nan")]])),
+                            to="i4", then=[("cast", ["%0"], {"to": "i8"})]))
+case("cast_i32_u4_i32", unit("cast", In(torch.tensor([-5, 0, 7, 15, 40], dtype=torch.int32)), to="u4",
+                             then=[("cast", ["%0"], {"to": "i32"})]))
+case("cast_f32_f4_f32", unit("cast", In(torch.tensor([[0.2, 0.25, 0.75, -1.25, 2.5, 5.0, 7.0, -0.0, float("nan")]])),
+                             to="f4e2m1", then=[("cast", ["%0"], {"to": "f32", "from_dtype": "f4e2m1"})]))
+
+# ---- shape ------------------------------------------------------------------------------------
+case("reshape", unit("reshape", "f32[2,3,4]", shape=[4, -1]))
+case("transpose", unit("transpose", "f32[2,3,4]", perm=[2, 0, 1]))
+case("transpose_default", unit("transpose", "f32[2,3,4]"))
+case("squeeze", unit("squeeze", "f32[2,1,4,1]", axes=[1, -1]))
+case("squeeze_all", unit("squeeze", "f32[2,1,4,1]"))
+case("unsqueeze", unit("unsqueeze", "f32[2,4]", axes=[0, -1]))
+case("flatten", unit("flatten", "f32[2,3,4,5]", axis=2))
+case("slice", unit("slice", "f32[6,7]", starts=[1, -2], ends=[2 ** 40, 0], axes=[0, 1], steps=[2, -1]))
+case("concat", unit("concat", "f32[2,3]", "f32[2,1]", axis=-1))
+case("split", unit("split", "f32[7,2]", sizes=[3, 4], axis=0))
+case("gather", unit("gather", "f32[5,3]", In(torch.tensor([[0, -1], [2, 4]])), axis=0))
+case("gather_elements", unit("gather_elements", "f32[3,4]", In(torch.tensor([[0, 3], [1, 2], [-1, 0]])), axis=1))
+case("embedding", unit("embedding", torch.randn(10, 4), In(torch.tensor([[1, 9, 0]]))))
+case("expand", unit("expand", "f32[3,1]", shape=[2, 1, 4]))
+case("tile", unit("tile", "f32[2,3]", repeats=[2, 1]))
+case("pad_constant", unit("pad", "f32[2,3]", pads=[1, 0, 2, -1], value=1.5))
+case("pad_edge", unit("pad", "f32[2,3]", pads=[1, 2, 0, 1], mode="edge"))
+case("pad_reflect", unit("pad", "f32[3,4]", pads=[1, 2, 1, 3], mode="reflect"))
+case("pad_reflect_wide", unit("pad", "f32[2,3]", pads=[0, 5, 0, 4], mode="reflect"))
+case("trilu_upper", unit("trilu", "f32[2,4,5]", diagonal=1))
+case("trilu_lower", unit("trilu", "f32[4,5]", diagonal=-1, upper=False))
+case("arange", unit("arange", start=2, end=11, step=3, dtype="f32"))
+case("full", unit("full", shape=[2, 3], value=-2.5, dtype="i32"))
+
+# ---- nn, norms, attention ----------------------------------------------------------------------
+case("matmul_3d_2d", unit("matmul", "f32[2,3,4]", "f32[4,5]"))
+case("matmul_1d", unit("matmul", "f32[4]", "f32[2,4,3]"))
+case("matmul_i64", unit("matmul", "i64[3,4]", "i64[4,2]"))
+case("linear_gemm", unit("linear", "f32[3,6]", torch.randn(5, 6), torch.randn(5)))
+case("linear_3d_nobias", unit("linear", "f32[2,3,6]", torch.randn(5, 6)))
+case("linear_weight_input", unit("linear", "f32[2,3,6]", "f32[5,6]", "f32[5]"))
+case("conv2d", unit("conv", "f32[2,4,9,8]", torch.randn(6, 2, 3, 3), torch.randn(6), stride=[2, 1],
+                    padding=[1, 0, 2, 1], dilation=[1, 2], groups=2))
+case("conv1d", unit("conv", "f32[1,3,10]", torch.randn(4, 3, 3), padding=[1]))
+case("conv_transpose", unit("conv_transpose", "f32[1,4,5,5]", torch.randn(4, 3, 3, 3), torch.randn(3),
+                            stride=[2, 2], padding=[1, 0, 1, 0], output_padding=[1, 0]))
+case("max_pool_ceil", unit("max_pool", "f32[1,2,9,9]", kernel=[3], stride=[2], padding=[1], ceil_mode=True))
+case("max_pool_dilated", unit("max_pool", "f32[1,2,9,9]", kernel=[2, 3], dilation=[2, 1]))
+case("avg_pool_pad", unit("avg_pool", "f32[1,2,8,8]", kernel=[3], stride=[2], padding=[1]))
+case("avg_pool_count_pad", unit("avg_pool", "f32[1,2,8,8]", kernel=[3], stride=[2], padding=[1],
+                                count_include_pad=True))
+case("global_avg_pool", unit("global_avg_pool", "f32[2,3,4,5]"))
+case("global_max_pool", unit("global_max_pool", "f32[2,3,4]"))
+case("layer_norm", unit("layer_norm", "f32[2,3,8]", torch.randn(8), torch.randn(8)))
+case("layer_norm_noaffine_axis1", unit("layer_norm", "f32[2,3,8]", axis=1))
+case("rms_norm", unit("rms_norm", "f32[2,3,8]", torch.randn(8), eps=1e-5))
+case("rms_norm_opset23", unit("rms_norm", "f32[2,3,8]", torch.randn(8)), opset=23)
+case("rms_norm_f16", unit("rms_norm", "f16[2,8]"))
+case("batch_norm", unit("batch_norm", "f32[2,3,4,4]", torch.randn(3), torch.randn(3), torch.randn(3),
+                        torch.rand(3) + 0.5))
+case("group_norm", unit("group_norm", "f32[2,6,3,3]", torch.randn(6), torch.randn(6), groups=3))
+case("group_norm_noaffine", unit("group_norm", "f32[2,4,5]", groups=2))
+case("instance_norm", unit("instance_norm", "f32[2,3,5,4]", torch.randn(3)))
+case("softmax", unit("softmax", "f32[3,5]", axis=0))
+case("log_softmax", unit("log_softmax", "f32[3,5]"))
+_mask = torch.rand(2, 1, 3, 6) > 0.4
+_mask[0, 0, 1] = False                                        # a row with every key masked
+case("sdpa", unit("sdpa", "f32[2,2,3,4]", "f32[2,2,6,4]", "f32[2,2,6,5]"))
+case("sdpa_causal_scale", unit("sdpa", "f32[2,3,4]", "f32[2,6,4]", "f32[2,6,4]", causal=True, scale=0.3))
+case("sdpa_bool_mask_causal", unit("sdpa", "f32[2,2,3,4]", "f32[2,2,6,4]", "f32[2,2,6,4]", In(_mask),
+                                   causal=True))
+case("sdpa_float_mask", unit("sdpa", "f32[2,2,3,4]", "f32[2,2,6,4]", "f32[2,2,6,4]", "f32[3,6]"))
+case("sdpa_gqa", unit("sdpa", "f32[1,4,3,4]", "f32[1,2,5,4]", "f32[1,2,5,4]", gqa=True))
+case("sdpa_attention23", unit("sdpa", "f32[2,4,3,4]", "f32[2,2,5,4]", "f32[2,2,5,4]", gqa=True), opset=23)
+case("sdpa_attention23_causal", unit("sdpa", "f32[2,2,3,4]", "f32[2,2,5,4]", "f32[2,2,5,4]",
+                                     causal=True), opset=23)
+
+# ---- reductions ---------------------------------------------------------------------------------
+for _op in ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod", "reduce_l2",
+            "reduce_sum_square", "reduce_logsumexp"):
+    case(_op, unit(_op, "f32[3,4,5]", axes=[0, -1], keepdims=False))
+case("reduce_sum_all_opset17", unit("reduce_sum", "f32[3,4]"), opset=17)
+case("reduce_mean_opset17", unit("reduce_mean", "f32[3,4]", axes=[1]), opset=17)
+case("reduce_max_bool", unit("reduce_max", "bool[3,4]", axes=[1]))
+case("reduce_sum_i32", unit("reduce_sum", "i32[3,4]", axes=[0]))
+case("reduce_var", unit("reduce_var", "f32[3,4,5]", axes=[1, 2], correction=1))
+case("reduce_std", unit("reduce_std", "f32[3,4]", keepdims=False))
+_ties = In(torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, -1.0, -1.0]]))
+case("argmax_last", unit("argmax", _ties, axis=1, select_last_index=True))
+case("argmin", unit("argmin", _ties, axis=1, keepdims=False))
+case("topk", unit("topk", "f32[3,6]", k=3))
+case("topk_smallest_axis0", unit("topk", "f32[5,2]", k=2, axis=0, largest=False))
+case("cumsum", unit("cumsum", "f32[3,5]", axis=1))
+case("cumsum_excl_rev", unit("cumsum", "i64[3,5]", axis=-1, exclusive=True, reverse=True))
+
+# ---- quantisation and compressed linears -------------------------------------------------------
+_s4 = torch.rand(4) * 0.1 + 0.02
+case("quantize_tensor_i8", unit("quantize", In(torch.randn(4, 64) * 3), torch.tensor(0.05)))
+case("quantize_axis_u8_zp", unit("quantize", In(torch.randn(4, 8)), _s4, C(torch.tensor([0, 10, 128, 255]), "u8"),
+                                 dtype="u8", axis=0))
+case("quantize_block_i4", unit("quantize", In(torch.randn(4, 64)), torch.rand(4, 4) * 0.2 + 0.05,
+                               dtype="i4", axis=1, block=16, then=[("cast", ["%0"], {"to": "i8"})]))
+case("quantize_block_i8_opset19", unit("quantize", In(torch.randn(6, 10) * 3), torch.rand(2, 10) + 0.05,
+                                       axis=0, block=4), opset=19)
+case("quantize_i32", unit("quantize", In(torch.randn(3, 5) * 1e4), torch.tensor(0.01), dtype="i32"))
+case("quantize_bits6", unit("quantize", In(torch.randn(3, 9) * 10), torch.tensor(0.1), bits=6))
+case("quantize_u4_zp", unit("quantize", In(torch.randn(4, 6)), _s4, C(torch.tensor([0, 3, 8, 15]), "u4"),
+                            dtype="u4", axis=0, then=[("cast", ["%0"], {"to": "i32"})]))
+case("quantize_f8", unit("quantize", In(torch.randn(4, 6) * 300), torch.tensor(0.5), dtype="f8e4m3"))
+case("quantize_f4_roundtrip", unit("quantize", In(torch.randn(4, 8) * 3), torch.tensor(0.5), dtype="f4e2m1",
+                                   then=[("dequantize", ["%0", torch.tensor(0.5)], {"qtype": "f4e2m1"})]))
+case("dequantize_axis_i8_zp", unit("dequantize", C(torch.randint(-128, 128, (4, 6)), "i8"), _s4,
+                                   C(torch.tensor([0, -3, 5, 100]), "i8"), axis=0))
+case("dequantize_block_i4_zp", unit("dequantize", C(torch.randint(-8, 8, (6, 20)), "i4"),
+                                    torch.rand(6, 3) + 0.1, C(torch.randint(-8, 8, (6, 3)), "i4"),
+                                    axis=1, block=8))
+case("dequantize_u8_f16", unit("dequantize", "u8[3,4]", torch.tensor(0.25), dtype="f16"))
+case("dequantize_i32_zp", unit("dequantize", C(torch.randint(-10 ** 6, 10 ** 6, (3, 4)), "i32"),
+                               torch.tensor(1e-3), C(torch.tensor(7), "i32")))
+case("dequantize_f8", unit("dequantize", C(torch.randn(3, 4) * 10, "f8e5m2"), torch.rand(3) + 0.5, axis=0))
+case("dequantize_f4_block", unit("dequantize", C(torch.randint(0, 16, (4, 64)).to(torch.uint8), "f4e2m1"),
+                                 torch.rand(4, 2) + 0.05, qtype="f4e2m1", axis=1, block=32))
+case("dequantize_block_i8_opset17", unit("dequantize", C(torch.randint(-128, 128, (4, 6)), "i8"),
+                                         torch.rand(4, 2) + 0.1, axis=1, block=3), opset=17)
+
+
+def _codes(n: int, k: int, d: str) -> C:
+    lo, hi = dt.get(d).int_range()
+    return C(torch.randint(lo, hi + 1, (n, k)), d)
+
+
+def _ql(x, w: C, scale, zero=None, bias=None, **attrs):
+    return unit("qlinear", x, w, scale, zero, bias, **attrs)
+
+
+case("qlinear_nbits_i4_g32", _ql("f32[3,64]", _codes(16, 64, "i4"), torch.rand(16, 2) * 0.1 + 0.01,
+                                 group=32))
+case("qlinear_nbits_u4_zero_bias", _ql("f32[2,3,64]", _codes(8, 64, "u4"), torch.rand(8, 4) * 0.1 + 0.01,
+                                       _codes(8, 4, "u4"), torch.randn(8), group=16))
+case("qlinear_nbits_i4_channel_oddk", _ql("f32[3,40]", _codes(8, 40, "i4"), torch.rand(8) * 0.1 + 0.01))
+case("qlinear_nbits_i4_g48", _ql("f32[2,96]", _codes(8, 96, "i4"), torch.rand(8, 2) * 0.1 + 0.01,
+                                 _codes(8, 2, "i4"), group=48))
+case("qlinear_nbits_f16", _ql("f16[2,64]", _codes(8, 64, "i4"), torch.rand(8, 2) * 0.1 + 0.01, group=32))
+case("qlinear_i4_g8_dq", _ql("f32[3,24]", _codes(8, 24, "i4"), torch.rand(8, 3) * 0.1 + 0.01, group=8))
+case("qlinear_i8_channel_zero", _ql("f32[2,3,16]", _codes(8, 16, "i8"), torch.rand(8) * 0.01,
+                                    _codes(8, 1, "i8").t.reshape(8).clone(), torch.randn(8)))
+case("qlinear_f8_weights", _ql("f32[3,16]", C(torch.randn(8, 16), "f8e4m3"), torch.rand(8) * 0.1))
+case("qlinear_f4_weights", _ql("f32[3,32]", C(torch.randint(0, 16, (8, 32)).to(torch.uint8), "f4e2m1"),
+                               torch.rand(8, 2) * 0.1, group=16, wtype="f4e2m1"))
+case("qlinear_float_zero", _ql("f32[3,32]", _codes(8, 32, "u4"), torch.rand(8, 2) * 0.1,
+                               torch.rand(8, 2) * 15, group=16))
+case("qlinear_per_token", _ql("f32[2,3,16]", _codes(8, 16, "i8"), torch.rand(8) * 0.01, act="per_token"))
+case("qlinear_per_tensor_a4", _ql("f32[3,16]", _codes(8, 16, "i8"), torch.rand(8) * 0.01,
+                                  act="per_tensor", abits=4))
+case("qlinear_int_x_matmulinteger", _ql("u8[3,16]", _codes(8, 16, "i8"), torch.rand(8) * 0.01,
+                                        _codes(8, 1, "i8").t.reshape(8).clone(), torch.randn(8)))
+case("qlinear_int_x_i8_u8w", _ql("i8[3,16]", _codes(8, 16, "u8"), torch.rand(8) * 0.01, out_dtype="f16"))
+case("qlinear_weight_input", _ql("f32[3,16]", "i8[8,16]", "f32[8,4]", None, None, group=4))
+case("bcq_const", unit("bcq_linear", "f32[3,16]", torch.rand(3, 8, 16) > 0.5, torch.rand(3, 8), torch.randn(8)))
+case("bcq_group_input", unit("bcq_linear", "f32[2,3,16]", "bool[3,8,16]", torch.rand(3, 8, 4), group=4))
+case("lowrank_linear", unit("lowrank_linear", "f32[2,3,16]", torch.randn(8, 4), torch.randn(4, 16), torch.randn(8)))
+case("lowrank_linear_input_factors", unit("lowrank_linear", "f32[3,16]", "f32[8,4]", "f32[4,16]"))
+for _act in ("gelu", "gelu_tanh", "relu", "silu"):
+    case(f"lowrank_ffn_{_act}", unit("lowrank_ffn", "f32[3,16]", torch.randn(24, 4), torch.randn(4, 16),
+                                     torch.randn(24), torch.randn(16, 5), torch.randn(5, 24), torch.randn(16),
+                                     activation=_act))
+case("lowrank_ffn_nobias_f16", unit("lowrank_ffn", "f16[3,16]", C(torch.randn(24, 4), "f16"),
+                                    C(torch.randn(4, 16), "f16"), None, C(torch.randn(16, 5), "f16"),
+                                    C(torch.randn(5, 24) * 0.3, "f16")))
+case("moe_gated_softmax", unit("moe", "f32[2,5,8]", torch.randn(4, 8), torch.randn(4, 6, 8) * 0.3,
+                               torch.randn(4, 6, 8) * 0.3, torch.randn(4, 8, 6) * 0.3, top_k=2))
+case("moe_sigmoid_bias", unit("moe", "f32[7,8]", torch.randn(3, 8), None, torch.randn(3, 6, 8) * 0.3,
+                              torch.randn(3, 8, 6) * 0.3, "f32[3]", top_k=2, gated=False, normalize=False,
+                              scoring="sigmoid", activation="gelu"))
+
+
+@pytest.mark.parametrize("builder,kw", CASES)
+def test_op_exports_and_matches_interpreter(builder: Callable, kw: dict) -> None:
+    g, feeds = builder()
+    check(g, feeds, **kw)
+
+
+def test_table_covers_every_registered_op() -> None:
+    ops = set(all_ops())
+    assert ops <= set(RENDER) | set(REFUSED), sorted(ops - set(RENDER) - set(REFUSED))
+    assert not REFUSED
+    tested = {n.op for p in CASES for n in p.values[0]()[0].nodes}
+    assert ops <= tested, f"ops without an export case: {sorted(ops - tested)}"
+
+
+def test_matmulnbits_and_matmulinteger_are_used() -> None:
+    g, _ = _ql("f32[3,64]", _codes(16, 64, "i4"), torch.rand(16, 2), group=32)()
+    m = to_onnx(g)
+    nb = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nb) == 1 and nb[0].domain == "com.microsoft"
+    assert {a.name: a.i for a in nb[0].attribute if a.name != "accuracy_level"} == \
+        {"K": 64, "N": 16, "bits": 4, "block_size": 32}
+    assert {(o.domain, o.version) for o in m.opset_import} == {("", 21), ("com.microsoft", 1)}
+    g, _ = _ql("u8[3,16]", _codes(8, 16, "i8"), torch.rand(8))()
+    assert "MatMulInteger" in [n.op_type for n in to_onnx(g).graph.node]
+
+
+# ---- symbolic dims ----------------------------------------------------------------------------
+
+SYM_IR = """
+graph @sym(%x: f32[B,S,8], %y: f32[1,S,1]) -> (f32[S,B,8], f32[B,S,2,4], i64[S], f32[B,S-1,8], f32[B,S,8], f32[B,S], f32[B,S,8]) {
+  %0: f32[S,B,8] = reshape[shape=[S,B,8]](%x)
+  %1: f32[B,S,2,4] = reshape[shape=[B,S,2,4]](%x)
+  %2: i64[S] = arange[end=S](%x)
+  %3: f32[B,S-1,8] = slice[axes=[1], ends=[S], starts=[1]](%x)
+  %4: f32[B,S,8] = expand[shape=[B,S,8]](%y)
+  %5: f32[B,S] = full[shape=[B,S], value=2.0]()
+  %6: f32[B,S,8] = concat[axis=1](%3, %4)
+  return %0, %1, %2, %3, %4, %5, %6
+}
+"""
+
+
+def test_symbolic_dims_become_dim_params_and_run_at_two_sizes() -> None:
+    text = SYM_IR.replace("arange[end=S](%x)", "arange[end=S]()").replace(
+        "%6: f32[B,S,8] = concat[axis=1](%3, %4)", "%6: f32[B,2*S-1,8] = concat[axis=1](%3, %4)").replace(
+        "f32[B,S], f32[B,S,8]) {", "f32[B,S], f32[B,2*S-1,8]) {")
+    g = parse(text)
+    m = to_onnx(g)
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input]
+    assert dims == [["B", "S", 8], [1, "S", 1]]
+    assert [d.dim_param for d in m.graph.output[6].type.tensor_type.shape.dim][1] == "2*S-1"
+    assert [o.name for o in m.graph.output] == list(g.output_names)
+    sess = _session(m)
+    for b, s in ((2, 3), (3, 6)):
+        x, y = torch.randn(b, s, 8), torch.randn(1, s, 1)
+        got = sess.run(None, {"x": x.numpy(), "y": y.numpy()})
+        for a, e in zip(got, run(g, x, y)):
+            assert_close(torch.from_numpy(a), e)
+
+
+def test_symbol_bound_only_through_a_compound_dim() -> None:
+    g = parse("""
+graph @c(%x: f32[2*S+1]) -> (i64[S]) {
+  %0: i64[S] = arange[end=S]()
+  return %0
+}
+""")
+    sess = _session(to_onnx(g))
+    for s in (2, 5):
+        assert sess.run(None, {"x": np.zeros(2 * s + 1, np.float32)})[0].tolist() == list(range(s))
+
+
+def test_unbound_symbol_is_an_error_naming_the_node() -> None:
+    g = parse("graph @u(%x: f32[3]) -> (f32[N]) {\n  %0: f32[N] = full[shape=[N], value=1.0]()\n  return %0\n}\n")
+    with pytest.raises(ExportError, match="full.*N"):
+        to_onnx(g)
+
+
+# ---- opsets and errors --------------------------------------------------------------------------
+
+def test_ops_and_types_beyond_the_opset_raise_naming_the_node() -> None:
+    g, _ = unit("dequantize", C(torch.randint(-8, 8, (4, 8)), "i4"), torch.rand(4), axis=0)()
+    with pytest.raises(ExportError, match=r"dequantize.*opset >= 21"):
+        to_onnx(g, opset=19)
+    g, _ = unit("bitwise_and", "i32[3]", "i32[3]")()
+    with pytest.raises(ExportError, match=r"bitwise_and.*opset >= 18"):
+        to_onnx(g, opset=17)
+    with pytest.raises(ScalefoldError, match="opset 16"):
+        to_onnx(g, opset=16)
+
+
+def test_constants_keep_valid_unique_names() -> None:
+    g = Graph("n")
+    x = g.add_input("f32[2,3]", "x")
+    y = g.add("add", [x, g.add_const(torch.ones(3), name="bias")])
+    y = g.add("mul", [y, g.add_const(torch.ones(3), name="x")])       # clashes with the input
+    y = g.add("sub", [y, g.add_const(torch.ones(3), name="bad name")])
+    g.set_outputs([y], ["y"])
+    names = [i.name for i in to_onnx(g).graph.initializer]
+    assert names[:3] == ["bias", "c0", "c1"]
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+def _small_graph() -> Graph:
+    g, _ = unit("linear", "f32[3,6]", torch.randn(5, 6), torch.randn(5))()
+    return g
+
+
+def test_atomic_write_success_and_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = _small_graph()
+    out = tmp_path / "m.onnx"
+    to_onnx(g, out)
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+    x = torch.randn(3, 6)
+    assert_close(torch.from_numpy(_session(str(out)).run(None, {"x0": x.numpy()})[0]), run(g, x)[0])
+    before = out.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("checker says no")
+    monkeypatch.setattr(onnx.checker, "check_model", boom)
+    with pytest.raises(ExportError, match="checker says no"):
+        to_onnx(g, out)                                           # existing file untouched
+    assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.onnx"]
+    fresh = tmp_path / "new.onnx"
+    with pytest.raises(ExportError):
+        to_onnx(g, fresh, external_data=True)
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]             # no file, no sidecar, no temp
+
+
+def test_external_data_sidecar(tmp_path: Path) -> None:
+    g = _small_graph()
+    out = tmp_path / "ext.onnx"
+    to_onnx(g, out, external_data=True)
+    assert sorted(os.listdir(tmp_path)) == ["ext.onnx", "ext.onnx.data"]
+    m = onnx.load(str(out), load_external_data=False)
+    locs = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locs == {"ext.onnx.data"}
+    x = torch.randn(3, 6)
+    assert_close(torch.from_numpy(_session(str(out)).run(None, {"x0": x.numpy()})[0]), run(g, x)[0])
+
+
+# ---- model graphs of tests/runtime/test_interp_models.py ----------------------------------------
+
+def _models_module():
+    path = Path(__file__).resolve().parents[1] / "runtime" / "test_interp_models.py"
+    spec = importlib.util.spec_from_file_location("_interp_models_for_onnx", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _params(text: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") and "param" in line:
+            name, rest = line[1:].split(" = const ")
+            shape = rest.split("[", 1)[1].split("]", 1)[0]
+            out[name] = torch.randn([int(s) for s in shape.split(",")]) * 0.3
+    return out
+
+
+def _model_graphs():
+    mod = _models_module()
+    block_consts = dict(ln1_w=(32,), ln1_b=(32,), wq=(32, 32), bq=(32,), wk=(32, 32), bk=(32,), wv=(32, 32),
+                        bv=(32,), wo=(32, 32), bo=(32,), ln2_w=(32,), ln2_b=(32,), w1=(64, 32), b1=(64,),
+                        w2=(32, 64), b2=(32,))
+    block = mod.BLOCK_IR + "".join(f"#{k} = const f32[{','.join(map(str, s))}] param\n"
+                                   for k, s in block_consts.items())
+    e, h, f = 4, 16, 24
+    prim = mod._moe_primitive_ir(e, h, f) + "".join(
+        f"#{k} = const f32[{','.join(map(str, s))}] param\n"
+        for k, s in [("router", (e, h))] + [(f"{w}{i}", (f, h) if w != "wd" else (h, f))
+                                            for i in range(e) for w in ("wg", "wu", "wd")])
+    fused = f"""
+graph @moe(%x: f32[B,S,{h}]) -> (f32[B,S,{h}]) {{
+  %0: f32[B,S,{h}] = moe[top_k=2](%x, #router, #wg, #wu, #wd)
+  return %0
+}}
+#router = const f32[{e},{h}] param
+#wg = const f32[{e},{f},{h}] param
+#wu = const f32[{e},{f},{h}] param
+#wd = const f32[{e},{h},{f}] param
+"""
+    return {"mlp": mod.MLP_IR, "block": block, "conv_bn_relu": mod.CONV_IR, "moe_primitive": prim,
+            "moe_op": fused}
+
+
+@pytest.mark.parametrize("name", ["mlp", "block", "conv_bn_relu", "moe_primitive", "moe_op"])
+def test_model_graphs_match_in_onnxruntime(name: str) -> None:
+    text = _model_graphs()[name]
+    consts = _params(text)
+    if name == "conv_bn_relu":
+        consts["var"] = consts["var"].abs() + 0.5
+    g = parse(text, constants=consts)
+    sess = _session(to_onnx(g))
+    for b, s in ((2, 5), (3, 9)):
+        if name == "block":
+            x = torch.randn(b, s, 32)
+            lengths = torch.randint(1, s + 1, (b,))
+            mask = (torch.arange(s)[None, :] < lengths[:, None])[:, None, None, :]
+            feeds = [x, mask]
+        elif name == "conv_bn_relu":
+            feeds = [torch.randn(b, 3, 15, 15)]
+        elif name == "mlp":
+            feeds = [torch.randn(b * s, 24)]
+        else:
+            feeds = [torch.randn(b, s, 16)]
+        got = sess.run(None, {v.name: t.numpy() for v, t in zip(g.inputs, feeds)})[0]
+        assert_close(torch.from_numpy(got), run(g, *feeds)[0], rtol=1e-5, atol=1e-5)
