@@ -89,20 +89,81 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, pa
     graph = to_graph(model, example_inputs, dynamic_shapes).clone()
     passes = list(passes)
     if passes:
-        from .passes import run_pipeline
+        try:
+            from .passes import run_pipeline
+        except ImportError:
+            # The pass registry is not built yet: every requested pass is unknown.
+            raise ScalefoldError(f"unknown pass(es): {', '.join(passes)} (no passes are available)") from None
         graph = run_pipeline(graph, passes, calibration=calibration)
     from .ir.verify import verify
     verify(graph)
+    return build(graph, target)
+
+
+def build(graph: Graph, target: str) -> CompiledModel:
+    """Wrap an already verified ``graph`` for ``target`` (no passes; used by compile and load)."""
     if target == "interp":
         from .runtime.interp import Interpreter
         interp = Interpreter(graph)
         return CompiledModel(graph, "interp", lambda *xs: interp.run(xs))
     if target == "c":
         return build_c(graph)
-    raise ScalefoldError("target 'triton' is not available yet")
+    if target == "triton":
+        raise ScalefoldError("target 'triton' is not available yet")
+    raise ScalefoldError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
 
 
 def load(path: str | os.PathLike) -> CompiledModel:
     """Load an artifact written by ``CompiledModel.save`` (no pickle; hashes checked)."""
     from .runtime.artifact import load as _load
     return _load(Path(path))
+
+
+class BackendFallbackWarning(UserWarning):
+    """The ``scalefold`` torch.compile backend could not take a graph and runs it eagerly."""
+
+
+def dynamo_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **_: Any) -> Any:
+    """The ``torch.compile(model, backend="scalefold")`` backend (registered through the
+    ``torch_dynamo_backends`` entry point).
+
+    Each graph dynamo captures is imported with ``from_torch`` and compiled to C with
+    :func:`build_c`; parameters stay graph inputs, so in-place weight updates are seen.
+    A backend must never break user code, so on any failure to import or compile (an
+    unsupported op, dynamic shapes, non-CPU tensors, a compiler error) the graph falls back
+    to running ``gm`` eagerly and a :class:`BackendFallbackWarning` says why. At call time the
+    eager graph also runs when autograd needs it (grad enabled and an input requiring grad),
+    since the compiled kernels record no backward.
+    """
+    import warnings
+
+    fx_out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    try:
+        if not all(isinstance(x, torch.Tensor) and x.device.type == "cpu" for x in example_inputs):
+            raise ScalefoldError("only CPU tensor inputs with static shapes are supported")
+        from .frontend.torch import from_torch
+        from .ir.verify import verify
+        graph = from_torch(gm, tuple(example_inputs))
+        verify(graph)
+        flat = list(fx_out) if isinstance(fx_out, (tuple, list)) else [fx_out]
+        if len(flat) != len(graph.outputs):
+            raise ScalefoldError(f"graph returns {len(flat)} values, the import has {len(graph.outputs)}")
+        cm = build_c(graph)
+    except Exception as e:  # noqa: BLE001 - any failure means: run eagerly
+        msg = " ".join(str(e).split())[:300]
+        warnings.warn(f"scalefold backend: running this graph eagerly ({type(e).__name__}: {msg})",
+                      BackendFallbackWarning, stacklevel=2)
+        return gm.forward
+    runner = cm._runner
+    as_list, single = isinstance(fx_out, list), not isinstance(fx_out, (tuple, list))
+
+    def compiled(*args: torch.Tensor) -> Any:
+        if torch.is_grad_enabled() and any(a.requires_grad for a in args if isinstance(a, torch.Tensor)):
+            return gm(*args)
+        outs = runner(*(a.contiguous() for a in args))
+        if single:
+            return outs[0]
+        return list(outs) if as_list else tuple(outs)
+
+    compiled.scalefold_model = cm  # type: ignore[attr-defined]
+    return compiled

@@ -1,9 +1,17 @@
-"""The ``scalefold`` command line (DESIGN.md §1). Verbs grow as the issues land."""
+"""The ``scalefold`` command line (DESIGN.md §1): compile, inspect, run, bench, demo.
+
+Every failure on bad input ends with exit code 2 and one line ``scalefold: error: ...`` on
+stderr, never a traceback (set ``SCALEFOLD_TRACEBACK=1`` to see one for unexpected errors).
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Sequence
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 from .ir.errors import ScalefoldError
 
@@ -26,6 +34,309 @@ graph @example_mlp(%x: f32[B,64]) -> (f32[B,64]) {
 #b2 = const f32[64] randn(seed=4, std=0.02)
 """
 
+EPILOG = """\
+examples:
+  scalefold compile model.onnx -o model.sf/                 compile to a C artifact directory
+  scalefold compile model.onnx -p fold_batchnorm,outliertune(bits=8) -o model.q.onnx
+  scalefold inspect model.onnx --bind B=8,S=128             IR, per-op cost, peak memory
+  scalefold run model.sf/ --input x=x.npy -o out.npz        run a saved artifact
+  scalefold run model.onnx --random B=2,S=16                run on seeded random inputs
+  scalefold bench model.onnx --bind B=1,S=128 --iters 50    compiled C vs onnxruntime
+  scalefold demo                                            the built-in example
+"""
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def progress(desc: str) -> Iterator[None]:
+    """A spinner with elapsed time on stderr for an opaque long step; silent when stderr is
+    not a terminal (pipes, CI logs, tests)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as p:
+        p.add_task(desc, total=None)
+        yield
+
+
+def parse_bind(text: str | None) -> dict[str, int]:
+    """``"B=8,S=128"`` -> ``{"B": 8, "S": 128}``; ScalefoldError on anything else."""
+    out: dict[str, int] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, eq, val = item.partition("=")
+        name, val = name.strip(), val.strip()
+        if not eq or not name.isidentifier() or not val.lstrip("+").isdigit() or int(val) <= 0:
+            raise ScalefoldError(f"bad binding {item!r}: expected NAME=POSITIVE_INT, e.g. B=8,S=128")
+        out[name] = int(val)
+    return out
+
+
+def split_passes(specs: Sequence[str] | None) -> list[str]:
+    """Pass specs from repeated ``-p`` options, each a comma list; commas inside parentheses
+    belong to a pass's options (``outliertune(bits=8,group=128)``)."""
+    out: list[str] = []
+    for spec in specs or ():
+        depth, cur = 0, ""
+        for ch in spec:
+            depth += (ch == "(") - (ch == ")")
+            if ch == "," and depth == 0:
+                out.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        out.append(cur)
+    return [p.strip() for p in out if p.strip()]
+
+
+def _symbols(env: dict[str, int]) -> dict[Any, int]:
+    from .ir.types import sym
+    return {sym(k): v for k, v in env.items()}
+
+
+def load_graph(model: str) -> Any:
+    """The Graph of MODEL: an artifact directory or an ONNX file."""
+    p = Path(model)
+    if not p.exists():
+        raise ScalefoldError(f"{model}: no such file or directory")
+    if p.is_dir():
+        from .runtime.artifact import load_graph as _load
+        with progress(f"loading {model}"):
+            return _load(p)[0]
+    from .frontend.onnx import from_onnx
+    with progress(f"importing {model}"):
+        return from_onnx(str(p))
+
+
+def load_model(model: str, target: str | None) -> Any:
+    """A CompiledModel of MODEL: an artifact is loaded as saved (or rebuilt for ``target``),
+    an ONNX file is compiled for ``target`` (default c)."""
+    from . import api
+    p = Path(model)
+    if p.is_dir() and target is None:
+        with progress(f"loading {model}"):
+            return api.load(p)
+    g = load_graph(model)
+    with progress(f"compiling @{g.name} for {target or 'c'}"):
+        return api.compile(g, target=target or "c")
+
+
+def random_inputs(graph: Any, env: dict[str, int], seed: int = 0) -> dict[str, Any]:
+    """Seeded random tensors for every graph input, symbols bound by ``env``."""
+    import torch
+
+    from .ir import dtypes as dt
+    from .ir.printer import input_names
+    gen = torch.Generator().manual_seed(seed)
+    senv = _symbols(env)
+    out = {}
+    for name, v in zip(input_names(graph), graph.inputs):
+        missing = sorted(s.name for s in v.type.symbols - set(senv))
+        if missing:
+            raise ScalefoldError(f"input {name}: {v.type} needs a size for {', '.join(missing)} "
+                                 f"(e.g. --random {','.join(m + '=2' for m in missing)})")
+        shape = v.type.concrete(senv)
+        if v.dtype.is_float:
+            x = torch.randn(shape, generator=gen)
+        elif v.dtype.name == "bool":
+            x = torch.randint(0, 2, shape, generator=gen).bool()
+        else:
+            # Small non-negative integers are valid token ids and indices for most models.
+            x = torch.randint(0, 4, shape, generator=gen)
+        out[name] = dt.to_container(x, v.dtype)
+    return out
+
+
+# ---- verbs ------------------------------------------------------------------------------------
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from . import api
+    passes = split_passes(args.passes)
+    g = load_graph(args.model)
+    out = str(args.output)
+    to_onnx_file = out.lower().endswith(".onnx")
+    # Writing ONNX needs only the rewritten graph, not kernels: the interpreter target is free.
+    target = "interp" if to_onnx_file else args.target
+    with progress(f"compiling @{g.name} ({', '.join(passes) or 'no passes'}) for {target}"):
+        cm = api.compile(g, passes=passes, target=target)
+    if to_onnx_file:
+        from .codegen.onnx import to_onnx
+        with progress(f"writing {out}"):
+            to_onnx(cm.graph, out)
+    else:
+        with progress(f"writing {out}"):
+            cm.save(out)
+    print(f"wrote {out} (@{cm.graph.name}: {len(cm.graph.nodes)} nodes"
+          f"{', ' + str(len(cm.sources)) + ' kernels' if cm.sources else ''})")
+    return 0
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .ir.analysis import constant_bytes, cost_table, graph_cost, peak_memory
+    env = _symbols(parse_bind(args.bind)) if args.bind else None
+    g = load_graph(args.model)
+    print(g, end="")
+    rows = cost_table(g, env)
+    total = graph_cost(g)
+    peak_sym = peak_memory(g)
+    peak_num = peak_memory(g, env) if env is not None else None
+    weights = constant_bytes(g)
+    summary = [("total flops", _fmt(total.flops if env is None else _subs(total.flops, env))),
+               ("total bytes", _fmt(total.bytes if env is None else _subs(total.bytes, env))),
+               ("weights (bytes)", _fmt(weights)),
+               ("peak memory (bytes)", _fmt(peak_sym))]
+    if peak_num is not None:
+        summary.append((f"peak memory at {args.bind}", _fmt(peak_num)))
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # rich is a dependency, but the plain table costs nothing
+        print(f"\n{'#':>4} {'op':<22} {'type':<28} {'flops':>20} {'bytes':>20}")
+        for r in rows:
+            print(f"{r['index']:>4} {r['op']:<22} {r['type']:<28} {_fmt(r['flops']):>20} {_fmt(r['bytes']):>20}")
+        for k, v in summary:
+            print(f"{k}: {v}")
+        return 0
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    t = Table(title=f"cost of @{g.name}" + (f" at {args.bind}" if args.bind else " (symbolic)"))
+    for col, just in (("#", "right"), ("op", "left"), ("type", "left"), ("flops", "right"),
+                      ("bytes", "right")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rows:
+        t.add_row(str(r["index"]), r["op"], r["type"], _fmt(r["flops"]), _fmt(r["bytes"]))
+    console.print(t)
+    s = Table(show_header=False)
+    s.add_column("quantity")
+    s.add_column("value", justify="right")
+    for k, v in summary:
+        s.add_row(k, v)
+    console.print(s)
+    return 0
+
+
+def _subs(x: Any, env: dict[Any, int]) -> Any:
+    import sympy
+    y = sympy.sympify(x).subs(env)
+    return int(sympy.ceiling(y)) if y.is_number else y
+
+
+def _read_inputs(specs: Sequence[str]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    out = {}
+    for spec in specs:
+        name, eq, file = spec.partition("=")
+        if not eq or not name or not file:
+            raise ScalefoldError(f"bad --input {spec!r}: expected NAME=FILE.npy")
+        try:
+            # allow_pickle=False: an input file must never run code.
+            arr = np.load(file, allow_pickle=False)
+        except FileNotFoundError:
+            raise ScalefoldError(f"{file}: no such file") from None
+        except (OSError, ValueError) as e:
+            raise ScalefoldError(f"{file}: not a readable .npy array ({' '.join(str(e).split())})") from None
+        if not isinstance(arr, np.ndarray):
+            raise ScalefoldError(f"{file}: expected one array (.npy), got an archive")
+        out[name] = torch.from_numpy(np.ascontiguousarray(arr))
+    return out
+
+
+def _gather_inputs(graph: Any, given: dict[str, Any], random_spec: str | None) -> list[Any]:
+    from .ir.printer import input_names
+    names = input_names(graph)
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ScalefoldError(f"unknown input(s) {', '.join(unknown)}; the model takes {', '.join(names)}")
+    missing = [n for n in names if n not in given]
+    if missing and random_spec is None:
+        raise ScalefoldError(f"missing input(s) {', '.join(missing)}: give --input NAME=FILE.npy "
+                             f"or --random with sizes for the symbols")
+    rand = random_inputs(graph, parse_bind(random_spec)) if missing else {}
+    return [given[n] if n in given else rand[n] for n in names]
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    given = _read_inputs(args.input or [])
+    cm = load_model(args.model, args.target)
+    xs = _gather_inputs(cm.graph, given, args.random)
+    with torch.no_grad():
+        outs = cm(*xs)
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    names = list(cm.graph.output_names) or [f"out{i}" for i in range(len(outs))]
+    for name, y in zip(names, outs):
+        f = y.float() if y.dtype != torch.bool else y.float()
+        print(f"{name}: {str(y.dtype).replace('torch.', '')}{list(y.shape)}  mean {f.mean().item():+.6g}  "
+              f"std {f.std().item() if f.numel() > 1 else 0.0:.6g}  min {f.min().item():+.6g}  "
+              f"max {f.max().item():+.6g}")
+    if args.output:
+        arrays = {n: (y.float() if y.dtype == torch.bfloat16 else y).numpy() for n, y in zip(names, outs)}
+        np.savez(args.output, **arrays)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _median_ms(fn: Any, iters: int) -> float:
+    import statistics
+    fn()
+    fn()  # warm-up: first calls allocate arenas and page in kernels
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    if not (Path(args.model).is_file() and args.model.lower().endswith(".onnx")):
+        if not Path(args.model).exists():
+            raise ScalefoldError(f"{args.model}: no such file or directory")
+        raise ScalefoldError(f"{args.model}: bench compares against onnxruntime and needs an .onnx file")
+    if args.iters < 1:
+        raise ScalefoldError("--iters must be at least 1")
+    import onnxruntime as ort
+    cm = load_model(args.model, "c")
+    feeds = random_inputs(cm.graph, parse_bind(args.bind))
+    xs = list(feeds.values())
+    try:
+        sess = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ScalefoldError(f"{args.model}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+    ort_feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), xs)}
+    with torch.no_grad():
+        ours = cm(*xs)
+        ours = list(ours) if isinstance(ours, tuple) else [ours]
+        ref = sess.run(None, ort_feeds)
+        diff = max((float(np.max(np.abs(o.float().numpy() - r.astype(np.float32)))) if o.numel() else 0.0)
+                   for o, r in zip(ours, ref))
+        with progress(f"timing scalefold ({args.iters} iters)"):
+            t_sf = _median_ms(lambda: cm(*xs), args.iters)
+        with progress(f"timing onnxruntime ({args.iters} iters)"):
+            t_ort = _median_ms(lambda: sess.run(None, ort_feeds), args.iters)
+    print("inputs: " + ", ".join(f"{n}={list(x.shape)}" for n, x in feeds.items()))
+    print(f"scalefold (c):  {t_sf:9.3f} ms (median of {args.iters})")
+    print(f"onnxruntime:    {t_ort:9.3f} ms (median of {args.iters})")
+    print(f"speedup vs onnxruntime: {t_ort / t_sf:.2f}x   max |diff|: {diff:.3g}")
+    return 0
+
 
 def _demo(args: argparse.Namespace) -> int:
     import torch
@@ -45,22 +356,77 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scalefold",
-                                description="A compiler for compressed neural networks.")
-    sub = p.add_subparsers(dest="verb", required=True)
+    p = argparse.ArgumentParser(prog="scalefold", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="A compiler for compressed neural networks. MODEL is an "
+                                            ".onnx file or a saved artifact directory.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    c = sub.add_parser("compile", help="compile a model to an artifact directory or ONNX",
+                       formatter_class=raw, epilog="examples:\n  scalefold compile m.onnx -o m.sf/\n"
+                       "  scalefold compile m.onnx -p fold_batchnorm,outliertune(bits=8) -o m.q.onnx")
+    c.add_argument("model", metavar="MODEL", help=".onnx file or artifact directory")
+    c.add_argument("-p", "--passes", action="append", metavar="PASSES",
+                   help="comma-separated pass pipeline, e.g. fold_batchnorm,outliertune(bits=8) (repeatable)")
+    c.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="OUT ending in .onnx writes ONNX, anything else an artifact directory")
+    c.add_argument("--target", choices=("c", "interp"), default="c", help="artifact target (default c)")
+    c.set_defaults(fn=_compile)
+
+    i = sub.add_parser("inspect", help="print the IR, per-op cost and peak memory",
+                       formatter_class=raw, epilog="example:\n  scalefold inspect m.onnx --bind B=8,S=128")
+    i.add_argument("model", metavar="MODEL")
+    i.add_argument("--bind", metavar="B=8,S=128", help="sizes for symbolic dims: numeric cost and peak memory")
+    i.set_defaults(fn=_inspect)
+
+    r = sub.add_parser("run", help="run a model and print output shapes and stats",
+                       formatter_class=raw, epilog="examples:\n  scalefold run m.sf/ --input x=x.npy -o out.npz\n"
+                       "  scalefold run m.onnx --random B=2,S=16")
+    r.add_argument("model", metavar="MODEL")
+    r.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input array (repeatable)")
+    r.add_argument("--random", nargs="?", const="", metavar="B=2,S=16",
+                   help="seeded random values for inputs not given, with sizes for symbolic dims")
+    r.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs as .npz")
+    r.add_argument("--target", choices=("c", "interp"), default=None,
+                   help="compile for this target (default: c, or the artifact's own target)")
+    r.set_defaults(fn=_run)
+
+    b = sub.add_parser("bench", help="time the compiled model against onnxruntime",
+                       formatter_class=raw, epilog="example:\n  scalefold bench m.onnx --bind B=1,S=128 --iters 50")
+    b.add_argument("model", metavar="MODEL", help=".onnx file")
+    b.add_argument("--bind", metavar="B=1,S=128", help="sizes for symbolic dims of the random inputs")
+    b.add_argument("--iters", type=int, default=20, help="timed iterations (median reported; default 20)")
+    b.set_defaults(fn=_bench)
+
     d = sub.add_parser("demo", help="print and run the built-in example graph")
     d.add_argument("--batch", type=int, default=4, help="batch size to run the example at")
     d.set_defaults(fn=_demo)
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split("\n")[0].split())
+    return text or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scalefold`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except ScalefoldError as e:
-        print(f"scalefold: error: {e}", file=sys.stderr)
+        print(f"scalefold: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("scalefold: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a CLI prints one line, never a traceback
+        if os.environ.get("SCALEFOLD_TRACEBACK"):
+            raise
+        print(f"scalefold: error: internal error: {type(e).__name__}: {_one_line(e)} "
+              f"(set SCALEFOLD_TRACEBACK=1 for details)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

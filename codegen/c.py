@@ -30,6 +30,7 @@ REFERENCE_OPS: dict[str, str] = {
     "argmax": "index reductions are rare in inference graphs",
     "argmin": "index reductions are rare in inference graphs",
     "cumsum": "scan; rare in inference graphs",
+    "cumprod": "scan; rare in inference graphs",
     "concat": "a copy; torch.cat",
     "split": "a copy; torch.split",
     "slice": "a strided copy; torch indexing",
@@ -57,6 +58,8 @@ REFERENCE_OPS: dict[str, str] = {
     "bcq_linear": "LUT kernel lands with the shiftadd issue",
     "moe": "fused dispatch kernel lands with the moe issue",
     "conv_transpose": "torch",
+    "lp_pool": "pooling over spatial windows; torch (avg_pool of |x|^p)",
+    "lrn": "cross-channel window normalisation (ONNX LRN); torch",
 }
 
 PAR_THRESHOLD = 32768  # below this many elements a kernel runs on one thread

@@ -7,6 +7,7 @@ container's own C type for integers (so integer arithmetic wraps like the refere
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 from ..ir import dtypes as dt
@@ -40,16 +41,32 @@ def _gelu(a: Sequence[str], n: Node, ct: str) -> str:
     return f"sf_gelu_{ct}({x})"
 
 
+def _int_lit(v: int, d: dt.DType) -> str:
+    """An integer literal of ``d``'s compute type; the most negative int64 has no literal."""
+    lo, _ = d.int_range()
+    if d.bits == 64 and v == lo:
+        return "(-INT64_C(9223372036854775807) - 1)"
+    return f"INT64_C({v})" if d.bits == 64 else str(v)
+
+
 def _clip(a: Sequence[str], n: Node, ct: str) -> str:
     x = a[0]
     lo, hi = n.attrs.get("min"), n.attrs.get("max")
-    is_int = n.outputs[0].dtype.is_int
+    d = n.outputs[0].dtype
+    if d.is_int:
+        # As the reference: integer bounds are ceil(min) / floor(max), limited to the type's
+        # range (a bound past the range would not even be a valid C literal).
+        tlo, thi = d.int_range()
+        lo = None if lo is None else _int_lit(int(min(max(math.ceil(lo), tlo), thi)), d)
+        hi = None if hi is None else _int_lit(int(min(max(math.floor(hi), tlo), thi)), d)
+    else:
+        lo = None if lo is None else _lit(lo, ct)
+        hi = None if hi is None else _lit(hi, ct)
+    # Comparisons are false for NaN, so NaN passes through both bounds.
     if lo is not None:
-        v = str(int(-(-lo // 1))) if is_int else _lit(lo, ct)
-        x = f"({x} < {v} ? {v} : {x})"
+        x = f"({x} < {lo} ? ({ct}){lo} : {x})"
     if hi is not None:
-        v = str(int(hi // 1)) if is_int else _lit(hi, ct)
-        x = f"({x} > {v} ? {v} : {x})"
+        x = f"({x} > {hi} ? ({ct}){hi} : {x})"
     return x
 
 
@@ -79,8 +96,59 @@ def _cast(a: Sequence[str], n: Node, ct: str) -> str:
 def _sign(a: Sequence[str], n: Node, ct: str) -> str:
     x = a[0]
     if n.outputs[0].dtype.is_float:
-        return f"({x} > 0 ? ({ct})1 : ({x} < 0 ? ({ct})-1 : {x}))"  # keeps NaN and -0
+        # sign(+-0) = +0 and NaN stays NaN (x == x is false only for NaN).
+        return f"({x} > 0 ? ({ct})1 : ({x} < 0 ? ({ct})-1 : ({x} == {x} ? ({ct})0 : {x})))"
     return f"({x} > 0 ? 1 : ({x} < 0 ? -1 : 0))"
+
+
+def _unsigned(d: dt.DType) -> str | None:
+    """For signed types of 32 bits and more, the unsigned type their arithmetic wraps in:
+    signed overflow is undefined in C (narrower types are promoted to int and cannot overflow)."""
+    return {"i32": "uint32_t", "i64": "uint64_t"}.get(d.name)
+
+
+def _arith(op: str) -> Expr:
+    def expr(a: Sequence[str], n: Node, ct: str) -> str:
+        u = _unsigned(n.outputs[0].dtype)
+        if u is not None:
+            return f"({ct})(({u}){a[0]} {op} ({u}){a[1]})"
+        return _wrap(f"({a[0]} {op} {a[1]})", n)
+    return expr
+
+
+def _neg(a: Sequence[str], n: Node, ct: str) -> str:
+    u = _unsigned(n.outputs[0].dtype)
+    if u is not None:
+        return f"({ct})(({u})0 - ({u}){a[0]})"
+    return _wrap(f"(-{a[0]})", n)
+
+
+def _abs(a: Sequence[str], n: Node, ct: str) -> str:
+    x = a[0]
+    if n.outputs[0].dtype.is_float:
+        return f"{_f('fabs', ct)}({x})"
+    return f"({x} < 0 ? {_neg(a, n, ct)} : {x})"
+
+
+def _relu(a: Sequence[str], n: Node, ct: str) -> str:
+    # "x < 0 ? 0 : x" keeps NaN and -0 as the reference (clamp_min) does.
+    return f"({a[0]} < 0 ? ({ct})0 : {a[0]})"
+
+
+def _bitshift(a: Sequence[str], n: Node, ct: str) -> str:
+    """ONNX BitShift: counts outside [0, bits) shift every bit out (C leaves them undefined)."""
+    x, y = a
+    d = n.outputs[0].dtype
+    bits = d.bits
+    u = {"i64": "uint64_t", "i32": "uint32_t", "i16": "uint16_t", "i8": "uint8_t",
+         "u8": "uint8_t"}[d.name]
+    ok = f"({y} >= 0 && {y} < {bits})"
+    if n.attrs["direction"] == "left":
+        # Shift the unsigned bits: a left shift of a negative signed value is undefined.
+        return f"({ok} ? ({ct})((uint64_t)({u}){x} << {y}) : ({ct})0)"
+    if d.is_signed:
+        return f"({ct})({x} >> ({ok} ? {y} : {bits - 1}))"   # gcc: arithmetic shift
+    return f"({ok} ? ({ct})({x} >> {y}) : ({ct})0)"
 
 
 def _wrap(expr: str, n: Node) -> str:
@@ -93,14 +161,17 @@ def _wrap(expr: str, n: Node) -> str:
 
 EXPR: dict[str, Expr] = {
     "identity": lambda a, n, ct: a[0],
-    "neg": lambda a, n, ct: _wrap(f"(-{a[0]})", n),
-    "abs": lambda a, n, ct: (f"{_f('fabs', ct)}({a[0]})" if n.outputs[0].dtype.is_float
-                             else _wrap(f"({a[0]} < 0 ? -{a[0]} : {a[0]})", n)),
-    "relu": lambda a, n, ct: f"({a[0]} > 0 ? {a[0]} : 0)",
+    "neg": _neg,
+    "abs": _abs,
+    "relu": _relu,
     "exp": _unary_float("exp"), "log": _unary_float("log"), "sqrt": _unary_float("sqrt"),
     "sin": _unary_float("sin"), "cos": _unary_float("cos"), "tanh": _unary_float("tanh"),
     "erf": _unary_float("erf"), "floor": _unary_float("floor"), "ceil": _unary_float("ceil"),
-    "round": _unary_float("nearbyint"),
+    "round": _unary_float("nearbyint"),   # the default rounding mode: ties to even
+    "acos": _unary_float("acos"), "asin": _unary_float("asin"), "atan": _unary_float("atan"),
+    "acosh": _unary_float("acosh"), "asinh": _unary_float("asinh"),
+    "atanh": _unary_float("atanh"), "sinh": _unary_float("sinh"), "cosh": _unary_float("cosh"),
+    "tan": _unary_float("tan"),
     "rsqrt": lambda a, n, ct: f"(({ct})1 / {_f('sqrt', ct)}({a[0]}))",
     "reciprocal": lambda a, n, ct: f"(({ct})1 / {a[0]})",
     "sigmoid": lambda a, n, ct: f"sf_sigmoid_{ct}({a[0]})",
@@ -116,12 +187,13 @@ EXPR: dict[str, Expr] = {
                              f"{_f('expm1', ct)}({a[0]}))"),
     "hardsigmoid": lambda a, n, ct: (f"sf_clamp01_{ct}({_lit(n.attrs['alpha'], ct)} * {a[0]} + "
                                      f"{_lit(n.attrs['beta'], ct)})"),
-    "hardswish": lambda a, n, ct: f"({a[0]} * sf_clamp01_{ct}({a[0]} / 6 + ({ct})0.5))",
+    # x * relu6(x + 3) / 6, in the reference's order of operations
+    "hardswish": lambda a, n, ct: f"({a[0]} * sf_clamp_{ct}({a[0]} + 3, 0, 6) / 6)",
     "softplus": lambda a, n, ct: f"sf_softplus_{ct}({a[0]})",
     "mish": lambda a, n, ct: f"({a[0]} * {_f('tanh', ct)}(sf_softplus_{ct}({a[0]})))",
-    "add": lambda a, n, ct: _wrap(f"({a[0]} + {a[1]})", n),
-    "sub": lambda a, n, ct: _wrap(f"({a[0]} - {a[1]})", n),
-    "mul": lambda a, n, ct: _wrap(f"({a[0]} * {a[1]})", n),
+    "add": _arith("+"),
+    "sub": _arith("-"),
+    "mul": _arith("*"),
     "div": lambda a, n, ct: _wrap(_div(a, n, ct), n),
     "pow": lambda a, n, ct: (f"{_f('pow', ct)}({a[0]}, {a[1]})" if n.outputs[0].dtype.is_float
                              else _wrap(f"sf_ipow({a[0]}, {a[1]})", n)),
@@ -139,6 +211,7 @@ EXPR: dict[str, Expr] = {
     "bitwise_and": lambda a, n, ct: _wrap(f"({a[0]} & {a[1]})", n),
     "bitwise_or": lambda a, n, ct: _wrap(f"({a[0]} | {a[1]})", n),
     "bitwise_xor": lambda a, n, ct: _wrap(f"({a[0]} ^ {a[1]})", n),
+    "bitshift": _bitshift,
     "where": lambda a, n, ct: f"({a[0]} ? {a[1]} : {a[2]})",
     "cast": _cast,
 }

@@ -58,12 +58,21 @@ static inline float sf_softplus_float(float x) { return x > 20.0f ? x : log1pf(e
 static inline double sf_softplus_double(double x) { return x > 20.0 ? x : log1p(exp(x)); }
 static inline float sf_clamp01_float(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
 static inline double sf_clamp01_double(double x) { return x < 0.0 ? 0.0 : (x > 1.0 ? 1.0 : x); }
-static inline float sf_max_float(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
-static inline double sf_max_double(double a, double b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
-static inline float sf_min_float(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
-static inline double sf_min_double(double a, double b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
+static inline float sf_clamp_float(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+static inline double sf_clamp_double(double x, double lo, double hi) { return x < lo ? lo : (x > hi ? hi : x); }
+static inline float sf_max_float(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? b : a); }
+static inline double sf_max_double(double a, double b) { return (a != a || b != b) ? NAN : (a < b ? b : a); }
+static inline float sf_min_float(float a, float b) { return (a != a || b != b) ? NAN : (b < a ? b : a); }
+static inline double sf_min_double(double a, double b) { return (a != a || b != b) ? NAN : (b < a ? b : a); }
 static inline float sf_pymod_float(float a, float b) { float r = fmodf(a, b); return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r; }
 static inline double sf_pymod_double(double a, double b) { double r = fmod(a, b); return (r != 0.0 && ((r < 0.0) != (b < 0.0))) ? r + b : r; }
 static inline int64_t sf_imod(int64_t a, int64_t b) { int64_t r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
-static inline int64_t sf_ipow(int64_t a, int64_t e) { int64_t r = 1; while (e > 0) { if (e & 1) r *= a; a *= a; e >>= 1; } return r; }
+/* Integer power wrapping mod 2^64 (unsigned: signed overflow is undefined); negative
+   exponents give 1/a truncated toward zero, as the reference does: 1, +-1 for a = -1, else 0. */
+static inline int64_t sf_ipow(int64_t a, int64_t e) {
+  if (e < 0) return a == 1 ? 1 : (a == -1 ? ((e & 1) ? -1 : 1) : 0);
+  uint64_t r = 1, b = (uint64_t)a;
+  while (e > 0) { if (e & 1) r *= b; b *= b; e >>= 1; }
+  return (int64_t)r;
+}
 """

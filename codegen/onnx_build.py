@@ -187,6 +187,9 @@ class Emitter:
         """Append a node; returns its output name (or a list for ``n_out > 1``)."""
         outs = [self.fresh(hint or op_type.lower()) for _ in range(n_out)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
+        inputs = list(inputs)
+        while inputs and not inputs[-1]:   # trailing omitted optionals are left out entirely
+            inputs.pop()
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, domain=domain or None,
                                            name=self.fresh(f"n_{op_type}"), **attrs))
         if domain:

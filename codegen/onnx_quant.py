@@ -35,7 +35,8 @@ from ..ir import dtypes as dt
 from ..ir.graph import Node, Value
 from ..ir.ops.quant import bcq_weight
 from .onnx_build import ONNX_DTYPE, Emitter, to_numpy
-from .onnx_ops import activation, compute_dtype, inp, reduce, render
+from .onnx_nn import reduce
+from .onnx_ops import activation, compute_dtype, inp, render
 
 
 def _opt(node: Node, i: int) -> Value | None:

@@ -25,7 +25,9 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.types import dims_equal
 
-VIEW_OPS = frozenset({"reshape", "squeeze", "unsqueeze", "flatten", "identity"})
+# Reshape-like ops alias their input; ``transpose`` is a strided view that consumers needing
+# contiguous data (generated kernels) materialise, while torch library kernels read it as is.
+VIEW_OPS = frozenset({"reshape", "squeeze", "unsqueeze", "flatten", "identity", "transpose"})
 LIBRARY_OPS = frozenset({"linear", "matmul", "conv", "conv_transpose", "sdpa", "max_pool", "avg_pool",
                          "global_avg_pool", "global_max_pool"})
 ROW_OPS = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm", "reduce_sum", "reduce_mean",

@@ -4,9 +4,16 @@
   one ``linear`` on the original rank, which is what the compression passes match.
 - The decomposed RMSNorm of transformers (``x * rsqrt(mean(x^2) + eps) * w``, e.g.
   LlamaRMSNorm) becomes one ``rms_norm`` when it is computed in the model's own dtype.
+- The tanh-approximated GELU written out in python (GPT-2's ``gelu_new``,
+  ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))``) becomes ``gelu[approximate="tanh"]``.
 - Nodes whose results are unused are removed.
 """
 from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
 
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import dims_equal
@@ -16,6 +23,7 @@ def cleanup(g: Graph) -> None:
     """Apply the import-time rewrites above, then drop dead nodes."""
     _fuse_reshape_linear(g)
     _fuse_rms_norm(g)
+    _fuse_gelu_tanh(g)
     dce(g)
 
 
@@ -69,9 +77,44 @@ def _fuse_reshape_linear(g: Graph) -> None:
 
 
 def _scalar_const(v: Value | None) -> float | None:
-    if v is None or not v.is_const or v.const.numel() != 1:
+    """The value of a one-element float constant, as the shortest decimal of its dtype
+    (so an f32 1e-6 reads back as 1e-06, not 9.99999997e-07)."""
+    if v is None or not v.is_const or v.const.numel() != 1 or not v.dtype.is_float:
         return None
-    return float(v.const.reshape(()).item())
+    x = v.const.reshape(()).to(torch.float32 if v.dtype.bits <= 32 else torch.float64).item()
+    return float(str(np.float32(x))) if v.dtype.bits <= 32 else float(x)
+
+
+def _with_const(v: Value | None, op: str, c: float, tol: float = 1e-6) -> Value | None:
+    """``x`` if ``v`` is ``op(x, c)`` or ``op(c, x)`` with the scalar constant ``c``."""
+    p = _producer(v, op)
+    if p is None:
+        return None
+    for i in (0, 1):
+        k = _scalar_const(p.inputs[1 - i])
+        if k is not None and abs(k - c) <= tol * max(1.0, abs(c)):
+            return p.inputs[i]
+    return None
+
+
+def _fuse_gelu_tanh(g: Graph) -> None:
+    for m in list(g.nodes):
+        if m.op != "mul" or m.graph is not g:
+            continue
+        for i in (0, 1):
+            x = _with_const(m.inputs[i], "mul", 0.5)
+            th = _producer(_with_const(m.inputs[1 - i], "add", 1.0), "tanh")
+            inner = _with_const(th.inputs[0] if th else None, "mul", math.sqrt(2 / math.pi))
+            s = _producer(inner, "add")
+            if x is None or s is None or x is not s.inputs[0] and x is not s.inputs[1]:
+                continue
+            cube = _with_const(s.inputs[1] if s.inputs[0] is x else s.inputs[0], "mul", 0.044715)
+            if cube is None or _with_const(cube, "pow", 3.0) is not x:
+                continue
+            new = g.create_node("gelu", [x], {"approximate": "tanh"}, name=m.name)
+            g.insert_before(m, new)
+            g.replace_all_uses(m.output, new.output)
+            break
 
 
 def _fuse_rms_norm(g: Graph) -> None:

@@ -205,7 +205,8 @@ def _index(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     flat = None
     for j, (v, d) in enumerate(zip(vals, dims)):
         v = ctx.cast(v, dt.i64)
-        v = ctx.emit("mod", [v, ctx.scalar(d, dt.i64)])
+        if not _nonnegative(v):
+            v = ctx.emit("mod", [v, ctx.scalar(d, dt.i64)])
         stride: Dim = 1
         for dd in dims[j + 1:]:
             stride = stride * dd
@@ -216,6 +217,23 @@ def _index(ctx: Ctx, n: fx.Node, a: dict) -> Value:
         merged = merged * d
     xr = ctx.emit("reshape", [x], shape=tuple(x.shape[:p]) + (merged,) + tuple(x.shape[p + k:]))
     return ctx.emit("gather", [xr, flat], axis=p)
+
+
+def _nonnegative(v: Value) -> bool:
+    """Whether an index tensor is provably >= 0 (so it needs no wrapping of negatives)."""
+    if v.is_const:
+        return bool((v.const >= 0).all())
+    p = v.producer
+    if p is None:
+        return False
+    if p.op == "arange":
+        start = p.attrs["start"]
+        return p.attrs["step"] > 0 and (not isinstance(start, int) or start >= 0)
+    if p.op in ("unsqueeze", "reshape", "expand", "squeeze", "transpose", "slice", "identity"):
+        return _nonnegative(p.inputs[0])  # type: ignore[arg-type]
+    if p.op in ("add", "mul"):
+        return all(x is not None and _nonnegative(x) for x in p.inputs)
+    return False
 
 
 @aten("constant_pad_nd.default")

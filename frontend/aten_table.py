@@ -72,6 +72,7 @@ class Ctx:
         self._expr = convert_expr
         self.node_name: str | None = None
         self.fold = True
+        self._dim_values: dict[tuple, Value] = {}
 
     # ---- reading arguments --------------------------------------------------------------
     def t(self, a: Any) -> Value:
@@ -147,9 +148,12 @@ class Ctx:
         if isinstance(x, Value):
             return self.cast(x, dtype)
         if isinstance(x, sympy.Basic) and x.free_symbols:
-            # A runtime value of a symbolic dim: arange(d, d+1) is the 1-element tensor [d].
-            one = self.emit("arange", [], start=x, end=x + 1, step=1, dtype="i64")
-            return self.cast(self.emit("reshape", [one], shape=()), dtype)
+            key = (x, dtype.name)
+            if key not in self._dim_values:
+                # A runtime value of a symbolic dim: arange(d, d+1) is the 1-element tensor [d].
+                one = self.emit("arange", [], start=x, end=x + 1, step=1, dtype="i64")
+                self._dim_values[key] = self.cast(self.emit("reshape", [one], shape=()), dtype)
+            return self._dim_values[key]
         if isinstance(x, sympy.Basic):
             x = int(x) if x.is_Integer else float(x)
         t = torch.tensor(x, dtype=torch.float64 if isinstance(x, float) else None)
@@ -301,6 +305,9 @@ def _binary(ir_op: str, compare: bool = False, alpha: bool = False, swap: bool =
         raw = [ctx.scalar_or_tensor(lhs), ctx.scalar_or_tensor(rhs)]
         compute = _result_dtype(ctx, raw) if compare else ctx.out_dtype(n)
         x, y = operands(ctx, n, [lhs, rhs], compute)
+        if ir_op in ("add", "sub") and not isinstance(rhs, fx.Node) and rhs == 0 \
+                and x.type == ctx.out_type(n):
+            return x  # x + 0 (position ids are built as arange(S) + past_length)
         if alpha and a.get("alpha", 1) != 1:
             y = ctx.emit("mul", [y, ctx.scalar(a["alpha"], compute)])
         op = ir_op

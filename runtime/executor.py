@@ -107,18 +107,29 @@ class Executor:
 
             def run_fused(vals: list) -> None:
                 for i, s in enumerate(order):
-                    ptrs[i] = vals[s].data_ptr()
+                    t = vals[s]
+                    if not t.is_contiguous():  # a transposed view from an earlier step
+                        t = vals[s] = t.contiguous()
+                    ptrs[i] = t.data_ptr()
                 fn(ptrs, qarr)
             return run_fused
         node = k.nodes[0]
         ins = [slot[id(v)] if v is not None else -1 for v in node.inputs]
         out_slots = [slot[id(o)] for o in node.outputs]
         if k.kind == "view":
-            shape = node.outputs[0].type.concrete(env)
             src, dst = ins[0], out_slots[0]
+            if node.op == "transpose":
+                perm = node.attrs["perm"]
+                if perm is None:
+                    perm = tuple(reversed(range(node.inputs[0].type.rank)))
+
+                def run_permute(vals: list) -> None:
+                    vals[dst] = vals[src].permute(perm)
+                return run_permute
+            shape = node.outputs[0].type.concrete(env)
 
             def run_view(vals: list) -> None:
-                vals[dst] = vals[src].view(shape)
+                vals[dst] = vals[src].reshape(shape)  # a view unless the source is strided
             return run_view
         if k.kind == "library":
             fn_lib, writes_out = library_fn(node)
@@ -126,6 +137,8 @@ class Executor:
 
             def run_lib(vals: list) -> None:
                 xs = [vals[s] if s >= 0 else None for s in ins]
+                if writes_out:
+                    xs = [x.contiguous() if x is not None else None for x in xs]
                 res = fn_lib(xs, vals[dst] if writes_out else None)
                 vals[dst] = res if res.is_contiguous() else res.contiguous()
             return run_lib
@@ -133,7 +146,7 @@ class Executor:
         attrs = bind_dims(node.attrs, env)
 
         def run_ref(vals: list) -> None:
-            xs = [vals[s] if s >= 0 else None for s in ins]
+            xs = [vals[s].contiguous() if s >= 0 else None for s in ins]
             res = ref(xs, attrs)
             res = list(res) if isinstance(res, (tuple, list)) else [res]
             for s, t in zip(out_slots, res):
@@ -163,6 +176,8 @@ class Executor:
                 t = vals[self._slot[id(v)]]
                 if v.is_const or t.untyped_storage().data_ptr() == arena:
                     t = t.clone()  # never hand out the arena or a constant
+                elif not t.is_contiguous():
+                    t = t.contiguous()
                 res.append(t)
             return res
 

@@ -7,3 +7,4 @@ from . import nn  # noqa: F401
 from . import shape  # noqa: F401
 from . import attention  # noqa: F401
 from . import misc  # noqa: F401
+from . import loss  # noqa: F401

@@ -49,9 +49,17 @@ def reduce_axes(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]) -> list[int] 
 def _reduce(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     x = operand(ctx, 0)
     axes = reduce_axes(ctx, node, a)
-    if axes is None:
-        return [x]
     t = node.op_type
+    if axes is None:
+        # A reduction over no axes: each element is its own group, so only the elementwise
+        # part of the op remains (as in the ONNX reference: ReduceSumSquare -> x*x).
+        if t in ("ReduceL1", "ReduceL2"):
+            return [ctx.add("abs", [x])]
+        if t == "ReduceSumSquare":
+            return [ctx.add("mul", [x, x])]
+        if t == "ReduceLogSum":
+            return [ctx.add("log", [x])]
+        return [x]
     if t in ("ReduceMax", "ReduceMin"):
         empty = _empty_extreme(ctx, x, axes, bool(a.get("keepdims", 1)), t == "ReduceMax")
         if empty is not None:

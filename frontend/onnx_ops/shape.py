@@ -174,7 +174,37 @@ def _slice(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     attrs = {"starts": tuple(starts), "ends": tuple(ends),
              "axes": tuple(axes) if axes is not None else None,
              "steps": tuple(steps) if steps is not None else None}
-    return [ctx.add("slice", [_x(ctx)], attrs)]
+    y = ctx.add("slice", [_x(ctx)], attrs)
+    assumed = _assumed_slice_shape(y.shape, starts, ends, axes, steps)
+    if assumed is not None:
+        # The exporter sliced with a symbolic bound (e.g. position_ids[:, :S] of a 512-row
+        # table), so the exact length is Min(512, S). The model is only valid when the bound
+        # is in range, so the length is asserted to be S with a reshape (checked at run time):
+        # this keeps later broadcasts against S provable.
+        y = ctx.add("reshape", [y], {"shape": assumed})
+    return [y]
+
+
+_BIG = 2 ** 31
+
+
+def _assumed_slice_shape(shape: tuple, starts: list, ends: list, axes, steps
+                         ) -> tuple | None:
+    out, changed = list(shape), False
+    axes = list(axes) if axes is not None else list(range(len(starts)))
+    for j, ax in enumerate(axes):
+        st, en = starts[j], ends[j]
+        step = steps[j] if steps else 1
+        d = out[ax]
+        if step != 1 or isinstance(d, int) or not d.has(sympy.Min, sympy.Max):
+            continue
+        if isinstance(st, int) and not 0 <= st < _BIG:
+            continue
+        if isinstance(en, int):
+            continue  # an int end with a symbolic start: no in-range assumption to make
+        out[ax] = sc.canon_or_int(sympy.expand(en - st))
+        changed = True
+    return tuple(out) if changed else None
 
 
 @onnx_op("Gather")

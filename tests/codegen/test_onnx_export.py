@@ -108,7 +108,8 @@ def graph_of(ops: list[tuple[str, list, dict]], *ins) -> tuple[Graph, list[torch
     outs = []
     for op, args, attrs in ops:
         xs = [outs[int(a[1:])][0] if isinstance(a, str) and a.startswith("%") else
-              vals[int(a[1:])] if isinstance(a, str) else a for a in args]
+              vals[int(a[1:])] if isinstance(a, str) else
+              g.add_const(a) if isinstance(a, torch.Tensor) else a for a in args]
         r = g.add(op, xs, attrs)
         outs.append(list(r) if isinstance(r, tuple) else [r])
     g.set_outputs(outs[-1])
@@ -323,7 +324,7 @@ case("qlinear_nbits_i4_g48", _ql("f32[2,96]", _codes(8, 96, "i4"), torch.rand(8,
 case("qlinear_nbits_f16", _ql("f16[2,64]", _codes(8, 64, "i4"), torch.rand(8, 2) * 0.1 + 0.01, group=32))
 case("qlinear_i4_g8_dq", _ql("f32[3,24]", _codes(8, 24, "i4"), torch.rand(8, 3) * 0.1 + 0.01, group=8))
 case("qlinear_i8_channel_zero", _ql("f32[2,3,16]", _codes(8, 16, "i8"), torch.rand(8) * 0.01,
-                                    _codes(8, 1, "i8").t.reshape(8).clone(), torch.randn(8)))
+                                    C(torch.randint(-8, 8, (8,)), "i8"), torch.randn(8)))
 case("qlinear_f8_weights", _ql("f32[3,16]", C(torch.randn(8, 16), "f8e4m3"), torch.rand(8) * 0.1))
 case("qlinear_f4_weights", _ql("f32[3,32]", C(torch.randint(0, 16, (8, 32)).to(torch.uint8), "f4e2m1"),
                                torch.rand(8, 2) * 0.1, group=16, wtype="f4e2m1"))
@@ -333,7 +334,7 @@ case("qlinear_per_token", _ql("f32[2,3,16]", _codes(8, 16, "i8"), torch.rand(8) 
 case("qlinear_per_tensor_a4", _ql("f32[3,16]", _codes(8, 16, "i8"), torch.rand(8) * 0.01,
                                   act="per_tensor", abits=4))
 case("qlinear_int_x_matmulinteger", _ql("u8[3,16]", _codes(8, 16, "i8"), torch.rand(8) * 0.01,
-                                        _codes(8, 1, "i8").t.reshape(8).clone(), torch.randn(8)))
+                                        C(torch.randint(-8, 8, (8,)), "i8"), torch.randn(8)))
 case("qlinear_int_x_i8_u8w", _ql("i8[3,16]", _codes(8, 16, "u8"), torch.rand(8) * 0.01, out_dtype="f16"))
 case("qlinear_weight_input", _ql("f32[3,16]", "i8[8,16]", "f32[8,4]", None, None, group=4))
 case("bcq_const", unit("bcq_linear", "f32[3,16]", torch.rand(3, 8, 16) > 0.5, torch.rand(3, 8), torch.randn(8)))
