@@ -412,7 +412,11 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scalefold`` console script; returns the exit code."""
+    import warnings
     args = build_parser().parse_args(argv)
+    # Warnings are for people at a terminal: one line each, without source excerpts.
+    saved = warnings.formatwarning
+    warnings.formatwarning = lambda msg, cat, *_a, **_k: f"scalefold: warning: {msg}\n"  # type: ignore[assignment]
     try:
         return args.fn(args)
     except ScalefoldError as e:
@@ -427,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scalefold: error: internal error: {type(e).__name__}: {_one_line(e)} "
               f"(set SCALEFOLD_TRACEBACK=1 for details)", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = saved
 
 
 if __name__ == "__main__":

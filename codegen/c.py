@@ -60,6 +60,15 @@ REFERENCE_OPS: dict[str, str] = {
     "conv_transpose": "torch",
     "lp_pool": "pooling over spatial windows; torch (avg_pool of |x|^p)",
     "lrn": "cross-channel window normalisation (ONNX LRN); torch",
+    "resize": "separable gather-and-blend interpolation (ONNX Resize); torch",
+    "grid_sample": "data-dependent sampling positions; torch.grid_sample",
+    "scatter_elements": "indexed writes with reductions; torch.scatter_reduce",
+    "scatter_nd": "indexed slice writes with reductions; torch indexing",
+    "gather_nd": "indexed slice reads; torch indexing",
+    "einsum": "general contraction; torch.einsum picks the GEMM order",
+    "nonzero": "data-dependent output size",
+    "compress": "data-dependent output size",
+    "unique": "data-dependent output size; a sort",
 }
 
 PAR_THRESHOLD = 32768  # below this many elements a kernel runs on one thread

@@ -90,6 +90,12 @@ def _cast(a: Sequence[str], n: Node, ct: str) -> str:
         return f"({a[0]} != 0)"
     if dst.is_int and src.is_float:
         return f"({compute_type(dst)})(int64_t)({a[0]})" if dst.bits < 64 else f"(int64_t)({a[0]})"
+    # f16/bf16 are computed in float: the cast must round here, not only at a final store, or
+    # a fused consumer would see the unrounded value. From f64, go through float as torch does.
+    if dst.name == "bf16":
+        return f"sf_bf16_to_f(sf_f_to_bf16((float)({a[0]})))"
+    if dst.name == "f16":
+        return f"(float)(_Float16)(float)({a[0]})"
     return f"({compute_type(dst)})({a[0]})"
 
 

@@ -2,8 +2,9 @@
 
 The model is standard ONNX (default opset 21, any opset >= 17 where the graph's ops and
 dtypes allow) that passes ``onnx.checker.check_model(full_check=True)`` and runs in
-onnxruntime. The op table lives in ``onnx_ops.py`` (float ops) and ``onnx_quant.py``
-(compression ops); ``onnx_build.py`` holds the graph under construction.
+onnxruntime. The op table ``RENDER`` lives in ``onnx_ops.py`` (elementwise, shape), filled also
+by ``onnx_nn.py`` (nn, norms, attention, reductions), ``onnx_quant.py`` (compression ops) and
+``onnx_extra.py`` (less common ops); ``onnx_build.py`` holds the graph under construction.
 
 Conventions:
 - Graph inputs and outputs keep their names (``graph.inputs[i].name``, ``graph.output_names``).
@@ -18,8 +19,14 @@ Conventions:
   topk k) become shape computations: each symbol is bound to (input, axis) where it first
   appears among the graph inputs and read with ``Shape(start, end)``; arithmetic follows the
   sympy expression (floor/ceiling division exact for either sign).
-- Element types need their opset: float8 19, int4/uint4 21, float4 (f4e2m1) 23; an op or type
-  that cannot be expressed at the requested opset raises :class:`ExportError` naming the node.
+- Element types need their opset where a tensor of them exists: float8 19, int4/uint4 21 (a
+  4-bit weight packed into MatMulNBits needs none). f4e2m1 values travel *inside* the graph as
+  their uint8 codes, decoded by a 16-entry table lookup and encoded by comparisons with the
+  grid midpoints (exact, any opset), because onnxruntime has no FLOAT4E2M1 kernels; only f4e2m1
+  graph inputs/outputs carry the FLOAT4E2M1 type, which needs opset 23. An op or type that
+  cannot be expressed at the requested opset raises :class:`ExportError` naming the node.
+- Symbols first seen in a node's result (data-dependent sizes: NonZero, Unique, Compress) are
+  bound to that result's shape for later shape computations.
 - Custom domains: ``com.microsoft`` (MatMulNBits) only, where onnxruntime runs it natively. No
   op needs the reserved ``ai.scalefold`` domain at present (``onnx_ops.REFUSED`` is empty).
 - Writing is atomic: the model (and with external data the sidecar ``<file name>.data``, e.g.
@@ -113,7 +120,7 @@ def build_model(graph: Graph, opset: int) -> onnx.ModelProto:
         cx.reserve(nm)
     cx.name_constants()
     for v, nm in zip(graph.inputs, in_names):
-        _need_dtype(cx, v, boundary=True)
+        _need_dtype(cx, v, nm)
         cx.names[id(v)] = nm
         if v.dtype is dt.f4e2m1:  # FLOAT4E2M1 at the boundary, uint8 codes inside
             cx.names[id(v)] = cx.f4_encode(cx.op("Cast", [nm], to=onnx.TensorProto.FLOAT))
@@ -121,14 +128,11 @@ def build_model(graph: Graph, opset: int) -> onnx.ModelProto:
 
     want: dict[int, str] = {}
     for v, nm in zip(graph.outputs, out_names):
-        _need_dtype(cx, v, boundary=True)
+        _need_dtype(cx, v, nm)
         if v.producer is not None and id(v) not in want and v.dtype is not dt.f4e2m1:
             want[id(v)] = nm
     for node in graph.nodes:
         cx.current = node
-        for v in list(node.inputs) + list(node.outputs):
-            if v is not None:
-                _need_dtype(cx, v)
         start = len(cx.nodes)
         try:
             outs = RENDER[node.op](cx, node)
@@ -138,6 +142,10 @@ def build_model(graph: Graph, opset: int) -> onnx.ModelProto:
             raise ExportError(f"ONNX export of node {node.describe()} failed: "
                               f"{type(e).__name__}: {e}") from e
         for v, name in zip(node.outputs, outs):
+            # Types are checked where a tensor of them exists: constants when they become
+            # initializers, results here (a 4-bit weight packed into MatMulNBits needs no INT4).
+            cx.need_dtype(v.dtype, f"result {v!r}")
+            cx.bind_result(name, v.shape)
             if id(v) in want:
                 name = _rename(cx, start, name, want[id(v)])
             cx.names[id(v)] = name
@@ -169,12 +177,11 @@ def _version() -> str:
         return "0"
 
 
-def _need_dtype(cx: Emitter, v: Value, boundary: bool = False) -> None:
-    if v.dtype is dt.f4e2m1 and not boundary:
-        return  # uint8 codes inside the graph
+def _need_dtype(cx: Emitter, v: Value, name: str) -> None:
+    """Graph inputs/outputs carry their own element type, FLOAT4E2M1 included (opset 23)."""
     need = DTYPE_MIN_OPSET.get(v.dtype.name)
     if need is not None:
-        cx.need_opset(need, f"element type {v.dtype.name} ({v!r})")
+        cx.need_opset(need, f"element type {v.dtype.name} of graph input/output {name!r}")
 
 
 def _rename(cx: Emitter, start: int, name: str, target: str) -> str:

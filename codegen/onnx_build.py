@@ -129,9 +129,18 @@ class Emitter:
             raise self.fail(f"{what} needs opset >= {version}, exporting at opset {self.opset}")
 
     # ---- tensors -------------------------------------------------------------------------
+    def need_dtype(self, d: dt.DType | str, what: str) -> None:
+        """Raise unless the opset has element type ``d`` as used inside the graph (f4e2m1
+        travels as uint8 codes, so it needs nothing)."""
+        d = dt.get(d)
+        need = DTYPE_MIN_OPSET.get(d.name)
+        if need is not None and d is not dt.f4e2m1:
+            self.need_opset(need, f"element type {d.name} ({what})")
+
     def initializer(self, t: torch.Tensor, d: dt.DType | str, hint: str = "c") -> str:
         """A new initializer holding container tensor ``t`` of IR dtype ``d``."""
         d = dt.get(d)
+        self.need_dtype(d, "a constant")
         raw, dims = to_numpy(t, d)
         name = self.fresh(hint)
         self.initializers.append(helper.make_tensor(name, onnx_type(d), dims, raw, raw=True))
@@ -161,6 +170,7 @@ class Emitter:
         if v.is_const:
             key = (id(v), "")
             if key not in self._derived:
+                self.need_dtype(v.dtype, f"constant {v!r}")
                 name = self._const_names.get(id(v)) or self.fresh("c")
                 raw, dims = to_numpy(v.const, v.dtype)
                 self.initializers.append(helper.make_tensor(name, onnx_type(v.dtype), dims,
@@ -254,6 +264,13 @@ class Emitter:
             sols = sympy.solve(sympy.Eq(d, src), free[0])
             if len(sols) == 1:
                 self._sym_src[free[0]] = sols[0]
+
+    def bind_result(self, name: str, shape: Sequence[Dim]) -> None:
+        """Bind symbols first seen in a node's result (data-dependent sizes such as NonZero's
+        count) to that result's shape."""
+        for ax, d in enumerate(shape):
+            if isinstance(d, sympy.Symbol) and d not in self._sym_src:
+                self._sym_src[d] = self._shape_sym(name, ax)
 
     def _shape_sym(self, name: str, ax: int) -> sympy.Symbol:
         s = sympy.Symbol(f"__dim{len(self._dim_syms)}", integer=True, positive=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import sympy
 import torch
 
 from ..ir import dtypes as dt

@@ -24,6 +24,12 @@ Choices (DESIGN.md §5, "ONNX out"):
   scattered into a [T, E] matrix with ScatterElements, every expert as one batched MatMul over
   all experts, weighted sum over E. Unchosen experts get weight 0, so the result equals the
   IR's dropless dispatch (up to summation order) unless an expert produces inf/NaN.
+
+Note on onnxruntime: its graph optimizer (level "extended" and above) rewrites
+DequantizeLinear of constant weights followed by MatMul into MatMulNBits with
+``session.qdq_matmulnbits_accuracy_level`` = 4 by default, which quantises the activations to
+int8 at run time (fast, but no longer the IR's float result). Set that session config entry
+to "0" (or "1") to run the exported model with float activations; the tests do.
 """
 from __future__ import annotations
 
@@ -207,8 +213,9 @@ def _matmul_nbits(cx: Emitter, node: Node) -> str | None:
     codes = wv.const.to(torch.int16) + off
     codes = torch.nn.functional.pad(codes, (0, nb * block - k)).to(torch.uint8).reshape(n, nb, block)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
-    ins = [cx.value(xv), cx.initializer(packed.contiguous(), dt.u8, "nbits_B"),
-           cx.initializer(per_block(sv.const).to(xv.dtype.container).reshape(-1), xv.dtype, "nbits_scales")]
+    # float32 even for f16 x: the IR forms Wd in float32 and rounds the product once.
+    ins = [cx.cast(cx.value(xv), xv.dtype, dt.f32), cx.initializer(packed.contiguous(), dt.u8, "nbits_B"),
+           cx.initializer(per_block(sv.const).float().reshape(-1), dt.f32, "nbits_scales")]
     if zv is not None or wv.dtype is dt.u4:
         zp = per_block(zv.const).to(torch.int16) + off if zv is not None \
             else torch.zeros(n, nb, dtype=torch.int16)
@@ -218,8 +225,8 @@ def _matmul_nbits(cx: Emitter, node: Node) -> str | None:
         ins.append(cx.initializer((zp[:, 0::2] | (zp[:, 1::2] << 4)).reshape(-1).contiguous(), dt.u8, "nbits_zp"))
     y = cx.op("MatMulNBits", ins, domain="com.microsoft", K=k, N=n, bits=4, block_size=block)
     if _opt(node, 4) is not None:
-        y = cx.op("Add", [y, cx.cast(inp(cx, node, 4), node.inputs[4].dtype, xv.dtype)])
-    return y
+        y = cx.op("Add", [y, cx.cast(inp(cx, node, 4), node.inputs[4].dtype, dt.f32)])
+    return cx.cast(y, dt.f32, xv.dtype)
 
 
 def _matmul_integer(cx: Emitter, node: Node) -> str | None:

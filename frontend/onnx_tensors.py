@@ -34,7 +34,7 @@ def onnx_dtype(elem_type: int, where: str) -> dt.DType:
 
 def numpy_to_torch(a: np.ndarray, d: dt.DType) -> torch.Tensor:
     """A numpy array (ml_dtypes for bf16/f8/f4/int4) as ``d``'s torch container."""
-    a = np.asarray(a, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not).reshape(np.shape(a))  # ascontiguousarray makes 0-d arrays 1-d
+    a = np.asarray(a, order="C")  # not ascontiguousarray, which turns 0-d arrays into 1-d
     if d is dt.bf16:
         return torch.from_numpy(a.view(np.uint16).astype(np.int16)).view(torch.bfloat16).clone()
     if d in (dt.f8e4m3, dt.f8e5m2):

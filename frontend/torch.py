@@ -30,7 +30,7 @@ from ..ir import dtypes as dt
 from ..ir.errors import FrontendError, ScalefoldError, UnsupportedOpError
 from ..ir.graph import Graph, Value
 from ..ir.types import Dim, TensorType, canon_dim, dims_equal, sym
-from . import aten_nn, aten_shape  # noqa: F401  (registration)
+from . import aten_elementwise, aten_nn, aten_reduce, aten_shape  # noqa: F401  (registration)
 from .aten_table import ATEN, Ctx, bind_args, op_name
 from .aten_fuse import cleanup
 
@@ -47,6 +47,7 @@ KEEP = (
     _A.scaled_dot_product_attention.default, _A.silu.default, _A.softmax.int,
     _A.log_softmax.int, _A.hardswish.default, _A.hardsigmoid.default, _A.mish.default,
     _A.softplus.default, _A.logsumexp.default, _A.tril.default, _A.triu.default,
+    _A.adaptive_avg_pool1d.default, _A.adaptive_avg_pool2d.default, _A.adaptive_avg_pool3d.default,
 )
 
 # Calls with no tensor result that carry no meaning for inference.
@@ -310,11 +311,14 @@ def _convert_node(ctx: Ctx, n: fx.Node, syms: _Symbols) -> Any:
     a = bind_args(n.target, n.args, n.kwargs)
     try:
         res = ATEN[key](ctx, n, a)
-    except ScalefoldError as e:
-        msg = str(e)
-        if n.name in msg:
+    except FrontendError as e:
+        if n.name in str(e):
             raise
-        raise type(e)(f"{n.name} ({key}): {msg}") if type(e) is FrontendError else e
+        raise FrontendError(f"{n.name} ({key}): {e}") from None
+    except ScalefoldError:
+        raise  # shape errors already name the op and the fx node
+    except Exception as e:  # a case the handler does not cover: name the node, not a traceback
+        raise FrontendError(f"{n.name} ({key}): cannot convert: {_one_line(e)}") from e
     _check(ctx, n, res)
     return res
 

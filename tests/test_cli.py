@@ -23,3 +23,152 @@ def test_demo_prints_ir_and_runs(capsys) -> None:
 def test_console_entry_point_bad_verb_exits_nonzero() -> None:
     r = subprocess.run([sys.executable, "-m", "scalefold", "frobnicate"], capture_output=True, text=True)
     assert r.returncode != 0 and "invalid choice" in r.stderr
+
+
+# ---- compile / inspect / run / bench through the console script ------------------------------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from test_api import gemm_relu_onnx  # noqa: E402
+
+
+def sf_cli(*args: str) -> subprocess.CompletedProcess:
+    """The real console entry (``python -m scalefold``): for exit codes and stderr as users see them."""
+    return subprocess.run([sys.executable, "-m", "scalefold", *args], capture_output=True, text=True,
+                          timeout=180)
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """``main`` in-process (a subprocess per call would spend most of the time importing torch)."""
+    def call(*args: str) -> Result:
+        capsys.readouterr()
+        rc = main(list(args))
+        cap = capsys.readouterr()
+        return Result(rc, cap.out, cap.err)
+    return call
+
+
+def _gemm_relu_ref(x: np.ndarray, path: Path) -> np.ndarray:
+    import onnxruntime as ort
+    return ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return gemm_relu_onnx(tmp_path_factory.mktemp("cli") / "m.onnx")
+
+
+def test_help_lists_verbs_and_examples(capsys) -> None:
+    with pytest.raises(SystemExit) as ei:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert ei.value.code == 0
+    for verb in ("compile", "inspect", "run", "bench", "demo", "examples:"):
+        assert verb in out
+
+
+def test_compile_to_artifact_and_run_it(model: Path, tmp_path: Path, cli) -> None:
+    out = tmp_path / "m.sf"
+    r = cli("compile", str(model), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "plan.json").read_text())["target"] == "c"
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = cli("run", str(out), "--input", f"x={tmp_path / 'x.npy'}", "-o", str(tmp_path / "y.npz"))
+    assert r.returncode == 0, r.stderr
+    assert "y: float32[3, 16]" in r.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["y"], _gemm_relu_ref(x, model), rtol=1e-5, atol=1e-5)
+    # an artifact recompiles to ONNX too
+    r = cli("compile", str(out), "-o", str(tmp_path / "again.onnx"))
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(_gemm_relu_ref(x, tmp_path / "again.onnx"), _gemm_relu_ref(x, model), rtol=1e-5)
+
+
+def test_compile_to_onnx(model: Path, tmp_path: Path, cli) -> None:
+    out = tmp_path / "out.onnx"
+    r = cli("compile", str(model), "--target", "interp", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    onnx_model = __import__("onnx").load(str(out))
+    __import__("onnx").checker.check_model(onnx_model)
+    x = np.ones((2, 8), np.float32)
+    np.testing.assert_allclose(_gemm_relu_ref(x, out), _gemm_relu_ref(x, model), rtol=1e-5)
+
+
+def test_inspect_symbolic_and_bound(model: Path, cli) -> None:
+    r = cli("inspect", str(model))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("graph @gemm_relu(%x: f32[B,8]) -> (f32[B,16]) {")
+    assert "linear" in r.stdout and "272*B" in r.stdout and "peak memory" in r.stdout
+    r = cli("inspect", str(model), "--bind", "B=8")
+    assert r.returncode == 0, r.stderr
+    assert "2,176" in r.stdout  # linear flops: 2*8*16*8 + bias 8*16
+    assert "peak memory at B=8" in r.stdout
+
+
+def test_run_random_inputs(model: Path, cli) -> None:
+    r = cli("run", str(model), "--random", "B=4", "--target", "interp")
+    assert r.returncode == 0, r.stderr
+    assert "y: float32[4, 16]" in r.stdout
+
+
+def test_bench_reports_both(model: Path, cli) -> None:
+    r = cli("bench", str(model), "--bind", "B=4", "--iters", "3")
+    assert r.returncode == 0, r.stderr
+    assert "onnxruntime" in r.stdout and "speedup" in r.stdout and "max |diff|: 0" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["inspect", "{tmp}/missing.onnx"], "no such file"),
+    (["inspect", "{tmp}/garbage.onnx"], "not a valid ONNX model"),
+    (["compile", "{tmp}/garbage.onnx", "-o", "{tmp}/o.sf"], "not a valid ONNX model"),
+    (["inspect", "{model}", "--bind", "B=x"], "bad binding"),
+    (["inspect", "{model}", "--bind", "B=0"], "bad binding"),
+    (["run", "{model}"], "missing input"),
+    (["run", "{model}", "--random"], "needs a size for B"),
+    (["run", "{model}", "--input", "x={tmp}/missing.npy"], "missing.npy"),
+    (["run", "{model}", "--input", "z={tmp}/garbage.onnx"], "garbage.onnx"),
+    (["compile", "{model}", "-p", "no_such_pass", "-o", "{tmp}/o.sf"], "no_such_pass"),
+    (["bench", "{tmp}"], "needs an .onnx file"),
+    (["run", "{tmp}/not_an_artifact_dir"], "plan.json: missing file"),
+])
+def test_bad_input_is_one_line_error(model: Path, tmp_path: Path, args: list[str], message: str, cli) -> None:
+    (tmp_path / "garbage.onnx").write_bytes(b"\x00garbage\xff" * 7)
+    (tmp_path / "not_an_artifact_dir").mkdir()
+    r = cli(*[a.format(tmp=tmp_path, model=model) for a in args])
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scalefold: error: "), r.stderr
+    assert message in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.sf").exists()
+
+
+def test_split_passes_keeps_option_commas() -> None:
+    from scalefold.cli import split_passes
+    assert split_passes(["fold_batchnorm,outliertune(bits=8,group=128)", "svd"]) == \
+        ["fold_batchnorm", "outliertune(bits=8,group=128)", "svd"]
+
+
+def test_main_in_process_returns_error_code(capsys) -> None:
+    assert main(["inspect", "/nonexistent/model.onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "scalefold: error: /nonexistent/model.onnx: no such file or directory"
+    assert torch.is_tensor(torch.zeros(1))
+
+
+def test_console_script_exit_codes(model: Path, tmp_path: Path) -> None:
+    ok = sf_cli("inspect", str(model), "--bind", "B=2")
+    assert ok.returncode == 0 and "peak memory at B=2" in ok.stdout
+    bad = sf_cli("run", str(tmp_path / "missing.onnx"))
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert bad.stderr.startswith("scalefold: error: ") and "Traceback" not in bad.stderr

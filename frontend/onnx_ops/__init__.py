@@ -8,3 +8,7 @@ from . import shape  # noqa: F401
 from . import attention  # noqa: F401
 from . import misc  # noqa: F401
 from . import loss  # noqa: F401
+from . import image  # noqa: F401
+from . import scatter  # noqa: F401
+from . import einsum  # noqa: F401
+from . import rnn  # noqa: F401

@@ -41,10 +41,16 @@ def _identity(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
 
 @onnx_op("Shape")
 def _shape(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
-    x = ctx.input(0)
-    assert x is not None
-    rank = x.type.rank
+    name = node.input[0]
+    if name in ctx.dims and name not in ctx.env:  # a dim list: its shape, without materialising it
+        vals, _, scalar = ctx.dims[name]
+        shape = [] if scalar else [len(vals)]
+    else:
+        x = ctx.input(0)
+        assert x is not None
+        shape = list(x.type.shape)
+    rank = len(shape)
     start, end = a.get("start", 0), a.get("end", rank)
-    dims = list(x.type.shape)[slice(start, end)]
+    dims = shape[slice(start, end)]
     ctx.set_dims(node.output[0], dims)
     return [None]

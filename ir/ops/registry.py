@@ -97,6 +97,9 @@ class OpDef:
     input_names: tuple[str, ...] = ()           # for messages and docs
     elementwise: bool = False                   # output[i] depends only on inputs[i] (broadcast)
     doc: str = ""
+    # attributes holding fresh symbols for data-dependent output sizes (nonzero's count):
+    # the node itself binds them, so the verifier accepts them in this and later nodes
+    binds: tuple[str, ...] = ()
 
     def bind_attrs(self, given: Mapping[str, Any], where: str = "") -> Attrs:
         """Validate ``given`` against the schema and fill defaults; raises AttributeError_."""

@@ -27,7 +27,7 @@ from scalefold.ir.errors import ScalefoldError
 from scalefold.ir.graph import Graph
 from scalefold.ir.ops import all_ops
 from scalefold.ir.parser import parse
-from scalefold.ir.types import TensorType
+from scalefold.ir.types import TensorType, sym
 from scalefold.runtime.interp import run
 
 CPU = ["CPUExecutionProvider"]
@@ -37,6 +37,8 @@ _F8 = {"f8e4m3": torch.float8_e4m3fn, "f8e5m2": torch.float8_e5m2}
 def _session(model: onnx.ModelProto | str) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    # Keep onnxruntime from rewriting DequantizeLinear+MatMul into int8-activation MatMulNBits.
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     src = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(src, opts, providers=CPU)
 
@@ -60,7 +62,7 @@ def check(g: Graph, feeds: list[torch.Tensor], opset: int = 21, rtol: float = 1e
     got = _session(m).run(None, {v.name: t.numpy() for v, t in zip(g.inputs, feeds)})
     want = run(g, *feeds)
     for i, (a, e, v) in enumerate(zip(got, want, g.outputs)):
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.array(a))   # ascontiguousarray would make 0-d arrays 1-d
         if v.dtype.name in _F8:
             t = t.view(_F8[v.dtype.name])
         tol = {} if e.dtype in (torch.float16, torch.bfloat16) or not e.is_floating_point() \
@@ -128,6 +130,7 @@ special = In(torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 0.0], [-0.0, float("nan")
 X = "f32[3,5]"
 
 CASES: list = []
+torch.manual_seed(0)  # the constants below are drawn at import time
 
 
 def case(name: str, builder: Callable, **kw) -> None:
@@ -139,6 +142,45 @@ for _op in ("relu", "neg", "abs", "exp", "sin", "cos", "tanh", "sigmoid", "silu"
             "ceil", "leaky_relu", "elu", "hardsigmoid", "hardswish", "softplus", "mish", "identity",
             "reciprocal"):
     case(_op, unit(_op, X))
+for _op in ("tan", "sinh", "cosh", "asinh", "atan"):
+    case(_op, unit(_op, X))
+for _op in ("acos", "asin", "atanh"):
+    case(_op, unit(_op, In(torch.rand(3, 5) * 1.8 - 0.9)))
+case("acosh", unit("acosh", In(torch.rand(3, 5) * 3 + 1)))
+_counts = In(torch.tensor([0, 1, 3, 7, 8, 9, -1, 2], dtype=torch.uint8))
+case("bitshift_u8_left", unit("bitshift", In(torch.tensor([1, 255, 17, 3, 1, 128, 5, 64], dtype=torch.uint8)),
+                              _counts, direction="left"))
+case("bitshift_u8_right", unit("bitshift", "u8[8]", _counts, direction="right"))
+_icounts = In(torch.tensor([0, 1, 4, 31, 32, 40, -1, 3], dtype=torch.int32))
+_ivals = In(torch.tensor([-7, 100, -2 ** 31, 5, -1, 9, -100, 2 ** 30], dtype=torch.int32))
+case("bitshift_i32_right", unit("bitshift", _ivals, _icounts, direction="right"))
+case("bitshift_i32_left", unit("bitshift", _ivals, _icounts, direction="left"))
+case("cumprod", unit("cumprod", In(torch.rand(3, 7) + 0.5), axis=1))
+case("cumprod_excl_rev_i64", unit("cumprod", "i64[5,2]", axis=0, exclusive=True, reverse=True))
+case("dim_values", unit("dim_values", values=[3, 5], dtype="i32"))
+case("dim_values_scalar", unit("dim_values", values=[7], scalar=True))
+case("lp_pool", unit("lp_pool", "f32[1,2,7,7]", kernel=[3], stride=[2], padding=[1], p=2))
+case("lp_pool_p1_ceil", unit("lp_pool", "f32[1,2,8]", kernel=[3], stride=[2], p=1, ceil_mode=True))
+case("lrn", unit("lrn", "f32[2,5,3,3]", size=3))
+_N = sym("N")
+case("compress", unit("compress", X, In(torch.tensor([True, False, True, True, False])), axis=1, count=_N))
+case("compress_flat", unit("compress", X, In(torch.rand(9) > 0.5), count=_N))
+case("nonzero", unit("nonzero", In(torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, -1.0]])), count=_N))
+case("unique_sorted", unit("unique", In(torch.tensor([3, 1, 3, 2, 1, 7])), count=_N))
+case("unique_first_seen", unit("unique", In(torch.tensor([3.0, 1.0, 3.0, 2.0, 1.0])), sorted=False, count=_N))
+case("gather_nd", unit("gather_nd", "f32[2,3,4]", In(torch.tensor([[0, 1], [1, -1]]))))
+case("gather_nd_batch", unit("gather_nd", "f32[2,3,4]", In(torch.tensor([[2], [0]])), batch_dims=1))
+case("scatter_elements_add", unit("scatter_elements", "f32[3,4]", In(torch.tensor([[1, 1], [2, 3], [0, -1]])),
+                                  "f32[3,2]", axis=1, reduction="add"))
+case("scatter_nd", unit("scatter_nd", "f32[4,3]", In(torch.tensor([[1], [3]])), "f32[2,3]"))
+case("einsum_bmm", unit("einsum", "f32[2,3,4]", "f32[2,4,5]", equation="bij,bjk->bik"))
+case("einsum_implicit", unit("einsum", "f32[3,4]", "f32[4]", equation="ij,j"))
+case("grid_sample", unit("grid_sample", "f32[1,2,4,5]", In(torch.rand(1, 3, 3, 2) * 2.2 - 1.1)))
+case("grid_sample_nearest_opset17", unit("grid_sample", "f32[1,2,4,5]", In(torch.rand(1, 3, 3, 2) * 2.2 - 1.1),
+                                         mode="nearest", padding_mode="border", align_corners=True), opset=17)
+case("resize_nearest", unit("resize", "f32[1,2,4,5]", sizes=[1, 2, 8, 10]))
+case("resize_linear_scales", unit("resize", "f32[1,2,4,5]", sizes=[1, 2, 6, 7], scales=[1.0, 1.0, 1.5, 1.5],
+                                  mode="linear"))
 for _op in ("log", "sqrt", "rsqrt"):
     case(_op, unit(_op, pos(3, 5)))
 for _op in ("round", "sign", "isnan", "isinf"):
@@ -342,8 +384,9 @@ case("bcq_group_input", unit("bcq_linear", "f32[2,3,16]", "bool[3,8,16]", torch.
 case("lowrank_linear", unit("lowrank_linear", "f32[2,3,16]", torch.randn(8, 4), torch.randn(4, 16), torch.randn(8)))
 case("lowrank_linear_input_factors", unit("lowrank_linear", "f32[3,16]", "f32[8,4]", "f32[4,16]"))
 for _act in ("gelu", "gelu_tanh", "relu", "silu"):
-    case(f"lowrank_ffn_{_act}", unit("lowrank_ffn", "f32[3,16]", torch.randn(24, 4), torch.randn(4, 16),
-                                     torch.randn(24), torch.randn(16, 5), torch.randn(5, 24), torch.randn(16),
+    case(f"lowrank_ffn_{_act}", unit("lowrank_ffn", "f32[3,16]", torch.randn(24, 4) * 0.3,
+                                     torch.randn(4, 16) * 0.3, torch.randn(24), torch.randn(16, 5) * 0.3,
+                                     torch.randn(5, 24) * 0.3, torch.randn(16),
                                      activation=_act))
 case("lowrank_ffn_nobias_f16", unit("lowrank_ffn", "f16[3,16]", C(torch.randn(24, 4), "f16"),
                                     C(torch.randn(4, 16), "f16"), None, C(torch.randn(16, 5), "f16"),
@@ -384,24 +427,22 @@ def test_matmulnbits_and_matmulinteger_are_used() -> None:
 # ---- symbolic dims ----------------------------------------------------------------------------
 
 SYM_IR = """
-graph @sym(%x: f32[B,S,8], %y: f32[1,S,1]) -> (f32[S,B,8], f32[B,S,2,4], i64[S], f32[B,S-1,8], f32[B,S,8], f32[B,S], f32[B,S,8]) {
+graph @sym(%x: f32[B,S,8], %y: f32[1,S,1]) -> (f32[S,B,8], f32[B,S,2,4], i64[S], f32[B,S-1,8], f32[B,S,8], f32[B,S], f32[B,2*S-1,8], i64[3]) {
   %0: f32[S,B,8] = reshape[shape=[S,B,8]](%x)
   %1: f32[B,S,2,4] = reshape[shape=[B,S,2,4]](%x)
-  %2: i64[S] = arange[end=S](%x)
+  %2: i64[S] = arange[end=S]()
   %3: f32[B,S-1,8] = slice[axes=[1], ends=[S], starts=[1]](%x)
   %4: f32[B,S,8] = expand[shape=[B,S,8]](%y)
   %5: f32[B,S] = full[shape=[B,S], value=2.0]()
-  %6: f32[B,S,8] = concat[axis=1](%3, %4)
-  return %0, %1, %2, %3, %4, %5, %6
+  %6: f32[B,2*S-1,8] = concat[axis=1](%3, %4)
+  %7: i64[3] = dim_values[values=[B,S,2*S+1]]()
+  return %0, %1, %2, %3, %4, %5, %6, %7
 }
 """
 
 
 def test_symbolic_dims_become_dim_params_and_run_at_two_sizes() -> None:
-    text = SYM_IR.replace("arange[end=S](%x)", "arange[end=S]()").replace(
-        "%6: f32[B,S,8] = concat[axis=1](%3, %4)", "%6: f32[B,2*S-1,8] = concat[axis=1](%3, %4)").replace(
-        "f32[B,S], f32[B,S,8]) {", "f32[B,S], f32[B,2*S-1,8]) {")
-    g = parse(text)
+    g = parse(SYM_IR)
     m = to_onnx(g)
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input]
     assert dims == [["B", "S", 8], [1, "S", 1]]
@@ -446,6 +487,39 @@ def test_ops_and_types_beyond_the_opset_raise_naming_the_node() -> None:
         to_onnx(g, opset=16)
 
 
+def test_4bit_weights_packed_for_matmulnbits_need_no_int4_type() -> None:
+    g, feeds = _ql("f32[3,64]", _codes(16, 64, "i4"), torch.rand(16, 2) * 0.1, group=32)()
+    check(g, feeds, opset=17)
+    g, feeds = unit("quantize", "f32[4,8]", torch.tensor(0.1), dtype="i4",
+                    then=[("cast", ["%0"], {"to": "i8"})])()
+    with pytest.raises(ExportError, match=r"quantize.*i4.*opset >= 21"):
+        to_onnx(g, opset=19)
+
+
+def test_f4_values_at_the_graph_boundary_need_opset_23() -> None:
+    g = parse("graph @f(%x: f4e2m1[4]) -> (f32[4], f4e2m1[4]) {\n"
+              "  %0: f32[4] = cast[from_dtype=\"f4e2m1\", to=\"f32\"](%x)\n"
+              "  %1: f4e2m1[4] = cast[to=\"f4e2m1\"](%0)\n  return %0, %1\n}\n")
+    with pytest.raises(ExportError, match="f4e2m1.*opset >= 23"):
+        to_onnx(g)
+    m = to_onnx(g, opset=23)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT4E2M1
+    assert m.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT4E2M1
+
+
+def test_outputs_that_are_inputs_constants_or_repeated() -> None:
+    g = Graph("o")
+    x = g.add_input("f32[3]", "x")
+    y = g.add("relu", [x])
+    g.set_outputs([y, x, y, g.add_const(torch.arange(3.0), name="k")], ["a", "x", "b", "c"])
+    m = to_onnx(g)
+    assert [o.name for o in m.graph.output] == ["a", "x", "b", "c"]
+    xv = torch.tensor([-1.0, 2.0, -3.0])
+    a, xo, b, c = _session(m).run(None, {"x": xv.numpy()})
+    assert a.tolist() == b.tolist() == [0.0, 2.0, 0.0] and xo.tolist() == xv.tolist()
+    assert c.tolist() == [0.0, 1.0, 2.0]
+
+
 def test_constants_keep_valid_unique_names() -> None:
     g = Graph("n")
     x = g.add_input("f32[2,3]", "x")
@@ -483,6 +557,19 @@ def test_atomic_write_success_and_failures(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ExportError):
         to_onnx(g, fresh, external_data=True)
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]             # no file, no sidecar, no temp
+
+
+def test_large_models_switch_to_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scalefold.codegen.onnx as onnx_export
+    monkeypatch.setattr(onnx_export, "EXTERNAL_THRESHOLD", 64)   # stands in for 2 GB
+    g = _small_graph()
+    to_onnx(g, tmp_path / "big.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
+    x = torch.randn(3, 6)
+    got = _session(str(tmp_path / "big.onnx")).run(None, {"x0": x.numpy()})[0]
+    assert_close(torch.from_numpy(got), run(g, x)[0])
+    to_onnx(g)                                                   # no path: checked from a temp copy
+    assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
 
 
 def test_external_data_sidecar(tmp_path: Path) -> None:
@@ -543,14 +630,16 @@ graph @moe(%x: f32[B,S,{h}]) -> (f32[B,S,{h}]) {{
             "moe_op": fused}
 
 
-@pytest.mark.parametrize("name", ["mlp", "block", "conv_bn_relu", "moe_primitive", "moe_op"])
-def test_model_graphs_match_in_onnxruntime(name: str) -> None:
+@pytest.mark.parametrize("name,opset", [("mlp", 21), ("mlp", 17), ("block", 21), ("block", 17),
+                                        ("block", 23), ("conv_bn_relu", 21), ("moe_primitive", 21),
+                                        ("moe_op", 21), ("moe_op", 17)])
+def test_model_graphs_match_in_onnxruntime(name: str, opset: int) -> None:
     text = _model_graphs()[name]
     consts = _params(text)
     if name == "conv_bn_relu":
         consts["var"] = consts["var"].abs() + 0.5
     g = parse(text, constants=consts)
-    sess = _session(to_onnx(g))
+    sess = _session(to_onnx(g, opset=opset))
     for b, s in ((2, 5), (3, 9)):
         if name == "block":
             x = torch.randn(b, s, 32)

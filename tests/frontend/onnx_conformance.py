@@ -167,6 +167,9 @@ def _run_dataset(case: Any, inputs: list[Any], outputs: list[Any]) -> str | None
 
 def _named_input(gp: Any, msg: str) -> str | None:
     """The graph tensor an error like "node X (OneHot): input 1 (depth) must be ..." names."""
+    t = re.search(r"tensor '([^']+)'", msg)
+    if t:  # the message names the tensor (e.g. a node of an upgraded model, renamed op)
+        return t.group(1)
     m = re.search(r"node (?:'([^']*)' \((\w+)\)|(\w+)): input (\d+)", msg)
     if not m:
         return None

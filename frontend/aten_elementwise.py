@@ -1,0 +1,215 @@
+"""ATen -> IR: elementwise ops (arithmetic with torch's type promotion, comparisons,
+activations, casts and copies)."""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..ir import dtypes as dt
+from ..ir.errors import FrontendError
+from ..ir.graph import Value
+from .aten_table import Ctx, Handler, result_dtype, aten, operands
+
+
+# ---- elementwise ------------------------------------------------------------------------------
+
+_UNARY = {"abs": "abs", "neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt",
+          "sin": "sin", "cos": "cos", "tanh": "tanh", "sigmoid": "sigmoid", "erf": "erf",
+          "relu": "relu", "silu": "silu", "floor": "floor", "ceil": "ceil", "sign": "sign",
+          "reciprocal": "reciprocal", "logical_not": "logical_not", "isnan": "isnan",
+          "isinf": "isinf", "hardswish": "hardswish", "mish": "mish", "round": "round"}
+
+
+def _unary(ir_op: str) -> Handler:
+    def h(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+        x = ctx.t(a["self"])
+        out = ctx.out_dtype(n)
+        # Float-only ops on integer tensors (exp of an int) compute in the promoted float type.
+        if x.dtype is not out and out.is_float:
+            x = ctx.cast(x, out)
+        return ctx.emit(ir_op, [x])
+    return h
+
+
+for _name, _ir in _UNARY.items():
+    aten(f"{_name}.default")(_unary(_ir))
+
+
+@aten("bitwise_not.default")
+def _bitwise_not(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    if x.dtype is dt.boolean:
+        return ctx.emit("logical_not", [x])
+    return ctx.emit("sub", [ctx.scalar(-1, x.dtype), x])  # ~x == -1 - x in two's complement
+
+
+@aten("gelu.default")
+def _gelu(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("gelu", [ctx.t(a["self"])], approximate=a["approximate"])
+
+
+@aten("hardsigmoid.default")
+def _hardsigmoid(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("hardsigmoid", [ctx.t(a["self"])], alpha=1 / 6, beta=0.5)
+
+
+@aten("elu.default")
+def _elu(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    scale, in_scale = float(a["scale"]), float(a["input_scale"])
+    if in_scale != 1.0:
+        x = ctx.emit("mul", [x, ctx.scalar(in_scale, x.dtype)])
+    y = ctx.emit("elu", [x], alpha=float(a["alpha"]))
+    return y if scale == 1.0 else ctx.emit("mul", [y, ctx.scalar(scale, y.dtype)])
+
+
+@aten("leaky_relu.default")
+def _leaky_relu(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.emit("leaky_relu", [ctx.t(a["self"])], alpha=float(a["negative_slope"]))
+
+
+@aten("softplus.default")
+def _softplus(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    beta, thr = float(a["beta"]), float(a["threshold"])
+    if beta == 1.0 and thr == 20.0:
+        return ctx.emit("softplus", [x])
+    # softplus(x; beta, threshold) = x where beta*x > threshold, else log(1 + exp(beta*x)) / beta
+    bx = ctx.emit("mul", [x, ctx.scalar(beta, x.dtype)])
+    soft = ctx.emit("div", [ctx.emit("log", [ctx.emit("add", [ctx.emit("exp", [bx]),
+                                                                ctx.scalar(1.0, x.dtype)])]),
+                            ctx.scalar(beta, x.dtype)])
+    return ctx.emit("where", [ctx.emit("gt", [bx, ctx.scalar(thr, x.dtype)]), x, soft])
+
+
+@aten("hardtanh.default", "clamp.default", "clamp_min.default", "clamp_max.default")
+def _clamp(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    out = ctx.out_dtype(n)
+    x = ctx.cast(ctx.t(a["self"]), out)
+    if "min_val" in a:
+        lo, hi = a["min_val"], a["max_val"]
+    else:
+        lo, hi = a.get("min"), a.get("max")
+    lo = None if lo is None else float(lo)
+    hi = None if hi is None else float(hi)
+    return ctx.emit("clip", [x], min=lo, max=hi)
+
+
+@aten("clamp.Tensor", "clamp_min.Tensor", "clamp_max.Tensor")
+def _clamp_t(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    out = ctx.out_dtype(n)
+    x = ctx.cast(ctx.t(a["self"]), out)
+    if a.get("min") is not None:
+        x = ctx.emit("maximum", [x] + operands(ctx, n, [a["min"]], out))
+    if a.get("max") is not None:
+        x = ctx.emit("minimum", [x] + operands(ctx, n, [a["max"]], out))
+    return x
+
+
+def _binary(ir_op: str, compare: bool = False, alpha: bool = False, swap: bool = False) -> Handler:
+    def h(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+        lhs, rhs = a["self"], a["other"]
+        if swap:
+            lhs, rhs = rhs, lhs
+        raw = [ctx.scalar_or_tensor(lhs), ctx.scalar_or_tensor(rhs)]
+        compute = result_dtype(ctx, raw) if compare else ctx.out_dtype(n)
+        x, y = operands(ctx, n, [lhs, rhs], compute)
+        if ir_op in ("add", "sub") and not isinstance(rhs, fx.Node) and rhs == 0 \
+                and x.type == ctx.out_type(n):
+            return x  # x + 0 (position ids are built as arange(S) + past_length)
+        if alpha and a.get("alpha", 1) != 1:
+            y = ctx.emit("mul", [y, ctx.scalar(a["alpha"], compute)])
+        op = ir_op
+        if compute is dt.boolean and op.startswith("bitwise_"):
+            op = "logical_" + op[len("bitwise_"):]
+        return ctx.emit(op, [x, y])
+    return h
+
+
+for _n in ("Tensor", "Scalar"):
+    aten(f"add.{_n}")(_binary("add", alpha=True))
+    aten(f"sub.{_n}")(_binary("sub", alpha=True))
+    aten(f"rsub.{_n}")(_binary("sub", alpha=True, swap=True))
+    aten(f"mul.{_n}")(_binary("mul"))
+    aten(f"remainder.{_n}")(_binary("mod"))
+    for _c in ("eq", "ne", "lt", "le", "gt", "ge"):
+        aten(f"{_c}.{_n}")(_binary(_c, compare=True))
+    for _b in ("and", "or", "xor"):
+        aten(f"bitwise_{_b}.{_n}")(_binary(f"bitwise_{_b}"))
+aten("maximum.default")(_binary("maximum"))
+aten("minimum.default")(_binary("minimum"))
+aten("logical_and.default")(_binary("logical_and", compare=True))
+aten("logical_or.default")(_binary("logical_or", compare=True))
+aten("logical_xor.default")(_binary("logical_xor", compare=True))
+
+
+@aten("fmod.Tensor", "fmod.Scalar")
+def _fmod(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x, y = operands(ctx, n, [a["self"], a["other"]], ctx.out_dtype(n))
+    return ctx.emit("mod", [x, y], fmod=True)
+
+
+@aten("div.Tensor", "div.Scalar", "div.Tensor_mode", "div.Scalar_mode", "floor_divide.default",
+      "floor_divide.Scalar")
+def _div(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    mode = a.get("rounding_mode")
+    if "floor_divide" in str(n.target):
+        mode = "floor"
+    out = ctx.out_dtype(n)
+    x, y = operands(ctx, n, [a["self"], a["other"]], out)
+    if mode is None or (mode == "trunc" and not out.is_float):
+        return ctx.emit("div", [x, y])
+    if out.is_float:
+        q = ctx.emit("div", [x, y])
+        if mode == "floor":
+            return ctx.emit("floor", [q])
+        return ctx.emit("where", [ctx.emit("lt", [q, ctx.scalar(0.0, out)]),
+                                  ctx.emit("ceil", [q]), ctx.emit("floor", [q])])
+    # Integer floor division: x - (x mod y) is an exact multiple of y, so truncation is exact.
+    return ctx.emit("div", [ctx.emit("sub", [x, ctx.emit("mod", [x, y])]), y])
+
+
+@aten("pow.Tensor_Scalar", "pow.Tensor_Tensor", "pow.Scalar")
+def _pow(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    out = ctx.out_dtype(n)
+    exp = a["exponent"]
+    if not isinstance(exp, fx.Node) and exp == 0.5 and out.is_float:
+        return ctx.emit("sqrt", [ctx.cast(ctx.t(a["self"]), out)])
+    x, y = operands(ctx, n, [a["self"], exp], out)
+    return ctx.emit("pow", [x, y])
+
+
+@aten("where.self")
+def _where(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    cond = ctx.cast(ctx.t(a["condition"]), dt.boolean)
+    x, y = operands(ctx, n, [a["self"], a["other"]], ctx.out_dtype(n))
+    return ctx.emit("where", [cond, x, y])
+
+
+@aten("masked_fill.Scalar", "masked_fill.Tensor")
+def _masked_fill(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    fill = operands(ctx, n, [a["value"]], x.dtype)[0]
+    return ctx.emit("where", [ctx.cast(ctx.t(a["mask"]), dt.boolean), fill, x])
+
+
+@aten("_to_copy.default", "to.dtype", "to.dtype_layout", "to.device", "clone.default",
+      "alias.default", "detach.default", "lift_fresh_copy.default", "contiguous.default",
+      "dropout.default")
+def _copy(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    if a.get("train"):
+        raise FrontendError(f"{ctx.node_name}: dropout in training mode")
+    # Copies, aliases and device moves are free in value semantics; only a dtype change counts.
+    return ctx.cast(ctx.t(a["self"] if "self" in a else a["input"]), ctx.out_dtype(n))
+
+
+@aten("native_dropout.default")
+def _native_dropout(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
+    if a["train"]:
+        raise FrontendError(f"{ctx.node_name}: dropout in training mode")
+    x = ctx.t(a["input"])
+    return x, ctx.emit("full", [], shape=x.shape, value=1.0, dtype="bool")
+
+
+@aten("type_as.default")
+def _type_as(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.cast(ctx.t(a["self"]), ctx.out_dtype(n))

@@ -1,0 +1,154 @@
+"""ATen -> IR: reductions (sum, mean, max, var, argmax, cumsum, topk) and tensor creation
+(arange, full, zeros, ones; folded to constants when their shape is static)."""
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+import torch.fx as fx
+
+from ..ir import dtypes as dt
+from ..ir.errors import FrontendError
+from ..ir.graph import Value
+from ..ir.types import canon_dim
+import torch
+
+from .aten_table import Ctx, Handler, aten
+
+
+# ---- reductions -------------------------------------------------------------------------------
+
+
+def _axes(d: Any) -> tuple[int, ...] | None:
+    if d is None:
+        return None
+    if isinstance(d, int):
+        return (d,)
+    return tuple(int(x) for x in d) or None
+
+
+def _reduce(ir_op: str, cast_first: bool = True) -> Handler:
+    def h(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+        out = ctx.out_dtype(n)
+        x = ctx.t(a["self"])
+        if cast_first:
+            x = ctx.cast(x, out)
+        if x.type.rank == 0:
+            return ctx.emit("identity", [x])
+        return ctx.emit(ir_op, [x], axes=_axes(a.get("dim")), keepdims=bool(a.get("keepdim", False)))
+    return h
+
+
+aten("sum.dim_IntList", "sum.default")(_reduce("reduce_sum"))
+aten("mean.dim", "mean.default")(_reduce("reduce_mean"))
+aten("amax.default", "max.default")(_reduce("reduce_max"))
+aten("amin.default", "min.default")(_reduce("reduce_min"))
+aten("prod.dim_int", "prod.default")(_reduce("reduce_prod"))
+aten("logsumexp.default")(_reduce("reduce_logsumexp"))
+
+
+@aten("any.dim", "any.dims", "any.default", "all.dim", "all.dims", "all.default")
+def _any_all(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.cast(ctx.t(a["self"]), dt.boolean)
+    op = "reduce_max" if "any" in str(n.target) else "reduce_min"
+    return ctx.emit(op, [x], axes=_axes(a.get("dim")), keepdims=bool(a.get("keepdim", False)))
+
+
+@aten("var.correction", "var.dim", "std.correction", "std.dim")
+def _var(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    corr = a.get("correction")
+    if "unbiased" in a:
+        corr = 1 if a["unbiased"] else 0
+    op = "reduce_var" if "var" in str(n.target) else "reduce_std"
+    return ctx.emit(op, [x], axes=_axes(a.get("dim")), keepdims=bool(a.get("keepdim", False)),
+                    correction=1 if corr is None else int(corr))
+
+
+@aten("max.dim", "min.dim")
+def _max_dim(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
+    x = ctx.t(a["self"])
+    is_max = "max" in str(n.target)
+    k, ax = bool(a["keepdim"]), int(a["dim"])
+    vals = ctx.emit("reduce_max" if is_max else "reduce_min", [x], axes=(ax,), keepdims=k)
+    idx = ctx.emit("argmax" if is_max else "argmin", [x], axis=ax, keepdims=k)
+    return vals, idx
+
+
+@aten("argmax.default", "argmin.default")
+def _argmax(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    op = "argmax" if "argmax" in str(n.target) else "argmin"
+    if a["dim"] is None:
+        flat = ctx.emit("reshape", [x], shape=(-1,))
+        r = ctx.emit(op, [flat], axis=0, keepdims=False)
+        return ctx.emit("reshape", [r], shape=ctx.out_type(n).shape) if a["keepdim"] else r
+    return ctx.emit(op, [x], axis=int(a["dim"]), keepdims=bool(a["keepdim"]))
+
+
+@aten("cumsum.default")
+def _cumsum(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.cast(ctx.t(a["self"]), ctx.out_dtype(n))
+    return ctx.emit("cumsum", [x], axis=int(a["dim"]))
+
+
+@aten("topk.default")
+def _topk(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
+    return ctx.emit("topk", [ctx.t(a["self"])], k=ctx.dim(a["k"]), axis=int(a["dim"]),
+                    largest=bool(a["largest"]), sorted=bool(a["sorted"]))
+
+
+# ---- creation ---------------------------------------------------------------------------------
+
+
+def _dtype_of(ctx: Ctx, n: fx.Node) -> str:
+    return ctx.out_dtype(n).name
+
+
+@aten("arange.default", "arange.start", "arange.start_step")
+def _arange(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    start, end, step = a.get("start", 0), a["end"], a.get("step", 1)
+    vals = [ctx.scalar_or_tensor(x) for x in (start, end, step)]
+    if all(isinstance(v, (int, sympy.Basic)) and not isinstance(v, bool) and
+           (not isinstance(v, sympy.Basic) or v.is_integer) for v in vals) and isinstance(vals[2], int):
+        r = ctx.emit("arange", [], start=canon_dim(vals[0]) if not isinstance(vals[0], int) else vals[0],
+                     end=canon_dim(vals[1]) if not isinstance(vals[1], int) else vals[1],
+                     step=vals[2], dtype=_dtype_of(ctx, n) if not ctx.out_dtype(n).is_float else "i64")
+        return ctx.cast(r, ctx.out_dtype(n))
+    if all(isinstance(v, (int, float)) for v in vals):
+        t = torch.arange(*vals, dtype=ctx.meta(n).dtype)
+        return ctx.const(t)
+    raise FrontendError(f"{ctx.node_name}: arange with symbolic non-integer bounds")
+
+
+def _full_like_shape(ctx: Ctx, n: fx.Node, value: Any) -> Value:
+    t = ctx.out_type(n)
+    if isinstance(value, fx.Node):
+        v = ctx.scalar_or_tensor(value)
+        base = ctx.scalar(v, t.dtype)
+        return ctx.emit("expand", [base], shape=t.shape)
+    if isinstance(value, bool):
+        value = float(value)
+    return ctx.emit("full", [], shape=t.shape, value=float(value), dtype=t.dtype.name)
+
+
+@aten("full.default", "new_full.default", "full_like.default", "fill.Scalar")
+def _full(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return _full_like_shape(ctx, n, a.get("fill_value", a.get("value")))
+
+
+@aten("zeros.default", "new_zeros.default", "zeros_like.default", "empty.memory_format",
+      "empty_like.default", "new_empty.default", "empty_permuted.default", "empty_strided.default")
+def _zeros(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    # Uninitialised memory in torch; zeros are one valid value of it.
+    return _full_like_shape(ctx, n, 0.0)
+
+
+@aten("ones.default", "new_ones.default", "ones_like.default")
+def _ones(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return _full_like_shape(ctx, n, 1.0)
+
+
+@aten("scalar_tensor.default")
+def _scalar_tensor(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    return ctx.scalar(ctx.scalar_or_tensor(a["s"]), ctx.out_dtype(n))

@@ -1,0 +1,117 @@
+"""ONNX Resize/Upsample/GridSample/AffineGrid/CenterCropPad converters against onnxruntime."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper
+
+from scalefold.frontend.onnx import from_onnx
+from scalefold.ir.errors import FrontendError
+from scalefold.runtime.interp import run
+
+RNG = np.random.default_rng(0)
+
+
+def build(op: str, feeds: dict[str, np.ndarray], attrs: dict[str, Any] | None = None,
+          opset: int = 19, inits: dict[str, np.ndarray] | None = None,
+          node_inputs: Sequence[str] | None = None, n_out: int = 1) -> onnx.ModelProto:
+    """A one-node model: ``feeds`` are graph inputs, ``inits`` initializers ("" = omitted)."""
+    inits = inits or {}
+    names = list(node_inputs) if node_inputs is not None else list(feeds) + list(inits)
+    outs = [f"y{i}" for i in range(n_out)]
+    node = helper.make_node(op, names, outs, **(attrs or {}))
+    ins = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+           for k, v in feeds.items()]
+    graph = helper.make_graph([node], "g", ins, [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
+                              initializer=[onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def compare(model: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float = 1e-5,
+            atol: float = 1e-5) -> list[torch.Tensor]:
+    """scalefold (from_onnx + interpreter) must agree with onnxruntime."""
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, feeds)
+    g = from_onnx(model)
+    got = run(g, *[torch.from_numpy(np.array(feeds[v.name])) for v in g.inputs])
+    assert len(got) == len(want)
+    for gt, w in zip(got, want):
+        w = np.asarray(w)
+        assert tuple(gt.shape) == w.shape and gt.dtype == torch.from_numpy(w).dtype
+        if w.dtype.kind == "f":
+            np.testing.assert_allclose(gt.numpy(), w, rtol=rtol, atol=atol)
+        else:
+            np.testing.assert_array_equal(gt.numpy(), w)
+    return got
+
+
+@pytest.mark.parametrize("attrs,sizes,scales", [
+    ({"mode": "nearest"}, None, [1, 1, 2.0, 1.5]),
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "ceil"},
+     [1, 2, 7, 3], None),
+    ({"mode": "linear"}, None, [1, 1, 0.6, 1.7]),
+    ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, [1, 2, 3, 8], None),
+    ({"mode": "linear", "antialias": 1}, None, [1, 1, 0.5, 0.75]),
+    ({"mode": "cubic", "exclude_outside": 1}, [1, 2, 6, 6], None),
+    ({"mode": "cubic", "coordinate_transformation_mode": "pytorch_half_pixel"}, None, [1, 1, 2, 2]),
+    ({"mode": "linear", "axes": [3, 2], "keep_aspect_ratio_policy": "not_larger"}, [9, 5], None),
+])
+def test_resize(attrs: dict, sizes, scales) -> None:
+    x = RNG.standard_normal((1, 2, 4, 5)).astype(np.float32)
+    inits = {"roi": np.zeros(0, np.float32)}
+    if scales is not None:
+        inits["scales"] = np.array(scales, np.float32)
+        names = ["x", "roi", "scales"]
+    else:
+        inits["sizes"] = np.array(sizes, np.int64)
+        names = ["x", "roi", "", "sizes"]
+    compare(build("Resize", {"x": x}, attrs, inits=inits, node_inputs=names), {"x": x})
+
+
+def test_resize_tf_crop_and_upsample() -> None:
+    x = RNG.standard_normal((1, 1, 5, 5)).astype(np.float32)
+    m = build("Resize", {"x": x}, {"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize",
+                                   "extrapolation_value": 2.0},
+              inits={"roi": np.array([0, 0, 0.2, -0.1, 1, 1, 0.9, 1.3], np.float32),
+                     "sizes": np.array([1, 1, 4, 6], np.int64)}, node_inputs=["x", "roi", "", "sizes"])
+    compare(m, {"x": x})
+    m = build("Upsample", {"x": x}, {"mode": "nearest"}, opset=9,
+              inits={"s": np.array([1, 1, 2, 3], np.float32)})
+    got = compare(m, {"x": x})
+    assert got[0].shape == (1, 1, 10, 15)
+
+
+def test_resize_symbolic_batch_and_live_scales() -> None:
+    x = RNG.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    m = build("Resize", {"x": x}, {"mode": "linear"}, inits={"sizes": np.array([8, 8], np.int64)},
+              node_inputs=["x", "", "", "sizes"])
+    m.graph.node[0].attribute.extend([helper.make_attribute("axes", [2, 3])])
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "B"
+    compare(m, {"x": x})
+    live = build("Resize", {"x": x, "s": np.ones(4, np.float32)}, {}, node_inputs=["x", "", "s"])
+    with pytest.raises(FrontendError, match="scales"):
+        from_onnx(live)
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest", "cubic"])
+@pytest.mark.parametrize("pad", ["zeros", "border", "reflection"])
+def test_grid_sample(mode: str, pad: str) -> None:
+    x = RNG.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    grid = (RNG.random((2, 3, 6, 2)) * 2.6 - 1.3).astype(np.float32)
+    compare(build("GridSample", {"x": x, "g": grid}, {"mode": mode, "padding_mode": pad}, opset=20),
+            {"x": x, "g": grid}, atol=1e-4)
+
+
+@pytest.mark.parametrize("align", [0, 1])
+def test_affine_grid_and_center_crop_pad(align: int) -> None:
+    theta = RNG.standard_normal((2, 2, 3)).astype(np.float32)
+    compare(build("AffineGrid", {"t": theta}, {"align_corners": align}, opset=20,
+                  inits={"size": np.array([2, 3, 4, 5], np.int64)}), {"t": theta})
+    x = RNG.standard_normal((3, 7, 4)).astype(np.float32)
+    compare(build("CenterCropPad", {"x": x}, {"axes": [1, 2]}, opset=18,
+                  inits={"shape": np.array([4, 7], np.int64)}), {"x": x})

@@ -1,0 +1,186 @@
+"""Artifacts: save/load round trips, every hash is checked, saves are atomic, no pickle."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import scalefold as sf
+from scalefold.api import CompiledModel
+from scalefold.cli import EXAMPLE_IR
+from scalefold.ir import dtypes as dt
+from scalefold.ir.errors import ArtifactError
+from scalefold.ir.graph import Graph
+from scalefold.ir.parser import parse
+from scalefold.runtime import artifact
+from scalefold.runtime.interp import run
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[CompiledModel, Path]:
+    cm = sf.compile(parse(EXAMPLE_IR), target="c")
+    path = cm.save(tmp_path_factory.mktemp("art") / "mlp")
+    return cm, path
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_round_trip_identical_outputs(saved) -> None:
+    cm, path = saved
+    assert sorted(p.name for p in path.iterdir()) == ["kernels", "plan.json", "weights.safetensors"]
+    assert {p.name for p in (path / "kernels").iterdir()} == {f"{k}.c" for k in cm.sources}
+    cm2 = sf.load(path)
+    assert cm2.target == "c" and cm2.graph == cm.graph
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(cm2(x), cm(x), rtol=0, atol=0)
+    torch.testing.assert_close(cm2(x), run(cm.graph, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_plan_contents(saved) -> None:
+    cm, path = saved
+    plan = json.loads((path / "plan.json").read_text())
+    assert plan["format_version"] == artifact.FORMAT_VERSION
+    assert plan["graph_name"] == "example_mlp" and plan["target"] == "c"
+    assert plan["inputs"] == ["x"] and plan["outputs"] == ["out0"]
+    assert plan["ir"] == str(cm.graph)
+    assert "sha256:" in plan["ir"]  # weights go by hash, not inline
+    assert [k["name"] for k in plan["kernels"]] == sorted(cm.sources)
+
+
+def test_subbyte_and_f8_constants_round_trip(tmp_path: Path) -> None:
+    g = Graph("quant")
+    x = g.add_input("f32[B,8]", "x")
+    codes4 = g.add_const(torch.randint(-8, 8, (8, 8), dtype=torch.int8), "i4")
+    codes8 = g.add_const(torch.randn(8, 8).to(torch.float8_e4m3fn), "f8e4m3")
+    codesf4 = g.add_const(torch.randint(0, 16, (8, 8), dtype=torch.uint8), "f4e2m1")
+    scale = g.add_const(torch.rand(8) + 0.5)
+    w4 = g.add("dequantize", [codes4, scale], {"axis": 0, "qtype": "i4"})
+    w8 = g.add("dequantize", [codes8, scale], {"axis": 0, "qtype": "f8e4m3"})
+    wf4 = g.add("dequantize", [codesf4, scale], {"axis": 0, "qtype": "f4e2m1"})
+    y = g.add("add", [g.add("linear", [x, w4]), g.add("linear", [x, w8])])
+    g.set_outputs([g.add("add", [y, g.add("linear", [x, wf4])])], ["y"])
+    cm = sf.compile(g, target="interp")
+    path = cm.save(tmp_path / "q")
+    from safetensors.torch import load_file
+    stored = load_file(path / "weights.safetensors")
+    assert stored[codes4.const_hash()].dtype == torch.int8
+    assert stored[codes8.const_hash()].dtype == torch.float8_e4m3fn
+    assert stored[codesf4.const_hash()].dtype == torch.uint8
+    cm2 = sf.load(path)
+    assert cm2.target == "interp" and cm2.graph.output_names == ["y"]
+    xin = torch.randn(3, 8)
+    assert torch.equal(cm2(xin), cm(xin))
+
+
+def _flip(p: Path, offset: int) -> None:
+    data = bytearray(p.read_bytes())
+    data[offset % len(data)] ^= 0x01
+    p.write_bytes(bytes(data))
+
+
+def _truncate(p: Path) -> None:
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("target", ["plan.json", "weights.safetensors", "kernel"])
+@pytest.mark.parametrize("damage", ["flip_middle", "flip_end", "truncate", "delete"])
+def test_tampering_is_detected(saved, tmp_path: Path, target: str, damage: str) -> None:
+    _, path = saved
+    art = _copy(path, tmp_path)
+    f = next((art / "kernels").iterdir()) if target == "kernel" else art / target
+    if damage == "flip_middle":
+        _flip(f, f.stat().st_size // 2)
+    elif damage == "flip_end":
+        _flip(f, -3)
+    elif damage == "truncate":
+        _truncate(f)
+    else:
+        f.unlink()
+    with pytest.raises(ArtifactError) as ei:
+        sf.load(art)
+    assert f.name in str(ei.value)
+
+
+def test_edited_ir_in_plan_is_detected(saved, tmp_path: Path) -> None:
+    # A valid-JSON edit (not just a corrupt byte): swap relu semantics in the IR text.
+    _, path = saved
+    art = _copy(path, tmp_path)
+    plan = json.loads((art / "plan.json").read_text())
+    plan["ir"] = plan["ir"].replace("approximate=\"none\"", "approximate=\"tanh\"")
+    (art / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(ArtifactError, match="plan.json"):
+        sf.load(art)
+
+
+def test_wrong_format_version(saved, tmp_path: Path) -> None:
+    _, path = saved
+    art = _copy(path, tmp_path)
+    plan = json.loads((art / "plan.json").read_text())
+    plan["format_version"] = artifact.FORMAT_VERSION + 1
+    plan["plan_sha256"] = artifact._plan_digest(plan)  # a well-formed plan from a newer release
+    (art / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(ArtifactError, match="format version"):
+        sf.load(art)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no artifact"):
+        sf.load(tmp_path / "nothing")
+
+
+def test_failed_save_leaves_nothing(saved, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cm, path = saved
+    real = Path.write_bytes
+
+    def failing(self: Path, data: bytes) -> int:
+        if self.name == "weights.safetensors":
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", failing)
+    with pytest.raises(OSError):
+        cm.save(tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []
+
+    # An existing artifact survives a failed overwrite untouched.
+    old = _copy(path, tmp_path)
+    before = {p.name: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    with pytest.raises(OSError):
+        cm.save(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+    assert {p.name: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+
+
+def test_overwrite_replaces_complete_artifact(saved, tmp_path: Path) -> None:
+    cm, path = saved
+    dest = _copy(path, tmp_path)
+    (dest / "stale.txt").write_text("old")
+    cm.save(dest)
+    assert not (dest / "stale.txt").exists()
+    assert sorted(os.listdir(tmp_path)) == ["copy"]
+    x = torch.randn(2, 64)
+    assert torch.equal(sf.load(dest)(x), cm(x))
+
+
+def test_load_uses_no_pickle(saved, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    def forbidden(*a, **k):
+        raise AssertionError("pickle used while loading an artifact")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    _, path = saved
+    cm = sf.load(path)
+    assert cm.graph.name == "example_mlp"
+    assert dt.f32 == cm.graph.inputs[0].dtype

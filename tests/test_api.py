@@ -1,0 +1,92 @@
+"""sf.compile on every kind of model, for the C and interpreter targets, and its errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import scalefold as sf
+from scalefold.cli import EXAMPLE_IR
+
+
+def gemm_relu_onnx(path: Path, seed: int = 0) -> Path:
+    """A Gemm+Relu ONNX model with a symbolic batch dim, written to ``path``."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W", "b"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["y"])],
+        "gemm_relu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 16])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def test_graph_c_matches_interp() -> None:
+    g = sf.parse(EXAMPLE_IR)
+    c, ref = sf.compile(g, target="c"), sf.compile(g, target="interp")
+    assert (c.target, ref.target) == ("c", "interp") and c.sources and not ref.sources
+    for b in (1, 7):
+        x = torch.randn(b, 64)
+        torch.testing.assert_close(c(x), ref(x), rtol=1e-5, atol=1e-5)
+    # compile works on a clone: the caller's graph is left alone
+    assert g == sf.parse(EXAMPLE_IR)
+
+
+def test_onnx_path_c_matches_interp_and_onnxruntime(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    path = gemm_relu_onnx(tmp_path / "m.onnx")
+    c, ref = sf.compile(str(path), target="c"), sf.compile(path, target="interp")
+    x = torch.randn(5, 8)
+    want = torch.from_numpy(ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0])
+    torch.testing.assert_close(c(x), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ref(x), want, rtol=1e-5, atol=1e-5)
+    # a ModelProto works as well as a path
+    torch.testing.assert_close(sf.compile(onnx.load(str(path)), target="c")(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_module_c_matches_interp_and_eager() -> None:
+    m = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.GELU(), torch.nn.LayerNorm(24),
+                            torch.nn.Linear(24, 6)).eval()
+    x = torch.randn(3, 12)
+    c, ref = sf.compile(m, (x,), target="c"), sf.compile(m, (x,), target="interp")
+    with torch.no_grad():
+        want = m(x)
+    torch.testing.assert_close(c(x), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ref(x), want, rtol=1e-5, atol=1e-5)
+    assert isinstance(sf.from_torch(m, (x,)), sf.Graph)
+
+
+def test_unknown_target() -> None:
+    with pytest.raises(sf.ScalefoldError, match="unknown target 'gpu'"):
+        sf.compile(sf.parse(EXAMPLE_IR), target="gpu")
+
+
+@pytest.mark.parametrize("obj", [42, [1, 2], object()])
+def test_unknown_object_type(obj) -> None:
+    with pytest.raises(sf.ScalefoldError, match="cannot compile an object of type"):
+        sf.compile(obj)
+
+
+def test_module_needs_example_inputs() -> None:
+    with pytest.raises(sf.ScalefoldError, match="example_inputs"):
+        sf.compile(torch.nn.Linear(2, 2))
+
+
+def test_unknown_pass_is_a_clean_error() -> None:
+    with pytest.raises(sf.ScalefoldError, match="no_such_pass"):
+        sf.compile(sf.parse(EXAMPLE_IR), passes=["no_such_pass"], target="interp")
+
+
+def test_public_api_exports() -> None:
+    for name in ("compile", "load", "from_torch", "from_onnx", "to_onnx", "Graph", "parse",
+                 "ScalefoldError", "ArtifactError", "CompiledModel"):
+        assert hasattr(sf, name), name
+    assert set(sf.__all__) >= {"compile", "load", "from_torch", "from_onnx", "to_onnx", "Graph"}
