@@ -377,8 +377,10 @@ def _row_body(row: Node, ct: str, em: _Emitter, xshape: Sequence[Dim], c: int
         if op == "softmax":
             s.append(f"const {ct} inv = ({ct})1 / s;")
             return s, "tmp[j] * inv", False
-        s.append(f"const {ct} lse = m + log{f}(s);")
-        return s, "tmp[j] - lse", False
+        # (x - m) - log(s), not x - (m + log(s)): the latter loses the digits of log(s)
+        # against a large m.
+        s.append(f"const {ct} ls = log{f}(s);")
+        return s, "(tmp[j] - m) - ls", False
     if op in ("layer_norm", "rms_norm"):
         eps = lit(row.attrs["eps"])
         w = row.inputs[1] if len(row.inputs) > 1 else None
@@ -418,8 +420,10 @@ def _row_body(row: Node, ct: str, em: _Emitter, xshape: Sequence[Dim], c: int
         s = [f"{ct} acc = 1;", "for (int64_t j = 0; j < L; j++) acc *= tmp[j];"]
         return s, "acc", True
     if op == "reduce_logsumexp":
-        s = [f"{ct} m = -INFINITY;", "for (int64_t j = 0; j < L; j++) m = tmp[j] > m ? tmp[j] : m;",
-             f"{ct} acc = 0;", "if (isinf(m)) { acc = m; } else {",
+        # A NaN anywhere makes the row NaN; an infinite max is the answer (inf - inf is NaN).
+        s = [f"{ct} m = -INFINITY; int nan = 0;",
+             "for (int64_t j = 0; j < L; j++) { nan |= tmp[j] != tmp[j]; m = tmp[j] > m ? tmp[j] : m; }",
+             f"{ct} acc = 0;", "if (nan) { acc = NAN; } else if (isinf(m)) { acc = m; } else {",
              f"for (int64_t j = 0; j < L; j++) acc += exp{f}(tmp[j] - m);", f"acc = m + log{f}(acc); }}"]
         return s, "acc", True
     raise ValueError(f"no row body for {op}")

@@ -295,7 +295,12 @@ def plan_buffers(schedule: Schedule, env: Mapping[sympy.Symbol, int],
             for d in shape:
                 n *= d
             size[id(o)] = (n * o.type.dtype.bits + 7) // 8
-    # A view of an excluded value (graph output) or of a graph input needs no planning.
+    # A view of an excluded value (graph output) or of a graph input needs no planning. A
+    # planned value viewed by a graph output must survive to the end of the call: the output
+    # is read (and copied out of the arena) only after the last kernel.
+    for vid in excluded:
+        if vid in base:
+            last_use[base[vid]] = len(schedule.kernels)
     intervals = []
     for vid, s in step_of_def.items():
         if vid in excluded:

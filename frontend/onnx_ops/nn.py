@@ -18,7 +18,7 @@ from ...ir.errors import FrontendError
 from ...ir.graph import Value
 from ...ir.types import Dim
 from ..onnx_ctx import Ctx, onnx_op
-from .shape import _x, axes_of
+from .shape import _x
 
 
 def _const(ctx: Ctx, t: torch.Tensor, d: dt.DType, hint: str) -> Value:

@@ -1,7 +1,6 @@
 """ONNX shape/indexing converters and the symbolic shape-value folding (shapecalc)."""
 from __future__ import annotations
 
-from typing import Sequence
 
 import numpy as np
 import onnx
@@ -10,7 +9,6 @@ import sympy
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from harness import assert_close
 from scalefold.frontend.onnx import from_onnx
 from scalefold.frontend.onnx_ops import shapecalc as sc
 from scalefold.ir.errors import FrontendError, ShapeError

@@ -1,0 +1,170 @@
+"""The C kernel cache: concurrent builds from several processes, compiler failures, leftovers
+of crashed builds."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from harness import assert_close
+
+from scalefold import api
+from scalefold.codegen import c as cgen
+from scalefold.codegen.schedule import partition
+from scalefold.ir.errors import CompileError
+from scalefold.runtime import cache, interp
+
+# Builds the test model; run by the parent and (as source text) by the spawned children.
+MODEL = r'''
+import torch
+from scalefold.ir.graph import Graph
+
+def model():
+    g = Graph("cache_model")
+    x = g.add_input("f32[B,33]", "x")
+    y = g.add_input("f32[B,33]", "y")
+    # tanh(x) and tanh(y) render the same source: one shared entry
+    g.set_outputs([g.add("tanh", [x]), g.add("tanh", [y]),
+                   g.add("mul", [g.add("softmax", [g.add("add", [x, y])]), g.add_const(torch.tensor(3.0))])])
+    return g
+'''
+
+CHILD = MODEL + r'''
+import os, time
+from pathlib import Path
+os.environ["SCALEFOLD_CACHE_DIR"] = CACHE
+from scalefold import api
+from scalefold.runtime import interp
+g = model()
+Path(BARRIER, f"ready-{ID}").touch()
+deadline = time.time() + 60
+while len(list(Path(BARRIER).glob("ready-*"))) < 2 and time.time() < deadline:
+    time.sleep(0.001)
+cm = api.build_c(g)
+xs = [torch.randn(5, 33), torch.randn(5, 33)]
+for a, e in zip(cm(*xs), interp.run(g, *xs)):
+    assert torch.allclose(a, e, rtol=1e-5, atol=1e-6), "wrong result"
+'''
+
+
+def _model():
+    ns: dict = {}
+    exec(MODEL, ns)
+    return ns["model"]()
+
+
+@pytest.fixture
+def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache for one test."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SCALEFOLD_CACHE_DIR", str(root))
+    return root
+
+
+def test_two_processes_share_one_entry_per_kernel(cache_root: Path, tmp_path: Path) -> None:
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    ctx = mp.get_context("spawn")
+    # builtins.exec is picklable by name, so the children need nothing from this test module.
+    procs = [ctx.Process(target=exec, args=(CHILD, {"CACHE": str(cache_root), "BARRIER": str(barrier),
+                                                     "ID": i}))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    sources = {ck.source for ck in cgen.render(partition(_model(), cgen.CAPS))}
+    assert len(sources) == 2
+    entries = cache_root / "c"
+    sos = sorted(entries.glob("*.so"))
+    assert len(sos) == len(sources), [p.name for p in sos]
+    assert {p.stem for p in sos} == {cache.cache_key(s) for s in sources}
+    assert not list(entries.glob(".build-*")), "a build directory was left behind"
+    # A third build in this process finds everything and writes nothing.
+    mtimes = {p: p.stat().st_mtime_ns for p in sos}
+    g = _model()
+    cm = api.build_c(g)
+    xs = [torch.randn(2, 33), torch.randn(2, 33)]
+    for a, e in zip(cm(*xs), interp.run(g, *xs)):
+        assert_close(a, e)
+    assert {p: p.stat().st_mtime_ns for p in entries.glob("*.so")} == mtimes
+
+
+def test_cache_key_covers_source_and_flags() -> None:
+    src = "void sf_kernel(void **p, const long *q) {}\n"
+    assert cache.cache_key(src) == cache.cache_key(src)
+    assert cache.cache_key(src) != cache.cache_key(src + " ")
+    assert cache.cache_key(src) != cache.cache_key(src, cache.CFLAGS + ("-DSF_X",))
+
+
+def _kernel_source() -> str:
+    return cgen.render(partition(_model(), cgen.CAPS))[0].source
+
+
+def test_invalid_c_raises_compile_error_with_stderr(cache_root: Path) -> None:
+    bad = _kernel_source().replace("void sf_kernel(", "int broken_sf = ;\nvoid sf_kernel(")
+    with pytest.raises(CompileError) as ei:
+        cache.build(bad)
+    assert "broken_sf" in ei.value.stderr and "error" in ei.value.stderr
+    assert "broken_sf" in str(ei.value)   # the message shows the compiler's output too
+    entries = cache_root / "c"
+    assert not list(entries.glob("*.so")) and not list(entries.glob(".build-*"))
+
+
+def _script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_failing_compiler_raises_compile_error(cache_root: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    cc = _script(tmp_path / "fakecc", 'if [ "$1" = "--version" ]; then echo "fakecc 1.0"; exit 0; fi\n'
+                                      'echo "fakecc: internal error, out of luck" >&2\nexit 3\n')
+    monkeypatch.setenv("CC", cc)
+    with pytest.raises(CompileError) as ei:
+        cache.build(_kernel_source())
+    assert "out of luck" in ei.value.stderr
+    # Through the public entry point as well.
+    with pytest.raises(CompileError, match="out of luck"):
+        api.build_c(_model())
+    assert not list((cache_root / "c").glob("*.so"))
+    # A compiler that cannot even report its version.
+    monkeypatch.setenv("CC", _script(tmp_path / "deadcc", 'echo "deadcc: broken install" >&2\nexit 1\n'))
+    with pytest.raises(CompileError, match="broken install"):
+        cache.build(_kernel_source())
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(CompileError, match="no-such-compiler"):
+        cache.build(_kernel_source())
+
+
+def test_leftovers_of_a_crashed_build_are_harmless(cache_root: Path) -> None:
+    src = _kernel_source()
+    key = cache.cache_key(src)
+    entries, locks = cache_root / "c", cache_root / "locks"
+    entries.mkdir(parents=True)
+    locks.mkdir(parents=True)
+    # What a build killed mid-way leaves: its private directory with a partial object and
+    # source, and the lock file (the lock itself dies with the process).
+    crashed = entries / f".build-{key[:12]}-x1y2z3"
+    crashed.mkdir()
+    (crashed / "kernel.so").write_bytes(b"\x7fELF\x02\x01 truncated")
+    (crashed / "kernel.c").write_text(src[: len(src) // 2])
+    (locks / f"{key}.lock").write_text("")
+    t0 = time.time()
+    path = cache.build(src)
+    assert path == entries / f"{key}.so" and path.stat().st_size > 1000
+    fn = cache.load_kernel(path)
+    assert fn is not None and time.time() - t0 < 60
+    g = _model()
+    cm = api.build_c(g)
+    xs = [torch.randn(3, 33), torch.randn(3, 33)]
+    for a, e in zip(cm(*xs), interp.run(g, *xs)):
+        assert_close(a, e)
+    assert sorted(p.name for p in entries.glob("*.so")) == sorted(
+        {f"{cache.cache_key(ck.source)}.so" for ck in cgen.render(partition(g, cgen.CAPS))})
