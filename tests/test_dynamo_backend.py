@@ -102,6 +102,8 @@ def test_autograd_still_works() -> None:
     m = torch.nn.Linear(6, 3)
     cm = torch.compile(m, backend="scalefold")
     x = torch.randn(4, 6)
-    cm(x).sum().backward()
+    # enable_grad: some test modules switch grad off globally at import time.
+    with torch.enable_grad():
+        cm(x).sum().backward()
     assert m.weight.grad is not None
     torch.testing.assert_close(m.weight.grad, x.sum(0).expand(3, 6))

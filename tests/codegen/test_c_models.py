@@ -11,7 +11,13 @@ from scalefold.api import build_c
 from scalefold.frontend.torch import from_torch
 from scalefold.runtime.interp import run
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    # A fixture, not a module-level switch, so other test modules keep autograd.
+    with torch.no_grad():
+        yield
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))

@@ -12,7 +12,13 @@ from models import BUILDERS
 from scalefold.codegen.onnx import to_onnx
 from scalefold.frontend.torch import from_torch
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    # A fixture, not a module-level switch, so other test modules keep autograd.
+    with torch.no_grad():
+        yield
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))

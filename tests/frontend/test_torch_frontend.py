@@ -20,7 +20,13 @@ from scalefold.ir.types import sym
 from scalefold.ir.verify import verify
 from scalefold.runtime.interp import run
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    # A fixture, not a module-level switch, so other test modules keep autograd.
+    with torch.no_grad():
+        yield
 
 
 def _ops(g: Graph) -> Counter:

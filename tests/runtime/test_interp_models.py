@@ -12,7 +12,13 @@ from scalefold.ir.parser import parse
 from scalefold.ir.verify import verify
 from scalefold.runtime.interp import run
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    # A fixture, not a module-level switch, so other test modules keep autograd.
+    with torch.no_grad():
+        yield
 
 
 def _load(text: str, consts: dict[str, torch.Tensor]):
