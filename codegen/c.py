@@ -182,25 +182,27 @@ class _Emitter:
         if acc.inner_bcast:
             return base
         # Fully general: decompose j as well (rare: broadcasting inside the row).
-        terms = []
-        dims = list(shape[c:])
-        sts = acc.strides[c:]
-        expr = "j"
+        return f"{base} + {self._decompose('j', list(shape[c:]), acc.strides[c:])}"
+
+    def _decompose(self, var: str, dims: Sequence[Dim], strides: Sequence[Dim]) -> str:
+        """Offset of flat index ``var`` over ``dims`` with element ``strides``. Broadcast
+        (zero-stride) and size-1 dims add nothing and are left out, and the outermost dim needs
+        no modulo, so common layouts cost one division or none."""
         parts = []
+        inner: Dim = 1
         for k in range(len(dims) - 1, -1, -1):
-            parts.append(f"(({expr}) % {self.q(dims[k])}) * {self.q(sts[k])}")
-            expr = f"({expr}) / {self.q(dims[k])}"
-        terms = " + ".join(parts)
-        return f"{base} + {terms}"
+            zero = (isinstance(strides[k], int) and strides[k] == 0) or dims[k] == 1
+            if not zero:
+                e = var if inner == 1 else f"({var} / {self.q(inner)})"
+                if k > 0:
+                    e = f"({e} % {self.q(dims[k])})"
+                parts.append(e if strides[k] == 1 else f"{e} * {self.q(strides[k])}")
+            inner = _prod([inner, dims[k]])
+        return " + ".join(parts) if parts else "0"
 
     def outer_base(self, acc: _Access, shape: Sequence[Dim], c: int, name: str) -> list[str]:
         """Statements computing ``name`` = offset of row ``o`` for a general access."""
-        lines = [f"int64_t {name} = 0;", f"{{ int64_t t = o;"]
-        for k in range(c - 1, -1, -1):
-            lines.append(f"  {name} += (t % {self.q(shape[k])}) * {self.q(acc.strides[k])}; "
-                         f"t /= {self.q(shape[k])};")
-        lines.append("}")
-        return lines
+        return [f"const int64_t {name} = {self._decompose('o', list(shape[:c]), acc.strides[:c])};"]
 
     def emit_tree(self, nodes: list[Node], shape: Sequence[Dim], c: int, env: dict[int, str],
                   body: list[str], pre: list[str], tag: str) -> None:
@@ -237,7 +239,11 @@ class _Emitter:
     # ---- kernels ---------------------------------------------------------------------------
     def render(self) -> str:
         k = self.k
-        if k.row is None:
+        if not k.outputs:
+            # Dead code (nothing reads the result): an empty kernel keeps the executor's
+            # one-function-per-fused-kernel contract.
+            body = ["  (void)p; (void)q;"]
+        elif k.row is None:
             body = self.render_elementwise()
         else:
             body = self.render_row()
@@ -250,8 +256,8 @@ class _Emitter:
         root = k.outputs[0]
         shape = list(root.type.shape)
         r = len(shape)
-        flat = all(_Access(v.type.shape, shape, 0).kind in ("same", "scalar") for v in k.inputs)
-        c = 0 if flat else max(r - 1, 0)
+        c = _inner_split(shape, [v.type.shape for v in k.inputs])
+        flat = c == 0
         O, N = self.q(_prod(shape[:c])), self.q(_prod(shape[c:]))
         env: dict[int, str] = {}
         body: list[str] = []
@@ -343,6 +349,24 @@ class _Emitter:
             out.append(f"        {self.ptr(v)}[{idx_store}] = {store(v.dtype, env2[id(v)])};")
         out += ["      }", "    }", "    free(tmp);", "  }"]
         return out
+
+
+def _inner_split(shape: Sequence[Dim], leaves: Sequence[Sequence[Dim]]) -> int:
+    """The split of an elementwise loop nest over ``shape`` into outer rows and an inner
+    contiguous loop: the smallest ``c`` (most inner elements) at which every leaf's trailing
+    dims from ``c`` on either match ``shape`` or are all broadcast, so that each leaf is read
+    at ``base + j`` or ``base`` and the inner loop has no division (vectorisable)."""
+    r = len(shape)
+    c = 0
+    for t in leaves:
+        pad = [1] * (r - len(t)) + list(t)
+        eq = [dims_equal(a, b) for a, b in zip(pad, shape)]
+        one = [a == 1 for a in pad]
+        cv = max(r - 1, 0)   # one trailing dim always qualifies (it matches or broadcasts)
+        while cv > 0 and (all(eq[cv - 1:]) or all(one[cv - 1:])):
+            cv -= 1
+        c = max(c, cv)
+    return c
 
 
 def _row_split(row: Node) -> int:

@@ -3,7 +3,6 @@ of crashed builds."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import stat
 import time
 from pathlib import Path

@@ -333,7 +333,7 @@ def _bcast_graph() -> Graph:
 def test_broadcast_patterns_symbolic_batch() -> None:
     g = _bcast_graph()
     cm = api.build_c(g)
-    for B in (1, 3, 17):
+    for B in (1, 3, 17, 1000):   # 1000: past the threshold, the loop runs on several threads
         xs = [torch.randn(B, 7, 5) * 1e5, torch.randn(B, 1, 5), torch.randn(B, 7, 1) * 1e5,
               torch.rand(B, 7, 1) > 0.5]
         got, want = cm(*xs), interp.run(g, *xs)
@@ -433,3 +433,13 @@ def test_semantics_by_hand() -> None:
     # bf16 rounding of a product: 1.0078125 * 1.0078125 = 1.01568603515625 -> 1.015625 (RNE)
     h = torch.tensor([1.0078125], dtype=torch.bfloat16)
     assert _run1("mul", [h, h]).item() == 1.015625
+
+
+def test_rank0_and_dead_code() -> None:
+    """A 0-d graph, and a node nobody reads (its kernel renders empty and still runs)."""
+    g = Graph("scalar")
+    x = g.add_input("f32[]", "x")
+    g.add("sin", [x])                      # dead
+    g.set_outputs([g.add("neg", [g.add("exp", [x])])])
+    got, want = build_and_compare(g, [torch.tensor(0.5)])
+    assert_close(got[0], want[0])

@@ -254,7 +254,6 @@ def test_rendering_is_deterministic() -> None:
     one = [ck.source for ck in cgen.render(partition(g, cgen.CAPS))]
     two = [ck.source for ck in cgen.render(partition(g, cgen.CAPS))]
     assert one == two
-    text = str(attention_scores()) + "\n"
     for build in (shapes_and_rows, multi_reader, lambda: parse(str(mlp_block_small()))):
         g = build()
         text = str(g)
@@ -273,3 +272,54 @@ def mlp_block_small() -> Graph:
     h = g.add("gelu", [g.add("linear", [x, w])])
     g.set_outputs([g.add("rms_norm", [g.add("add", [h, x]), g.add_const(torch.ones(4))])])
     return g
+
+
+# ---- vectorisable inner loops ----------------------------------------------------------------
+
+def _inner_loop_lines(src: str) -> list[str]:
+    """The lines of every ``for (int64_t j ...)`` loop (header and body)."""
+    out, depth = [], 0
+    for line in src.splitlines():
+        if depth == 0 and "for (int64_t j" in line:
+            out.append(line)
+            depth = line.count("{") - line.count("}")
+            continue
+        if depth > 0:
+            out.append(line)
+            depth += line.count("{") - line.count("}")
+    return out
+
+
+def test_common_inner_loops_have_no_division() -> None:
+    g = Graph("vec")
+    x = g.add_input("f32[B,S,64]", "x")
+    others = [g.add_const(torch.randn(64)), g.add_input("f32[B,1,64]", "a"),
+              g.add_input("f32[B,S,1]", "b"), g.add_input("f32[B,1,1]", "c"),
+              g.add_const(torch.tensor(2.0)), g.add_input("f32[S,64]", "d")]
+    outs = [g.add("mul", [x, o]) for o in others]
+    w = g.add_const(torch.rand(64))
+    outs.append(g.add("mul", [g.add("layer_norm", [g.add("add", [x, others[1]]), w, w]), others[0]]))
+    outs.append(g.add("mul", [g.add("softmax", [g.add("mul", [x, others[2]])]), others[4]]))
+    outs.append(g.add("reduce_sum", [g.add("exp", [x])], {"axes": (-1,), "keepdims": True}))
+    g.set_outputs(outs)
+    rendered = cgen.render(partition(g, cgen.CAPS))
+    assert len(rendered) == len(outs)
+    for ck in rendered:
+        body = ck.source.split("void sf_kernel")[1]
+        inner = _inner_loop_lines(body)
+        assert inner, ck.kernel.describe()
+        bad = [ln for ln in inner if "%" in ln or "/ q[" in ln or "/ INT64_C" in ln]
+        assert not bad, f"{ck.kernel.describe()}: division in an inner loop:\n" + "\n".join(bad)
+    # [B,1,1] and [S,64] operands leave whole S*64 blocks as one contiguous inner loop
+    for i in (3, 5):
+        assert "N = q[" in rendered[i].source and "N = INT64_C(64)" not in rendered[i].source
+    check_numerics_sym(g)
+
+
+def check_numerics_sym(g: Graph) -> None:
+    S = sym("S")
+    cm = api.build_c(g)
+    for b, s in ((1, 1), (3, 7)):
+        xs = [torch.randn(v.type.concrete({B: b, S: s})) for v in g.inputs]
+        for i, (a, e) in enumerate(zip(cm(*xs), interp.run(g, *xs))):
+            assert_close(a, e, what=f"output {i} B={b} S={s}", atol=1e-5)

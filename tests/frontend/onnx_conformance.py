@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 EXPECTED = Path(__file__).with_name("onnx_conformance_expected.json")
+TARGET = "interp"            # or "c": compile each case with the C backend
 CASE_TIMEOUT_S = 20          # per case; no shipped case comes close
 MAX_MODEL_BYTES = 64 << 20   # guard against huge models (none ship)
 _FREEZE_HINTS = ("known at compile time", "must be a constant")
@@ -154,7 +155,11 @@ def _run_dataset(case: Any, inputs: list[Any], outputs: list[Any]) -> str | None
     else:
         raise FrontendError("could not import with compile-time inputs frozen")
     live = [tensors[v.name] for v in ins if v.name not in frozen]
-    got = run(g, *live)
+    if TARGET == "c":
+        from scalefold.api import build_c
+        got = build_c(g)._runner(*live)
+    else:
+        got = run(g, *live)
     if len(got) != len(outputs):
         return f"{len(got)} outputs, expected {len(outputs)}"
     for o, t, want in zip(gp.output, got, outputs):
@@ -214,27 +219,32 @@ def run_case(idx: int) -> tuple[str, str, str | None, float]:
     return case.name, op, why, time.perf_counter() - t0
 
 
-def _init_worker() -> None:
+def _init_worker(target: str = "interp") -> None:
+    global TARGET
+    TARGET = target
     import torch
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     _cases()
 
 
-def run_all(processes: int | None = None) -> dict[str, tuple[str, str | None]]:
-    """Run every case; {name: (op, reason or None)}."""
-    n = len(_cases())
+def run_all(processes: int | None = None, target: str = "interp",
+            only: set[str] | None = None) -> dict[str, tuple[str, str | None]]:
+    """Run every case (or the cases named in ``only``) on ``target`` ("interp": the
+    reference interpreter, "c": compiled C kernels); {name: (op, reason or None)}."""
+    names = [c.name for c in _cases()]
+    idxs = [i for i, n in enumerate(names) if only is None or n in only]
     processes = processes or min(4, os.cpu_count() or 1)
     out: dict[str, tuple[str, str | None]] = {}
     if processes <= 1:
-        _init_worker()
-        results = map(run_case, range(n))
+        _init_worker(target)
+        results = map(run_case, idxs)
         for name, op, why, _ in results:
             out[name] = (op, why)
         return out
     ctx = mp.get_context("fork") if sys.platform != "win32" else mp.get_context()
-    with ctx.Pool(processes, initializer=_init_worker) as pool:
-        for name, op, why, _ in pool.imap_unordered(run_case, range(n), chunksize=8):
+    with ctx.Pool(processes, initializer=_init_worker, initargs=(target,)) as pool:
+        for name, op, why, _ in pool.imap_unordered(run_case, idxs, chunksize=8):
             out[name] = (op, why)
     return out
 
@@ -271,8 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--failures", action="store_true", help="list failing cases with reasons")
     ap.add_argument("--op", help="only show rows/failures of this op")
     ap.add_argument("-j", type=int, default=None, help="worker processes")
+    ap.add_argument("--target", choices=("interp", "c"), default="interp",
+                    help="c: compile every case the interpreter passes with the C backend and "
+                         "report those that fail there (the full sweep; CI runs a subset)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.target == "c":
+        passing = set(load_expected()["passing"])
+        res = run_all(args.j, target="c", only=passing)
+        bad = sorted(n for n, (_, why) in res.items() if why is not None)
+        for n in bad:
+            print(f"FAIL(c) {n} [{res[n][0]}]: {res[n][1]}")
+        print(f"C backend: {len(res) - len(bad)}/{len(res)} interpreter-passing cases pass; "
+              f"{time.perf_counter() - t0:.1f} s")
+        return 0
     res = run_all(args.j)
     dt_s = time.perf_counter() - t0
     per = summarize(res)
@@ -289,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     npass = sum(p for p, _ in per.values())
     full = sum(1 for p, t in per.values() if p == t)
     print(f"passed {npass}/{len(res)} cases; {full}/{len(per)} op types fully passing; {dt_s:.1f} s")
-    if args.update:
+    if args.update and args.target == "interp":
         write_expected(res)
         print(f"wrote {EXPECTED}")
     return 0
