@@ -62,6 +62,9 @@ class Executor:
         self._consts = [(self._slot[id(v)], v.const) for v in _consts(graph)]
         self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
         self._lock = threading.Lock()
+        # Ops like nonzero bind new symbols from their data: such graphs cannot be planned
+        # before the call, so they run step by step with fresh buffers (see _run_dynamic).
+        self._dynamic = any(get_op(n.op).binds for n in graph.nodes)
 
     # ---- binding ------------------------------------------------------------------------
     def _bind(self, env: dict[sympy.Symbol, int]) -> _Bound:
@@ -161,6 +164,8 @@ class Executor:
         g = self.graph
         inputs = [x.contiguous() if isinstance(x, torch.Tensor) else x for x in inputs]
         env = bind_symbols(g, inputs)
+        if self._dynamic:
+            return self._run_dynamic(inputs, env)
         with self._lock:
             b = self._bind(env)
             vals = list(b.base_vals)
@@ -180,6 +185,35 @@ class Executor:
                     t = t.contiguous()
                 res.append(t)
             return res
+
+    def _run_dynamic(self, inputs: Sequence[torch.Tensor], env: dict[sympy.Symbol, int]
+                     ) -> list[torch.Tensor]:
+        """Run a graph with data-dependent sizes: each step is prepared once the symbols it
+        needs are bound, and symbols a node binds are read off its outputs."""
+        g = self.graph
+        vals: list = [None] * len(self._slot)
+        for s, t in self._consts:
+            vals[s] = t
+        for v, x in zip(g.inputs, inputs):
+            vals[self._slot[id(v)]] = x
+        for k in self.schedule.kernels:
+            if k.kind == "fused":
+                for o in k.outputs:
+                    vals[self._slot[id(o)]] = torch.empty(o.type.concrete(env), dtype=o.dtype.container)
+            self._step(k, env)(vals)
+            for n in k.nodes:
+                if not get_op(n.op).binds:
+                    continue
+                for o in n.outputs:
+                    t = vals[self._slot[id(o)]]
+                    for d, size in zip(o.type.shape, t.shape):
+                        if isinstance(d, sympy.Symbol) and d not in env:
+                            env[d] = int(size)
+        res = []
+        for v in g.outputs:
+            t = vals[self._slot[id(v)]]
+            res.append(t.clone() if v.is_const else t.contiguous())
+        return res
 
     def memory_report(self, env: Mapping[sympy.Symbol, int]) -> BufferPlan:
         """The buffer plan for one binding: arena bytes (peak of planned intermediates) and
