@@ -389,13 +389,14 @@ def _row_body(row: Node, ct: str, em: _Emitter, xshape: Sequence[Dim], c: int
     f = "f" if ct == "float" else ""
     lit = (lambda v: repr(float(v)) + ("f" if ct == "float" else ""))
     op = row.op
+    expf = "sf_exp_float" if ct == "float" else "exp"
     if op in ("softmax", "log_softmax"):
         s = [f"{ct} m = -INFINITY;",
              "#pragma omp simd reduction(max:m)",
              "for (int64_t j = 0; j < L; j++) m = tmp[j] > m ? tmp[j] : m;",
              f"{ct} s = 0;",
              "#pragma omp simd reduction(+:s)",
-             f"for (int64_t j = 0; j < L; j++) {{ {ct} e = exp{f}(tmp[j] - m); "
+             f"for (int64_t j = 0; j < L; j++) {{ {ct} e = {expf}(tmp[j] - m); "
              + ("tmp[j] = e; " if op == "softmax" else "") + "s += e; }",
              ]
         if op == "softmax":
@@ -460,7 +461,10 @@ def row_renderable(n: Node) -> bool:
         n.outputs[0].dtype.name in ok
 
 
-CAPS = Caps(elementwise=frozenset(EXPR), row=ROW_OPS, node_ok=node_renderable, row_ok=row_renderable)
+# Activations and residual adds after a linear run as oneDNN post-ops of its GEMM.
+LINEAR_EPILOGUE = frozenset({"gelu", "relu", "silu", "sigmoid", "tanh", "add"})
+CAPS = Caps(elementwise=frozenset(EXPR), row=ROW_OPS, node_ok=node_renderable, row_ok=row_renderable,
+            library_epilogue={"linear": LINEAR_EPILOGUE})
 
 
 def render(schedule: Schedule) -> list[CKernel]:

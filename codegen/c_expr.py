@@ -170,9 +170,9 @@ EXPR: dict[str, Expr] = {
     "neg": _neg,
     "abs": _abs,
     "relu": _relu,
-    "exp": _unary_float("exp"), "log": _unary_float("log"), "sqrt": _unary_float("sqrt"),
-    "sin": _unary_float("sin"), "cos": _unary_float("cos"), "tanh": _unary_float("tanh"),
-    "erf": _unary_float("erf"), "floor": _unary_float("floor"), "ceil": _unary_float("ceil"),
+    "exp": lambda a, n, ct: f"sf_exp_float({a[0]})" if ct == "float" else f"exp({a[0]})", "log": _unary_float("log"), "sqrt": _unary_float("sqrt"),
+    "sin": _unary_float("sin"), "cos": _unary_float("cos"), "tanh": lambda a, n, ct: f"sf_tanh_float({a[0]})" if ct == "float" else f"tanh({a[0]})",
+    "erf": lambda a, n, ct: f"sf_erf_float({a[0]})" if ct == "float" else f"erf({a[0]})", "floor": _unary_float("floor"), "ceil": _unary_float("ceil"),
     "round": _unary_float("nearbyint"),   # the default rounding mode: ties to even
     "acos": _unary_float("acos"), "asin": _unary_float("asin"), "atan": _unary_float("atan"),
     "acosh": _unary_float("acosh"), "asinh": _unary_float("asinh"),

@@ -48,11 +48,61 @@ static inline uint16_t sf_f_to_bf16(float f) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
   u += 0x7fffu + ((u >> 16) & 1u); return (uint16_t)(u >> 16);
 }
-static inline float sf_sigmoid_float(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* Vectorisable float exp and erf (libm's are scalar calls that block vectorisation).
+   sf_exp_float: Cody-Waite reduction and a degree-6 polynomial, about 1 ulp; results below
+   ~1.2e-38 flush to 0. sf_erf_float: odd Taylor series for |x| < 0.5, else 1 - erfc with a
+   Chebyshev fit of relative error < 1.2e-7. */
+static inline float sf_exp_float(float x) {
+  /* ternaries, not fminf/fmaxf: gcc does not vectorise the latter without -ffast-math */
+  float xc = x < -87.0f ? -87.0f : (x > 88.72283f ? 88.72283f : x);
+  float n = nearbyintf(xc * 1.44269504088896341f);
+  float r = fmaf(n, -0.693359375f, xc);
+  r = fmaf(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = fmaf(p, r, 1.3981999507e-3f);
+  p = fmaf(p, r, 8.3334519073e-3f);
+  p = fmaf(p, r, 4.1665795894e-2f);
+  p = fmaf(p, r, 1.6666665459e-1f);
+  p = fmaf(p, r, 5.0000001201e-1f);
+  p = fmaf(p, r * r, r) + 1.0f;
+  union { uint32_t u; float f; } s;
+  s.u = (uint32_t)((int32_t)n + 126) << 23;   /* 2^(n-1): n = 128 stays finite */
+  float y = p * s.f * 2.0f;
+  y = x > 88.72283f ? INFINITY : y;
+  y = x < -87.0f ? 0.0f : y;
+  return x != x ? x : y;
+}
+static inline float sf_erf_float(float x) {
+  float a = fabsf(x);
+  float x2 = x * x;
+  float small = x * (1.1283791670955126f + x2 * (-0.37612638903183752f + x2 * (0.11283791670955126f
+              + x2 * (-0.026866170645131252f + x2 * (0.0052239776254421878f - x2 * 0.00085483270234508585f)))));
+  float t = 1.0f / (1.0f + 0.5f * a);
+  float poly = -1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f + t * (-0.18628806f
+             + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f + t * (-0.82215223f + t * 0.17087277f))))))));
+  float erfc = t * sf_exp_float(-a * a + poly);
+  float big = 1.0f - erfc;
+  big = x < 0.0f ? -big : big;
+  return a < 0.5f ? small : big;
+}
+static inline float sf_tanh_float(float x) {
+  /* tanh = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|); the odd series near 0 keeps
+     relative accuracy where 1 - e cancels. */
+  float a = fabsf(x);
+  float e = sf_exp_float(-2.0f * a);
+  float big = (1.0f - e) / (1.0f + e);
+  big = x < 0.0f ? -big : big;
+  float x2 = x * x;
+  float small = x * (1.0f + x2 * (-0.33333333333f + x2 * (0.13333333333f + x2 * (-0.053968253968f
+              + x2 * 0.021869488536f))));
+  float y = a < 0.125f ? small : big;
+  return x != x ? x : y;
+}
+static inline float sf_sigmoid_float(float x) { return 1.0f / (1.0f + sf_exp_float(-x)); }
 static inline double sf_sigmoid_double(double x) { return 1.0 / (1.0 + exp(-x)); }
-static inline float sf_gelu_float(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)); }
+static inline float sf_gelu_float(float x) { return 0.5f * x * (1.0f + sf_erf_float(x * 0.70710678118654752440f)); }
 static inline double sf_gelu_double(double x) { return 0.5 * x * (1.0 + erf(x * 0.70710678118654752440)); }
-static inline float sf_gelu_tanh_float(float x) { return 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x))); }
+static inline float sf_gelu_tanh_float(float x) { return 0.5f * x * (1.0f + sf_tanh_float(0.79788456080286535588f * (x + 0.044715f * x * x * x))); }
 static inline double sf_gelu_tanh_double(double x) { return 0.5 * x * (1.0 + tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x))); }
 static inline float sf_softplus_float(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 static inline double sf_softplus_double(double x) { return x > 20.0 ? x : log1p(exp(x)); }

@@ -48,6 +48,9 @@ class Caps:
     row: frozenset[str] = ROW_OPS
     template: frozenset[str] = frozenset()
     library: frozenset[str] = LIBRARY_OPS
+    # library op -> elementwise ops its library kernel applies to its output for free
+    # (oneDNN post-ops: activations, and ``add`` of a same-shaped tensor)
+    library_epilogue: Mapping[str, frozenset[str]] = field(default_factory=dict)
     node_ok: Callable[[Node], bool] = _always
     row_ok: Callable[[Node], bool] = _always
 
@@ -142,6 +145,24 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
         return "reference"
 
     kinds = {id(n): kind_of(n) for n in graph.nodes}
+    # Library epilogues first, so that the elementwise grouping below leaves them alone.
+    epilogue: dict[int, Node] = {}
+    for n in graph.nodes:
+        allowed = caps.library_epilogue.get(n.op)
+        if kinds[id(n)] != "library" or not allowed or len(n.outputs) != 1:
+            continue
+        out = n.outputs[0]
+        if readers.get(id(out), 0) != 1 or id(out) in outputs:
+            continue
+        r = out.users()[0]
+        if r.op not in allowed or not caps.node_ok(r) or not _same_shape(r.outputs[0], out):
+            continue
+        if r.op == "add":
+            other = r.inputs[1] if r.inputs[0] is out else r.inputs[0]
+            if other is out or not _same_shape(other, out) or other.dtype != out.dtype:
+                continue
+        epilogue[id(n)] = r
+        kinds[id(r)] = "epilogue"
     group: dict[int, int] = {}          # node id -> group id (the root's id)
     members: dict[int, list[Node]] = {}
 
@@ -193,6 +214,8 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
         if id(n) in group:
             nodes = sorted(members[group[id(n)]], key=lambda m: order[id(m)])
             kind = "fused"
+        elif id(n) in epilogue:
+            nodes, kind = [n, epilogue[id(n)]], "library"
         else:
             nodes = [n]
             kind = {"view": "view", "library": "library", "template": "template"}.get(

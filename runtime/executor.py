@@ -135,8 +135,11 @@ class Executor:
                 vals[dst] = vals[src].reshape(shape)  # a view unless the source is strided
             return run_view
         if k.kind == "library":
-            fn_lib, writes_out = library_fn(node)
-            dst = out_slots[0]
+            fn_lib, writes_out = library_fn(k.nodes)
+            if len(k.nodes) > 1:  # an epilogue: its other operands follow the op's inputs
+                epi = k.nodes[1]
+                ins = ins + [slot[id(v)] for v in epi.inputs if v is not node.outputs[0]]
+            dst = slot[id(k.nodes[-1].outputs[0])]
 
             def run_lib(vals: list) -> None:
                 xs = [vals[s] if s >= 0 else None for s in ins]

@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 
 _PATH = Path(__file__).resolve().parents[1] / "frontend" / "onnx_conformance.py"
-_spec = importlib.util.spec_from_file_location("onnx_conformance", _PATH)
-assert _spec is not None and _spec.loader is not None
-oc = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("onnx_conformance", oc)
-_spec.loader.exec_module(oc)
+# One module object per process: worker pools pickle its functions by module name.
+oc = sys.modules.get("onnx_conformance")
+if oc is None:
+    _spec = importlib.util.spec_from_file_location("onnx_conformance", _PATH)
+    assert _spec is not None and _spec.loader is not None
+    oc = importlib.util.module_from_spec(_spec)
+    sys.modules["onnx_conformance"] = oc
+    _spec.loader.exec_module(oc)
 
 # Cases the interpreter passes that the C target may fail, with the reason. Empty: none.
 C_EXCLUDED: dict[str, str] = {}
