@@ -4,3 +4,11 @@ from .pipeline import parse_pass, register_pass, registered_passes, run_pipeline
 
 __all__ = ["Counters", "bump", "counting", "parse_pass", "register_pass", "registered_passes",
            "run_pipeline", "split_pipeline"]
+
+# Part A of "Calibration and per-channel scale folding": PassManager, rules, cleanup, folds.
+from .pipeline import PassManager  # noqa: E402
+from .rewrite import CONST, Match, NearMiss, Pattern, RewriteError, Rule, apply_rules, collect_near_misses  # noqa: E402
+from . import cleanup, fold_scales  # noqa: E402,F401  (registers the passes)
+
+__all__ += ["PassManager", "CONST", "Match", "NearMiss", "Pattern", "RewriteError", "Rule",
+            "apply_rules", "collect_near_misses"]

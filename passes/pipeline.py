@@ -1,21 +1,26 @@
 """Pass registry and pipeline strings (``"smooth(alpha=0.8)"``).
 
 A pass is a function ``(graph, **options) -> graph`` registered under a name with
-:func:`register_pass`; its docstring states pre- and postconditions. :func:`run_pipeline`
-parses a pipeline, runs each pass on a clone, and verifies the graph between passes.
+:func:`register_pass`; its docstring states pre- and postconditions. :class:`PassManager`
+parses a pipeline, runs each pass on a clone, verifies the graph between passes, counts rule
+applications and dumps the IR when asked; :func:`run_pipeline` is its one-call form.
 """
 from __future__ import annotations
 
 import ast
 import inspect
+import os
 import re
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from ..ir.errors import ScalefoldError
 from ..ir.graph import Graph
+from .counters import Counters, _active, counting
 
 PassFn = Callable[..., Graph]
 
@@ -91,28 +96,86 @@ def split_pipeline(text: str) -> list[str]:
     return [s.strip() for s in out if s.strip()]
 
 
-def run_pipeline(graph: Graph, passes: Sequence[str] | str,
-                 calibration: Iterable[Sequence[torch.Tensor]] | None = None) -> Graph:
-    """Run the passes in order on a clone of ``graph``; the verifier runs after each."""
-    from ..ir.verify import verify
-
-    specs = split_pipeline(passes) if isinstance(passes, str) else list(passes)
-    parsed = [parse_pass(s) for s in specs]
+def _check_passes(parsed: list[tuple[str, dict[str, Any]]]) -> None:
     unknown = [n for n, _ in parsed if n not in _PASSES]
     if unknown:
         known = ", ".join(registered_passes()) or "none yet"
         raise ScalefoldError(f"unknown pass(es): {', '.join(unknown)} (registered: {known})")
-    g = graph.clone()
-    for name, opts in parsed:
-        info = _PASSES[name]
-        if info.needs_calibration:
-            if calibration is None:
+
+
+class PassManager:
+    """Runs a pipeline of registered passes (DESIGN.md §4).
+
+    - ``pipeline``: a pipeline string ``"fold_batchnorm,smooth(alpha=0.8)"`` or a list of specs;
+      unknown passes and bad options fail before any pass runs.
+    - The verifier runs after every pass (``verify=False`` skips it); a failure names the pass.
+    - ``counters[pass][rule]`` collects every rule application of this run; when an outer
+      :func:`counting` block is active, the counts are also added to it.
+    - ``dump_dir`` (default: the ``SCALEFOLD_DUMP_IR`` environment variable) receives the IR
+      before and after each pass as ``NN-<pass>-before.ir`` / ``NN-<pass>-after.ir``.
+    - ``timings[i]`` is ``(pass name, seconds)`` of the i-th pass.
+    The input graph is never modified: passes run on a clone.
+    """
+
+    def __init__(self, pipeline: Sequence[str] | str, *, verify: bool = True,
+                 calibration: Iterable[Sequence[torch.Tensor]] | None = None,
+                 dump_dir: str | os.PathLike | None = None) -> None:
+        specs = split_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
+        self.passes: list[tuple[str, dict[str, Any]]] = [parse_pass(s) for s in specs]
+        _check_passes(self.passes)
+        self.verify = verify
+        self.calibration = calibration
+        env_dir = os.environ.get("SCALEFOLD_DUMP_IR")
+        self.dump_dir: Path | None = Path(dump_dir) if dump_dir else (Path(env_dir) if env_dir else None)
+        self.counters = Counters()
+        self.timings: list[tuple[str, float]] = []
+        for name, opts in self.passes:
+            info = _PASSES[name]
+            if info.needs_calibration and calibration is None:
                 raise ScalefoldError(f"pass {name} needs calibration data (calibration=...)")
-            opts = {**opts, "calibration": calibration}
-        try:
-            inspect.signature(info.fn).bind(g, **opts)
-        except TypeError as e:
-            raise ScalefoldError(f"pass {name}: bad options {opts}: {e}") from None
-        g = info.fn(g, **opts)
-        verify(g)
-    return g
+            if info.needs_calibration:
+                opts = {**opts, "calibration": calibration}
+            try:
+                inspect.signature(info.fn).bind(Graph(), **opts)
+            except TypeError as e:
+                raise ScalefoldError(f"pass {name}: bad options {opts}: {e}") from None
+
+    def _dump(self, step: int, name: str, when: str, g: Graph) -> None:
+        if self.dump_dir is None:
+            return
+        self.dump_dir.mkdir(parents=True, exist_ok=True)
+        (self.dump_dir / f"{step:02d}-{name}-{when}.ir").write_text(str(g))
+
+    def run(self, graph: Graph) -> Graph:
+        """Run every pass in order on a clone of ``graph`` and return the result."""
+        from ..ir.errors import VerifyError
+        from ..ir.verify import verify
+
+        outer = _active.get()
+        g = graph.clone()
+        with counting(self.counters):
+            for step, (name, opts) in enumerate(self.passes):
+                info = _PASSES[name]
+                if info.needs_calibration:
+                    opts = {**opts, "calibration": self.calibration}
+                self._dump(step, name, "before", g)
+                t0 = time.perf_counter()
+                g = info.fn(g, **opts)
+                self.timings.append((name, time.perf_counter() - t0))
+                if not isinstance(g, Graph):
+                    raise ScalefoldError(f"pass {name} returned {type(g).__name__}, not a Graph")
+                self._dump(step, name, "after", g)
+                if self.verify:
+                    try:
+                        verify(g)
+                    except VerifyError as e:
+                        raise VerifyError(f"after pass {name}: {e}") from e
+        if outer is not None:
+            outer.merge(self.counters)
+        return g
+
+
+def run_pipeline(graph: Graph, passes: Sequence[str] | str,
+                 calibration: Iterable[Sequence[torch.Tensor]] | None = None) -> Graph:
+    """Run the passes in order on a clone of ``graph``; the verifier runs after each."""
+    return PassManager(passes, calibration=calibration).run(graph)

@@ -13,11 +13,22 @@ def test_example_ir_golden() -> None:
     assert_golden(str(parse(EXAMPLE_IR)), "goldens/example_mlp.golden")
 
 
-def test_demo_prints_ir_and_runs(capsys) -> None:
-    assert main(["demo", "--batch", "5"]) == 0
+def test_demo_example_prints_ir_and_runs(capsys) -> None:
+    assert main(["demo", "--example", "--batch", "5"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("graph @example_mlp(%x: f32[B,64]) -> (f32[B,64]) {")
     assert "output (5, 64)" in out
+
+
+def test_demo_compiles_minilm_and_reports_every_runner(capsys) -> None:
+    assert main(["demo", "--batch", "2", "--seq", "16", "--iters", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0]: line.split() for line in out.splitlines()
+            if line.startswith(("torch eager", "scalefold c", "onnxruntime"))}
+    assert set(rows) == {"torch eager (fp32)", "scalefold c (fp32)", "onnxruntime (our ONNX export)"}
+    # the compiled model and our ONNX export agree with fp32 to the 6th digit
+    assert float(rows["scalefold c (fp32)"][3]) > 0.99999
+    assert float(rows["onnxruntime (our ONNX export)"][4]) > 0.99999
 
 
 def test_console_entry_point_bad_verb_exits_nonzero() -> None:

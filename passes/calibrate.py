@@ -1,0 +1,323 @@
+"""Calibration: run the reference interpreter over calibration batches with observers on
+chosen Values and keep per-channel statistics (DESIGN.md §4).
+
+For each observed value (channel axis = last axis, ``C`` channels) the observers keep running
+aggregates only, so memory is bounded whatever the number of batches:
+  - ``min``, ``max``, ``absmax`` per channel, ``sum_abs`` per channel (mean|x| = sum_abs/rows),
+  - ``rows``: how many rows (all leading positions) were seen,
+  - ``gram``: the Gram matrix XᵀX in float64 (for values read by a linear, on request).
+
+Guards:
+  - a NaN/Inf in an observed value raises :class:`CalibrationError` naming the value (its
+    printed name) and the node that produced it;
+  - no batches (or no rows) raises :class:`CalibrationError`;
+  - all-zero or constant channels: :meth:`ChannelStats.absmax_floored` and
+    :meth:`ChannelStats.mean_abs_floored` clamp every channel to at least ``eps`` (1e-5)
+    times the tensor's largest channel (1.0 for an all-zero tensor), so a scale computed from
+    them is never zero and never divides by zero.
+
+Stats are keyed by the printer's value names of the graph they were measured on, and carry
+the sha256 of that graph's canonical text: :meth:`Stats.load` rejects stats of another
+(or a since-changed) graph, so a cached file is only ever reused for the very same graph.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from ..ir.errors import CalibrationError
+from ..ir.graph import Graph, Node, Value
+from ..ir.printer import Namer
+from ..runtime.interp import Interpreter
+
+#: Relative floor of per-channel magnitudes (see the module docstring).
+EPS = 1e-5
+
+Batch = Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | torch.Tensor
+
+
+def graph_hash(graph: Graph) -> str:
+    """sha256 of the graph's canonical text (constants enter through their content hash)."""
+    return hashlib.sha256(str(graph).encode()).hexdigest()
+
+
+@dataclass
+class ChannelStats:
+    """Running per-channel aggregates of one value (last axis = channels)."""
+    min: torch.Tensor            # [C] float64
+    max: torch.Tensor            # [C] float64
+    absmax: torch.Tensor         # [C] float64
+    sum_abs: torch.Tensor        # [C] float64
+    rows: int
+    gram: torch.Tensor | None = None   # [C, C] float64, sum over rows of x xᵀ
+
+    @staticmethod
+    def empty(channels: int, gram: bool) -> "ChannelStats":
+        f64 = torch.float64
+        return ChannelStats(torch.full((channels,), float("inf"), dtype=f64),
+                            torch.full((channels,), float("-inf"), dtype=f64),
+                            torch.zeros(channels, dtype=f64), torch.zeros(channels, dtype=f64), 0,
+                            torch.zeros(channels, channels, dtype=f64) if gram else None)
+
+    @property
+    def channels(self) -> int:
+        return int(self.absmax.numel())
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        """mean |x| per channel over every row seen."""
+        return self.sum_abs / max(self.rows, 1)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Fold one observed tensor ``[..., C]`` into the aggregates."""
+        x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        if x2.shape[0] == 0:
+            return
+        self.min = torch.minimum(self.min, x2.amin(0))
+        self.max = torch.maximum(self.max, x2.amax(0))
+        a = x2.abs()
+        self.absmax = torch.maximum(self.absmax, a.amax(0))
+        self.sum_abs += a.sum(0)
+        self.rows += x2.shape[0]
+        if self.gram is not None:
+            self.gram += x2.T @ x2
+
+    @staticmethod
+    def _floor(v: torch.Tensor, eps: float) -> torch.Tensor:
+        top = float(v.max()) if v.numel() else 0.0
+        # An all-zero tensor has no scale of its own: any positive floor keeps ratios finite.
+        return v.clamp(min=eps * top if top > 0 else 1.0)
+
+    def absmax_floored(self, eps: float = EPS) -> torch.Tensor:
+        """absmax per channel, clamped to >= eps * (largest channel) (1.0 if all are zero)."""
+        return self._floor(self.absmax, eps)
+
+    def mean_abs_floored(self, eps: float = EPS) -> torch.Tensor:
+        """mean|x| per channel with the same floor as :meth:`absmax_floored`."""
+        return self._floor(self.mean_abs, eps)
+
+
+class Stats:
+    """Calibration statistics of one graph: ``stats[value]`` or ``stats.by_name[name]``."""
+
+    def __init__(self, graph_hash: str, by_name: dict[str, ChannelStats], batches: int = 0):
+        self.graph_hash = graph_hash
+        self.by_name = by_name
+        self.batches = batches
+        self._bound: tuple[int, dict[int, str]] | None = None
+
+    def bind(self, graph: Graph) -> "Stats":
+        """Check that these stats were measured on ``graph`` (same canonical text) and make
+        ``stats[value]`` work for its Values. Raises CalibrationError for a different graph."""
+        h = graph_hash(graph)
+        if h != self.graph_hash:
+            raise CalibrationError(f"calibration stats are stale: measured on graph {self.graph_hash[:16]}, "
+                                   f"but graph @{graph.name} is {h[:16]}; recalibrate")
+        self._bind_names(graph)
+        return self
+
+    def _bind_names(self, graph: Graph) -> None:
+        self._bound = (id(graph), {k: v for k, v in Namer(graph).names.items()})
+
+    def name_of(self, value: Value) -> str:
+        if self._bound is None:
+            raise CalibrationError("Stats not bound to a graph: call stats.bind(graph) first")
+        name = self._bound[1].get(id(value))
+        if name is None:
+            raise CalibrationError(f"value {value!r} is not in the graph these stats are bound to")
+        return name
+
+    def __contains__(self, value: Value) -> bool:
+        return self._bound is not None and self._bound[1].get(id(value)) in self.by_name
+
+    def __getitem__(self, value: Value) -> ChannelStats:
+        name = self.name_of(value)
+        if name not in self.by_name:
+            raise CalibrationError(f"no calibration statistics for {name} ({value.type})")
+        return self.by_name[name]
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    # ---- persistence ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the stats as safetensors (keys ``<value name>/<field>``), atomically."""
+        from safetensors.torch import save_file
+        tensors: dict[str, torch.Tensor] = {}
+        rows: dict[str, int] = {}
+        for name, st in self.by_name.items():
+            for field in ("min", "max", "absmax", "sum_abs", "gram"):
+                t = getattr(st, field)
+                if t is not None:
+                    tensors[f"{name}/{field}"] = t.contiguous()
+            rows[name] = st.rows
+        meta = {"format": "scalefold.calibration.v1", "graph_sha256": self.graph_hash,
+                "rows": json.dumps(rows), "batches": str(self.batches)}
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + f".tmp{os.getpid()}")
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, p)
+
+    @staticmethod
+    def load(path: str | os.PathLike, graph: Graph | None = None) -> "Stats":
+        """Read stats written by :meth:`save`; with ``graph``, reject stats of another graph
+        (CalibrationError) and bind them to it."""
+        from safetensors import safe_open
+        p = Path(path)
+        if not p.exists():
+            raise CalibrationError(f"calibration stats file {p} does not exist")
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "scalefold.calibration.v1":
+                raise CalibrationError(f"{p} is not a scalefold calibration file")
+            rows = json.loads(meta["rows"])
+            parts: dict[str, dict[str, torch.Tensor]] = {}
+            for key in f.keys():
+                name, _, field = key.rpartition("/")
+                parts.setdefault(name, {})[field] = f.get_tensor(key)
+        by_name = {name: ChannelStats(d["min"], d["max"], d["absmax"], d["sum_abs"], int(rows[name]),
+                                      d.get("gram")) for name, d in parts.items()}
+        st = Stats(meta["graph_sha256"], by_name, int(meta.get("batches", 0)))
+        if graph is not None:
+            st.bind(graph)
+        return st
+
+
+# ---- running the observers -------------------------------------------------------------------
+def linear_inputs(graph: Graph) -> list[Value]:
+    """The distinct activation inputs of linear/moe nodes, in graph order (the default set of
+    values to observe)."""
+    out: dict[int, Value] = {}
+    for n in graph.nodes:
+        if n.op in ("linear", "moe") and n.inputs[0] is not None and not n.inputs[0].is_const:
+            out.setdefault(id(n.inputs[0]), n.inputs[0])
+    return list(out.values())
+
+
+def _as_inputs(graph: Graph, batch: Batch) -> Sequence[torch.Tensor] | Mapping[str, torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, Mapping):
+        return batch
+    return list(batch)
+
+
+def _progress(total: int | None, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm ships with the project's dependencies
+        return None
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+
+
+def calibrate(graph: Graph, batches: Iterable[Batch], values: Iterable[Value] | None = None,
+              gram: bool | Iterable[Value] = False, cache: str | os.PathLike | None = None,
+              progress: bool = True) -> Stats:
+    """Run ``graph`` on every batch and collect per-channel stats of ``values``.
+
+    ``batches``: an iterable of input tuples (positional, matching ``graph.inputs``), dicts
+    (by input name) or single tensors; it is iterated once. ``values`` default to every
+    linear's activation input. ``gram``: True for the Gram matrix of every observed value read
+    by a linear, or an explicit collection of values. ``cache``: a safetensors path; when it
+    holds stats of this very graph covering the requested values (and grams) they are returned
+    without running anything, otherwise the fresh stats are saved there.
+    Raises CalibrationError for empty calibration or a non-finite observed value.
+    """
+    vals = list(values) if values is not None else linear_inputs(graph)
+    if gram is True:
+        readers = {id(n.inputs[0]) for n in graph.nodes if n.op in ("linear", "moe")}
+        gram_ids = {id(v) for v in vals if id(v) in readers}
+    elif gram is False:
+        gram_ids = set()
+    else:
+        gram_ids = {id(v) for v in gram}
+        vals += [v for v in gram if id(v) not in {id(x) for x in vals}]
+    namer = Namer(graph)
+    names = {id(v): namer(v) for v in vals}
+    ghash = graph_hash(graph)
+
+    if cache is not None and Path(cache).exists():
+        try:
+            st = Stats.load(cache)
+        except CalibrationError:
+            st = None
+        if st is not None and st.graph_hash == ghash and all(
+                names[id(v)] in st.by_name and (id(v) not in gram_ids or st.by_name[names[id(v)]].gram is not None)
+                for v in vals):
+            st._bind_names(graph)
+            return st
+
+    for v in vals:
+        if v.type.rank < 1 or not isinstance(v.shape[-1], int):
+            raise CalibrationError(f"cannot observe {names[id(v)]}: {v.type} has no static channel axis")
+        if not v.dtype.is_float:
+            raise CalibrationError(f"cannot observe {names[id(v)]}: {v.type} is not a float tensor")
+    aggs = {id(v): ChannelStats.empty(int(v.shape[-1]), id(v) in gram_ids) for v in vals}
+    by_producer: dict[int, list[tuple[int, Value]]] = {}
+    for v in vals:
+        if v.producer is not None:
+            by_producer.setdefault(id(v.producer), []).append((v.index, v))
+
+    def observe(v: Value, t: torch.Tensor, node: Node | None) -> None:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+            where = f"produced by {node.describe()}" if node is not None else "a graph input"
+            raise CalibrationError(f"calibration batch {nbatch}: {bad} in observed value {names[id(v)]} "
+                                   f"({v.type}, {where})")
+        aggs[id(v)].update(t)
+
+    def hook(node: Node, outs: Sequence[torch.Tensor]) -> None:
+        for idx, v in by_producer.get(id(node), ()):
+            observe(v, outs[idx], node)
+
+    interp = Interpreter(graph, check=False)
+    inputs_observed = [(i, v) for i, v in enumerate(graph.inputs) if id(v) in aggs]
+    total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    bar = _progress(total, f"calibrating @{graph.name}") if progress else None
+    nbatch = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                ins = _as_inputs(graph, batch)
+                for i, v in inputs_observed:
+                    t = ins[v.name] if isinstance(ins, Mapping) else ins[i]  # type: ignore[index]
+                    observe(v, t, None)
+                interp.run(ins, hook=hook)
+                nbatch += 1
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if nbatch == 0:
+        raise CalibrationError(f"empty calibration for graph @{graph.name}: no batches were given "
+                               f"(a generator may already have been consumed by an earlier pass)")
+    for v in vals:
+        if aggs[id(v)].rows == 0:
+            raise CalibrationError(f"calibration saw no rows of {names[id(v)]} ({v.type})")
+    st = Stats(ghash, {names[id(v)]: aggs[id(v)] for v in vals}, nbatch)
+    st._bind_names(graph)
+    if cache is not None:
+        st.save(cache)
+    return st
+
+
+def stats_for(graph: Graph, calibration: Any, values: Sequence[Value], gram: bool | Iterable[Value] = False,
+              cache: str | os.PathLike | None = None) -> Stats:
+    """What a calibrating pass does with its ``calibration=`` option: a :class:`Stats` (bound
+    to ``graph``, checked), a path to saved stats, or batches to run now."""
+    if isinstance(calibration, Stats):
+        return calibration.bind(graph)
+    if isinstance(calibration, (str, os.PathLike)):
+        return Stats.load(calibration, graph)
+    if calibration is None:
+        raise CalibrationError("this pass needs calibration data (calibration=...)")
+    return calibrate(graph, calibration, values=values, gram=gram, cache=cache)
