@@ -76,11 +76,31 @@ def build_c(graph: Graph) -> CompiledModel:
     return CompiledModel(graph, "c", ex, {ck.name: ck.source for ck in rendered}, sched)
 
 
+def build_triton(graph: Graph, device: str | torch.device | None = None) -> CompiledModel:
+    """Partition and render ``graph`` as Triton kernels and wrap it for ``device``: CUDA when
+    one is present, else the CPU under the Triton interpreter (``TRITON_INTERPRET=1``, set
+    here when needed). Inputs are moved to the device and outputs returned on the inputs'
+    device. Dense GEMM, attention and convolution run on torch on the same device."""
+    from .codegen import triton as tgen
+    from .codegen.schedule import partition
+    from .runtime.executor import Executor
+    from .runtime.triton_exec import default_device, load_kernels
+
+    dev = torch.device(device) if device is not None else default_device()
+    sched = partition(graph, tgen.CAPS)
+    rendered = tgen.render(sched)
+    fns = load_kernels(rendered, dev)
+    params = {tk.name: tk.params for tk in rendered}
+    ex = Executor(graph, sched, fns, params, device=dev)
+    return CompiledModel(graph, "triton", ex, {tk.name: tk.source for tk in rendered}, sched)
+
+
 def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, passes: Iterable[str] = (),
             calibration: Iterable[Sequence[torch.Tensor]] | None = None, target: str = "c",
             dynamic_shapes: Any = None) -> CompiledModel:
     """Compile a model (see :func:`to_graph` for what ``model`` may be) for ``target``:
-    ``"c"`` (generated C for the CPU), ``"interp"`` (the reference interpreter) or ``"triton"``.
+    ``"c"`` (generated C for the CPU), ``"interp"`` (the reference interpreter) or ``"triton"``
+    (generated Triton kernels on CUDA, or on the CPU under the Triton interpreter).
 
     ``passes`` is a pipeline of pass names with options (``"smooth(alpha=0.8)"``);
     ``calibration`` an iterable of input tuples for passes that need statistics.
@@ -110,7 +130,7 @@ def build(graph: Graph, target: str) -> CompiledModel:
     if target == "c":
         return build_c(graph)
     if target == "triton":
-        raise ScalefoldError("target 'triton' is not available yet")
+        return build_triton(graph)
     raise ScalefoldError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
 
 

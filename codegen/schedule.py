@@ -329,20 +329,30 @@ def plan_buffers(schedule: Schedule, env: Mapping[sympy.Symbol, int],
         if vid in excluded:
             continue
         intervals.append((s, last_use.get(vid, s), vid))
+    # Two buffers conflict when their live intervals (in kernel steps) overlap: the conflict
+    # graph is an interval graph. Place the largest buffers first, each at the lowest offset
+    # that clears the buffers it conflicts with (first fit).
+    import networkx as nx
+
     intervals.sort()
-    placed: list[tuple[int, int, int, int]] = []  # (start, end, offset, size)
+    conflicts = nx.Graph()
+    conflicts.add_nodes_from(v for _, _, v in intervals)
+    active: list[tuple[int, int]] = []  # (end, vid), sweeping by start
+    for s, e, vid in intervals:
+        active = [(pe, pv) for pe, pv in active if pe >= s]
+        conflicts.add_edges_from((vid, pv) for _, pv in active)
+        active.append((e, vid))
     offsets: dict[int, int] = {}
     arena = 0
-    for s, e, vid in intervals:
+    for _, _, vid in intervals:
         need = max(size[vid], 1)
-        live = sorted((off, off + sz) for (ps, pe, off, sz) in placed if not (pe < s or ps > e))
+        taken = sorted((offsets[u], offsets[u] + max(size[u], 1)) for u in conflicts[vid] if u in offsets)
         off = 0
-        for lo, hi in live:
+        for lo, hi in taken:
             if off + need <= lo:
                 break
             off = max(off, _align(hi))
         offsets[vid] = off
-        placed.append((s, e, off, need))
         arena = max(arena, off + need)
     naive = sum(_align(size[v]) for _, _, v in intervals)
     return BufferPlan(offsets, size, base, _align(arena), naive)

@@ -12,3 +12,10 @@ from . import cleanup, fold_scales  # noqa: E402,F401  (registers the passes)
 
 __all__ += ["PassManager", "CONST", "Match", "NearMiss", "Pattern", "RewriteError", "Rule",
             "apply_rules", "collect_near_misses"]
+
+# Part B of "Calibration and per-channel scale folding": calibration, scale movement, smooth, AWQ.
+from . import smooth as _smooth, awq as _awq  # noqa: E402,F401  (registers smooth, awq_scales)
+from .calibrate import CalibrationError, ChannelStats, Stats, calibrate  # noqa: E402
+from .scale_move import Refusal, ScalePlan, plan_scale  # noqa: E402
+
+__all__ += ["CalibrationError", "ChannelStats", "Stats", "calibrate", "Refusal", "ScalePlan", "plan_scale"]

@@ -74,7 +74,8 @@ def _foldable(node: Node) -> bool:
     return size_out <= SMALL or size_out <= size_in
 
 
-def _fold(graph: Graph, node: Node) -> bool:
+def _fold(graph: Graph, m: Match) -> bool:
+    node = m.node
     args = [v.const if v is not None else None for v in node.inputs]
     res = get_op(node.op).reference(args, node.attrs)
     outs = list(res) if isinstance(res, (tuple, list)) else [res]

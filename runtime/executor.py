@@ -5,6 +5,10 @@ plans one arena by liveness (``codegen.schedule.plan_buffers``) and pre-builds o
 kernel. A call then only fills pointer arrays and calls: no per-element Python.
 Graph outputs never live in the arena (it is reused by the next call), so they are returned
 as fresh tensors.
+
+Fused kernels are either ctypes functions (the C backend: ``fn(pointers, ints)``) or objects
+with ``bind(ints) -> launch(tensors)`` (the Triton backend). With ``device="cuda"`` constants,
+the arena and inputs live on the GPU and outputs are returned on the inputs' device.
 """
 from __future__ import annotations
 
@@ -39,12 +43,14 @@ class _Bound:
 
 
 class Executor:
-    """Callable runner of ``schedule`` with ``kernels`` (name -> ctypes function) for its
-    fused kernels and ``params`` (name -> sympy expressions of their runtime integers)."""
+    """Callable runner of ``schedule`` with ``kernels`` (name -> ctypes function, or an object
+    with ``bind``) for its fused kernels and ``params`` (name -> sympy expressions of their
+    runtime integers), on ``device``."""
 
     def __init__(self, graph: Graph, schedule: Schedule, kernels: Mapping[str, Callable],
-                 params: Mapping[str, Sequence[sympy.Expr]]):
+                 params: Mapping[str, Sequence[sympy.Expr]], device: str | torch.device = "cpu"):
         self.graph = graph
+        self.device = torch.device(device)
         self.schedule = schedule
         self.kernels = dict(kernels)
         self.params = {k: list(v) for k, v in params.items()}
@@ -59,7 +65,7 @@ class Executor:
                     self._slot.setdefault(id(o), len(self._slot))
         for v in graph.outputs:
             self._slot.setdefault(id(v), len(self._slot))
-        self._consts = [(self._slot[id(v)], v.const) for v in _consts(graph)]
+        self._consts = [(self._slot[id(v)], v.const.to(self.device)) for v in _consts(graph)]
         self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
         self._lock = threading.Lock()
         # Ops like nonzero bind new symbols from their data: such graphs cannot be planned
@@ -76,7 +82,7 @@ class Executor:
         g = self.graph
         outs = {id(v) for v in g.outputs}
         plan = plan_buffers(self.schedule, env, exclude=g.outputs)
-        arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8)
+        arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8, device=self.device)
         vals: list = [None] * len(self._slot)
         for s, t in self._consts:
             vals[s] = t
@@ -104,8 +110,20 @@ class Executor:
             ins = [slot[id(v)] for v in k.inputs]
             outs = [slot[id(v)] for v in k.outputs]
             order = ins + outs
-            ptrs = (ctypes.c_void_p * len(order))()
             q = [int(sympy.sympify(e).subs(env)) for e in self.params.get(k.name, [])]
+            if hasattr(fn, "bind"):
+                launch = fn.bind(q)
+
+                def run_launch(vals: list) -> None:
+                    ts = []
+                    for s in order:
+                        t = vals[s]
+                        if not t.is_contiguous():
+                            t = vals[s] = t.contiguous()
+                        ts.append(t)
+                    launch(ts)
+                return run_launch
+            ptrs = (ctypes.c_void_p * len(order))()
             qarr = (ctypes.c_int64 * max(len(q), 1))(*q)
 
             def run_fused(vals: list) -> None:
@@ -135,7 +153,7 @@ class Executor:
                 vals[dst] = vals[src].reshape(shape)  # a view unless the source is strided
             return run_view
         if k.kind == "library":
-            fn_lib, writes_out = library_fn(k.nodes)
+            fn_lib, writes_out = library_fn(k.nodes, self.device.type)
             if len(k.nodes) > 1:  # an epilogue: its other operands follow the op's inputs
                 epi = k.nodes[1]
                 ins = ins + [slot[id(v)] for v in epi.inputs if v is not node.outputs[0]]
@@ -150,12 +168,27 @@ class Executor:
             return run_lib
         ref = get_op(node.op).reference
         attrs = bind_dims(node.attrs, env)
+        dev = self.device
+        on_cpu = [dev.type == "cpu"]
 
         def run_ref(vals: list) -> None:
             xs = [vals[s].contiguous() if s >= 0 else None for s in ins]
-            res = ref(xs, attrs)
+            if on_cpu[0]:
+                res = ref([x.cpu() if x is not None else None for x in xs], attrs)
+            else:
+                try:
+                    res = ref(xs, attrs)
+                except RuntimeError as e:
+                    # A reference that builds CPU tensors of its own mixes devices: run it on
+                    # the CPU from now on.
+                    if "device" not in str(e):
+                        raise
+                    on_cpu[0] = True
+                    res = ref([x.cpu() if x is not None else None for x in xs], attrs)
             res = list(res) if isinstance(res, (tuple, list)) else [res]
             for s, t in zip(out_slots, res):
+                if t.device != dev:   # generators (arange, full) make CPU tensors
+                    t = t.to(dev)
                 vals[s] = t if t.is_contiguous() else t.contiguous()
         return run_ref
 
@@ -165,17 +198,18 @@ class Executor:
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         g = self.graph
-        inputs = [x.contiguous() if isinstance(x, torch.Tensor) else x for x in inputs]
+        home = next((x.device for x in inputs if isinstance(x, torch.Tensor)), self.device)
+        inputs = [x.to(self.device).contiguous() if isinstance(x, torch.Tensor) else x for x in inputs]
         env = bind_symbols(g, inputs)
         if self._dynamic:
-            return self._run_dynamic(inputs, env)
+            return [t.to(home) for t in self._run_dynamic(inputs, env)]
         with self._lock:
             b = self._bind(env)
             vals = list(b.base_vals)
             for v, x in zip(g.inputs, inputs):
                 vals[self._slot[id(v)]] = x
             for s, shape, dtype in b.fresh:
-                vals[s] = torch.empty(shape, dtype=dtype)
+                vals[s] = torch.empty(shape, dtype=dtype, device=self.device)
             for step in b.steps:
                 step(vals)
             res = []
@@ -186,7 +220,7 @@ class Executor:
                     t = t.clone()  # never hand out the arena or a constant
                 elif not t.is_contiguous():
                     t = t.contiguous()
-                res.append(t)
+                res.append(t.to(home))
             return res
 
     def _run_dynamic(self, inputs: Sequence[torch.Tensor], env: dict[sympy.Symbol, int]
@@ -202,7 +236,8 @@ class Executor:
         for k in self.schedule.kernels:
             if k.kind == "fused":
                 for o in k.outputs:
-                    vals[self._slot[id(o)]] = torch.empty(o.type.concrete(env), dtype=o.dtype.container)
+                    vals[self._slot[id(o)]] = torch.empty(o.type.concrete(env), dtype=o.dtype.container,
+                                                          device=self.device)
             self._step(k, env)(vals)
             for n in k.nodes:
                 if not get_op(n.op).binds:

@@ -2,7 +2,9 @@
 
 Each entry runs one IR node on torch tensors, writing into ``out`` when the op supports it
 (returns the output tensor either way). Semantics are exactly the IR op's; anything outside
-the fast paths falls back to the op's reference implementation.
+the fast paths falls back to the op's reference implementation. On CPU, f32 linear runs on
+oneDNN (with activation and residual post-ops); on CUDA, float linear/matmul run on cuBLAS
+(addmm / matmul) and attention on ``F.scaled_dot_product_attention``, for f32, f16 and bf16.
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def _linear(node: Node, epi: Node | None) -> LibFn | None:
         assert x is not None and w is not None
         x2 = x.reshape(-1, x.shape[-1])
         if out is None:
-            out = torch.empty(*x.shape[:-1], w.shape[0], dtype=x.dtype)
+            out = torch.empty(*x.shape[:-1], w.shape[0], dtype=x.dtype, device=x.device)
         o2 = out.view(-1, w.shape[0])
         if has_bias:
             torch.addmm(xs[2], x2, w.t(), out=o2)
@@ -93,19 +95,18 @@ def _matmul(node: Node) -> LibFn:
     return run
 
 
-_ZERO_ROWS: bool | None = None
+_ZERO_ROWS: dict[str, bool] = {}
 
 
-def _torch_zeroes_masked_rows() -> bool:
+def _torch_zeroes_masked_rows(device: str = "cpu") -> bool:
     """Whether this torch's sdpa returns zeros for a query row whose keys are all masked, as
-    the IR op defines it (torch >= 2.5 does; older ones give NaN). Probed once."""
-    global _ZERO_ROWS
-    if _ZERO_ROWS is None:
-        q = torch.ones(1, 1, 2, 4)
-        m = torch.tensor([[True, True], [False, False]]).view(1, 1, 2, 2)
+    the IR op defines it (torch >= 2.5 does; older ones give NaN). Probed once per device."""
+    if device not in _ZERO_ROWS:
+        q = torch.ones(1, 1, 2, 4, device=device)
+        m = torch.tensor([[True, True], [False, False]], device=device).view(1, 1, 2, 2)
         y = F.scaled_dot_product_attention(q, q, q, attn_mask=m)
-        _ZERO_ROWS = bool((y[0, 0, 1] == 0).all())
-    return _ZERO_ROWS
+        _ZERO_ROWS[device] = bool((y[0, 0, 1] == 0).all())
+    return _ZERO_ROWS[device]
 
 
 def _sdpa(node: Node) -> LibFn:
@@ -117,7 +118,7 @@ def _sdpa(node: Node) -> LibFn:
         mask = xs[3] if len(xs) > 3 else None
         if a["causal"] and mask is not None:
             return ref(xs, a)  # torch refuses both at once; the reference combines them
-        if mask is not None and mask.dtype == torch.bool and not _torch_zeroes_masked_rows():
+        if mask is not None and mask.dtype == torch.bool and not _torch_zeroes_masked_rows(q.device.type):
             # A row with no key to attend to is defined as zeros by the IR op.
             if not bool(mask.any(dim=-1).all()):
                 return ref(xs, a)
@@ -126,13 +127,40 @@ def _sdpa(node: Node) -> LibFn:
     return run
 
 
-def library_fn(nodes: Sequence[Node]) -> tuple[LibFn, bool]:
+def _cuda_linear(node: Node) -> LibFn:
+    """cuBLAS through addmm / mm, written into the planned buffer."""
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+
+    def run(xs: Sequence[Tensor | None], out: Tensor | None) -> Tensor:
+        x, w = xs[0], xs[1]
+        assert x is not None and w is not None
+        x2 = x.reshape(-1, x.shape[-1])
+        if out is None:
+            out = torch.empty(*x.shape[:-1], w.shape[0], dtype=x.dtype, device=x.device)
+        o2 = out.view(-1, w.shape[0])
+        if has_bias:
+            torch.addmm(xs[2], x2, w.t(), out=o2)
+        else:
+            torch.mm(x2, w.t(), out=o2)
+        return out
+    return run
+
+
+def library_fn(nodes: Sequence[Node], device: str = "cpu") -> tuple[LibFn, bool]:
     """The torch implementation of a library kernel (one op, optionally with an elementwise
-    epilogue) and whether it writes into a given ``out``. It reads the kernel's inputs in
-    node order: the op's inputs, then the epilogue's other operand if any."""
+    epilogue) for tensors on ``device`` ("cpu" or "cuda"), and whether it writes into a given
+    ``out``. It reads the kernel's inputs in node order: the op's inputs, then the epilogue's
+    other operand if any."""
     node = nodes[0]
     epi = nodes[1] if len(nodes) > 1 else None
-    f32 = all(v is None or v.dtype.name == "f32" for v in node.inputs[:3])
+    if device == "cuda" and epi is None:
+        floats = {node.inputs[0].dtype.name} <= {"f32", "f16", "bf16"} and all(
+            v is None or v.dtype == node.inputs[0].dtype for v in node.inputs[:3])
+        if floats and node.op == "linear":
+            return _cuda_linear(node), True
+        if floats and node.op in ("matmul", "sdpa"):
+            return {"matmul": _matmul, "sdpa": _sdpa}[node.op](node), node.op == "matmul"
+    f32 = device == "cpu" and all(v is None or v.dtype.name == "f32" for v in node.inputs[:3])
     fn: LibFn | None = None
     if f32:
         if node.op == "linear":

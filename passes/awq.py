@@ -1,0 +1,150 @@
+"""``awq_scales(bits=4, group=128)``: AWQ activation-aware scale search (ALGORITHMS.md §2).
+
+The graph stays float and exact: the pass only moves per-channel scales (1/s into the
+producer, s into the consumers' weight columns); the quantisation itself happens later
+(``quant_weights``). :func:`fake_quant_int` is the group-wise RTN quantiser both use.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..ir.graph import Graph, Node
+from .calibrate import stats_for
+from .counters import bump
+from .pipeline import register_pass
+from .scale_move import Refusal, apply_explicit, consumer_groups, plan_scale
+from .smooth import report_refusal
+
+PASS = "awq_scales"
+
+
+def fake_quant_int(w: torch.Tensor, bits: int = 4, group: int = 128, sym: bool = False) -> torch.Tensor:
+    """Round-to-nearest integer fake quantisation of ``w`` [..., K], group-wise along K.
+
+    Asymmetric (default): per group Δ = (max − min)/(2^bits − 1) (the range floored at 1e-5,
+    as AWQ does), z = clamp(−round(min/Δ), 0, 2^bits − 1),
+    ŵ = (clamp(round(w/Δ) + z, 0, 2^bits − 1) − z)·Δ.
+    Symmetric: Δ = max|w|/(2^(bits−1) − 1), ŵ = clamp(round(w/Δ), −2^(bits−1), 2^(bits−1) − 1)·Δ.
+    ``group`` <= 0 (or >= K) means one group per row; a last partial group is its own group.
+    Returns a tensor of w's dtype and shape (computed in float32 or wider).
+    """
+    if bits < 2 or bits > 16:
+        raise ValueError(f"fake_quant_int: bits must be in 2..16, got {bits}")
+    k = w.shape[-1]
+    g = k if group <= 0 or group >= k else group
+    wf = w.to(torch.float64 if w.dtype == torch.float64 else torch.float32)
+    lead = wf.shape[:-1]
+    full = (k // g) * g
+    parts = []
+    for lo, hi, size in ((0, full, g), (full, k, k - full)):
+        if hi <= lo:
+            continue
+        x = wf[..., lo:hi].reshape(*lead, (hi - lo) // size, size)
+        if sym:
+            qmax = 2 ** (bits - 1) - 1
+            delta = x.abs().amax(-1, keepdim=True).clamp(min=1e-8) / qmax
+            q = torch.clamp(torch.round(x / delta), -qmax - 1, qmax) * delta
+        else:
+            qmax = 2 ** bits - 1
+            mn, mx = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+            delta = (mx - mn).clamp(min=1e-5) / qmax
+            z = torch.clamp(-torch.round(mn / delta), 0, qmax)
+            q = (torch.clamp(torch.round(x / delta) + z, 0, qmax) - z) * delta
+        parts.append(q.reshape(*lead, hi - lo))
+    return torch.cat(parts, -1).to(w.dtype)
+
+
+def _consumer_weights(consumers: list[Node]) -> list[torch.Tensor]:
+    out = []
+    for n in consumers:
+        for i in ((1,) if n.op == "linear" else (1, 2, 3)):
+            w = n.inputs[i]
+            if w is not None:
+                out.append(w.const.to(torch.float32).reshape(-1, w.shape[-1]))
+    return out
+
+
+def output_mse(weights: list[torch.Tensor], qweights: list[torch.Tensor], gram: torch.Tensor) -> float:
+    """Mean squared error of the consumers' outputs X Ŵᵀ vs X Wᵀ over the calibration rows,
+    from the Gram matrix G = XᵀX / rows: Σ tr(ΔW G ΔWᵀ) / Σ N (the bias cancels)."""
+    tot, n = 0.0, 0
+    for w, q in zip(weights, qweights):
+        d = q - w
+        tot += float(((d @ gram) * d).sum())
+        n += w.shape[0]
+    return tot / max(n, 1)
+
+
+def search_scale(weights: list[torch.Tensor], mean_abs: torch.Tensor, gram: torch.Tensor,
+                 bits: int, group: int, grid: int = 20, sym: bool = False) -> tuple[torch.Tensor, float, list[float]]:
+    """AWQ grid search: for r in {0, 1/grid, …, (grid−1)/grid}, s = s_X^r normalised by
+    sqrt(max(s)·min(s)); Ŵ = Q(W·diag(s))·diag(s)⁻¹; keep the s with the least output MSE.
+    Returns (s [K] float64, best r, the loss per r)."""
+    sx = mean_abs.to(torch.float64)
+    losses: list[float] = []
+    best: tuple[float, torch.Tensor, float] | None = None
+    for i in range(grid):
+        r = i / grid
+        s = sx.pow(r)
+        s = s / torch.sqrt(s.max() * s.min())
+        s32 = s.to(torch.float32)
+        q = [fake_quant_int(w * s32, bits, group, sym) / s32 for w in weights]
+        loss = output_mse(weights, q, gram)
+        losses.append(loss)
+        if best is None or loss < best[0]:
+            best = (loss, s, r)
+    assert best is not None
+    return best[1], best[2], losses
+
+
+@register_pass("awq_scales", needs_calibration=True)
+def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, grid: int = 20,
+               sym: bool = False, stats: str | None = None) -> Graph:
+    """AWQ scale search for every group of linears sharing an input (found by scale_move).
+
+    For each tensor X read by linears (with constant weights), searches s = s_X^r (s_X =
+    mean|x| per channel) minimising the MSE of the consumers' outputs on the calibration rows
+    when their weights are RTN fake-quantised (``fake_quant_int(bits, group, sym)``) after
+    scaling; the loss comes from the streamed Gram matrix XᵀX, so it is exact without storing
+    activations. Then folds 1/s into X's producer and s into the consumers; where the producer
+    cannot absorb (scale_move refusal) an explicit per-channel ``mul`` by 1/s is inserted
+    before the linear consumers (other readers keep X).
+
+    Pre: float graph; ``calibration`` = batches, a Stats (with grams) of this graph, or a path.
+    Post: same function up to fp rounding; no quantisation yet.
+    Rules (counters): ``scaled`` per tensor, ``into_<absorber>`` or ``explicit_mul``,
+    ``identity`` when r = 0 wins (nothing changes); a refusal also counts as ``<reason>``
+    and is a near-miss of ``into_producer``.
+    """
+    targets = consumer_groups(graph)
+    if not targets:
+        return graph
+    st = stats_for(graph, calibration, targets, gram=targets, cache=stats)
+    measured = {id(x): st[x] for x in targets}
+    for x in targets:
+        cs = measured[id(x)]
+        if cs.gram is None:
+            raise ValueError(f"awq_scales: calibration stats of {st.name_of(x)} lack the Gram matrix")
+        plan = plan_scale(graph, x)
+        if not plan.consumers:
+            continue
+        weights = _consumer_weights(plan.consumers)
+        gram = (cs.gram / max(cs.rows, 1)).to(torch.float32)
+        s, r, _ = search_scale(weights, cs.mean_abs_floored(), gram, bits, group, grid, sym)
+        if r == 0.0:
+            bump(PASS, "identity")
+            continue
+        if isinstance(plan, Refusal):
+            report_refusal(PASS, "into_producer", plan)
+            apply_explicit(graph, x, plan.consumers, s)
+            bump(PASS, "explicit_mul")
+        else:
+            plan.apply(graph, s)
+            bump(PASS, f"into_{plan.absorber}")
+        bump(PASS, "scaled")
+    return graph
+
+
+__all__ = ["awq_scales", "fake_quant_int", "output_mse", "search_scale"]

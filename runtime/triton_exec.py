@@ -1,0 +1,162 @@
+"""Loading rendered Triton kernels and launching them.
+
+Triton's ``@triton.jit`` reads the kernel's source with ``inspect``, so every kernel module is a
+real file: ``$SCALEFOLD_CACHE_DIR/triton/<sha256>.py`` (written atomically, once per distinct
+source), imported with importlib.
+
+Interpreter mode: Triton decides at *decoration* time whether a ``@triton.jit`` function is
+compiled or interpreted (``triton.knobs.runtime.interpret`` reads ``TRITON_INTERPRET`` on each
+access in Triton 3.6-3.8), and its lazily imported gluon module asserts at the first launch that
+the setting agrees with how ``triton.language`` was decorated. So CPU kernels are imported with
+``TRITON_INTERPRET=1`` and the variable stays set for the process; the generated sources use
+only core ``tl`` builtins and their own helpers, never the ``tl.standard`` jit functions
+(``tl.sum``, ``tl.max``...), which would be compiled-mode objects when triton was imported
+before the variable was set. GPU kernels are imported with interpretation off.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Sequence
+
+import torch
+
+from ..codegen.triton import ROW_CHUNK, ROW_MAX, TritonKernel
+from ..ir.errors import ScalefoldError
+from .cache import cache_dir
+
+_LOCK = threading.Lock()
+_MODULES: dict[str, ModuleType] = {}
+
+Launch = Callable[[Sequence[torch.Tensor]], None]
+
+
+def default_device() -> torch.device:
+    """CUDA when present (and the interpreter is not asked for), else the CPU interpreter."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def source_path(source: str) -> Path:
+    """The cache file holding ``source`` (written if missing)."""
+    key = hashlib.sha256(source.encode()).hexdigest()[:40]
+    d = cache_dir() / "triton"
+    path = d / f"{key}.py"
+    if not path.exists():
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=key, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(source)
+        os.replace(tmp, path)   # atomic: a reader sees no file or the whole file
+    return path
+
+
+def load_module(source: str, interpret: bool) -> ModuleType:
+    """Import the kernel module of ``source`` (cached per source and mode)."""
+    path = source_path(source)
+    name = f"scalefold_triton_{path.stem}_{'interp' if interpret else 'jit'}"
+    with _LOCK:
+        mod = _MODULES.get(name)
+        if mod is not None:
+            return mod
+        old = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+        try:
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            try:
+                spec.loader.exec_module(mod)
+            except Exception as e:
+                sys.modules.pop(name, None)
+                raise ScalefoldError(f"cannot load generated Triton kernel {path}: {e}") from e
+        finally:
+            if not interpret:   # interpreted kernels need the variable at launch time too
+                if old is None:
+                    os.environ.pop("TRITON_INTERPRET", None)
+                else:
+                    os.environ["TRITON_INTERPRET"] = old
+        _MODULES[name] = mod
+        return mod
+
+
+# Block sizes in elements (flat blocks, widest tile row, tile), for compiled kernels and for the
+# interpreter, which runs one program at a time in Python so that big blocks make it fast.
+# Read at bind time (tests shrink them to run grids of many programs).
+BLOCKS: dict[str, dict[str, int]] = {
+    "jit": {"flat": 1024, "bn": 1024, "tile": 2048},
+    "interp": {"flat": 1 << 16, "bn": 4096, "tile": 1 << 16},
+}
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+class TritonLaunch:
+    """A loaded kernel; :meth:`bind` prepares its launch for one binding of the sizes (the
+    executor's pluggable fused-kernel protocol)."""
+
+    def __init__(self, tk: TritonKernel, interpret: bool):
+        self.tk = tk
+        self.interpret = interpret
+        self.fn = None if tk.launch == "empty" else load_module(tk.source, interpret).sf_kernel
+
+    def config(self, q: Sequence[int]) -> tuple[tuple[int], dict[str, int]] | None:
+        """(grid, constexprs and num_warps) for runtime integers ``q``, or None: nothing to do."""
+        def val(d: int | str) -> int:
+            return d if isinstance(d, int) else int(q[int(d[1:])])
+        tk = self.tk
+        if tk.launch == "empty":
+            return None
+        O, N = val(tk.dims[0]), val(tk.dims[1])
+        blocks = BLOCKS["interp" if self.interpret else "jit"]
+        if tk.launch == "flat":
+            if N == 0:
+                return None
+            block = min(_pow2(N), blocks["flat"])
+            return ((N + block - 1) // block,), {"BLOCK": block, "num_warps": 4 if block >= 512 else 1}
+        if tk.launch == "tile":
+            if O * N == 0:
+                return None
+            bn = min(_pow2(N), blocks["bn"])
+            bo = min(_pow2(O), max(1, blocks["tile"] // bn))
+            grid = (((N + bn - 1) // bn) * ((O + bo - 1) // bo),)
+            return grid, {"BO": bo, "BN": bn, "num_warps": 4}
+        if O == 0:
+            return None
+        chunked = N > ROW_MAX
+        block = ROW_CHUNK if chunked else _pow2(N)
+        warps = min(16, max(1, block // 256))
+        return (O,), {"BLOCK": block, "CHUNKED": chunked, "num_warps": warps}
+
+    def bind(self, q: Sequence[int]) -> Launch:
+        cfg = self.config(q)
+        if cfg is None or self.fn is None:
+            return lambda ts: None
+        grid, kw = cfg
+        launcher = self.fn[grid]
+        qs = tuple(int(v) for v in q)
+
+        def launch(ts: Sequence[torch.Tensor]) -> None:
+            launcher(*ts, *qs, **kw)
+        return launch
+
+
+def load_kernels(rendered: Sequence[TritonKernel], device: torch.device) -> dict[str, TritonLaunch]:
+    """Launchers of every rendered kernel, by kernel name: compiled for CUDA, interpreted on
+    the CPU."""
+    interpret = device.type == "cpu"
+    if interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    elif device.type != "cuda":
+        raise ScalefoldError(f"the Triton target runs on CUDA or on the CPU interpreter, not {device}")
+    return {tk.name: TritonLaunch(tk, interpret) for tk in rendered}
