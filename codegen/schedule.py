@@ -330,8 +330,9 @@ def plan_buffers(schedule: Schedule, env: Mapping[sympy.Symbol, int],
             continue
         intervals.append((s, last_use.get(vid, s), vid))
     # Two buffers conflict when their live intervals (in kernel steps) overlap: the conflict
-    # graph is an interval graph. Place the largest buffers first, each at the lowest offset
-    # that clears the buffers it conflicts with (first fit).
+    # graph is an interval graph. Buffers are placed in order of their first step (the optimal
+    # colouring order for interval graphs), each at the lowest offset clear of the placed
+    # buffers it conflicts with (first fit).
     import networkx as nx
 
     intervals.sort()

@@ -2,31 +2,8 @@
 ALGORITHMS.md §0 and §8). Both passes are exact in float: only the rounding of one product
 per weight changes. Factors are computed in float64 and rounded once to the weight dtype.
 
-``fold_batchnorm``
-    Rules ``conv``, ``conv_transpose``, ``linear``: ``batch_norm(P(x, W, b), γ, β, μ, σ²)``
-    with P one of those ops becomes ``P(x, W·s, (b-μ)·s + β)``, s = γ/√(σ²+eps), scaling
-    P's *output* channels (conv: W[o]; grouped conv_transpose: W[c, j] for o = group(c)·Cout/g + j;
-    linear: W[o, :]). A missing bias becomes one.
-    Preconditions (each failure is a near-miss with its reason): W, b and the four BN operands
-    are constants; P's output is read only by the BN and is not a graph output; for ``linear``
-    the output has rank 2 (BN normalises dim 1, the linear's features are on the last dim);
-    σ²+eps > 0 everywhere.
-    Postconditions: the BN and the old P are gone; readers of the BN read the new P, whose
-    output type is the BN's.
-
-``fold_constant_scales``
-    Rules ``mul_after``/``div_after``: ``P(x, W, b) * c`` (either operand order) or
-    ``P(x, W, b) / c``, c a constant scalar or per-output-channel factor (every dim of c is 1
-    except P's channel dim -- dim 1 for conv/conv_transpose, the last for linear), becomes
-    ``P(x, W·c, b·c)``: the Inception-ResNet residual scale ``conv → ×0.17 → + x`` and ViT
-    LayerScale ``linear → ×γ[C]``. Rule ``mul_before``: ``Q(x * c, W, b)``, c a constant
-    scalar or per-input-channel factor of x (dim 1 for conv/conv_transpose, the last for
-    linear), becomes ``Q(x, W·c along input channels, b)`` -- exact also with zero padding.
-    Preconditions: W (and b) constant; c finite (and without zeros for ``div``); the scaled
-    tensor (P's output, resp. the mul's output) has the mul (resp. Q's x operand) as its only
-    reader and is not a graph output; the multiply does not broadcast to a larger shape;
-    c is not all ones (``remove_identities`` drops that, and counting it would be a no-op fold).
-    Postconditions: the mul/div is gone; the folded op's output type is unchanged.
+The pass docstrings list their rules, preconditions (each failure is a traceable near-miss,
+``SCALEFOLD_TRACE_RULES=1``) and postconditions.
 """
 from __future__ import annotations
 
@@ -138,8 +115,19 @@ BN_RULES = [Rule(op, Pattern("batch_norm", {0: op, 1: CONST, 2: CONST, 3: CONST,
 
 @register_pass("fold_batchnorm")
 def fold_batchnorm(graph: Graph) -> Graph:
-    """Fold inference BatchNorm into the preceding conv / conv_transpose / linear (see the
-    module docstring for pre- and postconditions)."""
+    """Fold inference BatchNorm into the preceding conv / conv_transpose / linear.
+
+    Rules ``conv``, ``conv_transpose``, ``linear``: ``batch_norm(P(x, W, b), γ, β, μ, σ²)``
+    with P one of those ops becomes ``P(x, W·s, (b-μ)·s + β)``, s = γ/√(σ²+eps), scaling
+    P's *output* channels (conv: W[o]; grouped conv_transpose: W[c, j] for o = group(c)·Cout/g + j;
+    linear: W[o, :]). A missing bias becomes one.
+    Preconditions (each failure is a near-miss with its reason): W, b and the four BN operands
+    are constants; P's output is read only by the BN and is not a graph output; for ``linear``
+    the output has rank 2 (BN normalises dim 1, the linear's features are on the last dim);
+    σ²+eps > 0 everywhere.
+    Postconditions: the BN and the old P are gone; readers of the BN read the new P, whose
+    output type is the BN's.
+    """
     apply_rules(graph, BN_RULES, "fold_batchnorm")
     return graph
 
@@ -271,8 +259,21 @@ SCALE_RULES = [
 
 @register_pass("fold_constant_scales")
 def fold_constant_scales(graph: Graph) -> Graph:
-    """Fold constant scalar / per-channel multiplies and divides into the adjacent conv or
-    linear weights (see the module docstring for pre- and postconditions)."""
+    """Fold constant scalar / per-channel multiplies and divides into adjacent conv/linear weights.
+
+    Rules ``mul_after``/``div_after``: ``P(x, W, b) * c`` (either operand order) or
+    ``P(x, W, b) / c``, c a constant scalar or per-output-channel factor (every dim of c is 1
+    except P's channel dim -- dim 1 for conv/conv_transpose, the last for linear), becomes
+    ``P(x, W·c, b·c)``: the Inception-ResNet residual scale ``conv → ×0.17 → + x`` and ViT
+    LayerScale ``linear → ×γ[C]``. Rule ``mul_before``: ``Q(x * c, W, b)``, c a constant
+    scalar or per-input-channel factor of x (dim 1 for conv/conv_transpose, the last for
+    linear), becomes ``Q(x, W·c along input channels, b)`` -- exact also with zero padding.
+    Preconditions: W (and b) constant; c finite (and without zeros for ``div``); the scaled
+    tensor (P's output, resp. the mul's output) has the mul (resp. Q's x operand) as its only
+    reader and is not a graph output; the multiply does not broadcast to a larger shape;
+    c is not all ones (``remove_identities`` drops that, and counting it would be a no-op fold).
+    Postconditions: the mul/div is gone; the folded op's output type is unchanged.
+    """
     apply_rules(graph, SCALE_RULES, "fold_constant_scales")
     return graph
 
