@@ -72,7 +72,8 @@ def build_c(graph: Graph) -> CompiledModel:
         paths = dict(zip(unique, pool.map(build, unique)))
     fns = {ck.name: load_kernel(paths[ck.source]) for ck in rendered}
     params = {ck.name: ck.params for ck in rendered}
-    ex = Executor(graph, sched, fns, params)
+    args = {ck.name: ck.args for ck in rendered if ck.args is not None}
+    ex = Executor(graph, sched, fns, params, args=args)
     return CompiledModel(graph, "c", ex, {ck.name: ck.source for ck in rendered}, sched)
 
 

@@ -21,6 +21,7 @@ import sympy
 from ..ir.graph import Node, Value
 from ..ir.types import Dim, dims_equal
 from .c_expr import EXPR, compute_type, node_renderable
+from .c_quant import quantize_expr, quantize_renderable
 from .c_types import PRELUDE, load, storage_type, store
 from .schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, Caps, Kernel, Schedule
 
@@ -50,9 +51,13 @@ REFERENCE_OPS: dict[str, str] = {
     "instance_norm": "normalisation over spatial axes; torch",
     "reduce_var": "two-pass statistic; torch",
     "reduce_std": "two-pass statistic; torch",
-    "quantize": "C kernel lands with the quantisation issues",
+    "quantize": "blocked scales, per-axis scales on a non-last axis, float8 / fp4 / sub-byte "
+                "codes (per-tensor and last-axis integer codes fuse as C: c_quant.py)",
     "dequantize": "C kernel lands with the quantisation issues",
-    "qlinear": "C kernel lands with the quantisation issues",
+    "qlinear": "group-wise weights, i16 / float8 / fp4 weights, u8 / u4 / i16 / i32 codes x, "
+               "weight-only float x (act none), abits > 8, non-constant weights, K > 65536 (the "
+               "int8 GEMM template, c_qgemm.py, takes group 0 constant i8/u8/i4/u4 weights with "
+               "i8/i4 codes x or float x with act per_token/per_tensor)",
     "lowrank_linear": "two GEMMs on torch until the svd issue's fused kernel",
     "lowrank_ffn": "GEMMs on torch until the svd issue's fused kernel",
     "bcq_linear": "LUT kernel lands with the shiftadd issue",
@@ -81,6 +86,9 @@ class CKernel:
     kernel: Kernel
     source: str
     params: list[sympy.Expr] = field(default_factory=list)
+    # pointer order for ``p``: graph Values and prepacked constant tensors (templates);
+    # None means the kernel's inputs then outputs
+    args: list | None = None
 
     @property
     def name(self) -> str:
@@ -231,7 +239,7 @@ class _Emitter:
             ct = compute_type(n.outputs[0].dtype)
             if n.op != "cast" and n.inputs and n.inputs[0] is not None and n.outputs[0].dtype.name == "bool":
                 ct = compute_type(n.inputs[0].dtype)
-            expr = EXPR[n.op](args, n, ct)
+            expr = C_EXPR[n.op](args, n, ct)
             name = f"v{tag}{len(env)}"
             body.append(f"const {compute_type(n.outputs[0].dtype)} {name} = {expr};")
             env[id(n.outputs[0])] = name
@@ -463,14 +471,34 @@ def row_renderable(n: Node) -> bool:
 
 # Activations and residual adds after a linear run as oneDNN post-ops of its GEMM.
 LINEAR_EPILOGUE = frozenset({"gelu", "relu", "silu", "sigmoid", "tanh", "add"})
-CAPS = Caps(elementwise=frozenset(EXPR), row=ROW_OPS, node_ok=node_renderable, row_ok=row_renderable,
-            library_epilogue={"linear": LINEAR_EPILOGUE})
+# The fused-kernel expression table: the elementwise ops plus ops that fuse like them.
+C_EXPR = {**EXPR, "quantize": quantize_expr}
+
+
+def c_node_ok(n: Node) -> bool:
+    """Whether a fused C kernel evaluates ``n`` (elementwise table, or a renderable quantize)."""
+    return quantize_renderable(n) if n.op == "quantize" else node_renderable(n)
+
+
+def _template_ok(n: Node) -> bool:
+    from .c_qgemm import qlinear_supported
+    return qlinear_supported(n)
+
+
+CAPS = Caps(elementwise=frozenset(C_EXPR), row=ROW_OPS, node_ok=c_node_ok, row_ok=row_renderable,
+            library_epilogue={"linear": LINEAR_EPILOGUE}, pointwise=frozenset({"quantize"}),
+            template=frozenset({"qlinear"}), template_ok=_template_ok)
 
 
 def render(schedule: Schedule) -> list[CKernel]:
-    """C source for every fused kernel of ``schedule`` (other kinds need no source)."""
+    """C source for every fused and template kernel of ``schedule`` (other kinds need no
+    source). Template kernels carry their prepacked constants in ``CKernel.args``."""
     out = []
     for k in schedule.kernels:
+        if k.kind == "template":
+            from .c_qgemm import render_qlinear
+            out.append(render_qlinear(k))
+            continue
         if k.kind != "fused":
             continue
         em = _Emitter(k)
@@ -480,13 +508,17 @@ def render(schedule: Schedule) -> list[CKernel]:
 
 
 def op_coverage() -> dict[str, str]:
-    """How each registered op runs on the C target: 'c', 'row', 'view', 'library' or
-    'reference: <reason>'."""
+    """How each registered op runs on the C target: 'c', 'row', 'view', 'library',
+    'reference: <reason>', or for ops rendered only in some forms 'c (partly; ...)' /
+    'template (partly; ...)' naming the forms left to the reference."""
     from ..ir.ops import all_ops
     cov = {}
     for name, od in all_ops().items():
         if name in EXPR and od.elementwise:
             cov[name] = "c"
+        elif name in ("quantize", "qlinear"):
+            kind = "c" if name == "quantize" else "template"
+            cov[name] = f"{kind} (partly; reference: {REFERENCE_OPS[name]})"
         elif name in ROW_OPS:
             cov[name] = "row"
         elif name in VIEW_OPS:

@@ -53,6 +53,11 @@ class Caps:
     library_epilogue: Mapping[str, frozenset[str]] = field(default_factory=dict)
     node_ok: Callable[[Node], bool] = _always
     row_ok: Callable[[Node], bool] = _always
+    # ops that the registry does not call elementwise but that fuse like broadcasting
+    # elementwise ops where ``node_ok`` accepts the node (quantize with per-tensor or
+    # last-axis parameters)
+    pointwise: frozenset[str] = frozenset()
+    template_ok: Callable[[Node], bool] = _always
 
 
 @dataclass
@@ -134,13 +139,14 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
     def kind_of(n: Node) -> str:
         if n.op in VIEW_OPS and len(n.outputs) == 1:
             return "view"
-        if n.op in caps.elementwise and get_op(n.op).elementwise and caps.node_ok(n):
+        if n.op in caps.elementwise and (get_op(n.op).elementwise or n.op in caps.pointwise) \
+                and caps.node_ok(n):
             return "elementwise"
         if n.op in caps.row and _is_row_op(n) and caps.row_ok(n):
             return "row"
         if n.op in caps.library:
             return "library"
-        if n.op in caps.template:
+        if n.op in caps.template and caps.template_ok(n):
             return "template"
         return "reference"
 

@@ -36,6 +36,10 @@ from .triton_expr import EXPR, F32_ONLY, PRELUDE, compute_type, lit, node_render
 # the C backend's reasons; f64 inverse trigonometric functions (F32_ONLY) also do.
 REFERENCE_OPS: dict[str, str] = dict(C_REFERENCE_OPS)
 
+# Reductions combine with tl.standard's own combine functions: the interpreter recognises them
+# and reduces with numpy (a combine function of ours would run once per element in Python).
+SUMC, MAXC, MINC = "tl.standard._sum_combine", "tl.standard._elementwise_max", "tl.standard._elementwise_min"
+NINF, PINF = 'float("-inf")', 'float("inf")'
 ROW_MAX = 8192      # longest row held in one block; longer rows loop over ROW_CHUNK chunks
 ROW_CHUNK = 4096
 HEADER = "# scalefold: generated Triton kernel\nimport triton\nimport triton.language as tl\n"
@@ -322,21 +326,21 @@ class _Row:
         out = ["j = tl.arange(0, BLOCK).to(tl.int64)", f"mj = j < {L}"]
         x = self.x_at(ctx, "x", out)
 
-        def red(e: str, comb: str = "_sf_add") -> str:
+        def red(e: str, comb: str = SUMC) -> str:
             return f"tl.reduce({e}, 0, {comb})"
         if op in ("softmax", "log_softmax"):
-            out += [f'xm = tl.where(mj, {x}, float("-inf"))', f"mx = {red('xm', '_sf_maxc')}",
+            out += [f'xm = tl.where(mj, {x}, float("-inf"))', f"mx = {red('xm', MAXC)}",
                     "ex = tl.exp(xm - mx)", f"s = {red('ex')}"]
             # (x - m) - log(s), not x - (m + log(s)): the latter loses log(s)'s digits
             y = "ex / s" if op == "softmax" else f"({x} - mx) - tl.log(s)"
         elif op == "layer_norm":
             out += [f"mu = {red(f'tl.where(mj, {x}, 0.0)')} / {L}",
                     f"d = tl.where(mj, {x} - mu, 0.0)", f"var = {red('d * d')} / {L}",
-                    f"rs = 1.0 / tl.sqrt_rn(var + {lit(self.row.attrs['eps'])})"]
+                    f"rs = 1.0 / _sf_sqrt(var + {lit(self.row.attrs['eps'])})"]
             y = self.norm_affine(ctx, f"(({x} - mu) * rs)", out)
         elif op == "rms_norm":
             out += [f"ms = {red(f'tl.where(mj, {x} * {x}, 0.0)')} / {L}",
-                    f"rs = 1.0 / tl.sqrt_rn(ms + {lit(self.row.attrs['eps'])})"]
+                    f"rs = 1.0 / _sf_sqrt(ms + {lit(self.row.attrs['eps'])})"]
             y = self.norm_affine(ctx, f"({x} * rs)", out)
         else:
             y = self._reduce_single(x, out, red)
@@ -350,19 +354,19 @@ class _Row:
             term = f"{x} * {x}" if op in ("reduce_sum_square", "reduce_l2") else x
             out.append(f"acc = {red(f'tl.where(mj, {term}, 0.0)')}")
             return {"reduce_sum": "acc", "reduce_mean": f"acc / {L}", "reduce_sum_square": "acc",
-                    "reduce_l2": "tl.sqrt_rn(acc)"}[op]
+                    "reduce_l2": "_sf_sqrt(acc)"}[op]
         if op == "reduce_prod":
             out.append(f"acc = {red(f'tl.where(mj, {x}, 1.0)', '_sf_mul')}")
             return "acc"
         out.append(f"nan = {red(f'tl.where(mj & ({x} != {x}), 1, 0)')} > 0")
         if op in ("reduce_max", "reduce_min"):
-            init, comb = ('float("-inf")', "_sf_maxc") if op == "reduce_max" else ('float("inf")', "_sf_minc")
+            init, comb = (NINF, MAXC) if op == "reduce_max" else (PINF, MINC)
             out.append(f"acc = {red(f'tl.where(mj, {x}, {init})', comb)}")
             return 'tl.where(nan, float("nan"), acc)'
         assert op == "reduce_logsumexp", op
         # a NaN anywhere makes the row NaN; an infinite max is the answer (inf - inf is NaN)
         ninf = 'float("-inf")'
-        out += [f"mx = {red(f'tl.where(mj, {x}, {ninf})', '_sf_maxc')}",
+        out += [f"mx = {red(f'tl.where(mj, {x}, {ninf})', MAXC)}",
                 f"sm = {red(f'tl.where(mj, tl.exp({x} - mx), 0.0)')}"]
         return 'tl.where(nan, float("nan"), tl.where(tl.abs(mx) == float("inf"), mx, mx + tl.log(sm)))'
 
@@ -388,22 +392,22 @@ class _Row:
             out.extend("    " + s for s in body)
             return body, x, ctx
 
-        def red(e: str, comb: str = "_sf_add") -> str:
+        def red(e: str, comb: str = SUMC) -> str:
             return f"tl.reduce({e}, 0, {comb})"
         eps = lit(self.row.attrs["eps"]) if op in ("layer_norm", "rms_norm") else ""
         if op in ("softmax", "log_softmax"):
-            loop([("mxv", 'float("-inf")', '_sf_maxc(mxv, tl.where({m}, {x}, float("-inf")))')])
-            out.append(f"mx = {red('mxv', '_sf_maxc')}")
+            loop([("mxv", 'float("-inf")', 'tl.maximum(mxv, tl.where({m}, {x}, float("-inf")))')])
+            out.append(f"mx = {red('mxv', MAXC)}")
             loop([("sv", "0.0", "sv + tl.where({m}, tl.exp({x} - mx), 0.0)")])
             out.append(f"s = {red('sv')}")
         elif op == "layer_norm":
             loop([("sv", "0.0", "sv + tl.where({m}, {x}, 0.0)")])
             out.append(f"mu = {red('sv')} / {L}")
             loop([("dv", "0.0", "dv + tl.where({m}, ({x} - mu) * ({x} - mu), 0.0)")])
-            out.append(f"rs = 1.0 / tl.sqrt_rn({red('dv')} / {L} + {eps})")
+            out.append(f"rs = 1.0 / _sf_sqrt({red('dv')} / {L} + {eps})")
         elif op == "rms_norm":
             loop([("sv", "0.0", "sv + tl.where({m}, {x} * {x}, 0.0)")])
-            out.append(f"rs = 1.0 / tl.sqrt_rn({red('sv')} / {L} + {eps})")
+            out.append(f"rs = 1.0 / _sf_sqrt({red('sv')} / {L} + {eps})")
         else:
             y = self._reduce_chunked(loop, red, out)
             out.append(f"y = ({y}).to({ct})")
@@ -435,20 +439,21 @@ class _Row:
             loop([("av", "0.0", "av + tl.where({m}, " + term + ", 0.0)")])
             out.append(f"acc = {red('av')}")
             return {"reduce_sum": "acc", "reduce_mean": f"acc / {L}", "reduce_sum_square": "acc",
-                    "reduce_l2": "tl.sqrt_rn(acc)"}[op]
+                    "reduce_l2": "_sf_sqrt(acc)"}[op]
         if op == "reduce_prod":
             loop([("av", "1.0", "av * tl.where({m}, {x}, 1.0)")])
             out.append(f"acc = {red('av', '_sf_mul')}")
             return "acc"
         nan = ("nv", "0", "nv + tl.where({m} & ({x} != {x}), 1, 0)")
         if op in ("reduce_max", "reduce_min"):
-            init, comb = ('float("-inf")', "_sf_maxc") if op == "reduce_max" else ('float("inf")', "_sf_minc")
-            loop([nan, ("av", init, comb + "(av, tl.where({m}, {x}, " + init + "))")])
+            init, comb = (NINF, MAXC) if op == "reduce_max" else (PINF, MINC)
+            ew = "tl.maximum" if op == "reduce_max" else "tl.minimum"
+            loop([nan, ("av", init, ew + "(av, tl.where({m}, {x}, " + init + "))")])
             out += [f"nan = {red('nv')} > 0", f"acc = {red('av', comb)}"]
             return 'tl.where(nan, float("nan"), acc)'
         assert op == "reduce_logsumexp", op
-        loop([nan, ("mxv", 'float("-inf")', '_sf_maxc(mxv, tl.where({m}, {x}, float("-inf")))')])
-        out += [f"nan = {red('nv')} > 0", f"mx = {red('mxv', '_sf_maxc')}"]
+        loop([nan, ("mxv", 'float("-inf")', 'tl.maximum(mxv, tl.where({m}, {x}, float("-inf")))')])
+        out += [f"nan = {red('nv')} > 0", f"mx = {red('mxv', MAXC)}"]
         loop([("sv", "0.0", "sv + tl.where({m}, tl.exp({x} - mx), 0.0)")])
         out.append(f"sm = {red('sv')}")
         return 'tl.where(nan, float("nan"), tl.where(tl.abs(mx) == float("inf"), mx, mx + tl.log(sm)))'

@@ -5,10 +5,12 @@ f64, the container's own type for integers (Triton does not promote narrow integ
 arithmetic wraps like the reference) and ``tl.int1`` for bool. Every node's value is
 converted to its compute type after the expression (``.to`` is free when the type is right).
 
-Only core ``tl`` builtins and the ``@triton.jit`` helpers of :data:`PRELUDE` are used: the
+Only core ``tl`` builtins and the ``@triton.jit`` helpers of :data:`PRELUDE` are called: the
 ``tl.standard`` functions (``tl.sum``, ``tl.max``, ``tl.zeros``, ``tl.sigmoid``, ...) are jit
-functions decorated when triton is imported, so they break the interpreter when triton was
-imported without ``TRITON_INTERPRET=1``; and ``libdevice`` has no interpreter implementation.
+functions decorated when triton is imported, so calling them breaks the interpreter when triton
+was imported without ``TRITON_INTERPRET=1`` (row kernels only *pass* tl.standard's combine
+functions to ``tl.reduce``, which the interpreter recognises without calling them); and
+``libdevice`` has no interpreter implementation.
 Functions libdevice would provide (tanh, expm1, log1p, atan, ...) are formulated from
 exp/log/sqrt here, accurately in f32 (the inverse trigonometric ones use an f32 polynomial and
 are not rendered for f64, see :func:`node_renderable`).
@@ -142,14 +144,14 @@ EXPR: dict[str, Expr] = {
     "neg": lambda a, n, ct: f"(-{a[0]})",
     "abs": _call("tl.abs"),
     "relu": lambda a, n, ct: f"tl.where({a[0]} < 0, 0, {a[0]})",   # keeps NaN and -0
-    "exp": _call("tl.exp"), "log": _call("tl.log"), "sqrt": _call("tl.sqrt_rn"),
+    "exp": _call("tl.exp"), "log": _call("tl.log"), "sqrt": _call("_sf_sqrt"),
     "sin": _call("tl.sin"), "cos": _call("tl.cos"), "tan": lambda a, n, ct: f"(tl.sin({a[0]}) / tl.cos({a[0]}))",
     "tanh": _call("_sf_tanh"), "erf": _call("tl.math.erf"),
     "floor": _call("tl.floor"), "ceil": _call("tl.ceil"), "round": _call("_sf_round"),
     "atan": _call("_sf_atan"), "asin": _call("_sf_asin"), "acos": _call("_sf_acos"),
     "sinh": _call("_sf_sinh"), "cosh": _call("_sf_cosh"), "asinh": _call("_sf_asinh"),
     "acosh": _call("_sf_acosh"), "atanh": _call("_sf_atanh"),
-    "rsqrt": lambda a, n, ct: f"(1.0 / tl.sqrt_rn({a[0]}))",
+    "rsqrt": lambda a, n, ct: f"(1.0 / _sf_sqrt({a[0]}))",
     "reciprocal": lambda a, n, ct: f"(1.0 / {a[0]})",
     "sigmoid": lambda a, n, ct: f"(1.0 / (1.0 + tl.exp(-{a[0]})))",
     "silu": lambda a, n, ct: f"({a[0]} * (1.0 / (1.0 + tl.exp(-{a[0]}))))",
@@ -215,23 +217,18 @@ def node_renderable(n: Node) -> bool:
 # the tensor they meet, so each helper serves f32 and f64.
 PRELUDE = r'''
 @triton.jit
-def _sf_add(a, b):
-    return a + b
+def _sf_sqrt(x):
+    # correctly rounded (tl.sqrt is an approximation for f32 on GPUs; sqrt_rn takes only f32)
+    if x.dtype == tl.float64:
+        r = tl.sqrt(x)
+    else:
+        r = tl.sqrt_rn(x)
+    return r
 
 
 @triton.jit
 def _sf_mul(a, b):
     return a * b
-
-
-@triton.jit
-def _sf_maxc(a, b):
-    return tl.where(a > b, a, b)
-
-
-@triton.jit
-def _sf_minc(a, b):
-    return tl.where(a < b, a, b)
 
 
 @triton.jit
@@ -329,12 +326,12 @@ def _sf_atan(x):
 
 @triton.jit
 def _sf_asin(x):
-    return _sf_atan(x / tl.sqrt_rn((1.0 - x) * (1.0 + x)))
+    return _sf_atan(x / _sf_sqrt((1.0 - x) * (1.0 + x)))
 
 
 @triton.jit
 def _sf_acos(x):
-    return 2.0 * _sf_atan(tl.sqrt_rn((1.0 - x) / (1.0 + x)))
+    return 2.0 * _sf_atan(_sf_sqrt((1.0 - x) / (1.0 + x)))
 
 
 @triton.jit
@@ -356,7 +353,7 @@ def _sf_cosh(x):
 def _sf_asinh(x):
     a = tl.abs(x)
     s = tl.where(a > 268435456.0, tl.log(a) + 0.6931471805599453,
-                 _sf_log1p(a + a * a / (1.0 + tl.sqrt_rn(1.0 + a * a))))
+                 _sf_log1p(a + a * a / (1.0 + _sf_sqrt(1.0 + a * a))))
     s = tl.where(x < 0, -s, s)
     return tl.where(a == 0, x, s)
 
@@ -365,7 +362,7 @@ def _sf_asinh(x):
 def _sf_acosh(x):
     t = x - 1.0
     return tl.where(x > 268435456.0, tl.log(x) + 0.6931471805599453,
-                    _sf_log1p(t + tl.sqrt_rn(t * (t + 2.0))))
+                    _sf_log1p(t + _sf_sqrt(t * (t + 2.0))))
 
 
 @triton.jit

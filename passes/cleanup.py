@@ -1,34 +1,9 @@
 """Cleanup passes: constant folding, dead-code elimination, CSE and identity removal.
 
-Registered passes (each counts its applications as ``counters[<pass>][<rule>]``):
-
-``fold_constants``
-    Pre: none. Rule ``fold_constant``: a node whose inputs are all constants (or that has no
-    inputs), with static output shapes and no symbolic attribute, is evaluated with its op's
-    reference implementation and its outputs become constants -- but only when the result is
-    small (<= 1024 elements) or not larger than its inputs together, so that folding never
-    blows up the weights (an ``expand`` of a scalar to a big activation stays).
-    Post: no foldable node is left; the node itself is removed.
-
-``dce``
-    Rule ``dead_node``: nodes none of whose outputs is read or returned are removed (in
-    reverse order, so whole dead chains go in one run). Ops have no side effects.
-
-``cse``
-    Rule ``common_subexpr``: a node with the same op, attributes, output types and inputs as
-    an earlier node (constants compared by content hash) is replaced by the earlier one.
-
-``remove_identities``
-    Rules ``identity_<op>``: nodes whose output equals one of their inputs (same dtype and
-    provably the same shape) are bypassed: ``identity``; ``reshape``/``expand`` to the same
-    shape; ``transpose`` by the identity permutation; ``cast`` to the same dtype; ``mul``
-    by an all-ones constant, ``div``/``pow`` by ones; ``add`` of an all-zeros constant,
-    ``sub`` of zeros; ``concat`` of one input; ``tile`` by ones; ``pad`` by zeros. Exact
-    in float (up to the sign of a zero for ``x + 0``).
-
-``cleanup``
-    All four above, repeated until none changes the graph (at most 20 rounds; more raises
-    RewriteError). Counts go to ``counters["cleanup"]`` under the same rule names.
+Registered passes ``fold_constants``, ``dce``, ``cse``, ``remove_identities`` and ``cleanup``
+(all four to a fixpoint); each pass docstring lists its rules, pre- and postconditions. Counts
+go to ``counters[<pass>][<rule>]``; inside ``cleanup`` under ``counters["cleanup"]`` with the
+same rule names (``fold_constant``, ``dead_node``, ``common_subexpr``, ``identity_<op>``).
 """
 from __future__ import annotations
 
@@ -210,28 +185,52 @@ def eliminate_common(graph: Graph, pass_name: str = "cse") -> int:
 
 @register_pass("fold_constants")
 def fold_constants(graph: Graph) -> Graph:
-    """Evaluate nodes whose inputs are all constants (see the module docstring)."""
+    """Evaluate nodes whose inputs are all constants.
+
+    Pre: none. Rule ``fold_constant``: a node whose inputs are all constants (or that has no
+    inputs), with static output shapes and no symbolic attribute, is evaluated with its op's
+    reference implementation and its outputs become constants -- but only when the result is
+    small (<= 1024 elements) or not larger than its inputs together, so that folding never
+    blows up the weights (an ``expand`` of a scalar to a big activation stays).
+    Post: no foldable node is left; the node itself is removed.
+    """
     apply_rules(graph, FOLD_RULES, "fold_constants")
     return graph
 
 
 @register_pass("dce")
 def dce(graph: Graph) -> Graph:
-    """Remove dead nodes (see the module docstring)."""
+    """Remove dead nodes.
+
+    Rule ``dead_node``: nodes none of whose outputs is read or returned are removed (in
+    reverse order, so whole dead chains go in one run). Ops have no side effects.
+    """
     eliminate_dead(graph, "dce")
     return graph
 
 
 @register_pass("cse")
 def cse(graph: Graph) -> Graph:
-    """Merge repeated nodes (see the module docstring)."""
+    """Merge repeated nodes.
+
+    Rule ``common_subexpr``: a node with the same op, attributes, output types and inputs as
+    an earlier node (constants compared by content hash) is replaced by the earlier one.
+    """
     eliminate_common(graph, "cse")
     return graph
 
 
 @register_pass("remove_identities")
 def remove_identities(graph: Graph) -> Graph:
-    """Bypass nodes that return one of their inputs unchanged (see the module docstring)."""
+    """Bypass nodes that return one of their inputs unchanged.
+
+    Rules ``identity_<op>``: nodes whose output equals one of their inputs (same dtype and
+    provably the same shape) are bypassed: ``identity``; ``reshape``/``expand`` to the same
+    shape; ``transpose`` by the identity permutation; ``cast`` to the same dtype; ``mul``
+    by an all-ones constant, ``div``/``pow`` by ones; ``add`` of an all-zeros constant,
+    ``sub`` of zeros; ``concat`` of one input; ``tile`` by ones; ``pad`` by zeros. Exact
+    in float (up to the sign of a zero for ``x + 0``).
+    """
     apply_rules(graph, IDENTITY_RULES, "remove_identities")
     return graph
 
@@ -256,7 +255,11 @@ def run_cleanup(graph: Graph, pass_name: str = "cleanup", max_rounds: int = 20) 
 
 @register_pass("cleanup")
 def cleanup(graph: Graph) -> Graph:
-    """fold_constants, remove_identities, cse and dce to a fixpoint (see the module docstring)."""
+    """fold_constants, remove_identities, cse and dce, repeated to a fixpoint.
+
+    All four above, repeated until none changes the graph (at most 20 rounds; more raises
+    RewriteError). Counts go to ``counters["cleanup"]`` under the same rule names.
+    """
     run_cleanup(graph, "cleanup")
     return graph
 

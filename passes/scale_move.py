@@ -369,10 +369,10 @@ class _Tracer:
         self.trace(x, _align(m, len(in_shape)), t)
 
     def _op_sdpa(self, p: Node, v: Value, m: torch.Tensor, t: _Trace) -> None:
-        q, k, vv = p.inputs[0], p.inputs[1], p.inputs[2]
+        q, vv = p.inputs[0], p.inputs[2]
         if m.shape[-2] != 1:
             raise _Fail("channel_layout", f"{p.describe()}: the factor varies over query tokens", p)
-        if p.attrs["gqa"] and m.shape[-3] > 1 and not dims_equal(q.shape[-3], k.shape[-3]):
+        if m.shape[-3] > 1 and not dims_equal(q.shape[-3], vv.shape[-3]):
             raise _Fail("gqa_shared_v", f"{p.describe()} shares each V head among several query heads", p)
         t.kinds.add("sdpa")
         self.trace(vv, m, t)

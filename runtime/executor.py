@@ -6,6 +6,9 @@ kernel. A call then only fills pointer arrays and calls: no per-element Python.
 Graph outputs never live in the arena (it is reused by the next call), so they are returned
 as fresh tensors.
 
+Template kernels (the C backend's int8 GEMM) run like fused ones; their pointer array may also
+hold prepacked constant tensors (``args``), which live in the executor like graph constants.
+
 Fused kernels are either ctypes functions (the C backend: ``fn(pointers, ints)``) or objects
 with ``bind(ints) -> launch(tensors)`` (the Triton backend). With ``device="cuda"`` constants,
 the arena and inputs live on the GPU and outputs are returned on the inputs' device.
@@ -45,16 +48,19 @@ class _Bound:
 class Executor:
     """Callable runner of ``schedule`` with ``kernels`` (name -> ctypes function, or an object
     with ``bind``) for its fused kernels and ``params`` (name -> sympy expressions of their
-    runtime integers), on ``device``."""
+    runtime integers), on ``device``. ``args`` (name -> Values and tensors) overrides a
+    kernel's pointer order (default: its inputs then outputs); tensors in it are prepacked
+    constants."""
 
     def __init__(self, graph: Graph, schedule: Schedule, kernels: Mapping[str, Callable],
-                 params: Mapping[str, Sequence[sympy.Expr]], device: str | torch.device = "cpu"):
+                 params: Mapping[str, Sequence[sympy.Expr]], device: str | torch.device = "cpu",
+                 args: Mapping[str, Sequence[Value | torch.Tensor]] | None = None):
         self.graph = graph
         self.device = torch.device(device)
         self.schedule = schedule
         self.kernels = dict(kernels)
         self.params = {k: list(v) for k, v in params.items()}
-        self._slot: dict[int, int] = {}
+        self._slot: dict[int | tuple, int] = {}   # tuples: prepacked constants
         for v in graph.inputs:
             self._slot.setdefault(id(v), len(self._slot))
         for k in schedule.kernels:
@@ -66,6 +72,18 @@ class Executor:
         for v in graph.outputs:
             self._slot.setdefault(id(v), len(self._slot))
         self._consts = [(self._slot[id(v)], v.const.to(self.device)) for v in _consts(graph)]
+        self._args: dict[str, list[int]] = {}
+        for name, items in (args or {}).items():
+            order = []
+            for it in items:
+                if isinstance(it, torch.Tensor):
+                    s = len(self._slot)
+                    self._slot[("packed", name, s)] = s  # type: ignore[index]
+                    self._consts.append((s, it.to(self.device).contiguous()))
+                    order.append(s)
+                else:
+                    order.append(self._slot[id(it)])
+            self._args[name] = order
         self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
         self._lock = threading.Lock()
         # Ops like nonzero bind new symbols from their data: such graphs cannot be planned
@@ -105,11 +123,11 @@ class Executor:
 
     def _step(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> Step:
         slot = self._slot
-        if k.kind == "fused":
+        if k.kind in ("fused", "template"):
             fn = self.kernels[k.name]
             ins = [slot[id(v)] for v in k.inputs]
             outs = [slot[id(v)] for v in k.outputs]
-            order = ins + outs
+            order = self._args.get(k.name) or ins + outs
             q = [int(sympy.sympify(e).subs(env)) for e in self.params.get(k.name, [])]
             if hasattr(fn, "bind"):
                 launch = fn.bind(q)
@@ -234,7 +252,7 @@ class Executor:
         for v, x in zip(g.inputs, inputs):
             vals[self._slot[id(v)]] = x
         for k in self.schedule.kernels:
-            if k.kind == "fused":
+            if k.kind in ("fused", "template"):
                 for o in k.outputs:
                     vals[self._slot[id(o)]] = torch.empty(o.type.concrete(env), dtype=o.dtype.container,
                                                           device=self.device)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from onnx import helper
 
+from onnx_testing import build as _build, compare as _compare
 from scalefold.frontend.onnx import from_onnx
 from scalefold.ir.errors import FrontendError
 from scalefold.runtime.interp import run
@@ -18,36 +19,14 @@ RNG = np.random.default_rng(0)
 
 
 def build(op: str, feeds: dict[str, np.ndarray], attrs: dict[str, Any] | None = None,
-          opset: int = 19, inits: dict[str, np.ndarray] | None = None,
-          node_inputs: Sequence[str] | None = None, n_out: int = 1) -> onnx.ModelProto:
-    """A one-node model: ``feeds`` are graph inputs, ``inits`` initializers ("" = omitted)."""
-    inits = inits or {}
-    names = list(node_inputs) if node_inputs is not None else list(feeds) + list(inits)
-    outs = [f"y{i}" for i in range(n_out)]
-    node = helper.make_node(op, names, outs, **(attrs or {}))
-    ins = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-           for k, v in feeds.items()]
-    graph = helper.make_graph([node], "g", ins, [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
-                              initializer=[onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+          opset: int = 19, **kw: Any) -> onnx.ModelProto:
+    return _build(op, feeds, attrs, opset, **kw)
 
 
 def compare(model: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float = 1e-5,
             atol: float = 1e-5) -> list[torch.Tensor]:
-    """scalefold (from_onnx + interpreter) must agree with onnxruntime."""
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, feeds)
-    g = from_onnx(model)
-    got = run(g, *[torch.from_numpy(np.array(feeds[v.name])) for v in g.inputs])
-    assert len(got) == len(want)
-    for gt, w in zip(got, want):
-        w = np.asarray(w)
-        assert tuple(gt.shape) == w.shape and gt.dtype == torch.from_numpy(w).dtype
-        if w.dtype.kind == "f":
-            np.testing.assert_allclose(gt.numpy(), w, rtol=rtol, atol=atol)
-        else:
-            np.testing.assert_array_equal(gt.numpy(), w)
-    return got
+    return _compare(model, feeds, rtol, atol)
+
 
 
 def _weights(kind: str, d: int, h: int, i: int) -> dict[str, np.ndarray]:

@@ -1,7 +1,6 @@
 """fold_batchnorm and fold_constant_scales on real timm architectures (random weights)."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from harness import assert_close, assert_fired

@@ -7,9 +7,9 @@ import torch
 from scalefold.ir.graph import Graph
 from scalefold.ir.parser import parse
 from scalefold.passes import Counters, counting
-from scalefold.runtime.interp import run
 from scalefold.passes.rewrite import (CONST, Match, Pattern, RewriteError, Rule, apply_rules,
                                       collect_near_misses, replace_node)
+from scalefold.runtime.interp import run
 
 TEXT = """graph @g(%x: f32[2,3]) -> (f32[2,3]) {
   %0: f32[2,3] = relu(%x)

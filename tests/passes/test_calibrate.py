@@ -1,0 +1,140 @@
+"""Calibration observers (passes/calibrate.py): stats against torch, streaming, guards, persistence."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scalefold.ir.errors import CalibrationError
+from scalefold.ir.parser import parse
+from scalefold.passes.calibrate import ChannelStats, Stats, calibrate, linear_inputs, stats_for
+
+TEXT = """graph @g(%x: f32[B,4,6]) -> (f32[B,4,5]) {
+  %0: f32[B,4,6] = layer_norm[axis=-1, eps=1e-5](%x, #g, #b)
+  %1: f32[B,4,8] = linear(%0, #w1, _)
+  %2: f32[B,4,8] = log(%1)
+  %3: f32[B,4,5] = linear(%2, #w2, _)
+  return %3
+}
+#g = const f32[6] uniform(seed=1, low=0.5, high=1.5)
+#b = const f32[6] randn(seed=2, std=0.1)
+#w1 = const f32[8,6] randn(seed=3, std=0.3)
+#w2 = const f32[5,8] randn(seed=4, std=0.3)
+"""
+
+
+def _graph():
+    g = parse(TEXT)
+    return g, g.nodes[0].outputs[0], g.nodes[2].outputs[0]
+
+
+def _batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(2 + i % 2, 4, 6, generator=gen),) for i in range(n)]
+
+
+def _ln(x: torch.Tensor) -> torch.Tensor:
+    g = parse(TEXT)
+    return torch.nn.functional.layer_norm(x, (6,), g.nodes[0].inputs[1].const, g.nodes[0].inputs[2].const, 1e-5)
+
+
+def test_stats_match_torch_and_stream() -> None:
+    g, ln, _ = _graph()
+    bs = _batches(5)
+    st = calibrate(g, bs, values=[ln, g.inputs[0]], gram=[ln])
+    rows = torch.cat([_ln(b[0]).reshape(-1, 6) for b in bs]).double()
+    s = st[ln]
+    assert s.rows == rows.shape[0]
+    torch.testing.assert_close(s.min, rows.amin(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s.max, rows.amax(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s.absmax, rows.abs().amax(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s.mean_abs, rows.abs().mean(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s.gram, rows.T @ rows, rtol=1e-6, atol=1e-5)
+    assert s.gram.dtype == torch.float64
+    raw = torch.cat([b[0].reshape(-1, 6) for b in bs]).double()   # graph inputs are observable too
+    torch.testing.assert_close(st[g.inputs[0]].absmax, raw.abs().amax(0))
+    assert st[g.inputs[0]].gram is None
+
+    # Streaming: a generator of many batches works and the state stays the same size.
+    many = (b for _ in range(20) for b in bs)
+    st2 = calibrate(g, many, values=[ln], gram=True)
+    assert st2[ln].rows == 20 * s.rows and st2[ln].gram.shape == (6, 6)
+    torch.testing.assert_close(st2[ln].absmax, s.absmax)
+
+
+def test_default_values_and_dict_batches() -> None:
+    g = parse(TEXT.replace("log(%1)", "exp(%1)"))
+    ln, logv = g.nodes[0].outputs[0], g.nodes[2].outputs[0]
+    assert linear_inputs(g) == [ln, logv]
+    bs = [{"x": b[0]} for b in _batches(2)]
+    st = calibrate(g, bs, gram=True)
+    assert len(st) == 2 and st[logv].gram is not None and st.batches == 2
+
+
+def test_nan_and_inf_name_the_value_and_node() -> None:
+    g, ln, logv = _graph()
+    # log of negative linear outputs gives NaN in the observed value %2.
+    with pytest.raises(CalibrationError, match=r"NaN in observed value %2 .*log"):
+        calibrate(g, _batches(2), values=[logv])
+    bad = _batches(1)[0][0].clone()
+    bad[0, 0, 0] = float("inf")
+    with pytest.raises(CalibrationError, match=r"Inf in observed value %x .*graph input"):
+        calibrate(g, [(bad,)], values=[g.inputs[0]])
+
+
+def test_empty_calibration_raises() -> None:
+    g, ln, _ = _graph()
+    with pytest.raises(CalibrationError, match="empty calibration"):
+        calibrate(g, [], values=[ln])
+    gen = iter(_batches(2))
+    calibrate(g, gen, values=[ln])
+    with pytest.raises(CalibrationError, match="consumed"):
+        calibrate(g, gen, values=[ln])      # the generator is spent
+
+
+def test_zero_and_constant_channels_are_floored() -> None:
+    st = ChannelStats.empty(3, gram=False)
+    st.update(torch.tensor([[0.0, 5.0, 2.0], [0.0, 5.0, -4.0]]))
+    assert st.absmax.tolist() == [0.0, 5.0, 4.0]
+    fl = st.absmax_floored()
+    assert fl[0] == pytest.approx(5.0 * 1e-5) and fl[1] == 5.0 and fl[2] == 4.0
+    assert (st.mean_abs_floored() > 0).all()
+    zero = ChannelStats.empty(2, gram=False)
+    zero.update(torch.zeros(4, 2))
+    assert zero.absmax_floored().tolist() == [1.0, 1.0]       # all-zero tensor: no scale, floor 1
+    assert torch.isfinite(1.0 / zero.mean_abs_floored()).all()
+
+
+def test_save_load_reuse_and_stale(tmp_path) -> None:
+    g, ln, logv = _graph()
+    bs = [(b[0].abs() + 1,) for b in _batches(3)]
+    st = calibrate(g, bs, values=[ln], gram=True)
+    path = tmp_path / "stats.safetensors"
+    st.save(path)
+    back = Stats.load(path, g)
+    for f in ("min", "max", "absmax", "sum_abs", "gram"):
+        assert torch.equal(getattr(back[ln], f), getattr(st[ln], f)), f
+    assert back[ln].rows == st[ln].rows and back.batches == 3
+
+    # cache=: a second calibration of the same graph runs nothing.
+    class Boom:
+        def __iter__(self):
+            raise AssertionError("recalibrated although cached stats match")
+    cached = calibrate(g, Boom(), values=[ln], gram=True, cache=path)
+    assert torch.equal(cached[ln].gram, st[ln].gram)
+    assert torch.equal(stats_for(g, str(path), [ln])[ln].absmax, st[ln].absmax)
+    assert stats_for(g, st, [ln]) is st
+
+    # A changed graph rejects the stats, and a cache miss recalibrates and rewrites the file.
+    g2 = parse(TEXT.replace("eps=1e-5", "eps=1e-6"))
+    with pytest.raises(CalibrationError, match="stale"):
+        Stats.load(path, g2)
+    ln2 = g2.nodes[0].outputs[0]
+    fresh = calibrate(g2, bs, values=[ln2], cache=path)
+    assert Stats.load(path, g2)[ln2].rows == fresh[ln2].rows
+
+
+def test_progress_bar_is_silent_without_a_tty(capfd) -> None:
+    g, ln, _ = _graph()
+    calibrate(g, _batches(3), values=[ln])
+    err = capfd.readouterr().err
+    assert "calibrating" not in err and err == ""
