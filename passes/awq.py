@@ -83,6 +83,8 @@ def search_scale(weights: list[torch.Tensor], mean_abs: torch.Tensor, gram: torc
     sqrt(max(s)·min(s)); Ŵ = Q(W·diag(s))·diag(s)⁻¹; keep the s with the least output MSE.
     Returns (s [K] float64, best r, the loss per r)."""
     sx = mean_abs.to(torch.float64)
+    # All consumers share K: one stacked matrix means one quantiser call and one GEMM per r.
+    weights = [torch.cat(weights)] if len(weights) > 1 else list(weights)
     losses: list[float] = []
     best: tuple[float, torch.Tensor, float] | None = None
     for i in range(grid):
