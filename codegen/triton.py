@@ -163,28 +163,48 @@ class _Emitter:
         return f"{b} + {self._decompose(j, list(shape[c:]), acc.strides[c:])}", mj
 
     def load(self, v: Value, shape: Sequence[Dim], c: int, ctx: _Ctx, pre: list[str]) -> str:
+        return self.load_scalar(v, shape, c, ctx, pre)[0]
+
+    def load_scalar(self, v: Value, shape: Sequence[Dim], c: int, ctx: _Ctx, pre: list[str]
+                    ) -> tuple[str, bool]:
+        """The load expression of leaf ``v`` and whether it is a scalar (unmasked) load."""
         idx, mask = self.leaf_ref(v, shape, c, ctx, pre)
         addr = self.ptr(v) if idx == "0" else f"{self.ptr(v)} + {idx}"
         other = "0" if v.dtype.is_float or v.dtype.name == "bool" else "1"  # no int division by 0
         ld = f"tl.load({addr})" if mask is None else f"tl.load({addr}, mask={mask}, other={other})"
-        return f"{ld}.to({compute_type(v.dtype)})"
+        return f"{ld}.to({compute_type(v.dtype)})", mask is None
 
     def emit_tree(self, nodes: list[Node], shape: Sequence[Dim], c: int, ctx: _Ctx,
                   env: dict[int, str], body: list[str], pre: list[str], tag: str) -> None:
         """Statements for ``nodes`` (topological) into ``body``; leaves are loaded relative to
-        ``shape`` split at ``c``; per-row offsets go into ``pre``."""
+        ``shape`` split at ``c``; per-row offsets go into ``pre``.
+
+        A boolean computed from scalars only is re-made from an integer: the interpreter
+        records a comparison's result with its operands' type, and would later broadcast a
+        scalar one as a float array that ``&``/``|`` reject."""
+        scalar: set[int] = set()
+
         def leaf(v: Value) -> str:
             if id(v) not in env:
                 name = f"l{tag}{len(env)}"
-                body.append(f"{name} = {self.load(v, shape, c, ctx, pre)}")
+                ld, is_scalar = self.load_scalar(v, shape, c, ctx, pre)
+                body.append(f"{name} = {ld}")
                 env[id(v)] = name
+                if is_scalar:
+                    scalar.add(id(v))
             return env[id(v)]
 
         for n in nodes:
-            args = [leaf(v) for v in n.inputs if v is not None]
+            ins = [v for v in n.inputs if v is not None]
+            args = [leaf(v) for v in ins]
             ct = compute_type(n.outputs[0].dtype)
             name = f"v{tag}{len(env)}"
-            body.append(f"{name} = ({EXPR[n.op](args, n, ct)}).to({ct})")
+            expr = EXPR[n.op](args, n, ct)
+            if ctx.mode != "scalar" and all(id(v) in scalar for v in ins):
+                scalar.add(id(n.outputs[0]))
+                if ct == "tl.int1":
+                    expr = f"tl.where({expr}, 1, 0)"
+            body.append(f"{name} = ({expr}).to({ct})")
             env[id(n.outputs[0])] = name
 
     # ---- kernels ---------------------------------------------------------------------------

@@ -131,6 +131,20 @@ def _bitshift(a: Sequence[str], n: Node, ct: str) -> str:
     return f"tl.where({ok}, {x} >> tl.where({ok}, {y}, 0), 0)"
 
 
+def _small_pow(a: Sequence[str], n: Node) -> str | None:
+    """x ** 2 and x ** 3 by a constant exponent (gelu_new, decomposed norms) as products:
+    exact where exp2(y * log2|x|) is not, and far cheaper."""
+    e = n.inputs[1]
+    if not e.is_const or e.const.numel() != 1 or e.type.shape != ():
+        return None
+    v = float(e.const)
+    if v == 2.0:
+        return f"({a[0]} * {a[0]})"
+    if v == 3.0:
+        return f"({a[0]} * {a[0]} * {a[0]})"
+    return None
+
+
 def _float_or_int(f: str, i: str) -> Expr:
     return lambda a, n, ct: (f if n.outputs[0].dtype.is_float else i).format(*a)
 
@@ -174,7 +188,7 @@ EXPR: dict[str, Expr] = {
     "mul": lambda a, n, ct: f"({a[0]} * {a[1]})",
     # Triton's // on integers truncates toward zero (C), as the reference does
     "div": _float_or_int("({0} / {1})", "({0} // {1})"),
-    "pow": lambda a, n, ct: (f"_sf_pow({a[0]}, {a[1]})" if n.outputs[0].dtype.is_float
+    "pow": lambda a, n, ct: (_small_pow(a, n) or f"_sf_pow({a[0]}, {a[1]})" if n.outputs[0].dtype.is_float
                              else f"_sf_ipow({a[0]}, {a[1]}, {n.outputs[0].dtype.bits})"
                              if n.outputs[0].dtype.is_signed
                              else f"_sf_upow({a[0]}, {a[1]}, {n.outputs[0].dtype.bits})"),
@@ -214,7 +228,9 @@ def node_renderable(n: Node) -> bool:
 
 # Helpers shared by every kernel module. Written once, in a fixed order, so that a kernel's
 # source depends only on the kernel. Literals are weakly typed in Triton: they take the type of
-# the tensor they meet, so each helper serves f32 and f64.
+# the tensor they meet, so each helper serves f32 and f64. Two-operand helpers broadcast their
+# operands first: the interpreter splats a scalar comparison result as a float array, which
+# `&` and `|` then reject (see also the emitter's scalar booleans).
 PRELUDE = r'''
 @triton.jit
 def _sf_sqrt(x):
@@ -242,11 +258,13 @@ def _sf_round_bf16(x):
 
 @triton.jit
 def _sf_max(a, b):
+    a, b = tl.broadcast(a, b)
     return tl.where((a != a) | (b != b), a + b, tl.where(a < b, b, a))
 
 
 @triton.jit
 def _sf_min(a, b):
+    a, b = tl.broadcast(a, b)
     return tl.where((a != a) | (b != b), a + b, tl.where(b < a, b, a))
 
 
@@ -257,6 +275,7 @@ def _sf_clamp(x, lo, hi):
 
 @triton.jit
 def _sf_pymod(a, b):
+    a, b = tl.broadcast(a, b)
     r = a % b
     return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
 
@@ -375,6 +394,7 @@ def _sf_atanh(x):
 
 @triton.jit
 def _sf_pow(x, y):
+    x, y = tl.broadcast(x, y)
     a = tl.abs(x)
     r = tl.exp2(y * tl.log2(a))
     yi = tl.floor(y) == y
@@ -391,6 +411,7 @@ def _sf_pow(x, y):
 
 @triton.jit
 def _sf_ipow(a, e, BITS: tl.constexpr):
+    a, e = tl.broadcast(a, e)
     # square-and-multiply, wrapping like the reference; negative exponents give 1 / a
     # truncated toward zero: 1, +-1 for a = -1, else 0
     r = a * 0 + 1
@@ -406,6 +427,7 @@ def _sf_ipow(a, e, BITS: tl.constexpr):
 
 @triton.jit
 def _sf_upow(a, e, BITS: tl.constexpr):
+    a, e = tl.broadcast(a, e)
     r = a * 0 + 1
     b = a
     k = e

@@ -231,7 +231,7 @@ def calibrate(graph: Graph, batches: Iterable[Batch], values: Iterable[Value] | 
     without running anything, otherwise the fresh stats are saved there.
     Raises CalibrationError for empty calibration or a non-finite observed value.
     """
-    vals = list(values) if values is not None else linear_inputs(graph)
+    vals = list({id(v): v for v in (values if values is not None else linear_inputs(graph))}.values())
     if gram is True:
         readers = {id(n.inputs[0]) for n in graph.nodes if n.op in ("linear", "moe")}
         gram_ids = {id(v) for v in vals if id(v) in readers}

@@ -304,8 +304,9 @@ class _Tracer:
 
     def _op_linear(self, p: Node, v: Value, m: torch.Tensor, t: _Trace) -> None:
         w = p.inputs[1]
-        if w is None or not w.is_const:
-            raise _Fail("non_const_weight", f"producer {p.describe()} has a non-constant weight", p)
+        b = p.inputs[2] if len(p.inputs) > 2 else None
+        if w is None or not w.is_const or (b is not None and not b.is_const):
+            raise _Fail("non_const_weight", f"producer {p.describe()} has a non-constant weight or bias", p)
         idx = self._last_axis_only(p, m, int(w.shape[0]))
         t.edits.append(Edit("linear", p, idx))
         t.absorber = "linear"
@@ -314,6 +315,8 @@ class _Tracer:
         rank = v.type.rank
         if norm_axis(p.attrs["axis"], rank) != rank - 1 or not isinstance(v.shape[-1], int):
             raise _Fail("norm_axes", f"{p.describe()} normalises more than the static last axis", p)
+        if any(a is not None and not a.is_const for a in p.inputs[1:]):
+            raise _Fail("non_const_weight", f"{p.describe()} has a non-constant weight or bias", p)
         idx = self._last_axis_only(p, m, int(v.shape[-1]))
         t.edits.append(Edit("norm", p, idx))
         t.absorber = "norm"

@@ -366,3 +366,25 @@ def test_every_op_has_a_triton_path() -> None:
         if od.elementwise and op not in VIEW_OPS:
             assert cov[op].startswith(("triton", "reference: ")), f"{op}: {cov[op]}"
     assert set(EXPR) | set(ROW_OPS) | set(LIBRARY_OPS) <= set(all_ops())
+
+
+def test_scalar_operands() -> None:
+    """Broadcast scalars meeting blocks: pow by constant exponents (products for 2 and 3), the
+    two-operand helpers, and a boolean computed from scalars only."""
+    g = Graph("scalars")
+    x = g.add_input("f32[B,5]", "x")
+    i = g.add_input("i32[B,5]", "i")
+    c = lambda v, d="f32": g.add_const(torch.tensor(v), d)  # noqa: E731
+    flag = g.add("gt", [c(2.0), c(1.0)])
+    outs = [g.add("pow", [x, c(3.0)]), g.add("pow", [x, c(2.0)]), g.add("pow", [g.add("abs", [x]), c(2.5)]),
+            g.add("maximum", [x, c(0.25)]), g.add("mod", [x, c(0.75)]),
+            g.add("pow", [i, g.add_const(torch.tensor(3, dtype=torch.int32))]),
+            g.add("logical_and", [flag, g.add("gt", [x, c(0.0)])]),
+            g.add("logical_xor", [g.add("lt", [c(2.0), c(1.0)]), g.add("lt", [x, c(0.5)])])]
+    g.set_outputs(outs)
+    srcs = "".join(api.build_triton(g, DEVICE).sources.values())
+    assert "_sf_pow(v" in srcs and "(l0 * l0 * l0)" in srcs and "(l0 * l0)" in srcs
+    xs = [torch.randn(3, 5) * 3, torch.randint(-20, 20, (3, 5), dtype=torch.int32)]
+    got, want = run_both(g, xs)
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert_match(a, b, k in (3, 5, 6, 7), f"output {k} ({outs[k].producer.op})")

@@ -40,7 +40,7 @@ def _ln(x: torch.Tensor) -> torch.Tensor:
 def test_stats_match_torch_and_stream() -> None:
     g, ln, _ = _graph()
     bs = _batches(5)
-    st = calibrate(g, bs, values=[ln, g.inputs[0]], gram=[ln])
+    st = calibrate(g, bs, values=[ln, g.inputs[0], ln], gram=[ln])   # duplicates count once
     rows = torch.cat([_ln(b[0]).reshape(-1, 6) for b in bs]).double()
     s = st[ln]
     assert s.rows == rows.shape[0]
