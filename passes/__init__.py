@@ -19,3 +19,6 @@ from .calibrate import CalibrationError, ChannelStats, Stats, calibrate  # noqa:
 from .scale_move import Refusal, ScalePlan, plan_scale  # noqa: E402
 
 __all__ += ["CalibrationError", "ChannelStats", "Stats", "calibrate", "Refusal", "ScalePlan", "plan_scale"]
+
+# OutlierTune (issue 7): per-channel static activation quantisation and the W8A8 baselines.
+from . import outliertune as _outliertune  # noqa: E402,F401  (registers outliertune, w8a8)
