@@ -77,11 +77,14 @@ def build_c(graph: Graph) -> CompiledModel:
     return CompiledModel(graph, "c", ex, {ck.name: ck.source for ck in rendered}, sched)
 
 
-def build_triton(graph: Graph, device: str | torch.device | None = None) -> CompiledModel:
+def build_triton(graph: Graph, device: str | torch.device | None = None,
+                 cuda_graphs: bool | None = None) -> CompiledModel:
     """Partition and render ``graph`` as Triton kernels and wrap it for ``device``: CUDA when
     one is present, else the CPU under the Triton interpreter (``TRITON_INTERPRET=1``, set
     here when needed). Inputs are moved to the device and outputs returned on the inputs'
-    device. Dense GEMM, attention and convolution run on torch on the same device."""
+    device. Dense GEMM, attention and convolution run on torch on the same device. On CUDA,
+    each binding of the sizes is replayed as one CUDA graph from its second call on
+    (``cuda_graphs``, default on unless ``SCALEFOLD_CUDA_GRAPHS=0``)."""
     from .codegen import triton as tgen
     from .codegen.schedule import partition
     from .runtime.executor import Executor
@@ -92,7 +95,9 @@ def build_triton(graph: Graph, device: str | torch.device | None = None) -> Comp
     rendered = tgen.render(sched)
     fns = load_kernels(rendered, dev)
     params = {tk.name: tk.params for tk in rendered}
-    ex = Executor(graph, sched, fns, params, device=dev)
+    if cuda_graphs is None:
+        cuda_graphs = os.environ.get("SCALEFOLD_CUDA_GRAPHS", "1") != "0"
+    ex = Executor(graph, sched, fns, params, device=dev, cuda_graphs=cuda_graphs)
     return CompiledModel(graph, "triton", ex, {tk.name: tk.source for tk in rendered}, sched)
 
 

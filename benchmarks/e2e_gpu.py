@@ -7,9 +7,12 @@ Models (fp16 and bf16, batch 1 and 32, sequence 128):
   layers, random weights).
 
 All runners are measured in this one process on the same inputs (CUDA events, medians of
-``--iters`` calls after warm-up). Then every fused Triton kernel of the encoder is timed alone
-(L2 flushed before each launch) and its bandwidth (bytes read + written / time) reported as a
-fraction of ``--peak-tbs`` (4.27 TB/s).
+``--iters`` calls after warm-up): torch eager, torch.compile (default and reduce-overhead, the
+latter with CUDA graphs), scalefold as built (each binding replayed as one CUDA graph from its
+second call) and scalefold launching step by step. Then every fused Triton kernel of the
+encoder at the largest batch is timed alone (L2 flushed before each launch) and its bandwidth
+(bytes read + written / time) reported as a fraction of ``--peak-tbs`` (4.27 TB/s) and of a
+device copy moving the same bytes (kernels of a few MB are launch-latency bound).
 
     python benchmarks/e2e_gpu.py                         # on a CUDA machine
     python benchmarks/e2e_gpu.py --device cpu --interpret   # smoke test: tiny sizes, CPU
@@ -168,9 +171,14 @@ def kernel_bandwidth(cm, inputs: tuple[torch.Tensor, ...], timer: Timer, peak_tb
             ts.append(t)
             nbytes += t.numel() * t.element_size()
         ms = timer.median_ms(lambda: launch(ts), flush_l2=True)
+        # anchor: a device copy moving the same bytes (small transfers never reach the peak)
+        src = torch.empty(max(nbytes // 2, 1), dtype=torch.uint8, device=dev)
+        dst = torch.empty_like(src)
+        copy_ms = timer.median_ms(lambda: dst.copy_(src), flush_l2=True)
         tbs = nbytes / (ms * 1e-3) / 1e12
         rows.append({"kernel": k.name, "ops": " -> ".join(k.ops), "launch": cm_launch(ex, k.name),
-                     "MB": nbytes / 1e6, "us": ms * 1e3, "TB/s": tbs, "of peak": tbs / peak_tbs})
+                     "MB": nbytes / 1e6, "us": ms * 1e3, "TB/s": tbs, "of peak": tbs / peak_tbs,
+                     "of copy": copy_ms / ms})
     return rows
 
 
@@ -190,13 +198,16 @@ def bench_model(kind: str, model: torch.nn.Module, label: str, a: argparse.Names
         m_cpu = copy.deepcopy(model).to(dtype).eval()        # exported on the CPU: constants live there
         m_dev = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
         compiled = None if "compile" in a.skip else torch.compile(m_dev)
+        cuda = device.type == "cuda"
+        # torch.compile with CUDA graphs, the fair anchor for our graph replay
+        compiled_ro = None if "compile" in a.skip or not cuda else torch.compile(m_dev, mode="reduce-overhead")
         for batch in a.batches:
             xs = make_inputs(kind, batch, a.seq, vocab)
             xd = tuple(x.to(device) for x in xs)
             with torch.no_grad():
                 t0 = time.perf_counter()
                 g = from_torch(m_cpu, xs)
-                cm = api.compile(g, target="triton")
+                cm = api.compile(g, target="triton")    # CUDA graphs from the second call on
                 out = cm(*xd)
                 timer.sync()
                 t_build = time.perf_counter() - t0
@@ -205,9 +216,18 @@ def bench_model(kind: str, model: torch.nn.Module, label: str, a: argparse.Names
                        "err vs eager": rel_err(out, ref), "kernels": cm.schedule.by_kind()}
                 row["eager ms"] = timer.median_ms(lambda: m_dev(*xd))
                 row["scalefold ms"] = timer.median_ms(lambda: cm(*xd))
+                # the replayed graph computes what the step-by-step run did
+                row["err vs eager"] = max(row["err vs eager"], rel_err(cm(*xd), ref))
+                if cuda:
+                    plain = api.build_triton(g, device, cuda_graphs=False)
+                    row["scalefold steps ms"] = timer.median_ms(lambda: plain(*xd))
                 if compiled is not None:
                     compiled(*xd)   # compile outside the timing
                     row["compile ms"] = timer.median_ms(lambda: compiled(*xd))
+                if compiled_ro is not None:
+                    for _ in range(3):
+                        compiled_ro(*xd)
+                    row["compile-ro ms"] = timer.median_ms(lambda: compiled_ro(*xd))
                 if kind == "encoder" and batch == max(a.batches) and "bandwidth" not in a.skip:
                     row["bandwidth"] = kernel_bandwidth(cm, xd, timer, a.peak_tbs)
             rows.append(row)
@@ -215,16 +235,21 @@ def bench_model(kind: str, model: torch.nn.Module, label: str, a: argparse.Names
     return rows
 
 
+RUNNERS = (("eager ms", "torch eager"), ("compile ms", "torch.compile"),
+           ("compile-ro ms", "torch.compile reduce-overhead"), ("scalefold steps ms", "scalefold, no CUDA graph"))
+
+
 def print_row(r: dict) -> None:
-    s = (f"{r['model'][:34]:34s} {r['dtype']:5s} B={r['batch']:<3d} eager {r['eager ms']:8.3f} ms | "
-         f"scalefold {r['scalefold ms']:8.3f} ms (x{r['eager ms'] / r['scalefold ms']:.2f} vs eager")
-    if "compile ms" in r:
-        s += f", x{r['compile ms'] / r['scalefold ms']:.2f} vs torch.compile {r['compile ms']:.3f} ms"
-    s += f") | err {r['err vs eager']:.1e} | build {r['build s']:.1f} s | {r['kernels']}"
-    print(s, flush=True)
+    sf = r["scalefold ms"]
+    print(f"{r['model'][:34]} {r['dtype']} B={r['batch']}: scalefold triton {sf:.3f} ms | err vs eager "
+          f"{r['err vs eager']:.1e} | build {r['build s']:.1f} s | {r['kernels']}", flush=True)
+    for key, name in RUNNERS:
+        if key in r:
+            print(f"    {name:30s} {r[key]:8.3f} ms   scalefold x{r[key] / sf:.2f}", flush=True)
     for k in r.get("bandwidth", []):
-        print(f"    {k['kernel']:>5s} {k['launch']:5s} {k['ops'][:60]:60s} {k['MB']:8.2f} MB "
-              f"{k['us']:9.2f} us {k['TB/s']:6.3f} TB/s = {100 * k['of peak']:5.1f}% of peak", flush=True)
+        print(f"    {k['kernel']:>5s} {k['launch']:5s} {k['ops'][:40]:40s} {k['MB']:8.3f} MB "
+              f"{k['us']:9.2f} us {k['TB/s']:6.3f} TB/s = {100 * k['of peak']:5.1f}% of peak, "
+              f"{100 * k['of copy']:5.1f}% of a copy's", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         if "decoder" in a.models:
             m, label = build_decoder(a.interpret, a.gpt2_layers)
             rows += bench_model("decoder", m, label, a, device, timer)
-    print("\nsummary (time ratios > 1: scalefold faster)")
+    print("\nsummary: time of each runner / time of scalefold triton (> 1: scalefold faster)")
+    print(f"  {'model':34s} {'dtype':5s} {'batch':>5s} " + " ".join(f"{n[:22]:>22s}" for _, n in RUNNERS))
     for r in rows:
-        extra = f"  vs torch.compile x{r['compile ms'] / r['scalefold ms']:.2f}" if "compile ms" in r else ""
-        print(f"  {r['model'][:34]:34s} {r['dtype']:5s} B={r['batch']:<3d} vs eager "
-              f"x{r['eager ms'] / r['scalefold ms']:.2f}{extra}")
+        cells = " ".join(f"{r[k] / r['scalefold ms']:22.2f}" if k in r else f"{'-':>22s}" for k, _ in RUNNERS)
+        print(f"  {r['model'][:34]:34s} {r['dtype']:5s} {r['batch']:5d} {cells}")
     return 0
 
 

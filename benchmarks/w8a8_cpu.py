@@ -10,8 +10,8 @@ scalefold's W8A8 GEMM, and achieved TOPS (2*M*N*K / time). Runners:
 - ``torch int8 dynamic``: ``torch.ao.quantization.quantize_dynamic`` on an ``nn.Linear``
   (fbgemm; per-tensor activations quantised each call, per-tensor weights).
 - ``torch fp32``: ``F.linear``.
-- ``ort MatMulInteger (i8 x)``: onnxruntime's MatMulInteger on the same int8 codes (int32 out,
-  no epilogue), and ``ort dynamic``: DynamicQuantizeLinear + MatMulInteger + scale + bias, the
+- ``ort MatMulInteger (i8 x)``: onnxruntime's MatMulInteger on the same codes (as u8 x + 128
+  with zero point 128, MLAS's fast u8 x s8 path; int32 out, no epilogue), and ``ort dynamic``: DynamicQuantizeLinear + MatMulInteger + scale + bias, the
   graph ``onnxruntime.quantization.quantize_dynamic`` writes (ORT fuses it).
 
     .venv/bin/python benchmarks/w8a8_cpu.py [--m 128] [--k 4096] [--n 11008] [--threads 2]
@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from typing import Callable
 
 import torch
@@ -51,10 +52,12 @@ def _ort_models(w8: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor):
 
     n, k = w8.shape
     b_t = numpy_helper.from_array(w8.T.contiguous().numpy(), "B")
+    # MLAS's fast path is u8 activations x s8 weights: feed x + 128 with zero point 128.
+    a_z = numpy_helper.from_array(np.array(128, dtype=np.uint8), "Az")
     mm = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "mmi",
-        [helper.make_tensor_value_info("A", TensorProto.INT8, ["M", k])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", n])], [b_t])
+        [helper.make_node("MatMulInteger", ["A", "B", "Az"], ["Y"])], "mmi",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", n])], [b_t, a_z])
     # Per-tensor weight scale, as quantize_dynamic's default.
     ws = float(wscale.max())
     nodes = [helper.make_node("DynamicQuantizeLinear", ["X"], ["Xq", "Xs", "Xz"]),
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--skip", default="", help="comma list of runners to skip: ort,fp32,torch")
+    ap.add_argument("--sweep", default="", help="comma list of M: also time the int8 GEMMs "
+                    "(scalefold i8 x, torch int8 dynamic, ort MatMulInteger) at these M")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     torch.set_num_threads(a.threads)
@@ -123,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         ("scalefold w8a8 (i8 x)", lambda: cm_i8(x8)),
         ("scalefold w8a8 per-token", lambda: cm_tok(x)),
     ]
+    qlin = s_mm = None
     if "torch" not in skip:
         lin = torch.nn.Linear(K, N)
         with torch.no_grad():
             lin.weight.copy_(w)
             lin.bias.copy_(bias)
-        qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
-                                                      dtype=torch.qint8)
+        with warnings.catch_warnings():   # torch.ao.quantization's deprecation notices
+            warnings.simplefilter("ignore")
+            qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                          dtype=torch.qint8)
         runners.append(("torch int8 dynamic", lambda: qlin(x)))
     if "fp32" not in skip:
         runners.append(("torch fp32 F.linear", lambda: torch.nn.functional.linear(x, w, bias)))
@@ -140,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         mm, dyn = _ort_models(w8, wscale, bias)
         s_mm = ort.InferenceSession(mm.SerializeToString(), so, providers=["CPUExecutionProvider"])
         s_dyn = ort.InferenceSession(dyn.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        feed_mm, feed_dyn = {"A": x8.numpy()}, {"X": x.numpy()}
+        feed_mm = {"A": (x8.to(torch.int32) + 128).to(torch.uint8).numpy()}
+        feed_dyn = {"X": x.numpy()}
         runners.append(("ort MatMulInteger (i8 x)", lambda: s_mm.run(None, feed_mm)))
         runners.append(("ort dynamic", lambda: s_dyn.run(None, feed_dyn)))
 
@@ -154,7 +163,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"W8A8 GEMM M={M} K={K} N={N}, {a.threads} threads, median of {a.iters} "
           f"(build {build_s:.1f} s incl. packing, max rel err vs reference {err:.2e})")
     _table(f"best median of {a.repeat} run(s)", best, M, N, K)
+    if a.sweep:
+        _sweep([int(m) for m in a.sweep.split(",")], cm_i8, qlin, s_mm, a.iters, a.repeat, N, K)
     return 0
+
+
+def _sweep(ms: list[int], cm, qlin, s_mm, iters: int, repeat: int, N: int, K: int) -> None:
+    """Best-of-``repeat`` medians of the int8 GEMMs over M (same weights, fresh activations);
+    ``qlin`` / ``s_mm`` (torch dynamic module, ort MatMulInteger session) may be None."""
+    names = ["scalefold w8a8 (i8 x)", "torch int8 dynamic", "ort MatMulInteger (i8 x)"]
+    print(f"-- M sweep (ms, best of {repeat} medians; TOPS of scalefold)")
+    print(f"{'M':>5s} " + " ".join(f"{n:>26s}" for n in names) + f" {'TOPS':>7s}")
+    for m in ms:
+        x8 = torch.randint(-127, 128, (m, K), dtype=torch.int8)
+        xf = torch.randn(m, K)
+        feed = {"A": (x8.to(torch.int32) + 128).to(torch.uint8).numpy()}
+        fns: dict[str, Callable[[], object]] = {names[0]: lambda: cm(x8)}
+        if qlin is not None:
+            fns[names[1]] = lambda: qlin(xf)
+        if s_mm is not None:
+            fns[names[2]] = lambda: s_mm.run(None, feed)
+        with torch.no_grad():
+            t = {n: min(median_ms(f, iters) for _ in range(repeat)) for n, f in fns.items()}
+        print(f"{m:5d} " + " ".join(f"{t.get(n, float('nan')):26.3f}" for n in names)
+              + f" {2 * m * N * K / t[names[0]] / 1e9:7.3f}")
+        sys.stdout.flush()
 
 
 def _table(title: str, ms: dict[str, float], M: int, N: int, K: int) -> None:

@@ -8,8 +8,10 @@ literals. Rendering is deterministic: the same kernel gives byte-identical sourc
 
 Op coverage (a test checks it against the registry): elementwise ops are rendered through
 ``c_expr.EXPR``; row ops (norms, softmax, trailing-axis reductions) through :func:`_row_body`;
-view ops alias; ``LIBRARY`` ops run on torch's kernels; everything in :data:`REFERENCE_OPS`
-runs its torch reference, for the reason given there.
+view ops alias; ``LIBRARY`` ops run on torch's kernels; ``quantize`` fuses like an elementwise
+op (``c_quant.py``) and ``qlinear`` is a ``template`` kernel, the int8 GEMM of ``c_qgemm.py``,
+in the forms those modules name; everything in :data:`REFERENCE_OPS` runs its torch
+reference, for the reason given there.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import sympy
 
 from ..ir.graph import Node, Value
 from ..ir.types import Dim, dims_equal
-from .c_expr import EXPR, compute_type, node_renderable
-from .c_quant import quantize_expr, quantize_renderable
+from .c_expr import EXPR, compute_type
+from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE, load, storage_type, store
 from .schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, Caps, Kernel, Schedule
 
@@ -471,13 +473,6 @@ def row_renderable(n: Node) -> bool:
 
 # Activations and residual adds after a linear run as oneDNN post-ops of its GEMM.
 LINEAR_EPILOGUE = frozenset({"gelu", "relu", "silu", "sigmoid", "tanh", "add"})
-# The fused-kernel expression table: the elementwise ops plus ops that fuse like them.
-C_EXPR = {**EXPR, "quantize": quantize_expr}
-
-
-def c_node_ok(n: Node) -> bool:
-    """Whether a fused C kernel evaluates ``n`` (elementwise table, or a renderable quantize)."""
-    return quantize_renderable(n) if n.op == "quantize" else node_renderable(n)
 
 
 def _template_ok(n: Node) -> bool:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ..ir.graph import Node
 from ..ir.ops.common import norm_axis
-from .c_expr import C_DTYPES, compute_type
+from .c_expr import C_DTYPES, EXPR, compute_type, node_renderable
 
 QUANT_OUT = frozenset({"i8", "u8", "i16", "i32"})
 FLOAT_IN = frozenset({"f32", "f16", "bf16", "f64"})
@@ -64,3 +64,12 @@ def quantize_expr(a: Sequence[str], n: Node, ct: str) -> str:
             f"{kt} _t = ({kt})(_v != _v ? 0 : _v){zp}; "
             f"_t = _t < ({kt}){lo} ? ({kt}){lo} : (_t > ({kt}){hi} ? ({kt}){hi} : _t); "
             f"({out_ct})(int64_t)_t; }})")
+
+
+# The fused-kernel expression table: the elementwise ops plus quantize, which fuses like them.
+C_EXPR = {**EXPR, "quantize": quantize_expr}
+
+
+def c_node_ok(n: Node) -> bool:
+    """Whether a fused C kernel evaluates ``n`` (elementwise table, or a renderable quantize)."""
+    return quantize_renderable(n) if n.op == "quantize" else node_renderable(n)

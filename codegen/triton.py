@@ -11,8 +11,9 @@ and strides; static sizes are literals). Launch shapes:
 - ``tile``: the loop nest is split into outer rows and an inner contiguous part (as in the C
   backend) so that broadcast operands are read as ``[1, BN]`` or ``[BO, 1]`` tiles with no
   division per element; 2-D tiles ``BO x BN``, flattened into one grid axis.
-- ``row``: one program per row. ``BLOCK`` is the next power of two of the row length, or, for
-  rows longer than :data:`ROW_MAX`, a chunk size with loops over the row (the ``CHUNKED``
+- ``row``: ``ROWS`` rows per program (one for long rows; several for short rows, so that a
+  program has enough work). ``BLOCK`` is the next power of two of the row length, or, for rows
+  longer than :data:`ROW_MAX`, a chunk size with loops over the row (the ``CHUNKED``
   constexpr; both variants are rendered when the length is symbolic).
 
 f16/bf16 compute in f32 and are stored rounded (ties to even). Rendering is deterministic.
@@ -30,16 +31,15 @@ from ..ir.types import Dim
 from .c import REFERENCE_OPS as C_REFERENCE_OPS
 from .c import _Access, _inner_split, _prod, _row_split, row_renderable
 from .schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, Caps, Kernel, Schedule
-from .triton_expr import EXPR, F32_ONLY, PRELUDE, compute_type, lit, node_renderable, to_storage
+from .triton_expr import EXPR, F32_ONLY, PRELUDE, compute_type, node_renderable, to_storage
+from .triton_row import _Ctx, _Row
 
 # Ops without a generated Triton kernel run their torch reference (on the tensors' device), for
-# the C backend's reasons; f64 inverse trigonometric functions (F32_ONLY) also do.
-REFERENCE_OPS: dict[str, str] = dict(C_REFERENCE_OPS)
+# the C backend's reasons where it has none either; f64 ops of F32_ONLY also do.
+_QUANT = "Triton kernels land with the quantisation issues; torch reference on the device"
+REFERENCE_OPS: dict[str, str] = {**C_REFERENCE_OPS, "quantize": _QUANT, "dequantize": _QUANT,
+                                 "qlinear": _QUANT}
 
-# Reductions combine with tl.standard's own combine functions: the interpreter recognises them
-# and reduces with numpy (a combine function of ours would run once per element in Python).
-SUMC, MAXC, MINC = "tl.standard._sum_combine", "tl.standard._elementwise_max", "tl.standard._elementwise_min"
-NINF, PINF = 'float("-inf")', 'float("inf")'
 ROW_MAX = 8192      # longest row held in one block; longer rows loop over ROW_CHUNK chunks
 ROW_CHUNK = 4096
 HEADER = "# scalefold: generated Triton kernel\nimport triton\nimport triton.language as tl\n"
@@ -78,23 +78,13 @@ class _Params:
         return f"q{self._index[key]}"
 
 
-@dataclass
-class _Ctx:
-    """Where a tree is evaluated: ``flat`` (offs), ``tile`` (o2 x j2), ``row`` (scalar o,
-    vector j) or ``scalar`` (scalar o: one value per row)."""
-
-    mode: str
-    j: str = "j"
-    mj: str = "mj"
-
-
 class _Emitter:
     def __init__(self, k: Kernel):
         self.k = k
         self.q = _Params()
         self.index_of = {id(v): i for i, v in enumerate(k.inputs)}
         self.out_index = {id(v): len(k.inputs) + i for i, v in enumerate(k.outputs)}
-        self.bases: dict[tuple[int, str], str] = {}
+        self.n_bases = 0
 
     def ptr(self, v: Value) -> str:
         i = self.index_of.get(id(v))
@@ -116,9 +106,8 @@ class _Emitter:
         return " + ".join(parts) if parts else "0"
 
     def _base(self, acc: _Access, shape: Sequence[Dim], c: int, var: str, pre: list[str]) -> str:
-        key = (id(acc), var)
-        name = f"b{len(self.bases)}"
-        self.bases[key] = name
+        name = f"b{self.n_bases}"
+        self.n_bases += 1
         pre.append(f"{name} = {self._decompose(var, list(shape[:c]), acc.strides[:c])}")
         return name
 
@@ -143,24 +132,24 @@ class _Emitter:
                 return "o2", "mo2"
             b = self._base(acc, shape, c, "o", pre)
             return (f"{b}[:, None] + j2", "m2") if acc.inner_contig else (f"{b}[:, None]", "mo2")
-        if ctx.mode == "scalar":
+        if ctx.mode == "rows":
             if kind in ("same", "outer"):
-                return "o", None
-            return self._base(acc, shape, c, "o", pre), None
-        # row: scalar o, vector j
-        j, mj = ctx.j, ctx.mj
+                return "o2", "mo2"
+            return f"{self._base(acc, shape, c, 'o', pre)}[:, None]", "mo2"
+        # row: rows o2 x the columns j of one chunk
+        j, mj, m = ctx.j, ctx.mj, ctx.m
         if kind == "same":
-            return f"o * {N} + {j}", mj
+            return f"o2 * {N} + {j}", m
         if kind == "inner":
             return j, mj
         if kind == "outer":
-            return "o", None
+            return "o2", "mo2"
         b = self._base(acc, shape, c, "o", pre)
         if acc.inner_contig:
-            return f"{b} + {j}", mj
+            return f"{b}[:, None] + {j}", m
         if acc.inner_bcast:
-            return b, None
-        return f"{b} + {self._decompose(j, list(shape[c:]), acc.strides[c:])}", mj
+            return f"{b}[:, None]", "mo2"
+        return f"{b}[:, None] + {self._decompose(j, list(shape[c:]), acc.strides[c:])}", m
 
     def load(self, v: Value, shape: Sequence[Dim], c: int, ctx: _Ctx, pre: list[str]) -> str:
         return self.load_scalar(v, shape, c, ctx, pre)[0]
@@ -200,7 +189,7 @@ class _Emitter:
             ct = compute_type(n.outputs[0].dtype)
             name = f"v{tag}{len(env)}"
             expr = EXPR[n.op](args, n, ct)
-            if ctx.mode != "scalar" and all(id(v) in scalar for v in ins):
+            if all(id(v) in scalar for v in ins):
                 scalar.add(id(n.outputs[0]))
                 if ct == "tl.int1":
                     expr = f"tl.where({expr}, 1, 0)"
@@ -272,7 +261,8 @@ class _Emitter:
         r = _Row(self, row, pro, epi, xshape, c, L)
         Ls = _prod(xshape[c:])
         static = isinstance(Ls, int) or (isinstance(Ls, sympy.Basic) and Ls.is_Integer)
-        lines = ["o = tl.program_id(0).to(tl.int64)"]
+        lines = ["o = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)",
+                 "o2 = o[:, None]", f"mo2 = o2 < {O}"]
         if static and int(Ls) <= ROW_MAX:
             lines += r.single()
         elif static:
@@ -283,202 +273,6 @@ class _Emitter:
         return _indent(lines), "row", (O, L)
 
 
-class _Row:
-    """The body of one row kernel, single-block or chunked."""
-
-    def __init__(self, em: _Emitter, row: Node, pro: list[Node], epi: list[Node],
-                 xshape: list[Dim], c: int, L: str):
-        self.em, self.row, self.pro, self.epi = em, row, pro, epi
-        self.xshape, self.c, self.L = xshape, c, L
-        self.ct = compute_type(row.outputs[0].dtype)
-        self.per_row = row.op.startswith("reduce_")
-
-    def x_at(self, ctx: _Ctx, tag: str, out: list[str]) -> str:
-        """Statements computing the row input at columns ``ctx.j``; returns its name."""
-        em, x = self.em, self.row.inputs[0]
-        env: dict[int, str] = {}
-        body: list[str] = []
-        pre: list[str] = []
-        em.emit_tree(self.pro, self.xshape, self.c, ctx, env, body, pre, tag)
-        if id(x) not in env:
-            body.append(f"x{tag} = {em.load(x, self.xshape, self.c, ctx, pre)}")
-            env[id(x)] = f"x{tag}"
-        out += pre + body
-        name = f"xv{tag}"
-        out.append(f"{name} = {env[id(x)]}.to({self.ct})")
-        return name
-
-    def norm_affine(self, ctx: _Ctx, y: str, out: list[str]) -> str:
-        """``y`` times the norm's weight plus its bias (read at columns ``ctx.j``)."""
-        row, em = self.row, self.em
-        w = row.inputs[1] if len(row.inputs) > 1 else None
-        b = row.inputs[2] if row.op == "layer_norm" and len(row.inputs) > 2 else None
-        pre: list[str] = []
-        if w is not None:
-            y = f"{y} * {em.load(w, self.xshape, self.c, ctx, pre)}"
-        if b is not None:
-            y = f"{y} + {em.load(b, self.xshape, self.c, ctx, pre)}"
-        out += pre
-        return y
-
-    def finish(self, ctx: _Ctx, y: str, tag: str, out: list[str]) -> None:
-        """The epilogue on the row op's output ``y`` and the stores of the kernel's outputs."""
-        em, row = self.em, self.row
-        if self.per_row:
-            yshape = list(row.outputs[0].type.shape)
-            ectx, eshape, ec = _Ctx("scalar"), yshape, len(yshape)
-            idx, mask = "o", ""
-        else:
-            ectx, eshape, ec = ctx, self.xshape, self.c
-            idx, mask = f"o * {self.L} + {ctx.j}", f", mask={ctx.mj}"
-        env = {id(row.outputs[0]): y}
-        body: list[str] = []
-        pre: list[str] = []
-        em.emit_tree(self.epi, eshape, ec, ectx, env, body, pre, tag)
-        out += pre + body
-        for v in em.k.outputs:
-            out.append(f"tl.store({em.ptr(v)} + {idx}, {to_storage(v.dtype, env[id(v)])}{mask})")
-
-    # ---- one block per row -------------------------------------------------------------------
-    def single(self) -> list[str]:
-        op, ct, L = self.row.op, self.ct, self.L
-        ctx = _Ctx("row", "j", "mj")
-        out = ["j = tl.arange(0, BLOCK).to(tl.int64)", f"mj = j < {L}"]
-        x = self.x_at(ctx, "x", out)
-
-        def red(e: str, comb: str = SUMC) -> str:
-            return f"tl.reduce({e}, 0, {comb})"
-        if op in ("softmax", "log_softmax"):
-            out += [f'xm = tl.where(mj, {x}, float("-inf"))', f"mx = {red('xm', MAXC)}",
-                    "ex = tl.exp(xm - mx)", f"s = {red('ex')}"]
-            # (x - m) - log(s), not x - (m + log(s)): the latter loses log(s)'s digits
-            y = "ex / s" if op == "softmax" else f"({x} - mx) - tl.log(s)"
-        elif op == "layer_norm":
-            out += [f"mu = {red(f'tl.where(mj, {x}, 0.0)')} / {L}",
-                    f"d = tl.where(mj, {x} - mu, 0.0)", f"var = {red('d * d')} / {L}",
-                    f"rs = 1.0 / _sf_sqrt(var + {lit(self.row.attrs['eps'])})"]
-            y = self.norm_affine(ctx, f"(({x} - mu) * rs)", out)
-        elif op == "rms_norm":
-            out += [f"ms = {red(f'tl.where(mj, {x} * {x}, 0.0)')} / {L}",
-                    f"rs = 1.0 / _sf_sqrt(ms + {lit(self.row.attrs['eps'])})"]
-            y = self.norm_affine(ctx, f"({x} * rs)", out)
-        else:
-            y = self._reduce_single(x, out, red)
-        out.append(f"y = ({y}).to({ct})")
-        self.finish(ctx, "y", "e", out)
-        return out
-
-    def _reduce_single(self, x: str, out: list[str], red) -> str:
-        op, L = self.row.op, self.L
-        if op in ("reduce_sum", "reduce_mean", "reduce_sum_square", "reduce_l2"):
-            term = f"{x} * {x}" if op in ("reduce_sum_square", "reduce_l2") else x
-            out.append(f"acc = {red(f'tl.where(mj, {term}, 0.0)')}")
-            return {"reduce_sum": "acc", "reduce_mean": f"acc / {L}", "reduce_sum_square": "acc",
-                    "reduce_l2": "_sf_sqrt(acc)"}[op]
-        if op == "reduce_prod":
-            out.append(f"acc = {red(f'tl.where(mj, {x}, 1.0)', '_sf_mul')}")
-            return "acc"
-        out.append(f"nan = {red(f'tl.where(mj & ({x} != {x}), 1, 0)')} > 0")
-        if op in ("reduce_max", "reduce_min"):
-            init, comb = (NINF, MAXC) if op == "reduce_max" else (PINF, MINC)
-            out.append(f"acc = {red(f'tl.where(mj, {x}, {init})', comb)}")
-            return 'tl.where(nan, float("nan"), acc)'
-        assert op == "reduce_logsumexp", op
-        # a NaN anywhere makes the row NaN; an infinite max is the answer (inf - inf is NaN)
-        ninf = 'float("-inf")'
-        out += [f"mx = {red(f'tl.where(mj, {x}, {ninf})', MAXC)}",
-                f"sm = {red(f'tl.where(mj, tl.exp({x} - mx), 0.0)')}"]
-        return 'tl.where(nan, float("nan"), tl.where(tl.abs(mx) == float("inf"), mx, mx + tl.log(sm)))'
-
-    # ---- loops over chunks of a long row -------------------------------------------------------
-    def chunked(self) -> list[str]:
-        op, ct, L = self.row.op, self.ct, self.L
-        out: list[str] = []
-        n_pass = [0]
-
-        def loop(accs: list[tuple[str, str, str]]) -> tuple[list[str], str, _Ctx]:
-            """Open a pass over the row: accumulators (name, init, update-with-{x}) are
-            initialised before it; returns the loop body (indented later), x's name, ctx."""
-            t = f"c{n_pass[0]}"
-            n_pass[0] += 1
-            for name, init, _ in accs:
-                out.append(f"{name} = tl.full([BLOCK], {init}, {ct if init != '0' else 'tl.int32'})")
-            ctx = _Ctx("row", f"j{t}", f"mj{t}")
-            body = [f"j{t} = start{t} + tl.arange(0, BLOCK).to(tl.int64)", f"mj{t} = j{t} < {L}"]
-            x = self.x_at(ctx, t, body)
-            for name, _, upd in accs:
-                body.append(f"{name} = {upd.format(x=x, m=ctx.mj)}")
-            out.append(f"for start{t} in range(0, {L}, BLOCK):")
-            out.extend("    " + s for s in body)
-            return body, x, ctx
-
-        def red(e: str, comb: str = SUMC) -> str:
-            return f"tl.reduce({e}, 0, {comb})"
-        eps = lit(self.row.attrs["eps"]) if op in ("layer_norm", "rms_norm") else ""
-        if op in ("softmax", "log_softmax"):
-            loop([("mxv", 'float("-inf")', 'tl.maximum(mxv, tl.where({m}, {x}, float("-inf")))')])
-            out.append(f"mx = {red('mxv', MAXC)}")
-            loop([("sv", "0.0", "sv + tl.where({m}, tl.exp({x} - mx), 0.0)")])
-            out.append(f"s = {red('sv')}")
-        elif op == "layer_norm":
-            loop([("sv", "0.0", "sv + tl.where({m}, {x}, 0.0)")])
-            out.append(f"mu = {red('sv')} / {L}")
-            loop([("dv", "0.0", "dv + tl.where({m}, ({x} - mu) * ({x} - mu), 0.0)")])
-            out.append(f"rs = 1.0 / _sf_sqrt({red('dv')} / {L} + {eps})")
-        elif op == "rms_norm":
-            loop([("sv", "0.0", "sv + tl.where({m}, {x} * {x}, 0.0)")])
-            out.append(f"rs = 1.0 / _sf_sqrt({red('sv')} / {L} + {eps})")
-        else:
-            y = self._reduce_chunked(loop, red, out)
-            out.append(f"y = ({y}).to({ct})")
-            self.finish(_Ctx("scalar"), "y", "e", out)
-            return out
-        # the output pass: the row op at each column, the epilogue, the stores
-        t = f"c{n_pass[0]}"
-        ctx = _Ctx("row", f"j{t}", f"mj{t}")
-        body = [f"j{t} = start{t} + tl.arange(0, BLOCK).to(tl.int64)", f"mj{t} = j{t} < {L}"]
-        x = self.x_at(ctx, t, body)
-        if op == "softmax":
-            y = f"tl.exp({x} - mx) / s"
-        elif op == "log_softmax":
-            y = f"({x} - mx) - tl.log(s)"
-        elif op == "layer_norm":
-            y = self.norm_affine(ctx, f"(({x} - mu) * rs)", body)
-        else:
-            y = self.norm_affine(ctx, f"({x} * rs)", body)
-        body.append(f"y = ({y}).to({ct})")
-        self.finish(ctx, "y", "e", body)
-        out.append(f"for start{t} in range(0, {L}, BLOCK):")
-        out.extend("    " + s for s in body)
-        return out
-
-    def _reduce_chunked(self, loop, red, out: list[str]) -> str:
-        op, L = self.row.op, self.L
-        if op in ("reduce_sum", "reduce_mean", "reduce_sum_square", "reduce_l2"):
-            term = "{x} * {x}" if op in ("reduce_sum_square", "reduce_l2") else "{x}"
-            loop([("av", "0.0", "av + tl.where({m}, " + term + ", 0.0)")])
-            out.append(f"acc = {red('av')}")
-            return {"reduce_sum": "acc", "reduce_mean": f"acc / {L}", "reduce_sum_square": "acc",
-                    "reduce_l2": "_sf_sqrt(acc)"}[op]
-        if op == "reduce_prod":
-            loop([("av", "1.0", "av * tl.where({m}, {x}, 1.0)")])
-            out.append(f"acc = {red('av', '_sf_mul')}")
-            return "acc"
-        nan = ("nv", "0", "nv + tl.where({m} & ({x} != {x}), 1, 0)")
-        if op in ("reduce_max", "reduce_min"):
-            init, comb = (NINF, MAXC) if op == "reduce_max" else (PINF, MINC)
-            ew = "tl.maximum" if op == "reduce_max" else "tl.minimum"
-            loop([nan, ("av", init, ew + "(av, tl.where({m}, {x}, " + init + "))")])
-            out += [f"nan = {red('nv')} > 0", f"acc = {red('av', comb)}"]
-            return 'tl.where(nan, float("nan"), acc)'
-        assert op == "reduce_logsumexp", op
-        loop([nan, ("mxv", 'float("-inf")', 'tl.maximum(mxv, tl.where({m}, {x}, float("-inf")))')])
-        out += [f"nan = {red('nv')} > 0", f"mx = {red('mxv', MAXC)}"]
-        loop([("sv", "0.0", "sv + tl.where({m}, tl.exp({x} - mx), 0.0)")])
-        out.append(f"sm = {red('sv')}")
-        return 'tl.where(nan, float("nan"), tl.where(tl.abs(mx) == float("inf"), mx, mx + tl.log(sm)))'
-
-
 def _indent(lines: list[str]) -> str:
     return "\n".join("    " + s for s in lines)
 
@@ -487,7 +281,8 @@ def _signature(k: Kernel, n_params: int, launch: str) -> str:
     ps = [f"p{i}" for i in range(len(k.inputs) + len(k.outputs))]
     qs = [f"q{i}" for i in range(n_params)]
     const = {"flat": ["BLOCK: tl.constexpr"], "tile": ["BO: tl.constexpr", "BN: tl.constexpr"],
-             "row": ["BLOCK: tl.constexpr", "CHUNKED: tl.constexpr"], "empty": []}[launch]
+             "row": ["BLOCK: tl.constexpr", "ROWS: tl.constexpr", "CHUNKED: tl.constexpr"],
+             "empty": []}[launch]
     return f"def sf_kernel({', '.join(ps + qs + const)}):"
 
 
@@ -501,11 +296,7 @@ def render_kernel(k: Kernel) -> TritonKernel:
     return TritonKernel(k, src, em.q.exprs, launch, ref)  # type: ignore[arg-type]
 
 
-def _row_ok(n: Node) -> bool:
-    return row_renderable(n)
-
-
-CAPS = Caps(elementwise=frozenset(EXPR), row=ROW_OPS, node_ok=node_renderable, row_ok=_row_ok)
+CAPS = Caps(elementwise=frozenset(EXPR), row=ROW_OPS, node_ok=node_renderable, row_ok=row_renderable)
 
 
 def render(schedule: Schedule) -> list[TritonKernel]:

@@ -11,7 +11,11 @@ hold prepacked constant tensors (``args``), which live in the executor like grap
 
 Fused kernels are either ctypes functions (the C backend: ``fn(pointers, ints)``) or objects
 with ``bind(ints) -> launch(tensors)`` (the Triton backend). With ``device="cuda"`` constants,
-the arena and inputs live on the GPU and outputs are returned on the inputs' device.
+the arena and inputs live on the GPU and outputs are returned on the inputs' device; with
+``cuda_graphs=True`` the second call of a binding captures all its steps into one CUDA graph
+that later calls replay (static input buffers; outputs copied out), removing the per-kernel
+launch cost. A binding whose steps cannot be captured (a reference op that syncs with the
+host) keeps running step by step.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import ctypes
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import sympy
 import torch
@@ -43,6 +47,9 @@ class _Bound:
     base_vals: list
     steps: list[Step]
     fresh: list[tuple[int, tuple[int, ...], torch.dtype]]   # graph outputs allocated per call
+    calls: int = 0
+    cuda_graph: Any = None          # (CUDAGraph, static inputs, outputs) once captured
+    no_graph: bool = False          # capture failed: run step by step
 
 
 class Executor:
@@ -54,9 +61,13 @@ class Executor:
 
     def __init__(self, graph: Graph, schedule: Schedule, kernels: Mapping[str, Callable],
                  params: Mapping[str, Sequence[sympy.Expr]], device: str | torch.device = "cpu",
-                 args: Mapping[str, Sequence[Value | torch.Tensor]] | None = None):
+                 args: Mapping[str, Sequence[Value | torch.Tensor]] | None = None,
+                 cuda_graphs: bool = False):
         self.graph = graph
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.schedule = schedule
         self.kernels = dict(kernels)
         self.params = {k: list(v) for k, v in params.items()}
@@ -223,6 +234,16 @@ class Executor:
             return [t.to(home) for t in self._run_dynamic(inputs, env)]
         with self._lock:
             b = self._bind(env)
+            if self.cuda_graphs and not b.no_graph:
+                b.calls += 1
+                if b.cuda_graph is None and b.calls >= 2:   # the first call warmed up
+                    self._capture(b, inputs)
+                if b.cuda_graph is not None:
+                    cg, static_in, outs = b.cuda_graph
+                    for buf, x in zip(static_in, inputs):
+                        buf.copy_(x)
+                    cg.replay()
+                    return [t.clone() if t.device == home else t.to(home) for t in outs]
             vals = list(b.base_vals)
             for v, x in zip(g.inputs, inputs):
                 vals[self._slot[id(v)]] = x
@@ -240,6 +261,27 @@ class Executor:
                     t = t.contiguous()
                 res.append(t.to(home))
             return res
+
+    def _capture(self, b: _Bound, inputs: Sequence[torch.Tensor]) -> None:
+        """Record every step of binding ``b`` into one CUDA graph (see the module doc)."""
+        g = self.graph
+        try:
+            static_in = [x.clone() for x in inputs]
+            vals = list(b.base_vals)
+            for v, x in zip(g.inputs, static_in):
+                vals[self._slot[id(v)]] = x
+            cg = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(cg):
+                for s, shape, dtype in b.fresh:
+                    vals[s] = torch.empty(shape, dtype=dtype, device=self.device)
+                for step in b.steps:
+                    step(vals)
+                outs = [vals[self._slot[id(v)]] for v in g.outputs]
+                outs = [t if t.is_contiguous() else t.contiguous() for t in outs]
+            b.cuda_graph = (cg, static_in, outs)
+        except Exception:  # noqa: BLE001  (any capture failure: run step by step)
+            b.no_graph = True
+            torch.cuda.synchronize(self.device)
 
     def _run_dynamic(self, inputs: Sequence[torch.Tensor], env: dict[sympy.Symbol, int]
                      ) -> list[torch.Tensor]:

@@ -1,8 +1,8 @@
 """Weight prepacking for the int8 GEMM template (``codegen/c_qgemm.py``), done once at build time.
 
 The kernel multiplies *unsigned* weight bytes by *signed* activation bytes (AVX-512 VNNI
-``vpdpbusd`` takes u8 x s8; putting the activations on the signed side lets them be broadcast
-straight from memory and needs no shifted copy of x). So weight codes are stored as
+``vpdpbusd`` takes u8 x s8; putting the activations on the signed side reads int8 codes as they
+are, with no shifted copy of x). So weight codes are stored as
 ``u = w + off`` with ``off = 128`` for signed codes (i8, i4) and ``0`` for unsigned ones (u8,
 u4). For one row of x, ``sum_k x_k u_nk = sum_k x_k w_nk + off * rowsum(x)``, and the zero point
 adds ``- z_n * rowsum(x)``: the kernel subtracts ``coff[n] * rowsum[m]`` with

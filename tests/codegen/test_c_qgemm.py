@@ -116,6 +116,11 @@ def test_general_scales(K: int, N: int, wd: str, zero: str | None, bias: bool) -
     run_sweep(g, api.build_c(g), exact=False)
 
 
+def test_k_shorter_than_one_group() -> None:
+    g = qgraph(3, 20, wd="u8", zero="int", pow2=True, seed=3)
+    run_sweep(g, api.build_c(g), exact=True)
+
+
 def test_int6_codes_and_i4_weights() -> None:
     """Int6 activations are i8 codes in [-32, 31]; i4 weights are i8 containers in [-8, 7]."""
     g = qgraph(67, 33, pow2=True, seed=6)
@@ -146,13 +151,16 @@ def test_dynamic_activation_quantisation(act: str, K: int, N: int) -> None:
         assert bool((err <= tol).all()), f"B={B} S={S}: max err {err.max()}"
 
 
-def test_dynamic_f16_and_abits6() -> None:
-    g = qgraph(67, 33, xd="f16", act="per_token", abits=6, pow2=True, seed=3)
+@pytest.mark.parametrize("xd,act,abits", [("f16", "per_token", 6), ("f64", "per_tensor", 8),
+                                          ("bf16", "per_tensor", 7)])
+def test_dynamic_other_float_types_are_exact(xd: str, act: str, abits: int) -> None:
+    """With power-of-two weight scales the dynamic path matches the reference bit for bit in
+    every float type (same codes and scales, the epilogue rounds as the reference does)."""
+    g = qgraph(67, 33, xd=xd, act=act, abits=abits, pow2=True, seed=3)
     cm = api.build_c(g)
-    x = (torch.randn(3, 5, 67) * 3).half()
+    x = (torch.randn(3, 5, 67) * 3).to(dt.get(xd).container)
     got, want = cm(x), interp.run(g, x)[0]
-    assert got.dtype == torch.float16
-    assert torch.equal(got, want)   # pow2 scales: exact up to the final f16 rounding of f64
+    assert got.dtype == x.dtype and torch.equal(got, want)
 
 
 def _build_with(g: Graph, cfg: GemmConfig):
@@ -165,11 +173,13 @@ def _build_with(g: Graph, cfg: GemmConfig):
     return ck, (lambda *xs: ex(*xs)[0])
 
 
-@pytest.mark.parametrize("cfg", [GemmConfig(vnni=False), GemmConfig(mr=4, nb=2, mc=8),
-                                 GemmConfig(mr=1, nb=1, mc=3, vnni=False)])
+@pytest.mark.parametrize("cfg", [GemmConfig(vnni=False), GemmConfig(mr=4, nb=2, mc=8, kc=8),
+                                 GemmConfig(mr=1, nb=1, mc=3, kc=12, vnni=False),
+                                 GemmConfig(mr=3, nb=1, mc=5, kc=0, dyn=False)])
 def test_other_blockings_and_scalar_fallback(cfg: GemmConfig) -> None:
-    """The portable scalar tile (VNNI disabled at render time) and other register blockings
-    give the same bits as the default VNNI kernel."""
+    """The portable scalar tile (VNNI disabled at render time) and other blockings (register
+    tiles, row chunks, several passes along K with the K tail in the last) give the same bits
+    as the default VNNI kernel."""
     g = qgraph(67, 33, wd="u8", zero="int", seed=11)
     ck, run = _build_with(g, cfg)
     assert ("#define SF_NO_VNNI" in ck.source) == (not cfg.vnni)

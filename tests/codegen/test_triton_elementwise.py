@@ -388,3 +388,16 @@ def test_scalar_operands() -> None:
     got, want = run_both(g, xs)
     for k, (a, b) in enumerate(zip(got, want)):
         assert_match(a, b, k in (3, 5, 6, 7), f"output {k} ({outs[k].producer.op})")
+
+
+def test_f64_ops_without_a_triton_formulation_run_their_reference() -> None:
+    g = Graph("f64_ref")
+    x = g.add_input("f64[N]", "x")
+    g.set_outputs([g.add("atan", [x]), g.add("mod", [x, g.add_const(torch.tensor(0.75, dtype=torch.float64))]),
+                   g.add("atan", [g.add("cast", [x], {"to": "f32"})])])
+    kinds = [k.kind for k in partition(g, tgen.CAPS).kernels]
+    assert kinds.count("reference") == 2 and kinds.count("fused") == 1, kinds
+    xs = [torch.randn(37, dtype=torch.float64) * 4]
+    got, want = run_both(g, xs)
+    for a, b in zip(got, want):
+        assert_close(a, b)

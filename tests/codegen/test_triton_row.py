@@ -24,7 +24,7 @@ from scalefold.codegen.schedule import Kernel, Schedule, partition  # noqa: E402
 from scalefold.ir import dtypes as dt  # noqa: E402
 from scalefold.ir.graph import Graph, Value  # noqa: E402
 from scalefold.ir.types import sym  # noqa: E402
-from scalefold.runtime import interp  # noqa: E402
+from scalefold.runtime import interp, triton_exec  # noqa: E402
 
 FLOATS = ["f32", "f16", "bf16"]
 REDUCE = ["reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod",
@@ -45,6 +45,13 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("SCALEFOLD_CACHE_DIR", None)
     else:
         os.environ["SCALEFOLD_CACHE_DIR"] = old
+
+
+@pytest.fixture(autouse=True)
+def _small_programs(monkeypatch: pytest.MonkeyPatch):
+    """Few rows per program: grids of several programs, each of several rows, the last one
+    partial (17 rows of 7 are 2 programs of 16 rows; of 33, 9 programs of 2)."""
+    monkeypatch.setitem(triton_exec.BLOCKS, "interp", dict(triton_exec.BLOCKS["interp"], row=128))
 
 
 def _inputs(g: Graph, B: int, L: int, seed: int) -> list[torch.Tensor]:
