@@ -22,7 +22,7 @@ Elementwise ops come from ``triton_expr.EXPR``; :data:`REFERENCE_OPS` lists the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import sympy
 
@@ -32,13 +32,15 @@ from .c import REFERENCE_OPS as C_REFERENCE_OPS
 from .c import _Access, _inner_split, _prod, _row_split, row_renderable
 from .schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, Caps, Kernel, Schedule
 from .triton_expr import EXPR, F32_ONLY, PRELUDE, compute_type, node_renderable, to_storage
+from .triton_qgemm import REASON as QGEMM_REASON
+from .triton_qgemm import qlinear_supported, render_qlinear
 from .triton_row import _Ctx, _Row
 
 # Ops without a generated Triton kernel run their torch reference (on the tensors' device), for
 # the C backend's reasons where it has none either; f64 ops of F32_ONLY also do.
 _QUANT = "Triton kernels land with the quantisation issues; torch reference on the device"
 REFERENCE_OPS: dict[str, str] = {**C_REFERENCE_OPS, "quantize": _QUANT, "dequantize": _QUANT,
-                                 "qlinear": _QUANT}
+                                 "qlinear": QGEMM_REASON}
 
 ROW_MAX = 8192      # longest row held in one block; longer rows loop over ROW_CHUNK chunks
 ROW_CHUNK = 4096
@@ -53,8 +55,9 @@ class TritonKernel:
     kernel: Kernel
     source: str
     params: list[sympy.Expr] = field(default_factory=list)
-    launch: str = "empty"                       # flat | tile | row | empty
+    launch: str = "empty"                       # flat | tile | row | empty | qgemm
     dims: tuple[int | str, int | str] = (0, 0)  # (outer rows O, inner extent N or row length L)
+    meta: Any = None                            # qgemm: the launch spec (triton_qgemm.QGemmSpec)
 
     @property
     def name(self) -> str:
@@ -296,12 +299,22 @@ def render_kernel(k: Kernel) -> TritonKernel:
     return TritonKernel(k, src, em.q.exprs, launch, ref)  # type: ignore[arg-type]
 
 
-CAPS = Caps(elementwise=frozenset(EXPR), row=ROW_OPS, node_ok=node_renderable, row_ok=row_renderable)
+CAPS = Caps(elementwise=frozenset(EXPR), row=ROW_OPS, node_ok=node_renderable, row_ok=row_renderable,
+            template=frozenset({"qlinear"}), template_ok=qlinear_supported)
 
 
 def render(schedule: Schedule) -> list[TritonKernel]:
-    """Triton source for every fused kernel of ``schedule`` (other kinds need no source)."""
-    return [render_kernel(k) for k in schedule.kernels if k.kind == "fused"]
+    """Triton source for every fused and template kernel of ``schedule`` (other kinds need no
+    source). Template kernels (``qlinear``'s int8 GEMM, ``triton_qgemm.py``) launch as
+    ``qgemm`` with runtime integers [M, N, K]."""
+    out = []
+    for k in schedule.kernels:
+        if k.kind == "fused":
+            out.append(render_kernel(k))
+        elif k.kind == "template":
+            src, params, spec = render_qlinear(k)
+            out.append(TritonKernel(k, src, params, "qgemm", ("q0", "q1"), spec))
+    return out
 
 
 def op_coverage() -> dict[str, str]:
@@ -314,6 +327,8 @@ def op_coverage() -> dict[str, str]:
             cov[name] = "triton" + (" (f64: reference)" if name in F32_ONLY else "")
         elif name in ROW_OPS:
             cov[name] = "row"
+        elif name == "qlinear":
+            cov[name] = f"template (partly; reference: {REFERENCE_OPS[name]})"
         elif name in VIEW_OPS:
             cov[name] = "view"
         elif name in LIBRARY_OPS:

@@ -111,7 +111,8 @@ class TritonLaunch:
     def __init__(self, tk: TritonKernel, interpret: bool):
         self.tk = tk
         self.interpret = interpret
-        self.fn = None if tk.launch == "empty" else load_module(tk.source, interpret).sf_kernel
+        self.mod = None if tk.launch == "empty" else load_module(tk.source, interpret)
+        self.fn = None if self.mod is None else self.mod.sf_kernel
 
     def config(self, q: Sequence[int]) -> tuple[tuple[int], dict[str, int]] | None:
         """(grid, constexprs and num_warps) for runtime integers ``q``, or None: nothing to do."""
@@ -144,6 +145,11 @@ class TritonLaunch:
                                           "num_warps": warps}
 
     def bind(self, q: Sequence[int]) -> Launch:
+        if self.tk.launch == "qgemm":
+            # qlinear's int8 GEMM (and its quantising kernels): q = [M, N, K]
+            from ..codegen.triton_qgemm import make_launch
+            M, N, K = (int(v) for v in q)
+            return make_launch(self.mod, self.tk.meta, M, N, K, self.interpret)
         cfg = self.config(q)
         if cfg is None or self.fn is None:
             return lambda ts: None
