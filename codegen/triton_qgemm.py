@@ -57,7 +57,9 @@ def _qg_ct(v, F64: tl.constexpr):
 
 @triton.jit
 def _qg_div(a, b, F64: tl.constexpr):
-    # correctly rounded (the reference divides in IEEE arithmetic); div_rn takes only f32
+    # correctly rounded (the reference divides in IEEE arithmetic); div_rn takes only f32 and,
+    # compiled, does not broadcast its operands
+    a, b = tl.broadcast(a, b)
     if F64:
         r = a / b
     else:
