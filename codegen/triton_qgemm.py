@@ -222,7 +222,9 @@ def qlinear_supported(n: Node) -> bool:
     if x.dtype.name in X_INT:
         ok_x = act == "none"
     else:
-        ok_x = x.dtype.name in REAL and act != "none" and n.attrs["abits"] <= 8
+        # f64 activations stay on the reference path: on the H200 the f64 quantise step gave
+        # codes different from the reference (an f64 rounding difference not yet found)
+        ok_x = x.dtype.name in REAL - {"f64"} and act != "none" and n.attrs["abits"] <= 8
     if zero is not None and zero.dtype.name not in W_INT | REAL:
         return False
     return ok_x and n.outputs[0].dtype.name in REAL and scale.dtype.name in REAL and \
@@ -301,6 +303,7 @@ def make_launch(mod, spec: QGemmSpec, M: int, N: int, K: int, interpret: bool,
     if M <= 0 or N <= 0:
         return lambda ts: None
     cfg = dict(config or gemm_config(M, N, K))
+    cfg["BK"] = max(cfg["BK"], 32)  # tl.dot on int8 needs K tiles of at least 32 on GPUs
     cfg.setdefault("GROUP_M", 8)
     grid = (-(-M // cfg["BM"]) * -(-N // cfg["BN"]),)
     gemm = mod.sf_kernel[grid]
