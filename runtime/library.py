@@ -72,19 +72,7 @@ def _linear(node: Node, epi: Node | None) -> LibFn | None:
     if epi is not None:
         return None
 
-    def run_blas(xs: Sequence[Tensor | None], out: Tensor | None) -> Tensor:
-        x, w = xs[0], xs[1]
-        assert x is not None and w is not None
-        x2 = x.reshape(-1, x.shape[-1])
-        if out is None:
-            out = torch.empty(*x.shape[:-1], w.shape[0], dtype=x.dtype, device=x.device)
-        o2 = out.view(-1, w.shape[0])
-        if has_bias:
-            torch.addmm(xs[2], x2, w.t(), out=o2)
-        else:
-            torch.mm(x2, w.t(), out=o2)
-        return out
-    return run_blas
+    return _blas_linear(node)
 
 
 def _matmul(node: Node) -> LibFn:
@@ -127,8 +115,8 @@ def _sdpa(node: Node) -> LibFn:
     return run
 
 
-def _cuda_linear(node: Node) -> LibFn:
-    """cuBLAS through addmm / mm, written into the planned buffer."""
+def _blas_linear(node: Node) -> LibFn:
+    """addmm / mm (BLAS on CPU, cuBLAS on CUDA), written into the planned buffer."""
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
 
     def run(xs: Sequence[Tensor | None], out: Tensor | None) -> Tensor:
@@ -157,7 +145,7 @@ def library_fn(nodes: Sequence[Node], device: str = "cpu") -> tuple[LibFn, bool]
         floats = {node.inputs[0].dtype.name} <= {"f32", "f16", "bf16"} and all(
             v is None or v.dtype == node.inputs[0].dtype for v in node.inputs[:3])
         if floats and node.op == "linear":
-            return _cuda_linear(node), True
+            return _blas_linear(node), True
         if floats and node.op in ("matmul", "sdpa"):
             return {"matmul": _matmul, "sdpa": _sdpa}[node.op](node), node.op == "matmul"
     f32 = device == "cpu" and all(v is None or v.dtype.name == "f32" for v in node.inputs[:3])
