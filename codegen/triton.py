@@ -31,7 +31,9 @@ from ..ir.types import Dim
 from .c import REFERENCE_OPS as C_REFERENCE_OPS
 from .c import _Access, _inner_split, _prod, _row_split, row_renderable
 from .schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, Caps, Kernel, Schedule
-from .triton_expr import EXPR, F32_ONLY, PRELUDE, compute_type, node_renderable, to_storage
+from .triton_expr import EXPR, F32_ONLY, compute_type, node_renderable, to_storage
+from .triton_quant import QUANT_PRELUDE as PRELUDE
+from .triton_quant import T_EXPR, t_node_ok
 from .triton_qgemm import REASON as QGEMM_REASON
 from .triton_qgemm import qlinear_supported, render_qlinear
 from .triton_row import _Ctx, _Row
@@ -39,7 +41,9 @@ from .triton_row import _Ctx, _Row
 # Ops without a generated Triton kernel run their torch reference (on the tensors' device), for
 # the C backend's reasons where it has none either; f64 ops of F32_ONLY also do.
 _QUANT = "Triton kernels land with the quantisation issues; torch reference on the device"
-REFERENCE_OPS: dict[str, str] = {**C_REFERENCE_OPS, "quantize": _QUANT, "dequantize": _QUANT,
+REFERENCE_OPS: dict[str, str] = {**C_REFERENCE_OPS, "quantize": "blocked / other-axis / f64 / float-code "
+                                 "quantize; per-tensor and last-axis forms fuse into kernels",
+                                 "dequantize": _QUANT,
                                  "qlinear": QGEMM_REASON}
 
 ROW_MAX = 8192      # longest row held in one block; longer rows loop over ROW_CHUNK chunks
@@ -191,7 +195,7 @@ class _Emitter:
             args = [leaf(v) for v in ins]
             ct = compute_type(n.outputs[0].dtype)
             name = f"v{tag}{len(env)}"
-            expr = EXPR[n.op](args, n, ct)
+            expr = T_EXPR[n.op](args, n, ct)
             if all(id(v) in scalar for v in ins):
                 scalar.add(id(n.outputs[0]))
                 if ct == "tl.int1":
@@ -299,7 +303,8 @@ def render_kernel(k: Kernel) -> TritonKernel:
     return TritonKernel(k, src, em.q.exprs, launch, ref)  # type: ignore[arg-type]
 
 
-CAPS = Caps(elementwise=frozenset(EXPR), row=ROW_OPS, node_ok=node_renderable, row_ok=row_renderable,
+CAPS = Caps(elementwise=frozenset(T_EXPR), row=ROW_OPS, node_ok=t_node_ok, row_ok=row_renderable,
+            pointwise=frozenset({"quantize"}),
             template=frozenset({"qlinear"}), template_ok=qlinear_supported)
 
 
