@@ -22,3 +22,4 @@ __all__ += ["CalibrationError", "ChannelStats", "Stats", "calibrate", "Refusal",
 
 # OutlierTune (issue 7): per-channel static activation quantisation and the W8A8 baselines.
 from . import outliertune as _outliertune  # noqa: E402,F401  (registers outliertune, w8a8)
+from . import quant_weights as _quant_weights  # noqa: E402,F401  (registers quant_weights; issue 8)

@@ -1,0 +1,70 @@
+"""The quant_weights quantisers: codes dequantise bit-exactly to fake_quant_int (and through
+qlinear's reference), the clip search never loses, fp formats hit the format's grid."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scalefold.ir import dtypes as dt
+from scalefold.ir.parser import parse
+from scalefold.passes import PassManager
+from scalefold.passes.awq import fake_quant_int
+from scalefold.passes.quant_weights import (clip_search, fp_dequantize, fp_quantize, int_dequantize,
+                                            int_quantize)
+from scalefold.ir.ops.quant import dequant_weight
+
+
+@pytest.mark.parametrize("bits,group,k,sym", [(4, 128, 384, False), (4, 16, 40, False), (3, 8, 20, False),
+                                              (8, 0, 48, False), (4, 16, 40, True), (8, 128, 200, True)])
+def test_codes_dequantise_bit_exactly(bits: int, group: int, k: int, sym: bool) -> None:
+    w = torch.randn(7, k, generator=torch.Generator().manual_seed(k + bits)) * 0.2
+    w[1, 5] = 3.0
+    codes, delta, zero = int_quantize(w, bits, group, sym)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if sym else (0, 2 ** bits - 1)
+    assert int(codes.min()) >= lo and int(codes.max()) <= hi
+    ref = fake_quant_int(w, bits, group, sym)
+    assert torch.equal(int_dequantize(codes, delta, zero, group), ref)
+    # qlinear's own dequantisation (the op reference) agrees bit for bit too
+    g = 0 if group <= 0 else min(group, k)
+    s = delta[:, 0] if g == 0 else delta
+    z = None if zero is None else (zero[:, 0] if g == 0 else zero)
+    assert torch.equal(dequant_weight(codes, s, z, g, False), ref)
+
+
+def test_pass_output_matches_fake_quant() -> None:
+    g = parse("""graph @l(%x: f32[3,40]) -> (f32[3,8]) {
+  %0: f32[3,8] = linear(%x, #w)
+  return %0
+}
+#w = const f32[8,40] randn(seed=1, std=0.3)""")
+    w = g.nodes[0].inputs[1].const
+    q = PassManager("quant_weights(format=int4, group=16)", calibration=[torch.randn(3, 40)]).run(g)
+    node = q.nodes[0]
+    assert node.op == "qlinear" and node.inputs[1].dtype is dt.u4 and node.inputs[3].dtype is dt.u4
+    wd = dequant_weight(*(i.const for i in node.inputs[1:4]), 16, False)
+    assert torch.equal(wd, fake_quant_int(w, 4, 16))
+
+
+def test_clip_search_never_worse_than_no_clip() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 32, generator=gen) * torch.linspace(0.2, 3.0, 32)
+    w = torch.randn(12, 32, generator=gen) * 0.2
+    w[:, 3] *= 8
+    gram = x.T @ x / 200
+    c = clip_search(w, gram, 3, 8)
+    assert (c.abs() <= w.abs() + 1e-7).all()
+    err = lambda v: float(((fake_quant_int(v, 3, 8) - w) @ gram * (fake_quant_int(v, 3, 8) - w)).sum())
+    assert err(c) <= err(w) + 1e-9
+
+
+@pytest.mark.parametrize("fmt,group", [("fp4_e2m1", 16), ("fp8_e4m3", 0)])
+def test_fp_formats(fmt: str, group: int) -> None:
+    w = torch.randn(6, 32, generator=torch.Generator().manual_seed(3))
+    codes, scale = fp_quantize(w, fmt, group)
+    wd = fp_dequantize(codes, scale, fmt, group)
+    rel = float((wd - w).norm() / w.norm())
+    assert rel < (0.12 if fmt == "fp4_e2m1" else 0.04)
+    if fmt == "fp4_e2m1":
+        grid = torch.tensor(dt.FP4_E2M1_GRID)
+        vals = dt.fp4_e2m1_decode(codes).abs()
+        assert torch.isin(vals, grid).all() and float(vals.max()) == 6.0
