@@ -25,7 +25,7 @@ from ..ir.types import Dim, dims_equal
 from .c_expr import EXPR, compute_type
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE, load, storage_type, store
-from .schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, Caps, Kernel, Schedule
+from .schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, Caps, Kernel, Schedule, split_row
 
 # Ops without a generated C kernel, with the reason. They run their torch reference.
 REFERENCE_OPS: dict[str, str] = {
@@ -301,20 +301,7 @@ class _Emitter:
         r = len(xshape)
         c = _row_split(row)
         O, L = self.q(_prod(xshape[:c])), self.q(_prod(xshape[c:]))
-        # Prologue: ancestors of the row input inside the kernel.
-        inside = {id(n) for n in k.nodes}
-        pro_ids: set[int] = set()
-        stack = [x.producer] if x.producer is not None and id(x.producer) in inside else []
-        while stack:
-            n = stack.pop()
-            if id(n) in pro_ids:
-                continue
-            pro_ids.add(id(n))
-            for v in n.inputs:
-                if v is not None and v.producer is not None and id(v.producer) in inside:
-                    stack.append(v.producer)
-        pro = [n for n in k.nodes if id(n) in pro_ids]
-        epi = [n for n in k.nodes if id(n) not in pro_ids and n is not row]
+        pro, epi = split_row(k)
         ct = compute_type(row.outputs[0].dtype)
         out = [f"  const int64_t O = {O}, L = {L};",
                f"  #pragma omp parallel if (O * L > {PAR_THRESHOLD})",

@@ -237,6 +237,27 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
     return Schedule(graph, kernels)
 
 
+def split_row(k: Kernel) -> tuple[list[Node], list[Node]]:
+    """A fused row kernel's prologue (the nodes computing the row op's main input) and epilogue
+    (the rest after the row op), each in topological order."""
+    row = k.row
+    assert row is not None
+    x = row.inputs[0]
+    inside = {id(n) for n in k.nodes}
+    pro_ids: set[int] = set()
+    stack = [x.producer] if x.producer is not None and id(x.producer) in inside else []
+    while stack:
+        n = stack.pop()
+        if id(n) in pro_ids:
+            continue
+        pro_ids.add(id(n))
+        stack += [v.producer for v in n.inputs
+                  if v is not None and v.producer is not None and id(v.producer) in inside]
+    pro = [n for n in k.nodes if id(n) in pro_ids]
+    epi = [n for n in k.nodes if id(n) not in pro_ids and n is not row]
+    return pro, epi
+
+
 def _make_kernel(name: str, kind: str, nodes: list[Node], readers: Mapping[int, int],
                  outputs: set[int]) -> Kernel:
     inside = {id(o) for m in nodes for o in m.outputs}

@@ -30,7 +30,7 @@ from ..ir.graph import Node, Value
 from ..ir.types import Dim
 from .c import REFERENCE_OPS as C_REFERENCE_OPS
 from .c import _Access, _inner_split, _prod, _row_split, row_renderable
-from .schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, Caps, Kernel, Schedule
+from .schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, Caps, Kernel, Schedule, split_row
 from .triton_expr import EXPR, F32_ONLY, compute_type, node_renderable, to_storage
 from .triton_quant import QUANT_PRELUDE as PRELUDE
 from .triton_quant import T_EXPR, t_node_ok
@@ -252,19 +252,7 @@ class _Emitter:
         xshape = list(x.type.shape)
         c = _row_split(row)
         O, L = self.q(_prod(xshape[:c])), self.q(_prod(xshape[c:]))
-        inside = {id(n) for n in k.nodes}
-        pro_ids: set[int] = set()
-        stack = [x.producer] if x.producer is not None and id(x.producer) in inside else []
-        while stack:
-            n = stack.pop()
-            if id(n) in pro_ids:
-                continue
-            pro_ids.add(id(n))
-            for v in n.inputs:
-                if v is not None and v.producer is not None and id(v.producer) in inside:
-                    stack.append(v.producer)
-        pro = [n for n in k.nodes if id(n) in pro_ids]
-        epi = [n for n in k.nodes if id(n) not in pro_ids and n is not row]
+        pro, epi = split_row(k)
         r = _Row(self, row, pro, epi, xshape, c, L)
         Ls = _prod(xshape[c:])
         static = isinstance(Ls, int) or (isinstance(Ls, sympy.Basic) and Ls.is_Integer)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx import helper
 
+from onnx_testing import compare as _compare
 from scalefold.frontend.onnx import from_onnx
 from scalefold.ir.errors import FrontendError
 from scalefold.runtime.interp import run
@@ -37,21 +38,7 @@ def build(op: str, feeds: dict[str, np.ndarray], attrs: dict[str, Any] | None = 
 
 def compare(model: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float = 1e-5,
             atol: float = 1e-5) -> list[torch.Tensor]:
-    """onnxruntime vs from_onnx + the reference interpreter (exact for ints and bools)."""
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, feeds)
-    g = from_onnx(model)
-    got = run(g, *[torch.from_numpy(np.array(feeds[v.name])) for v in g.inputs])
-    assert len(got) == len(want)
-    for gt, w in zip(got, want):
-        w = np.asarray(w)
-        assert tuple(gt.shape) == w.shape
-        assert gt.dtype == torch.from_numpy(np.array(w)).dtype
-        if w.dtype.kind == "f":
-            np.testing.assert_allclose(gt.numpy(), w, rtol=rtol, atol=atol, equal_nan=True)
-        else:
-            np.testing.assert_array_equal(gt.numpy(), w)
-    return got
+    return _compare(model, feeds, rtol, atol)
 
 
 def check(op: str, feeds: dict[str, np.ndarray], attrs: dict[str, Any] | None = None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,24 +17,11 @@ from scalefold.passes import PassManager
 from scalefold.passes.awq import fake_quant_int
 from scalefold.runtime.interp import run
 
-CALIBRATION = [
-    "The cat sat quietly on the warm windowsill all afternoon.",
-    "Quarterly revenue grew by twelve percent despite supply chain issues.",
-    "How do I reset my password if I no longer have access to my email?",
-    "Photosynthesis converts light energy into chemical energy in plants.",
-    "The orchestra performed Beethoven's ninth symphony to a sold-out hall.",
-    "Please remember to water the tomatoes before you leave for the weekend.",
-    "A compiler translates source code into machine instructions.",
-    "The hikers reached the summit just before the storm rolled in.",
-    "Interest rates were left unchanged by the central bank on Tuesday.",
-    "She painted the old fence a bright shade of yellow.",
-    "Neural networks can be compressed by quantising their weights.",
-    "The museum's new exhibit features ancient Egyptian artefacts.",
-    "Traffic on the bridge was delayed by a broken-down truck.",
-    "My grandmother's recipe calls for two cups of flour and a pinch of salt.",
-    "The spacecraft entered orbit around Mars after a seven-month journey.",
-    "Children laughed as the puppy chased its own tail around the yard.",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import outliertune_accuracy as acc  # noqa: E402
+
+# The first 16 calibration sentences of the OutlierTune accuracy benchmark.
+CALIBRATION = acc.CALIBRATION[:16]
 EVALUATION = [
     "Stock markets rallied after the announcement of new trade agreements.",
     "The library will be closed on Monday for the public holiday.",
