@@ -6,7 +6,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import helper
