@@ -9,9 +9,9 @@ literals. Rendering is deterministic: the same kernel gives byte-identical sourc
 Op coverage (a test checks it against the registry): elementwise ops are rendered through
 ``c_expr.EXPR``; row ops (norms, softmax, trailing-axis reductions) through :func:`_row_body`;
 view ops alias; ``LIBRARY`` ops run on torch's kernels; ``quantize`` fuses like an elementwise
-op (``c_quant.py``) and ``qlinear`` is a ``template`` kernel, the int8 GEMM of ``c_qgemm.py``,
-in the forms those modules name; everything in :data:`REFERENCE_OPS` runs its torch
-reference, for the reason given there.
+op (``c_quant.py``) and ``qlinear`` is a ``template`` kernel, the int8 GEMM of ``c_qgemm.py``
+or, for group-wise 4-bit weights, the kernel of ``c_w4.py``, in the forms those modules name;
+everything in :data:`REFERENCE_OPS` runs its torch reference, for the reason given there.
 """
 from __future__ import annotations
 
@@ -56,10 +56,12 @@ REFERENCE_OPS: dict[str, str] = {
     "quantize": "blocked scales, per-axis scales on a non-last axis, float8 / fp4 / sub-byte "
                 "codes (per-tensor and last-axis integer codes fuse as C: c_quant.py)",
     "dequantize": "C kernel lands with the quantisation issues",
-    "qlinear": "group-wise weights, i16 / float8 / fp4 weights, u8 / u4 / i16 / i32 codes x, "
-               "weight-only float x (act none), abits > 8, non-constant weights, K > 65536 (the "
-               "int8 GEMM template, c_qgemm.py, takes group 0 constant i8/u8/i4/u4 weights with "
-               "i8/i4 codes x or float x with act per_token/per_tensor)",
+    "qlinear": "group-wise 8-bit weights, i16 / float8 / fp4 weights, u8 / u4 / i16 / i32 codes "
+               "x, per-channel weight-only float x (act none), abits > 8, non-constant weights, "
+               "K > 65536 (the int8 GEMM template, c_qgemm.py, takes group 0 constant "
+               "i8/u8/i4/u4 weights with i8/i4 codes x or float x with act per_token/per_tensor; "
+               "the 4-bit template, c_w4.py, takes group-wise constant u4/i4 weights with f32 x, "
+               "act none or per_token)",
     "lowrank_linear": "two GEMMs on torch until the svd issue's fused kernel",
     "lowrank_ffn": "GEMMs on torch until the svd issue's fused kernel",
     "bcq_linear": "LUT kernel lands with the shiftadd issue",
@@ -464,7 +466,8 @@ LINEAR_EPILOGUE = frozenset({"gelu", "relu", "silu", "sigmoid", "tanh", "add"})
 
 def _template_ok(n: Node) -> bool:
     from .c_qgemm import qlinear_supported
-    return qlinear_supported(n)
+    from .c_w4 import w4_supported
+    return qlinear_supported(n) or w4_supported(n)
 
 
 CAPS = Caps(elementwise=frozenset(C_EXPR), row=ROW_OPS, node_ok=c_node_ok, row_ok=row_renderable,
@@ -479,7 +482,8 @@ def render(schedule: Schedule) -> list[CKernel]:
     for k in schedule.kernels:
         if k.kind == "template":
             from .c_qgemm import render_qlinear
-            out.append(render_qlinear(k))
+            from .c_w4 import render_w4, w4_supported
+            out.append(render_w4(k) if w4_supported(k.nodes[0]) else render_qlinear(k))
             continue
         if k.kind != "fused":
             continue

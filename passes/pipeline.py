@@ -29,15 +29,17 @@ PassFn = Callable[..., Graph]
 class PassInfo:
     name: str
     fn: PassFn
-    needs_calibration: bool = False
+    needs_calibration: bool | str = False
 
 
 _PASSES: dict[str, PassInfo] = {}
 
 
-def register_pass(name: str, needs_calibration: bool = False) -> Callable[[PassFn], PassFn]:
-    """Register ``fn(graph, **options) -> graph`` as pass ``name`` (a calibrating pass also
-    receives ``calibration=``)."""
+def register_pass(name: str, needs_calibration: bool | str = False) -> Callable[[PassFn], PassFn]:
+    """Register ``fn(graph, **options) -> graph`` as pass ``name``. A calibrating pass
+    (``needs_calibration=True``) receives ``calibration=`` and the pipeline refuses to run it
+    without; ``needs_calibration="optional"`` passes whatever was given (None included) and
+    the pass decides, by its options, whether it needs it."""
     def deco(fn: PassFn) -> PassFn:
         if name in _PASSES:
             raise ValueError(f"pass {name!r} registered twice")
@@ -131,7 +133,7 @@ class PassManager:
         self.timings: list[tuple[str, float]] = []
         for name, opts in self.passes:
             info = _PASSES[name]
-            if info.needs_calibration and calibration is None:
+            if info.needs_calibration is True and calibration is None:
                 raise ScalefoldError(f"pass {name} needs calibration data (calibration=...)")
             if info.needs_calibration:
                 opts = {**opts, "calibration": calibration}

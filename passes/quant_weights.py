@@ -1,162 +1,140 @@
-"""``quant_weights(format, group, method, sym)``: weight-only quantisation of ``linear``.
+"""``quant_weights``: weight-only quantisation of ``linear`` into ``qlinear`` (ALGORITHMS.md §2, §4).
 
-Every ``linear`` with a constant 2-D weight becomes ``qlinear(x, codes, scale, zero?, bias)``
-with ``act="none"`` (float activations, weights dequantised on the fly):
+Every ``linear`` with a constant 2-D weight (and constant or no bias) becomes
+``qlinear(x, codes, scale, zero?, bias?)`` with float activations (``act="none"``; weights
+dequantised on the fly by the kernels) or, with ``act="int8"``, activations quantised per
+token at run time (``act="per_token"``).
 
-- integer formats (ALGORITHMS.md §2): ``int4``/``int3``/``int8``, group-wise RTN along K.
-  Asymmetric (default): Δ = (max − min)/(2^b − 1), z = clamp(−round(min/Δ), 0, 2^b − 1),
-  codes = clamp(round(w/Δ) + z, 0, 2^b − 1) in u4 (int4, int3) or u8 (int8), zero in the
-  codes' dtype. Symmetric: i4/i8 codes, no zero. The quantiser is computed exactly like
-  :func:`~scalefold.passes.awq.fake_quant_int`, so qlinear's dequantisation reproduces it
-  bit for bit.
-- ``method="awq"``: the ``awq_scales`` search first, then the AWQ clip search per output
-  channel and group (range shrunk by 1 − i/20, i = 0..9, least output error from the
-  calibration Gram matrix), then the quantiser above.
-- float formats (ALGORITHMS.md §4): ``fp8_e4m3`` / ``fp4_e2m1``, a per-channel (group 0) or
-  per-group scale mapping max|w| to the format's largest value; ``method="search"`` instead
-  picks the clip (scale × linspace(0.01, 1.2, 100)) with the least layer-output L2 per layer.
+- Integer formats ``int3``/``int4``/``int8`` (``passes/wq_int.py``): group-wise RTN along K,
+  asymmetric u4/u8 codes with a zero point or symmetric i4/i8. ``method="awq"`` runs the
+  ``awq_scales`` search first, then AWQ's clip search per (channel, group) — skipped for the
+  linears feeding attention scores (q/k, found structurally); ``method="search"`` is the clip
+  search alone.
+- Float formats (``passes/wq_fp.py``): ``fp8_e4m3`` (OCP E4M3, max-based scale, clip searched
+  with ``method="search"``) and ``fp4_e2m1``; for FP4, ``method="search"`` is LLM-FP4's search
+  over the formats E2M1 / E3M0 / E1M2 and the per-(channel, group) exponent bias (clip), scored by
+  layer-output L2 on the calibration Gram matrix.
+- ``act_format="fp8_e4m3"|"fp4_e2m1"`` (FP formats) also quantises the linears' activations
+  per tensor, with LLM-FP4's per-channel 2^k exponent-bias reparameterisation folded into the
+  activation's producer (``passes/wq_act.py``).
+- Per-layer ``overrides`` and mixed precision under a size ``budget`` (``passes/wq_mixed.py``).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace as dc_replace
+from typing import Any, Mapping
 
 import torch
 
 from ..ir import dtypes as dt
+from ..ir.errors import ScalefoldError
 from ..ir.graph import Graph, Node
 from .awq import awq_scales
 from .calibrate import stats_for
 from .counters import bump
 from .pipeline import register_pass
-from .quant_common import linear_bias, quantizable_linear
+from .quant_common import linear_bias, override_for, quantizable_linear
+from .wq_fp import FP4_FORMATS, fp4_codes, fp8_codes, search_clip, search_fp4, fp8_fake
+from .wq_int import clip_search, int_quantize
 
 PASS = "quant_weights"
 INT_BITS = {"int3": 3, "int4": 4, "int8": 8}
-FP_MAX = {"fp8_e4m3": 448.0, "fp4_e2m1": 6.0}
-FP_DTYPE = {"fp8_e4m3": dt.f8e4m3, "fp4_e2m1": dt.f4e2m1}
+FP_FORMATS = ("fp8_e4m3", "fp4_e2m1")
+FORMATS = (*INT_BITS, *FP_FORMATS)
+METHODS = ("rtn", "awq", "search")
 
 
-# ---- integer quantiser ---------------------------------------------------------------------------
-def _groups(k: int, group: int) -> int:
-    """The group size actually used along K (K itself for per-row)."""
-    return k if group <= 0 or group >= k else group
+@dataclass(frozen=True)
+class LayerSetting:
+    """How one linear is quantised."""
+    format: str
+    group: int
+    method: str
+    sym: bool
+
+    def bits_per_weight(self, k: int) -> float:
+        """Storage per weight including the group scale (f32) and zero point."""
+        bits = INT_BITS.get(self.format, 8 if self.format == "fp8_e4m3" else 4)
+        g = k if self.group <= 0 or self.group >= k else self.group
+        zero = bits if self.format in INT_BITS and not self.sym else 0
+        return bits + (32 + zero) / g
 
 
-def _grouped(w: torch.Tensor, g: int) -> torch.Tensor:
-    """[N, K] -> [N, ceil(K/g), g] padded by repeating each row's last group's first element
-    (padding never changes a group's min/max and is dropped again)."""
-    n, k = w.shape
-    ng = -(-k // g)
-    pad = ng * g - k
-    if pad:
-        last = w[:, (ng - 1) * g:(ng - 1) * g + 1].expand(n, pad)
-        w = torch.cat([w, last], 1)
-    return w.reshape(n, ng, g)
+def _check_setting(s: LayerSetting, where: str) -> None:
+    if s.format not in FORMATS:
+        raise ScalefoldError(f"{where}: unknown format {s.format!r}; want one of {', '.join(FORMATS)}")
+    if s.method not in METHODS:
+        raise ScalefoldError(f"{where}: method must be one of {', '.join(METHODS)}, got {s.method!r}")
+    if s.group < 0:
+        raise ScalefoldError(f"{where}: group must be >= 0, got {s.group}")
 
 
-def int_quantize(w: torch.Tensor, bits: int, group: int, sym: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Group-wise RTN integer quantisation of ``w`` [N, K] (float32 arithmetic, exactly as
-    :func:`fake_quant_int`). Returns (codes int64 [N, K], Δ float32 [N, G], zero int64 [N, G]
-    or None for sym), G = ceil(K / group) (1 for group <= 0)."""
-    n, k = w.shape
-    g = _groups(k, group)
-    x = _grouped(w.to(torch.float32), g)
-    if sym:
-        qmax = 2 ** (bits - 1) - 1
-        delta = x.abs().amax(-1, keepdim=True).clamp(min=1e-8) / qmax
-        codes = torch.clamp(torch.round(x / delta), -qmax - 1, qmax)
-        zero = None
+def parse_layer_overrides(spec: Any, base: LayerSetting) -> list[tuple[Any, LayerSetting | str]]:
+    """``overrides`` of :func:`quant_weights` as (key, setting) pairs; keys as in
+    :func:`~scalefold.passes.quant_common.parse_overrides` (weight-name substring, ``re:``
+    pattern or linear index). A value is ``"float"`` (keep the linear), a format name, or a dict
+    with any of ``format``, ``group``, ``sym`` (the rest from the pass options)."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        items: list[tuple[Any, Any]] = []
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            k, sep, v = part.rpartition("=")
+            if not sep or not k.strip():
+                raise ScalefoldError(f"quant_weights: bad override {part!r}: want key=float or key=<format>")
+            k = k.strip()
+            items.append((int(k) if k.lstrip("-").isdigit() else k, v.strip()))
+    elif isinstance(spec, Mapping):
+        items = list(spec.items())
     else:
-        qmax = 2 ** bits - 1
-        mn, mx = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-        delta = (mx - mn).clamp(min=1e-5) / qmax
-        z = torch.clamp(-torch.round(mn / delta), 0, qmax)
-        codes = torch.clamp(torch.round(x / delta) + z, 0, qmax)
-        zero = z.squeeze(-1).to(torch.int64)
-    codes = codes.reshape(n, -1)[:, :k].to(torch.int64)
-    return codes, delta.squeeze(-1), zero
+        raise ScalefoldError(f"quant_weights: overrides must be a dict or 'key=value,...', got {type(spec).__name__}")
+    out: list[tuple[Any, LayerSetting | str]] = []
+    for k, v in items:
+        if isinstance(v, str) and v.strip().lower() == "float":
+            out.append((k, "float"))
+            continue
+        if isinstance(v, str):
+            v = {"format": v.strip()}
+        if not isinstance(v, Mapping) or not set(v) <= {"format", "group", "sym"}:
+            raise ScalefoldError(f"quant_weights: override for {k!r}: want \"float\", a format or a dict of "
+                                 f"format/group/sym, got {v!r}")
+        st = dc_replace(base, **{f: (int(x) if f == "group" else bool(x) if f == "sym" else str(x))
+                                 for f, x in v.items()})
+        _check_setting(st, f"quant_weights: override for {k!r}")
+        out.append((k, st))
+    return out
 
 
-def int_dequantize(codes: torch.Tensor, delta: torch.Tensor, zero: torch.Tensor | None, group: int
-                   ) -> torch.Tensor:
-    """(codes − zero)·Δ in float32, group-wise along K (the inverse of :func:`int_quantize`)."""
-    k = codes.shape[1]
-    g = _groups(k, group)
-    r = codes.to(torch.int64)
-    if zero is not None:
-        r = r - zero.repeat_interleave(g, 1)[:, :k]
-    return r.to(torch.float32) * delta.repeat_interleave(g, 1)[:, :k]
+# ---- which linears feed attention scores ---------------------------------------------------------
+_STOP = frozenset({"linear", "qlinear", "matmul", "softmax", "layer_norm", "rms_norm"})
 
 
-def clip_search(w: torch.Tensor, gram: torch.Tensor, bits: int, group: int, sym: bool = False,
-                grid: int = 20, steps: int = 10) -> torch.Tensor:
-    """AWQ clip search: per output channel and group, the range max|w| shrunk by (1 − i/grid),
-    i = 0..steps−1, whose quantisation error d = Q(clip(w)) − w gives the least output error
-    d G_gg dᵀ (G_gg: the group's diagonal block of the calibration Gram matrix XᵀX/rows).
-    Returns the clipped weight (float32 [N, K]) to quantise."""
-    n, k = w.shape
-    g = _groups(k, group)
-    wf = w.to(torch.float32)
-    xg = _grouped(wf, g)                                      # [N, G, g]
-    ng = xg.shape[1]
-    gp = torch.zeros(ng, g, g, dtype=torch.float32)           # padded columns get zero weight
-    for j in range(ng):
-        lo, hi = j * g, min((j + 1) * g, k)
-        gp[j, :hi - lo, :hi - lo] = gram[lo:hi, lo:hi]
-    amax = xg.abs().amax(-1, keepdim=True)
-    best_err = torch.full((n, ng), float("inf"))
-    best = xg.clone()
-    for i in range(steps):
-        m = amax * (1 - i / grid)
-        c = torch.clamp(xg, -m, m)
-        q = int_dequantize(*int_quantize(c.reshape(n, -1), bits, g, sym), g).reshape(n, ng, g)
-        d = q - xg
-        err = torch.einsum("ngi,gij,ngj->ng", d, gp, d)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best = torch.where(better[..., None], c, best)
-    return best.reshape(n, -1)[:, :k]
-
-
-# ---- float formats -------------------------------------------------------------------------------
-def fp_quantize(w: torch.Tensor, fmt: str, group: int, clip: torch.Tensor | float = 1.0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale so (clip · max|w|) of each row/group maps to the format's largest value, then round
-    to the format. Returns (codes in the format's container [N, K], scale float32 [N, G])."""
-    n, k = w.shape
-    g = _groups(k, group)
-    x = _grouped(w.to(torch.float32), g)
-    amax = x.abs().amax(-1) * clip
-    scale = torch.where(amax > 0, amax / FP_MAX[fmt], torch.ones_like(amax))
-    y = (x / scale[..., None]).clamp(-FP_MAX[fmt], FP_MAX[fmt]).reshape(n, -1)[:, :k]
-    codes = dt.to_container(y, FP_DTYPE[fmt])
-    return codes, scale
-
-
-def fp_dequantize(codes: torch.Tensor, scale: torch.Tensor, fmt: str, group: int) -> torch.Tensor:
-    k = codes.shape[1]
-    g = _groups(k, group)
-    return dt.to_real(codes, FP_DTYPE[fmt]) * scale.repeat_interleave(g, 1)[:, :k]
-
-
-def fp_search(w: torch.Tensor, gram: torch.Tensor | None, fmt: str, group: int, points: int = 100
-              ) -> float:
-    """LLM-FP4 clipping search: the factor c in linspace(0.01, 1.2, points) of the max-based
-    scale with least layer-output L2 tr(D G Dᵀ) (plain weight L2 without a Gram matrix)."""
-    best, best_c = float("inf"), 1.0
-    wf = w.to(torch.float32)
-    for c in torch.linspace(0.01, 1.2, points).tolist():
-        d = fp_dequantize(*fp_quantize(wf, fmt, group, c), fmt, group) - wf
-        err = float(((d @ gram) * d).sum()) if gram is not None else float((d * d).sum())
-        if err < best:
-            best, best_c = err, c
-    return best_c
+def qk_linears(graph: Graph, depth: int = 16) -> set[int]:
+    """ids of the linears whose output reaches the query or key operand of an ``sdpa`` (or a
+    ``matmul`` whose result goes through ``softmax``) through elementwise / layout ops only —
+    reshape, transpose, bias adds, RoPE's mul/add/slice/concat. AWQ skips the clip search for
+    these: clipping their outliers distorts the attention logits (ALGORITHMS.md §2)."""
+    def reaches_scores(v, d: int) -> bool:
+        if d > depth:
+            return False
+        for u in v.users():
+            if u.op == "sdpa" and any(u.inputs[i] is v for i in (0, 1)):
+                return True
+            if u.op == "matmul" and any(w.op == "softmax" or (w.op in ("mul", "div", "add") and
+                                                              any(z.op == "softmax" for z in w.outputs[0].users()))
+                                        for w in u.outputs[0].users()):
+                return True
+            if u.op in _STOP or u.op == "sdpa":
+                continue
+            if any(reaches_scores(o, d + 1) for o in u.outputs):
+                return True
+        return False
+    return {id(n) for n in graph.nodes if n.op == "linear" and reaches_scores(n.outputs[0], 0)}
 
 
 # ---- the pass ------------------------------------------------------------------------------------
 def _replace(graph: Graph, node: Node, codes: torch.Tensor, codes_dt: dt.DType, scale: torch.Tensor,
-             zero: torch.Tensor | None, group: int, wtype: str | None) -> None:
+             zero: torch.Tensor | None, group: int, wtype: str | None, act: str = "none") -> None:
     x, out = node.inputs[0], node.outputs[0]
     k = node.inputs[1].shape[1]
     per_row = group <= 0
@@ -171,7 +149,9 @@ def _replace(graph: Graph, node: Node, codes: torch.Tensor, codes_dt: dt.DType, 
     wz = graph.add_const(dt.to_container(zero, codes_dt), codes_dt, name=nm("zero")) if zero is not None else None
     b = linear_bias(node)
     bv = graph.add_const(b.to(out.dtype.container), out.dtype) if b is not None else None
-    attrs: dict[str, Any] = {"act": "none", "group": 0 if per_row else min(group, k)}
+    attrs: dict[str, Any] = {"act": act, "group": 0 if per_row else min(group, k)}
+    if act != "none":
+        attrs["abits"] = 8
     if wtype is not None:
         attrs["wtype"] = wtype
     ins = [x, wq, ws, wz, bv]
@@ -183,35 +163,97 @@ def _replace(graph: Graph, node: Node, codes: torch.Tensor, codes_dt: dt.DType, 
     graph.remove(node)
 
 
-@register_pass(PASS, needs_calibration=True)
-def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", group: int = 128,
-                  method: str = "rtn", sym: bool = False, grid: int = 20) -> Graph:
-    """Weight-only quantisation of every ``linear`` with constant 2-D weight (and constant or no
-    bias) into ``qlinear[act="none"]``.
+def _quantize_one(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | None, clip_ok: bool,
+                  qact: str, points: int) -> str:
+    """Replace linear ``n`` by its qlinear under ``st``; returns the counter rule (the format,
+    or the searched FP4 format ``fp4_<e..m..>``)."""
+    w = n.inputs[1].const.to(torch.float32)
+    if st.format in INT_BITS:
+        bits = INT_BITS[st.format]
+        if st.method in ("awq", "search") and clip_ok:
+            if gram is None:
+                raise ScalefoldError(f"quant_weights: method={st.method} needs calibration (linear {n.describe()})")
+            w = clip_search(w, gram, bits, st.group, st.sym)
+            bump(PASS, "clipped")
+        codes, delta, zero = int_quantize(w, bits, st.group, st.sym)
+        cdt = (dt.i4 if bits <= 4 else dt.i8) if st.sym else (dt.u4 if bits <= 4 else dt.u8)
+        _replace(graph, n, codes, cdt, delta, zero, st.group, None, qact)
+        return st.format
+    if st.format == "fp8_e4m3":
+        clip: Any = 1.0
+        if st.method != "rtn":
+            clip = search_clip(w, gram, st.group, lambda x, c: fp8_fake(x, st.group, c), points)
+            bump(PASS, "searched")
+        codes8, scale = fp8_codes(w, st.group, clip)
+        _replace(graph, n, codes8, dt.f8e4m3, scale, None, st.group, "f8e4m3", qact)
+        return st.format
+    if st.method == "rtn":
+        fmt, clip = FP4_FORMATS["e2m1"], 1.0
+    else:
+        fmt, clip, _ = search_fp4(w, gram, st.group, tuple(FP4_FORMATS), points)
+        bump(PASS, "searched")
+    codes4, cdt4, scale = fp4_codes(w, fmt, st.group, clip)
+    _replace(graph, n, codes4, cdt4, scale, None, st.group, "f4e2m1" if cdt4 is dt.f4e2m1 else None, qact)
+    return st.format if st.method == "rtn" else f"fp4_{fmt.name}"
 
-    Options: ``format`` int3|int4|int8|fp8_e4m3|fp4_e2m1; ``group`` (along K, 0 = per output
-    channel; a last short group is its own group); ``method`` rtn|awq (int formats; needs
-    ``calibration`` batches) or rtn|search (fp formats; search uses calibration when given);
-    ``sym`` symmetric integer codes (i4/i8, no zero point).
-    Pre: float graph. Post: linears replaced; the function changes by the quantisation error.
-    Rules (counters): ``<format>`` per linear quantised, ``clipped`` per linear after the AWQ
-    clip search, ``searched`` per fp linear whose clip was searched.
+
+@register_pass(PASS, needs_calibration="optional")
+def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", group: int = 128,
+                  method: str = "rtn", sym: bool = False, grid: int = 20, act: str = "none",
+                  clip: str = "no_qk", overrides: Any = None, budget: float | None = None,
+                  mixed: str = "int8", sensitivity: str = "output", act_format: str | None = None,
+                  points: int = 100) -> Graph:
+    """Weight-only quantisation of every ``linear`` with constant 2-D weight (and constant or no
+    bias) into ``qlinear``.
+
+    Options:
+    - ``format`` int3|int4|int8|fp8_e4m3|fp4_e2m1; ``group`` along K (0 = per output channel;
+      a last short group is its own group); ``sym`` symmetric integer codes (i4/i8, no zero).
+    - ``method`` rtn | awq (int: AWQ scales + clip search) | search (int: clip search; fp:
+      LLM-FP4 clip search, and for fp4 the E2M1/E3M0/E1M2 format search). awq / search need
+      ``calibration`` (batches, Stats or a path); rtn needs none. ``grid`` AWQ's scale grid,
+      ``points`` the FP clip grid, ``clip`` no_qk (AWQ: skip q/k) | all | none.
+    - ``act`` none | int8 (activations quantised per token at run time).
+    - ``act_format`` None | fp8_e4m3 | fp4_e2m1: per-tensor FP activation quantisation with
+      the 2^k exponent-bias reparameterisation (needs calibration).
+    - ``overrides`` per-layer settings (:func:`parse_layer_overrides`).
+    - ``budget`` average bits per weight (codes + scales + zeros) over the quantised linears:
+      layers move from ``format`` up to the formats in ``mixed`` (comma list, e.g.
+      "int8" or "int4,int8"; "float" allowed) by ``sensitivity`` (output | layer) per extra bit.
+
+    Pre: float graph. Post: quantised linears replaced by qlinear; other ops untouched; the
+    function changes by the quantisation error only.
+    Rules (counters): ``<format>`` per linear (``fp4_e2m1``/``fp4_e3m0``/``fp4_e1m2`` for a
+    searched FP4 layer), ``clipped`` per int linear after the clip search, ``searched`` per fp
+    linear searched, ``kept_float`` per linear left float, ``act_<fmt>`` per activation
+    quantised, ``reparam_<k>`` per activation channel group shifted by 2^k.
     """
-    if format not in INT_BITS and format not in FP_MAX:
-        raise ValueError(f"quant_weights: unknown format {format!r}; want one of "
-                         f"{', '.join([*INT_BITS, *FP_MAX])}")
-    if format in INT_BITS and method not in ("rtn", "awq"):
-        raise ValueError(f"quant_weights: method for {format} must be rtn or awq, got {method!r}")
-    if format in FP_MAX and method not in ("rtn", "search"):
-        raise ValueError(f"quant_weights: method for {format} must be rtn or search, got {method!r}")
-    bits = INT_BITS.get(format, 0)
-    if method == "awq":
-        if calibration is None:
-            raise ValueError("quant_weights(method=awq) needs calibration=...")
-        graph = awq_scales(graph, calibration, bits=bits, group=group, grid=grid, sym=sym)
+    base = LayerSetting(format, group, method, sym)
+    _check_setting(base, "quant_weights")
+    if act not in ("none", "int8"):
+        raise ScalefoldError(f"quant_weights: act must be none or int8, got {act!r}")
+    if clip not in ("no_qk", "all", "none"):
+        raise ScalefoldError(f"quant_weights: clip must be no_qk, all or none, got {clip!r}")
+    if act_format not in (None, "none", *FP_FORMATS):
+        raise ScalefoldError(f"quant_weights: act_format must be fp8_e4m3 or fp4_e2m1, got {act_format!r}")
+    act_format = None if act_format in (None, "none") else act_format
+    if act_format and act != "none":
+        raise ScalefoldError("quant_weights: act_format and act=int8 exclude each other")
+    needs_cal = method != "rtn" or act_format is not None or (budget is not None and sensitivity == "output")
+    if needs_cal and calibration is None:
+        raise ScalefoldError(f"quant_weights: method={method}"
+                             f"{', act_format' if act_format else ''}{', budget' if budget is not None else ''}"
+                             " needs calibration data (calibration=...)")
+    qact = "per_token" if act == "int8" else "none"
+    if method == "awq" and format in INT_BITS:
+        graph = awq_scales(graph, calibration, bits=INT_BITS[format], group=group, grid=grid, sym=sym)
     nodes = [n for n in graph.nodes if quantizable_linear(n)]
+    ovr = parse_layer_overrides(overrides, base)
+    settings: dict[int, LayerSetting | str] = {}
+    for i, n in enumerate(nodes):
+        settings[id(n)] = override_for(n, i, ovr) or base  # type: ignore[assignment]
     grams: dict[int, torch.Tensor] = {}
-    if method == "awq" or (method == "search" and calibration is not None):
+    if calibration is not None and (method != "rtn" or act_format or budget is not None):
         xs: dict[int, Any] = {}
         for n in nodes:
             xs.setdefault(id(n.inputs[0]), n.inputs[0])
@@ -219,26 +261,30 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
         for key, v in xs.items():
             cs = st[v]
             grams[key] = (cs.gram / max(cs.rows, 1)).to(torch.float32)
+    if budget is not None:
+        from .wq_mixed import assign_budget
+        settings = assign_budget(graph, nodes, base, settings, budget, mixed, sensitivity, calibration, grams,
+                                 lambda g, n, s: _quantize_one(g, n, s, grams.get(id(n.inputs[0])), True,
+                                                               "none", points))
+    if act_format:
+        from .wq_act import quantize_activations
+        quantize_activations(graph, [n for n in nodes if settings[id(n)] != "float"], act_format, calibration)
+        grams = {}   # the reparameterisation rescaled the weights: searches use weight L2 then
+        if method != "rtn":
+            xs = {id(n.inputs[0]): n.inputs[0] for n in nodes if settings[id(n)] != "float"}
+            st = stats_for(graph, calibration, list(xs.values()), gram=list(xs.values()))
+            grams = {k: (st[v].gram / max(st[v].rows, 1)).to(torch.float32) for k, v in xs.items()}
+    no_clip = qk_linears(graph) if clip == "no_qk" else set()
     for n in nodes:
-        w = n.inputs[1].const.to(torch.float32)
-        if format in INT_BITS:
-            if method == "awq":
-                w = clip_search(w, grams[id(n.inputs[0])], bits, group, sym, grid)
-                bump(PASS, "clipped")
-            codes, delta, zero = int_quantize(w, bits, group, sym)
-            cdt = (dt.i4 if bits <= 4 else dt.i8) if sym else (dt.u4 if bits <= 4 else dt.u8)
-            _replace(graph, n, codes, cdt, delta, zero, group, None)
-        else:
-            clip = 1.0
-            if method == "search":
-                clip = fp_search(w, grams.get(id(n.inputs[0])), format, group)
-                bump(PASS, "searched")
-            codes, scale = fp_quantize(w, format, group, clip)
-            fdt = FP_DTYPE[format]
-            _replace(graph, n, codes, fdt, scale, None, group, fdt.name)
-        bump(PASS, format)
+        s = settings[id(n)]
+        if s == "float":
+            bump(PASS, "kept_float")
+            continue
+        assert isinstance(s, LayerSetting)
+        rule = _quantize_one(graph, n, s, grams.get(id(n.inputs[0])), clip != "none" and id(n) not in no_clip,
+                             qact, points)
+        bump(PASS, rule)
     return graph
 
 
-__all__ = ["clip_search", "fp_dequantize", "fp_quantize", "fp_search", "int_dequantize", "int_quantize",
-           "quant_weights"]
+__all__ = ["FORMATS", "LayerSetting", "parse_layer_overrides", "qk_linears", "quant_weights"]

@@ -33,7 +33,10 @@ def _set_const(graph: Graph, node: Node, i: int, t: torch.Tensor) -> None:
     """Point input ``i`` of ``node`` at a new constant holding ``t`` in the old one's dtype."""
     old = node.inputs[i]
     assert old is not None and old.dtype.is_float
-    graph.set_input(node, i, graph.add_const(t.to(old.dtype.container), dtype=old.dtype))
+    # A constant read only here is replaced, not copied: keep its name (per-layer overrides
+    # and artifacts address weights by it).
+    name = old.name if len(old.users()) == 1 else None
+    graph.set_input(node, i, graph.add_const(t.to(old.dtype.container), dtype=old.dtype, name=name))
 
 
 def _scaled(c: torch.Tensor, f: torch.Tensor, divide: bool = False) -> torch.Tensor:

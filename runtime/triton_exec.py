@@ -112,7 +112,12 @@ class TritonLaunch:
         self.tk = tk
         self.interpret = interpret
         self.mod = None if tk.launch == "empty" else load_module(tk.source, interpret)
-        self.fn = None if self.mod is None else self.mod.sf_kernel
+        self.fn = None if self.mod is None else getattr(self.mod, "sf_kernel", None)
+        # weight-only 4-bit qlinear: its constants packed once, here, on the launch device
+        self.w4 = None
+        if tk.launch == "w4":
+            dev = torch.device("cpu") if interpret else torch.device("cuda", torch.cuda.current_device())
+            self.w4 = tk.meta.pack(dev)
 
     def config(self, q: Sequence[int]) -> tuple[tuple[int], dict[str, int]] | None:
         """(grid, constexprs and num_warps) for runtime integers ``q``, or None: nothing to do."""
@@ -150,6 +155,10 @@ class TritonLaunch:
             from ..codegen.triton_qgemm import make_launch
             M, N, K = (int(v) for v in q)
             return make_launch(self.mod, self.tk.meta, M, N, K, self.interpret)
+        if self.tk.launch == "w4":
+            from ..codegen.triton_w4 import make_launch as w4_launch
+            M, N, K = (int(v) for v in q)
+            return w4_launch(self.mod, self.tk.meta, self.w4, M, N, K, self.interpret)
         cfg = self.config(q)
         if cfg is None or self.fn is None:
             return lambda ts: None

@@ -9,8 +9,8 @@ from scalefold.ir import dtypes as dt
 from scalefold.ir.parser import parse
 from scalefold.passes import PassManager
 from scalefold.passes.awq import fake_quant_int
-from scalefold.passes.quant_weights import (clip_search, fp_dequantize, fp_quantize, int_dequantize,
-                                            int_quantize)
+from scalefold.passes.wq_fp import FP4_FORMATS, fp4_codes, fp8_codes
+from scalefold.passes.wq_int import clip_search, int_dequantize, int_quantize
 from scalefold.ir.ops.quant import dequant_weight
 
 
@@ -57,14 +57,16 @@ def test_clip_search_never_worse_than_no_clip() -> None:
     assert err(c) <= err(w) + 1e-9
 
 
-@pytest.mark.parametrize("fmt,group", [("fp4_e2m1", 16), ("fp8_e4m3", 0)])
-def test_fp_formats(fmt: str, group: int) -> None:
+@pytest.mark.parametrize("group", [16, 0])
+def test_fp_formats(group: int) -> None:
     w = torch.randn(6, 32, generator=torch.Generator().manual_seed(3))
-    codes, scale = fp_quantize(w, fmt, group)
-    wd = fp_dequantize(codes, scale, fmt, group)
-    rel = float((wd - w).norm() / w.norm())
-    assert rel < (0.12 if fmt == "fp4_e2m1" else 0.04)
-    if fmt == "fp4_e2m1":
-        grid = torch.tensor(dt.FP4_E2M1_GRID)
-        vals = dt.fp4_e2m1_decode(codes).abs()
-        assert torch.isin(vals, grid).all() and float(vals.max()) == 6.0
+    codes, cdt, scale = fp4_codes(w, FP4_FORMATS["e2m1"], group)
+    assert cdt is dt.f4e2m1
+    wd = dequant_weight(codes, scale if group else scale[:, 0], None, group, True)
+    assert float((wd - w).norm() / w.norm()) < 0.12
+    vals = dt.fp4_e2m1_decode(codes).abs()
+    assert torch.isin(vals, torch.tensor(dt.FP4_E2M1_GRID)).all() and float(vals.max()) == 6.0
+    c8, s8 = fp8_codes(w, group)
+    wd8 = dequant_weight(c8, s8 if group else s8[:, 0], None, group, False)
+    assert float((wd8 - w).norm() / w.norm()) < 0.04
+    assert float(dt.to_real(c8, dt.f8e4m3).abs().max()) == 448.0

@@ -1,0 +1,169 @@
+"""Weight-only int4 GEMM on the CPU: scalefold's group-wise 4-bit qlinear template against
+onnxruntime's MatMulNBits and torch fp32.
+
+One linear of K x N = 4096 x 11008 (a LLaMA-7B MLP up projection), int4 asymmetric codes,
+group 128 along K (22.5 MB of nibbles + scales + zero points), 2 threads, every runner in this
+one process on the same codes; per M, medians in ms, the ratio of each runner to scalefold's
+int8-activation kernel, and effective weight bandwidth (22.5 MB / time). Runners:
+
+- ``scalefold w4 f32``: qlinear act none (f32 x, nibbles dequantised in registers, f32 FMA).
+- ``scalefold w4 int8-act``: qlinear act per_token (x quantised per row in the kernel, VNNI).
+- ``ort MatMulNBits acc4`` / ``acc0``: ``com.microsoft.MatMulNBits`` (bits 4, block 128) on
+  the SAME codes, scales and zero points, accuracy_level 4 (int8 activations) and 0 (fp32).
+- ``torch fp32 F.linear``: the dequantised weights as a dense f32 matrix.
+
+    .venv/bin/python benchmarks/w4_cpu.py [--m 1,16,64] [--k 4096] [--n 11008] [--threads 2]
+        [--iters 20] [--repeat 3]
+
+With ``--repeat R`` every M is measured R times and the best median of each runner printed
+(the machine is shared; the best median is the least disturbed one). Output differences
+against the reference interpreter (scalefold) and between ORT and scalefold are printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+
+def median_ms(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
+
+
+def _ort_model(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, block: int,
+               level: int):
+    """MatMulNBits on u4 ``codes`` [N, K], ``scale`` / ``zero`` [N, K/block] as a ModelProto."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, k = codes.shape
+    nblk = k // block
+    c = codes.to(torch.int32).reshape(n, nblk, block // 2, 2)
+    b = (c[..., 0] | (c[..., 1] << 4)).to(torch.uint8)          # low nibble first
+    zc = zero.to(torch.int32)
+    if nblk % 2:
+        zc = torch.cat([zc, torch.zeros(n, 1, dtype=torch.int32)], 1)
+    zc = zc.reshape(n, -1, 2)
+    zp = (zc[..., 0] | (zc[..., 1] << 4)).to(torch.uint8).reshape(-1)
+    inits = [numpy_helper.from_array(b.numpy(), "B"),
+             numpy_helper.from_array(scale.to(torch.float32).reshape(-1).numpy(), "S"),
+             numpy_helper.from_array(zp.numpy(), "Z")]
+    node = helper.make_node("MatMulNBits", ["A", "B", "S", "Z"], ["Y"], domain="com.microsoft",
+                            K=k, N=n, bits=4, block_size=block, accuracy_level=level)
+    graph = helper.make_graph([node], "mnb",
+                              [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
+                              inits)
+    del np
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--m", default="1,16,64", help="comma list of M")
+    ap.add_argument("--k", type=int, default=4096)
+    ap.add_argument("--n", type=int, default=11008)
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma list of runners to skip: ort,fp32")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    torch.set_num_threads(a.threads)
+    skip = set(filter(None, a.skip.split(",")))
+
+    from scalefold import api
+    from scalefold.ir.graph import Graph
+    from scalefold.ir.ops.quant import dequant_weight
+    from scalefold.runtime import interp
+
+    K, N, gs = a.k, a.n, a.group
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(N, K, generator=gen) * 0.02
+    # RTN int4 asymmetric, group gs (the quant_weights pass's quantiser)
+    wg = w.reshape(N, K // gs, gs)
+    mn, mx = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    delta = (mx - mn).clamp(min=1e-5) / 15
+    z = torch.clamp(-torch.round(mn / delta), 0, 15)
+    codes = torch.clamp(torch.round(wg / delta) + z, 0, 15).reshape(N, K).to(torch.uint8)
+    scale, zero = delta.squeeze(-1).contiguous(), z.squeeze(-1).to(torch.uint8).contiguous()
+    wbytes = N * K / 2
+    wdq = dequant_weight(codes, scale, zero, gs, False)
+
+    def qgraph(act: str) -> Graph:
+        g = Graph("w4")
+        xv = g.add_input(f"f32[M,{K}]", "x")
+        y = g.add("qlinear", [xv, g.add_const(codes, "u4", "w"), g.add_const(scale, "f32", "s"),
+                              g.add_const(zero, "u4", "z")], {"act": act, "group": gs})
+        g.set_outputs([y])
+        return g
+
+    t0 = time.perf_counter()
+    g_f, g_q = qgraph("none"), qgraph("per_token")
+    cm_f, cm_q = api.build_c(g_f), api.build_c(g_q)
+    print(f"build {time.perf_counter() - t0:.1f} s incl. packing; "
+          f"kernels {[k.kind for k in cm_f.schedule.kernels + cm_q.schedule.kernels]}")
+    sessions = {}
+    if "ort" not in skip:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = a.threads
+        for lvl in (4, 0):
+            m = _ort_model(codes, scale, zero, gs, lvl)
+            sessions[lvl] = ort.InferenceSession(m.SerializeToString(), so,
+                                                 providers=["CPUExecutionProvider"])
+
+    names = ["scalefold w4 f32", "scalefold w4 int8-act", "ort MatMulNBits acc4",
+             "ort MatMulNBits acc0", "torch fp32 F.linear"]
+    summary = {}
+    for M in [int(v) for v in a.m.split(",")]:
+        x = torch.randn(M, K, generator=gen)
+        feed = {"A": x.numpy()}
+        # correctness: against the reference interpreter and against ORT on the same codes
+        ref_f, ref_q = interp.run(g_f, x)[0].double(), interp.run(g_q, x)[0].double()
+        sc = float(ref_f.abs().max())
+        errs = {"f32 vs ref": float((cm_f(x).double() - ref_f).abs().max()) / sc,
+                "int8 vs ref": float((cm_q(x).double() - ref_q).abs().max()) / sc}
+        for lvl, s in sessions.items():
+            yo = torch.from_numpy(s.run(None, feed)[0]).double()
+            errs[f"ort{lvl} vs ours"] = float((yo - (ref_q if lvl == 4 else ref_f)).abs().max()) / sc
+        fns: dict[str, Callable[[], object]] = {names[0]: lambda: cm_f(x), names[1]: lambda: cm_q(x)}
+        for lvl, s in sessions.items():
+            fns[f"ort MatMulNBits acc{lvl}"] = (lambda s=s: s.run(None, feed))
+        if "fp32" not in skip:
+            fns[names[4]] = lambda: torch.nn.functional.linear(x, wdq)
+        best: dict[str, float] = {}
+        with torch.no_grad():
+            for _ in range(a.repeat):
+                for nm, f in fns.items():
+                    best[nm] = min(best.get(nm, float("inf")), median_ms(f, a.iters))
+        ours = best[names[1]]
+        print(f"-- M={M} K={K} N={N} g{gs}, {a.threads} threads, best of {a.repeat} medians of "
+              f"{a.iters}; max |err| / max |y|: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+        print(f"{'runner':24s} {'ms':>8s} {'/int8-act':>10s} {'GB/s':>7s} {'GFLOP/s':>8s}")
+        for nm in names:
+            if nm in best:
+                t = best[nm]
+                print(f"{nm:24s} {t:8.3f} {t / ours:10.2f} {wbytes / t / 1e6:7.1f} "
+                      f"{2 * M * N * K / t / 1e6:8.1f}")
+        summary[M] = best
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

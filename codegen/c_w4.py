@@ -1,0 +1,292 @@
+"""The group-wise 4-bit ``qlinear`` template (weight-only int4 / int3, issue 8) as C.
+
+One kernel computes ``y[m, n] = sum_g s[n,g] * sum_{k in g} x[m,k] (w[n,k] - z[n,g]) + bias[n]``
+for u4 / i4 codes prepacked two per byte by ``runtime/w4pack.py`` (layout there), float32 x, in
+one of two forms chosen by the node's ``act``:
+
+- weight-only (``act="none"``): f32 FMAs on nibbles converted to float. Per group the kernel
+  sums ``x_k * u_k`` and folds ``s * dot - (s * ze) * sum_k x_k`` into the float tile sums, so
+  the scale and zero point leave the inner loop. Row tiles of at most ``mr_direct`` rows (the
+  GEMV shape, M = 1..4) read the packed nibbles directly: every weight load serves all rows.
+  Larger M decodes each (panel, group) once into an L1 buffer of floats that row tiles of
+  ``mr_buf`` rows reuse (the GEMM shape).
+- int8 activations (``act="per_token"``, abits <= 8): x is quantised per row in the prologue
+  exactly as the reference's ``dynamic_quant`` (absmax / qmax, round-half-even, clamp) into
+  the padded group layout, with per-group code sums; the nibbles are masked / shifted to u8
+  bytes and multiplied by the s8 codes with AVX-512 VNNI ``vpdpbusd`` into exact int32 group
+  sums, folded into float as above; epilogue ``sx * sum + bias`` (NaN rows stay NaN).
+
+Parallel work: tiles of (panel of ``nr`` channels, chunk of ``mc`` rows), panel-major and
+handed out dynamically to the OpenMP threads; within a tile the loop runs over groups, then
+row tiles, so a group's weights (``nr * gp / 2`` bytes) stay in L1 while the rows use them.
+M is the runtime parameter ``q[0]``. Without AVX-512 (or rendered with ``vec=False``) a
+portable scalar tile over the same layout is compiled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir.graph import Node
+from ..runtime.w4pack import group_slots, pack_w4
+from .c import CKernel, _Params, _prod
+from .c_types import PRELUDE, load, storage_type
+from .c_w4_src import decode_group, decode_u8, tile_f32_buf, tile_f32_direct, tile_scalar, tile_vnni
+from .schedule import Kernel
+
+PAR_MACS = 1 << 21   # below this many multiply-adds the kernel runs on one thread
+
+
+@dataclass(frozen=True)
+class W4Config:
+    """Blocking: ``16 * nb`` (weight-only) / ``16 * nb_vnni`` (int8 activations) channels
+    per panel; row tiles of ``mr_direct`` (weight-only, read
+    nibbles directly; used while a row chunk has at most that many rows), ``mr_buf``
+    (weight-only over a decoded group) and ``mr_vnni`` rows (with ``vnni_buf``, row chunks
+    of more than ``mr_vnni`` rows first unpack each group to u8 bytes once; measured no faster
+    here, so off); ``mc`` rows per parallel tile;
+    ``vec=False`` renders the portable scalar path only."""
+
+    nb: int = 2
+    nb_vnni: int = 4
+    mr_direct: int = 4
+    mr_buf: int = 6
+    mr_vnni: int = 4
+    mc: int = 64
+    vnni_buf: bool = False
+    vec: bool = True
+
+    def nr(self, isint: bool) -> int:
+        """Channels per panel of the int8-activation (``isint``) or the weight-only kernel."""
+        return 16 * (self.nb_vnni if isint else self.nb)
+
+
+DEFAULT = W4Config()
+
+
+def w4_supported(n: Node) -> bool:
+    """Whether this template renders the ``qlinear`` (part of the C caps' ``template_ok``):
+    group > 0, constant u4 / i4 codes with constant f32 scales and constant integer or float
+    zero points, static N and K, f32 x with act none or per_token with abits <= 8, f32 output
+    and f32 bias. Other group-wise forms run the reference."""
+    if n.op != "qlinear" or n.attrs["group"] <= 0:
+        return False
+    x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
+    zero = n.inputs[3] if len(n.inputs) > 3 else None
+    bias = n.inputs[4] if len(n.inputs) > 4 else None
+    if x is None or w is None or scale is None or w.dtype.name not in ("u4", "i4"):
+        return False
+    if not (w.is_const and scale.is_const and (zero is None or zero.is_const)):
+        return False
+    if zero is not None and zero.dtype.name not in ("u4", "i4", "f32"):
+        return False
+    nn, k = w.type.shape
+    if not isinstance(nn, int) or not isinstance(k, int) or k < 1 or nn < 1:
+        return False
+    act = n.attrs["act"]
+    ok_act = act == "none" or (act == "per_token" and n.attrs["abits"] <= 8)
+    return (ok_act and x.dtype.name == "f32" and n.outputs[0].dtype.name == "f32"
+            and scale.dtype.name == "f32" and (bias is None or bias.dtype.name == "f32"))
+
+
+def _prologue_f32(K: int, g: int, G: int, gp: int, kp: int) -> list[str]:
+    """Group sums of x (and the padded copy of x when the group layout is not the identity)."""
+    pad = kp != K
+    out = []
+    if pad:
+        out.append(f"  float *xpad = (float *)malloc((size_t)M * {kp} * sizeof(float));")
+    out += [f"  #pragma omp parallel for if (M * {K} > {PAR_MACS})",
+            "  for (int64_t m = 0; m < M; m++) {",
+            f"    const float *xr = x + m * {K};",
+            f"    for (int64_t gi = 0; gi < {G}; gi++) {{",
+            f"      const int64_t c0 = gi * {g}, len = {K} - c0 < {g} ? {K} - c0 : {g};",
+            "      float s = 0;",
+            "      #pragma omp simd reduction(+:s)",
+            "      for (int64_t c = 0; c < len; c++) s += xr[c0 + c];",
+            f"      xs[m * {G} + gi] = s;"]
+    if pad:
+        out += [f"      float *pr = xpad + m * {kp} + gi * {gp};",
+                "      memcpy(pr, xr + c0, (size_t)len * sizeof(float));",
+                f"      const int64_t lp = gi == {G - 1} ? {kp - (G - 1) * gp} : {gp};",
+                "      for (int64_t c = len; c < lp; c++) pr[c] = 0;"]
+    out += ["    }", "  }",
+            f"  const float *xa = {'xpad' if pad else 'x'}; const int64_t ldx = {kp};"]
+    return out
+
+
+def _prologue_int8(K: int, g: int, G: int, gp: int, kp: int, qmax: int) -> list[str]:
+    """Per-row dynamic quantisation (the reference's arithmetic) into ``xq`` [M, kp] in the
+    padded group layout, per-group code sums ``xs``, row scale ``sx`` and NaN flags."""
+    return [
+        f"  int8_t *xq = (int8_t *)malloc((size_t)M * {kp});",
+        "  float *sx = (float *)malloc((size_t)M * sizeof(float));",
+        "  int *nanrow = (int *)malloc((size_t)M * sizeof(int));",
+        f"  #pragma omp parallel for if (M * {K} > {PAR_MACS})",
+        "  for (int64_t m = 0; m < M; m++) {",
+        f"    const float *xr = x + m * {K};",
+        "    float amax = 0; int nan = 0;",
+        "    #pragma omp simd reduction(max:amax) reduction(|:nan)",
+        f"    for (int64_t kk = 0; kk < {K}; kk++) {{ const float a = fabsf(xr[kk]); "
+        "nan |= a != a; amax = a > amax ? a : amax; }",
+        f"    const float s = (!nan && amax > 0) ? amax / (float){qmax} : 1.0f;",
+        f"    for (int64_t gi = 0; gi < {G}; gi++) {{",
+        f"      const int64_t c0 = gi * {g}, len = {K} - c0 < {g} ? {K} - c0 : {g};",
+        f"      const int64_t lp = gi == {G - 1} ? {kp - (G - 1) * gp} : {gp};",
+        f"      int8_t *qr = xq + m * {kp} + gi * {gp};",
+        "      int32_t sum = 0;",
+        "      #pragma omp simd reduction(+:sum)",
+        "      for (int64_t c = 0; c < len; c++) {",
+        "        float v = nearbyintf(xr[c0 + c] / s);",
+        f"        v = v != v ? 0 : (v < -{qmax} ? -{qmax} : (v > {qmax} ? {qmax} : v));",
+        "        const int32_t q8 = (int32_t)v; qr[c] = (int8_t)q8; sum += q8;",
+        "      }",
+        "      for (int64_t c = len; c < lp; c++) qr[c] = 0;",
+        f"      xs[m * {G} + gi] = (float)sum;",
+        "    }",
+        "    sx[m] = s; nanrow[m] = nan;",
+        "  }",
+        f"  const int8_t *xa = xq; const int64_t ldx = {kp};"]
+
+
+def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
+    """C source of a ``template`` kernel holding one supported group-wise 4-bit ``qlinear``,
+    with its packed constants. Pointer ABI: x, packed w, scale, sz, [bias], y; ``q[0]`` = M."""
+    n = k.nodes[0]
+    x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
+    zero = n.inputs[3] if len(n.inputs) > 3 else None
+    bias = n.inputs[4] if len(n.inputs) > 4 else None
+    y = n.outputs[0]
+    N, K = w.type.shape
+    assert isinstance(N, int) and isinstance(K, int)
+    isint = n.attrs["act"] != "none"
+    g = min(n.attrs["group"], K)
+    G, gp, glp, kp = group_slots(K, g)
+    packed = pack_w4(w.const, scale.const, zero.const if zero is not None else None,
+                     w.dtype, g, cfg.nr(isint))
+    nr, P, k8 = cfg.nr(isint), packed.panels, kp // 8
+    nb = nr // 16
+    q = _Params()
+    M = q(_prod(x.type.shape[:-1]))
+
+    args: list = [x, *packed.tensors()] + ([bias] if bias is not None else []) + [y]
+    decl = ["  const float *restrict x = (const float *)p[0];",
+            "  const uint8_t *restrict wp = (const uint8_t *)p[1];",
+            "  const float *restrict sc = (const float *)p[2];",
+            "  const float *restrict sz = (const float *)p[3];"]
+    if bias is not None:
+        decl.append(f"  const {storage_type(bias.dtype)} *restrict bias = "
+                    f"(const {storage_type(bias.dtype)} *)p[4];")
+    decl.append(f"  float *restrict y = (float *)p[{5 if bias is not None else 4}];")
+
+    body = ["  const int64_t M = " + M + ";", "  if (M <= 0) return;",
+            f"  float *xs = (float *)malloc((size_t)M * {G} * sizeof(float));"]
+    if isint:
+        body += _prologue_int8(K, g, G, gp, kp, (1 << (n.attrs["abits"] - 1)) - 1)
+    else:
+        body += _prologue_f32(K, g, G, gp, kp)
+
+    # ---- calls of the tiles for one group
+    targs = "xa + m * ldx + 8 * b0, ldx, {w}, nbk, scp + gi * " + str(nr) + ", szp + gi * " + \
+        str(nr) + ", xs + m * " + str(G) + " + gi, " + str(G) + ", ct + (m - mlo) * " + str(nr)
+
+    def calls(name: str, mr: int, wsrc: str) -> list[str]:
+        o = [f"          for (int64_t m = mlo; m < mhi; m += {mr}) {{",
+             f"            const int64_t R = mhi - m < {mr} ? mhi - m : {mr};",
+             "            switch (R) {"]
+        for r in range(mr, 0, -1):
+            o.append(f"              case {r}: {name}{r}({targs.format(w=wsrc)}); break;")
+        o += ["              default: break;", "            }", "          }"]
+        return o
+
+    wdirect = "wpp + b0 * " + str(nr * 4)
+    vec_calls: list[str]
+    if isint and cfg.vnni_buf:
+        vec_calls = ["        if (mhi - mlo <= " + str(cfg.mr_vnni) + ") {"]
+        vec_calls += calls("sf_qd", cfg.mr_vnni, wdirect)
+        vec_calls += ["        } else {", f"          sf_decode8({wdirect}, nbk, (uint8_t *)wf);"]
+        vec_calls += calls("sf_qb", cfg.mr_vnni, "(const uint8_t *)wf")
+        vec_calls += ["        }"]
+    elif isint:
+        vec_calls = calls("sf_qd", cfg.mr_vnni, wdirect)
+    else:
+        vec_calls = ["        if (mhi - mlo <= " + str(cfg.mr_direct) + ") {"]
+        vec_calls += calls("sf_fd", cfg.mr_direct, wdirect)
+        vec_calls += ["        } else {", f"          sf_decode({wdirect}, nbk, wf);"]
+        vec_calls += calls("sf_fb", cfg.mr_buf, "(const uint8_t *)wf")
+        vec_calls += ["        }"]
+    scalar_call = [f"        sf_tile_s(mhi - mlo, {targs.format(w=wdirect).replace('+ m *', '+ mlo *').replace('(m - mlo)', '0')});"]
+
+    v = "ct[r * " + str(nr) + " + jj]"
+    if isint:
+        v = f"(nanrow[m] ? NAN : {v} * sx[m])"
+    if bias is not None:
+        v = f"{v} + {load(bias.dtype, 'bias[n]')}"
+    body += [f"  const int64_t MB = (M + {cfg.mc - 1}) / {cfg.mc}, T = {P} * MB;",
+             "#ifdef _OPENMP",
+             "  const int64_t nth = omp_get_max_threads();",
+             "#else",
+             "  const int64_t nth = 1;",
+             "#endif",
+             # Runs of whole panels per thread when there are enough (a panel's row chunks
+             # then share its L2), else single tiles.
+             "  const int64_t CH = T >= 4 * nth * MB ? MB : 1;",
+             f"  #pragma omp parallel if (M * {N * K} > {PAR_MACS})",
+             "  {",
+             f"    float *ct = (float *)aligned_alloc(64, {cfg.mc * nr * 4});",
+             f"    float *wf = (float *)aligned_alloc(64, {gp * nr * 4});",
+             "    (void)wf;",
+             "    #pragma omp for schedule(dynamic, CH)",
+             "    for (int64_t t = 0; t < T; t++) {",
+             f"      const int64_t pi = t / MB, mlo = (t % MB) * {cfg.mc};",
+             f"      const int64_t mhi = mlo + {cfg.mc} < M ? mlo + {cfg.mc} : M;",
+             f"      memset(ct, 0, (size_t)(mhi - mlo) * {nr * 4});",
+             f"      const int64_t n0 = pi * {nr}, nv = {N} - n0 < {nr} ? {N} - n0 : {nr};",
+             f"      const uint8_t *wpp = wp + pi * {k8 * nr * 4};",
+             f"      const float *scp = sc + pi * {G * nr}, *szp = sz + pi * {G * nr};",
+             f"      for (int64_t gi = 0; gi < {G}; gi++) {{",
+             f"        const int64_t b0 = gi * {gp // 8}, nbk = gi == {G - 1} ? {glp // 8} : {gp // 8};",
+             "#if SF_W4_VEC", *vec_calls, "#else", *scalar_call, "#endif",
+             "      }",
+             "      for (int64_t r = 0; r < mhi - mlo; r++) {",
+             "        const int64_t m = mlo + r;",
+             "        #pragma omp simd",
+             "        for (int64_t jj = 0; jj < nv; jj++) {",
+             "          const int64_t n = n0 + jj;",
+             f"          y[m * {N} + n] = {v};",
+             "        }",
+             "      }",
+             "    }",
+             "    free(ct); free(wf);",
+             "  }",
+             "  free(xs);"]
+    body += ["  free(xq); free(sx); free(nanrow);"] if isint else \
+        (["  free(xpad);"] if kp != K else [])
+
+    head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
+    if not cfg.vec:
+        head.append("#define SF_NO_VEC 1")
+    need = "defined(__AVX512F__) && defined(__AVX512BW__)" + \
+        (" && defined(__AVX512VNNI__)" if isint else "")
+    head += [f"#if {need} && !defined(SF_NO_VEC)", "#define SF_W4_VEC 1",
+             "#include <immintrin.h>", "#else", "#define SF_W4_VEC 0", "#endif", "#if SF_W4_VEC"]
+    if isint:
+        # Inline asm, as in c_qgemm: gcc 12 spills the accumulators of the intrinsic.
+        head += ["#define SF_DPBUSD(acc, w, b) __asm__(\"vpdpbusd %2, %1, %0\" : \"+v\"(acc) : "
+                 "\"v\"(w), \"v\"(b))",
+                 "static inline int32_t sf_ld32(const int8_t *p) { int32_t v; memcpy(&v, p, 4); "
+                 "return v; }"]
+        for r in range(1, cfg.mr_vnni + 1):
+            head += tile_vnni(r, nb)
+        if cfg.vnni_buf:
+            head += decode_u8(nb)
+            for r in range(1, cfg.mr_vnni + 1):
+                head += tile_vnni(r, nb, True)
+    else:
+        for r in range(1, cfg.mr_direct + 1):
+            head += tile_f32_direct(r, nb)
+        head += decode_group(nb)
+        for r in range(1, cfg.mr_buf + 1):
+            head += tile_f32_buf(r, nb)
+    head += ["#else"] + tile_scalar(nb, isint) + ["#endif"]
+    src = "\n".join([PRELUDE] + head + [
+        "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
+    return CKernel(k, src, q.exprs, args)

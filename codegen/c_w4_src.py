@@ -1,0 +1,225 @@
+"""C text of the group-wise 4-bit ``qlinear`` template's inner tiles (``codegen/c_w4.py``).
+
+Every tile computes, for ``r`` rows and one group of one panel (``nr = 16 * nb`` channels),
+the group's dot products of the activations with the raw nibbles (0..15) and folds them into
+the float tile sums ``ct`` as ``ct += s * dot - xs * sz`` (per-group scale and scale x zero
+point; ``xs`` = the activations' sum over the group). Pointer arguments are positioned at the
+group: ``x`` at row 0's first slot (row stride ``ldx``), ``wk`` at the group's first 8-slot
+block of the panel, ``sc`` / ``sz`` at the group's ``nr`` floats, ``xs`` at row 0's group sum
+(row stride ``ldxs``), ``ct`` at row 0 (row stride ``nr``). Packed layout: runtime/w4pack.py.
+"""
+from __future__ import annotations
+
+# Slot (within an 8-slot block) held by nibble i of a 32-bit lane: byte i/2, low then high half.
+SLOT = [i // 2 + 4 * (i % 2) for i in range(8)]
+
+SIG = ("(const {xt} *restrict x, int64_t ldx, const uint8_t *restrict wk, int64_t nbk, "
+       "const float *restrict sc, const float *restrict sz, const float *restrict xs, "
+       "int64_t ldxs, float *restrict ct)")
+
+
+def _group_end(r: int, nb: int, nr: int, acc: list[list[str]], isint: bool) -> list[str]:
+    out = []
+    for j in range(nb):
+        out.append(f"  const __m512 s{j} = _mm512_loadu_ps(sc + {16 * j}), "
+                   f"z{j} = _mm512_loadu_ps(sz + {16 * j});")
+    for i in range(r):
+        out.append(f"  {{ const __m512 xs{i} = _mm512_set1_ps(xs[{i} * ldxs]);")
+        for j in range(nb):
+            a = f"_mm512_cvtepi32_ps({acc[i][j]})" if isint else acc[i][j]
+            p = f"ct + {i * nr + 16 * j}"
+            out.append(f"    _mm512_storeu_ps({p}, _mm512_fnmadd_ps(xs{i}, z{j}, "
+                       f"_mm512_fmadd_ps({a}, s{j}, _mm512_loadu_ps({p}))));")
+        out.append("  }")
+    return out
+
+
+def _copies(r: int, nb: int) -> int:
+    """Independent accumulator sets so that at least ~8 dependency chains are in flight."""
+    return max(1, min(4, 8 // (r * nb)))
+
+
+def tile_f32_direct(r: int, nb: int) -> list[str]:
+    """Weight-only tile reading the packed nibbles (GEMV shape: each weight load serves all
+    ``r`` rows): shift, mask, convert to float, one FMA per row."""
+    nr, c = 16 * nb, _copies(r, nb)
+    acc = [[[f"a{cc}_{i}_{j}" for j in range(nb)] for i in range(r)] for cc in range(c)]
+    out = [f"static inline void sf_fd{r}" + SIG.format(xt="float") + " {",
+           "  const __m512i m4 = _mm512_set1_epi32(15);"]
+    for i in range(r):
+        out.append(f"  const float *x{i} = x + {i} * ldx;")
+    for cc in range(c):
+        out.append("  __m512 " + ", ".join(f"{a} = _mm512_setzero_ps()" for row in acc[cc]
+                                           for a in row) + ";")
+    out += ["  for (int64_t b = 0; b < nbk; b++) {",
+            f"    const uint8_t *wb = wk + b * {nr * 4};"]
+    for j in range(nb):
+        out.append(f"    const __m512i w{j} = _mm512_loadu_si512((const void *)(wb + {64 * j}));")
+    for n in range(8):
+        cc = n % c
+        for j in range(nb):
+            v = f"w{j}" if n == 0 else f"_mm512_srli_epi32(w{j}, {4 * n})"
+            if n < 7:
+                v = f"_mm512_and_si512({v}, m4)"
+            out.append(f"    const __m512 f{n}_{j} = _mm512_cvtepi32_ps({v});")
+        for i in range(r):
+            out.append(f"    {{ const __m512 xb = _mm512_set1_ps(x{i}[8 * b + {SLOT[n]}]);")
+            for j in range(nb):
+                out.append(f"      {acc[cc][i][j]} = _mm512_fmadd_ps(f{n}_{j}, xb, {acc[cc][i][j]});")
+            out.append("    }")
+    out.append("  }")
+    for cc in range(1, c):
+        for i in range(r):
+            for j in range(nb):
+                out.append(f"  {acc[0][i][j]} = _mm512_add_ps({acc[0][i][j]}, {acc[cc][i][j]});")
+    out += _group_end(r, nb, nr, acc[0], False) + ["}"]
+    return out
+
+
+def decode_group(nb: int) -> list[str]:
+    """Unpack one group of a panel into float nibble values ``wf[slot][nr]`` (the GEMM shape:
+    decoded once, read by every row tile)."""
+    nr = 16 * nb
+    out = ["static inline void sf_decode(const uint8_t *restrict wk, int64_t nbk, "
+           "float *restrict wf) {",
+           "  const __m512i m4 = _mm512_set1_epi32(15);",
+           "  for (int64_t b = 0; b < nbk; b++) {",
+           f"    const uint8_t *wb = wk + b * {nr * 4};",
+           f"    float *fb = wf + b * {8 * nr};"]
+    for j in range(nb):
+        out.append(f"    const __m512i w{j} = _mm512_loadu_si512((const void *)(wb + {64 * j}));")
+        for n in range(8):
+            v = f"w{j}" if n == 0 else f"_mm512_srli_epi32(w{j}, {4 * n})"
+            if n < 7:
+                v = f"_mm512_and_si512({v}, m4)"
+            out.append(f"    _mm512_storeu_ps(fb + {SLOT[n] * nr + 16 * j}, _mm512_cvtepi32_ps({v}));")
+    out += ["  }", "}"]
+    return out
+
+
+def tile_f32_buf(r: int, nb: int) -> list[str]:
+    """Weight-only tile over a decoded group ``wf`` (passed as ``wk``): one vector load per
+    16 channels and slot, ``r`` FMAs on it."""
+    nr, c = 16 * nb, _copies(r, nb)
+    acc = [[[f"a{cc}_{i}_{j}" for j in range(nb)] for i in range(r)] for cc in range(c)]
+    out = [f"static inline void sf_fb{r}" + SIG.format(xt="float") + " {",
+           "  const float *restrict wf = (const float *)wk;"]
+    for i in range(r):
+        out.append(f"  const float *x{i} = x + {i} * ldx;")
+    for cc in range(c):
+        out.append("  __m512 " + ", ".join(f"{a} = _mm512_setzero_ps()" for row in acc[cc]
+                                           for a in row) + ";")
+    out += ["  for (int64_t s = 0; s < 8 * nbk; s += 2) {"]
+    for u in range(2):
+        cc = u % c
+        for j in range(nb):
+            out.append(f"    const __m512 f{u}_{j} = _mm512_loadu_ps(wf + (s + {u}) * {nr} + {16 * j});")
+        for i in range(r):
+            out.append(f"    {{ const __m512 xb = _mm512_set1_ps(x{i}[s + {u}]);")
+            for j in range(nb):
+                out.append(f"      {acc[cc][i][j]} = _mm512_fmadd_ps(f{u}_{j}, xb, {acc[cc][i][j]});")
+            out.append("    }")
+    out.append("  }")
+    for cc in range(1, c):
+        for i in range(r):
+            for j in range(nb):
+                out.append(f"  {acc[0][i][j]} = _mm512_add_ps({acc[0][i][j]}, {acc[cc][i][j]});")
+    out += _group_end(r, nb, nr, acc[0], False) + ["}"]
+    return out
+
+
+def decode_u8(nb: int) -> list[str]:
+    """Unpack one group of a panel into u8 bytes: per 8-slot block the low-slot bytes
+    (``nr * 4``) then the high-slot bytes, ready for ``vpdpbusd`` (the GEMM shape)."""
+    nr = 16 * nb
+    out = ["static inline void sf_decode8(const uint8_t *restrict wk, int64_t nbk, "
+           "uint8_t *restrict wq) {",
+           "  const __m512i m4 = _mm512_set1_epi8(15);",
+           "  for (int64_t b = 0; b < nbk; b++) {"]
+    for j in range(nb):
+        out += [f"    const __m512i w{j} = _mm512_loadu_si512((const void *)(wk + b * {nr * 4} + {64 * j}));",
+                f"    _mm512_storeu_si512((void *)(wq + b * {nr * 8} + {64 * j}), _mm512_and_si512(w{j}, m4));",
+                f"    _mm512_storeu_si512((void *)(wq + b * {nr * 8} + {nr * 4 + 64 * j}), "
+                f"_mm512_and_si512(_mm512_srli_epi16(w{j}, 4), m4));"]
+    out += ["  }", "}"]
+    return out
+
+
+def tile_vnni(r: int, nb: int, buffered: bool = False) -> list[str]:
+    """Int8-activation tile: mask / shift the nibbles to u8 bytes (or, ``buffered``, read them
+    decoded by :func:`decode_u8`) and ``vpdpbusd`` them with four activation codes broadcast
+    per row; exact int32 sums per group, then the float fold."""
+    nr = 16 * nb
+    halves = 2 if r * nb < 8 else 1          # separate accumulators for the low / high slots
+    unroll = 2 if r * nb * halves < 8 else 1
+    sets = [(u, h) for u in range(unroll) for h in range(halves)]
+    acc = {s: [[f"a{s[0]}{s[1]}_{i}_{j}" for j in range(nb)] for i in range(r)] for s in sets}
+    out = [f"static inline void sf_q{'b' if buffered else 'd'}{r}" + SIG.format(xt="int8_t") + " {",
+           "  const __m512i m4 = _mm512_set1_epi8(15);"]
+    for i in range(r):
+        out.append(f"  const int8_t *x{i} = x + {i} * ldx;")
+    for s in sets:
+        out.append("  __m512i " + ", ".join(f"{a} = _mm512_setzero_si512()" for row in acc[s]
+                                            for a in row) + ";")
+
+    def block(u: int, b: str) -> list[str]:
+        o = [f"    {{ const uint8_t *wb = wk + ({b}) * {nr * (8 if buffered else 4)};"]
+        for j in range(nb):
+            if buffered:
+                o.append(f"      const __m512i l{j} = _mm512_loadu_si512((const void *)(wb + {64 * j})), "
+                         f"h{j} = _mm512_loadu_si512((const void *)(wb + {nr * 4 + 64 * j}));")
+                continue
+            o.append(f"      const __m512i w{j} = _mm512_loadu_si512((const void *)(wb + {64 * j}));")
+            o.append(f"      const __m512i l{j} = _mm512_and_si512(w{j}, m4), "
+                     f"h{j} = _mm512_and_si512(_mm512_srli_epi16(w{j}, 4), m4);")
+        for i in range(r):
+            o.append(f"      {{ const __m512i bl = _mm512_set1_epi32(sf_ld32(x{i} + 8 * ({b}))), "
+                     f"bh = _mm512_set1_epi32(sf_ld32(x{i} + 8 * ({b}) + 4));")
+            for j in range(nb):
+                o.append(f"        SF_DPBUSD({acc[(u, 0)][i][j]}, l{j}, bl);")
+                o.append(f"        SF_DPBUSD({acc[(u, halves - 1)][i][j]}, h{j}, bh);")
+            o.append("      }")
+        o.append("    }")
+        return o
+
+    if unroll == 2:
+        out.append("  int64_t b = 0;")
+        out.append("  for (; b + 1 < nbk; b += 2) {")
+        out += block(0, "b") + block(1, "b + 1")
+        out.append("  }")
+        out.append("  if (b < nbk) {")
+        out += block(0, "b")
+        out.append("  }")
+    else:
+        out.append("  for (int64_t b = 0; b < nbk; b++) {")
+        out += block(0, "b")
+        out.append("  }")
+    for s in sets[1:]:
+        for i in range(r):
+            for j in range(nb):
+                out.append(f"  {acc[sets[0]][i][j]} = _mm512_add_epi32({acc[sets[0]][i][j]}, "
+                           f"{acc[s][i][j]});")
+    out += _group_end(r, nb, nr, acc[sets[0]], True) + ["}"]
+    return out
+
+
+def tile_scalar(nb: int, isint: bool) -> list[str]:
+    """The portable tile (any number of rows ``R``) over the same packed layout."""
+    nr = 16 * nb
+    xt, at = ("int8_t", "int32_t") if isint else ("float", "float")
+    return [
+        f"static void sf_tile_s(int64_t R, " + SIG.format(xt=xt)[1:] + " {",
+        "  for (int64_t i = 0; i < R; i++) {",
+        f"    for (int64_t j = 0; j < {nr}; j++) {{",
+        f"      {at} acc = 0;",
+        "      for (int64_t b = 0; b < nbk; b++) {",
+        f"        const uint8_t *wb = wk + b * {nr * 4} + j * 4;",
+        f"        const {xt} *xb = x + i * ldx + 8 * b;",
+        "        for (int t = 0; t < 4; t++)",
+        f"          acc += xb[t] * ({at})(wb[t] & 15) + xb[t + 4] * ({at})(wb[t] >> 4);",
+        "      }",
+        "      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * sz[j];",
+        "    }",
+        "  }",
+        "}",
+    ]

@@ -1,0 +1,141 @@
+"""Weight prepacking for the group-wise 4-bit ``qlinear`` template (``codegen/c_w4.py``), done
+once at build time.
+
+Input: codes ``w`` [N, K] one per byte (u4 container uint8 0..15, int3 codes are u4 0..7; or
+i4 container int8 -8..7), ``scale`` [N, G] and optional ``zero`` [N, G] (u4 / i4 codes or
+float), G = ceil(K / g) groups of ``g`` columns along K, the last one possibly short.
+
+Nibble values: ``u = w + off`` with ``off = 8`` for signed i4 codes and ``0`` for u4, so every
+nibble is 0..15 (the unsigned side of VNNI ``vpdpbusd``). Effective zero point per channel and
+group: ``ze = off + zero`` (``zero`` taken as 0 when absent), so ``w - zero = u - ze`` exactly.
+
+K layout (padded groups): each group is padded with zero nibbles to a multiple of 8 columns,
+``gp = 8 * ceil(g / 8)`` slots for a full group and ``8 * ceil(gl / 8)`` for the last one of
+``gl = K - (G - 1) * g`` columns; packed column ``c`` of group ``i`` (``0 <= c < gp``) is
+original column ``i * g + c`` when ``c < len(group i)``, else padding. ``Kp`` = total slots,
+``K8 = Kp / 8`` blocks of 8 slots. The kernels read activations in the same padded layout.
+
+N layout: panels of ``nr`` channels (a multiple of 16), padded with zero rows.
+
+Bytes ``w`` uint8 [P, K8, nr, 4]: ``w[p, b, j, t] = u[p*nr + j, s(8b + t)] | u[p*nr + j,
+s(8b + 4 + t)] << 4`` (``s`` maps a packed slot to its column; padding is 0). One 8-slot
+block of a panel is ``nr * 4`` contiguous bytes: ``nr / 16`` zmm registers of 16 lanes, lane =
+channel, each 32-bit lane holding 8 nibbles: nibble ``2t`` (bits 8t..8t+3) is slot ``8b + t``
+and nibble ``2t + 1`` (bits 8t+4..8t+7) is slot ``8b + 4 + t``. Masking a lane with 0x0F0F0F0F
+gives the 4 bytes of slots ``8b..8b+3`` for ``vpdpbusd``; shifting by 4 first gives slots
+``8b+4..8b+7``.
+
+Per panel, group and channel (float32, [P, G, nr], zero on padded channels): ``scale`` s and
+``sz = s * ze`` (rounded once to float32). The kernels compute, per group,
+``s * sum_k x_k u_k - sz * sum_k x_k`` = ``sum_k x_k (w_k - zero) s`` up to rounding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ir import dtypes as dt
+
+
+@dataclass(frozen=True)
+class PackedW4:
+    """Prepacked constants of one group-wise 4-bit qlinear (layout in the module docstring)."""
+
+    w: torch.Tensor        # uint8 [P, K8, nr, 4]
+    scale: torch.Tensor    # float32 [P, G, nr]
+    sz: torch.Tensor       # float32 [P, G, nr]
+    n: int
+    k: int
+    group: int
+    nr: int
+
+    @property
+    def panels(self) -> int:
+        return self.w.shape[0]
+
+    @property
+    def groups(self) -> int:
+        return self.scale.shape[1]
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The kernel's constant pointer arguments, in ABI order."""
+        return [self.w, self.scale, self.sz]
+
+
+def group_slots(k: int, group: int) -> tuple[int, int, int, int]:
+    """(G, gp, glp, Kp): groups, padded slots of a full group, of the last group, in all."""
+    g = min(group, k) if group > 0 else k
+    ng = -(-k // g)
+    gl = k - (ng - 1) * g
+    gp, glp = -(-g // 8) * 8, -(-gl // 8) * 8
+    return ng, gp, glp, (ng - 1) * gp + glp
+
+
+def slot_columns(k: int, group: int) -> torch.Tensor:
+    """For every packed slot, its original column along K, or -1 for padding."""
+    g = min(group, k) if group > 0 else k
+    ng, gp, glp, kp = group_slots(k, group)
+    s = torch.arange(kp)
+    gi, c = s // gp, s % gp
+    col = gi * g + c
+    valid = (col < k) & (c < g)
+    return torch.where(valid, col, torch.full_like(col, -1))
+
+
+def weight_offset(wdtype: dt.DType) -> int:
+    """What the nibbles add to a code so that it is unsigned (0..15)."""
+    return 8 if wdtype.is_signed else 0
+
+
+def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, wdtype: dt.DType,
+            group: int, nr: int = 32) -> PackedW4:
+    """Pack 4-bit codes ``w`` [N, K] (``wdtype`` u4 or i4) with ``scale`` [N, G] and optional
+    ``zero`` [N, G] (integer codes or float) into panels of ``nr`` channels."""
+    if w.dim() != 2 or nr % 16 or wdtype.name not in ("u4", "i4"):
+        raise ValueError(f"cannot pack {wdtype.name} weights of shape {tuple(w.shape)} into "
+                         f"panels of {nr}")
+    n, k = w.shape
+    ng, gp, glp, kp = group_slots(k, group)
+    if scale.shape != (n, ng) or (zero is not None and zero.shape != (n, ng)):
+        raise ValueError(f"scale / zero must be [{n}, {ng}] for group {group}")
+    off = weight_offset(wdtype)
+    panels = -(-n // nr)
+    npad = panels * nr
+    cols = slot_columns(k, group)
+    u = torch.zeros(npad, kp, dtype=torch.int32)
+    valid = cols >= 0
+    u[:n, valid] = w.to(torch.int32)[:, cols[valid]] + off
+    if int(u.min()) < 0 or int(u.max()) > 15:
+        raise ValueError("4-bit codes out of range")
+    u = u.reshape(npad, kp // 8, 2, 4)                       # [n, b, half, t]
+    byte = (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).to(torch.uint8)   # [n, b, t]
+    packed = byte.reshape(panels, nr, kp // 8, 4).permute(0, 2, 1, 3).contiguous()
+    s32 = scale.to(torch.float32)
+    ze = torch.full((n, ng), float(off), dtype=torch.float64)
+    if zero is not None:
+        ze = ze + zero.to(torch.float64)
+    s = torch.zeros(npad, ng, dtype=torch.float32)
+    sz = torch.zeros(npad, ng, dtype=torch.float32)
+    s[:n] = s32
+    sz[:n] = (s32.to(torch.float64) * ze).to(torch.float32)
+    s = s.reshape(panels, nr, ng).permute(0, 2, 1).contiguous()
+    sz = sz.reshape(panels, nr, ng).permute(0, 2, 1).contiguous()
+    return PackedW4(packed, s, sz, n, k, group, nr)
+
+
+def unpack(p: PackedW4, wdtype: dt.DType) -> torch.Tensor:
+    """The codes [N, K] (``wdtype``'s container) back from a packing (tests, debugging)."""
+    b = p.w.permute(0, 2, 1, 3).reshape(p.panels * p.nr, -1, 4).to(torch.int32)   # [n, K8, t]
+    u = torch.stack([b & 15, b >> 4], 2).reshape(p.panels * p.nr, -1)            # slot order
+    cols = slot_columns(p.k, p.group)
+    out = torch.empty(p.n, p.k, dtype=torch.int32)
+    valid = cols >= 0
+    out[:, cols[valid]] = u[:p.n, valid]
+    return (out - weight_offset(wdtype)).to(wdtype.container)
+
+
+def unpack_scales(p: PackedW4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, sz) back as [N, G] float32."""
+    f = (lambda t: t.permute(0, 2, 1).reshape(p.panels * p.nr, -1)[:p.n])
+    return f(p.scale), f(p.sz)

@@ -1,0 +1,193 @@
+"""The group-wise 4-bit ``qlinear`` template (codegen/c_w4.py, runtime/w4pack.py) against the
+reference op.
+
+Shapes are odd on purpose: K not a multiple of the group (a last short group) nor of 8 (padded
+slots), a group not a multiple of 8, N not a multiple of the 32-channel panel; M is symbolic
+(x: [B, S, K]) and swept over 1, 3, 16, 17, 64 with one build, which crosses the weight-only
+kernel's GEMV (<= 4 rows) / decoded-group GEMM switch and every row-tile size. Weight-only:
+f32 sums in another order than the reference's f64 ones, so the bound is 1e-5 of
+|x| @ |Wd|^T. Int8 activations: the codes are the reference's, the group sums exact int32, so
+only the float folding of the group sums differs (same bound, relative to the output scale).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from scalefold import api
+from scalefold.codegen import c as cgen
+from scalefold.codegen.c_w4 import W4Config, render_w4
+from scalefold.codegen.schedule import partition
+from scalefold.ir import dtypes as dt
+from scalefold.ir.graph import Graph
+from scalefold.ir.ops.quant import dequant_weight
+from scalefold.runtime import interp
+from scalefold.runtime.cache import build, load_kernel
+from scalefold.runtime.executor import Executor
+from scalefold.runtime.w4pack import pack_w4, unpack, unpack_scales
+
+BS = [(1, 1), (1, 3), (4, 4), (17, 1), (8, 8)]          # M = 1, 3, 16, 17, 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
+    old = os.environ.get("SCALEFOLD_CACHE_DIR")
+    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
+    yield
+    if old is None:
+        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
+    else:
+        os.environ["SCALEFOLD_CACHE_DIR"] = old
+
+
+def codes(N: int, K: int, group: int, *, sym: bool, bits: int = 4, seed: int = 0
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Random codes (u4 0..2^bits-1 or i4 -8..7), scales [N, G] and zero points (u4) or None."""
+    gen = torch.Generator().manual_seed(seed)
+    G = -(-K // group)
+    if sym:
+        w = torch.randint(-8, 8, (N, K), generator=gen, dtype=torch.int8)
+        z = None
+    else:
+        w = torch.randint(0, 1 << bits, (N, K), generator=gen, dtype=torch.uint8)
+        z = torch.randint(0, 1 << bits, (N, G), generator=gen, dtype=torch.uint8)
+    s = torch.rand(N, G, generator=gen) * 0.02 + 1e-3
+    return w, s, z
+
+
+def w4graph(K: int, N: int, group: int, *, act: str = "none", sym: bool = False,
+            bias: bool = True, bits: int = 4, seed: int = 0) -> Graph:
+    w, s, z = codes(N, K, group, sym=sym, bits=bits, seed=seed)
+    g = Graph("w4")
+    x = g.add_input(f"f32[B,S,{K}]", "x")
+    wd = "i4" if sym else "u4"
+    zv = g.add_const(z, "u4", "z") if z is not None else None
+    b = g.add_const(torch.randn(N, generator=torch.Generator().manual_seed(seed + 1)), "f32",
+                    "b") if bias else None
+    y = g.add("qlinear", [x, g.add_const(w, wd, "w"), g.add_const(s, "f32", "s"), zv, b],
+              {"act": act, "group": min(group, K)})
+    g.set_outputs([y])
+    return g
+
+
+def check(g: Graph, cm) -> None:
+    n = g.nodes[0]
+    K = g.inputs[0].type.shape[-1]
+    zero = n.inputs[3].const if n.inputs[3] is not None else None
+    wd = dequant_weight(n.inputs[1].const, n.inputs[2].const, zero, n.attrs["group"],
+                        False).double()
+    for B, S in BS:
+        gen = torch.Generator().manual_seed(B * 31 + S)
+        x = torch.randn(B, S, K, generator=gen) * (torch.rand(K, generator=gen) * 3 + 0.1)
+        got, want = cm(x), interp.run(g, x)[0]
+        assert got.shape == want.shape and got.dtype == want.dtype
+        scale = x.double().abs().reshape(-1, K) @ wd.abs().T
+        err = (got.double() - want.double()).abs().reshape(-1, scale.shape[1])
+        assert bool((err <= 1e-5 * scale + 1e-6).all()), f"B={B} S={S}: max err {err.max()}"
+
+
+SHAPES = [(67, 33, 32), (300, 50, 128), (260, 100, 20), (13, 17, 128)]
+
+
+@pytest.mark.parametrize("K,N,group", SHAPES)
+@pytest.mark.parametrize("act", ["none", "per_token"])
+def test_asym_u4_against_reference(K: int, N: int, group: int, act: str) -> None:
+    g = w4graph(K, N, group, act=act, bias=(K != 300), seed=K + N)
+    cm = api.build_c(g)
+    assert [k.kind for k in cm.schedule.kernels] == ["template"]
+    assert "sf_fd1" in next(iter(cm.sources.values())) or act != "none"
+    check(g, cm)
+
+
+@pytest.mark.parametrize("act", ["none", "per_token"])
+def test_sym_i4_and_int3(act: str) -> None:
+    g = w4graph(300, 50, 64, act=act, sym=True, bias=False, seed=7)
+    check(g, api.build_c(g))
+    g3 = w4graph(136, 40, 32, act=act, bits=3, seed=3)
+    check(g3, api.build_c(g3))
+
+
+def test_int8_path_nan_row_and_codes() -> None:
+    """A NaN in a row makes that row NaN (as the reference), the others stay finite."""
+    g = w4graph(67, 33, 32, act="per_token", seed=5)
+    cm = api.build_c(g)
+    x = torch.randn(1, 5, 67)
+    x[0, 2, 10] = float("nan")
+    got, want = cm(x), interp.run(g, x)[0]
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert torch.allclose(got[0, [0, 1, 3, 4]], want[0, [0, 1, 3, 4]], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("K,group,sym", [(67, 32, False), (300, 128, True), (260, 20, False)])
+def test_pack_unpack_bit_exact(K: int, group: int, sym: bool) -> None:
+    w, s, z = codes(45, K, group, sym=sym, seed=K)
+    wdt = dt.i4 if sym else dt.u4
+    p = pack_w4(w, s, z, wdt, group, 32)
+    assert p.w.dtype == torch.uint8 and p.w.shape == (2, p.w.shape[1], 32, 4)
+    back = unpack(p, wdt)
+    assert back.dtype == w.dtype and torch.equal(back, w)
+    sc, sz = unpack_scales(p)
+    assert torch.equal(sc, s)
+    # dequantising the packed nibbles reproduces the op's dequantisation bit for bit
+    ze = (z.to(torch.int32) if z is not None else torch.zeros_like(s, dtype=torch.int32))
+    ze = ze + (8 if sym else 0)
+    u = back.to(torch.int32) + (8 if sym else 0)
+    r = (u - ze.repeat_interleave(group, 1)[:, :K]).to(torch.float32)
+    mine = r * sc.repeat_interleave(group, 1)[:, :K]
+    assert torch.equal(mine, dequant_weight(w, s, z, group, False))
+    assert torch.equal(sz, (s.double() * ze.double()).float())
+
+
+def test_pass_output_routes_to_template() -> None:
+    """quant_weights' int4 g128 form of an nn.Linear runs on this template and matches."""
+    from scalefold.frontend.torch import from_torch
+    from scalefold.passes.quant_weights import quant_weights
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(200, 40)
+    g = from_torch(lin, (torch.randn(3, 200),))
+    g = quant_weights(g, [(torch.randn(3, 200),)], format="int4", group=128, method="rtn")
+    qs = [n for n in g.nodes if n.op == "qlinear"]
+    assert len(qs) == 1 and qs[0].attrs["group"] == 128
+    sched = partition(g, cgen.CAPS)
+    assert [k.kind for k in sched.kernels if k.nodes[0].op == "qlinear"] == ["template"]
+    cm = api.build_c(g)
+    x = torch.randn(3, 200)
+    got, want = cm(x), interp.run(g, x)[0]
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        ref = lin(x)
+    assert float((got - ref).norm() / ref.norm()) < 0.2     # int4 g128 quantisation error
+
+
+def _build_with(g: Graph, cfg: W4Config):
+    sched = partition(g, cgen.CAPS)
+    k = sched.kernels[0]
+    ck = render_w4(k, cfg)
+    ex = Executor(g, sched, {k.name: load_kernel(build(ck.source))}, {k.name: ck.params},
+                  args={k.name: ck.args})
+    return ck, (lambda x: ex.run([x])[0])
+
+
+@pytest.mark.parametrize("act", ["none", "per_token"])
+def test_scalar_fallback(act: str) -> None:
+    g = w4graph(260, 100, 20, act=act, seed=11)
+    ck, fn = _build_with(g, W4Config(vec=False))
+    assert "#define SF_NO_VEC 1" in ck.source
+    check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
+
+
+def test_source_deterministic_and_gated() -> None:
+    g = w4graph(67, 33, 32)
+    k = partition(g, cgen.CAPS).kernels[0]
+    a, b = render_w4(k), render_w4(k)
+    assert a.source == b.source and "sf_fb" in a.source
+    # forms outside the template stay on the reference: 8-bit group-wise, f16 x
+    g8 = Graph("w8")
+    x = g8.add_input("f32[B,64]", "x")
+    y = g8.add("qlinear", [x, g8.add_const(torch.zeros(8, 64, dtype=torch.uint8), "u8", "w"),
+                           g8.add_const(torch.ones(8, 2), "f32", "s")], {"group": 32})
+    g8.set_outputs([y])
+    assert partition(g8, cgen.CAPS).kernels[0].kind != "template"

@@ -1,0 +1,197 @@
+"""The W4A16 kernels of weight-only 4-bit ``qlinear`` (codegen/triton_w4.py, runtime/w4pack_gpu.py).
+
+Runs under the Triton interpreter on the CPU (``SF_TRITON_TEST_DEVICE=cuda``: on a GPU). Codes
+come from the quant pass's own RTN quantiser (``int_quantize``). Shapes are odd on purpose: K
+with a short last group and not a multiple of the 2H block, N not a multiple of the column
+block, M in 1, 3, 16, 17, 33 (symbolic batch in the graph tests). Outputs are compared with the
+reference interpreter within one rounding of the output type plus 1e-5 of sum |x| |Wd|: the
+kernels accumulate in f32, the reference in f64.
+"""
+from __future__ import annotations
+
+import os
+
+DEVICE = os.environ.get("SF_TRITON_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"   # before triton is imported
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from scalefold import api  # noqa: E402
+from scalefold.codegen import triton as tgen  # noqa: E402
+from scalefold.codegen.schedule import partition  # noqa: E402
+from scalefold.codegen.triton_w4 import w4_config, w4_linear  # noqa: E402
+from scalefold.ir import dtypes as dt  # noqa: E402
+from scalefold.ir.graph import Graph  # noqa: E402
+from scalefold.ir.ops.quant import dequant_weight  # noqa: E402
+from scalefold.passes.wq_int import int_dequantize, int_quantize  # noqa: E402
+from scalefold.runtime import interp  # noqa: E402
+from scalefold.runtime.w4pack_gpu import dequant, pack_w4, unpack_codes, w4_layout  # noqa: E402
+
+XT = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+EPS = {"f32": 2.0 ** -23, "f16": 2.0 ** -10, "bf16": 2.0 ** -7}
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # numpy, in the interpreter
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
+    old = os.environ.get("SCALEFOLD_CACHE_DIR")
+    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
+    yield
+    if old is None:
+        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
+    else:
+        os.environ["SCALEFOLD_CACHE_DIR"] = old
+
+
+def quantised(N: int, K: int, bits: int, group: int, sym: bool, seed: int):
+    """(codes in the IR container, scale f32, zero or None, IR dtype name) of a random weight."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=gen)
+    codes, delta, zero = int_quantize(w, bits, group, sym)
+    wd = "i4" if sym else "u4"
+    c = dt.to_container(codes, dt.get(wd))
+    z = dt.to_container(zero, dt.get(wd)) if zero is not None else None
+    if group <= 0:
+        delta = delta[:, 0]
+        z = z[:, 0] if z is not None else None
+    return c, delta.contiguous(), z, wd
+
+
+def qgraph(K: int, N: int, *, group: int = 32, bits: int = 4, sym: bool = False,
+           bias: bool = True, xd: str = "bf16", seed: int = 0, float_zero: bool = False) -> Graph:
+    """x: xd[B, S, K] -> weight-only qlinear with RTN codes."""
+    c, s, z, wd = quantised(N, K, bits, group, sym, seed)
+    g = Graph("w4")
+    x = g.add_input(f"{xd}[B,S,{K}]", "x")
+    zv = None
+    if z is not None:
+        zv = g.add_const(z.float() + 0.25, "f32", "z") if float_zero else g.add_const(z, wd, "z")
+    b = g.add_const(torch.randn(N, generator=torch.Generator().manual_seed(seed + 1)), xd, "b") \
+        if bias else None
+    y = g.add("qlinear", [x, g.add_const(c, wd, "w"), g.add_const(s, "f32", "s"), zv, b],
+              {"act": "none", "group": group, "wtype": wd})
+    g.set_outputs([y])
+    return g
+
+
+def check(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, wd: torch.Tensor,
+          bias: torch.Tensor | None, xd: str) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype
+    got, x = got.cpu().double(), x.cpu().double()
+    exact = x @ wd.double().T + (bias.cpu().double() if bias is not None else 0)
+    bound = x.abs() @ wd.double().abs().T + (bias.cpu().double().abs() if bias is not None else 0)
+    err = (got - exact).abs()
+    allowed = EPS[xd] * exact.abs() + 1e-5 * bound + 1e-30
+    assert bool((err <= allowed).all()), f"max err {err.max()} (allowed {allowed.min()})"
+    assert bool(((got - want.cpu().double()).abs() <= 2 * allowed).all())
+
+
+@pytest.mark.parametrize("K,group,bits,sym", [(200, 32, 4, False), (200, 16, 4, True),
+                                              (300, 128, 3, False), (77, 0, 4, True),
+                                              (130, 64, 4, False), (50, 128, 4, False)])
+def test_pack_unpacks_exactly(K: int, group: int, bits: int, sym: bool) -> None:
+    c, s, z, wd = quantised(19, K, bits, group, sym, seed=K + group)
+    p = pack_w4(c, s, z, group, sym)
+    h, ge, kp, ngp = w4_layout(K, group)
+    assert p.qweight.dtype == torch.uint8 and tuple(p.qweight.shape) == (19, kp // 2)
+    assert tuple(p.scales.shape) == (ngp, 19) and kp % (2 * h) == 0 and ge % h == 0
+    assert torch.equal(unpack_codes(p), c) and unpack_codes(p).dtype == c.dtype
+    # byte b*H + j: code b*2H + j low, b*2H + H + j high (as unsigned code)
+    u = c.to(torch.int32) + (8 if sym else 0)
+    hi = int(u[3, h + 1]) if h + 1 < K else 0      # K padded with code 0
+    assert int(p.qweight[3, 1]) == int(u[3, 1]) | (hi << 4)
+    ref = dequant_weight(c, s, z, group, False)
+    assert torch.equal(dequant(p), ref)
+    zz = z.reshape(19, -1).long() if z is not None else None
+    assert torch.equal(dequant(p), int_dequantize(c.long(), s.reshape(19, -1), zz, group if group else K))
+
+
+def test_bad_group_is_refused() -> None:
+    with pytest.raises(ValueError):
+        w4_layout(100, 24)
+
+
+CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
+    (1, 200, 37, 32, False, "f32", True, None),
+    (1, 300, 70, 128, False, "bf16", False, dict(GEMV=1, BM=1, BN=16, SPLIT=2)),
+    (3, 200, 37, 16, True, "bf16", True, dict(GEMV=1, BM=4, BN=16, SPLIT=3)),
+    (3, 77, 20, 0, True, "f16", True, None),
+    (16, 300, 70, 128, False, "f16", True, dict(GEMV=0, BM=16, BN=32, SPLIT=2)),
+    (17, 200, 37, 32, True, "bf16", False, dict(GEMV=0, BM=16, BN=16, SPLIT=1)),
+    (33, 130, 40, 64, False, "f32", True, dict(GEMV=0, BM=32, BN=32, SPLIT=2)),
+    (17, 260, 24, 128, False, "bf16", True, None),
+]
+
+
+@pytest.mark.parametrize("M,K,N,group,sym,xd,bias,config", CASES)
+def test_kernels_direct(M: int, K: int, N: int, group: int, sym: bool, xd: str, bias: bool,
+                        config: dict | None) -> None:
+    """Both kernels, with splits and several programs, against x @ Wd^T in f64."""
+    c, s, z, _ = quantised(N, K, 4, group, sym, seed=M * K + N)
+    p = pack_w4(c, s, z, group, sym).to(DEVICE)
+    gen = torch.Generator().manual_seed(M + K)
+    x = torch.randn(M, K, generator=gen).to(XT[xd])
+    b = torch.randn(N, generator=gen).to(XT[xd]) if bias else None
+    wd = dequant_weight(c, s, z, group, False)
+    y = w4_linear(x.to(DEVICE), p, b.to(DEVICE) if b is not None else None, config)
+    ref = (x.double() @ wd.double().T + (b.double() if b is not None else 0)).to(XT[xd])
+    check(y, ref, x, wd, b, xd)
+
+
+BS = [(1, 1), (1, 3), (2, 8), (17, 1), (3, 11)]     # M = 1, 3, 16, 17, 33
+
+
+@pytest.mark.parametrize("K,N,group,bits,sym,xd,bias", [
+    (200, 37, 32, 4, False, "bf16", True),
+    (150, 33, 128, 3, False, "f16", False),
+    (96, 20, 16, 4, True, "f32", True),
+    (70, 17, 0, 4, False, "bf16", False),
+])
+def test_graph_symbolic_batch(K: int, N: int, group: int, bits: int, sym: bool, xd: str,
+                              bias: bool) -> None:
+    g = qgraph(K, N, group=group, bits=bits, sym=sym, bias=bias, xd=xd, seed=K + N)
+    assert [k.kind for k in partition(g, tgen.CAPS).kernels] == ["template"]
+    cm = api.build_triton(g, DEVICE)
+    rendered = tgen.render(cm.schedule)
+    assert [tk.launch for tk in rendered] == ["w4"]
+    n = g.nodes[0]
+    z = n.inputs[3].const if n.inputs[3] is not None else None
+    wd = dequant_weight(n.inputs[1].const, n.inputs[2].const, z, group, False)
+    bias_t = n.inputs[4].const if bias else None
+    for B, S in BS:
+        x = torch.randn(B, S, K, generator=torch.Generator().manual_seed(B * 10 + S)).to(XT[xd])
+        got, want = cm(x), interp.run(g, x)[0]
+        check(got.reshape(B * S, N), want.reshape(B * S, N), x.reshape(B * S, K), wd, bias_t, xd)
+
+
+def test_source_is_deterministic_and_shared() -> None:
+    a = tgen.render(partition(qgraph(200, 37, group=32), tgen.CAPS))
+    b = tgen.render(partition(qgraph(200, 37, group=32), tgen.CAPS))
+    c = tgen.render(partition(qgraph(96, 20, group=16, sym=True, xd="f16"), tgen.CAPS))
+    assert a[0].source == b[0].source == c[0].source
+    assert [str(e) for e in a[0].params] == ["B*S", "37", "200"]
+
+
+@pytest.mark.parametrize("variant", ["float_zero", "group24", "f64"])
+def test_unsupported_variants_stay_on_reference(variant: str) -> None:
+    if variant == "float_zero":
+        g = qgraph(64, 8, group=32, float_zero=True)
+    elif variant == "group24":
+        g = qgraph(96, 8, group=24)
+    else:
+        g = qgraph(64, 8, group=32, xd="f64")
+    assert [k.kind for k in partition(g, tgen.CAPS).kernels] == ["reference"]
+    assert "W4" in tgen.REFERENCE_OPS["qlinear"]
+
+
+def test_config_by_m() -> None:
+    assert w4_config(1, 8192, 8192, 64)["GEMV"] == 1
+    assert w4_config(1, 8192, 8192, 64)["SPLIT"] > 1          # 128 column blocks: split K
+    assert w4_config(16, 8192, 8192, 64)["BM"] == 16
+    assert w4_config(256, 16384, 16384, 64) == dict(GEMV=0, BM=128, BN=128, num_warps=8,
+                                                    num_stages=3, SPLIT=1)
+    assert w4_config(3, 8192, 8192, 64, interpret=True)["SPLIT"] == 1
