@@ -8,8 +8,8 @@ captured once in a CUDA graph and timed by ``triton.testing.do_bench`` over grap
 ratios, achieved GB/s against 4.8 TB/s and the error of our output against the bf16-dequantised
 weight product (‖y - ref‖ / ‖ref‖, ref in f32). Run from the repo root on a CUDA machine:
 ``mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/scalefold && PYTHONPATH=/tmp/pkg python3
-benchmarks/w4_gpu.py [--sweep] [--out FILE]`` (``--out`` also writes the table to FILE;
-``--sweep`` first times block / split variants at 8192 x 8192).
+benchmarks/w4_gpu.py [--sweep 1,16,64,256 [--sweep-only]] [--out FILE]`` (``--out`` also
+writes the table to FILE; ``--sweep`` first times config variants at 8192 x 8192).
 """
 from __future__ import annotations
 
@@ -61,8 +61,71 @@ def tinygemm_setup(u: torch.Tensor, s: torch.Tensor, z: torch.Tensor):
     return wt, sz
 
 
-def sweep() -> None:
-    """Times config variants of both kernels at K = N = 8192 (M 1: GEMV, M 16: GEMM)."""
+def variants(M: int) -> list[dict]:
+    """Config variants timed by :func:`sweep` for one M."""
+    if M == 1:
+        return [dict(GEMV=1, BM=1, BN=bn, SPLIT=sp, num_warps=4, num_stages=1)
+                for bn in (32, 64, 128) for sp in (4, 8)]
+    if M == 16:
+        return [dict(GEMV=0, BM=16, BN=bn, SWAP=sw, DOTS8=d8, SPLIT=4, num_warps=4, num_stages=3)
+                for bn in (64, 128) for sw in (0, 1) for d8 in (0, 1)]
+    if M == 64:
+        return [dict(GEMV=0, BM=64, BN=128, DOTS8=d8, SPLIT=sp, num_warps=4, num_stages=st)
+                for d8 in (0, 1) for sp in (1, 2) for st in (3, 4)]
+    return [dict(GEMV=0, BM=bm, BN=bn, DOTS8=d8, SPLIT=1, num_warps=8, num_stages=3)
+            for bm in (64, 128) for bn in (128, 256) for d8 in (0, 1)]
+
+
+def bench_rot(fns, reps: int = 3) -> float:
+    """µs per call of one CUDA graph replaying ``fns`` (on different weights, together larger
+    than the L2) ``reps`` times in turn: streaming time without do_bench's L2 flush."""
+    def seq():
+        for _ in range(reps):
+            for f in fns:
+                f()
+    g, _ = graphed(seq)
+    g()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(20):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e3 / (reps * len(fns)))
+    return sorted(ts)[len(ts) // 2]
+
+
+def calibrate() -> None:
+    """Harness check at K = N = 8192, M = 1: do_bench (L2 flushed) against rotating graphs over
+    4 weight copies for our default config, cuBLAS bf16, and a 33.5 MB read + write copy."""
+    dev = torch.device("cuda")
+    K = N = 8192
+    G = K // GROUP
+    x = torch.randn(1, K, device=dev, dtype=torch.bfloat16)
+    ps, ls, ws = [], [], []
+    for _ in range(4):
+        u = torch.randint(0, 16, (N, K), dtype=torch.uint8, device=dev)
+        s = torch.rand(N, G, device=dev) * 0.02 + 0.001
+        z = torch.randint(0, 16, (N, G), dtype=torch.uint8, device=dev)
+        p = pack_w4(u, s, z, GROUP, False)
+        launch, y = w4_launch(x, p)
+        ps.append(p)
+        ls.append((lambda la=launch, yy=y: la([x, x, yy])))
+        ws.append(torch.randn(N, K, device=dev, dtype=torch.bfloat16))
+    dst = [torch.empty_like(p.qweight) for p in ps]
+    cp = [(lambda d=d, p=p: d.copy_(p.qweight)) for d, p in zip(dst, ps)]
+    bf = [(lambda w=w: F.linear(x, w)) for w in ws]
+    for name, fns in [("w4 default", ls), ("cublas bf16", bf), ("copy 33.5MB", cp)]:
+        print(f"calib M=1 {name:12s}: do_bench {bench(fns[0]):7.1f} us  rotating "
+              f"{bench_rot(fns):7.1f} us", flush=True)
+
+
+def sweep(ms: list[int], budget_s: float = 400.0) -> None:
+    """Times config variants at K = N = 8192 (checking each output), best six per M."""
+    import time
+    t0 = time.time()
     dev = torch.device("cuda")
     K = N = 8192
     G = K // GROUP
@@ -70,34 +133,46 @@ def sweep() -> None:
     s = torch.rand(N, G, device=dev) * 0.02 + 0.001
     z = torch.randint(0, 16, (N, G), dtype=torch.uint8, device=dev)
     p = pack_w4(u, s, z, GROUP, False)
-    for M, variants in [(1, [dict(GEMV=1, BM=1, BN=bn, SPLIT=sp, num_warps=nw, num_stages=2)
-                             for bn in (16, 32, 64) for sp in (4, 16, 32, 64) for nw in (2, 4)]),
-                        (16, [dict(GEMV=0, BM=16, BN=bn, SPLIT=sp, num_warps=nw, num_stages=st)
-                              for bn in (32, 64, 128) for sp in (4, 8, 16) for nw in (4,)
-                              for st in (2, 4)])]:
+    wd = ((u.float() - z.float().repeat_interleave(GROUP, 1)) * s.repeat_interleave(GROUP, 1))
+    for M in ms:
         x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+        ref = x.float() @ wd.T
         res = []
-        for cfg in variants:
+        for cfg in variants(M):
+            if time.time() - t0 > budget_s:
+                print(f"  sweep budget spent at M={M}", flush=True)
+                break
             try:
                 launch, y = w4_launch(x, p, config=dict(cfg))
+                for _ in range(2):
+                    y.fill_(float("nan"))
+                    launch([x, x, y])
+                torch.cuda.synchronize()
+                err = ((y.float() - ref).norm() / ref.norm()).item()
                 t = bench(lambda: launch([x, x, y]))
             except Exception as e:  # noqa: BLE001
-                print(f"  sweep {cfg}: {type(e).__name__}: {str(e)[:120]}")
+                print(f"  sweep {cfg}: {type(e).__name__}: {str(e)[:300]}", flush=True)
                 continue
-            res.append((t, cfg))
-        for t, cfg in sorted(res, key=lambda r: r[0])[:6]:
-            print(f"sweep M={M}: {t:7.1f} us  {cfg}", flush=True)
+            res.append((t, err, cfg))
+            print(f"  M={M} {t:7.1f} us err {err:.1e} {cfg}", flush=True)
+        for t, err, cfg in sorted(res, key=lambda r: r[0])[:6]:
+            print(f"sweep M={M}: {t:7.1f} us err {err:.1e} {cfg}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--shapes", default=None, help="e.g. 8192x8192,4096x11008")
-    ap.add_argument("--sweep", action="store_true", help="first time block / split variants "
-                    "at 8192x8192, M 1 and 16")
+    ap.add_argument("--sweep", default=None, help="first time block / split variants at "
+                    "8192x8192 for these M (e.g. 1,16,64,256)")
+    ap.add_argument("--sweep-only", action="store_true")
     args = ap.parse_args()
     if args.sweep:
-        sweep()
+        if "1" in args.sweep.split(","):
+            calibrate()
+        sweep([int(m) for m in args.sweep.split(",")])
+        if args.sweep_only:
+            return
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -139,9 +214,9 @@ def main() -> None:
                     t_tg = bench(lambda: torch.ops.aten._weight_int4pack_mm(x, tw, GROUP, tsz))
                 except Exception as e:  # noqa: BLE001
                     print(f"  tinygemm failed: {type(e).__name__}: {e}")
-            nbytes = p.qweight.numel() + p.scales.numel() * 4 + p.zeros.numel() + 2 * M * (K + N)
+            nbytes = p.qweight.numel() * 4 + p.scales.numel() * 4 + p.zeros.numel() + 2 * M * (K + N)
             gbs = nbytes / (t_w4 * 1e-6) / 1e9
-            c = w4_config(M, N, K, p.half)
+            c = w4_config(M, N, K)
             cfg = f"{'gemv' if c['GEMV'] else 'gemm'} {c['BM']}x{c['BN']} s{c['SPLIT']}"
             line = (f"{K:>6} {N:>6} {M:>4} | {t_w4:8.1f} {t_bf:8.1f} {t_tg:8.1f} | "
                     f"{t_bf / t_w4:6.2f} {t_tg / t_w4:6.2f} | {gbs:8.0f} {100 * gbs * 1e9 / PEAK:5.1f}% | "

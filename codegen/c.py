@@ -66,6 +66,7 @@ REFERENCE_OPS: dict[str, str] = {
     "lowrank_ffn": "GEMMs on torch until the svd issue's fused kernel",
     "bcq_linear": "LUT kernel lands with the shiftadd issue",
     "moe": "fused dispatch kernel lands with the moe issue",
+    "qmoe": "quantised experts: dequantised per expert then the moe dispatch, on torch until the fused kernel",
     "conv_transpose": "torch",
     "lp_pool": "pooling over spatial windows; torch (avg_pool of |x|^p)",
     "lrn": "cross-channel window normalisation (ONNX LRN); torch",

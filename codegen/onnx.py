@@ -53,7 +53,7 @@ from ..ir import dtypes as dt
 from ..ir.errors import ScalefoldError, UnsupportedOpError
 from ..ir.graph import Graph, Value
 from ..ir.types import dim_str
-from . import onnx_extra, onnx_nn, onnx_quant  # noqa: F401  (register their ops)
+from . import onnx_extra, onnx_nn, onnx_qmoe, onnx_quant  # noqa: F401  (register their ops)
 from .onnx_build import DTYPE_MIN_OPSET, ONNX_DTYPE, Emitter, ExportError
 from .onnx_ops import RENDER
 

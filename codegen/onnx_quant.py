@@ -7,14 +7,20 @@ Choices (DESIGN.md §5, "ONNX out"):
   the formula itself in ONNX ops. Scales are widened to float32 first because the IR divides
   and multiplies in float32 whatever the scale's own type.
 - qlinear, weight-only 4-bit with constant weights and integer or no zero points, group a
-  multiple of 16 (or per channel) -> ``com.microsoft.MatMulNBits`` (B packed as uint8 [N,
-  k_blocks, block/2], low nibble first; signed i4 codes are stored +8 so that the default
-  zero point 8 recovers them; per-channel or wider groups repeat their scale over
-  power-of-two blocks, which is exact). Integer x with 8-bit per-channel weights ->
-  MatMulInteger then the per-column scale. Everything else -> DequantizeLinear of the
-  (export-time transposed) codes + MatMul; dynamic activation quantisation (per_token /
-  per_tensor) is the explicit symmetric formula, since DynamicQuantizeLinear is asymmetric
-  uint8 and would not give the IR's codes.
+  multiple of 16 (or per channel) -> ``com.microsoft.MatMulNBits`` with accuracy_level 0
+  (float activations; B packed as uint8 [N, k_blocks, block/2], low nibble first; signed i4
+  codes are stored +8 with no zero-point input, so the op's default zero point 8 recovers
+  them; per-channel or wider groups repeat their scale over power-of-two blocks, which is
+  exact; K not a multiple of the block is padded with the last block's zero point, so the
+  padding dequantises to 0). Integer x with 8-bit per-channel weights -> MatMulInteger then
+  the per-column scale. Float x with act="per_token" (abits <= 8) over integer weights whose
+  (w - zero) fits int8 -> the symmetric per-row quantisation in float ops, int8 codes,
+  MatMulInteger (one batched MatMulInteger over the K groups for group-wise weights, int32
+  exact per group), float scales. Everything else -> DequantizeLinear of the (export-time
+  transposed) codes + MatMul (f8e4m3 codes natively; f4e2m1 codes by the exact table-lookup
+  decode, since onnxruntime 1.32 has no FLOAT4E2M1 kernels for DequantizeLinear/Cast);
+  dynamic activation quantisation there is the explicit symmetric formula, since
+  DynamicQuantizeLinear is asymmetric uint8 and would not give the IR's codes.
 - bcq_linear with constant operands: W = sum_i alpha_i B_i is materialised at export (in
   float64, stored as W^T in the compute dtype), one MatMul; non-constant operands build W in
   the graph from the signs.
@@ -210,20 +216,29 @@ def _matmul_nbits(cx: Emitter, node: Node) -> str | None:
         return (p if p.dim() == 2 else p.unsqueeze(1))[:, src]
 
     off = 8 if wv.dtype is dt.i4 else 0
+    # Zero points per block as MatMulNBits reads them: the IR's, or 0 for u4 codes without one
+    # (written explicitly), or the op's default 8 for i4 codes stored +8 (no zp input).
+    zp = per_block(zv.const).to(torch.int16) + off if zv is not None \
+        else torch.full((n, nb), 0 if wv.dtype is dt.u4 else 8, dtype=torch.int16)
     codes = wv.const.to(torch.int16) + off
-    codes = torch.nn.functional.pad(codes, (0, nb * block - k)).to(torch.uint8).reshape(n, nb, block)
+    if nb * block > k:
+        # K is padded to whole blocks with the last block's zero point, so that the padding
+        # dequantises to exactly 0 even in a runtime that reads the padded block whole
+        # (onnxruntime stops at K anyway).
+        codes = torch.cat([codes, zp[:, -1:].expand(n, nb * block - k)], dim=1)
+    codes = codes.to(torch.uint8).reshape(n, nb, block)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
     # float32 even for f16 x: the IR forms Wd in float32 and rounds the product once.
+    # accuracy_level 0: float32 activations (levels 1..4 let onnxruntime quantise x to int8).
     ins = [cx.cast(cx.value(xv), xv.dtype, dt.f32), cx.initializer(packed.contiguous(), dt.u8, "nbits_B"),
            cx.initializer(per_block(sv.const).float().reshape(-1), dt.f32, "nbits_scales")]
     if zv is not None or wv.dtype is dt.u4:
-        zp = per_block(zv.const).to(torch.int16) + off if zv is not None \
-            else torch.zeros(n, nb, dtype=torch.int16)
         if nb % 2:
             zp = torch.nn.functional.pad(zp, (0, 1))
         zp = zp.to(torch.uint8)
         ins.append(cx.initializer((zp[:, 0::2] | (zp[:, 1::2] << 4)).reshape(-1).contiguous(), dt.u8, "nbits_zp"))
-    y = cx.op("MatMulNBits", ins, domain="com.microsoft", K=k, N=n, bits=4, block_size=block)
+    y = cx.op("MatMulNBits", ins, domain="com.microsoft", K=k, N=n, bits=4, block_size=block,
+              accuracy_level=0)
     if _opt(node, 4) is not None:
         y = cx.op("Add", [y, cx.cast(inp(cx, node, 4), node.inputs[4].dtype, dt.f32)])
     return cx.cast(y, dt.f32, xv.dtype)
@@ -244,6 +259,56 @@ def _matmul_integer(cx: Emitter, node: Node) -> str | None:
     if _opt(node, 4) is not None:
         y = cx.op("Add", [y, cx.cast(inp(cx, node, 4), node.inputs[4].dtype, cd)])
     return cx.cast(y, cd, a["out_dtype"])
+
+
+def _per_token_integer(cx: Emitter, node: Node) -> str | None:
+    """act="per_token" (abits <= 8) over constant integer weights as the int8 kernels run it:
+    x's codes round(x / sx) cast to int8, MatMulInteger with the export-time int8 weights
+    (w - zero), int32 accumulation per group (exact), then y = sx * sum_g s_g * acc_g + bias
+    in float32. Group-wise weights use one batched MatMulInteger over the groups (x padded
+    with zero codes to whole groups, the weights with zeros). None where (w - zero) leaves the
+    int8 range (u8 codes with a zero point), for float64 x or non-constant weights: the float
+    formula in :func:`_qlinear` then computes the same products in floats."""
+    xv, wv, sv, zv = node.inputs[0], node.inputs[1], node.inputs[2], _opt(node, 3)
+    a = node.attrs
+    if not (xv.dtype.name in ("f32", "f16", "bf16") and a["act"] == "per_token" and a["abits"] <= 8
+            and wv.dtype.name in ("i4", "u4", "i8", "u8") and wv.is_const and sv.is_const
+            and sv.dtype is not dt.f64 and isinstance(wv.shape[1], int)
+            and (zv is None or (zv.is_const and zv.dtype is wv.dtype))):
+        return None
+    n, k = wv.shape
+    group = a["group"]
+    g = k if group == 0 or group >= k else group
+    ng = -(-k // g)
+    w = wv.const.to(torch.int16)
+    if zv is not None:
+        z = zv.const.to(torch.int16)
+        w = w - (z.unsqueeze(1) if z.dim() == 1 else z.repeat_interleave(g, dim=1)[:, :k])
+    if int(w.min()) < -128 or int(w.max()) > 127:
+        return None
+    x = cx.cast(cx.value(xv), xv.dtype, dt.f32)
+    qx, sx = dynamic_quant(cx, x, "per_token", a["abits"], dt.f32)
+    s = sv.const.to(torch.float32)
+    if ng == 1:
+        wt = cx.initializer(w.t().contiguous().to(torch.int8), dt.i8, "ptok_WT")
+        acc = cx.op("MatMulInteger", [cx.cast(qx, dt.f32, dt.i8), wt])          # [..., N]
+        y = cx.op("Mul", [cx.cast(acc, dt.i32, dt.f32), cx.initializer(s.reshape(-1), dt.f32, "ptok_s")])
+    else:
+        kp = ng * g
+        wg = torch.nn.functional.pad(w, (0, kp - k)).reshape(n, ng, g).permute(1, 2, 0)   # [G, g, N]
+        q2 = cx.op("Reshape", [qx, cx.ints([-1, k])])
+        q2 = cx.op("Pad", [q2, cx.ints([0, 0, 0, kp - k])]) if kp > k else q2
+        q3 = cx.op("Transpose", [cx.op("Reshape", [q2, cx.ints([-1, ng, g])])], perm=[1, 0, 2])  # [G, M, g]
+        acc = cx.op("MatMulInteger", [cx.cast(q3, dt.f32, dt.i8),
+                                      cx.initializer(wg.contiguous().to(torch.int8), dt.i8, "ptok_Wg")])
+        sg = cx.initializer(s.t().contiguous().reshape(ng, 1, n), dt.f32, "ptok_sg")
+        y2 = reduce(cx, "ReduceSum", cx.op("Mul", [cx.cast(acc, dt.i32, dt.f32), sg]), [0], False)  # [M, N]
+        lead = cx.op("Shape", [x], start=0, end=-1)
+        y = cx.op("Reshape", [y2, cx.op("Concat", [lead, cx.ints([n])], axis=0)])
+    y = cx.op("Mul", [y, sx])
+    if _opt(node, 4) is not None:
+        y = cx.op("Add", [y, cx.cast(inp(cx, node, 4), node.inputs[4].dtype, dt.f32)])
+    return cx.cast(y, dt.f32, xv.dtype)
 
 
 def weight_t(cx: Emitter, node: Node) -> tuple[str, dt.DType]:
@@ -293,7 +358,7 @@ def dynamic_quant(cx: Emitter, x: str, mode: str, abits: int, cd: dt.DType) -> t
 @render("qlinear")
 def _qlinear(cx: Emitter, node: Node) -> list[str]:
     xv, a = node.inputs[0], node.attrs
-    for path in (_matmul_nbits, _matmul_integer):
+    for path in (_matmul_nbits, _matmul_integer, _per_token_integer):
         y = path(cx, node)
         if y is not None:
             return [y]

@@ -38,7 +38,7 @@ import sympy
 import torch
 
 from ..ir.graph import Node
-from ..runtime.w4pack_gpu import W4Packed, pack_w4, single_group
+from ..runtime.w4pack_gpu import BLOCK, J, W4Packed, pack_w4, single_group
 from .schedule import Kernel
 from .triton_expr import PRELUDE
 
@@ -59,14 +59,14 @@ def _w4_deq(u, KIND: tl.constexpr, FAST16: tl.constexpr):
     elif KIND == 2 and FAST16:
         r = (u.to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
     else:
-        r = (u.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
+        r = (u | 0x4B000000).to(tl.float32, bitcast=True)
     return r
 
 
 @triton.jit
 def _w4_zoff(Z, g, N, rnc, HAS_ZERO: tl.constexpr, ZC: tl.constexpr, KIND: tl.constexpr,
-             FAST16: tl.constexpr):
-    """The magic of _w4_deq plus the effective zero of group g, per channel (f32)."""
+             FAST16: tl.constexpr, POW: tl.constexpr):
+    """magic + zeff * 16^POW of group g per channel (f32), magic that of _w4_deq."""
     if KIND == 1:
         magic = 1024.0
     elif KIND == 2 and FAST16:
@@ -74,9 +74,9 @@ def _w4_zoff(Z, g, N, rnc, HAS_ZERO: tl.constexpr, ZC: tl.constexpr, KIND: tl.co
     else:
         magic = 8388608.0
     if HAS_ZERO:
-        z = tl.load(Z + g * N + rnc).to(tl.float32) + magic
+        z = tl.load(Z + g * N + rnc).to(tl.float32) * (1 << (4 * POW)) + magic
     else:
-        z = tl.zeros_like(rnc).to(tl.float32) + (ZC + magic)
+        z = tl.zeros_like(rnc).to(tl.float32) + (ZC * (1 << (4 * POW)) + magic)
     return z
 
 
@@ -92,87 +92,140 @@ def _w4_op(v, X, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _w4_dot(a, b, acc, IEEE: tl.constexpr):
+def _w4_dot(a, b, IEEE: tl.constexpr):
     if IEEE:
-        r = tl.dot(a, b, acc, input_precision="ieee")
+        r = tl.dot(a, b, input_precision="ieee")
     else:
-        r = tl.dot(a, b, acc)
+        r = tl.dot(a, b)
     return r
 
 
 @triton.jit
-def _w4_store(Y, B, y, rm, rn, M, N, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr):
+def _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, tile, pid_k, SPLIT: tl.constexpr,
+               HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """Store y [BM, BN] (+ bias, rounded once); with SPLIT > 1 store the f32 partial, and the
+    program that finishes its tile last sums the partials in split order (deterministic)."""
     mm = rm < M
     mn = rn < N
-    if HAS_BIAS:
-        y = y + tl.load(B + rn, mask=mn, other=0).to(tl.float32)[None, :]
-    yp = Y + rm.to(tl.int64)[:, None] * N + rn[None, :]
-    if ROUND_BF16:
-        # the interpreter's f32 -> bf16 conversion truncates
-        y = _sf_round_bf16(y)
-    tl.store(yp, y.to(Y.dtype.element_ty), mask=mm[:, None] & mn[None, :])
+    msk = mm[:, None] & mn[None, :]
+    if SPLIT > 1:
+        off = rm.to(tl.int64)[:, None] * N + rn[None, :]
+        tl.store(WS + pid_k * M * N + off, y, mask=msk)
+        # every thread's partial is stored before the release; the acquire orders the reads
+        tl.debug_barrier()
+        done = tl.atomic_add(CNT + tile, 1, sem="acq_rel", scope="gpu")
+        if done == SPLIT - 1:
+            y = tl.load(WS + off, mask=msk, other=0, cache_modifier=".cg")
+            for s in range(1, SPLIT):
+                y += tl.load(WS + s * M * N + off, mask=msk, other=0, cache_modifier=".cg")
+            if HAS_BIAS:
+                y = y + tl.load(B + rn, mask=mn, other=0).to(tl.float32)[None, :]
+            if ROUND_BF16:
+                y = _sf_round_bf16(y)      # the interpreter's f32 -> bf16 conversion truncates
+            tl.store(Y + rm.to(tl.int64)[:, None] * N + rn[None, :], y.to(Y.dtype.element_ty),
+                     mask=msk)
+            tl.atomic_xchg(CNT + tile, 0)  # ready for the next launch
+    else:
+        if HAS_BIAS:
+            y = y + tl.load(B + rn, mask=mn, other=0).to(tl.float32)[None, :]
+        if ROUND_BF16:
+            y = _sf_round_bf16(y)
+        tl.store(Y + rm.to(tl.int64)[:, None] * N + rn[None, :], y.to(Y.dtype.element_ty),
+                 mask=msk)
 
 
 @triton.jit
-def w4_gemv(X, P, S, Z, B, Y, WS, M, N, K, KP2, KB_PER,
+def _w4_nib(w, wh, i: tl.constexpr):
+    """2^23 + u * 16^p as f32 bits of nibble i of words w (wh = w >> 20), p = i for i < 5
+    (in place: bits 0..19 lie in the mantissa), else i - 5 of wh."""
+    if i < 5:
+        r = ((w & (15 << (4 * i))) | 0x4B000000).to(tl.float32, bitcast=True)
+    else:
+        r = ((wh & (15 << (4 * (i - 5)))) | 0x4B000000).to(tl.float32, bitcast=True)
+    return r
+
+
+@triton.jit
+def w4_gemv(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
             HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
             SPLIT: tl.constexpr, ROUND_BF16: tl.constexpr, EVEN_K: tl.constexpr,
-            BM: tl.constexpr, BN: tl.constexpr, H: tl.constexpr, GE: tl.constexpr):
+            BM: tl.constexpr, BN: tl.constexpr, J: tl.constexpr, GE: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
     rnc = tl.where(rn < N, rn, 0).to(tl.int64)
     rm = tl.arange(0, BM)
     mm = rm < M
-    j = tl.arange(0, H)
-    wp = P + rnc[:, None] * KP2 + j[None, :]
-    xp = X + rm.to(tl.int64)[:, None] * K + j[None, :]
+    j = tl.arange(0, J)
+    wp = P + rnc[:, None] * KW + j[None, :]              # [BN, J] words, K fastest
+    xp = X + rm.to(tl.int64)[:, None] * K + j[None, :]   # [BM, J]
     if BM == 1:
-        acc2 = tl.full([BN, H], 0, tl.float32)
-        acc = tl.full([1, 1, 1], 0, tl.float32)
+        acc = tl.zeros([1, 1, 1], tl.float32)
+        acc2 = tl.zeros([BN, J], tl.float32)
     else:
-        acc2 = tl.full([1, 1], 0, tl.float32)
-        acc = tl.full([BM, BN, H], 0, tl.float32)
-    kb0 = pid_k * KB_PER
-    kb1 = tl.minimum(kb0 + KB_PER, KP2 // H)
-    for kb in range(kb0, kb1):
-        b = tl.load(wp + kb * H)
-        k_lo = kb * 2 * H
-        s_lo = tl.load(S + (k_lo // GE) * N + rnc)
-        s_hi = tl.load(S + ((k_lo + H) // GE) * N + rnc)
-        z_lo = _w4_zoff(Z, k_lo // GE, N, rnc, HAS_ZERO, ZC, 0, False)
-        z_hi = _w4_zoff(Z, (k_lo + H) // GE, N, rnc, HAS_ZERO, ZC, 0, False)
-        w_lo = (_w4_deq(b & 15, 0, False) - z_lo[:, None]) * s_lo[:, None]
-        w_hi = (_w4_deq(b >> 4, 0, False) - z_hi[:, None]) * s_hi[:, None]
-        if EVEN_K:
-            x_lo = tl.load(xp + k_lo, mask=mm[:, None], other=0).to(tl.float32)
-            x_hi = tl.load(xp + k_lo + H, mask=mm[:, None], other=0).to(tl.float32)
-        else:
-            x_lo = tl.load(xp + k_lo, mask=mm[:, None] & ((k_lo + j) < K)[None, :],
-                           other=0).to(tl.float32)
-            x_hi = tl.load(xp + k_lo + H, mask=mm[:, None] & ((k_lo + H + j) < K)[None, :],
-                           other=0).to(tl.float32)
+        acc = tl.zeros([BM, BN, J], tl.float32)
+        acc2 = tl.zeros([1, 1], tl.float32)
+    b0 = pid_k * NB_PER
+    b1 = tl.minimum(b0 + NB_PER, KW // J)
+    for b in range(b0, b1):
+        w = tl.load(wp + b * J)
+        wh = w >> 20
+        k0 = b * 8 * J
         if BM == 1:
-            # one row: a 2-D [BN, H] accumulator (the 3-D layout costs registers and shuffles)
-            acc2 += x_lo * w_lo + x_hi * w_hi
+            part = tl.zeros([1, 1, 1], tl.float32)
+            part2 = tl.zeros([BN, J], tl.float32)
         else:
-            acc += x_lo[:, None, :] * w_lo[None, :, :] + x_hi[:, None, :] * w_hi[None, :, :]
+            part = tl.zeros([BM, BN, J], tl.float32)
+            part2 = tl.zeros([1, 1], tl.float32)
+        for i in tl.static_range(8):
+            g = (k0 + i * J) // GE
+            # (u - zeff) * 16^p exactly; x carries the 16^-p (a power of two: exact)
+            if i < 5:
+                f = _w4_nib(w, wh, i) - _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, 0, False, i)[:, None]
+                xs = 1.0 / (1 << (4 * i))
+            else:
+                f = _w4_nib(w, wh, i) - _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, 0, False, i - 5)[:, None]
+                xs = 1.0 / (1 << (4 * (i - 5)))
+            if EVEN_K:
+                xv = tl.load(xp + k0 + i * J, mask=mm[:, None], other=0)
+            else:
+                xv = tl.load(xp + k0 + i * J, mask=mm[:, None] & ((k0 + i * J + j) < K)[None, :],
+                             other=0)
+            xv = xv.to(tl.float32) * xs
+            if BM == 1:
+                # one row: 2-D [BN, J] tiles in the words' own layout (no 3-D broadcast)
+                x1 = tl.sum(xv, axis=0)
+                if GE >= 8 * J:
+                    part2 += x1[None, :] * f
+                else:
+                    s = tl.load(S + g * N + rnc)
+                    acc2 += x1[None, :] * (f * s[:, None])
+            elif GE >= 8 * J:
+                part += xv[:, None, :] * f[None, :, :]
+            else:
+                # a nibble per group (GE < 8 J): scale each
+                s = tl.load(S + g * N + rnc)
+                acc += xv[:, None, :] * (f * s[:, None])[None, :, :]
+        if GE >= 8 * J:
+            s = tl.load(S + (k0 // GE) * N + rnc)
+            if BM == 1:
+                acc2 += part2 * s[:, None]
+            else:
+                acc += part * s[None, :, None]
     if BM == 1:
-        acc = acc2[None, :, :]
-    y = tl.reduce(acc, 2, tl.standard._sum_combine)
-    if SPLIT == 1:
-        _w4_store(Y, B, y, rm, rn, M, N, HAS_BIAS, ROUND_BF16)
+        y = tl.sum(acc2, axis=1)[None, :]
     else:
-        wsp = WS + (pid_k * M + rm.to(tl.int64))[:, None] * N + rn[None, :]
-        tl.store(wsp, y, mask=mm[:, None] & (rn < N)[None, :])
+        y = tl.sum(acc, axis=2)
+    _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, pid_n, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 
 
 @triton.jit
-def w4_gemm(X, P, S, Z, B, Y, WS, M, N, K, KP2, KB_PER,
+def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
             HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
             SPLIT: tl.constexpr, ROUND_BF16: tl.constexpr, EVEN_K: tl.constexpr,
-            KIND: tl.constexpr, FAST16: tl.constexpr, IEEE: tl.constexpr,
-            BM: tl.constexpr, BN: tl.constexpr, H: tl.constexpr, GE: tl.constexpr,
+            KIND: tl.constexpr, FAST16: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr,
+            DOTS8: tl.constexpr,
+            BM: tl.constexpr, BN: tl.constexpr, J: tl.constexpr, GE: tl.constexpr,
             GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -189,64 +242,75 @@ def w4_gemm(X, P, S, Z, B, Y, WS, M, N, K, KP2, KB_PER,
     # rows / channels past the end read row 0 (never stored)
     rmc = tl.where(rm < M, rm, 0).to(tl.int64)
     rnc = tl.where(rn < N, rn, 0).to(tl.int64)
-    j = tl.arange(0, H)
-    wp = P + rnc[None, :] * KP2 + j[:, None]            # [H, BN] byte tile
-    xp = X + rmc[:, None] * K + j[None, :]              # [BM, H]
-    acc = tl.full([BM, BN], 0, tl.float32)
-    kb0 = pid_k * KB_PER
-    kb1 = tl.minimum(kb0 + KB_PER, KP2 // H)
-    for kb in range(kb0, kb1):
-        b = tl.load(wp + kb * H)
-        k_lo = kb * 2 * H
-        g_lo = k_lo // GE
-        w_lo = _w4_deq(b & 15, KIND, FAST16)
-        w_hi = _w4_deq(b >> 4, KIND, FAST16)
-        z_lo = _w4_zoff(Z, g_lo, N, rnc, HAS_ZERO, ZC, KIND, FAST16).to(w_lo.dtype)
-        w_lo = _w4_op(w_lo - z_lo[None, :], X, IEEE)
-        if EVEN_K:
-            x_lo = tl.load(xp + k_lo)
-            x_hi = tl.load(xp + k_lo + H)
-        else:
-            x_lo = tl.load(xp + k_lo, mask=((k_lo + j) < K)[None, :], other=0)
-            x_hi = tl.load(xp + k_lo + H, mask=((k_lo + H + j) < K)[None, :], other=0)
-        x_lo = _w4_op(x_lo, X, IEEE)
-        x_hi = _w4_op(x_hi, X, IEEE)
-        s_lo = tl.load(S + g_lo * N + rnc)
-        if GE >= 2 * H:
-            # both halves in one group: one partial, one scale
-            w_hi = _w4_op(w_hi - z_lo[None, :], X, IEEE)
-            p = _w4_dot(x_hi, w_hi, _w4_dot(x_lo, w_lo, tl.zeros([BM, BN], tl.float32), IEEE), IEEE)
-            acc += p * s_lo[None, :]
-        else:
-            g_hi = (k_lo + H) // GE
-            z_hi = _w4_zoff(Z, g_hi, N, rnc, HAS_ZERO, ZC, KIND, FAST16).to(w_hi.dtype)
-            w_hi = _w4_op(w_hi - z_hi[None, :], X, IEEE)
-            s_hi = tl.load(S + g_hi * N + rnc)
-            zero = tl.zeros([BM, BN], tl.float32)
-            acc += _w4_dot(x_lo, w_lo, zero, IEEE) * s_lo[None, :] + \
-                _w4_dot(x_hi, w_hi, zero, IEEE) * s_hi[None, :]
-    if SPLIT == 1:
-        _w4_store(Y, B, acc, rm, rn, M, N, HAS_BIAS, ROUND_BF16)
+    j = tl.arange(0, J)
+    kk = tl.arange(0, 8 * J)
+    sh = tl.arange(0, 8) * 4
+    wp = P + rnc[:, None] * KW + j[None, :]             # [BN, J] words, K fastest
+    xp = X + rmc[:, None] * K + kk[None, :]             # [BM, 8J]
+    xj = X + rmc[:, None] * K + j[None, :]              # [BM, J]
+    if SWAP:
+        acc = tl.zeros([BN, BM], tl.float32)
     else:
-        wsp = WS + (pid_k * M + rm.to(tl.int64))[:, None] * N + rn[None, :]
-        tl.store(wsp, acc, mask=(rm < M)[:, None] & (rn < N)[None, :])
-
-
-@triton.jit
-def w4_reduce(WS, B, Y, M, N, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-              ROUND_BF16: tl.constexpr, BLOCK: tl.constexpr):
-    """Y = sum over the splits in order of WS[s] (+ bias), rounded once."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    total = M * N
-    m = offs < total
-    y = tl.load(WS + offs, mask=m, other=0)
-    for s in range(1, SPLIT):
-        y += tl.load(WS + s * total + offs, mask=m, other=0)
-    if HAS_BIAS:
-        y += tl.load(B + offs % N, mask=m, other=0).to(tl.float32)
-    if ROUND_BF16:
-        y = _sf_round_bf16(y)
-    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=m)
+        acc = tl.zeros([BM, BN], tl.float32)
+    b0 = pid_k * NB_PER
+    b1 = tl.minimum(b0 + NB_PER, KW // J)
+    for b in range(b0, b1):
+        w = tl.load(wp + b * J)
+        k0 = b * 8 * J
+        if EVEN_K:
+            x = tl.load(xp + k0)
+        else:
+            x = tl.load(xp + k0, mask=((k0 + kk) < K)[None, :], other=0)
+        x = _w4_op(x, X, IEEE)
+        # [BN, 8, J] nibbles -> [BN, 8J]: column i*J + j is code k0 + i*J + j (the layout)
+        u = (w[:, None, :] >> sh[None, :, None]) & 15
+        wq = _w4_deq(u, KIND, FAST16)
+        if GE >= 8 * J and DOTS8:
+            # eight K=J dots, one per nibble: no [BN, 8, J] -> [BN, 8J] reshape
+            g = k0 // GE
+            z = _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, KIND, FAST16, 0).to(wq.dtype)
+            s = tl.load(S + g * N + rnc)
+            part = tl.zeros([BM, BN], tl.float32)
+            for i in tl.static_range(8):
+                qi = _w4_op(_w4_deq((w >> (4 * i)) & 15, KIND, FAST16) - z[:, None], X, IEEE)
+                if EVEN_K:
+                    xi = tl.load(xj + k0 + i * J)
+                else:
+                    xi = tl.load(xj + k0 + i * J, mask=((k0 + i * J + j) < K)[None, :], other=0)
+                part += _w4_dot(_w4_op(xi, X, IEEE), tl.trans(qi), IEEE)
+            if SWAP:
+                acc += tl.trans(part) * s[:, None]
+            else:
+                acc += part * s[None, :]
+        elif GE >= 8 * J:
+            g = k0 // GE
+            z = _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, KIND, FAST16, 0).to(wq.dtype)
+            wq = _w4_op(tl.reshape(wq - z[:, None, None], [BN, 8 * J]), X, IEEE)
+            s = tl.load(S + g * N + rnc)
+            if SWAP:
+                acc += _w4_dot(wq, tl.trans(x), IEEE) * s[:, None]
+            else:
+                acc += _w4_dot(x, tl.trans(wq), IEEE) * s[None, :]
+        else:
+            # several groups per block: the scale goes on the weights (f32), then one dot
+            gi = (k0 + tl.arange(0, 8) * J) // GE                       # [8] groups
+            if HAS_ZERO:
+                zoff = tl.load(Z + gi[None, :] * N + rnc[:, None]).to(tl.float32)
+            else:
+                zoff = tl.zeros([BN, 8], tl.float32) + ZC
+            sg = tl.load(S + gi[None, :] * N + rnc[:, None])
+            wf = (_w4_deq(u, 0, False) - 8388608.0 - zoff[:, :, None]) * sg[:, :, None]
+            wq = _w4_op(tl.reshape(wf, [BN, 8 * J]), X, True)
+            xf = x.to(tl.float32)
+            if SWAP:
+                acc += _w4_dot(wq, tl.trans(xf), True)
+            else:
+                acc += _w4_dot(xf, tl.trans(wq), True)
+    if SWAP:
+        y = tl.trans(acc)
+    else:
+        y = acc
+    _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, pid, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 '''
 
 SOURCE = HEADER + PRELUDE + KERNELS
@@ -318,33 +382,33 @@ def _pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def w4_config(M: int, N: int, K: int, half: int, interpret: bool = False) -> dict[str, int]:
-    """Fixed blocks by M bucket, then the split: M <= 4 runs the GEMV (BN 64 / 32 / 16 for
-    BM 1 / 2 / 4), larger M the tl.dot GEMM (BM 16 / 32 / 64 / 128 up to M 16 / 32 / 128 /
-    beyond; BN 64, or 128 from M 65). For M <= 64, SPLIT divides K's blocks so that about 16
-    (GEMV) / 8 (GEMM) programs per SM run (never on the interpreter unless asked)."""
+def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]:
+    """Blocks by M bucket (picked by ``benchmarks/w4_gpu.py --sweep`` on an H200), then the
+    split. M <= 4: the GEMV (BN 64); larger M the tl.dot GEMM (BM 16 / 32 / 64 up to M 16 /
+    32 / 64, BN 128; BM 64 x BN 256 beyond). For M <= 64 SPLIT shares K among programs until
+    about 8 (GEMV) / 2 / 1 per SM run (never on the interpreter unless asked)."""
     if M <= GEMV_MAX_M:
         bm = _pow2(M)
-        cfg = dict(GEMV=1, BM=bm, BN={1: 64, 2: 32, 4: 16}[bm], num_warps=4, num_stages=4)
+        cfg = dict(GEMV=1, BM=bm, BN=64, num_warps=4, num_stages=1)
+        per_sm = 8
     elif M <= 16:
-        cfg = dict(GEMV=0, BM=16, BN=64, num_warps=4, num_stages=4)
+        cfg = dict(GEMV=0, BM=16, BN=128, SWAP=0, num_warps=4, num_stages=3)
+        per_sm = 2
     elif M <= 32:
-        cfg = dict(GEMV=0, BM=32, BN=64, num_warps=4, num_stages=4)
+        cfg = dict(GEMV=0, BM=32, BN=128, SWAP=0, num_warps=4, num_stages=3)
+        per_sm = 2
     elif M <= 64:
-        cfg = dict(GEMV=0, BM=64, BN=64, num_warps=4, num_stages=4)
-    elif M <= 128:
-        cfg = dict(GEMV=0, BM=64, BN=128, num_warps=4, num_stages=4)
+        cfg = dict(GEMV=0, BM=64, BN=128, SWAP=0, num_warps=4, num_stages=4)
+        per_sm = 1
     else:
-        cfg = dict(GEMV=0, BM=128, BN=128, num_warps=8, num_stages=3)
+        cfg = dict(GEMV=0, BM=64, BN=256, SWAP=0, num_warps=8, num_stages=3)
+        per_sm = 0
     cfg["BN"] = min(cfg["BN"], max(16, _pow2(N)))
     tiles = -(-M // cfg["BM"]) * -(-N // cfg["BN"])
-    nblk = -(-K // (2 * half))
-    # split only decode-sized M whose tiles are too few to keep enough loads in flight (the
-    # loop's loads are not pipelined: many resident programs hide their latency); larger M is
-    # compute-bound and its f32 workspace would cost as many bytes as the weights
-    target = (16 if cfg["GEMV"] else 8) * SMS
+    nblk = -(-K // BLOCK)
+    target = per_sm * SMS
     few = M <= 64 and tiles < target
-    cfg["SPLIT"] = max(1, min(nblk, target // tiles)) if few and not interpret else 1
+    cfg["SPLIT"] = max(1, min(nblk, -(-target // tiles))) if few and not interpret else 1
     return cfg
 
 
@@ -355,46 +419,48 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
                 config: dict[str, int] | None = None) -> Launch:
     """The launch of the W4 kernels over the tensors ``ts`` (slots of ``spec``; the weight
     tensors in ``ts`` are ignored for ``packed``) for one binding of M. ``config`` overrides
-    :func:`w4_config` (tests: several programs, splits and K blocks on tiny shapes)."""
+    :func:`w4_config` (tests: several programs, splits and K blocks on tiny shapes).
+
+    A split launch owns an f32 workspace [SPLIT, M, N] and one int32 counter per output tile
+    (zero between launches: the last program of a tile resets it); so one launch of a binding
+    must finish before the next starts on another stream (launches on one stream are fine)."""
     if M <= 0 or N <= 0:
         return lambda ts: None
-    h = packed.half
-    cfg = dict(config or w4_config(M, N, K, h, interpret))
+    cfg = dict(config or w4_config(M, N, K, interpret))
     gemv = bool(cfg.pop("GEMV", M <= GEMV_MAX_M)) and cfg["BM"] >= M
-    nblk = packed.kp // (2 * h)
+    nblk = packed.kp // BLOCK
     split = max(1, min(int(cfg.pop("SPLIT", 1)), nblk))
-    kb_per = -(-nblk // split)
-    split = -(-nblk // kb_per)                        # no empty splits
+    nb_per = -(-nblk // split)
+    split = -(-nblk // nb_per)                        # no empty splits
     xi, bi, yi = spec.slots
     zeros = packed.zeros if packed.zeros is not None else packed.scales
     kind = {"f32": 0, "f16": 1, "bf16": 2}[spec.xkind]
     round_bf16 = spec.xkind == "bf16" and interpret
     flags = dict(HAS_ZERO=packed.zeros is not None, ZC=packed.zc, HAS_BIAS=bi >= 0,
-                 SPLIT=split, ROUND_BF16=round_bf16, EVEN_K=K == packed.kp, H=h, GE=packed.ge)
+                 SPLIT=split, ROUND_BF16=round_bf16, EVEN_K=K == packed.kp, J=J, GE=packed.ge)
     if gemv:
+        cfg.pop("SWAP", None)
         grid = (-(-N // cfg["BN"]), split)
         kern = mod.w4_gemv[grid]
     else:
         cfg.setdefault("GROUP_M", 8)
+        cfg.setdefault("SWAP", 0)
+        cfg.setdefault("DOTS8", 0)
         flags.update(KIND=kind, FAST16=not interpret, IEEE=kind == 0 or (kind == 2 and interpret))
         grid = (-(-M // cfg["BM"]) * -(-N // cfg["BN"]), split)
         kern = mod.w4_gemm[grid]
-    ws = None
-    if split > 1:
-        ws = torch.empty((split, M, N), dtype=torch.float32, device=packed.scales.device)
-        rblock = 1024
-        red = mod.w4_reduce[(-(-(M * N) // rblock),)]
+    dev = packed.scales.device
     P, S = packed.qweight, packed.scales
-    kp2 = packed.kp // 2
+    ws, cnt = S, S
+    if split > 1:
+        ws = torch.empty((split, M, N), dtype=torch.float32, device=dev)
+        cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
+    kw = packed.kp // 8
 
     def launch(ts: Sequence[torch.Tensor]) -> None:
         x, y = ts[xi], ts[yi]
         b = ts[bi] if bi >= 0 else S
-        kern(x, P, S, zeros, b, y, ws if ws is not None else S, M, N, K, kp2, kb_per,
-             **flags, **cfg)
-        if ws is not None:
-            red(ws, b, y, M, N, SPLIT=split, HAS_BIAS=bi >= 0, ROUND_BF16=round_bf16,
-                BLOCK=rblock, num_warps=4)
+        kern(x, P, S, zeros, b, y, ws, cnt, M, N, K, kw, nb_per, **flags, **cfg)
 
     if not interpret:
         return launch

@@ -202,7 +202,7 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
                   method: str = "rtn", sym: bool = False, grid: int = 20, act: str = "none",
                   clip: str = "no_qk", overrides: Any = None, budget: float | None = None,
                   mixed: str = "int8", sensitivity: str = "output", act_format: str | None = None,
-                  points: int = 100) -> Graph:
+                  points: int = 100, act_reparam: bool = True) -> Graph:
     """Weight-only quantisation of every ``linear`` with constant 2-D weight (and constant or no
     bias) into ``qlinear``.
 
@@ -215,7 +215,8 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
       ``points`` the FP clip grid, ``clip`` no_qk (AWQ: skip q/k) | all | none.
     - ``act`` none | int8 (activations quantised per token at run time).
     - ``act_format`` None | fp8_e4m3 | fp4_e2m1: per-tensor FP activation quantisation with
-      the 2^k exponent-bias reparameterisation (needs calibration).
+      the 2^k exponent-bias reparameterisation (needs calibration; ``act_reparam=False``
+      leaves it out).
     - ``overrides`` per-layer settings (:func:`parse_layer_overrides`).
     - ``budget`` average bits per weight (codes + scales + zeros) over the quantised linears:
       layers move from ``format`` up to the formats in ``mixed`` (comma list, e.g.
@@ -264,11 +265,12 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     if budget is not None:
         from .wq_mixed import assign_budget
         settings = assign_budget(graph, nodes, base, settings, budget, mixed, sensitivity, calibration, grams,
-                                 lambda g, n, s: _quantize_one(g, n, s, grams.get(id(n.inputs[0])), True,
+                                 lambda g, n, s, orig: _quantize_one(g, n, s, grams.get(id(orig.inputs[0])), True,
                                                                "none", points))
     if act_format:
         from .wq_act import quantize_activations
-        quantize_activations(graph, [n for n in nodes if settings[id(n)] != "float"], act_format, calibration)
+        quantize_activations(graph, [n for n in nodes if settings[id(n)] != "float"], act_format, calibration,
+                             act_reparam)
         grams = {}   # the reparameterisation rescaled the weights: searches use weight L2 then
         if method != "rtn":
             xs = {id(n.inputs[0]): n.inputs[0] for n in nodes if settings[id(n)] != "float"}
@@ -284,6 +286,8 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
         rule = _quantize_one(graph, n, s, grams.get(id(n.inputs[0])), clip != "none" and id(n) not in no_clip,
                              qact, points)
         bump(PASS, rule)
+    from .wq_moe import quantize_moes   # moe experts -> qmoe (wq_moe.py: settings, methods)
+    quantize_moes(graph, base, ovr, calibration, points)
     return graph
 
 

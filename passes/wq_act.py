@@ -45,11 +45,13 @@ def _shift(graph: Graph, x: Value, consumers: list[Node], k: torch.Tensor) -> Va
     return x
 
 
-def quantize_activations(graph: Graph, nodes: list[Node], act_format: str, calibration: Any) -> None:
+def quantize_activations(graph: Graph, nodes: list[Node], act_format: str, calibration: Any,
+                         reparam: bool = True) -> None:
     """Insert per-tensor FP fake quantisation (quantize -> dequantize) in front of ``nodes``
     (linears, still float), after the exponent-bias reparameterisation. Pre: ``nodes`` are
     quantisable linears of ``graph``. Post: each reads dequantize(quantize(x·2^k)) and has its
-    weight columns scaled by 2^−k; the graph is otherwise unchanged."""
+    weight columns scaled by 2^−k; the graph is otherwise unchanged. ``reparam=False`` keeps
+    k = 0 (one bias for all channels: the ablation of the reparameterisation)."""
     groups: dict[int, list[Node]] = {}
     values: dict[int, Value] = {}
     for n in nodes:
@@ -62,6 +64,8 @@ def quantize_activations(graph: Graph, nodes: list[Node], act_format: str, calib
         consumers = groups[key]
         amax = st[x].absmax.to(torch.float32)
         rho, k = exponent_shift(amax, fmt)
+        if not reparam:
+            k = torch.zeros_like(k)
         for kk, cnt in zip(*torch.unique(k, return_counts=True)):
             if kk > 0:
                 bump(PASS, f"reparam_{int(kk)}", int(cnt))

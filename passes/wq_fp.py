@@ -70,8 +70,14 @@ def fpq(x: torch.Tensor, fmt: Fp4Format, bias: torch.Tensor | float) -> torch.Te
     """LLM-FP4's quantiser FPQ_b(x) (float32; ``bias`` broadcasts against x), evaluated as
     s·FPQ_b0(x / s) with s = 2^(b0 − b) — the same function, in the one float32 form whose
     result the stored codes reproduce bit for bit."""
+    return fpq_scaled(x, fmt, torch.exp2(REF_BIAS - torch.as_tensor(bias, dtype=torch.float32)))
+
+
+def fpq_scaled(x: torch.Tensor, fmt: Fp4Format, s: torch.Tensor) -> torch.Tensor:
+    """FPQ_b(x) given s = 2^(b0 − b) (already broadcast to x). Callers with per-group biases
+    form s once per group and expand it: exp2 of a tensor is not guaranteed to give the same
+    bits for the same argument at different positions (vectorised vs. tail lanes)."""
     x = x.to(torch.float32)
-    s = torch.exp2(REF_BIAS - torch.as_tensor(bias, dtype=torch.float32))
     return _fpq_ref(x / s, fmt) * s
 
 
@@ -90,7 +96,7 @@ def fp4_fake(w: torch.Tensor, fmt: Fp4Format, group: int, clip: torch.Tensor | f
     mv = torch.as_tensor(clip, dtype=torch.float32) * amax
     mv = torch.where(mv > 0, mv, torch.ones_like(mv))
     bias = fmt.bias_for(mv)
-    return fpq(w, fmt, _expand(bias, k, g)), bias
+    return fpq_scaled(w, fmt, _expand(torch.exp2(REF_BIAS - bias), k, g)), bias
 
 
 def fp4_codes(w: torch.Tensor, fmt: Fp4Format, group: int, clip: torch.Tensor | float = 1.0

@@ -27,7 +27,8 @@ from ..ir.ops.quant import dequant_weight
 from ..runtime.interp import Interpreter
 from .counters import bump
 
-QuantizeFn = Callable[[Graph, Node, Any], Any]
+# (graph, node of that graph, setting, the original node whose calibration applies)
+QuantizeFn = Callable[[Graph, Node, Any, Node], Any]
 
 
 def _bits(setting: Any, node: Node) -> float:
@@ -98,7 +99,7 @@ def sensitivities(graph: Graph, nodes: list[Node], options: dict[int, list[Any]]
                 out[(id(n), j)] = 0.0
                 continue
             g = graph.clone()
-            quantize(g, g.nodes[pos[id(n)]], opt)
+            quantize(g, g.nodes[pos[id(n)]], opt, n)
             if sensitivity == "output":
                 out[(id(n), j)] = _output_error(g, batches, ref)
             else:

@@ -6,15 +6,16 @@ w_zero [N, G] of w's dtype or absent, G = ceil(K / group).
 
 Layout (exact):
 
-- ``H`` (codes per half block) = 64 when one group covers K (group 0 or group >= K), else
-  ``min(64, group)``; a *block* is ``2 H`` consecutive codes along K. K is padded with code 0
-  to ``Kp = ceil(K / 2H) * 2H``. The effective group ``GE`` is ``group``, or for one group the
-  next power of two >= Kp (every k then falls in group 0).
-- ``qweight`` uint8 [N, Kp / 2], row major: byte ``qweight[n, b * H + j]`` (block b, 0 <= j < H)
-  holds ``u[n, b*2H + j]`` in its low nibble and ``u[n, b*2H + H + j]`` in its high nibble.
-  ``u`` is the code made unsigned: u = w for u4, u = w + 8 for i4. So a block's low nibbles are
-  its first H codes and its high nibbles its last H codes: each half meets a contiguous slice of
-  x, and (H divides GE) each half lies in one group.
+- ``J`` = 16 words; a *block* is ``8 J`` = 128 consecutive codes along K. K is padded with
+  code 0 to ``Kp = ceil(K / 128) * 128``. The effective group ``GE`` is ``group`` (a power of
+  two >= 16), or, when one group covers K (group 0 or group >= K), the next power of two >= Kp
+  (every k then falls in group 0).
+- ``qweight`` int32 [N, Kp / 8], row major: word ``qweight[n, b * J + j]`` (block b, 0 <= j < J)
+  holds in its bits ``4 i .. 4 i + 3`` (nibble i, 0 <= i < 8) the code ``u[n, b*8J + i*J + j]``.
+  ``u`` is the code made unsigned: u = w for u4, u = w + 8 for i4. So nibble i of a block's J
+  words is the contiguous slice ``i*J .. i*J + J - 1`` of the block: each nibble meets a
+  contiguous slice of x, a thread's one 16-byte load holds 32 codes, and (J divides GE) each
+  nibble lies in one group; with GE >= 128 the whole block does.
 - ``scales`` f32 [NGp, N] (transposed: the N scales of one group are contiguous),
   NGp = ceil(Kp / GE); rows past G are 0.
 - ``zeros`` uint8 [NGp, N] = the effective zero ``zeff`` = z (u4) or z + 8 (i4), so that
@@ -30,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-HALF = 64          # codes per half block (the GEMM's K tile is 2 * HALF)
+J = 16             # words per block (a block is 8 J codes: the kernels' K step)
+BLOCK = 8 * J
 
 
 def _pow2(n: int) -> int:
@@ -42,44 +44,40 @@ def single_group(k: int, group: int) -> bool:
     return group <= 0 or -(-k // group) == 1
 
 
-def w4_layout(k: int, group: int) -> tuple[int, int, int, int]:
-    """(H, GE, Kp, NGp) of the packing of a K-long row with qlinear group ``group`` (see the
-    module doc). Raises ValueError for a group the kernels do not take (several groups of a
-    size that is not a power of two >= 16)."""
+def w4_layout(k: int, group: int) -> tuple[int, int, int]:
+    """(GE, Kp, NGp) of the packing of a K-long row with qlinear group ``group`` (see the module
+    doc). Raises ValueError for a group the kernels do not take (several groups of a size that
+    is not a power of two >= 16)."""
+    kp = -(-k // BLOCK) * BLOCK
     if single_group(k, group):
-        h = HALF
-        kp = -(-k // (2 * h)) * 2 * h
-        return h, _pow2(kp), kp, 1
+        return _pow2(kp), kp, 1
     if group < 16 or group & (group - 1):
         raise ValueError(f"W4 packing needs a power-of-two group >= 16, got {group}")
-    h = min(HALF, group)
-    kp = -(-k // (2 * h)) * 2 * h
-    return h, group, kp, -(-kp // group)
+    return group, kp, -(-kp // group)
 
 
 @dataclass(frozen=True, eq=False)
 class W4Packed:
     """Packed constants of one qlinear (layout: module doc)."""
 
-    qweight: torch.Tensor            # uint8 [N, Kp/2]
+    qweight: torch.Tensor            # int32 [N, Kp/8]
     scales: torch.Tensor             # f32 [NGp, N]
     zeros: torch.Tensor | None       # uint8 [NGp, N] effective zeros, or None
     zc: int                          # effective zero when ``zeros`` is None
     n: int
     k: int
-    half: int                        # H
     ge: int                          # effective group
     signed: bool                     # i4 codes (stored + 8)
 
     @property
     def kp(self) -> int:
-        return 2 * self.qweight.shape[1]
+        return 8 * self.qweight.shape[1]
 
     def to(self, device: torch.device | str) -> "W4Packed":
         """The same packing on ``device``."""
         z = self.zeros.to(device) if self.zeros is not None else None
         return W4Packed(self.qweight.to(device), self.scales.to(device), z, self.zc, self.n,
-                        self.k, self.half, self.ge, self.signed)
+                        self.k, self.ge, self.signed)
 
 
 def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group: int,
@@ -87,14 +85,17 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, gro
     """Pack codes ``w`` [N, K] (uint8 0..15, or int8 -8..7 when ``signed``), ``scale`` [N, G] or
     [N] and optional ``zero`` (w's dtype, scale's shape) for the W4 kernels."""
     n, k = w.shape
-    h, ge, kp, ngp = w4_layout(k, group)
-    u = w.to(torch.int32) + (8 if signed else 0)
+    ge, kp, ngp = w4_layout(k, group)
+    u = w.to(torch.int64) + (8 if signed else 0)
     if int(u.min()) < 0 or int(u.max()) > 15:
         raise ValueError("W4 codes out of range")
-    up = torch.zeros(n, kp, dtype=torch.int32, device=w.device)
+    up = torch.zeros(n, kp, dtype=torch.int64, device=w.device)
     up[:, :k] = u
-    blocks = up.reshape(n, kp // (2 * h), 2, h)
-    packed = (blocks[:, :, 0, :] | (blocks[:, :, 1, :] << 4)).to(torch.uint8).reshape(n, kp // 2)
+    blocks = up.reshape(n, kp // BLOCK, 8, J)               # [n, b, nibble i, word j]
+    shifts = (4 * torch.arange(8, device=w.device, dtype=torch.int64)).reshape(1, 1, 8, 1)
+    words = (blocks << shifts).sum(dim=2)                   # disjoint bits: sum == or
+    words = torch.where(words >= 2 ** 31, words - 2 ** 32, words)   # as int32 bit pattern
+    qweight = words.to(torch.int32).reshape(n, kp // 8)
     s2 = scale.reshape(n, -1).to(device=w.device, dtype=torch.float32)
     scales = torch.zeros(ngp, n, dtype=torch.float32, device=w.device)
     scales[:s2.shape[1]] = s2.T
@@ -104,13 +105,19 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, gro
         z2 = zero.reshape(n, -1).to(device=w.device, dtype=torch.int32) + zc
         zeros = torch.zeros(ngp, n, dtype=torch.uint8, device=w.device)
         zeros[:z2.shape[1]] = z2.T.to(torch.uint8)
-    return W4Packed(packed.contiguous(), scales.contiguous(), zeros, zc, n, k, h, ge, signed)
+    return W4Packed(qweight.contiguous(), scales.contiguous(), zeros, zc, n, k, ge, signed)
+
+
+def _codes(p: W4Packed) -> torch.Tensor:
+    """Unsigned codes u [N, K] (int64) read back from the words."""
+    wd = p.qweight.cpu().to(torch.int64).reshape(p.n, -1, 1, J) & 0xFFFFFFFF
+    shifts = (4 * torch.arange(8, dtype=torch.int64)).reshape(1, 1, 8, 1)
+    return ((wd >> shifts) & 15).reshape(p.n, p.kp)[:, :p.k]
 
 
 def unpack_codes(p: W4Packed) -> torch.Tensor:
     """The IR codes [N, K] back from a packing: uint8 for u4, int8 for i4."""
-    b = p.qweight.cpu().to(torch.int32).reshape(p.n, -1, 1, p.half)
-    u = torch.cat([b & 15, b >> 4], dim=2).reshape(p.n, p.kp)[:, :p.k]
+    u = _codes(p)
     if p.signed:
         return (u - 8).to(torch.int8)
     return u.to(torch.uint8)
@@ -118,8 +125,7 @@ def unpack_codes(p: W4Packed) -> torch.Tensor:
 
 def dequant(p: W4Packed) -> torch.Tensor:
     """Wd f32 [N, K] from the packing, exactly as the kernels form it."""
-    b = p.qweight.cpu().to(torch.int32).reshape(p.n, -1, 1, p.half)
-    u = torch.cat([b & 15, b >> 4], dim=2).reshape(p.n, p.kp)[:, :p.k]
+    u = _codes(p)
     grp = torch.arange(p.k) // p.ge
-    z = p.zeros.cpu().to(torch.int32)[grp].T if p.zeros is not None else p.zc
+    z = p.zeros.cpu().to(torch.int64)[grp].T if p.zeros is not None else p.zc
     return (u - z).to(torch.float32) * p.scales.cpu()[grp].T

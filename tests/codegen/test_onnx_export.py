@@ -397,6 +397,20 @@ case("moe_sigmoid_bias", unit("moe", "f32[7,8]", torch.randn(3, 8), None, torch.
                               torch.randn(3, 8, 6) * 0.3, "f32[3]", top_k=2, gated=False, normalize=False,
                               scoring="sigmoid", activation="gelu"))
 
+# qmoe: experts dequantised at export (codegen/onnx_qmoe.py); own generator keeps the global seed stream
+_gq = torch.Generator().manual_seed(7)
+_qc = lambda hi, *s: torch.randint(0, hi, s, generator=_gq)          # noqa: E731
+_qs = lambda *s: torch.rand(*s, generator=_gq) * 0.05 + 0.01          # noqa: E731
+case("qmoe_int4_gated_zero", unit("qmoe", "f32[2,5,8]", torch.randn(4, 8, generator=_gq),
+                                  C(_qc(16, 4, 6, 8), "u4"), _qs(4, 6, 2), C(_qc(16, 4, 6, 2), "u4"),
+                                  C(_qc(16, 4, 6, 8), "u4"), _qs(4, 6, 2), C(_qc(16, 4, 6, 2), "u4"),
+                                  C(_qc(16, 4, 8, 6), "u4"), _qs(4, 8, 2), C(_qc(16, 4, 8, 2), "u4"),
+                                  top_k=2, group=4))
+case("qmoe_fp4_ungated_bias", unit("qmoe", "f32[7,8]", torch.randn(3, 8, generator=_gq), None, None, None,
+                                   C(_qc(16, 3, 6, 8).to(torch.uint8), "f4e2m1"), _qs(3, 6, 1), None,
+                                   C(_qc(16, 3, 8, 6).to(torch.uint8), "f4e2m1"), _qs(3, 8, 1), None, "f32[3]",
+                                   top_k=2, gated=False, wtype="f4e2m1", scoring="sigmoid"))
+
 
 @pytest.mark.parametrize("builder,kw", CASES)
 def test_op_exports_and_matches_interpreter(builder: Callable, kw: dict) -> None:

@@ -96,14 +96,17 @@ def check(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, wd: torch.Tens
 def test_pack_unpacks_exactly(K: int, group: int, bits: int, sym: bool) -> None:
     c, s, z, wd = quantised(19, K, bits, group, sym, seed=K + group)
     p = pack_w4(c, s, z, group, sym)
-    h, ge, kp, ngp = w4_layout(K, group)
-    assert p.qweight.dtype == torch.uint8 and tuple(p.qweight.shape) == (19, kp // 2)
-    assert tuple(p.scales.shape) == (ngp, 19) and kp % (2 * h) == 0 and ge % h == 0
+    ge, kp, ngp = w4_layout(K, group)
+    assert p.qweight.dtype == torch.int32 and tuple(p.qweight.shape) == (19, kp // 8)
+    assert tuple(p.scales.shape) == (ngp, 19) and kp % 128 == 0 and ge % 16 == 0
     assert torch.equal(unpack_codes(p), c) and unpack_codes(p).dtype == c.dtype
-    # byte b*H + j: code b*2H + j low, b*2H + H + j high (as unsigned code)
-    u = c.to(torch.int32) + (8 if sym else 0)
-    hi = int(u[3, h + 1]) if h + 1 < K else 0      # K padded with code 0
-    assert int(p.qweight[3, 1]) == int(u[3, 1]) | (hi << 4)
+    # word b*16 + j, bits 4i..4i+3: code b*128 + i*16 + j (as unsigned code; K padded with 0)
+    u = torch.zeros(19, kp, dtype=torch.int64)
+    u[:, :K] = c.to(torch.int64) + (8 if sym else 0)
+    for b, j in [(0, 1), (kp // 128 - 1, 15)]:
+        word = int(p.qweight[3, b * 16 + j]) & 0xFFFFFFFF
+        assert [(word >> (4 * i)) & 15 for i in range(8)] == \
+            [int(u[3, b * 128 + i * 16 + j]) for i in range(8)]
     ref = dequant_weight(c, s, z, group, False)
     assert torch.equal(dequant(p), ref)
     zz = z.reshape(19, -1).long() if z is not None else None
@@ -120,8 +123,12 @@ CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
     (1, 300, 70, 128, False, "bf16", False, dict(GEMV=1, BM=1, BN=16, SPLIT=2)),
     (3, 200, 37, 16, True, "bf16", True, dict(GEMV=1, BM=4, BN=16, SPLIT=3)),
     (3, 77, 20, 0, True, "f16", True, None),
-    (16, 300, 70, 128, False, "f16", True, dict(GEMV=0, BM=16, BN=32, SPLIT=2)),
-    (17, 200, 37, 32, True, "bf16", False, dict(GEMV=0, BM=16, BN=16, SPLIT=1)),
+    (16, 300, 70, 128, False, "f16", True, dict(GEMV=0, BM=16, BN=32, SPLIT=2, SWAP=1)),
+    (17, 200, 37, 32, True, "bf16", False, dict(GEMV=0, BM=16, BN=16, SPLIT=1, SWAP=1)),
+    (5, 520, 40, 128, False, "bf16", True, dict(GEMV=0, BM=16, BN=16, SPLIT=3)),
+    (20, 300, 40, 128, True, "f16", True, dict(GEMV=0, BM=16, BN=16, SPLIT=2, DOTS8=1)),
+    (7, 1000, 24, 0, False, "bf16", False, dict(GEMV=0, BM=16, BN=16, SWAP=1, DOTS8=1)),
+    (2, 520, 40, 128, False, "bf16", True, dict(GEMV=1, BM=2, BN=16, SPLIT=4)),
     (33, 130, 40, 64, False, "f32", True, dict(GEMV=0, BM=32, BN=32, SPLIT=2)),
     (17, 260, 24, 128, False, "bf16", True, None),
 ]
@@ -189,9 +196,8 @@ def test_unsupported_variants_stay_on_reference(variant: str) -> None:
 
 
 def test_config_by_m() -> None:
-    assert w4_config(1, 8192, 8192, 64)["GEMV"] == 1
-    assert w4_config(1, 8192, 8192, 64)["SPLIT"] > 1          # 128 column blocks: split K
-    assert w4_config(16, 8192, 8192, 64)["BM"] == 16
-    assert w4_config(256, 16384, 16384, 64) == dict(GEMV=0, BM=128, BN=128, num_warps=8,
-                                                    num_stages=3, SPLIT=1)
-    assert w4_config(3, 8192, 8192, 64, interpret=True)["SPLIT"] == 1
+    assert w4_config(1, 8192, 8192)["GEMV"] == 1
+    assert w4_config(1, 8192, 8192)["SPLIT"] > 1          # 128 column blocks: split K
+    assert w4_config(16, 8192, 8192)["BM"] == 16
+    assert w4_config(256, 16384, 16384)["SPLIT"] == 1
+    assert w4_config(3, 8192, 8192, interpret=True)["SPLIT"] == 1

@@ -1,0 +1,102 @@
+"""quant_weights per-layer overrides and mixed precision under a size budget."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scalefold.ir import dtypes as dt
+from scalefold.ir.errors import ScalefoldError
+from scalefold.ir.parser import parse
+from scalefold.passes import PassManager
+from scalefold.runtime.interp import run
+
+MLP = """graph @mlp(%x: f32[B,64]) -> (f32[B,64]) {
+  %0: f32[B,64] = linear(%x, #w0)
+  %1: f32[B,64] = relu(%0)
+  %2: f32[B,64] = linear(%1, #w1)
+  %3: f32[B,64] = relu(%2)
+  %4: f32[B,64] = linear(%3, #w2)
+  return %4
+}
+#w0 = const f32[64,64] randn(seed=1, std=0.15)
+#w1 = const f32[64,64] randn(seed=2, std=0.15)
+#w2 = const f32[64,64] randn(seed=3, std=0.15)"""
+
+
+def _graph() -> object:
+    g = parse(MLP)
+    # the middle layer is hard for int4: a few huge weights stretch every group's range
+    w1 = g.nodes[2].inputs[1]
+    w = w1.const.clone()
+    w[:, ::9] *= 25
+    w1.const = w
+    for i, n in enumerate(g.nodes[::2]):
+        n.inputs[1].name = f"layer{i}.weight"
+    return g
+
+
+CAL = [torch.randn(32, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+
+def _formats(q) -> list[str]:
+    return [n.inputs[1].dtype.name if n.op == "qlinear" else "float" for n in q.nodes if n.op in ("qlinear", "linear")]
+
+
+def _bits(q) -> float:
+    tot = n = 0
+    for node in q.nodes:
+        if node.op == "qlinear":
+            w, s = node.inputs[1], node.inputs[2]
+            z = node.inputs[3] if len(node.inputs) > 3 else None
+            tot += w.const.numel() * w.dtype.bits + s.const.numel() * 32 + (z.const.numel() * z.dtype.bits if z is not None else 0)
+            n += w.const.numel()
+        elif node.op == "linear":
+            tot += node.inputs[1].const.numel() * 32
+            n += node.inputs[1].const.numel()
+    return tot / n
+
+
+def test_overrides_by_name_and_index() -> None:
+    g = _graph()
+    q = PassManager('quant_weights(format=int4, group=32, overrides={"layer1": "int8", 2: "float"})').run(g)
+    assert _formats(q) == ["u4", "u8", "float"]
+    q = PassManager('quant_weights(format=int4, group=32, overrides="re:layer[02]=fp8_e4m3")').run(g)
+    assert _formats(q) == ["f8e4m3", "u4", "f8e4m3"]
+    with pytest.raises(ScalefoldError, match="override for 'layer1'"):
+        PassManager('quant_weights(format=int4, overrides={"layer1": "int5"})').run(g)
+
+
+@pytest.mark.parametrize("sensitivity", ["output", "layer"])
+def test_budget_upgrades_the_sensitive_layer(sensitivity: str) -> None:
+    g = _graph()
+    base = PassManager("quant_weights(format=int4, group=32)").run(g)
+    b4 = _bits(base)
+    # room for exactly one int8 layer (int8 g32 costs 8 + 40/32 bits, int4 4 + 36/32)
+    budget = (2 * (4 + 36 / 32) + (8 + 40 / 32)) / 3 + 0.01
+    pm = PassManager(f"quant_weights(format=int4, group=32, budget={budget}, sensitivity={sensitivity})",
+                     calibration=CAL)
+    q = pm.run(g)
+    assert _formats(q) == ["u4", "u8", "u4"]
+    assert pm.counters["quant_weights"]["mixed_int8"] == 1
+    assert b4 < _bits(q) <= budget
+    x = torch.randn(40, 64, generator=torch.Generator().manual_seed(7))
+    y = run(g, x)[0]
+    err = lambda h: float((run(h, x)[0] - y).norm() / y.norm())
+    assert err(q) < err(base)
+
+
+def test_budget_with_float_option_and_too_small_budget() -> None:
+    g = _graph()
+    q = PassManager("quant_weights(format=int4, group=32, budget=100, mixed=\"int8,float\")", calibration=CAL).run(g)
+    assert _formats(q) == ["float", "float", "float"]        # a budget above 32 bits buys everything
+    with pytest.raises(ScalefoldError, match="budget 3.0 bits/weight is below"):
+        PassManager("quant_weights(format=int4, group=32, budget=3.0)", calibration=CAL).run(g)
+    with pytest.raises(ScalefoldError, match="needs calibration"):
+        PassManager("quant_weights(format=int4, budget=6)").run(g)
+
+
+def test_rtn_pipeline_without_calibration_keeps_names() -> None:
+    q = PassManager("quant_weights(format=int4, group=32)").run(_graph())
+    names = [n.inputs[1].name for n in q.nodes if n.op == "qlinear"]
+    assert names == ["layer0.weight.q", "layer1.weight.q", "layer2.weight.q"]
+    assert q.nodes[0].inputs[1].dtype is dt.u4
