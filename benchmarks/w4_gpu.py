@@ -62,18 +62,27 @@ def tinygemm_setup(u: torch.Tensor, s: torch.Tensor, z: torch.Tensor):
 
 
 def variants(M: int) -> list[dict]:
-    """Config variants timed by :func:`sweep` for one M."""
+    """Config variants timed by :func:`sweep` for one M (GEMM ones: the [K/8, N] ``KN`` kernel;
+    the first entry of each M is the previous default of the nibble-block kernel)."""
     if M == 1:
         return [dict(GEMV=1, BM=1, BN=bn, SPLIT=sp, num_warps=4, num_stages=1)
                 for bn in (32, 64, 128) for sp in (4, 8)]
+    kn = dict(GEMV=0, KN=1, RESHAPE=1)
     if M == 16:
-        return [dict(GEMV=0, BM=16, BN=bn, SWAP=sw, DOTS8=d8, SPLIT=4, num_warps=4, num_stages=3)
-                for bn in (64, 128) for sw in (0, 1) for d8 in (0, 1)]
+        return [dict(GEMV=0, BM=16, BN=64, SWAP=1, DOTS8=1, SPLIT=4, num_warps=4, num_stages=3)] + \
+            [dict(kn, BM=16, BN=bn, BK=bk, SWAP=1, SCALE_W=sc, SPLIT=sp, num_warps=4, num_stages=3)
+             for bn in (64, 128) for bk in (64, 128) for sc in (0, 1) for sp in (4, 8)]
     if M == 64:
-        return [dict(GEMV=0, BM=64, BN=128, DOTS8=d8, SPLIT=sp, num_warps=4, num_stages=st)
-                for d8 in (0, 1) for sp in (1, 2) for st in (3, 4)]
-    return [dict(GEMV=0, BM=bm, BN=bn, DOTS8=d8, SPLIT=1, num_warps=8, num_stages=3)
-            for bm in (64, 128) for bn in (128, 256) for d8 in (0, 1)]
+        return [dict(GEMV=0, BM=64, BN=128, SWAP=0, SPLIT=1, num_warps=4, num_stages=4)] + \
+            [dict(kn, BM=64, BN=bn, BK=128, SCALE_W=sc, SPLIT=sp, num_warps=4, num_stages=3)
+             for bn in (64, 128) for sc in (0, 1) for sp in (2, 4)] + \
+            [dict(kn, BM=64, BN=64, BK=64, SCALE_W=sc, SPLIT=2, num_warps=4, num_stages=3)
+             for sc in (0, 1)]
+    return [dict(GEMV=0, BM=64, BN=256, SWAP=0, SPLIT=1, num_warps=8, num_stages=3)] + \
+        [dict(kn, BM=bm, BN=bn, BK=64, SCALE_W=sc, SPLIT=1, num_warps=w, num_stages=3)
+         for bm in (64, 128) for bn in (64, 128) for w in (4, 8) for sc in (0, 1)] + \
+        [dict(kn, BM=128, BN=128, BK=64, SCALE_W=sc, SPLIT=2, num_warps=8, num_stages=3)
+         for sc in (0, 1)]
 
 
 def bench_rot(fns, reps: int = 3) -> float:
@@ -122,7 +131,7 @@ def calibrate() -> None:
               f"{bench_rot(fns):7.1f} us", flush=True)
 
 
-def sweep(ms: list[int], budget_s: float = 400.0) -> None:
+def sweep(ms: list[int], budget_s: float = 250.0) -> None:
     """Times config variants at K = N = 8192 (checking each output), best six per M."""
     import time
     t0 = time.time()
@@ -137,9 +146,12 @@ def sweep(ms: list[int], budget_s: float = 400.0) -> None:
     for M in ms:
         x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
         ref = x.float() @ wd.T
+        wb = wd.to(torch.bfloat16)
+        print(f"sweep M={M}: cublas bf16 {bench(lambda: F.linear(x, wb)):7.1f} us", flush=True)
+        del wb
         res = []
         for cfg in variants(M):
-            if time.time() - t0 > budget_s:
+            if time.time() - t0 > budget_s * (ms.index(M) + 1) / len(ms):
                 print(f"  sweep budget spent at M={M}", flush=True)
                 break
             try:
@@ -217,7 +229,8 @@ def main() -> None:
             nbytes = p.qweight.numel() * 4 + p.scales.numel() * 4 + p.zeros.numel() + 2 * M * (K + N)
             gbs = nbytes / (t_w4 * 1e-6) / 1e9
             c = w4_config(M, N, K)
-            cfg = f"{'gemv' if c['GEMV'] else 'gemm'} {c['BM']}x{c['BN']} s{c['SPLIT']}"
+            kind = 'gemv' if c['GEMV'] else ('kn' if c.get('KN') else 'gemm')
+            cfg = f"{kind} {c['BM']}x{c['BN']} s{c['SPLIT']}"
             line = (f"{K:>6} {N:>6} {M:>4} | {t_w4:8.1f} {t_bf:8.1f} {t_tg:8.1f} | "
                     f"{t_bf / t_w4:6.2f} {t_tg / t_w4:6.2f} | {gbs:8.0f} {100 * gbs * 1e9 / PEAK:5.1f}% | "
                     f"{cfg:<22} | {err:.2e}")

@@ -39,9 +39,17 @@ def _copies(r: int, nb: int) -> int:
     return max(1, min(4, 8 // (r * nb)))
 
 
-def tile_f32_direct(r: int, nb: int) -> list[str]:
+def _prefetch(base: str, pf: int, nb: int, ind: str) -> list[str]:
+    """Software prefetch of the ``nb`` weight lines ``pf`` bytes (a group or two) ahead: the
+    hardware prefetcher alone left the first row tile of each group waiting on L2 / L3."""
+    return [f"{ind}_mm_prefetch((const char *)({base} + {pf + 64 * j}), _MM_HINT_T0);"
+            for j in range(nb)] if pf else []
+
+
+def tile_f32_direct(r: int, nb: int, pf: int = 0) -> list[str]:
     """Weight-only tile reading the packed nibbles (GEMV shape: each weight load serves all
-    ``r`` rows): shift, mask, convert to float, one FMA per row."""
+    ``r`` rows): shift, mask, convert to float, one FMA per row; ``pf``: prefetch distance in
+    bytes (0: none)."""
     nr, c = 16 * nb, _copies(r, nb)
     acc = [[[f"a{cc}_{i}_{j}" for j in range(nb)] for i in range(r)] for cc in range(c)]
     out = [f"static inline void sf_fd{r}" + SIG.format(xt="float") + " {",
@@ -55,6 +63,7 @@ def tile_f32_direct(r: int, nb: int) -> list[str]:
             f"    const uint8_t *wb = wk + b * {nr * 4};"]
     for j in range(nb):
         out.append(f"    const __m512i w{j} = _mm512_loadu_si512((const void *)(wb + {64 * j}));")
+    out += _prefetch("wb", pf, nb, "    ")
     for n in range(8):
         cc = n % c
         for j in range(nb):
@@ -76,9 +85,9 @@ def tile_f32_direct(r: int, nb: int) -> list[str]:
     return out
 
 
-def decode_group(nb: int) -> list[str]:
+def decode_group(nb: int, pf: int = 0) -> list[str]:
     """Unpack one group of a panel into float nibble values ``wf[slot][nr]`` (the GEMM shape:
-    decoded once, read by every row tile)."""
+    decoded once, read by every row tile); ``pf`` as in :func:`tile_f32_direct`."""
     nr = 16 * nb
     out = ["static inline void sf_decode(const uint8_t *restrict wk, int64_t nbk, "
            "float *restrict wf) {",
@@ -86,6 +95,7 @@ def decode_group(nb: int) -> list[str]:
            "  for (int64_t b = 0; b < nbk; b++) {",
            f"    const uint8_t *wb = wk + b * {nr * 4};",
            f"    float *fb = wf + b * {8 * nr};"]
+    out += _prefetch(f"wk + b * {nr * 4}", pf, nb, "    ")
     for j in range(nb):
         out.append(f"    const __m512i w{j} = _mm512_loadu_si512((const void *)(wb + {64 * j}));")
         for n in range(8):
@@ -145,10 +155,11 @@ def decode_u8(nb: int) -> list[str]:
     return out
 
 
-def tile_vnni(r: int, nb: int, buffered: bool = False) -> list[str]:
+def tile_vnni(r: int, nb: int, buffered: bool = False, pf: int = 0) -> list[str]:
     """Int8-activation tile: mask / shift the nibbles to u8 bytes (or, ``buffered``, read them
     decoded by :func:`decode_u8`) and ``vpdpbusd`` them with four activation codes broadcast
-    per row; exact int32 sums per group, then the float fold."""
+    per row; exact int32 sums per group, then the float fold. ``pf``: prefetch distance in
+    bytes of the packed nibbles (0: none; the direct form only)."""
     nr = 16 * nb
     halves = 2 if r * nb < 8 else 1          # separate accumulators for the low / high slots
     unroll = 2 if r * nb * halves < 8 else 1
@@ -170,6 +181,7 @@ def tile_vnni(r: int, nb: int, buffered: bool = False) -> list[str]:
                          f"h{j} = _mm512_loadu_si512((const void *)(wb + {nr * 4 + 64 * j}));")
                 continue
             o.append(f"      const __m512i w{j} = _mm512_loadu_si512((const void *)(wb + {64 * j}));")
+            o += _prefetch(f"wb + {64 * j}", pf, 1, "      ")
             o.append(f"      const __m512i l{j} = _mm512_and_si512(w{j}, m4), "
                      f"h{j} = _mm512_and_si512(_mm512_srli_epi16(w{j}, 4), m4);")
         for i in range(r):

@@ -3,30 +3,39 @@
 Takes ``qlinear(x, w, w_scale, w_zero?, bias?)`` with act "none", float x (f16 / bf16 / f32),
 constant u4 / i4 codes w [N, K] (int3 codes are u4 0..7), group 0 or a power of two >= 16
 (a short last group included), integer zero points of w's dtype or none. The constants are
-packed once when the kernels are loaded (``runtime/w4pack_gpu.py`` documents the layout: two
-codes per byte, the low nibbles of a 2H-code block are its first H codes, the high nibbles its
-last H; scales f32 and effective zeros uint8, both [groups, N]).
+packed once when the kernels are loaded (``runtime/w4pack_gpu.py`` documents the layout: int32
+words of 8 codes; nibble i of a 128-code block's 16 words is its codes i*16 .. i*16+15;
+scales f32 and effective zeros uint8, both [groups, N]).
 
 Two kernels, chosen by M (rows of x):
 
 - ``w4_gemv`` (M <= 4): a program owns BN output channels and a K slice; per block it loads a
-  [BN, H] byte tile (the weights stream once), dequantises both nibbles in registers to f32
-  ``(u - zeff) * s`` — exactly ``dequant_weight``'s Wd — and accumulates x * Wd into a
-  [BM, BN, H] f32 accumulator, reduced once at the end.
-- ``w4_gemm`` (M > 4): tiles BM x BN; per block the nibbles become ``u - zeff`` in x's dtype
-  (small integers: exact), ``tl.dot`` with the matching halves of x (f32 accumulate; f32 x in
-  IEEE precision), and the block's partial is multiplied by the group scale (H divides the
-  group, so each half has one scale per channel).
+  [BN, 16] word tile (16-byte loads, the weights stream once) and, per nibble i, forms
+  (u - zeff) * 16^p in f32 in place: nibbles 0..4 lie in the f32 mantissa, so
+  ``(w & 15 << 4i) | 0x4B000000`` is 2^23 + u 16^i and one subtraction of 2^23 + zeff 16^i
+  is exact (nibbles 5..7 the same on w >> 20); x carries the 16^-p. Per weight: one LOP3, one
+  FADD, one FMA; the group scale multiplies the block's partial once (g >= 128).
+- ``w4_gemm`` (M > 4): tiles BM x BN; the nibbles become ``u - zeff`` in x's dtype by bit
+  pattern (``0x4300``: 128 + u as bf16, ``0x6400``: 1024 + u as f16; small integers: exact),
+  then ``tl.dot`` with x (f32 accumulate; f32 x in IEEE precision): eight K=16 dots, one per
+  nibble (``DOTS8``, the weights optionally as operand A: ``SWAP``) or one K=128 dot of the
+  reshaped tile; the block's partial is multiplied by the group scale. Groups < 128 scale the
+  weights in f32 before one IEEE dot (correct, not tuned). The interpreter mishandles a
+  bitcast to bf16 and bf16 dots, so there bf16 goes through the f32 form (same values).
 
-Nibbles become floats without an int->float conversion: ``u | 0x4B000000`` is 2^23 + u as f32
-(``0x6400``: 1024 + u as f16, ``0x4300``: 128 + u as bf16), and subtracting the same magic plus
-zeff is exact. (The interpreter mishandles a bitcast to bf16, so there bf16 goes through the
-f32 form; the value is the same.)
+- ``w4_gemm_kn`` (``KN``; the default for M > 32): the GPTQ-Triton-style GEMM on the second
+  packing ``qkn`` [Kp/8, N] (8 consecutive K codes per word, N contiguous). Per K block of BK
+  (<= the group, so one scale row) the [BK/8, BN] words load once, split into nibbles
+  ([BK/8, 8, BN] -> [BK, BN]: row k is code k), become u - zeff in x's dtype (exact, as
+  above), one tl.dot, and the group scale multiplies the f32 partial (``SCALE_W``=1 instead
+  scales the weights in f32 and rounds them to x's dtype: a few % faster, not bit-faithful to
+  the reference; off by default).
 
 Split-K: when the (M, N) tiles are too few to fill the GPU, ``SPLIT`` programs share a tile's
-K range and write f32 partials to a workspace [SPLIT, M, N]; ``w4_reduce`` adds them in split
-order, adds the bias and rounds. No atomics: the result is deterministic. Without split the
-main kernel's epilogue does that. Blocks are fixed per M bucket (:func:`w4_config`).
+K range and store f32 partials to a workspace [SPLIT, M, N]; each then bumps the tile's
+counter (acq_rel atomic after a CTA barrier), and the one that finishes last sums the
+partials in split order, adds the bias, rounds, stores and resets the counter. One kernel,
+and deterministic (the order never depends on timing). Blocks per M bucket: :func:`w4_config`.
 """
 from __future__ import annotations
 
@@ -311,6 +320,82 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
     else:
         y = acc
     _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, pid, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
+
+@triton.jit
+def w4_gemm_kn(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NKB, NB_PER,
+               HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
+               SPLIT: tl.constexpr, ROUND_BF16: tl.constexpr, EVEN_K: tl.constexpr,
+               KIND: tl.constexpr, FAST16: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr,
+               RESHAPE: tl.constexpr, SCALE_W: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+               GE: tl.constexpr, GROUP_M: tl.constexpr):
+    """GEMM on the [Kp/8, N] words (``qkn``): per K block (BK <= GE: one group) the codes
+    become u - zeff in x's dtype (exact small integers), one tl.dot, then the group scale on
+    the f32 partial."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = (M + BM - 1) // BM
+    num_n = (N + BN - 1) // BN
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rmc = tl.where(rm < M, rm, 0).to(tl.int64)
+    rnc = tl.where(rn < N, rn, 0).to(tl.int64)
+    rk = tl.arange(0, BK)
+    xp = X + rmc[:, None] * K + rk[None, :]                          # [BM, BK]
+    if RESHAPE:
+        # each word once: [BK/8, BN] words -> [BK/8, 8, BN] nibbles -> [BK, BN]
+        qp = Q + tl.arange(0, BK // 8).to(tl.int64)[:, None] * N + rnc[None, :]
+        sh = tl.arange(0, 8) * 4
+    else:
+        # row k reads word row k // 8 (8 loads of one row: served by L1)
+        qp = Q + (rk // 8).to(tl.int64)[:, None] * N + rnc[None, :]
+        sh = ((rk % 8) * 4)[:, None]
+    if SWAP:
+        acc = tl.zeros([BN, BM], tl.float32)
+    else:
+        acc = tl.zeros([BM, BN], tl.float32)
+    kb0 = pid_k * NB_PER
+    kb1 = tl.minimum(kb0 + NB_PER, NKB)
+    for kb in range(kb0, kb1):
+        k0 = kb * BK
+        if EVEN_K:
+            x = tl.load(xp + k0)
+        else:
+            x = tl.load(xp + k0, mask=((k0 + rk) < K)[None, :], other=0)
+        w = tl.load(qp + (k0 // 8) * N)
+        if RESHAPE:
+            u = tl.reshape((w[:, None, :] >> sh[None, :, None]) & 15, [BK, BN])
+        else:
+            u = (w >> sh) & 15
+        g = k0 // GE
+        s = tl.load(S + g * N + rnc)
+        xo = _w4_op(x, X, IEEE)
+        if SCALE_W:
+            # Wd = (u - zeff) * s in f32 (exact as dequant_weight), rounded once to x's dtype:
+            # the dots chain on acc, so the next block's dequantisation overlaps this dot
+            f = _w4_deq(u, 0, False) - _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, 0, False, 0)[None, :]
+            wq = (f * s[None, :]).to(X.dtype.element_ty)
+            if SWAP:
+                acc = tl.dot(tl.trans(wq), tl.trans(xo), acc)
+            else:
+                acc = tl.dot(xo, wq, acc)
+        else:
+            wq = _w4_deq(u, KIND, FAST16)
+            z = _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, KIND, FAST16, 0).to(wq.dtype)
+            wq = _w4_op(wq - z[None, :], X, IEEE)
+            if SWAP:
+                acc += _w4_dot(tl.trans(wq), tl.trans(xo), IEEE) * s[:, None]
+            else:
+                acc += _w4_dot(xo, wq, IEEE) * s[None, :]
+    if SWAP:
+        y = tl.trans(acc)
+    else:
+        y = acc
+    _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, pid, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 '''
 
 SOURCE = HEADER + PRELUDE + KERNELS
@@ -384,31 +469,32 @@ def _pow2(n: int) -> int:
 
 def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]:
     """Blocks by M bucket (picked by ``benchmarks/w4_gpu.py --sweep`` on an H200), then the
-    split. M <= 4: the GEMV (BN 64); larger M the tl.dot GEMM (BM 16 / 32 / 64 up to M 16 /
-    32 / 64, BN 128; BM 64 x BN 256 beyond). For M <= 64 SPLIT shares K among programs until
-    about 8 (GEMV) / 2 / 1 per SM run (never on the interpreter unless asked)."""
+    split. M <= 4: the GEMV (BN 64); M <= 32: the nibble-block GEMM (BM 16 / 32 x BN 64, eight
+    per-nibble dots, the weights as operand A); larger M the ``KN`` GEMM on the [K/8, N] words
+    (BM 64 x BN 128 x BK 128 up to 64; BM 128 x BN 64 x BK 64 beyond). For M <= 64 SPLIT shares
+    K among programs until about 8 (GEMV) / 4 / 2 per SM run (never on the interpreter)."""
     if M <= GEMV_MAX_M:
         bm = _pow2(M)
         cfg = dict(GEMV=1, BM=bm, BN=64, num_warps=4, num_stages=1)
         per_sm = 8
     elif M <= 16:
-        cfg = dict(GEMV=0, BM=16, BN=128, SWAP=0, num_warps=4, num_stages=3)
-        per_sm = 2
+        cfg = dict(GEMV=0, BM=16, BN=64, SWAP=1, DOTS8=1, num_warps=4, num_stages=3)
+        per_sm = 4
     elif M <= 32:
-        cfg = dict(GEMV=0, BM=32, BN=128, SWAP=0, num_warps=4, num_stages=3)
-        per_sm = 2
+        cfg = dict(GEMV=0, BM=32, BN=64, SWAP=1, DOTS8=1, num_warps=4, num_stages=3)
+        per_sm = 4
     elif M <= 64:
-        cfg = dict(GEMV=0, BM=64, BN=128, SWAP=0, num_warps=4, num_stages=4)
-        per_sm = 1
+        cfg = dict(GEMV=0, KN=1, RESHAPE=1, BM=64, BN=128, BK=128, num_warps=4, num_stages=3)
+        per_sm = 2
     else:
-        cfg = dict(GEMV=0, BM=64, BN=256, SWAP=0, num_warps=8, num_stages=3)
+        cfg = dict(GEMV=0, KN=1, RESHAPE=1, BM=128, BN=64, BK=64, num_warps=4, num_stages=3)
         per_sm = 0
     cfg["BN"] = min(cfg["BN"], max(16, _pow2(N)))
     tiles = -(-M // cfg["BM"]) * -(-N // cfg["BN"])
     nblk = -(-K // BLOCK)
     target = per_sm * SMS
     few = M <= 64 and tiles < target
-    cfg["SPLIT"] = max(1, min(nblk, -(-target // tiles))) if few and not interpret else 1
+    cfg["SPLIT"] = max(1, min(nblk, target // tiles)) if few and not interpret else 1
     return cfg
 
 
@@ -429,7 +515,8 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
     cfg = dict(config or w4_config(M, N, K, interpret))
     gemv = bool(cfg.pop("GEMV", M <= GEMV_MAX_M)) and cfg["BM"] >= M
     nblk = packed.kp // BLOCK
-    split = max(1, min(int(cfg.pop("SPLIT", 1)), nblk))
+    config_split = int(cfg.pop("SPLIT", 1))
+    split = max(1, min(config_split, nblk))
     nb_per = -(-nblk // split)
     split = -(-nblk // nb_per)                        # no empty splits
     xi, bi, yi = spec.slots
@@ -438,7 +525,25 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
     round_bf16 = spec.xkind == "bf16" and interpret
     flags = dict(HAS_ZERO=packed.zeros is not None, ZC=packed.zc, HAS_BIAS=bi >= 0,
                  SPLIT=split, ROUND_BF16=round_bf16, EVEN_K=K == packed.kp, J=J, GE=packed.ge)
-    if gemv:
+    kn = not gemv and bool(cfg.pop("KN", 0))
+    if kn:
+        # one group per K block; Kp is a multiple of 128, so BK (a power of two) divides it
+        bk = min(int(cfg.pop("BK", 64)), packed.ge, BLOCK)
+        nkb = packed.kp // bk
+        split = max(1, min(int(config_split), nkb))
+        nb_per = -(-nkb // split)
+        split = -(-nkb // nb_per)
+        flags.update(SPLIT=split, KIND=kind, FAST16=not interpret,
+                     IEEE=kind == 0 or (kind == 2 and interpret), BK=bk)
+        flags.pop("J")
+        cfg.setdefault("GROUP_M", 8)
+        cfg.setdefault("SWAP", 0)
+        cfg.setdefault("RESHAPE", 0)
+        # the scale on the weights (rounded to x's dtype) only where the dot is not IEEE f32
+        cfg["SCALE_W"] = int(cfg.get("SCALE_W", 0)) if not flags["IEEE"] else 0
+        grid = (-(-M // cfg["BM"]) * -(-N // cfg["BN"]), split)
+        kern = mod.w4_gemm_kn[grid]
+    elif gemv:
         cfg.pop("SWAP", None)
         grid = (-(-N // cfg["BN"]), split)
         kern = mod.w4_gemv[grid]
@@ -451,11 +556,16 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
         kern = mod.w4_gemm[grid]
     dev = packed.scales.device
     P, S = packed.qweight, packed.scales
+    if kn:
+        assert packed.qkn is not None, "packing without the GEMM layout"
+        P = packed.qkn
     ws, cnt = S, S
     if split > 1:
         ws = torch.empty((split, M, N), dtype=torch.float32, device=dev)
         cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
     kw = packed.kp // 8
+    if kn:
+        kw = nkb        # the kernel's trailing integer: K blocks (its NKB)
 
     def launch(ts: Sequence[torch.Tensor]) -> None:
         x, y = ts[xi], ts[yi]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..ir.graph import Graph, Node
+from .awq_block import block_of, capture, search_block_scale
 from .calibrate import stats_for
 from .counters import bump
 from .pipeline import register_pass
@@ -103,26 +104,32 @@ def search_scale(weights: list[torch.Tensor], mean_abs: torch.Tensor, gram: torc
 
 @register_pass("awq_scales", needs_calibration=True)
 def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, grid: int = 20,
-               sym: bool = False, stats: str | None = None) -> Graph:
+               sym: bool = False, stats: str | None = None, loss: str = "block") -> Graph:
     """AWQ scale search for every group of linears sharing an input (found by scale_move).
 
     For each tensor X read by linears (with constant weights), searches s = s_X^r (s_X =
     mean|x| per channel) minimising the MSE of the consumers' outputs on the calibration rows
     when their weights are RTN fake-quantised (``fake_quant_int(bits, group, sym)``) after
     scaling; the loss comes from the streamed Gram matrix XᵀX, so it is exact without storing
-    activations. Then folds 1/s into X's producer and s into the consumers; where the producer
+    activations. With ``loss="block"`` (default) a group of several consumers whose outputs
+    meet in a block (q/k/v -> attention, gate/up -> product; ``awq_block.py``) is scored by the
+    MSE of the block's output instead, on up to 4096 captured calibration rows (needs
+    calibration batches as a list; saved stats fall back to the Gram loss). Then folds 1/s into X's producer and s into the consumers; where the producer
     cannot absorb (scale_move refusal) an explicit per-channel ``mul`` by 1/s is inserted
     before the linear consumers (other readers keep X).
 
     Pre: float graph; ``calibration`` = batches, a Stats (with grams) of this graph, or a path.
     Post: same function up to fp rounding; no quantisation yet.
-    Rules (counters): ``scaled`` per tensor, ``into_<absorber>`` or ``explicit_mul``,
+    Rules (counters): ``scaled`` per tensor, ``block_loss`` per search scored on a block, ``into_<absorber>`` or ``explicit_mul``,
     ``identity`` when r = 0 wins (nothing changes); a refusal also counts as ``<reason>``
     and is a near-miss of ``into_producer``.
     """
+    if loss not in ("block", "layer"):
+        raise ValueError(f"awq_scales: loss must be block or layer, got {loss!r}")
     targets = consumer_groups(graph)
     if not targets:
         return graph
+    batches = calibration if loss == "block" and isinstance(calibration, (list, tuple)) else None
     st = stats_for(graph, calibration, targets, gram=targets, cache=stats)
     measured = {id(x): st[x] for x in targets}
     for x in targets:
@@ -134,7 +141,15 @@ def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, 
             continue
         weights = _consumer_weights(plan.consumers)
         gram = (cs.gram / max(cs.rows, 1)).to(torch.float32)
-        s, r, _ = search_scale(weights, cs.mean_abs_floored(), gram, bits, group, grid, sym)
+        blk = block_of(graph, plan.consumers) if batches is not None and \
+            all(c.op == "linear" for c in plan.consumers) else None
+        if blk is not None:
+            data = capture(graph, blk[0], blk[1], batches)
+            s, r, _ = search_block_scale(data, plan.consumers, cs.mean_abs_floored(),
+                                         lambda w: fake_quant_int(w, bits, group, sym), grid)
+            bump(PASS, "block_loss")
+        else:
+            s, r, _ = search_scale(weights, cs.mean_abs_floored(), gram, bits, group, grid, sym)
         if r == 0.0:
             bump(PASS, "identity")
             continue

@@ -22,6 +22,12 @@ Layout (exact):
   w - z == u - zeff exactly; rows past G are 0. ``None`` when the qlinear has no zero point:
   then the constant ``zc`` (0 for u4, 8 for i4) is the effective zero.
 
+- ``qkn`` int32 [Kp / 8, N], row major (the GEMM layout, N contiguous so a row of words loads
+  coalesced along N): word ``qkn[r, n]`` holds in bits ``4 i .. 4 i + 3`` the code
+  ``u[n, 8 r + i]`` (8 consecutive K codes per word). It is a second copy of the same codes:
+  the M <= 4 GEMV streams ``qweight``, the M > 4 GEMM ``qkn`` (the packed weights take 1 byte
+  per code in all, still half of bf16).
+
 Dequantisation: Wd[n, k] = (u[n, k] - zeff[n, k // GE]) * scales[k // GE, n] in f32, which is
 ``dequant_weight`` bit for bit (the difference is an exact small integer, one f32 rounding).
 """
@@ -60,7 +66,7 @@ def w4_layout(k: int, group: int) -> tuple[int, int, int]:
 class W4Packed:
     """Packed constants of one qlinear (layout: module doc)."""
 
-    qweight: torch.Tensor            # int32 [N, Kp/8]
+    qweight: torch.Tensor            # int32 [N, Kp/8] (GEMV layout)
     scales: torch.Tensor             # f32 [NGp, N]
     zeros: torch.Tensor | None       # uint8 [NGp, N] effective zeros, or None
     zc: int                          # effective zero when ``zeros`` is None
@@ -68,6 +74,7 @@ class W4Packed:
     k: int
     ge: int                          # effective group
     signed: bool                     # i4 codes (stored + 8)
+    qkn: torch.Tensor | None = None  # int32 [Kp/8, N] (GEMM layout)
 
     @property
     def kp(self) -> int:
@@ -76,8 +83,9 @@ class W4Packed:
     def to(self, device: torch.device | str) -> "W4Packed":
         """The same packing on ``device``."""
         z = self.zeros.to(device) if self.zeros is not None else None
+        kn = self.qkn.to(device) if self.qkn is not None else None
         return W4Packed(self.qweight.to(device), self.scales.to(device), z, self.zc, self.n,
-                        self.k, self.ge, self.signed)
+                        self.k, self.ge, self.signed, kn)
 
 
 def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group: int,
@@ -96,6 +104,9 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, gro
     words = (blocks << shifts).sum(dim=2)                   # disjoint bits: sum == or
     words = torch.where(words >= 2 ** 31, words - 2 ** 32, words)   # as int32 bit pattern
     qweight = words.to(torch.int32).reshape(n, kp // 8)
+    # GEMM layout: code 8 r + i of channel n in nibble i of word [r, n]
+    wkn = (up.reshape(n, kp // 8, 8) << shifts.reshape(1, 1, 8)).sum(dim=2).T
+    wkn = torch.where(wkn >= 2 ** 31, wkn - 2 ** 32, wkn).to(torch.int32)
     s2 = scale.reshape(n, -1).to(device=w.device, dtype=torch.float32)
     scales = torch.zeros(ngp, n, dtype=torch.float32, device=w.device)
     scales[:s2.shape[1]] = s2.T
@@ -105,7 +116,8 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, gro
         z2 = zero.reshape(n, -1).to(device=w.device, dtype=torch.int32) + zc
         zeros = torch.zeros(ngp, n, dtype=torch.uint8, device=w.device)
         zeros[:z2.shape[1]] = z2.T.to(torch.uint8)
-    return W4Packed(qweight.contiguous(), scales.contiguous(), zeros, zc, n, k, ge, signed)
+    return W4Packed(qweight.contiguous(), scales.contiguous(), zeros, zc, n, k, ge, signed,
+                    wkn.contiguous())
 
 
 def _codes(p: W4Packed) -> torch.Tensor:
@@ -115,9 +127,18 @@ def _codes(p: W4Packed) -> torch.Tensor:
     return ((wd >> shifts) & 15).reshape(p.n, p.kp)[:, :p.k]
 
 
-def unpack_codes(p: W4Packed) -> torch.Tensor:
-    """The IR codes [N, K] back from a packing: uint8 for u4, int8 for i4."""
-    u = _codes(p)
+def _codes_kn(p: W4Packed) -> torch.Tensor:
+    """Unsigned codes u [N, K] (int64) read back from the GEMM layout ``qkn``."""
+    assert p.qkn is not None
+    wd = p.qkn.cpu().to(torch.int64).T.reshape(p.n, -1, 1) & 0xFFFFFFFF
+    shifts = (4 * torch.arange(8, dtype=torch.int64)).reshape(1, 1, 8)
+    return ((wd >> shifts) & 15).reshape(p.n, p.kp)[:, :p.k]
+
+
+def unpack_codes(p: W4Packed, layout: str = "nk") -> torch.Tensor:
+    """The IR codes [N, K] back from a packing (``layout`` "nk": ``qweight``, "kn": ``qkn``):
+    uint8 for u4, int8 for i4."""
+    u = _codes(p) if layout == "nk" else _codes_kn(p)
     if p.signed:
         return (u - 8).to(torch.int8)
     return u.to(torch.uint8)

@@ -179,11 +179,20 @@ def test_scalar_fallback(act: str) -> None:
     check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
 
 
+@pytest.mark.parametrize("act", ["none", "per_token"])
+def test_other_blockings_without_prefetch(act: str) -> None:
+    """Non-default tiles (3 x 16-channel int8 panels, 6-row tiles) with prefetch off."""
+    g = w4graph(260, 100, 20, act=act, sym=act == "none", seed=13)
+    ck, fn = _build_with(g, W4Config(pf_groups=0, nb=1, nb_vnni=3, mr_vnni=6, mr_direct=2))
+    assert "_mm_prefetch" not in ck.source and "sf_tile_s" in ck.source
+    check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
+
+
 def test_source_deterministic_and_gated() -> None:
     g = w4graph(67, 33, 32)
     k = partition(g, cgen.CAPS).kernels[0]
     a, b = render_w4(k), render_w4(k)
-    assert a.source == b.source and "sf_fb" in a.source
+    assert a.source == b.source and "sf_fb" in a.source and "_mm_prefetch" in a.source
     # forms outside the template stay on the reference: 8-bit group-wise, f16 x
     g8 = Graph("w8")
     x = g8.add_input("f32[B,64]", "x")

@@ -107,6 +107,12 @@ def test_pack_unpacks_exactly(K: int, group: int, bits: int, sym: bool) -> None:
         word = int(p.qweight[3, b * 16 + j]) & 0xFFFFFFFF
         assert [(word >> (4 * i)) & 15 for i in range(8)] == \
             [int(u[3, b * 128 + i * 16 + j]) for i in range(8)]
+    # GEMM layout: word [r, n], bits 4i..4i+3: code 8r + i of channel n
+    assert p.qkn is not None and p.qkn.dtype == torch.int32 and tuple(p.qkn.shape) == (kp // 8, 19)
+    assert torch.equal(unpack_codes(p, "kn"), c)
+    for r in (0, kp // 8 - 1):
+        word = int(p.qkn[r, 5]) & 0xFFFFFFFF
+        assert [(word >> (4 * i)) & 15 for i in range(8)] == [int(u[5, 8 * r + i]) for i in range(8)]
     ref = dequant_weight(c, s, z, group, False)
     assert torch.equal(dequant(p), ref)
     zz = z.reshape(19, -1).long() if z is not None else None
@@ -131,6 +137,13 @@ CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
     (2, 520, 40, 128, False, "bf16", True, dict(GEMV=1, BM=2, BN=16, SPLIT=4)),
     (33, 130, 40, 64, False, "f32", True, dict(GEMV=0, BM=32, BN=32, SPLIT=2)),
     (17, 260, 24, 128, False, "bf16", True, None),
+    # the [K/8, N] GEMM: splits, swapped operands, one / several groups per K block, short K
+    (16, 300, 70, 128, False, "bf16", True, dict(KN=1, BM=16, BN=32, BK=64, SPLIT=2)),
+    (17, 200, 37, 32, True, "f16", False, dict(KN=1, BM=16, BN=16, BK=64, SWAP=1)),
+    (33, 130, 40, 64, False, "f32", True, dict(KN=1, BM=32, BN=32, BK=128, RESHAPE=1, SPLIT=3)),
+    (7, 77, 20, 0, True, "bf16", True, dict(KN=1, BM=16, BN=16, BK=32, RESHAPE=1, SWAP=1)),
+    (20, 300, 40, 16, False, "bf16", True, dict(KN=1, BM=16, BN=16, BK=64, RESHAPE=1)),
+    (64, 260, 24, 128, False, "f16", True, None),
 ]
 
 
@@ -149,7 +162,7 @@ def test_kernels_direct(M: int, K: int, N: int, group: int, sym: bool, xd: str, 
     check(y, ref, x, wd, b, xd)
 
 
-BS = [(1, 1), (1, 3), (2, 8), (17, 1), (3, 11)]     # M = 1, 3, 16, 17, 33
+BS = [(1, 1), (1, 3), (2, 8), (17, 1), (3, 11), (5, 13)]     # M = 1, 3, 16, 17, 33, 65
 
 
 @pytest.mark.parametrize("K,N,group,bits,sym,xd,bias", [
@@ -199,5 +212,7 @@ def test_config_by_m() -> None:
     assert w4_config(1, 8192, 8192)["GEMV"] == 1
     assert w4_config(1, 8192, 8192)["SPLIT"] > 1          # 128 column blocks: split K
     assert w4_config(16, 8192, 8192)["BM"] == 16
+    assert w4_config(64, 8192, 8192)["KN"] == 1 and w4_config(64, 8192, 8192)["SPLIT"] > 1
+    assert w4_config(256, 8192, 8192)["KN"] == 1
     assert w4_config(256, 16384, 16384)["SPLIT"] == 1
     assert w4_config(3, 8192, 8192, interpret=True)["SPLIT"] == 1
