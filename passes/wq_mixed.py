@@ -25,7 +25,7 @@ from ..ir.errors import ScalefoldError
 from ..ir.graph import Graph, Node
 from ..ir.ops.quant import dequant_weight
 from ..runtime.interp import Interpreter
-from .counters import bump
+from .counters import bump, counting
 
 # (graph, node of that graph, setting, the original node whose calibration applies)
 QuantizeFn = Callable[[Graph, Node, Any, Node], Any]
@@ -125,7 +125,8 @@ def assign_budget(graph: Graph, nodes: list[Node], base: Any, settings: dict[int
     if used > cap * (1 + 1e-9):
         raise ScalefoldError(f"quant_weights: budget {budget} bits/weight is below what the base settings "
                              f"need ({used / total_w:.3f})")
-    err = sensitivities(graph, free, options, sensitivity, calibration, grams, quantize)
+    with counting():     # trial quantisations of clones are not rule applications
+        err = sensitivities(graph, free, options, sensitivity, calibration, grams, quantize)
     cur = {id(n): 0 for n in free}
     out = dict(settings)
     while True:
@@ -150,7 +151,6 @@ def assign_budget(graph: Graph, nodes: list[Node], base: Any, settings: dict[int
         out[id(n)] = opt
         if cur[id(n)]:
             bump("quant_weights", f"mixed_{opt if opt == 'float' else opt.format}")
-    bump("quant_weights", "budget_bits_x1000", int(round(1000 * used / total_w)))
     return out
 
 
