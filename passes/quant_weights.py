@@ -222,12 +222,16 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
       layers move from ``format`` up to the formats in ``mixed`` (comma list, e.g.
       "int8" or "int4,int8"; "float" allowed) by ``sensitivity`` (output | layer) per extra bit.
 
-    Pre: float graph. Post: quantised linears replaced by qlinear; other ops untouched; the
-    function changes by the quantisation error only.
+    ``moe`` nodes with constant experts become ``qmoe`` (expert weights quantised like linears,
+    router float; ``passes/wq_moe.py``).
+
+    Pre: float graph. Post: quantised linears replaced by qlinear, moe by qmoe; other ops
+    untouched; the function changes by the quantisation error only.
     Rules (counters): ``<format>`` per linear (``fp4_e2m1``/``fp4_e3m0``/``fp4_e1m2`` for a
     searched FP4 layer), ``clipped`` per int linear after the clip search, ``searched`` per fp
     linear searched, ``kept_float`` per linear left float, ``act_<fmt>`` per activation
-    quantised, ``reparam_<k>`` per activation channel group shifted by 2^k.
+    quantised, ``reparam_<k>`` per activation channel shifted by 2^k, ``mixed_<format>`` per
+    layer the budget upgraded, ``moe_<format>`` per moe quantised.
     """
     base = LayerSetting(format, group, method, sym)
     _check_setting(base, "quant_weights")
@@ -262,21 +266,24 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
         for key, v in xs.items():
             cs = st[v]
             grams[key] = (cs.gram / max(cs.rows, 1)).to(torch.float32)
+    no_clip = qk_linears(graph) if clip == "no_qk" else set()
     if budget is not None:
         from .wq_mixed import assign_budget
-        settings = assign_budget(graph, nodes, base, settings, budget, mixed, sensitivity, calibration, grams,
-                                 lambda g, n, s, orig: _quantize_one(g, n, s, grams.get(id(orig.inputs[0])), True,
-                                                               "none", points))
+        # trials quantise weights only (act="none"): the sensitivity of the weights' format
+        settings = assign_budget(
+            graph, nodes, base, settings, budget, mixed, sensitivity, calibration, grams,
+            lambda g, n, s, orig: _quantize_one(g, n, s, grams.get(id(orig.inputs[0])),
+                                                clip != "none" and id(orig) not in no_clip, "none", points))
     if act_format:
         from .wq_act import quantize_activations
         quantize_activations(graph, [n for n in nodes if settings[id(n)] != "float"], act_format, calibration,
                              act_reparam)
-        grams = {}   # the reparameterisation rescaled the weights: searches use weight L2 then
+        # the consumers now read the fake-quantised, shifted activation: searches score on its Gram
+        grams = {}
         if method != "rtn":
             xs = {id(n.inputs[0]): n.inputs[0] for n in nodes if settings[id(n)] != "float"}
             st = stats_for(graph, calibration, list(xs.values()), gram=list(xs.values()))
             grams = {k: (st[v].gram / max(st[v].rows, 1)).to(torch.float32) for k, v in xs.items()}
-    no_clip = qk_linears(graph) if clip == "no_qk" else set()
     for n in nodes:
         s = settings[id(n)]
         if s == "float":
