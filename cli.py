@@ -157,16 +157,63 @@ def random_inputs(graph: Any, env: dict[str, int], seed: int = 0) -> dict[str, A
 # ---- verbs ------------------------------------------------------------------------------------
 
 
+def load_calibration(path: str, graph: Any, batch: int) -> list[tuple[Any, ...]]:
+    """Calibration batches from a .npz or .safetensors file holding one array per graph input
+    (by input name), samples along axis 0, cut into batches of ``batch`` samples (the input's
+    static leading size when it has one). A missing input, mismatched sample counts or an
+    unreadable file is a ScalefoldError naming it."""
+    import numpy as np
+    import torch
+
+    from .ir import dtypes as dt
+    from .ir.printer import input_names
+    p = Path(path)
+    if not p.is_file():
+        raise ScalefoldError(f"calibration file {path}: no such file")
+    try:
+        if p.suffix == ".npz":
+            with np.load(p) as z:
+                arrays = {k: torch.from_numpy(z[k]) for k in z.files}
+        elif p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            arrays = load_file(str(p))
+        else:
+            raise ScalefoldError(f"calibration file {path}: want .npz or .safetensors")
+    except ScalefoldError:
+        raise
+    except Exception as e:
+        raise ScalefoldError(f"calibration file {path}: cannot read it ({type(e).__name__}: {e})") from None
+    names = input_names(graph)
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ScalefoldError(f"calibration file {path}: no array for input(s) {', '.join(missing)} "
+                             f"(it has {', '.join(sorted(arrays)) or 'none'})")
+    counts = {n: int(arrays[n].shape[0]) if arrays[n].dim() else 0 for n in names}
+    if len(set(counts.values())) != 1 or not next(iter(counts.values())):
+        raise ScalefoldError(f"calibration file {path}: inputs must hold the same (non-zero) number of "
+                             f"samples along axis 0, got {counts}")
+    lead = {v.type.shape[0] for v in graph.inputs if v.type.rank and isinstance(v.type.shape[0], int)}
+    step = lead.pop() if len(lead) == 1 else batch
+    total = next(iter(counts.values()))
+    out = []
+    for lo in range(0, total - step + 1, step):
+        out.append(tuple(dt.to_container(arrays[n][lo:lo + step], v.dtype) for n, v in zip(names, graph.inputs)))
+    if not out:
+        raise ScalefoldError(f"calibration file {path}: {total} samples, fewer than one batch of {step}")
+    return out
+
+
 def _compile(args: argparse.Namespace) -> int:
     from . import api
     passes = split_passes(args.passes)
     g = load_graph(args.model)
+    calibration = load_calibration(args.calibration, g, args.calibration_batch) if args.calibration else None
     out = str(args.output)
     to_onnx_file = out.lower().endswith(".onnx")
     # Writing ONNX needs only the rewritten graph, not kernels: the interpreter target is free.
     target = "interp" if to_onnx_file else args.target
     with progress(f"compiling @{g.name} ({', '.join(passes) or 'no passes'}) for {target}"):
-        cm = api.compile(g, passes=passes, target=target)
+        cm = api.compile(g, passes=passes, target=target, calibration=calibration)
     if to_onnx_file:
         from .codegen.onnx import to_onnx
         with progress(f"writing {out}"):
@@ -378,13 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile a model to an artifact directory or ONNX",
                        formatter_class=raw, epilog="examples:\n  scalefold compile m.onnx -o m.sf/\n"
-                       "  scalefold compile m.onnx -p fold_batchnorm,outliertune(bits=8) -o m.q.onnx")
+                       "  scalefold compile m.onnx -p fold_batchnorm,outliertune(bits=8) -o m.q.onnx\n"
+                       "  scalefold compile m.onnx -p 'quant_weights(format=int4,method=awq)' "
+                       "--calibration calib.npz -o m.w4.onnx")
     c.add_argument("model", metavar="MODEL", help=".onnx file or artifact directory")
     c.add_argument("-p", "--passes", action="append", metavar="PASSES",
                    help="comma-separated pass pipeline, e.g. fold_batchnorm,outliertune(bits=8) (repeatable)")
     c.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="OUT ending in .onnx writes ONNX, anything else an artifact directory")
     c.add_argument("--target", choices=("c", "interp"), default="c", help="artifact target (default c)")
+    c.add_argument("--calibration", metavar="FILE",
+                   help="calibration inputs for calibrating passes (awq, smooth, outliertune, ...): a "
+                        ".npz or .safetensors file with one array per model input, samples along axis 0")
+    c.add_argument("--calibration-batch", type=int, default=8, metavar="N",
+                   help="samples per calibration batch when the inputs' batch size is symbolic (default 8)")
     c.set_defaults(fn=_compile)
 
     i = sub.add_parser("inspect", help="print the IR, per-op cost and peak memory",

@@ -183,3 +183,25 @@ def test_console_script_exit_codes(model: Path, tmp_path: Path) -> None:
     bad = sf_cli("run", str(tmp_path / "missing.onnx"))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert bad.stderr.startswith("scalefold: error: ") and "Traceback" not in bad.stderr
+
+
+def test_compile_with_calibration_file(model: Path, tmp_path: Path, cli) -> None:
+    """A calibrating pipeline (AWQ weight quantisation) from the command line, its calibration
+    read from an .npz of model inputs; then the errors a calibration file can raise."""
+    x = np.random.default_rng(3).standard_normal((24, 8)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    out = tmp_path / "w4.onnx"
+    r = cli("compile", str(model), "-p", "quant_weights(format=int4, group=8, method=awq)",
+            "--calibration", str(tmp_path / "cal.npz"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    y, y0 = _gemm_relu_ref(x, out), _gemm_relu_ref(x, model)
+    assert float(np.abs(y - y0).max()) < 0.1 * float(np.abs(y0).max())
+    r = cli("compile", str(model), "-p", "quant_weights(format=int4, method=awq)", "-o", str(out))
+    assert r.returncode == 2 and "needs calibration data" in r.stderr
+    np.savez(tmp_path / "bad.npz", y=x)
+    r = cli("compile", str(model), "-p", "quant_weights(method=awq)", "--calibration",
+            str(tmp_path / "bad.npz"), "-o", str(out))
+    assert r.returncode == 2 and "no array for input(s) x" in r.stderr
+    r = cli("compile", str(model), "-p", "quant_weights(method=awq)", "--calibration",
+            str(tmp_path / "nope.npz"), "-o", str(out))
+    assert r.returncode == 2 and "nope.npz: no such file" in r.stderr
