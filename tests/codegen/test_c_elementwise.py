@@ -12,7 +12,6 @@ dtype's tolerance.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Sequence
 
 import pytest
@@ -29,6 +28,8 @@ from scalefold.ir.graph import Graph, Value
 from scalefold.ir.ops import get_op
 from scalefold.ir.types import TensorType
 from scalefold.runtime import interp
+
+pytestmark = pytest.mark.usefixtures("kernel_cache_dir")
 
 DTYPES = ["f32", "f16", "bf16", "f64", "i64", "i32", "i8", "u8", "bool"]
 LANES = 40          # lanes per op in a multiplexed graph
@@ -51,19 +52,6 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "elu": [{"alpha": 1.3}],
     "bitshift": [{"direction": "left"}, {"direction": "right"}],
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    """One kernel cache per test session, shared by the C test files, never the user's."""
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
 
 
 # ---- value generators -----------------------------------------------------------------------

@@ -9,7 +9,6 @@ scales the reference rounds Wd to f32 first, so the bound is 1e-6 relative to su
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -26,20 +25,10 @@ from scalefold.runtime.cache import build, load_kernel
 from scalefold.runtime.executor import Executor
 from scalefold.runtime.qpack import pack_qlinear, unpack_codes
 
+pytestmark = pytest.mark.usefixtures("kernel_cache_dir")
+
 BS = [(1, 1), (1, 3), (17, 1), (4, 25)]          # M = 1, 3, 17, 100
 SHAPES = [(5, 7), (67, 33), (384, 1536)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
 
 
 def qgraph(K: int, N: int, *, wd: str = "i8", zero: str | None = None, bias: bool = True,

@@ -4,7 +4,6 @@ kernels, where ``[add ->] layer_norm -> quantize`` and ``rms_norm -> quantize`` 
 kernel emitting the codes (OutlierTune's norm + quantise kernel)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -15,19 +14,9 @@ from scalefold.codegen.schedule import partition
 from scalefold.ir.graph import Graph, Value
 from scalefold.runtime import interp
 
+pytestmark = pytest.mark.usefixtures("kernel_cache_dir")
+
 K = 96
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
 
 
 # (label, dtype, bits, per-channel scale?, zero point?)

@@ -7,7 +7,6 @@ which every row op must propagate to exactly that row.
 """
 from __future__ import annotations
 
-import os
 import pytest
 import torch
 from harness import assert_close
@@ -20,23 +19,12 @@ from scalefold.ir.graph import Graph, Value
 from scalefold.ir.types import sym
 from scalefold.runtime import interp
 
+pytestmark = pytest.mark.usefixtures("kernel_cache_dir")
+
 FLOATS = ["f32", "f16", "bf16"]
 REDUCE = ["reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod",
           "reduce_sum_square", "reduce_l2", "reduce_logsumexp"]
 SWEEP = [(B, L) for L in (1, 7, 33, 1000) for B in (1, 3, 17)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    """One kernel cache per test session, shared by the C test files, never the user's."""
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
 
 
 def _inputs(g: Graph, B: int, L: int, seed: int) -> list[torch.Tensor]:

@@ -2,7 +2,6 @@
 overlap, and deterministic rendering."""
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -17,20 +16,9 @@ from scalefold.ir.parser import parse
 from scalefold.ir.types import sym
 from scalefold.runtime import interp
 
+pytestmark = pytest.mark.usefixtures("kernel_cache_dir")
+
 B = sym("B")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    """One kernel cache per test session, shared by the C test files, never the user's."""
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
 
 
 def groups(s: Schedule) -> list[tuple[str, list[str]]]:

@@ -33,6 +33,8 @@ from scalefold.ir.ops import all_ops, get_op  # noqa: E402
 from scalefold.ir.types import TensorType  # noqa: E402
 from scalefold.runtime import interp, triton_exec  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("kernel_cache_dir")
+
 DTYPES = ["f32", "f16", "bf16", "f64", "i64", "i32", "i8", "u8", "bool"]
 LANES = 24
 NAN, INF = float("nan"), float("inf")
@@ -50,19 +52,6 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "elu": [{"alpha": 1.3}],
     "bitshift": [{"direction": "left"}, {"direction": "right"}],
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    """Kernel modules go to a per-session cache, never the user's."""
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
 
 
 def run_both(g: Graph, inputs: Sequence[torch.Tensor], cm: Any = None) -> tuple[list, list]:

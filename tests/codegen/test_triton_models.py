@@ -23,7 +23,8 @@ from scalefold import api  # noqa: E402
 from scalefold.frontend.torch import from_torch  # noqa: E402
 from scalefold.runtime.interp import run  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # numpy, in the interpreter
+
+pytestmark = [pytest.mark.usefixtures("kernel_cache_dir"), pytest.mark.filterwarnings("ignore::RuntimeWarning")]   # numpy, in the interpreter
 
 
 @pytest.fixture(autouse=True)
@@ -34,18 +35,6 @@ def _no_grad():
     with torch.no_grad():
         yield
     torch.backends.cudnn.allow_tf32 = tf32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
 
 
 def _small(name: str) -> Case:

@@ -28,23 +28,12 @@ from scalefold.ir.graph import Graph  # noqa: E402
 from scalefold.ir.ops.quant import dequant_weight, dynamic_quant  # noqa: E402
 from scalefold.runtime import interp  # noqa: E402
 
+
 BS = [(1, 1), (1, 3), (17, 1)]          # M = 1, 3, 17
 SHAPES = [(5, 7), (67, 33)]
 SMALL = dict(BM=16, BN=16, BK=32)      # several programs and K steps on these shapes
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # numpy, in the interpreter
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
+pytestmark = [pytest.mark.usefixtures("kernel_cache_dir"), pytest.mark.filterwarnings("ignore::RuntimeWarning")]   # numpy, in the interpreter
 
 
 def qgraph(K: int, N: int, *, wd: str = "i8", zero: str | None = None, bias: bool = True,

@@ -26,25 +26,14 @@ from scalefold.ir.graph import Graph, Value  # noqa: E402
 from scalefold.ir.types import sym  # noqa: E402
 from scalefold.runtime import interp, triton_exec  # noqa: E402
 
+
 FLOATS = ["f32", "f16", "bf16"]
 REDUCE = ["reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod",
           "reduce_sum_square", "reduce_l2", "reduce_logsumexp"]
 LONG = tgen.ROW_MAX + 301     # takes the chunked loop (ROW_CHUNK-sized chunks, a partial last one)
 SWEEP = [(1, 1), (3, 7), (17, 33), (2, 1000), (1, LONG)]
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # numpy, in the interpreter
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
+pytestmark = [pytest.mark.usefixtures("kernel_cache_dir"), pytest.mark.filterwarnings("ignore::RuntimeWarning")]   # numpy, in the interpreter
 
 
 @pytest.fixture(autouse=True)

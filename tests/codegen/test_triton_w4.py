@@ -29,22 +29,11 @@ from scalefold.passes.wq_int import int_dequantize, int_quantize  # noqa: E402
 from scalefold.runtime import interp  # noqa: E402
 from scalefold.runtime.w4pack_gpu import dequant, pack_w4, unpack_codes, w4_layout  # noqa: E402
 
+
 XT = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 EPS = {"f32": 2.0 ** -23, "f16": 2.0 ** -10, "bf16": 2.0 ** -7}
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # numpy, in the interpreter
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
+pytestmark = [pytest.mark.usefixtures("kernel_cache_dir"), pytest.mark.filterwarnings("ignore::RuntimeWarning")]   # numpy, in the interpreter
 
 
 def quantised(N: int, K: int, bits: int, group: int, sym: bool, seed: int):
