@@ -11,7 +11,6 @@ only the float folding of the group sums differs (same bound, relative to the ou
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -28,19 +27,9 @@ from scalefold.runtime.cache import build, load_kernel
 from scalefold.runtime.executor import Executor
 from scalefold.runtime.w4pack import pack_w4, unpack, unpack_scales
 
+pytestmark = pytest.mark.usefixtures("kernel_cache_dir")
+
 BS = [(1, 1), (1, 3), (4, 4), (17, 1), (8, 8)]          # M = 1, 3, 16, 17, 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.getbasetemp() / "sf-kernel-cache"
-    old = os.environ.get("SCALEFOLD_CACHE_DIR")
-    os.environ["SCALEFOLD_CACHE_DIR"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("SCALEFOLD_CACHE_DIR", None)
-    else:
-        os.environ["SCALEFOLD_CACHE_DIR"] = old
 
 
 def codes(N: int, K: int, group: int, *, sym: bool, bits: int = 4, seed: int = 0
