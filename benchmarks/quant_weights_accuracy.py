@@ -23,6 +23,7 @@ import outliertune_accuracy as acc  # noqa: E402
 SPECS = {
     "int4 g128 RTN": "quant_weights(format=int4, group=128)",
     "int4 g128 AWQ": "quant_weights(format=int4, group=128, method=awq)",
+    "int4 g128 GPTQ rounding": "quant_weights(format=int4, group=128, rounding=gptq)",
     "int3 g128 RTN": "quant_weights(format=int3, group=128)",
     "int3 g128 AWQ": "quant_weights(format=int3, group=128, method=awq)",
     "int8 per-channel": "quant_weights(format=int8, group=0)",

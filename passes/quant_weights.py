@@ -35,6 +35,7 @@ from .counters import bump
 from .pipeline import register_pass
 from .quant_common import linear_bias, override_for, quantizable_linear
 from .wq_fp import FP4_FORMATS, fp4_codes, fp8_codes, search_clip, search_fp4, fp8_fake
+from .wq_gptq import gptq_quantize
 from .wq_int import clip_search, int_quantize
 
 PASS = "quant_weights"
@@ -164,7 +165,7 @@ def _replace(graph: Graph, node: Node, codes: torch.Tensor, codes_dt: dt.DType, 
 
 
 def _quantize_one(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | None, clip_ok: bool,
-                  qact: str, points: int) -> str:
+                  qact: str, points: int, rounding: str = "nearest") -> str:
     """Replace linear ``n`` by its qlinear under ``st``; returns the counter rule (the format,
     or the searched FP4 format ``fp4_<e..m..>``)."""
     w = n.inputs[1].const.to(torch.float32)
@@ -175,7 +176,13 @@ def _quantize_one(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | 
                 raise ScalefoldError(f"quant_weights: method={st.method} needs calibration (linear {n.describe()})")
             w = clip_search(w, gram, bits, st.group, st.sym)
             bump(PASS, "clipped")
-        codes, delta, zero = int_quantize(w, bits, st.group, st.sym)
+        if rounding == "gptq":
+            if gram is None:
+                raise ScalefoldError(f"quant_weights: rounding=gptq needs calibration (linear {n.describe()})")
+            codes, delta, zero = gptq_quantize(w, gram, bits, st.group, st.sym)
+            bump(PASS, "gptq")
+        else:
+            codes, delta, zero = int_quantize(w, bits, st.group, st.sym)
         cdt = (dt.i4 if bits <= 4 else dt.i8) if st.sym else (dt.u4 if bits <= 4 else dt.u8)
         _replace(graph, n, codes, cdt, delta, zero, st.group, None, qact)
         return st.format
@@ -202,7 +209,7 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
                   method: str = "rtn", sym: bool = False, grid: int = 20, act: str = "none",
                   clip: str = "no_qk", overrides: Any = None, budget: float | None = None,
                   mixed: str = "int8", sensitivity: str = "output", act_format: str | None = None,
-                  points: int = 100, act_reparam: bool = True) -> Graph:
+                  points: int = 100, act_reparam: bool = True, rounding: str = "nearest") -> Graph:
     """Weight-only quantisation of every ``linear`` with constant 2-D weight (and constant or no
     bias) into ``qlinear``.
 
@@ -213,6 +220,9 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
       LLM-FP4 clip search, and for fp4 the E2M1/E3M0/E1M2 format search). awq / search need
       ``calibration`` (batches, Stats or a path); rtn needs none. ``grid`` AWQ's scale grid,
       ``points`` the FP clip grid, ``clip`` no_qk (AWQ: skip q/k) | all | none.
+    - ``rounding`` nearest | gptq (integer formats: GPTQ's error-compensating rounding on
+      the calibration Hessian XᵀX, after any AWQ scaling / clipping; ``wq_gptq.py``; same
+      codes format, needs calibration).
     - ``act`` none | int8 (activations quantised per token at run time).
     - ``act_format`` None | fp8_e4m3 | fp4_e2m1: per-tensor FP activation quantisation with
       the 2^k exponent-bias reparameterisation (needs calibration; ``act_reparam=False``
@@ -229,12 +239,14 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     untouched; the function changes by the quantisation error only.
     Rules (counters): ``<format>`` per linear (``fp4_e2m1``/``fp4_e3m0``/``fp4_e1m2`` for a
     searched FP4 layer), ``clipped`` per int linear after the clip search, ``searched`` per fp
-    linear searched, ``kept_float`` per linear left float, ``act_<fmt>`` per activation
+    linear searched, ``gptq`` per linear rounded by GPTQ, ``kept_float`` per linear left float, ``act_<fmt>`` per activation
     quantised, ``reparam_<k>`` per activation channel shifted by 2^k, ``mixed_<format>`` per
     layer the budget upgraded, ``moe_<format>`` per moe quantised.
     """
     base = LayerSetting(format, group, method, sym)
     _check_setting(base, "quant_weights")
+    if rounding not in ("nearest", "gptq"):
+        raise ScalefoldError(f"quant_weights: rounding must be nearest or gptq, got {rounding!r}")
     if act not in ("none", "int8"):
         raise ScalefoldError(f"quant_weights: act must be none or int8, got {act!r}")
     if clip not in ("no_qk", "all", "none"):
@@ -244,9 +256,10 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     act_format = None if act_format in (None, "none") else act_format
     if act_format and act != "none":
         raise ScalefoldError("quant_weights: act_format and act=int8 exclude each other")
-    needs_cal = method != "rtn" or act_format is not None or (budget is not None and sensitivity == "output")
+    needs_cal = method != "rtn" or act_format is not None or rounding == "gptq" or \
+        (budget is not None and sensitivity == "output")
     if needs_cal and calibration is None:
-        raise ScalefoldError(f"quant_weights: method={method}"
+        raise ScalefoldError(f"quant_weights: method={method}{', rounding=gptq' if rounding == 'gptq' else ''}"
                              f"{', act_format' if act_format else ''}{', budget' if budget is not None else ''}"
                              " needs calibration data (calibration=...)")
     qact = "per_token" if act == "int8" else "none"
@@ -258,7 +271,7 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     for i, n in enumerate(nodes):
         settings[id(n)] = override_for(n, i, ovr) or base  # type: ignore[assignment]
     grams: dict[int, torch.Tensor] = {}
-    if calibration is not None and (method != "rtn" or act_format or budget is not None):
+    if calibration is not None and (method != "rtn" or act_format or budget is not None or rounding == "gptq"):
         xs: dict[int, Any] = {}
         for n in nodes:
             xs.setdefault(id(n.inputs[0]), n.inputs[0])
@@ -273,7 +286,8 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
         settings = assign_budget(
             graph, nodes, base, settings, budget, mixed, sensitivity, calibration, grams,
             lambda g, n, s, orig: _quantize_one(g, n, s, grams.get(id(orig.inputs[0])),
-                                                clip != "none" and id(orig) not in no_clip, "none", points))
+                                                clip != "none" and id(orig) not in no_clip, "none", points,
+                                                rounding))
     if act_format:
         from .wq_act import quantize_activations
         quantize_activations(graph, [n for n in nodes if settings[id(n)] != "float"], act_format, calibration,
@@ -291,7 +305,7 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
             continue
         assert isinstance(s, LayerSetting)
         rule = _quantize_one(graph, n, s, grams.get(id(n.inputs[0])), clip != "none" and id(n) not in no_clip,
-                             qact, points)
+                             qact, points, rounding)
         bump(PASS, rule)
     from .wq_moe import quantize_moes   # moe experts -> qmoe (wq_moe.py: settings, methods)
     quantize_moes(graph, base, ovr, calibration, points)

@@ -24,6 +24,8 @@ def test_awq_beats_rtn(measured: dict) -> None:
     assert measured["int4 g128 AWQ"][1] > measured["int4 g128 RTN"][1]
     assert measured["int3 g128 AWQ"][1] > measured["int3 g128 RTN"][1]
     assert measured["int4 g128 AWQ"][2]["clipped"] == 37 - 12      # q/k skip the clip search
+    assert measured["int4 g128 GPTQ rounding"][1] > measured["int4 g128 RTN"][1]
+    assert measured["int4 g128 GPTQ rounding"][0] > measured["int4 g128 RTN"][0]
 
 
 def test_searched_fp4_beats_plain(measured: dict) -> None:
