@@ -135,14 +135,25 @@ def w4_gemv(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
         else:
             part = tl.zeros([BM, BN, J], tl.float32)
             part2 = tl.zeros([1, 1], tl.float32)
+        if GE >= 8 * J:
+            # one group for the whole block: its zero points load once, not once per nibble
+            zb = _w4_zoff(Z, k0 // GE, N, rnc, HAS_ZERO, ZC, 0, False, 0) - 8388608.0
         for i in tl.static_range(8):
             g = (k0 + i * J) // GE
             # (u - zeff) * 16^p exactly; x carries the 16^-p (a power of two: exact)
             if i < 5:
-                f = _w4_nib(w, wh, i) - _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, 0, False, i)[:, None]
+                if GE >= 8 * J:
+                    zo = zb * (1 << (4 * i)) + 8388608.0
+                else:
+                    zo = _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, 0, False, i)
+                f = _w4_nib(w, wh, i) - zo[:, None]
                 xs = 1.0 / (1 << (4 * i))
             else:
-                f = _w4_nib(w, wh, i) - _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, 0, False, i - 5)[:, None]
+                if GE >= 8 * J:
+                    zo = zb * (1 << (4 * (i - 5))) + 8388608.0
+                else:
+                    zo = _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, 0, False, i - 5)
+                f = _w4_nib(w, wh, i) - zo[:, None]
                 xs = 1.0 / (1 << (4 * (i - 5)))
             if EVEN_K:
                 xv = tl.load(xp + k0 + i * J, mask=mm[:, None], other=0)
