@@ -37,6 +37,7 @@ from .quant_common import linear_bias, override_for, quantizable_linear
 from .wq_fp import FP4_FORMATS, fp4_codes, fp8_codes, search_clip, search_fp4, fp8_fake
 from .wq_gptq import gptq_quantize
 from .wq_int import clip_search, int_quantize
+from .wq_moe import quantize_moes
 
 PASS = "quant_weights"
 INT_BITS = {"int3": 3, "int4": 4, "int8": 8}
@@ -279,6 +280,9 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
         for key, v in xs.items():
             cs = st[v]
             grams[key] = (cs.gram / max(cs.rows, 1)).to(torch.float32)
+    # moe experts -> qmoe (wq_moe.py), before any rewrite below changes the graph that saved
+    # calibration stats describe
+    quantize_moes(graph, base, ovr, calibration, points)
     no_clip = qk_linears(graph) if clip == "no_qk" else set()
     if budget is not None:
         from .wq_mixed import assign_budget
@@ -307,8 +311,6 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
         rule = _quantize_one(graph, n, s, grams.get(id(n.inputs[0])), clip != "none" and id(n) not in no_clip,
                              qact, points, rounding)
         bump(PASS, rule)
-    from .wq_moe import quantize_moes   # moe experts -> qmoe (wq_moe.py: settings, methods)
-    quantize_moes(graph, base, ovr, calibration, points)
     return graph
 
 
