@@ -5,7 +5,8 @@ Layout of an artifact directory::
     plan.json              format version, graph name, IR text (constants by hash), target,
                            kernel list (file + sha256), weights sha256, input/output names,
                            and plan_sha256: the hash of the plan itself (see _plan_digest)
-    weights.safetensors    every constant, keyed by its const hash, in its container dtype
+    weights.safetensors    every constant, keyed by its const hash, in its container dtype;
+                           4-bit constants (i4, u4, f4e2m1) packed two per byte (version 2)
     kernels/<name>.c       the generated kernel sources (for reading and for checking)
 
 ``load`` checks the format version and every hash before it trusts any byte, so a tampered,
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
     from ..api import CompiledModel
 
 FORMAT = "scalefold-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)       # version 1: the same without packed 4-bit constants
 PLAN = "plan.json"
 WEIGHTS = "weights.safetensors"
 KERNELS = "kernels"
@@ -52,14 +54,44 @@ def _plan_digest(plan: dict[str, Any]) -> str:
     return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
-def _weights(graph: Graph) -> dict[str, torch.Tensor]:
-    """Every constant keyed by its const hash. Sub-byte and f8 values are stored in their
-    container dtype (one element per byte), exactly as the IR holds them."""
+def _weights(graph: Graph) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Every constant keyed by its const hash, and the shapes of the packed ones. f8 values
+    are stored in their container dtype; 4-bit values (i4, u4, f4e2m1: one per container byte
+    in the IR) are stored packed, element 2i in the low and 2i+1 in the high nibble of byte i
+    of a flat uint8 tensor (an odd count pads the last high nibble with 0), so a 4-bit model's
+    file holds 4 bits per weight."""
     out: dict[str, torch.Tensor] = {}
+    packed: dict[str, list[int]] = {}
     for v in graph.constants():
-        # Equal hashes mean equal type and bytes, so deduplicating by key loses nothing.
-        out.setdefault(v.const_hash(), v.const.detach().cpu().contiguous().clone())  # type: ignore[union-attr]
-    return out
+        key = v.const_hash()
+        if key in out:    # equal hashes mean equal type and bytes
+            continue
+        t = v.const.detach().cpu().contiguous()  # type: ignore[union-attr]
+        if v.dtype.bits == 4:
+            out[key] = pack_nibbles(t)
+            packed[key] = list(t.shape)
+        else:
+            out[key] = t.clone()
+    return out, packed
+
+
+def pack_nibbles(t: torch.Tensor) -> torch.Tensor:
+    """4-bit values held one per byte (int8 / uint8 container) -> flat uint8, two per byte."""
+    u = (t.reshape(-1).view(torch.uint8) & 0x0F).to(torch.uint8)
+    if u.numel() % 2:
+        u = torch.cat([u, u.new_zeros(1)])
+    return (u[0::2] | (u[1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(p: torch.Tensor, shape: list[int], container: torch.dtype) -> torch.Tensor:
+    """The inverse of :func:`pack_nibbles`: signed containers (int8) are sign-extended."""
+    n = 1
+    for d in shape:
+        n *= d
+    u = torch.stack([p & 0x0F, p >> 4], 1).reshape(-1)[:n]
+    if container == torch.int8:
+        return ((u.to(torch.int16) ^ 8) - 8).to(torch.int8).reshape(shape)
+    return u.to(container).reshape(shape)
 
 
 def _output_names(graph: Graph) -> list[str]:
@@ -82,7 +114,8 @@ def save(cm: "CompiledModel", path: str | os.PathLike) -> Path:
         raise ArtifactError(f"{dest}: exists and is not a directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
     g = cm.graph
-    weights_bytes = st_save(_weights(g))
+    tensors, packed = _weights(g)
+    weights_bytes = st_save(tensors, metadata={"packed4": json.dumps(packed, sort_keys=True)} if packed else None)
     kernels = []
     for name, src in sorted(cm.sources.items()):
         if not _KERNEL_NAME.match(name):
@@ -150,7 +183,7 @@ def read_plan(root: Path) -> dict[str, Any]:
     if not isinstance(plan, dict) or plan.get("format") != FORMAT:
         raise ArtifactError(f"{root / PLAN}: not a scalefold artifact plan")
     ver = plan.get("format_version")
-    if ver != FORMAT_VERSION:
+    if ver not in READS:
         raise ArtifactError(f"{root / PLAN}: format version {ver!r} is not supported "
                             f"(this scalefold reads version {FORMAT_VERSION})")
     if plan.get("plan_sha256") != _plan_digest(plan):
@@ -162,7 +195,8 @@ def read_plan(root: Path) -> dict[str, Any]:
     return plan
 
 
-def _load_weights(root: Path, plan: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _load_weights(root: Path, plan: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """(tensors by const hash, shapes of the 4-bit packed ones)."""
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
@@ -170,9 +204,18 @@ def _load_weights(root: Path, plan: dict[str, Any]) -> dict[str, torch.Tensor]:
     data = _read(root, rel)
     _check_hash(root, rel, data, plan["weights"].get("sha256"))
     try:
-        return st_load(data)
+        tensors = st_load(data)
+        # the metadata of these same (hash-checked) bytes: an 8-byte little-endian header
+        # length, then the JSON header holding "__metadata__"
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        packed = json.loads((header.get("__metadata__") or {}).get("packed4", "{}"))
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"{root / rel}: unreadable safetensors data ({e})") from None
+    if not isinstance(packed, dict) or not all(
+            isinstance(k, str) and k in tensors and isinstance(v, list) and all(isinstance(d, int) and d >= 0 for d in v)
+            for k, v in packed.items()):
+        raise ArtifactError(f"{root / rel}: malformed packed4 metadata")
+    return tensors, packed
 
 
 def _check_kernels(root: Path, plan: dict[str, Any]) -> dict[str, str]:
@@ -187,6 +230,30 @@ def _check_kernels(root: Path, plan: dict[str, Any]) -> dict[str, str]:
     return sources
 
 
+def _unpacked(root: Path, ir: str, weights: dict[str, torch.Tensor], packed: dict[str, list[int]]
+              ) -> dict[str, torch.Tensor]:
+    """Unpack the 4-bit constants into their IR containers (the IR text names each hash's
+    dtype, hence its container)."""
+    from ..ir import dtypes as dt
+    if not packed:
+        return weights
+    types = {h: d for d, h in re.findall(r"=\s*const\s+(i4|u4|f4e2m1)\[[^\]]*\]\s+sha256:([0-9a-f]+)", ir)}
+    out = dict(weights)
+    for key, shape in packed.items():
+        name = types.get(key)
+        if name is None:
+            # a small constant the IR text spells out literally: the parser never reads it
+            continue
+        p = weights[key]
+        n = 1
+        for d in shape:
+            n *= d
+        if p.dtype != torch.uint8 or p.dim() != 1 or p.numel() != (n + 1) // 2:
+            raise ArtifactError(f"{root / WEIGHTS}: packed constant {key} has the wrong size")
+        out[key] = unpack_nibbles(p, shape, dt.get(name).container)
+    return out
+
+
 def load_graph(path: str | os.PathLike) -> tuple[Graph, dict[str, Any], dict[str, str]]:
     """The graph of the artifact at ``path`` with its plan and saved kernel sources, every hash
     checked, without building anything (``scalefold inspect`` uses this)."""
@@ -198,7 +265,8 @@ def load_graph(path: str | os.PathLike) -> tuple[Graph, dict[str, Any], dict[str
         raise ArtifactError(f"{root}: no artifact directory here")
     plan = read_plan(root)
     saved_sources = _check_kernels(root, plan)
-    weights = _load_weights(root, plan)
+    weights, packed = _load_weights(root, plan)
+    weights = _unpacked(root, plan["ir"], weights, packed)
     try:
         g = parse(plan["ir"], constants=weights)
     except ScalefoldError as e:

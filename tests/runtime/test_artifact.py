@@ -71,10 +71,15 @@ def test_subbyte_and_f8_constants_round_trip(tmp_path: Path) -> None:
     path = cm.save(tmp_path / "q")
     from safetensors.torch import load_file
     stored = load_file(path / "weights.safetensors")
-    assert stored[codes4.const_hash()].dtype == torch.int8
+    # 4-bit codes are stored two per byte (low nibble first), f8 in its container
+    p4 = stored[codes4.const_hash()]
+    assert p4.dtype == torch.uint8 and p4.shape == (32,)
+    c4 = codes4.const.reshape(-1).view(torch.uint8) & 15
+    assert torch.equal(p4, c4[0::2] | (c4[1::2] << 4))
     assert stored[codes8.const_hash()].dtype == torch.float8_e4m3fn
-    assert stored[codesf4.const_hash()].dtype == torch.uint8
+    assert stored[codesf4.const_hash()].dtype == torch.uint8 and stored[codesf4.const_hash()].shape == (32,)
     cm2 = sf.load(path)
+    assert any(torch.equal(v.const, codes4.const) and v.dtype.name == "i4" for v in cm2.graph.constants())
     assert cm2.target == "interp" and cm2.graph.output_names == ["y"]
     xin = torch.randn(3, 8)
     assert torch.equal(cm2(xin), cm(xin))
@@ -184,3 +189,25 @@ def test_load_uses_no_pickle(saved, monkeypatch: pytest.MonkeyPatch) -> None:
     cm = sf.load(path)
     assert cm.graph.name == "example_mlp"
     assert dt.f32 == cm.graph.inputs[0].dtype
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_nibble_packing_round_trips_signed_and_unsigned(n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    s = torch.randint(-8, 8, (n,), generator=gen, dtype=torch.int8)
+    u = torch.randint(0, 16, (3, n), generator=gen, dtype=torch.uint8)
+    assert torch.equal(artifact.unpack_nibbles(artifact.pack_nibbles(s), [n], torch.int8), s)
+    assert torch.equal(artifact.unpack_nibbles(artifact.pack_nibbles(u), [3, n], torch.uint8), u)
+    assert artifact.pack_nibbles(u).numel() == (3 * n + 1) // 2
+
+
+def test_version_1_artifacts_still_load(tmp_path: Path) -> None:
+    """Version 1 (before 4-bit packing) differs only in how 4-bit constants are stored."""
+    cm = sf.compile(parse(EXAMPLE_IR), target="interp")
+    path = cm.save(tmp_path / "v1")
+    plan = json.loads((path / "plan.json").read_text())
+    plan["format_version"] = 1
+    plan["plan_sha256"] = artifact._plan_digest(plan)
+    (path / "plan.json").write_text(json.dumps(plan))
+    x = torch.randn(2, *[int(d) for d in cm.graph.inputs[0].shape[1:]])
+    assert torch.equal(sf.load(path)(x), cm(x))
