@@ -155,26 +155,31 @@ def w4_gemv(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
                     zo = _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, 0, False, i - 5)
                 f = _w4_nib(w, wh, i) - zo[:, None]
                 xs = 1.0 / (1 << (4 * (i - 5)))
-            if EVEN_K:
-                xv = tl.load(xp + k0 + i * J, mask=mm[:, None], other=0)
-            else:
-                xv = tl.load(xp + k0 + i * J, mask=mm[:, None] & ((k0 + i * J + j) < K)[None, :],
-                             other=0)
-            xv = xv.to(tl.float32) * xs
             if BM == 1:
-                # one row: 2-D [BN, J] tiles in the words' own layout (no 3-D broadcast)
-                x1 = tl.sum(xv, axis=0)
+                # one row (M == 1): x as a [J] vector, 2-D [BN, J] tiles in the words' own layout
+                if EVEN_K:
+                    x1 = tl.load(X + k0 + i * J + j)
+                else:
+                    x1 = tl.load(X + k0 + i * J + j, mask=(k0 + i * J + j) < K, other=0)
+                x1 = x1.to(tl.float32) * xs
                 if GE >= 8 * J:
                     part2 += x1[None, :] * f
                 else:
                     s = tl.load(S + g * N + rnc)
                     acc2 += x1[None, :] * (f * s[:, None])
-            elif GE >= 8 * J:
-                part += xv[:, None, :] * f[None, :, :]
             else:
-                # a nibble per group (GE < 8 J): scale each
-                s = tl.load(S + g * N + rnc)
-                acc += xv[:, None, :] * (f * s[:, None])[None, :, :]
+                if EVEN_K:
+                    xv = tl.load(xp + k0 + i * J, mask=mm[:, None], other=0)
+                else:
+                    xv = tl.load(xp + k0 + i * J, mask=mm[:, None] & ((k0 + i * J + j) < K)[None, :],
+                                 other=0)
+                xv = xv.to(tl.float32) * xs
+                if GE >= 8 * J:
+                    part += xv[:, None, :] * f[None, :, :]
+                else:
+                    # a nibble per group (GE < 8 J): scale each
+                    s = tl.load(S + g * N + rnc)
+                    acc += xv[:, None, :] * (f * s[:, None])[None, :, :]
         if GE >= 8 * J:
             s = tl.load(S + (k0 // GE) * N + rnc)
             if BM == 1:
