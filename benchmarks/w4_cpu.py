@@ -11,9 +11,13 @@ int8-activation kernel, and effective weight bandwidth (22.5 MB / time). Runners
 - ``ort MatMulNBits acc4`` / ``acc0``: ``com.microsoft.MatMulNBits`` (bits 4, block 128) on
   the SAME codes, scales and zero points, accuracy_level 4 (int8 activations) and 0 (fp32).
 - ``torch fp32 F.linear``: the dequantised weights as a dense f32 matrix.
+- with ``--format int4,fp4``: ``scalefold fp4 f32`` / ``scalefold fp4 int8-act``, the same
+  two kernels on FP4 E2M1 codes of the same weights (the quant_weights pass's RTN fp4_e2m1
+  quantiser, group 128, power-of-two scales, no zero point; nibbles through a 16-entry table).
+  ``--format fp4`` runs the fp4 rows only (ORT / torch need the int4 codes).
 
     .venv/bin/python benchmarks/w4_cpu.py [--m 1,16,64] [--k 4096] [--n 11008] [--threads 2]
-        [--iters 20] [--repeat 3]
+        [--iters 20] [--repeat 3] [--format int4,fp4]
 
 With ``--repeat R`` every M is measured R times and the best median of each runner printed
 (the machine is shared; the best median is the least disturbed one). Output differences
@@ -81,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list of runners to skip: ort,fp32")
+    ap.add_argument("--format", default="int4", help="comma list of weight formats: int4,fp4")
     a = ap.parse_args(argv)
+    formats = set(filter(None, a.format.split(",")))
+    if not formats or formats - {"int4", "fp4"}:
+        ap.error(f"--format takes int4 and / or fp4, got {a.format!r}")
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     torch.set_num_threads(a.threads)
     skip = set(filter(None, a.skip.split(",")))
@@ -89,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from scalefold import api
     from scalefold.ir.graph import Graph
     from scalefold.ir.ops.quant import dequant_weight
+    from scalefold.passes.wq_fp import FP4_FORMATS, fp4_codes
     from scalefold.runtime import interp
 
     K, N, gs = a.k, a.n, a.group
@@ -104,19 +113,35 @@ def main(argv: list[str] | None = None) -> int:
     wbytes = N * K / 2
     wdq = dequant_weight(codes, scale, zero, gs, False)
 
-    def qgraph(act: str) -> Graph:
+    codes4, _, scale4 = fp4_codes(w, FP4_FORMATS["e2m1"], gs)
+
+    def qgraph(act: str, fmt: str) -> Graph:
         g = Graph("w4")
         xv = g.add_input(f"f32[M,{K}]", "x")
-        y = g.add("qlinear", [xv, g.add_const(codes, "u4", "w"), g.add_const(scale, "f32", "s"),
-                              g.add_const(zero, "u4", "z")], {"act": act, "group": gs})
+        if fmt == "fp4":
+            ins = [g.add_const(codes4, "f4e2m1", "w"), g.add_const(scale4, "f32", "s")]
+            attrs = {"act": act, "group": gs, "wtype": "f4e2m1"}
+        else:
+            ins = [g.add_const(codes, "u4", "w"), g.add_const(scale, "f32", "s"),
+                   g.add_const(zero, "u4", "z")]
+            attrs = {"act": act, "group": gs}
+        y = g.add("qlinear", [xv, *ins], attrs)
         g.set_outputs([y])
         return g
 
+    # (runner name, graph, compiled) of scalefold's kernels per format
+    ours = []
     t0 = time.perf_counter()
-    g_f, g_q = qgraph("none"), qgraph("per_token")
-    cm_f, cm_q = api.build_c(g_f), api.build_c(g_q)
+    for fmt in ("int4", "fp4"):
+        if fmt in formats:
+            for act, what in (("none", "f32"), ("per_token", "int8-act")):
+                g = qgraph(act, fmt)
+                ours.append((f"scalefold {'w4' if fmt == 'int4' else 'fp4'} {what}", g,
+                             api.build_c(g)))
     print(f"build {time.perf_counter() - t0:.1f} s incl. packing; "
-          f"kernels {[k.kind for k in cm_f.schedule.kernels + cm_q.schedule.kernels]}")
+          f"kernels {[k.kind for _, _, cm in ours for k in cm.schedule.kernels]}")
+    if "int4" not in formats:
+        skip |= {"ort", "fp32"}
     sessions = {}
     if "ort" not in skip:
         import onnxruntime as ort
@@ -127,38 +152,39 @@ def main(argv: list[str] | None = None) -> int:
             sessions[lvl] = ort.InferenceSession(m.SerializeToString(), so,
                                                  providers=["CPUExecutionProvider"])
 
-    names = ["scalefold w4 f32", "scalefold w4 int8-act", "ort MatMulNBits acc4",
-             "ort MatMulNBits acc0", "torch fp32 F.linear"]
+    names = [nm for nm, _, _ in ours] + ["ort MatMulNBits acc4", "ort MatMulNBits acc0",
+                                         "torch fp32 F.linear"]
     summary = {}
     for M in [int(v) for v in a.m.split(",")]:
         x = torch.randn(M, K, generator=gen)
         feed = {"A": x.numpy()}
         # correctness: against the reference interpreter and against ORT on the same codes
-        ref_f, ref_q = interp.run(g_f, x)[0].double(), interp.run(g_q, x)[0].double()
-        sc = float(ref_f.abs().max())
-        errs = {"f32 vs ref": float((cm_f(x).double() - ref_f).abs().max()) / sc,
-                "int8 vs ref": float((cm_q(x).double() - ref_q).abs().max()) / sc}
+        refs = {nm: interp.run(g, x)[0].double() for nm, g, _ in ours}
+        sc = float(next(iter(refs.values())).abs().max())
+        errs = {f"{nm.split(' ', 1)[1]} vs ref": float((cm(x).double() - refs[nm]).abs().max()) / sc
+                for nm, _, cm in ours}
         for lvl, s in sessions.items():
             yo = torch.from_numpy(s.run(None, feed)[0]).double()
-            errs[f"ort{lvl} vs ours"] = float((yo - (ref_q if lvl == 4 else ref_f)).abs().max()) / sc
-        fns: dict[str, Callable[[], object]] = {names[0]: lambda: cm_f(x), names[1]: lambda: cm_q(x)}
+            ref = refs["scalefold w4 int8-act" if lvl == 4 else "scalefold w4 f32"]
+            errs[f"ort{lvl} vs ours"] = float((yo - ref).abs().max()) / sc
+        fns: dict[str, Callable[[], object]] = {nm: (lambda cm=cm: cm(x)) for nm, _, cm in ours}
         for lvl, s in sessions.items():
             fns[f"ort MatMulNBits acc{lvl}"] = (lambda s=s: s.run(None, feed))
         if "fp32" not in skip:
-            fns[names[4]] = lambda: torch.nn.functional.linear(x, wdq)
+            fns["torch fp32 F.linear"] = lambda: torch.nn.functional.linear(x, wdq)
         best: dict[str, float] = {}
         with torch.no_grad():
             for _ in range(a.repeat):
                 for nm, f in fns.items():
                     best[nm] = min(best.get(nm, float("inf")), median_ms(f, a.iters))
-        ours = best[names[1]]
+        base = best[[nm for nm, _, _ in ours if nm.endswith("int8-act")][0]]
         print(f"-- M={M} K={K} N={N} g{gs}, {a.threads} threads, best of {a.repeat} medians of "
               f"{a.iters}; max |err| / max |y|: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
         print(f"{'runner':24s} {'ms':>8s} {'/int8-act':>10s} {'GB/s':>7s} {'GFLOP/s':>8s}")
         for nm in names:
             if nm in best:
                 t = best[nm]
-                print(f"{nm:24s} {t:8.3f} {t / ours:10.2f} {wbytes / t / 1e6:7.1f} "
+                print(f"{nm:24s} {t:8.3f} {t / base:10.2f} {wbytes / t / 1e6:7.1f} "
                       f"{2 * M * N * K / t / 1e6:8.1f}")
         summary[M] = best
         sys.stdout.flush()

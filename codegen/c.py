@@ -56,11 +56,13 @@ REFERENCE_OPS: dict[str, str] = {
     "quantize": "blocked scales, per-axis scales on a non-last axis, float8 / fp4 / sub-byte "
                 "codes (per-tensor and last-axis integer codes fuse as C: c_quant.py)",
     "dequantize": "C kernel lands with the quantisation issues",
-    "qlinear": "group-wise 8-bit weights, i16 / float8 / fp4 weights, u8 / u4 / i16 / i32 codes "
+    "qlinear": "group-wise 8-bit weights, i16 / float8 weights, per-channel or zero-pointed fp4 "
+               "weights, u8 / u4 / i16 / i32 codes "
                "x, per-channel weight-only float x (act none), abits > 8, non-constant weights, "
                "K > 65536 (the int8 GEMM template, c_qgemm.py, takes group 0 constant "
                "i8/u8/i4/u4 weights with i8/i4 codes x or float x with act per_token/per_tensor; "
-               "the 4-bit template, c_w4.py, takes group-wise constant u4/i4 weights with f32 x, "
+               "the 4-bit template, c_w4.py, takes group-wise constant u4/i4 weights, or f4e2m1 ones "
+               "without zero point, with f32 x, "
                "act none or per_token)",
     "lowrank_linear": "two GEMMs on torch until the svd issue's fused kernel",
     "lowrank_ffn": "GEMMs on torch until the svd issue's fused kernel",

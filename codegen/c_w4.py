@@ -1,8 +1,8 @@
-"""The group-wise 4-bit ``qlinear`` template (weight-only int4 / int3, issue 8) as C.
+"""The group-wise 4-bit ``qlinear`` template (weight-only int4 / int3 / fp4, issue 8) as C.
 
 One kernel computes ``y[m, n] = sum_g s[n,g] * sum_{k in g} x[m,k] (w[n,k] - z[n,g]) + bias[n]``
-for u4 / i4 codes prepacked two per byte by ``runtime/w4pack.py`` (layout there), float32 x, in
-one of two forms chosen by the node's ``act``:
+for u4 / i4 / f4e2m1 codes prepacked two per byte by ``runtime/w4pack.py`` (layout there),
+float32 x, in one of two forms chosen by the node's ``act``:
 
 - weight-only (``act="none"``): f32 FMAs on nibbles converted to float. Per group the kernel
   sums ``x_k * u_k`` and folds ``s * dot - (s * ze) * sum_k x_k`` into the float tile sums, so
@@ -23,8 +23,14 @@ tick when another process holds a core); dynamic rather than static so that a th
 core is taken does less of the work. Within a tile the loop runs over groups, then row tiles,
 so a group's weights (``nr * gp / 2`` bytes) stay in L1 while the rows use them; the tiles
 prefetch the weights ``pf_groups`` groups ahead.
-M is the runtime parameter ``q[0]``. Without AVX-512 (or rendered with ``vec=False``) a
-portable scalar tile over the same layout is compiled.
+M is the runtime parameter ``q[0]``.
+
+f4e2m1 weights (no zero point) take the same kernels, layout and blocking: the nibble is the
+E2M1 code, mapped through a 16-entry table in the tiles (``c_w4_src.py``): to its signed value
+by ``vpermps`` (weight-only; the fold has no zero-point term), or to the byte ``2 v + 12`` by
+``vpshufb`` (int8 activations; ``2 v`` is an integer in -12..12, the +12 offset folds with the
+activation group sums like i4's +8 and the packed scale is ``s / 2``). Without AVX-512 (or
+rendered with ``vec=False``) a portable scalar tile over the same layout is compiled.
 """
 from __future__ import annotations
 
@@ -74,14 +80,16 @@ DEFAULT = W4Config()
 def w4_supported(n: Node) -> bool:
     """Whether this template renders the ``qlinear`` (part of the C caps' ``template_ok``):
     group > 0, constant u4 / i4 codes with constant f32 scales and constant integer or float
-    zero points, static N and K, f32 x with act none or per_token with abits <= 8, f32 output
-    and f32 bias. Other group-wise forms run the reference."""
+    zero points, or constant f4e2m1 codes without zero point, static N and K, f32 x with act
+    none or per_token with abits <= 8, f32 output and f32 bias. Other group-wise forms run the reference."""
     if n.op != "qlinear" or n.attrs["group"] <= 0:
         return False
     x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
     zero = n.inputs[3] if len(n.inputs) > 3 else None
     bias = n.inputs[4] if len(n.inputs) > 4 else None
-    if x is None or w is None or scale is None or w.dtype.name not in ("u4", "i4"):
+    if x is None or w is None or scale is None or w.dtype.name not in ("u4", "i4", "f4e2m1"):
+        return False
+    if w.dtype.name == "f4e2m1" and zero is not None:
         return False
     if not (w.is_const and scale.is_const and (zero is None or zero.is_const)):
         return False
@@ -168,8 +176,9 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     isint = n.attrs["act"] != "none"
     g = min(n.attrs["group"], K)
     G, gp, glp, kp = group_slots(K, g)
+    fp4 = w.dtype.name == "f4e2m1"
     packed = pack_w4(w.const, scale.const, zero.const if zero is not None else None,
-                     w.dtype, g, cfg.nr(isint))
+                     w.dtype, g, cfg.nr(isint), isint)
     nr, P, k8 = cfg.nr(isint), packed.panels, kp // 8
     nb = nr // 16
     q = _Params()
@@ -283,19 +292,19 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
                  "static inline int32_t sf_ld32(const int8_t *p) { int32_t v; memcpy(&v, p, 4); "
                  "return v; }"]
         for r in range(1, cfg.mr_vnni + 1):
-            head += tile_vnni(r, nb, pf=cfg.pf_groups * gp * nr // 2)
+            head += tile_vnni(r, nb, pf=cfg.pf_groups * gp * nr // 2, fp4=fp4)
         if cfg.vnni_buf:
-            head += decode_u8(nb)
+            head += decode_u8(nb, fp4)
             for r in range(1, cfg.mr_vnni + 1):
                 head += tile_vnni(r, nb, True)
     else:
         pf = cfg.pf_groups * gp * nr // 2
         for r in range(1, cfg.mr_direct + 1):
-            head += tile_f32_direct(r, nb, pf)
-        head += decode_group(nb, pf)
+            head += tile_f32_direct(r, nb, pf, fp4)
+        head += decode_group(nb, pf, fp4)
         for r in range(1, cfg.mr_buf + 1):
-            head += tile_f32_buf(r, nb)
-    head += ["#else"] + tile_scalar(nb, isint) + ["#endif"]
+            head += tile_f32_buf(r, nb, not fp4)
+    head += ["#else"] + tile_scalar(nb, isint, fp4) + ["#endif"]
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     return CKernel(k, src, q.exprs, args)

@@ -7,8 +7,17 @@ point; ``xs`` = the activations' sum over the group). Pointer arguments are posi
 group: ``x`` at row 0's first slot (row stride ``ldx``), ``wk`` at the group's first 8-slot
 block of the panel, ``sc`` / ``sz`` at the group's ``nr`` floats, ``xs`` at row 0's group sum
 (row stride ``ldxs``), ``ct`` at row 0 (row stride ``nr``). Packed layout: runtime/w4pack.py.
+
+f4e2m1 weights (``fp4=True``) keep the layout; the nibble (the E2M1 code) goes through a
+16-entry table instead of being its own value: weight-only, ``vpermps`` on the 32-bit lane
+shifted so the nibble is in its low 4 bits (the instruction reads only those, so no mask) with
+the signed E2M1 values as the table, and no zero-point term (``sz`` = 0: the fold drops it);
+int8 activations, ``vpshufb`` of the masked bytes with the 16 bytes ``2 v + 12`` in every
+128-bit lane, folded with ``ze = 12`` and scale ``s / 2`` like the i4 codes' ``+8``.
 """
 from __future__ import annotations
+
+from ..runtime.w4pack import FP4_LUT_F32, FP4_LUT_U8
 
 # Slot (within an 8-slot block) held by nibble i of a 32-bit lane: byte i/2, low then high half.
 SLOT = [i // 2 + 4 * (i % 2) for i in range(8)]
@@ -18,20 +27,44 @@ SIG = ("(const {xt} *restrict x, int64_t ldx, const uint8_t *restrict wk, int64_
        "int64_t ldxs, float *restrict ct)")
 
 
-def _group_end(r: int, nb: int, nr: int, acc: list[list[str]], isint: bool) -> list[str]:
-    out = []
+def _group_end(r: int, nb: int, nr: int, acc: list[list[str]], isint: bool,
+               zp: bool = True) -> list[str]:
+    """Fold the group's dot products into ``ct``; ``zp=False``: no zero-point term (sz = 0)."""
+    out = ["  (void)xs; (void)ldxs; (void)sz;"] if not zp else []
     for j in range(nb):
-        out.append(f"  const __m512 s{j} = _mm512_loadu_ps(sc + {16 * j}), "
-                   f"z{j} = _mm512_loadu_ps(sz + {16 * j});")
+        out.append(f"  const __m512 s{j} = _mm512_loadu_ps(sc + {16 * j})" +
+                   (f", z{j} = _mm512_loadu_ps(sz + {16 * j});" if zp else ";"))
     for i in range(r):
-        out.append(f"  {{ const __m512 xs{i} = _mm512_set1_ps(xs[{i} * ldxs]);")
+        out.append(f"  {{ const __m512 xs{i} = _mm512_set1_ps(xs[{i} * ldxs]);" if zp else "  {")
         for j in range(nb):
             a = f"_mm512_cvtepi32_ps({acc[i][j]})" if isint else acc[i][j]
             p = f"ct + {i * nr + 16 * j}"
-            out.append(f"    _mm512_storeu_ps({p}, _mm512_fnmadd_ps(xs{i}, z{j}, "
-                       f"_mm512_fmadd_ps({a}, s{j}, _mm512_loadu_ps({p}))));")
+            f = f"_mm512_fmadd_ps({a}, s{j}, _mm512_loadu_ps({p}))"
+            out.append(f"    _mm512_storeu_ps({p}, " +
+                       (f"_mm512_fnmadd_ps(xs{i}, z{j}, {f}));" if zp else f"{f});"))
         out.append("  }")
     return out
+
+
+def _lut_f32() -> str:
+    """The signed E2M1 values as a zmm table for ``_mm512_permutexvar_ps``."""
+    return "  const __m512 lut = _mm512_setr_ps(" + ", ".join(f"{v!r}f" for v in FP4_LUT_F32) + ");"
+
+
+def _lut_u8() -> str:
+    """``2 v + 12`` per E2M1 code, the same 16 bytes in every 128-bit lane for ``vpshufb``."""
+    return ("  const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(" +
+            ", ".join(str(v) for v in FP4_LUT_U8) + "));")
+
+
+def _nibble_f32(w: str, n: int, fp4: bool) -> str:
+    """Float value of nibble ``n`` of every 32-bit lane of ``w``."""
+    v = w if n == 0 else f"_mm512_srli_epi32({w}, {4 * n})"
+    if fp4:
+        return f"_mm512_permutexvar_ps({v}, lut)"       # reads the index's low 4 bits only
+    if n < 7:
+        v = f"_mm512_and_si512({v}, m4)"
+    return f"_mm512_cvtepi32_ps({v})"
 
 
 def _copies(r: int, nb: int) -> int:
@@ -46,14 +79,14 @@ def _prefetch(base: str, pf: int, nb: int, ind: str) -> list[str]:
             for j in range(nb)] if pf else []
 
 
-def tile_f32_direct(r: int, nb: int, pf: int = 0) -> list[str]:
+def tile_f32_direct(r: int, nb: int, pf: int = 0, fp4: bool = False) -> list[str]:
     """Weight-only tile reading the packed nibbles (GEMV shape: each weight load serves all
-    ``r`` rows): shift, mask, convert to float, one FMA per row; ``pf``: prefetch distance in
-    bytes (0: none)."""
+    ``r`` rows): shift, mask, convert to float (``fp4``: shift, table lookup), one FMA per row;
+    ``pf``: prefetch distance in bytes (0: none)."""
     nr, c = 16 * nb, _copies(r, nb)
     acc = [[[f"a{cc}_{i}_{j}" for j in range(nb)] for i in range(r)] for cc in range(c)]
     out = [f"static inline void sf_fd{r}" + SIG.format(xt="float") + " {",
-           "  const __m512i m4 = _mm512_set1_epi32(15);"]
+           _lut_f32() if fp4 else "  const __m512i m4 = _mm512_set1_epi32(15);"]
     for i in range(r):
         out.append(f"  const float *x{i} = x + {i} * ldx;")
     for cc in range(c):
@@ -67,10 +100,7 @@ def tile_f32_direct(r: int, nb: int, pf: int = 0) -> list[str]:
     for n in range(8):
         cc = n % c
         for j in range(nb):
-            v = f"w{j}" if n == 0 else f"_mm512_srli_epi32(w{j}, {4 * n})"
-            if n < 7:
-                v = f"_mm512_and_si512({v}, m4)"
-            out.append(f"    const __m512 f{n}_{j} = _mm512_cvtepi32_ps({v});")
+            out.append(f"    const __m512 f{n}_{j} = {_nibble_f32(f'w{j}', n, fp4)};")
         for i in range(r):
             out.append(f"    {{ const __m512 xb = _mm512_set1_ps(x{i}[8 * b + {SLOT[n]}]);")
             for j in range(nb):
@@ -81,17 +111,18 @@ def tile_f32_direct(r: int, nb: int, pf: int = 0) -> list[str]:
         for i in range(r):
             for j in range(nb):
                 out.append(f"  {acc[0][i][j]} = _mm512_add_ps({acc[0][i][j]}, {acc[cc][i][j]});")
-    out += _group_end(r, nb, nr, acc[0], False) + ["}"]
+    out += _group_end(r, nb, nr, acc[0], False, not fp4) + ["}"]
     return out
 
 
-def decode_group(nb: int, pf: int = 0) -> list[str]:
+def decode_group(nb: int, pf: int = 0, fp4: bool = False) -> list[str]:
     """Unpack one group of a panel into float nibble values ``wf[slot][nr]`` (the GEMM shape:
-    decoded once, read by every row tile); ``pf`` as in :func:`tile_f32_direct`."""
+    decoded once, read by every row tile); ``pf`` as in :func:`tile_f32_direct`; ``fp4``:
+    the E2M1 values."""
     nr = 16 * nb
     out = ["static inline void sf_decode(const uint8_t *restrict wk, int64_t nbk, "
            "float *restrict wf) {",
-           "  const __m512i m4 = _mm512_set1_epi32(15);",
+           _lut_f32() if fp4 else "  const __m512i m4 = _mm512_set1_epi32(15);",
            "  for (int64_t b = 0; b < nbk; b++) {",
            f"    const uint8_t *wb = wk + b * {nr * 4};",
            f"    float *fb = wf + b * {8 * nr};"]
@@ -99,17 +130,15 @@ def decode_group(nb: int, pf: int = 0) -> list[str]:
     for j in range(nb):
         out.append(f"    const __m512i w{j} = _mm512_loadu_si512((const void *)(wb + {64 * j}));")
         for n in range(8):
-            v = f"w{j}" if n == 0 else f"_mm512_srli_epi32(w{j}, {4 * n})"
-            if n < 7:
-                v = f"_mm512_and_si512({v}, m4)"
-            out.append(f"    _mm512_storeu_ps(fb + {SLOT[n] * nr + 16 * j}, _mm512_cvtepi32_ps({v}));")
+            out.append(f"    _mm512_storeu_ps(fb + {SLOT[n] * nr + 16 * j}, "
+                       f"{_nibble_f32(f'w{j}', n, fp4)});")
     out += ["  }", "}"]
     return out
 
 
-def tile_f32_buf(r: int, nb: int) -> list[str]:
+def tile_f32_buf(r: int, nb: int, zp: bool = True) -> list[str]:
     """Weight-only tile over a decoded group ``wf`` (passed as ``wk``): one vector load per
-    16 channels and slot, ``r`` FMAs on it."""
+    16 channels and slot, ``r`` FMAs on it; ``zp=False``: no zero-point term (f4e2m1)."""
     nr, c = 16 * nb, _copies(r, nb)
     acc = [[[f"a{cc}_{i}_{j}" for j in range(nb)] for i in range(r)] for cc in range(c)]
     out = [f"static inline void sf_fb{r}" + SIG.format(xt="float") + " {",
@@ -134,32 +163,42 @@ def tile_f32_buf(r: int, nb: int) -> list[str]:
         for i in range(r):
             for j in range(nb):
                 out.append(f"  {acc[0][i][j]} = _mm512_add_ps({acc[0][i][j]}, {acc[cc][i][j]});")
-    out += _group_end(r, nb, nr, acc[0], False) + ["}"]
+    out += _group_end(r, nb, nr, acc[0], False, zp) + ["}"]
     return out
 
 
-def decode_u8(nb: int) -> list[str]:
+def _bytes_u8(w: str, high: bool, fp4: bool) -> str:
+    """The u8 bytes of the low (high) slots of ``w`` for ``vpdpbusd``: masked nibbles, through
+    the ``2 v + 12`` table for f4e2m1."""
+    v = f"_mm512_and_si512({f'_mm512_srli_epi16({w}, 4)' if high else w}, m4)"
+    return f"_mm512_shuffle_epi8(lut, {v})" if fp4 else v
+
+
+def decode_u8(nb: int, fp4: bool = False) -> list[str]:
     """Unpack one group of a panel into u8 bytes: per 8-slot block the low-slot bytes
     (``nr * 4``) then the high-slot bytes, ready for ``vpdpbusd`` (the GEMM shape)."""
     nr = 16 * nb
     out = ["static inline void sf_decode8(const uint8_t *restrict wk, int64_t nbk, "
            "uint8_t *restrict wq) {",
-           "  const __m512i m4 = _mm512_set1_epi8(15);",
+           "  const __m512i m4 = _mm512_set1_epi8(15);"] + ([_lut_u8()] if fp4 else []) + [
            "  for (int64_t b = 0; b < nbk; b++) {"]
     for j in range(nb):
         out += [f"    const __m512i w{j} = _mm512_loadu_si512((const void *)(wk + b * {nr * 4} + {64 * j}));",
-                f"    _mm512_storeu_si512((void *)(wq + b * {nr * 8} + {64 * j}), _mm512_and_si512(w{j}, m4));",
+                f"    _mm512_storeu_si512((void *)(wq + b * {nr * 8} + {64 * j}), "
+                f"{_bytes_u8(f'w{j}', False, fp4)});",
                 f"    _mm512_storeu_si512((void *)(wq + b * {nr * 8} + {nr * 4 + 64 * j}), "
-                f"_mm512_and_si512(_mm512_srli_epi16(w{j}, 4), m4));"]
+                f"{_bytes_u8(f'w{j}', True, fp4)});"]
     out += ["  }", "}"]
     return out
 
 
-def tile_vnni(r: int, nb: int, buffered: bool = False, pf: int = 0) -> list[str]:
-    """Int8-activation tile: mask / shift the nibbles to u8 bytes (or, ``buffered``, read them
-    decoded by :func:`decode_u8`) and ``vpdpbusd`` them with four activation codes broadcast
-    per row; exact int32 sums per group, then the float fold. ``pf``: prefetch distance in
-    bytes of the packed nibbles (0: none; the direct form only)."""
+def tile_vnni(r: int, nb: int, buffered: bool = False, pf: int = 0, fp4: bool = False
+              ) -> list[str]:
+    """Int8-activation tile: mask / shift the nibbles to u8 bytes (``fp4``: then through the
+    ``2 v + 12`` table; or, ``buffered``, read them decoded by :func:`decode_u8`) and
+    ``vpdpbusd`` them with four activation codes broadcast per row; exact int32 sums per
+    group, then the float fold. ``pf``: prefetch distance in bytes of the packed nibbles (0:
+    none; the direct form only)."""
     nr = 16 * nb
     halves = 2 if r * nb < 8 else 1          # separate accumulators for the low / high slots
     unroll = 2 if r * nb * halves < 8 else 1
@@ -167,6 +206,8 @@ def tile_vnni(r: int, nb: int, buffered: bool = False, pf: int = 0) -> list[str]
     acc = {s: [[f"a{s[0]}{s[1]}_{i}_{j}" for j in range(nb)] for i in range(r)] for s in sets}
     out = [f"static inline void sf_q{'b' if buffered else 'd'}{r}" + SIG.format(xt="int8_t") + " {",
            "  const __m512i m4 = _mm512_set1_epi8(15);"]
+    if fp4 and not buffered:
+        out.append(_lut_u8())
     for i in range(r):
         out.append(f"  const int8_t *x{i} = x + {i} * ldx;")
     for s in sets:
@@ -182,8 +223,8 @@ def tile_vnni(r: int, nb: int, buffered: bool = False, pf: int = 0) -> list[str]
                 continue
             o.append(f"      const __m512i w{j} = _mm512_loadu_si512((const void *)(wb + {64 * j}));")
             o += _prefetch(f"wb + {64 * j}", pf, 1, "      ")
-            o.append(f"      const __m512i l{j} = _mm512_and_si512(w{j}, m4), "
-                     f"h{j} = _mm512_and_si512(_mm512_srli_epi16(w{j}, 4), m4);")
+            o.append(f"      const __m512i l{j} = {_bytes_u8(f'w{j}', False, fp4)}, "
+                     f"h{j} = {_bytes_u8(f'w{j}', True, fp4)};")
         for i in range(r):
             o.append(f"      {{ const __m512i bl = _mm512_set1_epi32(sf_ld32(x{i} + 8 * ({b}))), "
                      f"bh = _mm512_set1_epi32(sf_ld32(x{i} + 8 * ({b}) + 4));")
@@ -215,11 +256,18 @@ def tile_vnni(r: int, nb: int, buffered: bool = False, pf: int = 0) -> list[str]
     return out
 
 
-def tile_scalar(nb: int, isint: bool) -> list[str]:
-    """The portable tile (any number of rows ``R``) over the same packed layout."""
+def tile_scalar(nb: int, isint: bool, fp4: bool = False) -> list[str]:
+    """The portable tile (any number of rows ``R``) over the same packed layout; ``fp4``: the
+    nibbles through the kernel's table (E2M1 values, or ``2 v + 12`` with int8 activations)."""
     nr = 16 * nb
     xt, at = ("int8_t", "int32_t") if isint else ("float", "float")
-    return [
+    if fp4:
+        vals = [str(v) for v in FP4_LUT_U8] if isint else [f"{v!r}f" for v in FP4_LUT_F32]
+        lut = [f"static const {at} sf_lut[16] = {{" + ", ".join(vals) + "};"]
+        nib = ["sf_lut[wb[t] & 15]", "sf_lut[wb[t] >> 4]"]
+    else:
+        lut, nib = [], [f"({at})(wb[t] & 15)", f"({at})(wb[t] >> 4)"]
+    return lut + [
         f"static void sf_tile_s(int64_t R, " + SIG.format(xt=xt)[1:] + " {",
         "  for (int64_t i = 0; i < R; i++) {",
         f"    for (int64_t j = 0; j < {nr}; j++) {{",
@@ -228,7 +276,7 @@ def tile_scalar(nb: int, isint: bool) -> list[str]:
         f"        const uint8_t *wb = wk + b * {nr * 4} + j * 4;",
         f"        const {xt} *xb = x + i * ldx + 8 * b;",
         "        for (int t = 0; t < 4; t++)",
-        f"          acc += xb[t] * ({at})(wb[t] & 15) + xb[t + 4] * ({at})(wb[t] >> 4);",
+        f"          acc += xb[t] * {nib[0]} + xb[t + 4] * {nib[1]};",
         "      }",
         "      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * sz[j];",
         "    }",

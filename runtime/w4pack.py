@@ -1,13 +1,22 @@
 """Weight prepacking for the group-wise 4-bit ``qlinear`` template (``codegen/c_w4.py``), done
 once at build time.
 
-Input: codes ``w`` [N, K] one per byte (u4 container uint8 0..15, int3 codes are u4 0..7; or
-i4 container int8 -8..7), ``scale`` [N, G] and optional ``zero`` [N, G] (u4 / i4 codes or
-float), G = ceil(K / g) groups of ``g`` columns along K, the last one possibly short.
+Input: codes ``w`` [N, K] one per byte (u4 container uint8 0..15, int3 codes are u4 0..7;
+i4 container int8 -8..7; or f4e2m1 codes, uint8 0..15: bit 3 sign, bits 0..2 index into
+``FP4_E2M1_GRID``), ``scale`` [N, G] and optional ``zero`` [N, G] (u4 / i4 codes or float;
+none for f4e2m1), G = ceil(K / g) groups of ``g`` columns along K, the last one possibly short.
 
-Nibble values: ``u = w + off`` with ``off = 8`` for signed i4 codes and ``0`` for u4, so every
-nibble is 0..15 (the unsigned side of VNNI ``vpdpbusd``). Effective zero point per channel and
-group: ``ze = off + zero`` (``zero`` taken as 0 when absent), so ``w - zero = u - ze`` exactly.
+Nibble values: ``u = w + off`` with ``off = 8`` for signed i4 codes and ``0`` for u4 and
+f4e2m1, so every nibble is 0..15 (the unsigned side of VNNI ``vpdpbusd``). Effective zero
+point per channel and group: ``ze = off + zero`` (``zero`` taken as 0 when absent), so
+``w - zero = u - ze`` exactly.
+
+f4e2m1: the nibble is the E2M1 code itself and the kernels map it through a 16-entry table
+``lut(u)``. Weight-only (``isint=False``): ``lut = FP4_LUT_F32`` (the signed E2M1 value),
+``ze = 0``, scale ``s``. Int8 activations (``isint=True``): ``lut = FP4_LUT_U8`` = ``2 v +
+12`` (``v`` the E2M1 value: 2v is an integer in -12..12, so the byte is 0..24, unsigned for
+``vpdpbusd``), ``ze = 12`` and the stored scale is ``s / 2``, so ``(lut(u) - ze) * s / 2 =
+v * s`` (halving is exact for normal scales).
 
 K layout (padded groups): each group is padded with zero nibbles to a multiple of 8 columns,
 ``gp = 8 * ceil(g / 8)`` slots for a full group and ``8 * ceil(gl / 8)`` for the last one of
@@ -36,6 +45,11 @@ from dataclasses import dataclass
 import torch
 
 from ..ir import dtypes as dt
+
+FP4_INT_OFFSET = 12
+# Indexed by the 4-bit E2M1 code: magnitudes for codes 0..7, their negatives for 8..15.
+FP4_LUT_F32 = tuple(float(v) for v in dt.FP4_E2M1_GRID) + tuple(-float(v) for v in dt.FP4_E2M1_GRID)
+FP4_LUT_U8 = tuple(int(2 * v) + FP4_INT_OFFSET for v in FP4_LUT_F32)
 
 
 @dataclass(frozen=True)
@@ -84,17 +98,20 @@ def slot_columns(k: int, group: int) -> torch.Tensor:
 
 
 def weight_offset(wdtype: dt.DType) -> int:
-    """What the nibbles add to a code so that it is unsigned (0..15)."""
-    return 8 if wdtype.is_signed else 0
+    """What the nibbles add to a code so that it is unsigned (0..15); f4e2m1 codes already are."""
+    return 8 if wdtype.is_signed and not wdtype.is_float else 0
 
 
 def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, wdtype: dt.DType,
-            group: int, nr: int = 32) -> PackedW4:
-    """Pack 4-bit codes ``w`` [N, K] (``wdtype`` u4 or i4) with ``scale`` [N, G] and optional
-    ``zero`` [N, G] (integer codes or float) into panels of ``nr`` channels."""
-    if w.dim() != 2 or nr % 16 or wdtype.name not in ("u4", "i4"):
-        raise ValueError(f"cannot pack {wdtype.name} weights of shape {tuple(w.shape)} into "
-                         f"panels of {nr}")
+            group: int, nr: int = 32, isint: bool = False) -> PackedW4:
+    """Pack 4-bit codes ``w`` [N, K] (``wdtype`` u4, i4 or f4e2m1) with ``scale`` [N, G] and
+    optional ``zero`` [N, G] (integer codes or float; none for f4e2m1) into panels of ``nr``
+    channels. ``isint``: the scales of the int8-activation kernel (differ for f4e2m1 only)."""
+    fp4 = wdtype is dt.f4e2m1
+    if w.dim() != 2 or nr % 16 or wdtype.name not in ("u4", "i4", "f4e2m1") or \
+            (fp4 and zero is not None):
+        raise ValueError(f"cannot pack {wdtype.name} weights of shape {tuple(w.shape)} "
+                         f"{'with a zero point ' if zero is not None else ''}into panels of {nr}")
     n, k = w.shape
     ng, gp, glp, kp = group_slots(k, group)
     if scale.shape != (n, ng) or (zero is not None and zero.shape != (n, ng)):
@@ -112,6 +129,8 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, wdt
     byte = (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).to(torch.uint8)   # [n, b, t]
     packed = byte.reshape(panels, nr, kp // 8, 4).permute(0, 2, 1, 3).contiguous()
     s32 = scale.to(torch.float32)
+    if fp4 and isint:
+        off, s32 = FP4_INT_OFFSET, s32 / 2
     ze = torch.full((n, ng), float(off), dtype=torch.float64)
     if zero is not None:
         ze = ze + zero.to(torch.float64)

@@ -8,6 +8,8 @@ kernel's GEMV (<= 4 rows) / decoded-group GEMM switch and every row-tile size. W
 f32 sums in another order than the reference's f64 ones, so the bound is 1e-5 of
 |x| @ |Wd|^T. Int8 activations: the codes are the reference's, the group sums exact int32, so
 only the float folding of the group sums differs (same bound, relative to the output scale).
+f4e2m1 codes (no zero point) take the same kernels through a 16-entry table and are held to
+the same bounds.
 """
 from __future__ import annotations
 
@@ -25,19 +27,23 @@ from scalefold.ir.ops.quant import dequant_weight
 from scalefold.runtime import interp
 from scalefold.runtime.cache import build, load_kernel
 from scalefold.runtime.executor import Executor
-from scalefold.runtime.w4pack import pack_w4, unpack, unpack_scales
+from scalefold.runtime.w4pack import FP4_LUT_F32, FP4_LUT_U8, pack_w4, unpack, unpack_scales
 
 pytestmark = pytest.mark.usefixtures("kernel_cache_dir")
 
 BS = [(1, 1), (1, 3), (4, 4), (17, 1), (8, 8)]          # M = 1, 3, 16, 17, 64
 
 
-def codes(N: int, K: int, group: int, *, sym: bool, bits: int = 4, seed: int = 0
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Random codes (u4 0..2^bits-1 or i4 -8..7), scales [N, G] and zero points (u4) or None."""
+def codes(N: int, K: int, group: int, *, sym: bool, bits: int = 4, seed: int = 0,
+          fp4: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Random codes (u4 0..2^bits-1, i4 -8..7 or f4e2m1 0..15), scales [N, G] and zero points
+    (u4) or None."""
     gen = torch.Generator().manual_seed(seed)
     G = -(-K // group)
-    if sym:
+    if fp4:
+        w = torch.randint(0, 16, (N, K), generator=gen, dtype=torch.uint8)
+        z = None
+    elif sym:
         w = torch.randint(-8, 8, (N, K), generator=gen, dtype=torch.int8)
         z = None
     else:
@@ -48,16 +54,16 @@ def codes(N: int, K: int, group: int, *, sym: bool, bits: int = 4, seed: int = 0
 
 
 def w4graph(K: int, N: int, group: int, *, act: str = "none", sym: bool = False,
-            bias: bool = True, bits: int = 4, seed: int = 0) -> Graph:
-    w, s, z = codes(N, K, group, sym=sym, bits=bits, seed=seed)
+            bias: bool = True, bits: int = 4, seed: int = 0, fp4: bool = False) -> Graph:
+    w, s, z = codes(N, K, group, sym=sym, bits=bits, seed=seed, fp4=fp4)
     g = Graph("w4")
     x = g.add_input(f"f32[B,S,{K}]", "x")
-    wd = "i4" if sym else "u4"
+    wd = "f4e2m1" if fp4 else "i4" if sym else "u4"
     zv = g.add_const(z, "u4", "z") if z is not None else None
     b = g.add_const(torch.randn(N, generator=torch.Generator().manual_seed(seed + 1)), "f32",
                     "b") if bias else None
     y = g.add("qlinear", [x, g.add_const(w, wd, "w"), g.add_const(s, "f32", "s"), zv, b],
-              {"act": act, "group": min(group, K)})
+              {"act": act, "group": min(group, K), **({"wtype": "f4e2m1"} if fp4 else {})})
     g.set_outputs([y])
     return g
 
@@ -67,7 +73,7 @@ def check(g: Graph, cm) -> None:
     K = g.inputs[0].type.shape[-1]
     zero = n.inputs[3].const if n.inputs[3] is not None else None
     wd = dequant_weight(n.inputs[1].const, n.inputs[2].const, zero, n.attrs["group"],
-                        False).double()
+                        n.attrs["wtype"] == "f4e2m1").double()
     for B, S in BS:
         gen = torch.Generator().manual_seed(B * 31 + S)
         x = torch.randn(B, S, K, generator=gen) * (torch.rand(K, generator=gen) * 3 + 0.1)
@@ -189,3 +195,72 @@ def test_source_deterministic_and_gated() -> None:
                            g8.add_const(torch.ones(8, 2), "f32", "s")], {"group": 32})
     g8.set_outputs([y])
     assert partition(g8, cgen.CAPS).kernels[0].kind != "template"
+
+
+# ---- f4e2m1 weights ------------------------------------------------------------------------
+@pytest.mark.parametrize("K,N,group", [(67, 33, 32), (300, 50, 128)])
+@pytest.mark.parametrize("act", ["none", "per_token"])
+def test_fp4_against_reference(K: int, N: int, group: int, act: str) -> None:
+    """E2M1 codes through the table: short last group, N off the panel, M = 1..64."""
+    g = w4graph(K, N, group, act=act, bias=K != 300, seed=K + 2 * N, fp4=True)
+    assert cgen.CAPS.template_ok(g.nodes[0])
+    cm = api.build_c(g)
+    assert [k.kind for k in cm.schedule.kernels] == ["template"]
+    src = next(iter(cm.sources.values()))
+    assert ("_mm512_permutexvar_ps" if act == "none" else "_mm512_shuffle_epi8") in src
+    check(g, cm)
+
+
+@pytest.mark.parametrize("act", ["none", "per_token"])
+def test_fp4_scalar_fallback(act: str) -> None:
+    g = w4graph(260, 100, 20, act=act, seed=17, fp4=True)
+    ck, fn = _build_with(g, W4Config(vec=False))
+    assert "#define SF_NO_VEC 1" in ck.source and "sf_lut[16]" in ck.source
+    check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
+
+
+def test_fp4_decoded_u8_blocking() -> None:
+    """The optional decoded-u8 int8 route (vnni_buf) and 16-channel panels, prefetch off."""
+    g = w4graph(136, 40, 32, act="per_token", seed=19, fp4=True)
+    ck, fn = _build_with(g, W4Config(vnni_buf=True, nb=1, nb_vnni=1, pf_groups=0))
+    assert "sf_decode8" in ck.source
+    check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
+
+
+@pytest.mark.parametrize("isint", [False, True])
+def test_fp4_pack_unpack_bit_exact(isint: bool) -> None:
+    K, group = 67, 32
+    w, s, _ = codes(45, K, group, sym=False, seed=23, fp4=True)
+    p = pack_w4(w, s, None, dt.f4e2m1, group, 32, isint)
+    back = unpack(p, dt.f4e2m1)
+    assert back.dtype == torch.uint8 and torch.equal(back, w)
+    sc, sz = unpack_scales(p)
+    # the kernels' table value times the packed scale is the op's dequantised weight, bit for bit
+    lut = torch.tensor(FP4_LUT_U8 if isint else FP4_LUT_F32, dtype=torch.float32)
+    off = 12 if isint else 0
+    rep = (lambda t: t.repeat_interleave(group, 1)[:, :K])
+    mine = (lut[back.long()] - off) * rep(sc)
+    assert torch.equal(mine, dequant_weight(w, s, None, group, True))
+    assert torch.equal(sc, s / 2 if isint else s)
+    assert torch.equal(sz, (sc.double() * off).float())
+    assert torch.equal(lut[:8] - off, torch.tensor(dt.FP4_E2M1_GRID) * (2 if isint else 1))
+    with pytest.raises(ValueError):
+        pack_w4(w, s, torch.zeros_like(s, dtype=torch.uint8), dt.f4e2m1, group)
+
+
+@pytest.mark.parametrize("act", ["none", "int8"])
+def test_fp4_pass_output_routes_to_template(act: str) -> None:
+    """quant_weights' fp4_e2m1 g128 form (power-of-two scales) runs on the template."""
+    from scalefold.frontend.torch import from_torch
+    from scalefold.passes.quant_weights import quant_weights
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(200, 40)
+    g = from_torch(lin, (torch.randn(3, 200),))
+    g = quant_weights(g, None, format="fp4_e2m1", group=128, method="rtn", act=act)
+    q = [n for n in g.nodes if n.op == "qlinear"]
+    assert len(q) == 1 and q[0].attrs["wtype"] == "f4e2m1" and q[0].inputs[1].dtype is dt.f4e2m1
+    cm = api.build_c(g)
+    assert [k.kind for k in cm.schedule.kernels if k.nodes[0].op == "qlinear"] == ["template"]
+    x = torch.randn(3, 200)
+    got, want = cm(x), interp.run(g, x)[0]
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
