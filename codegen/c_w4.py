@@ -22,7 +22,13 @@ is ``nowait`` (the region's closing barrier is the only one: every barrier costs
 tick when another process holds a core); dynamic rather than static so that a thread whose
 core is taken does less of the work. Within a tile the loop runs over groups, then row tiles,
 so a group's weights (``nr * gp / 2`` bytes) stay in L1 while the rows use them; the tiles
-prefetch the weights ``pf_groups`` groups ahead.
+prefetch the weights ``pf_bytes`` ahead. Small M (at most ``split_rows`` rows, the GEMV shape)
+instead splits the panels into one contiguous run per thread (still handed out dynamically,
+so a late thread's run goes to the other): each core then streams its weights sequentially
+and the prefetches running past a panel's end land in its own next panel (M = 1, 4096 x 11008
+int8-act, 2 Zen 5 cores: 0.22 -> ~0.15 ms against single-panel tasks, whose neighbouring
+panels belong to the other core; the blob layout of runtime/w4pack.py, one stream per panel,
+then ~0.14 -> ~0.125 ms for the kernel alone).
 M is the runtime parameter ``q[0]``.
 
 f4e2m1 weights (no zero point) take the same kernels, layout and blocking: the nibble is the
@@ -37,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir.graph import Node
-from ..runtime.w4pack import group_slots, pack_w4
+from ..runtime.w4pack import group_slots, group_stride, pack_w4
 from .c import CKernel, _Params, _prod
 from .c_types import PRELUDE, load, storage_type
 from .c_w4_src import decode_group, decode_u8, tile_f32_buf, tile_f32_direct, tile_scalar, tile_vnni
@@ -53,11 +59,15 @@ class W4Config:
     nibbles directly; used while a row chunk has at most that many rows), ``mr_buf``
     (weight-only over a decoded group) and ``mr_vnni`` rows (with ``vnni_buf``, row chunks
     of more than ``mr_vnni`` rows first unpack each group to u8 bytes once; measured no faster
-    here, so off); ``mc`` rows per parallel tile; ``pf_groups``: software prefetch of the
-    packed nibbles this many groups ahead (0: off; 2 took int8-act M=16 from ~1.2-1.5 ms to
-    ~0.86 ms and M=64 from ~4.1 to ~3.3 ms at 4096 x 11008 g128 on 2 Zen cores: without it
-    the first row tile of every group stalled on L2 / L3); ``vec=False`` renders the
-    portable scalar path only."""
+    here, so off); ``mc`` rows per parallel tile; ``pf_bytes``: software prefetch of the
+    packed nibbles this many bytes ahead (0: off; two groups' worth took int8-act M=16 from
+    ~1.2-1.5 ms to ~0.86 ms and M=64 from ~4.1 to ~3.3 ms at 4096 x 11008 g128 on 2 Zen
+    cores: without it the first row tile of every group stalled on L2 / L3; 8-16 KiB measure
+    the same at M = 1..64, 20 KiB and more fell off a cliff at M = 1 (~0.14 -> 0.18 ms, L1
+    overrun), hence 12 KiB); ``perm``: weight-only nibbles to float by one ``vpermps`` on
+    the table 0..15 instead of mask + convert (M = 1: ~0.40 -> ~0.31 ms); ``split_rows``: up
+    to this many rows, one contiguous run of panels per thread instead of single-panel tasks;
+    ``vec=False`` renders the portable scalar path only."""
 
     nb: int = 2
     nb_vnni: int = 4
@@ -66,7 +76,9 @@ class W4Config:
     mr_vnni: int = 4
     mc: int = 64
     vnni_buf: bool = False
-    pf_groups: int = 2
+    pf_bytes: int = 12288
+    split_rows: int = 16
+    perm: bool = True
     vec: bool = True
 
     def nr(self, isint: bool) -> int:
@@ -165,7 +177,8 @@ def _prologue_int8(K: int, g: int, G: int, gp: int, kp: int, qmax: int) -> list[
 
 def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     """C source of a ``template`` kernel holding one supported group-wise 4-bit ``qlinear``,
-    with its packed constants. Pointer ABI: x, packed w, scale, sz, [bias], y; ``q[0]`` = M."""
+    with its packed constants. Pointer ABI: x, packed blob (codes, scales and zero points
+    interleaved per group, runtime/w4pack.py), [bias], y; ``q[0]`` = M."""
     n = k.nodes[0]
     x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
     zero = n.inputs[3] if len(n.inputs) > 3 else None
@@ -179,20 +192,20 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     fp4 = w.dtype.name == "f4e2m1"
     packed = pack_w4(w.const, scale.const, zero.const if zero is not None else None,
                      w.dtype, g, cfg.nr(isint), isint)
-    nr, P, k8 = cfg.nr(isint), packed.panels, kp // 8
+    nr, P = cfg.nr(isint), packed.panels
+    gs = group_stride(K, g, nr, packed.zbytes)
+    pbytes = packed.blob.shape[1]
     nb = nr // 16
     q = _Params()
     M = q(_prod(x.type.shape[:-1]))
 
     args: list = [x, *packed.tensors()] + ([bias] if bias is not None else []) + [y]
     decl = ["  const float *restrict x = (const float *)p[0];",
-            "  const uint8_t *restrict wp = (const uint8_t *)p[1];",
-            "  const float *restrict sc = (const float *)p[2];",
-            "  const float *restrict sz = (const float *)p[3];"]
+            "  const uint8_t *restrict wp = (const uint8_t *)p[1];"]
     if bias is not None:
         decl.append(f"  const {storage_type(bias.dtype)} *restrict bias = "
-                    f"(const {storage_type(bias.dtype)} *)p[4];")
-    decl.append(f"  float *restrict y = (float *)p[{5 if bias is not None else 4}];")
+                    f"(const {storage_type(bias.dtype)} *)p[2];")
+    decl.append(f"  float *restrict y = (float *)p[{3 if bias is not None else 2}];")
 
     body = ["  const int64_t M = " + M + ";", "  if (M <= 0) return;",
             f"  float *xs = (float *)malloc((size_t)M * {G} * sizeof(float));"]
@@ -202,8 +215,8 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
         body += _prologue_f32(K, g, G, gp, kp)
 
     # ---- calls of the tiles for one group
-    targs = "xa + m * ldx + 8 * b0, ldx, {w}, nbk, scp + gi * " + str(nr) + ", szp + gi * " + \
-        str(nr) + ", xs + m * " + str(G) + " + gi, " + str(G) + ", ct + (m - mlo) * " + str(nr)
+    targs = "xa + m * ldx + 8 * b0, ldx, {w}, nbk, scg, szg, xs + m * " + str(G) + " + gi, " + \
+        str(G) + ", ct + (m - mlo) * " + str(nr)
 
     def calls(name: str, mr: int, wsrc: str) -> list[str]:
         o = [f"          for (int64_t m = mlo; m < mhi; m += {mr}) {{",
@@ -214,7 +227,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
         o += ["              default: break;", "            }", "          }"]
         return o
 
-    wdirect = "wpp + b0 * " + str(nr * 4)
+    wdirect = "wg"
     vec_calls: list[str]
     if isint and cfg.vnni_buf:
         vec_calls = ["        if (mhi - mlo <= " + str(cfg.mr_vnni) + ") {"]
@@ -245,11 +258,14 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              "#endif",
              # Runs of whole panels per thread when there are enough (a panel's row chunks
              # then share its L2), else single tiles.
-             "  const int64_t CH = T >= 4 * nth * MB ? MB : 1;",
+             f"  const int64_t CH = M <= {cfg.split_rows} ? (T + nth - 1) / nth : "
+             "T >= 4 * nth * MB ? MB : 1;",
              f"  #pragma omp parallel if (M * {N * K} > {PAR_MACS})",
              "  {",
              f"    float *ct = (float *)aligned_alloc(64, {cfg.mc * nr * 4});",
-             f"    float *wf = (float *)aligned_alloc(64, {gp * nr * 4});",
+             # the decoded-group buffer of the GEMM-shape routes only
+             "    float *wf = " + ("NULL;" if isint and not cfg.vnni_buf else
+                                   f"(float *)aligned_alloc(64, {gp * nr * 4});"),
              "    (void)wf;",
              "    #pragma omp for schedule(dynamic, CH) nowait",
              "    for (int64_t t = 0; t < T; t++) {",
@@ -257,10 +273,12 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              f"      const int64_t mhi = mlo + {cfg.mc} < M ? mlo + {cfg.mc} : M;",
              f"      memset(ct, 0, (size_t)(mhi - mlo) * {nr * 4});",
              f"      const int64_t n0 = pi * {nr}, nv = {N} - n0 < {nr} ? {N} - n0 : {nr};",
-             f"      const uint8_t *wpp = wp + pi * {k8 * nr * 4};",
-             f"      const float *scp = sc + pi * {G * nr}, *szp = sz + pi * {G * nr};",
+             f"      const uint8_t *wpp = wp + pi * {pbytes};",
              f"      for (int64_t gi = 0; gi < {G}; gi++) {{",
              f"        const int64_t b0 = gi * {gp // 8}, nbk = gi == {G - 1} ? {glp // 8} : {gp // 8};",
+             f"        const uint8_t *wg = wpp + gi * {gs};",
+             f"        const float *scg = (const float *)(wg + nbk * {nr * 4});",
+             f"        const void *szg = (const void *)(scg + {nr});",
              "#if SF_W4_VEC", *vec_calls, "#else", *scalar_call, "#endif",
              "      }",
              "      for (int64_t r = 0; r < mhi - mlo; r++) {",
@@ -283,6 +301,14 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
         head.append("#define SF_NO_VEC 1")
     need = "defined(__AVX512F__) && defined(__AVX512BW__)" + \
         (" && defined(__AVX512VNNI__)" if isint else "")
+    # The zero-point block: float sz, or ze bytes times the scale (runtime/w4pack.py).
+    if packed.zbytes:
+        head += ["#define SF_LOADZ(z, o, s) _mm512_mul_ps(s, _mm512_cvtepi32_ps("
+                 "_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)(z) + (o))))))",
+                 "#define SF_Z(z, j, s) ((s) * (float)((const uint8_t *)(z))[j])"]
+    else:
+        head += ["#define SF_LOADZ(z, o, s) _mm512_loadu_ps((const float *)(z) + (o))",
+                 "#define SF_Z(z, j, s) (((const float *)(z))[j])"]
     head += [f"#if {need} && !defined(SF_NO_VEC)", "#define SF_W4_VEC 1",
              "#include <immintrin.h>", "#else", "#define SF_W4_VEC 0", "#endif", "#if SF_W4_VEC"]
     if isint:
@@ -292,15 +318,15 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
                  "static inline int32_t sf_ld32(const int8_t *p) { int32_t v; memcpy(&v, p, 4); "
                  "return v; }"]
         for r in range(1, cfg.mr_vnni + 1):
-            head += tile_vnni(r, nb, pf=cfg.pf_groups * gp * nr // 2, fp4=fp4)
+            head += tile_vnni(r, nb, pf=cfg.pf_bytes, fp4=fp4)
         if cfg.vnni_buf:
             head += decode_u8(nb, fp4)
             for r in range(1, cfg.mr_vnni + 1):
                 head += tile_vnni(r, nb, True)
     else:
-        pf = cfg.pf_groups * gp * nr // 2
+        pf = cfg.pf_bytes
         for r in range(1, cfg.mr_direct + 1):
-            head += tile_f32_direct(r, nb, pf, fp4)
+            head += tile_f32_direct(r, nb, pf, fp4, cfg.perm)
         head += decode_group(nb, pf, fp4)
         for r in range(1, cfg.mr_buf + 1):
             head += tile_f32_buf(r, nb, not fp4)

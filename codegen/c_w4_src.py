@@ -5,7 +5,9 @@ the group's dot products of the activations with the raw nibbles (0..15) and fol
 the float tile sums ``ct`` as ``ct += s * dot - xs * sz`` (per-group scale and scale x zero
 point; ``xs`` = the activations' sum over the group). Pointer arguments are positioned at the
 group: ``x`` at row 0's first slot (row stride ``ldx``), ``wk`` at the group's first 8-slot
-block of the panel, ``sc`` / ``sz`` at the group's ``nr`` floats, ``xs`` at row 0's group sum
+block of the panel, ``sc`` at the group's ``nr`` scales, ``sz`` at its zero-point block (read
+through the kernel's ``SF_LOADZ`` / ``SF_Z``: ``sz`` floats, or ``s * ze`` from ``ze`` bytes),
+``xs`` at row 0's group sum
 (row stride ``ldxs``), ``ct`` at row 0 (row stride ``nr``). Packed layout: runtime/w4pack.py.
 
 f4e2m1 weights (``fp4=True``) keep the layout; the nibble (the E2M1 code) goes through a
@@ -23,7 +25,7 @@ from ..runtime.w4pack import FP4_LUT_F32, FP4_LUT_U8
 SLOT = [i // 2 + 4 * (i % 2) for i in range(8)]
 
 SIG = ("(const {xt} *restrict x, int64_t ldx, const uint8_t *restrict wk, int64_t nbk, "
-       "const float *restrict sc, const float *restrict sz, const float *restrict xs, "
+       "const float *restrict sc, const void *restrict sz, const float *restrict xs, "
        "int64_t ldxs, float *restrict ct)")
 
 
@@ -33,7 +35,7 @@ def _group_end(r: int, nb: int, nr: int, acc: list[list[str]], isint: bool,
     out = ["  (void)xs; (void)ldxs; (void)sz;"] if not zp else []
     for j in range(nb):
         out.append(f"  const __m512 s{j} = _mm512_loadu_ps(sc + {16 * j})" +
-                   (f", z{j} = _mm512_loadu_ps(sz + {16 * j});" if zp else ";"))
+                   (f", z{j} = SF_LOADZ(sz, {16 * j}, s{j});" if zp else ";"))
     for i in range(r):
         out.append(f"  {{ const __m512 xs{i} = _mm512_set1_ps(xs[{i} * ldxs]);" if zp else "  {")
         for j in range(nb):
@@ -46,9 +48,11 @@ def _group_end(r: int, nb: int, nr: int, acc: list[list[str]], isint: bool,
     return out
 
 
-def _lut_f32() -> str:
-    """The signed E2M1 values as a zmm table for ``_mm512_permutexvar_ps``."""
-    return "  const __m512 lut = _mm512_setr_ps(" + ", ".join(f"{v!r}f" for v in FP4_LUT_F32) + ");"
+def _lut_f32(fp4: bool = True) -> str:
+    """The nibbles' float values as a zmm table for ``_mm512_permutexvar_ps``: the signed
+    E2M1 values (``fp4``), else 0..15 (one ``vpermps`` replaces mask + convert)."""
+    vals = FP4_LUT_F32 if fp4 else tuple(float(v) for v in range(16))
+    return "  const __m512 lut = _mm512_setr_ps(" + ", ".join(f"{v!r}f" for v in vals) + ");"
 
 
 def _lut_u8() -> str:
@@ -57,10 +61,11 @@ def _lut_u8() -> str:
             ", ".join(str(v) for v in FP4_LUT_U8) + "));")
 
 
-def _nibble_f32(w: str, n: int, fp4: bool) -> str:
-    """Float value of nibble ``n`` of every 32-bit lane of ``w``."""
+def _nibble_f32(w: str, n: int, fp4: bool, perm: bool = False) -> str:
+    """Float value of nibble ``n`` of every 32-bit lane of ``w``; ``perm``: through the table
+    (``fp4`` always is)."""
     v = w if n == 0 else f"_mm512_srli_epi32({w}, {4 * n})"
-    if fp4:
+    if fp4 or perm:
         return f"_mm512_permutexvar_ps({v}, lut)"       # reads the index's low 4 bits only
     if n < 7:
         v = f"_mm512_and_si512({v}, m4)"
@@ -79,14 +84,15 @@ def _prefetch(base: str, pf: int, nb: int, ind: str) -> list[str]:
             for j in range(nb)] if pf else []
 
 
-def tile_f32_direct(r: int, nb: int, pf: int = 0, fp4: bool = False) -> list[str]:
+def tile_f32_direct(r: int, nb: int, pf: int = 0, fp4: bool = False, perm: bool = False
+                    ) -> list[str]:
     """Weight-only tile reading the packed nibbles (GEMV shape: each weight load serves all
-    ``r`` rows): shift, mask, convert to float (``fp4``: shift, table lookup), one FMA per row;
-    ``pf``: prefetch distance in bytes (0: none)."""
+    ``r`` rows): shift, mask, convert to float (``fp4`` or ``perm``: shift, table lookup), one
+    FMA per row; ``pf``: prefetch distance in bytes (0: none)."""
     nr, c = 16 * nb, _copies(r, nb)
     acc = [[[f"a{cc}_{i}_{j}" for j in range(nb)] for i in range(r)] for cc in range(c)]
     out = [f"static inline void sf_fd{r}" + SIG.format(xt="float") + " {",
-           _lut_f32() if fp4 else "  const __m512i m4 = _mm512_set1_epi32(15);"]
+           _lut_f32(fp4) if fp4 or perm else "  const __m512i m4 = _mm512_set1_epi32(15);"]
     for i in range(r):
         out.append(f"  const float *x{i} = x + {i} * ldx;")
     for cc in range(c):
@@ -100,7 +106,7 @@ def tile_f32_direct(r: int, nb: int, pf: int = 0, fp4: bool = False) -> list[str
     for n in range(8):
         cc = n % c
         for j in range(nb):
-            out.append(f"    const __m512 f{n}_{j} = {_nibble_f32(f'w{j}', n, fp4)};")
+            out.append(f"    const __m512 f{n}_{j} = {_nibble_f32(f'w{j}', n, fp4, perm)};")
         for i in range(r):
             out.append(f"    {{ const __m512 xb = _mm512_set1_ps(x{i}[8 * b + {SLOT[n]}]);")
             for j in range(nb):
@@ -278,7 +284,7 @@ def tile_scalar(nb: int, isint: bool, fp4: bool = False) -> list[str]:
         "        for (int t = 0; t < 4; t++)",
         f"          acc += xb[t] * {nib[0]} + xb[t + 4] * {nib[1]};",
         "      }",
-        "      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * sz[j];",
+        "      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * SF_Z(sz, j, sc[j]);",
         "    }",
         "  }",
         "}",

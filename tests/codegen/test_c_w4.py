@@ -27,7 +27,8 @@ from scalefold.ir.ops.quant import dequant_weight
 from scalefold.runtime import interp
 from scalefold.runtime.cache import build, load_kernel
 from scalefold.runtime.executor import Executor
-from scalefold.runtime.w4pack import FP4_LUT_F32, FP4_LUT_U8, pack_w4, unpack, unpack_scales
+from scalefold.runtime.w4pack import (FP4_LUT_F32, FP4_LUT_U8, group_slots, group_stride, pack_w4,
+                                      unpack, unpack_scales)
 
 pytestmark = pytest.mark.usefixtures("kernel_cache_dir")
 
@@ -136,6 +137,38 @@ def test_pack_unpack_bit_exact(K: int, group: int, sym: bool) -> None:
     assert torch.equal(sz, (s.double() * ze.double()).float())
 
 
+@pytest.mark.parametrize("K,group,fz", [(67, 32, False), (300, 128, False), (67, 32, True)])
+def test_interleaved_blob_layout(K: int, group: int, fz: bool) -> None:
+    """The kernels' blob: per panel and group, the group's code bytes, its scales, then its
+    zero points (ze bytes padded to 64, or sz floats for non-integer zero points)."""
+    w, s, z = codes(45, K, group, sym=False, seed=K + 1)
+    if fz:
+        z = z.float() + 0.25
+    p = pack_w4(w, s, z, dt.u4, group, 32)
+    assert p.zbytes == (not fz)
+    zlen = 128 if fz else 64
+    G, gp, glp, _ = group_slots(K, group)
+    gs = group_stride(K, group, 32, p.zbytes)
+    assert p.tensors() == [p.blob] and p.blob.dtype == torch.uint8
+    assert p.blob.shape == (p.panels, (G - 1) * gs + glp // 8 * 128 + 128 + zlen)
+    for pi in range(p.panels):
+        for gi in range(G):
+            nbk = (glp if gi == G - 1 else gp) // 8
+            o = gi * gs
+            assert gs == gp // 8 * 128 + 128 + zlen
+            blk = p.blob[pi, o:o + nbk * 128]
+            assert torch.equal(blk, p.w[pi, gi * gp // 8:gi * gp // 8 + nbk].reshape(-1))
+            o += nbk * 128
+            sc = p.blob[pi, o:o + 128].clone().view(torch.float32)
+            assert torch.equal(sc, p.scale[pi, gi])
+            zb = p.blob[pi, o + 128:o + 128 + zlen].clone()
+            if fz:
+                assert torch.equal(zb.view(torch.float32), p.sz[pi, gi])
+            else:   # the kernel's s * ze in float32 is the packed sz bit for bit
+                assert not zb[32:].any()
+                assert torch.equal(sc * zb[:32].float(), p.sz[pi, gi])
+
+
 def test_pass_output_routes_to_template() -> None:
     """quant_weights' int4 g128 form of an nn.Linear runs on this template and matches."""
     from scalefold.frontend.torch import from_torch
@@ -178,9 +211,37 @@ def test_scalar_fallback(act: str) -> None:
 def test_other_blockings_without_prefetch(act: str) -> None:
     """Non-default tiles (3 x 16-channel int8 panels, 6-row tiles) with prefetch off."""
     g = w4graph(260, 100, 20, act=act, sym=act == "none", seed=13)
-    ck, fn = _build_with(g, W4Config(pf_groups=0, nb=1, nb_vnni=3, mr_vnni=6, mr_direct=2))
+    ck, fn = _build_with(g, W4Config(pf_bytes=0, nb=1, nb_vnni=3, mr_vnni=6, mr_direct=2))
     assert "_mm_prefetch" not in ck.source and "sf_tile_s" in ck.source
     check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
+
+
+@pytest.mark.parametrize("act,perm", [("none", True), ("none", False), ("per_token", True)])
+def test_parallel_panel_runs(act: str, perm: bool) -> None:
+    """Big enough to run on the OpenMP threads even at M = 1 (so M <= split_rows takes one
+    contiguous run of panels per thread, larger M single-panel tasks); weight-only nibbles by
+    table lookup (perm) and by mask + convert."""
+    g = w4graph(1000, 2100, 128, act=act, seed=29)
+    ck, fn = _build_with(g, W4Config(perm=perm))
+    assert ("_mm512_permutexvar_ps" in ck.source) == (perm and act == "none")
+    assert "M <= 16 ? (T + nth - 1) / nth" in ck.source
+    check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
+
+
+@pytest.mark.parametrize("act", ["none", "per_token"])
+def test_float_zero_points(act: str) -> None:
+    """Non-integer f32 zero points keep the sz floats in the blob (no ze bytes)."""
+    K, N, group = 260, 100, 20
+    w, s, z = codes(N, K, group, sym=False, seed=31)
+    g = Graph("w4f")
+    x = g.add_input(f"f32[B,S,{K}]", "x")
+    y = g.add("qlinear", [x, g.add_const(w, "u4", "w"), g.add_const(s, "f32", "s"),
+                          g.add_const(z.float() + 0.5, "f32", "z"), None], {"act": act, "group": group})
+    g.set_outputs([y])
+    cm = api.build_c(g)
+    assert [k.kind for k in cm.schedule.kernels] == ["template"]
+    assert "_mm512_loadu_ps((const float *)(z)" in next(iter(cm.sources.values()))
+    check(g, cm)
 
 
 def test_source_deterministic_and_gated() -> None:
@@ -222,7 +283,7 @@ def test_fp4_scalar_fallback(act: str) -> None:
 def test_fp4_decoded_u8_blocking() -> None:
     """The optional decoded-u8 int8 route (vnni_buf) and 16-channel panels, prefetch off."""
     g = w4graph(136, 40, 32, act="per_token", seed=19, fp4=True)
-    ck, fn = _build_with(g, W4Config(vnni_buf=True, nb=1, nb_vnni=1, pf_groups=0))
+    ck, fn = _build_with(g, W4Config(vnni_buf=True, nb=1, nb_vnni=1, pf_bytes=0))
     assert "sf_decode8" in ck.source
     check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
 
