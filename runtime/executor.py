@@ -29,11 +29,11 @@ import sympy
 import torch
 
 from ..codegen.schedule import BufferPlan, Kernel, Schedule, plan_buffers
-from ..ir.graph import Graph, Value
+from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .interp import bind_symbols
-from .library import library_fn
+from .library import library_fn, qlinear_fallback
 
 Step = Callable[[list], None]
 ENV_CACHE = 8
@@ -195,6 +195,14 @@ class Executor:
                 res = fn_lib(xs, vals[dst] if writes_out else None)
                 vals[dst] = res if res.is_contiguous() else res.contiguous()
             return run_lib
+        if node.op == "qlinear":
+            fast = self._qlinear_fallback(node)
+            if fast is not None:
+                dst_q = out_slots[0]
+
+                def run_q(vals: list) -> None:
+                    vals[dst_q] = fast([vals[s] if s >= 0 else None for s in ins], None)
+                return run_q
         ref = get_op(node.op).reference
         attrs = bind_dims(node.attrs, env)
         dev = self.device
@@ -220,6 +228,14 @@ class Executor:
                     t = t.to(dev)
                 vals[s] = t if t.is_contiguous() else t.contiguous()
         return run_ref
+
+    def _qlinear_fallback(self, node: Node) -> Callable | None:
+        """The dequantise-once GEMM of a reference ``qlinear`` (``library.qlinear_fallback``),
+        built once per node and shared by every binding of the sizes."""
+        cache = self.__dict__.setdefault("_qfast", {})
+        if id(node) not in cache:
+            cache[id(node)] = qlinear_fallback(node, self.device)
+        return cache[id(node)]
 
     # ---- running -----------------------------------------------------------------------
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:

@@ -134,6 +134,51 @@ def _blas_linear(node: Node) -> LibFn:
     return run
 
 
+def qlinear_fallback(node: Node, device: torch.device) -> LibFn | None:
+    """A fast stand-in for the reference of a ``qlinear`` no generated kernel takes (group-wise
+    int8, fp8, per-channel fp4, f16 x on the CPU, ...): its constant weights are dequantised
+    once, here, to a float32 matrix on ``device`` (the IR's own ``dequant_weight``, bit for bit),
+    and every call is a float32 GEMM (oneDNN on the CPU) of x — or of x's per-token codes times
+    their scales for ``act="per_token"`` — rounded once to the output type. Against the
+    reference (float64 accumulation) only the summation's rounding differs. It costs a float32
+    copy of the weights in memory; the graph and saved artifacts keep the compressed codes.
+    None when the weights are not constants, x is an integer code tensor or f64, or the
+    activation mode is per_tensor."""
+    from ..ir.ops.quant import dequant_weight, dynamic_quant
+    ins = list(node.inputs) + [None] * (5 - len(node.inputs))
+    x, w, scale, zero, bias = ins
+    act = node.attrs["act"]
+    if act not in ("none", "per_token") or x is None or x.dtype.name not in ("f32", "f16", "bf16"):
+        return None
+    if not all(v is None or v.is_const for v in (w, scale, zero, bias)) or w is None or scale is None:
+        return None
+    wd = dequant_weight(w.const, scale.const, zero.const if zero is not None else None, node.attrs["group"],
+                        node.attrs["wtype"] == "f4e2m1").to(torch.float32).to(device).contiguous()
+    b = bias.const.to(torch.float32).to(device) if bias is not None else None
+    abits = node.attrs["abits"]
+    onednn = device.type == "cpu" and _onednn_linear()
+
+    def gemm(a: Tensor) -> Tensor:
+        if onednn:
+            return torch.ops.mkldnn._linear_pointwise(a.contiguous(), wd, None, "none", [], "")
+        return F.linear(a, wd)
+
+    def run(xs: Sequence[Tensor | None], out: Tensor | None) -> Tensor:
+        xin = xs[0]
+        assert xin is not None
+        lead = xin.shape[:-1]
+        a = xin.reshape(-1, xin.shape[-1]).to(torch.float32)
+        if act == "per_token":
+            q, sx = dynamic_quant(a, "per_token", abits)
+            y = gemm(q.to(torch.float32)) * sx.to(torch.float32)
+        else:
+            y = gemm(a)
+        if b is not None:
+            y = y + b
+        return y.reshape(*lead, wd.shape[0]).to(xin.dtype)
+    return run
+
+
 def library_fn(nodes: Sequence[Node], device: str = "cpu") -> tuple[LibFn, bool]:
     """The torch implementation of a library kernel (one op, optionally with an elementwise
     epilogue) for tensors on ``device`` ("cpu" or "cuda"), and whether it writes into a given

@@ -207,5 +207,11 @@ def test_unsupported_variants_stay_on_reference(variant: str) -> None:
     assert [k.kind for k in partition(g, tgen.CAPS).kernels] == ["reference"]
     cm = api.build_triton(g, DEVICE)
     xin = (torch.randn(3, K) if xd == "f32" else torch.randint(0, 100, (3, K)).to(dt.get(xd).container))
-    assert torch.equal(cm(xin), interp.run(g, xin)[0])
+    y, r = cm(xin), interp.run(g, xin)[0]
+    if xd == "f32":
+        # float x: the executor's dequantise-once f32 GEMM (runtime/library.qlinear_fallback)
+        # stands in for the reference; only the float summation differs
+        assert float((y.cpu() - r.cpu()).abs().max()) <= 2e-6 * float(r.abs().max())
+    else:
+        assert torch.equal(y.cpu(), r.cpu())
     assert tgen.op_coverage()["qlinear"].startswith("template (partly; reference:")
