@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..ir.graph import Attrs, Node
+from ..ir.graph import Node
 from ..ir.ops import get_op
 
 Tensor = torch.Tensor
