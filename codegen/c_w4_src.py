@@ -29,6 +29,13 @@ SIG = ("(const {xt} *restrict x, int64_t ldx, const uint8_t *restrict wk, int64_
        "int64_t ldxs, float *restrict ct)")
 
 
+def _fold_chains(acc: list[list[list[str]]], r: int, nb: int) -> list[str]:
+    """Add the independent accumulator chains 1.. (kept apart to hide FMA latency) into
+    chain 0."""
+    return [f"  {acc[0][i][j]} = _mm512_add_ps({acc[0][i][j]}, {acc[cc][i][j]});"
+            for cc in range(1, len(acc)) for i in range(r) for j in range(nb)]
+
+
 def _group_end(r: int, nb: int, nr: int, acc: list[list[str]], isint: bool,
                zp: bool = True) -> list[str]:
     """Fold the group's dot products into ``ct``; ``zp=False``: no zero-point term (sz = 0)."""
@@ -113,11 +120,7 @@ def tile_f32_direct(r: int, nb: int, pf: int = 0, fp4: bool = False, perm: bool 
                 out.append(f"      {acc[cc][i][j]} = _mm512_fmadd_ps(f{n}_{j}, xb, {acc[cc][i][j]});")
             out.append("    }")
     out.append("  }")
-    for cc in range(1, c):
-        for i in range(r):
-            for j in range(nb):
-                out.append(f"  {acc[0][i][j]} = _mm512_add_ps({acc[0][i][j]}, {acc[cc][i][j]});")
-    out += _group_end(r, nb, nr, acc[0], False, not fp4) + ["}"]
+    out += _fold_chains(acc, r, nb) + _group_end(r, nb, nr, acc[0], False, not fp4) + ["}"]
     return out
 
 
@@ -165,11 +168,7 @@ def tile_f32_buf(r: int, nb: int, zp: bool = True) -> list[str]:
                 out.append(f"      {acc[cc][i][j]} = _mm512_fmadd_ps(f{u}_{j}, xb, {acc[cc][i][j]});")
             out.append("    }")
     out.append("  }")
-    for cc in range(1, c):
-        for i in range(r):
-            for j in range(nb):
-                out.append(f"  {acc[0][i][j]} = _mm512_add_ps({acc[0][i][j]}, {acc[cc][i][j]});")
-    out += _group_end(r, nb, nr, acc[0], False, zp) + ["}"]
+    out += _fold_chains(acc, r, nb) + _group_end(r, nb, nr, acc[0], False, zp) + ["}"]
     return out
 
 

@@ -59,6 +59,23 @@ def _w4_dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _w4_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """Rows / channels of GEMM tile ``pid`` (and their clamped copies for loads). GROUP_M row
+    blocks walk the column blocks together, so their weight tiles are shared in L2; rows and
+    channels past the end read row 0 (never stored)."""
+    num_m = (M + BM - 1) // BM
+    num_n = (N + BN - 1) // BN
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    return rm, rn, tl.where(rm < M, rm, 0).to(tl.int64), tl.where(rn < N, rn, 0).to(tl.int64)
+
+
+@triton.jit
 def _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, tile, pid_k, SPLIT: tl.constexpr,
                HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr):
     """Store y [BM, BN] (+ bias, rounded once); with SPLIT > 1 store the f32 partial, and the
@@ -203,19 +220,7 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
             GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_m = (M + BM - 1) // BM
-    num_n = (N + BN - 1) // BN
-    # GROUP_M row blocks walk the column blocks together: their weight tiles are shared in L2
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    # rows / channels past the end read row 0 (never stored)
-    rmc = tl.where(rm < M, rm, 0).to(tl.int64)
-    rnc = tl.where(rn < N, rn, 0).to(tl.int64)
+    rm, rn, rmc, rnc = _w4_tile(pid, M, N, BM, BN, GROUP_M)
     j = tl.arange(0, J)
     kk = tl.arange(0, 8 * J)
     sh = tl.arange(0, 8) * 4
@@ -298,17 +303,7 @@ def w4_gemm_kn(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NKB, NB_PER,
     the f32 partial."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_m = (M + BM - 1) // BM
-    num_n = (N + BN - 1) // BN
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rmc = tl.where(rm < M, rm, 0).to(tl.int64)
-    rnc = tl.where(rn < N, rn, 0).to(tl.int64)
+    rm, rn, rmc, rnc = _w4_tile(pid, M, N, BM, BN, GROUP_M)
     rk = tl.arange(0, BK)
     xp = X + rmc[:, None] * K + rk[None, :]                          # [BM, BK]
     if RESHAPE:

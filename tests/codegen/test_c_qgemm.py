@@ -9,10 +9,10 @@ scales the reference rounds Wd to f32 first, so the bound is 1e-6 relative to su
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 
+from harness import assert_close
 from scalefold import api
 from scalefold.codegen import c as cgen
 from scalefold.codegen.c_qgemm import GemmConfig, render_qlinear
@@ -214,10 +214,7 @@ def test_unsupported_variants_stay_on_reference(variant: str) -> None:
     assert [k.kind for k in sched.kernels] == ["reference"]
     cm = api.build_c(g)
     xin = (torch.randn(3, K) if xd == "f32" else torch.randint(0, 100, (3, K)).to(dt.get(xd).container))
-    y, r = cm(xin), interp.run(g, xin)[0]
-    if xd == "f32":
-        # float x: the executor's dequantise-once f32 GEMM (runtime/library.qlinear_fallback)
-        # stands in for the reference; only the float summation differs
-        assert float((y.cpu() - r.cpu()).abs().max()) <= 2e-6 * float(r.abs().max())
-    else:
-        assert torch.equal(y.cpu(), r.cpu())
+    # float x: the executor's dequantise-once f32 GEMM (runtime/library.qlinear_fallback)
+    # stands in for the reference, only the float summation differs; integer x: exact
+    assert_close(cm(xin).cpu(), interp.run(g, xin)[0], rtol=2e-6 if xd == "f32" else 0.0, atol=0.0,
+                 rel_to_scale=True)
