@@ -65,8 +65,9 @@ def variants(M: int) -> list[dict]:
     """Config variants timed by :func:`sweep` for one M (GEMM ones: the [K/8, N] ``KN`` kernel;
     the first entry of each M is the previous default of the nibble-block kernel)."""
     if M == 1:
-        return [dict(GEMV=1, BM=1, BN=bn, SPLIT=sp, num_warps=4, num_stages=1)
-                for bn in (32, 64, 128) for sp in (4, 8)]
+        return [dict(GEMV=1, BM=1, H2=1, H2_BN=bn, H2_BPS=bps, num_warps=w)
+                for bn in (128, 256) for bps in (4, 8, 16, 32) for w in (4, 8)] + \
+            [dict(GEMV=1, BM=1, BN=64, SPLIT=sp, num_warps=4, num_stages=1) for sp in (8, 16)]
     kn = dict(GEMV=0, KN=1, RESHAPE=1)
     if M == 16:
         return [dict(GEMV=0, BM=16, BN=64, SWAP=1, DOTS8=1, SPLIT=4, num_warps=4, num_stages=3)] + \
@@ -229,8 +230,11 @@ def main() -> None:
             nbytes = p.qweight.numel() * 4 + p.scales.numel() * 4 + p.zeros.numel() + 2 * M * (K + N)
             gbs = nbytes / (t_w4 * 1e-6) / 1e9
             c = w4_config(M, N, K)
-            kind = 'gemv' if c['GEMV'] else ('kn' if c.get('KN') else 'gemm')
-            cfg = f"{kind} {c['BM']}x{c['BN']} s{c['SPLIT']}"
+            if c.get("H2"):
+                cfg = f"h2 {c['H2_BN']} x {c['H2_BPS']} blocks"
+            else:
+                kind = 'gemv' if c['GEMV'] else ('kn' if c.get('KN') else 'gemm')
+                cfg = f"{kind} {c['BM']}x{c['BN']} s{c['SPLIT']}"
             line = (f"{K:>6} {N:>6} {M:>4} | {t_w4:8.1f} {t_bf:8.1f} {t_tg:8.1f} | "
                     f"{t_bf / t_w4:6.2f} {t_tg / t_w4:6.2f} | {gbs:8.0f} {100 * gbs * 1e9 / PEAK:5.1f}% | "
                     f"{cfg:<22} | {err:.2e}")

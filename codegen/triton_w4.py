@@ -134,6 +134,8 @@ def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]
         bm = _pow2(M)
         cfg = dict(GEMV=1, BM=bm, BN=64, num_warps=4, num_stages=1)
         per_sm = 8
+        if M == 1:
+            cfg.update(H2=1, **h2_config(N, K, interpret))
     elif M <= 16:
         cfg = dict(GEMV=0, BM=16, BN=64, SWAP=1, DOTS8=1, num_warps=4, num_stages=3)
         per_sm = 4
@@ -155,6 +157,29 @@ def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]
     return cfg
 
 
+def h2_config(N: int, K: int, interpret: bool = False) -> dict[str, int]:
+    """Blocks of the f16x2 GEMV (``w4_gemv_h2``, M = 1): 256 channels per program and the
+    fewest K blocks per program (a power of two >= 4) that keep the programs within two per
+    SM (``benchmarks/w4_gpu.py --sweep 1`` on an H200: fewer, longer programs overlap the weight
+    stream with the f16x2 arithmetic better than many short ones). One split on the
+    interpreter."""
+    bn = min(256, max(16, _pow2(N)))
+    nblk = -(-K // BLOCK)
+    if interpret:
+        return dict(H2_BN=bn, H2_BPS=_pow2(nblk))
+    tiles = -(-N // bn)
+    bps = 4
+    while bps < nblk and tiles * -(-nblk // bps) > 2 * SMS:
+        bps *= 2
+    return dict(H2_BN=bn, H2_BPS=min(bps, _pow2(nblk)))
+
+
+def h2_applies(M: int, xkind: str, packed: W4Packed) -> bool:
+    """Whether ``w4_gemv_h2`` takes this launch: one row of f16 / bf16 x (f32 x keeps f32
+    products) and groups of whole 128-code blocks."""
+    return M == 1 and xkind in ("f16", "bf16") and packed.ge >= BLOCK
+
+
 Launch = Callable[[Sequence[torch.Tensor]], None]
 
 
@@ -171,6 +196,11 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
         return lambda ts: None
     cfg = dict(config or w4_config(M, N, K, interpret))
     gemv = bool(cfg.pop("GEMV", M <= GEMV_MAX_M)) and cfg["BM"] >= M
+    h2 = gemv and bool(cfg.pop("H2", 0)) and h2_applies(M, spec.xkind, packed)
+    h2_bn, h2_bps = int(cfg.pop("H2_BN", 256)), int(cfg.pop("H2_BPS", 8))
+    if h2:
+        return _h2_launch(mod, spec, packed, N, K, interpret, h2_bn, h2_bps,
+                          int(cfg.get("num_warps", 4)))
     nblk = packed.kp // BLOCK
     config_split = int(cfg.pop("SPLIT", 1))
     split = max(1, min(config_split, nblk))
@@ -228,6 +258,43 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
         x, y = ts[xi], ts[yi]
         b = ts[bi] if bi >= 0 else S
         kern(x, P, S, zeros, b, y, ws, cnt, M, N, K, kw, nb_per, **flags, **cfg)
+
+    if not interpret:
+        return launch
+    import numpy as np
+
+    def interpreted(ts: Sequence[torch.Tensor]) -> None:
+        with np.errstate(all="ignore"):
+            launch(ts)
+    return interpreted
+
+
+def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: bool, bn: int,
+               bps: int, num_warps: int) -> Launch:
+    """The launch of ``w4_gemv_h2`` (one row of x): programs of ``bn`` channels x ``bps`` K
+    blocks (a power of two); splits > 1 share an f32 workspace [SPLIT, N] and a counter per
+    channel block as in :func:`make_launch`."""
+    if bps & (bps - 1) or bps < 1:
+        raise ValueError(f"H2_BPS must be a power of two, got {bps}")
+    nblk = packed.kp // BLOCK
+    split = -(-nblk // bps)
+    xi, bi, yi = spec.slots
+    dev = packed.scales.device
+    grid = (-(-N // bn), split)
+    zeros = packed.zeros if packed.zeros is not None else packed.scales
+    ws, cnt = packed.scales, packed.scales
+    if split > 1:
+        ws = torch.empty((split, N), dtype=torch.float32, device=dev)
+        cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
+    flags = dict(NB_PER=bps, HAS_ZERO=packed.zeros is not None, ZC=packed.zc, HAS_BIAS=bi >= 0,
+                 SPLIT=split, SPLIT_P2=_pow2(split), ROUND_BF16=spec.xkind == "bf16" and interpret,
+                 EVEN_K=K == packed.kp, ASM=not interpret, BN=bn, J=J, GB=packed.ge // BLOCK)
+    kern = mod.w4_gemv_h2[grid]
+    P, S = packed.qweight, packed.scales
+
+    def launch(ts: Sequence[torch.Tensor]) -> None:
+        b = ts[bi] if bi >= 0 else S
+        kern(ts[xi], P, S, zeros, b, ts[yi], ws, cnt, N, K, nblk, **flags, num_warps=num_warps)
 
     if not interpret:
         return launch

@@ -132,7 +132,7 @@ def w4_gemv(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
     rm = tl.arange(0, BM)
     mm = rm < M
     j = tl.arange(0, J)
-    wp = P + rnc[:, None] * KW + j[None, :]              # [BN, J] words, K fastest
+    wp = P + rnc[:, None] * J + j[None, :]               # [BN, J] words of block 0
     xp = X + rm.to(tl.int64)[:, None] * K + j[None, :]   # [BM, J]
     if BM == 1:
         acc = tl.zeros([1, 1, 1], tl.float32)
@@ -143,7 +143,7 @@ def w4_gemv(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
     b0 = pid_k * NB_PER
     b1 = tl.minimum(b0 + NB_PER, KW // J)
     for b in range(b0, b1):
-        w = tl.load(wp + b * J)
+        w = tl.load(wp + b * N * J)
         wh = w >> 20
         k0 = b * 8 * J
         if BM == 1:
@@ -224,7 +224,7 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
     j = tl.arange(0, J)
     kk = tl.arange(0, 8 * J)
     sh = tl.arange(0, 8) * 4
-    wp = P + rnc[:, None] * KW + j[None, :]             # [BN, J] words, K fastest
+    wp = P + rnc[:, None] * J + j[None, :]              # [BN, J] words of block 0
     xp = X + rmc[:, None] * K + kk[None, :]             # [BM, 8J]
     xj = X + rmc[:, None] * K + j[None, :]              # [BM, J]
     if SWAP:
@@ -234,7 +234,7 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
     b0 = pid_k * NB_PER
     b1 = tl.minimum(b0 + NB_PER, KW // J)
     for b in range(b0, b1):
-        w = tl.load(wp + b * J)
+        w = tl.load(wp + b * N * J)
         k0 = b * 8 * J
         if EVEN_K:
             x = tl.load(xp + k0)
@@ -358,6 +358,180 @@ def w4_gemm_kn(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NKB, NB_PER,
     _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, pid, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 '''
 
-SOURCE = HEADER + PRELUDE + KERNELS
+
+
+def _asm_word4() -> str:
+    """PTX of one f16x2 step over a thread's four consecutive words of one channel (see
+    ``w4_gemv_h2``). Operands: $0..$3 out (f32), $4..$7 the words, $8..$11 zz = (1024 + zeff)
+    in both f16 halves, $12..$27 the f16 pairs (x_j, x_64+j), (x_16+j / 16, x_80+j / 16),
+    (x_32+j, x_96+j), (x_48+j / 16, x_112+j / 16) of each word (bits: low half first). $0 gets
+    the four words' sum of x * (u - zeff); $1..$3 get 0."""
+    lines = ["{", ".reg .b32 a, b, c, d, t, h, g, z16;", ".reg .b16 hl, hh;", ".reg .f32 fl, fh;",
+             # 1024 + 16 zeff, for the nibbles read in place at bits 4..7 of a half
+             "and.b32 z16, $8, 0x000F000F;", "shl.b32 z16, z16, 4;", "or.b32 z16, z16, 0x64006400;"]
+    for q in range(4):
+        w = f"${4 + q}"
+        lines += [f"lop3.b32 a, {w}, 0x000F000F, 0x64006400, 0xEA;",    # (w & m) | magic
+                  f"lop3.b32 b, {w}, 0x00F000F0, 0x64006400, 0xEA;",
+                  f"shr.u32 t, {w}, 8;",
+                  "lop3.b32 c, t, 0x000F000F, 0x64006400, 0xEA;",
+                  "lop3.b32 d, t, 0x00F000F0, 0x64006400, 0xEA;",
+                  # (1024 + u) - (1024 + zeff): exact small integers (times 16 for b, d)
+                  "sub.f16x2 a, a, $8;", "sub.f16x2 b, b, z16;", "sub.f16x2 c, c, $8;", "sub.f16x2 d, d, z16;"]
+        if q == 0:
+            lines += [f"mul.f16x2 h, a, ${12 + q};", f"mul.f16x2 g, b, ${16 + q};"]
+        else:
+            lines += [f"fma.rn.f16x2 h, a, ${12 + q}, h;", f"fma.rn.f16x2 g, b, ${16 + q}, g;"]
+        lines += [f"fma.rn.f16x2 h, c, ${20 + q}, h;", f"fma.rn.f16x2 g, d, ${24 + q}, g;"]
+    lines += ["add.f16x2 h, h, g;", "mov.b32 {hl, hh}, h;", "cvt.f32.f16 fl, hl;", "cvt.f32.f16 fh, hh;",
+              "add.f32 $0, fl, fh;", "mov.b32 $1, 0f00000000;", "mov.b32 $2, 0f00000000;",
+              "mov.b32 $3, 0f00000000;", "}"]
+    return "\n".join(lines)
+
+
+H2_KERNEL = r'''
+
+_W4_ASM_WORD4 = tl.constexpr(%s)
+_W4_ASM_PACK2 = tl.constexpr("cvt.rn.f16x2.f32 $0, $2, $1;")
+
+
+@triton.jit
+def _w4_pack2(lo, hi):
+    """The f16 pair (lo, hi) as one int32 (lo in the low half), rounded to nearest."""
+    return tl.inline_asm_elementwise(_W4_ASM_PACK2, "=r,f,f", [lo, hi], dtype=tl.int32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+def _w4_maxabs(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _w4_sum(a, b):
+    return a + b
+
+
+@triton.jit
+def _w4_xblock(X, b, j, K, EVEN_K: tl.constexpr):
+    """x[k0 + i*16 + j] for i = 0..7 (k0 = 128 b) in f32: the values nibble i of word j meets."""
+    k = b * 128 + j
+    if EVEN_K:
+        r = (tl.load(X + k).to(tl.float32), tl.load(X + k + 16).to(tl.float32),
+             tl.load(X + k + 32).to(tl.float32), tl.load(X + k + 48).to(tl.float32),
+             tl.load(X + k + 64).to(tl.float32), tl.load(X + k + 80).to(tl.float32),
+             tl.load(X + k + 96).to(tl.float32), tl.load(X + k + 112).to(tl.float32))
+    else:
+        r = (tl.load(X + k, mask=k < K, other=0).to(tl.float32),
+             tl.load(X + k + 16, mask=k + 16 < K, other=0).to(tl.float32),
+             tl.load(X + k + 32, mask=k + 32 < K, other=0).to(tl.float32),
+             tl.load(X + k + 48, mask=k + 48 < K, other=0).to(tl.float32),
+             tl.load(X + k + 64, mask=k + 64 < K, other=0).to(tl.float32),
+             tl.load(X + k + 80, mask=k + 80 < K, other=0).to(tl.float32),
+             tl.load(X + k + 96, mask=k + 96 < K, other=0).to(tl.float32),
+             tl.load(X + k + 112, mask=k + 112 < K, other=0).to(tl.float32))
+    return r
+
+
+@triton.jit
+def _w4_f32_word(w, zf, x0, x1, x2, x3, x4, x5, x6, x7):
+    """sum_i x_i (u_i - zeff) of each word in f32 (the interpreter's stand-in for the PTX step:
+    same values up to the f16 rounding of the pairs and the f16x2 partial sums)."""
+    wh = w >> 20
+    r = x0[None, :] * (_w4_nib(w, wh, 0) - (zf + 8388608.0)[:, None])
+    r += (x1 * 0.0625)[None, :] * (_w4_nib(w, wh, 1) - (zf * 16.0 + 8388608.0)[:, None])
+    r += (x2 * 0.00390625)[None, :] * (_w4_nib(w, wh, 2) - (zf * 256.0 + 8388608.0)[:, None])
+    r += (x3 * 0.000244140625)[None, :] * (_w4_nib(w, wh, 3) - (zf * 4096.0 + 8388608.0)[:, None])
+    r += (x4 * 0.0000152587890625)[None, :] * (_w4_nib(w, wh, 4) - (zf * 65536.0 + 8388608.0)[:, None])
+    r += x5[None, :] * (_w4_nib(w, wh, 5) - (zf + 8388608.0)[:, None])
+    r += (x6 * 0.0625)[None, :] * (_w4_nib(w, wh, 6) - (zf * 16.0 + 8388608.0)[:, None])
+    r += (x7 * 0.00390625)[None, :] * (_w4_nib(w, wh, 7) - (zf * 256.0 + 8388608.0)[:, None])
+    return r
+
+
+@triton.jit
+def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
+               HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
+               SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, ROUND_BF16: tl.constexpr,
+               EVEN_K: tl.constexpr, ASM: tl.constexpr,
+               BN: tl.constexpr, J: tl.constexpr, GB: tl.constexpr):
+    # one row of f16 / bf16 x, group >= 128 (GB = group / 128 blocks share a scale)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mn = rn < N
+    rnc = tl.where(mn, rn, 0)
+    j = tl.arange(0, J)
+    wp = P + rnc[:, None] * J + j[None, :]
+    b0 = pid_k * NB_PER
+    nb = tl.minimum(NB_PER, NB - b0)
+    # one power-of-two scale 2^-e per program puts its x slice's amax in [8, 16): the f16
+    # products x (u - z) (|u - z| <= 15) and the sums of 16 of them stay far below 65504
+    kk = b0 * 128 + tl.arange(0, 128 * NB_PER)
+    xa = tl.abs(tl.load(X + kk, mask=kk < tl.minimum(K, (b0 + nb) * 128), other=0).to(tl.float32))
+    e = (tl.reduce(xa, 0, _w4_maxabs).to(tl.int32, bitcast=True) >> 23) & 255
+    e = tl.minimum(tl.maximum(e, 4), 254)
+    inv = ((257 - e) << 23).to(tl.float32, bitcast=True)
+    back = ((e - 3) << 23).to(tl.float32, bitcast=True)
+    inv16 = inv * 0.0625
+    acc = tl.zeros([BN, J], tl.float32)
+    # registers double-buffer the weight stream: block b + 1 loads while block b computes
+    w = tl.load(wp + b0 * N * J)
+    if HAS_ZERO:
+        zi = tl.load(Z + (b0 // GB) * N + rnc).to(tl.int32)
+    else:
+        zi = tl.zeros([BN], tl.int32) + ZC
+    s = tl.load(S + (b0 // GB) * N + rnc)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _w4_xblock(X, b0, j, K, EVEN_K)
+    for it in range(nb):
+        bq = b0 + tl.minimum(it + 1, nb - 1)
+        w_n = tl.load(wp + bq * N * J)
+        if HAS_ZERO:
+            zi_n = tl.load(Z + (bq // GB) * N + rnc).to(tl.int32)
+        else:
+            zi_n = zi
+        s_n = tl.load(S + (bq // GB) * N + rnc)
+        y0, y1, y2, y3, y4, y5, y6, y7 = _w4_xblock(X, bq, j, K, EVEN_K)
+        if ASM:
+            p04 = _w4_pack2(x0 * inv, x4 * inv)
+            p15 = _w4_pack2(x1 * inv16, x5 * inv16)
+            p26 = _w4_pack2(x2 * inv, x6 * inv)
+            p37 = _w4_pack2(x3 * inv16, x7 * inv16)
+            zz = (zi | 0x6400) * 0x10001
+            part = tl.inline_asm_elementwise(
+                _W4_ASM_WORD4, "=f,=f,=f,=f," + "r," * 23 + "r",
+                [w, zz[:, None], p04[None, :], p15[None, :], p26[None, :], p37[None, :]],
+                dtype=tl.float32, is_pure=True, pack=4)
+            acc += part * (s * back)[:, None]
+        else:
+            acc += _w4_f32_word(w, zi.to(tl.float32), x0, x1, x2, x3, x4, x5, x6, x7) * s[:, None]
+        w, zi, s = w_n, zi_n, s_n
+        x0, x1, x2, x3, x4, x5, x6, x7 = y0, y1, y2, y3, y4, y5, y6, y7
+    y = tl.reduce(acc, 1, _w4_sum)
+    if SPLIT > 1:
+        tl.store(WS + pid_k * N + rn, y, mask=mn)
+        tl.debug_barrier()
+        done = tl.atomic_add(CNT + pid_n, 1, sem="acq_rel", scope="gpu")
+        if done == SPLIT - 1:
+            # the last program of this channel block sums the partials (fixed tree order)
+            ks = tl.arange(0, SPLIT_P2)
+            t = tl.load(WS + ks[:, None] * N + rnc[None, :], mask=(ks < SPLIT)[:, None] & mn[None, :],
+                        other=0, cache_modifier=".cg")
+            y = tl.reduce(t, 0, _w4_sum)
+            if HAS_BIAS:
+                y = y + tl.load(B + rnc).to(tl.float32)
+            if ROUND_BF16:
+                y = _sf_round_bf16(y)
+            tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=mn)
+            tl.atomic_xchg(CNT + pid_n, 0)
+    else:
+        if HAS_BIAS:
+            y = y + tl.load(B + rnc).to(tl.float32)
+        if ROUND_BF16:
+            y = _sf_round_bf16(y)
+        tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=mn)
+''' % repr(_asm_word4())
+
+SOURCE = HEADER + PRELUDE + KERNELS + H2_KERNEL
 
 __all__ = ["SOURCE"]

@@ -10,12 +10,19 @@ Layout (exact):
   code 0 to ``Kp = ceil(K / 128) * 128``. The effective group ``GE`` is ``group`` (a power of
   two >= 16), or, when one group covers K (group 0 or group >= K), the next power of two >= Kp
   (every k then falls in group 0).
-- ``qweight`` int32 [N, Kp / 8], row major: word ``qweight[n, b * J + j]`` (block b, 0 <= j < J)
+- ``qweight`` int32 [Kp / 128, N, J], block major: word ``qweight[b, n, j]`` (block b, 0 <= j < J)
   holds in its bits ``4 i .. 4 i + 3`` (nibble i, 0 <= i < 8) the code ``u[n, b*8J + i*J + j]``.
+  One block of BN consecutive channels is one contiguous run of BN * 64 bytes, so a GEMV / GEMM
+  program's weight tile per K block is a single contiguous load (the row-major [N, Kp/8] form
+  scattered it over BN rows 64 bytes apart and streamed measurably slower).
   ``u`` is the code made unsigned: u = w for u4, u = w + 8 for i4. So nibble i of a block's J
   words is the contiguous slice ``i*J .. i*J + J - 1`` of the block: each nibble meets a
   contiguous slice of x, a thread's one 16-byte load holds 32 codes, and (J divides GE) each
-  nibble lies in one group; with GE >= 128 the whole block does.
+  nibble lies in one group; with GE >= 128 the whole block does. Read as half-words, a word's
+  bits ``w & 0x000F000F`` are the codes of nibbles 0 and 4 (k = j and 64 + j) in the low bits
+  of each 16-bit half, ``w & 0x00F000F0`` nibbles 1 and 5 times 16, and the same on ``w >> 8``
+  nibbles 2, 6 and 3, 7: OR-ing 0x6400 into each half makes f16 pairs 1024 + u (or 1024 + 16 u),
+  exactly, which the f16x2 GEMV (``triton_w4.py``) uses.
 - ``scales`` f32 [NGp, N] (transposed: the N scales of one group are contiguous),
   NGp = ceil(Kp / GE); rows past G are 0.
 - ``zeros`` uint8 [NGp, N] = the effective zero ``zeff`` = z (u4) or z + 8 (i4), so that
@@ -66,7 +73,7 @@ def w4_layout(k: int, group: int) -> tuple[int, int, int]:
 class W4Packed:
     """Packed constants of one qlinear (layout: module doc)."""
 
-    qweight: torch.Tensor            # int32 [N, Kp/8] (GEMV layout)
+    qweight: torch.Tensor            # int32 [Kp/128, N, J] (block major)
     scales: torch.Tensor             # f32 [NGp, N]
     zeros: torch.Tensor | None       # uint8 [NGp, N] effective zeros, or None
     zc: int                          # effective zero when ``zeros`` is None
@@ -78,7 +85,7 @@ class W4Packed:
 
     @property
     def kp(self) -> int:
-        return 8 * self.qweight.shape[1]
+        return BLOCK * self.qweight.shape[0]
 
     def to(self, device: torch.device | str) -> "W4Packed":
         """The same packing on ``device``."""
@@ -103,7 +110,7 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, gro
     shifts = (4 * torch.arange(8, device=w.device, dtype=torch.int64)).reshape(1, 1, 8, 1)
     words = (blocks << shifts).sum(dim=2)                   # disjoint bits: sum == or
     words = torch.where(words >= 2 ** 31, words - 2 ** 32, words)   # as int32 bit pattern
-    qweight = words.to(torch.int32).reshape(n, kp // 8)
+    qweight = words.to(torch.int32).permute(1, 0, 2)          # [b, n, word j]
     # GEMM layout: code 8 r + i of channel n in nibble i of word [r, n]
     wkn = (up.reshape(n, kp // 8, 8) << shifts.reshape(1, 1, 8)).sum(dim=2).T
     wkn = torch.where(wkn >= 2 ** 31, wkn - 2 ** 32, wkn).to(torch.int32)
@@ -122,7 +129,7 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, gro
 
 def _codes(p: W4Packed) -> torch.Tensor:
     """Unsigned codes u [N, K] (int64) read back from the words."""
-    wd = p.qweight.cpu().to(torch.int64).reshape(p.n, -1, 1, J) & 0xFFFFFFFF
+    wd = p.qweight.cpu().to(torch.int64).permute(1, 0, 2).reshape(p.n, -1, 1, J) & 0xFFFFFFFF
     shifts = (4 * torch.arange(8, dtype=torch.int64)).reshape(1, 1, 8, 1)
     return ((wd >> shifts) & 15).reshape(p.n, p.kp)[:, :p.k]
 
