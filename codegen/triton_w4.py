@@ -163,7 +163,7 @@ def h2_config(N: int, K: int, interpret: bool = False) -> dict[str, int]:
     SM (``benchmarks/w4_gpu.py --sweep 1`` on an H200: fewer, longer programs overlap the weight
     stream with the f16x2 arithmetic better than many short ones). One split on the
     interpreter."""
-    bn = min(256, max(16, _pow2(N)))
+    bn = min(256, max(32, _pow2(N)))
     nblk = -(-K // BLOCK)
     if interpret:
         return dict(H2_BN=bn, H2_BPS=_pow2(nblk))
@@ -276,6 +276,9 @@ def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: b
     channel block as in :func:`make_launch`."""
     if bps & (bps - 1) or bps < 1:
         raise ValueError(f"H2_BPS must be a power of two, got {bps}")
+    # the PTX step takes four consecutive words of one channel per thread (pack=4): a [bn, 16]
+    # word tile gives every thread at least four only from 8 channels per warp up
+    bn = max(bn, 8 * num_warps)
     nblk = packed.kp // BLOCK
     split = -(-nblk // bps)
     xi, bi, yi = spec.slots
