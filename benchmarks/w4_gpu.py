@@ -64,8 +64,8 @@ def tinygemm_setup(u: torch.Tensor, s: torch.Tensor, z: torch.Tensor):
 def variants(M: int) -> list[dict]:
     """Config variants timed by :func:`sweep` for one M (GEMM ones: the [K/8, N] ``KN`` kernel;
     the first entry of each M is the previous default of the nibble-block kernel)."""
-    mma = [dict(MMA=1, MMA_QPER=qp, MMA_WARPS=w, GEMV=int(M <= 4), BM=max(1, M), BN=64)
-           for qp in (4, 8, 16, 32) for w in (4, 8)]
+    mma = [dict(MMA=1, MMA_QPER=qp, MMA_WARPS=4, MMA_R=r, GEMV=int(M <= 4), BM=max(1, M), BN=64)
+           for qp in (8, 16, 32) for r in (1, 2, 4)]
     if M == 1:
         return mma + [dict(GEMV=1, BM=1, H2=1, H2_BN=bn, H2_BPS=bps, num_warps=w)
                       for bn in (128, 256) for bps in (8, 16) for w in (4,)] + \

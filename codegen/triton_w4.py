@@ -214,8 +214,9 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
     h2_bn, h2_bps = int(cfg.pop("H2_BN", 256)), int(cfg.pop("H2_BPS", 8))
     mma = bool(cfg.pop("MMA", 0)) and mma_applies(M, K, spec.xkind, packed, interpret)
     mma_q, mma_w = int(cfg.pop("MMA_QPER", 16)), int(cfg.pop("MMA_WARPS", 4))
+    mma_r = int(cfg.pop("MMA_R", 1))
     if mma:
-        return _mma_launch(mod, spec, packed, M, N, K, mma_q, mma_w)
+        return _mma_launch(mod, spec, packed, M, N, K, mma_q, mma_w, mma_r)
     if h2:
         return _h2_launch(mod, spec, packed, N, K, interpret, h2_bn, h2_bps,
                           int(cfg.get("num_warps", 4)))
@@ -296,16 +297,16 @@ def mma_applies(M: int, K: int, xkind: str, packed: W4Packed, interpret: bool) -
 
 
 def _mma_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, qper: int,
-                warps: int) -> Launch:
-    """The launch of ``w4_mma``: programs of ``warps`` row tiles (16 channels each) x ``qper``
-    64-code chunks; splits share an f32 workspace [SPLIT, M, N] and a counter per program
-    column, as in :func:`make_launch`."""
+                warps: int, rows: int = 1) -> Launch:
+    """The launch of ``w4_mma``: programs of ``warps`` x ``rows`` row tiles (16 channels each;
+    a warp takes ``rows`` of them per chunk) x ``qper`` 64-code chunks; splits share an f32
+    workspace [SPLIT, M, N] and a counter per program column, as in :func:`make_launch`."""
     assert packed.qmma is not None
     nq, nrt = packed.qmma.shape[0], packed.qmma.shape[1]
     split = -(-nq // qper)
     xi, bi, yi = spec.slots
     dev = packed.scales.device
-    grid = (-(-nrt // warps), split)
+    grid = (-(-nrt // (warps * rows)), split)
     zeros = packed.zeros if packed.zeros is not None else packed.scales
     ws, cnt = packed.scales, packed.scales
     if split > 1:
@@ -313,7 +314,7 @@ def _mma_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, qpe
         cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
     flags = dict(NQ_PER=qper, HAS_ZERO=packed.zeros is not None, ZC=packed.zc, HAS_BIAS=bi >= 0,
                  SPLIT=split, EVEN_K=K % 64 == 0, NT=1 if M <= 8 else 2, F16=spec.xkind == "f16",
-                 WARPS=warps, GQ=packed.ge // 64)
+                 WARPS=warps, GQ=packed.ge // 64, R=rows)
     kern = mod.w4_mma[grid]
     Q, S = packed.qmma, packed.scales
 

@@ -122,19 +122,21 @@ def _w4_mma_sum(Y, B, WS, ch, m, ok, M, N, SPLIT: tl.constexpr, HAS_BIAS: tl.con
 def w4_mma(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NQ, NRT,
            NQ_PER: tl.constexpr, HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
            SPLIT: tl.constexpr, EVEN_K: tl.constexpr, NT: tl.constexpr, F16: tl.constexpr,
-           WARPS: tl.constexpr, GQ: tl.constexpr):
-    # every tensor here has one element per thread (32 WARPS of them): element t is thread t,
-    # lane t %% 32 of warp t // 32, so the PTX step sees that lane's own fragments
+           WARPS: tl.constexpr, GQ: tl.constexpr, R: tl.constexpr):
+    # the tensors here are [R, 32 WARPS]: column t is thread t (lane t %% 32 of warp t // 32) and
+    # row j its j-th row tile, so the PTX step sees that lane's own fragments; x fragments
+    # ([1, 32 WARPS]) serve all R row tiles of a warp
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    t = tl.arange(0, 32 * WARPS)
+    t = tl.arange(0, 32 * WARPS)[None, :]
     lane = t %% 32
     g = lane // 4
     c = lane %% 4
-    rt = pid_n * WARPS + t // 32                       # the warp's row tile (NRT is padded)
-    wp = Q + (rt * 32 + lane) * 4
-    cg = tl.minimum(rt * 16 + g, N - 1)
-    cg8 = tl.minimum(rt * 16 + g + 8, N - 1)
+    rt = pid_n * WARPS * R + tl.arange(0, R)[:, None] * WARPS + t // 32
+    rtc = tl.minimum(rt, NRT - 1)
+    wp = Q + (rtc * 32 + lane) * 4
+    cg = tl.minimum(rtc * 16 + g, N - 1)
+    cg8 = tl.minimum(rtc * 16 + g + 8, N - 1)
     X32 = X.to(tl.pointer_type(tl.int32))
     q0 = pid_k * NQ_PER
     nq = tl.minimum(NQ_PER, NQ - q0)
@@ -142,7 +144,7 @@ def w4_mma(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NQ, NRT,
         mg = 0x6400
     else:
         mg = 0x4300
-    a00 = tl.zeros([32 * WARPS], tl.float32)
+    a00 = tl.zeros([R, 32 * WARPS], tl.float32)
     a01 = a00
     a02 = a00
     a03 = a00

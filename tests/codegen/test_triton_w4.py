@@ -162,9 +162,9 @@ CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
     # K, N tails, one / two n-tiles, groups 64 / 128 / 256 / all of K, 4 and 8 warps; odd K
     # is refused (x is read as pairs)
     (1, 300, 70, 128, False, "bf16", True, dict(MMA=1, MMA_QPER=2, MMA_WARPS=4, GEMV=1, BM=1, BN=16)),
-    (3, 520, 40, 64, True, "f16", False, dict(MMA=1, MMA_QPER=4, MMA_WARPS=8, GEMV=1, BM=4, BN=16)),
+    (3, 520, 40, 64, True, "f16", False, dict(MMA=1, MMA_QPER=4, MMA_WARPS=8, MMA_R=2, GEMV=1, BM=4, BN=16)),
     (9, 1000, 24, 0, False, "bf16", True, dict(MMA=1, MMA_QPER=8, MMA_WARPS=4, GEMV=0, BM=16, BN=16)),
-    (16, 256, 300, 256, False, "f16", True, dict(MMA=1, MMA_QPER=1, MMA_WARPS=4, GEMV=0, BM=16, BN=16)),
+    (16, 256, 300, 256, False, "f16", True, dict(MMA=1, MMA_QPER=1, MMA_WARPS=4, MMA_R=4, GEMV=0, BM=16, BN=16)),
     (16, 384, 136, 128, True, "bf16", True, None),
     (5, 77, 20, 128, False, "bf16", True, dict(MMA=1, MMA_QPER=1, GEMV=0, BM=16, BN=16)),
 ]
