@@ -64,15 +64,13 @@ def tinygemm_setup(u: torch.Tensor, s: torch.Tensor, z: torch.Tensor):
 def variants(M: int) -> list[dict]:
     """Config variants timed by :func:`sweep` for one M (GEMM ones: the [K/8, N] ``KN`` kernel;
     the first entry of each M is the previous default of the nibble-block kernel)."""
-    mma = [dict(MMA=1, MMA_QPER=qp, MMA_WARPS=4, MMA_R=r, GEMV=int(M <= 4), BM=max(1, M), BN=64)
-           for qp in (8, 16, 32) for r in (1, 2, 4)]
     if M == 1:
-        return mma + [dict(GEMV=1, BM=1, H2=1, H2_BN=bn, H2_BPS=bps, num_warps=w)
-                      for bn in (128, 256) for bps in (8, 16) for w in (4,)] + \
+        return [dict(GEMV=1, BM=1, H2=1, H2_BN=bn, H2_BPS=bps, num_warps=w)
+                for bn in (128, 256) for bps in (4, 8, 16, 32) for w in (4, 8)] + \
             [dict(GEMV=1, BM=1, BN=64, SPLIT=sp, num_warps=4, num_stages=1) for sp in (8, 16)]
     kn = dict(GEMV=0, KN=1, RESHAPE=1)
     if M == 16:
-        return mma + [dict(GEMV=0, BM=16, BN=64, SWAP=1, DOTS8=1, SPLIT=4, num_warps=4, num_stages=3)] + \
+        return [dict(GEMV=0, BM=16, BN=64, SWAP=1, DOTS8=1, SPLIT=4, num_warps=4, num_stages=3)] + \
             [dict(kn, BM=16, BN=bn, BK=bk, SWAP=1, SCALE_W=sc, SPLIT=sp, num_warps=4, num_stages=3)
              for bn in (64, 128) for bk in (64, 128) for sc in (0, 1) for sp in (4, 8)]
     if M == 64:
@@ -232,9 +230,7 @@ def main() -> None:
             nbytes = p.qweight.numel() * 4 + p.scales.numel() * 4 + p.zeros.numel() + 2 * M * (K + N)
             gbs = nbytes / (t_w4 * 1e-6) / 1e9
             c = w4_config(M, N, K)
-            if c.get("MMA"):
-                cfg = f"mma {c['MMA_WARPS']} tiles x {c['MMA_QPER']} chunks"
-            elif c.get("H2"):
+            if c.get("H2"):
                 cfg = f"h2 {c['H2_BN']} x {c['H2_BPS']} blocks"
             else:
                 kind = 'gemv' if c['GEMV'] else ('kn' if c.get('KN') else 'gemm')

@@ -154,21 +154,7 @@ def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]
     target = per_sm * SMS
     few = M <= 64 and tiles < target
     cfg["SPLIT"] = max(1, min(nblk, target // tiles)) if few and not interpret else 1
-    if M <= 16 and not interpret:
-        cfg.update(MMA=1, **mma_config(N, K))
     return cfg
-
-
-def mma_config(N: int, K: int, warps: int = 4) -> dict[str, int]:
-    """Chunks of the tensor-core kernel (``w4_mma``, M <= 16): ``warps`` row tiles of 16
-    channels per program and the fewest 64-code chunks per program (a power of two >= 4) that
-    keep the programs within eight per SM."""
-    cols = -(-N // (16 * warps))
-    nq = -(-K // 64)
-    qper = 4
-    while qper < nq and cols * -(-nq // qper) > 8 * SMS:
-        qper *= 2
-    return dict(MMA_QPER=min(qper, _pow2(nq)), MMA_WARPS=warps)
 
 
 def h2_config(N: int, K: int, interpret: bool = False) -> dict[str, int]:
@@ -212,11 +198,6 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
     gemv = bool(cfg.pop("GEMV", M <= GEMV_MAX_M)) and cfg["BM"] >= M
     h2 = gemv and bool(cfg.pop("H2", 0)) and h2_applies(M, spec.xkind, packed)
     h2_bn, h2_bps = int(cfg.pop("H2_BN", 256)), int(cfg.pop("H2_BPS", 8))
-    mma = bool(cfg.pop("MMA", 0)) and mma_applies(M, K, spec.xkind, packed, interpret)
-    mma_q, mma_w = int(cfg.pop("MMA_QPER", 16)), int(cfg.pop("MMA_WARPS", 4))
-    mma_r = int(cfg.pop("MMA_R", 1))
-    if mma:
-        return _mma_launch(mod, spec, packed, M, N, K, mma_q, mma_w, mma_r)
     if h2:
         return _h2_launch(mod, spec, packed, N, K, interpret, h2_bn, h2_bps,
                           int(cfg.get("num_warps", 4)))
@@ -286,43 +267,6 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
         with np.errstate(all="ignore"):
             launch(ts)
     return interpreted
-
-
-def mma_applies(M: int, K: int, xkind: str, packed: W4Packed, interpret: bool) -> bool:
-    """Whether ``w4_mma`` takes this launch: compiled (its PTX has no interpreter form), at most
-    16 rows of f16 / bf16 x, even K (x is read as pairs) and the tensor-core packing (groups
-    of at least 64)."""
-    return (not interpret and 1 <= M <= 16 and xkind in ("f16", "bf16") and K % 2 == 0
-            and packed.qmma is not None)
-
-
-def _mma_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, qper: int,
-                warps: int, rows: int = 1) -> Launch:
-    """The launch of ``w4_mma``: programs of ``warps`` x ``rows`` row tiles (16 channels each;
-    a warp takes ``rows`` of them per chunk) x ``qper`` 64-code chunks; splits share an f32
-    workspace [SPLIT, M, N] and a counter per program column, as in :func:`make_launch`."""
-    assert packed.qmma is not None
-    nq, nrt = packed.qmma.shape[0], packed.qmma.shape[1]
-    split = -(-nq // qper)
-    xi, bi, yi = spec.slots
-    dev = packed.scales.device
-    grid = (-(-nrt // (warps * rows)), split)
-    zeros = packed.zeros if packed.zeros is not None else packed.scales
-    ws, cnt = packed.scales, packed.scales
-    if split > 1:
-        ws = torch.empty((split, M, N), dtype=torch.float32, device=dev)
-        cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
-    flags = dict(NQ_PER=qper, HAS_ZERO=packed.zeros is not None, ZC=packed.zc, HAS_BIAS=bi >= 0,
-                 SPLIT=split, EVEN_K=K % 64 == 0, NT=1 if M <= 8 else 2, F16=spec.xkind == "f16",
-                 WARPS=warps, GQ=packed.ge // 64, R=rows)
-    kern = mod.w4_mma[grid]
-    Q, S = packed.qmma, packed.scales
-
-    def launch(ts: Sequence[torch.Tensor]) -> None:
-        b = ts[bi] if bi >= 0 else S
-        kern(ts[xi], Q, S, zeros, b, ts[yi], ws, cnt, M, N, K, nq, nrt, **flags, num_warps=warps)
-
-    return launch
 
 
 def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: bool, bn: int,

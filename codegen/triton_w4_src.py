@@ -532,8 +532,6 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
         tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=mn)
 ''' % repr(_asm_word4())
 
-from .triton_w4_mma_src import MMA_KERNEL  # noqa: E402
-
-SOURCE = HEADER + PRELUDE + KERNELS + H2_KERNEL + MMA_KERNEL
+SOURCE = HEADER + PRELUDE + KERNELS + H2_KERNEL
 
 __all__ = ["SOURCE"]

@@ -44,8 +44,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .w4pack_mma import CHUNK, pack_mma
-
 J = 16             # words per block (a block is 8 J codes: the kernels' K step)
 BLOCK = 8 * J
 
@@ -84,7 +82,6 @@ class W4Packed:
     ge: int                          # effective group
     signed: bool                     # i4 codes (stored + 8)
     qkn: torch.Tensor | None = None  # int32 [Kp/8, N] (GEMM layout)
-    qmma: torch.Tensor | None = None  # int32 [Kq/64, Np/16, 32, 4] (tensor-core layout, w4pack_mma)
 
     @property
     def kp(self) -> int:
@@ -94,9 +91,8 @@ class W4Packed:
         """The same packing on ``device``."""
         z = self.zeros.to(device) if self.zeros is not None else None
         kn = self.qkn.to(device) if self.qkn is not None else None
-        mm = self.qmma.to(device) if self.qmma is not None else None
         return W4Packed(self.qweight.to(device), self.scales.to(device), z, self.zc, self.n,
-                        self.k, self.ge, self.signed, kn, mm)
+                        self.k, self.ge, self.signed, kn)
 
 
 def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group: int,
@@ -127,10 +123,8 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, gro
         z2 = zero.reshape(n, -1).to(device=w.device, dtype=torch.int32) + zc
         zeros = torch.zeros(ngp, n, dtype=torch.uint8, device=w.device)
         zeros[:z2.shape[1]] = z2.T.to(torch.uint8)
-    # tensor-core layout where every 64-code chunk lies in one group
-    qmma = pack_mma(u) if ge >= CHUNK else None
     return W4Packed(qweight.contiguous(), scales.contiguous(), zeros, zc, n, k, ge, signed,
-                    wkn.contiguous(), qmma)
+                    wkn.contiguous())
 
 
 def _codes(p: W4Packed) -> torch.Tensor:

@@ -28,7 +28,6 @@ from scalefold.ir.ops.quant import dequant_weight  # noqa: E402
 from scalefold.passes.wq_int import int_dequantize, int_quantize  # noqa: E402
 from scalefold.runtime import interp  # noqa: E402
 from scalefold.runtime.w4pack_gpu import dequant, pack_w4, unpack_codes, w4_layout  # noqa: E402
-from scalefold.runtime.w4pack_mma import unpack_mma  # noqa: E402
 
 
 XT = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -107,19 +106,6 @@ def test_pack_unpacks_exactly(K: int, group: int, bits: int, sym: bool) -> None:
     for r in (0, kp // 8 - 1):
         word = int(p.qkn[r, 5]) & 0xFFFFFFFF
         assert [(word >> (4 * i)) & 15 for i in range(8)] == [int(u[5, 8 * r + i]) for i in range(8)]
-    # tensor-core layout: word [q, r, lane, t] (w4pack_mma), wherever a chunk lies in one group
-    if ge >= 64:
-        assert p.qmma is not None and tuple(p.qmma.shape) == (-(-K // 64), -(-19 // 128) * 8, 32, 4)
-        assert torch.equal(unpack_mma(p.qmma, 19, K), u[:, :K])
-        lane, q, t = 4 * 2 + 1, 0, 2                 # channel g = 2 (+ 8 h), c = 1
-        word = int(p.qmma[q, 0, lane, t]) & 0xFFFFFFFF
-        for h in range(2):
-            for e in range(4):
-                nib, kk = 2 * (e // 2) + h + 4 * (e % 2), 64 * q + 16 + 4 * t + e
-                want = int(u[2 + 8 * h, kk]) if kk < K else 0
-                assert (word >> (4 * nib)) & 15 == want
-    else:
-        assert p.qmma is None
     ref = dequant_weight(c, s, z, group, False)
     assert torch.equal(dequant(p), ref)
     zz = z.reshape(19, -1).long() if z is not None else None
@@ -158,15 +144,6 @@ CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
     (1, 1000, 24, 0, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=4)),
     (1, 256, 16, 128, False, "f16", True, None),
     (1, 384, 300, 128, False, "bf16", True, None),
-    # the tensor-core kernel (GPU only; the interpreter runs the other kernels): splits, short
-    # K, N tails, one / two n-tiles, groups 64 / 128 / 256 / all of K, 4 and 8 warps; odd K
-    # is refused (x is read as pairs)
-    (1, 300, 70, 128, False, "bf16", True, dict(MMA=1, MMA_QPER=2, MMA_WARPS=4, GEMV=1, BM=1, BN=16)),
-    (3, 520, 40, 64, True, "f16", False, dict(MMA=1, MMA_QPER=4, MMA_WARPS=8, MMA_R=2, GEMV=1, BM=4, BN=16)),
-    (9, 1000, 24, 0, False, "bf16", True, dict(MMA=1, MMA_QPER=8, MMA_WARPS=4, GEMV=0, BM=16, BN=16)),
-    (16, 256, 300, 256, False, "f16", True, dict(MMA=1, MMA_QPER=1, MMA_WARPS=4, MMA_R=4, GEMV=0, BM=16, BN=16)),
-    (16, 384, 136, 128, True, "bf16", True, None),
-    (5, 77, 20, 128, False, "bf16", True, dict(MMA=1, MMA_QPER=1, GEMV=0, BM=16, BN=16)),
 ]
 
 
