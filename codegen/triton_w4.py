@@ -198,9 +198,10 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
     gemv = bool(cfg.pop("GEMV", M <= GEMV_MAX_M)) and cfg["BM"] >= M
     h2 = gemv and bool(cfg.pop("H2", 0)) and h2_applies(M, spec.xkind, packed)
     h2_bn, h2_bps = int(cfg.pop("H2_BN", 256)), int(cfg.pop("H2_BPS", 8))
+    h2_opts = dict(FOLD=int(cfg.pop("H2_FOLD", 0)), EVICT=int(cfg.pop("H2_EVICT", 0)))
     if h2:
         return _h2_launch(mod, spec, packed, N, K, interpret, h2_bn, h2_bps,
-                          int(cfg.get("num_warps", 4)))
+                          int(cfg.get("num_warps", 4)), h2_opts)
     nblk = packed.kp // BLOCK
     config_split = int(cfg.pop("SPLIT", 1))
     split = max(1, min(config_split, nblk))
@@ -270,7 +271,7 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
 
 
 def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: bool, bn: int,
-               bps: int, num_warps: int) -> Launch:
+               bps: int, num_warps: int, opts: dict[str, int] | None = None) -> Launch:
     """The launch of ``w4_gemv_h2`` (one row of x): programs of ``bn`` channels x ``bps`` K
     blocks (a power of two); splits > 1 share an f32 workspace [SPLIT, N] and a counter per
     channel block as in :func:`make_launch`."""
@@ -291,7 +292,9 @@ def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: b
         cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
     flags = dict(NB_PER=bps, HAS_ZERO=packed.zeros is not None, ZC=packed.zc, HAS_BIAS=bi >= 0,
                  SPLIT=split, SPLIT_P2=_pow2(split), ROUND_BF16=spec.xkind == "bf16" and interpret,
-                 EVEN_K=K == packed.kp, ASM=not interpret, BN=bn, J=J, GB=packed.ge // BLOCK)
+                 EVEN_K=K == packed.kp, ASM=not interpret, BN=bn, J=J, GB=packed.ge // BLOCK,
+                 FOLD=0, EVICT=0)
+    flags.update(opts or {})
     kern = mod.w4_gemv_h2[grid]
     P, S = packed.qweight, packed.scales
 

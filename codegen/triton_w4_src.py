@@ -360,7 +360,7 @@ def w4_gemm_kn(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NKB, NB_PER,
 
 
 
-def _asm_word4() -> str:
+def _asm_word4(fold: bool = False) -> str:
     """PTX of one f16x2 step over a thread's four consecutive words of one channel (see
     ``w4_gemv_h2``). Operands: $0..$3 out (f32), $4..$7 the words, $8..$11 zz = (1024 + zeff)
     in both f16 halves, $12..$27 the f16 pairs (x_j, x_64+j), (x_16+j / 16, x_80+j / 16),
@@ -383,15 +383,21 @@ def _asm_word4() -> str:
         else:
             lines += [f"fma.rn.f16x2 h, a, ${12 + q}, h;", f"fma.rn.f16x2 g, b, ${16 + q}, g;"]
         lines += [f"fma.rn.f16x2 h, c, ${20 + q}, h;", f"fma.rn.f16x2 g, d, ${24 + q}, g;"]
-    lines += ["add.f16x2 h, h, g;", "mov.b32 {hl, hh}, h;", "cvt.f32.f16 fl, hl;", "cvt.f32.f16 fh, hh;",
-              "add.f32 $0, fl, fh;", "mov.b32 $1, 0f00000000;", "mov.b32 $2, 0f00000000;",
-              "mov.b32 $3, 0f00000000;", "}"]
+    lines += ["add.f16x2 h, h, g;", "mov.b32 {hl, hh}, h;", "cvt.f32.f16 fl, hl;", "cvt.f32.f16 fh, hh;"]
+    if fold:
+        # acc' = acc + sum * (scale 2^e) in the first of the four registers, the rest unchanged
+        lines += ["add.f32 fl, fl, fh;", "fma.rn.f32 $0, fl, $32, $28;", "mov.b32 $1, $29;",
+                  "mov.b32 $2, $30;", "mov.b32 $3, $31;", "}"]
+    else:
+        lines += ["add.f32 $0, fl, fh;", "mov.b32 $1, 0f00000000;", "mov.b32 $2, 0f00000000;",
+                  "mov.b32 $3, 0f00000000;", "}"]
     return "\n".join(lines)
 
 
 H2_KERNEL = r'''
 
 _W4_ASM_WORD4 = tl.constexpr(%s)
+_W4_ASM_WORD4_FOLD = tl.constexpr(%s)
 _W4_ASM_PACK2 = tl.constexpr("cvt.rn.f16x2.f32 $0, $2, $1;")
 
 
@@ -453,7 +459,7 @@ def _w4_f32_word(w, zf, x0, x1, x2, x3, x4, x5, x6, x7):
 def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
                HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
                SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, ROUND_BF16: tl.constexpr,
-               EVEN_K: tl.constexpr, ASM: tl.constexpr,
+               EVEN_K: tl.constexpr, ASM: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr,
                BN: tl.constexpr, J: tl.constexpr, GB: tl.constexpr):
     # one row of f16 / bf16 x, group >= 128 (GB = group / 128 blocks share a scale)
     pid_n = tl.program_id(0)
@@ -476,7 +482,10 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
     inv16 = inv * 0.0625
     acc = tl.zeros([BN, J], tl.float32)
     # registers double-buffer the weight stream: block b + 1 loads while block b computes
-    w = tl.load(wp + b0 * N * J)
+    if EVICT:
+        w = tl.load(wp + b0 * N * J, eviction_policy="evict_first")
+    else:
+        w = tl.load(wp + b0 * N * J)
     if HAS_ZERO:
         zi = tl.load(Z + (b0 // GB) * N + rnc).to(tl.int32)
     else:
@@ -485,7 +494,10 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
     x0, x1, x2, x3, x4, x5, x6, x7 = _w4_xblock(X, b0, j, K, EVEN_K)
     for it in range(nb):
         bq = b0 + tl.minimum(it + 1, nb - 1)
-        w_n = tl.load(wp + bq * N * J)
+        if EVICT:
+            w_n = tl.load(wp + bq * N * J, eviction_policy="evict_first")
+        else:
+            w_n = tl.load(wp + bq * N * J)
         if HAS_ZERO:
             zi_n = tl.load(Z + (bq // GB) * N + rnc).to(tl.int32)
         else:
@@ -498,11 +510,18 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
             p26 = _w4_pack2(x2 * inv, x6 * inv)
             p37 = _w4_pack2(x3 * inv16, x7 * inv16)
             zz = (zi | 0x6400) * 0x10001
-            part = tl.inline_asm_elementwise(
-                _W4_ASM_WORD4, "=f,=f,=f,=f," + "r," * 23 + "r",
-                [w, zz[:, None], p04[None, :], p15[None, :], p26[None, :], p37[None, :]],
-                dtype=tl.float32, is_pure=True, pack=4)
-            acc += part * (s * back)[:, None]
+            if FOLD:
+                sb = (s * back)[:, None] + tl.zeros([BN, J], tl.float32)
+                acc = tl.inline_asm_elementwise(
+                    _W4_ASM_WORD4_FOLD, "=f,=f,=f,=f," + "r," * 24 + "f," * 7 + "f",
+                    [w, zz[:, None], p04[None, :], p15[None, :], p26[None, :], p37[None, :], acc, sb],
+                    dtype=tl.float32, is_pure=True, pack=4)
+            else:
+                part = tl.inline_asm_elementwise(
+                    _W4_ASM_WORD4, "=f,=f,=f,=f," + "r," * 23 + "r",
+                    [w, zz[:, None], p04[None, :], p15[None, :], p26[None, :], p37[None, :]],
+                    dtype=tl.float32, is_pure=True, pack=4)
+                acc += part * (s * back)[:, None]
         else:
             acc += _w4_f32_word(w, zi.to(tl.float32), x0, x1, x2, x3, x4, x5, x6, x7) * s[:, None]
         w, zi, s = w_n, zi_n, s_n
@@ -530,7 +549,7 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
         if ROUND_BF16:
             y = _sf_round_bf16(y)
         tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=mn)
-''' % repr(_asm_word4())
+''' % (repr(_asm_word4()), repr(_asm_word4(True)))
 
 SOURCE = HEADER + PRELUDE + KERNELS + H2_KERNEL
 

@@ -141,6 +141,8 @@ CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
     # a group of two blocks, one group for all of K, no zero point, the default config
     (1, 300, 70, 128, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=1)),
     (1, 520, 40, 256, True, "f16", False, dict(GEMV=1, BM=1, H2=1, H2_BN=16, H2_BPS=2)),  # BN -> 32
+    (1, 700, 90, 128, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=64, H2_BPS=2, H2_FOLD=1,
+                                                H2_EVICT=1, num_warps=8)),
     (1, 1000, 24, 0, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=4)),
     (1, 256, 16, 128, False, "f16", True, None),
     (1, 384, 300, 128, False, "bf16", True, None),
