@@ -65,15 +65,15 @@ def variants(M: int) -> list[dict]:
     """Config variants timed by :func:`sweep` for one M (GEMM ones: the [K/8, N] ``KN`` kernel;
     the first entry of each M is the previous default of the nibble-block kernel)."""
     if M == 1:
-        return [dict(GEMV=1, BM=1, H2=1, H2_BN=bn, H2_BPS=bps, H2_FOLD=fo, H2_EVICT=ev, num_warps=w)
-                for bn in (128, 256) for bps in (8, 16) for w in (4, 8) for fo in (0, 1)
-                for ev in (0, 1)] + \
+        return [dict(GEMV=1, BM=1, H2=1, H2_BN=bn, H2_BPS=bps, H2_FOLD=1, H2_EVICT=ev, num_warps=4)
+                for bn in (128, 256) for bps in (4, 8, 16) for ev in (0, 1)] + \
             [dict(GEMV=1, BM=1, BN=64, SPLIT=sp, num_warps=4, num_stages=1) for sp in (8, 16)]
     kn = dict(GEMV=0, KN=1, RESHAPE=1)
     if M == 16:
-        return [dict(GEMV=0, BM=16, BN=64, SWAP=1, DOTS8=1, SPLIT=4, num_warps=4, num_stages=3)] + \
-            [dict(kn, BM=16, BN=bn, BK=bk, SWAP=1, SCALE_W=sc, SPLIT=sp, num_warps=4, num_stages=3)
-             for bn in (64, 128) for bk in (64, 128) for sc in (0, 1) for sp in (4, 8)]
+        return [dict(GEMV=0, BM=16, BN=bn, SWAP=1, DOTS8=1, SPLIT=sp, EVICT=ev, num_warps=4, num_stages=3)
+                for bn in (64, 128) for sp in (4, 8) for ev in (0, 1)] + \
+            [dict(kn, BM=16, BN=128, BK=64, SWAP=1, SCALE_W=sc, SPLIT=8, num_warps=4, num_stages=3)
+             for sc in (0, 1)]
     if M == 64:
         return [dict(GEMV=0, BM=64, BN=128, SWAP=0, SPLIT=1, num_warps=4, num_stages=4)] + \
             [dict(kn, BM=64, BN=bn, BK=128, SCALE_W=sc, SPLIT=sp, num_warps=4, num_stages=3)

@@ -215,7 +215,7 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
             HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
             SPLIT: tl.constexpr, ROUND_BF16: tl.constexpr, EVEN_K: tl.constexpr,
             KIND: tl.constexpr, FAST16: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr,
-            DOTS8: tl.constexpr,
+            DOTS8: tl.constexpr, EVICT: tl.constexpr,
             BM: tl.constexpr, BN: tl.constexpr, J: tl.constexpr, GE: tl.constexpr,
             GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
@@ -234,7 +234,11 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
     b0 = pid_k * NB_PER
     b1 = tl.minimum(b0 + NB_PER, KW // J)
     for b in range(b0, b1):
-        w = tl.load(wp + b * N * J)
+        if EVICT:
+            # M <= 32: every weight tile is read once; keep it from evicting x and the partials
+            w = tl.load(wp + b * N * J, eviction_policy="evict_first")
+        else:
+            w = tl.load(wp + b * N * J)
         k0 = b * 8 * J
         if EVEN_K:
             x = tl.load(xp + k0)
