@@ -12,10 +12,10 @@ import torch
 
 from ..ir.graph import Graph, Node
 from .awq_block import block_of, capture, search_block_scale
-from .calibrate import stats_for
+from .calibrate import ChannelStats, stats_for
 from .counters import bump
 from .pipeline import register_pass
-from .scale_move import Refusal, apply_explicit, consumer_groups, plan_scale
+from .scale_move import Refusal, ScalePlan, apply_explicit, consumer_groups, plan_scale
 from .smooth import report_refusal
 
 PASS = "awq_scales"
@@ -139,29 +139,46 @@ def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, 
         plan = plan_scale(graph, x)
         if not plan.consumers:
             continue
-        weights = _consumer_weights(plan.consumers)
-        gram = (cs.gram / max(cs.rows, 1)).to(torch.float32)
-        blk = block_of(graph, plan.consumers) if batches is not None and \
-            all(c.op == "linear" for c in plan.consumers) else None
-        if blk is not None:
-            data = capture(graph, blk[0], blk[1], batches)
-            s, r, _ = search_block_scale(data, plan.consumers, cs.mean_abs_floored(),
-                                         lambda w: fake_quant_int(w, bits, group, sym), grid)
-            bump(PASS, "block_loss")
-        else:
-            s, r, _ = search_scale(weights, cs.mean_abs_floored(), gram, bits, group, grid, sym)
-        if r == 0.0:
-            bump(PASS, "identity")
-            continue
-        if isinstance(plan, Refusal):
-            report_refusal(PASS, "into_producer", plan)
-            apply_explicit(graph, x, plan.consumers, s)
-            bump(PASS, "explicit_mul")
-        else:
-            plan.apply(graph, s)
-            bump(PASS, f"into_{plan.absorber}")
-        bump(PASS, "scaled")
+        s, r = search_for(graph, plan.consumers, cs, batches, bits, group, grid, sym)
+        apply_scale(graph, plan, s, r)
     return graph
 
 
-__all__ = ["awq_scales", "fake_quant_int", "output_mse", "search_scale"]
+def search_for(graph: Graph, consumers: list[Node], cs: ChannelStats, batches: Any, bits: int, group: int,
+               grid: int, sym: bool) -> tuple[torch.Tensor, float]:
+    """AWQ's scale search for one activation X read by ``consumers``, from X's calibration
+    stats ``cs`` (mean|x| and Gram matrix) measured on ``graph``: the block-output loss when
+    ``batches`` (a list) are given and the consumers meet in a block, else the Gram loss.
+    Returns (s [K] float64, the winning exponent r)."""
+    assert cs.gram is not None
+    blk = block_of(graph, consumers) if batches is not None and \
+        all(c.op == "linear" for c in consumers) else None
+    if blk is not None:
+        data = capture(graph, blk[0], blk[1], batches)
+        s, r, _ = search_block_scale(data, consumers, cs.mean_abs_floored(),
+                                     lambda w: fake_quant_int(w, bits, group, sym), grid)
+        bump(PASS, "block_loss")
+        return s, r
+    gram = (cs.gram / max(cs.rows, 1)).to(torch.float32)
+    s, r, _ = search_scale(_consumer_weights(consumers), cs.mean_abs_floored(), gram, bits, group, grid, sym)
+    return s, r
+
+
+def apply_scale(graph: Graph, plan: ScalePlan | Refusal, s: torch.Tensor, r: float) -> bool:
+    """Fold the searched ``s`` into the graph along ``plan`` (into the producer, or an explicit
+    ``mul`` on a refusal); nothing when r = 0 won. Returns whether the graph changed."""
+    if r == 0.0:
+        bump(PASS, "identity")
+        return False
+    if isinstance(plan, Refusal):
+        report_refusal(PASS, "into_producer", plan)
+        apply_explicit(graph, plan.value, plan.consumers, s)
+        bump(PASS, "explicit_mul")
+    else:
+        plan.apply(graph, s)
+        bump(PASS, f"into_{plan.absorber}")
+    bump(PASS, "scaled")
+    return True
+
+
+__all__ = ["apply_scale", "awq_scales", "fake_quant_int", "output_mse", "search_for", "search_scale"]

@@ -38,6 +38,7 @@ from .wq_fp import FP4_FORMATS, fp4_codes, fp8_codes, search_clip, search_fp4, f
 from .wq_gptq import gptq_quantize
 from .wq_int import clip_search, int_quantize
 from .wq_moe import quantize_moes
+from .wq_seq import run_sequential
 
 PASS = "quant_weights"
 INT_BITS = {"int3": 3, "int4": 4, "int8": 8}
@@ -210,7 +211,8 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
                   method: str = "rtn", sym: bool = False, grid: int = 20, act: str = "none",
                   clip: str = "no_qk", overrides: Any = None, budget: float | None = None,
                   mixed: str = "int8", sensitivity: str = "output", act_format: str | None = None,
-                  points: int = 100, act_reparam: bool = True, rounding: str = "nearest") -> Graph:
+                  points: int = 100, act_reparam: bool = True, rounding: str = "nearest",
+                  sequential: bool = False) -> Graph:
     """Weight-only quantisation of every ``linear`` with constant 2-D weight (and constant or no
     bias) into ``qlinear``.
 
@@ -224,6 +226,13 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     - ``rounding`` nearest | gptq (integer formats: GPTQ's error-compensating rounding on
       the calibration Hessian XᵀX, after any AWQ scaling / clipping; ``wq_gptq.py``; same
       codes format, needs calibration).
+    - ``sequential`` (default False): calibrate stage by stage in graph order (a stage = the
+      linears reading one activation) on the graph whose earlier linears are already
+      quantised, as GPTQ does (``wq_seq.py``): AWQ's scale search (interleaved, not run up
+      front), the clip search and GPTQ see the inputs the quantised model produces. Only for
+      calibrated quantisers (``method`` awq/search or ``rounding=gptq``; RTN ignores it); needs
+      ``calibration`` as a list of batches (statistics are re-measured per stage). Budget
+      trials and ``act_format`` statistics stay one-shot.
     - ``act`` none | int8 (activations quantised per token at run time).
     - ``act_format`` None | fp8_e4m3 | fp4_e2m1: per-tensor FP activation quantisation with
       the 2^k exponent-bias reparameterisation (needs calibration; ``act_reparam=False``
@@ -236,8 +245,11 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     ``moe`` nodes with constant experts become ``qmoe`` (expert weights quantised like linears,
     router float; ``passes/wq_moe.py``).
 
-    Pre: float graph. Post: quantised linears replaced by qlinear, moe by qmoe; other ops
-    untouched; the function changes by the quantisation error only.
+    Pre: float graph; ``sequential=True`` with a calibrated quantiser needs calibration batches
+    (a list), not saved Stats. Post: quantised linears replaced by qlinear, moe by qmoe; other
+    ops untouched (AWQ may fold scales into producers or add a per-channel ``mul``); the
+    function changes by the quantisation error only. With ``sequential``, each linear was
+    quantised with the Gram matrix of the input it reads in the returned graph.
     Rules (counters): ``<format>`` per linear (``fp4_e2m1``/``fp4_e3m0``/``fp4_e1m2`` for a
     searched FP4 layer), ``clipped`` per int linear after the clip search, ``searched`` per fp
     linear searched, ``gptq`` per linear rounded by GPTQ, ``kept_float`` per linear left float, ``act_<fmt>`` per activation
@@ -263,8 +275,13 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
         raise ScalefoldError(f"quant_weights: method={method}{', rounding=gptq' if rounding == 'gptq' else ''}"
                              f"{', act_format' if act_format else ''}{', budget' if budget is not None else ''}"
                              " needs calibration data (calibration=...)")
+    if not isinstance(sequential, bool):
+        raise ScalefoldError(f"quant_weights: sequential must be true or false, got {sequential!r}")
+    # sequential only changes layers whose quantiser reads calibration statistics
+    seq = sequential and (method != "rtn" or rounding == "gptq")
     qact = "per_token" if act == "int8" else "none"
-    if method == "awq" and format in INT_BITS:
+    awq_int = method == "awq" and format in INT_BITS
+    if awq_int and not seq:
         graph = awq_scales(graph, calibration, bits=INT_BITS[format], group=group, grid=grid, sym=sym)
     nodes = [n for n in graph.nodes if quantizable_linear(n)]
     ovr = parse_layer_overrides(overrides, base)
@@ -282,7 +299,8 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
             grams[key] = (cs.gram / max(cs.rows, 1)).to(torch.float32)
     # moe experts -> qmoe (wq_moe.py), before any rewrite below changes the graph that saved
     # calibration stats describe
-    quantize_moes(graph, base, ovr, calibration, points)
+    if not seq:
+        quantize_moes(graph, base, ovr, calibration, points)
     no_clip = qk_linears(graph) if clip == "no_qk" else set()
     if budget is not None:
         from .wq_mixed import assign_budget
@@ -302,13 +320,27 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
             xs = {id(n.inputs[0]): n.inputs[0] for n in nodes if settings[id(n)] != "float"}
             st = stats_for(graph, calibration, list(xs.values()), gram=list(xs.values()))
             grams = {k: (st[v].gram / max(st[v].rows, 1)).to(torch.float32) for k, v in xs.items()}
+    if seq:
+        def quantize(n: Node, s: LayerSetting, gram: torch.Tensor) -> None:
+            bump(PASS, _quantize_one(graph, n, s, gram, clip != "none" and id(n) not in no_clip, qact, points,
+                                     rounding))
+        for n in nodes:
+            if settings[id(n)] == "float":
+                bump(PASS, "kept_float")
+        run_sequential(graph, nodes, settings, calibration, quantize,
+                       (INT_BITS[format], group, grid, sym) if awq_int else None)
+        quantize_moes(graph, base, ovr, calibration, points)
+        return graph
+    # looked up before any replacement: a linear reading another one's output would otherwise
+    # read the new qlinear's output Value, which has no Gram entry
+    node_gram = {id(n): grams.get(id(n.inputs[0])) for n in nodes}
     for n in nodes:
         s = settings[id(n)]
         if s == "float":
             bump(PASS, "kept_float")
             continue
         assert isinstance(s, LayerSetting)
-        rule = _quantize_one(graph, n, s, grams.get(id(n.inputs[0])), clip != "none" and id(n) not in no_clip,
+        rule = _quantize_one(graph, n, s, node_gram[id(n)], clip != "none" and id(n) not in no_clip,
                              qact, points, rounding)
         bump(PASS, rule)
     return graph
