@@ -97,8 +97,24 @@ def build_triton(graph: Graph, device: str | torch.device | None = None,
     params = {tk.name: tk.params for tk in rendered}
     if cuda_graphs is None:
         cuda_graphs = os.environ.get("SCALEFOLD_CUDA_GRAPHS", "1") != "0"
-    ex = Executor(graph, sched, fns, params, device=dev, cuda_graphs=cuda_graphs)
+    ex = Executor(graph, sched, fns, params, device=dev, cuda_graphs=cuda_graphs,
+                  host_only=_packed_only(rendered))
     return CompiledModel(graph, "triton", ex, {tk.name: tk.source for tk in rendered}, sched)
+
+
+def _packed_only(rendered: list) -> set[int]:
+    """Ids of constants that only W4 kernels read, and only through their packed copies (the
+    codes, scales and zero points): keeping the one-byte-per-code IR copy on the GPU as well
+    would cost more memory than bf16 weights."""
+    packed: set[int] = set()
+    other: set[int] = set()
+    for tk in rendered:
+        ins = tk.kernel.inputs
+        only = set(tk.meta.packed_inputs(len(ins))) if tk.launch == "w4" else set()
+        for i, v in enumerate(ins):
+            if v is not None and v.is_const:
+                (packed if i in only else other).add(id(v))
+    return packed - other
 
 
 def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, passes: Iterable[str] = (),

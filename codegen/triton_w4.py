@@ -111,9 +111,14 @@ class W4Spec:
     group: int
     signed: bool
 
-    def pack(self, device: torch.device | str) -> W4Packed:
-        """The packed constants on ``device``."""
-        return pack_w4(self.w, self.scale, self.zero, self.group, self.signed).to(device)
+    def pack(self, device: torch.device | str, kn: bool = True) -> W4Packed:
+        """The packed constants on ``device`` (``kn=False``: without the GEMM layout)."""
+        return pack_w4(self.w, self.scale, self.zero, self.group, self.signed, kn).to(device)
+
+    def packed_inputs(self, n_inputs: int) -> list[int]:
+        """Indices of the kernel inputs that only feed the packing (codes, scales, zeros): the
+        launch reads its packed copies, so they need no device tensor of their own."""
+        return [i for i in range(n_inputs) if i not in self.slots[:2]]
 
 
 def render_w4(k: Kernel) -> tuple[str, list[sympy.Expr], W4Spec]:
@@ -325,6 +330,14 @@ def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: b
         with np.errstate(all="ignore"):
             launch(ts)
     return interpreted
+
+
+def needs_kn(M: int, N: int, K: int, interpret: bool, config: dict[str, int] | None = None) -> bool:
+    """Whether the launch for M rows (``config`` or :func:`w4_config`) runs the [K/8, N] GEMM,
+    i.e. needs ``W4Packed.qkn``."""
+    cfg = config or w4_config(M, N, K, interpret)
+    gemv = bool(cfg.get("GEMV", M <= GEMV_MAX_M)) and cfg["BM"] >= M
+    return not gemv and bool(cfg.get("KN", 0))
 
 
 def w4_launch(x: torch.Tensor, packed: W4Packed, bias: torch.Tensor | None = None,

@@ -23,7 +23,7 @@ import ctypes
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import sympy
 import torch
@@ -57,12 +57,13 @@ class Executor:
     with ``bind``) for its fused kernels and ``params`` (name -> sympy expressions of their
     runtime integers), on ``device``. ``args`` (name -> Values and tensors) overrides a
     kernel's pointer order (default: its inputs then outputs); tensors in it are prepacked
-    constants."""
+    constants. ``host_only`` (ids of constant Values) are left off the device: every kernel
+    that reads them uses its own packed copy and receives None in their place."""
 
     def __init__(self, graph: Graph, schedule: Schedule, kernels: Mapping[str, Callable],
                  params: Mapping[str, Sequence[sympy.Expr]], device: str | torch.device = "cpu",
                  args: Mapping[str, Sequence[Value | torch.Tensor]] | None = None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, host_only: Collection[int] = ()):
         self.graph = graph
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
@@ -82,7 +83,9 @@ class Executor:
                     self._slot.setdefault(id(o), len(self._slot))
         for v in graph.outputs:
             self._slot.setdefault(id(v), len(self._slot))
-        self._consts = [(self._slot[id(v)], v.const.to(self.device)) for v in _consts(graph)]
+        # constants only ever read through a kernel's own packed copy get no device tensor
+        self._consts = [(self._slot[id(v)], v.const.to(self.device)) for v in _consts(graph)
+                        if id(v) not in host_only]
         self._args: dict[str, list[int]] = {}
         for name, items in (args or {}).items():
             order = []
@@ -147,7 +150,7 @@ class Executor:
                     ts = []
                     for s in order:
                         t = vals[s]
-                        if not t.is_contiguous():
+                        if t is not None and not t.is_contiguous():   # None: host_only
                             t = vals[s] = t.contiguous()
                         ts.append(t)
                     launch(ts)

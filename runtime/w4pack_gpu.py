@@ -32,14 +32,17 @@ Layout (exact):
 - ``qkn`` int32 [Kp / 8, N], row major (the GEMM layout, N contiguous so a row of words loads
   coalesced along N): word ``qkn[r, n]`` holds in bits ``4 i .. 4 i + 3`` the code
   ``u[n, 8 r + i]`` (8 consecutive K codes per word). It is a second copy of the same codes:
-  the M <= 4 GEMV streams ``qweight``, the M > 4 GEMM ``qkn`` (the packed weights take 1 byte
-  per code in all, still half of bf16).
+  the GEMVs and the nibble-block GEMM (M <= 32) stream ``qweight``, the larger-M GEMM ``qkn``.
+  A compiled Triton module packs ``qkn`` only when a launch first needs it, so a model that
+  only ever runs small M keeps half a byte per code on the device, and one byte per code once
+  both layouts exist (half of bf16).
 
 Dequantisation: Wd[n, k] = (u[n, k] - zeff[n, k // GE]) * scales[k // GE, n] in f32, which is
 ``dequant_weight`` bit for bit (the difference is an exact small integer, one f32 rounding).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +90,10 @@ class W4Packed:
     def kp(self) -> int:
         return BLOCK * self.qweight.shape[0]
 
+    def with_kn(self, qkn: torch.Tensor) -> "W4Packed":
+        """The same packing with the GEMM layout ``qkn`` (from :func:`pack_kn`) on its device."""
+        return dataclasses.replace(self, qkn=qkn.to(self.scales.device))
+
     def to(self, device: torch.device | str) -> "W4Packed":
         """The same packing on ``device``."""
         z = self.zeros.to(device) if self.zeros is not None else None
@@ -95,25 +102,44 @@ class W4Packed:
                         self.k, self.ge, self.signed, kn)
 
 
-def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group: int,
-            signed: bool) -> W4Packed:
-    """Pack codes ``w`` [N, K] (uint8 0..15, or int8 -8..7 when ``signed``), ``scale`` [N, G] or
-    [N] and optional ``zero`` (w's dtype, scale's shape) for the W4 kernels."""
+def _unsigned_padded(w: torch.Tensor, kp: int, signed: bool) -> torch.Tensor:
+    """Codes made unsigned (u = w, or w + 8 for i4), int64 [N, Kp] with K padded by 0."""
     n, k = w.shape
-    ge, kp, ngp = w4_layout(k, group)
     u = w.to(torch.int64) + (8 if signed else 0)
     if int(u.min()) < 0 or int(u.max()) > 15:
         raise ValueError("W4 codes out of range")
     up = torch.zeros(n, kp, dtype=torch.int64, device=w.device)
     up[:, :k] = u
+    return up
+
+
+def _as_int32(words: torch.Tensor) -> torch.Tensor:
+    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)   # bit pattern
+
+
+def pack_kn(w: torch.Tensor, group: int, signed: bool) -> torch.Tensor:
+    """The GEMM layout ``qkn`` int32 [Kp/8, N] of codes ``w`` [N, K] (module doc)."""
+    n, k = w.shape
+    _, kp, _ = w4_layout(k, group)
+    up = _unsigned_padded(w, kp, signed)
+    shifts = (4 * torch.arange(8, device=w.device, dtype=torch.int64)).reshape(1, 1, 8)
+    # code 8 r + i of channel n in nibble i of word [r, n]
+    return _as_int32((up.reshape(n, kp // 8, 8) << shifts).sum(dim=2).T).contiguous()
+
+
+def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group: int,
+            signed: bool, kn: bool = True) -> W4Packed:
+    """Pack codes ``w`` [N, K] (uint8 0..15, or int8 -8..7 when ``signed``), ``scale`` [N, G] or
+    [N] and optional ``zero`` (w's dtype, scale's shape) for the W4 kernels; ``kn=False`` leaves
+    out the GEMM layout (``W4Packed.with_kn`` adds it when a launch first needs it)."""
+    n, k = w.shape
+    ge, kp, ngp = w4_layout(k, group)
+    up = _unsigned_padded(w, kp, signed)
     blocks = up.reshape(n, kp // BLOCK, 8, J)               # [n, b, nibble i, word j]
     shifts = (4 * torch.arange(8, device=w.device, dtype=torch.int64)).reshape(1, 1, 8, 1)
     words = (blocks << shifts).sum(dim=2)                   # disjoint bits: sum == or
-    words = torch.where(words >= 2 ** 31, words - 2 ** 32, words)   # as int32 bit pattern
-    qweight = words.to(torch.int32).permute(1, 0, 2)          # [b, n, word j]
-    # GEMM layout: code 8 r + i of channel n in nibble i of word [r, n]
-    wkn = (up.reshape(n, kp // 8, 8) << shifts.reshape(1, 1, 8)).sum(dim=2).T
-    wkn = torch.where(wkn >= 2 ** 31, wkn - 2 ** 32, wkn).to(torch.int32)
+    qweight = _as_int32(words).permute(1, 0, 2)             # [b, n, word j]
+    wkn = pack_kn(w, group, signed) if kn else None
     s2 = scale.reshape(n, -1).to(device=w.device, dtype=torch.float32)
     scales = torch.zeros(ngp, n, dtype=torch.float32, device=w.device)
     scales[:s2.shape[1]] = s2.T
@@ -123,8 +149,7 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, gro
         z2 = zero.reshape(n, -1).to(device=w.device, dtype=torch.int32) + zc
         zeros = torch.zeros(ngp, n, dtype=torch.uint8, device=w.device)
         zeros[:z2.shape[1]] = z2.T.to(torch.uint8)
-    return W4Packed(qweight.contiguous(), scales.contiguous(), zeros, zc, n, k, ge, signed,
-                    wkn.contiguous())
+    return W4Packed(qweight.contiguous(), scales.contiguous(), zeros, zc, n, k, ge, signed, wkn)
 
 
 def _codes(p: W4Packed) -> torch.Tensor:

@@ -247,3 +247,30 @@ def test_config_by_m() -> None:
     assert w4_config(256, 8192, 8192)["KN"] == 1
     assert w4_config(256, 16384, 16384)["SPLIT"] == 1
     assert w4_config(3, 8192, 8192, interpret=True)["SPLIT"] == 1
+
+
+def test_packed_constants_stay_off_the_device_and_gemm_layout_is_lazy() -> None:
+    """The IR codes, scales and zero points of a W4 qlinear get no device tensor (the kernels
+    read their packed copies), and the [K/8, N] GEMM layout is packed only when a launch with
+    M > 32 first needs it."""
+    g = qgraph(256, 40, group=128, bias=True, xd="bf16", seed=5)
+    n = g.nodes[0]
+    cm = api.build_triton(g, DEVICE)
+    ex = cm._runner
+    held = {slot for slot, _ in ex._consts}
+    for v in n.inputs[1:4]:
+        assert ex._slot[id(v)] not in held
+    assert ex._slot[id(n.inputs[4])] in held                  # the bias is read directly
+    (launch,) = [f for f in ex.kernels.values() if getattr(f, "w4", None) is not None]
+    z = n.inputs[3].const
+    wd = dequant_weight(n.inputs[1].const, n.inputs[2].const, z, 128, False)
+    for B, S in [(1, 1), (2, 8)]:
+        x = torch.randn(B, S, 256, generator=torch.Generator().manual_seed(B)).to(torch.bfloat16)
+        check(cm(x).reshape(B * S, 40), interp.run(g, x)[0].reshape(B * S, 40), x.reshape(B * S, 256), wd,
+              n.inputs[4].const, "bf16", h2=B * S == 1)
+    assert launch.w4.qkn is None
+    x = torch.randn(5, 13, 256, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
+    check(cm(x).reshape(65, 40), interp.run(g, x)[0].reshape(65, 40), x.reshape(65, 256), wd,
+          n.inputs[4].const, "bf16")
+    assert launch.w4.qkn is not None
+    assert torch.equal(unpack_codes(launch.w4, "kn"), n.inputs[1].const)
