@@ -9,7 +9,8 @@ ratios, achieved GB/s against 4.8 TB/s and the error of our output against the b
 weight product (‖y - ref‖ / ‖ref‖, ref in f32). Run from the repo root on a CUDA machine:
 ``mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/scalefold && PYTHONPATH=/tmp/pkg python3
 benchmarks/w4_gpu.py [--sweep 1,16,64,256 [--sweep-only]] [--out FILE]`` (``--out`` also
-writes the table to FILE; ``--sweep`` first times config variants at 8192 x 8192).
+writes the table to FILE; ``--sweep`` first times config variants at 8192 x 8192; ``--memory``
+reports the GPU memory of a compiled int4 model against bf16 weights instead).
 """
 from __future__ import annotations
 
@@ -173,6 +174,47 @@ def sweep(ms: list[int], budget_s: float = 250.0) -> None:
             print(f"sweep M={M}: {t:7.1f} us err {err:.1e} {cfg}", flush=True)
 
 
+def memory(K: int = 4096, N: int = 11008, layers: int = 4) -> None:
+    """GPU memory held by a compiled int4 g128 model of ``layers`` K x N linears (a symbolic
+    batch), against the same weights in bf16: after building and a first M = 1 call, then after
+    an M = 64 call (which adds the [K/8, N] GEMM layout)."""
+    from scalefold import api
+    from scalefold.frontend.torch import from_torch
+    from scalefold.passes.quant_weights import quant_weights
+
+    class Stack(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            # alternate K x N and N x K so the layers chain
+            self.ls = torch.nn.ModuleList(
+                torch.nn.Linear(K if i % 2 == 0 else N, N if i % 2 == 0 else K, bias=False)
+                for i in range(layers))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for lin in self.ls:
+                x = lin(x)
+            return x
+
+    torch.manual_seed(0)
+    model = Stack().to(torch.bfloat16)
+    bf16_mb = sum(p.numel() * 2 for p in model.parameters()) / 2**20
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    g = from_torch(model, (torch.randn(2, K, dtype=torch.bfloat16),), dynamic_shapes=({0: batch},))
+    g = quant_weights(g, None, format="int4", group=128)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    cm = api.build_triton(g, "cuda")
+    cm(torch.randn(1, K, dtype=torch.bfloat16, device="cuda"))
+    torch.cuda.synchronize()
+    m1 = (torch.cuda.memory_allocated() - base) / 2**20
+    cm(torch.randn(64, K, dtype=torch.bfloat16, device="cuda"))
+    torch.cuda.synchronize()
+    m64 = (torch.cuda.memory_allocated() - base) / 2**20
+    print(f"memory: {layers} linears {K}x{N} alternating, int4 g128: bf16 weights {bf16_mb:.1f} MB; "
+          f"compiled W4 model holds {m1:.1f} MB after M = 1 ({m1 / bf16_mb:.2f}x bf16), "
+          f"{m64:.1f} MB after M = 64 ({m64 / bf16_mb:.2f}x)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
@@ -180,7 +222,12 @@ def main() -> None:
     ap.add_argument("--sweep", default=None, help="first time block / split variants at "
                     "8192x8192 for these M (e.g. 1,16,64,256)")
     ap.add_argument("--sweep-only", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="only report the GPU memory a compiled "
+                    "int4 model holds (see memory())")
     args = ap.parse_args()
+    if args.memory:
+        memory()
+        return
     if args.sweep:
         if "1" in args.sweep.split(","):
             calibrate()
