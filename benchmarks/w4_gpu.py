@@ -66,8 +66,8 @@ def variants(M: int) -> list[dict]:
     """Config variants timed by :func:`sweep` for one M (GEMM ones: the [K/8, N] ``KN`` kernel;
     the first entry of each M is the previous default of the nibble-block kernel)."""
     if M == 1:
-        return [dict(GEMV=1, BM=1, H2=1, H2_BN=bn, H2_BPS=bps, H2_FOLD=1, H2_EVICT=ev, num_warps=4)
-                for bn in (128, 256) for bps in (4, 8, 16) for ev in (0, 1)] + \
+        return [dict(GEMV=1, BM=1, H2=1, H2_BN=bn, H2_BPS=bps, H2_XB=xb, num_warps=4)
+                for bn in (128, 256) for bps in (4, 8, 16) for xb in (0, 1)] + \
             [dict(GEMV=1, BM=1, BN=64, SPLIT=sp, num_warps=4, num_stages=1) for sp in (8, 16)]
     kn = dict(GEMV=0, KN=1, RESHAPE=1)
     if M == 16:

@@ -217,7 +217,7 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
     gemv = bool(cfg.pop("GEMV", M <= GEMV_MAX_M)) and cfg["BM"] >= M
     h2 = gemv and bool(cfg.pop("H2", 0)) and h2_applies(M, spec.xkind, packed)
     h2_bn, h2_bps = int(cfg.pop("H2_BN", 256)), int(cfg.pop("H2_BPS", 8))
-    h2_opts = {k: int(cfg.pop(f"H2_{k}")) for k in ("FOLD", "EVICT") if f"H2_{k}" in cfg}
+    h2_opts = {k: int(cfg.pop(f"H2_{k}")) for k in ("FOLD", "EVICT", "XB") if f"H2_{k}" in cfg}
     if h2:
         return _h2_launch(mod, spec, packed, N, K, interpret, h2_bn, h2_bps,
                           int(cfg.get("num_warps", 4)), h2_opts)
@@ -313,7 +313,7 @@ def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: b
     flags = dict(NB_PER=bps, HAS_ZERO=packed.zeros is not None, ZC=packed.zc, HAS_BIAS=bi >= 0,
                  SPLIT=split, SPLIT_P2=_pow2(split), ROUND_BF16=spec.xkind == "bf16" and interpret,
                  EVEN_K=K == packed.kp, ASM=not interpret, BN=bn, J=J, GB=packed.ge // BLOCK,
-                 FOLD=1, EVICT=1)
+                 FOLD=1, EVICT=1, XB=0)
     flags.update(opts or {})
     kern = mod.w4_gemv_h2[grid]
     P, S = packed.qweight, packed.scales

@@ -423,6 +423,15 @@ def _w4_sum(a, b):
 
 
 @triton.jit
+def _w4_xscale(amax):
+    """(2^-e, 2^-e / 16, 2^e) with 2^-e amax in [8, 16) (e clamped to normal floats)."""
+    e = (amax.to(tl.int32, bitcast=True) >> 23) & 255
+    e = tl.minimum(tl.maximum(e, 4), 254)
+    inv = ((257 - e) << 23).to(tl.float32, bitcast=True)
+    return inv, inv * 0.0625, ((e - 3) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _w4_xblock(X, b, j, K, EVEN_K: tl.constexpr):
     """x[k0 + i*16 + j] for i = 0..7 (k0 = 128 b) in f32: the values nibble i of word j meets."""
     k = b * 128 + j
@@ -464,7 +473,7 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
                HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
                SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, ROUND_BF16: tl.constexpr,
                EVEN_K: tl.constexpr, ASM: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr,
-               BN: tl.constexpr, J: tl.constexpr, GB: tl.constexpr):
+               XB: tl.constexpr, BN: tl.constexpr, J: tl.constexpr, GB: tl.constexpr):
     # one row of f16 / bf16 x, group >= 128 (GB = group / 128 blocks share a scale)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -475,15 +484,14 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
     wp = P + rnc[:, None] * J + j[None, :]
     b0 = pid_k * NB_PER
     nb = tl.minimum(NB_PER, NB - b0)
-    # one power-of-two scale 2^-e per program puts its x slice's amax in [8, 16): the f16
-    # products x (u - z) (|u - z| <= 15) and the sums of 16 of them stay far below 65504
-    kk = b0 * 128 + tl.arange(0, 128 * NB_PER)
-    xa = tl.abs(tl.load(X + kk, mask=kk < tl.minimum(K, (b0 + nb) * 128), other=0).to(tl.float32))
-    e = (tl.reduce(xa, 0, _w4_maxabs).to(tl.int32, bitcast=True) >> 23) & 255
-    e = tl.minimum(tl.maximum(e, 4), 254)
-    inv = ((257 - e) << 23).to(tl.float32, bitcast=True)
-    back = ((e - 3) << 23).to(tl.float32, bitcast=True)
-    inv16 = inv * 0.0625
+    # a power-of-two scale 2^-e puts the x amax in [8, 16): the f16 products x (u - z)
+    # (|u - z| <= 15) and the sums of 16 of them stay far below 65504. XB: one scale per block
+    # (a warp-local max of the 128 x values it already holds), else one per program (a scan of
+    # its x slice before the loop)
+    if not XB:
+        kk = b0 * 128 + tl.arange(0, 128 * NB_PER)
+        xa = tl.abs(tl.load(X + kk, mask=kk < tl.minimum(K, (b0 + nb) * 128), other=0).to(tl.float32))
+        inv, inv16, back = _w4_xscale(tl.reduce(xa, 0, _w4_maxabs))
     acc = tl.zeros([BN, J], tl.float32)
     # registers double-buffer the weight stream: block b + 1 loads while block b computes
     if EVICT:
@@ -509,6 +517,10 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
         s_n = tl.load(S + (bq // GB) * N + rnc)
         y0, y1, y2, y3, y4, y5, y6, y7 = _w4_xblock(X, bq, j, K, EVEN_K)
         if ASM:
+            if XB:
+                xm = tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3))),
+                                tl.maximum(tl.maximum(tl.abs(x4), tl.abs(x5)), tl.maximum(tl.abs(x6), tl.abs(x7))))
+                inv, inv16, back = _w4_xscale(tl.reduce(xm, 0, _w4_maxabs))
             p04 = _w4_pack2(x0 * inv, x4 * inv)
             p15 = _w4_pack2(x1 * inv16, x5 * inv16)
             p26 = _w4_pack2(x2 * inv, x6 * inv)

@@ -139,7 +139,7 @@ CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
     (64, 260, 24, 128, False, "f16", True, None),
     # the f16x2 GEMV (M = 1, f16 / bf16 x, groups of whole blocks): splits, short K, N tails,
     # a group of two blocks, one group for all of K, no zero point, the default config
-    (1, 300, 70, 128, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=1)),
+    (1, 300, 70, 128, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=1, H2_XB=1)),
     (1, 520, 40, 256, True, "f16", False, dict(GEMV=1, BM=1, H2=1, H2_BN=16, H2_BPS=2)),  # BN -> 32
     (1, 700, 90, 128, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=64, H2_BPS=2, H2_FOLD=1,
                                                 H2_EVICT=1, num_warps=8)),
@@ -181,11 +181,12 @@ def test_h2_gemv_wide_x_range(xd: str) -> None:
     x[0, 256:384] = 0
     x = x.to(XT[xd])
     wd = dequant_weight(c, s, z, 128, False)
-    cfg = dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=2)
-    y = w4_linear(x.to(DEVICE), p, None, cfg)
-    ref = (x.double() @ wd.double().T).to(XT[xd])
-    assert bool(torch.isfinite(y.float()).all())
-    check(y, ref, x, wd, None, xd, h2=True)
+    for xb in (0, 1):      # one x scale per program, or per block
+        cfg = dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=2, H2_XB=xb)
+        y = w4_linear(x.to(DEVICE), p, None, cfg)
+        ref = (x.double() @ wd.double().T).to(XT[xd])
+        assert bool(torch.isfinite(y.float()).all())
+        check(y, ref, x, wd, None, xd, h2=True)
 
 
 BS = [(1, 1), (1, 3), (2, 8), (17, 1), (3, 11), (5, 13)]     # M = 1, 3, 16, 17, 33, 65
