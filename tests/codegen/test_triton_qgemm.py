@@ -165,7 +165,8 @@ def test_dynamic_activation_quantisation(act: str, K: int, N: int) -> None:
 @pytest.mark.parametrize("xd,act,abits", [("f64", "per_token", 8), ("f64", "per_tensor", 6),
                                           ("f16", "per_token", 7), ("bf16", "per_tensor", 8)])
 def test_dynamic_other_float_types(xd: str, act: str, abits: int) -> None:
-    """f64 x runs the reference (bit for bit); f16 / bf16 outputs within one rounding."""
+    """f64 x runs the reference (bit for bit under the interpreter; on a GPU up to f64 summation
+    order); f16 / bf16 outputs within one rounding."""
     g = qgraph(67, 33, xd=xd, act=act, abits=abits, pow2=True, seed=3, zero="int")
     if xd == "f64":
         # f64 activations stay on the reference path (see triton_qgemm's support check)
@@ -177,7 +178,11 @@ def test_dynamic_other_float_types(xd: str, act: str, abits: int) -> None:
     got, want = cm(x), interp.run(g, x)[0]
     assert got.dtype == x.dtype
     if xd == "f64":
-        assert torch.equal(got, want)
+        if DEVICE == "cpu":
+            assert torch.equal(got, want)
+        else:
+            # the GPU runs the same reference ops; only cuBLAS's f64 summation order differs
+            assert torch.allclose(got.cpu(), want, rtol=1e-12, atol=1e-12)
     else:
         eps = torch.finfo(x.dtype).eps
         err = (got.double() - want.double()).abs()
