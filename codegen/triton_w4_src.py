@@ -423,6 +423,21 @@ def _w4_sum(a, b):
 
 
 @triton.jit
+def _w4_h2_wzs(wp, Z, S, b, N, rnc, J: tl.constexpr, GB: tl.constexpr, HAS_ZERO: tl.constexpr,
+               ZC: tl.constexpr, EVICT: tl.constexpr):
+    """Block b's [BN, J] words, effective zero points (int32) and scales of channels ``rnc``."""
+    if EVICT:
+        w = tl.load(wp + b * N * J, eviction_policy="evict_first")
+    else:
+        w = tl.load(wp + b * N * J)
+    if HAS_ZERO:
+        zi = tl.load(Z + (b // GB) * N + rnc).to(tl.int32)
+    else:
+        zi = tl.zeros_like(rnc).to(tl.int32) + ZC
+    return w, zi, tl.load(S + (b // GB) * N + rnc)
+
+
+@triton.jit
 def _w4_xscale(amax):
     """(2^-e, 2^-e / 16, 2^e) with 2^-e amax in [8, 16) (e clamped to normal floats)."""
     e = (amax.to(tl.int32, bitcast=True) >> 23) & 255
@@ -494,27 +509,11 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
         inv, inv16, back = _w4_xscale(tl.reduce(xa, 0, _w4_maxabs))
     acc = tl.zeros([BN, J], tl.float32)
     # registers double-buffer the weight stream: block b + 1 loads while block b computes
-    if EVICT:
-        w = tl.load(wp + b0 * N * J, eviction_policy="evict_first")
-    else:
-        w = tl.load(wp + b0 * N * J)
-    if HAS_ZERO:
-        zi = tl.load(Z + (b0 // GB) * N + rnc).to(tl.int32)
-    else:
-        zi = tl.zeros([BN], tl.int32) + ZC
-    s = tl.load(S + (b0 // GB) * N + rnc)
+    w, zi, s = _w4_h2_wzs(wp, Z, S, b0, N, rnc, J, GB, HAS_ZERO, ZC, EVICT)
     x0, x1, x2, x3, x4, x5, x6, x7 = _w4_xblock(X, b0, j, K, EVEN_K)
     for it in range(nb):
         bq = b0 + tl.minimum(it + 1, nb - 1)
-        if EVICT:
-            w_n = tl.load(wp + bq * N * J, eviction_policy="evict_first")
-        else:
-            w_n = tl.load(wp + bq * N * J)
-        if HAS_ZERO:
-            zi_n = tl.load(Z + (bq // GB) * N + rnc).to(tl.int32)
-        else:
-            zi_n = zi
-        s_n = tl.load(S + (bq // GB) * N + rnc)
+        w_n, zi_n, s_n = _w4_h2_wzs(wp, Z, S, bq, N, rnc, J, GB, HAS_ZERO, ZC, EVICT)
         y0, y1, y2, y3, y4, y5, y6, y7 = _w4_xblock(X, bq, j, K, EVEN_K)
         if ASM:
             if XB:
