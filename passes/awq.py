@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..ir.graph import Graph, Node
-from .awq_block import block_of, capture, search_block_scale
+from .awq_block import block_of, capture, grid_search, search_block_scale
 from .calibrate import ChannelStats, stats_for
 from .counters import bump
 from .pipeline import register_pass
@@ -83,23 +83,12 @@ def search_scale(weights: list[torch.Tensor], mean_abs: torch.Tensor, gram: torc
     """AWQ grid search: for r in {0, 1/grid, …, (grid−1)/grid}, s = s_X^r normalised by
     sqrt(max(s)·min(s)); Ŵ = Q(W·diag(s))·diag(s)⁻¹; keep the s with the least output MSE.
     Returns (s [K] float64, best r, the loss per r)."""
-    sx = mean_abs.to(torch.float64)
     # All consumers share K: one stacked matrix means one quantiser call and one GEMM per r.
     weights = [torch.cat(weights)] if len(weights) > 1 else list(weights)
-    losses: list[float] = []
-    best: tuple[float, torch.Tensor, float] | None = None
-    for i in range(grid):
-        r = i / grid
-        s = sx.pow(r)
-        s = s / torch.sqrt(s.max() * s.min())
-        s32 = s.to(torch.float32)
-        q = [fake_quant_int(w * s32, bits, group, sym) / s32 for w in weights]
-        loss = output_mse(weights, q, gram)
-        losses.append(loss)
-        if best is None or loss < best[0]:
-            best = (loss, s, r)
-    assert best is not None
-    return best[1], best[2], losses
+
+    def loss(s32: torch.Tensor) -> float:
+        return output_mse(weights, [fake_quant_int(w * s32, bits, group, sym) / s32 for w in weights], gram)
+    return grid_search(mean_abs, grid, loss)
 
 
 @register_pass("awq_scales", needs_calibration=True)

@@ -147,28 +147,37 @@ def block_loss(data: BlockData, weights: dict[int, torch.Tensor]) -> float:
     return num / max(cnt, 1)
 
 
-def search_block_scale(data: BlockData, consumers: Sequence[Node], mean_abs: torch.Tensor,
-                       fake: Callable[[torch.Tensor], torch.Tensor], grid: int = 20
-                       ) -> tuple[torch.Tensor, float, list[float]]:
-    """AWQ's grid search scored by :func:`block_loss`: s = s_X^r / sqrt(max·min), r in
-    {0, 1/grid, …}; candidate weights Q(W·diag(s))·diag(s)⁻¹ (``fake`` is Q). Returns
-    (s [K] float64, best r, loss per r)."""
+def grid_search(mean_abs: torch.Tensor, grid: int, loss: Callable[[torch.Tensor], float]
+                ) -> tuple[torch.Tensor, float, list[float]]:
+    """AWQ's search over r in {0, 1/grid, …, (grid−1)/grid}: s = s_X^r normalised by
+    sqrt(max(s)·min(s)), scored by ``loss(s as float32)``. Returns (the best s [K] float64,
+    its r, the loss per r); ties keep the smaller r."""
     sx = mean_abs.to(torch.float64)
-    ws = [(c.inputs[1], c.inputs[1].const) for c in consumers]
     losses: list[float] = []
     best: tuple[float, torch.Tensor, float] | None = None
     for i in range(grid):
         r = i / grid
         s = sx.pow(r)
         s = s / torch.sqrt(s.max() * s.min())
-        s32 = s.to(torch.float32)
-        repl = {id(v): (fake(w.to(torch.float32) * s32) / s32).to(w.dtype) for v, w in ws}
-        loss = block_loss(data, repl)
-        losses.append(loss)
-        if best is None or loss < best[0]:
-            best = (loss, s, r)
+        cur = loss(s.to(torch.float32))
+        losses.append(cur)
+        if best is None or cur < best[0]:
+            best = (cur, s, r)
     assert best is not None
     return best[1], best[2], losses
 
 
-__all__ = ["BlockData", "block_loss", "block_of", "capture", "run_block", "search_block_scale"]
+def search_block_scale(data: BlockData, consumers: Sequence[Node], mean_abs: torch.Tensor,
+                       fake: Callable[[torch.Tensor], torch.Tensor], grid: int = 20
+                       ) -> tuple[torch.Tensor, float, list[float]]:
+    """AWQ's grid search scored by :func:`block_loss`: s = s_X^r / sqrt(max·min), r in
+    {0, 1/grid, …}; candidate weights Q(W·diag(s))·diag(s)⁻¹ (``fake`` is Q). Returns
+    (s [K] float64, best r, loss per r)."""
+    ws = [(c.inputs[1], c.inputs[1].const) for c in consumers]
+
+    def loss(s32: torch.Tensor) -> float:
+        return block_loss(data, {id(v): (fake(w.to(torch.float32) * s32) / s32).to(w.dtype) for v, w in ws})
+    return grid_search(mean_abs, grid, loss)
+
+
+__all__ = ["BlockData", "block_loss", "block_of", "capture", "grid_search", "run_block", "search_block_scale"]
