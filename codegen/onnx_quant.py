@@ -434,8 +434,12 @@ def _lowrank_ffn(cx: Emitter, node: Node) -> list[str]:
 # ---- moe --------------------------------------------------------------------------------------
 
 @render("moe")
-def _moe(cx: Emitter, node: Node) -> list[str]:
+def _moe(cx: Emitter, node: Node, wts: dict[str, str] | None = None) -> list[str]:
+    """Dense ``moe``: every expert on every token, weighted by the scattered top-k router
+    weights. ``wts`` (qmoe) gives some expert matrices as graph tensors [E, K, N] already in
+    the compute dtype instead of constants."""
     xv, rv, gv, uv, dv = node.inputs[:5]
+    wts = wts or {}
     bv = _opt(node, 5)
     a = node.attrs
     cd = compute_dtype(xv.dtype)
@@ -455,12 +459,14 @@ def _moe(cx: Emitter, node: Node) -> list[str]:
     route = cx.op("ScatterElements", [zeros, idx, w], axis=1)          # [T, E]
     xc = cx.cast(x2, xv.dtype, cd)
     perm = [0, 2, 1]
-    up = cx.op("MatMul", [xc, factor_t(cx, uv, cd, perm)])             # [E, T, F]
+    def wt(m: str, v: Value) -> str:
+        return wts[m] if m in wts else factor_t(cx, v, cd, perm)
+    up = cx.op("MatMul", [xc, wt("up", uv)])                          # [E, T, F]
     if gv is not None:
-        hid = cx.op("Mul", [activation(cx, a["activation"], cx.op("MatMul", [xc, factor_t(cx, gv, cd, perm)]), cd), up])
+        hid = cx.op("Mul", [activation(cx, a["activation"], cx.op("MatMul", [xc, wt("gate", gv)]), cd), up])
     else:
         hid = activation(cx, a["activation"], up, cd)
-    ye = cx.op("MatMul", [hid, factor_t(cx, dv, cd, perm)])           # [E, T, H]
+    ye = cx.op("MatMul", [hid, wt("down", dv)])                       # [E, T, H]
     rt = cx.op("Unsqueeze", [cx.op("Transpose", [route], perm=[1, 0]), cx.ints([2])])
     y = reduce(cx, "ReduceSum", cx.op("Mul", [ye, rt]), [0], False)   # [T, H]
     y = cx.cast(y, cd, xv.dtype)

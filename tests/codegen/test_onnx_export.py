@@ -397,7 +397,8 @@ case("moe_sigmoid_bias", unit("moe", "f32[7,8]", torch.randn(3, 8), None, torch.
                               torch.randn(3, 8, 6) * 0.3, "f32[3]", top_k=2, gated=False, normalize=False,
                               scoring="sigmoid", activation="gelu"))
 
-# qmoe: experts dequantised at export (codegen/onnx_qmoe.py); own generator keeps the global seed stream
+# qmoe: integer experts stay codes (DequantizeLinear in the graph), FP4 folds to floats
+# (codegen/onnx_qmoe.py); own generator keeps the global seed stream
 _gq = torch.Generator().manual_seed(7)
 _qc = lambda hi, *s: torch.randint(0, hi, s, generator=_gq)          # noqa: E731
 _qs = lambda *s: torch.rand(*s, generator=_gq) * 0.05 + 0.01          # noqa: E731
@@ -406,10 +407,40 @@ case("qmoe_int4_gated_zero", unit("qmoe", "f32[2,5,8]", torch.randn(4, 8, genera
                                   C(_qc(16, 4, 6, 8), "u4"), _qs(4, 6, 2), C(_qc(16, 4, 6, 2), "u4"),
                                   C(_qc(16, 4, 8, 6), "u4"), _qs(4, 8, 2), C(_qc(16, 4, 8, 2), "u4"),
                                   top_k=2, group=4))
+case("qmoe_int8_sym_per_channel", unit("qmoe", "f32[6,8]", torch.randn(3, 8, generator=_gq),
+                                       C(_qc(255, 3, 6, 8) - 127, "i8"), _qs(3, 6, 1), None,
+                                       C(_qc(255, 3, 6, 8) - 127, "i8"), _qs(3, 6, 1), None,
+                                       C(_qc(255, 3, 8, 6) - 127, "i8"), _qs(3, 8, 1), None,
+                                       top_k=1, group=0, wtype="i8"))
+case("qmoe_int4_opset20_folds", unit("qmoe", "f32[5,8]", torch.randn(2, 8, generator=_gq),
+                                     None, None, None,
+                                     C(_qc(16, 2, 6, 8), "u4"), _qs(2, 6, 2), C(_qc(16, 2, 6, 2), "u4"),
+                                     C(_qc(16, 2, 8, 6), "u4"), _qs(2, 8, 2), C(_qc(16, 2, 8, 2), "u4"),
+                                     top_k=1, group=4, gated=False), opset=20)
 case("qmoe_fp4_ungated_bias", unit("qmoe", "f32[7,8]", torch.randn(3, 8, generator=_gq), None, None, None,
                                    C(_qc(16, 3, 6, 8).to(torch.uint8), "f4e2m1"), _qs(3, 6, 1), None,
                                    C(_qc(16, 3, 8, 6).to(torch.uint8), "f4e2m1"), _qs(3, 8, 1), None, "f32[3]",
                                    top_k=2, gated=False, wtype="f4e2m1", scoring="sigmoid"))
+
+
+def test_qmoe_experts_stay_codes_in_the_onnx_file() -> None:
+    """Integer expert codes are exported as code initializers (UINT4 here) dequantised in the
+    graph, not as float experts; FP4 codes and opsets without INT4 fold to floats."""
+    def initializer_types(m: onnx.ModelProto) -> dict[tuple, int]:
+        return {tuple(t.dims): t.data_type for t in m.graph.initializer}
+    (builder, kw), = [c.values for c in CASES if c.id == "qmoe_int4_gated_zero"]
+    g, feeds = builder()
+    m = check(g, feeds, **kw)
+    types = initializer_types(m)
+    assert types[(4, 8, 6)] == onnx.TensorProto.UINT4 and types[(4, 6, 8)] == onnx.TensorProto.UINT4
+    assert not any(t == onnx.TensorProto.FLOAT and len(d) == 3 and d[0] == 4 and d[1] * d[2] == 48
+                   for d, t in types.items())
+    assert [n.op_type for n in m.graph.node].count("DequantizeLinear") == 3
+    for name in ("qmoe_int4_opset20_folds", "qmoe_fp4_ungated_bias"):
+        (builder, kw), = [c.values for c in CASES if c.id == name]
+        g, feeds = builder()
+        m = check(g, feeds, **kw)
+        assert "DequantizeLinear" not in [n.op_type for n in m.graph.node]
 
 
 @pytest.mark.parametrize("builder,kw", CASES)
