@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from scalefold import api  # noqa: E402
 from scalefold.codegen import triton as tgen  # noqa: E402
 from scalefold.codegen.schedule import partition  # noqa: E402
+from scalefold.codegen import triton_w4  # noqa: E402
 from scalefold.codegen.triton_w4 import h2_applies, w4_config, w4_linear  # noqa: E402
 from scalefold.ir import dtypes as dt  # noqa: E402
 from scalefold.ir.graph import Graph  # noqa: E402
@@ -275,3 +276,24 @@ def test_packed_constants_stay_off_the_device_and_gemm_layout_is_lazy() -> None:
           n.inputs[4].const, "bf16")
     assert launch.w4.qkn is not None
     assert torch.equal(unpack_codes(launch.w4, "kn"), n.inputs[1].const)
+
+
+def test_h2_gemv_is_skipped_when_its_self_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed PTX self-check (``h2_works``) routes M = 1 to the f32 GEMV, with the same result."""
+    c, s, z, _ = quantised(40, 300, 4, 128, False, seed=11)
+    p = pack_w4(c, s, z, 128, False).to(DEVICE)
+    x = torch.randn(1, 300, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    wd = dequant_weight(c, s, z, 128, False)
+    ref = (x.double() @ wd.double().T).to(torch.bfloat16)
+    calls = []
+    real = triton_w4._h2_launch
+    # records N of each f16x2 launch (the GPU self-check's own launch has N = 96)
+    monkeypatch.setattr(triton_w4, "_h2_launch", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    check(w4_linear(x.to(DEVICE), p), ref, x, wd, None, "bf16", h2=True)
+    assert calls.count(40) == 1
+    monkeypatch.setattr(triton_w4, "h2_works", lambda mod, device, interpret: False)
+    check(w4_linear(x.to(DEVICE), p), ref, x, wd, None, "bf16")
+    assert calls.count(40) == 1
+    if DEVICE != "cpu":
+        # the real check passed on this GPU (the first launch above ran it)
+        assert all(triton_w4._H2_OK.values()) and triton_w4._H2_OK
