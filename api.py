@@ -232,9 +232,9 @@ def demo(batch: int = 8, seq: int = 128, iters: int = 10) -> list[dict[str, Any]
     weight bytes, median latency and the ratio to torch eager. Rows for compression passes
     join as the passes land.
     """
-    import statistics
     import tempfile
-    import time
+
+    from .runtime.timing import median_ms
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -257,14 +257,7 @@ def demo(batch: int = 8, seq: int = 128, iters: int = 10) -> list[dict[str, Any]
         return torch.nn.functional.normalize(e, dim=-1)
 
     def timed(fn: Any) -> float:
-        for _ in range(2):
-            fn()
-        ts = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return statistics.median(ts) * 1e3
+        return median_ms(fn, iters, warmup=2)
 
     rows: list[dict[str, Any]] = []
     with torch.no_grad():

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from timing import median_ms  # noqa: E402
+from scalefold.runtime.timing import median_ms  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

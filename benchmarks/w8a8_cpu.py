@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median_ms  # noqa: E402
+from scalefold.runtime.timing import median_ms  # noqa: E402
 
 
 def _ort_models(w8: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor):

@@ -1,4 +1,4 @@
-"""The wall-clock timer every CPU benchmark here shares."""
+"""The wall-clock timer of ``api.demo`` and of every CPU benchmark in ``benchmarks/``."""
 from __future__ import annotations
 
 import statistics
