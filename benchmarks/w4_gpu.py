@@ -1,6 +1,6 @@
 """W4A16 (g128, bf16 x) Triton kernels vs cuBLAS bf16 and torch's int4 tinygemm on CUDA.
 
-For (K, N) in 4096x11008, 8192x8192, 16384x16384 and M in 1, 16, 64, 256: our ``w4_linear``
+For (K, N) in 4096x11008, 8192x8192, 16384x16384 and M in 1, 16, 32, 64, 256: our ``w4_linear``
 (codegen/triton_w4.py), ``F.linear`` on the bf16 weight (cuBLAS) and
 ``torch.ops.aten._weight_int4pack_mm`` (tinygemm, inner_k_tiles 8, group 128). Each op is
 captured once in a CUDA graph and timed by ``triton.testing.do_bench`` over graph replays
@@ -24,7 +24,7 @@ from scalefold.codegen.triton_w4 import w4_config, w4_launch
 from scalefold.runtime.w4pack_gpu import pack_w4
 
 SHAPES = [(4096, 11008), (8192, 8192), (16384, 16384)]
-MS = [1, 16, 64, 256]
+MS = [1, 16, 32, 64, 256]
 GROUP = 128
 PEAK = 4.8e12
 
@@ -71,8 +71,9 @@ def variants(M: int) -> list[dict]:
             [dict(GEMV=1, BM=1, BN=64, SPLIT=sp, num_warps=4, num_stages=1) for sp in (8, 16)]
     kn = dict(GEMV=0, KN=1, RESHAPE=1)
     if M == 16:
-        return [dict(GEMV=0, BM=16, BN=bn, SWAP=1, DOTS8=1, SPLIT=sp, EVICT=ev, num_warps=4, num_stages=3)
-                for bn in (64, 128) for sp in (4, 8) for ev in (0, 1)] + \
+        return [dict(GEMV=0, BM=16, BN=64, SWAP=1, DOTS8=1, SPLIT=4, num_warps=4, num_stages=3)] + \
+            [dict(GEMV=0, BM=16, BN=bn, SWAP=3, DOTS8=1, SPLIT=sp, num_warps=4, num_stages=3)
+             for bn in (64, 128) for sp in (4, 5, 6, 7, 8)] + \
             [dict(kn, BM=16, BN=128, BK=64, SWAP=1, SCALE_W=sc, SPLIT=8, num_warps=4, num_stages=3)
              for sc in (0, 1)]
     if M == 64:

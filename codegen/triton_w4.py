@@ -32,8 +32,14 @@ Kernels, chosen by M (rows of x):
 - ``w4_gemm`` (M > 4): tiles BM x BN; the nibbles become ``u - zeff`` in x's dtype by bit
   pattern (``0x4300``: 128 + u as bf16, ``0x6400``: 1024 + u as f16; small integers: exact),
   then ``tl.dot`` with x (f32 accumulate; f32 x in IEEE precision): eight K=16 dots, one per
-  nibble (``DOTS8``, the weights optionally as operand A: ``SWAP``) or one K=128 dot of the
-  reshaped tile; the block's partial is multiplied by the group scale. Groups < 128 scale the
+  nibble (``DOTS8``) or one K=128 dot of the reshaped tile; the block's partial is multiplied
+  by the group scale. ``SWAP`` 1 transposes the accumulator; 2 and 3 make the weights operand
+  A of the per-nibble dots (on Hopper a wgmma whose A stays in registers: the words come from
+  shared memory straight into the operand layout), and 3 (the default for M <= 32) forms the
+  16-bit operand pairs in PTX: ``prmt`` brings nibble i of two words into the two halves,
+  ``(t & 0x000F000F) | magic`` gives magic + u, one ``sub`` of magic + zeff leaves u - zeff
+  (2.2 instead of 3.5 instructions per code; the loop body of the M = 16 kernel drops from 351
+  to 271 SASS instructions per warp and block). Groups < 128 scale the
   weights in f32 before one IEEE dot (correct, not tuned). The interpreter mishandles a
   bitcast to bf16 and bf16 dots, so there bf16 goes through the f32 form (same values).
 
@@ -147,9 +153,10 @@ def _pow2(n: int) -> int:
 def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]:
     """Blocks by M bucket (picked by ``benchmarks/w4_gpu.py --sweep`` on an H200), then the
     split. M <= 4: the GEMV (BN 64); M <= 32: the nibble-block GEMM (BM 16 / 32 x BN 64, eight
-    per-nibble dots, the weights as operand A); larger M the ``KN`` GEMM on the [K/8, N] words
-    (BM 64 x BN 128 x BK 128 up to 64; BM 128 x BN 64 x BK 64 beyond). For M <= 64 SPLIT shares
-    K among programs until about 8 (GEMV) / 4 / 2 per SM run (never on the interpreter)."""
+    per-nibble dots, the weights as operand A, PTX pairs: ``SWAP`` 3); larger M the ``KN`` GEMM
+    on the [K/8, N] words (BM 64 x BN 128 x BK 128 up to 64; BM 128 x BN 64 x BK 64 beyond).
+    For M <= 64 SPLIT shares K among programs until about 8 (GEMV) / 7 (M <= 16) / 4 / 2 per
+    SM run (never on the interpreter)."""
     if M <= GEMV_MAX_M:
         bm = _pow2(M)
         cfg = dict(GEMV=1, BM=bm, BN=64, num_warps=4, num_stages=1)
@@ -157,10 +164,12 @@ def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]
         if M == 1:
             cfg.update(H2=1, **h2_config(N, K, interpret))
     elif M <= 16:
-        cfg = dict(GEMV=0, BM=16, BN=64, SWAP=1, DOTS8=1, num_warps=4, num_stages=3)
-        per_sm = 4
+        # one wave at the occupancy these blocks get (64 registers, 20 KB shared: about seven
+        # programs per SM); SPLIT 4 and 8 ran 10-20 % slower at 8192 x 8192
+        cfg = dict(GEMV=0, BM=16, BN=64, SWAP=3, DOTS8=1, num_warps=4, num_stages=3)
+        per_sm = 7
     elif M <= 32:
-        cfg = dict(GEMV=0, BM=32, BN=64, SWAP=1, DOTS8=1, num_warps=4, num_stages=3)
+        cfg = dict(GEMV=0, BM=32, BN=64, SWAP=3, DOTS8=1, num_warps=4, num_stages=3)
         per_sm = 4
     elif M <= 64:
         cfg = dict(GEMV=0, KN=1, RESHAPE=1, BM=64, BN=128, BK=128, num_warps=4, num_stages=3)

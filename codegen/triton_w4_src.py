@@ -253,15 +253,30 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
             g = k0 // GE
             z = _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, KIND, FAST16, 0).to(wq.dtype)
             s = tl.load(S + g * N + rnc)
-            part = tl.zeros([BM, BN], tl.float32)
+            if SWAP >= 2:
+                part = tl.zeros([BN, BM], tl.float32)
+            else:
+                part = tl.zeros([BM, BN], tl.float32)
+            # SWAP 3: the weights as operand A, their nibbles turned into 16-bit pairs by PTX
+            PAIRS: tl.constexpr = SWAP == 3 and FAST16 and KIND != 0
+            if PAIRS:
+                zq = (z.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) * 0x10001   # magic + zeff, both halves
             for i in tl.static_range(8):
-                qi = _w4_op(_w4_deq((w >> (4 * i)) & 15, KIND, FAST16) - z[:, None], X, IEEE)
+                if PAIRS:
+                    qi = _w4_nib_pairs(w, zq[:, None], i, KIND)
+                else:
+                    qi = _w4_op(_w4_deq((w >> (4 * i)) & 15, KIND, FAST16) - z[:, None], X, IEEE)
                 if EVEN_K:
                     xi = tl.load(xj + k0 + i * J)
                 else:
                     xi = tl.load(xj + k0 + i * J, mask=((k0 + i * J + j) < K)[None, :], other=0)
-                part += _w4_dot(_w4_op(xi, X, IEEE), tl.trans(qi), IEEE)
-            if SWAP:
+                if SWAP >= 2:
+                    part += _w4_dot(qi, tl.trans(_w4_op(xi, X, IEEE)), IEEE)
+                else:
+                    part += _w4_dot(_w4_op(xi, X, IEEE), tl.trans(qi), IEEE)
+            if SWAP >= 2:
+                acc += part * s[:, None]
+            elif SWAP:
                 acc += tl.trans(part) * s[:, None]
             else:
                 acc += part * s[None, :]
@@ -362,6 +377,24 @@ def w4_gemm_kn(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NKB, NB_PER,
     _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, pid, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 '''
 
+
+
+
+def _asm_nib_pair(i: int, f16: bool) -> str:
+    """PTX turning nibble ``i`` of two elements' words ($1, $2) into their pair of (u - zeff) in
+    x's 16-bit type, exact: ``prmt`` gathers the byte holding the nibble of each word into the
+    two halves, ``(t & 0x000F000F) | magic`` is (magic + u) per half (1024 + u as f16, 128 + u as
+    bf16), and one ``sub`` of (magic + zeff) leaves u - zeff ($3, $4: magic + zeff of each element
+    in both halves; the low half of $3 and the high half of $4 make the pair). $0 gets the pair,
+    the low half from $1. Elementwise whichever two elements Triton packs together."""
+    b = i // 2
+    sel = b | (b << 4) | ((4 + b) << 8) | ((4 + b) << 12)
+    magic, ty = ("0x64006400", "f16x2") if f16 else ("0x43004300", "bf16x2")
+    lines = ["{", ".reg .b32 t, z;", f"prmt.b32 t, $1, $2, {hex(sel)};", "prmt.b32 z, $3, $4, 0x7610;"]
+    if i % 2:
+        lines.append("shr.u32 t, t, 4;")
+    lines += [f"lop3.b32 t, t, 0x000F000F, {magic}, 0xEA;", f"sub.{ty} $0, t, z;", "}"]
+    return "\n".join(lines)
 
 
 def _asm_word4(fold: bool = False) -> str:
@@ -566,6 +599,26 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, N, K, NB, NB_PER: tl.constexpr,
         tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=mn)
 ''' % (repr(_asm_word4()), repr(_asm_word4(True)))
 
-SOURCE = HEADER + PRELUDE + KERNELS + H2_KERNEL
+
+NIB_KERNEL = r'''
+
+_W4_NIB_F16 = tl.constexpr(%s)
+_W4_NIB_BF16 = tl.constexpr(%s)
+
+
+@triton.jit
+def _w4_nib_pairs(w, zz, i: tl.constexpr, KIND: tl.constexpr):
+    """Nibble i of words w as (u - zeff) in f16 (KIND 1) / bf16 (KIND 2), two codes per PTX step
+    (pairs of consecutive words of a thread; zz = magic + zeff in both halves)."""
+    if KIND == 1:
+        r = tl.inline_asm_elementwise(_W4_NIB_F16[i], "=r,r,r,r,r", [w, zz], dtype=tl.float16,
+                                      is_pure=True, pack=2)
+    else:
+        r = tl.inline_asm_elementwise(_W4_NIB_BF16[i], "=r,r,r,r,r", [w, zz], dtype=tl.bfloat16,
+                                      is_pure=True, pack=2)
+    return r
+''' % (repr(tuple(_asm_nib_pair(i, True) for i in range(8))), repr(tuple(_asm_nib_pair(i, False) for i in range(8))))
+
+SOURCE = HEADER + PRELUDE + KERNELS + H2_KERNEL + NIB_KERNEL
 
 __all__ = ["SOURCE"]

@@ -131,6 +131,11 @@ CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
     (2, 520, 40, 128, False, "bf16", True, dict(GEMV=1, BM=2, BN=16, SPLIT=4)),
     (33, 130, 40, 64, False, "f32", True, dict(GEMV=0, BM=32, BN=32, SPLIT=2)),
     (17, 260, 24, 128, False, "bf16", True, None),
+    # weights as operand A, nibbles to 16-bit pairs in PTX (on a GPU; the interpreter swaps only)
+    (16, 300, 70, 128, False, "bf16", True, dict(GEMV=0, BM=16, BN=64, SPLIT=2, SWAP=3, DOTS8=1)),
+    (17, 520, 90, 128, True, "f16", False, dict(GEMV=0, BM=16, BN=64, SPLIT=3, SWAP=3, DOTS8=1)),
+    (9, 1000, 24, 0, False, "bf16", False, dict(GEMV=0, BM=16, BN=16, SWAP=3, DOTS8=1)),
+    (20, 256, 40, 128, False, "f32", True, dict(GEMV=0, BM=32, BN=64, SWAP=3, DOTS8=1)),
     # the [K/8, N] GEMM: splits, swapped operands, one / several groups per K block, short K
     (16, 300, 70, 128, False, "bf16", True, dict(KN=1, BM=16, BN=32, BK=64, SPLIT=2)),
     (17, 200, 37, 32, True, "f16", False, dict(KN=1, BM=16, BN=16, BK=64, SWAP=1)),
