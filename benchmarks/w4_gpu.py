@@ -211,9 +211,13 @@ def memory(K: int = 4096, N: int = 11008, layers: int = 4) -> None:
     cm(torch.randn(64, K, dtype=torch.bfloat16, device="cuda"))
     torch.cuda.synchronize()
     m64 = (torch.cuda.memory_allocated() - base) / 2**20
+    cm(torch.randn(512, K, dtype=torch.bfloat16, device="cuda"))
+    torch.cuda.synchronize()
+    m512 = (torch.cuda.memory_allocated() - base) / 2**20
     print(f"memory: {layers} linears {K}x{N} alternating, int4 g128: bf16 weights {bf16_mb:.1f} MB; "
           f"compiled W4 model holds {m1:.1f} MB after M = 1 ({m1 / bf16_mb:.2f}x bf16), "
-          f"{m64:.1f} MB after M = 64 ({m64 / bf16_mb:.2f}x)", flush=True)
+          f"{m64:.1f} MB after M = 64 ({m64 / bf16_mb:.2f}x), {m512:.1f} MB after M = 512 "
+          f"({m512 / bf16_mb:.2f}x)", flush=True)
 
 
 def main() -> None:

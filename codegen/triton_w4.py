@@ -35,7 +35,7 @@ Kernels, chosen by M (rows of x):
   nibble (``DOTS8``) or one K=128 dot of the reshaped tile; the block's partial is multiplied
   by the group scale. ``SWAP`` 1 transposes the accumulator; 2 and 3 make the weights operand
   A of the per-nibble dots (on Hopper a wgmma whose A stays in registers: the words come from
-  shared memory straight into the operand layout), and 3 (the default for M <= 32) forms the
+  shared memory straight into the operand layout), and 3 (the default for M > 4) forms the
   16-bit operand pairs in PTX: ``prmt`` brings nibble i of two words into the two halves,
   ``(t & 0x000F000F) | magic`` gives magic + u, one ``sub`` of magic + zeff leaves u - zeff
   (2.2 instead of 3.5 instructions per code; the loop body of the M = 16 kernel drops from 351
@@ -43,8 +43,9 @@ Kernels, chosen by M (rows of x):
   weights in f32 before one IEEE dot (correct, not tuned). The interpreter mishandles a
   bitcast to bf16 and bf16 dots, so there bf16 goes through the f32 form (same values).
 
-- ``w4_gemm_kn`` (``KN``; the default for M > 32): the GPTQ-Triton-style GEMM on the second
-  packing ``qkn`` [Kp/8, N] (8 consecutive K codes per word, N contiguous). Per K block of BK
+- ``w4_gemm_kn`` (``KN``; only by an explicit config: slower at every M measured): the
+  GPTQ-Triton-style GEMM on the second packing ``qkn`` [Kp/8, N] (8 consecutive K codes per
+  word, N contiguous). Per K block of BK
   (<= the group, so one scale row) the [BK/8, BN] words load once, split into nibbles
   ([BK/8, 8, BN] -> [BK, BN]: row k is code k), become u - zeff in x's dtype (exact, as
   above), one tl.dot, and the group scale multiplies the f32 partial (``SCALE_W``=1 instead
@@ -151,12 +152,15 @@ def _pow2(n: int) -> int:
 
 
 def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]:
-    """Blocks by M bucket (picked by ``benchmarks/w4_gpu.py --sweep`` on an H200), then the
-    split. M <= 4: the GEMV (BN 64); M <= 32: the nibble-block GEMM (BM 16 / 32 x BN 64, eight
-    per-nibble dots, the weights as operand A, PTX pairs: ``SWAP`` 3); larger M the ``KN`` GEMM
-    on the [K/8, N] words (BM 64 x BN 128 x BK 128 up to 64; BM 128 x BN 64 x BK 64 beyond).
-    For M <= 64 SPLIT shares K among programs until about 8 (GEMV) / 7 (M <= 16) / 4 / 2 per
-    SM run (never on the interpreter)."""
+    """Blocks by M bucket (picked by ``benchmarks/w4_gpu.py --sweep`` and variants on an H200),
+    then the split. M <= 4: the GEMV (BN 64; M = 1 the f16x2 GEMV); larger M the nibble-block
+    GEMM with the weights as wgmma operand A and PTX pairs (``SWAP`` 3): BM 16 / 32 x BN 64 up
+    to 32, BM 64 x BN 128 beyond. On 8192 x 8192 it ran 44 / 120 / 225 / 439 / 1712 us at M =
+    64 / 256 / 512 / 1024 / 4096 against 67 / 159 / 302 / 589 / 2307 us for the ``KN`` GEMM on
+    the [K/8, N] words, which is now only taken by an explicit config. SPLIT shares K among
+    programs until one wave of about 8 (GEMV) / 7 / 5 / 2 programs per SM runs: the occupancy of
+    each block shape (a second partial wave cost 10-30 % in the sweeps). Never on the
+    interpreter."""
     if M <= GEMV_MAX_M:
         bm = _pow2(M)
         cfg = dict(GEMV=1, BM=bm, BN=64, num_warps=4, num_stages=1)
@@ -164,25 +168,19 @@ def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]
         if M == 1:
             cfg.update(H2=1, **h2_config(N, K, interpret))
     elif M <= 16:
-        # one wave at the occupancy these blocks get (64 registers, 20 KB shared: about seven
-        # programs per SM); SPLIT 4 and 8 ran 10-20 % slower at 8192 x 8192
         cfg = dict(GEMV=0, BM=16, BN=64, SWAP=3, DOTS8=1, num_warps=4, num_stages=3)
         per_sm = 7
     elif M <= 32:
         cfg = dict(GEMV=0, BM=32, BN=64, SWAP=3, DOTS8=1, num_warps=4, num_stages=3)
-        per_sm = 4
-    elif M <= 64:
-        cfg = dict(GEMV=0, KN=1, RESHAPE=1, BM=64, BN=128, BK=128, num_warps=4, num_stages=3)
-        per_sm = 2
+        per_sm = 5
     else:
-        cfg = dict(GEMV=0, KN=1, RESHAPE=1, BM=128, BN=64, BK=64, num_warps=4, num_stages=3)
-        per_sm = 0
+        cfg = dict(GEMV=0, BM=64, BN=128, SWAP=3, DOTS8=1, num_warps=4, num_stages=3)
+        per_sm = 2
     cfg["BN"] = min(cfg["BN"], max(16, _pow2(N)))
     tiles = -(-M // cfg["BM"]) * -(-N // cfg["BN"])
     nblk = -(-K // BLOCK)
     target = per_sm * SMS
-    few = M <= 64 and tiles < target
-    cfg["SPLIT"] = max(1, min(nblk, target // tiles)) if few and not interpret else 1
+    cfg["SPLIT"] = max(1, min(nblk, target // tiles)) if tiles < target and not interpret else 1
     return cfg
 
 

@@ -235,7 +235,7 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
     b1 = tl.minimum(b0 + NB_PER, KW // J)
     for b in range(b0, b1):
         if EVICT:
-            # M <= 32: every weight tile is read once; keep it from evicting x and the partials
+            # one row block: every weight tile is read once; keep it from evicting x and the partials
             w = tl.load(wp + b * N * J, eviction_policy="evict_first")
         else:
             w = tl.load(wp + b * N * J)

@@ -117,7 +117,7 @@ class TritonLaunch:
         self.w4 = None
         if tk.launch == "w4":
             dev = torch.device("cpu") if interpret else torch.device("cuda", torch.cuda.current_device())
-            # the [K/8, N] GEMM layout waits for the first launch that needs it (M > 32)
+            # the [K/8, N] GEMM layout waits for a launch that needs it (no default config does)
             self.w4 = tk.meta.pack(dev, kn=False)
 
     def config(self, q: Sequence[int]) -> tuple[tuple[int], dict[str, int]] | None:

@@ -32,10 +32,9 @@ Layout (exact):
 - ``qkn`` int32 [Kp / 8, N], row major (the GEMM layout, N contiguous so a row of words loads
   coalesced along N): word ``qkn[r, n]`` holds in bits ``4 i .. 4 i + 3`` the code
   ``u[n, 8 r + i]`` (8 consecutive K codes per word). It is a second copy of the same codes:
-  the GEMVs and the nibble-block GEMM (M <= 32) stream ``qweight``, the larger-M GEMM ``qkn``.
-  A compiled Triton module packs ``qkn`` only when a launch first needs it, so a model that
-  only ever runs small M keeps half a byte per code on the device, and one byte per code once
-  both layouts exist (half of bf16).
+  the GEMVs and the nibble-block GEMM stream ``qweight``, the ``KN`` GEMM ``qkn``. No default
+  config takes the ``KN`` GEMM any more, so a compiled Triton module (which packs ``qkn`` only
+  when a launch first needs it) keeps half a byte per code on the device.
 
 Dequantisation: Wd[n, k] = (u[n, k] - zeff[n, k // GE]) * scales[k // GE, n] in f32, which is
 ``dequant_weight`` bit for bit (the difference is an exact small integer, one f32 rounding).

@@ -22,7 +22,7 @@ from scalefold import api  # noqa: E402
 from scalefold.codegen import triton as tgen  # noqa: E402
 from scalefold.codegen.schedule import partition  # noqa: E402
 from scalefold.codegen import triton_w4  # noqa: E402
-from scalefold.codegen.triton_w4 import h2_applies, w4_config, w4_linear  # noqa: E402
+from scalefold.codegen.triton_w4 import h2_applies, needs_kn, w4_config, w4_linear  # noqa: E402
 from scalefold.ir import dtypes as dt  # noqa: E402
 from scalefold.ir.graph import Graph  # noqa: E402
 from scalefold.ir.ops.quant import dequant_weight  # noqa: E402
@@ -249,17 +249,20 @@ def test_config_by_m() -> None:
     assert w4_config(1, 8192, 8192)["H2"] == 1 and w4_config(1, 8192, 8192)["H2_BPS"] == 8
     assert w4_config(1, 16384, 16384)["H2_BPS"] == 32
     assert w4_config(2, 8192, 8192).get("H2", 0) == 0
-    assert w4_config(16, 8192, 8192)["BM"] == 16
-    assert w4_config(64, 8192, 8192)["KN"] == 1 and w4_config(64, 8192, 8192)["SPLIT"] > 1
-    assert w4_config(256, 8192, 8192)["KN"] == 1
+    # M = 16: 128 column blocks x 7 splits, one wave of about seven programs per SM
+    assert w4_config(16, 8192, 8192)["BM"] == 16 and w4_config(16, 8192, 8192)["SWAP"] == 3
+    assert w4_config(16, 8192, 8192)["SPLIT"] == 7
+    assert w4_config(64, 8192, 8192)["SWAP"] == 3 and w4_config(64, 8192, 8192)["SPLIT"] == 4
+    assert w4_config(256, 8192, 8192).get("KN", 0) == 0 and w4_config(256, 8192, 8192)["BM"] == 64
     assert w4_config(256, 16384, 16384)["SPLIT"] == 1
+    assert w4_config(4096, 8192, 8192).get("KN", 0) == 0
     assert w4_config(3, 8192, 8192, interpret=True)["SPLIT"] == 1
 
 
 def test_packed_constants_stay_off_the_device_and_gemm_layout_is_lazy() -> None:
     """The IR codes, scales and zero points of a W4 qlinear get no device tensor (the kernels
-    read their packed copies), and the [K/8, N] GEMM layout is packed only when a launch with
-    M > 32 first needs it."""
+    read their packed copies), and the [K/8, N] GEMM layout is packed only when a launch
+    first needs it: no default config does, an explicit ``KN`` one does."""
     g = qgraph(256, 40, group=128, bias=True, xd="bf16", seed=5)
     n = g.nodes[0]
     cm = api.build_triton(g, DEVICE)
@@ -275,12 +278,12 @@ def test_packed_constants_stay_off_the_device_and_gemm_layout_is_lazy() -> None:
         x = torch.randn(B, S, 256, generator=torch.Generator().manual_seed(B)).to(torch.bfloat16)
         check(cm(x).reshape(B * S, 40), interp.run(g, x)[0].reshape(B * S, 40), x.reshape(B * S, 256), wd,
               n.inputs[4].const, "bf16", h2=B * S == 1)
-    assert launch.w4.qkn is None
-    x = torch.randn(5, 13, 256, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
-    check(cm(x).reshape(65, 40), interp.run(g, x)[0].reshape(65, 40), x.reshape(65, 256), wd,
+    x = torch.randn(5, 60, 256, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
+    check(cm(x).reshape(300, 40), interp.run(g, x)[0].reshape(300, 40), x.reshape(300, 256), wd,
           n.inputs[4].const, "bf16")
-    assert launch.w4.qkn is not None
-    assert torch.equal(unpack_codes(launch.w4, "kn"), n.inputs[1].const)
+    assert launch.w4.qkn is None
+    assert not any(needs_kn(m, 40, 256, False) for m in (1, 16, 65, 300, 4096))
+    assert needs_kn(65, 40, 256, False, dict(GEMV=0, KN=1, BM=64, BN=32, BK=64))
 
 
 def test_h2_gemv_is_skipped_when_its_self_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
