@@ -117,7 +117,7 @@ class TritonLaunch:
         self.w4 = None
         if tk.launch == "w4":
             dev = torch.device("cpu") if interpret else torch.device("cuda", torch.cuda.current_device())
-            # the [K/8, N] GEMM layout waits for a launch that needs it (no default config does)
+            # without the [K/8, N] layout: only an explicit KN config (never the executor) reads it
             self.w4 = tk.meta.pack(dev, kn=False)
 
     def config(self, q: Sequence[int]) -> tuple[tuple[int], dict[str, int]] | None:
@@ -157,12 +157,8 @@ class TritonLaunch:
             M, N, K = (int(v) for v in q)
             return make_launch(self.mod, self.tk.meta, M, N, K, self.interpret)
         if self.tk.launch == "w4":
-            from ..codegen.triton_w4 import make_launch as w4_launch, needs_kn
-            from .w4pack_gpu import pack_kn
+            from ..codegen.triton_w4 import make_launch as w4_launch
             M, N, K = (int(v) for v in q)
-            if self.w4.qkn is None and needs_kn(M, N, K, self.interpret):
-                spec = self.tk.meta
-                self.w4 = self.w4.with_kn(pack_kn(spec.w, spec.group, spec.signed))
             return w4_launch(self.mod, self.tk.meta, self.w4, M, N, K, self.interpret)
         cfg = self.config(q)
         if cfg is None or self.fn is None:

@@ -33,15 +33,14 @@ Layout (exact):
   coalesced along N): word ``qkn[r, n]`` holds in bits ``4 i .. 4 i + 3`` the code
   ``u[n, 8 r + i]`` (8 consecutive K codes per word). It is a second copy of the same codes:
   the GEMVs and the nibble-block GEMM stream ``qweight``, the ``KN`` GEMM ``qkn``. No default
-  config takes the ``KN`` GEMM any more, so a compiled Triton module (which packs ``qkn`` only
-  when a launch first needs it) keeps half a byte per code on the device.
+  config takes the ``KN`` GEMM, so a compiled Triton module packs no ``qkn`` and keeps half a
+  byte per code on the device.
 
 Dequantisation: Wd[n, k] = (u[n, k] - zeff[n, k // GE]) * scales[k // GE, n] in f32, which is
 ``dequant_weight`` bit for bit (the difference is an exact small integer, one f32 rounding).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -89,10 +88,6 @@ class W4Packed:
     def kp(self) -> int:
         return BLOCK * self.qweight.shape[0]
 
-    def with_kn(self, qkn: torch.Tensor) -> "W4Packed":
-        """The same packing with the GEMM layout ``qkn`` (from :func:`pack_kn`) on its device."""
-        return dataclasses.replace(self, qkn=qkn.to(self.scales.device))
-
     def to(self, device: torch.device | str) -> "W4Packed":
         """The same packing on ``device``."""
         z = self.zeros.to(device) if self.zeros is not None else None
@@ -130,7 +125,7 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, gro
             signed: bool, kn: bool = True) -> W4Packed:
     """Pack codes ``w`` [N, K] (uint8 0..15, or int8 -8..7 when ``signed``), ``scale`` [N, G] or
     [N] and optional ``zero`` (w's dtype, scale's shape) for the W4 kernels; ``kn=False`` leaves
-    out the GEMM layout (``W4Packed.with_kn`` adds it when a launch first needs it)."""
+    out the GEMM layout (the executor's packing: no default config reads it)."""
     n, k = w.shape
     ge, kp, ngp = w4_layout(k, group)
     up = _unsigned_padded(w, kp, signed)

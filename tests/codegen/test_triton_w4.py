@@ -22,7 +22,7 @@ from scalefold import api  # noqa: E402
 from scalefold.codegen import triton as tgen  # noqa: E402
 from scalefold.codegen.schedule import partition  # noqa: E402
 from scalefold.codegen import triton_w4  # noqa: E402
-from scalefold.codegen.triton_w4 import h2_applies, needs_kn, w4_config, w4_linear  # noqa: E402
+from scalefold.codegen.triton_w4 import h2_applies, w4_config, w4_linear  # noqa: E402
 from scalefold.ir import dtypes as dt  # noqa: E402
 from scalefold.ir.graph import Graph  # noqa: E402
 from scalefold.ir.ops.quant import dequant_weight  # noqa: E402
@@ -111,6 +111,14 @@ def test_pack_unpacks_exactly(K: int, group: int, bits: int, sym: bool) -> None:
     assert torch.equal(dequant(p), ref)
     zz = z.reshape(19, -1).long() if z is not None else None
     assert torch.equal(dequant(p), int_dequantize(c.long(), s.reshape(19, -1), zz, group if group else K))
+
+
+def test_kn_config_needs_the_gemm_layout() -> None:
+    c, s, z, _ = quantised(16, 256, 4, 128, False, seed=4)
+    p = pack_w4(c, s, z, 128, False, kn=False).to(DEVICE)
+    x = torch.randn(20, 256).to(DEVICE)
+    with pytest.raises(ValueError, match="KN config"):
+        w4_linear(x, p, None, dict(GEMV=0, KN=1, BM=32, BN=16, BK=64))
 
 
 def test_bad_group_is_refused() -> None:
@@ -259,10 +267,10 @@ def test_config_by_m() -> None:
     assert w4_config(3, 8192, 8192, interpret=True)["SPLIT"] == 1
 
 
-def test_packed_constants_stay_off_the_device_and_gemm_layout_is_lazy() -> None:
+def test_packed_constants_stay_off_the_device_and_no_gemm_layout() -> None:
     """The IR codes, scales and zero points of a W4 qlinear get no device tensor (the kernels
-    read their packed copies), and the [K/8, N] GEMM layout is packed only when a launch
-    first needs it: no default config does, an explicit ``KN`` one does."""
+    read their packed copies), and the [K/8, N] GEMM layout is never packed: M = 1, 16 and
+    300 all run on the block-major words."""
     g = qgraph(256, 40, group=128, bias=True, xd="bf16", seed=5)
     n = g.nodes[0]
     cm = api.build_triton(g, DEVICE)
@@ -282,8 +290,6 @@ def test_packed_constants_stay_off_the_device_and_gemm_layout_is_lazy() -> None:
     check(cm(x).reshape(300, 40), interp.run(g, x)[0].reshape(300, 40), x.reshape(300, 256), wd,
           n.inputs[4].const, "bf16")
     assert launch.w4.qkn is None
-    assert not any(needs_kn(m, 40, 256, False) for m in (1, 16, 65, 300, 4096))
-    assert needs_kn(65, 40, 256, False, dict(GEMV=0, KN=1, BM=64, BN=32, BK=64))
 
 
 def test_h2_gemv_is_skipped_when_its_self_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
