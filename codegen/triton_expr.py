@@ -438,3 +438,23 @@ def _sf_upow(a, e, BITS: tl.constexpr):
         k = k >> 1
     return r
 '''
+
+#: The GEMM tile order shared by the int8 and W4 GEMM kernels (appended to their PRELUDE).
+GEMM_TILE = r'''
+
+@triton.jit
+def _sf_gemm_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """Rows / channels of GEMM tile ``pid`` (and their clamped copies for loads). GROUP_M row
+    blocks walk the column blocks together, so their weight tiles are shared in L2; rows and
+    channels past the end read row 0 (never stored)."""
+    num_m = (M + BM - 1) // BM
+    num_n = (N + BN - 1) // BN
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    return rm, rn, tl.where(rm < M, rm, 0).to(tl.int64), tl.where(rn < N, rn, 0).to(tl.int64)
+'''

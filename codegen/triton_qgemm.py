@@ -35,7 +35,7 @@ import torch
 
 from ..ir.graph import Node
 from .schedule import Kernel
-from .triton_expr import PRELUDE
+from .triton_expr import GEMM_TILE, PRELUDE
 
 X_INT = frozenset({"i8", "i4", "u4"})      # integer codes held exactly in int8
 W_INT = frozenset({"i8", "i4", "u4"})
@@ -138,24 +138,10 @@ def sf_kernel(X, W, S, Z, B, Y, SX, RSX, M, N, K,
               HAS_RS: tl.constexpr, F64: tl.constexpr, ROUND_BF16: tl.constexpr,
               EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
               GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m = (M + BM - 1) // BM
-    num_n = (N + BN - 1) // BN
-    # groups of GROUP_M row blocks walk the column blocks together: their weight tiles are
-    # shared in L2
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rm, rn, rmc, rnc = _sf_gemm_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     rk = tl.arange(0, BK)
     mm = rm < M
     mn = rn < N
-    # rows / channels past the end read row 0 (never stored): loads need a mask along K only
-    rmc = tl.where(mm, rm, 0).to(tl.int64)
-    rnc = tl.where(mn, rn, 0).to(tl.int64)
     xp = X + rmc[:, None] * K + rk[None, :]
     wp = W + rnc[:, None] * K + rk[None, :]
     acc = tl.full([BM, BN], 0, tl.int32)
@@ -197,7 +183,7 @@ def sf_kernel(X, W, S, Z, B, Y, SX, RSX, M, N, K,
         tl.store(yp, y, mask=mm[:, None] & mn[None, :])
 '''
 
-SOURCE = HEADER + PRELUDE + KERNELS
+SOURCE = HEADER + PRELUDE + GEMM_TILE + KERNELS
 REASON = ("group-wise weights, u8 / i16 / float8 / fp4 weights, u8 / i16 / i32 codes x, float x "
           "without dynamic activation quantisation (weight-only), abits > 8 and K > 65792 run the "
           "torch reference on the device (the Triton int8 GEMM, triton_qgemm.py, takes group 0 "

@@ -3,7 +3,7 @@ renders / launches them. Kept apart because the kernel text is long and changes 
 reasons than the launch logic."""
 from __future__ import annotations
 
-from .triton_expr import PRELUDE
+from .triton_expr import GEMM_TILE, PRELUDE
 from .triton_w4_ptx import H2_KERNEL, NIB_KERNEL
 
 HEADER = "# scalefold: Triton W4A16 kernels (weight-only 4-bit qlinear)\nimport triton\nimport triton.language as tl\n"
@@ -57,23 +57,6 @@ def _w4_dot(a, b, IEEE: tl.constexpr):
     else:
         r = tl.dot(a, b)
     return r
-
-
-@triton.jit
-def _w4_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
-    """Rows / channels of GEMM tile ``pid`` (and their clamped copies for loads). GROUP_M row
-    blocks walk the column blocks together, so their weight tiles are shared in L2; rows and
-    channels past the end read row 0 (never stored)."""
-    num_m = (M + BM - 1) // BM
-    num_n = (N + BN - 1) // BN
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    return rm, rn, tl.where(rm < M, rm, 0).to(tl.int64), tl.where(rn < N, rn, 0).to(tl.int64)
 
 
 @triton.jit
@@ -221,7 +204,7 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
             GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rm, rn, rmc, rnc = _w4_tile(pid, M, N, BM, BN, GROUP_M)
+    rm, rn, rmc, rnc = _sf_gemm_tile(pid, M, N, BM, BN, GROUP_M)
     j = tl.arange(0, J)
     kk = tl.arange(0, 8 * J)
     sh = tl.arange(0, 8) * 4
@@ -323,7 +306,7 @@ def w4_gemm_kn(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NKB, NB_PER,
     the f32 partial."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rm, rn, rmc, rnc = _w4_tile(pid, M, N, BM, BN, GROUP_M)
+    rm, rn, rmc, rnc = _sf_gemm_tile(pid, M, N, BM, BN, GROUP_M)
     rk = tl.arange(0, BK)
     xp = X + rmc[:, None] * K + rk[None, :]                          # [BM, BK]
     if RESHAPE:
@@ -379,6 +362,6 @@ def w4_gemm_kn(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NKB, NB_PER,
 '''
 
 
-SOURCE = HEADER + PRELUDE + KERNELS + H2_KERNEL + NIB_KERNEL
+SOURCE = HEADER + PRELUDE + GEMM_TILE + KERNELS + H2_KERNEL + NIB_KERNEL
 
 __all__ = ["SOURCE"]
