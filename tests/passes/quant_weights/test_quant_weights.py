@@ -10,7 +10,7 @@ from scalefold.ir.parser import parse
 from scalefold.passes import PassManager
 from scalefold.passes.awq import fake_quant_int
 from scalefold.passes.wq_fp import FP4_FORMATS, fp4_codes, fp8_codes
-from scalefold.passes.wq_int import clip_search, int_dequantize, int_quantize
+from scalefold.passes.wq_int import _fake_asym, clip_search, grouped, int_dequantize, int_quantize
 from scalefold.ir.ops.quant import dequant_weight
 
 
@@ -55,6 +55,38 @@ def test_clip_search_never_worse_than_no_clip() -> None:
     assert (c.abs() <= w.abs() + 1e-7).all()
     err = lambda v: float(((fake_quant_int(v, 3, 8) - w) @ gram * (fake_quant_int(v, 3, 8) - w)).sum())
     assert err(c) <= err(w) + 1e-9
+
+
+@pytest.mark.parametrize("bits,group,k", [(4, 8, 32), (3, 16, 40), (4, 128, 300)])
+def test_clip_search_fake_quant_is_the_quantiser(bits: int, group: int, k: int) -> None:
+    """The range search scores each candidate with the same values the pass then stores."""
+    gen = torch.Generator().manual_seed(k)
+    w = torch.randn(9, k, generator=gen) * torch.rand(9, 1, generator=gen)
+    g = group if group < k else k
+    xg = grouped(w, g)
+    c = torch.minimum(torch.maximum(xg, xg.amin(-1, keepdim=True) * 0.8), xg.amax(-1, keepdim=True) * 0.9)
+    ref = int_dequantize(*int_quantize(c.reshape(9, -1), bits, g), g).reshape(c.shape)
+    assert torch.equal(_fake_asym(c, bits), ref)
+
+
+def test_clip_search_is_never_worse_than_awqs_symmetric_grid() -> None:
+    """Lopsided groups (one large positive weight per row): the searched ranges, which include
+    AWQ's grid (±max|w| shrunk by i/20, i < 10) and independently shrunk minima and maxima,
+    give no row a larger output error than AWQ's grid alone, and some rows a smaller one."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 16, generator=gen) * torch.linspace(0.3, 2.0, 16)
+    w = torch.randn(8, 16, generator=gen) * 0.1 - 0.05
+    w[:, 5] = 0.6
+    gram = x.T @ x / 400
+
+    def err(v: torch.Tensor) -> torch.Tensor:
+        d = fake_quant_int(v, 3, 16) - w
+        return ((d @ gram) * d).sum(1)
+    amax = w.abs().amax(1, keepdim=True)
+    awq = torch.stack([err(torch.clamp(w, -amax * (1 - i / 20), amax * (1 - i / 20))) for i in range(10)]).amin(0)
+    new = err(clip_search(w, gram, 3, 16))
+    assert (new <= awq + 1e-9).all()
+    assert (new < awq - 1e-4).any()
 
 
 @pytest.mark.parametrize("group", [16, 0])
