@@ -63,30 +63,28 @@ def tinygemm_setup(u: torch.Tensor, s: torch.Tensor, z: torch.Tensor):
 
 
 def variants(M: int) -> list[dict]:
-    """Config variants timed by :func:`sweep` for one M (GEMM ones: the [K/8, N] ``KN`` kernel;
-    the first entry of each M is the previous default of the nibble-block kernel)."""
+    """Config variants timed by :func:`sweep` for one M: the nibble-block GEMM with the weights
+    as operand A (``SWAP`` 3, the default for M > 4) over block shapes and splits, and for
+    comparison the previous M = 16 default (``SWAP`` 1) and the [K/8, N] ``KN`` GEMM."""
     if M == 1:
         return [dict(GEMV=1, BM=1, H2=1, H2_BN=bn, H2_BPS=bps, H2_XB=xb, num_warps=4)
                 for bn in (128, 256) for bps in (4, 8, 16) for xb in (0, 1)] + \
             [dict(GEMV=1, BM=1, BN=64, SPLIT=sp, num_warps=4, num_stages=1) for sp in (8, 16)]
     kn = dict(GEMV=0, KN=1, RESHAPE=1)
+    g3 = dict(GEMV=0, SWAP=3, DOTS8=1, num_warps=4, num_stages=3)
     if M == 16:
         return [dict(GEMV=0, BM=16, BN=64, SWAP=1, DOTS8=1, SPLIT=4, num_warps=4, num_stages=3)] + \
-            [dict(GEMV=0, BM=16, BN=bn, SWAP=3, DOTS8=1, SPLIT=sp, num_warps=4, num_stages=3)
-             for bn in (64, 128) for sp in (4, 5, 6, 7, 8)] + \
+            [dict(g3, BM=16, BN=bn, SPLIT=sp) for bn in (64, 128) for sp in (4, 5, 6, 7, 8)] + \
             [dict(kn, BM=16, BN=128, BK=64, SWAP=1, SCALE_W=sc, SPLIT=8, num_warps=4, num_stages=3)
              for sc in (0, 1)]
     if M == 64:
-        return [dict(GEMV=0, BM=64, BN=128, SWAP=0, SPLIT=1, num_warps=4, num_stages=4)] + \
-            [dict(kn, BM=64, BN=bn, BK=128, SCALE_W=sc, SPLIT=sp, num_warps=4, num_stages=3)
-             for bn in (64, 128) for sc in (0, 1) for sp in (2, 4)] + \
-            [dict(kn, BM=64, BN=64, BK=64, SCALE_W=sc, SPLIT=2, num_warps=4, num_stages=3)
-             for sc in (0, 1)]
-    return [dict(GEMV=0, BM=64, BN=256, SWAP=0, SPLIT=1, num_warps=8, num_stages=3)] + \
-        [dict(kn, BM=bm, BN=bn, BK=64, SCALE_W=sc, SPLIT=1, num_warps=w, num_stages=3)
-         for bm in (64, 128) for bn in (64, 128) for w in (4, 8) for sc in (0, 1)] + \
-        [dict(kn, BM=128, BN=128, BK=64, SCALE_W=sc, SPLIT=2, num_warps=8, num_stages=3)
-         for sc in (0, 1)]
+        return [dict(g3, BM=64, BN=bn, SPLIT=sp) for bn in (64, 128) for sp in (2, 3, 4, 5)] + \
+            [dict(g3, BM=64, BN=256, SPLIT=sp, num_warps=8) for sp in (2, 4)] + \
+            [dict(kn, BM=64, BN=128, BK=128, SPLIT=4, num_warps=4, num_stages=3)]
+    return [dict(g3, BM=64, BN=128, SPLIT=sp) for sp in (1, 2)] + \
+        [dict(g3, BM=64, BN=256, SPLIT=1, num_warps=8), dict(g3, BM=128, BN=128, SPLIT=1, num_warps=8),
+         dict(g3, BM=64, BN=64, SPLIT=1)] + \
+        [dict(kn, BM=128, BN=64, BK=64, SPLIT=1, num_warps=4, num_stages=3)]
 
 
 def bench_rot(fns, reps: int = 3) -> float:

@@ -39,16 +39,16 @@ Kernels, chosen by M (rows of x):
   16-bit operand pairs in PTX: ``prmt`` brings nibble i of two words into the two halves,
   ``(t & 0x000F000F) | magic`` gives magic + u, one ``sub`` of magic + zeff leaves u - zeff
   (sm_90 SASS of the M = 16 kernel: about 1.6 instead of 2.8 instructions per code for the
-  dequantisation, and 271 instead of 351 per warp and block for the whole loop body). Groups < 128 scale the
-  weights in f32 before one IEEE dot (correct, not tuned). The interpreter mishandles a
-  bitcast to bf16 and bf16 dots, so there bf16 goes through the f32 form (same values).
+  dequantisation, and 271 instead of 351 per warp and block for the whole loop body). Groups
+  < 128 scale the weights in f32 before one IEEE dot (correct, not tuned). The interpreter
+  mishandles a bitcast to bf16 and bf16 dots, so there bf16 goes through the f32 form (same
+  values), and it runs ``SWAP`` 3 without the PTX step.
 
 - ``w4_gemm_kn`` (``KN``; only by an explicit config: slower at every M measured): the
   GPTQ-Triton-style GEMM on the second packing ``qkn`` [Kp/8, N] (8 consecutive K codes per
-  word, N contiguous). Per K block of BK
-  (<= the group, so one scale row) the [BK/8, BN] words load once, split into nibbles
-  ([BK/8, 8, BN] -> [BK, BN]: row k is code k), become u - zeff in x's dtype (exact, as
-  above), one tl.dot, and the group scale multiplies the f32 partial (``SCALE_W``=1 instead
+  word, N contiguous). Per K block of BK (<= the group, so one scale row) the [BK/8, BN]
+  words load once, split into nibbles ([BK/8, 8, BN] -> [BK, BN]: row k is code k), become
+  u - zeff in x's dtype (exact, as above), one tl.dot, and the group scale multiplies the f32 partial (``SCALE_W``=1 instead
   scales the weights in f32 and rounds them to x's dtype: a few % faster, not bit-faithful to
   the reference; off by default).
 

@@ -113,6 +113,63 @@ def test_pack_unpacks_exactly(K: int, group: int, bits: int, sym: bool) -> None:
     assert torch.equal(dequant(p), int_dequantize(c.long(), s.reshape(19, -1), zz, group if group else K))
 
 
+def _run_ptx(asm: str, ops: dict[int, int]) -> int:
+    """A reading of the few PTX instructions the nibble-pair step uses (prmt, shr, lop3, f16x2 /
+    bf16x2 sub) on 32-bit integers; ``ops`` maps $n to its value. Returns $0."""
+    regs = {f"${n}": v for n, v in ops.items()}
+
+    def val(x: str) -> int:
+        return int(x, 16) if x.startswith("0x") else int(x) if x.isdigit() else regs[x]
+
+    def halves(v: int, ty: str) -> torch.Tensor:
+        h = torch.tensor([v & 0xFFFF, v >> 16], dtype=torch.int32).to(torch.int16)
+        return h.view(torch.float16 if ty == "f16x2" else torch.bfloat16).float()
+
+    for line in asm.replace("{", "").replace("}", "").split(";"):
+        line = line.strip()
+        if not line or line.startswith(".reg"):
+            continue
+        op, args = line.split(None, 1)
+        a = [x.strip() for x in args.split(",")]
+        if op == "prmt.b32":
+            src = val(a[1]) | (val(a[2]) << 32)
+            sel = val(a[3])
+            regs[a[0]] = sum(((src >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
+        elif op == "shr.u32":
+            regs[a[0]] = val(a[1]) >> val(a[2])
+        elif op == "lop3.b32":
+            x, y, z, lut = val(a[1]), val(a[2]), val(a[3]), val(a[4])
+            regs[a[0]] = sum(((lut >> ((((x >> b) & 1) << 2) | (((y >> b) & 1) << 1) | ((z >> b) & 1))) & 1) << b
+                             for b in range(32))
+        elif op.startswith("sub."):
+            ty = op.split(".")[1]
+            d = (halves(val(a[1]), ty) - halves(val(a[2]), ty)).to(torch.float16 if ty == "f16x2" else torch.bfloat16)
+            lo, hi = (int(v) & 0xFFFF for v in d.view(torch.int16))
+            regs[a[0]] = lo | (hi << 16)
+        else:
+            raise AssertionError(f"instruction not modelled: {op}")
+    return regs["$0"]
+
+
+@pytest.mark.parametrize("f16", [True, False])
+def test_nibble_pair_ptx_gives_code_minus_zero(f16: bool) -> None:
+    """The PTX of the SWAP 3 operand pairs (only run by GPU tests) read instruction by
+    instruction: nibble i of each of two words, minus that element's zero point, as the f16 /
+    bf16 pair (low half: the first word), for every nibble and random words and zeros."""
+    from scalefold.codegen.triton_w4_ptx import _asm_nib_pair
+    gen = torch.Generator().manual_seed(5)
+    magic = 0x6400 if f16 else 0x4300
+    for _ in range(20):
+        w1, w2 = (int(v) for v in torch.randint(0, 2**32, (2,), generator=gen, dtype=torch.int64))
+        z1, z2 = (int(v) for v in torch.randint(0, 16, (2,), generator=gen))
+        for i in range(8):
+            r = _run_ptx(_asm_nib_pair(i, f16), {1: w1, 2: w2, 3: (z1 | magic) * 0x10001,
+                                                 4: (z2 | magic) * 0x10001})
+            got = torch.tensor([r & 0xFFFF, r >> 16], dtype=torch.int32).to(torch.int16)
+            got = got.view(torch.float16 if f16 else torch.bfloat16).float().tolist()
+            assert got == [float(((w1 >> 4 * i) & 15) - z1), float(((w2 >> 4 * i) & 15) - z2)], (i, f16)
+
+
 def test_kn_config_needs_the_gemm_layout() -> None:
     c, s, z, _ = quantised(16, 256, 4, 128, False, seed=4)
     p = pack_w4(c, s, z, 128, False, kn=False).to(DEVICE)
