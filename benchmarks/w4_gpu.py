@@ -9,7 +9,8 @@ ratios, achieved GB/s against 4.8 TB/s and the error of our output against the b
 weight product (‖y - ref‖ / ‖ref‖, ref in f32). Run from the repo root on a CUDA machine:
 ``mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/scalefold && PYTHONPATH=/tmp/pkg python3
 benchmarks/w4_gpu.py [--sweep 1,16,64,256 [--sweep-only]] [--out FILE]`` (``--out`` also
-writes the table to FILE; ``--sweep`` first times config variants at 8192 x 8192; ``--memory``
+writes the table to FILE; ``--sweep`` first times config variants at 8192 x 8192; ``--sym`` times
+symmetric int4 (signed codes, no zero points) instead of u4 codes with zero points; ``--memory``
 reports the GPU memory of a compiled int4 model against bf16 weights instead).
 """
 from __future__ import annotations
@@ -225,6 +226,8 @@ def main() -> None:
     ap.add_argument("--sweep", default=None, help="first time block / split variants at "
                     "8192x8192 for these M (e.g. 1,16,64,256)")
     ap.add_argument("--sweep-only", action="store_true")
+    ap.add_argument("--sym", action="store_true", help="symmetric int4 (signed codes, no zero points) "
+                    "instead of u4 + zero")
     ap.add_argument("--memory", action="store_true", help="only report the GPU memory a compiled "
                     "int4 model holds (see memory())")
     args = ap.parse_args()
@@ -241,15 +244,20 @@ def main() -> None:
     dev = torch.device("cuda")
     torch.manual_seed(0)
     lines = [f"# {torch.cuda.get_device_name()} torch {torch.__version__}; do_bench median over "
-             f"CUDA-graph replays, L2 flushed; W4 g{GROUP} u4 + zero, bf16 x",
+             f"CUDA-graph replays, L2 flushed; W4 g{GROUP} {'i4 symmetric' if args.sym else 'u4 + zero'}, bf16 x",
              f"{'K':>6} {'N':>6} {'M':>4} | {'w4 us':>8} {'bf16 us':>8} {'tiny us':>8} | "
              f"{'x bf16':>6} {'x tiny':>6} | {'w4 GB/s':>8} {'%4.8T':>6} | {'cfg':<22} | relerr"]
     for K, N in shapes:
         G = K // GROUP
         u = torch.randint(0, 16, (N, K), dtype=torch.uint8, device=dev)
         s = (torch.rand(N, G, device=dev) * 0.02 + 0.001)
-        z = torch.randint(0, 16, (N, G), dtype=torch.uint8, device=dev)
-        p = pack_w4(u, s, z, GROUP, False)
+        if args.sym:
+            # symmetric int4: signed codes u - 8, no zero points (the kernels' constant zero)
+            z = torch.full((N, G), 8, dtype=torch.uint8, device=dev)
+            p = pack_w4((u.to(torch.int16) - 8).to(torch.int8), s, None, GROUP, True)
+        else:
+            z = torch.randint(0, 16, (N, G), dtype=torch.uint8, device=dev)
+            p = pack_w4(u, s, z, GROUP, False)
         wd = ((u.float() - z.float().repeat_interleave(GROUP, 1)) * s.repeat_interleave(GROUP, 1))
         wb = wd.to(torch.bfloat16)
         try:

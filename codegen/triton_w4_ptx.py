@@ -90,7 +90,8 @@ def _w4_h2_wzs(wp, Z, S, b, N, rnc, J: tl.constexpr, GB: tl.constexpr, HAS_ZERO:
     if HAS_ZERO:
         zi = tl.load(Z + (b // GB) * N + rnc).to(tl.int32)
     else:
-        zi = tl.zeros_like(rnc).to(tl.int32) + ZC
+        # never reads (mask false): a constant would be hoisted and change the layouts
+        zi = tl.load(Z + (b // GB) * N + rnc, mask=rnc < 0, other=ZC).to(tl.int32)
     return w, zi, tl.load(S + (b // GB) * N + rnc)
 
 

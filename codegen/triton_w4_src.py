@@ -35,7 +35,11 @@ def _w4_zoff(Z, g, N, rnc, HAS_ZERO: tl.constexpr, ZC: tl.constexpr, KIND: tl.co
     if HAS_ZERO:
         z = tl.load(Z + g * N + rnc).to(tl.float32) * (1 << (4 * POW)) + magic
     else:
-        z = tl.zeros_like(rnc).to(tl.float32) + (ZC * (1 << (4 * POW)) + magic)
+        # a load that never reads (its mask is false; rnc >= 0) rather than a constant: the
+        # constant is hoisted out of the K loop, and Triton then keeps SWAP 3's nibble pairs in
+        # a blocked layout and converts each through shared memory (M = 16 on an H200: 36
+        # instead of 29 us)
+        z = tl.load(Z + g * N + rnc, mask=rnc < 0, other=ZC).to(tl.float32) * (1 << (4 * POW)) + magic
     return z
 
 

@@ -368,3 +368,49 @@ def test_h2_gemv_is_skipped_when_its_self_check_fails(monkeypatch: pytest.Monkey
     if DEVICE != "cpu":
         # the real check passed on this GPU (the first launch above ran it)
         assert all(triton_w4._H2_OK.values()) and triton_w4._H2_OK
+
+
+_SWAP3_TTGIR = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from scalefold.codegen.triton_w4_src import SOURCE
+from scalefold.runtime.triton_exec import load_module
+has_zero = sys.argv[1] == "1"
+fn = load_module(SOURCE, False).w4_gemm
+ptrs = dict(X="bf16", P="i32", S="fp32", Z="u8", B="bf16", Y="bf16", WS="fp32", CNT="i32")
+consts = dict(HAS_ZERO=has_zero, ZC=0 if has_zero else 8, HAS_BIAS=False, SPLIT=4, ROUND_BF16=False,
+              EVEN_K=True, KIND=2, FAST16=True, IEEE=False, SWAP=3, DOTS8=1, EVICT=1, BM=16, BN=64, J=16,
+              GE=128, GROUP_M=8)
+sig, cx = {}, {}
+for i, p in enumerate(fn.arg_names):
+    if p in consts:
+        sig[p], cx[(i,)] = "constexpr", consts[p]
+    else:
+        sig[p] = "*" + ptrs[p] if p in ptrs else "i32"
+k = triton.compile(ASTSource(fn, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
+                   options=dict(num_warps=4, num_stages=3))
+print(json.dumps([ln for ln in k.asm["ttgir"].splitlines() if "elementwise_inline_asm" in ln]))
+"""
+
+
+@pytest.mark.parametrize("has_zero", [True, False])
+def test_swap3_nibble_pairs_stay_in_registers(has_zero: bool, tmp_path) -> None:
+    """SWAP 3 relies on Triton keeping the PTX nibble pairs in the wgmma register-operand
+    layout. Compiled for sm_90 (no GPU needed; in a fresh process, outside the interpreter mode
+    of this module), every pair step must produce that layout, with and without zero points.
+    With a constant zero point (``HAS_ZERO`` false) Triton once hoisted it out of the K loop
+    and then staged each pair tile through shared memory instead (M = 16 on an H200: 36 instead
+    of 29 µs); the kernel now reads it through a load that never fires."""
+    import json
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-c", _SWAP3_TTGIR, "1" if has_zero else "0"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(steps) == 8                                          # one per nibble
+    assert all("-> tensor<64x16xbf16, #ttg.dot_op<{opIdx = 0" in ln for ln in steps), steps[0]
