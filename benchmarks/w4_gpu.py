@@ -286,7 +286,8 @@ def main() -> None:
                     t_tg = bench(lambda: torch.ops.aten._weight_int4pack_mm(x, tw, GROUP, tsz))
                 except Exception as e:  # noqa: BLE001
                     print(f"  tinygemm failed: {type(e).__name__}: {e}")
-            nbytes = p.qweight.numel() * 4 + p.scales.numel() * 4 + p.zeros.numel() + 2 * M * (K + N)
+            zbytes = p.zeros.numel() if p.zeros is not None else 0
+            nbytes = p.qweight.numel() * 4 + p.scales.numel() * 4 + zbytes + 2 * M * (K + N)
             gbs = nbytes / (t_w4 * 1e-6) / 1e9
             c = w4_config(M, N, K)
             if c.get("H2"):
