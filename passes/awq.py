@@ -24,8 +24,9 @@ PASS = "awq_scales"
 def fake_quant_int(w: torch.Tensor, bits: int = 4, group: int = 128, sym: bool = False) -> torch.Tensor:
     """Round-to-nearest integer fake quantisation of ``w`` [..., K], group-wise along K.
 
-    Asymmetric (default): per group Δ = (max − min)/(2^bits − 1) (the range floored at 1e-5,
-    as AWQ does), z = clamp(−round(min/Δ), 0, 2^bits − 1),
+    Asymmetric (default): per group, with min ≤ 0 ≤ max (the group's extremes widened to hold
+    0, as GPTQ does: else a one-signed group's zero point falls outside the codes),
+    Δ = (max − min)/(2^bits − 1) (the range floored at 1e-5, as AWQ does), z = clamp(−round(min/Δ), 0, 2^bits − 1),
     ŵ = (clamp(round(w/Δ) + z, 0, 2^bits − 1) − z)·Δ.
     Symmetric: Δ = max|w|/(2^(bits−1) − 1), ŵ = clamp(round(w/Δ), −2^(bits−1), 2^(bits−1) − 1)·Δ.
     ``group`` <= 0 (or >= K) means one group per row; a last partial group is its own group.
@@ -49,7 +50,8 @@ def fake_quant_int(w: torch.Tensor, bits: int = 4, group: int = 128, sym: bool =
             q = torch.clamp(torch.round(x / delta), -qmax - 1, qmax) * delta
         else:
             qmax = 2 ** bits - 1
-            mn, mx = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+            # the range always holds 0, so the zero point is a code in [0, 2^bits - 1]
+            mn, mx = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
             delta = (mx - mn).clamp(min=1e-5) / qmax
             z = torch.clamp(-torch.round(mn / delta), 0, qmax)
             q = (torch.clamp(torch.round(x / delta) + z, 0, qmax) - z) * delta

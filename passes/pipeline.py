@@ -14,6 +14,8 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+import types
+import typing
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -82,6 +84,57 @@ def parse_pass(spec: str) -> tuple[str, dict[str, Any]]:
     return name, opts
 
 
+_TRUE, _FALSE, _NONE = ("true", "yes", "on"), ("false", "no", "off"), ("none", "null")
+
+
+def _allowed(hint: Any) -> tuple[set[type], bool] | None:
+    """(the plain types an annotation allows, whether it allows None), or None when the
+    annotation is not one :func:`coerce_options` checks (Any, containers, ...)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    kinds = {a for a in args if a in (bool, int, float, str)}
+    if not kinds or any(a not in (bool, int, float, str, type(None)) for a in args):
+        return None
+    return kinds, type(None) in args
+
+
+def coerce_options(name: str, fn: PassFn, opts: dict[str, Any]) -> dict[str, Any]:
+    """Options of pass ``name`` checked against ``fn``'s annotations (bool, int, float, str and
+    their ``| None``): bare words true/false/yes/no/on/off become booleans and none becomes None
+    where the annotation allows them, an int is accepted for a float; any other mismatch is a
+    ScalefoldError naming the pass, the option and the value. Options the annotations do not
+    describe (``Any``, containers) pass unchanged, for the pass to check."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:   # noqa: BLE001 - unresolvable annotations: nothing to check against
+        return dict(opts)
+    out = dict(opts)
+    for key, v in opts.items():
+        allowed = _allowed(hints.get(key, Any))
+        if allowed is None:
+            continue
+        kinds, nullable = allowed
+        word = v.strip().lower() if isinstance(v, str) else None
+        if nullable and (v is None or word in _NONE):
+            out[key] = None
+        elif bool in kinds and isinstance(v, bool):
+            pass
+        elif bool in kinds and word in _TRUE + _FALSE:
+            out[key] = word in _TRUE
+        elif bool in kinds and not isinstance(v, bool) and isinstance(v, int) and v in (0, 1) and \
+                kinds == {bool}:
+            out[key] = bool(v)
+        elif int in kinds and isinstance(v, int) and not isinstance(v, bool):
+            pass
+        elif float in kinds and isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v) if int not in kinds else v
+        elif str in kinds and isinstance(v, str):
+            pass
+        else:
+            want = " or ".join(sorted(t.__name__ for t in kinds) + (["none"] if nullable else []))
+            raise ScalefoldError(f"pass {name}: option {key} must be {want}, got {v!r}")
+    return out
+
+
 def split_pipeline(text: str) -> list[str]:
     """Split ``"a,b(x=1,y=2),c"`` at top-level commas."""
     out, depth, cur = [], 0, ""
@@ -123,8 +176,10 @@ class PassManager:
                  calibration: Iterable[Sequence[torch.Tensor]] | None = None,
                  dump_dir: str | os.PathLike | None = None) -> None:
         specs = split_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
-        self.passes: list[tuple[str, dict[str, Any]]] = [parse_pass(s) for s in specs]
-        _check_passes(self.passes)
+        parsed = [parse_pass(s) for s in specs]
+        _check_passes(parsed)
+        self.passes: list[tuple[str, dict[str, Any]]] = [(n, coerce_options(n, _PASSES[n].fn, o))
+                                                          for n, o in parsed]
         self.verify = verify
         self.calibration = calibration
         env_dir = os.environ.get("SCALEFOLD_DUMP_IR")
@@ -135,12 +190,14 @@ class PassManager:
             info = _PASSES[name]
             if info.needs_calibration is True and calibration is None:
                 raise ScalefoldError(f"pass {name} needs calibration data (calibration=...)")
+            given = dict(opts)
             if info.needs_calibration:
                 opts = {**opts, "calibration": calibration}
             try:
                 inspect.signature(info.fn).bind(Graph(), **opts)
             except TypeError as e:
-                raise ScalefoldError(f"pass {name}: bad options {opts}: {e}") from None
+                # the options as given: not the calibration data, which can be megabytes of text
+                raise ScalefoldError(f"pass {name}: bad options {given}: {e}") from None
 
     def _dump(self, step: int, name: str, when: str, g: Graph) -> None:
         if self.dump_dir is None:

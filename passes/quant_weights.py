@@ -28,7 +28,7 @@ import torch
 
 from ..ir import dtypes as dt
 from ..ir.errors import ScalefoldError
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph, Node, Value
 from .awq import awq_scales
 from .calibrate import stats_for
 from .counters import bump
@@ -37,6 +37,7 @@ from .quant_common import linear_bias, override_for, quantizable_linear
 from .wq_fp import FP4_FORMATS, fp4_codes, fp8_codes, search_clip, search_fp4, fp8_fake
 from .wq_gptq import gptq_quantize
 from .wq_int import clip_search, int_quantize
+from .wq_options import as_bool, as_int, check_all_used, check_key, iter_once
 from .wq_moe import quantize_moes
 from .wq_seq import run_sequential
 
@@ -93,6 +94,7 @@ def parse_layer_overrides(spec: Any, base: LayerSetting) -> list[tuple[Any, Laye
         raise ScalefoldError(f"quant_weights: overrides must be a dict or 'key=value,...', got {type(spec).__name__}")
     out: list[tuple[Any, LayerSetting | str]] = []
     for k, v in items:
+        check_key(k, "quant_weights")
         if isinstance(v, str) and v.strip().lower() == "float":
             out.append((k, "float"))
             continue
@@ -101,7 +103,9 @@ def parse_layer_overrides(spec: Any, base: LayerSetting) -> list[tuple[Any, Laye
         if not isinstance(v, Mapping) or not set(v) <= {"format", "group", "sym"}:
             raise ScalefoldError(f"quant_weights: override for {k!r}: want \"float\", a format or a dict of "
                                  f"format/group/sym, got {v!r}")
-        st = dc_replace(base, **{f: (int(x) if f == "group" else bool(x) if f == "sym" else str(x))
+        at = f"quant_weights: override for {k!r}:"
+        st = dc_replace(base, **{f: (as_int(x, f"{at} group", 0) if f == "group" else
+                                     as_bool(x, f"{at} sym") if f == "sym" else str(x))
                                  for f, x in v.items()})
         _check_setting(st, f"quant_weights: override for {k!r}")
         out.append((k, st))
@@ -136,20 +140,30 @@ def qk_linears(graph: Graph, depth: int = 16) -> set[int]:
 
 
 # ---- the pass ------------------------------------------------------------------------------------
-def _replace(graph: Graph, node: Node, codes: torch.Tensor, codes_dt: dt.DType, scale: torch.Tensor,
-             zero: torch.Tensor | None, group: int, wtype: str | None, act: str = "none") -> None:
+Consts = tuple[Value, Value, "Value | None"]
+
+
+def _replace(graph: Graph, node: Node, codes: torch.Tensor | None, codes_dt: dt.DType | None,
+             scale: torch.Tensor | None, zero: torch.Tensor | None, group: int, wtype: str | None,
+             act: str = "none", reuse: Consts | None = None) -> Consts:
+    """Replace ``node`` by a qlinear on new code / scale / zero constants, or on ``reuse`` (those
+    of a linear with the same weight); returns the constants."""
     x, out = node.inputs[0], node.outputs[0]
     k = node.inputs[1].shape[1]
     per_row = group <= 0
-    if per_row:
-        scale = scale[:, 0]
-        zero = zero[:, 0] if zero is not None else None
-    wname = node.inputs[1].name
-    nm = (lambda s: f"{wname}.{s}" if wname else None)
-    cq = codes if codes_dt in (dt.f4e2m1, dt.f8e4m3) else dt.to_container(codes, codes_dt)
-    wq = graph.add_const(cq, codes_dt, name=nm("q"))
-    ws = graph.add_const(scale.to(torch.float32).contiguous(), dt.f32, name=nm("scale"))
-    wz = graph.add_const(dt.to_container(zero, codes_dt), codes_dt, name=nm("zero")) if zero is not None else None
+    if reuse is not None:
+        wq, ws, wz = reuse
+    else:
+        assert codes is not None and codes_dt is not None and scale is not None
+        if per_row:
+            scale = scale[:, 0]
+            zero = zero[:, 0] if zero is not None else None
+        wname = node.inputs[1].name
+        nm = (lambda s: f"{wname}.{s}" if wname else None)
+        cq = codes if codes_dt in (dt.f4e2m1, dt.f8e4m3) else dt.to_container(codes, codes_dt)
+        wq = graph.add_const(cq, codes_dt, name=nm("q"))
+        ws = graph.add_const(scale.to(torch.float32).contiguous(), dt.f32, name=nm("scale"))
+        wz = graph.add_const(dt.to_container(zero, codes_dt), codes_dt, name=nm("zero")) if zero is not None else None
     b = linear_bias(node)
     bv = graph.add_const(b.to(out.dtype.container), out.dtype) if b is not None else None
     attrs: dict[str, Any] = {"act": act, "group": 0 if per_row else min(group, k)}
@@ -164,12 +178,28 @@ def _replace(graph: Graph, node: Node, codes: torch.Tensor, codes_dt: dt.DType, 
     graph.insert_before(node, new)
     graph.replace_all_uses(out, new.outputs[0])
     graph.remove(node)
+    return wq, ws, wz
 
 
 def _quantize_one(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | None, clip_ok: bool,
-                  qact: str, points: int, rounding: str = "nearest") -> str:
+                  qact: str, points: int, rounding: str = "nearest", cache: dict | None = None) -> str:
     """Replace linear ``n`` by its qlinear under ``st``; returns the counter rule (the format,
-    or the searched FP4 format ``fp4_<e..m..>``)."""
+    or the searched FP4 format ``fp4_<e..m..>``). With ``cache``, a linear whose weight
+    constant was already quantised the same way reuses those codes (tied weights)."""
+    key = (id(n.inputs[1]), st, clip_ok, rounding)
+    if cache is not None and key in cache:
+        rule, consts = cache[key]
+        _replace(graph, n, None, None, None, None, st.group, None, qact, reuse=consts)
+        bump(PASS, "shared_weight")
+        return rule
+    rule, consts = _quantize_new(graph, n, st, gram, clip_ok, qact, points, rounding)
+    if cache is not None:
+        cache[key] = (rule, consts)
+    return rule
+
+
+def _quantize_new(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | None, clip_ok: bool,
+                  qact: str, points: int, rounding: str) -> tuple[str, Consts]:
     w = n.inputs[1].const.to(torch.float32)
     if st.format in INT_BITS:
         bits = INT_BITS[st.format]
@@ -186,24 +216,22 @@ def _quantize_one(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | 
         else:
             codes, delta, zero = int_quantize(w, bits, st.group, st.sym)
         cdt = (dt.i4 if bits <= 4 else dt.i8) if st.sym else (dt.u4 if bits <= 4 else dt.u8)
-        _replace(graph, n, codes, cdt, delta, zero, st.group, None, qact)
-        return st.format
+        return st.format, _replace(graph, n, codes, cdt, delta, zero, st.group, None, qact)
     if st.format == "fp8_e4m3":
         clip: Any = 1.0
         if st.method != "rtn":
             clip = search_clip(w, gram, st.group, lambda x, c: fp8_fake(x, st.group, c), points)
             bump(PASS, "searched")
         codes8, scale = fp8_codes(w, st.group, clip)
-        _replace(graph, n, codes8, dt.f8e4m3, scale, None, st.group, "f8e4m3", qact)
-        return st.format
+        return st.format, _replace(graph, n, codes8, dt.f8e4m3, scale, None, st.group, "f8e4m3", qact)
     if st.method == "rtn":
         fmt, clip = FP4_FORMATS["e2m1"], 1.0
     else:
         fmt, clip, _ = search_fp4(w, gram, st.group, tuple(FP4_FORMATS), points)
         bump(PASS, "searched")
     codes4, cdt4, scale = fp4_codes(w, fmt, st.group, clip)
-    _replace(graph, n, codes4, cdt4, scale, None, st.group, "f4e2m1" if cdt4 is dt.f4e2m1 else None, qact)
-    return st.format if st.method == "rtn" else f"fp4_{fmt.name}"
+    consts = _replace(graph, n, codes4, cdt4, scale, None, st.group, "f4e2m1" if cdt4 is dt.f4e2m1 else None, qact)
+    return (st.format if st.method == "rtn" else f"fp4_{fmt.name}"), consts
 
 
 @register_pass(PASS, needs_calibration="optional")
@@ -256,8 +284,18 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     quantised, ``reparam_<k>`` per activation channel shifted by 2^k, ``mixed_<format>`` per
     layer the budget upgraded, ``moe_<format>`` per moe quantised.
     """
-    base = LayerSetting(format, group, method, sym)
+    base = LayerSetting(format, as_int(group, "quant_weights: group", 0), method, as_bool(sym, "quant_weights: sym"))
     _check_setting(base, "quant_weights")
+    grid = as_int(grid, "quant_weights: grid", 1)
+    points = as_int(points, "quant_weights: points", 2)
+    act_reparam = as_bool(act_reparam, "quant_weights: act_reparam")
+    sequential = as_bool(sequential, "quant_weights: sequential")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise ScalefoldError(f"quant_weights: budget must be a positive number of bits per weight, got {budget!r}")
+    if calibration is not None and iter_once(calibration):
+        # several steps below read the batches (scale search, statistics, budget trials): a
+        # generator would be spent after the first and leave the later ones without data
+        calibration = list(calibration)
     if rounding not in ("nearest", "gptq"):
         raise ScalefoldError(f"quant_weights: rounding must be nearest or gptq, got {rounding!r}")
     if act not in ("none", "int8"):
@@ -275,16 +313,16 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
         raise ScalefoldError(f"quant_weights: method={method}{', rounding=gptq' if rounding == 'gptq' else ''}"
                              f"{', act_format' if act_format else ''}{', budget' if budget is not None else ''}"
                              " needs calibration data (calibration=...)")
-    if not isinstance(sequential, bool):
-        raise ScalefoldError(f"quant_weights: sequential must be true or false, got {sequential!r}")
+    ovr = parse_layer_overrides(overrides, base)
+    check_all_used([k for k, _ in ovr], [n for n in graph.nodes if quantizable_linear(n)],
+                   [m for m in graph.nodes if m.op == "moe"], "quant_weights")
     # sequential only changes layers whose quantiser reads calibration statistics
     seq = sequential and (method != "rtn" or rounding == "gptq")
     qact = "per_token" if act == "int8" else "none"
     awq_int = method == "awq" and format in INT_BITS
     if awq_int and not seq:
-        graph = awq_scales(graph, calibration, bits=INT_BITS[format], group=group, grid=grid, sym=sym)
+        graph = awq_scales(graph, calibration, bits=INT_BITS[format], group=base.group, grid=grid, sym=base.sym)
     nodes = [n for n in graph.nodes if quantizable_linear(n)]
-    ovr = parse_layer_overrides(overrides, base)
     settings: dict[int, LayerSetting | str] = {}
     for i, n in enumerate(nodes):
         settings[id(n)] = override_for(n, i, ovr) or base  # type: ignore[assignment]
@@ -328,12 +366,24 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
             if settings[id(n)] == "float":
                 bump(PASS, "kept_float")
         run_sequential(graph, nodes, settings, calibration, quantize,
-                       (INT_BITS[format], group, grid, sym) if awq_int else None)
+                       (INT_BITS[format], base.group, grid, base.sym) if awq_int else None)
         quantize_moes(graph, base, ovr, calibration, points)
         return graph
     # looked up before any replacement: a linear reading another one's output would otherwise
     # read the new qlinear's output Value, which has no Gram entry
     node_gram = {id(n): grams.get(id(n.inputs[0])) for n in nodes}
+    # linears sharing one weight constant (tied or reused layers) under one setting are
+    # quantised once, on the mean of their inputs' Gram matrices, and share the codes
+    tied: dict[tuple[int, LayerSetting], list[Node]] = {}
+    for n in nodes:
+        if isinstance(settings[id(n)], LayerSetting):
+            tied.setdefault((id(n.inputs[1]), settings[id(n)]), []).append(n)  # type: ignore[arg-type]
+    for grp in tied.values():
+        gs = [node_gram[id(n)] for n in grp]
+        if len(grp) > 1 and all(g is not None for g in gs):
+            mean = torch.stack(gs).mean(0)  # type: ignore[arg-type]
+            node_gram.update({id(n): mean for n in grp})
+    cache: dict = {}
     for n in nodes:
         s = settings[id(n)]
         if s == "float":
@@ -341,7 +391,7 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
             continue
         assert isinstance(s, LayerSetting)
         rule = _quantize_one(graph, n, s, node_gram[id(n)], clip != "none" and id(n) not in no_clip,
-                             qact, points, rounding)
+                             qact, points, rounding, cache)
         bump(PASS, rule)
     return graph
 

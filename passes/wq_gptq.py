@@ -27,7 +27,7 @@ def _params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.
         qmax = 2 ** (bits - 1) - 1
         return w.abs().amax(-1).clamp(min=1e-8) / qmax, None
     qmax = 2 ** bits - 1
-    mn, mx = w.amin(-1), w.amax(-1)
+    mn, mx = w.amin(-1).clamp(max=0), w.amax(-1).clamp(min=0)
     delta = (mx - mn).clamp(min=1e-5) / qmax
     return delta, torch.clamp(-torch.round(mn / delta), 0, qmax)
 

@@ -1,7 +1,9 @@
 """Group-wise integer weight quantisation (ALGORITHMS.md §2): the RTN quantiser that
 ``qlinear`` dequantises bit-exactly, and AWQ's clip search.
 
-Asymmetric (default): Δ = (max − min)/(2^b − 1), z = clamp(−round(min/Δ), 0, 2^b − 1),
+Asymmetric (default): with min ≤ 0 ≤ max (the group's extremes widened to hold 0, as GPTQ
+does; a one-signed group would otherwise need a zero point outside the codes),
+Δ = (max − min)/(2^b − 1), z = clamp(−round(min/Δ), 0, 2^b − 1),
 codes = clamp(round(w/Δ) + z, 0, 2^b − 1). Symmetric: Δ = max|w|/(2^(b−1) − 1), codes in
 [−2^(b−1), 2^(b−1) − 1], no zero point. Computed exactly like
 :func:`~scalefold.passes.awq.fake_quant_int`.
@@ -42,7 +44,8 @@ def int_quantize(w: torch.Tensor, bits: int, group: int, sym: bool = False
         zero = None
     else:
         qmax = 2 ** bits - 1
-        mn, mx = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+        # the range always holds 0, so the zero point is a code in [0, 2^b − 1]
+        mn, mx = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
         delta = (mx - mn).clamp(min=1e-5) / qmax
         z = torch.clamp(-torch.round(mn / delta), 0, qmax)
         codes = torch.clamp(torch.round(x / delta) + z, 0, qmax)
@@ -74,6 +77,7 @@ def _fake_asym(c: torch.Tensor, bits: int, mn: torch.Tensor | None = None,
     qmax = 2 ** bits - 1
     if mn is None or mx is None:
         mn, mx = c.amin(-1, keepdim=True), c.amax(-1, keepdim=True)
+    mn, mx = mn.clamp(max=0), mx.clamp(min=0)
     delta = (mx - mn).clamp(min=1e-5) / qmax
     z = torch.clamp(-torch.round(mn / delta), 0, qmax)
     return (torch.clamp(torch.round(c / delta) + z, 0, qmax) - z) * delta

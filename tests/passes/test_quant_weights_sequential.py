@@ -105,7 +105,7 @@ def test_rtn_ignores_sequential_and_needs_no_calibration() -> None:
 def test_bad_values() -> None:
     _, g, batches = _setup(False)
     with pytest.raises(ScalefoldError, match="sequential must be"):
-        PassManager("quant_weights(format=int4, method=awq, sequential='yes')", calibration=batches).run(g)
+        PassManager("quant_weights(format=int4, method=awq, sequential='maybe')", calibration=batches).run(g)
     st = calibrate(g, batches, gram=True, progress=False)
     with pytest.raises(ScalefoldError, match="needs calibration batches"):
         PassManager("quant_weights(format=int4, group=8, rounding=gptq, sequential=True)", calibration=st).run(g)

@@ -12,7 +12,7 @@ from scalefold.api import build_c
 from scalefold.codegen.onnx import to_onnx
 from scalefold.ir import TensorType
 from scalefold.ir import dtypes as dt
-from scalefold.ir.errors import ShapeError
+from scalefold.ir.errors import ScalefoldError, ShapeError
 from scalefold.ir.ops import get_op
 from scalefold.ir.ops.moe_quant import dequant_experts
 from scalefold.ir.ops.quant import dequant_weight
@@ -152,9 +152,12 @@ def test_overrides_match_expert_weight_names() -> None:
     assert [n.op for n in q.nodes] == ["moe"] and c.get("quant_weights", "kept_float") == 1
     with counting() as c:
         q = quant_weights(parse(block(True)), None, format="int4", group=32,
-                          overrides={"re:^w[gud]$": {"format": "int8", "group": 0}, 0: "float"})
+                          overrides={"re:^w[gud]$": {"format": "int8", "group": 0}})
     assert c.get("quant_weights", "moe_int8") == 1 and c.get("quant_weights", "moe_int4") == 0
     assert q.nodes[0].inputs[2].dtype is dt.u8 and q.nodes[0].attrs["group"] == 0
+    # an index selects a linear, never a moe: here there is no linear 0 to select
+    with pytest.raises(ScalefoldError, match="override 0 matches no quantisable layer"):
+        quant_weights(parse(block(True)), None, format="int4", group=32, overrides={0: "float"})
 
 
 def test_search_clips_gate_and_up_with_the_gram_of_x_down_stays_rtn() -> None:

@@ -1,0 +1,87 @@
+"""Checks of ``quant_weights`` options that the pipeline's annotation check cannot see: values
+inside ``overrides``, ranges of numbers, and override keys that match no layer (a typo would
+otherwise leave the layer at the pass's base setting without a word)."""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Iterable, Sequence
+
+from ..ir.errors import ScalefoldError
+from ..ir.graph import Node
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def as_bool(v: Any, where: str) -> bool:
+    """``v`` as a bool: a bool, 0 / 1, or the words true/false/yes/no/on/off; else a
+    ScalefoldError naming ``where``."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    w = v.strip().lower() if isinstance(v, str) else None
+    if w in _TRUE or w in _FALSE:
+        return w in _TRUE
+    raise ScalefoldError(f"{where} must be true or false, got {v!r}")
+
+
+def as_int(v: Any, where: str, lo: int | None = None) -> int:
+    """``v`` as an int (an int, or a string of digits), at least ``lo``; else a ScalefoldError
+    naming ``where``."""
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        v = int(v.strip())
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ScalefoldError(f"{where} must be an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise ScalefoldError(f"{where} must be >= {lo}, got {v}")
+    return v
+
+
+def check_key(key: Any, where: str) -> Any:
+    """An override key as given (a name substring, ``re:<pattern>`` or a layer index), with
+    the pattern compiled once so that a bad one fails here, naming the key."""
+    if isinstance(key, bool) or not isinstance(key, (int, str)) or key == "" or key == "re:":
+        raise ScalefoldError(f"{where}: override key must be a name, 're:<pattern>' or a layer index, got {key!r}")
+    if isinstance(key, str) and key.startswith("re:"):
+        try:
+            re.compile(key[3:])
+        except re.error as e:
+            raise ScalefoldError(f"{where}: override key {key!r} is not a valid pattern: {e}") from None
+    return key
+
+
+def key_matches(key: Any, names: Sequence[str], index: int | None) -> bool:
+    """Whether override ``key`` selects a layer with these names (node and weight names) and
+    this index among the quantisable linears (None for layers without one, e.g. moe)."""
+    if isinstance(key, int):
+        return index is not None and key == index
+    if key.startswith("re:"):
+        return any(nm and re.search(key[3:], nm) for nm in names)
+    return any(nm and key in nm for nm in names)
+
+
+def check_all_used(keys: Iterable[Any], linears: Sequence[Node], moes: Sequence[Node], where: str) -> None:
+    """A ScalefoldError for the first override key that selects no quantisable linear (by
+    index, node name or weight name) and no moe (by node or expert weight name), listing a few
+    of the names there are."""
+    def names(n: Node) -> list[str]:
+        ins = n.inputs[1:2] if n.op == "linear" else n.inputs[1:5]
+        return [n.name or ""] + [v.name or "" for v in ins if v is not None]
+    layers = [(names(n), i) for i, n in enumerate(linears)] + [(names(n), None) for n in moes]
+    for key in keys:
+        if not any(key_matches(key, nm, i) for nm, i in layers):
+            seen = [nm for nm_list, _ in layers for nm in nm_list if nm][:6]
+            raise ScalefoldError(
+                f"{where}: override {key!r} matches no quantisable layer ({len(linears)} linears, indices "
+                f"0..{len(linears) - 1}{f', {len(moes)} moe' if moes else ''}; names include "
+                f"{', '.join(seen) or 'none'})")
+
+
+def iter_once(x: Any) -> bool:
+    """Whether ``x`` is a one-pass iterator (a generator, ``iter(list)``, ...) rather than a
+    container, a path or saved statistics that can be read again."""
+    return not isinstance(x, (list, tuple, str, bytes, dict, os.PathLike)) and hasattr(x, "__next__")
+
+
+__all__ = ["as_bool", "as_int", "check_all_used", "check_key", "iter_once", "key_matches"]
