@@ -79,6 +79,44 @@ def parse_bind(text: str | None) -> dict[str, int]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1; anything else is a usage error (exit
+    code 2) before any work starts, rather than a crash deep inside it."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (at least 1), got {n}")
+    return n
+
+
+def check_output(path: str, directory: bool = False) -> None:
+    """Fail fast with a ScalefoldError when OUT cannot be written, so that a long compile is
+    not thrown away at the very end. A file (``directory=False``) needs an existing, writable
+    parent folder and must not be an existing directory; an artifact directory must not be an
+    existing file, and its nearest existing ancestor must be a writable folder (saving creates
+    the missing ones)."""
+    p = Path(path)
+    if directory:
+        if p.exists() and not p.is_dir():
+            raise ScalefoldError(f"output {path}: exists and is not a directory")
+        folder = p.absolute().parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+    else:
+        if path.endswith(("/", os.sep)) or p.is_dir():
+            raise ScalefoldError(f"output {path}: is a directory, expected a file name")
+        folder = p.absolute().parent
+        if not folder.exists():
+            raise ScalefoldError(f"output {path}: folder {p.parent} does not exist")
+    if not folder.is_dir():
+        raise ScalefoldError(f"output {path}: {folder} is not a directory")
+    # Writing needs write and search permission on the folder (a new entry is created there).
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ScalefoldError(f"output {path}: folder {folder} is not writable")
+
+
 def split_passes(specs: Sequence[str] | None) -> list[str]:
     """Pass specs from repeated ``-p`` options, each a comma list; commas inside parentheses
     belong to a pass's options (``outliertune(bits=8,group=128)``)."""
@@ -167,6 +205,8 @@ def load_calibration(path: str, graph: Any, batch: int) -> list[tuple[Any, ...]]
 
     from .ir import dtypes as dt
     from .ir.printer import input_names
+    if batch < 1:
+        raise ScalefoldError(f"calibration batch size must be at least 1, got {batch}")
     p = Path(path)
     if not p.is_file():
         raise ScalefoldError(f"calibration file {path}: no such file")
@@ -206,10 +246,12 @@ def load_calibration(path: str, graph: Any, batch: int) -> list[tuple[Any, ...]]
 def _compile(args: argparse.Namespace) -> int:
     from . import api
     passes = split_passes(args.passes)
-    g = load_graph(args.model)
-    calibration = load_calibration(args.calibration, g, args.calibration_batch) if args.calibration else None
     out = str(args.output)
     to_onnx_file = out.lower().endswith(".onnx")
+    # Before any loading or compiling: a bad OUT must not cost the user a whole compile.
+    check_output(out, directory=not to_onnx_file)
+    g = load_graph(args.model)
+    calibration = load_calibration(args.calibration, g, args.calibration_batch) if args.calibration else None
     # Writing ONNX needs only the rewritten graph, not kernels: the interpreter target is free.
     target = "interp" if to_onnx_file else args.target
     with progress(f"compiling @{g.name} ({', '.join(passes) or 'no passes'}) for {target}"):
@@ -319,6 +361,8 @@ def _gather_inputs(graph: Any, given: dict[str, Any], random_spec: str | None) -
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
+    if args.output:
+        check_output(args.output)
     given = _read_inputs(args.input or [])
     cm = load_model(args.model, args.target)
     xs = _gather_inputs(cm.graph, given, args.random)
@@ -437,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", metavar="FILE",
                    help="calibration inputs for calibrating passes (awq, smooth, outliertune, ...): a "
                         ".npz or .safetensors file with one array per model input, samples along axis 0")
-    c.add_argument("--calibration-batch", type=int, default=8, metavar="N",
+    c.add_argument("--calibration-batch", type=positive_int, default=8, metavar="N",
                    help="samples per calibration batch when the inputs' batch size is symbolic (default 8)")
     c.set_defaults(fn=_compile)
 

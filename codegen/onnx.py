@@ -73,8 +73,8 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = 21
     With ``path`` the model is written atomically (see the module docstring); with
     ``external_data=True``, or automatically past 2 GB, initializers go to a sidecar file
     ``<file name>.data``. Raises :class:`ExportError` (a ScalefoldError) naming the node when
-    an op cannot be expressed at ``opset``, and UnsupportedOpError listing every op the table
-    lacks.
+    an op cannot be expressed at ``opset``, or naming ``path`` when it cannot be written there,
+    and UnsupportedOpError listing every op the table lacks.
     """
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"ONNX export: opset {opset} is outside {MIN_OPSET}.."
@@ -222,12 +222,27 @@ def _check(model: onnx.ModelProto | str) -> None:
 
 
 def _write_checked(model: onnx.ModelProto, path: str, external: bool) -> None:
-    """Write into a temporary folder beside ``path``, check from disk, then move into place."""
+    """Write into a temporary folder beside ``path``, check from disk, then move into place.
+
+    An unusable ``path`` (missing or unwritable folder, an existing directory, a full disk)
+    raises :class:`ExportError` naming ``path`` and the reason, never the hidden temporary
+    name; nothing is left behind either way."""
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     if not base:
         raise ExportError(f"ONNX export: {path!r} names no file")
-    tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    # Checked up front: os.replace would otherwise fail only after the whole model was written
+    # and checked, with an OSError about the temporary folder rather than ``path``.
+    if os.path.isdir(path):
+        raise ExportError(f"ONNX export: cannot write {path}: it is an existing directory")
+    if not os.path.exists(folder):
+        raise ExportError(f"ONNX export: cannot write {path}: folder {folder} does not exist")
+    if not os.path.isdir(folder):
+        raise ExportError(f"ONNX export: cannot write {path}: {folder} is not a directory")
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise ExportError(f"ONNX export: cannot write {path}: {e.strerror or e}") from e
     try:
         staged = os.path.join(tmp, base)
         location = base + ".data"
@@ -241,6 +256,9 @@ def _write_checked(model: onnx.ModelProto, path: str, external: bool) -> None:
         if external:
             os.replace(os.path.join(tmp, location), os.path.join(folder, location))
         os.replace(staged, os.path.abspath(path))
+    except OSError as e:
+        # e.filename is the temporary path; the user asked for ``path``.
+        raise ExportError(f"ONNX export: cannot write {path}: {e.strerror or e}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

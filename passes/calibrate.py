@@ -32,10 +32,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from ..ir.errors import CalibrationError
+from ..ir.errors import CalibrationError, ShapeError
 from ..ir.graph import Graph, Node, Value
 from ..ir.printer import Namer
-from ..runtime.interp import Interpreter
+from ..runtime.interp import Interpreter, bind_symbols
 
 #: Relative floor of per-channel magnitudes (see the module docstring).
 EPS = 1e-5
@@ -76,7 +76,12 @@ class ChannelStats:
         return self.sum_abs / max(self.rows, 1)
 
     def update(self, x: torch.Tensor) -> None:
-        """Fold one observed tensor ``[..., C]`` into the aggregates."""
+        """Fold one observed tensor ``[..., C]`` into the aggregates; ShapeError for anything
+        else (broadcasting would otherwise fail deep inside torch, or silently mix channels)."""
+        if not isinstance(x, torch.Tensor):
+            raise ShapeError(f"expected a torch.Tensor [..., {self.channels}], got {type(x).__name__}")
+        if x.dim() < 1 or int(x.shape[-1]) != self.channels:
+            raise ShapeError(f"expected {self.channels} channels on the last axis, got shape {tuple(x.shape)}")
         x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
         if x2.shape[0] == 0:
             return
@@ -202,12 +207,36 @@ def linear_inputs(graph: Graph) -> list[Value]:
     return list(out.values())
 
 
-def _as_inputs(graph: Graph, batch: Batch) -> Sequence[torch.Tensor] | Mapping[str, torch.Tensor]:
-    if isinstance(batch, torch.Tensor):
-        return [batch]
-    if isinstance(batch, Mapping):
-        return batch
-    return list(batch)
+def _as_inputs(graph: Graph, batch: Batch, index: int = 0) -> list[torch.Tensor]:
+    """The positional inputs of calibration batch number ``index``, checked against the
+    graph's input types (count, tensor-ness, dtype, rank, dims) before any observer sees them.
+
+    Raises ShapeError naming the batch and the input, as the interpreter does for a wrong
+    dtype, instead of a raw TypeError/RuntimeError from inside the observers. NumPy arrays are
+    rejected with a hint rather than converted: other calibrating passes (AWQ block search,
+    GPTQ) run the same batches through the interpreter, which takes torch tensors only.
+    """
+    where = f"calibration batch {index}"
+    if isinstance(batch, torch.Tensor) or type(batch).__module__ == "numpy":
+        ins = [batch]   # a bare array is the single input, not a sequence of rows
+    elif isinstance(batch, Mapping):
+        missing = [v.name for v in graph.inputs if v.name not in batch]
+        if missing:
+            raise ShapeError(f"{where}: no tensor for input(s) {', '.join(map(str, missing))} "
+                             f"(the dict has {', '.join(map(str, batch)) or 'no keys'})")
+        ins = [batch[v.name] for v in graph.inputs]   # type: ignore[index]
+    elif isinstance(batch, (str, bytes)) or not hasattr(batch, "__iter__"):
+        raise ShapeError(f"{where}: expected a tuple of tensors (one per graph input), a dict by "
+                         f"input name or a single tensor, got {type(batch).__name__}")
+    else:
+        ins = list(batch)
+    try:
+        bind_symbols(graph, ins)
+    except ShapeError as e:
+        hint = (" (convert NumPy arrays with torch.from_numpy)"
+                if any(type(t).__module__ == "numpy" for t in ins) else "")
+        raise ShapeError(f"{where}: {e}{hint}") from None
+    return ins
 
 
 def _progress(total: int | None, desc: str):
@@ -267,12 +296,20 @@ def calibrate(graph: Graph, batches: Iterable[Batch], values: Iterable[Value] | 
             by_producer.setdefault(id(v.producer), []).append((v.index, v))
 
     def observe(v: Value, t: torch.Tensor, node: Node | None) -> None:
+        def where() -> str:   # only on failure: describe() is not free on every batch
+            return f"produced by {node.describe()}" if node is not None else "a graph input"
+        if not isinstance(t, torch.Tensor):
+            raise ShapeError(f"calibration batch {nbatch}: observed value {names[id(v)]} ({v.type}, "
+                             f"{where()}) is a {type(t).__name__}, not a torch.Tensor")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = "NaN" if bool(torch.isnan(t).any()) else "Inf"
-            where = f"produced by {node.describe()}" if node is not None else "a graph input"
             raise CalibrationError(f"calibration batch {nbatch}: {bad} in observed value {names[id(v)]} "
-                                   f"({v.type}, {where})")
-        aggs[id(v)].update(t)
+                                   f"({v.type}, {where()})")
+        try:
+            aggs[id(v)].update(t)
+        except ShapeError as e:
+            raise ShapeError(f"calibration batch {nbatch}: observed value {names[id(v)]} ({v.type}, "
+                             f"{where()}): {e}") from None
 
     def hook(node: Node, outs: Sequence[torch.Tensor]) -> None:
         for idx, v in by_producer.get(id(node), ()):
@@ -286,7 +323,7 @@ def calibrate(graph: Graph, batches: Iterable[Batch], values: Iterable[Value] | 
     try:
         with torch.no_grad():
             for batch in batches:
-                ins = _as_inputs(graph, batch)
+                ins = _as_inputs(graph, batch, nbatch)
                 for i, v in inputs_observed:
                     t = ins[v.name] if isinstance(ins, Mapping) else ins[i]  # type: ignore[index]
                     observe(v, t, None)

@@ -39,6 +39,7 @@ def test_console_entry_point_bad_verb_exits_nonzero() -> None:
 # ---- compile / inspect / run / bench through the console script ------------------------------
 
 import json  # noqa: E402
+import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -205,3 +206,88 @@ def test_compile_with_calibration_file(model: Path, tmp_path: Path, cli) -> None
     r = cli("compile", str(model), "-p", "quant_weights(method=awq)", "--calibration",
             str(tmp_path / "nope.npz"), "-o", str(out))
     assert r.returncode == 2 and "nope.npz: no such file" in r.stderr
+
+
+# ---- output locations and option values are checked before any work -------------------------
+
+@pytest.mark.parametrize("out, reason", [
+    ("{tmp}/no_such_dir/m.onnx", "folder {tmp}/no_such_dir does not exist"),
+    ("{tmp}/adir.onnx", "is a directory, expected a file name"),
+    ("{tmp}/afile/m.onnx", "afile is not a directory"),
+    ("{tmp}/afile", "exists and is not a directory"),                  # artifact over a file
+    ("{tmp}/afile/sub/m.sf", "afile is not a directory"),              # artifact below a file
+])
+def test_compile_checks_the_output_before_compiling(model: Path, tmp_path: Path, out: str, reason: str,
+                                                    cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scalefold.cli as cli_mod
+
+    def too_late(*a, **k):
+        raise AssertionError("the model was loaded although the output is unusable")
+    monkeypatch.setattr(cli_mod, "load_graph", too_late)
+    (tmp_path / "adir.onnx").mkdir()
+    (tmp_path / "afile").write_bytes(b"keep")
+    listing = sorted(os.listdir(tmp_path))
+    out = out.format(tmp=tmp_path)
+    r = cli("compile", str(model), "-p", "quant_weights(format=int4)", "-o", out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"scalefold: error: output {out}: "), r.stderr
+    assert reason.format(tmp=tmp_path) in lines[0] and "internal error" not in lines[0]
+    assert sorted(os.listdir(tmp_path)) == listing and (tmp_path / "afile").read_bytes() == b"keep"
+    assert os.listdir(tmp_path / "adir.onnx") == []
+
+
+@pytest.mark.parametrize("name", ["m.onnx", "m.sf"])
+def test_compile_to_an_unwritable_folder_fails_first(model: Path, tmp_path: Path, name: str, cli,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Simulated with os.access: a chmod'ed folder is still writable when tests run as root.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k:
+                        False if Path(p) == tmp_path else real_access(p, mode, *a, **k))
+    r = cli("compile", str(model), "-o", str(tmp_path / name))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"scalefold: error: output {tmp_path / name}: folder {tmp_path} is not writable"
+    assert os.listdir(tmp_path) == []
+
+
+def test_run_checks_its_output_before_running(model: Path, tmp_path: Path, cli) -> None:
+    out = tmp_path / "missing" / "y.npz"
+    r = cli("run", str(model), "--random", "B=2", "--target", "interp", "-o", str(out))
+    assert r.returncode == 2 and r.stdout == ""                  # nothing ran, nothing printed
+    assert r.stderr.strip() == f"scalefold: error: output {out}: folder {out.parent} does not exist"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "must be a positive integer (at least 1), got 0"),
+    ("-2", "must be a positive integer (at least 1), got -2"),
+    ("eight", "expected a positive integer, got 'eight'"),
+])
+def test_calibration_batch_must_be_positive(model: Path, tmp_path: Path, value: str, message: str,
+                                            capsys) -> None:
+    x = np.zeros((16, 8), np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    with pytest.raises(SystemExit) as ei:     # argparse rejects it before anything is loaded
+        main(["compile", str(model), "-p", "quant_weights(format=int4, method=awq)", "--calibration",
+              str(tmp_path / "cal.npz"), "--calibration-batch", value, "-o", str(tmp_path / "w4.onnx")])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument --calibration-batch: {message}" in err and "internal error" not in err
+    assert sorted(os.listdir(tmp_path)) == ["cal.npz"]
+
+
+def test_calibration_batch_errors_through_the_console_script(model: Path, tmp_path: Path) -> None:
+    r = sf_cli("compile", str(model), "--calibration-batch", "0", "-o", str(tmp_path / "w4.onnx"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == \
+        "scalefold compile: error: argument --calibration-batch: must be a positive integer (at least 1), got 0"
+
+
+def test_load_calibration_rejects_a_non_positive_batch(model: Path, tmp_path: Path) -> None:
+    from scalefold.cli import load_calibration, load_graph
+    from scalefold.ir.errors import ScalefoldError
+    np.savez(tmp_path / "cal.npz", x=np.zeros((16, 8), np.float32))
+    g = load_graph(str(model))
+    for batch in (0, -2):
+        with pytest.raises(ScalefoldError, match=f"calibration batch size must be at least 1, got {batch}"):
+            load_calibration(str(tmp_path / "cal.npz"), g, batch)
+    assert len(load_calibration(str(tmp_path / "cal.npz"), g, 8)) == 2

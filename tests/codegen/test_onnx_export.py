@@ -604,6 +604,50 @@ def test_atomic_write_success_and_failures(tmp_path: Path, monkeypatch: pytest.M
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]             # no file, no sidecar, no temp
 
 
+def test_unwritable_paths_raise_export_error_naming_the_path(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad output path is an ExportError (a ScalefoldError) naming the requested path and the
+    reason, never a raw OSError about scalefold's hidden temporary folder; nothing is left."""
+    g = _small_graph()
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_bytes(b"keep")
+    listing = sorted(os.listdir(tmp_path))
+    cases = [(tmp_path / "no_such_dir" / "m.onnx", "does not exist"),
+             (tmp_path / "adir", "it is an existing directory"),
+             (tmp_path / "afile" / "m.onnx", "is not a directory")]
+    for out, reason in cases:
+        for external in (False, True):
+            with pytest.raises(ExportError) as ei:
+                to_onnx(g, out, external_data=external)
+            msg = str(ei.value)
+            assert isinstance(ei.value, ScalefoldError)
+            assert f"cannot write {out}" in msg and reason in msg and ".tmp" not in msg, msg
+    assert sorted(os.listdir(tmp_path)) == listing and os.listdir(tmp_path / "adir") == []
+    assert (tmp_path / "afile").read_bytes() == b"keep"
+
+    # An unwritable folder (simulated: tests may run as root) and a failure while moving the
+    # checked file into place (a full disk, a read-only mount) read the same way.
+    import tempfile
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".m.onnx.x.tmp"))
+    with monkeypatch.context() as mp:
+        mp.setattr(tempfile, "mkdtemp", denied)
+        with pytest.raises(ExportError, match=r"cannot write .*m\.onnx: Permission denied$"):
+            to_onnx(g, tmp_path / "m.onnx")
+    real_replace = os.replace
+
+    def full(src, dst):
+        raise OSError(28, "No space left on device", src)
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "replace", full)
+        with pytest.raises(ExportError) as ei:
+            to_onnx(g, tmp_path / "m.onnx")
+    assert os.replace is real_replace
+    assert str(ei.value) == f"ONNX export: cannot write {tmp_path / 'm.onnx'}: No space left on device"
+    assert sorted(os.listdir(tmp_path)) == listing                # no file, no temp folder
+
+
 def test_large_models_switch_to_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import scalefold.codegen.onnx as onnx_export
     monkeypatch.setattr(onnx_export, "EXTERNAL_THRESHOLD", 64)   # stands in for 2 GB

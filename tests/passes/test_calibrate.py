@@ -1,10 +1,11 @@
 """Calibration observers (passes/calibrate.py): stats against torch, streaming, guards, persistence."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from scalefold.ir.errors import CalibrationError
+from scalefold.ir.errors import CalibrationError, ScalefoldError, ShapeError
 from scalefold.ir.parser import parse
 from scalefold.passes.calibrate import ChannelStats, Stats, calibrate, linear_inputs, stats_for
 
@@ -89,6 +90,69 @@ def test_empty_calibration_raises() -> None:
     calibrate(g, gen, values=[ln])
     with pytest.raises(CalibrationError, match="consumed"):
         calibrate(g, gen, values=[ln])      # the generator is spent
+
+
+@pytest.mark.parametrize("bad, message", [
+    ((torch.randn(2, 4, 5),), r"input 'x' \(#0\): dim 2 is 5, expected 6"),       # wrong channels
+    ((torch.randn(2, 4, 6, dtype=torch.float64),), r"input 'x' \(#0\): expected dtype f32"),
+    ((torch.randn(2, 6),), r"input 'x' \(#0\): expected rank 3"),
+    ((np.zeros((2, 4, 6), np.float32),), r"input 'x' \(#0\): expected a torch.Tensor, got ndarray "
+                                          r"\(convert NumPy arrays with torch.from_numpy\)"),
+    (np.zeros((2, 4, 6), np.float32), r"input 'x' \(#0\): expected a torch.Tensor, got ndarray"),
+    (None, r"expected a tuple of tensors .* got NoneType"),
+    ((None,), r"input 'x' \(#0\): expected a torch.Tensor, got NoneType"),
+    ((), r"graph @g takes 1 inputs, got 0"),
+    ({"y": torch.randn(2, 4, 6)}, r"no tensor for input\(s\) x \(the dict has y\)"),
+])
+def test_malformed_batches_name_the_batch_and_input(bad: object, message: str) -> None:
+    g, ln, _ = _graph()
+    good = _batches(1)[0]
+    # The bad batch comes second, so the message must carry its index (1), not just "batch".
+    for values in ([g.inputs[0]], [ln]):     # observed graph input or only an inner value
+        with pytest.raises(ShapeError, match=r"^calibration batch 1: " + message) as ei:
+            calibrate(g, [good, bad], values=values)
+        assert isinstance(ei.value, ScalefoldError)
+
+
+def test_malformed_batches_through_the_public_compile() -> None:
+    """The path users take (sf.compile with an AWQ pipeline) reports the same ShapeError."""
+    import scalefold as sf
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    x = torch.randn(2, 64)
+    for cal, message in [([(torch.randn(2, 63),)], "dim 1 is 63, expected 64"),
+                         ([(np.random.randn(2, 64).astype(np.float32),)], "got ndarray"),
+                         ([None], "got NoneType")]:
+        with pytest.raises(ShapeError, match="calibration batch 0: .*" + message):
+            sf.compile(m, (x,), passes=["quant_weights(method=awq)"], calibration=cal, target="interp")
+
+
+def test_wrongly_shaped_inner_value_names_batch_value_and_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node result whose channels differ from its declared type (a broken reference op) is a
+    ShapeError naming the batch, the observed value and its node, not a torch broadcast error."""
+    import importlib
+    cal = importlib.import_module("scalefold.passes.calibrate")   # the package re-exports calibrate()
+    g, ln, _ = _graph()
+
+    class Broken(cal.Interpreter):
+        def run(self, inputs, hook=None):
+            hook(g.nodes[0], [torch.zeros(2, 4, 5)])
+            return []
+    monkeypatch.setattr(cal, "Interpreter", Broken)
+    with pytest.raises(ShapeError, match=r"^calibration batch 0: observed value %0 \(f32\[B,4,6\], produced by "
+                                         r".*layer_norm.*\): expected 6 channels on the last axis, got shape "
+                                         r"\(2, 4, 5\)"):
+        calibrate(g, _batches(1), values=[ln])
+
+
+def test_channel_stats_reject_a_wrong_channel_count() -> None:
+    st = ChannelStats.empty(3, gram=True)
+    with pytest.raises(ShapeError, match=r"expected 3 channels on the last axis, got shape \(2, 4\)"):
+        st.update(torch.zeros(2, 4))
+    with pytest.raises(ShapeError, match="got shape \\(\\)"):
+        st.update(torch.tensor(1.0))
+    with pytest.raises(ShapeError, match="got ndarray"):
+        st.update(np.zeros((2, 3)))    # type: ignore[arg-type]
+    assert st.rows == 0 and st.gram is not None and not st.gram.any()   # nothing was folded in
 
 
 def test_zero_and_constant_channels_are_floored() -> None:
