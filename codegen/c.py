@@ -255,7 +255,8 @@ class _Emitter:
     def render(self) -> str:
         k = self.k
         if not k.outputs:
-            # Dead code (nothing reads the result): an empty kernel keeps the executor's
+            # Dead code (nothing reads the result; ``partition`` leaves dead nodes out, so only
+            # a hand-built schedule gets here): an empty kernel keeps the executor's
             # one-function-per-fused-kernel contract.
             body = ["  (void)p; (void)q;"]
         elif k.row is None:

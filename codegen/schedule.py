@@ -128,10 +128,15 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
     in-trees, which cannot create a cycle between kernels. A row op absorbs the tree that
     computes its main input (the prologue) and the single-reader elementwise chain after it
     with the row op's output shape (the epilogue).
+
+    Dead nodes (see :func:`live_nodes`) are left out of every kernel.
     """
     outputs = {id(v) for v in graph.outputs}
+    # Dead nodes (nothing they compute reaches an output) get no kernel: their results would
+    # have no buffer, and counting them as readers would block fusion and keep values alive.
+    nodes = live_nodes(graph)
     readers: dict[int, int] = {}
-    for n in graph.nodes:
+    for n in nodes:
         for v in n.inputs:
             if v is not None:
                 readers[id(v)] = readers.get(id(v), 0) + 1
@@ -150,10 +155,10 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
             return "template"
         return "reference"
 
-    kinds = {id(n): kind_of(n) for n in graph.nodes}
+    kinds = {id(n): kind_of(n) for n in nodes}
     # Library epilogues first, so that the elementwise grouping below leaves them alone.
     epilogue: dict[int, Node] = {}
-    for n in graph.nodes:
+    for n in nodes:
         allowed = caps.library_epilogue.get(n.op)
         if kinds[id(n)] != "library" or not allowed or len(n.outputs) != 1:
             continue
@@ -176,7 +181,7 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
         return readers.get(id(v), 0) == 1 and id(v) not in outputs
 
     # Walk in reverse topological order so that each root collects its producer tree.
-    for n in reversed(graph.nodes):
+    for n in reversed(nodes):
         k = kinds[id(n)]
         if k not in ("elementwise", "row") or id(n) in group:
             continue
@@ -211,30 +216,53 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
                 members[gid].append(p)
                 stack.append(p)
 
-    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    order = {id(n): i for i, n in enumerate(nodes)}
     kernels: list[Kernel] = []
     emitted: set[int] = set()
-    for n in graph.nodes:
+    for n in nodes:
         if id(n) in emitted:
             continue
         if id(n) in group:
-            nodes = sorted(members[group[id(n)]], key=lambda m: order[id(m)])
+            knodes = sorted(members[group[id(n)]], key=lambda m: order[id(m)])
             kind = "fused"
         elif id(n) in epilogue:
-            nodes, kind = [n, epilogue[id(n)]], "library"
+            knodes, kind = [n, epilogue[id(n)]], "library"
         else:
-            nodes = [n]
+            knodes = [n]
             kind = {"view": "view", "library": "library", "template": "template"}.get(
                 kinds[id(n)], "reference")
         # A group is emitted at the position of its last node; since groups are in-trees whose
         # external inputs come from earlier nodes, emitting at the first member is equivalent.
-        for m in nodes:
+        for m in knodes:
             emitted.add(id(m))
-        kernels.append(_make_kernel(f"k{len(kernels)}", kind, nodes, readers, outputs))
+        kernels.append(_make_kernel(f"k{len(kernels)}", kind, knodes, readers, outputs))
     kernels = _order_kernels(kernels)
     for i, k in enumerate(kernels):
         k.name = f"k{i}"
     return Schedule(graph, kernels)
+
+
+def live_nodes(graph: Graph) -> list[Node]:
+    """The nodes of ``graph`` that must run, in graph order: those whose results reach a graph
+    output, and nodes of ops that bind symbols from their data (``OpDef.binds``: later nodes
+    may use those sizes without reading the values), with everything they read. The graph is
+    not changed; the rest is dead code that no kernel needs to compute."""
+    import networkx as nx
+
+    from ..ir.analysis import to_networkx
+
+    g = to_networkx(graph)
+    sink = object()   # a virtual node every root feeds: its ancestors are the live nodes
+    g.add_node(sink)
+    for v in graph.outputs:
+        p = v.producer if v is not None else None
+        if p is not None and p in g:
+            g.add_edge(p, sink)
+    for n in graph.nodes:
+        if get_op(n.op).binds:
+            g.add_edge(n, sink)
+    live = nx.ancestors(g, sink)
+    return [n for n in graph.nodes if n in live]
 
 
 def split_row(k: Kernel) -> tuple[list[Node], list[Node]]:

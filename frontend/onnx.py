@@ -4,7 +4,8 @@ The driver here loads and checks the model (garbage, truncation, cycles, missing
 external data that escapes the model's folder), makes graph inputs with ``dim_param`` names as
 symbols, turns initializers into constants, and converts nodes in topological order through
 the op table (``frontend/onnx_ops_*.py``, registered with ``onnx_ctx.onnx_op``). Every
-unsupported op of the model is reported at once.
+unsupported op of the model is reported at once. Each ONNX node's name goes to the main IR
+node it becomes (``MAIN_OPS``), so that per-layer overrides can name imported layers.
 """
 from __future__ import annotations
 
@@ -21,13 +22,19 @@ from google.protobuf.message import DecodeError
 
 from ..ir import dtypes as dt
 from ..ir.errors import FrontendError, ScalefoldError, ShapeError, UnsupportedOpError
-from ..ir.graph import Graph
+from ..ir.graph import Graph, Node, Value
 from ..ir.types import TensorType, sym
 from . import onnx_ops  # noqa: F401  (registers the converters)
 from .onnx_ctx import Ctx, converter, node_attrs
 from .onnx_tensors import numpy_to_torch, onnx_dtype, resolve_external_data, tensor_to_torch
 
 MIN_OPSET = 13
+
+# When one ONNX node becomes several IR nodes, the first of these ops among them carries the
+# ONNX node's name (overrides in the compression passes select linears by node name); without
+# one, the node producing the ONNX node's first output does.
+MAIN_OPS = frozenset({"linear", "matmul", "conv", "conv_transpose", "sdpa", "qlinear", "lowrank_linear",
+                      "bcq_linear", "moe", "qmoe"})
 
 
 def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
@@ -114,6 +121,20 @@ def _label(n: onnx.NodeProto) -> str:
     return f"node '{n.name}' ({n.op_type})" if n.name else f"node {n.op_type}"
 
 
+def _name_main(new: list[Node], outs: list[Value | None], name: str) -> None:
+    """Give ONNX node name ``name`` to the main one of the IR nodes ``new`` converted from it
+    (see ``MAIN_OPS``); the others stay unnamed, so that a name selects one node."""
+    main = next((m for m in new if m.op in MAIN_OPS), None)
+    if main is None:
+        # The producer of the first output, if this conversion made it: a value passed
+        # through from an earlier node (Identity) or folded to a constant names nothing.
+        ids = {id(m) for m in new}
+        first = next((v.producer for v in outs if v is not None), None)
+        main = first if first is not None and id(first) in ids else None
+    if main is not None and main.name is None:
+        main.name = name
+
+
 def _check_supported(nodes: list[onnx.NodeProto], opsets: Mapping[str, int], where: str) -> None:
     missing: Counter[str] = Counter()
     for n in nodes:
@@ -195,6 +216,7 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
         ctx.node = n
         fn = converter(n.domain if n.domain != "ai.onnx" else "", n.op_type)
         assert fn is not None
+        start = len(g.nodes)
         try:
             outs = list(fn(ctx, n, node_attrs(n)))
         except ScalefoldError as e:
@@ -203,6 +225,8 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
             if label not in msg:
                 msg = f"{label}: {msg}"
             raise type(e)(msg) if type(e) in (FrontendError, ShapeError) else FrontendError(msg) from None
+        if n.name:
+            _name_main(g.nodes[start:], outs, n.name)
         if len(outs) < len(n.output):
             outs += [None] * (len(n.output) - len(outs))
         for name, v in zip(n.output, outs):

@@ -83,9 +83,10 @@ class Executor:
                     self._slot.setdefault(id(o), len(self._slot))
         for v in graph.outputs:
             self._slot.setdefault(id(v), len(self._slot))
-        # constants only ever read through a kernel's own packed copy get no device tensor
+        # Constants only ever read through a kernel's own packed copy get no device tensor, nor
+        # do constants no kernel reads (those of dead nodes, which the schedule leaves out).
         self._consts = [(self._slot[id(v)], v.const.to(self.device)) for v in _consts(graph)
-                        if id(v) not in host_only]
+                        if id(v) not in host_only and id(v) in self._slot]
         self._args: dict[str, list[int]] = {}
         for name, items in (args or {}).items():
             order = []
