@@ -232,6 +232,13 @@ def load_calibration(path: str, graph: Any, batch: int) -> list[tuple[Any, ...]]
     if len(set(counts.values())) != 1 or not next(iter(counts.values())):
         raise ScalefoldError(f"calibration file {path}: inputs must hold the same (non-zero) number of "
                              f"samples along axis 0, got {counts}")
+    for n, v in zip(names, graph.inputs):
+        a = arrays[n]
+        # float data for an integer input (token ids saved as float) would be truncated
+        # silently: only exactly integral values are taken
+        if not v.dtype.is_float and a.is_floating_point() and not bool(torch.all(a == a.round())):
+            raise ScalefoldError(f"calibration file {path}: input {n} is {v.dtype.name}, but its array holds "
+                                 f"non-integral {str(a.dtype).replace('torch.', '')} values")
     lead = {v.type.shape[0] for v in graph.inputs if v.type.rank and isinstance(v.type.shape[0], int)}
     step = lead.pop() if len(lead) == 1 else batch
     total = next(iter(counts.values()))
@@ -240,6 +247,9 @@ def load_calibration(path: str, graph: Any, batch: int) -> list[tuple[Any, ...]]
         out.append(tuple(dt.to_container(arrays[n][lo:lo + step], v.dtype) for n, v in zip(names, graph.inputs)))
     if not out:
         raise ScalefoldError(f"calibration file {path}: {total} samples, fewer than one batch of {step}")
+    if total % step:
+        print(f"scalefold: note: calibration file {path}: {total} samples in batches of {step}; the last "
+              f"{total % step} are left out", file=sys.stderr)
     return out
 
 

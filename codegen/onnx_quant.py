@@ -35,7 +35,10 @@ Note on onnxruntime: its graph optimizer (level "extended" and above) rewrites
 DequantizeLinear of constant weights followed by MatMul into MatMulNBits with
 ``session.qdq_matmulnbits_accuracy_level`` = 4 by default, which quantises the activations to
 int8 at run time (fast, but no longer the IR's float result). Set that session config entry
-to "0" (or "1") to run the exported model with float activations; the tests do.
+to "0" (or "1") to run the exported model with float activations; the tests do. Its QDQ
+transformers also move QuantizeLinear/DequantizeLinear pairs of quantised activations across
+Transpose/Reshape and fuse them into quantised operators; ``session.disable_quant_qdq`` = "1"
+keeps the exported computation (README).
 """
 from __future__ import annotations
 

@@ -291,3 +291,22 @@ def test_load_calibration_rejects_a_non_positive_batch(model: Path, tmp_path: Pa
         with pytest.raises(ScalefoldError, match=f"calibration batch size must be at least 1, got {batch}"):
             load_calibration(str(tmp_path / "cal.npz"), g, batch)
     assert len(load_calibration(str(tmp_path / "cal.npz"), g, 8)) == 2
+
+
+def test_load_calibration_refuses_truncating_floats_and_notes_leftovers(tmp_path: Path, capsys) -> None:
+    """Token ids saved as non-integral floats would be truncated by the cast: refused, naming
+    the input; integral floats are taken. Samples that do not fill a last batch are reported."""
+    from scalefold.cli import load_calibration
+    from scalefold.ir.errors import ScalefoldError
+    from scalefold.ir.parser import parse
+    g = parse("""graph @g(%ids: i64[B,4]) -> (i64[B,4]) {
+  %0: i64[B,4] = add(%ids, %ids)
+  return %0
+}""")
+    np.savez(tmp_path / "frac.npz", ids=np.full((8, 4), 2.5, np.float32))
+    with pytest.raises(ScalefoldError, match="input ids is i64, but its array holds non-integral float32"):
+        load_calibration(str(tmp_path / "frac.npz"), g, 4)
+    np.savez(tmp_path / "ints.npz", ids=np.full((10, 4), 3.0, np.float32))
+    out = load_calibration(str(tmp_path / "ints.npz"), g, 4)
+    assert len(out) == 2 and out[0][0].dtype == torch.int64 and int(out[0][0][0, 0]) == 3
+    assert "10 samples in batches of 4; the last 2 are left out" in capsys.readouterr().err

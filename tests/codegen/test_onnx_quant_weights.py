@@ -43,6 +43,8 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     opts.intra_op_num_threads = 1
     # Keep onnxruntime from rewriting DequantizeLinear+MatMul into int8-activation MatMulNBits.
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    # and from moving / fusing the activations' QuantizeLinear-DequantizeLinear pairs (README)
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
