@@ -4,8 +4,10 @@ The driver here loads and checks the model (garbage, truncation, cycles, missing
 external data that escapes the model's folder), makes graph inputs with ``dim_param`` names as
 symbols, turns initializers into constants, and converts nodes in topological order through
 the op table (``frontend/onnx_ops_*.py``, registered with ``onnx_ctx.onnx_op``). Every
-unsupported op of the model is reported at once. Each ONNX node's name goes to the main IR
-node it becomes (``MAIN_OPS``), so that per-layer overrides can name imported layers.
+unsupported op of the model is reported at once; the one contrib op read is onnxruntime's
+``com.microsoft::MatMulNBits`` (``onnx_ops/matmulnbits.py``, into ``qlinear``). Each ONNX
+node's name goes to the main IR node it becomes (``MAIN_OPS``), so that per-layer overrides
+can name imported layers.
 """
 from __future__ import annotations
 
@@ -219,6 +221,11 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
         start = len(g.nodes)
         try:
             outs = list(fn(ctx, n, node_attrs(n)))
+        except UnsupportedOpError as e:
+            # An unsupported form of a known op (MatMulNBits with bits=2) is reported like an
+            # unknown op, so that callers can tell "not supported" from "malformed model".
+            label = ctx.where()
+            raise (e if label in str(e) else UnsupportedOpError(e.ops, where=label)) from None
         except ScalefoldError as e:
             msg = str(e)
             label = ctx.where()

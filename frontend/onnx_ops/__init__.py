@@ -12,3 +12,4 @@ from . import image  # noqa: F401
 from . import scatter  # noqa: F401
 from . import einsum  # noqa: F401
 from . import rnn  # noqa: F401
+from . import matmulnbits  # noqa: F401
