@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import operator
 from collections import Counter
+from contextlib import nullcontext
 from typing import Any, Mapping
 
 import sympy
@@ -33,6 +34,7 @@ from ..ir.types import Dim, TensorType, canon_dim, dims_equal, sym
 from . import aten_elementwise, aten_nn, aten_reduce, aten_shape  # noqa: F401  (registration)
 from .aten_table import ATEN, Ctx, bind_args, op_name
 from .aten_fuse import cleanup
+from .hf_moe import moe_blocks_swapped
 
 __all__ = ["from_torch", "KEEP", "supported_ops"]
 
@@ -62,19 +64,23 @@ def supported_ops() -> list[str]:
 
 
 def from_torch(model: torch.nn.Module | ExportedProgram, example_inputs: Any,
-               dynamic_shapes: Any = None, name: str | None = None) -> Graph:
+               dynamic_shapes: Any = None, name: str | None = None, moe_blocks: bool = True) -> Graph:
     """Import a PyTorch model as an IR Graph.
 
     ``model`` is an nn.Module (including an fx.GraphModule) or an ExportedProgram.
     ``example_inputs`` is a tuple of positional arguments, a dict of keyword arguments, a
     ``(args, kwargs)`` pair or a single tensor. ``dynamic_shapes`` is passed to torch.export
     (``Dim("B")`` becomes the IR symbol ``B``). The module is exported in eval mode (its mode
-    is restored afterwards). Raises UnsupportedOpError listing every ATen op without a
-    conversion (with counts) and FrontendError when torch cannot export the model.
+    is restored afterwards). With ``moe_blocks`` (the default) each recognised mixture-of-experts
+    block (Mixtral, Qwen2/3-MoE, OLMoE and look-alikes, see ``hf_moe``) becomes one IR ``moe``
+    node instead of its traced dispatch loop; the model is left as it was. Raises
+    UnsupportedOpError listing every ATen op without a conversion (with counts) and
+    FrontendError when torch cannot export the model.
     """
     args, kwargs = _split_inputs(example_inputs)
     gname = name or (type(model).__name__ if not isinstance(model, ExportedProgram) else "main")
-    ep = model if isinstance(model, ExportedProgram) else _export(model, args, kwargs, dynamic_shapes)
+    ep = model if isinstance(model, ExportedProgram) \
+        else _export(model, args, kwargs, dynamic_shapes, moe_blocks)
     try:
         ep = ep.run_decompositions(_decomp_table())
     except Exception as e:  # torch raises many kinds
@@ -104,11 +110,13 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
-def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any) -> ExportedProgram:
+def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any,
+            moe_blocks: bool) -> ExportedProgram:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        # MoE blocks are swapped after eval() so that they are recognised in inference mode.
+        with torch.no_grad(), (moe_blocks_swapped(model) if moe_blocks else nullcontext()):
             return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes,
                                        strict=False)
     except Exception as e:  # torch raises many kinds

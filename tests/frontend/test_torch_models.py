@@ -146,12 +146,18 @@ def test_mixtral_for_causal_lm() -> None:
                           experts_implementation="batched_mm")
     m = T.MixtralForCausalLM(cfg).eval()
     x = {"input_ids": _ids(2, 8)}
-    g = from_torch(m, dict(x, use_cache=False))
+    # the traced expert path (moe_blocks=False): routing and experts as ordinary ops
+    g = from_torch(m, dict(x, use_cache=False), moe_blocks=False)
     ops = _ops(g)
     assert ops["topk"] == 2 and ops["softmax"] == 2 and ops["matmul"] == 4 and ops["gather"] == 4
     assert ops["rms_norm"] == 5
     names = {c.name for c in g.constants()}
     assert "model.layers.0.mlp.experts.gate_up_proj" in names
+    _check(g, x, [m(**x, use_cache=False).logits])
+    # by default each sparse block is one IR moe (frontend/hf_moe.py; tests/frontend/test_torch_moe.py)
+    g = from_torch(m, dict(x, use_cache=False))
+    ops = _ops(g)
+    assert ops["moe"] == 2 and "topk" not in ops and "gather" not in ops and ops["rms_norm"] == 5
     _check(g, x, [m(**x, use_cache=False).logits])
 
 
