@@ -56,7 +56,11 @@ Split-K: when the (M, N) tiles are too few to fill the GPU, ``SPLIT`` programs s
 K range and store f32 partials to a workspace [SPLIT, M, N]; each then bumps the tile's
 counter (acq_rel atomic after a CTA barrier), and the one that finishes last sums the
 partials in split order, adds the bias, rounds, stores and resets the counter. One kernel,
-and deterministic (the order never depends on timing). Blocks per M bucket: :func:`w4_config`.
+and deterministic (the order never depends on timing). The M = 1 f16x2 GEMV instead sums its
+splits in fixed point (``FIXED``): each program adds its partials, as integers in a unit
+common to the channel, together with an arrival count in one 64-bit atomic per channel, and
+the program bringing the last count writes y and zeroes the accumulator: one round trip to
+memory instead of three, and an order-independent sum. Blocks per M bucket: :func:`w4_config`.
 """
 from __future__ import annotations
 
@@ -258,7 +262,7 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
     h2 = gemv and bool(cfg.pop("H2", 0)) and h2_applies(M, spec.xkind, packed) and \
         h2_works(mod, packed.scales.device, interpret)
     h2_bn, h2_bps = int(cfg.pop("H2_BN", 256)), int(cfg.pop("H2_BPS", 8))
-    h2_opts = {k: int(cfg.pop(f"H2_{k}")) for k in ("FOLD", "EVICT", "XB") if f"H2_{k}" in cfg}
+    h2_opts = {k: int(cfg.pop(f"H2_{k}")) for k in ("FOLD", "EVICT", "XB", "FIXED") if f"H2_{k}" in cfg}
     if h2:
         return _h2_launch(mod, spec, packed, N, K, interpret, h2_bn, h2_bps,
                           int(cfg.get("num_warps", 4)), h2_opts)
@@ -341,8 +345,9 @@ def _quiet(launch: Launch, interpret: bool) -> Launch:
 def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: bool, bn: int,
                bps: int, num_warps: int, opts: dict[str, int] | None = None) -> Launch:
     """The launch of ``w4_gemv_h2`` (one row of x): programs of ``bn`` channels x ``bps`` K
-    blocks (a power of two); splits > 1 share an f32 workspace [SPLIT, N] and a counter per
-    channel block as in :func:`make_launch`."""
+    blocks (a power of two). 2..31 splits sum in fixed point through an int64 accumulator per
+    channel (zero between launches; ``H2_FIXED`` 0 turns it off); more splits share an f32
+    workspace [SPLIT, N] and a counter per channel block as in :func:`make_launch`."""
     if bps & (bps - 1) or bps < 1:
         raise ValueError(f"H2_BPS must be a power of two, got {bps}")
     # the PTX step takes four consecutive words of one channel per thread (pack=4): a [bn, 16]
@@ -354,21 +359,26 @@ def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: b
     dev = packed.scales.device
     grid = (-(-N // bn), split)
     zeros = packed.zeros if packed.zeros is not None else packed.scales
-    ws, cnt = packed.scales, packed.scales
-    if split > 1:
-        ws = torch.empty((split, N), dtype=torch.float32, device=dev)
-        cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
     flags = dict(NB_PER=bps, HAS_ZERO=packed.zeros is not None, ZC=packed.zc, HAS_BIAS=bi >= 0,
                  SPLIT=split, SPLIT_P2=_pow2(split), ROUND_BF16=spec.xkind == "bf16" and interpret,
                  EVEN_K=K == packed.kp, ASM=not interpret, BN=bn, J=J, GB=packed.ge // BLOCK,
-                 FOLD=1, EVICT=1, XB=0)
+                 FOLD=1, EVICT=1, XB=0, FIXED=int(1 < split < 32), XCH=-(-K // 1024))
     flags.update(opts or {})
+    ws, cnt, smax = packed.scales, packed.scales, packed.scales
+    if split > 1 and flags["FIXED"]:
+        # fixed-point split-K sum (see the kernel): one int64 accumulator per channel, zero
+        # between launches, and each channel's largest |scale| for the common unit
+        ws = torch.zeros(N, dtype=torch.int64, device=dev)
+        smax = packed.scales.abs().amax(0).contiguous()
+    elif split > 1:
+        ws = torch.empty((split, N), dtype=torch.float32, device=dev)
+        cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
     kern = mod.w4_gemv_h2[grid]
     P, S = packed.qweight, packed.scales
 
     def launch(ts: Sequence[torch.Tensor]) -> None:
         b = ts[bi] if bi >= 0 else S
-        kern(ts[xi], P, S, zeros, b, ts[yi], ws, cnt, N, K, nblk, **flags, num_warps=num_warps)
+        kern(ts[xi], P, S, zeros, b, ts[yi], ws, cnt, smax, N, K, nblk, **flags, num_warps=num_warps)
 
     return _quiet(launch, interpret)
 

@@ -22,7 +22,7 @@ from scalefold import api  # noqa: E402
 from scalefold.codegen import triton as tgen  # noqa: E402
 from scalefold.codegen.schedule import partition  # noqa: E402
 from scalefold.codegen import triton_w4  # noqa: E402
-from scalefold.codegen.triton_w4 import h2_applies, w4_config, w4_linear  # noqa: E402
+from scalefold.codegen.triton_w4 import h2_applies, w4_config, w4_launch, w4_linear  # noqa: E402
 from scalefold.ir import dtypes as dt  # noqa: E402
 from scalefold.ir.graph import Graph  # noqa: E402
 from scalefold.ir.ops.quant import dequant_weight  # noqa: E402
@@ -258,6 +258,39 @@ def test_h2_gemv_wide_x_range(xd: str) -> None:
         ref = (x.double() @ wd.double().T).to(XT[xd])
         assert bool(torch.isfinite(y.float()).all())
         check(y, ref, x, wd, None, xd, h2=True)
+
+
+@pytest.mark.parametrize("fixed", [1, 0])
+def test_h2_split_k_sum_fixed_point_and_workspace(fixed: int) -> None:
+    """The split-K sum of the f16x2 GEMV: with FIXED (the default) one 64-bit atomic per channel
+    adds the partial as a fixed-point integer and counts arrivals; the last program writes y
+    and zeroes the accumulator. Repeated launches give identical results (the accumulator is
+    clean again, and integer sums do not depend on arrival order), values a million times apart
+    keep their share, and inf in x gives NaN (FIXED) rather than a wrong finite number."""
+    K, N = 1100, 70                       # 9 blocks: 5 splits of 2 (the last short), short K
+    c, s, z, _ = quantised(N, K, 4, 128, False, seed=11)
+    p = pack_w4(c, s, z, 128, False).to(DEVICE)
+    wd = dequant_weight(c, s, z, 128, False)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, K, generator=gen)
+    x[0, :256] *= 1e-6                    # the first split's partials are tiny next to the rest
+    x = x.to(torch.bfloat16)
+    cfg = dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=2, H2_FIXED=fixed)
+    launch, y = w4_launch(x.to(DEVICE), p, None, cfg)
+    ys = []
+    for _ in range(3):
+        y.fill_(0)
+        launch([x.to(DEVICE), x.to(DEVICE), y])
+        ys.append(y.clone())
+    assert all(torch.equal(ys[0], t) for t in ys[1:])
+    check(ys[0], (x.double() @ wd.double().T).to(torch.bfloat16), x, wd, None, "bf16", h2=True)
+    xi = x.clone()
+    xi[0, 3] = float("inf")
+    yi = w4_linear(xi.to(DEVICE), p, None, cfg).float().cpu()
+    if fixed:
+        assert bool(torch.isnan(yi).all())
+    launch([x.to(DEVICE), x.to(DEVICE), y])           # and the workspace is still clean
+    assert torch.equal(y, ys[0])
 
 
 BS = [(1, 1), (1, 3), (2, 8), (17, 1), (3, 11), (5, 13)]     # M = 1, 3, 16, 17, 33, 65
