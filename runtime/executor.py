@@ -227,9 +227,15 @@ class Executor:
                     on_cpu[0] = True
                     res = ref([x.cpu() if x is not None else None for x in xs], attrs)
             res = list(res) if isinstance(res, (tuple, list)) else [res]
+            bases = {x.untyped_storage().data_ptr() for x in xs if x is not None}
             for s, t in zip(out_slots, res):
                 if t.device != dev:   # generators (arange, full) make CPU tensors
                     t = t.to(dev)
+                # A reference may return a view of an input (expand / reshape to the same
+                # shape): the buffer plan frees that input after this kernel, and a later
+                # kernel would overwrite the "output"; such results are copied
+                if t.untyped_storage().data_ptr() in bases:
+                    t = t.clone(memory_format=torch.contiguous_format)
                 vals[s] = t if t.is_contiguous() else t.contiguous()
         return run_ref
 
