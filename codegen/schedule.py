@@ -165,8 +165,11 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
         out = n.outputs[0]
         if readers.get(id(out), 0) != 1 or id(out) in outputs:
             continue
-        r = out.users()[0]
-        if r.op not in allowed or not caps.node_ok(r) or not _same_shape(r.outputs[0], out):
+        r = next(u for u in out.users() if id(u) in kinds)          # its one live reader
+        # an add of two GEMM results (a parallel residual: GPT-NeoX, Phi) is the epilogue
+        # of the first GEMM only; claimed twice, it sat in two kernels that waited on each other
+        if kinds[id(r)] == "epilogue" or r.op not in allowed or not caps.node_ok(r) or \
+                not _same_shape(r.outputs[0], out):
             continue
         if r.op == "add":
             other = r.inputs[1] if r.inputs[0] is out else r.inputs[0]

@@ -312,3 +312,33 @@ def check_numerics_sym(g: Graph) -> None:
         xs = [torch.randn(v.type.concrete({B: b, S: s})) for v in g.inputs]
         for i, (a, e) in enumerate(zip(cm(*xs), interp.run(g, *xs))):
             assert_close(a, e, what=f"output {i} B={b} S={s}", atol=1e-5)
+
+
+def test_parallel_residual_add_is_one_gemms_epilogue() -> None:
+    """mlp(ln2(x)) + attn_out(ln1(x)) (GPT-NeoX, Phi): both GEMMs feed the one add; it must be
+    the epilogue of one of them only (claimed by both, the two kernels waited on each other
+    and ordering them failed with a cycle)."""
+    g = parse("""graph @par(%x: f32[B,16]) -> (f32[B,16]) {
+  %0: f32[B,16] = layer_norm[axis=-1, eps=1e-05](%x, #g0, #b0)
+  %1: f32[B,32] = linear(%0, #w1, #c1)
+  %2: f32[B,32] = gelu[approximate="none"](%1)
+  %3: f32[B,16] = linear(%2, #w2, #c2)
+  %4: f32[B,16] = layer_norm[axis=-1, eps=1e-05](%x, #g1, #b1)
+  %5: f32[B,16] = linear(%4, #w3, #c3)
+  %6: f32[B,16] = add(%3, %5)
+  return %6
+}
+#g0 = const f32[16] randn(seed=1)
+#b0 = const f32[16] randn(seed=2)
+#g1 = const f32[16] randn(seed=3)
+#b1 = const f32[16] randn(seed=4)
+#w1 = const f32[32,16] randn(seed=5, std=0.2)
+#c1 = const f32[32] randn(seed=6)
+#w2 = const f32[16,32] randn(seed=7, std=0.2)
+#c2 = const f32[16] randn(seed=8)
+#w3 = const f32[16,16] randn(seed=9, std=0.2)
+#c3 = const f32[16] randn(seed=10)""")
+    s = partition(g, cgen.CAPS)
+    adds = [k for k in s.kernels if "add" in k.ops]
+    assert len(adds) == 1 and adds[0].kind == "library"
+    check_numerics(g)
