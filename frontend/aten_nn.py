@@ -200,8 +200,14 @@ def _sdpa(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     if mask is not None and mask.dtype is not dt.boolean:
         mask = ctx.cast(mask, q.dtype)
     scale = a["scale"]
+    gqa = bool(a["enable_gqa"])
+    # torch broadcasts one k/v head over all q heads (multi-query attention, e.g. Falcon):
+    # grouped-query attention with a single group
+    if q.type.rank >= 3 and k.type.rank >= 3 and k.type.shape[-3] == 1 and q.type.shape[-3] != 1 \
+            and v.type.shape[-3] == 1:
+        gqa = True
     return ctx.emit("sdpa", [q, k, v, mask], causal=bool(a["is_causal"]),
-                    scale=None if scale is None else float(scale), gqa=bool(a["enable_gqa"]))
+                    scale=None if scale is None else float(scale), gqa=gqa)
 
 
 def _softmax_like(op: str):

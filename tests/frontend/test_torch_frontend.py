@@ -185,6 +185,20 @@ def test_sdpa_masks_and_gqa() -> None:
     assert _ops(g)["sdpa"] == 2
 
 
+class MultiQuery(nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def test_sdpa_multi_query_broadcasts_one_kv_head() -> None:
+    """One k/v head against four q heads (Falcon's multi-query attention): torch broadcasts it
+    without enable_gqa; the import is grouped-query attention with a single group."""
+    q, k, v = torch.randn(1, 4, 8, 16), torch.randn(1, 1, 8, 16), torch.randn(1, 1, 8, 16)
+    g = _import_and_check(MultiQuery(), q, k, v)
+    sd = [n for n in g.nodes if n.op == "sdpa"]
+    assert len(sd) == 1 and sd[0].attrs["gqa"] is True
+
+
 # ---- inputs, dtypes, names ----------------------------------------------------------------------
 
 
