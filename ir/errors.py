@@ -47,6 +47,10 @@ class AttributeError_(ScalefoldError):
     """An op attribute is missing, unknown or of the wrong kind."""
 
 
+class OptionError(ScalefoldError, ValueError):
+    """A pass or function option with a bad value (also a ValueError, as such checks were)."""
+
+
 class CalibrationError(ScalefoldError):
     """Calibration statistics are unusable (NaN/Inf inputs, no batches)."""
 

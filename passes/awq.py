@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..ir.errors import OptionError
 from ..ir.graph import Graph, Node
 from .awq_block import block_of, capture, grid_search, search_block_scale
 from .calibrate import ChannelStats, stats_for
@@ -33,7 +34,7 @@ def fake_quant_int(w: torch.Tensor, bits: int = 4, group: int = 128, sym: bool =
     Returns a tensor of w's dtype and shape (computed in float32 or wider).
     """
     if bits < 2 or bits > 16:
-        raise ValueError(f"fake_quant_int: bits must be in 2..16, got {bits}")
+        raise OptionError(f"fake_quant_int: bits must be in 2..16, got {bits}")
     k = w.shape[-1]
     g = k if group <= 0 or group >= k else group
     wf = w.to(torch.float64 if w.dtype == torch.float64 else torch.float32)
@@ -116,7 +117,7 @@ def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, 
     and is a near-miss of ``into_producer``.
     """
     if loss not in ("block", "layer"):
-        raise ValueError(f"awq_scales: loss must be block or layer, got {loss!r}")
+        raise OptionError(f"awq_scales: loss must be block or layer, got {loss!r}")
     targets = consumer_groups(graph)
     if not targets:
         return graph

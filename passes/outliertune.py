@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from ..ir import dtypes as dt
+from ..ir.errors import OptionError
 from ..ir.graph import Graph, Node, Value
 from .counters import bump
 from .pipeline import register_pass
@@ -51,8 +52,16 @@ from .quant_common import (WEIGHT_MODES, RangeStats, dynamic_qlinear, floored, l
                            observe_ranges, override_for, parse_overrides, qmax, quantizable_linear,
                            replace_with_qlinear)
 from .rewrite import report_near_miss
+from .wq_options import check_all_used
 
 PASS = "outliertune"
+
+
+def _check_keys(ovr: list, groups: list, where: str) -> None:
+    """Every override key must select a linear (by index, node or weight name): a typo would
+    otherwise quantise the layer it meant to keep."""
+    linears = [node for node, _ in sorted((m for _, ms in groups for m in ms), key=lambda m: m[1])]
+    check_all_used([k for k, _ in ovr], linears, [], where)
 ACTS = ("per_channel", "per_token", "per_tensor")
 
 
@@ -135,11 +144,11 @@ def _check_options(bits: int, weight: str, act: str, dynamic: str, wbits: int | 
     if wbits is not None:
         qmax(wbits)
     if weight not in WEIGHT_MODES:
-        raise ValueError(f"outliertune: weight must be one of {', '.join(WEIGHT_MODES)}, got {weight!r}")
+        raise OptionError(f"outliertune: weight must be one of {', '.join(WEIGHT_MODES)}, got {weight!r}")
     if act not in ACTS:
-        raise ValueError(f"outliertune: act must be one of {', '.join(ACTS)}, got {act!r}")
+        raise OptionError(f"outliertune: act must be one of {', '.join(ACTS)}, got {act!r}")
     if dynamic not in ("per_token", "per_tensor"):
-        raise ValueError(f"outliertune: dynamic must be per_token or per_tensor, got {dynamic!r}")
+        raise OptionError(f"outliertune: dynamic must be per_token or per_tensor, got {dynamic!r}")
 
 
 @register_pass("outliertune", needs_calibration=True)
@@ -166,8 +175,10 @@ def outliertune(graph: Graph, calibration: Any, bits: int = 8, symmetrize: bool 
     _check_options(bits, weight, act, dynamic, wbits)
     sym = weight == "per_channel"
     ovr = parse_overrides(overrides)
+    groups = _group_linears(graph)
+    _check_keys(ovr, groups, PASS)
     plans = []
-    for x, members in _group_linears(graph):
+    for x, members in groups:
         settings = []
         for node, idx in members:
             o = override_for(node, idx, ovr)
@@ -280,11 +291,13 @@ def w8a8(graph: Graph, act: str = "per_token", bits: int = 8, weight: str = "per
     Rules (counters): ``per_token`` / ``per_tensor`` per linear, ``kept_float``."""
     qmax(bits)
     if act not in ("per_token", "per_tensor"):
-        raise ValueError(f"w8a8: act must be per_token or per_tensor, got {act!r}")
+        raise OptionError(f"w8a8: act must be per_token or per_tensor, got {act!r}")
     if weight not in WEIGHT_MODES:
-        raise ValueError(f"w8a8: weight must be one of {', '.join(WEIGHT_MODES)}, got {weight!r}")
+        raise OptionError(f"w8a8: weight must be one of {', '.join(WEIGHT_MODES)}, got {weight!r}")
     ovr = parse_overrides(overrides)
-    for x, members in _group_linears(graph):
+    groups = _group_linears(graph)
+    _check_keys(ovr, groups, "w8a8")
+    for x, members in groups:
         for node, idx in members:
             o = override_for(node, idx, ovr)
             if o == "float":

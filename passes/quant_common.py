@@ -20,12 +20,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from ..ir import dtypes as dt
-from ..ir.errors import CalibrationError
+from ..ir.errors import CalibrationError, OptionError
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops.common import norm_axis
 from ..ir.printer import Namer
 from ..runtime.interp import Interpreter
-from .calibrate import EPS, ChannelStats, Stats, graph_hash
+from .calibrate import EPS, ChannelStats, Stats, _as_inputs, graph_hash
 
 NORMS = ("layer_norm", "rms_norm")
 WEIGHT_MODES = ("per_channel", "per_channel_asym")
@@ -34,7 +34,7 @@ WEIGHT_MODES = ("per_channel", "per_channel_asym")
 def qmax(bits: int) -> int:
     """Largest symmetric code of a signed ``bits``-bit integer (127 for 8, 31 for 6)."""
     if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be in 2..8 (codes are held in int8), got {bits}")
+        raise OptionError(f"bits must be in 2..8 (codes are held in int8), got {bits}")
     return (1 << (bits - 1)) - 1
 
 
@@ -169,12 +169,11 @@ def observe_ranges(graph: Graph, calibration: Any, values: Sequence[Value]) -> d
     interp = Interpreter(graph, check=False)
     with torch.no_grad():
         for batch in calibration:
-            if isinstance(batch, torch.Tensor):
-                batch = [batch]
-            ins = batch if isinstance(batch, Mapping) else list(batch)
+            # checked like every calibrating pass's batches (the batch index and input named)
+            ins = _as_inputs(graph, batch, nbatch)
             for i, v in enumerate(graph.inputs):
                 if id(v) in aggs:
-                    aggs[id(v)].update(ins[v.name] if isinstance(ins, Mapping) else ins[i])
+                    aggs[id(v)].update(ins[i])
             interp.run(ins, hook=hook)
             nbatch += 1
     if nbatch == 0:
@@ -287,7 +286,7 @@ def _setting(val: Any, key: Any) -> Setting:
     if isinstance(val, Mapping) and set(val) <= {"bits"} and "bits" in val:
         qmax(int(val["bits"]))   # validates
         return {"bits": int(val["bits"])}
-    raise ValueError(f"override for {key!r}: expected \"float\", a bit width or {{\"bits\": b}}, got {val!r}")
+    raise OptionError(f"override for {key!r}: expected \"float\", a bit width or {{\"bits\": b}}, got {val!r}")
 
 
 def parse_overrides(spec: Any) -> list[tuple[Any, Setting]]:
@@ -303,14 +302,15 @@ def parse_overrides(spec: Any) -> list[tuple[Any, Setting]]:
         for part in filter(None, (p.strip() for p in spec.split(","))):
             k, sep, v = part.rpartition("=")
             if not sep or not k.strip():
-                raise ValueError(f"bad override {part!r}: want key=float or key=<bits>")
+                raise OptionError(f"bad override {part!r}: want key=float or key=<bits>")
             k = k.strip()
             items.append((int(k) if k.lstrip("-").isdigit() else k, v.strip()))
     elif isinstance(spec, Mapping):
         items = list(spec.items())
     else:
-        raise ValueError(f"overrides must be a dict or a 'key=setting,...' string, got {type(spec).__name__}")
-    return [(k, _setting(v, k)) for k, v in items]
+        raise OptionError(f"overrides must be a dict or a 'key=setting,...' string, got {type(spec).__name__}")
+    from .wq_options import check_key
+    return [(check_key(k, "overrides"), _setting(v, k)) for k, v in items]
 
 
 def override_for(node: Node, index: int, overrides: Iterable[tuple[Any, Setting]]) -> Setting | None:

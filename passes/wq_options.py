@@ -7,7 +7,7 @@ import os
 import re
 from typing import Any, Iterable, Sequence
 
-from ..ir.errors import ScalefoldError
+from ..ir.errors import OptionError
 from ..ir.graph import Node
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -23,7 +23,7 @@ def as_bool(v: Any, where: str) -> bool:
     w = v.strip().lower() if isinstance(v, str) else None
     if w in _TRUE or w in _FALSE:
         return w in _TRUE
-    raise ScalefoldError(f"{where} must be true or false, got {v!r}")
+    raise OptionError(f"{where} must be true or false, got {v!r}")
 
 
 def as_int(v: Any, where: str, lo: int | None = None) -> int:
@@ -32,9 +32,9 @@ def as_int(v: Any, where: str, lo: int | None = None) -> int:
     if isinstance(v, str) and v.strip().lstrip("-").isdigit():
         v = int(v.strip())
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ScalefoldError(f"{where} must be an integer, got {v!r}")
+        raise OptionError(f"{where} must be an integer, got {v!r}")
     if lo is not None and v < lo:
-        raise ScalefoldError(f"{where} must be >= {lo}, got {v}")
+        raise OptionError(f"{where} must be >= {lo}, got {v}")
     return v
 
 
@@ -42,12 +42,12 @@ def check_key(key: Any, where: str) -> Any:
     """An override key as given (a name substring, ``re:<pattern>`` or a layer index), with
     the pattern compiled once so that a bad one fails here, naming the key."""
     if isinstance(key, bool) or not isinstance(key, (int, str)) or key == "" or key == "re:":
-        raise ScalefoldError(f"{where}: override key must be a name, 're:<pattern>' or a layer index, got {key!r}")
+        raise OptionError(f"{where}: override key must be a name, 're:<pattern>' or a layer index, got {key!r}")
     if isinstance(key, str) and key.startswith("re:"):
         try:
             re.compile(key[3:])
         except re.error as e:
-            raise ScalefoldError(f"{where}: override key {key!r} is not a valid pattern: {e}") from None
+            raise OptionError(f"{where}: override key {key!r} is not a valid pattern: {e}") from None
     return key
 
 
@@ -72,7 +72,7 @@ def check_all_used(keys: Iterable[Any], linears: Sequence[Node], moes: Sequence[
     for key in keys:
         if not any(key_matches(key, nm, i) for nm, i in layers):
             seen = [nm for nm_list, _ in layers for nm in nm_list if nm][:6]
-            raise ScalefoldError(
+            raise OptionError(
                 f"{where}: override {key!r} matches no quantisable layer ({len(linears)} linears, indices "
                 f"0..{len(linears) - 1}{f', {len(moes)} moe' if moes else ''}; names include "
                 f"{', '.join(seen) or 'none'})")
