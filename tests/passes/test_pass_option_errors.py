@@ -11,7 +11,6 @@ from scalefold.ir.parser import parse
 from scalefold.passes import PassManager
 from scalefold.passes.calibrate import calibrate
 from scalefold.passes.smooth import smooth_factors
-from scalefold.runtime.interp import run
 
 LN_MLP = """graph @m(%x: f32[B,16]) -> (f32[B,16]) {
   %0: f32[B,16] = layer_norm[axis=-1, eps=1e-05](%x, #g, #b)
