@@ -20,9 +20,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from ..ir.errors import ScalefoldError
+from ..ir.errors import OptionError, ScalefoldError
 from ..ir.graph import Graph
 from .counters import Counters, _active, counting
+from .wq_options import bool_word
 
 PassFn = Callable[..., Graph]
 
@@ -84,7 +85,7 @@ def parse_pass(spec: str) -> tuple[str, dict[str, Any]]:
     return name, opts
 
 
-_TRUE, _FALSE, _NONE = ("true", "yes", "on"), ("false", "no", "off"), ("none", "null")
+_NONE = ("none", "null")
 
 
 def _allowed(hint: Any) -> tuple[set[type], bool] | None:
@@ -99,10 +100,11 @@ def _allowed(hint: Any) -> tuple[set[type], bool] | None:
 
 def coerce_options(name: str, fn: PassFn, opts: dict[str, Any]) -> dict[str, Any]:
     """Options of pass ``name`` checked against ``fn``'s annotations (bool, int, float, str and
-    their ``| None``): bare words true/false/yes/no/on/off become booleans and none becomes None
-    where the annotation allows them, an int is accepted for a float; any other mismatch is a
-    ScalefoldError naming the pass, the option and the value. Options the annotations do not
-    describe (``Any``, containers) pass unchanged, for the pass to check."""
+    their ``| None``). Bare words true/false/yes/no/on/off (:func:`~.wq_options.bool_word`)
+    become booleans and none becomes None where the annotation allows them; an int is accepted
+    for a float. Any other mismatch is an OptionError (a ScalefoldError) naming the pass, the
+    option and the value. Options the annotations do not describe (``Any``, containers) pass
+    unchanged, for the pass to check."""
     try:
         hints = typing.get_type_hints(fn)
     except Exception:   # noqa: BLE001 - unresolvable annotations: nothing to check against
@@ -116,13 +118,8 @@ def coerce_options(name: str, fn: PassFn, opts: dict[str, Any]) -> dict[str, Any
         word = v.strip().lower() if isinstance(v, str) else None
         if nullable and (v is None or word in _NONE):
             out[key] = None
-        elif bool in kinds and isinstance(v, bool):
-            pass
-        elif bool in kinds and word in _TRUE + _FALSE:
-            out[key] = word in _TRUE
-        elif bool in kinds and not isinstance(v, bool) and isinstance(v, int) and v in (0, 1) and \
-                kinds == {bool}:
-            out[key] = bool(v)
+        elif bool in kinds and (isinstance(v, (bool, str)) or kinds == {bool}) and bool_word(v) is not None:
+            out[key] = bool_word(v)            # an int stays an int where the option takes one
         elif int in kinds and isinstance(v, int) and not isinstance(v, bool):
             pass
         elif float in kinds and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -131,7 +128,7 @@ def coerce_options(name: str, fn: PassFn, opts: dict[str, Any]) -> dict[str, Any
             pass
         else:
             want = " or ".join(sorted(t.__name__ for t in kinds) + (["none"] if nullable else []))
-            raise ScalefoldError(f"pass {name}: option {key} must be {want}, got {v!r}")
+            raise OptionError(f"pass {name}: option {key} must be {want}, got {v!r}")
     return out
 
 

@@ -13,17 +13,23 @@ from ..ir.graph import Node
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def as_bool(v: Any, where: str) -> bool:
-    """``v`` as a bool: a bool, 0 / 1, or the words true/false/yes/no/on/off; else a
-    ScalefoldError naming ``where``."""
+def bool_word(v: Any) -> bool | None:
+    """``v`` as a bool when it is one: a bool, 0 / 1, or the words true/false/yes/no/on/off
+    (any case); None for anything else."""
     if isinstance(v, bool):
         return v
     if isinstance(v, int) and v in (0, 1):
         return bool(v)
     w = v.strip().lower() if isinstance(v, str) else None
-    if w in _TRUE or w in _FALSE:
-        return w in _TRUE
-    raise OptionError(f"{where} must be true or false, got {v!r}")
+    return (w in _TRUE) if w in _TRUE or w in _FALSE else None
+
+
+def as_bool(v: Any, where: str) -> bool:
+    """:func:`bool_word` of ``v``, or an OptionError naming ``where``."""
+    b = bool_word(v)
+    if b is None:
+        raise OptionError(f"{where} must be true or false, got {v!r}")
+    return b
 
 
 def as_int(v: Any, where: str, lo: int | None = None) -> int:
@@ -84,4 +90,4 @@ def iter_once(x: Any) -> bool:
     return not isinstance(x, (list, tuple, str, bytes, dict, os.PathLike)) and hasattr(x, "__next__")
 
 
-__all__ = ["as_bool", "as_int", "check_all_used", "check_key", "iter_once", "key_matches"]
+__all__ = ["as_bool", "as_int", "bool_word", "check_all_used", "check_key", "iter_once", "key_matches"]

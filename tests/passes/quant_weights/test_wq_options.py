@@ -7,7 +7,6 @@ import torch
 
 from scalefold.ir.errors import ScalefoldError
 from scalefold.ir.parser import parse
-from scalefold.ir.ops.quant import dequant_weight
 from scalefold.passes import PassManager
 from scalefold.passes.awq import fake_quant_int
 from scalefold.passes.quant_weights import quant_weights
@@ -154,8 +153,3 @@ def test_tied_weights_are_quantised_once(kw: dict) -> None:
     x = cal[0]
     y, ref = run(q, x)[0], run(parse(TIED), x)[0]
     assert float((y - ref).norm() / ref.norm()) < 0.2
-    wd = dequant_weight(qs[0].inputs[1].const, qs[0].inputs[2].const,
-                        qs[0].inputs[3].const if len(qs[0].inputs) > 3 and qs[0].inputs[3] is not None else None,
-                        qs[0].attrs["group"], False) if kw["format"].startswith("int") else None
-    if wd is not None:
-        assert wd.shape == (32, 32)
