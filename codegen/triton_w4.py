@@ -192,8 +192,9 @@ def h2_config(N: int, K: int, interpret: bool = False) -> dict[str, int]:
     """Blocks of the f16x2 GEMV (``w4_gemv_h2``, M = 1): 256 channels per program and the
     fewest K blocks per program (a power of two >= 4) that keep the programs within two per
     SM (``benchmarks/w4_gpu.py --sweep 1`` on an H200: fewer, longer programs overlap the weight
-    stream with the f16x2 arithmetic better than many short ones). One split on the
-    interpreter."""
+    stream with the f16x2 arithmetic better than many short ones); 128 channels where that
+    leaves fewer than 1.5 programs per SM (a sweep of 64 / 128 / 256 channels x 2..64 blocks
+    over ten LLM shapes on an H200). One split on the interpreter."""
     bn = min(256, max(32, _pow2(N)))
     nblk = -(-K // BLOCK)
     if interpret:
@@ -202,7 +203,13 @@ def h2_config(N: int, K: int, interpret: bool = False) -> dict[str, int]:
     bps = 4
     while bps < nblk and tiles * -(-nblk // bps) > 2 * SMS:
         bps *= 2
-    return dict(H2_BN=bn, H2_BPS=min(bps, _pow2(nblk)))
+    bps = min(bps, _pow2(nblk))
+    if bn == 256 and tiles * -(-nblk // bps) < 3 * SMS // 2:
+        # under 1.5 programs per SM, 128 channels per program (twice the programs) is faster:
+        # 4096 x 11008 15.6 against 16.5 us, 11008 x 4096 16.1 / 16.9, 5120 x 13824 21.0 /
+        # 21.8, 4096 x 4096 10.8 / 11.4; from 224 programs up 256 stays as fast or faster
+        bn = 128
+    return dict(H2_BN=bn, H2_BPS=bps)
 
 
 def h2_applies(M: int, xkind: str, packed: W4Packed) -> bool:

@@ -346,6 +346,11 @@ def test_config_by_m() -> None:
     # f16x2 GEMV: 32 blocks of 256 channels x 8 K blocks = 256 programs (about two per SM)
     assert w4_config(1, 8192, 8192)["H2"] == 1 and w4_config(1, 8192, 8192)["H2_BPS"] == 8
     assert w4_config(1, 16384, 16384)["H2_BPS"] == 32
+    # M = 1 blocks: 256 channels while that gives >= 1.5 programs per SM, else 128 (H200 sweep)
+    h2 = {(n, k): (w4_config(1, n, k)["H2_BN"], w4_config(1, n, k)["H2_BPS"])
+          for n, k in ((8192, 8192), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 4096), (13824, 5120))}
+    assert h2 == {(8192, 8192): (256, 8), (11008, 4096): (128, 8), (4096, 11008): (128, 8),
+                  (14336, 4096): (256, 8), (4096, 4096): (128, 4), (13824, 5120): (128, 16)}
     assert w4_config(2, 8192, 8192).get("H2", 0) == 0
     # M = 16: 128 column blocks x 7 splits, one wave of about seven programs per SM
     assert w4_config(16, 8192, 8192)["BM"] == 16 and w4_config(16, 8192, 8192)["SWAP"] == 3
