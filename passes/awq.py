@@ -96,7 +96,7 @@ def search_scale(weights: list[torch.Tensor], mean_abs: torch.Tensor, gram: torc
 
 @register_pass("awq_scales", needs_calibration=True)
 def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, grid: int = 20,
-               sym: bool = False, stats: str | None = None, loss: str = "block") -> Graph:
+               sym: bool = False, stats: str | None = None, loss: str = "block", centred: bool = False) -> Graph:
     """AWQ scale search for every group of linears sharing an input (found by scale_move).
 
     For each tensor X read by linears (with constant weights), searches s = s_X^r (s_X =
@@ -106,7 +106,10 @@ def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, 
     activations. With ``loss="block"`` (default) a group of several consumers whose outputs
     meet in a block (q/k/v -> attention, gate/up -> product; ``awq_block.py``) is scored by the
     MSE of the block's output instead, on up to 4096 captured calibration rows (needs
-    calibration batches as a list; saved stats fall back to the Gram loss). Then folds 1/s into X's producer and s into the consumers; where the producer
+    calibration batches as a list; saved stats fall back to the Gram loss). ``centred``: score
+    with the covariance instead of XᵀX (and, in a block, with the consumers' biases corrected
+    by −(Ŵ − W) mean x), i.e. the error that remains after ``quant_weights``' bias correction.
+    Padded calibration rows are left out (``calibrate.py``). Then folds 1/s into X's producer and s into the consumers; where the producer
     cannot absorb (scale_move refusal) an explicit per-channel ``mul`` by 1/s is inserted
     before the linear consumers (other readers keep X).
 
@@ -131,13 +134,13 @@ def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, 
         plan = plan_scale(graph, x)
         if not plan.consumers:
             continue
-        s, r = search_for(graph, plan.consumers, cs, batches, bits, group, grid, sym)
+        s, r = search_for(graph, plan.consumers, cs, batches, bits, group, grid, sym, centred)
         apply_scale(graph, plan, s, r)
     return graph
 
 
 def search_for(graph: Graph, consumers: list[Node], cs: ChannelStats, batches: Any, bits: int, group: int,
-               grid: int, sym: bool) -> tuple[torch.Tensor, float]:
+               grid: int, sym: bool, centred: bool = False) -> tuple[torch.Tensor, float]:
     """AWQ's scale search for one activation X read by ``consumers``, from X's calibration
     stats ``cs`` (mean|x| and Gram matrix) measured on ``graph``: the block-output loss when
     ``batches`` (a list) are given and the consumers meet in a block, else the Gram loss.
@@ -147,11 +150,12 @@ def search_for(graph: Graph, consumers: list[Node], cs: ChannelStats, batches: A
         all(c.op == "linear" for c in consumers) else None
     if blk is not None:
         data = capture(graph, blk[0], blk[1], batches)
+        mean_x = cs.sum / max(cs.rows, 1) if centred and cs.sum is not None else None
         s, r, _ = search_block_scale(data, consumers, cs.mean_abs_floored(),
-                                     lambda w: fake_quant_int(w, bits, group, sym), grid)
+                                     lambda w: fake_quant_int(w, bits, group, sym), grid, mean_x)
         bump(PASS, "block_loss")
         return s, r
-    gram = (cs.gram / max(cs.rows, 1)).to(torch.float32)
+    gram = cs.second_moment(centred and cs.sum is not None)
     s, r, _ = search_scale(_consumer_weights(consumers), cs.mean_abs_floored(), gram, bits, group, grid, sym)
     return s, r
 

@@ -23,6 +23,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from ..runtime.interp import Interpreter, bind_symbols
+from .calibrate import mask_input, real_rows
 
 MAX_BLOCK_NODES = 64
 _EXIT = "exit"
@@ -82,6 +83,7 @@ class BlockData:
     externals: list[Value]
     feeds: list[tuple[dict[int, torch.Tensor], dict[sympy.Symbol, int]]]
     reference: list[list[torch.Tensor]]
+    masks: list[torch.Tensor | None] | None = None   # per batch: the token mask, if the graph has one
 
 
 def capture(graph: Graph, nodes: list[Node], end: Node, batches: Iterable[Sequence[torch.Tensor]],
@@ -97,9 +99,12 @@ def capture(graph: Graph, nodes: list[Node], end: Node, batches: Iterable[Sequen
     want = set(ext)
     interp = Interpreter(graph, check=False)
     feeds = []
+    masks: list[torch.Tensor | None] = []
+    mi = mask_input(graph)
     rows = 0
     for b in batches:
         b = tuple(b) if isinstance(b, (list, tuple)) else (b,)
+        masks.append(b[mi] if mi is not None else None)
         got: dict[int, torch.Tensor] = {id(v): t for v, t in zip(graph.inputs, b) if id(v) in want}
 
         def hook(node: Node, outs: list[torch.Tensor]) -> None:
@@ -112,7 +117,7 @@ def capture(graph: Graph, nodes: list[Node], end: Node, batches: Iterable[Sequen
         rows += int(got[id(first)].numel() // max(int(got[id(first)].shape[-1]), 1)) if id(first) in got else 1
         if rows >= max_rows:
             break
-    data = BlockData(nodes, end, list(ext.values()), feeds, [])
+    data = BlockData(nodes, end, list(ext.values()), feeds, [], masks)
     data.reference = [run_block(data, {}, i) for i in range(len(feeds))]
     return data
 
@@ -137,13 +142,16 @@ def run_block(data: BlockData, weights: dict[int, torch.Tensor], i: int) -> list
 
 
 def block_loss(data: BlockData, weights: dict[int, torch.Tensor]) -> float:
-    """Mean squared error of the block output against the float block, over the batches."""
+    """Mean squared error of the block output against the float block, over the batches (the
+    rows of real tokens only, where the output's shape shows them: :func:`real_rows`)."""
     num, cnt = 0.0, 0
     for i, ref in enumerate(data.reference):
+        m = data.masks[i] if data.masks else None
         for y, y0 in zip(run_block(data, weights, i), ref):
             if y.is_floating_point():
-                num += float((y.double() - y0.double()).pow(2).sum())
-                cnt += y.numel()
+                d = real_rows((y.double() - y0.double()), m) if y.dim() >= 1 else y.double() - y0.double()
+                num += float(d.pow(2).sum())
+                cnt += d.numel()
     return num / max(cnt, 1)
 
 
@@ -168,15 +176,25 @@ def grid_search(mean_abs: torch.Tensor, grid: int, loss: Callable[[torch.Tensor]
 
 
 def search_block_scale(data: BlockData, consumers: Sequence[Node], mean_abs: torch.Tensor,
-                       fake: Callable[[torch.Tensor], torch.Tensor], grid: int = 20
-                       ) -> tuple[torch.Tensor, float, list[float]]:
+                       fake: Callable[[torch.Tensor], torch.Tensor], grid: int = 20,
+                       mean_x: torch.Tensor | None = None) -> tuple[torch.Tensor, float, list[float]]:
     """AWQ's grid search scored by :func:`block_loss`: s = s_X^r / sqrt(max·min), r in
-    {0, 1/grid, …}; candidate weights Q(W·diag(s))·diag(s)⁻¹ (``fake`` is Q). Returns
-    (s [K] float64, best r, loss per r)."""
+    {0, 1/grid, …}; candidate weights Q(W·diag(s))·diag(s)⁻¹ (``fake`` is Q). With ``mean_x``
+    (the mean input row) each consumer's bias also takes −(Ŵ − W) mean_x: the candidate as
+    bias correction will leave it. Returns (s [K] float64, best r, loss per r)."""
     ws = [(c.inputs[1], c.inputs[1].const) for c in consumers]
+    bs = [(c.inputs[2], c.inputs[2].const) if len(c.inputs) > 2 and c.inputs[2] is not None and
+          c.inputs[2].is_const else None for c in consumers]
 
     def loss(s32: torch.Tensor) -> float:
-        return block_loss(data, {id(v): (fake(w.to(torch.float32) * s32) / s32).to(w.dtype) for v, w in ws})
+        cand: dict[int, torch.Tensor] = {}
+        for (v, w), b in zip(ws, bs):
+            wq = fake(w.to(torch.float32) * s32) / s32
+            cand[id(v)] = wq.to(w.dtype)
+            if mean_x is not None and b is not None:
+                shift = (wq - w.to(torch.float32)).double() @ mean_x.double()
+                cand[id(b[0])] = (b[1].double() - shift).to(b[1].dtype)
+        return block_loss(data, cand)
     return grid_search(mean_abs, grid, loss)
 
 

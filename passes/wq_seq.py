@@ -36,19 +36,19 @@ def measure(graph: Graph, batches: Sequence[Any], value: Value) -> ChannelStats:
     return calibrate(graph, batches, values=[value], gram=[value], progress=False)[value]
 
 
-def _gram(cs: ChannelStats) -> torch.Tensor:
-    assert cs.gram is not None
-    return (cs.gram / max(cs.rows, 1)).to(torch.float32)
 
 
 def run_sequential(graph: Graph, nodes: list[Node], settings: dict[int, Any], calibration: Any,
-                   quantize: Quantize, awq: tuple[int, int, int, bool] | None = None) -> None:
+                   quantize: Quantize, awq: tuple[int, int, int, bool] | None = None,
+                   centred: bool = False, block_loss: bool = True) -> None:
     """Quantise ``nodes`` (linears of ``graph``; ``settings[id(n)] == "float"`` keeps one)
     stage by stage, each stage calibrated on the graph with all earlier stages quantised.
 
     ``awq`` = (bits, group, grid, sym): also run AWQ's scale search per stage (over every
     activation read by constant-weight linears, as ``awq_scales``) before quantising it.
     ``calibration`` must be a list of batches (stats measured once cannot be re-measured).
+    ``centred``: the searches and the quantiser score with the covariance (bias correction
+    follows); ``block_loss``: AWQ may score q/k/v-like groups on their block's output.
     Pre: ``nodes`` are float linears of ``graph`` in graph order. Post: each non-"float" node
     has been passed to ``quantize`` exactly once, with the Gram matrix of the input it reads
     at that moment, measured with every linear before it in graph order already quantised
@@ -96,7 +96,8 @@ def run_sequential(graph: Graph, nodes: list[Node], settings: dict[int, Any], ca
         if scaled:
             assert plan is not None and awq is not None
             bits, group, grid, sym = awq
-            s, r = search_for(graph, plan.consumers, cs, batches, bits, group, grid, sym)
+            s, r = search_for(graph, plan.consumers, cs, batches if block_loss else None, bits, group, grid, sym,
+                              centred)
             changed = apply_scale(graph, plan, s, r)
             late = [a for a in absorbers.get(id(x), []) if id(a) not in done]
             for a in late:
@@ -109,9 +110,9 @@ def run_sequential(graph: Graph, nodes: list[Node], settings: dict[int, Any], ca
                 s64 = s.to(torch.float64)
                 assert cs.gram is not None
                 cs = ChannelStats(cs.min / s64, cs.max / s64, cs.absmax / s64, cs.sum_abs / s64, cs.rows,
-                                  cs.gram / torch.outer(s64, s64))
+                                  cs.gram / torch.outer(s64, s64), cs.sum / s64 if cs.sum is not None else None)
                 xin = {id(n): n.inputs[0] for n in stage}
-        gram = _gram(cs)
+        gram = cs.second_moment(centred)
         for n in stage:
             assert xin[id(n)] is n.inputs[0]
             if id(n) in deferred:
@@ -122,7 +123,7 @@ def run_sequential(graph: Graph, nodes: list[Node], settings: dict[int, Any], ca
         if key not in done:
             # a deferred absorber whose stage scaled elsewhere, or a linear no stage covered
             g = pending.pop(key, None)
-            quantize_node(n, g if g is not None else _gram(measure(graph, batches, n.inputs[0])))
+            quantize_node(n, g if g is not None else measure(graph, batches, n.inputs[0]).second_moment(centred))
 
 
 __all__ = ["measure", "run_sequential"]
