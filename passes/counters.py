@@ -57,6 +57,14 @@ def counting(counters: Counters | None = None) -> Iterator[Counters]:
         _active.reset(token)
 
 
+def bump_all(counters: Counters) -> None:
+    """Add every count of ``counters`` (e.g. of a trial run under :func:`counting`) into the
+    active counters, if any."""
+    c = _active.get()
+    if c is not None:
+        c.merge(counters)
+
+
 def bump(pass_name: str, rule: str, n: int = 1) -> None:
     """Count ``n`` applications of ``rule`` in ``pass_name`` into the active counters, if any."""
     c = _active.get()

@@ -18,6 +18,9 @@ token at run time (``act="per_token"``).
   per tensor, with LLM-FP4's per-channel 2^k exponent-bias reparameterisation folded into the
   activation's producer (``passes/wq_act.py``).
 - Per-layer ``overrides`` and mixed precision under a size ``budget`` (``passes/wq_mixed.py``).
+- Bias correction after the calibrated quantisers (``passes/wq_bias.py``): each quantised
+  linear's mean output over the real calibration tokens is matched to the float model's,
+  sequentially; kept only where the outputs get closer.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from ..ir.errors import ScalefoldError
 from ..ir.graph import Graph, Node, Value
 from .awq import awq_scales
 from .calibrate import stats_for
-from .counters import bump
+from .counters import Counters, bump, bump_all, counting
 from .pipeline import register_pass
 from .quant_common import linear_bias, override_for, quantizable_linear
 from .wq_fp import FP4_FORMATS, fp4_codes, fp8_codes, search_clip, search_fp4, fp8_fake
@@ -262,14 +265,16 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
       calibrated quantisers (``method`` awq/search or ``rounding=gptq``; RTN ignores it); needs
       ``calibration`` as a list of batches (statistics are re-measured per stage). Budget
       trials and ``act_format`` statistics stay one-shot.
-    - ``bias_correct`` (default: on for the calibrated quantisers — ``method`` awq/search or
-      ``rounding=gptq`` — when ``calibration`` is a list of batches): after quantising, add
+    - ``bias_correct`` (default None: on for the calibrated quantisers — ``method`` awq/search
+      or ``rounding=gptq`` — when ``calibration`` is a list of batches): after quantising, add
       E[y_float] − E[y_quant] to each quantised linear's bias, sequentially in graph order on
       the quantised model (``wq_bias.py``); the AWQ and clip searches then score the error
-      that correction leaves (the covariance instead of XᵀX). The correction is kept only if
-      it brings the graph's outputs on the first calibration batches closer to the float
-      model's (counter ``bias_correction_rejected`` otherwise). False turns it off; True with
-      saved Stats instead of batches is an error.
+      that correction leaves (the covariance instead of XᵀX). By default the result is kept
+      only if the graph's outputs on the first two calibration batches are closer to the float
+      model's than before the correction; otherwise the layers are quantised again without
+      it (counter ``bias_correction_rejected``; the result is then a new graph: use the
+      return value). True applies it unchecked, False turns it off; True with saved Stats
+      instead of batches is an error.
     - ``awq_loss`` auto | block | layer: how AWQ scores a scale (``awq_scales``' ``loss``);
       auto = layer (the Gram loss) with bias correction, block without. On the real MiniLM
       (int4 g128, 48 sentences) the mean cosine was 0.9801 (layer) against 0.9793 (block)
@@ -298,6 +303,40 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     layer the budget upgraded, ``moe_<format>`` per moe quantised, ``bias_corrected`` per
     linear whose bias the correction changed.
     """
+    if calibration is not None and iter_once(calibration):
+        # several steps read the batches (scale search, statistics, budget trials, a second
+        # attempt below): a generator would be spent after the first
+        calibration = list(calibration)
+    opts = dict(format=format, group=group, method=method, sym=sym, grid=grid, act=act, clip=clip,
+                overrides=overrides, budget=budget, mixed=mixed, sensitivity=sensitivity, act_format=act_format,
+                points=points, act_reparam=act_reparam, rounding=rounding, sequential=sequential, awq_loss=awq_loss)
+    auto = bias_correct is None and (method != "rtn" or rounding == "gptq") and isinstance(calibration, (list, tuple))
+    if not auto:
+        return _quant_weights(graph, calibration, bias_correct=bias_correct, **opts)
+    # the correction (and the covariance-scored searches that assume it) is kept only where it
+    # brings the outputs closer to the float model's; otherwise quantise again without it
+    orig = graph.clone()
+    trial = Counters()
+    with counting(trial):
+        out = _quant_weights(graph, calibration, bias_correct=True, guard=True, **opts)
+    if not trial[PASS].get("bias_correction_rejected"):
+        bump_all(trial)
+        return out
+    out = _quant_weights(orig, calibration, bias_correct=False, **opts)
+    bump(PASS, "bias_correction_rejected")
+    return out
+
+
+def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", group: int = 128,
+                  method: str = "rtn", sym: bool = False, grid: int = 20, act: str = "none",
+                  clip: str = "no_qk", overrides: Any = None, budget: float | None = None,
+                  mixed: str = "int8", sensitivity: str = "output", act_format: str | None = None,
+                  points: int = 100, act_reparam: bool = True, rounding: str = "nearest",
+                  sequential: bool = False, bias_correct: bool | None = None, awq_loss: str = "auto",
+                  guard: bool = False) -> Graph:
+    """:func:`quant_weights` with ``bias_correct`` decided (None: as there) and, with ``guard``,
+    the correction checked against the float outputs (rejected: counter
+    ``bias_correction_rejected``, biases restored, searches already centred)."""
     base = LayerSetting(format, as_int(group, "quant_weights: group", 0), method, as_bool(sym, "quant_weights: sym"))
     _check_setting(base, "quant_weights")
     grid = as_int(grid, "quant_weights: grid", 1)
@@ -356,7 +395,7 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
         settings[id(n)] = override_for(n, i, ovr) or base  # type: ignore[assignment]
     # the float outputs' means, measured before anything below quantises (bias correction)
     fmeans = float_means(graph, calibration, [n for n in nodes if settings[id(n)] != "float"]) if bc else {}
-    check = OutputCheck(graph, calibration) if bc else None
+    check = OutputCheck(graph, calibration) if bc and guard else None
     grams: dict[int, torch.Tensor] = {}
     if calibration is not None and (method != "rtn" or act_format or budget is not None or rounding == "gptq"):
         xs: dict[int, Any] = {}

@@ -38,11 +38,12 @@ def test_searched_fp4_beats_plain(measured: dict) -> None:
 def test_accuracy_levels(measured: dict) -> None:
     # Measured: int4 AWQ 0.9011 / 0.9801 min / mean with padded rows left out of the
     # statistics and the bias correction (0.9074 / 0.9718 with neither; 0.9766 without the
-    # correction), int3 AWQ 0.7026 / 0.9050 (correction rejected by its output check), int8
-    # 0.9997, FP8 0.998x; the bounds leave room for BLAS summation order.
+    # correction), int3 AWQ 0.7120 / 0.9163 (the correction made the outputs worse there, so
+    # it was quantised again without it), int8 0.9997, FP8 0.998x; the bounds leave room for
+    # BLAS summation order.
     assert measured["int4 g128 AWQ"][1] >= 0.979 and measured["int4 g128 AWQ"][0] >= 0.89
     assert measured["int4 g128 AWQ"][2]["bias_corrected"] == 37
-    assert measured["int3 g128 AWQ"][0] >= 0.65 and measured["int3 g128 AWQ"][1] >= 0.89
+    assert measured["int3 g128 AWQ"][0] >= 0.69 and measured["int3 g128 AWQ"][1] >= 0.91
     assert measured["int3 g128 AWQ"][2].get("bias_correction_rejected", 0) == 1
     assert measured["int4 g128 AWQ"][1] > measured["int3 g128 AWQ"][1]
     # sequential AWQ + GPTQ (calibrated on the quantised prefix, 48 sentences): measured mean
