@@ -230,6 +230,7 @@ def main() -> None:
                     "instead of u4 + zero")
     ap.add_argument("--memory", action="store_true", help="only report the GPU memory a compiled "
                     "int4 model holds (see memory())")
+    ap.add_argument("--ms", default=None, help="rows of x to time, e.g. 2,4 (default 1,16,32,64,256)")
     args = ap.parse_args()
     if args.memory:
         memory()
@@ -265,7 +266,7 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001
             print(f"tinygemm setup failed: {type(e).__name__}: {e}")
             tw = None
-        for M in MS:
+        for M in ([int(m) for m in args.ms.split(",")] if args.ms else MS):
             x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
             launch, y = w4_launch(x, p)
             ts = [x, x, y]
@@ -292,6 +293,8 @@ def main() -> None:
             c = w4_config(M, N, K)
             if c.get("H2"):
                 cfg = f"h2 {c['H2_BN']} x {c['H2_BPS']} blocks"
+            elif c.get("MMAG"):
+                cfg = f"mma gemv 64 x {c['MMAG_BPS']} blocks"
             else:
                 kind = 'gemv' if c['GEMV'] else ('kn' if c.get('KN') else 'gemm')
                 cfg = f"{kind} {c['BM']}x{c['BN']} s{c['SPLIT']}"

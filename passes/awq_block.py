@@ -23,7 +23,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from ..runtime.interp import Interpreter, bind_symbols
-from .calibrate import mask_input, real_rows
+from .calibrate import _as_inputs, mask_input, real_rows
 
 MAX_BLOCK_NODES = 64
 _EXIT = "exit"
@@ -103,7 +103,7 @@ def capture(graph: Graph, nodes: list[Node], end: Node, batches: Iterable[Sequen
     mi = mask_input(graph)
     rows = 0
     for b in batches:
-        b = tuple(b) if isinstance(b, (list, tuple)) else (b,)
+        b = tuple(_as_inputs(graph, b, len(feeds)))    # tuples, dicts by input name, one tensor
         masks.append(b[mi] if mi is not None else None)
         got: dict[int, torch.Tensor] = {id(v): t for v, t in zip(graph.inputs, b) if id(v) in want}
 
@@ -181,7 +181,8 @@ def search_block_scale(data: BlockData, consumers: Sequence[Node], mean_abs: tor
     """AWQ's grid search scored by :func:`block_loss`: s = s_X^r / sqrt(max·min), r in
     {0, 1/grid, …}; candidate weights Q(W·diag(s))·diag(s)⁻¹ (``fake`` is Q). With ``mean_x``
     (the mean input row) each consumer's bias also takes −(Ŵ − W) mean_x: the candidate as
-    bias correction will leave it. Returns (s [K] float64, best r, loss per r)."""
+    bias correction will leave it (only for consumers that have a bias constant: a bias-less
+    one is scored uncentred). Returns (s [K] float64, best r, loss per r)."""
     ws = [(c.inputs[1], c.inputs[1].const) for c in consumers]
     bs = [(c.inputs[2], c.inputs[2].const) if len(c.inputs) > 2 and c.inputs[2] is not None and
           c.inputs[2].is_const else None for c in consumers]

@@ -262,12 +262,13 @@ def mask_input(graph: Graph, token_mask: str | None = "auto") -> int | None:
 
 def real_rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``t`` [..., C] as rows [R, C]: only the rows where ``mask`` is non-zero when t's
-    leading shape is the mask's [batch, seq] (or [batch, heads, seq] for a per-head value),
-    else every row."""
+    leading shape is the mask's [batch, seq] (or [batch * seq], or [batch, heads, seq] for a
+    per-head value), else every row."""
     c = t.shape[-1]
     if mask is not None and t.dim() >= 2:
         lead = tuple(t.shape[:-1])
-        if lead == tuple(mask.shape):
+        if lead == tuple(mask.shape) or (t.dim() == 2 and lead[0] == mask.numel()):
+            # [batch, seq, C], or flattened to [batch * seq, C] (OPT's MLP)
             return t.reshape(-1, c)[mask.reshape(-1) != 0]
         if t.dim() == 4 and lead[0] == mask.shape[0] and lead[2] == mask.shape[1]:
             keep = (mask != 0)[:, None, :].expand(lead)
@@ -372,12 +373,14 @@ def calibrate(graph: Graph, batches: Iterable[Batch], values: Iterable[Value] | 
         if not isinstance(t, torch.Tensor):
             raise ShapeError(f"calibration batch {nbatch}: observed value {names[id(v)]} ({v.type}, "
                              f"{where()}) is a {type(t).__name__}, not a torch.Tensor")
+        if mask is not None and t.is_floating_point():
+            t = real_rows(t, mask)     # padded rows may hold anything (NaN from a masked softmax)
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = "NaN" if bool(torch.isnan(t).any()) else "Inf"
             raise CalibrationError(f"calibration batch {nbatch}: {bad} in observed value {names[id(v)]} "
                                    f"({v.type}, {where()})")
         try:
-            aggs[id(v)].update(real_rows(t, mask) if mask is not None else t)
+            aggs[id(v)].update(t)
         except ShapeError as e:
             raise ShapeError(f"calibration batch {nbatch}: observed value {names[id(v)]} ({v.type}, "
                              f"{where()}): {e}") from None

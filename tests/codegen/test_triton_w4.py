@@ -346,6 +346,10 @@ def test_config_by_m() -> None:
     # f16x2 GEMV: 32 blocks of 256 channels x 8 K blocks = 256 programs (about two per SM)
     assert w4_config(1, 8192, 8192)["H2"] == 1 and w4_config(1, 8192, 8192)["H2_BPS"] == 8
     assert w4_config(1, 16384, 16384)["H2_BPS"] == 32
+    # M = 2..4: the tensor-core GEMV, 16 K blocks per program (32 on 16384², as swept)
+    assert w4_config(2, 8192, 8192)["MMAG"] == 1 and w4_config(4, 8192, 8192)["MMAG_BPS"] == 16
+    assert w4_config(3, 16384, 16384)["MMAG_BPS"] == 32 and w4_config(4, 11008, 4096)["MMAG_BPS"] == 16
+    assert "MMAG" not in w4_config(5, 8192, 8192) and "MMAG" not in w4_config(2, 8192, 8192, interpret=True)
     # M = 1 blocks: 256 channels while that gives >= 1.5 programs per SM, else 128 (H200 sweep)
     h2 = {(n, k): (w4_config(1, n, k)["H2_BN"], w4_config(1, n, k)["H2_BPS"])
           for n, k in ((8192, 8192), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 4096), (13824, 5120))}
@@ -452,3 +456,75 @@ def test_swap3_nibble_pairs_stay_in_registers(has_zero: bool, tmp_path) -> None:
     steps = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(steps) == 8                                          # one per nibble
     assert all("-> tensor<64x16xbf16, #ttg.dot_op<{opIdx = 0" in ln for ln in steps), steps[0]
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="the tensor-core GEMV is PTX: it runs compiled only "
+                    "(its layout is checked on the CPU by test_mma_gemv_layout_for_sm90)")
+@pytest.mark.parametrize("M,K,N,group,sym,xd,bias,bps", [
+    (2, 384, 200, 128, False, "bf16", False, 1), (3, 1280, 1000, 256, True, "f16", True, 2),
+    (4, 4096, 4096, 128, False, "bf16", True, 16), (4, 520, 72, 128, False, "f16", False, 4)])
+def test_mma_gemv(M: int, K: int, N: int, group: int, sym: bool, xd: str, bias: bool, bps: int) -> None:
+    """w4_gemv_mma against x @ Wd^T in f64: odd N and K (a short last block), split K, with
+    and without zero points and bias, f16 and bf16 x."""
+    c, s, z, _ = quantised(N, K, 4, group, sym, seed=M * K + N)
+    p = pack_w4(c, s, z, group, sym).to(DEVICE)
+    gen = torch.Generator().manual_seed(M + K)
+    x = torch.randn(M, K, generator=gen).to(XT[xd])
+    b = torch.randn(N, generator=gen).to(XT[xd]) if bias else None
+    wd = dequant_weight(c, s, z, group, False)
+    calls: list[int] = []
+    real = triton_w4._mmag_launch
+    cfg = dict(w4_config(M, N, K), MMAG=1, MMAG_BPS=bps)
+    import unittest.mock as um
+    with um.patch.object(triton_w4, "_mmag_launch", lambda *a, **k: calls.append(1) or real(*a, **k)):
+        y = w4_linear(x.to(DEVICE), p, b.to(DEVICE) if b is not None else None, cfg)
+    assert calls, "the tensor-core GEMV did not run"
+    ref = (x.double() @ wd.double().T + (b.double() if b is not None else 0)).to(XT[xd])
+    check(y, ref, x, wd, b, xd)
+
+
+_MMAG_TTGIR = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from scalefold.codegen.triton_w4_src import SOURCE
+from scalefold.runtime.triton_exec import load_module
+fn = load_module(SOURCE, False).w4_gemv_mma
+ptrs = dict(X="bf16", P="i32", S="fp32", Z="u8", B="bf16", Y="bf16", WS="fp32", CNT="i32")
+consts = dict(NB_PER=16, HAS_ZERO=True, ZC=0, HAS_BIAS=False, SPLIT=4, BF16=True, BN=64, J=16, GB=1)
+sig, cx, attrs = {}, {}, {}
+for i, p in enumerate(fn.arg_names):
+    if p in consts:
+        sig[p], cx[(i,)] = "constexpr", consts[p]
+    elif p in ptrs:
+        # as the launcher specialises them: torch allocations are 16-byte aligned
+        sig[p], attrs[(i,)] = "*" + ptrs[p], [["tt.divisibility", 16]]
+    else:
+        sig[p] = "i32"
+k = triton.compile(ASTSource(fn, sig, constexprs=cx, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                   options=dict(num_warps=4, num_stages=1))
+ir = k.asm["ttgir"]
+loop = ir[ir.index("scf.for"):ir.index("scf.yield")]
+print(json.dumps(dict(layouts=[ln for ln in ir.splitlines() if ln.startswith("#blocked")],
+                      steps=[ln for ln in loop.splitlines() if "mma.sync" in ln],
+                      converts=loop.count("convert_layout"))))
+"""
+
+
+def test_mma_gemv_layout_for_sm90(tmp_path) -> None:
+    """The tensor-core GEMV's PTX step assumes each lane holds 4 consecutive words of one row
+    of each [32, 16] half tile, 8 rows per warp: Triton's blocked layout [1, 4] x [8, 4] x
+    [4, 1]. Compiled for sm_90 without a GPU (fresh process), the step must see that layout,
+    and the loop must hold no layout conversion (a trip through shared memory per block)."""
+    import json
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-c", _MMAG_TTGIR], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(got["steps"]) == 1 and got["converts"] == 0
+    layout = next(ln for ln in got["layouts"] if ln.split(" = ")[0] in got["steps"][0].split("tensor<32x16xi32, ")[1])
+    assert "sizePerThread = [1, 4], threadsPerWarp = [8, 4], warpsPerCTA = [4, 1]" in layout

@@ -76,8 +76,10 @@ def test_real_rows_shapes() -> None:
     assert real_rows(t, m).shape == (3, 4)
     heads = torch.randn(2, 5, 3, 4)               # [batch, heads, seq, dim]
     assert real_rows(heads, m).shape == (5 * 3, 4)
-    other = torch.randn(6, 4)                      # leading shape unrelated to the mask
-    assert real_rows(other, m).shape == (6, 4)
+    flat = torch.randn(6, 4)                       # [batch * seq, C] (OPT flattens its MLP input)
+    assert real_rows(flat, m).shape == (3, 4)
+    other = torch.randn(5, 4)                      # leading shape unrelated to the mask
+    assert real_rows(other, m).shape == (5, 4)
 
 
 def test_saved_stats_keep_sums_and_mask(tmp_path) -> None:
@@ -91,3 +93,16 @@ def test_saved_stats_keep_sums_and_mask(tmp_path) -> None:
     # a cache written with the mask is not reused without it (different rows)
     nomask = calibrate(g, _batches(), values=[ln], gram=[ln], cache=path, token_mask=None, progress=False)
     assert nomask[ln].rows == 42 and Stats.load(path).token_mask is None
+
+
+def test_non_finite_padding_is_not_an_error() -> None:
+    """A masked softmax over an all-padding row gives NaN there: calibration reads real rows."""
+    g = parse(TEXT)
+    x = g.inputs[0]
+    bs = _batches()
+    bs[0][0][1, 2:] = float("nan")                 # padded positions of row 1 (length 2)
+    st = calibrate(g, bs, values=[x], progress=False)
+    assert bool(torch.isfinite(st[x].max).all())
+    bs[0][0][1, 0] = float("nan")                  # a real position: still an error
+    with pytest.raises(CalibrationError, match="NaN in observed value"):
+        calibrate(g, bs, values=[x], progress=False)

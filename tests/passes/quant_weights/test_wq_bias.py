@@ -126,3 +126,34 @@ def test_a_correction_that_does_not_help_is_undone(monkeypatch: pytest.MonkeyPat
     q = [n for n in out.nodes if n.op == "qlinear"]
     torch.testing.assert_close(q[0].inputs[4].const, model.a.bias.detach())
     assert len(q[1].inputs) < 5 or q[1].inputs[4] is None
+
+
+QKV = """graph @g(%x: f32[B,S,16], %attention_mask: i64[B,S]) -> (f32[B,S,8]) {
+  %0: f32[B,S,16] = layer_norm[axis=-1, eps=1e-5](%x, #g, #b)
+  %1: f32[B,S,8] = linear(%0, #w1, #b1)
+  %2: f32[B,S,8] = linear(%0, #w2, _)
+  %3: f32[B,S,8] = mul(%1, %2)
+  return %3
+}
+#g = const f32[16] uniform(seed=1, low=0.5, high=1.5)
+#b = const f32[16] randn(seed=2, std=0.1)
+#w1 = const f32[8,16] randn(seed=3, std=0.3)
+#b1 = const f32[8] randn(seed=4, std=0.1)
+#w2 = const f32[8,16] randn(seed=5, std=0.3)
+"""
+
+
+@pytest.mark.parametrize("extra", ["bias_correct=false, awq_loss=block", "awq_loss=block", "sequential=True"])
+def test_dict_batches_reach_the_block_loss(extra: str) -> None:
+    """AWQ's block loss (two linears meeting in a product) with calibration batches given as
+    dicts by input name, padding included (it once indexed the dict as a tuple)."""
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for lens in ([5, 2, 7], [1, 7, 3]):
+        m = (torch.arange(7)[None, :] < torch.tensor(lens)[:, None]).long()
+        batches.append({"x": torch.randn(3, 7, 16, generator=gen), "attention_mask": m})
+    pm = PassManager(f"quant_weights(format=int4, group=8, method=awq, {extra})", calibration=batches)
+    out = pm.run(parse(QKV))
+    assert sum(n.op == "qlinear" for n in out.nodes) == 2
+    if "block" in extra:
+        assert pm.counters["awq_scales"].get("block_loss", 0) == 1
