@@ -239,6 +239,25 @@ Launch = Callable[[Sequence[torch.Tensor]], None]
 _H2_OK: dict[tuple[int, str], bool] = {}
 
 
+def _self_check(device: torch.device, m: int, kind: str, make: Callable[..., Launch]) -> float:
+    """Relative error of ``make(spec, packed, n, k)``'s launch on a small random problem (96 x
+    512 u4 codes with zero points, two K blocks per split, ``m`` rows of ``kind`` x) against
+    torch: the first-use check of the kernels whose PTX relies on Triton's layouts."""
+    gen = torch.Generator().manual_seed(0)
+    n, k = 96, 512
+    u = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
+    sc = torch.rand(n, k // BLOCK, generator=gen) * 0.01 + 0.001
+    z = torch.randint(0, 16, (n, k // BLOCK), generator=gen, dtype=torch.uint8)
+    p = pack_w4(u, sc, z, BLOCK, False, kn=False).to(device)
+    dtype = torch.bfloat16 if kind == "bf16" else torch.float16
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    y = torch.empty(m, n, dtype=dtype, device=device)
+    xd = x.to(device)
+    make(W4Spec((0, -1, 2), kind, u, sc, z, BLOCK, False), p, n, k)([xd, xd, y])
+    ref = x.float() @ dequant(p).T
+    return float((y.float().cpu() - ref).norm() / ref.norm())
+
+
 def h2_works(mod, device: torch.device, interpret: bool) -> bool:
     """Whether the f16x2 GEMV computes correctly here. Its PTX step assumes that each thread
     holds four consecutive words of one channel, a register layout Triton chooses. So the
@@ -249,19 +268,7 @@ def h2_works(mod, device: torch.device, interpret: bool) -> bool:
         return True
     key = (id(mod), str(device))
     if key not in _H2_OK:
-        gen = torch.Generator().manual_seed(0)
-        n, k = 96, 512
-        u = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
-        sc = torch.rand(n, k // BLOCK, generator=gen) * 0.01 + 0.001
-        z = torch.randint(0, 16, (n, k // BLOCK), generator=gen, dtype=torch.uint8)
-        p = pack_w4(u, sc, z, BLOCK, False, kn=False).to(device)
-        x = torch.randn(1, k, generator=gen).to(torch.bfloat16)
-        y = torch.empty(1, n, dtype=torch.bfloat16, device=device)
-        spec = W4Spec((0, -1, 2), "bf16", u, sc, z, BLOCK, False)
-        xd = x.to(device)
-        _h2_launch(mod, spec, p, n, k, False, 32, 2, 4)([xd, xd, y])
-        ref = x.float() @ dequant(p).T
-        err = float((y.float().cpu() - ref).norm() / ref.norm())
+        err = _self_check(device, 1, "bf16", lambda spec, p, n, k: _h2_launch(mod, spec, p, n, k, False, 32, 2, 4))
         _H2_OK[key] = err < 1e-2
         if not _H2_OK[key]:
             warnings.warn(f"scalefold: the f16x2 W4 GEMV is off by {err:.3g} (relative) with this "
@@ -434,30 +441,16 @@ def mmag_bps(N: int, K: int) -> int:
 def mmag_works(mod, device: torch.device) -> bool:
     """Whether the tensor-core GEMV computes correctly here (as :func:`h2_works`: its PTX
     step assumes Triton's [rows, 16] word layout). Checked once per module and device, on
-    f16 and bf16 x, 5 rows, with zero points and split K; on a mismatch it warns and
-    2 <= M <= 16 take the other kernels."""
+    f16 and bf16 x, 5 rows, with zero points and split K; on a mismatch it warns and those
+    launches take the other kernels."""
     key = (id(mod), str(device))
     if key not in _MMAG_OK:
-        gen = torch.Generator().manual_seed(0)
-        n, k, m = 96, 512, 5
-        u = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
-        sc = torch.rand(n, k // BLOCK, generator=gen) * 0.01 + 0.001
-        z = torch.randint(0, 16, (n, k // BLOCK), generator=gen, dtype=torch.uint8)
-        p = pack_w4(u, sc, z, BLOCK, False, kn=False).to(device)
-        ok = True
-        for dtype, kind in ((torch.bfloat16, "bf16"), (torch.float16, "f16")):
-            x = torch.randn(m, k, generator=gen).to(dtype)
-            y = torch.empty(m, n, dtype=dtype, device=device)
-            spec = W4Spec((0, -1, 2), kind, u, sc, z, BLOCK, False)
-            xd = x.to(device)
-            _mmag_launch(mod, spec, p, m, n, k, 2)([xd, xd, y])
-            ref = x.float() @ dequant(p).T
-            err = float((y.float().cpu() - ref).norm() / ref.norm())
-            ok = ok and err < 1e-2
-        _MMAG_OK[key] = ok
+        err = max(_self_check(device, 5, kind, lambda spec, p, n, k: _mmag_launch(mod, spec, p, 5, n, k, 2))
+                  for kind in ("bf16", "f16"))
+        _MMAG_OK[key] = ok = err < 1e-2
         if not ok:
             warnings.warn(f"scalefold: the tensor-core W4 GEMV is off by {err:.3g} (relative) with this "
-                          "Triton build; 2 <= M <= 16 run the other W4 kernels instead", RuntimeWarning,
+                          "Triton build; M = 2..4 run the other W4 kernels instead", RuntimeWarning,
                           stacklevel=2)
     return _MMAG_OK[key]
 

@@ -110,6 +110,12 @@ def w4_gemv_mma(X, P, S, Z, B, Y, WS, CNT, M, N, K, NB, NB_PER: tl.constexpr,
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     HB: tl.constexpr = BN // 2
+    if BF16:
+        STEP: tl.constexpr = _W4_ASM_MMAG_BF16
+        MAGIC: tl.constexpr = 0x4300
+    else:
+        STEP: tl.constexpr = _W4_ASM_MMAG_F16
+        MAGIC: tl.constexpr = 0x6400
     j = tl.arange(0, J)[None, :]
     rh = tl.arange(0, HB)
     rna = pid_n * BN + rh
@@ -136,20 +142,13 @@ def w4_gemv_mma(X, P, S, Z, B, Y, WS, CNT, M, N, K, NB, NB_PER: tl.constexpr,
         vn0, vn1, vn2, vn3, vn4, vn5, vn6, vn7 = _w4_mmag_xraw(X, M, K, xm, bq, j, 1)
         p00, p01, p02, p03 = _w4_mmag_pairs(u0, u1, u2, u3, u4, u5, u6, u7)
         p10, p11, p12, p13 = _w4_mmag_pairs(v0, v1, v2, v3, v4, v5, v6, v7)
-        if BF16:
-            zza = (za | 0x4300) * 0x10001
-            zzb = (zb | 0x4300) * 0x10001
-            acc_a, acc_b = tl.inline_asm_elementwise(
-                _W4_ASM_MMAG_BF16, "=f," * 8 + "r," * 48 + "f," * 15 + "f",
-                [wa, wb, zza, zzb, p00, p01, p02, p03, p10, p11, p12, p13, acc_a, acc_b, sa, sb],
-                dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
-        else:
-            zza = (za | 0x6400) * 0x10001
-            zzb = (zb | 0x6400) * 0x10001
-            acc_a, acc_b = tl.inline_asm_elementwise(
-                _W4_ASM_MMAG_F16, "=f," * 8 + "r," * 48 + "f," * 15 + "f",
-                [wa, wb, zza, zzb, p00, p01, p02, p03, p10, p11, p12, p13, acc_a, acc_b, sa, sb],
-                dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+        # magic + zeff in both halves: 128 + z as bf16, 1024 + z as f16 (exact)
+        zza = (za | MAGIC) * 0x10001
+        zzb = (zb | MAGIC) * 0x10001
+        acc_a, acc_b = tl.inline_asm_elementwise(
+            STEP, "=f," * 8 + "r," * 48 + "f," * 15 + "f",
+            [wa, wb, zza, zzb, p00, p01, p02, p03, p10, p11, p12, p13, acc_a, acc_b, sa, sb],
+            dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
         wa, za, sa = wa_n, za_n, sa_n
         wb, zb, sb = wb_n, zb_n, sb_n
         u0, u1, u2, u3, u4, u5, u6, u7 = un0, un1, un2, un3, un4, un5, un6, un7

@@ -220,16 +220,21 @@ CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
 ]
 
 
-@pytest.mark.parametrize("M,K,N,group,sym,xd,bias,config", CASES)
-def test_kernels_direct(M: int, K: int, N: int, group: int, sym: bool, xd: str, bias: bool,
-                        config: dict | None) -> None:
-    """Both kernels, with splits and several programs, against x @ Wd^T in f64."""
+def direct_problem(M: int, K: int, N: int, group: int, sym: bool, xd: str, bias: bool):
+    """(packed weights on DEVICE, x, bias or None, dequantised weight) of a random problem."""
     c, s, z, _ = quantised(N, K, 4, group, sym, seed=M * K + N)
     p = pack_w4(c, s, z, group, sym).to(DEVICE)
     gen = torch.Generator().manual_seed(M + K)
     x = torch.randn(M, K, generator=gen).to(XT[xd])
     b = torch.randn(N, generator=gen).to(XT[xd]) if bias else None
-    wd = dequant_weight(c, s, z, group, False)
+    return p, x, b, dequant_weight(c, s, z, group, False)
+
+
+@pytest.mark.parametrize("M,K,N,group,sym,xd,bias,config", CASES)
+def test_kernels_direct(M: int, K: int, N: int, group: int, sym: bool, xd: str, bias: bool,
+                        config: dict | None) -> None:
+    """Both kernels, with splits and several programs, against x @ Wd^T in f64."""
+    p, x, b, wd = direct_problem(M, K, N, group, sym, xd, bias)
     y = w4_linear(x.to(DEVICE), p, b.to(DEVICE) if b is not None else None, config)
     ref = (x.double() @ wd.double().T + (b.double() if b is not None else 0)).to(XT[xd])
     check(y, ref, x, wd, b, xd, h2=uses_h2(M, xd, p, config))
@@ -466,12 +471,7 @@ def test_swap3_nibble_pairs_stay_in_registers(has_zero: bool, tmp_path) -> None:
 def test_mma_gemv(M: int, K: int, N: int, group: int, sym: bool, xd: str, bias: bool, bps: int) -> None:
     """w4_gemv_mma against x @ Wd^T in f64: odd N and K (a short last block), split K, with
     and without zero points and bias, f16 and bf16 x."""
-    c, s, z, _ = quantised(N, K, 4, group, sym, seed=M * K + N)
-    p = pack_w4(c, s, z, group, sym).to(DEVICE)
-    gen = torch.Generator().manual_seed(M + K)
-    x = torch.randn(M, K, generator=gen).to(XT[xd])
-    b = torch.randn(N, generator=gen).to(XT[xd]) if bias else None
-    wd = dequant_weight(c, s, z, group, False)
+    p, x, b, wd = direct_problem(M, K, N, group, sym, xd, bias)
     calls: list[int] = []
     real = triton_w4._mmag_launch
     cfg = dict(w4_config(M, N, K), MMAG=1, MMAG_BPS=bps)
