@@ -185,6 +185,8 @@ def calibration_batches(m: acc.Minilm, calibration: str = "base") -> list:
     for i in range(0, len(sents), acc.BATCH):
         chunk = sents[i:i + acc.BATCH]
         e = m.encode(chunk + [""] * (acc.BATCH - len(chunk)))
+        # the filler rows of the last batch are all padding: calibration leaves them out
+        e["attention_mask"][len(chunk):] = 0
         out.append(tuple(e[n] for n in m.names))
     return out
 
