@@ -127,8 +127,8 @@ def w4_gemv_mma(X, P, S, Z, B, Y, WS, CNT, M, N, K, NB, NB_PER: tl.constexpr,
     xm = (rh % 8)[:, None]
     b0 = pid_k * NB_PER
     nb = tl.minimum(NB_PER, NB - b0)
-    acc_a = tl.zeros([HB, J], tl.float32)
-    acc_b = tl.zeros([HB, J], tl.float32)
+    acc_a = tl.full([HB, J], 0, tl.float32)
+    acc_b = tl.full([HB, J], 0, tl.float32)
     # registers double-buffer the weights and x: block b + 1 loads while block b computes
     wa, za, sa = _w4_mmag_wzs(wpa, Z, S, b0, N, rnca, J, GB, HAS_ZERO, ZC)
     wb, zb, sb = _w4_mmag_wzs(wpb, Z, S, b0, N, rncb, J, GB, HAS_ZERO, ZC)

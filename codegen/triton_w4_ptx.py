@@ -165,7 +165,7 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
     if FIXED:
         # max |x| over all of K: every program of a channel block derives the same
         # fixed-point unit from it (and the channel's largest scale) for the split-K sum
-        ga = tl.zeros([1024], tl.float32)
+        ga = tl.full([1024], 0, tl.float32)
         for c in tl.static_range(XCH):
             kc = c * 1024 + tl.arange(0, 1024)
             ga = tl.maximum(ga, tl.abs(tl.load(X + kc, mask=kc < K, other=0).to(tl.float32)))
@@ -176,7 +176,7 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
         kk = b0 * 128 + tl.arange(0, 128 * NB_PER)
         xa = tl.abs(tl.load(X + kk, mask=kk < tl.minimum(K, (b0 + nb) * 128), other=0).to(tl.float32))
         inv, inv16, back = _w4_xscale(tl.reduce(xa, 0, _w4_maxabs))
-    acc = tl.zeros([BN, J], tl.float32)
+    acc = tl.full([BN, J], 0, tl.float32)
     # registers double-buffer the weight stream: block b + 1 loads while block b computes
     # (the first block requested before the x scan held 23 instead of 19 us on an H200)
     w, zi, s = _w4_h2_wzs(wp, Z, S, b0, N, rnc, J, GB, HAS_ZERO, ZC, EVICT)
@@ -196,7 +196,7 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
             p37 = _w4_pack2(x3 * inv16, x7 * inv16)
             zz = (zi | 0x6400) * 0x10001
             if FOLD:
-                sb = (s * back)[:, None] + tl.zeros([BN, J], tl.float32)
+                sb = (s * back)[:, None] + tl.full([BN, J], 0, tl.float32)
                 acc = tl.inline_asm_elementwise(
                     _W4_ASM_WORD4_FOLD, "=f,=f,=f,=f," + "r," * 24 + "f," * 7 + "f",
                     [w, zz[:, None], p04[None, :], p15[None, :], p26[None, :], p37[None, :], acc, sb],
@@ -242,7 +242,7 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
         if ROUND_BF16:
             y = _sf_round_bf16(y)
         tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=last)
-        tl.store(WS + rn, tl.zeros_like(one), mask=last)          # ready for the next launch
+        tl.store(WS + rn, tl.full(one.shape, 0, tl.int64), mask=last)          # ready for the next launch
     elif SPLIT > 1:
         tl.store(WS + pid_k * N + rn, y, mask=mn)
         tl.debug_barrier()

@@ -124,11 +124,11 @@ def w4_gemv(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
     wp = P + rnc[:, None] * J + j[None, :]               # [BN, J] words of block 0
     xp = X + rm.to(tl.int64)[:, None] * K + j[None, :]   # [BM, J]
     if BM == 1:
-        acc = tl.zeros([1, 1, 1], tl.float32)
-        acc2 = tl.zeros([BN, J], tl.float32)
+        acc = tl.full([1, 1, 1], 0, tl.float32)
+        acc2 = tl.full([BN, J], 0, tl.float32)
     else:
-        acc = tl.zeros([BM, BN, J], tl.float32)
-        acc2 = tl.zeros([1, 1], tl.float32)
+        acc = tl.full([BM, BN, J], 0, tl.float32)
+        acc2 = tl.full([1, 1], 0, tl.float32)
     b0 = pid_k * NB_PER
     b1 = tl.minimum(b0 + NB_PER, KW // J)
     for b in range(b0, b1):
@@ -136,11 +136,11 @@ def w4_gemv(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
         wh = w >> 20
         k0 = b * 8 * J
         if BM == 1:
-            part = tl.zeros([1, 1, 1], tl.float32)
-            part2 = tl.zeros([BN, J], tl.float32)
+            part = tl.full([1, 1, 1], 0, tl.float32)
+            part2 = tl.full([BN, J], 0, tl.float32)
         else:
-            part = tl.zeros([BM, BN, J], tl.float32)
-            part2 = tl.zeros([1, 1], tl.float32)
+            part = tl.full([BM, BN, J], 0, tl.float32)
+            part2 = tl.full([1, 1], 0, tl.float32)
         if GE >= 8 * J:
             # one group for the whole block: its zero points load once, not once per nibble
             zb = _w4_zoff(Z, k0 // GE, N, rnc, HAS_ZERO, ZC, 0, False, 0) - 8388608.0
@@ -193,9 +193,9 @@ def w4_gemv(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
             else:
                 acc += part * s[None, :, None]
     if BM == 1:
-        y = tl.sum(acc2, axis=1)[None, :]
+        y = tl.reduce(acc2, 1, _w4_sum)[None, :]
     else:
-        y = tl.sum(acc, axis=2)
+        y = tl.reduce(acc, 2, _w4_sum)
     _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, pid_n, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 
 
@@ -217,9 +217,9 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
     xp = X + rmc[:, None] * K + kk[None, :]             # [BM, 8J]
     xj = X + rmc[:, None] * K + j[None, :]              # [BM, J]
     if SWAP:
-        acc = tl.zeros([BN, BM], tl.float32)
+        acc = tl.full([BN, BM], 0, tl.float32)
     else:
-        acc = tl.zeros([BM, BN], tl.float32)
+        acc = tl.full([BM, BN], 0, tl.float32)
     b0 = pid_k * NB_PER
     b1 = tl.minimum(b0 + NB_PER, KW // J)
     for b in range(b0, b1):
@@ -243,9 +243,9 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
             z = _w4_zoff(Z, g, N, rnc, HAS_ZERO, ZC, KIND, FAST16, 0).to(wq.dtype)
             s = tl.load(S + g * N + rnc)
             if SWAP >= 2:
-                part = tl.zeros([BN, BM], tl.float32)
+                part = tl.full([BN, BM], 0, tl.float32)
             else:
-                part = tl.zeros([BM, BN], tl.float32)
+                part = tl.full([BM, BN], 0, tl.float32)
             # SWAP 3: the weights as operand A, their nibbles turned into 16-bit pairs by PTX
             PAIRS: tl.constexpr = SWAP == 3 and FAST16 and KIND != 0
             if PAIRS:
@@ -284,7 +284,7 @@ def w4_gemm(X, P, S, Z, B, Y, WS, CNT, M, N, K, KW, NB_PER,
             if HAS_ZERO:
                 zoff = tl.load(Z + gi[None, :] * N + rnc[:, None]).to(tl.float32)
             else:
-                zoff = tl.zeros([BN, 8], tl.float32) + ZC
+                zoff = tl.full([BN, 8], 0, tl.float32) + ZC
             sg = tl.load(S + gi[None, :] * N + rnc[:, None])
             wf = (_w4_deq(u, 0, False) - 8388608.0 - zoff[:, :, None]) * sg[:, :, None]
             wq = _w4_op(tl.reshape(wf, [BN, 8 * J]), X, True)
@@ -323,9 +323,9 @@ def w4_gemm_kn(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NKB, NB_PER,
         qp = Q + (rk // 8).to(tl.int64)[:, None] * N + rnc[None, :]
         sh = ((rk % 8) * 4)[:, None]
     if SWAP:
-        acc = tl.zeros([BN, BM], tl.float32)
+        acc = tl.full([BN, BM], 0, tl.float32)
     else:
-        acc = tl.zeros([BM, BN], tl.float32)
+        acc = tl.full([BM, BN], 0, tl.float32)
     kb0 = pid_k * NB_PER
     kb1 = tl.minimum(kb0 + NB_PER, NKB)
     for kb in range(kb0, kb1):

@@ -528,3 +528,47 @@ def test_mma_gemv_layout_for_sm90(tmp_path) -> None:
     assert len(got["steps"]) == 1 and got["converts"] == 0
     layout = next(ln for ln in got["layouts"] if ln.split(" = ")[0] in got["steps"][0].split("tensor<32x16xi32, ")[1])
     assert "sizePerThread = [1, 4], threadsPerWarp = [8, 4], warpsPerCTA = [4, 1]" in layout
+
+
+def test_sources_call_no_jit_library_functions() -> None:
+    """``tl.standard`` helpers (``tl.zeros``, ``tl.sum``, ...) are jit functions decorated when
+    triton is imported: a W4 source that calls one fails under the interpreter whenever triton was
+    imported before ``TRITON_INTERPRET=1`` was set (a CPU user compiling for ``target="triton"``
+    got a raw InterpreterError from every W4 launch). Only builtins may be called."""
+    import re
+    import triton.language as tl
+    from scalefold.codegen.triton_w4_src import SOURCE
+    called = sorted(set(re.findall(r"\btl\.(\w+)\(", SOURCE)))
+    jitted = [n for n in called if type(getattr(tl, n, None)).__name__ in ("JITFunction", "InterpretedFunction")]
+    assert called and not jitted, jitted
+
+
+_NO_ENV_W4 = """
+import torch, torch.nn as nn
+import triton  # imported before scalefold sets the interpreter mode
+import scalefold as sf
+torch.manual_seed(0)
+for group, sym in ((32, False), (128, True)):
+    m = nn.Sequential(nn.Linear(136, 37), nn.GELU(), nn.Linear(37, 20, bias=False)).eval()
+    x = torch.randn(5, 136)
+    p = [f"quant_weights(format=int4, group={group}, sym={sym})"]
+    dyn = ({0: torch.export.Dim("B")},)
+    cm = sf.compile(m, (x,), target="triton", passes=p, dynamic_shapes=dyn)
+    ref = sf.compile(m, (x,), target="interp", passes=p, dynamic_shapes=dyn)
+    for M in (1, 3, 5, 17):
+        xm = torch.randn(M, 136)
+        torch.testing.assert_close(cm(xm), ref(xm), rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_triton_target_on_cpu_without_interpret_env(tmp_path) -> None:
+    """``target="triton"`` with CPU tensors in a process where TRITON_INTERPRET was never set
+    (triton imported first): the W4 kernels (M = 1, 3, 5, 17; zero points and symmetric) run in
+    the interpreter and match the reference."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["SCALEFOLD_CACHE_DIR"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-c", _NO_ENV_W4], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
