@@ -61,11 +61,12 @@ class LayerSetting:
     sym: bool
 
     def bits_per_weight(self, k: int) -> float:
-        """Storage per weight including the group scale (f32) and zero point."""
+        """Storage per weight including the group scales (f32) and zero points: ceil(K / group)
+        of each per row, so a short last group costs a whole one."""
         bits = INT_BITS.get(self.format, 8 if self.format == "fp8_e4m3" else 4)
         g = k if self.group <= 0 or self.group >= k else self.group
         zero = bits if self.format in INT_BITS and not self.sym else 0
-        return bits + (32 + zero) / g
+        return bits + (32 + zero) * -(-k // g) / k
 
 
 def _check_setting(s: LayerSetting, where: str) -> None:

@@ -25,6 +25,7 @@ from ..ir.errors import ScalefoldError
 from ..ir.graph import Graph, Node
 from ..ir.ops.quant import dequant_weight
 from ..runtime.interp import Interpreter
+from .calibrate import _as_inputs
 from .counters import bump, counting
 
 # (graph, node of that graph, setting, the original node whose calibration applies)
@@ -51,13 +52,15 @@ def _options(base: Any, mixed: str) -> list[Any]:
     return out
 
 
-def _batches(calibration: Any, limit: int = 2) -> list[Sequence[torch.Tensor]]:
-    if calibration is None or isinstance(calibration, (str, bytes)) or not hasattr(calibration, "__iter__"):
+def _batches(graph: Graph, calibration: Any, limit: int = 2) -> list[Sequence[torch.Tensor]]:
+    """The first ``limit`` calibration batches as the graph's positional inputs (tuples, dicts
+    by input name or bare tensors, checked as calibration checks them)."""
+    if calibration is None or isinstance(calibration, (str, bytes, dict)) or not hasattr(calibration, "__iter__"):
         raise ScalefoldError("quant_weights: sensitivity=output needs calibration batches "
                              "(use sensitivity=layer with saved stats)")
     out = []
-    for b in calibration:
-        out.append(tuple(b) if isinstance(b, (list, tuple)) else (b,))
+    for i, b in enumerate(calibration):
+        out.append(tuple(_as_inputs(graph, b, i)))
         if len(out) == limit:
             break
     return out
@@ -89,7 +92,7 @@ def sensitivities(graph: Graph, nodes: list[Node], options: dict[int, list[Any]]
     """Error score of each (layer, option index) with only that layer quantised ("float": 0)."""
     if sensitivity not in ("output", "layer"):
         raise ScalefoldError(f"quant_weights: sensitivity must be output or layer, got {sensitivity!r}")
-    batches = _batches(calibration) if sensitivity == "output" else []
+    batches = _batches(graph, calibration) if sensitivity == "output" else []
     ref = [Interpreter(graph, check=False).run(b) for b in batches]
     pos = {id(n): i for i, n in enumerate(graph.nodes)}
     out: dict[tuple[int, int], float] = {}

@@ -100,3 +100,24 @@ def test_rtn_pipeline_without_calibration_keeps_names() -> None:
     names = [n.inputs[1].name for n in q.nodes if n.op == "qlinear"]
     assert names == ["layer0.weight.q", "layer1.weight.q", "layer2.weight.q"]
     assert q.nodes[0].inputs[1].dtype is dt.u4
+
+
+def test_budget_counts_the_short_last_group() -> None:
+    """K = 130 with group 128: every row has two groups (one of 2 weights), so int4 costs
+    4 + 2 * 36 / 130 = 4.554 bits per weight, not 4 + 36 / 128. A budget between the two is
+    refused, and what a budget buys stays within it when counted from the graph."""
+    g = parse(MLP.replace("64", "130"))
+    with pytest.raises(ScalefoldError, match=r"need \(4\.554\)"):
+        PassManager("quant_weights(format=int4, group=128, budget=4.5)", calibration=[torch.randn(16, 130)]).run(g)
+    q = PassManager("quant_weights(format=int4, group=128, budget=4.6)", calibration=[torch.randn(16, 130)]).run(g)
+    assert _bits(q) <= 4.6
+
+
+def test_budget_output_sensitivity_takes_dict_batches() -> None:
+    """Calibration batches given as {input name: tensor} (as every other calibrated option takes
+    them) for the output-error sensitivity of the budget search."""
+    g = _graph()
+    cal = [{"x": b} for b in CAL]
+    budget = (2 * (4 + 36 / 32) + (8 + 40 / 32)) / 3 + 0.01
+    q = PassManager(f"quant_weights(format=int4, group=32, budget={budget})", calibration=cal).run(g)
+    assert _formats(q) == ["u4", "u8", "u4"]
