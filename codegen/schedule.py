@@ -375,7 +375,8 @@ def plan_buffers(schedule: Schedule, env: Mapping[sympy.Symbol, int],
             n = 1
             for d in shape:
                 n *= d
-            size[id(o)] = (n * o.type.dtype.bits + 7) // 8
+            # the runtime holds sub-byte codes one per byte of their container: size by it
+            size[id(o)] = n * o.type.dtype.container.itemsize
     # A view of an excluded value (graph output) or of a graph input needs no planning. A
     # planned value viewed by a graph output must survive to the end of the call: the output
     # is read (and copied out of the arena) only after the last kernel.

@@ -342,3 +342,30 @@ def test_parallel_residual_add_is_one_gemms_epilogue() -> None:
     adds = [k for k in s.kernels if "add" in k.ops]
     assert len(adds) == 1 and adds[0].kind == "library"
     check_numerics(g)
+
+
+@pytest.mark.parametrize("qd,qty", [("f4e2m1", ', qtype="f4e2m1"'), ("i4", ""), ("u4", ""), ("i8", "")])
+def test_sub_byte_intermediates_get_a_byte_per_code(qd: str, qty: str) -> None:
+    """4-bit codes live one per byte of their container at run time: the arena slot of a 4-bit
+    intermediate (live across a matmul, so it is planned) must hold n bytes, not n / 2 (the C
+    target raised a raw RuntimeError viewing it, e.g. for quant_weights(act_format=fp4_e2m1))."""
+    plain = parse(f"""graph @q(%x: f32[B,64]) -> (f32[B,64]) {{
+  %0: {qd}[B,64] = quantize[dtype="{qd}"](%x, #s)
+  %1: f32[B,64] = dequantize[dtype="f32"{qty}](%0, #s)
+  return %1
+}}
+#s = const f32[] 0.5
+""")
+    check_numerics(plain, batches=(1, 16))
+    g = parse(f"""graph @q(%x: f32[B,64]) -> (f32[B,64]) {{
+  %0: {qd}[B,64] = quantize[dtype="{qd}"](%x, #s)
+  %t: f32[B,64] = tanh(%x)
+  %m: f32[B,64] = matmul(%t, #w)
+  %1: f32[B,64] = dequantize[dtype="f32"{qty}](%0, #s)
+  %2: f32[B,64] = add(%1, %m)
+  return %2
+}}
+#s = const f32[] 0.5
+#w = const f32[64,64] randn(seed=0, std=0.1)
+""")
+    check_numerics(g, batches=(1, 16))
