@@ -119,6 +119,15 @@ def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, 
     ``identity`` when r = 0 wins (nothing changes); a refusal also counts as ``<reason>``
     and is a near-miss of ``into_producer``.
     """
+    return run_awq(graph, calibration, bits, group, grid, sym, stats, loss, centred)
+
+
+def run_awq(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, grid: int = 20,
+            sym: bool = False, stats: str | None = None, loss: str = "block", centred: bool = False,
+            record: dict[int, torch.Tensor] | None = None) -> Graph:
+    """:func:`awq_scales`; ``record`` (if given) gets {id(consumer linear): the s its weight
+    was multiplied by} for every scale applied, so a caller holding statistics of the graph
+    before the search can derive its inputs' statistics after it (X' = X diag(1/s))."""
     if loss not in ("block", "layer"):
         raise OptionError(f"awq_scales: loss must be block or layer, got {loss!r}")
     targets = consumer_groups(graph)
@@ -135,7 +144,8 @@ def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, 
         if not plan.consumers:
             continue
         s, r = search_for(graph, plan.consumers, cs, batches, bits, group, grid, sym, centred)
-        apply_scale(graph, plan, s, r)
+        if apply_scale(graph, plan, s, r) and record is not None:
+            record.update({id(c): s for c in plan.consumers})
     return graph
 
 
@@ -177,4 +187,4 @@ def apply_scale(graph: Graph, plan: ScalePlan | Refusal, s: torch.Tensor, r: flo
     return True
 
 
-__all__ = ["apply_scale", "awq_scales", "fake_quant_int", "output_mse", "search_for", "search_scale"]
+__all__ = ["apply_scale", "awq_scales", "run_awq", "fake_quant_int", "output_mse", "search_for", "search_scale"]

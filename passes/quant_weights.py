@@ -32,7 +32,7 @@ import torch
 from ..ir import dtypes as dt
 from ..ir.errors import ScalefoldError
 from ..ir.graph import Graph, Node, Value
-from .awq import awq_scales
+from .awq import run_awq
 from .calibrate import stats_for
 from .counters import Counters, bump, bump_all, counting
 from .pipeline import register_pass
@@ -41,7 +41,7 @@ from .wq_fp import FP4_FORMATS, fp4_codes, fp8_codes, search_clip, search_fp4, f
 from .wq_gptq import gptq_quantize
 from .wq_int import clip_search, int_quantize
 from .wq_options import as_bool, as_int, check_all_used, check_key, iter_once
-from .wq_moe import quantize_moes
+from .wq_moe import quantizable_moe, quantize_moes
 from .wq_seq import run_sequential
 from .wq_bias import OutputCheck, correct_biases, float_means, restore_biases
 
@@ -67,6 +67,11 @@ class LayerSetting:
         g = k if self.group <= 0 or self.group >= k else self.group
         zero = bits if self.format in INT_BITS and not self.sym else 0
         return bits + (32 + zero) * -(-k // g) / k
+
+
+def _rescaled(gram: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+    """The second moment of X diag(1/s) from X's (``s`` None: unchanged)."""
+    return gram if s is None else gram / (s[:, None] * s[None, :]).to(gram.dtype)
 
 
 def _check_setting(s: LayerSetting, where: str) -> None:
@@ -381,15 +386,28 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
         if bc and not have_batches:
             raise ScalefoldError("quant_weights: bias_correct needs calibration batches (a list), "
                                  "not saved statistics: the correction runs the quantised model")
+    if act_format and method != "rtn" and calibration is not None and not have_batches:
+        raise ScalefoldError(f"quant_weights: act_format={act_format} with method={method} needs calibration "
+                             "batches (a list), not saved statistics: the searches score the quantised "
+                             "activations, which the statistics do not describe")
     qact = "per_token" if act == "int8" else "none"
     awq_int = method == "awq" and format in INT_BITS
     if awq_loss not in ("auto", "block", "layer"):
         raise ScalefoldError(f"quant_weights: awq_loss must be auto, block or layer, got {awq_loss!r}")
     if awq_loss == "auto":
         awq_loss = "layer" if bc else "block"
+    # Saved statistics describe the graph as it came in: the Gram matrices of the linears'
+    # inputs after AWQ's rescaling (X' = X diag(1/s)) are derived from them, not measured again.
+    pre_awq: dict[int, torch.Tensor] | None = None
+    applied: dict[int, torch.Tensor] = {}
     if awq_int and not seq:
-        graph = awq_scales(graph, calibration, bits=INT_BITS[format], group=base.group, grid=grid, sym=base.sym,
-                           centred=bc, loss=awq_loss)
+        if calibration is not None and not have_batches:
+            lin = [n for n in graph.nodes if quantizable_linear(n) or quantizable_moe(n)]
+            xs0 = {id(n.inputs[0]): n.inputs[0] for n in lin}
+            st0 = stats_for(graph, calibration, list(xs0.values()), gram=list(xs0.values()))
+            pre_awq = {id(n): st0[n.inputs[0]].second_moment(centred=False) for n in lin}
+        graph = run_awq(graph, calibration, bits=INT_BITS[format], group=base.group, grid=grid, sym=base.sym,
+                        centred=bc, loss=awq_loss, record=applied)
     nodes = [n for n in graph.nodes if quantizable_linear(n)]
     settings: dict[int, LayerSetting | str] = {}
     for i, n in enumerate(nodes):
@@ -402,13 +420,19 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
         xs: dict[int, Any] = {}
         for n in nodes:
             xs.setdefault(id(n.inputs[0]), n.inputs[0])
-        st = stats_for(graph, calibration, list(xs.values()), gram=list(xs.values()))
-        for key, v in xs.items():
-            grams[key] = st[v].second_moment(centred=bc and st[v].sum is not None)
+        if pre_awq is not None:
+            for n in nodes:
+                grams[id(n.inputs[0])] = _rescaled(pre_awq[id(n)], applied.get(id(n)))
+        else:
+            st = stats_for(graph, calibration, list(xs.values()), gram=list(xs.values()))
+            for key, v in xs.items():
+                grams[key] = st[v].second_moment(centred=bc and st[v].sum is not None)
     # moe experts -> qmoe (wq_moe.py), before any rewrite below changes the graph that saved
     # calibration stats describe
     if not seq:
-        quantize_moes(graph, base, ovr, calibration, points)
+        moe_g = None if pre_awq is None else {
+            k: _rescaled(g0, applied.get(k)).to(torch.float32) for k, g0 in pre_awq.items()}
+        quantize_moes(graph, base, ovr, calibration, points, grams=moe_g)
     no_clip = qk_linears(graph) if clip == "no_qk" else set()
     if budget is not None:
         from .wq_mixed import assign_budget

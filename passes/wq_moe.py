@@ -143,15 +143,16 @@ def quantize_moe(graph: Graph, node: Node, setting: Any, gram: torch.Tensor | No
 
 
 def quantize_moes(graph: Graph, base: Any, overrides: Sequence[tuple[Any, Any]], calibration: Any = None,
-                  points: int = 100) -> None:
+                  points: int = 100, grams: dict[int, torch.Tensor] | None = None) -> None:
     """Quantise every :func:`quantizable_moe` of ``graph`` (see the module docstring for the
     settings and methods); counters ``moe_<format>`` per moe, ``kept_float`` per moe left
     float. ``calibration`` is used (for the Gram matrices) only where a setting's method is
-    not rtn."""
+    not rtn; ``grams`` ({id(moe node): Gram of its input}) are used instead where given."""
     nodes = [n for n in graph.nodes if quantizable_moe(n)]
     settings = {id(n): moe_setting(n, base, overrides) for n in nodes}
     need = [n for n in nodes if settings[id(n)] != "float" and settings[id(n)].method != "rtn"]
-    grams = moe_grams(graph, need, calibration)
+    if grams is None:
+        grams = moe_grams(graph, need, calibration)
     for n in nodes:
         st = settings[id(n)]
         if st == "float":

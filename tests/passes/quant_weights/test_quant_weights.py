@@ -139,3 +139,39 @@ def test_gptq_through_the_pass_needs_calibration() -> None:
     pm = PassManager("quant_weights(format=int4, group=16, rounding=gptq)", calibration=cal)
     q = pm.run(parse(text))
     assert q.nodes[0].op == "qlinear" and pm.counters["quant_weights"]["gptq"] == 1
+
+
+_LN_MLP = """graph @m(%x: f32[B,64]) -> (f32[B,48]) {
+  %0: f32[B,64] = layer_norm[eps=1e-05](%x, #g, #b)
+  %1: f32[B,96] = linear(%0, #w1, #b1)
+  %2: f32[B,96] = gelu[approximate="none"](%1)
+  %3: f32[B,48] = linear(%2, #w2)
+  return %3
+}
+#g = const f32[64] randn(seed=5, std=0.5)
+#b = const f32[64] randn(seed=6, std=0.1)
+#w1 = const f32[96,64] randn(seed=1, std=0.15)
+#b1 = const f32[96] randn(seed=3, std=0.1)
+#w2 = const f32[48,96] randn(seed=2, std=0.1)"""
+
+
+def test_awq_from_saved_stats_matches_awq_from_batches() -> None:
+    """method=awq with saved statistics (a Stats of the float graph, as the docstring allows):
+    the Gram matrices after AWQ's rescaling are derived from the saved ones (X diag(1/s)) and
+    give the same quantised model as measuring them again on batches (same Gram loss, no bias
+    correction); it used to raise 'stats are stale' whatever the user did."""
+    from scalefold.passes.calibrate import calibrate
+    from scalefold.passes.quant_weights import quant_weights
+    from scalefold.runtime.interp import run
+    g = parse(_LN_MLP)
+    gen = torch.Generator().manual_seed(0)
+    cal = [(torch.randn(64, 64, generator=gen) * torch.linspace(0.2, 4, 64),) for _ in range(3)]
+    st = calibrate(g, cal, gram=True)
+    a = quant_weights(g.clone(), st, format="int4", group=32, method="awq")
+    b = quant_weights(g.clone(), cal, format="int4", group=32, method="awq", bias_correct=False, awq_loss="layer")
+    assert sum(n.op == "qlinear" for n in a.nodes) == 2
+    x = torch.randn(16, 64, generator=gen) * torch.linspace(0.2, 4, 64)
+    ya, yb, y = run(a, x)[0], run(b, x)[0], run(g, x)[0]
+    assert float((ya - yb).norm()) <= 1e-3 * float((yb - y).norm())
+    with pytest.raises(Exception, match="needs calibration batches"):
+        quant_weights(g.clone(), st, format="fp8_e4m3", method="search", act_format="fp8_e4m3")
