@@ -396,6 +396,11 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
         raise ScalefoldError(f"quant_weights: awq_loss must be auto, block or layer, got {awq_loss!r}")
     if awq_loss == "auto":
         awq_loss = "layer" if bc else "block"
+    # Overrides are resolved on the graph as it came in: AWQ's rescaling gives a weight shared
+    # by several linears a new, unnamed constant per use (the linear nodes themselves stay).
+    settings: dict[int, LayerSetting | str] = {
+        id(n): override_for(n, i, ovr) or base  # type: ignore[misc]
+        for i, n in enumerate(n for n in graph.nodes if quantizable_linear(n))}
     # Saved statistics describe the graph as it came in: the Gram matrices of the linears'
     # inputs after AWQ's rescaling (X' = X diag(1/s)) are derived from them, not measured again.
     pre_awq: dict[int, torch.Tensor] | None = None
@@ -409,9 +414,9 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
         graph = run_awq(graph, calibration, bits=INT_BITS[format], group=base.group, grid=grid, sym=base.sym,
                         centred=bc, loss=awq_loss, record=applied)
     nodes = [n for n in graph.nodes if quantizable_linear(n)]
-    settings: dict[int, LayerSetting | str] = {}
     for i, n in enumerate(nodes):
-        settings[id(n)] = override_for(n, i, ovr) or base  # type: ignore[assignment]
+        if id(n) not in settings:
+            settings[id(n)] = override_for(n, i, ovr) or base  # type: ignore[assignment]
     # the float outputs' means, measured before anything below quantises (bias correction)
     fmeans = float_means(graph, calibration, [n for n in nodes if settings[id(n)] != "float"]) if bc else {}
     check = OutputCheck(graph, calibration) if bc and guard else None

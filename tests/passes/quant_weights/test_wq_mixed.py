@@ -121,3 +121,29 @@ def test_budget_output_sensitivity_takes_dict_batches() -> None:
     budget = (2 * (4 + 36 / 32) + (8 + 40 / 32)) / 3 + 0.01
     q = PassManager(f"quant_weights(format=int4, group=32, budget={budget})", calibration=cal).run(g)
     assert _formats(q) == ["u4", "u8", "u4"]
+
+
+def test_override_by_name_holds_for_a_shared_weight_under_awq() -> None:
+    """One weight read by two linears (a tied / reused module): AWQ's rescaling gives each use
+    its own unnamed constant, so the override is resolved before it (one use used to be
+    quantised without a word)."""
+    g = parse("""graph @tied(%x: f32[B,64]) -> (f32[B,64]) {
+  %0: f32[B,64] = layer_norm[eps=1e-05](%x, #g, #b)
+  %1: f32[B,64] = linear(%0, #shared)
+  %2: f32[B,64] = relu(%1)
+  %3: f32[B,64] = layer_norm[eps=1e-05](%2, #g2, #b2)
+  %4: f32[B,64] = linear(%3, #shared)
+  %5: f32[B,64] = linear(%4, #w)
+  return %5
+}
+#g = const f32[64] randn(seed=4, std=0.5)
+#b = const f32[64] zeros
+#g2 = const f32[64] randn(seed=5, std=0.5)
+#b2 = const f32[64] zeros
+#shared = const f32[64,64] randn(seed=1, std=0.15)
+#w = const f32[64,64] randn(seed=2, std=0.15)""")
+    g.nodes[1].inputs[1].name = "block.weight"
+    for method in ("rtn", "awq"):
+        q = PassManager(f'quant_weights(format=int4, group=32, method={method}, overrides="block.weight=float")',
+                        calibration=CAL).run(g)
+        assert _formats(q) == ["float", "float", "u4"], method
