@@ -467,9 +467,12 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
             made.append((graph.nodes[at], fmeans[id(n)]))
 
     if seq:
+        # a weight read by several linears is quantised at its first stage and shared after
+        seq_cache: dict = {}
+
         def quantize(n: Node, s: LayerSetting, gram: torch.Tensor) -> None:
             replaced(n, lambda: bump(PASS, _quantize_one(graph, n, s, gram, clip != "none" and id(n) not in no_clip,
-                                                         qact, points, rounding)))
+                                                         qact, points, rounding, seq_cache)))
         for n in nodes:
             if settings[id(n)] == "float":
                 bump(PASS, "kept_float")

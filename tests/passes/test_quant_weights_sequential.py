@@ -110,3 +110,34 @@ def test_bad_values() -> None:
     st = calibrate(g, batches, gram=True, progress=False)
     with pytest.raises(ScalefoldError, match="needs calibration batches"):
         PassManager("quant_weights(format=int4, group=8, rounding=gptq, sequential=True)", calibration=st).run(g)
+
+
+class Reused(torch.nn.Module):
+    """One Linear applied twice (its weight read by two linears of the graph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.a = torch.nn.Linear(32, 32)
+        self.b = torch.nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(torch.relu(self.a(x))))
+
+
+def test_sequential_shares_the_codes_of_a_reused_weight() -> None:
+    """sequential=True quantises a weight read by two linears at its first stage and shares the
+    codes (it stored the weight twice: 3 code constants for 3 qlinears)."""
+    model = Reused().eval()
+    g = from_torch(model, (torch.randn(16, 32),))
+    cal = [torch.randn(16, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    for seq in (False, True):
+        pm = PassManager(f"quant_weights(format=int4, group=16, rounding=gptq, sequential={seq})", calibration=cal)
+        q = pm.run(g)
+        qs = [n for n in q.nodes if n.op == "qlinear"]
+        assert len(qs) == 3 and len({id(n.inputs[1]) for n in qs}) == 2, seq
+        assert pm.counters["quant_weights"]["shared_weight"] == 1
+        x = torch.randn(16, 32)
+        with torch.no_grad():
+            ref = model(x)
+        assert float((run(q, x)[0] - ref).norm() / ref.norm()) < 0.25   # int4 g16 on a random net
