@@ -74,6 +74,9 @@ def parse_pass(spec: str) -> tuple[str, dict[str, Any]]:
         if call.args:
             raise ScalefoldError(f"pass spec {spec!r}: options must be key=value")
         for kw in call.keywords:
+            if kw.arg is None or kw.arg in opts:
+                raise ScalefoldError(f"pass spec {spec!r}: option {kw.arg or '**'} given twice" if kw.arg
+                                     else f"pass spec {spec!r}: options must be key=value")
             v = kw.value
             if isinstance(v, ast.Name):
                 opts[kw.arg] = v.id  # bare word: int4, rtn, ...

@@ -257,8 +257,10 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     Options:
     - ``format`` int3|int4|int8|fp8_e4m3|fp4_e2m1; ``group`` along K (0 = per output channel;
       a last short group is its own group); ``sym`` symmetric integer codes (i4/i8, no zero).
-    - ``method`` rtn | awq (int: AWQ scales + clip search) | search (int: clip search; fp:
-      LLM-FP4 clip search, and for fp4 the E2M1/E3M0/E1M2 format search). awq / search need
+    - ``method`` rtn | awq (int: AWQ scales + clip search; an FP format has no AWQ search and
+      runs its own ``search``) | search (int: clip search; fp: LLM-FP4 clip search, and for
+      fp4 the E2M1/E3M0/E1M2 format search). ``sym`` applies to the integer formats (the FP
+      ones are symmetric by construction). awq / search need
       ``calibration`` (batches, Stats or a path); rtn needs none. ``grid`` AWQ's scale grid,
       ``points`` the FP clip grid, ``clip`` no_qk (AWQ: skip q/k) | all | none.
     - ``rounding`` nearest | gptq (integer formats: GPTQ's error-compensating rounding on
@@ -357,6 +359,9 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
         calibration = list(calibration)
     if rounding not in ("nearest", "gptq"):
         raise ScalefoldError(f"quant_weights: rounding must be nearest or gptq, got {rounding!r}")
+    if rounding == "gptq" and format not in INT_BITS:
+        raise ScalefoldError(f"quant_weights: rounding=gptq is for the integer formats "
+                             f"({', '.join(INT_BITS)}), not format={format}")
     if act not in ("none", "int8"):
         raise ScalefoldError(f"quant_weights: act must be none or int8, got {act!r}")
     if clip not in ("no_qk", "all", "none"):

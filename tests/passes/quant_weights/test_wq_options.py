@@ -41,6 +41,7 @@ def test_bare_word_booleans(word: str, want: str) -> None:
     ("quant_weights(sym=maybe)", "option sym must be bool, got 'maybe'"),
     ("quant_weights(budget=abc)", "option budget must be float or none"),
     ("quant_weights(sequential=perhaps)", "option sequential must be bool"),
+    ("quant_weights(group=64, group=32)", "option group given twice"),
 ])
 def test_bad_option_values_name_the_option(spec: str, msg: str) -> None:
     with pytest.raises(ScalefoldError, match=msg.replace("(", r"\(").replace(".", r"\.")):
@@ -153,3 +154,10 @@ def test_tied_weights_are_quantised_once(kw: dict) -> None:
     x = cal[0]
     y, ref = run(q, x)[0], run(parse(TIED), x)[0]
     assert float((y - ref).norm() / ref.norm()) < 0.2
+
+
+def test_gptq_rounding_is_refused_for_fp_formats() -> None:
+    """GPTQ's rounding exists for the integer formats only: with an FP format it did nothing
+    while turning the bias correction on."""
+    with pytest.raises(ScalefoldError, match="rounding=gptq is for the integer formats"):
+        PassManager("quant_weights(format=fp4_e2m1, rounding=gptq)", calibration=CAL).run(parse(MLP))
