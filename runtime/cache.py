@@ -1,10 +1,13 @@
 """The kernel cache: C sources compiled once into shared objects keyed by content.
 
-Key = sha256(source, flags, compiler version). Entries live in ``$SCALEFOLD_CACHE_DIR/c``
+Key = sha256(source, flags, compiler version, and with ``-march=native`` the host CPU's
+model and feature flags: a cache directory shared between machines must not hand one CPU's
+AVX-512 build to another). Entries live in ``$SCALEFOLD_CACHE_DIR/c``
 (default ``~/.cache/scalefold/c``), one ``<key>.so`` per distinct kernel. A build happens in a
 private temporary directory and is moved into place with ``os.replace`` while holding a
 per-key file lock, so concurrent processes compiling the same kernel produce exactly one
-entry and a crashed build never leaves a half-written one.
+entry and a crashed build never leaves a half-written one (the build directories of a killed
+build are removed by the next build of the same key, under its lock).
 """
 from __future__ import annotations
 
@@ -46,10 +49,31 @@ def compiler_version(cc: str) -> str:
     return r.stdout.splitlines()[0] if r.stdout else cc
 
 
+@lru_cache(maxsize=None)
+def host_cpu() -> str:
+    """What ``-march=native`` compiles for: the CPU model and feature flags (Linux
+    ``/proc/cpuinfo``), else the platform's processor description."""
+    import platform
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    keep = ("model name", "flags", "features", "cpu part", "cpu implementer")
+    seen: dict[str, str] = {}
+    for ln in lines:
+        k, _, v = ln.partition(":")
+        k = k.strip().lower()
+        if k in keep and k not in seen:
+            seen[k] = " ".join(v.split())
+    return "|".join(f"{k}={seen[k]}" for k in sorted(seen)) or f"{platform.machine()} {platform.processor()}"
+
+
 def cache_key(source: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -> str:
     cc = cc or compiler()
     h = hashlib.sha256()
-    for part in (source, "\0".join(flags), compiler_version(cc)):
+    host = host_cpu() if any(f.startswith(("-march=native", "-mcpu=native", "-mtune=native")) for f in flags) else ""
+    for part in (source, "\0".join(flags), compiler_version(cc), host):
         h.update(part.encode())
         h.update(b"\x00")
     return h.hexdigest()[:40]
@@ -69,6 +93,9 @@ def build(source: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -
     with FileLock(str(locks / f"{key}.lock")):
         if target.exists():
             return target
+        # build directories of this key left by a killed process (no live build: we hold the lock)
+        for stale in entries.glob(f".build-{key[:12]}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{key[:12]}-", dir=entries))
         try:
             src = tmp / "kernel.c"

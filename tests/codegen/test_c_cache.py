@@ -101,6 +101,18 @@ def test_cache_key_covers_source_and_flags() -> None:
     assert cache.cache_key(src) != cache.cache_key(src, cache.CFLAGS + ("-DSF_X",))
 
 
+def test_cache_key_covers_the_host_cpu_for_native_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """-march=native code is only valid on CPUs like the one that built it: a cache directory
+    shared between hosts (an NFS home) must key it by the host's CPU features."""
+    src = "void sf_kernel(void **p, const long *q) {}\n"
+    here = cache.cache_key(src)
+    portable = ("-O2", "-shared", "-fPIC")
+    mine = cache.cache_key(src, portable)
+    monkeypatch.setattr(cache, "host_cpu", lambda: "flags=fpu sse sse2")
+    assert cache.cache_key(src) != here
+    assert cache.cache_key(src, portable) == mine        # no -march=native: the host does not matter
+
+
 def _kernel_source() -> str:
     return cgen.render(partition(_model(), cgen.CAPS))[0].source
 
@@ -158,6 +170,7 @@ def test_leftovers_of_a_crashed_build_are_harmless(cache_root: Path) -> None:
     t0 = time.time()
     path = cache.build(src)
     assert path == entries / f"{key}.so" and path.stat().st_size > 1000
+    assert not crashed.exists()        # the next build of that key clears the dead build's directory
     fn = cache.load_kernel(path)
     assert fn is not None and time.time() - t0 < 60
     g = _model()
