@@ -5,7 +5,9 @@ external data that escapes the model's folder), makes graph inputs with ``dim_pa
 symbols, turns initializers into constants, and converts nodes in topological order through
 the op table (``frontend/onnx_ops_*.py``, registered with ``onnx_ctx.onnx_op``). Every
 unsupported op of the model is reported at once; the one contrib op read is onnxruntime's
-``com.microsoft::MatMulNBits`` (``onnx_ops/matmulnbits.py``, into ``qlinear``). Each ONNX
+``com.microsoft::MatMulNBits`` (``onnx_ops/matmulnbits.py``, into ``qlinear``); QDQ weights
+(DequantizeLinear of constant integer codes into MatMul / Gemm) also become ``qlinear``
+(``onnx_ops/qdq_weight.py``). Each ONNX
 node's name goes to the main IR node it becomes (``MAIN_OPS``), so that per-layer overrides
 can name imported layers.
 """
@@ -165,6 +167,16 @@ def _input_type(v: onnx.ValueInfoProto, fallback: str) -> TensorType:
     return TensorType(d, dims)
 
 
+def _drop_dead_dequantize(g: Graph) -> None:
+    """Remove the DequantizeLinear nodes (and the reshapes of their constant parameters) that
+    nothing reads any more: their codes went into a ``qlinear`` (``onnx_ops/qdq_weight.py``)."""
+    outs = {id(v) for v in g.outputs}
+    for n in reversed(list(g.nodes)):
+        if n.op in ("dequantize", "reshape") and all(not v.users() and id(v) not in outs for v in n.outputs) \
+                and (n.op == "dequantize" or all(v is not None and v.is_const for v in n.inputs)):
+            g.remove(n)
+
+
 def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
               input_values: Mapping[str, torch.Tensor] | None = None,
               name: str | None = None) -> Graph:
@@ -247,6 +259,7 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
         outs.append(ctx.value(o.name))
         names.append(o.name)
     g.set_outputs(outs, names)
+    _drop_dead_dequantize(g)
     from ..ir.verify import verify
     try:
         verify(g)

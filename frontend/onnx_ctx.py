@@ -69,6 +69,9 @@ class Ctx:
         self.dims: dict[str, tuple[list[Dim], dt.DType, bool]] = {}
         self.node: onnx.NodeProto | None = None
         self._fresh = 0
+        #: constant-folded DequantizeLinear outputs -> the quantised weight they came from
+        #: (``onnx_ops/qdq_weight.py``), so that MatMul / Gemm can keep the codes
+        self.dq_source: dict[int, Any] = {}
 
     # ---- reading ----------------------------------------------------------------------
     def where(self) -> str:

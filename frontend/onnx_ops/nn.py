@@ -18,6 +18,7 @@ from ...ir.errors import FrontendError
 from ...ir.graph import Value
 from ...ir.types import Dim
 from ..onnx_ctx import Ctx, onnx_op
+from .qdq_weight import to_qlinear
 from .shape import _x
 
 
@@ -42,6 +43,9 @@ def _wants(node: onnx.NodeProto, i: int) -> bool:
 @onnx_op("MatMul")
 def _matmul(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     x, b = _x(ctx), _x(ctx, 1)
+    y = to_qlinear(ctx, x, b, False, None, node.input[1])
+    if y is not None:       # DequantizeLinear of constant codes: the weight stays quantised
+        return [y]
     bc = ctx.const(1)
     if bc is not None and bc.dim() == 2 and x.dtype.is_float and x.dtype == b.dtype \
             and not x.is_const:
@@ -59,6 +63,11 @@ def _gemm(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     bc = ctx.const(1)
     C = ctx.input(2) if _has(node, 2) else None
     cc = ctx.const(2) if C is not None else None
+    if alpha == 1.0 and (C is None or (beta == 1.0 and cc is not None and cc.dim() == 1)):
+        bias = _const(ctx, cc, C.dtype, f"{node.input[2]}_b") if cc is not None else None
+        y = to_qlinear(ctx, A, B, bool(a.get("transB", 0)), bias, node.input[1])
+        if y is not None:   # DequantizeLinear of constant codes: the weight stays quantised
+            return [y]
     if bc is not None and A.dtype.is_float and bc.dim() == 2:
         w = bc if a.get("transB", 0) else bc.t()  # linear wants [N, K]
         if alpha != 1.0:

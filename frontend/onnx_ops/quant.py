@@ -12,6 +12,7 @@ from ...ir.errors import FrontendError
 from ...ir.graph import Value
 from ..onnx_ctx import Ctx, onnx_op
 from ..onnx_tensors import onnx_dtype
+from .qdq_weight import source_of
 
 _F8_LIMITS = {"f8e4m3": (464.0, float("nan")), "f8e5m2": (61440.0, float("inf"))}
 
@@ -110,8 +111,13 @@ def _dequantize_linear(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     block = int(a.get("block_size", 0))
     scale, zp, ax = _qparams(ctx, q, scale, zp, int(a.get("axis", 1)), block)
     qt = q.type.dtype.name if q.type.dtype is dt.f4e2m1 else None
-    return [ctx.add("dequantize", [q, scale, zp],
-                    {"dtype": out.name, "axis": ax, "block": block, "qtype": qt})]
+    y = ctx.add("dequantize", [q, scale, zp], {"dtype": out.name, "axis": ax, "block": block, "qtype": qt})
+    if isinstance(y, Value) and y.is_const:
+        # folded into float weights: remember the codes, which MatMul / Gemm keep (qdq_weight.py)
+        src = source_of(q, scale, zp, ax, block)
+        if src is not None:
+            ctx.dq_source[id(y)] = src
+    return [y]
 
 
 @onnx_op("DynamicQuantizeLinear")
