@@ -72,6 +72,8 @@ class Ctx:
         #: constant-folded DequantizeLinear outputs -> the quantised weight they came from
         #: (``onnx_ops/qdq_weight.py``), so that MatMul / Gemm can keep the codes
         self.dq_source: dict[int, Any] = {}
+        #: (id(weight value), transB) -> the qlinear constants made from it, shared by readers
+        self.qdq_consts: dict[tuple[int, bool], Any] = {}
 
     # ---- reading ----------------------------------------------------------------------
     def where(self) -> str:

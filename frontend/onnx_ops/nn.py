@@ -63,8 +63,13 @@ def _gemm(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     bc = ctx.const(1)
     C = ctx.input(2) if _has(node, 2) else None
     cc = ctx.const(2) if C is not None else None
-    if alpha == 1.0 and (C is None or (beta == 1.0 and cc is not None and cc.dim() == 1)):
-        bias = _const(ctx, cc, C.dtype, f"{node.input[2]}_b") if cc is not None else None
+    nq = B.type.shape[0] if a.get("transB", 0) else B.type.shape[-1]
+    if alpha == 1.0 and isinstance(nq, int) and (C is None or (
+            beta == 1.0 and cc is not None and (cc.numel() == 1 or tuple(cc.shape) in ((nq,), (1, nq))))):
+        bias = None
+        if cc is not None:
+            bias = _const(ctx, cc.reshape(-1).expand(nq) if cc.numel() == 1 else cc.reshape(nq), C.dtype,
+                          f"{node.input[2]}_b")
         y = to_qlinear(ctx, A, B, bool(a.get("transB", 0)), bias, node.input[1])
         if y is not None:   # DequantizeLinear of constant codes: the weight stays quantised
             return [y]

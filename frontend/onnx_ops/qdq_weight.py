@@ -111,17 +111,25 @@ def to_qlinear(ctx: Any, x: Value, b: Value, trans_b: bool, bias: Value | None, 
     weight in a grouping qlinear states (x a float tensor that is not a constant), else None.
     The dequantize node is left for any other reader (the importer drops it when nothing reads
     it)."""
-    if not x.type.dtype.is_float or x.is_const or b.type.rank != 2:
+    # qlinear forms the weight in f32: only an f32 DequantizeLinear output is reproduced exactly
+    # (an f16 one is rounded to f16 before the product); mixed types are the float path's error
+    if x.type.dtype is not dt.f32 or b.type.dtype is not dt.f32 or x.is_const or b.type.rank != 2:
         return None
-    w = weight_source(ctx, b)
-    got = qlinear_params(w, trans_b) if w is not None else None
-    if got is None:
-        return None
-    codes, scale, zero, group = got
-    g = ctx.graph
-    ins: list[Value | None] = [x, g.add_const(codes, w.qtype, f"{hint}.q"),
-                               g.add_const(scale, w.stype, f"{hint}.scale"),
-                               g.add_const(zero, w.qtype, f"{hint}.zero") if zero is not None else None, bias]
+    key = (id(b), trans_b)
+    made = ctx.qdq_consts.get(key)
+    if made is None:
+        w = weight_source(ctx, b)
+        got = qlinear_params(w, trans_b) if w is not None else None
+        if w is None or got is None:
+            return None
+        codes, scale, zero, group = got
+        g = ctx.graph
+        # one set of constants per dequantised weight, however many products read it
+        made = (g.add_const(codes, w.qtype, f"{hint}.q"), g.add_const(scale, w.stype, f"{hint}.scale"),
+                g.add_const(zero, w.qtype, f"{hint}.zero") if zero is not None else None, group)
+        ctx.qdq_consts[key] = made
+    wq, ws, wz, group = made
+    ins: list[Value | None] = [x, wq, ws, wz, bias]
     while ins[-1] is None:
         ins.pop()
     return ctx.add("qlinear", ins, {"group": group, "act": "none"})

@@ -76,8 +76,11 @@ def _qparams(ctx: Ctx, x: Value, scale: Value, zp: Value | None, axis: int, bloc
     rank = x.type.rank
     ax = axis + rank if axis < 0 else axis
     if block == 0 and scale.type.rank == 1 and scale.type.shape[0] == 1 and rank >= 1 \
-            and x.type.shape[ax] != 1:
+            and (not 0 <= ax < rank or x.type.shape[ax] != 1):
+        # one element: per tensor, whatever ``axis`` says (the default 1 on a 1-D tensor, as
+        # onnxruntime's quantiser writes for biases, names no axis at all)
         scale = ctx.add("reshape", [scale], {"shape": ()})
+        ax = min(max(ax, 0), rank - 1)
     if zp is not None and scale.type.rank == 0 and zp.type.rank == 1 and zp.type.shape[0] == 1:
         zp = ctx.add("reshape", [zp], {"shape": ()})
     return scale, zp, ax

@@ -144,3 +144,60 @@ def test_exported_qdq_weights_round_trip(spec: str, tmp_path) -> None:
         assert torch.equal(wd(x), wd(y))
     x = torch.randn(3, 100)
     assert_close(run(back, x)[0], run(q, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_bias_of_one_element_broadcasts() -> None:
+    """Gemm's C of shape [1] (valid ONNX broadcasting) becomes the qlinear's bias over N."""
+    m = _model("Gemm", 40, 24, "i8", (24,), 0, 0, trans_b=True, bias=True)
+    c = next(t for t in m.graph.initializer if t.name == "c")
+    c.CopyFrom(numpy_helper.from_array(np.array([0.75], np.float32), "c"))
+    g = scalefold.from_onnx(m)
+    assert [nd.op for nd in g.nodes] == ["qlinear"]
+    x = torch.randn(3, 40)
+    assert_close(run(g, x)[0], _ort(m, x), rtol=1e-5, atol=1e-5)
+
+
+def test_one_dequantized_weight_read_twice_is_stored_once() -> None:
+    """Two MatMuls reading one DequantizeLinear share one set of codes, scales and zeros."""
+    m = _model("MatMul", 64, 48, "u8", (48,), 1, 0)
+    gr = m.graph
+    gr.node.append(helper.make_node("MatMul", ["x", "w"], ["y2"]))
+    gr.node.append(helper.make_node("Add", ["y", "y2"], ["out"]))
+    gr.output[0].CopyFrom(helper.make_tensor_value_info("out", TensorProto.FLOAT, ["M", 48]))
+    g = scalefold.from_onnx(m)
+    qs = [nd for nd in g.nodes if nd.op == "qlinear"]
+    assert len(qs) == 2 and all(a is b for a, b in zip(qs[0].inputs[1:], qs[1].inputs[1:]))
+    x = torch.randn(3, 64)
+    assert_close(run(g, x)[0], _ort(m, x), rtol=1e-5, atol=1e-5)
+
+
+def test_f16_dequantized_weight_keeps_the_f16_rounding() -> None:
+    """An f16 DequantizeLinear output rounds the weight to f16 before the product; qlinear would
+    form it in f32, so such a weight keeps the float form (same values as onnxruntime)."""
+    rng = np.random.default_rng(3)
+    k, n = 256, 16
+    inits = [_tensor("q", rng.integers(-128, 128, size=(k, n)), "i8"),
+             numpy_helper.from_array(rng.uniform(0.001, 0.01, size=(n,)).astype(np.float16), "s")]
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s"], ["w"], axis=1),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    g_ = helper.make_graph(nodes, "f16", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["M", k])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["M", n])], inits)
+    m = helper.make_model(g_, opset_imports=[helper.make_opsetid("", 21)])
+    g = scalefold.from_onnx(m)
+    assert "qlinear" not in [nd.op for nd in g.nodes]
+    x = torch.randn(4, k).half()
+    y, ref = run(g, x)[0], _ort(m, x)
+    assert y.dtype == torch.float16
+    assert_close(y.float(), ref.float(), rtol=2e-3, atol=2e-3)   # f16 accumulation order only
+
+
+def test_per_tensor_parameters_of_a_vector_ignore_the_default_axis() -> None:
+    """DequantizeLinear of a 1-D tensor with a [1] scale and the default axis (1): per tensor, as
+    onnxruntime's static quantiser writes Gemm biases (a raw IndexError before)."""
+    inits = [_tensor("q", np.arange(-4, 4), "i8"), numpy_helper.from_array(np.array([0.5], np.float32), "s")]
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s"], ["b"]), helper.make_node("Add", ["x", "b"], ["y"])]
+    g_ = helper.make_graph(nodes, "v", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], inits)
+    m = helper.make_model(g_, opset_imports=[helper.make_opsetid("", 21)])
+    x = torch.randn(2, 8)
+    assert_close(run(scalefold.from_onnx(m), x)[0], _ort(m, x), rtol=0, atol=0)
