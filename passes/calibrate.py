@@ -125,7 +125,8 @@ class ChannelStats:
         (the error left after a bias correction removes the mean). CalibrationError when
         the Gram matrix (or, centred, the sum) was not collected."""
         if self.gram is None:
-            raise CalibrationError("calibration stats lack the Gram matrix")
+            raise CalibrationError("calibration stats lack the Gram matrix (awq, search and gptq need it: "
+                                   "calibrate(..., gram=True), or pass the batches)")
         g = self.gram / max(self.rows, 1)
         if centred:
             if self.sum is None:
@@ -389,6 +390,9 @@ def calibrate(graph: Graph, batches: Iterable[Batch], values: Iterable[Value] | 
         for idx, v in by_producer.get(id(node), ()):
             observe(v, outs[idx], node)
 
+    if isinstance(batches, (str, bytes, Mapping)) or not hasattr(batches, "__iter__"):
+        raise CalibrationError(f"calibration for graph @{graph.name} must be an iterable of batches (tuples of "
+                               f"input tensors or {{input name: tensor}} dicts), got {type(batches).__name__}")
     interp = Interpreter(graph, check=False)
     inputs_observed = [(i, v) for i, v in enumerate(graph.inputs) if id(v) in aggs]
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]

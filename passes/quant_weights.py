@@ -63,7 +63,8 @@ class LayerSetting:
     def bits_per_weight(self, k: int) -> float:
         """Storage per weight including the group scales (f32) and zero points: ceil(K / group)
         of each per row, so a short last group costs a whole one."""
-        bits = INT_BITS.get(self.format, 8 if self.format == "fp8_e4m3" else 4)
+        # as stored: int3 codes and zero points sit in 4-bit containers (u4 / i4)
+        bits = {"int3": 4, "int4": 4, "int8": 8, "fp8_e4m3": 8}.get(self.format, 4)
         g = k if self.group <= 0 or self.group >= k else self.group
         zero = bits if self.format in INT_BITS and not self.sym else 0
         return bits + (32 + zero) * -(-k // g) / k
@@ -97,7 +98,10 @@ def parse_layer_overrides(spec: Any, base: LayerSetting) -> list[tuple[Any, Laye
             if not sep or not k.strip():
                 raise ScalefoldError(f"quant_weights: bad override {part!r}: want key=float or key=<format>")
             k = k.strip()
-            items.append((int(k) if k.lstrip("-").isdigit() else k, v.strip()))
+            key = int(k) if k.lstrip("-").isdigit() else k
+            if any(key == seen for seen, _ in items):
+                raise ScalefoldError(f"quant_weights: override {k!r} given twice")
+            items.append((key, v.strip()))
     elif isinstance(spec, Mapping):
         items = list(spec.items())
     else:
@@ -403,9 +407,13 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
         awq_loss = "layer" if bc else "block"
     # Overrides are resolved on the graph as it came in: AWQ's rescaling gives a weight shared
     # by several linears a new, unnamed constant per use (the linear nodes themselves stay).
-    settings: dict[int, LayerSetting | str] = {
-        id(n): override_for(n, i, ovr) or base  # type: ignore[misc]
-        for i, n in enumerate(n for n in graph.nodes if quantizable_linear(n))}
+    pinned: set[int] = set()        # layers an override names: the budget leaves them alone
+    settings: dict[int, LayerSetting | str] = {}
+    for i, n in enumerate(n for n in graph.nodes if quantizable_linear(n)):
+        o = override_for(n, i, ovr)
+        settings[id(n)] = o or base     # type: ignore[assignment]
+        if o is not None:
+            pinned.add(id(n))
     # Saved statistics describe the graph as it came in: the Gram matrices of the linears'
     # inputs after AWQ's rescaling (X' = X diag(1/s)) are derived from them, not measured again.
     pre_awq: dict[int, torch.Tensor] | None = None
@@ -451,7 +459,7 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
             graph, nodes, base, settings, budget, mixed, sensitivity, calibration, grams,
             lambda g, n, s, orig: _quantize_one(g, n, s, grams.get(id(orig.inputs[0])),
                                                 clip != "none" and id(orig) not in no_clip, "none", points,
-                                                rounding))
+                                                rounding), pinned)
     if act_format:
         from .wq_act import quantize_activations
         quantize_activations(graph, [n for n in nodes if settings[id(n)] != "float"], act_format, calibration,

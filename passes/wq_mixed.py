@@ -113,13 +113,14 @@ def sensitivities(graph: Graph, nodes: list[Node], options: dict[int, list[Any]]
 
 def assign_budget(graph: Graph, nodes: list[Node], base: Any, settings: dict[int, Any], budget: float,
                   mixed: str, sensitivity: str, calibration: Any, grams: dict[int, torch.Tensor],
-                  quantize: QuantizeFn) -> dict[int, Any]:
+                  quantize: QuantizeFn, pinned: set[int] | None = None) -> dict[int, Any]:
     """New per-layer settings (by ``id(node)``) with average bits per weight <= ``budget``.
-    Layers whose setting is not ``base`` (overrides) keep it and count against the budget."""
+    Layers with an override (``pinned`` ids, or a setting other than ``base``) keep it and
+    count against the budget."""
     if not nodes:
         return settings
     ups = _options(base, mixed)
-    free = [n for n in nodes if settings[id(n)] == base]
+    free = [n for n in nodes if settings[id(n)] == base and id(n) not in (pinned or set())]
     options = {id(n): [settings[id(n)], *ups] for n in free}
     weights = {id(n): int(n.inputs[1].shape[0]) * int(n.inputs[1].shape[1]) for n in nodes}
     total_w = sum(weights.values())

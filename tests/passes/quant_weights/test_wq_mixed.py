@@ -147,3 +147,24 @@ def test_override_by_name_holds_for_a_shared_weight_under_awq() -> None:
         q = PassManager(f'quant_weights(format=int4, group=32, method={method}, overrides="block.weight=float")',
                         calibration=CAL).run(g)
         assert _formats(q) == ["float", "float", "u4"], method
+
+
+def test_budget_counts_int3_as_stored() -> None:
+    """int3 codes and zero points are stored in 4-bit containers: a budget that only 3-bit
+    storage would meet is refused (it used to be accepted and exceeded)."""
+    g = _graph()
+    with pytest.raises(ScalefoldError, match=r"need \(5\.125\)"):
+        PassManager("quant_weights(format=int3, group=32, budget=4.2)", calibration=CAL).run(g)
+    q = PassManager("quant_weights(format=int3, group=32, budget=5.2)", calibration=CAL).run(g)
+    assert _bits(q) <= 5.2
+
+
+def test_budget_leaves_an_overridden_layer_alone_even_at_the_base_setting() -> None:
+    """An override pins its layer, also when it names the base setting."""
+    g = _graph()
+    budget = (2 * (4 + 36 / 32) + (8 + 40 / 32)) / 3 + 0.01
+    free = PassManager(f"quant_weights(format=int4, group=32, budget={budget})", calibration=CAL).run(g)
+    assert _formats(free) == ["u4", "u8", "u4"]
+    pinned = PassManager(f'quant_weights(format=int4, group=32, budget={budget}, overrides="layer1=int4")',
+                         calibration=CAL).run(g)
+    assert _formats(pinned)[1] == "u4" and "u8" in _formats(pinned)

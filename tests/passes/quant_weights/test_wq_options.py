@@ -161,3 +161,12 @@ def test_gptq_rounding_is_refused_for_fp_formats() -> None:
     while turning the bias correction on."""
     with pytest.raises(ScalefoldError, match="rounding=gptq is for the integer formats"):
         PassManager("quant_weights(format=fp4_e2m1, rounding=gptq)", calibration=CAL).run(parse(MLP))
+
+
+def test_override_key_given_twice_and_calibration_that_is_not_batches() -> None:
+    g = parse(MLP)
+    with pytest.raises(ScalefoldError, match="override 'w1' given twice"):
+        quant_weights(g.clone(), None, format="int4", overrides="w1=int8,w1=float")
+    for bad in (5, {"x": CAL[0]}):
+        with pytest.raises(ScalefoldError, match="must be an iterable of batches"):
+            quant_weights(g.clone(), bad, format="int4", method="awq")
