@@ -124,10 +124,13 @@ def awq_scales(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, 
 
 def run_awq(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, grid: int = 20,
             sym: bool = False, stats: str | None = None, loss: str = "block", centred: bool = False,
-            record: dict[int, torch.Tensor] | None = None) -> Graph:
+            record: dict[int, torch.Tensor] | None = None,
+            keep_float: set[int] | None = None) -> Graph:
     """:func:`awq_scales`; ``record`` (if given) gets {id(consumer linear): the s its weight
     was multiplied by} for every scale applied, so a caller holding statistics of the graph
-    before the search can derive its inputs' statistics after it (X' = X diag(1/s))."""
+    before the search can derive its inputs' statistics after it (X' = X diag(1/s)).
+    ``keep_float``: ids of linears that stay float; an activation read only by such linears is
+    not searched (a scale there would only add work)."""
     if loss not in ("block", "layer"):
         raise OptionError(f"awq_scales: loss must be block or layer, got {loss!r}")
     targets = consumer_groups(graph)
@@ -141,7 +144,7 @@ def run_awq(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, gri
         if cs.gram is None:
             raise ValueError(f"awq_scales: calibration stats of {st.name_of(x)} lack the Gram matrix")
         plan = plan_scale(graph, x)
-        if not plan.consumers:
+        if not plan.consumers or (keep_float and all(id(c) in keep_float for c in plan.consumers)):
             continue
         s, r = search_for(graph, plan.consumers, cs, batches, bits, group, grid, sym, centred)
         if apply_scale(graph, plan, s, r) and record is not None:

@@ -425,7 +425,8 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
             st0 = stats_for(graph, calibration, list(xs0.values()), gram=list(xs0.values()))
             pre_awq = {id(n): st0[n.inputs[0]].second_moment(centred=False) for n in lin}
         graph = run_awq(graph, calibration, bits=INT_BITS[format], group=base.group, grid=grid, sym=base.sym,
-                        centred=bc, loss=awq_loss, record=applied)
+                        centred=bc, loss=awq_loss, record=applied,
+                        keep_float={k for k, v in settings.items() if v == "float"})
     nodes = [n for n in graph.nodes if quantizable_linear(n)]
     for i, n in enumerate(nodes):
         if id(n) not in settings:

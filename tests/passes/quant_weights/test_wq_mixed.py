@@ -168,3 +168,15 @@ def test_budget_leaves_an_overridden_layer_alone_even_at_the_base_setting() -> N
     pinned = PassManager(f'quant_weights(format=int4, group=32, budget={budget}, overrides="layer1=int4")',
                          calibration=CAL).run(g)
     assert _formats(pinned)[1] == "u4" and "u8" in _formats(pinned)
+
+
+def test_awq_leaves_activations_of_float_layers_alone() -> None:
+    """Every linear overridden to float: AWQ searches nothing (it used to insert scaling muls and
+    rescale weights that stay float)."""
+    g = _graph()
+    q = PassManager('quant_weights(format=int4, group=32, method=awq, overrides="re:.*=float")',
+                    calibration=CAL).run(g)
+    assert [n.op for n in q.nodes] == [n.op for n in g.nodes]
+    for a, b in zip(q.nodes, g.nodes):
+        if a.op == "linear":
+            assert torch.equal(a.inputs[1].const, b.inputs[1].const)
