@@ -85,14 +85,24 @@ def apply_edit(graph: Graph, e: Edit, f: torch.Tensor) -> None:
 
 def scale_consumers(graph: Graph, consumers: Sequence[Node], s: torch.Tensor) -> None:
     """Multiply the input-channel axis of every consumer's weights by ``s`` (new constants;
-    shared/tied weights elsewhere are untouched)."""
+    shared/tied weights elsewhere are untouched). A weight several of these consumers read (a
+    layer applied twice to the same input) gets one new constant, under its name when no
+    other node reads the old one."""
     s = torch.as_tensor(s, dtype=torch.float64).reshape(-1)
+    here = {id(n) for n in consumers}
+    made: dict[int, Value] = {}
     for n in consumers:
         idxs = (1,) if n.op == "linear" else (1, 2, 3)
         for i in idxs:
             w = n.inputs[i]
-            if w is not None:
-                _set_const(graph, n, i, w.const.double() * s)
+            if w is None:
+                continue
+            if id(w) not in made:
+                assert w.dtype.is_float
+                name = w.name if all(id(u) in here for u in w.users()) else None
+                made[id(w)] = graph.add_const((w.const.double() * s).to(w.dtype.container), dtype=w.dtype,
+                                              name=name)
+            graph.set_input(n, i, made[id(w)])
 
 
 def apply_explicit(graph: Graph, value: Value, consumers: Sequence[Node], s: torch.Tensor) -> Node:

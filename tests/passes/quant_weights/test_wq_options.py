@@ -170,3 +170,29 @@ def test_override_key_given_twice_and_calibration_that_is_not_batches() -> None:
     for bad in (5, {"x": CAL[0]}):
         with pytest.raises(ScalefoldError, match="must be an iterable of batches"):
             quant_weights(g.clone(), bad, format="int4", method="awq")
+
+
+_SAME_INPUT = """graph @m(%x: f32[B,64]) -> (f32[B,64]) {
+  %0: f32[B,64] = layer_norm[eps=1e-05](%x, #g, #b)
+  %1: f32[B,64] = linear(%0, #w)
+  %2: f32[B,64] = relu(%1)
+  %3: f32[B,64] = linear(%0, #w)
+  %4: f32[B,64] = mul(%2, %3)
+  return %4
+}
+#g = const f32[64] randn(seed=5, std=0.5)
+#b = const f32[64] randn(seed=6, std=0.1)
+#w = const f32[64,64] randn(seed=1, std=0.15)"""
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_awq_keeps_one_copy_of_a_weight_read_twice_from_one_input(seq: bool) -> None:
+    """A weight applied twice to the same activation gets AWQ's one scale once: one rescaled
+    constant (keeping its name), one set of codes (AWQ stored identical codes twice)."""
+    gen = torch.Generator().manual_seed(0)
+    cal = [torch.randn(32, 64, generator=gen) * torch.linspace(0.2, 4, 64) for _ in range(3)]
+    pm = PassManager(f"quant_weights(format=int4, group=32, method=awq, sequential={seq})", calibration=cal)
+    q = pm.run(parse(_SAME_INPUT))
+    qs = [n for n in q.nodes if n.op == "qlinear"]
+    assert len(qs) == 2 and qs[0].inputs[1] is qs[1].inputs[1] and qs[0].inputs[1].name == "w.q"
+    assert pm.counters["quant_weights"]["shared_weight"] == 1
