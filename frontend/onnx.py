@@ -168,12 +168,11 @@ def _input_type(v: onnx.ValueInfoProto, fallback: str) -> TensorType:
 
 
 def _drop_dead_dequantize(g: Graph) -> None:
-    """Remove the DequantizeLinear nodes (and the reshapes of their constant parameters) that
-    nothing reads any more: their codes went into a ``qlinear`` (``onnx_ops/qdq_weight.py``)."""
+    """Remove the DequantizeLinear nodes that nothing reads any more: their codes went into a
+    ``qlinear`` (``onnx_ops/qdq_weight.py``)."""
     outs = {id(v) for v in g.outputs}
     for n in reversed(list(g.nodes)):
-        if n.op in ("dequantize", "reshape") and all(not v.users() and id(v) not in outs for v in n.outputs) \
-                and (n.op == "dequantize" or all(v is not None and v.is_const for v in n.inputs)):
+        if n.op == "dequantize" and all(not v.users() and id(v) not in outs for v in n.outputs):
             g.remove(n)
 
 

@@ -44,15 +44,8 @@ class QWeight:
 
 
 def _const_of(v: Value | None) -> torch.Tensor | None:
-    """The constant tensor behind ``v`` (through the 1-element reshapes the importer adds)."""
-    if v is None:
-        return None
-    if v.is_const:
-        return v.const
-    p = v.producer
-    if p is not None and p.op == "reshape" and p.inputs[0] is not None and p.inputs[0].is_const:
-        return p.inputs[0].const.reshape(tuple(int(d) for d in v.type.shape))
-    return None
+    """The constant tensor of ``v`` (the importer folds the reshapes of one-element parameters)."""
+    return v.const if v is not None and v.is_const else None
 
 
 def source_of(q: Value, scale: Value | None, zero: Value | None, axis: int, block: int) -> QWeight | None:
