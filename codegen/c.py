@@ -10,7 +10,7 @@ Op coverage (a test checks it against the registry): elementwise ops are rendere
 ``c_expr.EXPR``; row ops (norms, softmax, trailing-axis reductions) through :func:`_row_body`;
 view ops alias; ``LIBRARY`` ops run on torch's kernels; ``quantize`` fuses like an elementwise
 op (``c_quant.py``) and ``qlinear`` is a ``template`` kernel, the int8 GEMM of ``c_qgemm.py``
-or, for group-wise 4-bit weights, the kernel of ``c_w4.py``, in the forms those modules name;
+or, for group-wise / per-channel weight-only 4- and 8-bit weights, the kernel of ``c_w4.py``, in the forms those modules name;
 everything in :data:`REFERENCE_OPS` runs its torch reference, for the reason given there.
 """
 from __future__ import annotations
@@ -56,14 +56,13 @@ REFERENCE_OPS: dict[str, str] = {
     "quantize": "blocked scales, per-axis scales on a non-last axis, float8 / fp4 / sub-byte "
                 "codes (per-tensor and last-axis integer codes fuse as C: c_quant.py)",
     "dequantize": "C kernel lands with the quantisation issues",
-    "qlinear": "group-wise 8-bit weights, i16 / float8 weights, per-channel or zero-pointed fp4 "
-               "weights, u8 / u4 / i16 / i32 codes "
-               "x, per-channel weight-only float x (act none), abits > 8, non-constant weights, "
-               "K > 65536 (the int8 GEMM template, c_qgemm.py, takes group 0 constant "
-               "i8/u8/i4/u4 weights with i8/i4 codes x or float x with act per_token/per_tensor; "
-               "the 4-bit template, c_w4.py, takes group-wise constant u4/i4 weights, or f4e2m1 ones "
-               "without zero point, with f32 x, "
-               "act none or per_token)",
+    "qlinear": "i16 weights, zero-pointed float codes, NaN / inf float8 codes, u8 / u4 / i16 "
+               "/ i32 codes x, non-f32 float x of group-wise weights, abits > 8, "
+               "non-constant weights (the int8 GEMM template, c_qgemm.py, takes group 0 "
+               "constant i8/u8/i4/u4 weights with i8/i4 codes x or float x with act "
+               "per_token/per_tensor; the weight-only template, c_w4.py, takes group-wise or "
+               "per-channel constant u4/i4/u8/i8 weights, or f4e2m1/f8e4m3/f8e5m2 ones without "
+               "zero point, with f32 x, act none or per_token (not float8))",
     "lowrank_linear": "two GEMMs on torch until the svd issue's fused kernel",
     "lowrank_ffn": "GEMMs on torch until the svd issue's fused kernel",
     "bcq_linear": "LUT kernel lands with the shiftadd issue",
@@ -485,9 +484,9 @@ def render(schedule: Schedule) -> list[CKernel]:
     out = []
     for k in schedule.kernels:
         if k.kind == "template":
-            from .c_qgemm import render_qlinear
-            from .c_w4 import render_w4, w4_supported
-            out.append(render_w4(k) if w4_supported(k.nodes[0]) else render_qlinear(k))
+            from .c_qgemm import qlinear_supported, render_qlinear
+            from .c_w4 import render_w4
+            out.append(render_qlinear(k) if qlinear_supported(k.nodes[0]) else render_w4(k))
             continue
         if k.kind != "fused":
             continue

@@ -1,4 +1,10 @@
-"""The group-wise 4-bit ``qlinear`` template (weight-only int4 / int3 / fp4, issue 8) as C.
+"""The group-wise weight-only ``qlinear`` template (int4 / int3 / fp4, and int8 / fp8 codes,
+issue 8) as C. Group 0 (one scale per channel) is one group of all K.
+
+8-bit codes (u8, i8, f8e4m3, f8e5m2) are packed one per byte by ``runtime/w8pack.py`` into
+the same blob of groups and take the same kernels, blocking and fold; only the tiles that read
+the codes differ (``c_w8_src.py``), and the int8-activation route reads the packed bytes as
+``vpdpbusd`` operands directly. The rest of this docstring speaks of 4-bit nibbles.
 
 One kernel computes ``y[m, n] = sum_g s[n,g] * sum_{k in g} x[m,k] (w[n,k] - z[n,g]) + bias[n]``
 for u4 / i4 / f4e2m1 codes prepacked two per byte by ``runtime/w4pack.py`` (layout there),
@@ -44,12 +50,15 @@ from dataclasses import dataclass
 
 from ..ir.graph import Node
 from ..runtime.w4pack import group_slots, group_stride, pack_w4
+from ..runtime.w8pack import finite_codes, pack_w8
 from .c import CKernel, _Params, _prod
 from .c_types import PRELUDE, load, storage_type
 from .c_w4_src import decode_group, decode_u8, tile_f32_buf, tile_f32_direct, tile_scalar, tile_vnni
+from .c_w8_src import decode_group8, tile_f32_direct8, tile_scalar8
 from .schedule import Kernel
 
 PAR_MACS = 1 << 21   # below this many multiply-adds the kernel runs on one thread
+CODES = frozenset({"u4", "i4", "f4e2m1", "u8", "i8", "f8e4m3", "f8e5m2"})
 
 
 @dataclass(frozen=True)
@@ -91,27 +100,35 @@ DEFAULT = W4Config()
 
 def w4_supported(n: Node) -> bool:
     """Whether this template renders the ``qlinear`` (part of the C caps' ``template_ok``):
-    group > 0, constant u4 / i4 codes with constant f32 scales and constant integer or float
-    zero points, or constant f4e2m1 codes without zero point, static N and K, f32 x with act
-    none or per_token with abits <= 8, f32 output and f32 bias. Other group-wise forms run the reference."""
-    if n.op != "qlinear" or n.attrs["group"] <= 0:
+    group-wise or per-channel (group 0) constant u4 / i4 / u8 / i8 codes with constant f32
+    scales and constant integer or float zero points, or constant f4e2m1 / f8e4m3 / f8e5m2
+    codes without zero point (finite ones: NaN / inf codes stay with the reference), static N
+    and K, f32 x with act none or per_token with abits <= 8 (not for float8 codes), f32
+    output and f32 bias. Other forms run the reference (group 0 forms the int8 GEMM of
+    c_qgemm.py takes go there first)."""
+    if n.op != "qlinear":
         return False
     x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
     zero = n.inputs[3] if len(n.inputs) > 3 else None
     bias = n.inputs[4] if len(n.inputs) > 4 else None
-    if x is None or w is None or scale is None or w.dtype.name not in ("u4", "i4", "f4e2m1"):
+    if x is None or w is None or scale is None or w.dtype.name not in CODES:
         return False
-    if w.dtype.name == "f4e2m1" and zero is not None:
+    fcode = w.dtype.is_float
+    if fcode and zero is not None:
         return False
     if not (w.is_const and scale.is_const and (zero is None or zero.is_const)):
         return False
-    if zero is not None and zero.dtype.name not in ("u4", "i4", "f32"):
+    if zero is not None and zero.dtype.name not in ("u4", "i4", "u8", "i8", "f32"):
         return False
     nn, k = w.type.shape
     if not isinstance(nn, int) or not isinstance(k, int) or k < 1 or nn < 1:
         return False
     act = n.attrs["act"]
-    ok_act = act == "none" or (act == "per_token" and n.attrs["abits"] <= 8)
+    # float8 codes have no integer form for the int8-activation kernel
+    ok_act = act == "none" or (act == "per_token" and n.attrs["abits"] <= 8 and
+                               (w.dtype.bits == 4 or not fcode))
+    if w.dtype.bits == 8 and not finite_codes(w.const, w.dtype):
+        return False
     return (ok_act and x.dtype.name == "f32" and n.outputs[0].dtype.name == "f32"
             and scale.dtype.name == "f32" and (bias is None or bias.dtype.name == "f32"))
 
@@ -187,13 +204,20 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     N, K = w.type.shape
     assert isinstance(N, int) and isinstance(K, int)
     isint = n.attrs["act"] != "none"
-    g = min(n.attrs["group"], K)
+    # group 0 (one scale per channel) is one group of all K
+    g = min(n.attrs["group"], K) if n.attrs["group"] > 0 else K
     G, gp, glp, kp = group_slots(K, g)
+    bits = w.dtype.bits
     fp4 = w.dtype.name == "f4e2m1"
-    packed = pack_w4(w.const, scale.const, zero.const if zero is not None else None,
-                     w.dtype, g, cfg.nr(isint), isint)
+    fp8 = w.dtype.name if bits == 8 and w.dtype.is_float else None
+    sc = scale.const.reshape(N, G)
+    zc = zero.const.reshape(N, G) if zero is not None else None
+    if bits == 8:
+        packed = pack_w8(w.const, sc, zc, w.dtype, g, cfg.nr(isint))
+    else:
+        packed = pack_w4(w.const, sc, zc, w.dtype, g, cfg.nr(isint), isint)
     nr, P = cfg.nr(isint), packed.panels
-    gs = group_stride(K, g, nr, packed.zbytes)
+    gs = group_stride(K, g, nr, packed.zbytes, bits)
     pbytes = packed.blob.shape[1]
     nb = nr // 16
     q = _Params()
@@ -229,7 +253,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
 
     wdirect = "wg"
     vec_calls: list[str]
-    if isint and cfg.vnni_buf:
+    if isint and cfg.vnni_buf and bits == 4:
         vec_calls = ["        if (mhi - mlo <= " + str(cfg.mr_vnni) + ") {"]
         vec_calls += calls("sf_qd", cfg.mr_vnni, wdirect)
         vec_calls += ["        } else {", f"          sf_decode8({wdirect}, nbk, (uint8_t *)wf);"]
@@ -264,7 +288,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              "  {",
              f"    float *ct = (float *)aligned_alloc(64, {cfg.mc * nr * 4});",
              # the decoded-group buffer of the GEMM-shape routes only
-             "    float *wf = " + ("NULL;" if isint and not cfg.vnni_buf else
+             "    float *wf = " + ("NULL;" if isint and not (cfg.vnni_buf and bits == 4) else
                                    f"(float *)aligned_alloc(64, {gp * nr * 4});"),
              "    (void)wf;",
              "    #pragma omp for schedule(dynamic, CH) nowait",
@@ -277,7 +301,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              f"      for (int64_t gi = 0; gi < {G}; gi++) {{",
              f"        const int64_t b0 = gi * {gp // 8}, nbk = gi == {G - 1} ? {glp // 8} : {gp // 8};",
              f"        const uint8_t *wg = wpp + gi * {gs};",
-             f"        const float *scg = (const float *)(wg + nbk * {nr * 4});",
+             f"        const float *scg = (const float *)(wg + nbk * {nr * bits});",
              f"        const void *szg = (const void *)(scg + {nr});",
              "#if SF_W4_VEC", *vec_calls, "#else", *scalar_call, "#endif",
              "      }",
@@ -317,20 +341,27 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
                  "\"v\"(w), \"v\"(b))",
                  "static inline int32_t sf_ld32(const int8_t *p) { int32_t v; memcpy(&v, p, 4); "
                  "return v; }"]
-        for r in range(1, cfg.mr_vnni + 1):
-            head += tile_vnni(r, nb, pf=cfg.pf_bytes, fp4=fp4)
-        if cfg.vnni_buf:
+        if bits == 8:
+            # the packed bytes are the decoded u8 layout: the buffered tile reads them as sf_qd
+            for r in range(1, cfg.mr_vnni + 1):
+                head += [ln.replace(f"sf_qb{r}(", f"sf_qd{r}(") for ln in tile_vnni(r, nb, True)]
+        else:
+            for r in range(1, cfg.mr_vnni + 1):
+                head += tile_vnni(r, nb, pf=cfg.pf_bytes, fp4=fp4)
+        if cfg.vnni_buf and bits == 4:
             head += decode_u8(nb, fp4)
             for r in range(1, cfg.mr_vnni + 1):
                 head += tile_vnni(r, nb, True)
     else:
         pf = cfg.pf_bytes
         for r in range(1, cfg.mr_direct + 1):
-            head += tile_f32_direct(r, nb, pf, fp4, cfg.perm)
-        head += decode_group(nb, pf, fp4)
+            head += tile_f32_direct8(r, nb, pf, fp8) if bits == 8 else \
+                tile_f32_direct(r, nb, pf, fp4, cfg.perm)
+        head += decode_group8(nb, pf, fp8) if bits == 8 else decode_group(nb, pf, fp4)
         for r in range(1, cfg.mr_buf + 1):
-            head += tile_f32_buf(r, nb, not fp4)
-    head += ["#else"] + tile_scalar(nb, isint, fp4) + ["#endif"]
+            head += tile_f32_buf(r, nb, not (fp4 or fp8))
+    head += ["#else"] + (tile_scalar8(nb, isint, fp8) if bits == 8 else
+                         tile_scalar(nb, isint, fp4)) + ["#endif"]
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     return CKernel(k, src, q.exprs, args)

@@ -77,6 +77,7 @@ class PackedW4:
     group: int
     nr: int
     zbytes: bool = False   # the blob holds ze bytes (else sz floats)
+    bits: int = 4          # 4: the layout above; 8: runtime/w8pack.py
 
     @property
     def panels(self) -> int:
@@ -96,20 +97,23 @@ def zero_bytes(nr: int, zbytes: bool) -> int:
     return -(-nr // 64) * 64 if zbytes else 4 * nr
 
 
-def group_stride(k: int, group: int, nr: int, zbytes: bool = False) -> int:
-    """Bytes of one full group (codes, scales, zero points) of a panel in the ``blob``."""
+def group_stride(k: int, group: int, nr: int, zbytes: bool = False, bits: int = 4) -> int:
+    """Bytes of one full group (codes, scales, zero points) of a panel in the ``blob``
+    (``bits``: 4, or 8 for the layout of runtime/w8pack.py)."""
     _, gp, _, _ = group_slots(k, group)
-    return gp // 8 * nr * 4 + 4 * nr + zero_bytes(nr, zbytes)
+    return gp // 8 * nr * bits + 4 * nr + zero_bytes(nr, zbytes)
 
 
-def _interleave(packed: torch.Tensor, s: torch.Tensor, zblk: torch.Tensor, k: int, group: int
-                ) -> torch.Tensor:
-    """The ``blob`` of the module docstring from codes [P, K8, nr, 4], scales [P, G, nr] and
-    the zero-point blocks (``sz`` float32 [P, G, nr] or ``ze`` uint8 [P, G, zlen])."""
-    panels, _, nr, _ = packed.shape
+def interleave(packed: torch.Tensor, s: torch.Tensor, zblk: torch.Tensor, k: int, group: int
+               ) -> torch.Tensor:
+    """The ``blob`` of the module docstring from codes [P, K8, ...] (any fixed number of bytes
+    per 8-slot block: ``nr * 4`` here, ``nr * 8`` in runtime/w8pack.py), scales [P, G, nr]
+    and the zero-point blocks (``sz`` float32 [P, G, nr] or ``ze`` uint8 [P, G, zlen])."""
+    panels, k8 = packed.shape[0], packed.shape[1]
+    nr = s.shape[2]
     ng, gp, _, _ = group_slots(k, group)
     codes = packed.reshape(panels, -1)
-    full = gp // 8 * nr * 4
+    full = gp // 8 * (codes.shape[1] // k8)
     sb = s.contiguous().view(torch.uint8).reshape(panels, ng, 4 * nr)
     zb = zblk.contiguous().view(torch.uint8).reshape(panels, ng, -1)
     head = torch.cat([codes[:, :(ng - 1) * full].reshape(panels, ng - 1, full),
@@ -172,6 +176,19 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, wdt
     s32 = scale.to(torch.float32)
     if fp4 and isint:
         off, s32 = FP4_INT_OFFSET, s32 / 2
+    s, sz, zblk, zbytes = scale_blocks(s32, zero, off, panels, nr)
+    return PackedW4(packed, s, sz, interleave(packed, s, zblk, k, group), n, k, group, nr,
+                    zbytes)
+
+
+def scale_blocks(s32: torch.Tensor, zero: torch.Tensor | None, off: int, panels: int, nr: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Per panel, group and channel ([P, G, nr], zero on padded channels): the scales ``s``,
+    ``sz = s * ze`` (``ze = off + zero``) and the zero-point block the blob stores (``ze``
+    bytes padded to ``zlen`` when every ``ze`` is an integer 0..255, else ``sz``), with
+    that choice (``zbytes``)."""
+    n, ng = s32.shape
+    npad = panels * nr
     ze = torch.full((n, ng), float(off), dtype=torch.float64)
     if zero is not None:
         ze = ze + zero.to(torch.float64)
@@ -189,8 +206,7 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, wdt
         zblk[:, :, :nr] = zq.reshape(panels, nr, ng).permute(0, 2, 1)
     else:
         zblk = sz
-    return PackedW4(packed, s, sz, _interleave(packed, s, zblk, k, group), n, k, group, nr,
-                    zbytes)
+    return s, sz, zblk, zbytes
 
 
 def unpack(p: PackedW4, wdtype: dt.DType) -> torch.Tensor:

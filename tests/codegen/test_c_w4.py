@@ -249,13 +249,19 @@ def test_source_deterministic_and_gated() -> None:
     k = partition(g, cgen.CAPS).kernels[0]
     a, b = render_w4(k), render_w4(k)
     assert a.source == b.source and "sf_fb" in a.source and "_mm_prefetch" in a.source
-    # forms outside the template stay on the reference: 8-bit group-wise, f16 x
-    g8 = Graph("w8")
-    x = g8.add_input("f32[B,64]", "x")
-    y = g8.add("qlinear", [x, g8.add_const(torch.zeros(8, 64, dtype=torch.uint8), "u8", "w"),
-                           g8.add_const(torch.ones(8, 2), "f32", "s")], {"group": 32})
-    g8.set_outputs([y])
-    assert partition(g8, cgen.CAPS).kernels[0].kind != "template"
+    # forms outside the template stay on the reference: 16-bit codes, f16 x
+    g16 = Graph("w16")
+    x = g16.add_input("f32[B,64]", "x")
+    y = g16.add("qlinear", [x, g16.add_const(torch.zeros(8, 64, dtype=torch.int16), "i16", "w"),
+                            g16.add_const(torch.ones(8, 2), "f32", "s")], {"group": 32})
+    g16.set_outputs([y])
+    assert partition(g16, cgen.CAPS).kernels[0].kind != "template"
+    gh = Graph("w4h")
+    x = gh.add_input("f16[B,64]", "x")
+    y = gh.add("qlinear", [x, gh.add_const(torch.zeros(8, 64, dtype=torch.uint8), "u4", "w"),
+                           gh.add_const(torch.ones(8, 2), "f32", "s")], {"group": 32})
+    gh.set_outputs([y])
+    assert partition(gh, cgen.CAPS).kernels[0].kind != "template"
 
 
 # ---- f4e2m1 weights ------------------------------------------------------------------------
@@ -320,6 +326,164 @@ def test_fp4_pass_output_routes_to_template(act: str) -> None:
     g = quant_weights(g, None, format="fp4_e2m1", group=128, method="rtn", act=act)
     q = [n for n in g.nodes if n.op == "qlinear"]
     assert len(q) == 1 and q[0].attrs["wtype"] == "f4e2m1" and q[0].inputs[1].dtype is dt.f4e2m1
+    cm = api.build_c(g)
+    assert [k.kind for k in cm.schedule.kernels if k.nodes[0].op == "qlinear"] == ["template"]
+    x = torch.randn(3, 200)
+    got, want = cm(x), interp.run(g, x)[0]
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ---- 8-bit codes (runtime/w8pack.py, codegen/c_w8_src.py) ------------------------------------
+def codes8(N: int, K: int, group: int, wdt: str, seed: int = 0
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Random 8-bit codes of ``wdt`` with scales [N, G] (group 0: [N]) and zero points (u8 and
+    i8 get integer ones, u8 asymmetric as quant_weights makes them) or None (float8). Float8
+    codes cover every finite bit pattern, subnormals and negative zero included."""
+    gen = torch.Generator().manual_seed(seed)
+    G = -(-K // group) if group > 0 else 1
+    if wdt in ("f8e4m3", "f8e5m2"):
+        bits = torch.randint(0, 256, (N, K), generator=gen, dtype=torch.int32).to(torch.uint8)
+        w = bits.view(dt.get(wdt).container)
+        w = torch.where(torch.isfinite(w.float()), w.float(), 1.0).to(dt.get(wdt).container)
+        z = None
+    elif wdt == "i8":
+        w = torch.randint(-128, 128, (N, K), generator=gen, dtype=torch.int8)
+        z = torch.randint(-128, 128, (N, G), generator=gen, dtype=torch.int8)
+    else:
+        w = torch.randint(0, 256, (N, K), generator=gen, dtype=torch.int32).to(torch.uint8)
+        z = torch.randint(0, 256, (N, G), generator=gen, dtype=torch.int32).to(torch.uint8)
+    s = torch.rand(N, G, generator=gen) * 0.002 + 1e-4
+    if group <= 0:
+        s, z = s[:, 0], (z[:, 0] if z is not None else None)
+    return w, s, z
+
+
+def w8graph(K: int, N: int, group: int, wdt: str, *, act: str = "none", bias: bool = True,
+            zero: bool = True, seed: int = 0) -> Graph:
+    w, s, z = codes8(N, K, group, wdt, seed)
+    g = Graph("w8")
+    x = g.add_input(f"f32[B,S,{K}]", "x")
+    zv = g.add_const(z, wdt, "z") if z is not None and zero else None
+    b = g.add_const(torch.randn(N, generator=torch.Generator().manual_seed(seed + 1)), "f32",
+                    "b") if bias else None
+    attrs = {"act": act, "group": min(group, K) if group > 0 else 0}
+    if wdt.startswith("f8"):
+        attrs["wtype"] = wdt
+    y = g.add("qlinear", [x, g.add_const(w, wdt, "w"), g.add_const(s, "f32", "s"), zv, b], attrs)
+    g.set_outputs([y])
+    return g
+
+
+W8_CASES = [(67, 33, 32, "u8"), (300, 50, 128, "i8"), (260, 100, 20, "u8"), (13, 17, 0, "i8"),
+            (300, 40, 0, "u8"), (67, 33, 32, "f8e4m3"), (260, 100, 0, "f8e4m3"),
+            (300, 50, 128, "f8e5m2")]
+
+
+@pytest.mark.parametrize("K,N,group,wdt,act", [c + (a,) for c in W8_CASES for a in ("none", "per_token")
+                                                if a == "none" or not c[3].startswith("f8")])
+def test_w8_against_reference(K: int, N: int, group: int, wdt: str, act: str) -> None:
+    """u8 / i8 (zero points, per group or per channel) and float8 codes (weight-only: they have
+    no int8-activation kernel, see the gate test) on the template: short last group, N off the
+    panel, M = 1..64 (GEMV tiles, decoded-group GEMM, VNNI)."""
+    g = w8graph(K, N, group, wdt, act=act, bias=K != 300, seed=K + N)
+    assert cgen.CAPS.template_ok(g.nodes[0])
+    cm = api.build_c(g)
+    assert [k.kind for k in cm.schedule.kernels] == ["template"]
+    src = next(iter(cm.sources.values()))
+    assert ("vpdpbusd" if act != "none" else "sf_fd1") in src
+    assert ("rebias" in src) == wdt.startswith("f8")
+    check(g, cm)
+
+
+def test_w8_symmetric_i8_without_zero_point() -> None:
+    g = w8graph(300, 50, 64, "i8", zero=False, seed=3)
+    cm = api.build_c(g)
+    assert [k.kind for k in cm.schedule.kernels] == ["template"]
+    check(g, cm)
+
+
+@pytest.mark.parametrize("wdt,act", [("u8", "none"), ("i8", "per_token"), ("f8e4m3", "none"),
+                                     ("f8e5m2", "none")])
+def test_w8_scalar_fallback_and_blockings(wdt: str, act: str) -> None:
+    g = w8graph(260, 100, 20, wdt, act=act, seed=11)
+    ck, fn = _build_with(g, W4Config(vec=False))
+    assert "#define SF_NO_VEC 1" in ck.source
+    check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
+    ck, fn = _build_with(g, W4Config(pf_bytes=0, nb=1, nb_vnni=3, mr_vnni=6, mr_direct=2))
+    assert "_mm_prefetch" not in ck.source
+    check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
+
+
+@pytest.mark.parametrize("wdt", ["u8", "i8", "f8e4m3", "f8e5m2"])
+def test_w8_parallel_panel_runs(wdt: str) -> None:
+    """Big enough for the OpenMP threads at M = 1."""
+    g = w8graph(1000, 2100, 128, wdt, seed=29)
+    check(g, api.build_c(g))
+
+
+@pytest.mark.parametrize("K,group,wdt", [(67, 32, "u8"), (300, 128, "i8"), (13, 0, "i8"),
+                                         (67, 32, "f8e4m3"), (260, 20, "f8e5m2")])
+def test_w8_pack_unpack_bit_exact(K: int, group: int, wdt: str) -> None:
+    """Codes come back bit for bit, and the kernels' byte value (u - ze for integers, the
+    float8 bits moved into float32 and rebiased) times the scale is the op's dequantised
+    weight, bit for bit."""
+    from scalefold.runtime.w8pack import FP8_BITS, pack_w8, unpack8
+    w, s, z = codes8(45, K, group, wdt, seed=K)
+    d = dt.get(wdt)
+    G = -(-K // group) if group > 0 else 1
+    s2, z2 = s.reshape(45, G), (z.reshape(45, G) if z is not None else None)
+    p = pack_w8(w, s2, z2, d, group, 32)
+    assert p.bits == 8 and p.w.shape == (2, p.w.shape[1], 2, 32, 4)
+    back = unpack8(p, d)
+    assert back.dtype == w.dtype and torch.equal(back.view(torch.uint8) if d.is_float else back,
+                                                 w.view(torch.uint8) if d.is_float else w)
+    sc, sz = unpack_scales(p)
+    assert torch.equal(sc, s2)
+    g = group if group > 0 else K
+    rep = (lambda t: t.repeat_interleave(g, 1)[:, :K])
+    if d.is_float:
+        mask, sh, bias = FP8_BITS[wdt]
+        v = back.view(torch.uint8).to(torch.int64)
+        f = (((v & mask) << sh) | ((v & 128) << 24)).to(torch.int32).view(torch.float32)
+        mine = f * 2.0 ** (127 - bias) * rep(sc)
+    else:
+        off = 128 if wdt == "i8" else 0
+        ze = z2.to(torch.int32) + off
+        mine = ((back.to(torch.int32) + off) - rep(ze)).to(torch.float32) * rep(sc)
+        assert torch.equal(sz, (s2.double() * ze.double()).float())
+    assert torch.equal(mine, dequant_weight(w, s, z, group, False))
+
+
+def test_w8_gates() -> None:
+    """NaN float8 codes, float8 with int8 activations and float8 with a zero point stay on the
+    reference; the group-0 int8 forms of the W8A8 GEMM (c_qgemm.py) still go there."""
+    g = w8graph(64, 16, 32, "f8e4m3", seed=1)
+    assert cgen.CAPS.template_ok(g.nodes[0])
+    w = g.nodes[0].inputs[1].const.clone()
+    w[3, 5] = float("nan")
+    gn = Graph("w8n")
+    x = gn.add_input("f32[B,64]", "x")
+    y = gn.add("qlinear", [x, gn.add_const(w, "f8e4m3", "w"), g.add_const(torch.ones(16, 2), "f32", "s")],
+               {"group": 32, "wtype": "f8e4m3"})
+    gn.set_outputs([y])
+    assert partition(gn, cgen.CAPS).kernels[0].kind != "template"
+    ga = w8graph(64, 16, 32, "f8e4m3", act="per_token", seed=1)
+    assert not cgen.CAPS.template_ok(ga.nodes[0])
+    gq = w8graph(64, 16, 0, "i8", act="per_token", zero=False, seed=1)
+    cm = api.build_c(gq)
+    assert "vpdpbusd" in next(iter(cm.sources.values())) and "sf_qd1" not in next(iter(cm.sources.values()))
+    check(gq, cm)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int8,sym=true", "fp8_e4m3", "int8,act=int8", "int4,group=0",
+                                 "int8,group=0"])
+def test_w8_pass_output_routes_to_template(fmt: str) -> None:
+    """quant_weights' 8-bit and per-channel forms of an nn.Linear run on the template."""
+    from scalefold.frontend.torch import from_torch
+    from scalefold.passes.pipeline import run_pipeline
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(200, 40)
+    g = run_pipeline(from_torch(lin, (torch.randn(3, 200),)), [f"quant_weights(format={fmt})"])
     cm = api.build_c(g)
     assert [k.kind for k in cm.schedule.kernels if k.nodes[0].op == "qlinear"] == ["template"]
     x = torch.randn(3, 200)

@@ -1,5 +1,5 @@
-"""The executor's dequantise-once GEMM for qlinear forms no generated kernel takes (group-wise
-int8, fp8, per-channel fp4, f16 x): same results as the reference up to float32 summation,
+"""The executor's dequantise-once GEMM for qlinear forms no generated kernel takes (float8
+weights with int8 activations, f16 x): same results as the reference up to float32 summation,
 built once per node for every size binding."""
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ def _graph(spec: dict, k: int = 300, n: int = 70, bias: bool = True):
     return quant_weights(g, None, **spec)
 
 
-@pytest.mark.parametrize("spec", [dict(format="int8", group=128), dict(format="int8", group=128, act="int8"),
-                                  dict(format="fp8_e4m3", group=0), dict(format="fp4_e2m1", group=0),
-                                  dict(format="int3", group=0, sym=True)],
-                         ids=["int8_g128", "int8_g128_act8", "fp8", "fp4_g0", "int3_sym_g0"])
+@pytest.mark.parametrize("spec", [dict(format="fp8_e4m3", group=128, act="int8"),
+                                  dict(format="fp8_e4m3", group=0, act="int8")],
+                         ids=["fp8_g128_act8", "fp8_g0_act8"])
 def test_fallback_matches_reference(spec: dict) -> None:
     g = _graph(spec)
     cm = sf.compile(g, target="c")
