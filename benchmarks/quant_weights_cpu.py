@@ -2,8 +2,9 @@
 
 In one process on the same inputs: scalefold ``target="c"`` fp32, int4 g128 weight-only
 (f32 activations, the W4 template's f32 path), int4 g128 with ``act=int8`` (per-token int8
-activations, the VNNI path), FP4 E2M1 g128 with ``act=int8``, and int8 g128 / FP8 weight-only
-(no generated kernel: the executor's dequantise-once float32 GEMM); onnxruntime on our fp32
+activations, the VNNI path), FP4 E2M1 g128 with ``act=int8``, int8 g128 weight-only and with
+``act=int8``, and FP8 E4M3 per-channel weight-only (the same template's 8-bit tiles);
+onnxruntime on our fp32
 export and on our int4 export (``com.microsoft.MatMulNBits``, accuracy level 0 as exported
 and level 4 set on the nodes); torch eager fp32. Batch and sequence are options: batch 1
 is the latency case where the 4-bit weights' smaller footprint matters most.
@@ -65,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                     ("scalefold c int4 g128 (f32 act)", ["quant_weights(format=int4, group=128)"]),
                     ("scalefold c int4 g128 act=int8", ["quant_weights(format=int4, group=128, act=int8)"]),
                     ("scalefold c fp4 g128 act=int8", ["quant_weights(format=fp4_e2m1, group=128, act=int8)"]),
-                    # no generated kernel takes these: the executor's dequantise-once f32 GEMM
-                    ("scalefold c int8 g128 (fallback)", ["quant_weights(format=int8, group=128)"]),
-                    ("scalefold c fp8 e4m3 (fallback)", ["quant_weights(format=fp8_e4m3, group=0)"])]
+                    ("scalefold c int8 g128 (f32 act)", ["quant_weights(format=int8, group=128)"]),
+                    ("scalefold c int8 g128 act=int8", ["quant_weights(format=int8, group=128, act=int8)"]),
+                    ("scalefold c fp8 e4m3 per channel (f32 act)", ["quant_weights(format=fp8_e4m3, group=0)"])]
         compiled = {}
         for name, passes in variants:
             cm = sf.compile(g, passes=passes, target="c")
