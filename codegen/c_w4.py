@@ -54,6 +54,7 @@ from ..runtime.w8pack import finite_codes, pack_w8
 from .c import CKernel, _Params, _prod
 from .c_types import PRELUDE, load, storage_type
 from .c_w4_src import decode_group, decode_u8, tile_f32_buf, tile_f32_direct, tile_scalar, tile_vnni
+from .c_w4_exact import row_exact
 from .c_w8_src import decode_group8, tile_f32_direct8, tile_scalar8
 from .schedule import Kernel
 
@@ -153,7 +154,8 @@ def _prologue_f32(K: int, g: int, G: int, gp: int, kp: int, cpg: int, sub: int) 
     out = []
     if pad:
         out.append(f"  float *xpad = (float *)malloc((size_t)M * {kp} * sizeof(float));")
-    out += [f"  #pragma omp parallel for if (M * {K} > {PAR_MACS})",
+    out += ["  int *bad = (int *)malloc((size_t)M * sizeof(int));",
+            f"  #pragma omp parallel for if (M * {K} > {PAR_MACS})",
             "  for (int64_t m = 0; m < M; m++) {",
             f"    const float *xr = x + m * {K};",
             f"    for (int64_t gi = 0; gi < {G}; gi++) {{",
@@ -164,7 +166,12 @@ def _prologue_f32(K: int, g: int, G: int, gp: int, kp: int, cpg: int, sub: int) 
                 "      memcpy(pr, xr + c0, (size_t)len * sizeof(float));",
                 f"      const int64_t lp = gi == {G - 1} ? {kp - (G - 1) * gp} : {gp};",
                 "      for (int64_t c = len; c < lp; c++) pr[c] = 0;"]
-    out += ["    }", "  }",
+    # rows whose sum is not finite take sf_row_exact (c_w4_exact.py) after the kernel
+    out += ["    }",
+            "    float t = 0;",
+            f"    for (int64_t i = 0; i < {G * cpg}; i++) t += xs[m * {G * cpg} + i];",
+            "    bad[m] = !isfinite(t);",
+            "  }",
             f"  const float *xa = {'xpad' if pad else 'x'}; const int64_t ldx = {kp};"]
     return out
 
@@ -339,8 +346,13 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              "    free(ct); free(wf);",
              "  }",
              "  free(xs);"]
-    body += ["  free(xq); free(sx); free(nanrow);"] if isint else \
-        (["  free(xpad);"] if kp != K else [])
+    if isint:
+        body += ["  free(xq); free(sx); free(nanrow);"]
+    else:
+        body += ["  for (int64_t m = 0; m < M; m++)",
+                 f"    if (bad[m]) sf_row_exact(x + m * {K}, wp, {'bias' if bias is not None else 'NULL'}, "
+                 f"y + m * {N});",
+                 "  free(bad);"] + (["  free(xpad);"] if kp != K else [])
 
     head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
     if not cfg.vec:
@@ -384,6 +396,9 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
             head += tile_f32_buf(r, nb, not (fp4 or fp8))
     head += ["#else"] + (tile_scalar8(nb, isint, fp8) if bits == 8 else
                          tile_scalar(nb, isint, fp4)) + ["#endif"]
+    if not isint:
+        head += row_exact(N=N, K=K, g=g, G=G, gp=gp, glp=glp, nr=nr, P=P, pbytes=pbytes, gs=gs,
+                          bits=bits, zbytes=packed.zbytes, fp4=fp4, fp8=fp8, bias=bias is not None)
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     return CKernel(k, src, q.exprs, args)

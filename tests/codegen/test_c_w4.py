@@ -515,3 +515,41 @@ def test_long_groups_run_in_chunks(K: int, group: int, wdt: str, act: str) -> No
         step = cfg.chunk_slots // 8 if act == "none" else gp // 8
         assert f"ci * {step} < nbg" in ck.source
         check(g, type("CM", (), {"__call__": lambda self, x: fn(x)})())
+
+
+@pytest.mark.parametrize("form", ["u4", "i4", "u4_float_zero", "u8", "i8_g0", "fp4", "f8e4m3"])
+def test_nonfinite_rows_match_reference(form: str) -> None:
+    """Weight-only rows holding inf, -inf and inf (NaN), NaN, or finite values whose float32 sum
+    overflows: the zero-point fold would give inf - inf = NaN everywhere, so those rows are
+    recomputed in the reference's order (c_w4_exact.py): same NaN / inf pattern and signs,
+    finite values as close as the other rows; ordinary rows are untouched."""
+    K, N = 300, 70
+    if form in ("u4", "i4", "fp4"):
+        g = w4graph(K, N, 128, sym=form == "i4", fp4=form == "fp4", seed=41)
+    elif form == "u4_float_zero":
+        w, s, z = codes(N, K, 128, sym=False, seed=43)
+        g = Graph("w4fz")
+        x = g.add_input(f"f32[B,S,{K}]", "x")
+        y = g.add("qlinear", [x, g.add_const(w, "u4", "w"), g.add_const(s, "f32", "s"),
+                              g.add_const(z.float() + 0.5, "f32", "z"), None], {"group": 128})
+        g.set_outputs([y])
+    else:
+        g = w8graph(K, N, 0 if form == "i8_g0" else 128, form.split("_")[0], seed=47)
+    cm = api.build_c(g)
+    assert [k.kind for k in cm.schedule.kernels] == ["template"]
+    assert "sf_row_exact(x + m *" in next(iter(cm.sources.values()))
+    x = torch.randn(1, 6, K, generator=torch.Generator().manual_seed(5))
+    x[0, 1, 7] = float("inf")
+    x[0, 2, 9], x[0, 2, 200] = -float("inf"), float("inf")
+    x[0, 3, 11] = float("nan")
+    x[0, 4, :20] = 3e38                        # finite, but its float32 sum overflows
+    x[0, 5, 3] = -float("inf")
+    got, want = cm(x), interp.run(g, x)[0]
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    inf = torch.isinf(want)
+    assert torch.equal(got[inf], want[inf]) and bool(inf[0, 1].any()) and bool(inf[0, 5].any())
+    fin = torch.isfinite(want)
+    assert torch.allclose(got[fin].double(), want[fin].double(), rtol=1e-5,
+                          atol=1e-5 * float(want[fin].abs().max()))
+    assert bool(torch.isfinite(want[0, 4]).any()) and bool(torch.isfinite(want[0, 0]).all())
