@@ -446,6 +446,12 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
             st = stats_for(graph, calibration, list(xs.values()), gram=list(xs.values()))
             for key, v in xs.items():
                 grams[key] = st[v].second_moment(centred=bc and st[v].sum is not None)
+    # the activation ranges act_format needs, measured before the moe rewrite changes the
+    # graph that saved calibration stats describe
+    act_amax = None
+    if act_format:
+        from .wq_act import activation_absmax
+        act_amax = activation_absmax(graph, [n for n in nodes if settings[id(n)] != "float"], calibration)
     # moe experts -> qmoe (wq_moe.py), before any rewrite below changes the graph that saved
     # calibration stats describe
     if not seq:
@@ -464,7 +470,7 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
     if act_format:
         from .wq_act import quantize_activations
         quantize_activations(graph, [n for n in nodes if settings[id(n)] != "float"], act_format, calibration,
-                             act_reparam)
+                             act_reparam, act_amax)
         # the consumers now read the fake-quantised, shifted activation: searches score on its Gram
         grams = {}
         if method != "rtn":

@@ -45,24 +45,36 @@ def _shift(graph: Graph, x: Value, consumers: list[Node], k: torch.Tensor) -> Va
     return x
 
 
+def activation_absmax(graph: Graph, nodes: list[Node], calibration: Any) -> dict[int, torch.Tensor]:
+    """Per-channel max |x| over the calibration of the activation each of ``nodes`` reads (keyed
+    by the node's id: a rewrite may give the activation a new Value, not the reader a new
+    node): what :func:`quantize_activations` needs, measured on the graph as it is now (saved
+    stats describe the graph before the pass rewrites anything)."""
+    values = {id(n.inputs[0]): n.inputs[0] for n in nodes}
+    st = stats_for(graph, calibration, list(values.values()))
+    return {id(n): st[n.inputs[0]].absmax.to(torch.float32) for n in nodes}
+
+
 def quantize_activations(graph: Graph, nodes: list[Node], act_format: str, calibration: Any,
-                         reparam: bool = True) -> None:
+                         reparam: bool = True, absmax: dict[int, torch.Tensor] | None = None) -> None:
     """Insert per-tensor FP fake quantisation (quantize -> dequantize) in front of ``nodes``
     (linears, still float), after the exponent-bias reparameterisation. Pre: ``nodes`` are
-    quantisable linears of ``graph``. Post: each reads dequantize(quantize(x·2^k)) and has its
-    weight columns scaled by 2^−k; the graph is otherwise unchanged. ``reparam=False`` keeps
-    k = 0 (one bias for all channels: the ablation of the reparameterisation)."""
+    quantisable linears of ``graph``; ``absmax`` (from :func:`activation_absmax`, else
+    measured here) covers their inputs. Post: each reads dequantize(quantize(x·2^k)) and has
+    its weight columns scaled by 2^−k; the graph is otherwise unchanged. ``reparam=False``
+    keeps k = 0 (one bias for all channels: the ablation of the reparameterisation)."""
     groups: dict[int, list[Node]] = {}
     values: dict[int, Value] = {}
     for n in nodes:
         groups.setdefault(id(n.inputs[0]), []).append(n)
         values[id(n.inputs[0])] = n.inputs[0]
-    st = stats_for(graph, calibration, list(values.values()))
+    if absmax is None:
+        absmax = activation_absmax(graph, nodes, calibration)
     fmt = FP4_FORMATS["e2m1"] if act_format == "fp4_e2m1" else E4M3
     qdt = dt.f4e2m1 if act_format == "fp4_e2m1" else dt.f8e4m3
     for key, x in values.items():
         consumers = groups[key]
-        amax = st[x].absmax.to(torch.float32)
+        amax = absmax[id(consumers[0])]
         rho, k = exponent_shift(amax, fmt)
         if not reparam:
             k = torch.zeros_like(k)

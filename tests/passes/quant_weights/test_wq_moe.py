@@ -282,3 +282,33 @@ def test_onnx_export_of_runtime_codes_names_the_node() -> None:
     g.set_outputs([y])
     with pytest.raises(ScalefoldError, match=r"qmoe.*up codes/scales/zeros must be constants"):
         to_onnx(g)
+
+
+@pytest.mark.parametrize("budget", [None, 7.0])
+def test_act_format_with_saved_stats_on_a_moe_graph(budget: float | None) -> None:
+    """act_format reads the activation ranges before the experts become qmoe, so saved stats
+    of the float graph serve (they used to be called stale); same graph as with the batches."""
+    from scalefold.passes.calibrate import calibrate
+    text = """
+graph @m(%x: f32[B,40]) -> (f32[B,40]) {
+  %0: f32[B,40] = linear(%x, #wi)
+  %1: f32[B,40] = moe[top_k=2](%0, #router, #wg, #wu, #wd)
+  %2: f32[B,40] = linear(%1, #wo)
+  return %2
+}
+#wi = const f32[40,40] randn(seed=5, std=0.2)
+#router = const f32[4,40] randn(seed=1, std=0.5)
+#wg = const f32[4,24,40] randn(seed=2, std=0.3)
+#wu = const f32[4,24,40] randn(seed=3, std=0.3)
+#wd = const f32[4,40,24] randn(seed=4, std=0.3)
+#wo = const f32[40,40] randn(seed=6, std=0.2)
+"""
+    cal = [(torch.randn(6, H),) for _ in range(3)]
+    opts = dict(format="int4", group=16, act_format="fp8_e4m3", bias_correct=False,
+                **({"budget": budget, "sensitivity": "layer"} if budget else {}))
+    st = calibrate(parse(text), cal, gram=True, progress=False)
+    a = quant_weights(parse(text), st, **opts)
+    b = quant_weights(parse(text), cal, **opts)
+    assert [n.op for n in a.nodes].count("qmoe") == 1 and "quantize" in [n.op for n in a.nodes]
+    x = torch.randn(5, H)
+    assert torch.equal(run(a, x)[0], run(b, x)[0])
