@@ -41,7 +41,6 @@ def _ort_model(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, blo
                level: int):
     """MatMulNBits on u4 ``codes`` [N, K], ``scale`` / ``zero`` [N, K/block] as a ModelProto."""
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
 
     n, k = codes.shape
     nblk = k // block
@@ -52,16 +51,36 @@ def _ort_model(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, blo
         zc = torch.cat([zc, torch.zeros(n, 1, dtype=torch.int32)], 1)
     zc = zc.reshape(n, -1, 2)
     zp = (zc[..., 0] | (zc[..., 1] << 4)).to(torch.uint8).reshape(-1)
+    del np
+    return mnb_model(b, scale, zp, k, n, 4, block, level)
+
+
+def best_medians(fns: dict[str, Callable[[], object]], repeat: int, iters: int) -> dict[str, float]:
+    """Per runner the best of ``repeat`` medians of ``iters`` calls (ms), the runners taken in
+    turn each round so that a disturbance of the shared machine hits them alike."""
+    best: dict[str, float] = {}
+    with torch.no_grad():
+        for _ in range(repeat):
+            for nm, f in fns.items():
+                best[nm] = min(best.get(nm, float("inf")), median_ms(f, iters))
+    return best
+
+
+def mnb_model(b: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, k: int, n: int, bits: int,
+              block: int, level: int):
+    """One ``com.microsoft.MatMulNBits`` node as a ModelProto: packed codes ``b`` [N, blocks,
+    bytes], scales and packed zero points ``zp`` as MatMulNBits lays them out."""
+    from onnx import TensorProto, helper, numpy_helper
+
     inits = [numpy_helper.from_array(b.numpy(), "B"),
              numpy_helper.from_array(scale.to(torch.float32).reshape(-1).numpy(), "S"),
-             numpy_helper.from_array(zp.numpy(), "Z")]
+             numpy_helper.from_array(zp.reshape(-1).numpy(), "Z")]
     node = helper.make_node("MatMulNBits", ["A", "B", "S", "Z"], ["Y"], domain="com.microsoft",
-                            K=k, N=n, bits=4, block_size=block, accuracy_level=level)
+                            K=k, N=n, bits=bits, block_size=block, accuracy_level=level)
     graph = helper.make_graph([node], "mnb",
                               [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
                               inits)
-    del np
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                    helper.make_opsetid("com.microsoft", 1)])
 
@@ -163,11 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             fns[f"ort MatMulNBits acc{lvl}"] = (lambda s=s: s.run(None, feed))
         if "fp32" not in skip:
             fns["torch fp32 F.linear"] = lambda: torch.nn.functional.linear(x, wdq)
-        best: dict[str, float] = {}
-        with torch.no_grad():
-            for _ in range(a.repeat):
-                for nm, f in fns.items():
-                    best[nm] = min(best.get(nm, float("inf")), median_ms(f, a.iters))
+        best = best_medians(fns, a.repeat, a.iters)
         base = best[[nm for nm, _, _ in ours if nm.endswith("int8-act")][0]]
         print(f"-- M={M} K={K} N={N} g{gs}, {a.threads} threads, best of {a.repeat} medians of "
               f"{a.iters}; max |err| / max |y|: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))

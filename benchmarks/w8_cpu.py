@@ -31,26 +31,15 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scalefold.runtime.timing import median_ms  # noqa: E402
+from w4_cpu import best_medians  # noqa: E402
 
 
 def _ort_model(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, block: int,
                level: int):
     """MatMulNBits (bits 8) on u8 ``codes`` [N, K], ``scale`` / ``zero`` [N, K/block]."""
-    from onnx import TensorProto, helper, numpy_helper
-
+    from w4_cpu import mnb_model
     n, k = codes.shape
-    inits = [numpy_helper.from_array(codes.reshape(n, k // block, block).numpy(), "B"),
-             numpy_helper.from_array(scale.to(torch.float32).reshape(-1).numpy(), "S"),
-             numpy_helper.from_array(zero.reshape(-1).numpy(), "Z")]
-    node = helper.make_node("MatMulNBits", ["A", "B", "S", "Z"], ["Y"], domain="com.microsoft",
-                            K=k, N=n, bits=8, block_size=block, accuracy_level=level)
-    graph = helper.make_graph([node], "mnb8",
-                              [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
-                              inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                   helper.make_opsetid("com.microsoft", 1)])
+    return mnb_model(codes.reshape(n, k // block, block), scale, zero, k, n, 8, block, level)
 
 
 def main() -> int:
@@ -116,11 +105,7 @@ def main() -> int:
         for lvl, s in sessions.items():
             fns[f"ort MatMulNBits8 acc{lvl}"] = (lambda s=s: s.run(None, feed))
         fns["torch fp32 F.linear"] = lambda: torch.nn.functional.linear(x, wdq)
-        best: dict[str, float] = {}
-        with torch.no_grad():
-            for _ in range(a.repeat):
-                for nm, f in fns.items():
-                    best[nm] = min(best.get(nm, float("inf")), median_ms(f, a.iters))
+        best = best_medians(fns, a.repeat, a.iters)
         base = best["int8 f32"]
         print(f"-- M={M} K={K} N={N}, {a.threads} threads, best of {a.repeat} medians of "
               f"{a.iters}; max |err| / max |y|: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))

@@ -13,7 +13,7 @@ points) the weight is ``v s - sz``, which has the same sign and the same zeros.
 from __future__ import annotations
 
 from ..runtime.w4pack import FP4_LUT_F32
-from ..runtime.w8pack import FP8_BITS
+from .c_w8_src import fp8_scalar
 
 
 def row_exact(*, N: int, K: int, g: int, G: int, gp: int, glp: int, nr: int, P: int, pbytes: int,
@@ -28,12 +28,7 @@ def row_exact(*, N: int, K: int, g: int, G: int, gp: int, glp: int, nr: int, P: 
         code = f"(t < 4 ? wg[b * {nr * 4} + j * 4 + t] & 15 : wg[b * {nr * 4} + j * 4 + t - 4] >> 4)"
     pre: list[str] = []
     if fp8 is not None:
-        mask, sh, ebias = FP8_BITS[fp8]
-        pre = ["static inline float sf_fp8v(uint32_t v) {",
-               f"  const uint32_t u = ((v & {mask}u) << {sh}) | ((v & 128u) << 24);",
-               "  float f; memcpy(&f, &u, 4);",
-               f"  return f * {float(2.0 ** (127 - ebias))!r}f;",
-               "}"]
+        pre = fp8_scalar(fp8, "sf_fp8v")
         val = f"sf_fp8v({code})"
     elif fp4:
         pre = ["static const float sf_vlut[16] = {" + ", ".join(f"{v!r}f" for v in FP4_LUT_F32) + "};"]

@@ -91,20 +91,31 @@ def _prefetch(base: str, pf: int, nb: int, ind: str) -> list[str]:
             for j in range(nb)] if pf else []
 
 
-def tile_f32_direct(r: int, nb: int, pf: int = 0, fp4: bool = False, perm: bool = False
-                    ) -> list[str]:
-    """Weight-only tile reading the packed nibbles (GEMV shape: each weight load serves all
-    ``r`` rows): shift, mask, convert to float (``fp4`` or ``perm``: shift, table lookup), one
-    FMA per row; ``pf``: prefetch distance in bytes (0: none)."""
-    nr, c = 16 * nb, _copies(r, nb)
+def f32_tile_head(name: str, r: int, nb: int, consts: list[str]
+                  ) -> tuple[list[str], list[list[list[str]]]]:
+    """Opening of a weight-only float tile ``name``: signature, ``consts``, the ``r`` row
+    pointers and zeroed accumulator sets (``_copies``); returns (lines, accumulator names
+    [set][row][16-channel block])."""
+    c = _copies(r, nb)
     acc = [[[f"a{cc}_{i}_{j}" for j in range(nb)] for i in range(r)] for cc in range(c)]
-    out = [f"static inline void sf_fd{r}" + SIG.format(xt="float") + " {",
-           _lut_f32(fp4) if fp4 or perm else "  const __m512i m4 = _mm512_set1_epi32(15);"]
+    out = [f"static inline void {name}" + SIG.format(xt="float") + " {", *consts]
     for i in range(r):
         out.append(f"  const float *x{i} = x + {i} * ldx;")
     for cc in range(c):
         out.append("  __m512 " + ", ".join(f"{a} = _mm512_setzero_ps()" for row in acc[cc]
                                            for a in row) + ";")
+    return out, acc
+
+
+def tile_f32_direct(r: int, nb: int, pf: int = 0, fp4: bool = False, perm: bool = False
+                    ) -> list[str]:
+    """Weight-only tile reading the packed nibbles (GEMV shape: each weight load serves all
+    ``r`` rows): shift, mask, convert to float (``fp4`` or ``perm``: shift, table lookup), one
+    FMA per row; ``pf``: prefetch distance in bytes (0: none)."""
+    nr = 16 * nb
+    out, acc = f32_tile_head(f"sf_fd{r}", r, nb, [
+        _lut_f32(fp4) if fp4 or perm else "  const __m512i m4 = _mm512_set1_epi32(15);"])
+    c = len(acc)
     out += ["  for (int64_t b = 0; b < nbk; b++) {",
             f"    const uint8_t *wb = wk + b * {nr * 4};"]
     for j in range(nb):
@@ -148,15 +159,9 @@ def decode_group(nb: int, pf: int = 0, fp4: bool = False) -> list[str]:
 def tile_f32_buf(r: int, nb: int, zp: bool = True) -> list[str]:
     """Weight-only tile over a decoded group ``wf`` (passed as ``wk``): one vector load per
     16 channels and slot, ``r`` FMAs on it; ``zp=False``: no zero-point term (f4e2m1)."""
-    nr, c = 16 * nb, _copies(r, nb)
-    acc = [[[f"a{cc}_{i}_{j}" for j in range(nb)] for i in range(r)] for cc in range(c)]
-    out = [f"static inline void sf_fb{r}" + SIG.format(xt="float") + " {",
-           "  const float *restrict wf = (const float *)wk;"]
-    for i in range(r):
-        out.append(f"  const float *x{i} = x + {i} * ldx;")
-    for cc in range(c):
-        out.append("  __m512 " + ", ".join(f"{a} = _mm512_setzero_ps()" for row in acc[cc]
-                                           for a in row) + ";")
+    nr = 16 * nb
+    out, acc = f32_tile_head(f"sf_fb{r}", r, nb, ["  const float *restrict wf = (const float *)wk;"])
+    c = len(acc)
     out += ["  for (int64_t s = 0; s < 8 * nbk; s += 2) {"]
     for u in range(2):
         cc = u % c

@@ -13,7 +13,7 @@ tile of its own: the packed bytes are ``vpdpbusd``'s operands as they are, the d
 from __future__ import annotations
 
 from ..runtime.w8pack import FP8_BITS
-from .c_w4_src import SIG, _copies, _fold_chains, _group_end, _prefetch
+from .c_w4_src import SIG, _fold_chains, _group_end, _prefetch, f32_tile_head
 
 
 def _consts(fp8: str | None) -> list[str]:
@@ -34,6 +34,23 @@ def _shift(w: str, left: int) -> str:
     return f"_mm512_srli_epi32({w}, {-left})" if left < 0 else w
 
 
+def _load_half(h: int, nb: int) -> list[str]:
+    """Load half ``h`` of the 8-slot block at ``wb``: ``w{h}_{j}``, ``nb`` zmm of 16 lanes."""
+    return [f"    const __m512i w{h}_{j} = _mm512_loadu_si512((const void *)"
+            f"(wb + {h * 64 * nb + 64 * j}));" for j in range(nb)]
+
+
+def fp8_scalar(fp8: str, name: str) -> list[str]:
+    """C function ``float name(uint32_t v)``: the value of float8 code ``v`` (bits moved into
+    float32's places, times 2^(127 - bias))."""
+    mask, sh, bias = FP8_BITS[fp8]
+    return [f"static inline float {name}(uint32_t v) {{",
+            f"  const uint32_t u = ((v & {mask}u) << {sh}) | ((v & 128u) << 24);",
+            "  float f; memcpy(&f, &u, 4);",
+            f"  return f * {float(2.0 ** (127 - bias))!r}f;",
+            "}"]
+
+
 def byte_f32(w: str, t: int, fp8: str | None) -> str:
     """Float value of byte ``t`` of every 32-bit lane of ``w`` (``fp8``: as that float8 code)."""
     if fp8 is None:
@@ -49,21 +66,14 @@ def byte_f32(w: str, t: int, fp8: str | None) -> str:
 def tile_f32_direct8(r: int, nb: int, pf: int = 0, fp8: str | None = None) -> list[str]:
     """Weight-only tile reading the packed bytes (GEMV shape: each weight load serves all
     ``r`` rows), one FMA per row and 16 codes; ``pf``: prefetch distance in bytes (0: none)."""
-    nr, c = 16 * nb, _copies(r, nb)
-    acc = [[[f"a{cc}_{i}_{j}" for j in range(nb)] for i in range(r)] for cc in range(c)]
-    out = [f"static inline void sf_fd{r}" + SIG.format(xt="float") + " {", *_consts(fp8)]
-    for i in range(r):
-        out.append(f"  const float *x{i} = x + {i} * ldx;")
-    for cc in range(c):
-        out.append("  __m512 " + ", ".join(f"{a} = _mm512_setzero_ps()" for row in acc[cc]
-                                           for a in row) + ";")
+    nr = 16 * nb
+    out, acc = f32_tile_head(f"sf_fd{r}", r, nb, _consts(fp8))
+    c = len(acc)
     out += ["  for (int64_t b = 0; b < nbk; b++) {",
             f"    const uint8_t *wb = wk + b * {nr * 8};"]
     out += _prefetch("wb", pf, 2 * nb, "    ")
     for h in range(2):
-        for j in range(nb):
-            out.append(f"    const __m512i w{h}_{j} = _mm512_loadu_si512((const void *)"
-                       f"(wb + {h * nr * 4 + 64 * j}));")
+        out += _load_half(h, nb)
         for t in range(4):
             cc = (2 * h + t) % c
             for j in range(nb):
@@ -90,9 +100,8 @@ def decode_group8(nb: int, pf: int = 0, fp8: str | None = None) -> list[str]:
            f"    float *fb = wf + b * {8 * nr};"]
     out += _prefetch("wb", pf, 2 * nb, "    ")
     for h in range(2):
+        out += _load_half(h, nb)
         for j in range(nb):
-            out.append(f"    const __m512i w{h}_{j} = _mm512_loadu_si512((const void *)"
-                       f"(wb + {h * nr * 4 + 64 * j}));")
             for t in range(4):
                 out.append(f"    _mm512_storeu_ps(fb + {(4 * h + t) * nr + 16 * j}, "
                            f"{byte_f32(f'w{h}_{j}', t, fp8)});")
@@ -108,12 +117,7 @@ def tile_scalar8(nb: int, isint: bool, fp8: str | None = None) -> list[str]:
         val = f"({at})wb[h * {nr * 4} + t]"
         pre: list[str] = []
     else:
-        mask, sh, bias = FP8_BITS[fp8]
-        pre = ["static inline float sf_fp8(uint32_t v) {",
-               f"  const uint32_t u = ((v & {mask}u) << {sh}) | ((v & 128u) << 24);",
-               "  float f; memcpy(&f, &u, 4);",
-               f"  return f * {float(2.0 ** (127 - bias))!r}f;",
-               "}"]
+        pre = fp8_scalar(fp8, "sf_fp8")
         val = f"sf_fp8(wb[h * {nr * 4} + t])"
     return pre + [
         "static void sf_tile_s(int64_t R, " + SIG.format(xt=xt)[1:] + " {",

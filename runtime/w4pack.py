@@ -153,14 +153,10 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, wdt
     optional ``zero`` [N, G] (integer codes or float; none for f4e2m1) into panels of ``nr``
     channels. ``isint``: the scales of the int8-activation kernel (differ for f4e2m1 only)."""
     fp4 = wdtype is dt.f4e2m1
-    if w.dim() != 2 or nr % 16 or wdtype.name not in ("u4", "i4", "f4e2m1") or \
-            (fp4 and zero is not None):
-        raise ValueError(f"cannot pack {wdtype.name} weights of shape {tuple(w.shape)} "
-                         f"{'with a zero point ' if zero is not None else ''}into panels of {nr}")
+    check_packable(w, scale, zero, wdtype, group, nr, wdtype.name in ("u4", "i4", "f4e2m1") and
+                   not (fp4 and zero is not None))
     n, k = w.shape
     ng, gp, glp, kp = group_slots(k, group)
-    if scale.shape != (n, ng) or (zero is not None and zero.shape != (n, ng)):
-        raise ValueError(f"scale / zero must be [{n}, {ng}] for group {group}")
     off = weight_offset(wdtype)
     panels = -(-n // nr)
     npad = panels * nr
@@ -179,6 +175,19 @@ def pack_w4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, wdt
     s, sz, zblk, zbytes = scale_blocks(s32, zero, off, panels, nr)
     return PackedW4(packed, s, sz, interleave(packed, s, zblk, k, group), n, k, group, nr,
                     zbytes)
+
+
+def check_packable(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, wdtype: dt.DType,
+                   group: int, nr: int, ok: bool) -> None:
+    """ValueError unless ``ok`` (the packer takes this code dtype / zero point), ``w`` is 2-D,
+    ``nr`` a multiple of 16 and ``scale`` / ``zero`` are [N, G] for ``group``."""
+    if w.dim() != 2 or nr % 16 or not ok:
+        raise ValueError(f"cannot pack {wdtype.name} weights of shape {tuple(w.shape)} "
+                         f"{'with a zero point ' if zero is not None else ''}into panels of {nr}")
+    n, k = w.shape
+    ng = group_slots(k, group)[0]
+    if scale.shape != (n, ng) or (zero is not None and zero.shape != (n, ng)):
+        raise ValueError(f"scale / zero must be [{n}, {ng}] for group {group}")
 
 
 def scale_blocks(s32: torch.Tensor, zero: torch.Tensor | None, off: int, panels: int, nr: int

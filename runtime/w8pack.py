@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from ..ir import dtypes as dt
-from .w4pack import PackedW4, group_slots, interleave, scale_blocks, slot_columns
+from .w4pack import PackedW4, check_packable, group_slots, interleave, scale_blocks, slot_columns
 
 W8_DTYPES = ("u8", "i8", "f8e4m3", "f8e5m2")
 # float8 code -> float32 bits: (mantissa + exponent bits) << shift, sign to bit 31, then
@@ -59,15 +59,10 @@ def pack_w8(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, wdt
     """Pack 8-bit codes ``w`` [N, K] (``wdtype`` u8, i8, f8e4m3 or f8e5m2) with ``scale``
     [N, G] and optional ``zero`` [N, G] (integer codes or float; none for float8) into panels of
     ``nr`` channels (layout in the module docstring)."""
-    fp8 = wdtype.is_float
-    if w.dim() != 2 or nr % 16 or wdtype.name not in W8_DTYPES or (fp8 and zero is not None) \
-            or not finite_codes(w, wdtype):
-        raise ValueError(f"cannot pack {wdtype.name} weights of shape {tuple(w.shape)} "
-                         f"{'with a zero point ' if zero is not None else ''}into panels of {nr}")
+    check_packable(w, scale, zero, wdtype, group, nr, wdtype.name in W8_DTYPES and not (
+        wdtype.is_float and zero is not None) and finite_codes(w, wdtype))
     n, k = w.shape
-    ng, _, _, kp = group_slots(k, group)
-    if scale.shape != (n, ng) or (zero is not None and zero.shape != (n, ng)):
-        raise ValueError(f"scale / zero must be [{n}, {ng}] for group {group}")
+    _, _, _, kp = group_slots(k, group)
     panels = -(-n // nr)
     cols = slot_columns(k, group)
     u = torch.zeros(panels * nr, kp, dtype=torch.int32)

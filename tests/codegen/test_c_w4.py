@@ -250,18 +250,14 @@ def test_source_deterministic_and_gated() -> None:
     a, b = render_w4(k), render_w4(k)
     assert a.source == b.source and "sf_fb" in a.source and "_mm_prefetch" in a.source
     # forms outside the template stay on the reference: 16-bit codes, f16 x
-    g16 = Graph("w16")
-    x = g16.add_input("f32[B,64]", "x")
-    y = g16.add("qlinear", [x, g16.add_const(torch.zeros(8, 64, dtype=torch.int16), "i16", "w"),
-                            g16.add_const(torch.ones(8, 2), "f32", "s")], {"group": 32})
-    g16.set_outputs([y])
-    assert partition(g16, cgen.CAPS).kernels[0].kind != "template"
-    gh = Graph("w4h")
-    x = gh.add_input("f16[B,64]", "x")
-    y = gh.add("qlinear", [x, gh.add_const(torch.zeros(8, 64, dtype=torch.uint8), "u4", "w"),
-                           gh.add_const(torch.ones(8, 2), "f32", "s")], {"group": 32})
-    gh.set_outputs([y])
-    assert partition(gh, cgen.CAPS).kernels[0].kind != "template"
+    for xd, wd, w in (("f32", "i16", torch.zeros(8, 64, dtype=torch.int16)),
+                      ("f16", "u4", torch.zeros(8, 64, dtype=torch.uint8))):
+        go = Graph("other")
+        x = go.add_input(f"{xd}[B,64]", "x")
+        y = go.add("qlinear", [x, go.add_const(w, wd, "w"), go.add_const(torch.ones(8, 2), "f32", "s")],
+                   {"group": 32})
+        go.set_outputs([y])
+        assert partition(go, cgen.CAPS).kernels[0].kind != "template"
 
 
 # ---- f4e2m1 weights ------------------------------------------------------------------------
