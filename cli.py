@@ -99,9 +99,11 @@ def check_output(path: str, directory: bool = False) -> None:
     the missing ones)."""
     p = Path(path)
     if directory:
-        if p.exists() and not p.is_dir():
-            raise ScalefoldError(f"output {path}: exists and is not a directory")
-        folder = p.absolute().parent
+        from .runtime.artifact import destination_problem
+        why = destination_problem(p)
+        if why:
+            raise ScalefoldError(f"output {path}: {why}")
+        folder = p.resolve().parent
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
     else:

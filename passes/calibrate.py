@@ -205,23 +205,33 @@ class Stats:
     def load(path: str | os.PathLike, graph: Graph | None = None) -> "Stats":
         """Read stats written by :meth:`save`; with ``graph``, reject stats of another graph
         (CalibrationError) and bind them to it."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
         p = Path(path)
         if not p.exists():
             raise CalibrationError(f"calibration stats file {p} does not exist")
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "scalefold.calibration.v1":
-                raise CalibrationError(f"{p} is not a scalefold calibration file")
-            rows = json.loads(meta["rows"])
-            parts: dict[str, dict[str, torch.Tensor]] = {}
-            for key in f.keys():
-                name, _, field = key.rpartition("/")
-                parts.setdefault(name, {})[field] = f.get_tensor(key)
-        by_name = {name: ChannelStats(d["min"], d["max"], d["absmax"], d["sum_abs"], int(rows[name]),
-                                      d.get("gram"), d.get("sum")) for name, d in parts.items()}
-        st = Stats(meta["graph_sha256"], by_name, int(meta.get("batches", 0)),
-                   json.loads(meta.get("token_mask", "null")))
+        if not p.is_file():
+            raise CalibrationError(f"calibration stats {p} is not a file")
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != "scalefold.calibration.v1":
+                    raise CalibrationError(f"{p} is not a scalefold calibration file")
+                rows = json.loads(meta["rows"])
+                parts: dict[str, dict[str, torch.Tensor]] = {}
+                for key in f.keys():
+                    name, _, field = key.rpartition("/")
+                    parts.setdefault(name, {})[field] = f.get_tensor(key)
+            by_name = {name: ChannelStats(d["min"], d["max"], d["absmax"], d["sum_abs"], int(rows[name]),
+                                          d.get("gram"), d.get("sum")) for name, d in parts.items()}
+            st = Stats(meta["graph_sha256"], by_name, int(meta.get("batches", 0)),
+                       json.loads(meta.get("token_mask", "null")))
+        except (SafetensorError, OSError) as e:
+            # not safetensors at all (input arrays such as an .npz, or a damaged file)
+            raise CalibrationError(f"{p} is not a scalefold calibration stats file ({e}); input "
+                                   "arrays are passed as calibration batches instead") from None
+        except (KeyError, ValueError, TypeError) as e:
+            raise CalibrationError(f"{p}: damaged calibration stats file (missing or bad entry "
+                                   f"{e})") from None
         if graph is not None:
             st.bind(graph)
         return st

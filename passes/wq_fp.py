@@ -133,21 +133,30 @@ def fp8_fake(w: torch.Tensor, group: int, clip: torch.Tensor | float = 1.0) -> t
     return dt.to_real(codes, dt.f8e4m3) * _expand(scale, w.shape[1], group_size(w.shape[1], group))
 
 
-def _group_gram(gram: torch.Tensor | None, k: int, g: int) -> torch.Tensor:
+def _group_gram(gram: torch.Tensor | None, k: int, g: int, damp: float = 0.01) -> torch.Tensor:
     """Diagonal [g, g] blocks of the Gram matrix per group (identity without one; padded
-    columns get zero weight)."""
+    columns get zero weight), each with ``damp`` times its mean diagonal added (GPTQ's
+    damping): a Gram of few or constant calibration rows is singular, and without the ridge
+    any clip that happens to cancel along its few directions scores ~0, tiny clips included;
+    a group whose columns never fire is scored by the plain squared error."""
     ng = -(-k // g)
     gp = torch.zeros(ng, g, g, dtype=torch.float32)
     for j in range(ng):
         lo, hi = j * g, min((j + 1) * g, k)
-        gp[j, :hi - lo, :hi - lo] = gram[lo:hi, lo:hi] if gram is not None else torch.eye(hi - lo)
+        if gram is None:
+            gp[j, :hi - lo, :hi - lo] = torch.eye(hi - lo)
+            continue
+        blk = gram[lo:hi, lo:hi].to(torch.float32)
+        m = float(torch.diagonal(blk).mean())
+        gp[j, :hi - lo, :hi - lo] = blk + (damp * m if m > 0 else 1.0) * torch.eye(hi - lo)
     return gp
 
 
 def search_clip(w: torch.Tensor, gram: torch.Tensor | None, group: int, fake, points: int = 100
                 ) -> torch.Tensor:
     """Per (row, group) clip c in linspace(0.01, 1.2, points) minimising d G_gg dᵀ with
-    d = fake(w, c) − w (``fake(w, clip) -> ŵ``). Returns c [N, G]."""
+    d = fake(w, c) − w (``fake(w, clip) -> ŵ``; G_gg damped, see ``_group_gram``), ties going
+    to the clip nearest 1. Returns c [N, G]."""
     n, k = w.shape
     g = group_size(k, group)
     wf = w.to(torch.float32)
@@ -156,7 +165,7 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor | None, group: int, fake, po
     ng = xg.shape[1]
     best_err = torch.full((n, ng), float("inf"))
     best = torch.ones(n, ng)
-    for c in torch.linspace(0.01, 1.2, points).tolist():
+    for c in sorted(torch.linspace(0.01, 1.2, points).tolist(), key=lambda v: abs(v - 1.0)):
         d = grouped(fake(wf, c), g) - xg
         # the padding copies a real element of the group: zero it so it adds no error
         if ng * g != k:

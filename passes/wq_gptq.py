@@ -11,8 +11,11 @@ per block instead of one rank-1 update per column).
 Group parameters (Δ, zero) are those of the RTN quantiser (``wq_int.int_quantize``), taken
 from a group's *current* weights when the sweep reaches its first column, so the stored codes
 dequantise with qlinear's ordinary formula; only which code each weight gets changes.
-H gets 1% of its mean diagonal added (damping), and channels that never fire (zero diagonal)
-get a unit diagonal and zero weight, as in the reference method.
+H gets 1% of its mean diagonal added (damping). Channels that never fire (zero diagonal) get
+a unit diagonal and keep their weights, so they are rounded to nearest and take no error from
+the others: the reference method zeroes their weights, which the calibration cannot see but
+other inputs do (a calibration of constant rows, whose centred Gram is zero, lost every
+weight). A Gram that is zero altogether leaves plain rounding to nearest.
 """
 from __future__ import annotations
 
@@ -52,7 +55,6 @@ def gptq_quantize(w: torch.Tensor, gram: torch.Tensor, bits: int, group: int, sy
     H = gram.to(torch.float64).clone()
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
     H += damp * torch.diagonal(H).mean() * torch.eye(k, dtype=torch.float64)
     L = torch.linalg.cholesky(H)
     U = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).to(torch.float32)

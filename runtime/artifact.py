@@ -99,19 +99,51 @@ def _output_names(graph: Graph) -> list[str]:
     return names if len(names) == len(graph.outputs) else [f"out{i}" for i in range(len(graph.outputs))]
 
 
+def is_artifact(folder: Path) -> bool:
+    """Whether ``folder`` holds a scalefold artifact (a plan.json of this format)."""
+    try:
+        return json.loads((folder / PLAN).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def destination_problem(path: str | os.PathLike) -> str | None:
+    """Why an artifact cannot be saved to ``path``, or None: it must not be a file, nor the
+    current directory or one above it, and a directory already there must be empty or an
+    artifact (saving replaces it whole, so anything else in it would be lost)."""
+    dest = Path(path).resolve()
+    if dest.exists() and not dest.is_dir():
+        return "exists and is not a directory"
+    cwd = Path.cwd().resolve()
+    if dest == cwd or dest in cwd.parents:
+        return "is the current directory or one above it; name the artifact's own directory " \
+               "(it is replaced whole)"
+    if dest.is_dir() and any(dest.iterdir()) and not is_artifact(dest):
+        return f"exists, is not empty and is not a scalefold artifact (no valid {PLAN}); not replacing it"
+    return None
+
+
+def check_destination(path: str | os.PathLike) -> Path:
+    """The absolute path an artifact may be saved to, or an ArtifactError naming ``path``
+    (see :func:`destination_problem`)."""
+    why = destination_problem(path)
+    if why:
+        raise ArtifactError(f"{Path(path)}: {why}")
+    return Path(path).resolve()
+
+
 def save(cm: "CompiledModel", path: str | os.PathLike) -> Path:
     """Write ``cm`` as an artifact directory at ``path`` and return the path.
 
     Everything is written into a temporary sibling directory first and renamed into place
-    only when complete; an existing directory at ``path`` is replaced only then, so a failed
-    save leaves neither a partial directory nor a damaged previous artifact."""
+    only when complete; an existing directory at ``path`` (empty, or an artifact: see
+    :func:`check_destination`) is replaced only then, so a failed save leaves neither a
+    partial directory nor a damaged previous artifact."""
     from safetensors.torch import save as st_save
 
     from ..ir.printer import input_names
 
-    dest = Path(path)
-    if dest.exists() and not dest.is_dir():
-        raise ArtifactError(f"{dest}: exists and is not a directory")
+    dest = check_destination(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     g = cm.graph
     tensors, packed = _weights(g)

@@ -86,13 +86,17 @@ def build(source: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -
     entries = cache_dir() / "c"
     locks = cache_dir() / "locks"
     target = entries / f"{key}.so"
-    if target.exists():
+    if target.exists() and _loads(target):
         return target
     entries.mkdir(parents=True, exist_ok=True)
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / f"{key}.lock")):
         if target.exists():
-            return target
+            if _loads(target):
+                return target
+            # damaged from outside (truncated, overwritten): entries are only ever renamed
+            # into place complete, so this one is rebuilt
+            target.unlink()
         # build directories of this key left by a killed process (no live build: we hold the lock)
         for stale in entries.glob(f".build-{key[:12]}-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -118,6 +122,17 @@ def build(source: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -
 
 
 _LOADED: dict[str, ctypes.CDLL] = {}
+
+
+def _loads(path: Path) -> bool:
+    """Whether the shared object at ``path`` loads (it is then kept for :func:`load_kernel`)."""
+    key = str(path)
+    if key not in _LOADED:
+        try:
+            _LOADED[key] = ctypes.CDLL(key)
+        except OSError:
+            return False
+    return True
 
 
 def load_kernel(path: Path, symbol: str = "sf_kernel"):

@@ -310,3 +310,22 @@ def test_load_calibration_refuses_truncating_floats_and_notes_leftovers(tmp_path
     out = load_calibration(str(tmp_path / "ints.npz"), g, 4)
     assert len(out) == 2 and out[0][0].dtype == torch.int64 and int(out[0][0][0, 0]) == 3
     assert "10 samples in batches of 4; the last 2 are left out" in capsys.readouterr().err
+
+
+def test_compile_refuses_to_replace_a_foreign_directory(model: Path, tmp_path: Path, cli) -> None:
+    """-o DIR that holds other files fails before compiling (exit 2) and leaves them; so does
+    -o . (the current directory)."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine")
+    r = cli("compile", str(model), "-o", str(victim))
+    assert r.returncode == 2 and "not a scalefold artifact" in r.stderr
+    assert os.listdir(victim) == ["notes.txt"]
+    cwd = os.getcwd()
+    os.chdir(victim)
+    try:
+        r = cli("compile", str(model), "-o", ".")
+    finally:
+        os.chdir(cwd)
+    assert r.returncode == 2 and "current directory" in r.stderr
+    assert os.listdir(victim) == ["notes.txt"]

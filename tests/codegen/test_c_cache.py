@@ -180,3 +180,16 @@ def test_leftovers_of_a_crashed_build_are_harmless(cache_root: Path) -> None:
         assert_close(a, e)
     assert sorted(p.name for p in entries.glob("*.so")) == sorted(
         {f"{cache.cache_key(ck.source)}.so" for ck in cgen.render(partition(g, cgen.CAPS))})
+
+
+def test_damaged_entry_is_rebuilt(cache_root: Path) -> None:
+    """An entry damaged from outside (truncated) does not load: the next build replaces it
+    instead of handing it out for ever."""
+    src = _kernel_source()
+    path = cache.build(src)
+    size = path.stat().st_size
+    cache._LOADED.pop(str(path), None)
+    path.write_bytes(path.read_bytes()[:100])
+    again = cache.build(src)
+    assert again == path and path.stat().st_size == size
+    assert cache.load_kernel(again) is not None

@@ -202,3 +202,30 @@ def test_progress_bar_is_silent_without_a_tty(capfd) -> None:
     calibrate(g, _batches(3), values=[ln])
     err = capfd.readouterr().err
     assert "calibrating" not in err and err == ""
+
+
+def test_load_of_what_is_not_a_stats_file(tmp_path) -> None:
+    """Input arrays, a directory, or a stats file missing an entry: a CalibrationError naming
+    the file (they were raw SafetensorError / KeyError / OSError)."""
+    import numpy as np
+    from safetensors.torch import save_file
+    g, ln, _ = _graph()
+    npz = tmp_path / "cal.npz"
+    np.savez(npz, x=np.zeros((2, 3), np.float32))
+    with pytest.raises(CalibrationError, match="cal.npz is not a scalefold calibration stats file"):
+        Stats.load(npz, g)
+    with pytest.raises(CalibrationError, match="is not a file"):
+        Stats.load(tmp_path, g)
+    st = calibrate(g, [(b[0].abs() + 1,) for b in _batches(2)], values=[ln])
+    good = tmp_path / "good.safetensors"
+    st.save(good)
+    from safetensors import safe_open
+    with safe_open(str(good), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={k: v for k, v in meta.items() if k != "rows"})
+    with pytest.raises(CalibrationError, match="bad.safetensors: damaged calibration stats"):
+        Stats.load(bad, g)
+    save_file({k: v for k, v in tensors.items() if not k.endswith("/min")}, str(bad), metadata=meta)
+    with pytest.raises(CalibrationError, match="damaged calibration stats"):
+        Stats.load(bad, g)

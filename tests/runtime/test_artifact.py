@@ -211,3 +211,31 @@ def test_version_1_artifacts_still_load(tmp_path: Path) -> None:
     (path / "plan.json").write_text(json.dumps(plan))
     x = torch.randn(2, *[int(d) for d in cm.graph.inputs[0].shape[1:]])
     assert torch.equal(sf.load(path)(x), cm(x))
+
+
+def test_save_never_replaces_a_foreign_directory(saved, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory that is neither empty nor an artifact is left alone (saving replaces its
+    destination whole, so its files would be lost); so are the current directory and the
+    ones above it. An empty directory takes the artifact."""
+    cm, _ = saved
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "notes.txt").write_text("mine")
+    (victim / "sub" / "data.csv").write_text("1,2")
+    with pytest.raises(ArtifactError, match="not a scalefold artifact"):
+        cm.save(victim)
+    assert (victim / "notes.txt").read_text() == "mine" and (victim / "sub" / "data.csv").exists()
+    (victim / "plan.json").write_text("{not json")          # a plan.json of something else
+    with pytest.raises(ArtifactError, match="not a scalefold artifact"):
+        cm.save(victim)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for dest in (".", "", str(tmp_path)):
+        with pytest.raises(ArtifactError, match="current directory"):
+            cm.save(dest)
+    assert os.listdir(work) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    x = torch.randn(2, 64)
+    assert torch.equal(sf.load(cm.save(empty))(x), cm(x))
