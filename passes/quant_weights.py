@@ -113,13 +113,13 @@ def parse_layer_overrides(spec: Any, base: LayerSetting) -> list[tuple[Any, Laye
             out.append((k, "float"))
             continue
         if isinstance(v, str):
-            v = {"format": v.strip()}
+            v = {"format": v}
         if not isinstance(v, Mapping) or not set(v) <= {"format", "group", "sym"}:
             raise ScalefoldError(f"quant_weights: override for {k!r}: want \"float\", a format or a dict of "
                                  f"format/group/sym, got {v!r}")
         at = f"quant_weights: override for {k!r}:"
         st = dc_replace(base, **{f: (as_int(x, f"{at} group", 0) if f == "group" else
-                                     as_bool(x, f"{at} sym") if f == "sym" else str(x))
+                                     as_bool(x, f"{at} sym") if f == "sym" else str(x).strip().lower())
                                  for f, x in v.items()})
         _check_setting(st, f"quant_weights: override for {k!r}")
         out.append((k, st))
@@ -349,6 +349,9 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
     """:func:`quant_weights` with ``bias_correct`` decided (None: as there) and, with ``guard``,
     the correction checked against the float outputs (rejected: counter
     ``bias_correction_rejected``, biases restored, searches already centred)."""
+    # format names in any case, as "float" and the booleans are
+    format = format.strip().lower() if isinstance(format, str) else format
+    act_format = act_format.strip().lower() if isinstance(act_format, str) else act_format
     base = LayerSetting(format, as_int(group, "quant_weights: group", 0), method, as_bool(sym, "quant_weights: sym"))
     _check_setting(base, "quant_weights")
     grid = as_int(grid, "quant_weights: grid", 1)

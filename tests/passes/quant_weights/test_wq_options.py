@@ -196,3 +196,23 @@ def test_awq_keeps_one_copy_of_a_weight_read_twice_from_one_input(seq: bool) -> 
     qs = [n for n in q.nodes if n.op == "qlinear"]
     assert len(qs) == 2 and qs[0].inputs[1] is qs[1].inputs[1] and qs[0].inputs[1].name == "w.q"
     assert pm.counters["quant_weights"]["shared_weight"] == 1
+
+
+def test_format_names_in_any_case() -> None:
+    """'INT8' in an override and format='INT4' read like 'float' / 'Float' always did."""
+    from scalefold.passes.quant_weights import LayerSetting, parse_layer_overrides
+    base = LayerSetting("int4", 128, "rtn", False)
+    got = parse_layer_overrides("fc1=Float, fc2=INT8, 3=Fp8_E4M3", base)
+    assert got[0] == ("fc1", "float")
+    assert got[1][1].format == "int8" and got[2][1].format == "fp8_e4m3"
+    from scalefold.ir.parser import parse
+    from scalefold.passes.quant_weights import quant_weights
+    text = """
+graph @m(%x: f32[B,32]) -> (f32[B,8]) {
+  %0: f32[B,8] = linear(%x, #w)
+  return %0
+}
+#w = const f32[8,32] randn(seed=1, std=0.3)
+"""
+    a, b = quant_weights(parse(text), None, format="INT4", group=16), quant_weights(parse(text), None, format="int4", group=16)
+    assert str(a) == str(b)
