@@ -78,10 +78,10 @@ def check_all_used(keys: Iterable[Any], linears: Sequence[Node], moes: Sequence[
     for key in keys:
         if not any(key_matches(key, nm, i) for nm, i in layers):
             seen = [nm for nm_list, _ in layers for nm in nm_list if nm][:6]
+            idx = f", indices 0..{len(linears) - 1}" if linears else ""
             raise OptionError(
-                f"{where}: override {key!r} matches no quantisable layer ({len(linears)} linears, indices "
-                f"0..{len(linears) - 1}{f', {len(moes)} moe' if moes else ''}; names include "
-                f"{', '.join(seen) or 'none'})")
+                f"{where}: override {key!r} matches no quantisable layer ({len(linears)} linears{idx}"
+                f"{f', {len(moes)} moe' if moes else ''}; names include {', '.join(seen) or 'none'})")
 
 
 def iter_once(x: Any) -> bool:
