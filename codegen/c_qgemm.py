@@ -170,7 +170,7 @@ def _prologue(x: Value, act: str, qmax: int, k: int, kp: int, ct: str) -> list[s
                 "    #pragma omp simd reduction(max:amax) reduction(|:nan)",
                 f"    for (int64_t kk = 0; kk < {k}; kk++) {{ const {ct} a = fabs{f}({ld}); "
                 "nan |= a != a; amax = a > amax ? a : amax; }",
-                f"    const {ct} s = (!nan && amax > 0) ? amax / ({ct}){qmax} : ({ct})1;"]
+                f"    const {ct} s0 = amax / ({ct}){qmax}, s = (!nan && s0 > 0) ? s0 : ({ct})1;"]
     else:
         out += [f"    const {ct} s = gsx;"]
     out += ["    int32_t sum = 0; int bad = 0;",

@@ -195,7 +195,7 @@ def _prologue_int8(K: int, g: int, G: int, gp: int, kp: int, qmax: int, cpg: int
         "    #pragma omp simd reduction(max:amax) reduction(|:nan)",
         f"    for (int64_t kk = 0; kk < {K}; kk++) {{ const float a = fabsf(xr[kk]); "
         "nan |= a != a; amax = a > amax ? a : amax; }",
-        f"    const float sc = (!nan && amax > 0) ? amax / (float){qmax} : 1.0f;",
+        f"    const float s0 = amax / (float){qmax}, sc = (!nan && s0 > 0) ? s0 : 1.0f;",
         f"    for (int64_t gi = 0; gi < {G}; gi++) {{",
         f"      const int64_t c0 = gi * {g}, len = {K} - c0 < {g} ? {K} - c0 : {g};",
         f"      const int64_t lp = gi == {G - 1} ? {kp - (G - 1) * gp} : {gp};",

@@ -352,8 +352,8 @@ def dynamic_quant(cx: Emitter, x: str, mode: str, abits: int, cd: dt.DType) -> t
     qmax = (1 << (abits - 1)) - 1
     ax = cx.op("Abs", [x])
     amax = reduce(cx, "ReduceMax", ax, [-1] if mode == "per_token" else None, mode == "per_token")
-    sx = cx.op("Where", [cx.op("Greater", [amax, cx.scalar(0.0, cd)]),
-                         cx.op("Div", [amax, cx.scalar(float(qmax), cd)]), cx.scalar(1.0, cd)])
+    s0 = cx.op("Div", [amax, cx.scalar(float(qmax), cd)])
+    sx = cx.op("Where", [cx.op("Greater", [s0, cx.scalar(0.0, cd)]), s0, cx.scalar(1.0, cd)])
     q = cx.op("Clip", [cx.op("Round", [cx.op("Div", [x, sx])]), cx.scalar(-qmax, cd), cx.scalar(qmax, cd)])
     return q, sx
 

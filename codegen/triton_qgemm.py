@@ -113,7 +113,8 @@ def sf_quant(X, AMAX, XQ, SX, RS, M, K, QMAX: tl.constexpr, PER_TENSOR: tl.const
         amax, nan = _qg_row_absmax(base, K, BLOCK, F64)
     one = _qg_ct(tl.full([1, 1], 1, tl.int32), F64)
     qmax = _qg_ct(tl.full([1, 1], QMAX, tl.int32), F64)
-    s = tl.where((nan == 0) & (amax > 0), _qg_div(amax, qmax, F64), one)
+    s = _qg_div(amax, qmax, F64)
+    s = tl.where((nan == 0) & (s > 0), s, one)
     ks = tl.arange(0, BLOCK)[None, :]
     total = tl.full([1, BLOCK], 0, tl.int32)
     bad = tl.full([1, BLOCK], 0, tl.int32)

@@ -323,7 +323,10 @@ def dynamic_quant(x: torch.Tensor, mode: str, abits: int) -> tuple[torch.Tensor,
     xc = x.to(cd)
     qmax = (1 << (abits - 1)) - 1
     amax = xc.abs().amax(dim=-1, keepdim=True) if mode == "per_token" else xc.abs().amax()
-    sx = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    # a scale that underflows to 0 (amax < qmax * the smallest subnormal) counts as none: the
+    # row's codes are then 0 instead of x / 0
+    sx = amax / qmax
+    sx = torch.where(sx > 0, sx, torch.ones_like(sx))
     return torch.round(xc / sx).clamp(-qmax, qmax), sx
 
 

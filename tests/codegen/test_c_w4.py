@@ -549,3 +549,19 @@ def test_nonfinite_rows_match_reference(form: str) -> None:
     assert torch.allclose(got[fin].double(), want[fin].double(), rtol=1e-5,
                           atol=1e-5 * float(want[fin].abs().max()))
     assert bool(torch.isfinite(want[0, 4]).any()) and bool(torch.isfinite(want[0, 0]).all())
+
+
+@pytest.mark.parametrize("wdt", ["u4", "i8"])
+def test_int8_activations_of_a_row_too_small_to_scale(wdt: str) -> None:
+    """A row whose max |x| / 127 underflows to 0 in float32 (the kernel's scale arithmetic)
+    takes scale 1: codes 0 and the bias as output, which is what the reference's float64
+    scale gives too (bias + about 1e-44)."""
+    g = w4graph(67, 33, 32, act="per_token", seed=9) if wdt == "u4" else \
+        w8graph(67, 33, 32, "i8", act="per_token", seed=9)
+    cm = api.build_c(g)
+    x = torch.randn(1, 3, 67)
+    x[0, 1] = torch.full((67,), 1e-44)          # subnormal: 1e-44 / 127 rounds to 0
+    got, want = cm(x), interp.run(g, x)[0]
+    assert bool(torch.isfinite(want).all()) and torch.equal(got[0, 1], want[0, 1])
+    assert torch.equal(want[0, 1], g.nodes[0].inputs[4].const.to(torch.float32))
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
