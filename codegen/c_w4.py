@@ -209,9 +209,10 @@ def _prologue_int8(K: int, g: int, G: int, gp: int, kp: int, qmax: int, cpg: int
 
 
 def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
-    """C source of a ``template`` kernel holding one supported group-wise 4-bit ``qlinear``,
-    with its packed constants. Pointer ABI: x, packed blob (codes, scales and zero points
-    interleaved per group, runtime/w4pack.py), [bias], y; ``q[0]`` = M."""
+    """C source of a ``template`` kernel holding one supported weight-only ``qlinear`` (4- or
+    8-bit codes, group-wise or per channel), with its packed constants. Pointer ABI: x, packed
+    blob (codes, scales and zero points interleaved per group, runtime/w4pack.py and
+    runtime/w8pack.py), [bias], y; ``q[0]`` = M."""
     n = k.nodes[0]
     x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
     zero = n.inputs[3] if len(n.inputs) > 3 else None
