@@ -93,8 +93,10 @@ FORMS = [
     ("int4_g7", 60, 8, True, dict(format="int4", group=7), "DequantizeLinear"),
     ("int8_g128", 200, 24, True, dict(format="int8", group=128), "DequantizeLinear"),
     ("int8_sym_channel", 200, 24, False, dict(format="int8", group=0, sym=True), "DequantizeLinear"),
-    ("fp8_g128", 200, 24, True, dict(format="fp8_e4m3", group=128), "DequantizeLinear"),
-    ("fp8_channel", 200, 24, True, dict(format="fp8_e4m3", group=0), "DequantizeLinear"),
+    # float8 weights: Cast of the FLOAT8E4M3FN initializer times the scales (onnxruntime's
+    # float8 DequantizeLinear before a MatMul is some 15x slower in a default session)
+    ("fp8_g128", 200, 24, True, dict(format="fp8_e4m3", group=128), "Cast"),
+    ("fp8_channel", 200, 24, True, dict(format="fp8_e4m3", group=0), "Cast"),
     ("fp4_g128", 200, 24, True, dict(format="fp4_e2m1", group=128), "Gather"),
     ("fp4_channel", 200, 24, False, dict(format="fp4_e2m1", group=0), "Gather"),
     ("int4_act8_g128", 200, 24, True, dict(format="int4", group=128, act="int8"), "MatMulInteger"),
@@ -118,7 +120,7 @@ def test_pass_forms_export(label, k, n, bias, opts, want_op, rows, tmp_path) -> 
     assert ops[want_op] >= 1, (label, dict(ops))
     if want_op == "MatMulNBits":
         assert "DequantizeLinear" not in ops and "MatMul" not in ops
-    if want_op == "Gather":   # fp4: decoded in float ops, no FLOAT4E2M1 tensor anywhere
+    if want_op in ("Gather", "Cast"):   # fp4: decoded in float ops, no FLOAT4E2M1 tensor anywhere
         assert "DequantizeLinear" not in ops
 
 
