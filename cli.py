@@ -271,7 +271,7 @@ def _compile(args: argparse.Namespace) -> int:
     if to_onnx_file:
         from .codegen.onnx import to_onnx
         with progress(f"writing {out}"):
-            to_onnx(cm.graph, out)
+            to_onnx(cm.graph, out, nbits_accuracy=args.nbits_accuracy)
     else:
         with progress(f"writing {out}"):
             cm.save(out)
@@ -495,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
                         ".npz or .safetensors file with one array per model input, samples along axis 0")
     c.add_argument("--calibration-batch", type=positive_int, default=8, metavar="N",
                    help="samples per calibration batch when the inputs' batch size is symbolic (default 8)")
+    c.add_argument("--nbits-accuracy", type=int, choices=range(5), default=0, metavar="L",
+                   help="accuracy_level of exported com.microsoft.MatMulNBits nodes: 0 (default) float "
+                        "activations, onnxruntime computes the IR's numbers; 4 int8 activations, "
+                        "onnxruntime's fast CPU path")
     c.set_defaults(fn=_compile)
 
     i = sub.add_parser("inspect", help="print the IR, per-op cost and peak memory",

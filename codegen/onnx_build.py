@@ -74,6 +74,7 @@ class Emitter:
     def __init__(self, graph: Graph, opset: int):
         self.graph = graph
         self.opset = opset
+        self.nbits_accuracy = 0                    # MatMulNBits accuracy_level (to_onnx)
         self.nodes: list[Any] = []
         self.initializers: list[TensorProto] = []
         self.domains: set[str] = set()

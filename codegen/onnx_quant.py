@@ -235,7 +235,8 @@ def _matmul_nbits(cx: Emitter, node: Node) -> str | None:
     codes = codes.to(torch.uint8).reshape(n, nb, block)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
     # float32 even for f16 x: the IR forms Wd in float32 and rounds the product once.
-    # accuracy_level 0: float32 activations (levels 1..4 let onnxruntime quantise x to int8).
+    # accuracy_level 0 by default: float32 activations (levels 1..4, to_onnx's nbits_accuracy,
+    # let onnxruntime quantise x to int8).
     ins = [cx.cast(cx.value(xv), xv.dtype, dt.f32), cx.initializer(packed.contiguous(), dt.u8, "nbits_B"),
            cx.initializer(per_block(sv.const).float().reshape(-1), dt.f32, "nbits_scales")]
     if zv is not None or wv.dtype is dt.u4:
@@ -244,7 +245,7 @@ def _matmul_nbits(cx: Emitter, node: Node) -> str | None:
         zp = zp.to(torch.uint8)
         ins.append(cx.initializer((zp[:, 0::2] | (zp[:, 1::2] << 4)).reshape(-1).contiguous(), dt.u8, "nbits_zp"))
     y = cx.op("MatMulNBits", ins, domain="com.microsoft", K=k, N=n, bits=4, block_size=block,
-              accuracy_level=0)
+              accuracy_level=cx.nbits_accuracy)
     if _opt(node, 4) is not None:
         y = cx.op("Add", [y, cx.cast(inp(cx, node, 4), node.inputs[4].dtype, dt.f32)])
     return cx.cast(y, dt.f32, xv.dtype)

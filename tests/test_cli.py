@@ -329,3 +329,15 @@ def test_compile_refuses_to_replace_a_foreign_directory(model: Path, tmp_path: P
         os.chdir(cwd)
     assert r.returncode == 2 and "current directory" in r.stderr
     assert os.listdir(victim) == ["notes.txt"]
+
+
+def test_compile_nbits_accuracy(model: Path, tmp_path: Path, cli) -> None:
+    """--nbits-accuracy 4 reaches the exported MatMulNBits nodes."""
+    import onnx
+    out = tmp_path / "m.w4.onnx"
+    r = cli("compile", str(model), "-p", "quant_weights(format=int4, group=16)", "--nbits-accuracy", "4",
+            "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    nodes = [nd for nd in onnx.load(str(out)).graph.node if nd.op_type == "MatMulNBits"]
+    assert nodes and all({a.name: onnx.helper.get_attribute_value(a) for a in nd.attribute}["accuracy_level"] == 4
+                         for nd in nodes)

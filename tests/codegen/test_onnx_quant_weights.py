@@ -219,3 +219,22 @@ def test_minilm_int4_g128_onnx() -> None:
     assert ops["MatMulNBits"] == nq and "DequantizeLinear" not in ops
     c = acc.cosines(acc.embed_onnx(m, model.SerializeToString()), acc.embed_graph(m, g))
     assert float(c.min()) >= 0.99999, float(c.min())
+
+
+def test_nbits_accuracy_option(tmp_path: Path) -> None:
+    """to_onnx(nbits_accuracy=4) writes accuracy_level 4 (onnxruntime's int8-activation path:
+    close to the IR's numbers, not equal); anything but 0..4 is an ExportError."""
+    from scalefold.codegen.onnx_build import ExportError
+    k, n = 256, 24
+    g = quant_weights(_linear_graph(k, n, True), None, format="int4", group=128)
+    m = to_onnx(g, nbits_accuracy=4)
+    node = next(nd for nd in m.graph.node if nd.op_type == "MatMulNBits")
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["accuracy_level"] == 4
+    x = torch.randn(2, 3, k)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    want = run(g, x)[0]
+    assert float((got - want).norm() / want.norm()) < 3e-2
+    for bad in (5, -1, True, "4"):
+        with pytest.raises(ExportError, match="nbits_accuracy"):
+            to_onnx(g, nbits_accuracy=bad)
