@@ -72,8 +72,8 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = 21
 
     ``nbits_accuracy`` is the ``accuracy_level`` written on ``com.microsoft.MatMulNBits``
     nodes: 0 (default) keeps float32 activations, so onnxruntime computes the IR's numbers; 4
-    lets onnxruntime quantise the activations to int8 per block (its fast CPU path: about 10x
-    at M = 1 on 4096 x 11008, outputs off by about 1e-2 relative).
+    lets onnxruntime quantise the activations to int8 per block (its fast CPU path: 8x at
+    M = 1 on an 11008 x 4096 linear in benchmarks/w4_cpu.py, outputs about 1e-2 off).
 
     With ``path`` the model is written atomically (see the module docstring); with
     ``external_data=True``, or automatically past 2 GB, initializers go to a sidecar file
