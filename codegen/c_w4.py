@@ -48,6 +48,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from ..ir import dtypes as dt
 from ..ir.graph import Node
 from ..runtime.w4pack import group_slots, group_stride, pack_w4
 from ..runtime.w8pack import finite_codes, pack_w8
@@ -92,6 +95,16 @@ class W4Config:
     vec: bool = True
     chunk_slots: int = 128
 
+    def __post_init__(self) -> None:
+        for f in ("nb", "nb_vnni", "mr_direct", "mr_buf", "mr_vnni", "mc", "split_rows"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"W4Config.{f} must be >= 1, got {getattr(self, f)}")
+        if self.chunk_slots < 8 or self.chunk_slots % 8:
+            raise ValueError(f"W4Config.chunk_slots must be a positive multiple of 8 (the packed "
+                             f"blocks), got {self.chunk_slots}")
+        if self.pf_bytes < 0:
+            raise ValueError(f"W4Config.pf_bytes must be >= 0, got {self.pf_bytes}")
+
     def nr(self, isint: bool) -> int:
         """Channels per panel of the int8-activation (``isint``) or the weight-only kernel."""
         return 16 * (self.nb_vnni if isint else self.nb)
@@ -131,6 +144,11 @@ def w4_supported(n: Node) -> bool:
                                (w.dtype.bits == 4 or not fcode))
     if w.dtype.bits == 8 and not finite_codes(w.const, w.dtype):
         return False
+    if not _codes_in_range(w.const, w.dtype) or (zero is not None and zero.dtype.is_float and
+                                                  not bool(torch.isfinite(zero.const).all())):
+        # codes outside their dtype's range do not pack; a non-finite float zero point gives
+        # inf - inf in the reference, which the fold cannot reproduce
+        return False
     return (ok_act and x.dtype.name == "f32" and n.outputs[0].dtype.name == "f32"
             and scale.dtype.name == "f32" and (bias is None or bias.dtype.name == "f32"))
 
@@ -147,9 +165,23 @@ def _chunk_sum(lines: list[str], val: str, t: str, xg: int, cpg: int, sub: int) 
             "      }"]
 
 
-def _prologue_f32(K: int, g: int, G: int, gp: int, kp: int, cpg: int, sub: int) -> list[str]:
-    """Chunk sums of x (``cpg`` chunks of ``sub`` columns per group) and the padded copy of x
-    when the group layout is not the identity."""
+def _codes_in_range(w: torch.Tensor, wdtype: dt.DType) -> bool:
+    """Whether the constant codes lie in their dtype's range (4-bit codes sit in byte
+    containers that can hold more; f4e2m1 codes are 0..15)."""
+    if wdtype.name == "f4e2m1":
+        return bool(((w >= 0) & (w <= 15)).all())
+    if wdtype.is_float:
+        return True
+    lo, hi = wdtype.int_range()
+    return bool(((w >= lo) & (w <= hi)).all())
+
+
+def _prologue_f32(K: int, g: int, G: int, gp: int, kp: int, cpg: int, sub: int, growth: float
+                  ) -> list[str]:
+    """Chunk sums of x (``cpg`` chunks of ``sub`` columns per group), the padded copy of x
+    when the group layout is not the identity, and the rows the fold cannot take (``bad``):
+    sum |x| times ``growth`` (a bound of |code value| * max(1, |scale|) + |scale * zero|, so of
+    every partial sum the kernel forms, per unit of sum |x|) above 1e38, or not finite."""
     pad = kp != K
     out = []
     if pad:
@@ -166,11 +198,13 @@ def _prologue_f32(K: int, g: int, G: int, gp: int, kp: int, cpg: int, sub: int) 
                 "      memcpy(pr, xr + c0, (size_t)len * sizeof(float));",
                 f"      const int64_t lp = gi == {G - 1} ? {kp - (G - 1) * gp} : {gp};",
                 "      for (int64_t c = len; c < lp; c++) pr[c] = 0;"]
-    # rows whose sum is not finite take sf_row_exact (c_w4_exact.py) after the kernel
+    # rows whose partial sums could overflow (an inf or NaN in x included) take
+    # sf_row_exact (c_w4_exact.py) after the kernel
     out += ["    }",
-            "    float t = 0;",
-            f"    for (int64_t i = 0; i < {G * cpg}; i++) t += xs[m * {G * cpg} + i];",
-            "    bad[m] = !isfinite(t);",
+            "    float a = 0;",
+            "    #pragma omp simd reduction(+:a)",
+            f"    for (int64_t kk = 0; kk < {K}; kk++) a += fabsf(xr[kk]);",
+            f"    bad[m] = !(a * {growth!r}f <= 1e38f);",
             "  }",
             f"  const float *xa = {'xpad' if pad else 'x'}; const int64_t ldx = {kp};"]
     return out
@@ -261,7 +295,9 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     if isint:
         body += _prologue_int8(K, g, G, gp, kp, (1 << (n.attrs["abits"] - 1)) - 1, cpg, sub)
     else:
-        body += _prologue_f32(K, g, G, gp, kp, cpg, sub)
+        vmax = {"f4e2m1": 6.0, "f8e4m3": 448.0, "f8e5m2": 57344.0}.get(w.dtype.name, float((1 << bits) - 1))
+        growth = vmax * max(1.0, float(packed.scale.abs().max())) + float(packed.sz.abs().max())
+        body += _prologue_f32(K, g, G, gp, kp, cpg, sub, min(growth, 3e38))
 
     # ---- calls of the tiles for one chunk of a group
     targs = "xa + m * ldx + 8 * b0, ldx, {w}, nbk, scg, szg, xs + m * " + str(xg) + " + xi, " + \
@@ -311,6 +347,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              "T >= 4 * nth * MB ? MB : 1;",
              f"  #pragma omp parallel if (M * {N * K} > {PAR_MACS})",
              "  {",
+             *(["    SF_CSR_SAVE"] if fp8 else []),
              f"    float *ct = (float *)aligned_alloc(64, {cfg.mc * nr * 4});",
              # the decoded-group buffer of the GEMM-shape routes only
              "    float *wf = " + ("NULL;" if isint and not (cfg.vnni_buf and bits == 4) else
@@ -345,17 +382,27 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              "      }",
              "    }",
              "    free(ct); free(wf);",
+             *(["    SF_CSR_RESTORE"] if fp8 else []),
              "  }",
              "  free(xs);"]
     if isint:
         body += ["  free(xq); free(sx); free(nanrow);"]
     else:
-        body += ["  for (int64_t m = 0; m < M; m++)",
-                 f"    if (bad[m]) sf_row_exact(x + m * {K}, wp, {'bias' if bias is not None else 'NULL'}, "
-                 f"y + m * {N});",
+        body += ["  {", *(["    SF_CSR_SAVE"] if fp8 else []),
+                 "    for (int64_t m = 0; m < M; m++)",
+                 f"      if (bad[m]) sf_row_exact(x + m * {K}, wp, {'bias' if bias is not None else 'NULL'}, "
+                 f"y + m * {N});", *(["    SF_CSR_RESTORE"] if fp8 else []), "  }",
                  "  free(bad);"] + (["  free(xpad);"] if kp != K else [])
 
     head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
+    if fp8:
+        # float8 codes decode through float32 subnormals (c_w8_src.py): a caller's
+        # flush-to-zero / denormals-are-zero (torch.set_flush_denormal) would turn the
+        # subnormal codes into 0, so each thread runs the kernel with both off
+        head += ["#if defined(__SSE__)", "#include <xmmintrin.h>",
+                 "#define SF_CSR_SAVE const unsigned sf_csr = _mm_getcsr(); _mm_setcsr(sf_csr & ~0x8040u);",
+                 "#define SF_CSR_RESTORE _mm_setcsr(sf_csr);",
+                 "#else", "#define SF_CSR_SAVE", "#define SF_CSR_RESTORE", "#endif"]
     if not cfg.vec:
         head.append("#define SF_NO_VEC 1")
     need = "defined(__AVX512F__) && defined(__AVX512BW__)" + \

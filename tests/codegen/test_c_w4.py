@@ -565,3 +565,64 @@ def test_int8_activations_of_a_row_too_small_to_scale(wdt: str) -> None:
     assert bool(torch.isfinite(want).all()) and torch.equal(got[0, 1], want[0, 1])
     assert torch.equal(want[0, 1], g.nodes[0].inputs[4].const.to(torch.float32))
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_whose_partial_sums_could_overflow() -> None:
+    """One finite x of 1e38 with codes of 15: sum(x) is finite, but x * 15 is not, so the row
+    takes the exact path (the reference's dequantised weight 0.15 keeps it finite)."""
+    N, K = 4, 16
+    g = Graph("ovf")
+    x = g.add_input(f"f32[M,{K}]", "x")
+    w = torch.full((N, K), 15, dtype=torch.uint8)
+    w[1] = 3
+    y = g.add("qlinear", [x, g.add_const(w, "u4", "w"), g.add_const(torch.full((N,), 0.01), "f32", "s"),
+                          g.add_const(torch.tensor([0, 3, 0, 0], dtype=torch.uint8), "u4", "z"), None],
+              {"group": 0})
+    g.set_outputs([y])
+    cm = api.build_c(g)
+    xv = torch.ones(2, K)
+    xv[0, 0] = 1e38
+    got, want = cm(xv), interp.run(g, xv)[0]
+    assert bool(torch.isfinite(got).all()) and torch.allclose(got, want, rtol=1e-6)
+
+
+def test_fp8_subnormal_codes_under_flush_to_zero() -> None:
+    """torch.set_flush_denormal(True) sets FTZ / DAZ on the calling thread; the float8 decode
+    goes through float32 subnormals, so the kernel runs with both off (they are restored)."""
+    for wdt in ("f8e4m3", "f8e5m2"):
+        codes = torch.tensor([[3, 1, 130, 60]], dtype=torch.uint8).view(dt.get(wdt).container)
+        g = Graph("ftz")
+        x = g.add_input("f32[M,4]", "x")
+        y = g.add("qlinear", [x, g.add_const(codes, wdt, "w"), g.add_const(torch.ones(1), "f32", "s")],
+                  {"group": 0, "wtype": wdt})
+        g.set_outputs([y])
+        cm = api.build_c(g)
+        assert "SF_CSR_SAVE" in next(iter(cm.sources.values()))
+        xv = torch.tensor([[1.0, 2.0, 3.0, 0.5]])
+        want = interp.run(g, xv)[0]
+        try:
+            assert torch.set_flush_denormal(True)
+            got = cm(xv)
+            assert torch.tensor(1e-40) * 1 == 0          # the flag is on for this thread
+        finally:
+            torch.set_flush_denormal(False)
+        assert torch.equal(got, want), (wdt, got, want)
+
+
+def test_gates_out_of_range_codes_and_nonfinite_zero_points() -> None:
+    """Codes outside their dtype's range (which the packers cannot hold) and non-finite float
+    zero points (inf - inf in the reference) stay on the reference; bad blockings are refused."""
+    for wd, bad in (("u4", 16), ("i4", 9), ("f4e2m1", 17)):
+        g = w4graph(64, 16, 32, fp4=wd == "f4e2m1", sym=wd == "i4", seed=1)
+        n = g.nodes[0]
+        w = n.inputs[1].const.clone()
+        w[0, 0] = bad
+        n.inputs[1].const = w
+        assert not cgen.CAPS.template_ok(n)
+    g = w4graph(64, 16, 32, seed=1)
+    z = g.add_const(torch.full((16, 2), float("inf")), "f32", "zf")
+    g.set_input(g.nodes[0], 3, z)
+    assert not cgen.CAPS.template_ok(g.nodes[0])
+    for bad_cfg in (dict(chunk_slots=12), dict(chunk_slots=4), dict(nb=0), dict(mr_direct=0), dict(pf_bytes=-1)):
+        with pytest.raises(ValueError, match="W4Config"):
+            W4Config(**bad_cfg)
