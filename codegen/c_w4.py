@@ -408,6 +408,10 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     need = "defined(__AVX512F__) && defined(__AVX512BW__)" + \
         (" && defined(__AVX512VNNI__)" if isint else "")
     # The zero-point block: float sz, or ze bytes times the scale (runtime/w4pack.py).
+    # exact integer zero-point fold of the int8-activation tiles (c_w4_src._group_end): ze
+    # bytes stored and 127 * 255 * g inside int32, so sum code * (u - ze) cannot wrap
+    zint = isint and packed.zbytes and 127 * 267 * g < 2 ** 31
+    head.append(f"#define SF_ZINT {int(zint)}")
     if packed.zbytes:
         head += ["#define SF_LOADZ(z, o, s) _mm512_mul_ps(s, _mm512_cvtepi32_ps("
                  "_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)(z) + (o))))))",

@@ -38,7 +38,37 @@ def _fold_chains(acc: list[list[list[str]]], r: int, nb: int) -> list[str]:
 
 def _group_end(r: int, nb: int, nr: int, acc: list[list[str]], isint: bool,
                zp: bool = True) -> list[str]:
-    """Fold the group's dot products into ``ct``; ``zp=False``: no zero-point term (sz = 0)."""
+    """Fold the group's dot products into ``ct``; ``zp=False``: no zero-point term (sz = 0).
+    Integer sums with integer zero points (``SF_ZINT``, set by the kernel when the ze bytes are
+    stored and sum (u - ze) * code fits int32) subtract ze * (code sum) exactly in int32 before
+    the one float multiply by the scale: the float fold s * dot - s ze * sum loses the digits
+    of channels whose codes sit near a large zero point."""
+    if isint and zp:
+        return (["#if SF_ZINT"] + _group_end_zint(r, nb, nr, acc) + ["#else"] +
+                _group_end_float(r, nb, nr, acc, isint, zp) + ["#endif"])
+    return _group_end_float(r, nb, nr, acc, isint, zp)
+
+
+def _group_end_zint(r: int, nb: int, nr: int, acc: list[list[str]]) -> list[str]:
+    """The exact integer fold of :func:`_group_end` (ze bytes at ``sz``)."""
+    out = []
+    for j in range(nb):
+        out.append(f"  const __m512 s{j} = _mm512_loadu_ps(sc + {16 * j});")
+        out.append(f"  const __m512i z{j} = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)"
+                   f"((const uint8_t *)sz + {16 * j})));")
+    for i in range(r):
+        out.append(f"  {{ const __m512i xs{i} = _mm512_set1_epi32((int32_t)xs[{i} * ldxs]);")
+        for j in range(nb):
+            p = f"ct + {i * nr + 16 * j}"
+            d = f"_mm512_sub_epi32({acc[i][j]}, _mm512_mullo_epi32(z{j}, xs{i}))"
+            out.append(f"    _mm512_storeu_ps({p}, _mm512_fmadd_ps(_mm512_cvtepi32_ps({d}), s{j}, "
+                       f"_mm512_loadu_ps({p})));")
+        out.append("  }")
+    return out
+
+
+def _group_end_float(r: int, nb: int, nr: int, acc: list[list[str]], isint: bool, zp: bool) -> list[str]:
+    """The float fold of :func:`_group_end`."""
     out = ["  (void)xs; (void)ldxs; (void)sz;"] if not zp else []
     for j in range(nb):
         out.append(f"  const __m512 s{j} = _mm512_loadu_ps(sc + {16 * j})" +
@@ -53,6 +83,17 @@ def _group_end(r: int, nb: int, nr: int, acc: list[list[str]], isint: bool,
                        (f"_mm512_fnmadd_ps(xs{i}, z{j}, {f}));" if zp else f"{f});"))
         out.append("  }")
     return out
+
+
+def zint_scalar(nr: int) -> list[str]:
+    """The portable tiles' fold of an int32 sum ``acc``: exact in int32 under ``SF_ZINT`` (see
+    :func:`_group_end`), else in float."""
+    return ["#if SF_ZINT",
+            "      ct[i * " + str(nr) + " + j] += (float)(acc - (int32_t)((const uint8_t *)sz)[j] * "
+            "(int32_t)xs[i * ldxs]) * sc[j];",
+            "#else",
+            "      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * SF_Z(sz, j, sc[j]);",
+            "#endif"]
 
 
 def _lut_f32(fp4: bool = True) -> str:
@@ -288,7 +329,8 @@ def tile_scalar(nb: int, isint: bool, fp4: bool = False) -> list[str]:
         "        for (int t = 0; t < 4; t++)",
         f"          acc += xb[t] * {nib[0]} + xb[t + 4] * {nib[1]};",
         "      }",
-        "      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * SF_Z(sz, j, sc[j]);",
+        *(zint_scalar(nr) if isint else
+          ["      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * SF_Z(sz, j, sc[j]);"]),
         "    }",
         "  }",
         "}",
