@@ -268,6 +268,9 @@ def _compile(args: argparse.Namespace) -> int:
     target = "interp" if to_onnx_file else args.target
     with progress(f"compiling @{g.name} ({', '.join(passes) or 'no passes'}) for {target}"):
         cm = api.compile(g, passes=passes, target=target, calibration=calibration)
+    if args.nbits_accuracy and not to_onnx_file:
+        print("scalefold: note: --nbits-accuracy applies to .onnx outputs only; the artifact does "
+              "not use it", file=sys.stderr)
     if to_onnx_file:
         from .codegen.onnx import to_onnx
         with progress(f"writing {out}"):

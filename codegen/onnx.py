@@ -84,7 +84,8 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = 21
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"ONNX export: opset {opset} is outside {MIN_OPSET}.."
                           f"{onnx.defs.onnx_opset_version()}")
-    if isinstance(nbits_accuracy, bool) or nbits_accuracy not in (0, 1, 2, 3, 4):
+    if not isinstance(nbits_accuracy, int) or isinstance(nbits_accuracy, bool) or \
+            nbits_accuracy not in (0, 1, 2, 3, 4):
         raise ExportError(f"ONNX export: nbits_accuracy must be 0..4 (MatMulNBits accuracy_level), "
                           f"got {nbits_accuracy!r}")
     model = build_model(graph, opset, nbits_accuracy)

@@ -325,6 +325,10 @@ def weight_t(cx: Emitter, node: Node) -> tuple[str, dt.DType]:
     group = node.attrs["group"]
     cd = dt.f64 if sv.dtype is dt.f64 else dt.f32
     zd = zv.dtype if zv is not None else None
+    # float8 weights as Cast and Mul (see dequant), except behind a dequantised activation:
+    # there onnxruntime's QDQ rewrite would fold them to floats and quantise those to int8
+    xp = node.inputs[0].producer
+    fast_f8 = xp is None or xp.op != "dequantize"
     if wv.is_const and sv.is_const and (zv is None or zv.is_const):
         def tr(v: Value) -> str:
             return cx.derived(v, "T", lambda t: t.t().contiguous() if t.dim() == 2 else t, v.dtype)
@@ -332,9 +336,9 @@ def weight_t(cx: Emitter, node: Node) -> tuple[str, dt.DType]:
         # Per-channel: the scale runs along axis 1 of W^T; group-wise: blocks along axis 0.
         axis = 1 if group == 0 else 0
         return dequant(cx, tr(wv), wv.dtype, tr(sv), _Shaped(sv, True), tr(zv) if zv is not None else "",
-                       zd, kn, axis, group, cd, weights=True), cd
+                       zd, kn, axis, group, cd, weights=fast_f8), cd
     wd = dequant(cx, cx.value(wv), wv.dtype, cx.value(sv), sv, cx.value(zv), zd, wv.shape,
-                 0 if group == 0 else 1, group, cd, weights=True)
+                 0 if group == 0 else 1, group, cd, weights=fast_f8)
     return cx.op("Transpose", [wd], perm=[1, 0]), cd
 
 

@@ -114,6 +114,11 @@ def destination_problem(path: str | os.PathLike) -> str | None:
     dest = Path(path).resolve()
     if dest.exists() and not dest.is_dir():
         return "exists and is not a directory"
+    for up in dest.parents:
+        if up.exists():
+            if not up.is_dir():
+                return f"{up} is not a directory"
+            break
     cwd = Path.cwd().resolve()
     if dest == cwd or dest in cwd.parents:
         return "is the current directory or one above it; name the artifact's own directory " \

@@ -235,6 +235,35 @@ def test_nbits_accuracy_option(tmp_path: Path) -> None:
     got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
     want = run(g, x)[0]
     assert float((got - want).norm() / want.norm()) < 3e-2
-    for bad in (5, -1, True, "4"):
+    for bad in (5, -1, True, "4", 2.0):
         with pytest.raises(ExportError, match="nbits_accuracy"):
             to_onnx(g, nbits_accuracy=bad)
+
+
+def test_fp8_weights_behind_quantised_activations_keep_dequantize_linear(tmp_path: Path) -> None:
+    """Float8 weights export as Cast and Mul, except where the linear reads a dequantised
+    activation (act_format): there onnxruntime's default QDQ rewrite would fold the Cast+Mul
+    weight and quantise it to int8 (0.025 off); DequantizeLinear keeps the IR's numbers."""
+    from scalefold.ir.parser import parse
+    text = """
+graph @m(%x: f32[B,64]) -> (f32[B,24]) {
+  %0: f32[B,48] = linear(%x, #w1, #b1)
+  %1: f32[B,48] = relu(%0)
+  %2: f32[B,24] = linear(%1, #w2, #b2)
+  return %2
+}
+#w1 = const f32[48,64] randn(seed=1, std=0.2)
+#b1 = const f32[48] randn(seed=2, std=0.1)
+#w2 = const f32[24,48] randn(seed=3, std=0.2)
+#b2 = const f32[24] randn(seed=4, std=0.1)
+"""
+    cal = [(torch.randn(16, 64),) for _ in range(2)]
+    g = quant_weights(parse(text), cal, format="fp8_e4m3", group=0, act_format="fp8_e4m3")
+    m = to_onnx(g)
+    ops = collections.Counter(n.op_type for n in m.graph.node)
+    assert ops["DequantizeLinear"] >= 3            # two activations, and the weights behind them
+    x = torch.randn(5, 64)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])   # default session
+    got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    want = run(g, x)[0]
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max()) + 1e-6

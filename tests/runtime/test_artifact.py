@@ -239,3 +239,10 @@ def test_save_never_replaces_a_foreign_directory(saved, tmp_path: Path, monkeypa
     empty.mkdir()
     x = torch.randn(2, 64)
     assert torch.equal(sf.load(cm.save(empty))(x), cm(x))
+
+
+def test_save_below_a_file_names_the_file(saved, tmp_path: Path) -> None:
+    cm, _ = saved
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ArtifactError, match="f is not a directory"):
+        cm.save(tmp_path / "f" / "x")
