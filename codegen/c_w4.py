@@ -407,11 +407,11 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
         head.append("#define SF_NO_VEC 1")
     need = "defined(__AVX512F__) && defined(__AVX512BW__)" + \
         (" && defined(__AVX512VNNI__)" if isint else "")
-    # The zero-point block: float sz, or ze bytes times the scale (runtime/w4pack.py).
     # exact integer zero-point fold of the int8-activation tiles (c_w4_src._group_end): ze
-    # bytes stored and 127 * 255 * g inside int32, so sum code * (u - ze) cannot wrap
-    zint = isint and packed.zbytes and 127 * 267 * g < 2 ** 31
+    # bytes stored and |sum code * (u - ze)| <= 127 * 255 * g inside int32, so it cannot wrap
+    zint = isint and packed.zbytes and 127 * 255 * g < 2 ** 31
     head.append(f"#define SF_ZINT {int(zint)}")
+    # The zero-point block: float sz, or ze bytes times the scale (runtime/w4pack.py).
     if packed.zbytes:
         head += ["#define SF_LOADZ(z, o, s) _mm512_mul_ps(s, _mm512_cvtepi32_ps("
                  "_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)(z) + (o))))))",
@@ -430,7 +430,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
         if bits == 8:
             # the packed bytes are the decoded u8 layout: the buffered tile reads them as sf_qd
             for r in range(1, cfg.mr_vnni + 1):
-                head += [ln.replace(f"sf_qb{r}(", f"sf_qd{r}(") for ln in tile_vnni(r, nb, True)]
+                head += tile_vnni(r, nb, True, name=f"sf_qd{r}")
         else:
             for r in range(1, cfg.mr_vnni + 1):
                 head += tile_vnni(r, nb, pf=cfg.pf_bytes, fp4=fp4)

@@ -85,15 +85,16 @@ def _group_end_float(r: int, nb: int, nr: int, acc: list[list[str]], isint: bool
     return out
 
 
-def zint_scalar(nr: int) -> list[str]:
-    """The portable tiles' fold of an int32 sum ``acc``: exact in int32 under ``SF_ZINT`` (see
-    :func:`_group_end`), else in float."""
+def scalar_fold(nr: int, isint: bool) -> list[str]:
+    """The portable tiles' fold of the group sum ``acc`` into ``ct``: an int32 sum (``isint``)
+    exactly in int32 under ``SF_ZINT`` (see :func:`_group_end`), else in float."""
+    flt = ["      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * SF_Z(sz, j, sc[j]);"]
+    if not isint:
+        return flt
     return ["#if SF_ZINT",
             "      ct[i * " + str(nr) + " + j] += (float)(acc - (int32_t)((const uint8_t *)sz)[j] * "
             "(int32_t)xs[i * ldxs]) * sc[j];",
-            "#else",
-            "      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * SF_Z(sz, j, sc[j]);",
-            "#endif"]
+            "#else", *flt, "#endif"]
 
 
 def _lut_f32(fp4: bool = True) -> str:
@@ -243,19 +244,21 @@ def decode_u8(nb: int, fp4: bool = False) -> list[str]:
     return out
 
 
-def tile_vnni(r: int, nb: int, buffered: bool = False, pf: int = 0, fp4: bool = False
-              ) -> list[str]:
+def tile_vnni(r: int, nb: int, buffered: bool = False, pf: int = 0, fp4: bool = False,
+              name: str | None = None) -> list[str]:
     """Int8-activation tile: mask / shift the nibbles to u8 bytes (``fp4``: then through the
     ``2 v + 12`` table; or, ``buffered``, read them decoded by :func:`decode_u8`) and
     ``vpdpbusd`` them with four activation codes broadcast per row; exact int32 sums per
     group, then the float fold. ``pf``: prefetch distance in bytes of the packed nibbles (0:
-    none; the direct form only)."""
+    none; the direct form only). ``name``: the function's name (default ``sf_qd<r>``, or
+    ``sf_qb<r>`` buffered)."""
     nr = 16 * nb
     halves = 2 if r * nb < 8 else 1          # separate accumulators for the low / high slots
     unroll = 2 if r * nb * halves < 8 else 1
     sets = [(u, h) for u in range(unroll) for h in range(halves)]
     acc = {s: [[f"a{s[0]}{s[1]}_{i}_{j}" for j in range(nb)] for i in range(r)] for s in sets}
-    out = [f"static inline void sf_q{'b' if buffered else 'd'}{r}" + SIG.format(xt="int8_t") + " {",
+    name = name or (f"sf_qb{r}" if buffered else f"sf_qd{r}")
+    out = [f"static inline void {name}" + SIG.format(xt="int8_t") + " {",
            "  const __m512i m4 = _mm512_set1_epi8(15);"]
     if fp4 and not buffered:
         out.append(_lut_u8())
@@ -329,8 +332,7 @@ def tile_scalar(nb: int, isint: bool, fp4: bool = False) -> list[str]:
         "        for (int t = 0; t < 4; t++)",
         f"          acc += xb[t] * {nib[0]} + xb[t + 4] * {nib[1]};",
         "      }",
-        *(zint_scalar(nr) if isint else
-          ["      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * SF_Z(sz, j, sc[j]);"]),
+        *scalar_fold(nr, isint),
         "    }",
         "  }",
         "}",

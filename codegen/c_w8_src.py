@@ -13,7 +13,7 @@ tile of its own: the packed bytes are ``vpdpbusd``'s operands as they are, the d
 from __future__ import annotations
 
 from ..runtime.w8pack import FP8_BITS
-from .c_w4_src import SIG, _fold_chains, _group_end, _prefetch, f32_tile_head, zint_scalar
+from .c_w4_src import SIG, _fold_chains, _group_end, _prefetch, f32_tile_head, scalar_fold
 
 
 def _consts(fp8: str | None) -> list[str]:
@@ -131,8 +131,7 @@ def tile_scalar8(nb: int, isint: bool, fp8: str | None = None) -> list[str]:
         "          for (int t = 0; t < 4; t++)",
         f"            acc += xb[4 * h + t] * {val};",
         "      }",
-        *(zint_scalar(nr) if isint else
-          ["      ct[i * " + str(nr) + " + j] += (float)acc * sc[j] - xs[i * ldxs] * SF_Z(sz, j, sc[j]);"]),
+        *scalar_fold(nr, isint),
         "    }",
         "  }",
         "}",
