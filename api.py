@@ -103,14 +103,14 @@ def build_triton(graph: Graph, device: str | torch.device | None = None,
 
 
 def _packed_only(rendered: list) -> set[int]:
-    """Ids of constants that only W4 kernels read, and only through their packed copies (the
+    """Ids of constants that only the weight-only kernels (W4, wq) read, and only through their packed copies (the
     codes, scales and zero points): keeping the one-byte-per-code IR copy on the GPU as well
     would cost more memory than bf16 weights."""
     packed: set[int] = set()
     other: set[int] = set()
     for tk in rendered:
         ins = tk.kernel.inputs
-        only = set(tk.meta.packed_inputs(len(ins))) if tk.launch == "w4" else set()
+        only = set(tk.meta.packed_inputs(len(ins))) if tk.launch in ("w4", "wq") else set()
         for i, v in enumerate(ins):
             if v is not None and v.is_const:
                 (packed if i in only else other).add(id(v))

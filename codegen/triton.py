@@ -39,6 +39,7 @@ from .triton_qgemm import qlinear_supported, render_qlinear
 from .triton_row import _Ctx, _Row
 from .triton_w4 import REASON as W4_REASON
 from .triton_w4 import render_w4, w4_supported
+from .triton_wq import REASON as WQ_REASON, render_wq, wq_supported
 
 # Ops without a generated Triton kernel run their torch reference (on the tensors' device), for
 # the C backend's reasons where it has none either; f64 ops of F32_ONLY also do.
@@ -46,7 +47,7 @@ _QUANT = "Triton kernels land with the quantisation issues; torch reference on t
 REFERENCE_OPS: dict[str, str] = {**C_REFERENCE_OPS, "quantize": "blocked / other-axis / f64 / float-code "
                                  "quantize; per-tensor and last-axis forms fuse into kernels",
                                  "dequantize": _QUANT,
-                                 "qlinear": QGEMM_REASON + "; " + W4_REASON}
+                                 "qlinear": QGEMM_REASON + "; " + W4_REASON + "; " + WQ_REASON}
 
 ROW_MAX = 8192      # longest row held in one block; longer rows loop over ROW_CHUNK chunks
 ROW_CHUNK = 4096
@@ -61,9 +62,9 @@ class TritonKernel:
     kernel: Kernel
     source: str
     params: list[sympy.Expr] = field(default_factory=list)
-    launch: str = "empty"                       # flat | tile | row | empty | qgemm | w4
+    launch: str = "empty"                       # flat | tile | row | empty | qgemm | w4 | wq
     dims: tuple[int | str, int | str] = (0, 0)  # (outer rows O, inner extent N or row length L)
-    meta: Any = None                            # qgemm / w4: the launch spec (QGemmSpec / W4Spec)
+    meta: Any = None                            # qgemm / w4 / wq: the launch spec (QGemmSpec / W4Spec / WQSpec)
 
     @property
     def name(self) -> str:
@@ -296,14 +297,14 @@ def render_kernel(k: Kernel) -> TritonKernel:
 CAPS = Caps(elementwise=frozenset(T_EXPR), row=ROW_OPS, node_ok=t_node_ok, row_ok=row_renderable,
             pointwise=frozenset({"quantize"}),
             template=frozenset({"qlinear"}),
-            template_ok=lambda n: qlinear_supported(n) or w4_supported(n))
+            template_ok=lambda n: qlinear_supported(n) or w4_supported(n) or wq_supported(n))
 
 
 def render(schedule: Schedule) -> list[TritonKernel]:
     """Triton source for every fused and template kernel of ``schedule`` (other kinds need no
     source). Template kernels (``qlinear``'s int8 GEMM, ``triton_qgemm.py``) launch as
     ``qgemm`` with runtime integers [M, N, K]; weight-only 4-bit ones (``triton_w4.py``) as
-    ``w4``, likewise."""
+    ``w4``, the other weight-only forms (``triton_wq.py``) as ``wq``, likewise."""
     out = []
     for k in schedule.kernels:
         if k.kind == "fused":
@@ -311,6 +312,9 @@ def render(schedule: Schedule) -> list[TritonKernel]:
         elif k.kind == "template" and w4_supported(k.nodes[0]):
             src, params, w4spec = render_w4(k)
             out.append(TritonKernel(k, src, params, "w4", ("q0", "q1"), w4spec))
+        elif k.kind == "template" and wq_supported(k.nodes[0]):
+            src, params, wqspec = render_wq(k)
+            out.append(TritonKernel(k, src, params, "wq", ("q0", "q1"), wqspec))
         elif k.kind == "template":
             src, params, spec = render_qlinear(k)
             out.append(TritonKernel(k, src, params, "qgemm", ("q0", "q1"), spec))

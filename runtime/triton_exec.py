@@ -113,9 +113,9 @@ class TritonLaunch:
         self.interpret = interpret
         self.mod = None if tk.launch == "empty" else load_module(tk.source, interpret)
         self.fn = None if self.mod is None else getattr(self.mod, "sf_kernel", None)
-        # weight-only 4-bit qlinear: its constants packed once, here, on the launch device
+        # weight-only qlinear (W4 / other codes): its constants packed once, here, on the launch device
         self.w4 = None
-        if tk.launch == "w4":
+        if tk.launch in ("w4", "wq"):
             dev = torch.device("cpu") if interpret else torch.device("cuda", torch.cuda.current_device())
             # without the [K/8, N] layout: only an explicit KN config (never the executor) reads it
             self.w4 = tk.meta.pack(dev, kn=False)
@@ -160,6 +160,10 @@ class TritonLaunch:
             from ..codegen.triton_w4 import make_launch as w4_launch
             M, N, K = (int(v) for v in q)
             return w4_launch(self.mod, self.tk.meta, self.w4, M, N, K, self.interpret)
+        if self.tk.launch == "wq":
+            from ..codegen.triton_wq import make_launch as wq_launch
+            M, N, K = (int(v) for v in q)
+            return wq_launch(self.mod, self.tk.meta, self.w4, M, N, K, self.interpret)
         cfg = self.config(q)
         if cfg is None or self.fn is None:
             return lambda ts: None

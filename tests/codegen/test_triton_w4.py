@@ -334,14 +334,21 @@ def test_source_is_deterministic_and_shared() -> None:
 
 
 @pytest.mark.parametrize("variant", ["float_zero", "group24", "f64"])
-def test_unsupported_variants_stay_on_reference(variant: str) -> None:
+def test_variants_w4_refuses(variant: str) -> None:
+    """Float zero points and groups that are not a power of two are not W4's: they run the
+    general weight-only kernel (``triton_wq.py``); f64 x runs the reference."""
     if variant == "float_zero":
         g = qgraph(64, 8, group=32, float_zero=True)
     elif variant == "group24":
         g = qgraph(96, 8, group=24)
     else:
         g = qgraph(64, 8, group=32, xd="f64")
-    assert [k.kind for k in partition(g, tgen.CAPS).kernels] == ["reference"]
+    assert not triton_w4.w4_supported(g.nodes[0])
+    kinds = [k.kind for k in partition(g, tgen.CAPS).kernels]
+    if variant == "f64":
+        assert kinds == ["reference"]
+    else:
+        assert kinds == ["template"] and tgen.render(partition(g, tgen.CAPS))[0].launch == "wq"
     assert "W4" in tgen.REFERENCE_OPS["qlinear"]
 
 

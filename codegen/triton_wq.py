@@ -1,0 +1,226 @@
+"""The Triton kernel of the weight-only ``qlinear`` forms the W4 kernels (``triton_w4.py``) do
+not take: 8-bit integer codes (u8 / i8, integer or float zero points), float8 codes (E4M3,
+E5M2), FP4 E2M1 codes, and 4-bit integer codes with float zero points or with a group that is
+not a power of two. Without it those ran a float32 GEMM on weights dequantised once at load
+(4 bytes a weight on the device); now the device holds the packed codes
+(``runtime/wqpack_gpu.py``: one byte per 8-bit code, one per two 4-bit codes) and the kernel
+decodes them in registers.
+
+``wq_gemm`` (``triton_wq_src.py``): tiles BM x BN over (M, N), a K loop of BK columns, split-K
+with the W4 kernels' deterministic finish when the tiles are too few to fill the GPU. Per
+tile the codes load as bytes ([BN, BK], or [BN, BK / 2] split into nibbles) and become
+values by bit moves (float codes: f16 bit patterns, exact; the power of two they leave out is
+in the packed scales). Two forms:
+
+- *scale after the dot* (``AFTER``; when BK divides the group, or one scale per channel): the
+  dot takes the exact code values, minus integer zero points, in x's type (f16 / bf16: small
+  integers and float8 / FP4 values are exact there; f32 x: IEEE f32 dots), accumulates in f32,
+  and the tile's f32 partial is multiplied by its group scale;
+- *scale before*: float zero points, or groups with no power-of-two divisor >= 16 (a group of
+  20, say): the weights are dequantised in f32 exactly as the reference's Wd and the dot is
+  IEEE f32. Correct everywhere, not tuned.
+
+So the result differs from the reference (float64 sums of Wd) only by f32 accumulation and the
+one rounding to the output type. Under the interpreter bf16 runs the f32 forms (its bf16 dots
+are wrong, as for the W4 kernels).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import sympy
+import torch
+
+from ..ir import dtypes as dt
+from ..ir.graph import Node
+from ..runtime.w8pack import finite_codes
+from ..runtime.wqpack_gpu import WQ_DTYPES, WQPacked, effective_group, pack_wq, rebias, KIND
+from .schedule import Kernel
+from .triton_wq_src import SOURCE
+
+X_REAL = frozenset({"f32", "f16", "bf16"})
+SMS = 132                        # H200 multiprocessors: the split-K target
+REASON = ("weight-only u8/i8/f8/f4e2m1 codes (and 4-bit codes the W4 kernels refuse) run "
+          "triton_wq.py; f64 x, non-constant or out-of-range codes run the reference")
+
+
+def _in_range(w: torch.Tensor, wdtype: dt.DType) -> bool:
+    if wdtype.name == "f4e2m1":
+        return bool(((w >= 0) & (w <= 15)).all())
+    if wdtype.is_float:
+        return finite_codes(w, wdtype)
+    lo, hi = wdtype.int_range()
+    return bool(((w >= lo) & (w <= hi)).all())
+
+
+def wq_supported(n: Node) -> bool:
+    """Whether ``wq_gemm`` runs this ``qlinear``: act none, f16 / bf16 / f32 x, constant codes of
+    a type in ``WQ_DTYPES`` (finite float8 codes, integer codes in their range) of static
+    shape, constant f32 scales (finite once rebiased), no zero point or a constant integer / f32
+    (finite) one for integer codes, float bias. Callers try the W4 kernels first."""
+    if n.op != "qlinear" or n.attrs["act"] != "none":
+        return False
+    x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
+    zero = n.inputs[3] if len(n.inputs) > 3 else None
+    bias = n.inputs[4] if len(n.inputs) > 4 else None
+    if x is None or w is None or scale is None or x.dtype.name not in X_REAL:
+        return False
+    if w.dtype.name not in WQ_DTYPES or not w.is_const or not scale.is_const or scale.dtype.name != "f32":
+        return False
+    if bias is not None and bias.dtype.name not in X_REAL:
+        return False
+    if zero is not None:
+        if w.dtype.is_float or not zero.is_const or zero.dtype.name not in ("u4", "i4", "u8", "i8", "f32"):
+            return False
+        if zero.dtype.name == "f32" and not bool(torch.isfinite(zero.const).all()):
+            return False
+    nn, k = w.type.shape
+    if not isinstance(nn, int) or not isinstance(k, int) or nn < 1 or k < 1:
+        return False
+    if not _in_range(w.const, w.dtype):
+        return False
+    # the float codes' rebias rides on the scale: it must stay finite
+    return bool(torch.isfinite(scale.const.to(torch.float32) * rebias(KIND[w.dtype.name])).all())
+
+
+@dataclass(frozen=True, eq=False)
+class WQSpec:
+    """Slots of x, bias (-1: none) and y in the kernel's tensor list, x's type, and the
+    qlinear's constants (packed when the kernel is loaded)."""
+
+    slots: tuple[int, int, int]
+    xkind: str
+    w: torch.Tensor
+    wdtype: str
+    scale: torch.Tensor
+    zero: torch.Tensor | None
+    group: int
+
+    def pack(self, device: torch.device | str, kn: bool = False) -> WQPacked:
+        """The packed constants on ``device`` (``kn`` is the W4 spec's argument, unused)."""
+        return pack_wq(self.w, self.scale, self.zero, dt.get(self.wdtype), self.group).to(device)
+
+    def packed_inputs(self, n_inputs: int) -> list[int]:
+        """Kernel inputs that only feed the packing (codes, scales, zeros)."""
+        return [i for i in range(n_inputs) if i not in self.slots[:2]]
+
+
+def render_wq(k: Kernel) -> tuple[str, list[sympy.Expr], WQSpec]:
+    """(module source, runtime integers [M, N, K], launch spec) of a ``wq`` template kernel;
+    the source is the same for every qlinear (the forms are constexprs chosen at launch)."""
+    n = k.nodes[0]
+    x, w, s = n.inputs[0], n.inputs[1], n.inputs[2]
+    zero = n.inputs[3] if len(n.inputs) > 3 else None
+    bias = n.inputs[4] if len(n.inputs) > 4 else None
+    index = {id(v): i for i, v in enumerate(k.inputs)}
+    slots = (index[id(x)], index[id(bias)] if bias is not None else -1, len(k.inputs))
+    m: sympy.Expr = sympy.Integer(1)
+    for d in x.type.shape[:-1]:
+        m = m * sympy.sympify(d)
+    N, K = w.type.shape
+    spec = WQSpec(slots, x.dtype.name, w.const, w.dtype.name, s.const,  # type: ignore[arg-type]
+                  zero.const if zero is not None else None, n.attrs["group"])
+    return SOURCE, [sympy.expand(m), sympy.Integer(N), sympy.Integer(K)], spec
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _pow2_divisor(g: int) -> int:
+    return g & -g
+
+
+def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False) -> dict[str, int]:
+    """Tiles for M rows: BM 16 up to M = 16 (the weights stream once; split-K fills the GPU),
+    64 up to 64, else 128; BK at most the group's largest power-of-two divisor (so one scale
+    per tile; below 16 the scale-before form takes any BK)."""
+    if interpret:
+        cfg = dict(BM=16 if M <= 16 else 32, BN=32, BK=32, num_warps=4)
+    elif M <= 16:
+        cfg = dict(BM=16, BN=64, BK=128, num_warps=4, num_stages=3)
+    elif M <= 64:
+        cfg = dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=3)
+    else:
+        cfg = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+    g = effective_group(K, group)
+    if g and _pow2_divisor(g) >= 16:
+        cfg["BK"] = min(cfg["BK"], _pow2_divisor(g))
+    tiles = -(-M // cfg["BM"]) * -(-N // cfg["BN"])
+    ntile = -(-K // cfg["BK"])
+    target = 2 * SMS
+    cfg["SPLIT"] = max(1, min(ntile, target // tiles)) if tiles < target and not interpret else 1
+    return cfg
+
+
+Launch = Callable[[Sequence[torch.Tensor]], None]
+
+
+def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, interpret: bool,
+                config: dict[str, int] | None = None) -> Launch:
+    """The launch of ``wq_gemm`` for one binding of M (``config`` overrides :func:`wq_config`).
+    A split launch owns an f32 workspace [SPLIT, M, N] and a counter per tile, as the W4
+    kernels' (one launch of a binding finishes before the next starts on another stream)."""
+    if M <= 0 or N <= 0:
+        return lambda ts: None
+    cfg = dict(config or wq_config(M, N, K, packed.group, interpret))
+    bk = int(cfg.pop("BK"))
+    g = packed.group
+    after = not packed.float_zero and (g == 0 or g % bk == 0)
+    kind = {"f32": 0, "f16": 1, "bf16": 2}[spec.xkind]
+    op = 0 if kind == 0 or (kind == 2 and interpret) else kind
+    ntile = -(-K // bk)
+    split = max(1, min(int(cfg.pop("SPLIT", 1)), ntile))
+    nt_per = -(-ntile // split)
+    split = -(-ntile // nt_per)                 # no empty splits
+    xi, bi, yi = spec.slots
+    zmode = 0 if packed.zeros is None else (2 if packed.float_zero else 1)
+    flags = dict(CODE=packed.kind, NIB=packed.nib, ZMODE=zmode, AFTER=after, OP=op, HAS_BIAS=bi >= 0,
+                 SPLIT=split, ROUND_BF16=spec.xkind == "bf16" and interpret,
+                 EVICT=int(M <= cfg["BM"]), GROUP=g, BK=bk)
+    cfg.setdefault("GROUP_M", 8)
+    grid = (-(-M // cfg["BM"]) * -(-N // cfg["BN"]), split)
+    dev = packed.scales.device
+    S = packed.scales
+    Z = packed.zeros if packed.zeros is not None else S
+    ws, cnt = S, S
+    if split > 1:
+        ws = torch.empty((split, M, N), dtype=torch.float32, device=dev)
+        cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
+    kern = mod.wq_gemm[grid]
+    W, KB, NG = packed.codes, packed.codes.shape[1], S.shape[0]
+
+    def launch(ts: Sequence[torch.Tensor]) -> None:
+        b = ts[bi] if bi >= 0 else S
+        kern(ts[xi], W, S, Z, b, ts[yi], ws, cnt, M, N, K, KB, NG, nt_per, **flags, **cfg)
+
+    if not interpret:
+        return launch
+    import numpy as np
+
+    def interpreted(ts: Sequence[torch.Tensor]) -> None:
+        with np.errstate(all="ignore"):     # masked-off lanes compute on fill values
+            launch(ts)
+    return interpreted
+
+
+def wq_linear(x: torch.Tensor, w: torch.Tensor, wdtype: str, scale: torch.Tensor,
+              zero: torch.Tensor | None, group: int, bias: torch.Tensor | None = None,
+              config: dict[str, int] | None = None) -> torch.Tensor:
+    """y = x @ Wd.T (+ bias) through ``wq_gemm`` on x's device (tests and benchmarks; the
+    compiled path packs once at load). x [M, K] f16 / bf16 / f32."""
+    from ..runtime.triton_exec import load_module
+    interpret = x.device.type == "cpu"
+    mod = load_module(SOURCE, interpret)
+    p = pack_wq(w, scale, zero, dt.get(wdtype), group).to(x.device)
+    M, K = x.shape
+    xkind = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[x.dtype]
+    spec = WQSpec((0, 1 if bias is not None else -1, 2), xkind, w, wdtype, scale, zero, group)
+    y = torch.empty(M, p.n, dtype=x.dtype, device=x.device)
+    b = bias.to(x.device) if bias is not None else x
+    make_launch(mod, spec, p, M, p.n, K, interpret, config)([x.contiguous(), b, y])
+    return y
+
+
+__all__ = ["wq_supported", "render_wq", "WQSpec", "wq_config", "make_launch", "wq_linear", "REASON"]

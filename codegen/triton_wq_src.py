@@ -1,0 +1,115 @@
+"""Triton source text of the weight-only kernel ``wq_gemm`` (``codegen/triton_wq.py`` documents
+it and launches it). It shares the W4 module's prelude, tile order and split-K finish, so the
+text is the W4 source plus this kernel."""
+from __future__ import annotations
+
+from .triton_w4_src import SOURCE as W4_SOURCE
+
+WQ_KERNEL = r'''
+
+@triton.jit
+def _wq_codes(W, rnc, k0, K, KB, NIB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+              EVICT: tl.constexpr):
+    """The code bytes [BN, BK] (int32) of channels rnc, columns k0 .. k0 + BK - 1 (0 past K)."""
+    if NIB:
+        kb = k0 // 2 + tl.arange(0, BK // 2)
+        p = W + rnc.to(tl.int64)[:, None] * KB + kb[None, :]
+        if EVICT:
+            b = tl.load(p, mask=(kb < KB)[None, :], other=0, eviction_policy="evict_first").to(tl.int32)
+        else:
+            b = tl.load(p, mask=(kb < KB)[None, :], other=0).to(tl.int32)
+        # column 2 j + t of the tile is nibble t of byte j
+        c = tl.reshape(tl.join(b & 15, b >> 4), [BN, BK])
+    else:
+        kk = k0 + tl.arange(0, BK)
+        p = W + rnc.to(tl.int64)[:, None] * KB + kk[None, :]
+        if EVICT:
+            c = tl.load(p, mask=(kk < K)[None, :], other=0, eviction_policy="evict_first").to(tl.int32)
+        else:
+            c = tl.load(p, mask=(kk < K)[None, :], other=0).to(tl.int32)
+    return c
+
+
+@triton.jit
+def _wq_value(c, CODE: tl.constexpr, NIB: tl.constexpr):
+    """The codes' values: int32 for integer codes, f16 (times 2^-r, see the packing) for float."""
+    if CODE == 0:
+        v = c
+    elif CODE == 1:
+        if NIB:
+            v = (c ^ 8) - 8
+        else:
+            v = (c ^ 128) - 128
+    else:
+        if CODE == 2:
+            bits = ((c & 0x80) << 8) | ((c & 0x7F) << 7)
+        elif CODE == 3:
+            bits = c << 8
+        else:
+            bits = ((c & 8) << 12) | ((c & 7) << 9)
+        v = bits.to(tl.uint16).to(tl.float16, bitcast=True)
+    return v
+
+
+@triton.jit
+def wq_gemm(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.constexpr,
+            CODE: tl.constexpr, NIB: tl.constexpr, ZMODE: tl.constexpr, AFTER: tl.constexpr,
+            OP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, ROUND_BF16: tl.constexpr,
+            EVICT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+            GROUP_M: tl.constexpr):
+    # AFTER: the tile's dot takes the exact code values (minus integer zero points) in the
+    # operand type OP (0 f32 with IEEE dots, 1 f16, 2 bf16) and its f32 partial is multiplied
+    # by the tile's one group scale (BK divides GROUP; GROUP 0: one scale per channel, at the
+    # end). Else the weights are dequantised in f32 ((value - zero) * scale, the reference's
+    # Wd) and the dot is IEEE f32.
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm, rn, rmc, rnc = _sf_gemm_tile(pid, M, N, BM, BN, GROUP_M)
+    kk = tl.arange(0, BK)
+    acc = tl.full([BM, BN], 0, tl.float32)
+    t0 = pid_k * NT_PER
+    t1 = tl.minimum(t0 + NT_PER, tl.cdiv(K, BK))
+    for t in range(t0, t1):
+        k0 = t * BK
+        km = (k0 + kk) < K
+        x = tl.load(X + rmc.to(tl.int64)[:, None] * K + (k0 + kk)[None, :], mask=km[None, :], other=0)
+        c = _wq_codes(W, rnc, k0, K, KB, NIB, BN, BK, EVICT)
+        v = _wq_value(c, CODE, NIB)
+        if AFTER:
+            if ZMODE == 1:
+                if GROUP > 0:
+                    v = v - tl.load(Z + (k0 // GROUP) * N + rnc).to(tl.int32)[:, None]
+                else:
+                    v = v - tl.load(Z + rnc).to(tl.int32)[:, None]
+            if OP == 0:
+                part = tl.dot(x.to(tl.float32), tl.trans(v.to(tl.float32)), input_precision="ieee")
+            elif OP == 1:
+                part = tl.dot(x.to(tl.float16), tl.trans(v.to(tl.float16)))
+            else:
+                part = tl.dot(x.to(tl.bfloat16), tl.trans(v.to(tl.bfloat16)))
+            if GROUP > 0:
+                acc += part * tl.load(S + (k0 // GROUP) * N + rnc)[None, :]
+            else:
+                acc += part
+        else:
+            if GROUP > 0:
+                gk = (k0 + kk) // GROUP
+            else:
+                gk = kk * 0
+            gm = (gk < NG)[None, :]
+            off = gk[None, :] * N + rnc[:, None]
+            wd = v.to(tl.float32)
+            if ZMODE == 1:
+                wd = wd - tl.load(Z + off, mask=gm, other=0).to(tl.float32)
+            elif ZMODE == 2:
+                wd = wd - tl.load(Z + off, mask=gm, other=0)
+            wd = wd * tl.load(S + off, mask=gm, other=0)
+            acc += tl.dot(x.to(tl.float32), tl.trans(wd), input_precision="ieee")
+    if AFTER and GROUP == 0:
+        acc = acc * tl.load(S + rnc)[None, :]
+    _w4_finish(Y, B, WS, CNT, acc, rm, rn, M, N, pid, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
+'''
+
+SOURCE = W4_SOURCE + WQ_KERNEL
+
+__all__ = ["SOURCE"]
