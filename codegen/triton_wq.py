@@ -40,6 +40,7 @@ from .schedule import Kernel
 from .triton_wq_src import SOURCE
 
 X_REAL = frozenset({"f32", "f16", "bf16"})
+GEMV_MAX_M = 4                   # rows the CUDA-core GEMV takes (from 5 the tensor-core GEMM)
 SMS = 132                        # H200 multiprocessors: the split-K target
 REASON = ("weight-only u8/i8/f8/f4e2m1 codes (and 4-bit codes the W4 kernels refuse) run "
           "triton_wq.py; f64 x, non-constant or out-of-range codes run the reference")
@@ -136,7 +137,15 @@ def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False) -> di
     """Tiles for M rows: BM 16 up to M = 16 (the weights stream once; split-K fills the GPU),
     64 up to 64, else 128; BK at most the group's largest power-of-two divisor (so one scale
     per tile; below 16 the scale-before form takes any BK)."""
-    if interpret:
+    g = effective_group(K, group)
+    if M <= GEMV_MAX_M and (g == 0 or _pow2_divisor(g) >= 16):
+        # the CUDA-core GEMV: [BM, BN, BK] products of 8192 elements (64 registers a thread)
+        bm = _pow2(M)
+        bk = 128 if g == 0 else min(128, _pow2_divisor(g))
+        cfg = dict(GEMV=1, BM=bm, BN=max(8, 8192 // (bm * bk)), BK=bk, num_warps=4)
+        if interpret:
+            cfg.update(BN=16, BK=min(bk, 32))
+    elif interpret:
         cfg = dict(BM=16 if M <= 16 else 32, BN=32, BK=32, num_warps=4)
     elif M <= 16:
         cfg = dict(BM=16, BN=64, BK=128, num_warps=4, num_stages=3)
@@ -144,7 +153,6 @@ def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False) -> di
         cfg = dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=3)
     else:
         cfg = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
-    g = effective_group(K, group)
     if g and _pow2_divisor(g) >= 16:
         cfg["BK"] = min(cfg["BK"], _pow2_divisor(g))
     tiles = -(-M // cfg["BM"]) * -(-N // cfg["BN"])
@@ -168,6 +176,10 @@ def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, int
     bk = int(cfg.pop("BK"))
     g = packed.group
     after = not packed.float_zero and (g == 0 or g % bk == 0)
+    gemv = bool(cfg.pop("GEMV", 0)) and after and M <= cfg["BM"]
+    if not gemv:
+        # float zero points take the GEMM (tl.dot needs 16-wide tiles)
+        cfg["BM"], cfg["BN"] = max(16, cfg["BM"]), max(16, cfg["BN"])
     kind = {"f32": 0, "f16": 1, "bf16": 2}[spec.xkind]
     op = 0 if kind == 0 or (kind == 2 and interpret) else kind
     ntile = -(-K // bk)
@@ -179,8 +191,15 @@ def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, int
     flags = dict(CODE=packed.kind, NIB=packed.nib, ZMODE=zmode, AFTER=after, OP=op, HAS_BIAS=bi >= 0,
                  SPLIT=split, ROUND_BF16=spec.xkind == "bf16" and interpret,
                  EVICT=int(M <= cfg["BM"]), GROUP=g, BK=bk)
-    cfg.setdefault("GROUP_M", 8)
-    grid = (-(-M // cfg["BM"]) * -(-N // cfg["BN"]), split)
+    if gemv:
+        for f in ("AFTER", "OP", "EVICT"):
+            flags.pop(f)
+        grid = (-(-N // cfg["BN"]), split)
+        kern_fn = mod.wq_gemv
+    else:
+        cfg.setdefault("GROUP_M", 8)
+        grid = (-(-M // cfg["BM"]) * -(-N // cfg["BN"]), split)
+        kern_fn = mod.wq_gemm
     dev = packed.scales.device
     S = packed.scales
     Z = packed.zeros if packed.zeros is not None else S
@@ -188,7 +207,7 @@ def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, int
     if split > 1:
         ws = torch.empty((split, M, N), dtype=torch.float32, device=dev)
         cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
-    kern = mod.wq_gemm[grid]
+    kern = kern_fn[grid]
     W, KB, NG = packed.codes, packed.codes.shape[1], S.shape[0]
 
     def launch(ts: Sequence[torch.Tensor]) -> None:

@@ -108,6 +108,59 @@ def wq_gemm(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
     if AFTER and GROUP == 0:
         acc = acc * tl.load(S + rnc)[None, :]
     _w4_finish(Y, B, WS, CNT, acc, rm, rn, M, N, pid, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
+
+@triton.jit
+def wq_gemv(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.constexpr,
+            CODE: tl.constexpr, NIB: tl.constexpr, ZMODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+            SPLIT: tl.constexpr, ROUND_BF16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+            BK: tl.constexpr):
+    # M <= BM rows (a few) without tensor cores: per K tile the codes become f32 values minus
+    # the zero point (integer codes: (c | 0x4B000000) is the float 2^23 + c, and one
+    # subtraction of 2^23 + zeff is exact), every row's products are summed over the tile,
+    # and the tile's group scale multiplies the sums (BK divides GROUP)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rnc = tl.where(rn < N, rn, 0).to(tl.int64)
+    rm = tl.arange(0, BM)
+    rmc = tl.where(rm < M, rm, 0).to(tl.int64)
+    kk = tl.arange(0, BK)
+    acc = tl.full([BM, BN], 0, tl.float32)
+    t0 = pid_k * NT_PER
+    t1 = tl.minimum(t0 + NT_PER, tl.cdiv(K, BK))
+    for t in range(t0, t1):
+        k0 = t * BK
+        km = (k0 + kk) < K
+        x = tl.load(X + rmc[:, None] * K + (k0 + kk)[None, :], mask=km[None, :], other=0).to(tl.float32)
+        c = _wq_codes(W, rnc, k0, K, KB, NIB, BN, BK, 1)
+        if GROUP > 0:
+            gi = k0 // GROUP
+        else:
+            gi = 0
+        if CODE < 2:
+            if CODE == 1 and NIB:
+                c = c ^ 8                          # the code plus 8 (its unsigned form)
+                zc = 8388608.0 + 8
+            elif CODE == 1:
+                c = c ^ 128
+                zc = 8388608.0 + 128
+            else:
+                zc = 8388608.0
+            if ZMODE == 1:
+                zf = tl.load(Z + gi * N + rnc).to(tl.float32) + zc
+            else:
+                zf = tl.load(S + gi * N + rnc, mask=rnc < 0, other=0) + zc
+            v = (c | 0x4B000000).to(tl.float32, bitcast=True) - zf[:, None]
+        else:
+            v = _wq_value(c, CODE, NIB).to(tl.float32)
+        part = tl.sum(v[None, :, :] * x[:, None, :], axis=2)
+        if GROUP > 0:
+            acc += part * tl.load(S + gi * N + rnc)[None, :]
+        else:
+            acc += part
+    if GROUP == 0:
+        acc = acc * tl.load(S + rnc)[None, :]
+    _w4_finish(Y, B, WS, CNT, acc, rm, rn, M, N, pid_n, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 '''
 
 SOURCE = W4_SOURCE + WQ_KERNEL

@@ -1,0 +1,100 @@
+"""H200: the Triton weight-only kernel for 8-bit and FP4 codes (``codegen/triton_wq.py``)
+against cuBLAS bf16 and the dequantise-once float32 GEMM those forms ran before it.
+
+Forms: int8 g128 (u8 codes + u8 zero points), FP8 E4M3 per channel, FP4 E2M1 g32; bf16 x;
+shapes K x N = 4096 x 11008 and 8192 x 8192; M = 1, 16, 64, 256. Timing: do_bench medians
+of CUDA-graph replays with the L2 flushed (the harness of ``w4_gpu.py``). Error: max relative
+error against the f32 product with the dequantised weight.
+
+Usage (repo root symlinked as the package ``scalefold``): ``python3 benchmarks/w8_gpu.py
+[--out FILE] [--sweep M]`` (``--sweep``: time tile / split variants at one M).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from w4_gpu import bench  # noqa: E402
+
+from scalefold.codegen.triton_wq import WQSpec, make_launch, wq_config  # noqa: E402
+from scalefold.ir import dtypes as dt  # noqa: E402
+from scalefold.runtime.triton_exec import load_module  # noqa: E402
+from scalefold.codegen.triton_wq_src import SOURCE  # noqa: E402
+from scalefold.runtime.wqpack_gpu import pack_wq, reference  # noqa: E402
+
+SHAPES = [(4096, 11008), (8192, 8192)]
+MS = [1, 16, 64, 256]
+
+
+def form(name: str, N: int, K: int, gen: torch.Generator):
+    """(codes, IR dtype, scale, zero, group) of a random weight in one of the forms."""
+    if name == "int8 g128":
+        G = K // 128
+        return (torch.randint(0, 256, (N, K), generator=gen).to(torch.uint8), "u8",
+                torch.rand(N, G, generator=gen) * 0.002 + 1e-4,
+                torch.randint(100, 156, (N, G), generator=gen).to(torch.uint8), 128)
+    if name == "fp8 e4m3 per channel":
+        return ((torch.randn(N, K, generator=gen) * 32).to(torch.float8_e4m3fn), "f8e4m3",
+                torch.rand(N, generator=gen) * 0.002 + 1e-4, None, 0)
+    G = K // 32
+    return (torch.randint(0, 16, (N, K), generator=gen).to(torch.uint8), "f4e2m1",
+            torch.rand(N, G, generator=gen) * 0.02 + 1e-3, None, 32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--sweep", type=int, default=0)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    mod = load_module(SOURCE, False)
+    lines = [f"# {torch.cuda.get_device_name()} torch {torch.__version__}; do_bench median over CUDA-graph "
+             "replays, L2 flushed; bf16 x; µs and ratio to cuBLAS bf16 (higher is faster)",
+             "| form | K x N | M | ours µs | cuBLAS bf16 µs | dequantised f32 GEMM µs | ours / cuBLAS | "
+             "ours / f32 | max rel err |", "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    gen = torch.Generator().manual_seed(0)
+    for K, N in SHAPES:
+        wb = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
+        for name in ("int8 g128", "fp8 e4m3 per channel", "fp4 e2m1 g32"):
+            w, wd, s, z, group = form(name, N, K, gen)
+            p = pack_wq(w, s, z, dt.get(wd), group).to(dev)
+            wdq = reference(w, s, z, dt.get(wd), group).to(dev)
+            spec = WQSpec((0, -1, 2), "bf16", w, wd, s, z, group)
+            for M in ([args.sweep] if args.sweep else MS):
+                x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+                y = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
+                cfgs = [None]
+                if args.sweep:
+                    base = wq_config(M, N, K, group)
+                    cfgs += [dict(base, BN=bn, SPLIT=sp, num_warps=nw) for bn in (8, 16, 32, 64, 128)
+                             for sp in (1, 2, 4, 8) for nw in (4, 8)
+                             if not base.get("GEMV") or bn * base["BK"] * base["BM"] <= 16384]
+                for cfg in cfgs:
+                    launch = make_launch(mod, spec, p, M, N, K, False, cfg)
+                    launch([x, x, y])
+                    torch.cuda.synchronize()
+                    ref = x.float() @ wdq.T
+                    err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+                    t = bench(lambda: launch([x, x, y]))
+                    if cfg is not None:
+                        print(f"  sweep {name} {K}x{N} M={M} {cfg}: {t:.1f} µs", flush=True)
+                        continue
+                    tb = bench(lambda: F.linear(x, wb))
+                    xf = x.float()
+                    tf = bench(lambda: F.linear(xf, wdq))
+                    row = (f"| {name} | {K} x {N} | {M} | {t:.1f} | {tb:.1f} | {tf:.1f} | {tb / t:.2f}x | "
+                           f"{tf / t:.2f}x | {err:.1e} |")
+                    lines.append(row)
+                    print(row, flush=True)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
