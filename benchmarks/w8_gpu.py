@@ -73,7 +73,7 @@ def main() -> None:
                 if args.sweep:
                     base = wq_config(M, N, K, group)
                     cfgs += [dict(base, BN=bn, SPLIT=sp, num_warps=nw) for bn in (8, 16, 32, 64, 128)
-                             for sp in (1, 2, 4, 8) for nw in (4, 8)
+                             for sp in (1, 2, 4, 8, 16) for nw in (4, 8)
                              if not base.get("GEMV") or bn * base["BK"] * base["BM"] <= 16384]
                 for cfg in cfgs:
                     launch = make_launch(mod, spec, p, M, N, K, False, cfg)

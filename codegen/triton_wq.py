@@ -142,7 +142,7 @@ def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False) -> di
         # the CUDA-core GEMV: [BM, BN, BK] products of 8192 elements (64 registers a thread)
         bm = _pow2(M)
         bk = 128 if g == 0 else min(128, _pow2_divisor(g))
-        cfg = dict(GEMV=1, BM=bm, BN=max(8, 8192 // (bm * bk)), BK=bk, num_warps=4)
+        cfg = dict(GEMV=1, BM=bm, BN=64 if bm == 1 else 32, BK=bk, num_warps=4)
         if interpret:
             cfg.update(BN=16, BK=min(bk, 32))
     elif interpret:
@@ -157,7 +157,7 @@ def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False) -> di
         cfg["BK"] = min(cfg["BK"], _pow2_divisor(g))
     tiles = -(-M // cfg["BM"]) * -(-N // cfg["BN"])
     ntile = -(-K // cfg["BK"])
-    target = 2 * SMS
+    target = (4 if cfg.get("GEMV") else 2) * SMS
     cfg["SPLIT"] = max(1, min(ntile, target // tiles)) if tiles < target and not interpret else 1
     return cfg
 
@@ -209,6 +209,8 @@ def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, int
         cnt = torch.zeros(grid[0], dtype=torch.int32, device=dev)
     kern = kern_fn[grid]
     W, KB, NG = packed.codes, packed.codes.shape[1], S.shape[0]
+    if gemv:
+        W = W.view(torch.int32)
 
     def launch(ts: Sequence[torch.Tensor]) -> None:
         b = ts[bi] if bi >= 0 else S

@@ -110,57 +110,96 @@ def wq_gemm(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
     _w4_finish(Y, B, WS, CNT, acc, rm, rn, M, N, pid, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 
 @triton.jit
+def _wq_word_value(w, i: tl.constexpr, zf, CODE: tl.constexpr, NIB: tl.constexpr):
+    """Code i of int32 words w (byte i, or nibble i with NIB) as f32: integer codes minus the
+    zero point (w already xor-ed to unsigned codes for signed ones; (c | 0x4B000000) is the
+    float 2^23 + c and zf is 2^23 + the effective zero per channel: exact), float codes their
+    value times 2^-r (the packing's rebias)."""
+    if NIB:
+        c = (w >> (4 * i)) & 15
+    else:
+        c = (w >> (8 * i)) & 255
+    if CODE < 2:
+        v = (c | 0x4B000000).to(tl.float32, bitcast=True) - zf[:, None]
+    else:
+        v = _wq_value(c, CODE, NIB).to(tl.float32)
+    return v
+
+
+@triton.jit
 def wq_gemv(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.constexpr,
             CODE: tl.constexpr, NIB: tl.constexpr, ZMODE: tl.constexpr, HAS_BIAS: tl.constexpr,
             SPLIT: tl.constexpr, ROUND_BF16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
             BK: tl.constexpr):
-    # M <= BM rows (a few) without tensor cores: per K tile the codes become f32 values minus
-    # the zero point (integer codes: (c | 0x4B000000) is the float 2^23 + c, and one
-    # subtraction of 2^23 + zeff is exact), every row's products are summed over the tile,
-    # and the tile's group scale multiplies the sums (BK divides GROUP)
+    # M <= BM rows (a few) on the CUDA cores: per K tile a [BN, BK / CPW] tile of int32 words
+    # (CPW = 4 bytes or 8 nibbles, row-major codes), each code position i of the words against
+    # its strided slice of x, products summed in place per word; the tile's group scale
+    # multiplies the word sums (BK divides GROUP), and K is reduced once after the loop
+    CPW: tl.constexpr = 8 if NIB else 4
+    BKW: tl.constexpr = BK // CPW
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
     rnc = tl.where(rn < N, rn, 0).to(tl.int64)
     rm = tl.arange(0, BM)
-    rmc = tl.where(rm < M, rm, 0).to(tl.int64)
-    kk = tl.arange(0, BK)
-    acc = tl.full([BM, BN], 0, tl.float32)
+    mm = rm < M
+    jw = tl.arange(0, BKW)
+    wp = W + rnc[:, None] * (KB // 4) + jw[None, :]
+    if BM == 1:
+        acc = tl.full([BN, BKW], 0, tl.float32)
+    else:
+        acc = tl.full([BM, BN, BKW], 0, tl.float32)
+    if CODE == 1:
+        flip = -2004318072 if NIB else -2139062144      # 0x88888888 / 0x80808080
+        zc = 8388608.0 + (8 if NIB else 128)
+    else:
+        flip = 0
+        zc = 8388608.0
     t0 = pid_k * NT_PER
     t1 = tl.minimum(t0 + NT_PER, tl.cdiv(K, BK))
     for t in range(t0, t1):
         k0 = t * BK
-        km = (k0 + kk) < K
-        x = tl.load(X + rmc[:, None] * K + (k0 + kk)[None, :], mask=km[None, :], other=0).to(tl.float32)
-        c = _wq_codes(W, rnc, k0, K, KB, NIB, BN, BK, 1)
+        w = tl.load(wp + k0 // CPW, mask=(k0 // CPW + jw < KB // 4)[None, :], other=0,
+                    eviction_policy="evict_first")
+        if CODE == 1:
+            w = w ^ flip
         if GROUP > 0:
             gi = k0 // GROUP
         else:
             gi = 0
-        if CODE < 2:
-            if CODE == 1 and NIB:
-                c = c ^ 8                          # the code plus 8 (its unsigned form)
-                zc = 8388608.0 + 8
-            elif CODE == 1:
-                c = c ^ 128
-                zc = 8388608.0 + 128
-            else:
-                zc = 8388608.0
-            if ZMODE == 1:
-                zf = tl.load(Z + gi * N + rnc).to(tl.float32) + zc
-            else:
-                zf = tl.load(S + gi * N + rnc, mask=rnc < 0, other=0) + zc
-            v = (c | 0x4B000000).to(tl.float32, bitcast=True) - zf[:, None]
+        if ZMODE == 1:
+            zf = tl.load(Z + gi * N + rnc).to(tl.float32) + zc
         else:
-            v = _wq_value(c, CODE, NIB).to(tl.float32)
-        part = tl.sum(v[None, :, :] * x[:, None, :], axis=2)
+            zf = tl.load(S + gi * N + rnc, mask=rnc < 0, other=0) + zc
+        if BM == 1:
+            part = tl.full([BN, BKW], 0, tl.float32)
+        else:
+            part = tl.full([BM, BN, BKW], 0, tl.float32)
+        for i in tl.static_range(CPW):
+            kx = k0 + jw * CPW + i
+            v = _wq_word_value(w, i, zf, CODE, NIB)
+            if BM == 1:
+                xv = tl.load(X + kx, mask=kx < K, other=0).to(tl.float32)
+                part += xv[None, :] * v
+            else:
+                xv = tl.load(X + rm.to(tl.int64)[:, None] * K + kx[None, :], mask=mm[:, None] & (kx < K)[None, :],
+                             other=0).to(tl.float32)
+                part += xv[:, None, :] * v[None, :, :]
         if GROUP > 0:
-            acc += part * tl.load(S + gi * N + rnc)[None, :]
+            s = tl.load(S + gi * N + rnc)
+            if BM == 1:
+                acc += part * s[:, None]
+            else:
+                acc += part * s[None, :, None]
         else:
             acc += part
+    if BM == 1:
+        y = tl.reduce(acc, 1, _w4_sum)[None, :]
+    else:
+        y = tl.reduce(acc, 2, _w4_sum)
     if GROUP == 0:
-        acc = acc * tl.load(S + rnc)[None, :]
-    _w4_finish(Y, B, WS, CNT, acc, rm, rn, M, N, pid_n, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
+        y = y * tl.load(S + rnc)[None, :]
+    _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, pid_n, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 '''
 
 SOURCE = W4_SOURCE + WQ_KERNEL

@@ -9,9 +9,12 @@ or absent; G = ceil(K / group).
 
 Layout (exact):
 
-- ``codes`` uint8. 8-bit codes: [N, K], the code's own byte (i8 two's complement, float8 its
-  bit pattern). 4-bit codes: [N, ceil(K / 2)], byte ``[n, j]`` holds code ``2 j`` in bits 0..3 and
-  code ``2 j + 1`` in bits 4..7 (i4 as its two's complement nibble; an odd K pads code 0).
+- ``codes`` uint8 [N, KB]. 8-bit codes: byte ``[n, k]`` is code k's own byte (i8 two's
+  complement, float8 its bit pattern). 4-bit codes: byte ``[n, j]`` holds code ``2 j`` in bits
+  0..3 and code ``2 j + 1`` in bits 4..7 (i4 as its two's complement nibble). KB is K (8-bit)
+  or ceil(K / 2) bytes rounded up to a multiple of 16, the tail filled with code 0, so a row
+  also reads as int32 words: word ``[n, w]`` holds codes 4 w .. 4 w + 3 (8 w .. 8 w + 7) in
+  its bytes (nibbles) from the lowest.
 - ``scales`` f32 [G', N] (transposed, so the N scales of one group are contiguous) times the
   code's rebias ``2^r`` (below); G' = 1 when one scale covers the row (group 0 or group >= K).
 - ``zeros``: integer zero points as int16 [G', N], float ones as f32 [G', N], or ``None``.
@@ -95,6 +98,10 @@ def pack_wq(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, wdt
         if k % 2:
             b = torch.cat([b, torch.zeros(n, 1, dtype=torch.uint8)], 1)
         b = b[:, 0::2] | (b[:, 1::2] << 4)
+    # rows padded with code 0 to 16 bytes: the GEMV reads them as aligned int32 words
+    pad = -b.shape[1] % 16
+    if pad:
+        b = torch.cat([b, torch.zeros(n, pad, dtype=torch.uint8)], 1)
     s = scale.to(torch.float32).reshape(n, -1)[:, : (-(-k // g) if g else 1)]
     scales = (s * rebias(kind)).t().contiguous()
     zeros = None
