@@ -1,7 +1,7 @@
 """H200: the Triton weight-only kernel for 8-bit and FP4 codes (``codegen/triton_wq.py``)
 against cuBLAS bf16 and the dequantise-once float32 GEMM those forms ran before it.
 
-Forms: int8 g128 (u8 codes + u8 zero points), FP8 E4M3 per channel, FP4 E2M1 g32; bf16 x;
+Forms: int8 g128 (u8 codes + u8 zero points), FP8 E4M3 per channel, FP4 E2M1 g128 and g32; bf16 x;
 shapes K x N = 4096 x 11008 and 8192 x 8192; M = 1, 16, 64, 256. Timing: do_bench medians
 of CUDA-graph replays with the L2 flushed (the harness of ``w4_gpu.py``). Error: max relative
 error against the f32 product with the dequantised weight.
@@ -41,9 +41,9 @@ def form(name: str, N: int, K: int, gen: torch.Generator):
     if name == "fp8 e4m3 per channel":
         return ((torch.randn(N, K, generator=gen) * 32).to(torch.float8_e4m3fn), "f8e4m3",
                 torch.rand(N, generator=gen) * 0.002 + 1e-4, None, 0)
-    G = K // 32
+    group = int(name.rsplit("g", 1)[1])
     return (torch.randint(0, 16, (N, K), generator=gen).to(torch.uint8), "f4e2m1",
-            torch.rand(N, G, generator=gen) * 0.02 + 1e-3, None, 32)
+            torch.rand(N, K // group, generator=gen) * 0.02 + 1e-3, None, group)
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     for K, N in SHAPES:
         wb = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
-        for name in ("int8 g128", "fp8 e4m3 per channel", "fp4 e2m1 g32"):
+        for name in ("int8 g128", "fp8 e4m3 per channel", "fp4 e2m1 g128", "fp4 e2m1 g32"):
             w, wd, s, z, group = form(name, N, K, gen)
             p = pack_wq(w, s, z, dt.get(wd), group).to(dev)
             wdq = reference(w, s, z, dt.get(wd), group).to(dev)

@@ -113,14 +113,14 @@ def wq_gemm(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
 def _wq_word_value(w, i: tl.constexpr, zf, CODE: tl.constexpr, NIB: tl.constexpr):
     """Code i of int32 words w (byte i, or nibble i with NIB) as f32: integer codes minus the
     zero point (w already xor-ed to unsigned codes for signed ones; (c | 0x4B000000) is the
-    float 2^23 + c and zf is 2^23 + the effective zero per channel: exact), float codes their
+    float 2^23 + c and zf is 2^23 + the effective zero, [BN, 1] or per word: exact), float codes their
     value times 2^-r (the packing's rebias)."""
     if NIB:
         c = (w >> (4 * i)) & 15
     else:
         c = (w >> (8 * i)) & 255
     if CODE < 2:
-        v = (c | 0x4B000000).to(tl.float32, bitcast=True) - zf[:, None]
+        v = (c | 0x4B000000).to(tl.float32, bitcast=True) - zf
     else:
         v = _wq_value(c, CODE, NIB).to(tl.float32)
     return v
@@ -133,10 +133,12 @@ def wq_gemv(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
             BK: tl.constexpr):
     # M <= BM rows (a few) on the CUDA cores: per K tile a [BN, BK / CPW] tile of int32 words
     # (CPW = 4 bytes or 8 nibbles, row-major codes), each code position i of the words against
-    # its strided slice of x, products summed in place per word; the tile's group scale
-    # multiplies the word sums (BK divides GROUP), and K is reduced once after the loop
+    # its strided slice of x, products summed in place per word; the group scale multiplies
+    # the word sums (one per tile when BK divides GROUP, else one per word: CPW divides
+    # GROUP), and K is reduced once after the loop
     CPW: tl.constexpr = 8 if NIB else 4
     BKW: tl.constexpr = BK // CPW
+    PERWORD: tl.constexpr = GROUP > 0 and GROUP % BK != 0
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -163,14 +165,26 @@ def wq_gemv(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
                     eviction_policy="evict_first")
         if CODE == 1:
             w = w ^ flip
-        if GROUP > 0:
-            gi = k0 // GROUP
+        if PERWORD:
+            # the tile spans several groups: scales and zero points per word (a group holds
+            # whole words); the loads repeat within a group and hit the cache
+            gw = (k0 + jw * CPW) // GROUP
+            goff = gw[None, :] * N + rnc[:, None]
+            gm = (gw < NG)[None, :]
+            sw = tl.load(S + goff, mask=gm, other=0)
+            if ZMODE == 1:
+                zf = tl.load(Z + goff, mask=gm, other=0).to(tl.float32) + zc
+            else:
+                zf = tl.load(S + goff, mask=gm & (rnc < 0)[:, None], other=0) + zc
         else:
-            gi = 0
-        if ZMODE == 1:
-            zf = tl.load(Z + gi * N + rnc).to(tl.float32) + zc
-        else:
-            zf = tl.load(S + gi * N + rnc, mask=rnc < 0, other=0) + zc
+            if GROUP > 0:
+                gi = k0 // GROUP
+            else:
+                gi = 0
+            if ZMODE == 1:
+                zf = (tl.load(Z + gi * N + rnc).to(tl.float32) + zc)[:, None]
+            else:
+                zf = (tl.load(S + gi * N + rnc, mask=rnc < 0, other=0) + zc)[:, None]
         if BM == 1:
             part = tl.full([BN, BKW], 0, tl.float32)
         else:
@@ -185,7 +199,12 @@ def wq_gemv(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
                 xv = tl.load(X + rm.to(tl.int64)[:, None] * K + kx[None, :], mask=mm[:, None] & (kx < K)[None, :],
                              other=0).to(tl.float32)
                 part += xv[:, None, :] * v[None, :, :]
-        if GROUP > 0:
+        if PERWORD:
+            if BM == 1:
+                acc += part * sw
+            else:
+                acc += part * sw[None, :, :]
+        elif GROUP > 0:
             s = tl.load(S + gi * N + rnc)
             if BM == 1:
                 acc += part * s[:, None]

@@ -109,12 +109,13 @@ def test_kernel_matches_the_reference(wd: str, group: int, zero: str | None, xd:
 
 @pytest.mark.parametrize("cfg", [dict(BM=16, BN=16, BK=16, SPLIT=3), dict(BM=16, BN=32, BK=64, SPLIT=2),
                                  dict(BM=32, BN=16, BK=32, SPLIT=1), dict(GEMV=1, BM=8, BN=16, BK=16, SPLIT=3),
-                                 dict(GEMV=1, BM=8, BN=8, BK=32, SPLIT=1)])
+                                 dict(GEMV=1, BM=8, BN=8, BK=32, SPLIT=1), dict(GEMV=1, BM=8, BN=16, BK=128, SPLIT=2)])
 @pytest.mark.parametrize("wd,group,zero", [("u8", 32, "int"), ("f8e4m3", 0, None), ("f4e2m1", 64, None),
-                                           ("u8", 20, "f32")])
+                                           ("u8", 20, "f32"), ("i4", 40, "int"), ("i8", 12, None)])
 def test_tiles_and_split_k(cfg: dict, wd: str, group: int, zero: str | None) -> None:
     """Several programs, K tiles and splits (the deterministic last-arrival sum) give the same
-    result, on the GEMM and the GEMV (which falls back to the GEMM for float zero points); a
+    result, on the GEMM and the GEMV (tiles spanning several groups take per-word scales and
+    zero points; float zero points and groups that split a word fall back to the GEMM); a
     second launch reuses the reset counters."""
     N, K, M = 41, 200, 5
     w, s, z = consts(wd, N, K, group, zero, seed=3)
@@ -223,13 +224,15 @@ def test_forms_it_cannot_take_stay_on_reference(variant: str) -> None:
 
 
 def test_config() -> None:
-    # BK never straddles a group: the largest power-of-two divisor of the group, from 16
-    assert wq_config(1, 4096, 4096, 32)["BK"] == 32 and wq_config(1, 4096, 4096, 96)["BK"] == 32
-    assert wq_config(1, 4096, 4096, 0)["BK"] == 128 and wq_config(1, 4096, 4096, 20)["BK"] == 128
-    # up to four rows the CUDA-core GEMV (not for a group of 20: one scale per tile needs BK | 20)
+    # up to four rows the CUDA-core GEMV when a group holds whole words (4 bytes / 8 nibbles)
     assert wq_config(1, 4096, 4096, 128)["GEMV"] == 1 and wq_config(4, 4096, 4096, 0)["BM"] == 4
-    assert "GEMV" not in wq_config(5, 4096, 4096, 128) and "GEMV" not in wq_config(1, 4096, 4096, 20)
+    assert wq_config(1, 4096, 4096, 20)["GEMV"] == 1 and "GEMV" not in wq_config(1, 4096, 4096, 20, cpw=8)
+    assert wq_config(1, 8192, 8192, 128)["SPLIT"] == 8 and wq_config(1, 8192, 8192, 128)["BN"] == 32
+    assert "GEMV" not in wq_config(5, 4096, 4096, 128)
+    # the GEMM's BK never straddles a group: the largest power-of-two divisor of the group, from 16
+    assert wq_config(16, 4096, 4096, 32)["BK"] == 32 and wq_config(16, 4096, 4096, 96)["BK"] == 32
+    assert wq_config(16, 4096, 4096, 0)["BK"] == 128 and wq_config(16, 4096, 4096, 20)["BK"] == 128
     # few tiles: split K to fill the GPU; many: none
-    assert wq_config(1, 4096, 4096, 128)["SPLIT"] > 1
+    assert wq_config(16, 4096, 4096, 128)["SPLIT"] > 1
     assert wq_config(4096, 4096, 4096, 128)["SPLIT"] == 1
     assert wq_config(1, 4096, 4096, 128, interpret=True)["SPLIT"] == 1
