@@ -70,7 +70,12 @@ def main() -> None:
                 x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
                 y = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
                 cfgs = [None]
-                if args.sweep:
+                if args.sweep and M > 4:
+                    base = wq_config(M, N, K, group)
+                    cfgs += [dict(base, BN=bn, BK=bk, SPLIT=sp, SWAP=sw, num_warps=nw)
+                             for bn in (64, 128) for bk in (64, 128) for sp in (1, 2, 4)
+                             for sw in (0, 1) for nw in (4, 8)]
+                elif args.sweep:
                     base = wq_config(M, N, K, group)
                     cfgs += [dict(base, BN=bn, SPLIT=sp, num_warps=nw) for bn in (8, 16, 32, 64, 128)
                              for sp in (1, 2, 4, 8, 16) for nw in (4, 8)

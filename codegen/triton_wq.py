@@ -205,6 +205,8 @@ def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, int
         kern_fn = mod.wq_gemv
     else:
         cfg.setdefault("GROUP_M", 8)
+        # SWAP only with 16-bit operands after the dot (the other forms ignore it)
+        cfg["SWAP"] = int(cfg.get("SWAP", 1)) if after and op else 0
         grid = (-(-M // cfg["BM"]) * -(-N // cfg["BN"]), split)
         kern_fn = mod.wq_gemm
     dev = packed.scales.device

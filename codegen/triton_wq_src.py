@@ -56,17 +56,22 @@ def wq_gemm(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
             CODE: tl.constexpr, NIB: tl.constexpr, ZMODE: tl.constexpr, AFTER: tl.constexpr,
             OP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, ROUND_BF16: tl.constexpr,
             EVICT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-            GROUP_M: tl.constexpr):
+            GROUP_M: tl.constexpr, SWAP: tl.constexpr = 0):
     # AFTER: the tile's dot takes the exact code values (minus integer zero points) in the
     # operand type OP (0 f32 with IEEE dots, 1 f16, 2 bf16) and its f32 partial is multiplied
     # by the tile's one group scale (BK divides GROUP; GROUP 0: one scale per channel, at the
     # end). Else the weights are dequantised in f32 ((value - zero) * scale, the reference's
-    # Wd) and the dot is IEEE f32.
+    # Wd) and the dot is IEEE f32. SWAP (AFTER with 16-bit operands): the weights are the dot's
+    # A operand ([BN, BK] as loaded, no transpose of the decoded tile) and the accumulator is
+    # [BN, BM], transposed once at the end.
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm, rn, rmc, rnc = _sf_gemm_tile(pid, M, N, BM, BN, GROUP_M)
     kk = tl.arange(0, BK)
-    acc = tl.full([BM, BN], 0, tl.float32)
+    if SWAP:
+        acc = tl.full([BN, BM], 0, tl.float32)
+    else:
+        acc = tl.full([BM, BN], 0, tl.float32)
     t0 = pid_k * NT_PER
     t1 = tl.minimum(t0 + NT_PER, tl.cdiv(K, BK))
     for t in range(t0, t1):
@@ -83,11 +88,17 @@ def wq_gemm(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
                     v = v - tl.load(Z + rnc).to(tl.int32)[:, None]
             if OP == 0:
                 part = tl.dot(x.to(tl.float32), tl.trans(v.to(tl.float32)), input_precision="ieee")
+            elif SWAP and OP == 1:
+                part = tl.dot(v.to(tl.float16), tl.trans(x.to(tl.float16)))
+            elif SWAP:
+                part = tl.dot(v.to(tl.bfloat16), tl.trans(x.to(tl.bfloat16)))
             elif OP == 1:
                 part = tl.dot(x.to(tl.float16), tl.trans(v.to(tl.float16)))
             else:
                 part = tl.dot(x.to(tl.bfloat16), tl.trans(v.to(tl.bfloat16)))
-            if GROUP > 0:
+            if GROUP > 0 and SWAP:
+                acc += part * tl.load(S + (k0 // GROUP) * N + rnc)[:, None]
+            elif GROUP > 0:
                 acc += part * tl.load(S + (k0 // GROUP) * N + rnc)[None, :]
             else:
                 acc += part
@@ -105,9 +116,15 @@ def wq_gemm(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
                 wd = wd - tl.load(Z + off, mask=gm, other=0)
             wd = wd * tl.load(S + off, mask=gm, other=0)
             acc += tl.dot(x.to(tl.float32), tl.trans(wd), input_precision="ieee")
-    if AFTER and GROUP == 0:
+    if AFTER and GROUP == 0 and SWAP:
+        acc = acc * tl.load(S + rnc)[:, None]
+    elif AFTER and GROUP == 0:
         acc = acc * tl.load(S + rnc)[None, :]
-    _w4_finish(Y, B, WS, CNT, acc, rm, rn, M, N, pid, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
+    if SWAP:
+        y = tl.trans(acc)
+    else:
+        y = acc
+    _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, pid, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 
 @triton.jit
 def _wq_word_value(w, i: tl.constexpr, zf, CODE: tl.constexpr, NIB: tl.constexpr):

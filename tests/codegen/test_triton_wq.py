@@ -109,7 +109,8 @@ def test_kernel_matches_the_reference(wd: str, group: int, zero: str | None, xd:
 
 @pytest.mark.parametrize("cfg", [dict(BM=16, BN=16, BK=16, SPLIT=3), dict(BM=16, BN=32, BK=64, SPLIT=2),
                                  dict(BM=32, BN=16, BK=32, SPLIT=1), dict(GEMV=1, BM=8, BN=16, BK=16, SPLIT=3),
-                                 dict(GEMV=1, BM=8, BN=8, BK=32, SPLIT=1), dict(GEMV=1, BM=8, BN=16, BK=128, SPLIT=2)])
+                                 dict(GEMV=1, BM=8, BN=8, BK=32, SPLIT=1), dict(GEMV=1, BM=8, BN=16, BK=128, SPLIT=2),
+                                 dict(BM=16, BN=16, BK=32, SPLIT=2, SWAP=0)])
 @pytest.mark.parametrize("wd,group,zero", [("u8", 32, "int"), ("f8e4m3", 0, None), ("f4e2m1", 64, None),
                                            ("u8", 20, "f32"), ("i4", 40, "int"), ("i8", 12, None)])
 def test_tiles_and_split_k(cfg: dict, wd: str, group: int, zero: str | None) -> None:
@@ -236,3 +237,15 @@ def test_config() -> None:
     assert wq_config(16, 4096, 4096, 128)["SPLIT"] > 1
     assert wq_config(4096, 4096, 4096, 128)["SPLIT"] == 1
     assert wq_config(1, 4096, 4096, 128, interpret=True)["SPLIT"] == 1
+
+
+@pytest.mark.parametrize("swap", [0, 1])
+@pytest.mark.parametrize("wd,group,zero", [("u8", 32, "int"), ("f8e5m2", 0, None), ("f4e2m1", 64, None)])
+def test_gemm_weights_as_either_dot_operand(swap: int, wd: str, group: int, zero: str | None) -> None:
+    """The 16-bit GEMM with the weights as A (SWAP, transposed accumulator) or as B."""
+    N, K, M = 40, 130, 20
+    w, s, z = consts(wd, N, K, group, zero, seed=11)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(3)).to(torch.float16).to(DEVICE)
+    b = torch.randn(N, generator=torch.Generator().manual_seed(4)).to(torch.float16)
+    y = wq_linear(x, w, wd, s, z, group, b, config=dict(BM=16, BN=32, BK=32, SPLIT=2, SWAP=swap, num_warps=4))
+    check(y, x, reference(w, s, z, dt.get(wd), group), b, "f16")
