@@ -7,7 +7,8 @@ of CUDA-graph replays with the L2 flushed (the harness of ``w4_gpu.py``). Error:
 error against the f32 product with the dequantised weight.
 
 Usage (repo root symlinked as the package ``scalefold``): ``python3 benchmarks/w8_gpu.py
-[--out FILE] [--sweep M]`` (``--sweep``: time tile / split variants at one M).
+[--out FILE] [--sweep M] [--forms ...] [--shapes KxN,...]`` (``--sweep``: time tile / split
+variants at one M).
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     ap.add_argument("--sweep", type=int, default=0)
+    ap.add_argument("--forms", default="int8 g128,fp8 e4m3 per channel,fp4 e2m1 g128,fp4 e2m1 g32")
+    ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     args = ap.parse_args()
     dev = torch.device("cuda")
     mod = load_module(SOURCE, False)
@@ -59,9 +62,9 @@ def main() -> None:
              "ours / f32 | max rel err |", "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     gen = torch.Generator().manual_seed(0)
-    for K, N in SHAPES:
+    for K, N in [tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",")]:
         wb = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
-        for name in ("int8 g128", "fp8 e4m3 per channel", "fp4 e2m1 g128", "fp4 e2m1 g32"):
+        for name in args.forms.split(","):
             w, wd, s, z, group = form(name, N, K, gen)
             p = pack_wq(w, s, z, dt.get(wd), group).to(dev)
             wdq = reference(w, s, z, dt.get(wd), group).to(dev)
@@ -72,9 +75,8 @@ def main() -> None:
                 cfgs = [None]
                 if args.sweep and M > 4:
                     base = wq_config(M, N, K, group)
-                    cfgs += [dict(base, BN=bn, BK=bk, SPLIT=sp, SWAP=sw, num_warps=nw)
-                             for bn in (64, 128) for bk in (64, 128) for sp in (1, 2, 4)
-                             for sw in (0, 1) for nw in (4, 8)]
+                    cfgs += [dict(base, BN=bn, BK=bk, SPLIT=sp, SWAP=sw)
+                             for bn in (64, 128) for bk in (64, 128) for sp in (1, 4) for sw in (0, 1)]
                 elif args.sweep:
                     base = wq_config(M, N, K, group)
                     cfgs += [dict(base, BN=bn, SPLIT=sp, num_warps=nw) for bn in (8, 16, 32, 64, 128)
