@@ -56,7 +56,7 @@ def wq_gemm(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
             CODE: tl.constexpr, NIB: tl.constexpr, ZMODE: tl.constexpr, AFTER: tl.constexpr,
             OP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, ROUND_BF16: tl.constexpr,
             EVICT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-            GROUP_M: tl.constexpr, SWAP: tl.constexpr = 0):
+            GROUP_M: tl.constexpr, SWAP: tl.constexpr):
     # AFTER: the tile's dot takes the exact code values (minus integer zero points) in the
     # operand type OP (0 f32 with IEEE dots, 1 f16, 2 bf16) and its f32 partial is multiplied
     # by the tile's one group scale (BK divides GROUP; GROUP 0: one scale per channel, at the
