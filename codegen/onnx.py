@@ -63,6 +63,7 @@ MIN_OPSET = 17
 # Past this many bytes of tensor data the proto cannot be serialised (protobuf's 2 GB limit);
 # the margin leaves room for the graph itself.
 EXTERNAL_THRESHOLD = 2 ** 31 - 2 ** 26
+EXTERNAL_MIN_BYTES = 1024        # smaller tensors stay inside the model file
 _DOMAIN_VERSIONS = {"com.microsoft": 1, "ai.scalefold": 1}
 
 
@@ -258,13 +259,15 @@ def _write_checked(model: onnx.ModelProto, path: str, external: bool) -> None:
         staged = os.path.join(tmp, base)
         location = base + ".data"
         if external:
+            # small tensors (Reshape shapes, axes, scalars) stay inline: shape inference, the
+            # checker and onnxruntime read those from the model itself
             onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=location, size_threshold=0)
+                            location=location, size_threshold=EXTERNAL_MIN_BYTES)
         else:
             with open(staged, "wb") as f:
                 f.write(model.SerializeToString())
         _check(staged)
-        if external:
+        if external and os.path.exists(os.path.join(tmp, location)):
             os.replace(os.path.join(tmp, location), os.path.join(folder, location))
         os.replace(staged, os.path.abspath(path))
     except OSError as e:

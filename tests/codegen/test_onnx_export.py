@@ -579,7 +579,8 @@ def test_constants_keep_valid_unique_names() -> None:
 # ---- writing -------------------------------------------------------------------------------------
 
 def _small_graph() -> Graph:
-    g, _ = unit("linear", "f32[3,6]", torch.randn(5, 6), torch.randn(5))()
+    # a weight over EXTERNAL_MIN_BYTES, so that external data has a sidecar to write
+    g, _ = unit("linear", "f32[3,6]", torch.randn(64, 6), torch.randn(64))()
     return g
 
 
@@ -743,3 +744,34 @@ def test_model_graphs_match_in_onnxruntime(name: str, opset: int) -> None:
             feeds = [torch.randn(b, s, 16)]
         got = sess.run(None, {v.name: t.numpy() for v, t in zip(g.inputs, feeds)})[0]
         assert_close(torch.from_numpy(got), run(g, *feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_external_data_keeps_small_tensors_inline(tmp_path: Path) -> None:
+    """Reshape's shape (and other small constants) stay in the model file: onnx's checker and
+    shape inference cannot read them from a sidecar (they failed every transformer export)."""
+    from scalefold.ir import parse
+    g = parse("""
+graph @m(%x: f32[2,64]) -> (f32[4,32]) {
+  %0: f32[2,64] = linear(%x, #w, #b)
+  %1: f32[4,32] = reshape[shape=[4, 32]](%0)
+  return %1
+}
+#w = const f32[64,64] randn(seed=0, std=0.1)
+#b = const f32[64] zeros
+""")
+    out = tmp_path / "ext.onnx"
+    to_onnx(g, out, external_data=True)
+    assert sorted(os.listdir(tmp_path)) == ["ext.onnx", "ext.onnx.data"]
+    m = onnx.load(str(out), load_external_data=False)
+    ext = {t.name for t in m.graph.initializer if t.external_data}
+    assert ext and all(onnx.numpy_helper.to_array(t).nbytes >= 1024 for t in
+                       onnx.load(str(out)).graph.initializer if t.name in ext)
+    assert any(not t.external_data for t in m.graph.initializer)
+    x = torch.randn(2, 64)
+    assert_close(torch.from_numpy(_session(str(out)).run(None, {m.graph.input[0].name: x.numpy()})[0]), run(g, x)[0])
+    # a graph with only small constants writes no sidecar
+    small = tmp_path / "small"
+    small.mkdir()
+    g2, _ = unit("linear", "f32[3,6]", torch.randn(5, 6), torch.randn(5))()
+    to_onnx(g2, small / "s.onnx", external_data=True)
+    assert sorted(os.listdir(small)) == ["s.onnx"]
