@@ -10,8 +10,8 @@ Public API only; see README.md and DESIGN.md §1::
 from typing import Any
 
 from .ir import Graph, TensorType, dtypes
-from .ir.errors import (ArtifactError, CalibrationError, CompileError, FrontendError, IRError, ParseError,
-                        ScalefoldError, ShapeError, UnsupportedOpError, VerifyError)
+from .ir.errors import (ArtifactError, CalibrationError, CompileError, ExecutionError, FrontendError, IRError,
+                        ParseError, ScalefoldError, ShapeError, UnsupportedOpError, VerifyError)
 from . import ir
 from .api import CompiledModel, compile, load
 
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = ["compile", "load", "CompiledModel", "from_torch", "from_onnx", "to_onnx", "parse",
            "Graph", "TensorType", "dtypes", "ir", "ScalefoldError", "IRError", "ParseError", "VerifyError",
            "ShapeError", "UnsupportedOpError", "CalibrationError", "CompileError", "ArtifactError",
-           "FrontendError", "__version__"]
+           "FrontendError", "ExecutionError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -29,6 +29,7 @@ import sympy
 import torch
 
 from ..codegen.schedule import BufferPlan, Kernel, Schedule, plan_buffers
+from ..ir.errors import ExecutionError, ScalefoldError, ShapeError
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
@@ -254,7 +255,7 @@ class Executor:
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         g = self.graph
         home = next((x.device for x in inputs if isinstance(x, torch.Tensor)), self.device)
-        inputs = [x.to(self.device).contiguous() if isinstance(x, torch.Tensor) else x for x in inputs]
+        inputs = [_to_device(x, i, g, self.device) for i, x in enumerate(inputs)]
         env = bind_symbols(g, inputs)
         if self._dynamic:
             return [t.to(home) for t in self._run_dynamic(inputs, env)]
@@ -275,8 +276,13 @@ class Executor:
                 vals[self._slot[id(v)]] = x
             for s, shape, dtype in b.fresh:
                 vals[s] = torch.empty(shape, dtype=dtype, device=self.device)
-            for step in b.steps:
-                step(vals)
+            for i, step in enumerate(b.steps):
+                try:
+                    step(vals)
+                except ScalefoldError:
+                    raise
+                except Exception as e:  # torch / kernel errors name the kernel and its nodes
+                    raise _failed(self.schedule.kernels[i], e) from e
             res = []
             arena = b.arena.untyped_storage().data_ptr()
             for v in g.outputs:
@@ -324,7 +330,12 @@ class Executor:
                 for o in k.outputs:
                     vals[self._slot[id(o)]] = torch.empty(o.type.concrete(env), dtype=o.dtype.container,
                                                           device=self.device)
-            self._step(k, env)(vals)
+            try:
+                self._step(k, env)(vals)
+            except ScalefoldError:
+                raise
+            except Exception as e:
+                raise _failed(k, e) from e
             for n in k.nodes:
                 if not get_op(n.op).binds:
                     continue
@@ -343,6 +354,28 @@ class Executor:
         """The buffer plan for one binding: arena bytes (peak of planned intermediates) and
         what one buffer per value would take."""
         return plan_buffers(self.schedule, env, exclude=self.graph.outputs)
+
+
+def _failed(k: Kernel, e: Exception) -> ExecutionError:
+    """The error of a step that raised: names the kernel's nodes and ops, as the reference
+    interpreter does for one node (an out-of-range index, a bad reshape of the input's data)."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    what = ", ".join(f"{n.describe()} ({n.op})" for n in k.nodes[:3]) + (", ..." if len(k.nodes) > 3 else "")
+    where = f"node {what}" if len(k.nodes) == 1 else f"kernel {k.name} ({what})"
+    return ExecutionError(f"{where} failed: {type(e).__name__}: {first}")
+
+
+def _to_device(x: Any, i: int, g: Graph, device: torch.device) -> Any:
+    """Input ``i`` on the executor's device (contiguous); a tensor that cannot move there (a
+    meta tensor) is a ShapeError naming the input."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    try:
+        return x.to(device).contiguous()
+    except Exception as e:  # noqa: BLE001
+        name = g.inputs[i].name if i < len(g.inputs) else f"#{i}"
+        raise ShapeError(f"input {name!r} (#{i}): cannot be moved to {device}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
 
 
 def _view(arena: torch.Tensor, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
