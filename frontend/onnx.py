@@ -176,6 +176,45 @@ def _drop_dead_dequantize(g: Graph) -> None:
             g.remove(n)
 
 
+def _legacy_hardmax(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of an opset < 13 model whose Hardmax nodes are written in opset-13 terms.
+
+    Before opset 13 Hardmax coerced its input to 2-D at ``axis`` (default 1) and took the
+    maximum over the flattened trailing dims; from 13 it works along ``axis`` alone. onnx's
+    version converter has no adapter for it and leaves the node unchanged, which then meant
+    the new semantics. Each becomes Flatten(axis) -> Hardmax(axis=1) -> Reshape to the input's
+    shape, the same in every opset."""
+    def rewrite(graph: onnx.GraphProto) -> None:
+        out: list[onnx.NodeProto] = []
+        for i, n in enumerate(graph.node):
+            for at in n.attribute:
+                if at.type == onnx.AttributeProto.GRAPH:
+                    rewrite(at.g)
+                for sub in at.graphs:
+                    rewrite(sub)
+            if n.op_type != "Hardmax" or n.domain not in ("", "ai.onnx"):
+                out.append(n)
+                continue
+            axis = next((at.i for at in n.attribute if at.name == "axis"), 1)
+            tag = f"{n.output[0]}__sf_hardmax{i}"
+            out += [onnx.helper.make_node("Flatten", [n.input[0]], [tag + "_2d"], axis=axis),
+                    onnx.helper.make_node("Hardmax", [tag + "_2d"], [tag + "_hot"], axis=1),
+                    onnx.helper.make_node("Shape", [n.input[0]], [tag + "_shape"]),
+                    onnx.helper.make_node("Reshape", [tag + "_hot", tag + "_shape"], [n.output[0]],
+                                          name=n.name)]
+        del graph.node[:]
+        graph.node.extend(out)
+
+    if not any(n.op_type == "Hardmax" for n in proto.graph.node) and \
+            not any(at.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                    for n in proto.graph.node for at in n.attribute):
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    rewrite(copy.graph)
+    return copy
+
+
 def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
               input_values: Mapping[str, torch.Tensor] | None = None,
               name: str | None = None) -> Graph:
@@ -191,7 +230,7 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
     opset = opsets.get("", 0)
     if opset < MIN_OPSET:
         try:
-            proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
+            proto = onnx.version_converter.convert_version(_legacy_hardmax(proto), MIN_OPSET)
         except Exception as e:
             raise FrontendError(f"{where}: opset {opset} is older than {MIN_OPSET} and could not "
                                 f"be upgraded: {str(e).splitlines()[0] if str(e) else e}") from None

@@ -221,6 +221,15 @@ def test_hardmax(axis: int) -> None:
     check("Hardmax", {"x": x}, {"axis": axis}, 13)
 
 
+@pytest.mark.parametrize("opset", [11, 12])
+@pytest.mark.parametrize("axis", [0, 1, 2, None])
+def test_hardmax_before_opset_13_flattens_the_trailing_dims(axis: int | None, opset: int) -> None:
+    """Old Hardmax takes one maximum over the dims from ``axis`` on (default 1); onnx's
+    converter has no adapter for it, so the importer rewrites it (it gave one per last-axis row)."""
+    x = f32(2, 3, 4)
+    check("Hardmax", {"x": x}, {} if axis is None else {"axis": axis}, opset)
+
+
 def test_hardmax_symbolic_axis() -> None:
     x = f32(2, 7)
     m = build("Hardmax", {"x": x}, {"axis": 1}, 13, in_shapes={"x": [2, "N"]})
