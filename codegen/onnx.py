@@ -69,7 +69,8 @@ _DOMAIN_VERSIONS = {"com.microsoft": 1, "ai.scalefold": 1}
 
 def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = 21,
             external_data: bool | None = None, nbits_accuracy: int = 0) -> onnx.ModelProto:
-    """Export ``graph`` as an ONNX model, checked with ``onnx.checker`` (full_check).
+    """Export ``graph`` (or a compiled model's graph) as an ONNX model, checked with
+    ``onnx.checker`` (full_check).
 
     ``nbits_accuracy`` is the ``accuracy_level`` written on ``com.microsoft.MatMulNBits``
     nodes: 0 (default) keeps float32 activations, so onnxruntime computes the IR's numbers; 4
@@ -82,6 +83,15 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = 21
     an op cannot be expressed at ``opset``, or naming ``path`` when it cannot be written there,
     and UnsupportedOpError listing every op the table lacks.
     """
+    # a compiled model exports its graph (compile() returns one; an easy slip to pass it)
+    if not isinstance(graph, Graph) and isinstance(getattr(graph, "graph", None), Graph):
+        graph = graph.graph
+    if not isinstance(graph, Graph):
+        raise ExportError(f"ONNX export: expected a scalefold Graph or compiled model, got {type(graph).__name__}")
+    if not isinstance(opset, int) or isinstance(opset, bool):
+        raise ExportError(f"ONNX export: opset must be an int, got {opset!r}")
+    if path is not None and (isinstance(path, bytes) or not isinstance(path, (str, os.PathLike))):
+        raise ExportError(f"ONNX export: path must be a str or os.PathLike, got {type(path).__name__}")
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"ONNX export: opset {opset} is outside {MIN_OPSET}.."
                           f"{onnx.defs.onnx_opset_version()}")

@@ -775,3 +775,19 @@ graph @m(%x: f32[2,64]) -> (f32[4,32]) {
     g2, _ = unit("linear", "f32[3,6]", torch.randn(5, 6), torch.randn(5))()
     to_onnx(g2, small / "s.onnx", external_data=True)
     assert sorted(os.listdir(small)) == ["s.onnx"]
+
+
+def test_to_onnx_takes_a_compiled_model_and_refuses_bad_arguments(tmp_path: Path) -> None:
+    import scalefold as sf
+    g = _small_graph()
+    cm = sf.compile(g, target="interp")
+    m = to_onnx(cm, tmp_path / "cm.onnx")
+    assert len(m.graph.node) == len(to_onnx(g).graph.node)
+    for bad, msg in (("model.onnx", "expected a scalefold Graph"),):
+        with pytest.raises(ExportError, match=msg):
+            to_onnx(bad)  # type: ignore[arg-type]
+    with pytest.raises(ExportError, match="opset must be an int"):
+        to_onnx(g, opset="21")  # type: ignore[arg-type]
+    with pytest.raises(ExportError, match="path must be"):
+        to_onnx(g, bytes(tmp_path / "b.onnx"))  # type: ignore[arg-type]
+    assert sorted(os.listdir(tmp_path)) == ["cm.onnx"]
