@@ -17,7 +17,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import networkx as nx
 import onnx
@@ -149,7 +149,35 @@ def _check_supported(nodes: list[onnx.NodeProto], opsets: Mapping[str, int], whe
         raise UnsupportedOpError(dict(missing), where=where)
 
 
-def _input_type(v: onnx.ValueInfoProto, fallback: str) -> TensorType:
+class _DimNames:
+    """Symbol names of the graph inputs' dims, one per distinct ``dim_param`` (sanitised, made
+    unique: "batch size" and "batch_size" are different dims) and a fresh one per unnamed or
+    negative dim (some exporters write -1 for a dynamic dim), never one a dim_param took."""
+
+    def __init__(self, inputs: Sequence[onnx.ValueInfoProto]) -> None:
+        self.by_param: dict[str, str] = {}
+        self.taken: set[str] = set()
+        for v in inputs:
+            for dim in v.type.tensor_type.shape.dim:
+                if dim.HasField("dim_param") and dim.dim_param and dim.dim_param not in self.by_param:
+                    self.by_param[dim.dim_param] = self._unique(_sanitize(dim.dim_param, "d"))
+
+    def _unique(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+    def param(self, p: str) -> str:
+        return self.by_param[p]
+
+    def fresh(self, base: str) -> str:
+        return self._unique(base)
+
+
+def _input_type(v: onnx.ValueInfoProto, fallback: str, names: _DimNames) -> TensorType:
     tt = v.type.tensor_type
     if not v.type.HasField("tensor_type"):
         raise FrontendError(f"graph input '{v.name}': only tensor inputs are supported")
@@ -158,12 +186,12 @@ def _input_type(v: onnx.ValueInfoProto, fallback: str) -> TensorType:
         raise FrontendError(f"graph input '{v.name}' has no shape (its rank must be known)")
     dims = []
     for i, dim in enumerate(tt.shape.dim):
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
             dims.append(int(dim.dim_value))
         elif dim.HasField("dim_param") and dim.dim_param:
-            dims.append(sym(_sanitize(dim.dim_param, "d")))
+            dims.append(sym(names.param(dim.dim_param)))
         else:
-            dims.append(sym(f"{fallback}_{i}"))
+            dims.append(sym(names.fresh(f"{fallback}_{i}")))
     return TensorType(d, dims)
 
 
@@ -247,10 +275,11 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
     for t in gp.initializer:
         data, d = tensor_to_torch(t, base, f"initializer '{t.name}'")
         ctx.set(t.name, g.add_const(data, d, t.name))
+    names = _DimNames([v for v in gp.input if v.name not in inits])
     for i, v in enumerate(gp.input):
         if v.name in inits:
             continue  # an input with an initializer default is treated as a constant
-        t = _input_type(v, _sanitize(v.name, f"in{i}"))
+        t = _input_type(v, _sanitize(v.name, f"in{i}"), names)
         if v.name in frozen:
             x = frozen.pop(v.name)
             if not isinstance(x, torch.Tensor):

@@ -297,3 +297,24 @@ def test_unknown_shape_input_is_reported() -> None:
         from_onnx(m)
     y = run(from_onnx(m, input_values={"t": torch.tensor([3, 2])}), torch.randn(2, 3))[0]
     assert y.shape == (3, 2)
+
+
+def test_input_dim_names_stay_distinct_and_negative_dims_are_dynamic() -> None:
+    """'batch size' and 'batch_size' sanitise alike but are different dims; an unnamed dim's
+    fallback name never takes a dim_param's; dim_value -1 (some exporters' dynamic dim) is a
+    fresh symbol."""
+    import onnx as _onnx
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    import scalefold as sf
+    for a_dims, b_dims in ((["batch size", 4], ["batch_size", 4]), (["b_0", 4], [None, 4]),
+                           ([-1, 4], [-1, 4])):
+        g = h.make_graph([h.make_node("Concat", ["a", "b"], ["y"], axis=0)], "g",
+                         [h.make_tensor_value_info("a", TP.FLOAT, a_dims),
+                          h.make_tensor_value_info("b", TP.FLOAT, b_dims)],
+                         [h.make_tensor_value_info("y", TP.FLOAT, None)])
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+        ir = sf.from_onnx(m)
+        assert ir.inputs[0].type.shape[0] != ir.inputs[1].type.shape[0]
+        y = sf.runtime.run(ir, torch.ones(2, 4), torch.ones(3, 4))[0]
+        assert y.shape == (5, 4)
