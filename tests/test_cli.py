@@ -153,6 +153,8 @@ def test_bench_reports_both(model: Path, cli) -> None:
     (["compile", "{model}", "-p", "no_such_pass", "-o", "{tmp}/o.sf"], "no_such_pass"),
     (["bench", "{tmp}"], "needs an .onnx file"),
     (["run", "{tmp}/not_an_artifact_dir"], "plan.json: missing file"),
+    (["inspect", "{model}", "--bind", "B=2,X=8"], "--bind B=2,X=8: unknown symbol(s) X"),
+    (["inspect", "{model}", "--bind", "X=8"], "unknown symbol(s) X; missing B"),
 ])
 def test_bad_input_is_one_line_error(model: Path, tmp_path: Path, args: list[str], message: str, cli) -> None:
     (tmp_path / "garbage.onnx").write_bytes(b"\x00garbage\xff" * 7)
@@ -163,6 +165,30 @@ def test_bad_input_is_one_line_error(model: Path, tmp_path: Path, args: list[str
     assert len(lines) == 1 and lines[0].startswith("scalefold: error: "), r.stderr
     assert message in lines[0] and "Traceback" not in r.stderr
     assert not (tmp_path / "o.sf").exists()
+    if args[0] == "inspect":
+        assert r.stdout == ""                      # refused before the IR is printed
+
+
+def test_run_output_names_the_file_numpy_writes(model: Path, tmp_path: Path, cli) -> None:
+    r = cli("run", str(model), "--random", "B=2", "--target", "interp", "-o", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == f"wrote {tmp_path / 'o.npz'}"
+    assert sorted(os.listdir(tmp_path)) == ["o.npz"]
+
+
+@pytest.mark.parametrize("flag", ["--batch", "--seq", "--iters", "--threads"])
+def test_demo_sizes_must_be_positive(flag: str, capsys) -> None:
+    with pytest.raises(SystemExit) as ei:
+        main(["demo", flag, "0"])
+    assert ei.value.code == 2
+    assert f"argument {flag}: must be a positive integer" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_sequence_longer_than_the_model() -> None:
+    from scalefold import ScalefoldError
+    from scalefold.api import demo
+    with pytest.raises(ScalefoldError, match="seq 1000 is longer than the model's 512 positions"):
+        demo(batch=1, seq=1000, iters=1)
 
 
 def test_split_passes_keeps_option_commas() -> None:
