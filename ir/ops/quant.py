@@ -322,7 +322,11 @@ def dynamic_quant(x: torch.Tensor, mode: str, abits: int) -> tuple[torch.Tensor,
     cd = compute_dtype(x)
     xc = x.to(cd)
     qmax = (1 << (abits - 1)) - 1
-    amax = xc.abs().amax(dim=-1, keepdim=True) if mode == "per_token" else xc.abs().amax()
+    if xc.numel() == 0:
+        # nothing to scale (an empty batch): amax over no elements is refused by torch
+        amax = xc.new_zeros(xc.shape[:-1] + (1,) if mode == "per_token" else ())
+    else:
+        amax = xc.abs().amax(dim=-1, keepdim=True) if mode == "per_token" else xc.abs().amax()
     # a scale that underflows to 0 (amax < qmax * the smallest subnormal) counts as none: the
     # row's codes are then 0 instead of x / 0
     sx = amax / qmax

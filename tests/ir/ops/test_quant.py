@@ -419,3 +419,12 @@ def test_every_op_has_a_doc():
             "moe"} <= set(ops)
     for name, o in ops.items():
         assert len(o.doc) > 200 and o.doc.startswith(name), name
+
+
+@pytest.mark.parametrize("mode", ["per_tensor", "per_token"])
+def test_dynamic_quant_of_an_empty_batch(mode: str) -> None:
+    """An empty batch (a symbolic batch bound to 0) has nothing to scale: empty codes, not
+    torch's refusal to take amax over no elements."""
+    from scalefold.ir.ops.quant import dynamic_quant
+    q, s = dynamic_quant(torch.randn(0, 8), mode, 8)
+    assert q.shape == (0, 8) and s.numel() == (1 if mode == "per_tensor" else 0)
