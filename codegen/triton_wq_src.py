@@ -79,13 +79,29 @@ def wq_gemm(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
         km = (k0 + kk) < K
         x = tl.load(X + rmc.to(tl.int64)[:, None] * K + (k0 + kk)[None, :], mask=km[None, :], other=0)
         c = _wq_codes(W, rnc, k0, K, KB, NIB, BN, BK, EVICT)
-        v = _wq_value(c, CODE, NIB)
-        if AFTER:
+        if AFTER and CODE < 2:
+            # integer codes: (c | 0x4B000000) is the float 2^23 + c (signed codes first made
+            # unsigned by adding half), and one subtraction of 2^23 + the effective zero is
+            # exact: cheaper than integer-to-float conversions
+            if CODE == 1 and NIB:
+                c = c ^ 8
+                zc = 8388608.0 + 8
+            elif CODE == 1:
+                c = c ^ 128
+                zc = 8388608.0 + 128
+            else:
+                zc = 8388608.0
             if ZMODE == 1:
                 if GROUP > 0:
-                    v = v - tl.load(Z + (k0 // GROUP) * N + rnc).to(tl.int32)[:, None]
+                    zf = tl.load(Z + (k0 // GROUP) * N + rnc).to(tl.float32) + zc
                 else:
-                    v = v - tl.load(Z + rnc).to(tl.int32)[:, None]
+                    zf = tl.load(Z + rnc).to(tl.float32) + zc
+            else:
+                zf = tl.load(S + rnc, mask=rnc < 0, other=0) + zc
+            v = (c | 0x4B000000).to(tl.float32, bitcast=True) - zf[:, None]
+        else:
+            v = _wq_value(c, CODE, NIB)
+        if AFTER:
             if OP == 0:
                 part = tl.dot(x.to(tl.float32), tl.trans(v.to(tl.float32)), input_precision="ieee")
             elif SWAP and OP == 1:
