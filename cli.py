@@ -142,16 +142,23 @@ def _symbols(env: dict[str, int]) -> dict[Any, int]:
 
 
 def _check_binding(g: Any, env: dict[Any, int], text: str) -> None:
-    """--bind must name exactly the symbols of the graph's inputs (checked before printing)."""
+    """--bind must bind every symbol of the graph's inputs and name no symbol the graph lacks
+    (data-dependent sizes, such as NonZero's count, may be bound too); checked before the IR
+    is printed."""
     import sympy
-    want = {s for v in g.inputs for d in v.type.shape for s in sympy.sympify(d).free_symbols}
-    unknown = sorted(str(s) for s in env if s not in want)
-    missing = sorted(str(s) for s in want if s not in env)
+    inputs = {s for v in g.inputs for d in v.type.shape for s in sympy.sympify(d).free_symbols}
+    known = set(inputs)
+    for n in g.nodes:
+        for o in n.outputs:
+            for d in o.type.shape:
+                known |= sympy.sympify(d).free_symbols
+    unknown = sorted(str(s) for s in env if s not in known)
+    missing = sorted(str(s) for s in inputs if s not in env)
     if unknown or missing:
         parts = ([f"unknown symbol(s) {', '.join(unknown)}"] if unknown else []) + \
             ([f"missing {', '.join(missing)}"] if missing else [])
         raise ScalefoldError(f"--bind {text}: {'; '.join(parts)} (the inputs' symbols are "
-                             f"{', '.join(sorted(map(str, want))) or 'none'})")
+                             f"{', '.join(sorted(map(str, inputs))) or 'none'})")
 
 
 def load_graph(model: str) -> Any:

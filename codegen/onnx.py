@@ -63,11 +63,13 @@ MIN_OPSET = 17
 # Past this many bytes of tensor data the proto cannot be serialised (protobuf's 2 GB limit);
 # the margin leaves room for the graph itself.
 EXTERNAL_THRESHOLD = 2 ** 31 - 2 ** 26
-EXTERNAL_MIN_BYTES = 1024        # smaller tensors stay inside the model file
+# tensors under about 1 KB stay inside the model file (onnx compares sys.getsizeof of the raw
+# bytes, 33 more than their length)
+EXTERNAL_MIN_BYTES = 1024
 _DOMAIN_VERSIONS = {"com.microsoft": 1, "ai.scalefold": 1}
 
 
-def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = 21,
+def to_onnx(graph: Graph | Any, path: str | os.PathLike | None = None, opset: int = 21,
             external_data: bool | None = None, nbits_accuracy: int = 0) -> onnx.ModelProto:
     """Export ``graph`` (or a compiled model's graph) as an ONNX model, checked with
     ``onnx.checker`` (full_check).

@@ -87,6 +87,7 @@ import torch
 from ..ir.graph import Node
 from ..runtime.w4pack_gpu import BLOCK, J, W4Packed, dequant, pack_w4, single_group
 from .schedule import Kernel
+from .triton_template import Launch, PackedConstants, pow2, quiet, template_slots
 from .triton_w4_src import SOURCE   # the kernels' text
 
 X_REAL = frozenset({"f32", "f16", "bf16"})
@@ -124,7 +125,7 @@ def w4_supported(n: Node) -> bool:
 
 
 @dataclass(frozen=True, eq=False)
-class W4Spec:
+class W4Spec(PackedConstants):
     """What a launch needs besides the tensors: slots of x, bias (-1: none) and y in the
     kernel's tensor list, and the qlinear's constants (packed when the kernel is loaded)."""
 
@@ -140,32 +141,18 @@ class W4Spec:
         """The packed constants on ``device`` (``kn=False``: without the GEMM layout)."""
         return pack_w4(self.w, self.scale, self.zero, self.group, self.signed, kn).to(device)
 
-    def packed_inputs(self, n_inputs: int) -> list[int]:
-        """Indices of the kernel inputs that only feed the packing (codes, scales, zeros): the
-        launch reads its packed copies, so they need no device tensor of their own."""
-        return [i for i in range(n_inputs) if i not in self.slots[:2]]
 
 
 def render_w4(k: Kernel) -> tuple[str, list[sympy.Expr], W4Spec]:
     """(module source, runtime integers [M, N, K], launch spec) of a W4 template kernel. The
     source is the same for every qlinear: the variants are constexprs chosen at launch."""
     n = k.nodes[0]
-    x, w, s = n.inputs[0], n.inputs[1], n.inputs[2]
+    w, s = n.inputs[1], n.inputs[2]
     zero = n.inputs[3] if len(n.inputs) > 3 else None
-    bias = n.inputs[4] if len(n.inputs) > 4 else None
-    index = {id(v): i for i, v in enumerate(k.inputs)}
-    slots = (index[id(x)], index[id(bias)] if bias is not None else -1, len(k.inputs))
-    m: sympy.Expr = sympy.Integer(1)
-    for d in x.type.shape[:-1]:
-        m = m * sympy.sympify(d)
-    N, K = w.type.shape
-    spec = W4Spec(slots, x.dtype.name, w.const, s.const,  # type: ignore[arg-type]
-                  zero.const if zero is not None else None, n.attrs["group"], w.dtype.name == "i4")
-    return SOURCE, [sympy.expand(m), sympy.Integer(N), sympy.Integer(K)], spec
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
+    slots, m, N, K = template_slots(k)
+    spec = W4Spec(slots, n.inputs[0].dtype.name, w.const, s.const,  # type: ignore[union-attr, arg-type]
+                  zero.const if zero is not None else None, n.attrs["group"], w.dtype.name == "i4")  # type: ignore[union-attr]
+    return SOURCE, [m, sympy.Integer(N), sympy.Integer(K)], spec
 
 
 def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]:
@@ -179,7 +166,7 @@ def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]
     each block shape (a second partial wave cost 10-30 % in the sweeps). Never on the
     interpreter."""
     if M <= GEMV_MAX_M:
-        bm = _pow2(M)
+        bm = pow2(M)
         cfg = dict(GEMV=1, BM=bm, BN=64, num_warps=4, num_stages=1)
         per_sm = 8
         if M == 1:
@@ -196,7 +183,7 @@ def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]
     else:
         cfg = dict(GEMV=0, BM=64, BN=128, SWAP=3, DOTS8=1, num_warps=4, num_stages=3)
         per_sm = 2
-    cfg["BN"] = min(cfg["BN"], max(16, _pow2(N)))
+    cfg["BN"] = min(cfg["BN"], max(16, pow2(N)))
     tiles = -(-M // cfg["BM"]) * -(-N // cfg["BN"])
     nblk = -(-K // BLOCK)
     target = per_sm * SMS
@@ -211,15 +198,15 @@ def h2_config(N: int, K: int, interpret: bool = False) -> dict[str, int]:
     stream with the f16x2 arithmetic better than many short ones); 128 channels where that
     leaves fewer than 1.5 programs per SM (a sweep of 64 / 128 / 256 channels x 2..64 blocks
     over ten LLM shapes on an H200). One split on the interpreter."""
-    bn = min(256, max(32, _pow2(N)))
+    bn = min(256, max(32, pow2(N)))
     nblk = -(-K // BLOCK)
     if interpret:
-        return dict(H2_BN=bn, H2_BPS=_pow2(nblk))
+        return dict(H2_BN=bn, H2_BPS=pow2(nblk))
     tiles = -(-N // bn)
     bps = 4
     while bps < nblk and tiles * -(-nblk // bps) > 2 * SMS:
         bps *= 2
-    bps = min(bps, _pow2(nblk))
+    bps = min(bps, pow2(nblk))
     if bn == 256 and tiles * -(-nblk // bps) < 3 * SMS // 2:
         # under 1.5 programs per SM, 128 channels per program (twice the programs) is faster:
         # 4096 x 11008 15.6 against 16.5 us, 11008 x 4096 16.1 / 16.9, 5120 x 13824 21.0 /
@@ -234,7 +221,6 @@ def h2_applies(M: int, xkind: str, packed: W4Packed) -> bool:
     return M == 1 and xkind in ("f16", "bf16") and packed.ge >= BLOCK
 
 
-Launch = Callable[[Sequence[torch.Tensor]], None]
 
 _H2_OK: dict[tuple[int, str], bool] = {}
 
@@ -359,20 +345,7 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
         b = ts[bi] if bi >= 0 else S
         kern(x, P, S, zeros, b, y, ws, cnt, M, N, K, kw, nb_per, **flags, **cfg)
 
-    return _quiet(launch, interpret)
-
-
-def _quiet(launch: Launch, interpret: bool) -> Launch:
-    """``launch``, or under the interpreter ``launch`` with numpy's warnings off (masked-off
-    lanes compute on fill values)."""
-    if not interpret:
-        return launch
-    import numpy as np
-
-    def interpreted(ts: Sequence[torch.Tensor]) -> None:
-        with np.errstate(all="ignore"):
-            launch(ts)
-    return interpreted
+    return quiet(launch, interpret)
 
 
 def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: bool, bn: int,
@@ -393,7 +366,7 @@ def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: b
     grid = (-(-N // bn), split)
     zeros = packed.zeros if packed.zeros is not None else packed.scales
     flags = dict(NB_PER=bps, HAS_ZERO=packed.zeros is not None, ZC=packed.zc, HAS_BIAS=bi >= 0,
-                 SPLIT=split, SPLIT_P2=_pow2(split), ROUND_BF16=spec.xkind == "bf16" and interpret,
+                 SPLIT=split, SPLIT_P2=pow2(split), ROUND_BF16=spec.xkind == "bf16" and interpret,
                  EVEN_K=K == packed.kp, ASM=not interpret, BN=bn, J=J, GB=packed.ge // BLOCK,
                  FOLD=1, EVICT=1, XB=0, FIXED=int(1 < split < 32), XCH=-(-K // 1024))
     flags.update(opts or {})
@@ -413,7 +386,7 @@ def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: b
         b = ts[bi] if bi >= 0 else S
         kern(ts[xi], P, S, zeros, b, ts[yi], ws, cnt, smax, N, K, nblk, **flags, num_warps=num_warps)
 
-    return _quiet(launch, interpret)
+    return quiet(launch, interpret)
 
 
 MMAG_MAX_M = 16
@@ -435,7 +408,7 @@ def mmag_bps(N: int, K: int) -> int:
     bps = 32
     while bps > 4 and tiles * -(-nblk // bps) < 5 * SMS // 2:
         bps //= 2
-    return max(1, min(bps, _pow2(nblk)))
+    return max(1, min(bps, pow2(nblk)))
 
 
 def mmag_works(mod, device: torch.device) -> bool:

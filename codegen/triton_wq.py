@@ -20,23 +20,31 @@ in the packed scales). Two forms:
   20, say): the weights are dequantised in f32 exactly as the reference's Wd and the dot is
   IEEE f32. Correct everywhere, not tuned.
 
-So the result differs from the reference (float64 sums of Wd) only by f32 accumulation and the
-one rounding to the output type. Under the interpreter bf16 runs the f32 forms (its bf16 dots
-are wrong, as for the W4 kernels).
+So the result differs from the reference (float64 sums of Wd) by f32 accumulation and the one
+rounding to the output type, with one caveat shared with the W4 kernels: the scale-after forms
+sum x * (code - zero) (float codes: x * value * 2^-r) before the scale, so f32 / bf16 x near
+the f32 range (|x| above about 1e35 for 8-bit integer or E5M2 codes) can overflow where the
+reference's x * Wd does not, and |x| below about 1e-36 loses bits to f32 subnormals with E4M3
+/ FP4 codes. Weights whose Wd overflows f32 stay on the reference (its inf is not reproduced
+otherwise). Under the interpreter bf16 runs the f32 forms (its bf16 dots are wrong, as for
+the W4 kernels).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import sympy
 import torch
 
 from ..ir import dtypes as dt
 from ..ir.graph import Node
+from ..ir.ops.quant import dequant_weight
 from ..runtime.w8pack import finite_codes
 from ..runtime.wqpack_gpu import WQ_DTYPES, WQPacked, effective_group, pack_wq, rebias, KIND
 from .schedule import Kernel
+from .triton_template import Launch, PackedConstants, pow2, quiet, template_slots
 from .triton_wq_src import SOURCE
 
 X_REAL = frozenset({"f32", "f16", "bf16"})
@@ -55,11 +63,46 @@ def _in_range(w: torch.Tensor, wdtype: dt.DType) -> bool:
     return bool(((w >= lo) & (w <= hi)).all())
 
 
+def _values_ok(n: Node) -> bool:
+    """The checks that read the constants (O(N K)): codes in their dtype's range (float8 codes
+    finite), the rebiased scales finite, and the reference's Wd finite (where it overflows
+    the reference gives inf, which the scale-after forms would not reproduce)."""
+    w, scale = n.inputs[1], n.inputs[2]
+    zero = n.inputs[3] if len(n.inputs) > 3 else None
+    assert w is not None and scale is not None and w.const is not None and scale.const is not None
+    if not _in_range(w.const, w.dtype):
+        return False
+    if zero is not None and zero.dtype.name == "f32" and not bool(torch.isfinite(zero.const).all()):
+        return False
+    if not bool(torch.isfinite(scale.const.to(torch.float32) * rebias(KIND[w.dtype.name])).all()):
+        return False
+    wd = dequant_weight(w.const, scale.const, zero.const if zero is not None else None, n.attrs["group"],
+                        w.dtype.name == "f4e2m1")
+    return bool(torch.isfinite(wd).all())
+
+
+# node -> (weak references to the constants it was checked with, result): the value checks
+# run once per node and constants, not at every partition / render query
+_CHECKED: "weakref.WeakKeyDictionary[Node, tuple[tuple, bool]]" = weakref.WeakKeyDictionary()
+
+
+def _values_ok_cached(n: Node) -> bool:
+    consts = tuple(v.const if v is not None else None for v in n.inputs[1:4])
+    hit = _CHECKED.get(n)
+    if hit is not None and len(hit[0]) == len(consts) and \
+            all((r is None and c is None) or (r is not None and r() is c) for r, c in zip(hit[0], consts)):
+        return hit[1]
+    ok = _values_ok(n)
+    _CHECKED[n] = (tuple(weakref.ref(c) if c is not None else None for c in consts), ok)
+    return ok
+
+
 def wq_supported(n: Node) -> bool:
     """Whether ``wq_gemm`` runs this ``qlinear``: act none, f16 / bf16 / f32 x, constant codes of
     a type in ``WQ_DTYPES`` (finite float8 codes, integer codes in their range) of static
     shape, constant f32 scales (finite once rebiased), no zero point or a constant integer / f32
-    (finite) one for integer codes, float bias. Callers try the W4 kernels first."""
+    (finite) one for integer codes, float bias, and a finite dequantised weight. Callers try
+    the W4 kernels first. The checks that read the constants run once per node."""
     if n.op != "qlinear" or n.attrs["act"] != "none":
         return False
     x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
@@ -71,22 +114,17 @@ def wq_supported(n: Node) -> bool:
         return False
     if bias is not None and bias.dtype.name not in X_REAL:
         return False
-    if zero is not None:
-        if w.dtype.is_float or not zero.is_const or zero.dtype.name not in ("u4", "i4", "u8", "i8", "f32"):
-            return False
-        if zero.dtype.name == "f32" and not bool(torch.isfinite(zero.const).all()):
-            return False
+    if zero is not None and (w.dtype.is_float or not zero.is_const or
+                             zero.dtype.name not in ("u4", "i4", "u8", "i8", "f32")):
+        return False
     nn, k = w.type.shape
     if not isinstance(nn, int) or not isinstance(k, int) or nn < 1 or k < 1:
         return False
-    if not _in_range(w.const, w.dtype):
-        return False
-    # the float codes' rebias rides on the scale: it must stay finite
-    return bool(torch.isfinite(scale.const.to(torch.float32) * rebias(KIND[w.dtype.name])).all())
+    return _values_ok_cached(n)
 
 
 @dataclass(frozen=True, eq=False)
-class WQSpec:
+class WQSpec(PackedConstants):
     """Slots of x, bias (-1: none) and y in the kernel's tensor list, x's type, and the
     qlinear's constants (packed when the kernel is loaded)."""
 
@@ -102,49 +140,37 @@ class WQSpec:
         """The packed constants on ``device`` (``kn`` is the W4 spec's argument, unused)."""
         return pack_wq(self.w, self.scale, self.zero, dt.get(self.wdtype), self.group).to(device)
 
-    def packed_inputs(self, n_inputs: int) -> list[int]:
-        """Kernel inputs that only feed the packing (codes, scales, zeros)."""
-        return [i for i in range(n_inputs) if i not in self.slots[:2]]
 
 
 def render_wq(k: Kernel) -> tuple[str, list[sympy.Expr], WQSpec]:
     """(module source, runtime integers [M, N, K], launch spec) of a ``wq`` template kernel;
     the source is the same for every qlinear (the forms are constexprs chosen at launch)."""
     n = k.nodes[0]
-    x, w, s = n.inputs[0], n.inputs[1], n.inputs[2]
+    w, s = n.inputs[1], n.inputs[2]
     zero = n.inputs[3] if len(n.inputs) > 3 else None
-    bias = n.inputs[4] if len(n.inputs) > 4 else None
-    index = {id(v): i for i, v in enumerate(k.inputs)}
-    slots = (index[id(x)], index[id(bias)] if bias is not None else -1, len(k.inputs))
-    m: sympy.Expr = sympy.Integer(1)
-    for d in x.type.shape[:-1]:
-        m = m * sympy.sympify(d)
-    N, K = w.type.shape
-    spec = WQSpec(slots, x.dtype.name, w.const, w.dtype.name, s.const,  # type: ignore[arg-type]
+    slots, m, N, K = template_slots(k)
+    spec = WQSpec(slots, n.inputs[0].dtype.name, w.const, w.dtype.name, s.const,  # type: ignore[union-attr, arg-type]
                   zero.const if zero is not None else None, n.attrs["group"])
-    return SOURCE, [sympy.expand(m), sympy.Integer(N), sympy.Integer(K)], spec
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
+    return SOURCE, [m, sympy.Integer(N), sympy.Integer(K)], spec
 
 
 def _pow2_divisor(g: int) -> int:
     return g & -g
 
 
-def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False, cpw: int = 4
-              ) -> dict[str, int]:
+def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False, cpw: int = 4,
+              gemv: bool = True) -> dict[str, int]:
     """Tiles for M rows: up to GEMV_MAX_M the CUDA-core GEMV when a group holds whole words of
     ``cpw`` codes (4 bytes, 8 nibbles), K tiles of 128 and about 16 programs per SM (an H200
     sweep of 32 / 64 / 128 channels x 1..16 splits x 4 / 8 warps, int8 and fp8, 4096 x 11008
     and 8192²: 32 channels and 8 splits within 1.1 µs of the best everywhere); otherwise the
     tensor-core GEMM: BM 16 up to M = 16, 64 up to 64, else 128, BK at most the group's largest
     power-of-two divisor (so one scale per tile; below 16 the scale-before form takes any
-    BK)."""
+    BK), BN at most N's power of two (from 16). ``gemv=False``: never the GEMV (float zero
+    points)."""
     g = effective_group(K, group)
-    if M <= GEMV_MAX_M and g % cpw == 0:
-        bm = _pow2(M)
+    if gemv and M <= GEMV_MAX_M and g % cpw == 0:
+        bm = pow2(M)
         cfg = dict(GEMV=1, BM=bm, BN=32, BK=128, num_warps=4)
         if interpret:
             cfg.update(BN=16, BK=32)
@@ -159,27 +185,34 @@ def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False, cpw: 
         cfg = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
     if g and _pow2_divisor(g) >= 16 and not cfg.get("GEMV"):
         cfg["BK"] = min(cfg["BK"], _pow2_divisor(g))
+    cfg["BN"] = min(cfg["BN"], max(8 if cfg.get("GEMV") else 16, pow2(N)))
     tiles = -(-M // cfg["BM"]) * -(-N // cfg["BN"])
     ntile = -(-K // cfg["BK"])
-    # GEMV: about 16 programs per SM; GEMM up to M = 16: 4 (8192², M = 16: 4 splits 44.9 /
-    # 35.8 µs for int8 g128 / fp8 against 61.9 / 40.0 with 2)
+    # GEMV: about 16 programs per SM; GEMM up to M = 16: 4 (8192², M = 16, same session,
+    # before the 2^23 decode: 4 splits 44.9 / 35.8 µs for int8 g128 / fp8 against 61.9 / 40.0
+    # with 2)
     target = (16 if cfg.get("GEMV") else 4 if M <= 16 else 2) * SMS
     cfg["SPLIT"] = max(1, min(ntile, target // tiles)) if tiles < target and not interpret else 1
     return cfg
 
 
-Launch = Callable[[Sequence[torch.Tensor]], None]
-
-
 def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, interpret: bool,
                 config: dict[str, int] | None = None) -> Launch:
-    """The launch of ``wq_gemm`` for one binding of M (``config`` overrides :func:`wq_config`).
+    """The launch of ``wq_gemv`` / ``wq_gemm`` for one binding of M (``config`` overrides
+    :func:`wq_config`; its tile sizes must be powers of two).
     A split launch owns an f32 workspace [SPLIT, M, N] and a counter per tile, as the W4
     kernels' (one launch of a binding finishes before the next starts on another stream)."""
     if M <= 0 or N <= 0:
         return lambda ts: None
     cpw = 8 if packed.nib else 4
-    cfg = dict(config or wq_config(M, N, K, packed.group, interpret, cpw))
+    if config is None:
+        cfg = wq_config(M, N, K, packed.group, interpret, cpw, gemv=not packed.float_zero)
+    else:
+        cfg = dict(config)
+        for key in ("BM", "BN", "BK"):
+            v = int(cfg.get(key, 16))
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"wq config: {key} must be a power of two, got {v}")
     bk = int(cfg.pop("BK"))
     g = packed.group
     gemv = bool(cfg.pop("GEMV", 0)) and not packed.float_zero and g % cpw == 0 and M <= cfg["BM"] \
@@ -229,14 +262,7 @@ def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, int
         b = ts[bi] if bi >= 0 else S
         kern(ts[xi], W, S, Z, b, ts[yi], ws, cnt, M, N, K, KB, NG, nt_per, **flags, **cfg)
 
-    if not interpret:
-        return launch
-    import numpy as np
-
-    def interpreted(ts: Sequence[torch.Tensor]) -> None:
-        with np.errstate(all="ignore"):     # masked-off lanes compute on fill values
-            launch(ts)
-    return interpreted
+    return quiet(launch, interpret)
 
 
 def wq_linear(x: torch.Tensor, w: torch.Tensor, wdtype: str, scale: torch.Tensor,

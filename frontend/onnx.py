@@ -171,9 +171,11 @@ class _DimNames:
         return name
 
     def param(self, p: str) -> str:
+        """The symbol name of dim_param ``p`` (one of the inputs')."""
         return self.by_param[p]
 
     def fresh(self, base: str) -> str:
+        """A new symbol name from ``base``, unused so far (``base_2``, ``base_3``... if taken)."""
         return self._unique(base)
 
 
@@ -258,6 +260,9 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
     opset = opsets.get("", 0)
     if opset < MIN_OPSET:
         try:
+            if opset < 11:
+                # the rewrite's Reshape takes its shape as an input (opset >= 5)
+                proto = onnx.version_converter.convert_version(proto, 11)
             proto = onnx.version_converter.convert_version(_legacy_hardmax(proto), MIN_OPSET)
         except Exception as e:
             raise FrontendError(f"{where}: opset {opset} is older than {MIN_OPSET} and could not "
@@ -276,6 +281,7 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
         data, d = tensor_to_torch(t, base, f"initializer '{t.name}'")
         ctx.set(t.name, g.add_const(data, d, t.name))
     names = _DimNames([v for v in gp.input if v.name not in inits])
+    ctx.taken = names.taken
     for i, v in enumerate(gp.input):
         if v.name in inits:
             continue  # an input with an initializer default is treated as a constant

@@ -69,6 +69,8 @@ class Ctx:
         self.dims: dict[str, tuple[list[Dim], dt.DType, bool]] = {}
         self.node: onnx.NodeProto | None = None
         self._fresh = 0
+        #: symbol names the graph inputs' dims took: fresh symbols never reuse one
+        self.taken: set[str] = set()
         #: constant-folded DequantizeLinear outputs -> the quantised weight they came from
         #: (``onnx_ops/qdq_weight.py``), so that MatMul / Gemm can keep the codes
         self.dq_source: dict[int, Any] = {}
@@ -211,6 +213,8 @@ class Ctx:
         """A new dimension symbol for a data-dependent size (NonZero, Unique...)."""
         from ..ir.types import sym
         self._fresh += 1
+        while f"{hint}{self._fresh}" in self.taken:
+            self._fresh += 1
         return sym(f"{hint}{self._fresh}")
 
 

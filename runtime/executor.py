@@ -282,7 +282,10 @@ class Executor:
                 except ScalefoldError:
                     raise
                 except Exception as e:  # torch / kernel errors name the kernel and its nodes
-                    raise _failed(self.schedule.kernels[i], e) from e
+                    err = _failed(self.schedule.kernels[i], e)
+                    if err is e:
+                        raise
+                    raise err from e
             res = []
             arena = b.arena.untyped_storage().data_ptr()
             for v in g.outputs:
@@ -335,7 +338,10 @@ class Executor:
             except ScalefoldError:
                 raise
             except Exception as e:
-                raise _failed(k, e) from e
+                err = _failed(k, e)
+                if err is e:
+                    raise
+                raise err from e
             for n in k.nodes:
                 if not get_op(n.op).binds:
                     continue
@@ -356,10 +362,15 @@ class Executor:
         return plan_buffers(self.schedule, env, exclude=self.graph.outputs)
 
 
-def _failed(k: Kernel, e: Exception) -> ExecutionError:
+def _failed(k: Kernel, e: Exception) -> Exception:
     """The error of a step that raised: names the kernel's nodes and ops, as the reference
-    interpreter does for one node (an out-of-range index, a bad reshape of the input's data)."""
-    first = str(e).splitlines()[0] if str(e) else ""
+    interpreter does for one node (an out-of-range index, a bad reshape of the input's data).
+    Running out of memory stays what it is, so callers can catch it (and retry smaller)."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return e
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # a compiler's error often starts with a location line and ends with the reason
+    first = lines[0] if len(lines) <= 1 else f"{lines[0]} ... {lines[-1]}"
     what = ", ".join(f"{n.describe()} ({n.op})" for n in k.nodes[:3]) + (", ..." if len(k.nodes) > 3 else "")
     where = f"node {what}" if len(k.nodes) == 1 else f"kernel {k.name} ({what})"
     return ExecutionError(f"{where} failed: {type(e).__name__}: {first}")
@@ -372,6 +383,8 @@ def _to_device(x: Any, i: int, g: Graph, device: torch.device) -> Any:
         return x
     try:
         return x.to(device).contiguous()
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
     except Exception as e:  # noqa: BLE001
         name = g.inputs[i].name if i < len(g.inputs) else f"#{i}"
         raise ShapeError(f"input {name!r} (#{i}): cannot be moved to {device}: {type(e).__name__}: "

@@ -35,6 +35,7 @@ import torch
 
 from ..ir import dtypes as dt
 from ..ir.ops.quant import dequant_weight
+from .w4pack_gpu import single_group
 
 # code kinds of the kernel (its CODE constexpr)
 KIND = {"u8": 0, "u4": 0, "i8": 1, "i4": 1, "f8e4m3": 2, "f8e5m2": 3, "f4e2m1": 4}
@@ -57,9 +58,11 @@ class WQPacked:
 
     @property
     def float_zero(self) -> bool:
+        """Whether the zero points are floats (f32 [G', N]) rather than integers."""
         return self.zeros is not None and self.zeros.dtype == torch.float32
 
     def to(self, device: torch.device | str) -> "WQPacked":
+        """The same packing with its tensors on ``device``."""
         z = self.zeros.to(device) if self.zeros is not None else None
         return WQPacked(self.codes.to(device), self.scales.to(device), z, self.kind, self.nib,
                         self.group, self.n, self.k)
@@ -67,7 +70,7 @@ class WQPacked:
 
 def effective_group(k: int, group: int) -> int:
     """0 when one scale covers the row (group 0, or a group at least K), else ``group``."""
-    return 0 if group <= 0 or group >= k else group
+    return 0 if single_group(k, group) else group
 
 
 def rebias(kind: int) -> float:

@@ -367,3 +367,22 @@ def test_compile_nbits_accuracy(model: Path, tmp_path: Path, cli) -> None:
     nodes = [nd for nd in onnx.load(str(out)).graph.node if nd.op_type == "MatMulNBits"]
     assert nodes and all({a.name: onnx.helper.get_attribute_value(a) for a in nd.attribute}["accuracy_level"] == 4
                          for nd in nodes)
+
+
+def test_inspect_binds_data_dependent_sizes(tmp_path: Path, cli) -> None:
+    """A data-dependent size (NonZero's count) may be bound along with the inputs' symbols."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    import scalefold as sf
+    g = h.make_graph([h.make_node("NonZero", ["x"], ["y"])], "nz",
+                     [h.make_tensor_value_info("x", TP.FLOAT, ["N"])],
+                     [h.make_tensor_value_info("y", TP.INT64, None)])
+    path = tmp_path / "nz.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), str(path))
+    count = next(str(s) for s in sf.from_onnx(str(path)).outputs[0].type.shape[1].free_symbols)
+    r = cli("inspect", str(path), "--bind", f"N=4,{count}=2")
+    assert r.returncode == 0, r.stderr
+    assert f"peak memory at N=4,{count}=2" in r.stdout
+    r = cli("inspect", str(path), "--bind", f"N=4,{count}=2,Q=1")
+    assert r.returncode != 0 and "unknown symbol(s) Q" in r.stderr and r.stdout == ""

@@ -23,7 +23,7 @@ from harness import assert_close  # noqa: E402
 from scalefold import api  # noqa: E402
 from scalefold.codegen import triton as tgen  # noqa: E402
 from scalefold.codegen.schedule import partition  # noqa: E402
-from scalefold.codegen.triton_qgemm import gemm_config, qgemm  # noqa: E402
+from scalefold.codegen.triton_qgemm import gemm_config, qgemm, qlinear_supported  # noqa: E402
 from scalefold.ir import dtypes as dt  # noqa: E402
 from scalefold.ir.graph import Graph  # noqa: E402
 from scalefold.ir.ops.quant import dequant_weight, dynamic_quant  # noqa: E402
@@ -218,3 +218,15 @@ def test_unsupported_variants_stay_on_reference(variant: str) -> None:
     assert_close(cm(xin).cpu(), interp.run(g, xin)[0], rtol=2e-6 if xd == "f32" else 0.0, atol=0.0,
                  rel_to_scale=True)
     assert tgen.op_coverage()["qlinear"].startswith("template (partly; reference:")
+
+
+def test_weight_only_int8_goes_to_the_weight_only_kernel() -> None:
+    """Group-0 i8 codes with float x and act none are not the int8 GEMM's (it quantises x):
+    the weight-only kernel (triton_wq.py) takes them."""
+    g = Graph("r")
+    x = g.add_input("f32[M,16]", "x")
+    w = g.add_const(torch.randint(-100, 100, (8, 16)), "i8", "w")
+    s = g.add_const(torch.rand(8) + 0.1, "f32", "s")
+    g.set_outputs([g.add("qlinear", [x, w, s], {"group": 0, "act": "none"})])
+    assert not qlinear_supported(g.nodes[0])
+    assert [tk.launch for tk in tgen.render(partition(g, tgen.CAPS))] == ["wq"]

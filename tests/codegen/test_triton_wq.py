@@ -21,7 +21,9 @@ import torch  # noqa: E402
 from scalefold import api  # noqa: E402
 from scalefold.codegen import triton as tgen  # noqa: E402
 from scalefold.codegen.schedule import partition  # noqa: E402
-from scalefold.codegen.triton_wq import wq_config, wq_linear, wq_supported  # noqa: E402
+from scalefold.codegen.triton_wq import WQSpec, make_launch, wq_config, wq_linear, wq_supported  # noqa: E402
+from scalefold.codegen.triton_wq_src import SOURCE  # noqa: E402
+from scalefold.runtime.triton_exec import load_module  # noqa: E402
 from scalefold.ir import dtypes as dt  # noqa: E402
 from scalefold.ir.graph import Graph  # noqa: E402
 from scalefold.runtime import interp  # noqa: E402
@@ -120,23 +122,31 @@ def test_tiles_and_split_k(cfg: dict, wd: str, group: int, zero: str | None) -> 
     second launch reuses the reset counters."""
     N, K, M = 41, 200, 5
     w, s, z = consts(wd, N, K, group, zero, seed=3)
-    x = torch.randn(M, K, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     wdq = reference(w, s, z, dt.get(wd), group)
-    y1 = wq_linear(x, w, wd, s, z, group, None, config=dict(cfg, num_warps=4))
-    check(y1, x, wdq, None, "f32")
-    y2 = wq_linear(x, w, wd, s, z, group, None, config=dict(cfg, num_warps=4))
-    assert torch.equal(y1, y2)
+    p = pack_wq(w, s, z, dt.get(wd), group).to(DEVICE)
+    spec = WQSpec((0, -1, 2), "f32", w, wd, s, z, group)
+    launch = make_launch(load_module(SOURCE, DEVICE == "cpu"), spec, p, M, N, K, DEVICE == "cpu",
+                         dict(cfg, num_warps=4))
+    outs = []
+    for seed in (1, 2, 1):                    # one launch, its split counters reset in between
+        x = torch.randn(M, K, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+        y = torch.full((M, N), float("nan"), device=DEVICE)
+        launch([x, x, y])
+        check(y, x, wdq, None, "f32")
+        outs.append(y)
+    assert torch.equal(outs[0], outs[2])
 
 
-def test_non_finite_rows_stay_in_their_row() -> None:
+@pytest.mark.parametrize("M", [3, 17])      # the GEMV and the GEMM
+def test_non_finite_rows_stay_in_their_row(M: int) -> None:
     N, K = 24, 64
     w, s, z = consts("u8", N, K, 32, "int")
-    x = torch.randn(3, K, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(2))
     x[1, 5] = float("inf")
     y = wq_linear(x.to(DEVICE), w, "u8", s, z, 32).cpu()
     want = interp.run(_graph(w, "u8", s, z, 32, None, "f32", K, N), x)[0]
-    assert torch.equal(torch.isfinite(y), torch.isfinite(want))
-    keep = torch.tensor([0, 2])
+    assert torch.equal(torch.isfinite(y), torch.isfinite(want)) and not torch.isfinite(y[1]).all()
+    keep = torch.tensor([0] + list(range(2, M)))
     check(y[keep], x[keep], reference(w, s, z, dt.get("u8"), 32), None, "f32")
 
 
@@ -196,18 +206,11 @@ def test_quant_weights_formats_compile_to_wq() -> None:
         assert torch.allclose(y, want, rtol=2 ** -7, atol=1e-3 * want.abs().max().item())
 
 
-def test_source_is_deterministic() -> None:
-    w, s, z = consts("u8", 8, 64, 32, "int")
-    a = tgen.render(partition(_graph(w, "u8", s, z, 32, None, "bf16", 64, 8), tgen.CAPS))
-    w2, s2, _ = consts("f8e4m3", 12, 48, 0, None)
-    c = tgen.render(partition(_graph(w2, "f8e4m3", s2, None, 0, None, "f16", 48, 12), tgen.CAPS))
-    assert a[0].source == c[0].source and "def wq_gemm" in a[0].source
-
-
-@pytest.mark.parametrize("variant", ["f64", "nan_code", "code_range", "scale_overflow", "float_code_zero"])
+@pytest.mark.parametrize("variant", ["f64", "nan_code", "code_range", "scale_overflow", "float_code_zero",
+                                     "wd_overflow"])
 def test_forms_it_cannot_take_stay_on_reference(variant: str) -> None:
     N, K = 8, 64
-    wd, zero = ("f8e4m3", None) if variant in ("nan_code", "scale_overflow", "float_code_zero") else \
+    wd, zero = ("f8e4m3", None) if variant in ("nan_code", "scale_overflow", "float_code_zero", "wd_overflow") else \
         ("u4", "f32" if variant == "code_range" else "int")
     w, s, z = consts(wd, N, K, 32, zero)
     xd = "f64" if variant == "f64" else "f32"
@@ -219,6 +222,11 @@ def test_forms_it_cannot_take_stay_on_reference(variant: str) -> None:
         s[0, 0] = 3e38                        # times the E4M3 rebias 2^8: inf
     elif variant == "float_code_zero":
         z = torch.zeros(N, 2)
+    elif variant == "wd_overflow":
+        # the rebiased scale is finite, but code * scale is not: the reference's Wd is inf,
+        # which the forms that scale after the dot would not reproduce
+        w[0, 0] = 448.0
+        s[0, 0] = 1e36
     g = _graph(w, wd, s, z, 32, None, xd, K, N)
     assert not wq_supported(g.nodes[0])
     assert [k.kind for k in partition(g, tgen.CAPS).kernels] == ["reference"]
@@ -249,3 +257,15 @@ def test_gemm_weights_as_either_dot_operand(swap: int, wd: str, group: int, zero
     b = torch.randn(N, generator=torch.Generator().manual_seed(4)).to(torch.float16)
     y = wq_linear(x, w, wd, s, z, group, b, config=dict(BM=16, BN=32, BK=32, SPLIT=2, SWAP=swap, num_warps=4))
     check(y, x, reference(w, s, z, dt.get(wd), group), b, "f16")
+
+
+def test_config_overrides_and_small_shapes() -> None:
+    # float zero points never get the GEMV's tiles; BN follows a small N
+    assert "GEMV" not in wq_config(1, 4096, 4096, 128, gemv=False)
+    assert wq_config(1, 4096, 4096, 128, gemv=False)["BM"] == 16
+    assert wq_config(1, 5, 4096, 128)["BN"] == 8 and wq_config(20, 5, 4096, 128)["BN"] == 16
+    w, s, z = consts("u8", 8, 64, 32, "int")
+    p = pack_wq(w, s, z, dt.get("u8"), 32)
+    spec = WQSpec((0, -1, 2), "f32", w, "u8", s, z, 32)
+    with pytest.raises(ValueError, match="BK must be a power of two, got 48"):
+        make_launch(None, spec, p, 3, 8, 64, True, dict(BM=16, BN=16, BK=48))

@@ -230,6 +230,16 @@ def test_hardmax_before_opset_13_flattens_the_trailing_dims(axis: int | None, op
     check("Hardmax", {"x": x}, {} if axis is None else {"axis": axis}, opset)
 
 
+@pytest.mark.parametrize("opset", [4, 6, 9])
+def test_hardmax_of_the_oldest_opsets(opset: int) -> None:
+    """Opsets before Reshape took its shape as an input (5) upgrade first, then rewrite."""
+    x = f32(2, 3, 4)
+    m = build("Hardmax", {"x": x}, {"axis": 1}, opset)
+    got = run(from_onnx(m), torch.from_numpy(x))[0]
+    want = torch.nn.functional.one_hot(torch.from_numpy(x).reshape(2, -1).argmax(1), 12).reshape(2, 3, 4)
+    assert torch.equal(got, want.float())
+
+
 def test_hardmax_symbolic_axis() -> None:
     x = f32(2, 7)
     m = build("Hardmax", {"x": x}, {"axis": 1}, 13, in_shapes={"x": [2, "N"]})

@@ -307,6 +307,7 @@ def test_input_dim_names_stay_distinct_and_negative_dims_are_dynamic() -> None:
     from onnx import TensorProto as TP
     from onnx import helper as h
     import scalefold as sf
+    from scalefold.runtime import run as run_graph
     for a_dims, b_dims in ((["batch size", 4], ["batch_size", 4]), (["b_0", 4], [None, 4]),
                            ([-1, 4], [-1, 4])):
         g = h.make_graph([h.make_node("Concat", ["a", "b"], ["y"], axis=0)], "g",
@@ -316,5 +317,19 @@ def test_input_dim_names_stay_distinct_and_negative_dims_are_dynamic() -> None:
         m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
         ir = sf.from_onnx(m)
         assert ir.inputs[0].type.shape[0] != ir.inputs[1].type.shape[0]
-        y = sf.runtime.run(ir, torch.ones(2, 4), torch.ones(3, 4))[0]
+        y = run_graph(ir, torch.ones(2, 4), torch.ones(3, 4))[0]
         assert y.shape == (5, 4)
+
+
+def test_an_input_dim_named_like_a_data_dependent_size_stays_distinct() -> None:
+    """NonZero's fresh size symbol never takes a name an input's dim_param already has."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    import scalefold as sf
+    from scalefold.runtime import run as run_graph
+    g = h.make_graph([h.make_node("NonZero", ["a"], ["y"])], "g",
+                     [h.make_tensor_value_info("a", TP.FLOAT, ["nnz1"])],
+                     [h.make_tensor_value_info("y", TP.INT64, None)])
+    ir = sf.from_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    y = run_graph(ir, torch.tensor([1.0, 0.0, 2.0]))[0]
+    assert y.tolist() == [[0, 2]]
