@@ -73,6 +73,12 @@ splits in fixed point (``FIXED``): each program adds its partials, as integers i
 common to the channel, together with an arrival count in one 64-bit atomic per channel, and
 the program bringing the last count writes y and zeroes the accumulator: one round trip to
 memory instead of three, and an order-independent sum. Blocks per M bucket: :func:`w4_config`.
+
+Range caveat: the f32 GEMV and the GEMMs with groups >= 128 sum a block's x * (u - zeff)
+before its scale, so f32 / bf16 x above about 1e35 can overflow where the reference's x * Wd
+does not (the C target recomputes such rows exactly; here they become inf / NaN), and the f32
+GEMV's x * 16^-p leaves |x| below about 1e-33 in f32 subnormals (a few bits lost). Activations
+that large or small do not occur in working models; both are left as they are.
 """
 from __future__ import annotations
 
