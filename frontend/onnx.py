@@ -54,6 +54,8 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx
         else:
             p = Path(model)
             where = f"file {p}"
+            if p.is_dir():
+                raise FrontendError(f"{where}: is a directory, not an ONNX file")
             if not p.is_file():
                 raise FrontendError(f"{where}: no such file")
             data = p.read_bytes()

@@ -69,6 +69,13 @@ def test_nonexistent_path(tmp_path: Path) -> None:
     assert str(path) in msg and "no such file" in msg
 
 
+def test_a_directory_is_not_a_model(tmp_path: Path) -> None:
+    with pytest.raises(FrontendError) as e:
+        from_onnx(tmp_path)
+    msg = one_line(e)
+    assert str(tmp_path) in msg and "is a directory" in msg
+
+
 # ---- broken graphs --------------------------------------------------------------------------
 
 
