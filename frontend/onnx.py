@@ -98,6 +98,11 @@ def _check_structure(g: onnx.GraphProto, where: str) -> list[onnx.NodeProto]:
                 produced[o] = i
     defined = {v.name for v in g.input} | {t.name for t in g.initializer} | \
         {t.name for t in g.sparse_initializer}
+    for name, i in produced.items():
+        if name in defined:
+            # SSA: a node may not write a graph input or initializer (it read as a cycle)
+            raise FrontendError(f"{where}: {_label(g.node[i])} writes '{name}', which is already a "
+                                f"graph input or initializer")
     dag = nx.DiGraph()
     dag.add_nodes_from(range(len(g.node)))
     for i, n in enumerate(g.node):

@@ -175,3 +175,13 @@ def test_external_data_escaping_folder(tmp_path: Path, where: str) -> None:
         from_onnx(path)
     msg = one_line(e)
     assert "'w'" in msg and location in msg and "escapes" in msg
+
+
+def test_a_node_writing_a_graph_input_is_named() -> None:
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    g = h.make_graph([h.make_node("Relu", ["x"], ["x"], name="r")], "g",
+                     [h.make_tensor_value_info("x", TP.FLOAT, [2])],
+                     [h.make_tensor_value_info("x", TP.FLOAT, [2])])
+    with pytest.raises(FrontendError, match="writes 'x', which is already a graph input"):
+        from_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
