@@ -68,7 +68,7 @@ def main() -> None:
             w, wd, s, z, group = form(name, N, K, gen)
             p = pack_wq(w, s, z, dt.get(wd), group).to(dev)
             wdq = reference(w, s, z, dt.get(wd), group).to(dev)
-            spec = WQSpec((0, -1, 2), "bf16", w, wd, s, z, group)
+            spec = WQSpec((0, -1, 2), "bf16", w, s, z, group, wd)
             for M in ([args.sweep] if args.sweep else MS):
                 x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
                 y = torch.empty(M, N, device=dev, dtype=torch.bfloat16)

@@ -2,11 +2,13 @@
 load time (the W4 kernels, ``triton_w4.py``, and the other weight-only codes, ``triton_wq.py``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import sympy
 import torch
 
+from ..ir.graph import Node, Value
 from .schedule import Kernel
 
 Launch = Callable[[Sequence[torch.Tensor]], None]
@@ -34,11 +36,38 @@ def template_slots(k: Kernel) -> tuple[tuple[int, int, int], sympy.Expr, int, in
     return slots, sympy.expand(m), int(N), int(K)
 
 
+X_REAL = frozenset({"f32", "f16", "bf16"})
+
+
+def weight_only_parts(n: Node) -> tuple[Value, Value, Value, Value | None, Value | None] | None:
+    """(x, w, scale, zero, bias) of a weight-only ``qlinear`` (act none) with f32 / f16 / bf16
+    x and no bias or a float one, or None for any other node: the part of the template tests
+    every packed-constant kernel shares."""
+    if n.op != "qlinear" or n.attrs["act"] != "none":
+        return None
+    x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
+    zero = n.inputs[3] if len(n.inputs) > 3 else None
+    bias = n.inputs[4] if len(n.inputs) > 4 else None
+    if x is None or w is None or scale is None or x.dtype.name not in X_REAL:
+        return None
+    if bias is not None and bias.dtype.name not in X_REAL:
+        return None
+    return x, w, scale, zero, bias
+
+
+@dataclass(frozen=True, eq=False)
 class PackedConstants:
-    """Mixin of the launch specs whose kernels read packed copies of the qlinear's constants:
-    ``slots`` is (x, bias, y) as in :func:`template_slots`."""
+    """What a launch of a kernel reading packed copies of the qlinear's constants needs
+    besides the tensors: ``slots`` of x, bias (-1: none) and y as in :func:`template_slots`,
+    x's type name, and the constants (codes, scales, zero points or None, group), packed when
+    the kernel is loaded."""
 
     slots: tuple[int, int, int]
+    xkind: str
+    w: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None
+    group: int
 
     def packed_inputs(self, n_inputs: int) -> list[int]:
         """Indices of the kernel inputs that only feed the packing (codes, scales, zeros): the
@@ -59,4 +88,4 @@ def quiet(launch: Launch, interpret: bool) -> Launch:
     return interpreted
 
 
-__all__ = ["Launch", "pow2", "template_slots", "PackedConstants", "quiet"]
+__all__ = ["Launch", "X_REAL", "weight_only_parts", "pow2", "template_slots", "PackedConstants", "quiet"]

@@ -93,35 +93,29 @@ import torch
 from ..ir.graph import Node
 from ..runtime.w4pack_gpu import BLOCK, J, W4Packed, dequant, pack_w4, single_group
 from .schedule import Kernel
-from .triton_template import Launch, PackedConstants, pow2, quiet, template_slots
+from .triton_template import Launch, PackedConstants, pow2, quiet, template_slots, weight_only_parts
 from .triton_w4_src import SOURCE   # the kernels' text
 
-X_REAL = frozenset({"f32", "f16", "bf16"})
 KIND = {"f32": 0, "f16": 1, "bf16": 2}
 GEMV_MAX_M = 4
 SMS = 132                           # H200 multiprocessors: the split-K target
 MMAG_BN = 64                        # channels per w4_gemv_mma program: 8 rows per warp and half
 
 REASON = ("weight-only W4 takes u4/i4 constant codes, group 0 or a power of two >= 16 and integer "
-          "zero points (triton_w4.py); float zero points, other groups, f64 x run the reference")
+          "zero points (triton_w4.py); float zero points and other groups run triton_wq.py")
 
 
 def w4_supported(n: Node) -> bool:
     """Whether the W4 kernels run this ``qlinear``: act none, f16/bf16/f32 x, constant u4/i4 codes
     of static shape, f32 scales, no zero point or one of w's dtype, float bias, group 0 / one
     group / a power of two >= 16."""
-    if n.op != "qlinear" or n.attrs["act"] != "none":
+    parts = weight_only_parts(n)
+    if parts is None:
         return False
-    x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
-    zero = n.inputs[3] if len(n.inputs) > 3 else None
-    bias = n.inputs[4] if len(n.inputs) > 4 else None
-    if x is None or w is None or scale is None or x.dtype.name not in X_REAL:
-        return False
+    _, w, scale, zero, _ = parts
     if w.dtype.name not in ("u4", "i4") or not w.is_const or not scale.is_const:
         return False
     if scale.dtype.name != "f32" or (zero is not None and (zero.dtype is not w.dtype or not zero.is_const)):
-        return False
-    if bias is not None and bias.dtype.name not in X_REAL:
         return False
     nn, k = w.type.shape
     if not isinstance(nn, int) or not isinstance(k, int) or nn < 1 or k < 1:
@@ -132,15 +126,9 @@ def w4_supported(n: Node) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class W4Spec(PackedConstants):
-    """What a launch needs besides the tensors: slots of x, bias (-1: none) and y in the
-    kernel's tensor list, and the qlinear's constants (packed when the kernel is loaded)."""
+    """The launch spec of the W4 kernels (:class:`PackedConstants`), and whether the codes are
+    i4 (``signed``) rather than u4."""
 
-    slots: tuple[int, int, int]
-    xkind: str
-    w: torch.Tensor
-    scale: torch.Tensor
-    zero: torch.Tensor | None
-    group: int
     signed: bool
 
     def pack(self, device: torch.device | str, kn: bool = True) -> W4Packed:

@@ -44,10 +44,9 @@ from ..ir.ops.quant import dequant_weight
 from ..runtime.w8pack import finite_codes
 from ..runtime.wqpack_gpu import WQ_DTYPES, WQPacked, effective_group, pack_wq, rebias, KIND
 from .schedule import Kernel
-from .triton_template import Launch, PackedConstants, pow2, quiet, template_slots
+from .triton_template import Launch, PackedConstants, pow2, quiet, template_slots, weight_only_parts
 from .triton_wq_src import SOURCE
 
-X_REAL = frozenset({"f32", "f16", "bf16"})
 GEMV_MAX_M = 4                   # rows the CUDA-core GEMV takes (from 5 the tensor-core GEMM)
 SMS = 132                        # H200 multiprocessors: the split-K target
 REASON = ("weight-only u8/i8/f8/f4e2m1 codes (and 4-bit codes the W4 kernels refuse) run "
@@ -103,16 +102,11 @@ def wq_supported(n: Node) -> bool:
     shape, constant f32 scales (finite once rebiased), no zero point or a constant integer / f32
     (finite) one for integer codes, float bias, and a finite dequantised weight. Callers try
     the W4 kernels first. The checks that read the constants run once per node."""
-    if n.op != "qlinear" or n.attrs["act"] != "none":
+    parts = weight_only_parts(n)
+    if parts is None:
         return False
-    x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
-    zero = n.inputs[3] if len(n.inputs) > 3 else None
-    bias = n.inputs[4] if len(n.inputs) > 4 else None
-    if x is None or w is None or scale is None or x.dtype.name not in X_REAL:
-        return False
+    _, w, scale, zero, _ = parts
     if w.dtype.name not in WQ_DTYPES or not w.is_const or not scale.is_const or scale.dtype.name != "f32":
-        return False
-    if bias is not None and bias.dtype.name not in X_REAL:
         return False
     if zero is not None and (w.dtype.is_float or not zero.is_const or
                              zero.dtype.name not in ("u4", "i4", "u8", "i8", "f32")):
@@ -125,21 +119,14 @@ def wq_supported(n: Node) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class WQSpec(PackedConstants):
-    """Slots of x, bias (-1: none) and y in the kernel's tensor list, x's type, and the
-    qlinear's constants (packed when the kernel is loaded)."""
+    """The launch spec of the ``wq`` kernels (:class:`PackedConstants`), and the codes' IR
+    dtype name."""
 
-    slots: tuple[int, int, int]
-    xkind: str
-    w: torch.Tensor
     wdtype: str
-    scale: torch.Tensor
-    zero: torch.Tensor | None
-    group: int
 
     def pack(self, device: torch.device | str, kn: bool = False) -> WQPacked:
         """The packed constants on ``device`` (``kn`` is the W4 spec's argument, unused)."""
         return pack_wq(self.w, self.scale, self.zero, dt.get(self.wdtype), self.group).to(device)
-
 
 
 def render_wq(k: Kernel) -> tuple[str, list[sympy.Expr], WQSpec]:
@@ -149,8 +136,8 @@ def render_wq(k: Kernel) -> tuple[str, list[sympy.Expr], WQSpec]:
     w, s = n.inputs[1], n.inputs[2]
     zero = n.inputs[3] if len(n.inputs) > 3 else None
     slots, m, N, K = template_slots(k)
-    spec = WQSpec(slots, n.inputs[0].dtype.name, w.const, w.dtype.name, s.const,  # type: ignore[union-attr, arg-type]
-                  zero.const if zero is not None else None, n.attrs["group"])
+    spec = WQSpec(slots, n.inputs[0].dtype.name, w.const, s.const,  # type: ignore[union-attr, arg-type]
+                  zero.const if zero is not None else None, n.attrs["group"], w.dtype.name)
     return SOURCE, [m, sympy.Integer(N), sympy.Integer(K)], spec
 
 
@@ -276,7 +263,7 @@ def wq_linear(x: torch.Tensor, w: torch.Tensor, wdtype: str, scale: torch.Tensor
     p = pack_wq(w, scale, zero, dt.get(wdtype), group).to(x.device)
     M, K = x.shape
     xkind = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[x.dtype]
-    spec = WQSpec((0, 1 if bias is not None else -1, 2), xkind, w, wdtype, scale, zero, group)
+    spec = WQSpec((0, 1 if bias is not None else -1, 2), xkind, w, scale, zero, group, wdtype)
     y = torch.empty(M, p.n, dtype=x.dtype, device=x.device)
     b = bias.to(x.device) if bias is not None else x
     make_launch(mod, spec, p, M, p.n, K, interpret, config)([x.contiguous(), b, y])

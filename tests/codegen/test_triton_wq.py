@@ -124,7 +124,7 @@ def test_tiles_and_split_k(cfg: dict, wd: str, group: int, zero: str | None) -> 
     w, s, z = consts(wd, N, K, group, zero, seed=3)
     wdq = reference(w, s, z, dt.get(wd), group)
     p = pack_wq(w, s, z, dt.get(wd), group).to(DEVICE)
-    spec = WQSpec((0, -1, 2), "f32", w, wd, s, z, group)
+    spec = WQSpec((0, -1, 2), "f32", w, s, z, group, wd)
     launch = make_launch(load_module(SOURCE, DEVICE == "cpu"), spec, p, M, N, K, DEVICE == "cpu",
                          dict(cfg, num_warps=4))
     outs = []
@@ -266,6 +266,6 @@ def test_config_overrides_and_small_shapes() -> None:
     assert wq_config(1, 5, 4096, 128)["BN"] == 8 and wq_config(20, 5, 4096, 128)["BN"] == 16
     w, s, z = consts("u8", 8, 64, 32, "int")
     p = pack_wq(w, s, z, dt.get("u8"), 32)
-    spec = WQSpec((0, -1, 2), "f32", w, "u8", s, z, 32)
+    spec = WQSpec((0, -1, 2), "f32", w, s, z, 32, "u8")
     with pytest.raises(ValueError, match="BK must be a power of two, got 48"):
         make_launch(None, spec, p, 3, 8, 64, True, dict(BM=16, BN=16, BK=48))
