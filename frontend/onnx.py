@@ -265,6 +265,11 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
     where = f"file {model}" if isinstance(model, (str, os.PathLike)) else "ONNX model"
     opsets = _opsets(proto)
     opset = opsets.get("", 0)
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        # an opset past the installed onnx's is one whose operators may have changed meaning
+        raise FrontendError(f"{where}: opset {opset} is newer than the newest this onnx package "
+                            f"({onnx.__version__}) knows, {newest}")
     if opset < MIN_OPSET:
         try:
             if opset < 11:

@@ -185,3 +185,13 @@ def test_a_node_writing_a_graph_input_is_named() -> None:
                      [h.make_tensor_value_info("x", TP.FLOAT, [2])])
     with pytest.raises(FrontendError, match="writes 'x', which is already a graph input"):
         from_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+
+
+def test_an_opset_newer_than_onnx_knows_is_refused() -> None:
+    newest = onnx.defs.onnx_opset_version()
+    relu = [helper.make_node("Relu", ["x"], ["y"], name="r")]
+    with pytest.raises(FrontendError) as e:
+        from_onnx(model(relu, [x_info()], ["y"], opset=newest + 1))
+    assert f"opset {newest + 1} is newer" in one_line(e)
+    g = from_onnx(model(relu, [x_info()], ["y"], opset=newest))       # the newest known one imports
+    assert [n.op for n in g.nodes] == ["relu"]
