@@ -141,7 +141,7 @@ def w4_supported(n: Node) -> bool:
     act = n.attrs["act"]
     # float8 codes have no integer form for the int8-activation kernel
     ok_act = act == "none" or (act == "per_token" and n.attrs["abits"] <= 8 and
-                               (w.dtype.bits == 4 or not fcode))
+                               (w.dtype.bits == 4 or not fcode) and _vnni_sums_fit(n, k))
     if w.dtype.bits == 8 and not finite_codes(w.const, w.dtype):
         return False
     if not _codes_in_range(w.const, w.dtype) or (zero is not None and zero.dtype.is_float and
@@ -151,6 +151,22 @@ def w4_supported(n: Node) -> bool:
         return False
     return (ok_act and x.dtype.name == "f32" and n.outputs[0].dtype.name == "f32"
             and scale.dtype.name == "f32" and (bias is None or bias.dtype.name == "f32"))
+
+
+def _vnni_sums_fit(n: Node, k: int) -> bool:
+    """Whether the int8-activation tiles' sums stay in range. Their int32 group sums cannot
+    wrap: ``vpdpbusd`` adds products of weight bytes (at most 255 for 8-bit codes, 24 for the
+    f4e2m1 table's ``2 v + 12``, 15 for 4-bit integers) and int8 activation codes (|q| <= 128)
+    over a whole group, unchecked. And the f32 fold of the scaled group sums over K cannot
+    overflow (the reference's sums are finite there; the weight-only tiles recompute such rows
+    exactly, these do not)."""
+    w, scale = n.inputs[1], n.inputs[2]
+    zero = n.inputs[3] if len(n.inputs) > 3 else None
+    g = min(n.attrs["group"], k) if n.attrs["group"] > 0 else k
+    top = 255 if w.dtype.bits == 8 else 24 if w.dtype.name == "f4e2m1" else 15
+    zt = float(zero.const.abs().max()) if zero is not None and zero.const.numel() else 0.0
+    bound = float(scale.const.abs().max()) * (top + zt) * 128.0 * k if scale.const.numel() else 0.0
+    return 128 * top * g < 2 ** 31 and bound < 1e37
 
 
 def _chunk_sum(lines: list[str], val: str, t: str, xg: int, cpg: int, sub: int) -> list[str]:

@@ -7,7 +7,11 @@ AVX-512 build to another). Entries live in ``$SCALEFOLD_CACHE_DIR/c``
 private temporary directory and is moved into place with ``os.replace`` while holding a
 per-key file lock, so concurrent processes compiling the same kernel produce exactly one
 entry and a crashed build never leaves a half-written one (the build directories of a killed
-build are removed by the next build of the same key, under its lock).
+build are removed by the next build of the same key, under its lock). Beside each entry,
+``<key>.sha256`` holds its digest, written after it: an entry damaged from outside (truncated,
+overwritten, replaced) no longer matches and is rebuilt instead of loaded, since loading a
+damaged shared object can crash the process. A cache directory that cannot be used is a
+``CompileError`` naming it.
 """
 from __future__ import annotations
 
@@ -86,39 +90,80 @@ def build(source: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -
     entries = cache_dir() / "c"
     locks = cache_dir() / "locks"
     target = entries / f"{key}.so"
-    if target.exists() and _loads(target):
+    if str(target) in _LOADED or (_intact(target) and _loads(target)):
         return target
-    entries.mkdir(parents=True, exist_ok=True)
-    locks.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(locks / f"{key}.lock")):
-        if target.exists():
-            if _loads(target):
+    try:
+        entries.mkdir(parents=True, exist_ok=True)
+        locks.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(locks / f"{key}.lock")):
+            if _intact(target) and _loads(target):
                 return target
-            # damaged from outside (truncated, overwritten): entries are only ever renamed
-            # into place complete, so this one is rebuilt
-            target.unlink()
-        # build directories of this key left by a killed process (no live build: we hold the lock)
-        for stale in entries.glob(f".build-{key[:12]}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".build-{key[:12]}-", dir=entries))
-        try:
-            src = tmp / "kernel.c"
-            src.write_text(source)
-            out = tmp / "kernel.so"
-            cmd = [cc, *flags, "-o", str(out), str(src)]
+            # damaged from outside, or left without its digest by a killed build: rebuilt
+            _remove(target)
+            # build directories of this key left by a killed process (no live build: we hold the lock)
+            for stale in entries.glob(f".build-{key[:12]}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".build-{key[:12]}-", dir=entries))
             try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise CompileError(f"C compiler '{cc}' could not run: {e}") from None
-            if r.returncode != 0 or not out.exists():
-                raise CompileError(f"C compilation failed ({' '.join(cmd[:1] + list(flags))}): "
-                                   f"kernel {key[:12]}", r.stderr)
-            os.replace(out, target)
-            # The source beside the entry is for people reading the cache; written atomically too.
-            os.replace(src, entries / f"{key}.c")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+                _compile(source, flags, cc, key, tmp, entries, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        raise CompileError(f"kernel cache {cache_dir()} cannot be used: {e}") from None
     return target
+
+
+def _compile(source: str, flags: tuple[str, ...], cc: str, key: str, tmp: Path, entries: Path,
+             target: Path) -> None:
+    """Build in ``tmp``, then move the entry, its digest and its source into ``entries``."""
+    src = tmp / "kernel.c"
+    src.write_text(source)
+    out = tmp / "kernel.so"
+    cmd = [cc, *flags, "-o", str(out), str(src)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CompileError(f"C compiler '{cc}' could not run: {e}") from None
+    if r.returncode != 0 or not out.exists():
+        raise CompileError(f"C compilation failed ({' '.join(cmd[:1] + list(flags))}): "
+                           f"kernel {key[:12]}", r.stderr)
+    dig = tmp / "kernel.sha256"
+    dig.write_text(_digest(out))
+    os.replace(out, target)
+    # the digest lands after the entry: a build killed in between leaves an entry that fails
+    # _intact and is rebuilt
+    os.replace(dig, _digest_path(target))
+    # The source beside the entry is for people reading the cache; written atomically too.
+    os.replace(src, entries / f"{key}.c")
+
+
+def _digest_path(target: Path) -> Path:
+    return target.with_suffix(".sha256")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _intact(target: Path) -> bool:
+    """Whether ``target`` is a complete entry: a file whose digest its sidecar records."""
+    try:
+        return target.is_file() and _digest(target) == _digest_path(target).read_text().strip()
+    except OSError:
+        return False
+
+
+def _remove(target: Path) -> None:
+    """Remove a damaged entry (a directory in its place too) and its digest."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
+    _digest_path(target).unlink(missing_ok=True)
 
 
 _LOADED: dict[str, ctypes.CDLL] = {}

@@ -157,6 +157,10 @@ def qlinear_fallback(node: Node, device: torch.device) -> LibFn | None:
     b = bias.const.to(torch.float32).to(device) if bias is not None else None
     abits = node.attrs["abits"]
     onednn = device.type == "cpu" and _onednn_linear()
+    # codes times weights this large could overflow the float32 sums before sx scales them
+    # down (the reference's float64 ones stay finite): such nodes multiply in float64
+    wide = act == "per_token" and wd.numel() > 0 and \
+        float(wd.abs().max()) * 2.0 ** (abits - 1) * wd.shape[1] >= 1e37
 
     def gemm(a: Tensor) -> Tensor:
         if onednn:
@@ -168,7 +172,10 @@ def qlinear_fallback(node: Node, device: torch.device) -> LibFn | None:
         assert xin is not None
         lead = xin.shape[:-1]
         a = xin.reshape(-1, xin.shape[-1]).to(torch.float32)
-        if act == "per_token":
+        if act == "per_token" and wide:
+            q, sx = dynamic_quant(a, "per_token", abits)
+            y = (F.linear(q.to(torch.float64), wd.to(torch.float64)) * sx.to(torch.float64)).to(torch.float32)
+        elif act == "per_token":
             q, sx = dynamic_quant(a, "per_token", abits)
             y = gemm(q.to(torch.float32)) * sx.to(torch.float32)
         else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..codegen.triton import ROW_CHUNK, ROW_MAX, TritonKernel
-from ..ir.errors import ScalefoldError
+from ..ir.errors import CompileError, ScalefoldError
 from .cache import cache_dir
 
 _LOCK = threading.Lock()
@@ -45,17 +46,31 @@ def default_device() -> torch.device:
 
 
 def source_path(source: str) -> Path:
-    """The cache file holding ``source`` (written if missing)."""
+    """The cache file holding ``source`` (written if missing, rewritten if damaged from
+    outside: its text must be ``source``). CompileError when the cache cannot be written."""
     key = hashlib.sha256(source.encode()).hexdigest()[:40]
     d = cache_dir() / "triton"
     path = d / f"{key}.py"
-    if not path.exists():
+    try:
+        if _holds(path, source):
+            return path
         d.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=key, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             f.write(source)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
         os.replace(tmp, path)   # atomic: a reader sees no file or the whole file
+    except OSError as e:
+        raise CompileError(f"kernel cache {cache_dir()} cannot be used: {e}") from None
     return path
+
+
+def _holds(path: Path, source: str) -> bool:
+    try:
+        return path.is_file() and path.read_text() == source
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def load_module(source: str, interpret: bool) -> ModuleType:

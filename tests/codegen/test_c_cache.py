@@ -193,3 +193,57 @@ def test_damaged_entry_is_rebuilt(cache_root: Path) -> None:
     again = cache.build(src)
     assert again == path and path.stat().st_size == size
     assert cache.load_kernel(again) is not None
+
+
+def test_entry_damaged_past_its_header_is_rebuilt_not_loaded(cache_root: Path, tmp_path: Path) -> None:
+    """A same-length entry whose second half was zeroed still passed dlopen's header checks,
+    and loading it crashed the next process (SIGSEGV / SIGBUS; so did one truncated past its
+    headers): its digest no longer matches, so it is rebuilt before anything loads it. The
+    check runs in a child process, which a regression would crash instead of this one."""
+    import subprocess
+    import sys
+    src = _kernel_source()
+    path = cache.build(src)
+    good = path.read_bytes()
+    cache._LOADED.pop(str(path), None)
+    for damaged in (good[: len(good) // 2] + bytes(len(good) - len(good) // 2), good[:-4096]):
+        path.write_bytes(damaged)
+        (tmp_path / "k.c").write_text(src)
+        code = ("import sys; from pathlib import Path; from scalefold.runtime import cache; "
+                "p = cache.build(Path(sys.argv[1]).read_text()); cache.load_kernel(p); print('ok')")
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "k.c")], capture_output=True,
+                           text=True, timeout=600, env={**__import__("os").environ,
+                                                        "SCALEFOLD_CACHE_DIR": str(cache_root)})
+        assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+        assert path.read_bytes() == good
+
+
+def test_entry_without_its_digest_is_rebuilt(cache_root: Path) -> None:
+    """A build killed between moving the entry and its digest into place leaves an entry
+    without a digest: the next build replaces it."""
+    src = _kernel_source()
+    path = cache.build(src)
+    cache._LOADED.pop(str(path), None)
+    path.with_suffix(".sha256").unlink()
+    mtime = path.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert cache.build(src) == path and path.stat().st_mtime_ns != mtime
+    assert path.with_suffix(".sha256").read_text() == cache._digest(path)
+
+
+def test_unusable_cache_paths(cache_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache root that is a file is a CompileError naming it (it was a raw
+    NotADirectoryError); an entry's path taken by a directory is cleared and rebuilt (it was a
+    raw IsADirectoryError)."""
+    src = _kernel_source()
+    afile = tmp_path / "not_a_dir"
+    afile.write_text("x")
+    monkeypatch.setenv("SCALEFOLD_CACHE_DIR", str(afile))
+    with pytest.raises(CompileError, match="kernel cache .*not_a_dir.* cannot be used"):
+        cache.build(src)
+    monkeypatch.setenv("SCALEFOLD_CACHE_DIR", str(cache_root))
+    entry = cache_root / "c" / f"{cache.cache_key(src)}.so"
+    entry.mkdir(parents=True)
+    (entry / "junk").write_text("x")
+    assert cache.build(src) == entry and entry.is_file()
+    assert cache.load_kernel(entry) is not None

@@ -653,3 +653,51 @@ def test_int8_activation_fold_is_exact_for_codes_at_the_zero_point(wdt: str) -> 
         assert "#define SF_ZINT 1" in ck.source
         got = fn(xv)
         assert bool((got[:, 3] == 0).all()) and torch.allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+def test_int8_activation_groups_too_long_for_int32_sums_stay_on_the_reference() -> None:
+    """The int8-activation tiles sum weight bytes times activation codes over a whole group in
+    int32 (vpdpbusd wraps): per-channel u8 codes over K = 70000 overflowed (c gave -24311 where
+    the reference gives -11.6); such groups stay on the reference, shorter ones keep the tiles."""
+    gen = torch.Generator().manual_seed(3)
+
+    def one(K: int, wdt: str, act: str = "per_token") -> Graph:
+        g = Graph("long")
+        x = g.add_input(f"f32[B,{K}]", "x")
+        hi = 255 if wdt == "u8" else 15
+        w = torch.randint(0, hi + 1, (2, K), generator=gen, dtype=torch.uint8).to(torch.int32)
+        y = g.add("qlinear", [x, g.add_const(w, wdt, "w"), g.add_const(torch.full((2,), 1e-3), "f32", "s"),
+                              g.add_const(torch.full((2,), hi // 2), wdt, "z")], {"act": act, "group": 0})
+        g.set_outputs([y])
+        return g
+
+    assert cgen.CAPS.template_ok(one(65536, "u8").nodes[0])          # 128 * 255 * 65536 < 2^31
+    assert not cgen.CAPS.template_ok(one(65794, "u8").nodes[0])
+    assert cgen.CAPS.template_ok(one(65794, "u8", act="none").nodes[0])
+    assert cgen.CAPS.template_ok(one(1 << 20, "u4").nodes[0])         # 128 * 15 * 2^20 < 2^31
+    assert not cgen.CAPS.template_ok(one(1200000, "u4").nodes[0])
+    g = one(70000, "u8")
+    x = torch.ones(2, 70000)
+    x[1] = torch.rand(70000, generator=gen)
+    got, want = api.build_c(g)(x), interp.run(g, x)[0]
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-3), (got, want)
+
+
+def test_int8_activations_with_huge_weights_stay_finite() -> None:
+    """Codes times weights near 1e35 overflowed float32 before the activation scale brought
+    them down (c gave inf / NaN where the reference's float64 sums are finite): such nodes
+    leave the int8-activation tiles, and the fallback multiplies in float64."""
+    from scalefold.ir import parse
+    from scalefold.passes.quant_weights import quant_weights
+    g = parse("""graph @g(%x: f32[B,200]) -> (f32[B,8]) {
+  %0: f32[B,8] = linear(%x, #w)
+  return %0
+}
+#w = const f32[8,200] randn(seed=0, std=1e36)
+""")
+    q = quant_weights(g, None, format="int4", group=64, method="rtn", act="int8")
+    assert not cgen.CAPS.template_ok(q.nodes[0])
+    x = torch.randn(2, 200, generator=torch.Generator().manual_seed(1)) * 0.01
+    got, want = api.build_c(q)(x), interp.run(q, x)[0]
+    assert torch.isfinite(want).all() and torch.isfinite(got).all()
+    assert torch.allclose(got, want, rtol=1e-5), (got, want)

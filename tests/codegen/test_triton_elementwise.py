@@ -16,6 +16,7 @@ DEVICE = os.environ.get("SF_TRITON_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"   # before triton is imported
 
+from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 import pytest  # noqa: E402
@@ -27,7 +28,7 @@ from scalefold.codegen import triton as tgen  # noqa: E402
 from scalefold.codegen.schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, partition  # noqa: E402
 from scalefold.codegen.triton_expr import EXPR, F32_ONLY  # noqa: E402
 from scalefold.ir import dtypes as dt  # noqa: E402
-from scalefold.ir.errors import ShapeError  # noqa: E402
+from scalefold.ir.errors import CompileError, ShapeError  # noqa: E402
 from scalefold.ir.graph import Graph  # noqa: E402
 from scalefold.ir.ops import all_ops, get_op  # noqa: E402
 from scalefold.ir.types import TensorType  # noqa: E402
@@ -390,3 +391,17 @@ def test_f64_ops_without_a_triton_formulation_run_their_reference() -> None:
     got, want = run_both(g, xs)
     for a, b in zip(got, want):
         assert_close(a, b)
+
+
+def test_damaged_cached_module_is_rewritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached kernel module overwritten from outside was imported as it was; its text is now
+    checked against the source and rewritten. A cache root that is a file is a CompileError."""
+    monkeypatch.setenv("SCALEFOLD_CACHE_DIR", str(tmp_path / "cache"))
+    src = tgen.render(partition(_bcast_graph(), tgen.CAPS))[0].source
+    path = triton_exec.source_path(src)
+    path.write_text(src[: len(src) // 2])
+    assert triton_exec.source_path(src) == path and path.read_text() == src
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("SCALEFOLD_CACHE_DIR", str(tmp_path / "file"))
+    with pytest.raises(CompileError, match="cannot be used"):
+        triton_exec.source_path(src)
