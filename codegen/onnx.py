@@ -255,6 +255,8 @@ def _write_checked(model: onnx.ModelProto, path: str, external: bool) -> None:
     base = os.path.basename(path)
     if not base:
         raise ExportError(f"ONNX export: {path!r} names no file")
+    if "\0" in path:
+        raise ExportError(f"ONNX export: cannot write {path!r}: the path holds a NUL byte")
     # Checked up front: os.replace would otherwise fail only after the whole model was written
     # and checked, with an OSError about the temporary folder rather than ``path``.
     if os.path.isdir(path):
@@ -264,7 +266,8 @@ def _write_checked(model: onnx.ModelProto, path: str, external: bool) -> None:
     if not os.path.isdir(folder):
         raise ExportError(f"ONNX export: cannot write {path}: {folder} is not a directory")
     try:
-        tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+        # a short name: one derived from ``base`` refused legal names near the 255-byte limit
+        tmp = tempfile.mkdtemp(prefix=".sf-export-", dir=folder)
     except OSError as e:
         raise ExportError(f"ONNX export: cannot write {path}: {e.strerror or e}") from e
     try:

@@ -171,7 +171,7 @@ def save(cm: "CompiledModel", path: str | os.PathLike) -> Path:
     }
     plan["plan_sha256"] = _plan_digest(plan)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=".sf-save-", dir=dest.parent))
     old: Path | None = None
     try:
         (tmp / KERNELS).mkdir()
@@ -181,7 +181,7 @@ def save(cm: "CompiledModel", path: str | os.PathLike) -> Path:
         (tmp / PLAN).write_text(json.dumps(plan, indent=1, sort_keys=True) + "\n")
         if dest.exists():
             # Move the old artifact aside first: a directory cannot be replaced by rename.
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            old = Path(tempfile.mkdtemp(prefix=".sf-old-", dir=dest.parent))
             os.rmdir(old)
             os.replace(dest, old)
         os.replace(tmp, dest)

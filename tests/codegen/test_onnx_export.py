@@ -649,6 +649,21 @@ def test_unwritable_paths_raise_export_error_naming_the_path(tmp_path: Path,
     assert sorted(os.listdir(tmp_path)) == listing                # no file, no temp folder
 
 
+def test_long_and_nul_file_names(tmp_path: Path) -> None:
+    """A legal 250-byte file name is written (the temporary folder's name, derived from it, was
+    too long for the file system); a NUL byte in the path is an ExportError, not a raw
+    ValueError; nothing is left behind."""
+    g = _small_graph()
+    long = tmp_path / ("a" * 245 + ".onnx")
+    to_onnx(g, long)
+    assert sorted(os.listdir(tmp_path)) == [long.name]
+    x = torch.randn(3, 6)
+    assert_close(torch.from_numpy(_session(str(long)).run(None, {"x0": x.numpy()})[0]), run(g, x)[0])
+    with pytest.raises(ExportError, match="NUL byte"):
+        to_onnx(g, str(tmp_path / "m\0.onnx"))
+    assert sorted(os.listdir(tmp_path)) == [long.name]
+
+
 def test_large_models_switch_to_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import scalefold.codegen.onnx as onnx_export
     monkeypatch.setattr(onnx_export, "EXTERNAL_THRESHOLD", 64)   # stands in for 2 GB

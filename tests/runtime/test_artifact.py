@@ -246,3 +246,15 @@ def test_save_below_a_file_names_the_file(saved, tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(ArtifactError, match="f is not a directory"):
         cm.save(tmp_path / "f" / "x")
+
+
+def test_save_to_a_long_legal_name(saved, tmp_path: Path) -> None:
+    """A 250-byte directory name is legal; the temporary folders' names, derived from it, were
+    not, so save refused it (twice: fresh, and over an existing artifact)."""
+    cm, _ = saved
+    dest = tmp_path / ("m" * 250)
+    for _ in range(2):
+        cm.save(dest)
+        assert sorted(os.listdir(tmp_path)) == [dest.name]
+    x = torch.randn(2, 64)
+    assert torch.equal(sf.load(dest)(x), cm(x))
