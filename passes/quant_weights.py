@@ -196,24 +196,28 @@ def _replace(graph: Graph, node: Node, codes: torch.Tensor | None, codes_dt: dt.
 
 
 def _quantize_one(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | None, clip_ok: bool,
-                  qact: str, points: int, rounding: str = "nearest", cache: dict | None = None) -> str:
+                  qact: str, points: int, rounding: str = "nearest", cache: dict | None = None,
+                  fp4: tuple[str, ...] = tuple(FP4_FORMATS)) -> str:
     """Replace linear ``n`` by its qlinear under ``st``; returns the counter rule (the format,
     or the searched FP4 format ``fp4_<e..m..>``). With ``cache``, a linear whose weight
     constant was already quantised the same way reuses those codes (tied weights)."""
     key = (id(n.inputs[1]), st, clip_ok, rounding)
     if cache is not None and key in cache:
         rule, consts = cache[key]
-        _replace(graph, n, None, None, None, None, st.group, None, qact, reuse=consts)
+        # float codes name their format (f4e2m1 codes sit in a uint8 container)
+        wdt = consts[0].dtype
+        _replace(graph, n, None, None, None, None, st.group, wdt.name if wdt.is_float else None, qact,
+                 reuse=consts)
         bump(PASS, "shared_weight")
         return rule
-    rule, consts = _quantize_new(graph, n, st, gram, clip_ok, qact, points, rounding)
+    rule, consts = _quantize_new(graph, n, st, gram, clip_ok, qact, points, rounding, fp4)
     if cache is not None:
         cache[key] = (rule, consts)
     return rule
 
 
 def _quantize_new(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | None, clip_ok: bool,
-                  qact: str, points: int, rounding: str) -> tuple[str, Consts]:
+                  qact: str, points: int, rounding: str, fp4: tuple[str, ...]) -> tuple[str, Consts]:
     w = n.inputs[1].const.to(torch.float32)
     if st.format in INT_BITS:
         bits = INT_BITS[st.format]
@@ -241,7 +245,7 @@ def _quantize_new(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | 
     if st.method == "rtn":
         fmt, clip = FP4_FORMATS["e2m1"], 1.0
     else:
-        fmt, clip, _ = search_fp4(w, gram, st.group, tuple(FP4_FORMATS), points)
+        fmt, clip, _ = search_fp4(w, gram, st.group, fp4, points)
         bump(PASS, "searched")
     codes4, cdt4, scale = fp4_codes(w, fmt, st.group, clip)
     consts = _replace(graph, n, codes4, cdt4, scale, None, st.group, "f4e2m1" if cdt4 is dt.f4e2m1 else None, qact)
@@ -299,6 +303,7 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     - ``budget`` average bits per weight (codes + scales + zeros) over the quantised linears:
       layers move from ``format`` up to the formats in ``mixed`` (comma list, e.g.
       "int8" or "int4,int8"; "float" allowed) by ``sensitivity`` (output | layer) per extra bit.
+      Under a budget the FP4 format search leaves out E3M0, whose codes are stored in 8 bits.
 
     ``moe`` nodes with constant experts become ``qmoe`` (expert weights quantised like linears,
     router float; ``passes/wq_moe.py``).
@@ -350,15 +355,17 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
     the correction checked against the float outputs (rejected: counter
     ``bias_correction_rejected``, biases restored, searches already centred)."""
     # format names in any case, as "float" and the booleans are
-    format = format.strip().lower() if isinstance(format, str) else format
-    act_format = act_format.strip().lower() if isinstance(act_format, str) else act_format
+    low = (lambda v: v.strip().lower() if isinstance(v, str) else v)  # noqa: E731
+    format, act_format, method, act, rounding, mixed, clip, sensitivity, awq_loss = (
+        low(v) for v in (format, act_format, method, act, rounding, mixed, clip, sensitivity, awq_loss))
     base = LayerSetting(format, as_int(group, "quant_weights: group", 0), method, as_bool(sym, "quant_weights: sym"))
     _check_setting(base, "quant_weights")
     grid = as_int(grid, "quant_weights: grid", 1)
     points = as_int(points, "quant_weights: points", 2)
     act_reparam = as_bool(act_reparam, "quant_weights: act_reparam")
     sequential = as_bool(sequential, "quant_weights: sequential")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 < budget < float("inf")):
         raise ScalefoldError(f"quant_weights: budget must be a positive number of bits per weight, got {budget!r}")
     if calibration is not None and iter_once(calibration):
         # several steps below read the batches (scale search, statistics, budget trials): a
@@ -385,6 +392,9 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
                              f"{', act_format' if act_format else ''}{', budget' if budget is not None else ''}"
                              " needs calibration data (calibration=...)")
     ovr = parse_layer_overrides(overrides, base)
+    # the budget costs FP4 codes at 4 bits: E3M0's codes are stored in 8 (wq_fp.py), so under a
+    # budget the format search leaves it out
+    fp4 = tuple(k for k in FP4_FORMATS if budget is None or k != "e3m0")
     check_all_used([k for k, _ in ovr], [n for n in graph.nodes if quantizable_linear(n)],
                    [m for m in graph.nodes if m.op == "moe"], "quant_weights")
     # sequential only changes layers whose quantiser reads calibration statistics
@@ -460,7 +470,11 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
     if not seq:
         moe_g = None if pre_awq is None else {
             k: _rescaled(g0, applied.get(k)).to(torch.float32) for k, g0 in pre_awq.items()}
+        by_node = {id(n): grams.get(id(n.inputs[0])) for n in nodes}
         quantize_moes(graph, base, ovr, calibration, points, grams=moe_g)
+        # a linear reading a moe output now reads the qmoe's: the Gram matrices follow the
+        # linears' inputs (keyed by the old Value they were silently lost)
+        grams = {id(n.inputs[0]): g0 for n in nodes if (g0 := by_node[id(n)]) is not None}
     no_clip = qk_linears(graph) if clip == "no_qk" else set()
     if budget is not None:
         from .wq_mixed import assign_budget
@@ -469,7 +483,7 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
             graph, nodes, base, settings, budget, mixed, sensitivity, calibration, grams,
             lambda g, n, s, orig: _quantize_one(g, n, s, grams.get(id(orig.inputs[0])),
                                                 clip != "none" and id(orig) not in no_clip, "none", points,
-                                                rounding), pinned)
+                                                rounding, fp4=fp4), pinned)
     if act_format:
         from .wq_act import quantize_activations
         quantize_activations(graph, [n for n in nodes if settings[id(n)] != "float"], act_format, calibration,
@@ -495,7 +509,7 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
 
         def quantize(n: Node, s: LayerSetting, gram: torch.Tensor) -> None:
             replaced(n, lambda: bump(PASS, _quantize_one(graph, n, s, gram, clip != "none" and id(n) not in no_clip,
-                                                         qact, points, rounding, seq_cache)))
+                                                         qact, points, rounding, seq_cache, fp4)))
         for n in nodes:
             if settings[id(n)] == "float":
                 bump(PASS, "kept_float")
@@ -528,7 +542,7 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
         assert isinstance(s, LayerSetting)
         replaced(n, lambda: bump(PASS, _quantize_one(graph, n, s, node_gram[id(n)],
                                                      clip != "none" and id(n) not in no_clip, qact, points,
-                                                     rounding, cache)))
+                                                     rounding, cache, fp4)))
     _bias_correct(graph, made, calibration, check)
     return graph
 

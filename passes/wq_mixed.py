@@ -38,6 +38,8 @@ def _bits(setting: Any, node: Node) -> float:
 
 
 def _options(base: Any, mixed: str) -> list[Any]:
+    if not isinstance(mixed, str):
+        raise ScalefoldError(f"quant_weights: mixed must name formats (e.g. 'int8,float'), got {mixed!r}")
     out: list[Any] = []
     for f in filter(None, (p.strip() for p in mixed.split(","))):
         if f == "float":

@@ -180,3 +180,31 @@ def test_awq_leaves_activations_of_float_layers_alone() -> None:
     for a, b in zip(q.nodes, g.nodes):
         if a.op == "linear":
             assert torch.equal(a.inputs[1].const, b.inputs[1].const)
+
+
+def test_budget_keeps_the_fp4_search_to_four_bit_codes() -> None:
+    """The budget costs FP4 codes at 4 bits, but the format search could pick E3M0, stored as
+    i8 codes: 9 bits per weight under a budget of 5. Under a budget the search leaves E3M0
+    out (without one, these power-of-two weights take it)."""
+    from scalefold.passes import PassManager
+    gen = torch.Generator().manual_seed(0)
+    w = torch.sign(torch.randn(48, 64, generator=gen)) * torch.exp2(-torch.randint(0, 7, (48, 64), generator=gen).float())
+    text = """graph @l(%x: f32[B,64]) -> (f32[B,48]) {
+  %0: f32[B,48] = linear(%x, #w)
+  return %0
+}
+#w = const f32[48,64] zeros"""
+    cal = [torch.randn(16, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    for budget, want in ((None, "i8"), (5.0, None)):
+        g = parse(text)
+        g.nodes[0].inputs[1].const.copy_(w)
+        spec = "quant_weights(format=fp4_e2m1, method=search, group=32" + (
+            f", budget={budget}, mixed=int8)" if budget else ")")
+        pm = PassManager(spec, calibration=cal)
+        q = pm.run(g)
+        codes = [n for n in q.nodes if n.op == "qlinear"][0].inputs[1]
+        if want:
+            assert codes.dtype.name == want and pm.counters["quant_weights"].get("fp4_e3m0") == 1
+        else:
+            assert codes.dtype.name in ("f4e2m1", "i4", "u4")
+            assert not pm.counters["quant_weights"].get("fp4_e3m0")

@@ -312,3 +312,28 @@ graph @m(%x: f32[B,40]) -> (f32[B,40]) {
     assert [n.op for n in a.nodes].count("qmoe") == 1 and "quantize" in [n.op for n in a.nodes]
     x = torch.randn(5, H)
     assert torch.equal(run(a, x)[0], run(b, x)[0])
+
+
+def test_a_linear_reading_a_moe_output_keeps_its_calibration() -> None:
+    """The moe rewrite gave the linear after it a new input Value, and its Gram matrix was
+    looked up by the old one: int search / GPTQ said calibration was missing, and the FP
+    search silently ran without it. The linear's codes must not depend on whether the moe
+    before it is quantised (statistics come from the float graph either way)."""
+    text = """graph @m(%x: f32[B,40]) -> (f32[B,40]) {
+  %0: f32[B,40] = moe[top_k=2](%x, #router, #wg, #wu, #wd)
+  %1: f32[B,40] = linear(%0, #wo)
+  return %1
+}
+#router = const f32[4,40] randn(seed=1, std=0.5)
+#wg = const f32[4,24,40] randn(seed=2, std=0.3)
+#wu = const f32[4,24,40] randn(seed=3, std=0.3)
+#wd = const f32[4,40,24] randn(seed=4, std=0.3)
+#wo = const f32[40,40] randn(seed=6, std=0.2)"""
+    cal = [(torch.randn(6, 40, generator=torch.Generator().manual_seed(i)),) for i in range(3)]
+    for kw in (dict(format="int4", group=16, method="search"), dict(format="int4", group=16, rounding="gptq"),
+               dict(format="fp8_e4m3", method="search")):
+        q = quant_weights(parse(text), cal, bias_correct=False, **kw)
+        kept = quant_weights(parse(text), cal, bias_correct=False, overrides={"wg": "float"}, **kw)
+        assert any(n.op == "qmoe" for n in q.nodes) and not any(n.op == "qmoe" for n in kept.nodes)
+        a, b = ([n for n in g.nodes if n.op == "qlinear"][0] for g in (q, kept))
+        assert torch.equal(a.inputs[1].const, b.inputs[1].const) and torch.equal(a.inputs[2].const, b.inputs[2].const)

@@ -62,6 +62,9 @@ def test_unknown_option_message_leaves_out_the_calibration_data() -> None:
     (dict(method="awq", grid=0), "grid must be >= 1"),
     (dict(format="fp4_e2m1", method="search", points=1), "points must be >= 2"),
     (dict(budget="abc"), "budget must be a positive number"),
+    (dict(budget=float("nan"), mixed="int8,float"), "budget must be a positive number"),
+    (dict(budget=float("inf")), "budget must be a positive number"),
+    (dict(budget=5, mixed=None), "mixed must name formats"),
     (dict(overrides={"w0": {"group": "x"}}), "override for 'w0': group must be an integer"),
     (dict(overrides={"w0": {"sym": "x"}}), "override for 'w0': sym must be true or false"),
     (dict(overrides="re:([=float"), "is not a valid pattern"),
@@ -142,14 +145,19 @@ TIED = """graph @tied(%x: f32[B,32]) -> (f32[B,32]) {
 
 
 @pytest.mark.parametrize("kw", [dict(format="int4", group=16), dict(format="int4", group=16, method="search"),
-                                dict(format="fp4_e2m1", group=16, method="search"), dict(format="int8", group=0)])
+                                dict(format="fp4_e2m1", group=16, method="search"), dict(format="int8", group=0),
+                                dict(format="fp4_e2m1", group=16), dict(format="fp8_e4m3", group=16),
+                                dict(format="fp4_e2m1", group=16, sequential="true", method="search")])
 def test_tied_weights_are_quantised_once(kw: dict) -> None:
+    """Every use shares the first one's codes, scales and ``wtype`` (the reuse dropped it:
+    shared E2M1 codes were a ShapeError, their container being uint8)."""
     cal = [torch.randn(8, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     pm = PassManager([f"quant_weights({', '.join(f'{k}={v}' for k, v in kw.items())})"], calibration=cal)
     q = pm.run(parse(TIED))
     qs = [n for n in q.nodes if n.op == "qlinear"]
     assert len(qs) == 3
     assert all(n.inputs[1] is qs[0].inputs[1] and n.inputs[2] is qs[0].inputs[2] for n in qs)
+    assert all(n.attrs.get("wtype") == qs[0].attrs.get("wtype") for n in qs)
     assert pm.counters.as_dict()["quant_weights"]["shared_weight"] == 2
     x = cal[0]
     y, ref = run(q, x)[0], run(parse(TIED), x)[0]
@@ -216,3 +224,15 @@ graph @m(%x: f32[B,32]) -> (f32[B,8]) {
 """
     a, b = quant_weights(parse(text), None, format="INT4", group=16), quant_weights(parse(text), None, format="int4", group=16)
     assert str(a) == str(b)
+
+
+def test_option_words_in_any_case() -> None:
+    """method / act / rounding / mixed take any case, as format and the booleans did."""
+    low = quant_weights(parse(MLP), CAL, format="int4", group=16, method="awq", act="int8", budget=7.0,
+                        mixed="int8,float")
+    up = quant_weights(parse(MLP), CAL, format="INT4", group=16, method=" AWQ", act="INT8", budget=7.0,
+                       mixed="INT8,Float")
+    assert str(low) == str(up)
+    g1 = quant_weights(parse(MLP), CAL, format="int4", group=16, rounding="GPTQ")
+    g2 = quant_weights(parse(MLP), CAL, format="int4", group=16, rounding="gptq")
+    assert str(g1) == str(g2)
