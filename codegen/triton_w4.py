@@ -22,7 +22,15 @@ Kernels, chosen by M (rows of x):
   sum |x| |w| (tested); measured relerr 1.7e-3 against 1.66e-3 for the f32 form, both from
   the bf16 output rounding. The interpreter runs an f32 stand-in of the same data flow.
   Weight loads are ``evict_first``.
-- ``w4_gemv_mma`` (M = 2..4, f16 / bf16 x, groups of whole 128-code blocks; compiled only):
+- ``w4_gemv_h2r`` (M = 2, same conditions; the default there): its two-row form on the same
+  blocks. The PTX step decodes each word once and runs one f16x2 chain per row; each row has
+  its own power-of-two x scale and its own fixed-point split-K accumulators ([2, N] int64),
+  and slot r of a thread's four f32 registers accumulates row r. On an H200 (8192², bf16 x):
+  22.6 µs against 30.2 for the tensor-core GEMV below and 25.4 for tinygemm (cuBLAS 45.0);
+  at M = 3 and 4 the tensor-core GEMV stays faster (its A operand serves every row for free),
+  so they keep it. A self-check at first use falls back to the tensor-core GEMV.
+- ``w4_gemv_mma`` (M = 3..4, and M = 2 where the two-row GEMV does not run; f16 / bf16 x,
+  groups of whole 128-code blocks; compiled only):
   the tensor-core GEMV (``codegen/triton_w4_mmag.py``). A program owns 64 channels as two
   [32, 16] word tiles of one layout (8 rows per warp, 4 consecutive words per lane), so each
   lane holds words of one channel in each half at the same places. One PTX step per lane
@@ -151,7 +159,8 @@ def render_w4(k: Kernel) -> tuple[str, list[sympy.Expr], W4Spec]:
 
 def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]:
     """Blocks by M bucket (picked by ``benchmarks/w4_gpu.py --sweep`` and variants on an H200),
-    then the split. M <= 4: the GEMV (BN 64; M = 1 the f16x2 GEMV); larger M the nibble-block
+    then the split. M <= 4: the GEMV (BN 64; M = 1 the f16x2 GEMV, M = 2 its two-row form on
+    the same blocks, M = 3..4 the tensor-core GEMV); larger M the nibble-block
     GEMM with the weights as wgmma operand A and PTX pairs (``SWAP`` 3): BM 16 / 32 x BN 64 up
     to 32, BM 64 x BN 128 beyond. On 8192 x 8192 it ran 44 / 120 / 225 / 439 / 1712 us at M =
     64 / 256 / 512 / 1024 / 4096 against 67 / 159 / 302 / 589 / 2307 us for the ``KN`` GEMM on
@@ -163,10 +172,12 @@ def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]
         bm = pow2(M)
         cfg = dict(GEMV=1, BM=bm, BN=64, num_warps=4, num_stages=1)
         per_sm = 8
-        if M == 1:
+        if M <= 2:
+            # one row: the f16x2 GEMV; two: its two-row form (the same blocks)
             cfg.update(H2=1, **h2_config(N, K, interpret))
-        elif not interpret:
-            # 2..4 rows: the tensor-core GEMV where it applies (f16 / bf16 x, whole blocks)
+        if 2 <= M and not interpret:
+            # 2..4 rows: the tensor-core GEMV where it applies (f16 / bf16 x, whole blocks),
+            # for M = 2 where the two-row GEMV does not
             cfg.update(MMAG=1, MMAG_BPS=mmag_bps(N, K))
     elif M <= 16:
         cfg = dict(GEMV=0, BM=16, BN=64, SWAP=3, DOTS8=1, num_warps=4, num_stages=3)
@@ -210,9 +221,9 @@ def h2_config(N: int, K: int, interpret: bool = False) -> dict[str, int]:
 
 
 def h2_applies(M: int, xkind: str, packed: W4Packed) -> bool:
-    """Whether ``w4_gemv_h2`` takes this launch: one row of f16 / bf16 x (f32 x keeps f32
-    products) and groups of whole 128-code blocks."""
-    return M == 1 and xkind in ("f16", "bf16") and packed.ge >= BLOCK
+    """Whether ``w4_gemv_h2`` (M = 1) or ``w4_gemv_h2r`` (M = 2) takes this launch: one or two
+    rows of f16 / bf16 x (f32 x keeps f32 products) and groups of whole 128-code blocks."""
+    return M <= 2 and xkind in ("f16", "bf16") and packed.ge >= BLOCK
 
 
 
@@ -238,21 +249,27 @@ def _self_check(device: torch.device, m: int, kind: str, make: Callable[..., Lau
     return float((y.float().cpu() - ref).norm() / ref.norm())
 
 
-def h2_works(mod, device: torch.device, interpret: bool) -> bool:
+def h2_works(mod, device: torch.device, interpret: bool, rows: int = 1) -> bool:
     """Whether the f16x2 GEMV computes correctly here. Its PTX step assumes that each thread
     holds four consecutive words of one channel, a register layout Triton chooses. So the
     first compiled use per kernel module and device runs it once on a small random problem
     (two splits) against torch. On a mismatch it warns, and M = 1 takes the f32 GEMV from then
-    on. Under the interpreter the PTX does not run: True."""
+    on (``rows`` 2: the two-row GEMV, checked on its own; M = 2 then takes the tensor-core
+    GEMV). Under the interpreter the PTX does not run: True."""
     if interpret:
         return True
-    key = (id(mod), str(device))
+    key = (id(mod), str(device), rows)
     if key not in _H2_OK:
-        err = _self_check(device, 1, "bf16", lambda spec, p, n, k: _h2_launch(mod, spec, p, n, k, False, 32, 2, 4))
+        if rows == 1:
+            err = _self_check(device, 1, "bf16", lambda spec, p, n, k: _h2_launch(mod, spec, p, n, k, False, 32, 2, 4))
+        else:
+            err = _self_check(device, 2, "bf16", lambda spec, p, n, k: _h2r_launch(mod, spec, p, n, k, False, 32, 2, 4))
         _H2_OK[key] = err < 1e-2
         if not _H2_OK[key]:
-            warnings.warn(f"scalefold: the f16x2 W4 GEMV is off by {err:.3g} (relative) with this "
-                          "Triton build; M = 1 runs the f32 GEMV instead", RuntimeWarning, stacklevel=2)
+            other = "the f32 GEMV" if rows == 1 else "the tensor-core GEMV"
+            warnings.warn(f"scalefold: the f16x2 W4 GEMV ({rows} row{'s' * (rows > 1)}) is off by {err:.3g} "
+                          f"(relative) with this Triton build; M = {rows} runs {other} instead",
+                          RuntimeWarning, stacklevel=2)
     return _H2_OK[key]
 
 
@@ -270,10 +287,12 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
     cfg = dict(config or w4_config(M, N, K, interpret))
     gemv = bool(cfg.pop("GEMV", M <= GEMV_MAX_M)) and cfg["BM"] >= M
     h2 = gemv and bool(cfg.pop("H2", 0)) and h2_applies(M, spec.xkind, packed) and \
-        h2_works(mod, packed.scales.device, interpret)
+        h2_works(mod, packed.scales.device, interpret, M)
     h2_bn, h2_bps = int(cfg.pop("H2_BN", 256)), int(cfg.pop("H2_BPS", 8))
     h2_opts = {k: int(cfg.pop(f"H2_{k}")) for k in ("FOLD", "EVICT", "XB", "FIXED") if f"H2_{k}" in cfg}
     mmag, mmag_bps_ = bool(cfg.pop("MMAG", 0)), int(cfg.pop("MMAG_BPS", 16))
+    if h2 and M == 2:
+        return _h2r_launch(mod, spec, packed, N, K, interpret, h2_bn, h2_bps, int(cfg.get("num_warps", 4)))
     if mmag and mmag_applies(M, spec.xkind, packed, interpret) and mmag_works(mod, packed.scales.device):
         return _mmag_launch(mod, spec, packed, M, N, K, mmag_bps_)
     if h2:
@@ -382,6 +401,38 @@ def _h2_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: b
 
     return quiet(launch, interpret)
 
+
+
+def _h2r_launch(mod, spec: W4Spec, packed: W4Packed, N: int, K: int, interpret: bool, bn: int,
+                bps: int, num_warps: int) -> Launch:
+    """The launch of ``w4_gemv_h2r`` (two rows of x): the blocks of :func:`_h2_launch`; 2..31
+    splits sum in fixed point through one int64 accumulator per row and channel (zero between
+    launches), so a split count above 31 takes more blocks per program instead."""
+    if bps & (bps - 1) or bps < 1:
+        raise ValueError(f"H2_BPS must be a power of two, got {bps}")
+    bn = max(bn, 8 * num_warps)
+    nblk = packed.kp // BLOCK
+    bps = max(bps, pow2(-(-nblk // 31)))
+    split = -(-nblk // bps)
+    xi, bi, yi = spec.slots
+    dev = packed.scales.device
+    grid = (-(-N // bn), split)
+    zeros = packed.zeros if packed.zeros is not None else packed.scales
+    flags = dict(NB_PER=bps, HAS_ZERO=packed.zeros is not None, ZC=packed.zc, HAS_BIAS=bi >= 0, SPLIT=split,
+                 ROUND_BF16=spec.xkind == "bf16" and interpret, EVEN_K=K == packed.kp, ASM=not interpret,
+                 EVICT=1, BN=bn, J=J, GB=packed.ge // BLOCK, XCH=-(-K // 1024))
+    ws, smax = packed.scales, packed.scales
+    if split > 1:
+        ws = torch.zeros((2, N), dtype=torch.int64, device=dev)
+        smax = packed.scales.abs().amax(0).contiguous()
+    kern = mod.w4_gemv_h2r[grid]
+    P, S = packed.qweight, packed.scales
+
+    def launch(ts: Sequence[torch.Tensor]) -> None:
+        b = ts[bi] if bi >= 0 else S
+        kern(ts[xi], P, S, zeros, b, ts[yi], ws, smax, N, K, nblk, **flags, num_warps=num_warps)
+
+    return quiet(launch, interpret)
 
 MMAG_MAX_M = 16
 _MMAG_OK: dict[tuple[int, str], bool] = {}

@@ -55,6 +55,43 @@ def _asm_word4(fold: bool = False) -> str:
     return "\n".join(lines)
 
 
+
+def _asm_word4_rows(rows: int) -> str:
+    """PTX of the f16x2 step of ``w4_gemv_h2r`` over a thread's four consecutive words of one
+    channel and ``rows`` rows of x: each word is decoded once (as in :func:`_asm_word4`) and
+    meets every row's f16 pairs in that row's own f16x2 chains. Operands: $0..$3 out (f32),
+    $4..$7 the words, $8..$11 zz, then per row r the pairs (x_j, x_64+j), (x_16+j / 16,
+    x_80+j / 16), (x_32+j, x_96+j), (x_48+j / 16, x_112+j / 16) of the four words at
+    $12 + 16 r + 4 t + q (t the pair, q the word), then acc (4) and scale (4). Slot r of the
+    four registers accumulates row r: $r = acc_r + sum_r * scale_r; slots from ``rows`` on
+    pass acc through."""
+    a0, s0 = 12 + 16 * rows, 16 + 16 * rows
+    pair = (lambda r, t, q: f"${12 + 16 * r + 4 * t + q}")  # noqa: E731
+    chains = ", ".join(f"h{r}, g{r}" for r in range(rows))
+    lines = ["{", f".reg .b32 a, b, c, d, t, z16, {chains};", ".reg .b16 hl, hh;", ".reg .f32 fl, fh;",
+             "and.b32 z16, $8, 0x000F000F;", "shl.b32 z16, z16, 4;", "or.b32 z16, z16, 0x64006400;"]
+    for q in range(4):
+        w = f"${4 + q}"
+        lines += [f"lop3.b32 a, {w}, 0x000F000F, 0x64006400, 0xEA;",
+                  f"lop3.b32 b, {w}, 0x00F000F0, 0x64006400, 0xEA;",
+                  f"shr.u32 t, {w}, 8;",
+                  "lop3.b32 c, t, 0x000F000F, 0x64006400, 0xEA;",
+                  "lop3.b32 d, t, 0x00F000F0, 0x64006400, 0xEA;",
+                  f"sub.f16x2 a, a, ${8 + q};", "sub.f16x2 b, b, z16;", f"sub.f16x2 c, c, ${8 + q};",
+                  "sub.f16x2 d, d, z16;"]
+        for r in range(rows):
+            if q == 0:
+                lines += [f"mul.f16x2 h{r}, a, {pair(r, 0, q)};", f"mul.f16x2 g{r}, b, {pair(r, 1, q)};"]
+            else:
+                lines += [f"fma.rn.f16x2 h{r}, a, {pair(r, 0, q)}, h{r};",
+                          f"fma.rn.f16x2 g{r}, b, {pair(r, 1, q)}, g{r};"]
+            lines += [f"fma.rn.f16x2 h{r}, c, {pair(r, 2, q)}, h{r};", f"fma.rn.f16x2 g{r}, d, {pair(r, 3, q)}, g{r};"]
+    for r in range(rows):
+        lines += [f"add.f16x2 h{r}, h{r}, g{r};", f"mov.b32 {{hl, hh}}, h{r};", "cvt.f32.f16 fl, hl;",
+                  "cvt.f32.f16 fh, hh;", "add.f32 fl, fl, fh;", f"fma.rn.f32 ${r}, fl, ${s0 + r}, ${a0 + r};"]
+    lines += [f"mov.b32 ${r}, ${a0 + r};" for r in range(rows, 4)] + ["}"]
+    return "\n".join(lines)
+
 H2_KERNEL = r'''
 
 _W4_ASM_WORD4 = tl.constexpr(%s)
@@ -142,6 +179,48 @@ def _w4_f32_word(w, zf, x0, x1, x2, x3, x4, x5, x6, x7):
 
 
 @triton.jit
+def _w4_xmax(X, K, XCH: tl.constexpr):
+    """max |x| over one row of x (K values, XCH chunks of 1024), in f32."""
+    ga = tl.full([1024], 0, tl.float32)
+    for c in tl.static_range(XCH):
+        kc = c * 1024 + tl.arange(0, 1024)
+        ga = tl.maximum(ga, tl.abs(tl.load(X + kc, mask=kc < K, other=0).to(tl.float32)))
+    return tl.reduce(ga, 0, _w4_maxabs)
+
+
+@triton.jit
+def _w4_fixed_sum(y, xmax, SMAX, WS, rnc, mn, SPLIT: tl.constexpr, NB_PER: tl.constexpr):
+    """This program's partials ``y`` of channels ``rnc`` into their int64 accumulators WS:
+    (the totals, the channels whose last partial this program brought; their accumulators
+    are reset for the next launch). ``xmax`` is max |x| over the row's whole K."""
+    # One 64-bit atomic per channel both adds this partial and counts the arrival, so the
+    # program that brings the last one holds the total without another round trip to
+    # memory (the store / fence / counter / load tail cost 1.9 of 19.4 us at M = 1 on an
+    # H200). The partial is an integer in units of 2^ex, with ex such that
+    # |sum| <= SPLIT * 128 * NB_PER * 15 * max|x| * max|scale| < 2^(ex + 50): exact to
+    # 2^-50 of that bound, and the sum is independent of the arrival order. Bits 56..62
+    # count arrivals; each partial is biased by 2^50 to stay non-negative (SPLIT < 32).
+    bound = xmax * tl.load(SMAX + rnc) * (SPLIT * NB_PER * 128 * 15.0)
+    eb = tl.maximum((bound.to(tl.int32, bitcast=True) >> 23) & 255, 1)   # bound < 2^(eb - 126)
+    ex = (eb - 176).to(tl.int64)
+    down = ((1023 - ex) << 52).to(tl.float64, bitcast=True)
+    up = ((1023 + ex) << 52).to(tl.float64, bitcast=True)
+    # a non-finite partial (inf / NaN in x) must not reach the counter bits: it adds 0 and
+    # the outputs become NaN below
+    okx = xmax <= 3.0e38
+    yq = tl.where(okx, tl.where(tl.abs(y) <= 3.0e38, y, 0.0), 0.0).to(tl.float64) * down
+    q = tl.floor(tl.minimum(tl.maximum(yq, -1125899906842624.0), 1125899906842624.0) + 0.5).to(tl.int64)
+    one = q + (1 << 50) + (1 << 56)
+    old = tl.atomic_add(WS + rnc, one, mask=mn, sem="relaxed", scope="gpu")
+    last = mn & ((old >> 56) == SPLIT - 1)
+    tot = ((old + one) & ((1 << 56) - 1)) - SPLIT * (1 << 50)
+    tl.store(WS + rnc, tl.full(one.shape, 0, tl.int64), mask=last)          # ready for the next launch
+    # inf / NaN in x have no fixed-point form: the outputs become NaN
+    return tl.where(okx, (tot.to(tl.float64) * up).to(tl.float32), float("nan")), last
+
+
+
+@triton.jit
 def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
                HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
                SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, ROUND_BF16: tl.constexpr,
@@ -165,11 +244,7 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
     if FIXED:
         # max |x| over all of K: every program of a channel block derives the same
         # fixed-point unit from it (and the channel's largest scale) for the split-K sum
-        ga = tl.full([1024], 0, tl.float32)
-        for c in tl.static_range(XCH):
-            kc = c * 1024 + tl.arange(0, 1024)
-            ga = tl.maximum(ga, tl.abs(tl.load(X + kc, mask=kc < K, other=0).to(tl.float32)))
-        xmax_all = tl.reduce(ga, 0, _w4_maxabs)
+        xmax_all = _w4_xmax(X, K, XCH)
         if not XB:
             inv, inv16, back = _w4_xscale(xmax_all)
     elif not XB:
@@ -213,36 +288,12 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
         x0, x1, x2, x3, x4, x5, x6, x7 = y0, y1, y2, y3, y4, y5, y6, y7
     y = tl.reduce(acc, 1, _w4_sum)
     if SPLIT > 1 and FIXED:
-        # One 64-bit atomic per channel both adds this partial and counts the arrival, so the
-        # program that brings the last one holds the total without another round trip to
-        # memory (the store / fence / counter / load tail cost 1.9 of 19.4 us at M = 1 on an
-        # H200). The partial is an integer in units of 2^ex, with ex such that
-        # |sum| <= SPLIT * 128 * NB_PER * 15 * max|x| * max|scale| < 2^(ex + 50): exact to
-        # 2^-50 of that bound, and the sum is independent of the arrival order. Bits 56..62
-        # count arrivals; each partial is biased by 2^50 to stay non-negative (SPLIT < 32).
-        bound = xmax_all * tl.load(SMAX + rnc) * (SPLIT * NB_PER * 128 * 15.0)
-        eb = tl.maximum((bound.to(tl.int32, bitcast=True) >> 23) & 255, 1)   # bound < 2^(eb - 126)
-        ex = (eb - 176).to(tl.int64)
-        down = ((1023 - ex) << 52).to(tl.float64, bitcast=True)
-        up = ((1023 + ex) << 52).to(tl.float64, bitcast=True)
-        # a non-finite partial (inf / NaN in x) must not reach the counter bits: it adds 0 and
-        # the outputs become NaN below
-        okx = xmax_all <= 3.0e38
-        yq = tl.where(okx, tl.where(tl.abs(y) <= 3.0e38, y, 0.0), 0.0).to(tl.float64) * down
-        q = tl.floor(tl.minimum(tl.maximum(yq, -1125899906842624.0), 1125899906842624.0) + 0.5).to(tl.int64)
-        one = q + (1 << 50) + (1 << 56)
-        old = tl.atomic_add(WS + rnc, one, mask=mn, sem="relaxed", scope="gpu")
-        last = mn & ((old >> 56) == SPLIT - 1)
-        tot = ((old + one) & ((1 << 56) - 1)) - SPLIT * (1 << 50)
-        y = (tot.to(tl.float64) * up).to(tl.float32)
-        # inf / NaN in x have no fixed-point form: the outputs become NaN
-        y = tl.where(okx, y, float("nan"))
+        y, last = _w4_fixed_sum(y, xmax_all, SMAX, WS, rnc, mn, SPLIT, NB_PER)
         if HAS_BIAS:
             y = y + tl.load(B + rnc).to(tl.float32)
         if ROUND_BF16:
             y = _sf_round_bf16(y)
         tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=last)
-        tl.store(WS + rn, tl.full(one.shape, 0, tl.int64), mask=last)          # ready for the next launch
     elif SPLIT > 1:
         tl.store(WS + pid_k * N + rn, y, mask=mn)
         tl.debug_barrier()
@@ -265,7 +316,92 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
         if ROUND_BF16:
             y = _sf_round_bf16(y)
         tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=mn)
-''' % (repr(_asm_word4()), repr(_asm_word4(True)))
+
+
+_W4_ASM_ROWS2 = tl.constexpr(%s)
+
+
+@triton.jit
+def _w4_slot2(p0, p1, BN: tl.constexpr, J: tl.constexpr):
+    """Word sums [BN, J] of rows 0 and 1 as the PTX step leaves them: the sum of words
+    4g..4g+3 of row r at column 4g + r (the interpreter's stand-in)."""
+    g0 = tl.reduce(tl.reshape(p0, [BN, J // 4, 4]), 2, _w4_sum)
+    g1 = tl.reduce(tl.reshape(p1, [BN, J // 4, 4]), 2, _w4_sum)
+    sl = tl.arange(0, 4)[None, None, :]
+    return tl.reshape(tl.where(sl == 0, g0[:, :, None], tl.where(sl == 1, g1[:, :, None], 0.0)), [BN, J])
+
+
+@triton.jit
+def _w4_h2r_out(y, xmax, SMAX, WS, B, Y, rn, rnc, mn, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                NB_PER: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """One row's channel sums to y: through the fixed-point split-K sum, or directly."""
+    last = mn
+    if SPLIT > 1:
+        y, last = _w4_fixed_sum(y, xmax, SMAX, WS, rnc, mn, SPLIT, NB_PER)
+    if HAS_BIAS:
+        y = y + tl.load(B + rnc).to(tl.float32)
+    if ROUND_BF16:
+        y = _sf_round_bf16(y)
+    tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=last)
+
+
+@triton.jit
+def w4_gemv_h2r(X, P, S, Z, B, Y, WS, SMAX, N, K, NB, NB_PER: tl.constexpr,
+                HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
+                SPLIT: tl.constexpr, ROUND_BF16: tl.constexpr, EVEN_K: tl.constexpr, ASM: tl.constexpr,
+                EVICT: tl.constexpr, BN: tl.constexpr, J: tl.constexpr, GB: tl.constexpr, XCH: tl.constexpr):
+    # two rows of f16 / bf16 x (M = 2), group >= 128: w4_gemv_h2's loop with each word decoded
+    # once for both rows; one split, or 2..31 summed in fixed point (WS: [2, N] int64)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mn = rn < N
+    rnc = tl.where(mn, rn, 0)
+    j = tl.arange(0, J)
+    wp = P + rnc[:, None] * J + j[None, :]
+    b0 = pid_k * NB_PER
+    nb = tl.minimum(NB_PER, NB - b0)
+    # per row, the power-of-two scale of w4_gemv_h2 from max |x| over all of K (which the
+    # fixed-point sum needs too); slot r of each four words carries row r's scale back
+    xm0 = _w4_xmax(X, K, XCH)
+    xm1 = _w4_xmax(X + K, K, XCH)
+    inv0, inv0_16, back0 = _w4_xscale(xm0)
+    inv1, inv1_16, back1 = _w4_xscale(xm1)
+    backv = tl.where(j %% 4 == 0, back0, tl.where(j %% 4 == 1, back1, 0.0))
+    acc = tl.full([BN, J], 0, tl.float32)
+    w, zi, s = _w4_h2_wzs(wp, Z, S, b0, N, rnc, J, GB, HAS_ZERO, ZC, EVICT)
+    a0, a1, a2, a3, a4, a5, a6, a7 = _w4_xblock(X, b0, j, K, EVEN_K)
+    c0, c1, c2, c3, c4, c5, c6, c7 = _w4_xblock(X + K, b0, j, K, EVEN_K)
+    for it in range(nb):
+        bq = b0 + tl.minimum(it + 1, nb - 1)
+        w_n, zi_n, s_n = _w4_h2_wzs(wp, Z, S, bq, N, rnc, J, GB, HAS_ZERO, ZC, EVICT)
+        d0, d1, d2, d3, d4, d5, d6, d7 = _w4_xblock(X, bq, j, K, EVEN_K)
+        e0, e1, e2, e3, e4, e5, e6, e7 = _w4_xblock(X + K, bq, j, K, EVEN_K)
+        if ASM:
+            zz = (zi | 0x6400) * 0x10001
+            acc = tl.inline_asm_elementwise(
+                _W4_ASM_ROWS2, "=f,=f,=f,=f," + "r," * 40 + "f," * 7 + "f",
+                [w, zz[:, None],
+                 _w4_pack2(a0 * inv0, a4 * inv0)[None, :], _w4_pack2(a1 * inv0_16, a5 * inv0_16)[None, :],
+                 _w4_pack2(a2 * inv0, a6 * inv0)[None, :], _w4_pack2(a3 * inv0_16, a7 * inv0_16)[None, :],
+                 _w4_pack2(c0 * inv1, c4 * inv1)[None, :], _w4_pack2(c1 * inv1_16, c5 * inv1_16)[None, :],
+                 _w4_pack2(c2 * inv1, c6 * inv1)[None, :], _w4_pack2(c3 * inv1_16, c7 * inv1_16)[None, :],
+                 acc, s[:, None] * backv[None, :]],
+                dtype=tl.float32, is_pure=True, pack=4)
+        else:
+            zf = zi.to(tl.float32)
+            acc += _w4_slot2(_w4_f32_word(w, zf, a0, a1, a2, a3, a4, a5, a6, a7) * s[:, None],
+                             _w4_f32_word(w, zf, c0, c1, c2, c3, c4, c5, c6, c7) * s[:, None], BN, J)
+        w, zi, s = w_n, zi_n, s_n
+        a0, a1, a2, a3, a4, a5, a6, a7 = d0, d1, d2, d3, d4, d5, d6, d7
+        c0, c1, c2, c3, c4, c5, c6, c7 = e0, e1, e2, e3, e4, e5, e6, e7
+    yr = tl.reduce(tl.reshape(acc, [BN, J // 4, 4]), 1, _w4_sum)
+    sl = tl.arange(0, 4)[None, :]
+    _w4_h2r_out(tl.reduce(tl.where(sl == 0, yr, 0.0), 1, _w4_sum), xm0, SMAX, WS, B, Y, rn, rnc, mn, HAS_BIAS, SPLIT,
+                NB_PER, ROUND_BF16)
+    _w4_h2r_out(tl.reduce(tl.where(sl == 1, yr, 0.0), 1, _w4_sum), xm1, SMAX, WS + N, B, Y + N, rn, rnc, mn, HAS_BIAS,
+                SPLIT, NB_PER, ROUND_BF16)
+''' % (repr(_asm_word4()), repr(_asm_word4(True)), repr(_asm_word4_rows(2)))
 
 
 NIB_KERNEL = r'''

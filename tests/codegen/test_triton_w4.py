@@ -212,6 +212,12 @@ CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
     # a group of two blocks, one group for all of K, no zero point, the default config
     (1, 300, 70, 128, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=1, H2_XB=1)),
     (1, 520, 40, 256, True, "f16", False, dict(GEMV=1, BM=1, H2=1, H2_BN=16, H2_BPS=2)),  # BN -> 32
+    # its two-row form (M = 2): fixed-point splits, a group of two blocks, one group, the default
+    (2, 300, 70, 128, False, "bf16", True, dict(GEMV=1, BM=2, H2=1, H2_BN=32, H2_BPS=1)),
+    (2, 520, 40, 256, True, "f16", False, dict(GEMV=1, BM=2, H2=1, H2_BN=16, H2_BPS=2)),
+    (2, 1000, 24, 0, False, "bf16", False, dict(GEMV=1, BM=2, H2=1, H2_BN=32, H2_BPS=4)),
+    (2, 384, 300, 128, False, "bf16", True, None),
+    (2, 256, 16, 128, False, "f16", True, None),
     (1, 700, 90, 128, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=64, H2_BPS=2, H2_FOLD=1,
                                                 H2_EVICT=1, num_warps=8)),
     (1, 1000, 24, 0, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=4)),
@@ -263,6 +269,42 @@ def test_h2_gemv_wide_x_range(xd: str) -> None:
         ref = (x.double() @ wd.double().T).to(XT[xd])
         assert bool(torch.isfinite(y.float()).all())
         check(y, ref, x, wd, None, xd, h2=True)
+
+
+@pytest.mark.parametrize("xd", ["bf16", "f16"])
+def test_h2_two_rows_are_independent(xd: str) -> None:
+    """The two-row GEMV scales each row of x by its own power of two and sums each in its own
+    fixed-point accumulators: a row 1e-6 (f16: 1e-3) times the other keeps its precision, inf in one row
+    makes that row NaN and leaves the other exact, and repeated launches are identical (the
+    accumulators are clean again)."""
+    K, N = 1100, 70                       # 9 blocks: 5 splits of 2 (the last short), short K
+    c, s, z, _ = quantised(N, K, 4, 128, False, seed=12)
+    p = pack_w4(c, s, z, 128, False).to(DEVICE)
+    wd = dequant_weight(c, s, z, 128, False)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, K, generator=gen)
+    x[1] *= 1e-6 if xd == "bf16" else 1e-3      # f16 outputs below 6e-5 would be subnormal
+    x[0, 9] = 300.0
+    x = x.to(XT[xd])
+    cfg = dict(GEMV=1, BM=2, H2=1, H2_BN=32, H2_BPS=2)
+    launch, y = w4_launch(x.to(DEVICE), p, None, cfg)
+    ys = []
+    for _ in range(3):
+        y.fill_(0)
+        launch([x.to(DEVICE), x.to(DEVICE), y])
+        ys.append(y.clone())
+    assert all(torch.equal(ys[0], t) for t in ys[1:])
+    ref = (x.double() @ wd.double().T).to(XT[xd])
+    for r in range(2):                    # each row against its own bound
+        check(ys[0][r:r + 1], ref[r:r + 1], x[r:r + 1], wd, None, xd, h2=True)
+    for bad in range(2):
+        xi = x.clone()
+        xi[bad, 3] = float("inf")
+        yi = w4_linear(xi.to(DEVICE), p, None, cfg).float().cpu()
+        assert bool(torch.isnan(yi[bad]).all() if DEVICE != "cpu" else (~torch.isfinite(yi[bad])).any())
+        assert torch.equal(yi[1 - bad], ys[0][1 - bad].float().cpu())
+    launch([x.to(DEVICE), x.to(DEVICE), y])
+    assert torch.equal(y, ys[0])
 
 
 @pytest.mark.parametrize("fixed", [1, 0])
@@ -367,7 +409,10 @@ def test_config_by_m() -> None:
           for n, k in ((8192, 8192), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 4096), (13824, 5120))}
     assert h2 == {(8192, 8192): (256, 8), (11008, 4096): (128, 8), (4096, 11008): (128, 8),
                   (14336, 4096): (256, 8), (4096, 4096): (128, 4), (13824, 5120): (128, 16)}
-    assert w4_config(2, 8192, 8192).get("H2", 0) == 0
+    # M = 2: the two-row f16x2 GEMV on M = 1's blocks (the tensor-core GEMV as its fallback)
+    c2 = w4_config(2, 8192, 8192)
+    assert c2["H2"] == 1 and (c2["H2_BN"], c2["H2_BPS"]) == (256, 8) and c2["MMAG"] == 1
+    assert w4_config(3, 8192, 8192).get("H2", 0) == 0 and w4_config(2, 8192, 8192, interpret=True)["H2"] == 1
     # M = 16: 128 column blocks x 7 splits, one wave of about seven programs per SM
     assert w4_config(16, 8192, 8192)["BM"] == 16 and w4_config(16, 8192, 8192)["SWAP"] == 3
     assert w4_config(16, 8192, 8192)["SPLIT"] == 7
@@ -403,20 +448,23 @@ def test_packed_constants_stay_off_the_device_and_no_gemm_layout() -> None:
     assert launch.w4.qkn is None
 
 
-def test_h2_gemv_is_skipped_when_its_self_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failed PTX self-check (``h2_works``) routes M = 1 to the f32 GEMV, with the same result."""
+@pytest.mark.parametrize("M", [1, 2])
+def test_h2_gemv_is_skipped_when_its_self_check_fails(monkeypatch: pytest.MonkeyPatch, M: int) -> None:
+    """A failed PTX self-check (``h2_works``) routes M = 1 to the f32 GEMV and M = 2 to the
+    tensor-core GEMV (the f32 one on the interpreter), with the same result."""
     c, s, z, _ = quantised(40, 300, 4, 128, False, seed=11)
     p = pack_w4(c, s, z, 128, False).to(DEVICE)
-    x = torch.randn(1, 300, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    x = torch.randn(M, 300, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     wd = dequant_weight(c, s, z, 128, False)
     ref = (x.double() @ wd.double().T).to(torch.bfloat16)
     calls = []
-    real = triton_w4._h2_launch
+    name = "_h2_launch" if M == 1 else "_h2r_launch"
+    real = getattr(triton_w4, name)
     # records N of each f16x2 launch (the GPU self-check's own launch has N = 96)
-    monkeypatch.setattr(triton_w4, "_h2_launch", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(triton_w4, name, lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     check(w4_linear(x.to(DEVICE), p), ref, x, wd, None, "bf16", h2=True)
     assert calls.count(40) == 1
-    monkeypatch.setattr(triton_w4, "h2_works", lambda mod, device, interpret: False)
+    monkeypatch.setattr(triton_w4, "h2_works", lambda mod, device, interpret, rows=1: False)
     check(w4_linear(x.to(DEVICE), p), ref, x, wd, None, "bf16")
     assert calls.count(40) == 1
     if DEVICE != "cpu":
@@ -481,7 +529,7 @@ def test_mma_gemv(M: int, K: int, N: int, group: int, sym: bool, xd: str, bias: 
     p, x, b, wd = direct_problem(M, K, N, group, sym, xd, bias)
     calls: list[int] = []
     real = triton_w4._mmag_launch
-    cfg = dict(w4_config(M, N, K), MMAG=1, MMAG_BPS=bps)
+    cfg = dict(w4_config(M, N, K), MMAG=1, MMAG_BPS=bps, H2=0)     # M = 2 defaults to the two-row GEMV
     import unittest.mock as um
     with um.patch.object(triton_w4, "_mmag_launch", lambda *a, **k: calls.append(1) or real(*a, **k)):
         y = w4_linear(x.to(DEVICE), p, b.to(DEVICE) if b is not None else None, cfg)
