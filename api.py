@@ -117,20 +117,26 @@ def _packed_only(rendered: list) -> set[int]:
     return packed - other
 
 
-def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, passes: Iterable[str] = (),
+def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, passes: Iterable[str] | str = (),
             calibration: Iterable[Sequence[torch.Tensor]] | None = None, target: str = "c",
             dynamic_shapes: Any = None) -> CompiledModel:
     """Compile a model (see :func:`to_graph` for what ``model`` may be) for ``target``:
     ``"c"`` (generated C for the CPU), ``"interp"`` (the reference interpreter) or ``"triton"``
     (generated Triton kernels on CUDA, or on the CPU under the Triton interpreter).
 
-    ``passes`` is a pipeline of pass names with options (``"smooth(alpha=0.8)"``);
-    ``calibration`` an iterable of input tuples for passes that need statistics.
+    ``passes`` is a pipeline of pass names with options: a list (``["smooth(alpha=0.8)"]``) or
+    one comma-separated string (``"fold_batchnorm,smooth(alpha=0.8)"``); ``calibration`` an
+    iterable of input tuples for passes that need statistics.
     """
     if target not in TARGETS:
         raise ScalefoldError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    graph = to_graph(model, example_inputs, dynamic_shapes).clone()
+    if isinstance(passes, str):
+        # one pipeline string ("fold_batchnorm,smooth(alpha=0.8)"), as the CLI takes it; list()
+        # would split it into characters
+        from .passes.pipeline import split_pipeline
+        passes = split_pipeline(passes)
     passes = list(passes)
+    graph = to_graph(model, example_inputs, dynamic_shapes).clone()
     if passes:
         try:
             from .passes import run_pipeline

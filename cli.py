@@ -37,7 +37,7 @@ graph @example_mlp(%x: f32[B,64]) -> (f32[B,64]) {
 EPILOG = """\
 examples:
   scalefold compile model.onnx -o model.sf/                 compile to a C artifact directory
-  scalefold compile model.onnx -p fold_batchnorm,outliertune(bits=8) -o model.q.onnx
+  scalefold compile model.onnx -p 'fold_batchnorm,outliertune(bits=8)' --calibration calib.npz -o model.q.onnx
   scalefold inspect model.onnx --bind B=8,S=128             IR, per-op cost, peak memory
   scalefold run model.sf/ --input x=x.npy -o out.npz        run a saved artifact
   scalefold run model.onnx --random B=2,S=16                run on seeded random inputs
@@ -508,12 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile a model to an artifact directory or ONNX",
                        formatter_class=raw, epilog="examples:\n  scalefold compile m.onnx -o m.sf/\n"
-                       "  scalefold compile m.onnx -p fold_batchnorm,outliertune(bits=8) -o m.q.onnx\n"
+                       "  scalefold compile m.onnx -p 'fold_batchnorm,outliertune(bits=8)' --calibration calib.npz "
+                       "-o m.q.onnx\n"
                        "  scalefold compile m.onnx -p 'quant_weights(format=int4,method=awq)' "
                        "--calibration calib.npz -o m.w4.onnx")
     c.add_argument("model", metavar="MODEL", help=".onnx file or artifact directory")
     c.add_argument("-p", "--passes", action="append", metavar="PASSES",
-                   help="comma-separated pass pipeline, e.g. fold_batchnorm,outliertune(bits=8) (repeatable)")
+                   help="comma-separated pass pipeline, e.g. 'fold_batchnorm,smooth(alpha=0.8)' (quoted for the "
+                        "shell; repeatable)")
     c.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="OUT ending in .onnx writes ONNX, anything else an artifact directory")
     c.add_argument("--target", choices=("c", "interp"), default="c", help="artifact target (default c)")

@@ -70,13 +70,15 @@ def from_torch(model: torch.nn.Module | ExportedProgram, example_inputs: Any,
     ``model`` is an nn.Module (including an fx.GraphModule) or an ExportedProgram.
     ``example_inputs`` is a tuple of positional arguments, a dict of keyword arguments, a
     ``(args, kwargs)`` pair or a single tensor. ``dynamic_shapes`` is passed to torch.export
-    (``Dim("B")`` becomes the IR symbol ``B``). The module is exported in eval mode (its mode
-    is restored afterwards). With ``moe_blocks`` (the default) each recognised mixture-of-experts
+    (``Dim("B")`` becomes the IR symbol ``B``). The module is exported in eval mode (each
+    submodule's mode is restored afterwards). With ``moe_blocks`` (the default) each recognised mixture-of-experts
     block (Mixtral, Qwen2/3-MoE, OLMoE and look-alikes, see ``hf_moe``) becomes one IR ``moe``
     node instead of its traced dispatch loop; the model is left as it was. Raises
     UnsupportedOpError listing every ATen op without a conversion (with counts) and
     FrontendError when torch cannot export the model.
     """
+    if not isinstance(model, (torch.nn.Module, ExportedProgram)):
+        raise FrontendError(f"from_torch takes an nn.Module or an ExportedProgram, got {type(model).__name__}")
     args, kwargs = _split_inputs(example_inputs)
     gname = name or (type(model).__name__ if not isinstance(model, ExportedProgram) else "main")
     ep = model if isinstance(model, ExportedProgram) \
@@ -112,7 +114,9 @@ def _one_line(e: BaseException) -> str:
 
 def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any,
             moe_blocks: bool) -> ExportedProgram:
-    was_training = model.training
+    # each module's own flag: train(flag) on the root would set every submodule to the root's
+    # (a frozen Dropout / BatchNorm inside a training model came back in training mode)
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         # MoE blocks are swapped after eval() so that they are recognised in inference mode.
@@ -122,7 +126,8 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: A
     except Exception as e:  # torch raises many kinds
         raise FrontendError(f"torch.export failed for {type(model).__name__}: {_one_line(e)}") from e
     finally:
-        model.train(was_training)
+        for m, flag in modes:
+            m.training = flag
 
 
 def _decomp_table() -> Any:

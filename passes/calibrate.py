@@ -446,5 +446,6 @@ def stats_for(graph: Graph, calibration: Any, values: Sequence[Value], gram: boo
     if isinstance(calibration, (str, os.PathLike)):
         return Stats.load(calibration, graph)
     if calibration is None:
-        raise CalibrationError("this pass needs calibration data (calibration=...)")
+        raise CalibrationError("this pass needs calibration data (calibration=..., or --calibration FILE "
+                               "on the command line)")
     return calibrate(graph, calibration, values=values, gram=gram, cache=cache)

@@ -189,7 +189,8 @@ class PassManager:
         for name, opts in self.passes:
             info = _PASSES[name]
             if info.needs_calibration is True and calibration is None:
-                raise ScalefoldError(f"pass {name} needs calibration data (calibration=...)")
+                raise ScalefoldError(f"pass {name} needs calibration data (calibration=..., or --calibration "
+                                     "FILE on the command line)")
             given = dict(opts)
             if info.needs_calibration:
                 opts = {**opts, "calibration": calibration}

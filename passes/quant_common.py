@@ -141,7 +141,8 @@ def observe_ranges(graph: Graph, calibration: Any, values: Sequence[Value]) -> d
     mid-range is used, see :meth:`RangeStats.from_channel_stats`).
     Raises CalibrationError for no batches or a NaN/Inf in an observed value."""
     if calibration is None:
-        raise CalibrationError("this pass needs calibration data (calibration=...)")
+        raise CalibrationError("this pass needs calibration data (calibration=..., or --calibration FILE "
+                               "on the command line)")
     if isinstance(calibration, RangeCalibration):
         return calibration.lookup(graph, values)
     if isinstance(calibration, (Stats, str, os.PathLike)):

@@ -390,7 +390,8 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
     if needs_cal and calibration is None:
         raise ScalefoldError(f"quant_weights: method={method}{', rounding=gptq' if rounding == 'gptq' else ''}"
                              f"{', act_format' if act_format else ''}{', budget' if budget is not None else ''}"
-                             " needs calibration data (calibration=...)")
+                             " needs calibration data (calibration=..., or --calibration FILE on the "
+                             "command line)")
     ovr = parse_layer_overrides(overrides, base)
     # the budget costs FP4 codes at 4 bits: E3M0's codes are stored in 8 (wq_fp.py), so under a
     # budget the format search leaves it out

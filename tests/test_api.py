@@ -90,3 +90,49 @@ def test_public_api_exports() -> None:
                  "ScalefoldError", "ArtifactError", "CompiledModel"):
         assert hasattr(sf, name), name
     assert set(sf.__all__) >= {"compile", "load", "from_torch", "from_onnx", "to_onnx", "Graph"}
+
+
+def test_passes_as_one_pipeline_string() -> None:
+    """A single string is one comma-separated pipeline, as the CLI takes it (``list()`` split it
+    into characters: "unknown pass(es): d, c, e")."""
+    g = sf.parse(EXAMPLE_IR)
+    x = torch.randn(3, 64)
+    as_list = sf.compile(g, passes=["dce", "quant_weights(format=int8, group=0)"], target="interp")
+    as_str = sf.compile(g, passes="dce, quant_weights(format=int8, group=0)", target="interp")
+    assert str(as_list.graph) == str(as_str.graph) and "qlinear" in str(as_str.graph)
+    torch.testing.assert_close(as_str(x), as_list(x), rtol=0, atol=0)
+    with pytest.raises(sf.ScalefoldError, match="no_such_pass"):
+        sf.compile(g, passes="dce,no_such_pass", target="interp")
+
+
+def test_from_torch_of_something_else_is_a_clean_error() -> None:
+    for obj in (lambda x: x, "model.pt"):
+        with pytest.raises(sf.ScalefoldError, match="nn.Module or an ExportedProgram"):
+            sf.from_torch(obj, (torch.randn(2),))
+
+
+def test_compile_restores_each_submodules_mode() -> None:
+    """Export runs in eval mode; afterwards every submodule has its own mode back. Restoring the
+    root's flag alone put a frozen Dropout inside a training wrapper back into training mode,
+    so the user's eager model changed its numbers."""
+    inner = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5)).eval()
+    outer = torch.nn.Sequential(inner, torch.nn.Linear(8, 4))
+    outer.train()
+    inner.eval()
+    before = {name: m.training for name, m in outer.named_modules()}
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        want = outer(x)
+    sf.compile(outer, (x,), target="interp")
+    assert {name: m.training for name, m in outer.named_modules()} == before
+    with torch.no_grad():
+        torch.testing.assert_close(outer(x), want, rtol=0, atol=0)
+
+
+def test_readme_ir_imports_give_functions() -> None:
+    """``from scalefold.ir import parse, verify`` (the README's example) gave the verify
+    submodule once anything had imported it."""
+    import scalefold.ir.verify  # noqa: F401  (the submodule, imported first)
+    from scalefold.ir import parse, verify
+    assert callable(verify) and callable(parse)
+    verify(parse(EXAMPLE_IR))

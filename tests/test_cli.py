@@ -224,7 +224,7 @@ def test_compile_with_calibration_file(model: Path, tmp_path: Path, cli) -> None
     y, y0 = _gemm_relu_ref(x, out), _gemm_relu_ref(x, model)
     assert float(np.abs(y - y0).max()) < 0.1 * float(np.abs(y0).max())
     r = cli("compile", str(model), "-p", "quant_weights(format=int4, method=awq)", "-o", str(out))
-    assert r.returncode == 2 and "needs calibration data" in r.stderr
+    assert r.returncode == 2 and "needs calibration data" in r.stderr and "--calibration FILE" in r.stderr
     np.savez(tmp_path / "bad.npz", y=x)
     r = cli("compile", str(model), "-p", "quant_weights(method=awq)", "--calibration",
             str(tmp_path / "bad.npz"), "-o", str(out))
