@@ -26,7 +26,7 @@ Kernels, chosen by M (rows of x):
   blocks. The PTX step decodes each word once and runs one f16x2 chain per row; each row has
   its own power-of-two x scale and its own fixed-point split-K accumulators ([2, N] int64),
   and slot r of a thread's four f32 registers accumulates row r. On an H200 (8192², bf16 x):
-  22.6 µs against 30.2 for the tensor-core GEMV below and 25.4 for tinygemm (cuBLAS 45.0);
+  22.2 µs against 30.6 for the tensor-core GEMV below and 25.2 for tinygemm (cuBLAS 44.5);
   at M = 3 and 4 the tensor-core GEMV stays faster (its A operand serves every row for free),
   so they keep it. A self-check at first use falls back to the tensor-core GEMV.
 - ``w4_gemv_mma`` (M = 3..4, and M = 2 where the two-row GEMV does not run; f16 / bf16 x,
@@ -266,7 +266,7 @@ def h2_works(mod, device: torch.device, interpret: bool, rows: int = 1) -> bool:
             err = _self_check(device, 2, "bf16", lambda spec, p, n, k: _h2r_launch(mod, spec, p, n, k, False, 32, 2, 4))
         _H2_OK[key] = err < 1e-2
         if not _H2_OK[key]:
-            other = "the f32 GEMV" if rows == 1 else "the tensor-core GEMV"
+            other = "the f32 GEMV" if rows == 1 else "the tensor-core (or else the f32) GEMV"
             warnings.warn(f"scalefold: the f16x2 W4 GEMV ({rows} row{'s' * (rows > 1)}) is off by {err:.3g} "
                           f"(relative) with this Triton build; M = {rows} runs {other} instead",
                           RuntimeWarning, stacklevel=2)
@@ -292,6 +292,8 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
     h2_opts = {k: int(cfg.pop(f"H2_{k}")) for k in ("FOLD", "EVICT", "XB", "FIXED") if f"H2_{k}" in cfg}
     mmag, mmag_bps_ = bool(cfg.pop("MMAG", 0)), int(cfg.pop("MMAG_BPS", 16))
     if h2 and M == 2:
+        if h2_opts:
+            raise ValueError(f"{', '.join('H2_' + k for k in h2_opts)} apply to M = 1 only")
         return _h2r_launch(mod, spec, packed, N, K, interpret, h2_bn, h2_bps, int(cfg.get("num_warps", 4)))
     if mmag and mmag_applies(M, spec.xkind, packed, interpret) and mmag_works(mod, packed.scales.device):
         return _mmag_launch(mod, spec, packed, M, N, K, mmag_bps_)

@@ -364,9 +364,13 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
     points = as_int(points, "quant_weights: points", 2)
     act_reparam = as_bool(act_reparam, "quant_weights: act_reparam")
     sequential = as_bool(sequential, "quant_weights: sequential")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
-                               or not 0 < budget < float("inf")):
-        raise ScalefoldError(f"quant_weights: budget must be a positive number of bits per weight, got {budget!r}")
+    if budget is not None:
+        try:
+            ok = not isinstance(budget, bool) and isinstance(budget, (int, float)) and 0 < float(budget) < float("inf")
+        except OverflowError:
+            ok = False
+        if not ok:
+            raise ScalefoldError(f"quant_weights: budget must be a positive number of bits per weight, got {budget!r}")
     if calibration is not None and iter_once(calibration):
         # several steps below read the batches (scale search, statistics, budget trials): a
         # generator would be spent after the first and leave the later ones without data

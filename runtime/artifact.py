@@ -111,6 +111,8 @@ def destination_problem(path: str | os.PathLike) -> str | None:
     """Why an artifact cannot be saved to ``path``, or None: it must not be a file, nor the
     current directory or one above it, and a directory already there must be empty or an
     artifact (saving replaces it whole, so anything else in it would be lost)."""
+    if "\0" in os.fspath(path):
+        return "the path holds a NUL byte"
     dest = Path(path).resolve()
     if dest.exists() and not dest.is_dir():
         return "exists and is not a directory"
@@ -133,7 +135,7 @@ def check_destination(path: str | os.PathLike) -> Path:
     (see :func:`destination_problem`)."""
     why = destination_problem(path)
     if why:
-        raise ArtifactError(f"{Path(path)}: {why}")
+        raise ArtifactError(f"{str(Path(path)).replace(chr(0), '<NUL>')}: {why}")
     return Path(path).resolve()
 
 

@@ -99,7 +99,8 @@ def build(source: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -
             if _intact(target) and _loads(target):
                 return target
             # damaged from outside, or left without its digest by a killed build: rebuilt
-            _remove(target)
+            for p in (target, _digest_path(target), entries / f"{key}.c"):
+                _clear(p)
             # build directories of this key left by a killed process (no live build: we hold the lock)
             for stale in entries.glob(f".build-{key[:12]}-*"):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -109,6 +110,10 @@ def build(source: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
+        # a cache that cannot be written (read-only, shared) may still hold an entry of an
+        # older version, written before entries had digests: it loads as it did then
+        if target.is_file() and not _digest_path(target).exists() and _loads(target):
+            return target
         raise CompileError(f"kernel cache {cache_dir()} cannot be used: {e}") from None
     return target
 
@@ -133,8 +138,12 @@ def _compile(source: str, flags: tuple[str, ...], cc: str, key: str, tmp: Path, 
     # the digest lands after the entry: a build killed in between leaves an entry that fails
     # _intact and is rebuilt
     os.replace(dig, _digest_path(target))
-    # The source beside the entry is for people reading the cache; written atomically too.
-    os.replace(src, entries / f"{key}.c")
+    # The source beside the entry is for people reading the cache (written atomically too); the
+    # build does not depend on it
+    try:
+        os.replace(src, entries / f"{key}.c")
+    except OSError:
+        pass
 
 
 def _digest_path(target: Path) -> Path:
@@ -157,13 +166,12 @@ def _intact(target: Path) -> bool:
         return False
 
 
-def _remove(target: Path) -> None:
-    """Remove a damaged entry (a directory in its place too) and its digest."""
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    elif target.exists() or target.is_symlink():
-        target.unlink()
-    _digest_path(target).unlink(missing_ok=True)
+def _clear(path: Path) -> None:
+    """Remove whatever sits at ``path`` (a file, a link, a directory), if anything."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 _LOADED: dict[str, ctypes.CDLL] = {}

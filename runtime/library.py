@@ -139,7 +139,8 @@ def qlinear_fallback(node: Node, device: torch.device) -> LibFn | None:
     int8, fp8, per-channel fp4, f16 x on the CPU, ...): its constant weights are dequantised
     once, here, to a float32 matrix on ``device`` (the IR's own ``dequant_weight``, bit for bit),
     and every call is a float32 GEMM (oneDNN on the CPU) of x — or of x's per-token codes times
-    their scales for ``act="per_token"`` — rounded once to the output type. Against the
+    their scales for ``act="per_token"`` — rounded once to the output type (a float64 GEMM on a
+    float64 copy where codes times weights could overflow float32, weights near 1e33 and up). Against the
     reference (float64 accumulation) only the summation's rounding differs. It costs a float32
     copy of the weights in memory; the graph and saved artifacts keep the compressed codes.
     None when the weights are not constants, x is an integer code tensor or f64, or the
@@ -161,6 +162,7 @@ def qlinear_fallback(node: Node, device: torch.device) -> LibFn | None:
     # down (the reference's float64 ones stay finite): such nodes multiply in float64
     wide = act == "per_token" and wd.numel() > 0 and \
         float(wd.abs().max()) * 2.0 ** (abits - 1) * wd.shape[1] >= 1e37
+    wd64 = wd.to(torch.float64) if wide else None
 
     def gemm(a: Tensor) -> Tensor:
         if onednn:
@@ -174,7 +176,7 @@ def qlinear_fallback(node: Node, device: torch.device) -> LibFn | None:
         a = xin.reshape(-1, xin.shape[-1]).to(torch.float32)
         if act == "per_token" and wide:
             q, sx = dynamic_quant(a, "per_token", abits)
-            y = (F.linear(q.to(torch.float64), wd.to(torch.float64)) * sx.to(torch.float64)).to(torch.float32)
+            y = (F.linear(q.to(torch.float64), wd64) * sx.to(torch.float64)).to(torch.float32)
         elif act == "per_token":
             q, sx = dynamic_quant(a, "per_token", abits)
             y = gemm(q.to(torch.float32)) * sx.to(torch.float32)

@@ -48,7 +48,7 @@ def default_device() -> torch.device:
 def source_path(source: str) -> Path:
     """The cache file holding ``source`` (written if missing, rewritten if damaged from
     outside: its text must be ``source``). CompileError when the cache cannot be written."""
-    key = hashlib.sha256(source.encode()).hexdigest()[:40]
+    key = _key(source)
     d = cache_dir() / "triton"
     path = d / f"{key}.py"
     try:
@@ -66,6 +66,10 @@ def source_path(source: str) -> Path:
     return path
 
 
+def _key(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:40]
+
+
 def _holds(path: Path, source: str) -> bool:
     try:
         return path.is_file() and path.read_text() == source
@@ -75,12 +79,12 @@ def _holds(path: Path, source: str) -> bool:
 
 def load_module(source: str, interpret: bool) -> ModuleType:
     """Import the kernel module of ``source`` (cached per source and mode)."""
-    path = source_path(source)
-    name = f"scalefold_triton_{path.stem}_{'interp' if interpret else 'jit'}"
+    name = f"scalefold_triton_{_key(source)}_{'interp' if interpret else 'jit'}"
     with _LOCK:
         mod = _MODULES.get(name)
         if mod is not None:
             return mod
+        path = source_path(source)
         old = os.environ.get("TRITON_INTERPRET")
         os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
         try:

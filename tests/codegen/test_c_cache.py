@@ -113,6 +113,14 @@ def test_cache_key_covers_the_host_cpu_for_native_builds(monkeypatch: pytest.Mon
     assert cache.cache_key(src, portable) == mine        # no -march=native: the host does not matter
 
 
+def _replace_bytes(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` as a new file: this process may have the old one mapped (a
+    loaded kernel), and writing those pages in place could crash it."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def _kernel_source() -> str:
     return cgen.render(partition(_model(), cgen.CAPS))[0].source
 
@@ -189,7 +197,7 @@ def test_damaged_entry_is_rebuilt(cache_root: Path) -> None:
     path = cache.build(src)
     size = path.stat().st_size
     cache._LOADED.pop(str(path), None)
-    path.write_bytes(path.read_bytes()[:100])
+    _replace_bytes(path, path.read_bytes()[:100])
     again = cache.build(src)
     assert again == path and path.stat().st_size == size
     assert cache.load_kernel(again) is not None
@@ -207,7 +215,7 @@ def test_entry_damaged_past_its_header_is_rebuilt_not_loaded(cache_root: Path, t
     good = path.read_bytes()
     cache._LOADED.pop(str(path), None)
     for damaged in (good[: len(good) // 2] + bytes(len(good) - len(good) // 2), good[:-4096]):
-        path.write_bytes(damaged)
+        _replace_bytes(path, damaged)
         (tmp_path / "k.c").write_text(src)
         code = ("import sys; from pathlib import Path; from scalefold.runtime import cache; "
                 "p = cache.build(Path(sys.argv[1]).read_text()); cache.load_kernel(p); print('ok')")
@@ -247,3 +255,42 @@ def test_unusable_cache_paths(cache_root: Path, tmp_path: Path, monkeypatch: pyt
     (entry / "junk").write_text("x")
     assert cache.build(src) == entry and entry.is_file()
     assert cache.load_kernel(entry) is not None
+
+
+
+def test_directories_at_the_digest_or_source_path_are_cleared(cache_root: Path) -> None:
+    """A directory where the digest or the readable source goes no longer fails every later
+    build (the digest's) or the build that wrote the entry (the source's)."""
+    src = _kernel_source()
+    key = cache.cache_key(src)
+    entries = cache_root / "c"
+    for name in (f"{key}.sha256", f"{key}.c"):
+        (entries / name).mkdir(parents=True)
+        (entries / name / "junk").write_text("x")
+        path = cache.build(src)
+        assert path.is_file() and (entries / f"{key}.sha256").is_file()
+        assert (entries / f"{key}.sha256").read_text() == cache._digest(path)
+        cache._LOADED.pop(str(path), None)
+        for p in entries.iterdir():
+            cache._clear(p)
+
+
+def test_a_read_only_cache_still_serves_entries_without_a_digest(cache_root: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries written before digests existed load from a cache that cannot be written (the
+    rebuild needs the lock and the entry's path); a writable cache rebuilds them instead."""
+    src = _kernel_source()
+    path = cache.build(src)
+    cache._LOADED.pop(str(path), None)
+    path.with_suffix(".sha256").unlink()
+
+    class ReadOnly:
+        def __init__(self, *a, **k):
+            raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(cache, "FileLock", ReadOnly)
+    assert cache.build(src) == path and not path.with_suffix(".sha256").exists()
+    assert cache.load_kernel(path) is not None
+    cache._LOADED.pop(str(path), None)
+    path.unlink()                                  # nothing to serve: the error names the cache
+    with pytest.raises(CompileError, match="cannot be used: .*Read-only"):
+        cache.build(src)

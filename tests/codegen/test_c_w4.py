@@ -671,11 +671,13 @@ def test_int8_activation_groups_too_long_for_int32_sums_stay_on_the_reference() 
         g.set_outputs([y])
         return g
 
-    assert cgen.CAPS.template_ok(one(65536, "u8").nodes[0])          # 128 * 255 * 65536 < 2^31
+    from scalefold.codegen.c_w4 import w4_supported
+    assert w4_supported(one(65793, "u8").nodes[0])                    # 128 * 255 * 65793 < 2^31
+    assert not w4_supported(one(65794, "u8").nodes[0])
     assert not cgen.CAPS.template_ok(one(65794, "u8").nodes[0])
-    assert cgen.CAPS.template_ok(one(65794, "u8", act="none").nodes[0])
-    assert cgen.CAPS.template_ok(one(1 << 20, "u4").nodes[0])         # 128 * 15 * 2^20 < 2^31
-    assert not cgen.CAPS.template_ok(one(1200000, "u4").nodes[0])
+    assert w4_supported(one(65794, "u8", act="none").nodes[0])
+    assert w4_supported(one(1118481, "u4").nodes[0])                  # 128 * 15 * 1118481 < 2^31
+    assert not w4_supported(one(1118482, "u4").nodes[0])
     g = one(70000, "u8")
     x = torch.ones(2, 70000)
     x[1] = torch.rand(70000, generator=gen)

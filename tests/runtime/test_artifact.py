@@ -258,3 +258,11 @@ def test_save_to_a_long_legal_name(saved, tmp_path: Path) -> None:
         assert sorted(os.listdir(tmp_path)) == [dest.name]
     x = torch.randn(2, 64)
     assert torch.equal(sf.load(dest)(x), cm(x))
+
+
+
+def test_save_to_a_path_with_a_nul_byte(saved, tmp_path: Path) -> None:
+    cm, _ = saved
+    with pytest.raises(ArtifactError, match="NUL byte"):
+        cm.save(str(tmp_path / "a\0b"))
+    assert os.listdir(tmp_path) == []

@@ -64,6 +64,7 @@ def test_unknown_option_message_leaves_out_the_calibration_data() -> None:
     (dict(budget="abc"), "budget must be a positive number"),
     (dict(budget=float("nan"), mixed="int8,float"), "budget must be a positive number"),
     (dict(budget=float("inf")), "budget must be a positive number"),
+    (dict(budget=10 ** 400), "budget must be a positive number"),
     (dict(budget=5, mixed=None), "mixed must name formats"),
     (dict(overrides={"w0": {"group": "x"}}), "override for 'w0': group must be an integer"),
     (dict(overrides={"w0": {"sym": "x"}}), "override for 'w0': sym must be true or false"),
