@@ -221,6 +221,21 @@ def _w4_fixed_sum(y, xmax, SMAX, WS, rnc, mn, SPLIT: tl.constexpr, NB_PER: tl.co
 
 
 @triton.jit
+def _w4_h2_tile(P, N, NB, NB_PER: tl.constexpr, BN: tl.constexpr, J: tl.constexpr):
+    """A GEMV program's place: (pid_n, pid_k, its channels rn, their mask, rn clamped, the
+    word index j, the [BN, J] word pointers of block 0, its first block b0, its block count)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mn = rn < N
+    rnc = tl.where(mn, rn, 0)
+    j = tl.arange(0, J)
+    b0 = pid_k * NB_PER
+    return pid_n, pid_k, rn, mn, rnc, j, P + rnc[:, None] * J + j[None, :], b0, tl.minimum(NB_PER, NB - b0)
+
+
+
+@triton.jit
 def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
                HAS_ZERO: tl.constexpr, ZC: tl.constexpr, HAS_BIAS: tl.constexpr,
                SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, ROUND_BF16: tl.constexpr,
@@ -228,15 +243,7 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
                XB: tl.constexpr, BN: tl.constexpr, J: tl.constexpr, GB: tl.constexpr,
                FIXED: tl.constexpr, XCH: tl.constexpr):
     # one row of f16 / bf16 x, group >= 128 (GB = group / 128 blocks share a scale)
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rn = pid_n * BN + tl.arange(0, BN)
-    mn = rn < N
-    rnc = tl.where(mn, rn, 0)
-    j = tl.arange(0, J)
-    wp = P + rnc[:, None] * J + j[None, :]
-    b0 = pid_k * NB_PER
-    nb = tl.minimum(NB_PER, NB - b0)
+    pid_n, pid_k, rn, mn, rnc, j, wp, b0, nb = _w4_h2_tile(P, N, NB, NB_PER, BN, J)
     # a power-of-two scale 2^-e puts the x amax in [8, 16): the f16 products x (u - z)
     # (|u - z| <= 15) and the sums of 16 of them stay far below 65504. XB: one scale per block
     # (a warp-local max of the 128 x values it already holds), else one per program: from the
@@ -352,15 +359,7 @@ def w4_gemv_h2r(X, P, S, Z, B, Y, WS, SMAX, N, K, NB, NB_PER: tl.constexpr,
                 EVICT: tl.constexpr, BN: tl.constexpr, J: tl.constexpr, GB: tl.constexpr, XCH: tl.constexpr):
     # two rows of f16 / bf16 x (M = 2), group >= 128: w4_gemv_h2's loop with each word decoded
     # once for both rows; one split, or 2..31 summed in fixed point (WS: [2, N] int64)
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rn = pid_n * BN + tl.arange(0, BN)
-    mn = rn < N
-    rnc = tl.where(mn, rn, 0)
-    j = tl.arange(0, J)
-    wp = P + rnc[:, None] * J + j[None, :]
-    b0 = pid_k * NB_PER
-    nb = tl.minimum(NB_PER, NB - b0)
+    pid_n, pid_k, rn, mn, rnc, j, wp, b0, nb = _w4_h2_tile(P, N, NB, NB_PER, BN, J)
     # per row, the power-of-two scale of w4_gemv_h2 from max |x| over all of K (which the
     # fixed-point sum needs too); slot r of each four words carries row r's scale back
     xm0 = _w4_xmax(X, K, XCH)

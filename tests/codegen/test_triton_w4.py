@@ -271,6 +271,20 @@ def test_h2_gemv_wide_x_range(xd: str) -> None:
         check(y, ref, x, wd, None, xd, h2=True)
 
 
+def repeated(x: torch.Tensor, p, cfg: dict) -> tuple:
+    """(launch, y, the outputs of three launches into a zeroed y), asserting that they are
+    identical: split-K accumulators are clean again after each launch, and integer sums do not
+    depend on the arrival order."""
+    launch, y = w4_launch(x.to(DEVICE), p, None, cfg)
+    ys = []
+    for _ in range(3):
+        y.fill_(0)
+        launch([x.to(DEVICE), x.to(DEVICE), y])
+        ys.append(y.clone())
+    assert all(torch.equal(ys[0], t) for t in ys[1:])
+    return launch, y, ys
+
+
 @pytest.mark.parametrize("xd", ["bf16", "f16"])
 def test_h2_two_rows_are_independent(xd: str) -> None:
     """The two-row GEMV scales each row of x by its own power of two and sums each in its own
@@ -287,13 +301,7 @@ def test_h2_two_rows_are_independent(xd: str) -> None:
     x[0, 9] = 300.0
     x = x.to(XT[xd])
     cfg = dict(GEMV=1, BM=2, H2=1, H2_BN=32, H2_BPS=2)
-    launch, y = w4_launch(x.to(DEVICE), p, None, cfg)
-    ys = []
-    for _ in range(3):
-        y.fill_(0)
-        launch([x.to(DEVICE), x.to(DEVICE), y])
-        ys.append(y.clone())
-    assert all(torch.equal(ys[0], t) for t in ys[1:])
+    launch, y, ys = repeated(x, p, cfg)
     ref = (x.double() @ wd.double().T).to(XT[xd])
     for r in range(2):                    # each row against its own bound
         check(ys[0][r:r + 1], ref[r:r + 1], x[r:r + 1], wd, None, xd, h2=True)
@@ -323,13 +331,7 @@ def test_h2_split_k_sum_fixed_point_and_workspace(fixed: int) -> None:
     x[0, :256] *= 1e-6                    # the first split's partials are tiny next to the rest
     x = x.to(torch.bfloat16)
     cfg = dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=2, H2_FIXED=fixed)
-    launch, y = w4_launch(x.to(DEVICE), p, None, cfg)
-    ys = []
-    for _ in range(3):
-        y.fill_(0)
-        launch([x.to(DEVICE), x.to(DEVICE), y])
-        ys.append(y.clone())
-    assert all(torch.equal(ys[0], t) for t in ys[1:])
+    launch, y, ys = repeated(x, p, cfg)
     check(ys[0], (x.double() @ wd.double().T).to(torch.bfloat16), x, wd, None, "bf16", h2=True)
     xi = x.clone()
     xi[0, 3] = float("inf")
