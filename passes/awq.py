@@ -18,6 +18,7 @@ from .counters import bump
 from .pipeline import register_pass
 from .scale_move import Refusal, ScalePlan, apply_explicit, consumer_groups, plan_scale
 from .smooth import report_refusal
+from .wq_options import as_int
 
 PASS = "awq_scales"
 
@@ -133,6 +134,8 @@ def run_awq(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, gri
     not searched (a scale there would only add work)."""
     if loss not in ("block", "layer"):
         raise OptionError(f"awq_scales: loss must be block or layer, got {loss!r}")
+    grid = as_int(grid, "awq_scales: grid", 1)
+    bits = as_int(bits, "awq_scales: bits", 1)
     targets = consumer_groups(graph)
     if not targets:
         return graph

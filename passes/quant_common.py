@@ -25,7 +25,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops.common import norm_axis
 from ..ir.printer import Namer
 from ..runtime.interp import Interpreter
-from .calibrate import EPS, ChannelStats, Stats, _as_inputs, graph_hash
+from .calibrate import EPS, ChannelStats, Stats, _as_inputs, graph_hash, mask_input, real_rows
 
 NORMS = ("layer_norm", "rms_norm")
 WEIGHT_MODES = ("per_channel", "per_channel_asym")
@@ -46,7 +46,8 @@ class RangeStats:
     ``mid_sum`` sums, over calibration *samples*, the per-sample mid-range
     (max_t h_tj + min_t h_tj)/2; a sample is one item of the leading (batch) axis of a
     rank >= 3 activation (one sequence), or the whole observed tensor of a rank <= 2
-    activation (its rows are tokens of one batch).
+    activation (its rows are tokens of one batch) unless an attention mask shows its rows to
+    be [batch * seq] (then one sequence again). With a mask only real tokens count.
     """
     min: torch.Tensor      # [C] float64
     max: torch.Tensor      # [C] float64
@@ -65,13 +66,24 @@ class RangeStats:
         mid-range (max + min)/2 (per-sample mid-ranges were not recorded)."""
         return RangeStats(cs.min.clone(), cs.max.clone(), (cs.max + cs.min) / 2, 1)
 
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add ``x`` [..., C]; with ``mask`` (the graph's attention mask [batch, seq]) only
+        the rows of real tokens count, where x's shape shows them (as in :func:`real_rows`)."""
         x = x.detach().to(torch.float64)
         c = x.shape[-1]
-        per = x.reshape(x.shape[0], -1, c) if x.dim() >= 3 else x.reshape(1, -1, c)
+        per, keep = _samples(x, mask)
         if per.shape[1] == 0:
             return
-        mn, mx = per.amin(1), per.amax(1)            # [samples, C]
+        if keep is not None:
+            # padded rows may hold anything (NaN from a masked softmax): they take no part
+            per = per[keep.any(1)]
+            keep = keep[keep.any(1)][..., None]
+            if per.shape[0] == 0:
+                return
+            mn = torch.where(keep, per, float("inf")).amin(1)
+            mx = torch.where(keep, per, float("-inf")).amax(1)
+        else:
+            mn, mx = per.amin(1), per.amax(1)            # [samples, C]
         self.min = torch.minimum(self.min, mn.amin(0))
         self.max = torch.maximum(self.max, mx.amax(0))
         self.mid_sum += ((mx + mn) / 2).sum(0)
@@ -85,6 +97,22 @@ class RangeStats:
         """max_t |h_tj - z_j| over all calibration rows, exactly: the extreme of |h - z| over
         an interval [min, max] lies at one of its ends, so no second pass is needed."""
         return torch.maximum((self.min - z).abs(), (self.max - z).abs())
+
+
+def _samples(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x`` [..., C] as [samples, rows, C] (RangeStats' samples) and, when ``mask`` [batch,
+    seq] matches x's leading shape ([batch, seq, C], [batch * seq, C] or [batch, heads, seq,
+    C]), which rows are real tokens [samples, rows]; else None."""
+    c = x.shape[-1]
+    if mask is not None and x.dim() >= 2:
+        b, t = mask.shape
+        lead = tuple(x.shape[:-1])
+        real = mask != 0
+        if lead == (b, t) or (x.dim() == 2 and lead[0] == b * t):
+            return x.reshape(b, t, c), real
+        if x.dim() == 4 and lead[0] == b and lead[2] == t:
+            return x.reshape(b, -1, c), real[:, None, :].expand(lead).reshape(b, -1)
+    return (x.reshape(x.shape[0], -1, c) if x.dim() >= 3 else x.reshape(1, -1, c)), None
 
 
 def floored(m: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -159,22 +187,27 @@ def observe_ranges(graph: Graph, calibration: Any, values: Sequence[Value]) -> d
             by_producer.setdefault(id(v.producer), []).append(v)
     nbatch = 0
 
+    # the graph's attention mask, if it has one: only real tokens count (as in calibrate)
+    mi = mask_input(graph)
+    mask: torch.Tensor | None = None
+
     def hook(node: Node, outs: Sequence[torch.Tensor]) -> None:
         for v in by_producer.get(id(node), ()):
             t = outs[v.index]
-            if not bool(torch.isfinite(t).all()):
+            if not bool(torch.isfinite(real_rows(t, mask)).all()):
                 raise CalibrationError(f"calibration batch {nbatch}: non-finite value in {namer(v)} "
                                        f"({v.type}, produced by {node.describe()})")
-            aggs[id(v)].update(t)
+            aggs[id(v)].update(t, mask)
 
     interp = Interpreter(graph, check=False)
     with torch.no_grad():
         for batch in calibration:
             # checked like every calibrating pass's batches (the batch index and input named)
             ins = _as_inputs(graph, batch, nbatch)
+            mask = ins[mi] if mi is not None else None
             for i, v in enumerate(graph.inputs):
                 if id(v) in aggs:
-                    aggs[id(v)].update(ins[i])
+                    aggs[id(v)].update(ins[i], mask)
             interp.run(ins, hook=hook)
             nbatch += 1
     if nbatch == 0:

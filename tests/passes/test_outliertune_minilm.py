@@ -91,8 +91,10 @@ def test_onnx_export_runs_in_onnxruntime_and_matches(measured) -> None:
     # The integer parts agree exactly (the first layer's codes below are identical); the float
     # epilogues differ in rounding (float32 in onnxruntime, one rounding of a float64 sum here),
     # which flips a code wherever a value sits within an ulp of a rounding boundary, and the
-    # flips spread through the 6 layers: measured min 0.99976, mean 0.99995.
-    assert float(c.mean()) >= 0.9999 and float(c.min()) >= 0.9995
+    # flips spread through the 6 layers: measured min 0.99890, mean 0.99990 (min 0.99968 while
+    # the calibration still counted padded tokens: the scales from real tokens only are finer,
+    # and more values sit near a boundary).
+    assert float(c.mean()) >= 0.9998 and float(c.min()) >= 0.998
     # onnxruntime's run of our export is as accurate as ours.
     assert float(acc.cosines(theirs, ref).mean()) >= 0.995
 

@@ -104,3 +104,13 @@ def test_awq_then_rtn_beats_rtn_on_held_out_inputs() -> None:
     err_rtn = float(((run(_rtn(g, 4, 8), held)[0] - ref) ** 2).mean())
     err_awq = float(((run(_rtn(ga, 4, 8), held)[0] - ref) ** 2).mean())
     assert err_awq < 0.8 * err_rtn, (err_awq, err_rtn)
+
+
+@pytest.mark.parametrize("opts,msg", [("grid=0", "grid must be >= 1, got 0"), ("grid=-1", "grid must be >= 1"),
+                                      ("grid=0, loss=layer", "grid must be >= 1"), ("bits=0", "bits must be >= 1")])
+def test_bad_grid_and_bits_are_option_errors(opts: str, msg: str) -> None:
+    """grid 0 or below reached the search's ``assert best is not None`` (a bare AssertionError)."""
+    from scalefold.ir.errors import ScalefoldError
+    calib = [(torch.randn(16, 16, generator=torch.Generator().manual_seed(1)),)]
+    with pytest.raises(ScalefoldError, match=msg):
+        PassManager(f"awq_scales(group=8, {opts})", calibration=calib).run(parse(MLP))

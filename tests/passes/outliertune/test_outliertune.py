@@ -301,3 +301,50 @@ def test_symbolic_batch_dims() -> None:
     assert "quantize" in _ops(r)
     xs = random_inputs(g, 0, {"B": 3, "S": 7})
     assert _rel(run(r, *xs)[0], run(g, *xs)[0]) < 3e-2
+
+
+def test_ranges_count_only_real_tokens_of_an_attention_mask() -> None:
+    """outliertune's ranges (min / max / per-sequence mid-ranges) skip padded positions, as
+    every other calibrating pass does: padding of 50 set the scale before, and padding of NaN
+    was refused as a non-finite activation."""
+    import torch.nn as nn
+    from torch.export import Dim
+
+    import scalefold as sf
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln, self.l = nn.LayerNorm(16), nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.l(self.ln(x)) * attention_mask[..., None].to(x.dtype)
+
+    torch.manual_seed(0)
+    m = M().eval()
+    cal, nan_cal = [], []
+    for i in range(3):
+        x = torch.randn(2, 8, 16)
+        am = torch.ones(2, 8, dtype=torch.long)
+        am[:, 4 + i:] = 0
+        x[:, 4 + i:] = 0
+        x[:, 4 + i:, 0] = 50.0
+        cal.append((x, am))
+        xn = x.clone()
+        xn[:, 4 + i:] = float("nan")
+        nan_cal.append((xn, am))
+    dims = ({0: Dim("B"), 1: Dim("S")}, {0: Dim("B"), 1: Dim("S")})
+    g = sf.from_torch(m, cal[0], dynamic_shapes=dims)
+    h = next(n for n in g.nodes if n.op == "layer_norm").outputs[0]
+    with torch.no_grad():
+        real = [m.ln(x)[am.bool()].double() for x, am in cal]
+        per_seq = [m.ln(x)[b][am[b].bool()].double() for x, am in cal for b in range(2)]
+    for c in (cal, nan_cal):
+        rs = observe_ranges(g, c, [h])[id(h)]
+        torch.testing.assert_close(rs.max, torch.cat(real).amax(0))
+        torch.testing.assert_close(rs.min, torch.cat(real).amin(0))
+        assert rs.samples == 6
+        torch.testing.assert_close(rs.shift(), torch.stack([(t.amax(0) + t.amin(0)) / 2 for t in per_seq]).mean(0))
+    a = sf.compile(g, passes=["outliertune"], calibration=cal, target="interp")
+    b = sf.compile(g, passes=["outliertune"], calibration=nan_cal, target="interp")
+    assert str(a.graph) == str(b.graph)
