@@ -271,20 +271,31 @@ def mask_input(graph: Graph, token_mask: str | None = "auto") -> int | None:
     return None
 
 
+def masked_sequences(t: torch.Tensor, mask: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``t`` [..., C] as [batch, rows, C] with which rows are real tokens [batch, rows], when
+    t's leading shape is the mask's [batch, seq] (or [batch * seq], or [batch, heads, seq] for
+    a per-head value); else None."""
+    if mask is None or t.dim() < 2:
+        return None
+    c, (b, s) = t.shape[-1], mask.shape
+    lead = tuple(t.shape[:-1])
+    real = mask != 0
+    if lead == (b, s) or (t.dim() == 2 and lead[0] == b * s):
+        # [batch, seq, C], or flattened to [batch * seq, C] (OPT's MLP)
+        return t.reshape(b, s, c), real
+    if t.dim() == 4 and lead[0] == b and lead[2] == s:
+        return t.reshape(b, -1, c), real[:, None, :].expand(lead).reshape(b, -1)
+    return None
+
+
 def real_rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``t`` [..., C] as rows [R, C]: only the rows where ``mask`` is non-zero when t's
-    leading shape is the mask's [batch, seq] (or [batch * seq], or [batch, heads, seq] for a
-    per-head value), else every row."""
-    c = t.shape[-1]
-    if mask is not None and t.dim() >= 2:
-        lead = tuple(t.shape[:-1])
-        if lead == tuple(mask.shape) or (t.dim() == 2 and lead[0] == mask.numel()):
-            # [batch, seq, C], or flattened to [batch * seq, C] (OPT's MLP)
-            return t.reshape(-1, c)[mask.reshape(-1) != 0]
-        if t.dim() == 4 and lead[0] == mask.shape[0] and lead[2] == mask.shape[1]:
-            keep = (mask != 0)[:, None, :].expand(lead)
-            return t.reshape(-1, c)[keep.reshape(-1)]
-    return t.reshape(-1, c)
+    shape shows them (:func:`masked_sequences`), else every row."""
+    seqs = masked_sequences(t, mask)
+    if seqs is None:
+        return t.reshape(-1, t.shape[-1])
+    return seqs[0][seqs[1]]
 
 
 def _as_inputs(graph: Graph, batch: Batch, index: int = 0) -> list[torch.Tensor]:

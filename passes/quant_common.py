@@ -25,7 +25,8 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops.common import norm_axis
 from ..ir.printer import Namer
 from ..runtime.interp import Interpreter
-from .calibrate import EPS, ChannelStats, Stats, _as_inputs, graph_hash, mask_input, real_rows
+from .calibrate import (EPS, ChannelStats, Stats, _as_inputs, graph_hash, mask_input, masked_sequences,
+                        real_rows)
 
 NORMS = ("layer_norm", "rms_norm")
 WEIGHT_MODES = ("per_channel", "per_channel_asym")
@@ -100,18 +101,12 @@ class RangeStats:
 
 
 def _samples(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``x`` [..., C] as [samples, rows, C] (RangeStats' samples) and, when ``mask`` [batch,
-    seq] matches x's leading shape ([batch, seq, C], [batch * seq, C] or [batch, heads, seq,
-    C]), which rows are real tokens [samples, rows]; else None."""
+    """``x`` [..., C] as [samples, rows, C] (RangeStats' samples) and, where ``mask`` shows
+    them (:func:`masked_sequences`), which rows are real tokens [samples, rows]; else None."""
+    seqs = masked_sequences(x, mask)
+    if seqs is not None:
+        return seqs
     c = x.shape[-1]
-    if mask is not None and x.dim() >= 2:
-        b, t = mask.shape
-        lead = tuple(x.shape[:-1])
-        real = mask != 0
-        if lead == (b, t) or (x.dim() == 2 and lead[0] == b * t):
-            return x.reshape(b, t, c), real
-        if x.dim() == 4 and lead[0] == b and lead[2] == t:
-            return x.reshape(b, -1, c), real[:, None, :].expand(lead).reshape(b, -1)
     return (x.reshape(x.shape[0], -1, c) if x.dim() >= 3 else x.reshape(1, -1, c)), None
 
 
