@@ -221,6 +221,21 @@ def _w4_fixed_sum(y, xmax, SMAX, WS, rnc, mn, SPLIT: tl.constexpr, NB_PER: tl.co
 
 
 @triton.jit
+def _w4_h2_out(y, xmax, SMAX, WS, B, Y, rn, rnc, mn, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                NB_PER: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """One row's channel sums to y (bias, rounding): through the fixed-point split-K sum when
+    SPLIT > 1 (``xmax``: max |x| of the row), else directly."""
+    last = mn
+    if SPLIT > 1:
+        y, last = _w4_fixed_sum(y, xmax, SMAX, WS, rnc, mn, SPLIT, NB_PER)
+    if HAS_BIAS:
+        y = y + tl.load(B + rnc).to(tl.float32)
+    if ROUND_BF16:
+        y = _sf_round_bf16(y)
+    tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=last)
+
+
+@triton.jit
 def _w4_h2_tile(P, N, NB, NB_PER: tl.constexpr, BN: tl.constexpr, J: tl.constexpr):
     """A GEMV program's place: (pid_n, pid_k, its channels rn, their mask, rn clamped, the
     word index j, the [BN, J] word pointers of block 0, its first block b0, its block count)."""
@@ -295,12 +310,7 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
         x0, x1, x2, x3, x4, x5, x6, x7 = y0, y1, y2, y3, y4, y5, y6, y7
     y = tl.reduce(acc, 1, _w4_sum)
     if SPLIT > 1 and FIXED:
-        y, last = _w4_fixed_sum(y, xmax_all, SMAX, WS, rnc, mn, SPLIT, NB_PER)
-        if HAS_BIAS:
-            y = y + tl.load(B + rnc).to(tl.float32)
-        if ROUND_BF16:
-            y = _sf_round_bf16(y)
-        tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=last)
+        _w4_h2_out(y, xmax_all, SMAX, WS, B, Y, rn, rnc, mn, HAS_BIAS, SPLIT, NB_PER, ROUND_BF16)
     elif SPLIT > 1:
         tl.store(WS + pid_k * N + rn, y, mask=mn)
         tl.debug_barrier()
@@ -310,19 +320,11 @@ def w4_gemv_h2(X, P, S, Z, B, Y, WS, CNT, SMAX, N, K, NB, NB_PER: tl.constexpr,
             ks = tl.arange(0, SPLIT_P2)
             t = tl.load(WS + ks[:, None] * N + rnc[None, :], mask=(ks < SPLIT)[:, None] & mn[None, :],
                         other=0, cache_modifier=".cg")
-            y = tl.reduce(t, 0, _w4_sum)
-            if HAS_BIAS:
-                y = y + tl.load(B + rnc).to(tl.float32)
-            if ROUND_BF16:
-                y = _sf_round_bf16(y)
-            tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=mn)
+            _w4_h2_out(tl.reduce(t, 0, _w4_sum), 0.0, SMAX, WS, B, Y, rn, rnc, mn, HAS_BIAS, 1, NB_PER,
+                       ROUND_BF16)
             tl.atomic_xchg(CNT + pid_n, 0)
     else:
-        if HAS_BIAS:
-            y = y + tl.load(B + rnc).to(tl.float32)
-        if ROUND_BF16:
-            y = _sf_round_bf16(y)
-        tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=mn)
+        _w4_h2_out(y, 0.0, SMAX, WS, B, Y, rn, rnc, mn, HAS_BIAS, 1, NB_PER, ROUND_BF16)
 
 
 _W4_ASM_ROWS2 = tl.constexpr(%s)
@@ -336,20 +338,6 @@ def _w4_slot2(p0, p1, BN: tl.constexpr, J: tl.constexpr):
     g1 = tl.reduce(tl.reshape(p1, [BN, J // 4, 4]), 2, _w4_sum)
     sl = tl.arange(0, 4)[None, None, :]
     return tl.reshape(tl.where(sl == 0, g0[:, :, None], tl.where(sl == 1, g1[:, :, None], 0.0)), [BN, J])
-
-
-@triton.jit
-def _w4_h2r_out(y, xmax, SMAX, WS, B, Y, rn, rnc, mn, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                NB_PER: tl.constexpr, ROUND_BF16: tl.constexpr):
-    """One row's channel sums to y: through the fixed-point split-K sum, or directly."""
-    last = mn
-    if SPLIT > 1:
-        y, last = _w4_fixed_sum(y, xmax, SMAX, WS, rnc, mn, SPLIT, NB_PER)
-    if HAS_BIAS:
-        y = y + tl.load(B + rnc).to(tl.float32)
-    if ROUND_BF16:
-        y = _sf_round_bf16(y)
-    tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=last)
 
 
 @triton.jit
@@ -396,10 +384,10 @@ def w4_gemv_h2r(X, P, S, Z, B, Y, WS, SMAX, N, K, NB, NB_PER: tl.constexpr,
         c0, c1, c2, c3, c4, c5, c6, c7 = e0, e1, e2, e3, e4, e5, e6, e7
     yr = tl.reduce(tl.reshape(acc, [BN, J // 4, 4]), 1, _w4_sum)
     sl = tl.arange(0, 4)[None, :]
-    _w4_h2r_out(tl.reduce(tl.where(sl == 0, yr, 0.0), 1, _w4_sum), xm0, SMAX, WS, B, Y, rn, rnc, mn, HAS_BIAS, SPLIT,
-                NB_PER, ROUND_BF16)
-    _w4_h2r_out(tl.reduce(tl.where(sl == 1, yr, 0.0), 1, _w4_sum), xm1, SMAX, WS + N, B, Y + N, rn, rnc, mn, HAS_BIAS,
-                SPLIT, NB_PER, ROUND_BF16)
+    y0 = tl.reduce(tl.where(sl == 0, yr, 0.0), 1, _w4_sum)
+    y1 = tl.reduce(tl.where(sl == 1, yr, 0.0), 1, _w4_sum)
+    _w4_h2_out(y0, xm0, SMAX, WS, B, Y, rn, rnc, mn, HAS_BIAS, SPLIT, NB_PER, ROUND_BF16)
+    _w4_h2_out(y1, xm1, SMAX, WS + N, B, Y + N, rn, rnc, mn, HAS_BIAS, SPLIT, NB_PER, ROUND_BF16)
 ''' % (repr(_asm_word4()), repr(_asm_word4(True)), repr(_asm_word4_rows(2)))
 
 
