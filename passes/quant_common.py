@@ -71,7 +71,6 @@ class RangeStats:
         """Add ``x`` [..., C]; with ``mask`` (the graph's attention mask [batch, seq]) only
         the rows of real tokens count, where x's shape shows them (as in :func:`real_rows`)."""
         x = x.detach().to(torch.float64)
-        c = x.shape[-1]
         per, keep = _samples(x, mask)
         if per.shape[1] == 0:
             return

@@ -27,6 +27,7 @@ from ..ir.ops.quant import dequant_weight
 from ..runtime.interp import Interpreter
 from .calibrate import _as_inputs
 from .counters import bump, counting
+from .wq_settings import check_setting
 
 # (graph, node of that graph, setting, the original node whose calibration applies)
 QuantizeFn = Callable[[Graph, Node, Any, Node], Any]
@@ -45,9 +46,8 @@ def _options(base: Any, mixed: str) -> list[Any]:
         if f == "float":
             out.append("float")
         else:
-            from .quant_weights import _check_setting
             s = dc_replace(base, format=f)
-            _check_setting(s, "quant_weights: mixed")
+            check_setting(s, "quant_weights: mixed")
             out.append(s)
     if not out:
         raise ScalefoldError("quant_weights: mixed names no format to upgrade to")

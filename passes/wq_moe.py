@@ -32,9 +32,9 @@ from .calibrate import stats_for
 from .counters import bump
 from .wq_fp import FP4_FORMATS, fp4_codes, fp4_fake, fp8_codes, fp8_fake, search_clip
 from .wq_int import clip_search, int_quantize
+from .wq_settings import INT_BITS
 
 PASS = "quant_weights"
-INT_BITS = {"int3": 3, "int4": 4, "int8": 8}
 MATS = ("gate", "up", "down")
 
 
