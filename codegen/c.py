@@ -24,7 +24,7 @@ from ..ir.graph import Node, Value
 from ..ir.types import Dim, dims_equal
 from .c_expr import EXPR, compute_type
 from .c_quant import C_EXPR, c_node_ok
-from .c_types import PRELUDE, load, storage_type, store
+from .c_types import FAULT_FN, FAULT_HELPERS, PRELUDE, load, storage_type, store
 from .schedule import LIBRARY_OPS, ROW_OPS, VIEW_OPS, Caps, Kernel, Schedule, split_row
 
 # Ops without a generated C kernel, with the reason. They run their torch reference.
@@ -264,6 +264,8 @@ class _Emitter:
             body = self.render_row()
         head = ["void sf_kernel(void **restrict p, const int64_t *restrict q) {"]
         src = PRELUDE + "\n" + "\n".join(head + self.decls() + body + ["}"]) + "\n"
+        if any(h in text for text in body for h in FAULT_HELPERS):
+            src += FAULT_FN
         return src
 
     def render_elementwise(self) -> list[str]:

@@ -71,7 +71,9 @@ def _clip(a: Sequence[str], n: Node, ct: str) -> str:
 
 
 def _div(a: Sequence[str], n: Node, ct: str) -> str:
-    return f"({a[0]} / {a[1]})"  # C integer division truncates, as the reference does
+    if n.outputs[0].dtype.is_float:
+        return f"({a[0]} / {a[1]})"
+    return f"sf_idiv({a[0]}, {a[1]})"  # truncates, as the reference does; guards b = 0 and -1
 
 
 def _mod(a: Sequence[str], n: Node, ct: str) -> str:
@@ -80,7 +82,7 @@ def _mod(a: Sequence[str], n: Node, ct: str) -> str:
             return f"{_f('fmod', ct)}({a[0]}, {a[1]})"
         return f"sf_pymod_{ct}({a[0]}, {a[1]})"
     if n.attrs["fmod"]:
-        return f"({a[0]} % {a[1]})"
+        return f"sf_irem({a[0]}, {a[1]})"
     return f"sf_imod({a[0]}, {a[1]})"
 
 

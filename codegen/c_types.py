@@ -116,7 +116,20 @@ static inline float sf_min_float(float a, float b) { return (a != a || b != b) ?
 static inline double sf_min_double(double a, double b) { return (a != a || b != b) ? NAN : (b < a ? b : a); }
 static inline float sf_pymod_float(float a, float b) { float r = fmodf(a, b); return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r; }
 static inline double sf_pymod_double(double a, double b) { double r = fmod(a, b); return (r != 0.0 && ((r < 0.0) != (b < 0.0))) ? r + b : r; }
-static inline int64_t sf_imod(int64_t a, int64_t b) { int64_t r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
+/* Integer division and remainder (all integer types compute in int64 here). A zero divisor
+   sets sf_fault_flag, which the kernel's sf_fault() reports (the executor raises), instead of
+   the SIGFPE that kills the process; b = -1 never divides: MIN / -1 wraps and MIN % -1 is 0,
+   as torch gives, where the x86 division traps. */
+static int sf_fault_flag __attribute__((unused));
+static inline int64_t sf_idiv(int64_t a, int64_t b) {
+  if (b == 0) { __atomic_store_n(&sf_fault_flag, 1, __ATOMIC_RELAXED); return 0; }
+  return b == -1 ? (int64_t)(0ull - (uint64_t)a) : a / b;
+}
+static inline int64_t sf_irem(int64_t a, int64_t b) {
+  if (b == 0) { __atomic_store_n(&sf_fault_flag, 1, __ATOMIC_RELAXED); return 0; }
+  return b == -1 ? 0 : a % b;
+}
+static inline int64_t sf_imod(int64_t a, int64_t b) { int64_t r = sf_irem(a, b); return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
 /* Integer power wrapping mod 2^64 (unsigned: signed overflow is undefined); negative
    exponents give 1/a truncated toward zero, as the reference does: 1, +-1 for a = -1, else 0. */
 static inline int64_t sf_ipow(int64_t a, int64_t e) {
@@ -126,3 +139,9 @@ static inline int64_t sf_ipow(int64_t a, int64_t e) {
   return (int64_t)r;
 }
 """
+
+
+# Appended to a kernel that divides integers: reports (and clears) a zero divisor seen since the
+# last call; ``runtime/cache.load_kernel`` turns it into an error after each call.
+FAULT_FN = "int sf_fault(void) { return __atomic_exchange_n(&sf_fault_flag, 0, __ATOMIC_RELAXED); }\n"
+FAULT_HELPERS = ("sf_idiv(", "sf_irem(", "sf_imod(")

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import Any
 from functools import lru_cache
 from pathlib import Path
 
@@ -201,4 +202,14 @@ def load_kernel(path: Path, symbol: str = "sf_kernel"):
     fn = getattr(lib, symbol)
     fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64)]
     fn.restype = None
-    return fn
+    try:
+        fault = lib.sf_fault    # only kernels that divide integers export it
+    except AttributeError:
+        return fn
+    fault.argtypes, fault.restype = [], ctypes.c_int
+
+    def checked(p: Any, q: Any) -> None:
+        fn(p, q)
+        if fault():
+            raise ZeroDivisionError("integer division or remainder by zero")
+    return checked

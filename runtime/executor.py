@@ -193,20 +193,27 @@ class Executor:
                 ins = ins + [slot[id(v)] for v in epi.inputs if v is not node.outputs[0]]
             dst = slot[id(k.nodes[-1].outputs[0])]
 
+            last = k.nodes[-1]
+            want_lib = _shapes(last, env)
+
             def run_lib(vals: list) -> None:
                 xs = [vals[s] if s >= 0 else None for s in ins]
                 if writes_out:
                     xs = [x.contiguous() if x is not None else None for x in xs]
                 res = fn_lib(xs, vals[dst] if writes_out else None)
+                _check_shape(last, 0, res, want_lib)
                 vals[dst] = res if res.is_contiguous() else res.contiguous()
             return run_lib
+        want = _shapes(node, env)
         if node.op == "qlinear":
             fast = self._qlinear_fallback(node)
             if fast is not None:
                 dst_q = out_slots[0]
 
                 def run_q(vals: list) -> None:
-                    vals[dst_q] = fast([vals[s] if s >= 0 else None for s in ins], None)
+                    res = fast([vals[s] if s >= 0 else None for s in ins], None)
+                    _check_shape(node, 0, res, want)
+                    vals[dst_q] = res
                 return run_q
         ref = get_op(node.op).reference
         attrs = bind_dims(node.attrs, env)
@@ -229,7 +236,8 @@ class Executor:
                     res = ref([x.cpu() if x is not None else None for x in xs], attrs)
             res = list(res) if isinstance(res, (tuple, list)) else [res]
             bases = {x.untyped_storage().data_ptr() for x in xs if x is not None}
-            for s, t in zip(out_slots, res):
+            for i, (s, t) in enumerate(zip(out_slots, res)):
+                _check_shape(node, i, t, want)
                 if t.device != dev:   # generators (arange, full) make CPU tensors
                     t = t.to(dev)
                 # A reference may return a view of an input (expand / reshape to the same
@@ -288,10 +296,13 @@ class Executor:
                     raise err from e
             res = []
             arena = b.arena.untyped_storage().data_ptr()
+            given = _storages(inputs)
             for v in g.outputs:
                 t = vals[self._slot[id(v)]]
-                if v.is_const or t.untyped_storage().data_ptr() == arena:
-                    t = t.clone()  # never hand out the arena or a constant
+                if v.is_const or t.untyped_storage().data_ptr() in given | {arena}:
+                    # never hand out the arena, a constant or the caller's own input (an
+                    # output may be an input passed through: x.clone() became identity)
+                    t = t.clone()
                 elif not t.is_contiguous():
                     t = t.contiguous()
                 res.append(t.to(home))
@@ -351,15 +362,43 @@ class Executor:
                         if isinstance(d, sympy.Symbol) and d not in env:
                             env[d] = int(size)
         res = []
+        given = _storages(inputs)
         for v in g.outputs:
             t = vals[self._slot[id(v)]]
-            res.append(t.clone() if v.is_const else t.contiguous())
+            res.append(t.clone() if v.is_const or t.untyped_storage().data_ptr() in given else t.contiguous())
         return res
 
     def memory_report(self, env: Mapping[sympy.Symbol, int]) -> BufferPlan:
         """The buffer plan for one binding: arena bytes (peak of planned intermediates) and
         what one buffer per value would take."""
         return plan_buffers(self.schedule, env, exclude=self.graph.outputs)
+
+
+def _shapes(node: Node, env: Mapping[sympy.Symbol, int]) -> list[tuple[int, ...] | None]:
+    """The concrete shapes ``node``'s outputs must have under ``env`` (None: a dim bound only
+    by the data, nothing to check against)."""
+    out: list[tuple[int, ...] | None] = []
+    for o in node.outputs:
+        try:
+            out.append(o.type.concrete(dict(env)))
+        except ScalefoldError:
+            out.append(None)
+    return out
+
+
+def _check_shape(node: Node, i: int, t: torch.Tensor, want: Sequence[tuple[int, ...] | None]) -> None:
+    """A reference or library result must have its declared shape before generated kernels
+    read it by that shape (a symbol bound to 0 under a shape simplified for positive sizes
+    read past the end of a smaller result)."""
+    w = want[i] if i < len(want) else None
+    if w is not None and tuple(t.shape) != w:
+        raise ExecutionError(f"node {node.describe()}: produced shape {tuple(t.shape)}, declared "
+                             f"{node.outputs[i].type} = {w}")
+
+
+def _storages(xs: Sequence[Any]) -> set[int]:
+    """The storage addresses of the tensors among ``xs``."""
+    return {x.untyped_storage().data_ptr() for x in xs if isinstance(x, torch.Tensor) and x.numel()}
 
 
 def _failed(k: Kernel, e: Exception) -> Exception:

@@ -144,7 +144,13 @@ class Interpreter:
                 vals[id(o)] = t
             for v in self._free_after[step]:
                 vals.pop(id(v), None)
-        return [fetch(v) for v in g.outputs]  # type: ignore[misc]
+        # the caller gets fresh tensors: never a graph constant or its own input passed
+        # through (x.clone() becomes identity), which writing to the output would change
+        given = {x.untyped_storage().data_ptr() for x in inputs if isinstance(x, torch.Tensor) and x.numel()}
+        outs_ = [fetch(v) for v in g.outputs]
+        return [t.clone() if isinstance(t, torch.Tensor) and (v.is_const or (
+                    t.numel() and t.untyped_storage().data_ptr() in given)) else t
+                for v, t in zip(g.outputs, outs_)]  # type: ignore[misc]
 
 
 def _check_result(node: Node, v: Value, t: torch.Tensor, env: Mapping[sympy.Symbol, int]) -> None:

@@ -193,11 +193,22 @@ def _binary(name: str, cls: str, fn: Callable[[Tensor, Tensor, Attrs], Tensor], 
 def _div(x: Tensor, y: Tensor, a: Attrs) -> Tensor:
     if x.is_floating_point():
         return x / y
-    return torch.div(x, y, rounding_mode="trunc")  # ONNX / C: integer quotient rounds to zero
+    # ONNX / C: the integer quotient rounds to zero. A divisor of -1 negates (MIN / -1 wraps
+    # to MIN) without dividing: torch's CPU division traps there and kills the process.
+    if not x.dtype.is_signed:
+        return torch.div(x, y, rounding_mode="trunc")
+    m1 = y == -1
+    q = torch.div(x, torch.where(m1, torch.ones_like(y), y), rounding_mode="trunc")
+    return torch.where(m1, -x, q) if bool(m1.any()) else q
 
 
 def _mod(x: Tensor, y: Tensor, a: Attrs) -> Tensor:
-    return torch.fmod(x, y) if a["fmod"] else torch.remainder(x, y)
+    if x.is_floating_point() or not x.dtype.is_signed or not bool((y == -1).any()):
+        return torch.fmod(x, y) if a["fmod"] else torch.remainder(x, y)
+    m1 = y == -1           # MIN % -1 is 0 (the machine division would trap)
+    y1 = torch.where(m1, torch.ones_like(y), y)
+    r = torch.fmod(x, y1) if a["fmod"] else torch.remainder(x, y1)
+    return torch.where(m1, torch.zeros_like(r), r)
 
 
 _binary("add", "num", lambda x, y, a: x + y, "add(a, b) = a + b; integers wrap.")
