@@ -14,7 +14,7 @@ from .aten_table import Ctx, Handler, result_dtype, aten, operands
 
 _UNARY = {"abs": "abs", "neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt",
           "sin": "sin", "cos": "cos", "tanh": "tanh", "sigmoid": "sigmoid", "erf": "erf",
-          "relu": "relu", "silu": "silu", "floor": "floor", "ceil": "ceil", "sign": "sign",
+          "relu": "relu", "silu": "silu", "floor": "floor", "ceil": "ceil",
           "reciprocal": "reciprocal", "logical_not": "logical_not", "isnan": "isnan",
           "isinf": "isinf", "hardswish": "hardswish", "mish": "mish", "round": "round"}
 
@@ -32,6 +32,16 @@ def _unary(ir_op: str) -> Handler:
 
 for _name, _ir in _UNARY.items():
     aten(f"{_name}.default")(_unary(_ir))
+
+
+@aten("sign.default")
+def _sign(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    # torch's sign of NaN is 0; the IR's (ONNX Sign) keeps NaN
+    x = ctx.t(a["self"])
+    y = ctx.emit("sign", [x])
+    if not x.dtype.is_float:
+        return y
+    return ctx.emit("where", [ctx.emit("isnan", [x]), ctx.scalar(0.0, x.dtype), y])
 
 
 @aten("bitwise_not.default")

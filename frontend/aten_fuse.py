@@ -67,7 +67,7 @@ def _fuse_reshape_linear(g: Graph) -> None:
             continue
         if not _same(r2.output.shape, tuple(x.shape[:-1]) + (w.shape[0],)):
             continue
-        new = g.create_node("linear", [x, w, lin.inputs[2]], name=lin.name)
+        new = g.create_node("linear", [x, *lin.inputs[1:]], name=lin.name)   # bias or none
         g.insert_before(r2, new)
         g.replace_all_uses(r2.output, new.output)
         g.remove(r2)

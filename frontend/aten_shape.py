@@ -111,6 +111,12 @@ def _slice(ctx: Ctx, n: fx.Node, a: dict) -> Value:
         # read the rows start..end through an explicit index instead, which has length end-start.
         idx = ctx.emit("arange", [], start=start, end=end, step=step, dtype="i64")
         return ctx.emit("gather", [x, idx], axis=axis)
+    if not dims_equal(got, want) and step > 0 and not isinstance(size, int):
+        # x[:, :3], x[:, -3:], x[:, ::2] on a Dim with bounds: torch's length (3, not Min(3, S))
+        # holds for every size the export allows; read exactly those rows
+        first = start + size if isinstance(start, int) and start < 0 else start
+        idx = ctx.emit("arange", [], start=first, end=first + want * step, step=step, dtype="i64")
+        return ctx.emit("gather", [x, idx], axis=axis)
     return ctx.emit("slice", [x], **attrs)
 
 
@@ -121,6 +127,10 @@ def _select(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     i = ctx.dim(a["index"])
     if isinstance(i, int) and i < 0 and isinstance(x.shape[axis], int):
         i += x.shape[axis]
+    if not isinstance(x.shape[axis], int):
+        # a slice of one row of a symbolic dim has length Max(0, Min(i+1, S) - Min(i, S)),
+        # which no squeeze accepts; a gather at a 0-d index (negative: from the end) drops the axis
+        return ctx.emit("gather", [x, ctx.scalar(i, dt.i64)], axis=axis)
     end = _END if isinstance(i, int) and i == -1 else i + 1
     s = ctx.emit("slice", [x], starts=(i,), ends=(end,), axes=(axis,), steps=(1,))
     return ctx.emit("squeeze", [s], axes=(axis,))

@@ -148,6 +148,12 @@ class Ctx:
         """A 0-d tensor holding the scalar ``x`` (python number or symbolic dim) as ``dtype``."""
         if isinstance(x, Value):
             return self.cast(x, dtype)
+        if isinstance(x, sympy.Basic) and x.free_symbols and x.is_integer is not True:
+            # a float expression of dims (x.shape[0] / 2, d ** 0.5): arange only makes integers
+            key = (x, dtype.name)
+            if key not in self._dim_values:
+                self._dim_values[key] = self.cast(self._float_expr(x), dtype)
+            return self._dim_values[key]
         if isinstance(x, sympy.Basic) and x.free_symbols:
             key = (x, dtype.name)
             if key not in self._dim_values:
@@ -159,6 +165,31 @@ class Ctx:
             x = int(x) if x.is_Integer else float(x)
         t = torch.tensor(x, dtype=torch.float64 if isinstance(x, float) else None)
         return self.const(dt.to_container(t, dtype), dtype)
+
+    def _float_expr(self, x: sympy.Expr) -> Value:
+        """A 0-d f64 Value computing the symbolic expression ``x`` at run time from its integer
+        parts (sums, products and powers of them)."""
+        if x.is_Number or not x.free_symbols:
+            return self.scalar(float(x), dt.f64)
+        if x.is_integer:
+            return self.scalar(x, dt.f64)
+        if x.is_Add or x.is_Mul:
+            parts = [self._float_expr(a) for a in x.args]
+            out = parts[0]
+            for p in parts[1:]:
+                out = self.emit("add" if x.is_Add else "mul", [out, p])
+            return out
+        if x.is_Pow:
+            return self.emit("pow", [self._float_expr(x.args[0]), self._float_expr(x.args[1])])
+        # torch's own sympy functions for python-float arithmetic on SymInts
+        fn = type(x).__name__
+        if fn in ("ToFloat", "Identity") and len(x.args) == 1:
+            return self._float_expr(x.args[0])
+        if fn in ("FloatPow", "PowByNatural") and len(x.args) == 2:
+            return self.emit("pow", [self._float_expr(x.args[0]), self._float_expr(x.args[1])])
+        if fn in ("FloatTrueDiv", "IntTrueDiv") and len(x.args) == 2:
+            return self.emit("div", [self._float_expr(x.args[0]), self._float_expr(x.args[1])])
+        raise FrontendError(f"{self.node_name}: the expression {x} of dynamic dims has no IR form")
 
     def cast(self, v: Value, dtype: dt.DType) -> Value:
         if v.dtype is dtype:

@@ -41,7 +41,7 @@ _SHARED_GATE_NAMES = ("shared_expert_gate",)
 _MLP_NAMES = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))
 # silu first: the common case wins a tie (a probe where the activation does not matter).
 _ACT_ORDER = ("silu",) + tuple(a for a in ACTIVATIONS if a != "silu")
-_PROBE_TOKENS = (2, 5)
+_PROBE_TOKENS = (4, 16)   # 64 tokens: routing quirks that move few tokens still show
 
 
 @dataclass
@@ -211,6 +211,20 @@ def _candidate(block: nn.Module) -> MoeBlock | None:
     return cand
 
 
+def _unclaimed(block: nn.Module, cand: MoeBlock) -> str | None:
+    """The name of a non-zero parameter or buffer of ``block`` that ``cand`` does not use (the
+    router's weight and bias, the experts, the shared expert and its gate), or None. All-zero
+    ones change nothing (a zero selection bias picks the same experts) and are let through."""
+    owned = tuple(f"{n}." for n in ("experts", cand.shared_name, cand.shared_gate_name) if n)
+    router = {f"{cand.router_name}.weight", f"{cand.router_name}.bias"}
+    for name, t in itertools.chain(block.named_parameters(), block.named_buffers()):
+        if name in router or name.startswith(owned) or not isinstance(t, torch.Tensor):
+            continue
+        if t.numel() and bool(torch.any(t != 0)):
+            return name
+    return None
+
+
 # ---- numerical check --------------------------------------------------------------------------
 
 
@@ -261,6 +275,14 @@ def recognise(block: nn.Module) -> MoeBlock | None:
         # The stand-in could not fire them (output recorders, user hooks): keep the block.
         warnings.warn(f"{type(block).__name__}: MoE block has forward hooks; traced op by op",
                       stacklevel=3)
+        return None
+    extra = _unclaimed(block, cand)
+    if extra is not None:
+        # e.g. DeepSeek-V3 / GLM-4-MoE's e_score_correction_bias, which moves the top-k choice
+        # but not the weights: the IR moe has no such input, and a probe of a few tokens can
+        # miss what it changes (a small one moved none of 10 probe tokens and 2% of the output)
+        warnings.warn(f"{type(block).__name__}: MoE block holds {extra!r}, which the IR moe op does "
+                      f"not represent; traced op by op", stacklevel=3)
         return None
     try:
         ok = _fit(block, cand)

@@ -302,6 +302,9 @@ def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str
             continue
         v = ctx.env.get(a) if isinstance(a, fx.Node) else a
         if not isinstance(v, Value):
+            if not isinstance(v, (bool, int, float)):
+                raise FrontendError(f"output #{len(outs)} of the model is {v!r}, not a tensor or a "
+                                    f"number; return only tensors (e.g. drop attention weights that are None)")
             v = ctx.scalar(v, dt.from_torch(torch.tensor(v).dtype))
         outs.append(v)
     g.set_outputs(outs, _output_names(ep, len(outs)))

@@ -53,6 +53,8 @@ def _post_op(epi: Node | None) -> tuple[str, list, str] | None:
 def _linear(node: Node, epi: Node | None) -> LibFn | None:
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     n_in = len(node.inputs)  # an omitted bias still holds its (None) place in xs
+    if node.inputs[1] is not None and node.inputs[1].shape[-1] == 0:
+        return None   # K = 0: oneDNN builds no primitive for it; the reference gives the bias
     if _onednn_linear():
         lin = torch.ops.mkldnn._linear_pointwise
         if epi is not None and epi.op == "add":

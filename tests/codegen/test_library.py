@@ -61,3 +61,15 @@ def test_sdpa_with_fully_masked_rows_gives_zeros() -> None:
     y = cm(xq, mask)
     assert torch.equal(y[0, :, 2], torch.zeros(2, 8))
     assert_close(y, run(g, xq, mask)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", ["relu", "add"])
+def test_linear_with_zero_input_features(act: str) -> None:
+    # K = 0 with an epilogue went to oneDNN, which builds no primitive for it
+    g = Graph("lin0")
+    x = g.add_input("f32[3,0]", "x")
+    r = g.add_input("f32[3,6]", "r")
+    y = g.add("linear", [x, g.add_const(torch.zeros(6, 0)), g.add_const(torch.randn(6))])
+    g.set_outputs([g.add("add", [r, y]) if act == "add" else g.add(act, [y])])
+    xs = (torch.randn(3, 0), torch.randn(3, 6))
+    assert torch.equal(build_c(g)(*xs), run(g, *xs)[0])

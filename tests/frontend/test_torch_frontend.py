@@ -338,3 +338,84 @@ def test_exported_program_input() -> None:
     for b in (1, 3):
         x, ids = torch.randn(b, 5, 16), torch.randint(0, 9, (b, 5))
         assert_close(run(g, x, ids)[0], m(x, ids))
+
+
+# ---- from the frontend bug hunt ------------------------------------------------------------------
+
+
+class _Fn(nn.Module):
+    def __init__(self, f: Any) -> None:
+        super().__init__()
+        self.f = f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f(x) * 2
+
+
+@pytest.mark.parametrize("name,f", [
+    (":3", lambda x: x[:, :3]), ("-3:", lambda x: x[:, -3:]), ("::2", lambda x: x[:, ::2]),
+    ("2", lambda x: x[:, 2]), ("-2", lambda x: x[:, -2])])
+def test_int_slices_and_selects_of_a_bounded_dim(name: str, f: Any) -> None:
+    # With Dim("S", min=4) torch knows x[:, :3] has 3 columns; the IR's Min(3, S) did not
+    # match, and a select's one-row slice of S could not be squeezed: all were FrontendErrors
+    m = _Fn(f)
+    g = from_torch(m, (torch.randn(2, 8),), dynamic_shapes=({1: Dim("S", min=4)},))
+    verify(g)
+    for s in (4, 5, 9):
+        x = torch.randn(2, s)
+        assert torch.equal(run(g, x)[0], m(x)), (name, s)
+
+
+@pytest.mark.parametrize("f", [lambda x: x * (x.shape[0] / 2), lambda x: x * x.shape[0] ** 0.5,
+                               lambda x: x / (x.shape[0] * 3 + 1.5)])
+def test_float_expressions_of_a_dynamic_dim(f: Any) -> None:
+    # a python-float expression of a dim (SymFloat) became an integer arange: B = 7 gave 7/2
+    # "not bound to an integer" at run time, and ** 0.5 failed at every size
+    m = _Fn(f)
+    g = from_torch(m, (torch.randn(4, 8),), dynamic_shapes=({0: Dim("B")},))
+    for b in (4, 7, 1):
+        x = torch.randn(b, 8)
+        assert_close(run(g, x)[0], m(x), what=f"B={b}")
+
+
+def test_reshape_matmul_without_bias_fuses() -> None:
+    # the reshape / linear / reshape fusion read a third (bias) input that a bias-free mm
+    # (and every bias-free nn.Linear of a run_decompositions() program) does not have
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(16, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, s, k = x.shape
+            return (x.reshape(b * s, k) @ self.w).reshape(b, s, 8)
+
+    x = torch.randn(2, 5, 16)
+    g = _import_and_check(M(), x)
+    assert _ops(g)["linear"] == 1 and "reshape" not in _ops(g)
+    lin = nn.Sequential(nn.Linear(16, 8, bias=False))
+    g = from_torch(torch.export.export(lin, (x,)).run_decompositions(), (x,))
+    assert_close(run(g, x)[0], lin(x))
+
+
+def test_none_output_is_a_frontend_error_naming_it() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor) -> tuple:
+            return self.lin(x), None
+
+    with pytest.raises(FrontendError, match="output #1 of the model is None"):
+        from_torch(M(), (torch.randn(3, 16),))
+
+
+def test_sign_of_nan_is_zero_as_in_torch() -> None:
+    class M(nn.Module):
+        def forward(self, x: torch.Tensor, k: torch.Tensor) -> tuple:
+            return torch.sign(x), torch.sign(k)
+
+    x = torch.tensor([float("nan"), -2.0, -0.0, 0.0, 3.0, float("inf")])
+    _import_and_check(M(), x, torch.tensor([-3, 0, 5]))
+

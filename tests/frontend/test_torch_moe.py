@@ -250,3 +250,22 @@ def test_disabled() -> None:
     m = T.MixtralModel(cfg).eval()
     ops = _ops(from_torch(m, (_ids(),), moe_blocks=False))
     assert "moe" not in ops and ops["topk"] == 1
+
+
+def test_selection_only_router_bias_is_not_dropped() -> None:
+    # GLM-4-MoE / DeepSeek-V3 routers add e_score_correction_bias to the scores for the top-k
+    # choice only. The IR moe has no such input: a small non-zero bias moved none of the old
+    # 10-token probe's choices, and the block became a moe that ignored it (2% off).
+    cfg = T.Glm4MoeConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=64, intermediate_size=64,
+                          moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2,
+                          first_k_dense_replace=0, n_shared_experts=1, n_group=1, topk_group=1)
+    torch.manual_seed(0)
+    block = T.Glm4MoeModel(cfg).eval().layers[0].mlp
+    cand = recognise(block)                    # a zero bias selects the same experts: kept
+    assert cand is not None
+    x = torch.randn(3, 7, 32)
+    assert_close(cand(x), block(x), rtol=1e-4, rel_to_scale=True, what="zero selection bias")
+    block.gate.e_score_correction_bias.copy_(torch.randn(8) * 0.002)
+    with pytest.warns(UserWarning, match="e_score_correction_bias"):
+        assert recognise(block) is None
