@@ -17,7 +17,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import networkx as nx
 import onnx
@@ -252,6 +252,37 @@ def _legacy_hardmax(proto: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every graph nested in its nodes' attributes (If / Loop / Scan bodies)."""
+    yield graph
+    for n in graph.node:
+        for at in n.attribute:
+            if at.type == onnx.AttributeProto.GRAPH:
+                yield from _subgraphs(at.g)
+            for sub in at.graphs:
+                yield from _subgraphs(sub)
+
+
+def _legacy_resizes(proto: onnx.ModelProto) -> set[str]:
+    """The outputs of Upsample and Resize-10 nodes of an opset < 11 model: their coordinates
+    are asymmetric and nearest rounds down, which onnx's version converter does not write into
+    the Resize-11+ it makes of them (so the default half_pixel would apply)."""
+    return {n.output[0] for g in _subgraphs(proto.graph) for n in g.node
+            if n.op_type in ("Upsample", "Resize") and n.domain in ("", "ai.onnx") and n.output}
+
+
+def _mark_legacy_resizes(proto: onnx.ModelProto, outputs: set[str]) -> None:
+    """Write the legacy coordinate rules into the upgraded Resize nodes that produce ``outputs``."""
+    for g in _subgraphs(proto.graph):
+        for n in g.node:
+            if n.op_type != "Resize" or not n.output or n.output[0] not in outputs:
+                continue
+            keep = [at for at in n.attribute if at.name not in ("coordinate_transformation_mode", "nearest_mode")]
+            del n.attribute[:]
+            n.attribute.extend(keep + [onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
+                                       onnx.helper.make_attribute("nearest_mode", "floor")])
+
+
 def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
               input_values: Mapping[str, torch.Tensor] | None = None,
               name: str | None = None) -> Graph:
@@ -271,6 +302,7 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
         raise FrontendError(f"{where}: opset {opset} is newer than the newest this onnx package "
                             f"({onnx.__version__}) knows, {newest}")
     if opset < MIN_OPSET:
+        legacy = _legacy_resizes(proto) if opset < 11 else set()
         try:
             if opset < 11:
                 # the rewrite's Reshape takes its shape as an input (opset >= 5)
@@ -279,6 +311,8 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
         except Exception as e:
             raise FrontendError(f"{where}: opset {opset} is older than {MIN_OPSET} and could not "
                                 f"be upgraded: {str(e).splitlines()[0] if str(e) else e}") from None
+        if legacy:
+            _mark_legacy_resizes(proto, legacy)
         opsets = _opsets(proto)
         opset = opsets.get("", MIN_OPSET)
     gp = proto.graph

@@ -7,6 +7,7 @@ Concat, Squeeze, Unsqueeze and Reshape record the result as dims instead of emit
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import onnx
@@ -312,12 +313,22 @@ def _wrap_pad(ctx: Ctx, x: Value, pads: list[Dim]) -> Value:
 def _range(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     cs = [ctx.const(i) for i in range(3)]
     if all(c is not None for c in cs):
-        t = torch.arange(cs[0].item(), cs[1].item(), cs[2].item(), dtype=cs[0].dtype)
+        start, limit, delta = (c.reshape(-1)[0].item() for c in cs)
+        if delta == 0:
+            raise FrontendError(f"{ctx.where()}: Range with delta 0")
+        # ONNX: max(ceil((limit - start) / delta), 0) elements; torch.arange refuses a limit
+        # on the wrong side of start instead of giving none
+        if math.ceil((limit - start) / delta) <= 0:
+            t = torch.zeros(0, dtype=cs[0].dtype)
+        else:
+            t = torch.arange(start, limit, delta, dtype=cs[0].dtype)
         return [ctx.graph.add_const(t, dt.from_torch(cs[0].dtype), node.output[0])]
     infos = [sc.input_dims(ctx, i) for i in range(3)]
     if any(i is None or len(i.vals) != 1 for i in infos) or not isinstance(infos[2].vals[0], int):
         raise FrontendError(f"{ctx.where()}: Range needs start/limit known at compile time and "
                             f"a constant integer delta")
+    if infos[2].vals[0] == 0:
+        raise FrontendError(f"{ctx.where()}: Range with delta 0")
     d = infos[0].dtype
     return [ctx.add("arange", [], {"start": infos[0].vals[0], "end": infos[1].vals[0],
                                    "step": infos[2].vals[0], "dtype": d.name})]

@@ -65,6 +65,19 @@ def test_resize_tf_crop_and_upsample() -> None:
     assert got[0].shape == (1, 1, 10, 15)
 
 
+@pytest.mark.parametrize("op,opset", [("Upsample", 9), ("Resize", 10)])
+@pytest.mark.parametrize("mode,scales", [("linear", [1, 1, 2, 1.5]), ("nearest", [1, 1, 1.7, 2.5])])
+def test_legacy_upsample_and_resize10_keep_their_coordinates(op: str, opset: int, mode: str,
+                                                             scales: list[float]) -> None:
+    # onnx's version converter makes them Resize-13 without coordinate_transformation_mode,
+    # so half_pixel applied: linear rows were [0, .5, 1.17, 1.83] where onnxruntime has
+    # [0, .67, 1.33, 2]
+    x = RNG.standard_normal((1, 2, 4, 5)).astype(np.float32)
+    m = build(op, {"x": x}, {"mode": mode}, opset=opset, inits={"s": np.array(scales, np.float32)})
+    m.ir_version = 5
+    compare(m, {"x": x})
+
+
 def test_resize_symbolic_batch_and_live_scales() -> None:
     x = RNG.standard_normal((3, 2, 4, 4)).astype(np.float32)
     m = build("Resize", {"x": x}, {"mode": "linear"}, inits={"sizes": np.array([8, 8], np.int64)},

@@ -290,6 +290,25 @@ def test_range_constant_of_shape_trilu_eyelike() -> None:
     assert torch.equal(e, torch.from_numpy(np.eye(3, 4, k=1)))
 
 
+@pytest.mark.parametrize("start,limit,delta", [(1.0, 0.0, 1.0), (1, 0, 1), (0, 5, -2), (3, 3, 1)])
+def test_range_with_no_elements_is_empty(start, limit, delta) -> None:
+    # torch.arange refuses a limit on the wrong side of start (a bare RuntimeError); ONNX gives
+    # max(ceil((limit - start) / delta), 0) elements
+    ty = np.float32 if isinstance(start, float) else np.int64
+    m = model([helper.make_node("Range", ["a", "b", "d"], ["r"])], [],
+              [("r", F if ty is np.float32 else I64, None)],
+              [("a", np.array(start, ty)), ("b", np.array(limit, ty)), ("d", np.array(delta, ty))])
+    r = run(from_onnx(m))[0]
+    assert r.shape == (0,) and r.dtype == torch.from_numpy(np.zeros(0, ty)).dtype
+
+
+def test_range_with_delta_zero_is_a_frontend_error() -> None:
+    m = model([helper.make_node("Range", ["a", "b", "d"], ["r"])], [], [("r", I64, None)],
+              [("a", np.array(0)), ("b", np.array(4)), ("d", np.array(0))])
+    with pytest.raises(FrontendError, match="Range with delta 0"):
+        from_onnx(m)
+
+
 def test_unknown_shape_input_is_reported() -> None:
     m = model([helper.make_node("Reshape", ["x", "t"], ["y"])],
               [("x", F, [2, 3]), ("t", I64, [2])], [("y", F, None)])
