@@ -135,7 +135,10 @@ def build_model(graph: Graph, opset: int, nbits_accuracy: int = 0) -> onnx.Model
     for nm in in_names + out_names:
         if not nm:
             raise ExportError(f"ONNX export: graph @{graph.name} has an empty input/output name")
-    if len(set(in_names)) != len(in_names) or len(set(out_names)) != len(out_names):
+    # an output may be listed twice under one name (ONNX allows it), not two values under one
+    named = {nm: v for v, nm in zip(graph.outputs, out_names)}
+    if len(set(in_names)) != len(in_names) or \
+            any(named[nm] is not v for v, nm in zip(graph.outputs, out_names)):
         raise ExportError(f"ONNX export: graph @{graph.name} repeats an input or output name")
     for i, nm in enumerate(out_names):
         if nm in in_names and graph.outputs[i] is not graph.inputs[in_names.index(nm)]:

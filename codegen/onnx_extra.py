@@ -19,7 +19,7 @@ from ..ir.graph import Node
 from ..ir.ops.common import norm_axis
 from .onnx_build import Emitter, onnx_type, to_numpy
 from .onnx_nn import _window_attrs
-from .onnx_ops import _UNARY, _elementwise, compute_dtype, inp, render
+from .onnx_ops import _UNARY, _elementwise, compute_dtype, inp, render, where
 
 _TRIG = {"acos": "Acos", "acosh": "Acosh", "asin": "Asin", "asinh": "Asinh", "atan": "Atan",
          "atanh": "Atanh", "cosh": "Cosh", "sinh": "Sinh", "tan": "Tan"}
@@ -38,7 +38,7 @@ def _bitshift(cx: Emitter, node: Node) -> list[str]:
     direction = "RIGHT" if right else "LEFT"
     out = cx.op("Or", [cx.op("Less", [y, cx.scalar(0, d)]), cx.op("GreaterOrEqual", [y, cx.scalar(bits, d)])])
     fill = bits - 1 if right and d.is_signed else 0      # a width-1 right shift is the sign fill
-    yc = cx.op("Where", [out, cx.scalar(fill, d), y])
+    yc = where(cx, out, cx.scalar(fill, d), y, d)
 
     def shift(v: str) -> str:
         if not d.is_signed:
@@ -52,9 +52,9 @@ def _bitshift(cx: Emitter, node: Node) -> list[str]:
 
     if right and d.is_signed:
         neg = cx.op("Less", [x, cx.scalar(0, d)])
-        r = shift(cx.op("Where", [neg, bit_not(x), x]))
-        return [cx.op("Where", [neg, bit_not(r), r])]
-    return [cx.op("Where", [out, cx.scalar(0, d), shift(x)])]
+        r = shift(where(cx, neg, bit_not(x), x, d))
+        return [where(cx, neg, bit_not(r), r, d)]
+    return [where(cx, out, cx.scalar(0, d), shift(x), d)]
 
 
 def _ones_like_slice(cx: Emitter, y: str, ax: int, k: int, d: dt.DType) -> str:

@@ -73,10 +73,28 @@ def _pool(cx: Emitter, node: Node) -> list[str]:
     n = node.inputs[0].type.rank - 2
     attrs = _window_attrs(node, n, True)
     a = node.attrs
+    ceil = int(a["ceil_mode"]) and not _floor_suffices(node, n, attrs)
     if node.op == "max_pool":
-        return [cx.op("MaxPool", [inp(cx, node, 0)], ceil_mode=int(a["ceil_mode"]), **attrs)]
-    return [cx.op("AveragePool", [inp(cx, node, 0)], ceil_mode=int(a["ceil_mode"]),
+        return [cx.op("MaxPool", [inp(cx, node, 0)], ceil_mode=ceil, **attrs)]
+    return [cx.op("AveragePool", [inp(cx, node, 0)], ceil_mode=ceil,
                   count_include_pad=int(a["count_include_pad"]), **attrs)]
+
+
+def _floor_suffices(node: Node, n: int, attrs: dict) -> bool:
+    """Whether a ceil_mode pool's output is what floor mode gives. The IR (as torch and
+    onnxruntime) drops a last window that would start in the end padding; onnx's shape
+    inference keeps it and rejects the file. When every spatial size is the floor count the
+    windows are the same in either mode, so floor mode says it exactly."""
+    x, y = node.inputs[0].shape, node.outputs[0].shape
+    dil = attrs.get("dilations", [1] * n)
+    for i in range(n):
+        size, out = x[2 + i], y[2 + i]
+        if not isinstance(size, int) or not isinstance(out, int):
+            return False
+        span = (attrs["kernel_shape"][i] - 1) * dil[i] + 1
+        if (size + attrs["pads"][i] + attrs["pads"][n + i] - span) // attrs["strides"][i] + 1 != out:
+            return False
+    return True
 
 
 @render("global_avg_pool", "global_max_pool")

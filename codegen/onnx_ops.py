@@ -62,6 +62,14 @@ _BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow",
            "ge": "GreaterOrEqual", "logical_and": "And", "logical_or": "Or", "logical_xor": "Xor",
            "bitwise_and": "BitwiseAnd", "bitwise_or": "BitwiseOr", "bitwise_xor": "BitwiseXor"}
 _LIFT = ("bf16", "f8e4m3", "f8e5m2")
+# (op, dtype) pairs that ONNX forbids (Pow / Neg / Relu on small unsigned or int8 / int16,
+# comparisons of bools) or onnxruntime has no kernel for (Max / Min / Relu / Where on int16,
+# Where on bool): computed in a wider type that holds every value, then cast back (integer
+# results wrap as the IR's do). Measured on onnxruntime 1.32.
+_VIA = {"maximum": {"i16": "i32"}, "minimum": {"i16": "i32"}, "relu": {"i16": "i32", "i8": "i32"},
+        "neg": {"u8": "i32"}, "pow": {"i8": "i32", "i16": "i32", "u8": "i32"},
+        "where": {"bool": "u8", "i16": "i32", "bf16": "f32"},
+        **{c: {"bool": "u8"} for c in ("lt", "le", "gt", "ge")}}
 
 
 def gelu(cx: Emitter, x: str, d: dt.DType, approximate: str) -> str:
@@ -150,6 +158,15 @@ def _clip(cx: Emitter, node: Node, x: str, d: dt.DType) -> str:
 def _elementwise(cx: Emitter, node: Node) -> list[str]:
     d = node.inputs[0].dtype
     xs = [inp(cx, node, i) for i in range(len(node.inputs))]
+    if node.op == "relu" and not d.is_float and not d.is_signed:
+        return [cx.op("Identity", xs)]                  # unsigned: nothing below zero
+    if node.op == "relu" and d is dt.i64:               # no int64 Relu kernel; Max has one
+        return [cx.op("Max", [xs[0], cx.scalar(0, d)])]
+    via = _VIA.get(node.op, {}).get(d.name)
+    if via is not None:
+        body = _elementwise_body(cx, node, [cx.cast(x, d, via) for x in xs], dt.get(via))
+        out = node.outputs[0].dtype
+        return [cx.cast(body, via, out) if out is d else body]
     if d.name in _LIFT and node.op not in ("identity",):
         body = _elementwise_body(cx, node, [cx.cast(x, d, dt.f32) for x in xs], dt.f32)
         out = node.outputs[0].dtype
@@ -162,7 +179,16 @@ def _elementwise(cx: Emitter, node: Node) -> list[str]:
 
 @render("where")
 def _where(cx: Emitter, node: Node) -> list[str]:
-    return [cx.op("Where", [inp(cx, node, i) for i in range(3)])]
+    return [where(cx, *(inp(cx, node, i) for i in range(3)), node.outputs[0].dtype)]
+
+
+def where(cx: Emitter, c: str, a: str, b: str, d: dt.DType) -> str:
+    """Where(c, a, b) on values of dtype ``d``, through a wider type where onnxruntime has no
+    Where kernel for ``d``."""
+    via = _VIA["where"].get(d.name)
+    if via is None:
+        return cx.op("Where", [c, a, b])
+    return cx.cast(cx.op("Where", [c, cx.cast(a, d, via), cx.cast(b, d, via)]), via, d)
 
 
 @render("cast")

@@ -1,6 +1,7 @@
 """Tensor types whose dimensions are ints or sympy expressions over named symbols."""
 from __future__ import annotations
 
+import keyword
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +17,12 @@ Dim = Union[int, sympy.Expr]
 
 @lru_cache(maxsize=None)
 def sym(name: str) -> sympy.Symbol:
-    """The dimension symbol called ``name``; dimension symbols are positive integers."""
+    """The dimension symbol called ``name``; dimension symbols are positive integers. A name
+    the IR text could not read back as a symbol (a Python keyword, None / True / False, or a
+    function of dimension expressions: Max, floor, ...) gets a trailing underscore, so that
+    ONNX dim_params like "None" or "in" still print and parse (and saved artifacts load)."""
+    if keyword.iskeyword(name) or name in ("None", "True", "False") or name in _FUNC_NAMES:
+        name += "_"
     return sympy.Symbol(name, integer=True, positive=True)
 
 
@@ -44,6 +50,7 @@ def canon_dim(d: Dim | str) -> Dim:
 
 _FUNCS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "ceil": sympy.ceiling,
           "Max": sympy.Max, "Min": sympy.Min, "Mod": sympy.Mod}
+_FUNC_NAMES = frozenset(_FUNCS)
 
 
 def parse_dim(text: str) -> Dim:

@@ -30,6 +30,8 @@ the sha256 of that graph's canonical text: :meth:`Stats.load` rejects stats of a
 """
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import json
 import os
@@ -453,7 +455,9 @@ def stats_for(graph: Graph, calibration: Any, values: Sequence[Value], gram: boo
     """What a calibrating pass does with its ``calibration=`` option: a :class:`Stats` (bound
     to ``graph``, checked), a path to saved stats, or batches to run now."""
     if isinstance(calibration, Stats):
-        return calibration.bind(graph)
+        # a copy: the pass runs on a clone of the user's graph, and binding the caller's own
+        # Stats to it left them unusable on the graph they were measured on
+        return copy.copy(calibration).bind(graph)
     if isinstance(calibration, (str, os.PathLike)):
         return Stats.load(calibration, graph)
     if calibration is None:

@@ -452,8 +452,16 @@ class _Tracer:
             raise _Fail("constant", f"{p.describe()} adds two constants", p)
         if a.is_const or b.is_const:
             ci = 0 if a.is_const else 1
+            x = p.inputs[1 - ci]
+            rank = v.type.rank
+            xshape = (1,) * (rank - x.type.rank) + tuple(x.shape)
+            if not all(m.shape[ax] == 1 or dims_equal(xshape[ax], v.shape[ax]) for ax in range(rank)):
+                # x[..., :1] + bias[C]: the constant makes the channels, x has one; a factor
+                # per channel cannot move into x
+                raise _Fail("broadcast", f"operand {1 - ci} of {p.describe()} is broadcast along a "
+                            "channel-carrying axis", p)
             self._const_edit("add_const", p, ci, m, t)
-            self.trace(p.inputs[1 - ci], _align(m, p.inputs[1 - ci].type.rank), t)
+            self.trace(x, _align(m, x.type.rank), t)
             return
         t.kinds.add("multi")
         self._branches(p, v, m, t, (0, 1), all_=True)

@@ -156,6 +156,25 @@ _ivals = In(torch.tensor([-7, 100, -2 ** 31, 5, -1, 9, -100, 2 ** 30], dtype=tor
 case("bitshift_i32_right", unit("bitshift", _ivals, _icounts, direction="right"))
 case("bitshift_i32_left", unit("bitshift", _ivals, _icounts, direction="left"))
 case("cumprod", unit("cumprod", In(torch.rand(3, 7) + 0.5), axis=1))
+# (op, dtype) pairs ONNX forbids or onnxruntime has no kernel for: computed in a wider type
+for _op in ("maximum", "minimum"):
+    case(f"{_op}_i16", unit(_op, "i16[3,5]", "i16[3,5]"))
+for _d in ("i8", "i16", "i64", "u8"):
+    case(f"relu_{_d}", unit("relu", f"{_d}[3,5]"))
+case("neg_u8", unit("neg", In(torch.tensor([0, 1, 5, 128, 255], dtype=torch.uint8))))
+for _d, _tt in (("i8", torch.int8), ("i16", torch.int16), ("u8", torch.uint8)):
+    case(f"pow_{_d}", unit("pow", In(torch.tensor([3, -2, 7, 0, 5], dtype=torch.int16).to(_tt)),
+                           In(torch.tensor([2, 3, 5, 4, 1], dtype=_tt))))
+for _d in ("bool", "i16"):
+    case(f"where_{_d}", unit("where", "bool[3,5]", f"{_d}[3,5]", f"{_d}[3,5]"))
+case("where_bf16", unit("where", "bool[3,5]", C(torch.randn(3, 5), "bf16"), C(torch.randn(3, 5), "bf16"),
+                        then=[("cast", ["%0"], {"to": "f32"})]))
+for _op in ("lt", "le", "gt", "ge"):
+    case(f"{_op}_bool", unit(_op, "bool[3,5]", "bool[3,5]"))
+_i16 = In(torch.tensor([1, -3, 300, -32768, 7, 9, -1, 12], dtype=torch.int16))
+_i16c = In(torch.tensor([1, 2, 3, 0, 15, 16, -1, 4], dtype=torch.int16))
+case("bitshift_i16_right", unit("bitshift", _i16, _i16c, direction="right"))
+case("bitshift_i16_left", unit("bitshift", _i16, _i16c, direction="left"))
 case("cumprod_excl_rev_i64", unit("cumprod", "i64[5,2]", axis=0, exclusive=True, reverse=True))
 case("dim_values", unit("dim_values", values=[3, 5], dtype="i32"))
 case("dim_values_scalar", unit("dim_values", values=[7], scalar=True))
@@ -806,3 +825,33 @@ def test_to_onnx_takes_a_compiled_model_and_refuses_bad_arguments(tmp_path: Path
     with pytest.raises(ExportError, match="path must be"):
         to_onnx(g, bytes(tmp_path / "b.onnx"))  # type: ignore[arg-type]
     assert sorted(os.listdir(tmp_path)) == ["cm.onnx"]
+
+
+def test_one_output_listed_twice_under_one_name() -> None:
+    # an ONNX model with outputs [y, y] imports with output names ['y', 'y']; exporting it
+    # again was refused as a repeated name
+    g = Graph("o")
+    x = g.add_input("f32[3]", "x")
+    y = g.add("relu", [x])
+    g.set_outputs([y, y], ["y", "y"])
+    m = to_onnx(g)
+    assert [o.name for o in m.graph.output] == ["y", "y"]
+    a, b = _session(m).run(None, {"x": np.array([-1.0, 2.0, -3.0], np.float32)})
+    assert a.tolist() == b.tolist() == [0.0, 2.0, 0.0]
+    z = g.add("neg", [x])
+    g.set_outputs([y, z], ["y", "y"])
+    with pytest.raises(ExportError, match="repeats an input or output name"):
+        to_onnx(g)
+
+
+@pytest.mark.parametrize("op", ["max_pool", "avg_pool"])
+def test_ceil_mode_pool_whose_last_window_starts_in_the_padding(op: str) -> None:
+    # the IR (as torch and onnxruntime) drops a window that would start in the end padding;
+    # onnx's shape inference keeps it (4 against 3) and rejected the exported file
+    extra = {"count_include_pad": True} if op == "avg_pool" else {}
+    g, feeds = unit(op, "f32[1,2,5,5]", kernel=[2], stride=[2], padding=[1], ceil_mode=True, **extra)()
+    assert tuple(g.outputs[0].shape) == (1, 2, 3, 3)
+    check(g, feeds, opset=19)
+    for shape, k in (("f32[1,2,6,6]", 2), ("f32[1,2,8,7]", 3)):   # ceil windows that stay
+        g, feeds = unit(op, shape, kernel=[k], stride=[2], padding=[1], ceil_mode=True, **extra)()
+        check(g, feeds, opset=19)

@@ -444,3 +444,16 @@ def test_node_without_outputs() -> None:
     assert "\n  probe_attrs[n_out=0](%x)\n" in text
     g2 = roundtrip(g)
     assert g2.nodes[0].outputs == [] and g2.nodes[0].inputs == [g2.inputs[0]]
+
+
+@pytest.mark.parametrize("name", ["None", "in", "lambda", "Max", "floor", "Mod", "True"])
+def test_symbols_named_like_keywords_or_functions_round_trip(name: str) -> None:
+    # ONNX dim_params such as "None" or "in" made symbols that the text could not read back
+    # (sympify saw a keyword / the Max function): compiled models saved artifacts that did
+    # not load
+    g = Graph("g")
+    x = g.add_input(TensorType(dt.f32, (sym(name), 4)), "x")
+    g.set_outputs([g.add("relu", [x])])
+    text = str(g)
+    assert f"f32[{name}_,4]" in text
+    assert parse(text) == g

@@ -186,7 +186,13 @@ def test_save_load_reuse_and_stale(tmp_path) -> None:
     cached = calibrate(g, Boom(), values=[ln], gram=True, cache=path)
     assert torch.equal(cached[ln].gram, st[ln].gram)
     assert torch.equal(stats_for(g, str(path), [ln])[ln].absmax, st[ln].absmax)
-    assert stats_for(g, st, [ln]) is st
+    assert torch.equal(stats_for(g, st, [ln])[ln].absmax, st[ln].absmax)
+    # given Stats are bound as a copy: a pass binding them to its clone of the graph left
+    # the caller's own Stats unusable on the graph they were measured on
+    gc = g.clone()
+    assert torch.equal(stats_for(gc, st, [gc.nodes[0].outputs[0]])[gc.nodes[0].outputs[0]].absmax,
+                       st[ln].absmax)
+    assert torch.equal(st[ln].absmax, back[ln].absmax)
 
     # A changed graph rejects the stats, and a cache miss recalibrates and rewrites the file.
     g2 = parse(TEXT.replace("eps=1e-5", "eps=1e-6"))

@@ -340,3 +340,19 @@ def test_consumer_groups_and_explicit_mul() -> None:
     assert mul.op == "mul" and g.nodes.index(mul) == 1
     assert any(n.op == "add" and n.inputs[1] is x for n in g.nodes)   # the residual keeps x
     assert_close(run(g, *xs)[0], want[0], rtol=1e-5, rel_to_scale=True)
+
+
+@pytest.mark.parametrize("mul", [True, False])
+def test_constant_added_to_a_one_channel_tensor_is_a_broadcast_refusal(mul: bool) -> None:
+    # x[..., :1] (* 2) + bias[C] feeding a linear: the add's other operand carries one channel,
+    # so no per-channel factor moves into it. smooth / awq_scales widened the 2.0 into a [C]
+    # vector (a VerifyError after the pass) or crashed inside torch.
+    lines = ["%0: f32[2,5,1] = slice[axes=[2], ends=[1], starts=[0]](%x)"]
+    if mul:
+        lines.append("%1: f32[2,5,1] = mul(%0, #two)")
+    n = len(lines)
+    lines += [f"%{n}: f32[2,5,8] = add(%{n - 1}, #b)", f"%{n + 1}: f32[2,5,8] = linear(%{n}, #w, _)",
+              f"%{n + 2}: f32[2,5,8] = relu(%{n + 1})"]
+    text = ("graph @g(%x: f32[2,5,8]) -> (f32[2,5,8]) {\n" + "".join(f"  {ln}\n" for ln in lines) +
+            f"  return %{n + 2}\n}}\n#two = const f32[] 2.0\n" + _consts(b="f32[8]", w="f32[8,8]"))
+    check_refused(text, f"%{n}", "broadcast")
