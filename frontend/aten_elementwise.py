@@ -2,6 +2,9 @@
 activations, casts and copies)."""
 from __future__ import annotations
 
+from typing import Any, Sequence
+
+import torch
 import torch.fx as fx
 
 from ..ir import dtypes as dt
@@ -101,6 +104,9 @@ def _clamp(ctx: Ctx, n: fx.Node, a: dict) -> Value:
         lo, hi = a.get("min"), a.get("max")
     lo = None if lo is None else float(lo)
     hi = None if hi is None else float(hi)
+    if any(v is not None and v != v for v in (lo, hi)):
+        # a NaN bound makes every element NaN in torch; the IR's clip keeps NaN bounds out
+        return ctx.emit("add", [x, ctx.scalar(float("nan"), out)])
     return ctx.emit("clip", [x], min=lo, max=hi)
 
 
@@ -115,23 +121,48 @@ def _clamp_t(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     return x
 
 
+def opmath(compute: dt.DType, scalars: Sequence[Any]) -> dt.DType:
+    """The dtype a mul / div of 16-bit float ``compute`` with python-number operands ``scalars``
+    must run in to give torch's result: torch keeps such scalars in float32 (h * 1e5 is finite,
+    and b * 0.1 rounds once), so unless each is exact in ``compute`` the op runs in f32."""
+    if compute not in (dt.f16, dt.bf16):
+        return compute
+    for v in scalars:
+        if isinstance(v, Value):
+            continue
+        if not isinstance(v, (bool, int, float)):
+            return dt.f32      # a symbolic dim: its value is not known to fit
+        t = torch.tensor(float(v), dtype=torch.float64)
+        if t.to(compute.container).double().item() != t.item():
+            return dt.f32
+    return compute
+
+
 def _binary(ir_op: str, compare: bool = False, alpha: bool = False, swap: bool = False) -> Handler:
     def h(ctx: Ctx, n: fx.Node, a: dict) -> Value:
         lhs, rhs = a["self"], a["other"]
         if swap:
             lhs, rhs = rhs, lhs
         raw = [ctx.scalar_or_tensor(lhs), ctx.scalar_or_tensor(rhs)]
-        compute = result_dtype(ctx, raw) if compare else ctx.out_dtype(n)
+        out = result_dtype(ctx, raw) if compare else ctx.out_dtype(n)
+        al = a.get("alpha", 1) if alpha else 1
+        # torch (CPU) keeps a python scalar in float32 for mul and div only; add / sub round
+        # it to the tensor's dtype first (measured on torch 2.14)
+        compute = opmath(out, raw) if ir_op == "mul" and not compare else out
         x, y = operands(ctx, n, [lhs, rhs], compute)
         if ir_op in ("add", "sub") and not isinstance(rhs, fx.Node) and rhs == 0 \
                 and x.type == ctx.out_type(n):
             return x  # x + 0 (position ids are built as arange(S) + past_length)
-        if alpha and a.get("alpha", 1) != 1:
-            y = ctx.emit("mul", [y, ctx.scalar(a["alpha"], compute)])
+        if al != 1:
+            y = ctx.emit("mul", [y, ctx.scalar(al, compute)])
         op = ir_op
         if compute is dt.boolean and op.startswith("bitwise_"):
             op = "logical_" + op[len("bitwise_"):]
-        return ctx.emit(op, [x, y])
+        elif compute is dt.boolean and op in ("mul", "add"):
+            # bool * bool is and, bool + bool is or (torch.isfinite's export is eq * ne)
+            op = "logical_and" if op == "mul" else "logical_or"
+        y = ctx.emit(op, [x, y])
+        return y if compare else ctx.cast(y, out)
     return h
 
 
@@ -164,7 +195,14 @@ def _div(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     mode = a.get("rounding_mode")
     if "floor_divide" in str(n.target):
         mode = "floor"
-    out = ctx.out_dtype(n)
+    res = ctx.out_dtype(n)
+    out = opmath(res, [ctx.scalar_or_tensor(a["self"]), ctx.scalar_or_tensor(a["other"])])
+    if out is not res:
+        return ctx.cast(_div_in(ctx, n, a, mode, out), res)
+    return _div_in(ctx, n, a, mode, out)
+
+
+def _div_in(ctx: Ctx, n: fx.Node, a: dict, mode: str | None, out: dt.DType) -> Value:
     x, y = operands(ctx, n, [a["self"], a["other"]], out)
     if mode is None or (mode == "trunc" and not out.is_float):
         return ctx.emit("div", [x, y])

@@ -419,3 +419,36 @@ def test_sign_of_nan_is_zero_as_in_torch() -> None:
     x = torch.tensor([float("nan"), -2.0, -0.0, 0.0, 3.0, float("inf")])
     _import_and_check(M(), x, torch.tensor([-3, 0, 5]))
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_python_scalars_of_half_ops_stay_float32_as_in_torch(dtype: torch.dtype) -> None:
+    # h * 1e5 in f16: the scalar became an f16 constant, inf; b * 0.1 in bf16 rounded 0.1
+    # first (4 of 40 results off by one ulp). torch keeps such scalars in float32 for mul and
+    # div, and rounds them to the tensor's dtype for add and sub.
+    class M(nn.Module):
+        def forward(self, h: torch.Tensor) -> tuple:
+            return h * 1e5, h * 0.1, h / 0.3, h + 1e-3, 0.7 - h, h * 0.5
+
+    h = (torch.arange(1, 41, dtype=torch.float32) * 0.0137 - 0.2).to(dtype)
+    g = from_torch(M(), (h,))
+    for got, want in zip(run(g, h), M()(h)):
+        assert got.dtype == dtype and torch.equal(got, want)
+
+
+def test_bool_products_and_sums_are_logical() -> None:
+    class M(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+            return torch.isfinite(x), (x > 0) * (y > 0), (x > 0) + (y > 0)
+
+    x = torch.tensor([1.0, float("inf"), float("nan"), -2.0])
+    _import_and_check(M(), x, torch.tensor([1.0, 1.0, -1.0, 3.0]))
+
+
+def test_clamp_with_a_nan_bound_is_all_nan() -> None:
+    class M(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.clamp(min=float("nan"))
+
+    out = run(from_torch(M(), (torch.randn(5),)), torch.randn(5))[0]
+    assert torch.isnan(out).all()
