@@ -14,6 +14,7 @@ The test tests/passes/test_outliertune_minilm.py imports this module and asserts
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -317,8 +318,12 @@ def measure(m: Minilm, specs: dict[str, str] = PIPELINES, ort_dynamic: bool = Tr
     return res, ref
 
 
-def main() -> None:
-    torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "2")),
+                    help="torch threads (default: $THREADS or 2)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     m = load()
     res, _ = measure(m)

@@ -2,9 +2,10 @@
 onnxruntime's MatMulNBits and torch fp32.
 
 One linear of K x N = 4096 x 11008 (a LLaMA-7B MLP up projection), int4 asymmetric codes,
-group 128 along K (22.5 MB of nibbles + scales + zero points), 2 threads, every runner in this
-one process on the same codes; per M, medians in ms, the ratio of each runner to scalefold's
-int8-activation kernel, and effective weight bandwidth (22.5 MB / time). Runners:
+group 128 along K (22.5 MB of nibbles, plus 1.4 MB of scales and zero points), 2 threads, every
+runner in this one process on the same codes; per M, medians in ms, the ratio of each runner to
+scalefold's int8-activation kernel, and effective weight bandwidth (the 22.5 MB of nibbles /
+time). Runners:
 
 - ``scalefold w4 f32``: qlinear act none (f32 x, nibbles dequantised in registers, f32 FMA).
 - ``scalefold w4 int8-act``: qlinear act per_token (x quantised per row in the kernel, VNNI).
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     formats = set(filter(None, a.format.split(",")))
     if not formats or formats - {"int4", "fp4"}:
         ap.error(f"--format takes int4 and / or fp4, got {a.format!r}")
+    if a.group < 1 or a.k % a.group:
+        ap.error(f"--k {a.k} must be a multiple of --group {a.group}")
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     torch.set_num_threads(a.threads)
     skip = set(filter(None, a.skip.split(",")))

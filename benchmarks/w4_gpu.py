@@ -232,6 +232,9 @@ def main() -> None:
                     "int4 model holds (see memory())")
     ap.add_argument("--ms", default=None, help="rows of x to time, e.g. 2,4 (default 1,16,32,64,256)")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        ap.exit(2, f"{ap.prog}: no CUDA device: this benchmark times Triton kernels against cuBLAS "
+                   "on a GPU\n")
     if args.memory:
         memory()
         return

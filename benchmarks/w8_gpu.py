@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--forms", default="int8 g128,fp8 e4m3 per channel,fp4 e2m1 g128,fp4 e2m1 g32")
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        ap.exit(2, f"{ap.prog}: no CUDA device: this benchmark times Triton kernels against cuBLAS "
+                   "on a GPU\n")
     dev = torch.device("cuda")
     mod = load_module(SOURCE, False)
     lines = [f"# {torch.cuda.get_device_name()} torch {torch.__version__}; do_bench median over CUDA-graph "

@@ -29,6 +29,8 @@ def test_demo_compiles_minilm_and_reports_every_runner(capsys) -> None:
     # the compiled model and our ONNX export agree with fp32 to the 6th digit
     assert float(rows["scalefold c (fp32)"][3]) > 0.99999
     assert float(rows["onnxruntime (our ONNX export)"][4]) > 0.99999
+    # the last column is the speed-up over eager (> 1: faster), as in benchmarks/
+    assert "speed-up vs eager" in out and rows["torch eager (fp32)"][-1] == "1.00x"
 
 
 def test_console_entry_point_bad_verb_exits_nonzero() -> None:
@@ -155,6 +157,8 @@ def test_bench_reports_both(model: Path, cli) -> None:
     (["run", "{tmp}/not_an_artifact_dir"], "plan.json: missing file"),
     (["inspect", "{model}", "--bind", "B=2,X=8"], "--bind B=2,X=8: unknown symbol(s) X"),
     (["inspect", "{model}", "--bind", "X=8"], "unknown symbol(s) X; missing B"),
+    (["bench", "{model}", "--bind", "B=2,Q=3"], "--bind B=2,Q=3: unknown symbol(s) Q"),
+    (["bench", "{model}"], "missing B"),
 ])
 def test_bad_input_is_one_line_error(model: Path, tmp_path: Path, args: list[str], message: str, cli) -> None:
     (tmp_path / "garbage.onnx").write_bytes(b"\x00garbage\xff" * 7)
