@@ -182,6 +182,13 @@ def _resize(cx: Emitter, node: Node) -> list[str]:
     a = node.attrs
     roi = cx.const(list(a["roi"]), dt.f32, [len(a["roi"])]) if a["roi"] else ""
     if a["scales"]:
+        xs, ys = node.inputs[0].shape, node.outputs[0].shape
+        for ax, (sc, d, o) in enumerate(zip(a["scales"], xs, ys)):
+            if isinstance(d, int) and isinstance(o, int) and int(d * sc) != o:
+                # keep_aspect_ratio_policy: one scale for the coordinates, sizes rounded from it;
+                # ONNX's scales input would make floor(d * scale) rows instead
+                raise cx.fail(f"axis {ax} has {o} rows where scale {sc} gives {int(d * sc)} (an imported "
+                              f"keep_aspect_ratio_policy); ONNX Resize cannot say both")
         scales, sizes = cx.const(list(a["scales"]), dt.f32, [len(a["scales"])]), ""
     else:
         scales, sizes = "", cx.dims(list(a["sizes"]))

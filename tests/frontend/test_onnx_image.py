@@ -107,3 +107,15 @@ def test_affine_grid_and_center_crop_pad(align: int) -> None:
     x = RNG.standard_normal((3, 7, 4)).astype(np.float32)
     compare(build("CenterCropPad", {"x": x}, {"axes": [1, 2]}, opset=18,
                   inits={"shape": np.array([4, 7], np.int64)}), {"x": x})
+
+
+def test_keep_aspect_ratio_resize_export_is_refused_by_name() -> None:
+    # the IR keeps one scale for the coordinates and sizes rounded from it; ONNX's scales input
+    # would make floor(d * scale) rows, which the checker rejected with a bare shape mismatch
+    from scalefold.codegen.onnx import ExportError, to_onnx
+    x = RNG.standard_normal((1, 2, 5, 7)).astype(np.float32)
+    m = build("Resize", {"x": x}, {"mode": "linear", "axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"},
+              opset=18, inits={"sizes": np.array([4, 4], np.int64)}, node_inputs=["x", "", "", "sizes"])
+    compare(m, {"x": x})
+    with pytest.raises(ExportError, match="keep_aspect_ratio_policy"):
+        to_onnx(from_onnx(m))
