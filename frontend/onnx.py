@@ -30,6 +30,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.types import TensorType, sym
 from . import onnx_ops  # noqa: F401  (registers the converters)
 from .onnx_ctx import Ctx, converter, node_attrs
+from .onnx_fuse import fuse_linear_bias
 from .onnx_tensors import numpy_to_torch, onnx_dtype, resolve_external_data, tensor_to_torch
 
 MIN_OPSET = 13
@@ -379,6 +380,7 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
         names.append(o.name)
     g.set_outputs(outs, names)
     _drop_dead_dequantize(g)
+    fuse_linear_bias(g)
     from ..ir.verify import verify
     try:
         verify(g)
