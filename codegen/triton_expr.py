@@ -14,6 +14,10 @@ functions to ``tl.reduce``, which the interpreter recognises without calling the
 Functions libdevice would provide (tanh, expm1, log1p, atan, ...) are formulated from
 exp/log/sqrt here, accurately in f32 (the inverse trigonometric ones use an f32 polynomial and
 are not rendered for f64, see :func:`node_renderable`).
+
+Integer division and remainder by zero are not checked here: the C target and the interpreter
+raise an ExecutionError, while a Triton kernel gives whatever the device computes (0 under the
+interpreter). A check would need a device-to-host read after every launch.
 """
 from __future__ import annotations
 
