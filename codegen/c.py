@@ -414,11 +414,14 @@ def _row_body(row: Node, ct: str, em: _Emitter, xshape: Sequence[Dim], c: int
         eps = lit(row.attrs["eps"])
         w = row.inputs[1] if len(row.inputs) > 1 else None
         b = row.inputs[2] if op == "layer_norm" and len(row.inputs) > 2 else None
-        wl = f" * {load(w.dtype, f'{em.ptr(w)}[j]')}" if w is not None else ""
-        bl = f" + {load(b.dtype, f'{em.ptr(b)}[j]')}" if b is not None else ""
+        idx = {}
         for v in (w, b):
-            if v is not None and _Access(v.type.shape, xshape, c).kind not in ("inner", "same"):
+            kind = _Access(v.type.shape, xshape, c).kind if v is not None else "inner"
+            if kind not in ("inner", "same", "scalar"):
                 raise ValueError("norm weight must cover the normalised axes")
+            idx[id(v)] = "[0]" if kind == "scalar" else "[j]"   # scalar: normalised axes of size 1
+        wl = f" * {load(w.dtype, f'{em.ptr(w)}{idx[id(w)]}')}" if w is not None else ""
+        bl = f" + {load(b.dtype, f'{em.ptr(b)}{idx[id(b)]}')}" if b is not None else ""
         if op == "layer_norm":
             s = [f"{ct} mu = 0;", "#pragma omp simd reduction(+:mu)",
                  "for (int64_t j = 0; j < L; j++) mu += tmp[j];", "mu /= L;",

@@ -7,6 +7,8 @@ from .c_expr import compute_type
 STORAGE: dict[str, str] = {
     "f64": "double", "f32": "float", "f16": "_Float16", "bf16": "uint16_t", "i64": "int64_t",
     "i32": "int32_t", "i16": "int16_t", "i8": "int8_t", "u8": "uint8_t", "bool": "uint8_t",
+    # 4-bit codes held one per byte (their containers), e.g. i4 activation codes of qlinear
+    "i4": "int8_t", "u4": "uint8_t",
 }
 
 

@@ -154,6 +154,8 @@ def _quantize(cx: Emitter, node: Node) -> list[str]:
         attrs = {"axis": axis} if sv.type.rank else {}
         if block:
             attrs["block_size"] = block
+        # NaN x: QuantizeLinear gives the range minimum where the reference gives the zero
+        # point; a guard would cost two ops per quantize and keep onnxruntime from fusing QDQ
         ins = [cx.cast(x, xv.dtype, dt.f32), cx.cast(s, sv.dtype, dt.f32)]
         if z:
             ins.append(z)
@@ -167,7 +169,9 @@ def _quantize(cx: Emitter, node: Node) -> list[str]:
             y = cx.op("QuantizeLinear", ins, **attrs)
             if narrow:
                 lo, hi = _range(o, bits)
-                y = cx.op("Clip", [y, cx.scalar(lo, o), cx.scalar(hi, o)])
+                # onnxruntime has no int16 Clip: clamp those codes in int32
+                c = dt.i32 if o is dt.i16 else o
+                y = cx.cast(cx.op("Clip", [cx.cast(y, o, c), cx.scalar(lo, c), cx.scalar(hi, c)]), c, o)
             return [y]
     if o.is_float:
         raise cx.fail(f"no QuantizeLinear form for {o.name} with these operands")

@@ -61,6 +61,16 @@ def integral_zero(zero: torch.Tensor | None, wdtype: dt.DType) -> bool:
     return bool(torch.isfinite(z).all() and (z == z.round()).all() and (z.abs() <= 1 << 16).all())
 
 
+def _zero_sums_fit(w: torch.Tensor, zero: torch.Tensor, k: int) -> bool:
+    """Whether every sum_k x (w - z) of int8 codes x fits int32, so the integer epilogue
+    (``sum x u - coff * sum x``) is exact: a large integral float zero point (40000 with K =
+    512) overflowed it where the float path (``zf``) is exact."""
+    wd = w.to(torch.float64)
+    z = zero.to(torch.float64).reshape(-1)
+    far = torch.maximum((wd.amax(1) - z).abs(), (wd.amin(1) - z).abs()) if w.numel() else z.abs()
+    return bool((far.max() if far.numel() else 0) * 128 * k < 2 ** 31)
+
+
 def pack_qlinear(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
                  wdtype: dt.DType, nr: int) -> PackedQLinear:
     """Pack per-output-channel weights ``w`` [N, K] (container of ``wdtype``: i8, u8, i4, u4)
@@ -82,7 +92,7 @@ def pack_qlinear(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None
     coff[:n] = off
     zf = None
     if zero is not None:
-        if integral_zero(zero, wdtype):
+        if integral_zero(zero, wdtype) and _zero_sums_fit(w, zero, k):
             coff[:n] += zero.to(torch.float64).round().to(torch.int32)
         else:
             zf = torch.zeros(npad, dtype=torch.float64)

@@ -119,6 +119,32 @@ def test_int6_codes_and_i4_weights() -> None:
     run_sweep(g4, api.build_c(g4), exact=True, lo=-32, hi=31)
 
 
+def test_i4_activation_codes() -> None:
+    # i4 x was accepted by the template and then had no C storage type: a bare KeyError
+    g = qgraph(67, 33, xd="i4", pow2=True, seed=8)
+    assert partition(g, cgen.CAPS).kernels[0].kind == "template"
+    run_sweep(g, api.build_c(g), exact=True, lo=-8, hi=7)
+
+
+def test_large_integral_float_zero_points_take_the_float_path() -> None:
+    # z = 40000 over K = 512: sum x (w - z) leaves int32, which the integer epilogue assumed
+    # of every integral zero point up to 2^16 (169400.7 where the reference gives -260096)
+    K, N = 512, 16
+    g = Graph("q")
+    x = g.add_input(f"i8[M,{K}]", "x")
+    y = g.add("qlinear", [x, g.add_const(torch.zeros(N, K, dtype=torch.int64), "u8", "w"),
+                          g.add_const(torch.full((N,), 1e-4), "f32", "s"),
+                          g.add_const(torch.full((N,), 40000.0), "f32", "z")])
+    g.set_outputs([y])
+    xc = torch.full((3, K), 127, dtype=torch.int8)
+    xc[1] = -128
+    assert torch.equal(api.build_c(g)(xc), interp.run(g, xc)[0])
+    n = g.nodes[0]
+    assert pack_qlinear(n.inputs[1].const, n.inputs[2].const, n.inputs[3].const, dt.u8, 16).zf is not None
+    small = torch.full((N,), 200.0)          # the integer path stays for zero points that fit
+    assert pack_qlinear(n.inputs[1].const, n.inputs[2].const, small, dt.u8, 16).zf is None
+
+
 @pytest.mark.parametrize("act", ["per_token", "per_tensor"])
 @pytest.mark.parametrize("K,N", [(5, 7), (384, 33)])
 def test_dynamic_activation_quantisation(act: str, K: int, N: int) -> None:

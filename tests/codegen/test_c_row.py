@@ -229,3 +229,16 @@ def test_softmax_extremes() -> None:
                [torch.tensor([[5.0], [ninf], [-3.0]])]):
         for i, (a, e) in enumerate(zip(cm(*xs), interp.run(g, *xs))):
             assert_close(a, e, what=f"output {i} of {xs[0].tolist()}")
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_norm_over_an_axis_of_size_one(op: str) -> None:
+    # its weight [1] reads as a scalar broadcast: the C backend refused it with a bare ValueError
+    g = Graph("n1")
+    x = g.add_input("f32[M,1]", "x")
+    ins = [x, g.add_const(torch.tensor([2.0]), "f32", "w")]
+    if op == "layer_norm":
+        ins.append(g.add_const(torch.tensor([0.5]), "f32", "b"))
+    g.set_outputs([g.add(op, ins, {"axis": -1, "eps": 1e-5})])
+    xs = torch.tensor([[3.0], [-1.0], [0.0]])
+    assert_close(api.build_c(g)(xs), interp.run(g, xs)[0], rtol=1e-6, atol=1e-6)

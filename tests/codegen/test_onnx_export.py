@@ -346,6 +346,7 @@ case("quantize_block_i8_opset19", unit("quantize", In(torch.randn(6, 10) * 3), t
                                        axis=0, block=4), opset=19)
 case("quantize_i32", unit("quantize", In(torch.randn(3, 5) * 1e4), torch.tensor(0.01), dtype="i32"))
 case("quantize_bits6", unit("quantize", In(torch.randn(3, 9) * 10), torch.tensor(0.1), bits=6))
+case("quantize_i16_bits12", unit("quantize", In(torch.randn(3, 9) * 1e4), torch.tensor(0.5), dtype="i16", bits=12))
 case("quantize_u4_zp", unit("quantize", In(torch.randn(4, 6)), _s4, C(torch.tensor([0, 3, 8, 15]), "u4"),
                             dtype="u4", axis=0, then=[("cast", ["%0"], {"to": "i32"})]))
 case("quantize_f8", unit("quantize", In(torch.randn(4, 6) * 300), torch.tensor(0.5), dtype="f8e4m3"))
