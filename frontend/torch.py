@@ -34,7 +34,7 @@ from ..ir.types import Dim, TensorType, canon_dim, dims_equal, sym
 from . import aten_elementwise, aten_nn, aten_reduce, aten_shape  # noqa: F401  (registration)
 from .aten_table import ATEN, Ctx, bind_args, op_name
 from .aten_fuse import cleanup
-from .hf_moe import moe_blocks_swapped
+from .hf_moe import moe_blocks_swapped, recognise
 
 __all__ = ["from_torch", "KEEP", "supported_ops"]
 
@@ -121,7 +121,9 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: A
     try:
         # MoE blocks are swapped after eval() so that they are recognised in inference mode.
         with torch.no_grad(), (moe_blocks_swapped(model) if moe_blocks else nullcontext()):
-            return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes,
+            # an MoE block passed as the model itself: its stand-in is the model
+            root = (recognise(model) or model) if moe_blocks else model
+            return torch.export.export(root, args, kwargs, dynamic_shapes=dynamic_shapes,
                                        strict=False)
     except Exception as e:  # torch raises many kinds
         raise FrontendError(f"torch.export failed for {type(model).__name__}: {_one_line(e)}") from e

@@ -5,11 +5,12 @@ its K exactly as a ``linear`` weight is (``wq_int.int_quantize`` / ``wq_fp.fp8_c
 ``wq_fp.fp4_codes``), so ``qmoe``'s dequantisation reproduces the quantiser bit for bit. The
 router stays float (routing decisions are too sensitive to quantise, and the router is tiny).
 
-Methods: ``rtn`` is plain round-to-nearest. ``awq`` / ``search`` do not run AWQ's scale search
-on experts (its scale would have to move into the router and all experts at once); they run
-the clip search instead, where a Gram matrix of the moe input x (over all calibration tokens,
-not per expert: the routed subsets are not observed) is available — for gate and up, whose
-input is x. ``down`` reads the expert's hidden activation, which is not observed, so it stays
+Methods: ``rtn`` is plain round-to-nearest. ``awq`` first runs ``awq_scales`` over the whole
+graph, whose scale for a moe input moves into its producer and is compensated in the router
+and in every expert's gate and up at once (``scale_move``); the expert quantiser here then runs,
+for ``awq`` and ``search``, the clip search, where a Gram matrix of the moe input x (over all
+calibration tokens, not per expert: the routed subsets are not observed) is available — for
+gate and up, whose input is x. ``down`` reads the expert's hidden activation, which is not observed, so it stays
 RTN. FP4 searches the clip only for E2M1 (all experts must share one code dtype, so the
 per-layer E2M1/E3M0/E1M2 format choice is not made). Without a Gram matrix everything is RTN.
 

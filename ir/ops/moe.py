@@ -74,8 +74,9 @@ def route(x2: torch.Tensor, router_w: torch.Tensor, router_bias: torch.Tensor | 
     if router_bias is not None:
         logits = logits + router_bias.to(cd)
     p = torch.softmax(logits, dim=-1) if scoring == "softmax" else torch.sigmoid(logits)
-    # A stable descending sort makes ties pick the lower expert index first.
-    order = torch.sort(p, dim=-1, descending=True, stable=True).indices[:, :top_k]
+    # torch.topk, as the HF routers call it: equal scores (common with bf16 logits) then pick
+    # the experts the source model picks; its tie order is not the lower index first on the CPU
+    order = torch.topk(p, top_k, dim=-1).indices
     w = p.gather(1, order)
     if normalize:
         w = w / w.sum(dim=-1, keepdim=True)
@@ -138,8 +139,9 @@ defop("moe", family="moe", inputs=(5, 6),
           "Mixtral's F.linear), widened to float32 (float64 for f64 x), plus router_bias, an "
           "optional runtime [E] input (Rewiring Experts' additive router adaptation) that shifts "
           "the logits for both selection and weighting. Scores p = softmax(l) over the E experts "
-          "('softmax') or sigmoid(l) ('sigmoid'). The top_k experts by p are chosen (ties: lower "
-          "expert index first, as torch.topk); their weights are p[chosen], divided by their sum "
+          "('softmax') or sigmoid(l) ('sigmoid'). The top_k experts by p are chosen by torch.topk "
+          "(equal scores: as torch.topk breaks them, which the source model's router also calls; "
+          "ONNX TopK takes the lower index); their weights are p[chosen], divided by their sum "
           "if normalize. Experts: w_gate [E, F, H], w_up [E, F, H], w_down [E, H, F]; "
           "expert_e(x) = w_down_e @ (act(w_gate_e @ x) * (w_up_e @ x)) when gated, else "
           "w_down_e @ act(w_up_e @ x) with w_gate None; act is silu, gelu, gelu_tanh or relu. "

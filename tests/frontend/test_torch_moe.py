@@ -269,3 +269,13 @@ def test_selection_only_router_bias_is_not_dropped() -> None:
     block.gate.e_score_correction_bias.copy_(torch.randn(8) * 0.002)
     with pytest.warns(UserWarning, match="e_score_correction_bias"):
         assert recognise(block) is None
+
+
+def test_moe_block_as_the_root_module() -> None:
+    # only children were swapped: the block itself failed in torch.export (data-dependent guard)
+    torch.manual_seed(0)
+    block = _mixtral().eval().layers[0].mlp
+    x = torch.randn(2, 5, 64)
+    g = from_torch(block, (x,))
+    assert _ops(g)["moe"] == 1 and "topk" not in _ops(g)
+    assert_close(run(g, x)[0], block(x), rtol=1e-4, rel_to_scale=True, what="root MoE block")

@@ -95,12 +95,17 @@ def test_router_bias_steers_selection_and_weighting():
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
 
 
-def test_ties_pick_lower_index_first():
-    ins = make(E=5, H=4, shape=(3,))
-    ins[1] = torch.zeros(5, 4, dtype=torch.float64)      # all logits equal
-    y = run_moe(ins, top_k=2, normalize=False)
+@pytest.mark.parametrize("E,k", [(4, 2), (5, 2), (64, 2), (128, 3)])
+def test_ties_pick_what_torch_topk_picks(E: int, k: int):
+    # the HF routers call torch.topk, whose tie order on the CPU is not the lower index first
+    # (4 equal scores, k = 2: experts 2 and 3); a stable sort chose 0 and 1 and the imported
+    # model sent tied tokens (common with bf16 logits) to other experts than the source
+    ins = make(E=E, H=4, shape=(3,))
+    ins[1] = torch.zeros(E, 4, dtype=torch.float64)      # all logits equal
+    y = run_moe(ins, top_k=k, normalize=False)
     x = ins[0]
-    want = sum(0.2 * ((F.silu(x @ ins[2][e].T) * (x @ ins[3][e].T)) @ ins[4][e].T) for e in (0, 1))
+    chosen = torch.topk(torch.full((E,), 1.0 / E, dtype=torch.float64), k).indices.tolist()
+    want = sum((1.0 / E) * ((F.silu(x @ ins[2][e].T) * (x @ ins[3][e].T)) @ ins[4][e].T) for e in chosen)
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
 
 
