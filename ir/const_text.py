@@ -5,6 +5,7 @@ ParseErrors without a line, to which the parser adds the line.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping
 
 import torch
@@ -13,6 +14,15 @@ from . import dtypes as dt
 from .errors import ParseError
 from .graph import Value, tensor_hash
 from .types import TensorType
+
+# Constants this process printed as hashes, by hash, for as long as their graphs hold them:
+# parse(str(g)) then reads back g's weights without constants= (the hash still checks them).
+_PRINTED: "weakref.WeakValueDictionary[str, torch.Tensor]" = weakref.WeakValueDictionary()
+
+
+def remember(digest: str, tensor: torch.Tensor) -> None:
+    """Record a constant the printer wrote as ``sha256:digest``."""
+    _PRINTED[digest.lower()] = tensor
 
 
 def _flatten(v: Any, shape: tuple[int, ...], path: str = "") -> list[Any]:
@@ -104,8 +114,10 @@ def lookup(constants: Mapping[str, Any], name: str, digest: str | None, t: Tenso
     else:
         if digest is None:
             raise ParseError(f"missing constant #{name} (param): pass it in constants= by name")
-        raise ParseError(f"missing constant #{name} (sha256:{digest}): pass it in constants= "
-                      f"by hash or by name")
+        x = _PRINTED.get(digest.lower())
+        if x is None:
+            raise ParseError(f"missing constant #{name} (sha256:{digest}): pass it in constants= "
+                             f"by hash or by name")
     if isinstance(x, Value) and x.const is not None:
         x = x.const
     x = torch.as_tensor(x).detach().cpu()

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import sympy
 
 from . import dtypes as dt
+from .const_text import remember
 from .graph import Graph, Node, Value
 from .types import TensorType, dim_str
 
@@ -127,7 +128,9 @@ def format_const(v: Value) -> str:
     if is_literal_const(v):
         # tolist gives python floats/ints holding each element exactly (f16/bf16 widen exactly).
         return f"{v.type} {_nested(v.const.detach().cpu().tolist(), v.dtype)}"
-    return f"{v.type} sha256:{v.const_hash()}"
+    digest = v.const_hash()
+    remember(digest, v.const)
+    return f"{v.type} sha256:{digest}"
 
 
 class Namer:

@@ -10,6 +10,7 @@ import torch
 from scalefold.ir import Graph, ParseError, TensorType, sym
 from scalefold.ir import dtypes as dt
 from scalefold.ir.ops import AttrSpec, defop, memory_cost, registry
+from scalefold.ir import const_text
 from scalefold.ir.parser import parse, parse_type
 from scalefold.ir.printer import format_attr_value, print_graph
 
@@ -242,6 +243,7 @@ def test_hashed_constants_by_hash_and_by_name() -> None:
     assert by_name == by_hash == g
     # A float64 tensor is converted to the declared dtype's container before hashing.
     assert parse(TINY_TEXT, constants={"c0": w.double()}) == g
+    const_text._PRINTED.clear()        # text from elsewhere: no graph of this process printed it
     with pytest.raises(ParseError, match=r"line 8: missing constant #c0 \(sha256:780aa135196d7eef\)"):
         parse(TINY_TEXT)
     with pytest.raises(ParseError, match=r"line 8: constant #c0: supplied tensor has hash"):
@@ -457,3 +459,15 @@ def test_symbols_named_like_keywords_or_functions_round_trip(name: str) -> None:
     text = str(g)
     assert f"f32[{name}_,4]" in text
     assert parse(text) == g
+
+
+def test_printed_graph_parses_back_without_constants() -> None:
+    # DESIGN's g2 = sf.ir.parse(str(g)): the weights printed as hashes are read back from the
+    # graph this process printed, and still checked against the hash
+    g = build_tiny()
+    text = str(g)
+    assert parse(text) == g
+    w = g.nodes[0].inputs[1].const
+    w.add_(1)                                  # the graph's own tensor changed after printing
+    with pytest.raises(ParseError, match="supplied tensor has hash"):
+        parse(text)
