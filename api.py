@@ -56,6 +56,16 @@ class CompiledModel:
     def __repr__(self) -> str:
         return f"<CompiledModel @{self.graph.name} target={self.target}>"
 
+    def __copy__(self) -> "CompiledModel":
+        """A second handle on the same compiled kernels and weights."""
+        return CompiledModel(self.graph, self.target, self._runner, self.sources, self.schedule)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # loaded kernels, locks and device buffers do not pickle or deep-copy; the artifact
+        # directory is the portable form
+        raise ScalefoldError(f"a CompiledModel (@{self.graph.name}) cannot be pickled or deep-copied: "
+                             f"use cm.save(dir) and scalefold.load(dir)")
+
 
 def build_c(graph: Graph) -> CompiledModel:
     """Partition, render, compile (cached) and wrap ``graph`` for the CPU."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import threading
 from collections import Counter
 from contextlib import nullcontext
 from typing import Any, Mapping
@@ -37,6 +38,8 @@ from .aten_fuse import cleanup
 from .hf_moe import moe_blocks_swapped, recognise
 
 __all__ = ["from_torch", "KEEP", "supported_ops"]
+
+_EXPORT_LOCK = threading.RLock()
 
 _A = torch.ops.aten
 # Composite ops kept whole through run_decompositions (removed from torch's default table).
@@ -81,14 +84,18 @@ def from_torch(model: torch.nn.Module | ExportedProgram, example_inputs: Any,
         raise FrontendError(f"from_torch takes an nn.Module or an ExportedProgram, got {type(model).__name__}")
     args, kwargs = _split_inputs(example_inputs)
     gname = name or (type(model).__name__ if not isinstance(model, ExportedProgram) else "main")
-    ep = model if isinstance(model, ExportedProgram) \
-        else _export(model, args, kwargs, dynamic_shapes, moe_blocks)
-    try:
-        ep = ep.run_decompositions(_decomp_table())
-    except Exception as e:  # torch raises many kinds
-        raise FrontendError(f"decomposing {gname} failed: {_one_line(e)}") from e
-    dim_names = _dim_names(model, ep, args, kwargs, dynamic_shapes)
-    return _convert(ep, gname, dim_names)
+    # torch.export and its decompositions keep process-wide state (dispatch mode stacks, python
+    # op overrides): concurrent imports from several threads failed with errors that blamed
+    # the model, so imports take turns
+    with _EXPORT_LOCK:
+        ep = model if isinstance(model, ExportedProgram) \
+            else _export(model, args, kwargs, dynamic_shapes, moe_blocks)
+        try:
+            ep = ep.run_decompositions(_decomp_table())
+        except Exception as e:  # torch raises many kinds
+            raise FrontendError(f"decomposing {gname} failed: {_one_line(e)}") from e
+        dim_names = _dim_names(model, ep, args, kwargs, dynamic_shapes)
+        return _convert(ep, gname, dim_names)
 
 
 # ---- export -----------------------------------------------------------------------------------
@@ -266,6 +273,17 @@ def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str
                 for ax, d in enumerate(val.shape):
                     if isinstance(d, torch.SymInt):
                         syms.bind(d.node.expr, names.get(ax), f"{ph.name}_dim{ax}")
+    copies: dict[tuple, torch.Tensor] = {}
+
+    def owned(t: torch.Tensor) -> torch.Tensor:
+        # the graph keeps its own copy of the weights: the compiled model must not follow later
+        # in-place updates of the module (its prepacked kernels would not: half old, half new);
+        # one copy per storage view, so tied weights stay one tensor
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if key not in copies:
+            copies[key] = t.detach().clone()
+        return copies[key]
+
     for spec, ph in specs:
         val = ph.meta.get("val")
         if spec.kind == InputKind.USER_INPUT:
@@ -283,7 +301,7 @@ def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str
                 t = ep.constants.get(spec.target)
             if t is None:
                 raise FrontendError(f"no tensor for {spec.kind.name.lower()} {spec.target!r}")
-            ctx.env[ph] = ctx.const(t.detach(), name=spec.target)
+            ctx.env[ph] = ctx.const(owned(t), name=spec.target)
         else:
             raise FrontendError(f"input {ph.name!r} of kind {spec.kind.name} is not supported")
 

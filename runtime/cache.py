@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from typing import Any
 from functools import lru_cache
 from pathlib import Path
@@ -176,6 +177,7 @@ def _clear(path: Path) -> None:
 
 
 _LOADED: dict[str, ctypes.CDLL] = {}
+_FAULT_LOCKS: dict[str, threading.Lock] = {}
 
 
 def _loads(path: Path) -> bool:
@@ -207,9 +209,14 @@ def load_kernel(path: Path, symbol: str = "sf_kernel"):
     except AttributeError:
         return fn
     fault.argtypes, fault.restype = [], ctypes.c_int
+    # the flag is one per shared object, which every model with this kernel source shares:
+    # a call and the read of its flag must not interleave with another thread's
+    lock = _FAULT_LOCKS.setdefault(key, threading.Lock())
 
     def checked(p: Any, q: Any) -> None:
-        fn(p, q)
-        if fault():
+        with lock:
+            fn(p, q)
+            bad = fault()
+        if bad:
             raise ZeroDivisionError("integer division or remainder by zero")
     return checked

@@ -88,6 +88,8 @@ class Executor:
         # do constants no kernel reads (those of dead nodes, which the schedule leaves out).
         self._consts = [(self._slot[id(v)], v.const.to(self.device)) for v in _consts(graph)
                         if id(v) not in host_only and id(v) in self._slot]
+        # an output that is a view of a constant (reshape of a weight) is copied like an input
+        self._const_storages = _storages([t for _, t in self._consts])
         self._args: dict[str, list[int]] = {}
         for name, items in (args or {}).items():
             order = []
@@ -261,6 +263,16 @@ class Executor:
         return self.run(inputs)
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
+            # generated kernels write through raw pointers, so autograd would see only the
+            # library steps: a partial graph and silently wrong gradients
+            raise ExecutionError("compiled models compute no gradients: call them under torch.no_grad() "
+                                 "or pass inputs that do not require grad (torch.compile(backend="
+                                 "'scalefold') falls back to eager for training)")
+        with torch.no_grad():
+            return self._run(inputs)
+
+    def _run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         g = self.graph
         home = next((x.device for x in inputs if isinstance(x, torch.Tensor)), self.device)
         inputs = [_to_device(x, i, g, self.device) for i, x in enumerate(inputs)]
@@ -296,7 +308,7 @@ class Executor:
                     raise err from e
             res = []
             arena = b.arena.untyped_storage().data_ptr()
-            given = _storages(inputs)
+            given = _storages(inputs) | self._const_storages
             for v in g.outputs:
                 t = vals[self._slot[id(v)]]
                 if v.is_const or t.untyped_storage().data_ptr() in given | {arena}:
@@ -362,7 +374,7 @@ class Executor:
                         if isinstance(d, sympy.Symbol) and d not in env:
                             env[d] = int(size)
         res = []
-        given = _storages(inputs)
+        given = _storages(inputs) | self._const_storages
         for v in g.outputs:
             t = vals[self._slot[id(v)]]
             res.append(t.clone() if v.is_const or t.untyped_storage().data_ptr() in given else t.contiguous())

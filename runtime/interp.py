@@ -98,6 +98,13 @@ class Interpreter:
                 if last.get(id(v), step) == step and v not in self._free_after[step]:
                     self._free_after[step].append(v)
 
+    def _const_storages(self) -> set[int]:
+        """Storages of the graph's constants (an output may be a view of one)."""
+        if not hasattr(self, "_consts_at"):
+            self._consts_at = {v.const.untyped_storage().data_ptr() for v in self.graph.constants()
+                               if v.const is not None and v.const.numel()}
+        return self._consts_at
+
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         return self.run(inputs)
 
@@ -147,6 +154,7 @@ class Interpreter:
         # the caller gets fresh tensors: never a graph constant or its own input passed
         # through (x.clone() becomes identity), which writing to the output would change
         given = {x.untyped_storage().data_ptr() for x in inputs if isinstance(x, torch.Tensor) and x.numel()}
+        given |= self._const_storages()
         outs_ = [fetch(v) for v in g.outputs]
         return [t.clone() if isinstance(t, torch.Tensor) and (v.is_const or (
                     t.numel() and t.untyped_storage().data_ptr() in given)) else t

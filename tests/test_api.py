@@ -136,3 +136,52 @@ def test_readme_ir_imports_give_functions() -> None:
     from scalefold.ir import parse, verify
     assert callable(verify) and callable(parse)
     verify(parse(EXAMPLE_IR))
+
+
+def test_compiled_model_lifecycle_from_the_concurrency_hunt(tmp_path) -> None:
+    import copy
+    import pickle
+    import threading
+
+    import scalefold as sf
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 8)
+    for target in ("interp", "c"):
+        cm = sf.compile(m, (x,), target=target)
+        y0 = cm(x)
+        # the compiled model keeps its own weights: the module's later updates do not leak in
+        with torch.no_grad():
+            m[0].weight.mul_(10.0)
+            m[2].bias.zero_()
+        assert torch.equal(cm(x), y0), target
+        with torch.no_grad():
+            m[0].weight.div_(10.0)
+        # pickling / deep copies are a clear error naming the portable form; copy.copy works
+        for f in (pickle.dumps, copy.deepcopy):
+            with pytest.raises(sf.ScalefoldError, match="cm.save"):
+                f(cm)
+        assert torch.equal(copy.copy(cm)(x), y0)
+    # the generated kernels compute no gradients: a grad-requiring input is a clear error
+    # (the library steps alone recorded a partial autograd graph: silently wrong gradients)
+    cm = sf.compile(m, (x,), target="c")
+    with pytest.raises(sf.ExecutionError, match="no gradients"):
+        cm(x.clone().requires_grad_(True))
+    with torch.no_grad():
+        assert torch.equal(cm(x.clone().requires_grad_(True)), cm(x))
+    # concurrent imports take turns instead of failing with errors that blamed the model
+    res: list[object] = []
+
+    def work() -> None:
+        mm = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.LayerNorm(8)).eval()
+        try:
+            sf.compile(mm, (torch.randn(3, 8),), target="interp")
+            res.append("ok")
+        except sf.ScalefoldError as e:
+            res.append(e)
+    ts = [threading.Thread(target=work) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert res == ["ok"] * 4

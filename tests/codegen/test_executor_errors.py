@@ -116,3 +116,59 @@ def test_reference_result_off_its_declared_shape_is_an_error(target: str) -> Non
     assert torch.equal(cm(torch.full((2, 3), 3.0)), torch.full((2, 1), 9.0))
     with pytest.raises(sf.ExecutionError, match=r"slice.*produced shape \(2, 0\)"):
         cm(torch.ones(2, 0))
+
+
+@pytest.mark.usefixtures("kernel_cache_dir")
+def test_zero_divisor_faults_stay_with_their_call() -> None:
+    # two models share one kernel library and its fault flag: threads calling both saw
+    # each other's faults (a clean model raised, the faulty one returned silently)
+    import threading
+    good_m, bad_m = sf.compile(parse(INT_DIV), target="c"), sf.compile(parse(INT_DIV), target="c")
+    n = 1 << 16
+    a = torch.randint(1, 100, (n,))
+    b = torch.randint(1, 5, (n,))
+    c = a.to(torch.int32)
+    d = b.to(torch.int32)
+    bz = b.clone()
+    bz[-1] = 0
+    wrong: list[str] = []
+
+    def good() -> None:
+        for _ in range(60):
+            try:
+                good_m(a, b, c, d)
+            except sf.ExecutionError:
+                wrong.append("good raised")
+
+    def bad() -> None:
+        for _ in range(60):
+            try:
+                bad_m(a, bz, c, d)
+                wrong.append("bad returned")
+            except sf.ExecutionError:
+                pass
+    ts = [threading.Thread(target=good), threading.Thread(target=bad)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert wrong == []
+
+
+@pytest.mark.usefixtures("kernel_cache_dir")
+@pytest.mark.parametrize("target", ["interp", "c"])
+def test_output_viewing_a_constant_is_copied(target: str) -> None:
+    text = """
+graph @g(%x: f32[B,4]) -> (f32[B,4], f32[16]) {
+  %0: f32[B,4] = linear(%x, #w)
+  %1: f32[16] = reshape[shape=[16]](#w)
+  return %0, %1
+}
+#w = const f32[4,4] randn(seed=0, std=1.0)
+"""
+    cm = sf.compile(parse(text), target=target)
+    x = torch.randn(2, 4)
+    y0, wflat = cm(x)
+    y0 = y0.clone()
+    wflat.zero_()                      # writing to an output must not change the weights
+    assert torch.equal(cm(x)[0], y0)
