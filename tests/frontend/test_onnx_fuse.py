@@ -39,7 +39,7 @@ def test_bias_add_after_matmul(bias_shape, bias_first, extra_use, fused) -> None
     ops = [n.op for n in g.nodes]
     assert ("add" not in ops) == fused
     x = torch.from_numpy(RNG.standard_normal((2, 5, 8)).astype(np.float32))
-    w = torch.from_numpy(numpy_helper.to_array(m.graph.initializer[0]))
-    b = torch.from_numpy(numpy_helper.to_array(m.graph.initializer[1]))
+    w = torch.from_numpy(numpy_helper.to_array(m.graph.initializer[0]).copy())
+    b = torch.from_numpy(numpy_helper.to_array(m.graph.initializer[1]).copy())
     got = run(g, x)
     torch.testing.assert_close(got[0], x @ w + b, rtol=1e-6, atol=1e-6)
