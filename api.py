@@ -127,6 +127,27 @@ def _packed_only(rendered: list) -> set[int]:
     return packed - other
 
 
+def _own_weights(graph: Graph, model: Any) -> None:
+    """Give ``graph`` its own copy of the constants it shares with a torch ``model``: the
+    compiled model must not follow later in-place updates of the module, since the kernels
+    that prepacked a weight would not (half old, half new). One copy per storage view, so
+    tied weights stay one tensor; the import itself shares them (no copy for to_onnx)."""
+    if isinstance(model, torch.nn.Module):
+        tensors = list(model.parameters()) + list(model.buffers())
+    elif isinstance(model, torch.export.ExportedProgram):
+        tensors = list(model.state_dict.values()) + list(model.constants.values())
+    else:
+        return
+    shared = {t.untyped_storage().data_ptr() for t in tensors if isinstance(t, torch.Tensor) and t.numel()}
+    copies: dict[tuple, torch.Tensor] = {}
+    for v in graph.constants():
+        c = v.const
+        if c is None or not c.numel() or c.untyped_storage().data_ptr() not in shared:
+            continue
+        key = (c.untyped_storage().data_ptr(), c.storage_offset(), tuple(c.shape), tuple(c.stride()), c.dtype)
+        v.const = copies.setdefault(key, c.clone())
+
+
 def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, passes: Iterable[str] | str = (),
             calibration: Iterable[Sequence[torch.Tensor]] | None = None, target: str = "c",
             dynamic_shapes: Any = None) -> CompiledModel:
@@ -147,6 +168,7 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, pa
         passes = split_pipeline(passes)
     passes = list(passes)
     graph = to_graph(model, example_inputs, dynamic_shapes).clone()
+    _own_weights(graph, model)
     if passes:
         try:
             from .passes import run_pipeline

@@ -2,7 +2,7 @@
 onnxruntime's MatMulNBits and torch fp32.
 
 One linear of K x N = 4096 x 11008 (a LLaMA-7B MLP up projection), int4 asymmetric codes,
-group 128 along K (22.5 MB of nibbles, plus 1.4 MB of scales and zero points), 2 threads, every
+group 128 along K (22.5 MB of nibbles, plus 1.6 MB of f32 scales and 4-bit zero points), 2 threads, every
 runner in this one process on the same codes; per M, medians in ms, the ratio of each runner to
 scalefold's int8-activation kernel, and effective weight bandwidth (the 22.5 MB of nibbles /
 time). Runners:

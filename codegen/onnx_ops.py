@@ -166,7 +166,8 @@ def _elementwise(cx: Emitter, node: Node) -> list[str]:
     if via is not None:
         body = _elementwise_body(cx, node, [cx.cast(x, d, via) for x in xs], dt.get(via))
         out = node.outputs[0].dtype
-        return [cx.cast(body, via, out) if out is d else body]
+        compare = node.op in ("lt", "le", "gt", "ge")      # already bool
+        return [cx.cast(body, via, out) if out is d and not compare else body]
     if d.name in _LIFT and node.op not in ("identity",):
         body = _elementwise_body(cx, node, [cx.cast(x, d, dt.f32) for x in xs], dt.f32)
         out = node.outputs[0].dtype

@@ -129,6 +129,8 @@ def opmath(compute: dt.DType, scalars: Sequence[Any]) -> dt.DType:
         return compute
     for v in scalars:
         if isinstance(v, Value):
+            if v.type.rank == 0 and v.dtype in (dt.f32, dt.f64):
+                return dt.f32      # a 0-d float32 tensor acts as a scalar: used unrounded
             continue
         if not isinstance(v, (bool, int, float)):
             return dt.f32      # a symbolic dim: its value is not known to fit

@@ -272,16 +272,29 @@ def _legacy_resizes(proto: onnx.ModelProto) -> set[str]:
             if n.op_type in ("Upsample", "Resize") and n.domain in ("", "ai.onnx") and n.output}
 
 
-def _mark_legacy_resizes(proto: onnx.ModelProto, outputs: set[str]) -> None:
-    """Write the legacy coordinate rules into the upgraded Resize nodes that produce ``outputs``."""
+def _mark_legacy_resizes(proto: onnx.ModelProto, outputs: set[str], where: str) -> None:
+    """Write the legacy coordinate rules into the upgraded Resize nodes that produce ``outputs``:
+    asymmetric coordinates; nearest rounds down when upsampling and up when downsampling (as
+    onnxruntime runs Upsample / Resize-10)."""
     for g in _subgraphs(proto.graph):
+        inits = {t.name: t for t in g.initializer}
+        consts = {n.output[0]: at.t for n in g.node if n.op_type == "Constant" for at in n.attribute
+                  if at.name == "value"}
         for n in g.node:
             if n.op_type != "Resize" or not n.output or n.output[0] not in outputs:
                 continue
+            scales = inits.get(n.input[2]) or consts.get(n.input[2]) if len(n.input) > 2 else None
+            sv = onnx.numpy_helper.to_array(scales).reshape(-1).tolist() if scales is not None else []
+            mode = next((at.s.decode() for at in n.attribute if at.name == "mode"), "nearest")
+            if mode == "nearest" and any(v < 1 for v in sv) and any(v > 1 for v in sv):
+                raise FrontendError(f"{where}: legacy nearest {n.op_type or 'Resize'} '{n.name}' scales some "
+                                    f"axes up and some down ({sv}); onnxruntime rounds those two "
+                                    f"kinds of axes differently, which one Resize cannot say")
             keep = [at for at in n.attribute if at.name not in ("coordinate_transformation_mode", "nearest_mode")]
             del n.attribute[:]
             n.attribute.extend(keep + [onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
-                                       onnx.helper.make_attribute("nearest_mode", "floor")])
+                                       onnx.helper.make_attribute("nearest_mode",
+                                                                  "ceil" if any(v < 1 for v in sv) else "floor")])
 
 
 def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
@@ -313,7 +326,7 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
             raise FrontendError(f"{where}: opset {opset} is older than {MIN_OPSET} and could not "
                                 f"be upgraded: {str(e).splitlines()[0] if str(e) else e}") from None
         if legacy:
-            _mark_legacy_resizes(proto, legacy)
+            _mark_legacy_resizes(proto, legacy, where)
         opsets = _opsets(proto)
         opset = opsets.get("", MIN_OPSET)
     gp = proto.graph

@@ -273,17 +273,6 @@ def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str
                 for ax, d in enumerate(val.shape):
                     if isinstance(d, torch.SymInt):
                         syms.bind(d.node.expr, names.get(ax), f"{ph.name}_dim{ax}")
-    copies: dict[tuple, torch.Tensor] = {}
-
-    def owned(t: torch.Tensor) -> torch.Tensor:
-        # the graph keeps its own copy of the weights: the compiled model must not follow later
-        # in-place updates of the module (its prepacked kernels would not: half old, half new);
-        # one copy per storage view, so tied weights stay one tensor
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if key not in copies:
-            copies[key] = t.detach().clone()
-        return copies[key]
-
     for spec, ph in specs:
         val = ph.meta.get("val")
         if spec.kind == InputKind.USER_INPUT:
@@ -301,7 +290,7 @@ def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str
                 t = ep.constants.get(spec.target)
             if t is None:
                 raise FrontendError(f"no tensor for {spec.kind.name.lower()} {spec.target!r}")
-            ctx.env[ph] = ctx.const(owned(t), name=spec.target)
+            ctx.env[ph] = ctx.const(t.detach(), name=spec.target)
         else:
             raise FrontendError(f"input {ph.name!r} of kind {spec.kind.name} is not supported")
 

@@ -25,6 +25,23 @@ def remember(digest: str, tensor: torch.Tensor) -> None:
     _PRINTED[digest.lower()] = tensor
 
 
+class PrintedConstants(Mapping[str, torch.Tensor]):
+    """``constants=`` of a parse given none: the tensors this process printed as hashes, by
+    hash, until their graphs are collected."""
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        t = _PRINTED.get(key.lower()) if isinstance(key, str) else None
+        if t is None:
+            raise KeyError(key)
+        return t
+
+    def __iter__(self):
+        return iter(list(_PRINTED.keys()))
+
+    def __len__(self) -> int:
+        return len(_PRINTED)
+
+
 def _flatten(v: Any, shape: tuple[int, ...], path: str = "") -> list[Any]:
     if not shape:
         if isinstance(v, tuple):
@@ -114,10 +131,8 @@ def lookup(constants: Mapping[str, Any], name: str, digest: str | None, t: Tenso
     else:
         if digest is None:
             raise ParseError(f"missing constant #{name} (param): pass it in constants= by name")
-        x = _PRINTED.get(digest.lower())
-        if x is None:
-            raise ParseError(f"missing constant #{name} (sha256:{digest}): pass it in constants= "
-                             f"by hash or by name")
+        raise ParseError(f"missing constant #{name} (sha256:{digest}): pass it in constants= "
+                         f"by hash or by name")
     if isinstance(x, Value) and x.const is not None:
         x = x.const
     x = torch.as_tensor(x).detach().cpu()

@@ -418,12 +418,13 @@ def parse(text: str, constants: Mapping[str, Any] | None = None, verify: bool = 
     """Parse IR text into a Graph.
 
     ``constants`` maps a constant's hash (the hex digits after ``sha256:``) or its name
-    (``"c0"``) to its tensor; a ``sha256:`` constant not supplied there is taken from a graph
-    this process printed, while that graph lives (so ``parse(str(g)) == g``), else it is an
-    error; its data must match the hash either way. Raises ParseError naming the line and the
+    (``"c0"``) to its tensor; every ``sha256:`` constant must be supplied, and its data must
+    match the hash. Without ``constants`` the tensors this process printed as hashes are used,
+    until their graphs are collected (so ``parse(str(g)) == g`` while ``g`` lives). Raises ParseError naming the line and the
     offending op, value or constant.
     """
-    constants = constants or {}
+    if constants is None:
+        constants = ct.PrintedConstants()
     lines = [(i + 1, _strip_comment(raw).strip()) for i, raw in enumerate(text.split("\n"))]
     lines = [(n, s) for n, s in lines if s]
     if not lines:

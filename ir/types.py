@@ -17,12 +17,7 @@ Dim = Union[int, sympy.Expr]
 
 @lru_cache(maxsize=None)
 def sym(name: str) -> sympy.Symbol:
-    """The dimension symbol called ``name``; dimension symbols are positive integers. A name
-    the IR text could not read back as a symbol (a Python keyword, None / True / False, or a
-    function of dimension expressions: Max, floor, ...) gets a trailing underscore, so that
-    ONNX dim_params like "None" or "in" still print and parse (and saved artifacts load)."""
-    if keyword.iskeyword(name) or name in ("None", "True", "False") or name in _FUNC_NAMES:
-        name += "_"
+    """The dimension symbol called ``name``; dimension symbols are positive integers."""
     return sympy.Symbol(name, integer=True, positive=True)
 
 
@@ -50,7 +45,6 @@ def canon_dim(d: Dim | str) -> Dim:
 
 _FUNCS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "ceil": sympy.ceiling,
           "Max": sympy.Max, "Min": sympy.Min, "Mod": sympy.Mod}
-_FUNC_NAMES = frozenset(_FUNCS)
 
 
 def parse_dim(text: str) -> Dim:
@@ -58,10 +52,26 @@ def parse_dim(text: str) -> Dim:
     text = text.strip()
     if text.isdigit():
         return int(text)
-    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
-    local = {n: _FUNCS[n] if n in _FUNCS else sym(n) for n in names}
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        return sym(text)        # a bare name, even "in", "None" or "Max" (ONNX dim_params)
+    # names sympify cannot take as symbols (Python keywords, None / True / False, and the dim
+    # functions where no call follows) go through stand-ins bound to their symbols
+    local: dict[str, object] = {}
+
+    def name(m: re.Match) -> str:
+        n, called = m.group(0), text[m.end():].lstrip().startswith("(")
+        if n in _FUNCS and called:
+            local[n] = _FUNCS[n]
+            return n
+        if keyword.iskeyword(n) or n in ("None", "True", "False") or n in _FUNCS:
+            stand = f"_sf_name_{len(local)}"
+            local[stand] = sym(n)
+            return stand
+        local[n] = sym(n)
+        return n
+    safe = re.sub(r"[A-Za-z_][A-Za-z0-9_]*", name, text)
     try:
-        expr = sympy.sympify(text, locals=local)
+        expr = sympy.sympify(safe, locals=local)
     except Exception as e:  # sympy raises many types
         raise IRError(f"bad dimension expression {text!r}: {e}") from None
     if not isinstance(expr, sympy.Expr):

@@ -9,8 +9,10 @@ as fresh tensors.
 Template kernels (the C backend's int8 GEMM) run like fused ones; their pointer array may also
 hold prepacked constant tensors (``args``), which live in the executor like graph constants.
 
-Fused kernels are either ctypes functions (the C backend: ``fn(pointers, ints)``) or objects
-with ``bind(ints) -> launch(tensors)`` (the Triton backend). With ``device="cuda"`` constants,
+Fused kernels are either callables ``fn(pointers, ints)`` (the C backend: the ctypes function,
+or for a kernel that divides integers a wrapper that raises on a zero divisor, see
+``runtime/cache.load_kernel``) or objects with ``bind(ints) -> launch(tensors)`` (the Triton
+backend). Runs compute no gradients: a grad-requiring input under grad mode is an error. With ``device="cuda"`` constants,
 the arena and inputs live on the GPU and outputs are returned on the inputs' device; with
 ``cuda_graphs=True`` the second call of a binding captures all its steps into one CUDA graph
 that later calls replay (static input buffers; outputs copied out), removing the per-kernel
@@ -33,7 +35,7 @@ from ..ir.errors import ExecutionError, ScalefoldError, ShapeError
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
-from .interp import bind_symbols
+from .interp import bind_symbols, check_shape, declared_shapes
 from .library import library_fn, qlinear_fallback
 
 Step = Callable[[list], None]
@@ -196,17 +198,17 @@ class Executor:
             dst = slot[id(k.nodes[-1].outputs[0])]
 
             last = k.nodes[-1]
-            want_lib = _shapes(last, env)
+            want_lib = declared_shapes(last, env)
 
             def run_lib(vals: list) -> None:
                 xs = [vals[s] if s >= 0 else None for s in ins]
                 if writes_out:
                     xs = [x.contiguous() if x is not None else None for x in xs]
                 res = fn_lib(xs, vals[dst] if writes_out else None)
-                _check_shape(last, 0, res, want_lib)
+                check_shape(last, 0, res, want_lib)
                 vals[dst] = res if res.is_contiguous() else res.contiguous()
             return run_lib
-        want = _shapes(node, env)
+        want = declared_shapes(node, env)
         if node.op == "qlinear":
             fast = self._qlinear_fallback(node)
             if fast is not None:
@@ -214,7 +216,7 @@ class Executor:
 
                 def run_q(vals: list) -> None:
                     res = fast([vals[s] if s >= 0 else None for s in ins], None)
-                    _check_shape(node, 0, res, want)
+                    check_shape(node, 0, res, want)
                     vals[dst_q] = res
                 return run_q
         ref = get_op(node.op).reference
@@ -239,7 +241,7 @@ class Executor:
             res = list(res) if isinstance(res, (tuple, list)) else [res]
             bases = {x.untyped_storage().data_ptr() for x in xs if x is not None}
             for i, (s, t) in enumerate(zip(out_slots, res)):
-                _check_shape(node, i, t, want)
+                check_shape(node, i, t, want)
                 if t.device != dev:   # generators (arange, full) make CPU tensors
                     t = t.to(dev)
                 # A reference may return a view of an input (expand / reshape to the same
@@ -308,10 +310,11 @@ class Executor:
                     raise err from e
             res = []
             arena = b.arena.untyped_storage().data_ptr()
-            given = _storages(inputs) | self._const_storages
+            given = _storages(inputs)
             for v in g.outputs:
                 t = vals[self._slot[id(v)]]
-                if v.is_const or t.untyped_storage().data_ptr() in given | {arena}:
+                at = t.untyped_storage().data_ptr()
+                if v.is_const or at == arena or at in given or at in self._const_storages:
                     # never hand out the arena, a constant or the caller's own input (an
                     # output may be an input passed through: x.clone() became identity)
                     t = t.clone()
@@ -374,38 +377,17 @@ class Executor:
                         if isinstance(d, sympy.Symbol) and d not in env:
                             env[d] = int(size)
         res = []
-        given = _storages(inputs) | self._const_storages
+        given = _storages(inputs)
         for v in g.outputs:
             t = vals[self._slot[id(v)]]
-            res.append(t.clone() if v.is_const or t.untyped_storage().data_ptr() in given else t.contiguous())
+            at = t.untyped_storage().data_ptr()
+            res.append(t.clone() if v.is_const or at in given or at in self._const_storages else t.contiguous())
         return res
 
     def memory_report(self, env: Mapping[sympy.Symbol, int]) -> BufferPlan:
         """The buffer plan for one binding: arena bytes (peak of planned intermediates) and
         what one buffer per value would take."""
         return plan_buffers(self.schedule, env, exclude=self.graph.outputs)
-
-
-def _shapes(node: Node, env: Mapping[sympy.Symbol, int]) -> list[tuple[int, ...] | None]:
-    """The concrete shapes ``node``'s outputs must have under ``env`` (None: a dim bound only
-    by the data, nothing to check against)."""
-    out: list[tuple[int, ...] | None] = []
-    for o in node.outputs:
-        try:
-            out.append(o.type.concrete(dict(env)))
-        except ScalefoldError:
-            out.append(None)
-    return out
-
-
-def _check_shape(node: Node, i: int, t: torch.Tensor, want: Sequence[tuple[int, ...] | None]) -> None:
-    """A reference or library result must have its declared shape before generated kernels
-    read it by that shape (a symbol bound to 0 under a shape simplified for positive sizes
-    read past the end of a smaller result)."""
-    w = want[i] if i < len(want) else None
-    if w is not None and tuple(t.shape) != w:
-        raise ExecutionError(f"node {node.describe()}: produced shape {tuple(t.shape)}, declared "
-                             f"{node.outputs[i].type} = {w}")
 
 
 def _storages(xs: Sequence[Any]) -> set[int]:

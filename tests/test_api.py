@@ -153,10 +153,11 @@ def test_compiled_model_lifecycle_from_the_concurrency_hunt(tmp_path) -> None:
         # the compiled model keeps its own weights: the module's later updates do not leak in
         with torch.no_grad():
             m[0].weight.mul_(10.0)
-            m[2].bias.zero_()
+            m[2].bias.add_(1.0)
         assert torch.equal(cm(x), y0), target
         with torch.no_grad():
             m[0].weight.div_(10.0)
+            m[2].bias.sub_(1.0)
         # pickling / deep copies are a clear error naming the portable form; copy.copy works
         for f in (pickle.dumps, copy.deepcopy):
             with pytest.raises(sf.ScalefoldError, match="cm.save"):

@@ -199,11 +199,11 @@ def _div(x: Tensor, y: Tensor, a: Attrs) -> Tensor:
         return torch.div(x, y, rounding_mode="trunc")
     m1 = y == -1
     q = torch.div(x, torch.where(m1, torch.ones_like(y), y), rounding_mode="trunc")
-    return torch.where(m1, -x, q) if bool(m1.any()) else q
+    return torch.where(m1, -x, q)
 
 
 def _mod(x: Tensor, y: Tensor, a: Attrs) -> Tensor:
-    if x.is_floating_point() or not x.dtype.is_signed or not bool((y == -1).any()):
+    if x.is_floating_point() or not x.dtype.is_signed:
         return torch.fmod(x, y) if a["fmod"] else torch.remainder(x, y)
     m1 = y == -1           # MIN % -1 is 0 (the machine division would trap)
     y1 = torch.where(m1, torch.ones_like(y), y)

@@ -65,14 +65,17 @@ def test_resize_tf_crop_and_upsample() -> None:
     assert got[0].shape == (1, 1, 10, 15)
 
 
-@pytest.mark.parametrize("op,opset", [("Upsample", 9), ("Resize", 10)])
-@pytest.mark.parametrize("mode,scales", [("linear", [1, 1, 2, 1.5]), ("nearest", [1, 1, 1.7, 2.5])])
+@pytest.mark.parametrize("op,opset,mode,scales", [
+    (op, opset, mode, scales) for op, opset in (("Upsample", 9), ("Resize", 10))
+    for mode, scales in (("linear", [1, 1, 2, 1.5]), ("nearest", [1, 1, 1.7, 2.5]))] + [
+    # Resize-10 also scales down (Upsample refuses scales below 1); nearest then rounds up
+    ("Resize", 10, "linear", [1, 1, 0.5, 0.6]), ("Resize", 10, "nearest", [1, 1, 0.75, 0.6])])
 def test_legacy_upsample_and_resize10_keep_their_coordinates(op: str, opset: int, mode: str,
                                                              scales: list[float]) -> None:
     # onnx's version converter makes them Resize-13 without coordinate_transformation_mode,
     # so half_pixel applied: linear rows were [0, .5, 1.17, 1.83] where onnxruntime has
-    # [0, .67, 1.33, 2]
-    x = RNG.standard_normal((1, 2, 4, 5)).astype(np.float32)
+    # [0, .67, 1.33, 2]; nearest rounds down when upsampling and up when downsampling
+    x = RNG.standard_normal((1, 2, 8, 10)).astype(np.float32)
     m = build(op, {"x": x}, {"mode": mode}, opset=opset, inits={"s": np.array(scales, np.float32)})
     m.ir_version = 5
     compare(m, {"x": x})
@@ -119,3 +122,12 @@ def test_keep_aspect_ratio_resize_export_is_refused_by_name() -> None:
     compare(m, {"x": x})
     with pytest.raises(ExportError, match="keep_aspect_ratio_policy"):
         to_onnx(from_onnx(m))
+
+
+def test_legacy_nearest_resize_mixing_up_and_down_is_refused_by_name() -> None:
+    x = RNG.standard_normal((1, 2, 8, 10)).astype(np.float32)
+    m = build("Resize", {"x": x}, {"mode": "nearest"}, opset=10,
+              inits={"s": np.array([1, 1, 2.0, 0.5], np.float32)})
+    m.ir_version = 5
+    with pytest.raises(FrontendError, match="scales some axes up and some down"):
+        from_onnx(m)

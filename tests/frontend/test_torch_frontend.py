@@ -427,12 +427,13 @@ def test_python_scalars_of_half_ops_stay_float32_as_in_torch(dtype: torch.dtype)
     # first (4 of 40 results off by one ulp). torch keeps such scalars in float32 for mul and
     # div, and rounds them to the tensor's dtype for add and sub.
     class M(nn.Module):
-        def forward(self, h: torch.Tensor) -> tuple:
-            return h * 1e5, h * 0.1, h / 0.3, h + 1e-3, 0.7 - h, h * 0.5
+        def forward(self, h: torch.Tensor, s: torch.Tensor) -> tuple:
+            return h * 1e5, h * 0.1, h / 0.3, h + 1e-3, 0.7 - h, h * 0.5, h * s, h / s
 
     h = (torch.arange(1, 41, dtype=torch.float32) * 0.0137 - 0.2).to(dtype)
-    g = from_torch(M(), (h,))
-    for got, want in zip(run(g, h), M()(h)):
+    s = torch.tensor(0.1)               # a 0-d float32 tensor is used unrounded too
+    g = from_torch(M(), (h, s))
+    for got, want in zip(run(g, h, s), M()(h, s)):
         assert got.dtype == dtype and torch.equal(got, want)
 
 

@@ -455,10 +455,12 @@ def test_symbols_named_like_keywords_or_functions_round_trip(name: str) -> None:
     # not load
     g = Graph("g")
     x = g.add_input(TensorType(dt.f32, (sym(name), 4)), "x")
-    g.set_outputs([g.add("relu", [x])])
+    y = g.add_input(TensorType(dt.f32, (sym(name + "_"), 2 * sym(name) + 1)), "y")
+    g.set_outputs([g.add("relu", [x]), g.add("relu", [y])])
     text = str(g)
-    assert f"f32[{name}_,4]" in text
-    assert parse(text) == g
+    assert f"f32[{name},4]" in text and f"f32[{name}_,2*{name}+1]" in text
+    g2 = parse(text)
+    assert g2 == g and len(g2.symbols) == 2     # "in" and "in_" stay two dims
 
 
 def test_printed_graph_parses_back_without_constants() -> None:
@@ -471,3 +473,5 @@ def test_printed_graph_parses_back_without_constants() -> None:
     w.add_(1)                                  # the graph's own tensor changed after printing
     with pytest.raises(ParseError, match="supplied tensor has hash"):
         parse(text)
+    with pytest.raises(ParseError, match="missing constant"):   # given constants= : only those
+        parse(text, constants={})
