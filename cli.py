@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -421,18 +420,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _median_ms(fn: Any, iters: int) -> float:
-    import statistics
-    fn()
-    fn()  # warm-up: first calls allocate arenas and page in kernels
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _bench(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -443,6 +430,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.iters < 1:
         raise ScalefoldError("--iters must be at least 1")
     import onnxruntime as ort
+
+    from .runtime.timing import median_ms
     cm = load_model(args.model, "c")
     env = parse_bind(args.bind)
     _check_binding(cm.graph, _symbols(env), args.bind or "")
@@ -460,9 +449,9 @@ def _bench(args: argparse.Namespace) -> int:
         diff = max((float(np.max(np.abs(o.float().numpy() - r.astype(np.float32)))) if o.numel() else 0.0)
                    for o, r in zip(ours, ref))
         with progress(f"timing scalefold ({args.iters} iters)"):
-            t_sf = _median_ms(lambda: cm(*xs), args.iters)
+            t_sf = median_ms(lambda: cm(*xs), args.iters, warmup=2)
         with progress(f"timing onnxruntime ({args.iters} iters)"):
-            t_ort = _median_ms(lambda: sess.run(None, ort_feeds), args.iters)
+            t_ort = median_ms(lambda: sess.run(None, ort_feeds), args.iters, warmup=2)
     print("inputs: " + ", ".join(f"{n}={list(x.shape)}" for n, x in feeds.items()))
     print(f"scalefold (c):  {t_sf:9.3f} ms (median of {args.iters})")
     print(f"onnxruntime:    {t_ort:9.3f} ms (median of {args.iters})")
