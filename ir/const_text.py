@@ -5,6 +5,7 @@ ParseErrors without a line, to which the parser adds the line.
 """
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, Mapping
 
@@ -18,6 +19,9 @@ from .types import TensorType
 # Constants this process printed as hashes, by hash, for as long as their graphs hold them:
 # parse(str(g)) then reads back g's weights without constants= (the hash still checks them).
 _PRINTED: "weakref.WeakValueDictionary[str, torch.Tensor]" = weakref.WeakValueDictionary()
+
+
+MAX_GENERATED = 1 << 30     # elements of a generator-form constant (randn(...) etc.)
 
 
 def remember(digest: str, tensor: torch.Tensor) -> None:
@@ -101,6 +105,15 @@ def generate(kind: str, args: Mapping[str, Any], t: TensorType) -> torch.Tensor:
             raise ParseError(f"{kind}: missing argument {k!r}")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ParseError(f"{kind}: argument {k!r} must be a number, got {v!r}")
+        if not math.isfinite(v) or abs(v) >= 2 ** 63:
+            raise ParseError(f"{kind}: argument {k!r} must be finite and below 2^63, got {v!r}")
+    if "seed" in a and (not float(a["seed"]).is_integer() or a["seed"] < 0):
+        raise ParseError(f"{kind}: seed must be a non-negative integer, got {a['seed']!r}")
+    if not t.is_static:
+        raise ParseError(f"{kind}: a generated constant needs a static shape, got {t}")
+    if t.numel() > MAX_GENERATED:
+        raise ParseError(f"{kind}: {t} has {t.numel()} elements, more than the {MAX_GENERATED} a "
+                         f"generated constant may have")
     shape = tuple(int(d) for d in t.shape)
     gen = torch.Generator().manual_seed(int(a["seed"])) if "seed" in a else None
     if kind == "randn":

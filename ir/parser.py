@@ -213,6 +213,8 @@ def _atom_value(tok: str, c: _Cursor) -> Any:
     if tok in _SPECIAL_FLOATS:
         return _SPECIAL_FLOATS[tok]
     if _INT.match(tok):
+        if len(tok.lstrip("+-")) > 30:
+            raise c.error(f"integer {tok[:20]}... is too long")
         return int(tok)
     if _FLOAT.match(tok):
         return float(tok)
@@ -222,8 +224,10 @@ def _atom_value(tok: str, c: _Cursor) -> Any:
         raise c.error(f"bad value {tok!r}") from None
 
 
-def _value(c: _Cursor) -> Any:
+def _value(c: _Cursor, depth: int = 0) -> Any:
     """One attribute value: string, list (as tuple), bool, number or dimension expression."""
+    if depth > 32:
+        raise c.error("attribute lists nested more than 32 deep")
     ch = c.peek()
     if ch == '"':
         return c.string()
@@ -232,7 +236,7 @@ def _value(c: _Cursor) -> Any:
         items: list[Any] = []
         if not c.eat("]"):
             while True:
-                items.append(_value(c))
+                items.append(_value(c, depth + 1))
                 if c.eat("]"):
                     break
                 c.expect(",", "or ']' in list")

@@ -36,7 +36,12 @@ def canon_dim(d: Dim | str) -> Dim:
         # and 'B' built by a frontend are the same object.
         d = d.xreplace({s: sym(s.name) for s in d.free_symbols if s != sym(s.name)})
         if d.is_Integer:
+            if d < 0:
+                raise IRError(f"negative dimension {d}")
             return int(d)
+        if d.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) or d.atoms(sympy.Float) or \
+                d.is_real is False or d.is_negative:
+            raise IRError(f"bad dimension {d}: not a size (infinite, complex, negative or a float)")
         return d
     if hasattr(d, "__index__"):
         return canon_dim(int(d))
@@ -47,9 +52,34 @@ _FUNCS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "ceil": sympy.ceiling,
           "Max": sympy.Max, "Min": sympy.Min, "Mod": sympy.Mod}
 
 
+# What a dimension's text may hold: sympify evaluates it as Python, so no quotes, dots or
+# brackets may reach it (f32[B.subs.__globals__...] ran code); integers of a sane length, and
+# ``**`` only with a small literal exponent (9**9**9 never finished).
+_DIM_TEXT = re.compile(r"[0-9A-Za-z_+\-*/(), ]*")
+_MAX_DIGITS = 30
+
+
+def _check_dim_text(text: str) -> None:
+    if not text.isascii() or not _DIM_TEXT.fullmatch(text):
+        raise IRError(f"bad dimension {text!r}: only integers, names, + - * / ** ( ) , may appear")
+    if any(len(d) > _MAX_DIGITS for d in re.findall(r"[0-9]+", text)):
+        raise IRError(f"bad dimension {text!r}: an integer longer than {_MAX_DIGITS} digits")
+    for m in re.finditer(r"\*\*", text):
+        e = re.match(r"\s*([0-9]+)\b(?!\s*\*\*)", text[m.end():])
+        if e is None or int(e.group(1)) > 64:
+            raise IRError(f"bad dimension {text!r}: ** takes a literal exponent of at most 64")
+    for m in re.finditer(r"[A-Za-z_][A-Za-z0-9_]*(?=\s*\()", text):
+        if m.group(0) not in _FUNCS:
+            raise IRError(f"bad dimension {text!r}: {m.group(0)}(...) is not a dimension function "
+                          f"({', '.join(sorted(_FUNCS))})")
+
+
 def parse_dim(text: str) -> Dim:
-    """Parse a dimension written as text (``"64"``, ``"B"``, ``"2*S + 1"``)."""
+    """Parse a dimension written as text (``"64"``, ``"B"``, ``"2*S + 1"``): integers, names,
+    ``+ - * / ** ( )`` and the functions floor, ceiling, Max, Min, Mod; anything else is an
+    IRError (the text is never evaluated as Python)."""
     text = text.strip()
+    _check_dim_text(text)
     if text.isdigit():
         return int(text)
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):

@@ -118,6 +118,10 @@ class OpDef:
                 v = spec.default
             if v is not None:
                 v = _check_kind(v, spec, k, where)
+            elif spec.default is not None:
+                # none skipped every check (softmax[axis=none] crashed later), and a none where
+                # the default is a value printed as that default
+                raise AttributeError_(f"{where}: attribute {k!r} may not be none")
             out[k] = v
         return Attrs(out)
 
@@ -145,12 +149,15 @@ def _check_kind(v: Any, spec: AttrSpec, k: str, where: str) -> Any:
 
     kind = spec.kind
     if kind == "int":
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, int) or not -2 ** 63 <= v < 2 ** 63:
             raise bad()
     elif kind == "float":
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise bad()
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:
+            raise bad() from None
     elif kind == "str":
         if not isinstance(v, str):
             raise bad()
