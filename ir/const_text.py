@@ -105,9 +105,9 @@ def generate(kind: str, args: Mapping[str, Any], t: TensorType) -> torch.Tensor:
             raise ParseError(f"{kind}: missing argument {k!r}")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ParseError(f"{kind}: argument {k!r} must be a number, got {v!r}")
-        if not math.isfinite(v) or abs(v) >= 2 ** 63:
-            raise ParseError(f"{kind}: argument {k!r} must be finite and below 2^63, got {v!r}")
-    if "seed" in a and (not float(a["seed"]).is_integer() or a["seed"] < 0):
+        if not math.isfinite(v) or (isinstance(v, int) and abs(v) >= 2 ** 63):
+            raise ParseError(f"{kind}: argument {k!r} must be finite (an integer below 2^63), got {v!r}")
+    if "seed" in a and (not isinstance(a["seed"], int) or not 0 <= a["seed"] < 2 ** 63):
         raise ParseError(f"{kind}: seed must be a non-negative integer, got {a['seed']!r}")
     if not t.is_static:
         raise ParseError(f"{kind}: a generated constant needs a static shape, got {t}")

@@ -39,9 +39,8 @@ def canon_dim(d: Dim | str) -> Dim:
             if d < 0:
                 raise IRError(f"negative dimension {d}")
             return int(d)
-        if d.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) or d.atoms(sympy.Float) or \
-                d.is_real is False or d.is_negative:
-            raise IRError(f"bad dimension {d}: not a size (infinite, complex, negative or a float)")
+        if d.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) or d.is_real is False or d.is_negative:
+            raise IRError(f"bad dimension {d}: not a size (infinite, complex or negative)")
         return d
     if hasattr(d, "__index__"):
         return canon_dim(int(d))

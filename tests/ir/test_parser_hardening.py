@@ -29,7 +29,7 @@ def test_a_dimension_is_never_evaluated_as_python(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("dim", ["9**9**9", "2**100000", "2**B", "9" * 5000, "²", "١", "B/0", "-B",
-                                 "2*B-2*B-1"])
+                                 "2*B-2*B-1", "1.5*B"])
 def test_dimensions_that_are_not_sizes(dim: str) -> None:
     with pytest.raises(ParseError, match="line 1"):
         parse(_graph(dim))
@@ -53,7 +53,8 @@ def test_attribute_values_out_of_range(attr: str, msg: str) -> None:
 
 
 @pytest.mark.parametrize("init,msg", [
-    ("randn(seed=nan)", "finite"), ("randn(seed=1e30)", "finite"), ("randn(seed=1.5)", "seed must"),
+    ("randn(seed=nan)", "finite"), ("randn(seed=1e30)", "seed must"), ("randn(seed=1.5)", "seed must"),
+    ("randn(seed=-1)", "seed must"),
     ("randint(seed=0, low=-99999999999999999999, high=1)", "finite"),
     ("full(value=99999999999999999999)", "finite"),
 ])
