@@ -12,8 +12,9 @@ hold prepacked constant tensors (``args``), which live in the executor like grap
 Fused kernels are either callables ``fn(pointers, ints)`` (the C backend: the ctypes function,
 or for a kernel that divides integers a wrapper that raises on a zero divisor, see
 ``runtime/cache.load_kernel``) or objects with ``bind(ints) -> launch(tensors)`` (the Triton
-backend). Runs compute no gradients: a grad-requiring input under grad mode is an error. With ``device="cuda"`` constants,
-the arena and inputs live on the GPU and outputs are returned on the inputs' device; with
+backend). Runs compute no gradients: a grad-requiring input under grad mode is an error.
+
+With ``device="cuda"`` constants, the arena and inputs live on the GPU and outputs are returned on the inputs' device; with
 ``cuda_graphs=True`` the second call of a binding captures all its steps into one CUDA graph
 that later calls replay (static input buffers; outputs copied out), removing the per-kernel
 launch cost. A binding whose steps cannot be captured (a reference op that syncs with the
