@@ -294,7 +294,12 @@ def main() -> None:
             nbytes = p.qweight.numel() * 4 + p.scales.numel() * 4 + zbytes + 2 * M * (K + N)
             gbs = nbytes / (t_w4 * 1e-6) / 1e9
             c = w4_config(M, N, K)
-            if c.get("H2"):
+            if c.get("DENSE"):
+                # the dense path (dequantise + cuBLAS); the in-loop GEMM it replaces, for comparison
+                lg, _ = w4_launch(x, p, config=w4_config(M, N, K, dense_min=1 << 62))
+                t_gemm = bench(lambda: lg(ts))
+                cfg = f"dense (gemm {t_gemm:.1f})"
+            elif c.get("H2"):
                 cfg = f"h2 {c['H2_BN']} x {c['H2_BPS']} blocks"
             elif c.get("MMAG"):
                 cfg = f"mma gemv 64 x {c['MMAG_BPS']} blocks"

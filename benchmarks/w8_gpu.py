@@ -2,12 +2,12 @@
 against cuBLAS bf16 and the dequantise-once float32 GEMM those forms ran before it.
 
 Forms: int8 g128 (u8 codes + u8 zero points), FP8 E4M3 per channel, FP4 E2M1 g128 and g32; bf16 x;
-shapes K x N = 4096 x 11008 and 8192 x 8192; M = 1, 16, 64, 256. Timing: do_bench medians
+shapes K x N = 4096 x 11008 and 8192 x 8192; M = 1, 16, 64, 128, 256, 1024. Timing: do_bench medians
 of CUDA-graph replays with the L2 flushed (the harness of ``w4_gpu.py``). Error: max relative
 error against the f32 product with the dequantised weight.
 
 Usage (repo root symlinked as the package ``scalefold``): ``python3 benchmarks/w8_gpu.py
-[--out FILE] [--sweep M] [--forms ...] [--shapes KxN,...]`` (``--sweep``: time tile / split
+[--out FILE] [--sweep M] [--ms 64,128] [--forms ...] [--shapes KxN,...]`` (``--sweep``: time tile / split
 variants at one M).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from scalefold.codegen.triton_wq_src import SOURCE  # noqa: E402
 from scalefold.runtime.wqpack_gpu import pack_wq, reference  # noqa: E402
 
 SHAPES = [(4096, 11008), (8192, 8192)]
-MS = [1, 16, 64, 256]
+MS = [1, 16, 64, 128, 256, 1024]
 
 
 def form(name: str, N: int, K: int, gen: torch.Generator):
@@ -51,6 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     ap.add_argument("--sweep", type=int, default=0)
+    ap.add_argument("--ms", default=None, help="rows of x to time, e.g. 64,128 (default 1,16,64,128,256,1024)")
     ap.add_argument("--forms", default="int8 g128,fp8 e4m3 per channel,fp4 e2m1 g128,fp4 e2m1 g32")
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     args = ap.parse_args()
@@ -72,7 +73,7 @@ def main() -> None:
             p = pack_wq(w, s, z, dt.get(wd), group).to(dev)
             wdq = reference(w, s, z, dt.get(wd), group).to(dev)
             spec = WQSpec((0, -1, 2), "bf16", w, s, z, group, wd)
-            for M in ([args.sweep] if args.sweep else MS):
+            for M in ([args.sweep] if args.sweep else [int(m) for m in args.ms.split(",")] if args.ms else MS):
                 x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
                 y = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
                 cfgs = [None]
@@ -96,6 +97,11 @@ def main() -> None:
                         print(f"  sweep {name} {K}x{N} M={M} {cfg}: {t:.1f} µs", flush=True)
                         continue
                     tb = bench(lambda: F.linear(x, wb))
+                    if wq_config(M, N, K, group).get("DENSE"):
+                        # the dense path (dequantise + cuBLAS); the in-loop GEMM it replaces
+                        lg = make_launch(mod, spec, p, M, N, K, False, wq_config(M, N, K, group, dense_min=1 << 62))
+                        tg = bench(lambda: lg([x, x, y]))
+                        print(f"  {name} {K}x{N} M={M}: dense {t:.1f} µs, in-loop GEMM {tg:.1f} µs", flush=True)
                     xf = x.float()
                     tf = bench(lambda: F.linear(xf, wdq))
                     row = (f"| {name} | {K} x {N} | {M} | {t:.1f} | {tb:.1f} | {tf:.1f} | {tb / t:.2f}x | "

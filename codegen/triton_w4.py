@@ -72,6 +72,10 @@ Kernels, chosen by M (rows of x):
   scales the weights in f32 and rounds them to x's dtype: a few % faster, not bit-faithful to
   the reference; off by default).
 
+- the dense path (M >= 256; ``codegen/triton_dense.py``): ``w4_dequant``
+  (``triton_w4_dq.py``) writes the dense weight in x's dtype into the model's scratch, and
+  cuBLAS multiplies: compute-bound sizes run at cuBLAS's speed plus one pass over the weight.
+
 Split-K: when the (M, N) tiles are too few to fill the GPU, ``SPLIT`` programs share a tile's
 K range and store f32 partials to a workspace [SPLIT, M, N]; each then bumps the tile's
 counter (acq_rel atomic after a CTA barrier), and the one that finishes last sums the
@@ -99,9 +103,12 @@ import sympy
 import torch
 
 from ..ir.graph import Node
+from ..runtime.scratch import Scratch
 from ..runtime.w4pack_gpu import BLOCK, J, W4Packed, dequant, pack_w4, single_group
 from .schedule import Kernel
 from .triton_template import Launch, PackedConstants, pow2, quiet, template_slots, weight_only_parts
+from .triton_dense import DENSE_MIN_M, dense_launch
+from .triton_w4_dq import w4_fill
 from .triton_w4_src import SOURCE   # the kernels' text
 
 KIND = {"f32": 0, "f16": 1, "bf16": 2}
@@ -157,7 +164,7 @@ def render_w4(k: Kernel) -> tuple[str, list[sympy.Expr], W4Spec]:
     return SOURCE, [m, sympy.Integer(N), sympy.Integer(K)], spec
 
 
-def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]:
+def w4_config(M: int, N: int, K: int, interpret: bool = False, dense_min: int = DENSE_MIN_M) -> dict[str, int]:
     """Blocks by M bucket (picked by ``benchmarks/w4_gpu.py --sweep`` and variants on an H200),
     then the split. M <= 4: the GEMV (BN 64; M = 1 the f16x2 GEMV, M = 2 its two-row form on
     the same blocks, M = 3..4 the tensor-core GEMV); larger M the nibble-block
@@ -167,7 +174,12 @@ def w4_config(M: int, N: int, K: int, interpret: bool = False) -> dict[str, int]
     the [K/8, N] words, which is now only taken by an explicit config. SPLIT shares K among
     programs until one wave of about 8 (GEMV) / 7 / 5 / 2 programs per SM runs: the occupancy of
     each block shape (a second partial wave cost 10-30 % in the sweeps). Never on the
-    interpreter."""
+    interpreter. From ``dense_min`` rows (not on the interpreter) the dense path instead
+    (``triton_dense.py``): on an H200, bf16 x, it beat the GEMM at M = 256 on 8192², 4096 x
+    11008, 11008 x 4096 and 16384² (101 / 73 / 80 / 374 µs against 121 / 115 / 88 / 452) and
+    lost at M = 128 (95 / 68 / 71 / 323 against 71 / 65 / 53 / 235)."""
+    if M >= dense_min and not interpret:
+        return dict(DENSE=1)
     if M <= GEMV_MAX_M:
         bm = pow2(M)
         cfg = dict(GEMV=1, BM=bm, BN=64, num_warps=4, num_stages=1)
@@ -274,7 +286,7 @@ def h2_works(mod, device: torch.device, interpret: bool, rows: int = 1) -> bool:
 
 
 def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, interpret: bool,
-                config: dict[str, int] | None = None) -> Launch:
+                config: dict[str, int] | None = None, scratch: Scratch | None = None) -> Launch:
     """The launch of the W4 kernels over the tensors ``ts`` (slots of ``spec``; the weight
     tensors in ``ts`` are ignored for ``packed``) for one binding of M. ``config`` overrides
     :func:`w4_config` (tests: several programs, splits and K blocks on tiny shapes).
@@ -285,6 +297,9 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
     if M <= 0 or N <= 0:
         return lambda ts: None
     cfg = dict(config or w4_config(M, N, K, interpret))
+    if cfg.pop("DENSE", 0):
+        return dense_launch(spec.slots, spec.xkind, N, K, interpret, scratch,
+                            w4_fill(mod, packed, spec.xkind, interpret), int(cfg.pop("DENSE_CHUNK", 0)))
     gemv = bool(cfg.pop("GEMV", M <= GEMV_MAX_M)) and cfg["BM"] >= M
     h2 = gemv and bool(cfg.pop("H2", 0)) and h2_applies(M, spec.xkind, packed) and \
         h2_works(mod, packed.scales.device, interpret, M)

@@ -4,6 +4,7 @@ reasons than the launch logic."""
 from __future__ import annotations
 
 from .triton_expr import GEMM_TILE, PRELUDE
+from .triton_w4_dq import DQ_KERNEL
 from .triton_w4_mmag import MMAG_KERNEL
 from .triton_w4_ptx import H2_KERNEL, NIB_KERNEL
 
@@ -367,6 +368,6 @@ def w4_gemm_kn(X, Q, S, Z, B, Y, WS, CNT, M, N, K, NKB, NB_PER,
 '''
 
 
-SOURCE = HEADER + PRELUDE + GEMM_TILE + KERNELS + H2_KERNEL + NIB_KERNEL + MMAG_KERNEL
+SOURCE = HEADER + PRELUDE + GEMM_TILE + KERNELS + H2_KERNEL + NIB_KERNEL + MMAG_KERNEL + DQ_KERNEL
 
 __all__ = ["SOURCE"]

@@ -41,9 +41,11 @@ import torch
 from ..ir import dtypes as dt
 from ..ir.graph import Node
 from ..ir.ops.quant import dequant_weight
+from ..runtime.scratch import Scratch
 from ..runtime.w8pack import finite_codes
 from ..runtime.wqpack_gpu import WQ_DTYPES, WQPacked, effective_group, pack_wq, rebias, KIND
 from .schedule import Kernel
+from .triton_dense import DENSE_MIN_M, Fill, dense_launch
 from .triton_template import Launch, PackedConstants, pow2, quiet, template_slots, weight_only_parts
 from .triton_wq_src import SOURCE
 
@@ -146,7 +148,7 @@ def _pow2_divisor(g: int) -> int:
 
 
 def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False, cpw: int = 4,
-              gemv: bool = True) -> dict[str, int]:
+              gemv: bool = True, dense_min: int = DENSE_MIN_M) -> dict[str, int]:
     """Tiles for M rows: up to GEMV_MAX_M the CUDA-core GEMV when a group holds whole words of
     ``cpw`` codes (4 bytes, 8 nibbles), K tiles of 128 and about 16 programs per SM (an H200
     sweep of 32 / 64 / 128 channels x 1..16 splits x 4 / 8 warps, int8 and fp8, 4096 x 11008
@@ -154,8 +156,11 @@ def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False, cpw: 
     tensor-core GEMM: BM 16 up to M = 16, 64 up to 64, else 128, BK at most the group's largest
     power-of-two divisor (so one scale per tile; below 16 the scale-before form takes any
     BK), BN at most N's power of two (from 16). ``gemv=False``: never the GEMV (float zero
-    points)."""
+    points). From ``dense_min`` rows the dense path (``triton_dense.py``: dequantise, then
+    cuBLAS)."""
     g = effective_group(K, group)
+    if M >= dense_min and not interpret:
+        return dict(DENSE=1)
     if gemv and M <= GEMV_MAX_M and g % cpw == 0:
         bm = pow2(M)
         cfg = dict(GEMV=1, BM=bm, BN=32, BK=128, num_warps=4)
@@ -183,8 +188,28 @@ def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False, cpw: 
     return cfg
 
 
+def _wq_fill(mod, packed: WQPacked, xkind: str, interpret: bool, bn: int = 64) -> Fill:
+    """``fill(w, n0, ne)`` for :func:`~.triton_dense.dense_launch`: ``wq_dequant`` of channels
+    n0 .. ne - 1 into ``w`` [ne - n0, K], in K tiles within one group where the group allows
+    (a power-of-two divisor >= 16), else 128 wide with a scale per element."""
+    g = packed.group
+    bk = 128 if g == 0 or g % 128 == 0 or _pow2_divisor(g) < 16 else _pow2_divisor(g)
+    S = packed.scales
+    Z = packed.zeros if packed.zeros is not None else S
+    zmode = 0 if packed.zeros is None else (2 if packed.float_zero else 1)
+    flags = dict(GROUP=packed.group, CODE=packed.kind, NIB=packed.nib, ZMODE=zmode,
+                 ROUND_BF16=xkind == "bf16" and interpret, BN=bn, BK=bk, num_warps=4)
+    W, KB, NG, N, K = packed.codes, packed.codes.shape[1], S.shape[0], packed.n, packed.k
+    kern = mod.wq_dequant
+
+    def fill(w: torch.Tensor, n0: int, ne: int) -> None:
+        kern[(-(-(ne - n0) // bn), -(-K // bk))](W, S, Z, w, N, K, KB, NG, n0, ne, **flags)
+
+    return fill
+
+
 def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, interpret: bool,
-                config: dict[str, int] | None = None) -> Launch:
+                config: dict[str, int] | None = None, scratch: Scratch | None = None) -> Launch:
     """The launch of ``wq_gemv`` / ``wq_gemm`` for one binding of M (``config`` overrides
     :func:`wq_config`; its tile sizes must be powers of two).
     A split launch owns an f32 workspace [SPLIT, M, N] and a counter per tile, as the W4
@@ -196,6 +221,10 @@ def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, int
         cfg = wq_config(M, N, K, packed.group, interpret, cpw, gemv=not packed.float_zero)
     else:
         cfg = dict(config)
+    if cfg.pop("DENSE", 0):
+        return dense_launch(spec.slots, spec.xkind, N, K, interpret, scratch,
+                            _wq_fill(mod, packed, spec.xkind, interpret), int(cfg.pop("DENSE_CHUNK", 0)))
+    if config is not None:
         for key in ("BM", "BN", "BK"):
             v = int(cfg.get(key, 16))
             if v < 1 or v & (v - 1):

@@ -254,6 +254,49 @@ def wq_gemv(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
     _w4_finish(Y, B, WS, CNT, y, rm, rn, M, N, pid_n, pid_k, SPLIT, HAS_BIAS, ROUND_BF16)
 '''
 
-SOURCE = W4_SOURCE + WQ_KERNEL
+# the dense path's dequantisation (``codegen/triton_dense.py``): channels N0 .. NE - 1 into rows
+# 0 .. NE - N0 - 1 of D [NE - N0, K]; the GEMM's scale-before form, so D is the reference's Wd
+# bit for bit (f32) or that rounded once to D's dtype
+WQ_DQ_KERNEL = r'''
+
+@triton.jit
+def wq_dequant(W, S, Z, D, N, K, KB, NG, N0, NE, GROUP: tl.constexpr, CODE: tl.constexpr,
+               NIB: tl.constexpr, ZMODE: tl.constexpr, ROUND_BF16: tl.constexpr, BN: tl.constexpr,
+               BK: tl.constexpr):
+    rn = N0 + tl.program_id(0) * BN + tl.arange(0, BN)
+    mn = rn < NE
+    rnc = tl.where(mn, rn, 0)
+    k0 = tl.program_id(1) * BK
+    kk = k0 + tl.arange(0, BK)
+    v = _wq_value(_wq_codes(W, rnc, k0, K, KB, NIB, BN, BK, 0), CODE, NIB)
+    wd = v.to(tl.float32)
+    if GROUP == 0 or GROUP % BK == 0:
+        # one group per tile row: [BN] scales and zero points (a [BN, BK] gather took twice
+        # as long on an H200)
+        if GROUP > 0:
+            gi = k0 // GROUP
+        else:
+            gi = 0
+        if ZMODE == 1:
+            wd = wd - tl.load(Z + gi * N + rnc).to(tl.float32)[:, None]
+        elif ZMODE == 2:
+            wd = wd - tl.load(Z + gi * N + rnc)[:, None]
+        wd = wd * tl.load(S + gi * N + rnc)[:, None]
+    else:
+        gk = kk // GROUP
+        gm = (gk < NG)[None, :]
+        off = gk[None, :] * N + rnc[:, None]
+        if ZMODE == 1:
+            wd = wd - tl.load(Z + off, mask=gm, other=0).to(tl.float32)
+        elif ZMODE == 2:
+            wd = wd - tl.load(Z + off, mask=gm, other=0)
+        wd = wd * tl.load(S + off, mask=gm, other=0)
+    if ROUND_BF16:
+        wd = _sf_round_bf16(wd)
+    tl.store(D + (rn - N0).to(tl.int64)[:, None] * K + kk[None, :], wd.to(D.dtype.element_ty),
+             mask=mn[:, None] & (kk < K)[None, :])
+'''
+
+SOURCE = W4_SOURCE + WQ_KERNEL + WQ_DQ_KERNEL
 
 __all__ = ["SOURCE"]

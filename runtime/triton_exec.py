@@ -31,6 +31,7 @@ import torch
 from ..codegen.triton import ROW_CHUNK, ROW_MAX, TritonKernel
 from ..ir.errors import CompileError, ScalefoldError
 from .cache import cache_dir
+from .scratch import Scratch
 
 _LOCK = threading.Lock()
 _MODULES: dict[str, ModuleType] = {}
@@ -127,8 +128,9 @@ class TritonLaunch:
     """A loaded kernel; :meth:`bind` prepares its launch for one binding of the sizes (the
     executor's pluggable fused-kernel protocol)."""
 
-    def __init__(self, tk: TritonKernel, interpret: bool):
+    def __init__(self, tk: TritonKernel, interpret: bool, scratch: Scratch | None = None):
         self.tk = tk
+        self.scratch = scratch     # the model's dense scratch (large-M weight-only linears)
         self.interpret = interpret
         self.mod = None if tk.launch == "empty" else load_module(tk.source, interpret)
         self.fn = None if self.mod is None else getattr(self.mod, "sf_kernel", None)
@@ -178,11 +180,11 @@ class TritonLaunch:
         if self.tk.launch == "w4":
             from ..codegen.triton_w4 import make_launch as w4_launch
             M, N, K = (int(v) for v in q)
-            return w4_launch(self.mod, self.tk.meta, self.w4, M, N, K, self.interpret)
+            return w4_launch(self.mod, self.tk.meta, self.w4, M, N, K, self.interpret, scratch=self.scratch)
         if self.tk.launch == "wq":
             from ..codegen.triton_wq import make_launch as wq_launch
             M, N, K = (int(v) for v in q)
-            return wq_launch(self.mod, self.tk.meta, self.w4, M, N, K, self.interpret)
+            return wq_launch(self.mod, self.tk.meta, self.w4, M, N, K, self.interpret, scratch=self.scratch)
         cfg = self.config(q)
         if cfg is None or self.fn is None:
             return lambda ts: None
@@ -211,4 +213,5 @@ def load_kernels(rendered: Sequence[TritonKernel], device: torch.device) -> dict
         os.environ["TRITON_INTERPRET"] = "1"
     elif device.type != "cuda":
         raise ScalefoldError(f"the Triton target runs on CUDA or on the CPU interpreter, not {device}")
-    return {tk.name: TritonLaunch(tk, interpret) for tk in rendered}
+    scratch = Scratch()
+    return {tk.name: TritonLaunch(tk, interpret, scratch) for tk in rendered}

@@ -69,15 +69,19 @@ def qgraph(K: int, N: int, *, group: int = 32, bits: int = 4, sym: bool = False,
 
 
 def check(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, wd: torch.Tensor,
-          bias: torch.Tensor | None, xd: str, h2: bool = False) -> None:
+          bias: torch.Tensor | None, xd: str, h2: bool = False, dense: bool = False) -> None:
     """``h2``: the f16x2 GEMV ran; on a GPU its f16 products and partial sums (up to 16 per
-    lane) allow 2^-9 of sum |x| |Wd| instead of 1e-5 (the interpreter runs its f32 stand-in)."""
+    lane) allow 2^-9 of sum |x| |Wd| instead of 1e-5 (the interpreter runs its f32 stand-in).
+    ``dense``: the dense path ran, whose weight is Wd rounded once to x's dtype (half an ulp of
+    x's dtype of sum |x| |Wd| more)."""
     assert got.shape == want.shape and got.dtype == want.dtype
     got, x = got.cpu().double(), x.cpu().double()
     exact = x @ wd.double().T + (bias.cpu().double() if bias is not None else 0)
     bound = x.abs() @ wd.double().abs().T + (bias.cpu().double().abs() if bias is not None else 0)
     err = (got - exact).abs()
     slack = 2.0 ** -9 if h2 and DEVICE != "cpu" else 1e-5
+    if dense:
+        slack += EPS[xd] / 2
     allowed = EPS[xd] * exact.abs() + slack * bound + 1e-30
     assert bool((err <= allowed).all()), f"max err {err.max()} (allowed {allowed.min()})"
     assert bool(((got - want.cpu().double()).abs() <= 2 * allowed).all())
@@ -223,6 +227,12 @@ CASES = [  # M, K, N, group, sym, zero-less, x dtype, bias, config
     (1, 1000, 24, 0, False, "bf16", True, dict(GEMV=1, BM=1, H2=1, H2_BN=32, H2_BPS=4)),
     (1, 256, 16, 128, False, "f16", True, None),
     (1, 384, 300, 128, False, "bf16", True, None),
+    # the dense path (dequantise, then torch's GEMM): one chunk, chunks with a short last one,
+    # groups below a block, one group for all of K, no zero point
+    (20, 300, 70, 128, False, "bf16", True, dict(DENSE=1)),
+    (33, 200, 37, 32, True, "f16", False, dict(DENSE=1, DENSE_CHUNK=16)),
+    (5, 77, 20, 0, True, "f32", True, dict(DENSE=1, DENSE_CHUNK=8)),
+    (17, 520, 40, 16, False, "bf16", True, dict(DENSE=1, DENSE_CHUNK=64)),
 ]
 
 
@@ -243,7 +253,7 @@ def test_kernels_direct(M: int, K: int, N: int, group: int, sym: bool, xd: str, 
     p, x, b, wd = direct_problem(M, K, N, group, sym, xd, bias)
     y = w4_linear(x.to(DEVICE), p, b.to(DEVICE) if b is not None else None, config)
     ref = (x.double() @ wd.double().T + (b.double() if b is not None else 0)).to(XT[xd])
-    check(y, ref, x, wd, b, xd, h2=uses_h2(M, xd, p, config))
+    check(y, ref, x, wd, b, xd, h2=uses_h2(M, xd, p, config), dense=bool((config or {}).get("DENSE")))
 
 
 def uses_h2(M: int, xd: str, p, config: dict | None) -> bool:
@@ -369,6 +379,29 @@ def test_graph_symbolic_batch(K: int, N: int, group: int, bits: int, sym: bool, 
         check(got.reshape(B * S, N), want.reshape(B * S, N), x.reshape(B * S, K), wd, bias_t, xd, h2)
 
 
+def test_dense_path_in_a_graph_shares_one_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two W4 linears of a compiled model on the dense path (forced: by default it runs from
+    256 rows on a GPU) hold one dense buffer between them, as large as the larger weight, and
+    give the reference's numbers at every batch."""
+    monkeypatch.setattr(triton_w4, "w4_config", lambda M, N, K, interpret=False: {"DENSE": 1})
+    g = qgraph(200, 37, group=32, seed=3)
+    h = qgraph(37, 70, group=16, sym=True, seed=4)
+    # chain them: x [B, S, 200] -> 37 -> 70
+    y = g.add("qlinear", [g.outputs[0]] + [g.add_const(v.const, v.dtype.name, f"{v.name}2") if v is not None
+                                          else None for v in h.nodes[0].inputs[1:]], dict(h.nodes[0].attrs))
+    g.set_outputs([y])
+    cm = api.build_triton(g, DEVICE)
+    launches = [k for k in cm._runner.kernels.values() if getattr(k, "tk", None) is not None and k.tk.launch == "w4"]
+    assert len(launches) == 2 and launches[0].scratch is launches[1].scratch
+    for B, S in [(2, 8), (3, 11)]:
+        x = torch.randn(B, S, 200, generator=torch.Generator().manual_seed(B + S)).to(torch.bfloat16)
+        got, want = cm(x), interp.run(g, x)[0]
+        err = (got.double() - want.double()).abs().max().item()
+        assert err <= 0.05 * want.double().abs().max().item(), err
+    bufs = launches[0].scratch._bufs
+    assert len(bufs) == 1 and next(iter(bufs.values())).numel() == max(37 * 200, 70 * 37)
+
+
 def test_source_is_deterministic_and_shared() -> None:
     a = tgen.render(partition(qgraph(200, 37, group=32), tgen.CAPS))
     b = tgen.render(partition(qgraph(200, 37, group=32), tgen.CAPS))
@@ -419,16 +452,17 @@ def test_config_by_m() -> None:
     assert w4_config(16, 8192, 8192)["BM"] == 16 and w4_config(16, 8192, 8192)["SWAP"] == 3
     assert w4_config(16, 8192, 8192)["SPLIT"] == 7
     assert w4_config(64, 8192, 8192)["SWAP"] == 3 and w4_config(64, 8192, 8192)["SPLIT"] == 4
-    assert w4_config(256, 8192, 8192).get("KN", 0) == 0 and w4_config(256, 8192, 8192)["BM"] == 64
-    assert w4_config(256, 16384, 16384)["SPLIT"] == 1
-    assert w4_config(4096, 8192, 8192).get("KN", 0) == 0
+    assert w4_config(128, 8192, 8192).get("KN", 0) == 0 and w4_config(128, 8192, 8192)["BM"] == 64
+    # from 256 rows the dense path (dequantise, then cuBLAS); never on the interpreter
+    assert w4_config(256, 8192, 8192) == {"DENSE": 1} == w4_config(4096, 16384, 16384)
+    assert "DENSE" not in w4_config(255, 8192, 8192) and "DENSE" not in w4_config(256, 64, 64, interpret=True)
     assert w4_config(3, 8192, 8192, interpret=True)["SPLIT"] == 1
 
 
 def test_packed_constants_stay_off_the_device_and_no_gemm_layout() -> None:
     """The IR codes, scales and zero points of a W4 qlinear get no device tensor (the kernels
     read their packed copies), and the [K/8, N] GEMM layout is never packed: M = 1, 16 and
-    300 all run on the block-major words."""
+    300 all run on the block-major words (M = 300 on a GPU: the dense path dequantises them)."""
     g = qgraph(256, 40, group=128, bias=True, xd="bf16", seed=5)
     n = g.nodes[0]
     cm = api.build_triton(g, DEVICE)
@@ -446,7 +480,7 @@ def test_packed_constants_stay_off_the_device_and_no_gemm_layout() -> None:
               n.inputs[4].const, "bf16", h2=B * S == 1)
     x = torch.randn(5, 60, 256, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
     check(cm(x).reshape(300, 40), interp.run(g, x)[0].reshape(300, 40), x.reshape(300, 256), wd,
-          n.inputs[4].const, "bf16")
+          n.inputs[4].const, "bf16", dense=DEVICE != "cpu")
     assert launch.w4.qkn is None
 
 

@@ -86,12 +86,16 @@ def test_pack_decodes_to_the_reference_weights_exactly(wd: str, group: int, zero
     assert p.codes.shape == (9, -(-nbytes // 16) * 16) and not p.codes[:, nbytes:].any()
 
 
-def check(got: torch.Tensor, x: torch.Tensor, wdq: torch.Tensor, bias: torch.Tensor | None, xd: str) -> None:
+def check(got: torch.Tensor, x: torch.Tensor, wdq: torch.Tensor, bias: torch.Tensor | None, xd: str,
+          dense: bool = False) -> None:
+    """Within one rounding of x's dtype plus 1e-5 of sum |x| |Wd| of the f64 product; ``dense``:
+    the dense path, whose weight is Wd rounded to x's dtype (half its ulp of sum |x| |Wd| more)."""
     got, x = got.cpu().double(), x.cpu().double()
     exact = x @ wdq.double().T + (bias.cpu().double() if bias is not None else 0)
     bound = x.abs() @ wdq.double().abs().T + (bias.cpu().double().abs() if bias is not None else 0)
     err = (got - exact).abs()
-    ok = err <= EPS[xd] * exact.abs() + 1e-5 * bound + 1e-30
+    slack = 1e-5 + (EPS[xd] / 2 if dense and xd != "f32" else 0)
+    ok = err <= EPS[xd] * exact.abs() + slack * bound + 1e-30
     assert bool(ok.all()), f"max err {err.max().item():.3e}, bound {bound.max().item():.3e}"
 
 
@@ -107,6 +111,22 @@ def test_kernel_matches_the_reference(wd: str, group: int, zero: str | None, xd:
     y = wq_linear(x, w, wd, s, z, group, b)
     assert y.dtype == XT[xd] and y.shape == (M, N)
     check(y, x, reference(w, s, z, dt.get(wd), group), b, xd)
+
+
+@pytest.mark.parametrize("wd,group,zero", FORMS)
+@pytest.mark.parametrize("xd,chunk", [("f32", 0), ("bf16", 16), ("f16", 0)])
+def test_dense_path_matches_the_reference(wd: str, group: int, zero: str | None, xd: str, chunk: int) -> None:
+    """The dense path (``wq_dequant``, then torch's GEMM; by default from 256 rows on a GPU) on
+    every form, whole or in chunks of channels with a short last one: f32 x gets the
+    reference's weights exactly; f16 / bf16 x that weight rounded once."""
+    N, K, M = 37, 75, 6
+    w, s, z = consts(wd, N, K, group, zero, seed=5)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(M, K, generator=gen).to(XT[xd]).to(DEVICE)
+    b = torch.randn(N, generator=gen).to(XT[xd])
+    y = wq_linear(x, w, wd, s, z, group, b, config=dict(DENSE=1, DENSE_CHUNK=chunk))
+    assert y.dtype == XT[xd] and y.shape == (M, N)
+    check(y, x, reference(w, s, z, dt.get(wd), group), b, xd, dense=True)
 
 
 @pytest.mark.parametrize("cfg", [dict(BM=16, BN=16, BK=16, SPLIT=3), dict(BM=16, BN=32, BK=64, SPLIT=2),
@@ -243,7 +263,10 @@ def test_config() -> None:
     assert wq_config(16, 4096, 4096, 0)["BK"] == 128 and wq_config(16, 4096, 4096, 20)["BK"] == 128
     # few tiles: split K to fill the GPU; many: none
     assert wq_config(16, 4096, 4096, 128)["SPLIT"] > 1
-    assert wq_config(4096, 4096, 4096, 128)["SPLIT"] == 1
+    assert wq_config(255, 16384, 4096, 128)["SPLIT"] == 1
+    # from 256 rows the dense path (dequantise, then cuBLAS), never on the interpreter
+    assert wq_config(256, 4096, 4096, 128) == {"DENSE": 1} == wq_config(4096, 8192, 8192, 0, cpw=8)
+    assert "DENSE" not in wq_config(255, 4096, 4096, 128) and "DENSE" not in wq_config(512, 64, 64, 0, interpret=True)
     assert wq_config(1, 4096, 4096, 128, interpret=True)["SPLIT"] == 1
 
 
