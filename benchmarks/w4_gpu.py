@@ -177,7 +177,7 @@ def sweep(ms: list[int], budget_s: float = 250.0) -> None:
 def memory(K: int = 4096, N: int = 11008, layers: int = 4) -> None:
     """GPU memory held by a compiled int4 g128 model of ``layers`` K x N linears (a symbolic
     batch), against the same weights in bf16: after building and a first M = 1 call, then after
-    an M = 64 call (which adds the [K/8, N] GEMM layout)."""
+    an M = 64 call (its split-K workspaces) and an M = 512 call (the dense path's scratch)."""
     from scalefold import api
     from scalefold.frontend.torch import from_torch
     from scalefold.passes.quant_weights import quant_weights

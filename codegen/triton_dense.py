@@ -8,8 +8,9 @@ weight 53.4 µs, and dequantise + cuBLAS 101.2 µs (M = 1024: 444.6 / 231.0, cuB
 :func:`dense_launch` asks a code-specific ``fill(w, n0, ne)`` (``triton_w4_dq.py``,
 ``triton_wq.py``) to write the dense weight of channels n0 .. ne - 1 into ``w`` [ne - n0, K] in
 x's dtype, then runs ``torch.mm`` / ``torch.addmm`` into those columns of y (f32 accumulation,
-one rounding). The dense weight lives in the compiled model's :class:`Scratch`, shared by its
-linears: at most :data:`DENSE_CAP` bytes, so a wider weight goes in chunks of channels.
+one rounding; f32 x follows torch's TF32 setting, off by default). The dense weight lives in
+the compiled model's :class:`Scratch`, shared by its linears: at most :data:`DENSE_CAP` bytes,
+so a wider weight goes in chunks of channels.
 Numerics: the dense weight is the reference's f32 ``dequant_weight`` rounded once to x's dtype
 (f32 x: exact); the in-loop kernels keep u - zero exact and scale in f32, so this path adds
 that one rounding of each weight (bf16: 2^-9 relative; measured relerr 2.3e-3 against 1.7e-3
@@ -40,8 +41,8 @@ def dense_chunk(N: int, K: int, xkind: str, cap: int = DENSE_CAP) -> int:
     return max(64, cap // (K * elt) // 64 * 64)
 
 
-def dense_launch(slots: tuple[int, int, int], xkind: str, N: int, K: int, interpret: bool,
-                 scratch: Scratch | None, fill: Fill, chunk: int = 0) -> Launch:
+def dense_launch(slots: tuple[int, int, int], xkind: str, N: int, K: int, device: torch.device,
+                 interpret: bool, scratch: Scratch | None, fill: Fill, chunk: int = 0) -> Launch:
     """The launch over tensors ``ts`` (x, bias or -1, y at ``slots``): per chunk of ``chunk``
     channels (0: :func:`dense_chunk`), ``fill`` then one cuBLAS GEMM into y's columns.
     ``scratch`` (the model's pool) holds the dense chunk; without it the launch owns one. A
@@ -51,8 +52,10 @@ def dense_launch(slots: tuple[int, int, int], xkind: str, N: int, K: int, interp
     chunk = dense_chunk(N, K, xkind) if chunk <= 0 else min(chunk, N)
     dtype = DTYPES[xkind]
     numel = chunk * K
-    dev = torch.device("cpu") if interpret else torch.device("cuda", torch.cuda.current_device())
-    buf = scratch.get(numel, dtype, dev) if scratch is not None else torch.empty(numel, dtype=dtype, device=dev)
+    if scratch is not None:
+        buf = scratch.get(numel, dtype, device)
+    else:
+        buf = torch.empty(numel, dtype=dtype, device=device)
     wbuf = buf[:numel].view(chunk, K)
     parts = [(n0, min(N, n0 + chunk)) for n0 in range(0, N, chunk)]
 

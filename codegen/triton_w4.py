@@ -298,7 +298,7 @@ def make_launch(mod, spec: W4Spec, packed: W4Packed, M: int, N: int, K: int, int
         return lambda ts: None
     cfg = dict(config or w4_config(M, N, K, interpret))
     if cfg.pop("DENSE", 0):
-        return dense_launch(spec.slots, spec.xkind, N, K, interpret, scratch,
+        return dense_launch(spec.slots, spec.xkind, N, K, packed.scales.device, interpret, scratch,
                             w4_fill(mod, packed, spec.xkind, interpret), int(cfg.pop("DENSE_CHUNK", 0)))
     gemv = bool(cfg.pop("GEMV", M <= GEMV_MAX_M)) and cfg["BM"] >= M
     h2 = gemv and bool(cfg.pop("H2", 0)) and h2_applies(M, spec.xkind, packed) and \

@@ -222,7 +222,7 @@ def make_launch(mod, spec: WQSpec, packed: WQPacked, M: int, N: int, K: int, int
     else:
         cfg = dict(config)
     if cfg.pop("DENSE", 0):
-        return dense_launch(spec.slots, spec.xkind, N, K, interpret, scratch,
+        return dense_launch(spec.slots, spec.xkind, N, K, packed.scales.device, interpret, scratch,
                             _wq_fill(mod, packed, spec.xkind, interpret), int(cfg.pop("DENSE_CHUNK", 0)))
     if config is not None:
         for key in ("BM", "BN", "BK"):
