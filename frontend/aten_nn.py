@@ -260,7 +260,7 @@ def _adaptive_avg_pool(ctx: Ctx, n: fx.Node, a: dict) -> Value:
         return ctx.emit("global_avg_pool", [x])
     ins = x.shape[2:]
     if not all(isinstance(i, int) and i % o == 0 for i, o in zip(ins, out)):
-        raise FrontendError(f"{ctx.node_name}: adaptive_avg_pool from {ins} to {out} "
-                            f"(only divisible sizes are supported)")
+        from .aten_image import adaptive_avg_pool   # windows of unequal sizes
+        return adaptive_avg_pool(ctx, x, out)
     k = tuple(i // o for i, o in zip(ins, out))
     return ctx.emit("avg_pool", [x], kernel=k, stride=k)

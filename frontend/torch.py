@@ -32,7 +32,7 @@ from ..ir import dtypes as dt
 from ..ir.errors import FrontendError, ScalefoldError, UnsupportedOpError
 from ..ir.graph import Graph, Value
 from ..ir.types import Dim, TensorType, canon_dim, dims_equal, sym
-from . import aten_elementwise, aten_nn, aten_reduce, aten_shape  # noqa: F401  (registration)
+from . import aten_elementwise, aten_image, aten_nn, aten_reduce, aten_shape  # noqa: F401  (registration)
 from .aten_table import ATEN, Ctx, bind_args, op_name
 from .aten_fuse import cleanup
 from .hf_moe import moe_blocks_swapped, recognise
@@ -53,7 +53,12 @@ KEEP = (
     _A.log_softmax.int, _A.hardswish.default, _A.hardsigmoid.default, _A.mish.default,
     _A.softplus.default, _A.logsumexp.default, _A.tril.default, _A.triu.default,
     _A.adaptive_avg_pool1d.default, _A.adaptive_avg_pool2d.default, _A.adaptive_avg_pool3d.default,
-)
+) + tuple(  # F.interpolate: one resize each (aten_image.py) rather than index arithmetic
+    getattr(getattr(_A, op), v)
+    for op in ("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
+               "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_linear1d",
+               "upsample_bilinear2d", "upsample_trilinear3d", "upsample_bicubic2d")
+    for v in ("vec", "default") if hasattr(getattr(_A, op, None), v))
 
 # Calls with no tensor result that carry no meaning for inference.
 _SKIP = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
