@@ -58,8 +58,19 @@ def registered_passes() -> list[str]:
 _SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
 
 
+def _literal(spec: str, what: str, v: ast.expr) -> Any:
+    if isinstance(v, ast.Name):
+        return v.id  # bare word: int4, rtn, ...
+    try:
+        return ast.literal_eval(v)
+    except ValueError:
+        raise ScalefoldError(f"pass spec {spec!r}: bad value for {what}") from None
+
+
 def parse_pass(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name(k=v, ...)"`` -> (name, options); values are python literals or bare words."""
+    """``"name(v, ..., k=v, ...)"`` -> (name, options); values are python literals or bare
+    words. Positional values come back under their position (0, 1, ...): the pipeline names
+    them by the pass's signature (:func:`name_positional`)."""
     m = _SPEC.match(spec)
     if not m:
         raise ScalefoldError(f"bad pass spec {spec!r}: expected name or name(key=value, ...)")
@@ -71,21 +82,37 @@ def parse_pass(spec: str) -> tuple[str, dict[str, Any]]:
         except SyntaxError:
             raise ScalefoldError(f"bad options in pass spec {spec!r}") from None
         assert isinstance(call, ast.Call)
-        if call.args:
-            raise ScalefoldError(f"pass spec {spec!r}: options must be key=value")
+        for i, v in enumerate(call.args):
+            if isinstance(v, ast.Starred):
+                raise ScalefoldError(f"pass spec {spec!r}: options must be values or key=value")
+            opts[i] = _literal(spec, f"option {i + 1}", v)   # type: ignore[index]
         for kw in call.keywords:
             if kw.arg is None or kw.arg in opts:
                 raise ScalefoldError(f"pass spec {spec!r}: option {kw.arg or '**'} given twice" if kw.arg
-                                     else f"pass spec {spec!r}: options must be key=value")
-            v = kw.value
-            if isinstance(v, ast.Name):
-                opts[kw.arg] = v.id  # bare word: int4, rtn, ...
-            else:
-                try:
-                    opts[kw.arg] = ast.literal_eval(v)
-                except ValueError:
-                    raise ScalefoldError(f"pass spec {spec!r}: bad value for {kw.arg}") from None
+                                     else f"pass spec {spec!r}: options must be values or key=value")
+            opts[kw.arg] = _literal(spec, kw.arg, kw.value)
     return name, opts
+
+
+def name_positional(name: str, fn: PassFn, opts: dict[Any, Any]) -> dict[str, Any]:
+    """``opts`` with positional values (int keys from :func:`parse_pass`) named by ``fn``'s
+    parameters after the graph and the calibration data, in order: ``smooth(0.8)`` is
+    ``smooth(alpha=0.8)``, ``awq_scales(4, 64)`` ``awq_scales(bits=4, group=64)``."""
+    pos = sorted(k for k in opts if isinstance(k, int))
+    if not pos:
+        return opts
+    params = [p.name for p in list(inspect.signature(fn).parameters.values())[1:]
+              if p.name != "calibration" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    if len(pos) > len(params):
+        raise ScalefoldError(f"pass {name} takes at most {len(params)} positional option(s) "
+                             f"({', '.join(params) or 'none'}), got {len(pos)}")
+    out = {k: v for k, v in opts.items() if not isinstance(k, int)}
+    for i in pos:
+        key = params[i]
+        if key in out:
+            raise ScalefoldError(f"pass {name}: option {key} given twice (positionally and by name)")
+        out[key] = opts[i]
+    return out
 
 
 _NONE = ("none", "null")
@@ -178,6 +205,7 @@ class PassManager:
         specs = split_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
         parsed = [parse_pass(s) for s in specs]
         _check_passes(parsed)
+        parsed = [(n, name_positional(n, _PASSES[n].fn, o)) for n, o in parsed]
         self.passes: list[tuple[str, dict[str, Any]]] = [(n, coerce_options(n, _PASSES[n].fn, o))
                                                           for n, o in parsed]
         self.verify = verify

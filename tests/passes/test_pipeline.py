@@ -14,9 +14,26 @@ def test_parse_pass_options() -> None:
     assert parse_pass("smooth(alpha=0.8)") == ("smooth", {"alpha": 0.8})
     assert parse_pass("quant_weights(format=int4, group=128, sym=False)") == \
         ("quant_weights", {"format": "int4", "group": 128, "sym": False})
-    for bad in ("9x", "a(1)", "a(b=)"):
+    # positional values come back by position; the pipeline names them by the pass's signature
+    assert parse_pass("smooth(0.8)") == ("smooth", {0: 0.8})
+    assert parse_pass("awq_scales(4, group=64)") == ("awq_scales", {0: 4, "group": 64})
+    for bad in ("9x", "a(*b)", "a(b=)", "a(1, 1=2)"):
         with pytest.raises(ScalefoldError):
             parse_pass(bad)
+
+
+def test_positional_options_take_the_signature_order() -> None:
+    from scalefold.passes.pipeline import PassManager
+    pm = PassManager(["smooth(0.8)", "awq_scales(3, 64)", "quant_weights(int8, 32, rtn)", "fold_batchnorm"],
+                     calibration=[])
+    assert [o for _, o in pm.passes] == [{"alpha": 0.8}, {"bits": 3, "group": 64},
+                                         {"format": "int8", "group": 32, "method": "rtn"}, {}]
+    with pytest.raises(ScalefoldError, match="given twice"):
+        PassManager(["smooth(0.8, alpha=0.5)"], calibration=[])
+    with pytest.raises(ScalefoldError, match="at most 0 positional"):
+        PassManager(["fold_batchnorm(1)"])
+    with pytest.raises(ScalefoldError, match="alpha"):       # still type-checked: alpha is a float
+        PassManager(["smooth(yes_please)"], calibration=[])
 
 
 def test_split_pipeline() -> None:
