@@ -2,6 +2,7 @@
 activations, casts and copies)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -263,3 +264,61 @@ def _native_dropout(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
 @aten("type_as.default")
 def _type_as(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     return ctx.cast(ctx.t(a["self"]), ctx.out_dtype(n))
+
+
+# ---- composites of IR ops (no IR op of their own) ----------------------------------------------
+
+def _float_in(ctx: Ctx, n: fx.Node, a: dict, key: str = "self") -> Value:
+    x = ctx.t(a[key])
+    out = ctx.out_dtype(n)
+    return ctx.cast(x, out) if x.dtype is not out else x
+
+
+@aten("expm1.default")
+def _expm1(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    # exp(x) - 1: absolute error one ulp of 1 near 0 (torch's expm1 keeps relative precision)
+    x = _float_in(ctx, n, a)
+    return ctx.emit("sub", [ctx.emit("exp", [x]), ctx.scalar(1.0, x.dtype)])
+
+
+@aten("log1p.default")
+def _log1p(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = _float_in(ctx, n, a)
+    return ctx.emit("log", [ctx.emit("add", [x, ctx.scalar(1.0, x.dtype)])])
+
+
+@aten("trunc.default", "fix.default")
+def _trunc(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    if not x.dtype.is_float:
+        return x
+    neg = ctx.emit("lt", [x, ctx.scalar(0.0, x.dtype)])
+    return ctx.emit("where", [neg, ctx.emit("ceil", [x]), ctx.emit("floor", [x])])
+
+
+@aten("round.decimals")
+def _round_decimals(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    # torch: round(x * 10^d) / 10^d (ties to even), 10^d in x's dtype
+    x = ctx.t(a["self"])
+    d = int(a["decimals"])
+    if d == 0:
+        return ctx.emit("round", [x])
+    f = ctx.scalar(10.0 ** abs(d), x.dtype)
+    if d > 0:
+        return ctx.emit("div", [ctx.emit("round", [ctx.emit("mul", [x, f])]), f])
+    return ctx.emit("mul", [ctx.emit("round", [ctx.emit("div", [x, f])]), f])
+
+
+@aten("atan2.default")
+def _atan2(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    y, x = ctx.t(a["self"]), ctx.t(a["other"])
+    out = ctx.out_dtype(n)
+    y, x = (ctx.cast(v, out) if v.dtype is not out else v for v in (y, x))
+    z = ctx.scalar(0.0, out)
+    base = ctx.emit("atan", [ctx.emit("div", [y, x])])
+    pi = ctx.emit("where", [ctx.emit("lt", [y, z]), ctx.scalar(-math.pi, out), ctx.scalar(math.pi, out)])
+    half = ctx.emit("where", [ctx.emit("gt", [y, z]), ctx.scalar(math.pi / 2, out),
+                              ctx.emit("where", [ctx.emit("lt", [y, z]), ctx.scalar(-math.pi / 2, out), z])])
+    # x > 0: atan(y / x); x < 0: that +- pi by y's sign; x == 0: +-pi/2 by y's sign, 0 at the origin
+    res = ctx.emit("where", [ctx.emit("lt", [x, z]), ctx.emit("add", [base, pi]), base])
+    return ctx.emit("where", [ctx.emit("eq", [x, z]), half, res])

@@ -279,3 +279,14 @@ def _repeat(ctx: Ctx, n: fx.Node, a: dict) -> Value:
 @aten("embedding.default")
 def _embedding(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     return ctx.emit("embedding", [ctx.t(a["weight"]), ctx.t(a["indices"])])
+
+
+@aten("flip.default")
+def _flip(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    axes = tuple(sorted({int(d) % max(x.type.rank, 1) for d in a["dims"]}))
+    if not axes:
+        return x
+    # ONNX slice semantics: a step of -1 from the last element through the first
+    return ctx.emit("slice", [x], starts=(-1,) * len(axes), ends=(-_END,) * len(axes), axes=axes,
+                    steps=(-1,) * len(axes))

@@ -453,3 +453,27 @@ def test_clamp_with_a_nan_bound_is_all_nan() -> None:
 
     out = run(from_torch(M(), (torch.randn(5),)), torch.randn(5))[0]
     assert torch.isnan(out).all()
+
+
+class Composites(nn.Module):
+    """ATen ops without an IR op of their own, imported as compositions (found missing by a
+    timm / torchvision sweep)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (torch.expm1(x), torch.log1p(x.abs()), torch.trunc(x * 3), torch.fix(x * 2),
+                torch.round(x * 7, decimals=2), torch.round(x * 700, decimals=-1),
+                torch.atan2(y, x), torch.flip(x, [0, -1]), torch.flip(x, [1]))
+
+
+def test_composite_elementwise_ops_and_flip() -> None:
+    x, y = torch.randn(4, 6), torch.randn(4, 6)
+    # atan2 on the axes and at the origin, trunc of negatives
+    x[0, :3], y[0, :3] = torch.tensor([0.0, 0.0, 0.0]), torch.tensor([1.0, -2.0, 0.0])
+    x[1, :2], y[1, :2] = torch.tensor([-1.0, -2.0]), torch.tensor([0.0, -1e-3])
+    g = _import_and_check(Composites(), x, y)
+    assert not {"expm1", "flip"} & set(_ops(g))
+    b = Dim("b")
+    g = from_torch(Composites(), (x, y), dynamic_shapes=({0: b}, {0: b}))
+    x2, y2 = torch.randn(7, 6), torch.randn(7, 6)
+    for got, want in zip(run(g, x2, y2), Composites()(x2, y2)):
+        assert_close(got, want)
