@@ -153,6 +153,25 @@ def _bn(ctx: Ctx, n: fx.Node, a: dict) -> Any:
     return y if "batch_norm.default" == str(n.target).split("aten.")[-1] else (y, None, None)
 
 
+@aten("_native_batch_norm_legit.no_stats")
+def _bn_batch_stats(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, None, None]:
+    """BatchNorm without running statistics (``track_running_stats=False``): even in eval mode
+    torch normalises by the batch's own per-channel mean and biased variance."""
+    x = ctx.t(a["input"])
+    rank = x.type.rank
+    axes = (0,) + tuple(range(2, rank))
+    mean = ctx.emit("reduce_mean", [x], axes=axes, keepdims=True)
+    d = ctx.emit("sub", [x, mean])
+    var = ctx.emit("reduce_mean", [ctx.emit("mul", [d, d])], axes=axes, keepdims=True)
+    y = ctx.emit("mul", [d, ctx.emit("rsqrt", [ctx.emit("add", [var, ctx.scalar(float(a["eps"]), x.dtype)])])])
+    shape = (x.shape[1],) + (1,) * (rank - 2)
+    for key, op in (("weight", "mul"), ("bias", "add")):
+        v = ctx.opt(a[key])
+        if v is not None:
+            y = ctx.emit(op, [y, ctx.emit("reshape", [v], shape=shape)])
+    return y, None, None
+
+
 @aten("layer_norm.default")
 def _layer_norm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     return ctx.emit("layer_norm", [ctx.t(a["input"]), ctx.opt(a["weight"]), ctx.opt(a["bias"])],

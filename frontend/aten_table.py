@@ -79,6 +79,9 @@ class Ctx:
     def t(self, a: Any) -> Value:
         """The Value of a tensor argument."""
         v = self.env[a] if isinstance(a, fx.Node) else None
+        if v is None and isinstance(a, fx.Node) and a in self.env:
+            raise FrontendError(f"{self.node_name}: reads {a.name}, an output the import does not "
+                                f"produce (such as max_pool's indices or batch norm's saved statistics)")
         if not isinstance(v, Value):
             raise FrontendError(f"{self.node_name}: expected a tensor argument, got {a!r}")
         return v

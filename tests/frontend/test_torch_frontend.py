@@ -477,3 +477,24 @@ def test_composite_elementwise_ops_and_flip() -> None:
     x2, y2 = torch.randn(7, 6), torch.randn(7, 6)
     for got, want in zip(run(g, x2, y2), Composites()(x2, y2)):
         assert_close(got, want)
+
+
+@pytest.mark.parametrize("bn,shape", [(nn.BatchNorm2d(3, track_running_stats=False), (2, 3, 5, 5)),
+                                      (nn.BatchNorm1d(4, track_running_stats=False, affine=False), (6, 4, 3)),
+                                      (nn.BatchNorm1d(4, track_running_stats=False), (6, 4))])
+def test_batch_norm_without_running_stats_uses_the_batch(bn: nn.Module, shape: tuple) -> None:
+    m = nn.Sequential(bn).eval()
+    for p in m.parameters():
+        p.copy_(torch.randn_like(p))
+    x = torch.randn(*shape) * 3 + 1
+    g = _import_and_check(m, x)
+    assert "batch_norm" not in _ops(g) and "reduce_mean" in _ops(g)
+
+
+def test_unproduced_outputs_are_named() -> None:
+    class M(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y, idx = F.max_pool2d(x, 2, return_indices=True)
+            return y + idx.float()
+    with pytest.raises(FrontendError, match="an output the import does not produce.*max_pool's indices"):
+        from_torch(M(), (torch.randn(1, 2, 8, 8),))
