@@ -109,8 +109,51 @@ def _bn_rewrite(graph: Graph, m: Match) -> bool:
     return True
 
 
+def _bn_rows_check(m: Match) -> str | None:
+    bn, r = m.node, m.producer(0)
+    p = m.sub[0].producer(0)
+    why = _weights_reason(p)
+    if why:
+        return why
+    for v, what in ((p.output, "linear"), (r.output, "reshape")):
+        alone = single_reader(v, bn.graph)  # type: ignore[arg-type]
+        if alone:
+            return f"the {what} output {alone}"
+    if len(r.output.shape) != 2 or r.output.shape[-1] != p.output.shape[-1]:
+        return (f"the reshape between linear and batch_norm gives {r.output.shape}, not the "
+                f"linear's rows [*, {p.output.shape[-1]}]")
+    var = _const(bn.inputs[4])
+    if var is None or not bool((var + bn.attrs["eps"] > 0).all()):
+        return "var + eps is not positive everywhere"
+    return None
+
+
+def _bn_rows_rewrite(graph: Graph, m: Match) -> bool:
+    bn, r = m.node, m.producer(0)
+    p = m.sub[0].producer(0)
+    gamma, beta, mean, var = (_const(bn.inputs[i]) for i in range(1, 5))
+    s = gamma / torch.sqrt(var + bn.attrs["eps"])  # type: ignore[operator]
+    w = _const(p.inputs[1])
+    assert w is not None
+    b = _const(p.inputs[2]) if len(p.inputs) > 2 else None
+    b0 = b if b is not None else torch.zeros_like(s)
+    wv = p.inputs[1]
+    assert wv is not None
+    new_b = _new_const((b0 - mean) * s + beta, wv.dtype)  # type: ignore[operator]
+    new = graph.create_node("linear", [p.inputs[0], _new_const(w * s.reshape(-1, 1), wv.dtype), new_b],
+                            p.attrs, name=p.name)
+    graph.insert_before(r, new)
+    graph.replace_all_uses(p.output, new.output)
+    graph.replace_all_uses(bn.output, r.output)
+    remove_if_dead(graph, bn)
+    remove_if_dead(graph, p)
+    return True
+
+
 BN_RULES = [Rule(op, Pattern("batch_norm", {0: op, 1: CONST, 2: CONST, 3: CONST, 4: CONST}),
-                 _bn_rewrite, _bn_check) for op in _WEIGHTED]
+                 _bn_rewrite, _bn_check) for op in _WEIGHTED] + [
+    Rule("linear_rows", Pattern("batch_norm", {0: Pattern("reshape", {0: "linear"}), 1: CONST, 2: CONST,
+                                               3: CONST, 4: CONST}), _bn_rows_rewrite, _bn_rows_check)]
 
 
 @register_pass("fold_batchnorm")
@@ -121,12 +164,17 @@ def fold_batchnorm(graph: Graph) -> Graph:
     with P one of those ops becomes ``P(x, W·s, (b-μ)·s + β)``, s = γ/√(σ²+eps), scaling
     P's *output* channels (conv: W[o]; grouped conv_transpose: W[c, j] for o = group(c)·Cout/g + j;
     linear: W[o, :]). A missing bias becomes one.
+    Rule ``linear_rows``: ``batch_norm(reshape(linear(x, W, b)) -> [M, N])``, the rows of a
+    linear flattened for a BatchNorm1d (timm's LeViT ``LinearNorm``), folds the same way into
+    the linear; the reshape stays and the BN goes.
     Preconditions (each failure is a near-miss with its reason): W, b and the four BN operands
     are constants; P's output is read only by the BN and is not a graph output; for ``linear``
     the output has rank 2 (BN normalises dim 1, the linear's features are on the last dim);
     σ²+eps > 0 everywhere.
-    Postconditions: the BN and the old P are gone; readers of the BN read the new P, whose
-    output type is the BN's.
+    Postconditions: the BN and the old P are gone; readers of the BN read the new P (or, for
+    ``linear_rows``, the reshape of it), whose output type is the BN's. ``linear_rows`` also
+    needs the linear's and the reshape's outputs read only by the next node, and the reshape's
+    output [M, N] with the linear's N (so each row is a row of the linear).
     """
     apply_rules(graph, BN_RULES, "fold_batchnorm")
     return graph

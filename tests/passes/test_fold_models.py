@@ -1,6 +1,7 @@
 """fold_batchnorm and fold_constant_scales on real timm architectures (random weights)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from harness import assert_close, assert_fired
@@ -70,6 +71,24 @@ def test_vit_layerscale_folds_into_linears() -> None:
     assert_fired(pm.counters, "fold_constant_scales", "mul_after", 2 * depth)  # ls1 and ls2
     assert [n.op for n in out.nodes].count("mul") == 0
     assert_close(run(out, x)[0], run(g, x)[0], rel_to_scale=True)
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attributes:UserWarning")   # timm's attention-bias cache
+def test_levit_linear_norms_fold() -> None:
+    """LeViT's LinearNorm (linear, rows flattened, BatchNorm1d, reshaped back) folds: 50 of its
+    52 BatchNorms (the two left normalise the classifier heads' inputs, before their linear)."""
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model("levit_128s", pretrained=False).eval()
+    assert _randomise_bn(model) == 52
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    g = from_torch(model, (x,))
+    pm = PassManager("fold_batchnorm")
+    out = pm.run(g)
+    assert_fired(pm.counters, "fold_batchnorm", "linear_rows", 46)
+    assert [n.op for n in out.nodes].count("batch_norm") == 2
+    with torch.no_grad():
+        assert_close(run(out, x)[0], model(x), rel_to_scale=True)
 
 
 def test_zero_divisor_is_a_traceable_near_miss(monkeypatch, capfd) -> None:
