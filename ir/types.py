@@ -21,6 +21,35 @@ def sym(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, integer=True, positive=True)
 
 
+def _merge_floor(f: sympy.Basic) -> sympy.Basic:
+    """floor((floor(y) + c) / b) -> floor((y + c) / b) for a positive integer b and an
+    integer-valued c: equal for every real y (floor(y) + c = floor(y + c), and floor(floor(z)
+    / b) = floor(z / b)). Stacked strided convs and pools give such nests: torch writes
+    floor(H/8) where the IR's shape rules give floor(floor(H/4)/2)."""
+    arg = sympy.expand(f.args[0])
+    nests = [t for t in sympy.Add.make_args(arg)
+             if isinstance(t, sympy.Mul) and len(t.args) == 2 and t.args[0].is_Rational
+             and isinstance(t.args[1], sympy.floor) or isinstance(t, sympy.floor)]
+    if len(nests) != 1:
+        return f
+    t = nests[0]
+    coeff, inner = (sympy.Integer(1), t) if isinstance(t, sympy.floor) else t.args
+    if coeff.p != 1 or coeff.q < 1:
+        return f
+    b = coeff.q
+    rest = sympy.expand(b * (arg - t))
+    if rest.is_integer is not True:
+        return f
+    return sympy.floor(sympy.expand((inner.args[0] + rest) / b))
+
+
+def merge_floors(d: sympy.Basic) -> sympy.Basic:
+    """``d`` with nested floors merged where exact (:func:`_merge_floor`), innermost first."""
+    if not d.has(sympy.floor):
+        return d
+    return d.replace(lambda e: isinstance(e, sympy.floor), _merge_floor)
+
+
 def canon_dim(d: Dim | str) -> Dim:
     """Normalise a dimension: python/sympy integers become ``int``, names become symbols."""
     if isinstance(d, bool):
@@ -35,6 +64,7 @@ def canon_dim(d: Dim | str) -> Dim:
         # Re-create free symbols with the dimension assumptions, so that 'B' parsed from text
         # and 'B' built by a frontend are the same object.
         d = d.xreplace({s: sym(s.name) for s in d.free_symbols if s != sym(s.name)})
+        d = merge_floors(d)
         if d.is_Integer:
             if d < 0:
                 raise IRError(f"negative dimension {d}")
@@ -119,7 +149,7 @@ def dims_equal(a: Dim, b: Dim) -> bool:
     """Whether two dimensions are provably equal."""
     if isinstance(a, int) and isinstance(b, int):
         return a == b
-    diff = sympy.expand(sympy.sympify(a) - sympy.sympify(b))
+    diff = sympy.expand(merge_floors(sympy.sympify(a)) - merge_floors(sympy.sympify(b)))
     return diff == 0 or sympy.simplify(diff) == 0
 
 
