@@ -5,7 +5,7 @@ node's ``meta['val']``, translated to IR symbols), which has every -1 and SymInt
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import sympy
 import torch.fx as fx
@@ -14,7 +14,7 @@ from ..ir import dtypes as dt
 from ..ir.errors import FrontendError
 from ..ir.graph import Value
 from ..ir.ops import get_op
-from ..ir.types import Dim, dims_equal
+from ..ir.types import Dim, canon_dim, dims_equal
 from .aten_table import Ctx, aten
 
 _END = 2 ** 63 - 1  # what torch writes for an open slice end
@@ -267,13 +267,37 @@ def _trilu(ctx: Ctx, n: fx.Node, a: dict) -> Value:
 @aten("repeat.default")
 def _repeat(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     x = ctx.t(a["self"])
-    reps = tuple(int(r) for r in a["repeats"])
+    reps = ctx.dims(a["repeats"])
     extra = len(reps) - x.type.rank
     if extra > 0:
         x = ctx.emit("unsqueeze", [x], axes=tuple(range(extra)))
     if all(r == 1 for r in reps):
         return x
-    return ctx.emit("tile", [x], repeats=reps)
+    if all(isinstance(r, int) for r in reps):
+        return ctx.emit("tile", [x], repeats=reps)
+    # a symbolic count (DeBERTa repeats by the batch): tile axis i as [r_i, s_i] -> r_i * s_i
+    inner, wide, final = tiled_shapes(x.shape, reps)
+    y = ctx.emit("expand", [ctx.emit("reshape", [x], shape=inner)], shape=wide)
+    return ctx.emit("reshape", [y], shape=final)
+
+
+def tiled_shapes(shape: Sequence[Dim], reps: Sequence[Dim]) -> tuple[tuple[Dim, ...], ...]:
+    """(inner, wide, final) shapes that tile a tensor of ``shape`` by ``reps`` (symbolic counts
+    allowed) as reshape(inner) -> expand(wide) -> reshape(final): each repeated axis becomes
+    [1, s] -> [r, s] -> r * s, which is the tile's row-major order."""
+    inner: list[Dim] = []
+    wide: list[Dim] = []
+    final: list[Dim] = []
+    for d, r in zip(shape, reps):
+        if r == 1:
+            inner.append(d)
+            wide.append(d)
+            final.append(d)
+        else:
+            inner += [1, d]
+            wide += [r, d]
+            final.append(canon_dim(r * d))
+    return tuple(inner), tuple(wide), tuple(final)
 
 
 @aten("embedding.default")

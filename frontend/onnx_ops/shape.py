@@ -238,8 +238,15 @@ def _expand(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
 
 @onnx_op("Tile")
 def _tile(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
-    reps = _ints(ctx, 1, "repeats")
-    return [ctx.add("tile", [_x(ctx)], {"repeats": tuple(reps)})]
+    reps = tuple(ctx.require_dims(1, "repeats"))
+    x = _x(ctx)
+    if all(isinstance(r, int) for r in reps):
+        return [ctx.add("tile", [x], {"repeats": reps})]
+    # repeats from a shape computation (DeBERTa tiles by the batch): reshape / expand / reshape
+    from ..aten_shape import tiled_shapes
+    inner, wide, final = tiled_shapes(x.shape, reps)
+    y = ctx.add("expand", [ctx.add("reshape", [x], {"shape": inner})], {"shape": wide})
+    return [ctx.add("reshape", [y], {"shape": final})]
 
 
 @onnx_op("Pad")

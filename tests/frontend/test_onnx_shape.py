@@ -247,6 +247,22 @@ def test_expand_tile() -> None:
     assert torch.equal(y, x.expand(2, 3, 4)) and torch.equal(z, x.repeat(2, 3))
 
 
+def test_tile_by_a_symbolic_count() -> None:
+    """Tile whose repeats come from Shape (DeBERTa's exporters tile by the batch): a
+    reshape / expand / reshape, since the IR's tile takes integer counts."""
+    nodes = [helper.make_node("Shape", ["x"], ["sh"]), c("i0", np.array([0])),
+             helper.make_node("Gather", ["sh", "i0"], ["b"], axis=0), c("two", np.array([2])),
+             helper.make_node("Concat", ["b", "two"], ["r"], axis=0),
+             helper.make_node("Tile", ["w", "r"], ["z"])]
+    m = model(nodes, [("x", F, ["B", 4]), ("w", F, [2, 3])], [("z", F, None)])
+    g = from_onnx(m)
+    assert "tile" not in {n.op for n in g.nodes}
+    assert g.outputs[0].type.shape == (2 * sym("B"), 6)
+    w = torch.randn(2, 3)
+    for b in (1, 3):
+        assert torch.equal(run(g, torch.zeros(b, 4), w)[0], w.repeat(b, 2))
+
+
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "wrap"])
 def test_pad_axes_opset18(mode: str) -> None:
     m = model([helper.make_node("Pad", ["x", "p", "v", "a"], ["y"], mode=mode)],

@@ -522,3 +522,19 @@ def test_merge_floors() -> None:
     # not exact: a coefficient that is not 1/b, a non-integer offset
     assert merge_floors(sympy.floor(2 * sympy.floor(H / 3) / 3)) == sympy.floor(2 * sympy.floor(H / 3) / 3)
     assert not dims_equal(sympy.floor((sympy.floor(H / 3) + sympy.Rational(1, 2)) / 2), sympy.floor((H / 3 + sympy.Rational(1, 2)) / 2))
+
+
+class RepeatByBatch(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = torch.arange(6.0).reshape(2, 3)
+        # a symbolic count on a size-1 axis (DeBERTa) and on a wider one, with a new leading axis
+        return x + torch.ones(1, 4).repeat(x.shape[0], 1), w.repeat(2, x.shape[0], 1)
+
+
+def test_repeat_by_a_symbolic_count() -> None:
+    g = from_torch(RepeatByBatch(), (torch.randn(2, 4),), dynamic_shapes=({0: Dim("B", min=1, max=8)},))
+    assert "tile" not in _ops(g)
+    for b in (1, 3, 5):
+        x = torch.randn(b, 4)
+        for got, want in zip(run(g, x), RepeatByBatch()(x)):
+            assert torch.equal(got, want)
