@@ -45,9 +45,30 @@ class CompiledModel:
         self.sources = sources or {}
         self.schedule = schedule
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def __call__(self, *inputs: torch.Tensor, **named: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Run on the graph's inputs, positionally in order or by their names
+        (``cm(input_ids=..., attention_mask=...)``), or both: positional ones come first."""
+        if named:
+            inputs = self._by_name(inputs, named)
         outs = self._runner(*inputs)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _by_name(self, inputs: tuple, named: dict[str, Any]) -> tuple:
+        names = [v.name for v in self.graph.inputs]
+        if len(inputs) > len(names):
+            raise ScalefoldError(f"@{self.graph.name} takes {len(names)} inputs, got {len(inputs)} positional")
+        vals: list[Any] = list(inputs) + [None] * (len(names) - len(inputs))
+        for key, v in named.items():
+            if key not in names:
+                raise ScalefoldError(f"@{self.graph.name} has no input named {key!r} (inputs: {', '.join(names)})")
+            i = names.index(key)
+            if i < len(inputs):
+                raise ScalefoldError(f"input {key!r} of @{self.graph.name} given positionally and by name")
+            vals[i] = v
+        missing = [n for n, v in zip(names, vals) if v is None]
+        if missing:
+            raise ScalefoldError(f"@{self.graph.name}: missing input(s) {', '.join(repr(m) for m in missing)}")
+        return tuple(vals)
 
     def save(self, path: str | os.PathLike) -> Path:
         from .runtime.artifact import save

@@ -186,3 +186,22 @@ def test_compiled_model_lifecycle_from_the_concurrency_hunt(tmp_path) -> None:
     for t in ts:
         t.join()
     assert res == ["ok"] * 4
+
+
+def test_compiled_model_takes_inputs_by_name() -> None:
+    class M(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return input_ids.float() * 2 + attention_mask
+
+    ids, mask = torch.arange(6).reshape(2, 3), torch.rand(2, 3)
+    cm = sf.compile(M(), {"input_ids": ids, "attention_mask": mask}, target="c")
+    want = M()(ids, mask)
+    for got in (cm(ids, mask), cm(input_ids=ids, attention_mask=mask), cm(attention_mask=mask, input_ids=ids),
+                cm(ids, attention_mask=mask)):
+        assert torch.equal(got, want)
+    with pytest.raises(sf.ScalefoldError, match="no input named 'mask'.*input_ids, attention_mask"):
+        cm(ids, mask=mask)
+    with pytest.raises(sf.ScalefoldError, match="missing input.*'attention_mask'"):
+        cm(input_ids=ids)
+    with pytest.raises(sf.ScalefoldError, match="positionally and by name"):
+        cm(ids, input_ids=ids)
