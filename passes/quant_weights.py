@@ -24,6 +24,7 @@ token at run time (``act="per_token"``).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -248,6 +249,7 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     layer the budget upgraded, ``moe_<format>`` per moe quantised, ``bias_corrected`` per
     linear whose bias the correction changed.
     """
+    _warn_float_convs(graph)
     if calibration is not None and iter_once(calibration):
         # several steps read the batches (scale search, statistics, budget trials, a second
         # attempt below): a generator would be spent after the first
@@ -270,6 +272,20 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     out = _quant_weights(orig, calibration, bias_correct=False, **opts)
     bump(PASS, "bias_correction_rejected")
     return out
+
+
+def _warn_float_convs(graph: Graph) -> None:
+    """Warn when convolutions hold most of the constant weights: weight-only quantisation
+    takes linears (and MoE experts), so a CNN would come out mostly unchanged, silently."""
+    conv = sum(n.inputs[1].const.numel() for n in graph.nodes
+               if n.op in ("conv", "conv_transpose") and n.inputs[1] is not None and n.inputs[1].is_const)
+    if not conv:
+        return
+    lin = sum(n.inputs[1].const.numel() for n in graph.nodes if quantizable_linear(n))
+    if conv > lin:
+        warnings.warn(f"quant_weights: {conv} of the graph's {conv + lin} conv and linear weights are "
+                      f"convolution weights, which stay in float (weight-only quantisation takes "
+                      f"linear and MoE expert weights)", stacklevel=3)
 
 
 def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", group: int = 128,

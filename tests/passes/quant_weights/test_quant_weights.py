@@ -175,3 +175,20 @@ def test_awq_from_saved_stats_matches_awq_from_batches() -> None:
     assert float((ya - yb).norm()) <= 1e-3 * float((yb - y).norm())
     with pytest.raises(Exception, match="needs calibration batches"):
         quant_weights(g.clone(), st, format="fp8_e4m3", method="search", act_format="fp8_e4m3")
+
+
+def test_a_mostly_convolutional_graph_warns_that_convs_stay_float() -> None:
+    import warnings
+    from scalefold.frontend.torch import from_torch
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3),
+                              torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 4)).eval()
+    g = from_torch(cnn, (torch.randn(1, 3, 8, 8),))
+    with pytest.warns(UserWarning, match=r"2736 of the graph's 3760 conv and linear weights are convolution weights"):
+        out = PassManager("quant_weights(format=int4, group=32)").run(g)
+    assert [n.op for n in out.nodes].count("qlinear") == 1
+    vit_like = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 2, stride=2), torch.nn.Flatten(2),
+                                   torch.nn.Linear(16, 64), torch.nn.Linear(64, 16)).eval()
+    g = from_torch(vit_like, (torch.randn(1, 3, 8, 8),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # a patch-embedding conv among linears: no warning
+        PassManager("quant_weights(format=int4, group=16)").run(g)
