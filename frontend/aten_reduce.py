@@ -98,6 +98,16 @@ def _topk(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
                     largest=bool(a["largest"]), sorted=bool(a["sorted"]))
 
 
+@aten("sort.default", "sort.stable")
+def _sort(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
+    # a full sort is a top-k of the whole axis (equal values keep their order, as stable=True)
+    x = ctx.t(a["self"])
+    axis = int(a["dim"]) % max(x.type.rank, 1)
+    if x.type.rank == 0:
+        return x, ctx.const(torch.zeros((), dtype=torch.int64))
+    return ctx.emit("topk", [x], k=x.shape[axis], axis=axis, largest=bool(a["descending"]), sorted=True)
+
+
 # ---- creation ---------------------------------------------------------------------------------
 
 
