@@ -18,6 +18,7 @@ on 8192² int4 g128, both dominated by bf16).
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable, Sequence
 
 import torch
@@ -45,9 +46,10 @@ def dense_launch(slots: tuple[int, int, int], xkind: str, N: int, K: int, device
                  interpret: bool, scratch: Scratch | None, fill: Fill, chunk: int = 0) -> Launch:
     """The launch over tensors ``ts`` (x, bias or -1, y at ``slots``): per chunk of ``chunk``
     channels (0: :func:`dense_chunk`), ``fill`` then one cuBLAS GEMM into y's columns.
-    ``scratch`` (the model's pool) holds the dense chunk; without it the launch owns one. A
-    scratch shared by launches in flight on two streams at once is not safe (like the split-K
-    workspaces, launches of one model are ordered on its stream)."""
+    ``scratch`` (the model's pool) holds the dense chunk; without it the launch owns one. Each
+    call holds the scratch's lock from its first fill to its last GEMM, so calls from several
+    threads do not interleave; on a GPU that orders them only within one stream (as for the
+    split-K workspaces, a model's launches in flight on two streams at once are not safe)."""
     xi, bi, yi = slots
     chunk = dense_chunk(N, K, xkind) if chunk <= 0 else min(chunk, N)
     dtype = DTYPES[xkind]
@@ -58,8 +60,13 @@ def dense_launch(slots: tuple[int, int, int], xkind: str, N: int, K: int, device
         buf = torch.empty(numel, dtype=dtype, device=device)
     wbuf = buf[:numel].view(chunk, K)
     parts = [(n0, min(N, n0 + chunk)) for n0 in range(0, N, chunk)]
+    lock = scratch.lock if scratch is not None else threading.Lock()
 
     def launch(ts: Sequence[torch.Tensor]) -> None:
+        with lock:      # fill and GEMM back to back: another call may share the buffer
+            _run(ts)
+
+    def _run(ts: Sequence[torch.Tensor]) -> None:
         # the slots may be [B, S, K]-shaped (contiguous): the GEMM takes them as matrices
         x, y = ts[xi].view(-1, K), ts[yi].view(-1, N)
         for n0, ne in parts:

@@ -276,15 +276,31 @@ def _float_in(ctx: Ctx, n: fx.Node, a: dict, key: str = "self") -> Value:
 
 @aten("expm1.default")
 def _expm1(ctx: Ctx, n: fx.Node, a: dict) -> Value:
-    # exp(x) - 1: absolute error one ulp of 1 near 0 (torch's expm1 keeps relative precision)
+    # Kahan: u = exp(x), (u - 1) * (x / log(u)) keeps expm1's relative precision near 0 (exp(x) - 1
+    # alone gives 0 at 1e-10); u == 1 gives x, u - 1 == -1 gives -1, u == inf gives inf
     x = _float_in(ctx, n, a)
-    return ctx.emit("sub", [ctx.emit("exp", [x]), ctx.scalar(1.0, x.dtype)])
+    one = ctx.scalar(1.0, x.dtype)
+    u = ctx.emit("exp", [x])
+    d = ctx.emit("sub", [u, one])
+    r = ctx.emit("mul", [d, ctx.emit("div", [x, ctx.emit("log", [u])])])   # x / log(u) ~ 1: no overflow
+    r = ctx.emit("where", [ctx.emit("eq", [u, one]), x, r])
+    r = ctx.emit("where", [ctx.emit("eq", [d, ctx.scalar(-1.0, x.dtype)]), d, r])
+    return ctx.emit("where", [ctx.emit("isinf", [u]), u, r])
 
 
 @aten("log1p.default")
 def _log1p(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    # Kahan: u = 1 + x, log(u) * (x / (u - 1)) keeps log1p's relative precision near 0; u == 1
+    # gives x, u == inf gives inf (x = -1: -inf, x < -1: NaN, as log)
     x = _float_in(ctx, n, a)
-    return ctx.emit("log", [ctx.emit("add", [x, ctx.scalar(1.0, x.dtype)])])
+    one = ctx.scalar(1.0, x.dtype)
+    u = ctx.emit("add", [x, one])
+    lu = ctx.emit("log", [u])
+    r = ctx.emit("mul", [lu, ctx.emit("div", [x, ctx.emit("sub", [u, one])])])
+    r = ctx.emit("where", [ctx.emit("eq", [u, one]), x, r])
+    big = ctx.emit("logical_and", [ctx.emit("isinf", [u]), ctx.emit("gt", [u, one])])
+    r = ctx.emit("where", [big, u, r])
+    return ctx.emit("where", [ctx.emit("eq", [u, ctx.scalar(0.0, x.dtype)]), lu, r])
 
 
 @aten("trunc.default", "fix.default")
@@ -298,15 +314,19 @@ def _trunc(ctx: Ctx, n: fx.Node, a: dict) -> Value:
 
 @aten("round.decimals")
 def _round_decimals(ctx: Ctx, n: fx.Node, a: dict) -> Value:
-    # torch: round(x * 10^d) / 10^d (ties to even), 10^d in x's dtype
+    # torch: round(x * 10^d) / 10^d (ties to even)
     x = ctx.t(a["self"])
     d = int(a["decimals"])
     if d == 0:
         return ctx.emit("round", [x])
-    f = ctx.scalar(10.0 ** abs(d), x.dtype)
+    # half types compute in f32, as torch does (10^5 overflows f16)
+    xc = ctx.cast(x, dt.f32) if x.dtype in (dt.f16, dt.bf16) else x
+    f = ctx.scalar(10.0 ** abs(d), xc.dtype)
     if d > 0:
-        return ctx.emit("div", [ctx.emit("round", [ctx.emit("mul", [x, f])]), f])
-    return ctx.emit("mul", [ctx.emit("round", [ctx.emit("div", [x, f])]), f])
+        y = ctx.emit("div", [ctx.emit("round", [ctx.emit("mul", [xc, f])]), f])
+    else:
+        y = ctx.emit("mul", [ctx.emit("round", [ctx.emit("div", [xc, f])]), f])
+    return ctx.cast(y, x.dtype) if y.dtype is not x.dtype else y
 
 
 @aten("atan2.default")
@@ -314,11 +334,22 @@ def _atan2(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     y, x = ctx.t(a["self"]), ctx.t(a["other"])
     out = ctx.out_dtype(n)
     y, x = (ctx.cast(v, out) if v.dtype is not out else v for v in (y, x))
-    z = ctx.scalar(0.0, out)
-    base = ctx.emit("atan", [ctx.emit("div", [y, x])])
-    pi = ctx.emit("where", [ctx.emit("lt", [y, z]), ctx.scalar(-math.pi, out), ctx.scalar(math.pi, out)])
-    half = ctx.emit("where", [ctx.emit("gt", [y, z]), ctx.scalar(math.pi / 2, out),
-                              ctx.emit("where", [ctx.emit("lt", [y, z]), ctx.scalar(-math.pi / 2, out), z])])
-    # x > 0: atan(y / x); x < 0: that +- pi by y's sign; x == 0: +-pi/2 by y's sign, 0 at the origin
-    res = ctx.emit("where", [ctx.emit("lt", [x, z]), ctx.emit("add", [base, pi]), base])
-    return ctx.emit("where", [ctx.emit("eq", [x, z]), half, res])
+    z, one = ctx.scalar(0.0, out), ctx.scalar(1.0, out)
+
+    def negative(v: Value) -> Value:
+        # v < 0, or v = -0.0 (1 / -0.0 = -inf)
+        return ctx.emit("logical_or", [ctx.emit("lt", [v, z]), ctx.emit("logical_and", [
+            ctx.emit("eq", [v, z]), ctx.emit("lt", [ctx.emit("div", [one, v]), z])])])
+    ysign = ctx.emit("where", [negative(y), ctx.scalar(-1.0, out), one])
+    negx = negative(x)
+    # atan(y / x), then +-pi (y's sign) where x is negative: right for finite x != 0, x = +-inf
+    # with finite y, and x = +-0 with y != 0 (y / x = +-inf)
+    res = ctx.emit("add", [ctx.emit("atan", [ctx.emit("div", [y, x])]),
+                           ctx.emit("where", [negx, ctx.emit("mul", [ysign, ctx.scalar(math.pi, out)]), z])])
+    # y = +-0 and x = +-0: +-0 or +-pi; both infinite: +-pi/4 or +-3pi/4
+    zeros = ctx.emit("logical_and", [ctx.emit("eq", [y, z]), ctx.emit("eq", [x, z])])
+    at0 = ctx.emit("mul", [ysign, ctx.emit("where", [negx, ctx.scalar(math.pi, out), z])])
+    infs = ctx.emit("logical_and", [ctx.emit("isinf", [y]), ctx.emit("isinf", [x])])
+    atinf = ctx.emit("mul", [ysign, ctx.emit("where", [negx, ctx.scalar(3 * math.pi / 4, out),
+                                                        ctx.scalar(math.pi / 4, out)])])
+    return ctx.emit("where", [infs, atinf, ctx.emit("where", [zeros, at0, res])])

@@ -10,8 +10,11 @@ any sizes.
   a negative source coordinate to 0 for linear, which reads the same edge value as ONNX's
   clamped taps); bicubic with a = -0.75 and edge taps, as torch.
 
-The scales go into the op only when torch used scale factors, so the coordinate transform
-divides by the same factor torch multiplies by. Antialiased resizing is refused by name.
+The scales go into the op only when torch used scale factors (and not align_corners, which
+maps by the output size), so the coordinate transform divides by the same factor torch
+multiplies by; for nearest and linear modes an axis whose size does not change gets scale 1,
+a copy, as torch's kernels do.
+Antialiased resizing is refused by name.
 
 ``adaptive_avg_pool`` whose output sizes do not divide the input: torch averages window i of an
 axis over [floor(i * in / out), ceil((i + 1) * in / out)), a rectangle whose mean is the
@@ -23,8 +26,10 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from ..ir import dtypes as dt
 from ..ir.errors import FrontendError
 from ..ir.graph import Value
+from ..ir.types import dims_equal
 from .aten_table import Ctx, aten
 
 _UPSAMPLE = [f"{op}.{v}" for op in ("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
@@ -55,6 +60,13 @@ def _upsample(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     nsp = x.type.rank - 2
     out = ctx.out_type(n).shape
     scales = _scales(a, nsp)
+    if scales is not None and "bicubic" not in name and "nearest_exact" not in name:
+        # torch's nearest and (bi/tri)linear kernels copy an axis whose size does not change,
+        # whatever its factor (bicubic and nearest-exact interpolate by it); align_corners
+        # maps by the output size alone
+        scales = [1.0 if dims_equal(o, i) else f for o, i, f in zip(out[2:], x.shape[2:], scales)]
+    if a.get("align_corners"):
+        scales = None
     if "nearest_exact" in name:
         attrs = dict(mode="nearest", coordinate_transformation_mode="half_pixel",
                      nearest_mode="round_prefer_ceil")
@@ -90,15 +102,16 @@ def adaptive_avg_pool(ctx: Ctx, x: Value, out: tuple[int, ...]) -> Value:
     if not all(isinstance(i, int) for i in ins):
         raise FrontendError(f"{ctx.node_name}: adaptive_avg_pool from {ins} to {out} needs static "
                             f"spatial sizes when the output does not divide them")
-    y = x
+    # in f32 for half types, rounded once at the end (as torch accumulates)
+    y = ctx.cast(x, dt.f32) if x.dtype in (dt.f16, dt.bf16) else x
     for ax, (i, o) in enumerate(zip(ins, out), start=2):
         if i == o:
             continue
-        w = ctx.const(averaging_matrix(i, o).to(x.dtype.container), x.dtype)
+        w = ctx.const(averaging_matrix(i, o).to(y.dtype.container), y.dtype)
         perm = [d for d in range(rank) if d != ax] + [ax]
         inv = [perm.index(d) for d in range(rank)]
         moved = ctx.emit("transpose", [y], perm=tuple(perm)) if ax != rank - 1 else y
         y = ctx.emit("linear", [moved, w])
         if ax != rank - 1:
             y = ctx.emit("transpose", [y], perm=tuple(inv))
-    return y
+    return ctx.cast(y, x.dtype) if y.dtype is not x.dtype else y

@@ -214,4 +214,12 @@ def load_kernels(rendered: Sequence[TritonKernel], device: torch.device) -> dict
     elif device.type != "cuda":
         raise ScalefoldError(f"the Triton target runs on CUDA or on the CPU interpreter, not {device}")
     scratch = Scratch()
-    return {tk.name: TritonLaunch(tk, interpret, scratch) for tk in rendered}
+    launches = {tk.name: TritonLaunch(tk, interpret, scratch) for tk in rendered}
+    if not interpret:
+        from ..codegen.triton_dense import DTYPES, dense_chunk
+        for tk in rendered:
+            if tk.launch in ("w4", "wq"):
+                # the dense path's largest chunk, so one buffer serves every linear
+                n, k = tk.meta.w.shape
+                scratch.reserve(dense_chunk(n, k, tk.meta.xkind) * k, DTYPES[tk.meta.xkind])
+    return launches

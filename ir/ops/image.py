@@ -119,9 +119,10 @@ def _resize_axis(x: torch.Tensor, axis: int, scale: float, out_n: int, roi: tupl
     c = _coeffs(ratios, scale, attrs)
     n = c.shape[1]
     pad = (n + 1) // 2
-    xp = xo + pad
-    p = torch.floor(xp)
-    frac = xp - p
+    # the taps from xo's own floor: floor(xo + pad) can round to the next integer when xo is
+    # just above one (xo = 3.0000000000000004 gave pixel 2 instead of 3 for nearest)
+    p = xi + pad
+    frac = xo - xi
     if n % 2 == 0:
         off = torch.where(frac == 0, torch.tensor(-(n // 2.0)), torch.tensor(-(n // 2.0) + 1))
     else:

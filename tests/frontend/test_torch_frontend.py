@@ -465,6 +465,28 @@ class Composites(nn.Module):
                 torch.atan2(y, x), torch.flip(x, [0, -1]), torch.flip(x, [1]))
 
 
+def test_composites_at_their_edges() -> None:
+    """atan2 on signed zeros and infinities, expm1 / log1p relative precision near 0 and at the
+    ends of their range, round(decimals) of half types in f32 (10^5 overflows f16)."""
+    inf, nan = float("inf"), float("nan")
+    y = torch.tensor([-0.0, 0.0, -0.0, 0.0, inf, inf, -inf, 1.0, -1.0, nan, 2.0, -0.0])
+    x = torch.tensor([-1.0, -0.0, -0.0, 0.0, inf, -inf, inf, 0.0, -0.0, 1.0, inf, -inf])
+    z = torch.tensor([1e-10, -1e-9, 3e-4, 0.0, -0.0, 88.0, 100.0, -100.0, -1.0, -2.0, inf, -inf, nan])
+
+    class Edges(nn.Module):
+        def forward(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            h = z.clamp(-300, 300).half()
+            return (torch.atan2(y, x), torch.expm1(z), torch.log1p(z), torch.round(h, decimals=5),
+                    torch.round(h * 7, decimals=-2))
+
+    g = from_torch(Edges(), (y, x, z))
+    for got, want in zip(run(g, y, x, z), Edges()(y, x, z)):
+        assert torch.equal(got.isnan(), want.isnan())
+        g64, w64 = got.double().nan_to_num(nan=0.0), want.double().nan_to_num(nan=0.0)
+        assert torch.equal(torch.signbit(got), torch.signbit(want)) or bool(want.isnan().any())
+        assert bool(((g64 - w64).abs() <= 2e-7 * w64.abs()).all() | (g64 == w64).all()), (got, want)
+
+
 def test_composite_elementwise_ops_and_flip() -> None:
     x, y = torch.randn(4, 6), torch.randn(4, 6)
     # atan2 on the axes and at the origin, trunc of negatives

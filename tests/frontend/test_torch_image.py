@@ -40,6 +40,18 @@ CASES = [
     ((1, 3, 9), dict(size=4, mode="nearest")),
     ((1, 2, 3, 4, 5), dict(size=(4, 7, 3), mode="trilinear")),
     ((1, 2, 3, 4, 5), dict(scale_factor=2, mode="nearest")),
+    # align_corners maps by the output size even when torch was given a factor
+    ((1, 3, 7, 7), dict(scale_factor=0.5, mode="bilinear", align_corners=True)),
+    ((1, 2, 5), dict(scale_factor=1.5, mode="linear", align_corners=True)),
+    # a source coordinate a hair above an integer (3.0000000000000004) picks that pixel
+    ((1, 1, 7), dict(size=17, mode="nearest-exact")),
+    ((1, 1, 10), dict(size=14, mode="nearest-exact")),
+    # an axis whose size a factor leaves unchanged: nearest / linear copy it, bicubic and
+    # nearest-exact interpolate by the factor
+    ((1, 1, 4, 4), dict(scale_factor=1.2, mode="nearest")),
+    ((1, 1, 4, 4), dict(scale_factor=1.2, mode="bilinear")),
+    ((1, 1, 4, 4), dict(scale_factor=1.2, mode="bicubic")),
+    ((1, 1, 4, 4), dict(scale_factor=1.2, mode="nearest-exact")),
 ]
 
 
@@ -84,6 +96,19 @@ def test_adaptive_avg_pool_to_sizes_that_do_not_divide(ins: tuple, outs: tuple) 
     assert "linear" in {n.op for n in g.nodes} and "avg_pool" not in {n.op for n in g.nodes}
     assert_close(interp.run(g, x)[0], pool(x), what="interpreter")
     assert_close(sf.compile(g, target="c")(x), pool(x), what="c")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_adaptive_avg_pool_in_half_types_rounds_once(dtype: torch.dtype) -> None:
+    """Averaged in f32 and rounded once (with the weights and the middle result in the half
+    type, bf16 was off by 3x torch's own error)."""
+    pool = nn.AdaptiveAvgPool2d((3, 4))
+    x = (torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(4)) * 10).to(dtype)
+    got = sf.compile(pool, (x,), target="c")(x)
+    exact = pool(x.double())
+    eps = torch.finfo(dtype).eps               # one rounding of the f32 mean: half of this
+    assert got.dtype == dtype
+    assert bool(((got.double() - exact).abs() <= eps / 2 * exact.abs() * 1.01 + 1e-6).all())
 
 
 def test_averaging_matrix_is_torchs_windows() -> None:
