@@ -78,6 +78,25 @@ def _replace_weighted(graph: Graph, p: Node, anchor: Node, w: torch.Tensor,
 
 # ---- fold_batchnorm ------------------------------------------------------------------------
 
+def _var_reason(bn: Node) -> str | None:
+    var = _const(bn.inputs[4])
+    if var is None or not bool((var + bn.attrs["eps"] > 0).all()):
+        return "var + eps is not positive everywhere"
+    return None
+
+
+def _bn_folded(bn: Node, p: Node) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W, s, (b - μ)·s + β) in float64: P's weight, the BN's per-channel factor s = γ/√(σ²+eps)
+    and P's new bias."""
+    gamma, beta, mean, var = (_const(bn.inputs[i]) for i in range(1, 5))
+    s = gamma / torch.sqrt(var + bn.attrs["eps"])  # type: ignore[operator]
+    w = _const(p.inputs[1])
+    assert w is not None
+    b = _const(p.inputs[2]) if len(p.inputs) > 2 else None
+    b0 = b if b is not None else torch.zeros_like(s)
+    return w, s, (b0 - mean) * s + beta  # type: ignore[operator]
+
+
 def _bn_check(m: Match) -> str | None:
     bn, p = m.node, m.producer(0)
     why = _weights_reason(p)
@@ -89,22 +108,13 @@ def _bn_check(m: Match) -> str | None:
     if p.op == "linear" and len(p.output.shape) != 2:
         return (f"batch_norm normalises dim 1 but the linear output has rank "
                 f"{len(p.output.shape)} (features on the last dim)")
-    var = _const(bn.inputs[4])
-    if var is None or not bool((var + bn.attrs["eps"] > 0).all()):
-        return "var + eps is not positive everywhere"
-    return None
+    return _var_reason(bn)
 
 
 def _bn_rewrite(graph: Graph, m: Match) -> bool:
     bn, p = m.node, m.producer(0)
-    gamma, beta, mean, var = (_const(bn.inputs[i]) for i in range(1, 5))
-    s = gamma / torch.sqrt(var + bn.attrs["eps"])  # type: ignore[operator]
-    w = _const(p.inputs[1])
-    assert w is not None
+    w, s, new_b = _bn_folded(bn, p)
     groups = int(p.attrs.get("groups", 1))
-    b = _const(p.inputs[2]) if len(p.inputs) > 2 else None
-    b0 = b if b is not None else torch.zeros_like(s)
-    new_b = (b0 - mean) * s + beta  # type: ignore[operator]
     _replace_weighted(graph, p, bn, w * _out_factor(p.op, w, s, groups), new_b, bn.output)
     return True
 
@@ -122,26 +132,17 @@ def _bn_rows_check(m: Match) -> str | None:
     if len(r.output.shape) != 2 or r.output.shape[-1] != p.output.shape[-1]:
         return (f"the reshape between linear and batch_norm gives {r.output.shape}, not the "
                 f"linear's rows [*, {p.output.shape[-1]}]")
-    var = _const(bn.inputs[4])
-    if var is None or not bool((var + bn.attrs["eps"] > 0).all()):
-        return "var + eps is not positive everywhere"
-    return None
+    return _var_reason(bn)
 
 
 def _bn_rows_rewrite(graph: Graph, m: Match) -> bool:
     bn, r = m.node, m.producer(0)
     p = m.sub[0].producer(0)
-    gamma, beta, mean, var = (_const(bn.inputs[i]) for i in range(1, 5))
-    s = gamma / torch.sqrt(var + bn.attrs["eps"])  # type: ignore[operator]
-    w = _const(p.inputs[1])
-    assert w is not None
-    b = _const(p.inputs[2]) if len(p.inputs) > 2 else None
-    b0 = b if b is not None else torch.zeros_like(s)
+    w, s, new_b = _bn_folded(bn, p)
     wv = p.inputs[1]
     assert wv is not None
-    new_b = _new_const((b0 - mean) * s + beta, wv.dtype)  # type: ignore[operator]
-    new = graph.create_node("linear", [p.inputs[0], _new_const(w * s.reshape(-1, 1), wv.dtype), new_b],
-                            p.attrs, name=p.name)
+    new = graph.create_node("linear", [p.inputs[0], _new_const(w * s.reshape(-1, 1), wv.dtype),
+                                       _new_const(new_b, wv.dtype)], p.attrs, name=p.name)
     graph.insert_before(r, new)
     graph.replace_all_uses(p.output, new.output)
     graph.replace_all_uses(bn.output, r.output)
