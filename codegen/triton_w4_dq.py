@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..runtime.w4pack_gpu import BLOCK
 from .triton_dense import Fill
 
 if TYPE_CHECKING:
@@ -58,11 +59,9 @@ def w4_dequant(P, S, Z, W, N, K, N0, NE, HAS_ZERO: tl.constexpr, ZC: tl.constexp
 '''
 
 
-
 def w4_fill(mod, packed: "W4Packed", xkind: str, interpret: bool, bn: int = 64) -> Fill:
     """``fill(w, n0, ne)`` for :func:`~.triton_dense.dense_launch`: ``w4_dequant`` of channels
     n0 .. ne - 1 of ``packed`` into ``w`` [ne - n0, K]."""
-    from ..runtime.w4pack_gpu import BLOCK
     zeros = packed.zeros if packed.zeros is not None else packed.scales
     flags = dict(HAS_ZERO=packed.zeros is not None, ZC=packed.zc, GE=packed.ge, BN=bn,
                  EVEN_K=packed.k == packed.kp, ROUND_BF16=xkind == "bf16" and interpret, num_warps=4)

@@ -397,7 +397,8 @@ def test_dense_path_in_a_graph_shares_one_scratch(monkeypatch: pytest.MonkeyPatc
         x = torch.randn(B, S, 200, generator=torch.Generator().manual_seed(B + S)).to(torch.bfloat16)
         got, want = cm(x), interp.run(g, x)[0]
         err = (got.double() - want.double()).abs().max().item()
-        assert err <= 0.05 * want.double().abs().max().item(), err
+        # bf16 weights and outputs of two layers: measured 3.2e-3 of the largest output
+        assert err <= 2 ** -6 * want.double().abs().max().item(), err
     bufs = launches[0].scratch._bufs
     assert len(bufs) == 1 and next(iter(bufs.values())).numel() == max(37 * 200, 70 * 37)
 
