@@ -22,6 +22,7 @@ import sympy
 
 from ..ir.graph import Node, Value
 from ..ir.types import Dim, dims_equal
+from ..runtime.library_conv import CONV_CHAIN, CONV_EPILOGUE
 from .c_expr import EXPR, compute_type
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import FAULT_FN, FAULT_HELPERS, PRELUDE, load, storage_type, store
@@ -468,7 +469,8 @@ def row_renderable(n: Node) -> bool:
         n.outputs[0].dtype.name in ok
 
 
-# Activations and residual adds after a linear run as oneDNN post-ops of its GEMM.
+# Activations and residual adds after a linear (or a convolution: CONV_EPILOGUE) run as
+# oneDNN post-ops of its GEMM.
 LINEAR_EPILOGUE = frozenset({"gelu", "relu", "silu", "sigmoid", "tanh", "add"})
 
 
@@ -479,7 +481,8 @@ def _template_ok(n: Node) -> bool:
 
 
 CAPS = Caps(elementwise=frozenset(C_EXPR), row=ROW_OPS, node_ok=c_node_ok, row_ok=row_renderable,
-            library_epilogue={"linear": LINEAR_EPILOGUE}, pointwise=frozenset({"quantize"}),
+            library_epilogue={"linear": LINEAR_EPILOGUE, "conv": CONV_EPILOGUE},
+            library_chain={"conv": CONV_CHAIN}, pointwise=frozenset({"quantize"}),
             template=frozenset({"qlinear"}), template_ok=_template_ok)
 
 

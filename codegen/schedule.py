@@ -51,6 +51,9 @@ class Caps:
     # library op -> elementwise ops its library kernel applies to its output for free
     # (oneDNN post-ops: activations, and ``add`` of a same-shaped tensor)
     library_epilogue: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # library op -> activations its kernel also applies after its residual ``add`` (a ResNet
+    # block's conv -> add -> relu)
+    library_chain: Mapping[str, frozenset[str]] = field(default_factory=dict)
     node_ok: Callable[[Node], bool] = _always
     row_ok: Callable[[Node], bool] = _always
     # ops that the registry does not call elementwise but that fuse like broadcasting
@@ -157,7 +160,13 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
 
     kinds = {id(n): kind_of(n) for n in nodes}
     # Library epilogues first, so that the elementwise grouping below leaves them alone.
-    epilogue: dict[int, Node] = {}
+    epilogue: dict[int, list[Node]] = {}
+
+    def sole_reader(v: Value) -> Node | None:
+        if readers.get(id(v), 0) != 1 or id(v) in outputs:
+            return None
+        return next(u for u in v.users() if id(u) in kinds)
+
     for n in nodes:
         allowed = caps.library_epilogue.get(n.op)
         if kinds[id(n)] != "library" or not allowed or len(n.outputs) != 1:
@@ -175,8 +184,14 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
             other = r.inputs[1] if r.inputs[0] is out else r.inputs[0]
             if other is out or not _same_shape(other, out) or other.dtype != out.dtype:
                 continue
-        epilogue[id(n)] = r
+        epilogue[id(n)] = [r]
         kinds[id(r)] = "epilogue"
+        if r.op == "add" and n.op in caps.library_chain:
+            a = sole_reader(r.outputs[0])
+            if a is not None and a.op in caps.library_chain[n.op] and kinds[id(a)] == "elementwise" \
+                    and caps.node_ok(a) and len(a.inputs) == 1 and _same_shape(a.outputs[0], out):
+                epilogue[id(n)].append(a)
+                kinds[id(a)] = "epilogue"
     group: dict[int, int] = {}          # node id -> group id (the root's id)
     members: dict[int, list[Node]] = {}
 
@@ -229,7 +244,7 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
             knodes = sorted(members[group[id(n)]], key=lambda m: order[id(m)])
             kind = "fused"
         elif id(n) in epilogue:
-            knodes, kind = [n, epilogue[id(n)]], "library"
+            knodes, kind = [n, *epilogue[id(n)]], "library"
         else:
             knodes = [n]
             kind = {"view": "view", "library": "library", "template": "template"}.get(

@@ -193,9 +193,9 @@ class Executor:
             return run_view
         if k.kind == "library":
             fn_lib, writes_out = library_fn(k.nodes, self.device.type)
-            if len(k.nodes) > 1:  # an epilogue: its other operands follow the op's inputs
-                epi = k.nodes[1]
-                ins = ins + [slot[id(v)] for v in epi.inputs if v is not node.outputs[0]]
+            # epilogue nodes: their operands from outside the kernel follow the op's inputs
+            inner = {id(o) for m in k.nodes for o in m.outputs}
+            ins = ins + [slot[id(v)] for m in k.nodes[1:] for v in m.inputs if id(v) not in inner]
             dst = slot[id(k.nodes[-1].outputs[0])]
 
             last = k.nodes[-1]
@@ -207,7 +207,10 @@ class Executor:
                     xs = [x.contiguous() if x is not None else None for x in xs]
                 res = fn_lib(xs, vals[dst] if writes_out else None)
                 check_shape(last, 0, res, want_lib)
-                vals[dst] = res if res.is_contiguous() else res.contiguous()
+                # a channels-last result (oneDNN convolutions, pools of them) stays so: the
+                # next convolution reads it as it is, other steps make it contiguous
+                keep = res.is_contiguous() or (res.dim() == 4 and res.is_contiguous(memory_format=torch.channels_last))
+                vals[dst] = res if keep else res.contiguous()
             return run_lib
         want = declared_shapes(node, env)
         if node.op == "qlinear":

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..ir.graph import Node
 from ..ir.ops import get_op
+from .library_conv import conv_fn, with_reference
 
 Tensor = torch.Tensor
 LibFn = Callable[[Sequence[Tensor | None], Tensor | None], Tensor]
@@ -192,9 +193,9 @@ def qlinear_fallback(node: Node, device: torch.device) -> LibFn | None:
 
 def library_fn(nodes: Sequence[Node], device: str = "cpu") -> tuple[LibFn, bool]:
     """The torch implementation of a library kernel (one op, optionally with an elementwise
-    epilogue) for tensors on ``device`` ("cpu" or "cuda"), and whether it writes into a given
-    ``out``. It reads the kernel's inputs in node order: the op's inputs, then the epilogue's
-    other operand if any."""
+    epilogue: one node, or for a convolution an ``add`` then an activation) for tensors on
+    ``device`` ("cpu" or "cuda"), and whether it writes into a given ``out``. It reads the
+    kernel's inputs in node order: the op's inputs, then the epilogue's other operand if any."""
     node = nodes[0]
     epi = nodes[1] if len(nodes) > 1 else None
     if device == "cuda" and epi is None:
@@ -213,15 +214,19 @@ def library_fn(nodes: Sequence[Node], device: str = "cpu") -> tuple[LibFn, bool]
             fn = {"matmul": _matmul, "sdpa": _sdpa}[node.op](node)
     if fn is not None:
         return fn, node.op == "matmul" or (node.op == "linear" and not _onednn_linear())
-    # Reference path: the op's reference, then the epilogue's.
+    # Reference path: the op's reference, then each epilogue node's.
     refs = [(get_op(m.op).reference, m.attrs) for m in nodes]
     n_main = len(node.inputs)
 
     def run(xs: Sequence[Tensor | None], out: Tensor | None) -> Tensor:
         y = refs[0][0](list(xs[:n_main]), refs[0][1])
-        if epi is not None:
-            extra = list(xs[n_main:])
-            args = [y if v is node.outputs[0] else extra.pop(0) for v in epi.inputs]
-            y = refs[1][0](args, refs[1][1])
+        extra = list(xs[n_main:])
+        for prev, m, (ref, attrs) in zip(nodes, nodes[1:], refs[1:]):
+            args = [y if v is prev.outputs[0] else extra.pop(0) for v in m.inputs]
+            y = ref(args, attrs)
         return y
+    if device == "cpu" and node.op == "conv":
+        conv = conv_fn(node, list(nodes[1:]))
+        if conv is not None:
+            return with_reference(conv, run), False
     return run, False

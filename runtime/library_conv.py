@@ -1,0 +1,154 @@
+"""Library convolution on the CPU: oneDNN with prepacked weights, channels-last activations and
+fused post-ops.
+
+``F.conv2d`` on NCHW tensors re-lays out its input and weight for oneDNN on every call (and
+takes a slow non-oneDNN path for many depthwise shapes); that made the convolutions 80% of a
+MobileNet's time. Here a constant weight is reordered once per input shape into oneDNN's own
+blocked layout (``mkldnn._reorder_convolution_weight``), the activation goes in and comes out
+channels-last (NHWC in memory, still logically NCHW to every consumer), and an activation or
+a residual ``add`` after the convolution runs as a oneDNN post-op of the same primitive
+(``mkldnn._convolution_pointwise``). The executor keeps the channels-last result; the next
+convolution or pool reads it as it is, and a generated kernel makes it contiguous first.
+
+Scope: float32, 1-D (as a 2-D convolution of height 1) and 2-D convolutions with symmetric
+padding. Everything else (half types, 3-D, asymmetric padding, a batch or channel count of
+zero) returns None and runs the op's reference. The results equal the reference up to float
+summation order, except that oneDNN's ``relu`` / ``clip`` / ``leaky_relu`` / ``hardswish``
+post-ops map a NaN convolution output to a number (as onnxruntime's fused Conv does).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..ir.graph import Node
+from ..ir.ops.nn import pads, spatial_param
+
+Tensor = torch.Tensor
+LibFn = Callable[[Sequence[Tensor | None], Tensor | None], Tensor]
+
+# packed weights kept per convolution: one per input shape seen, the oldest dropped first
+_PACKED_SHAPES = 8
+
+
+def _unary_post_op(epi: Node | None) -> tuple[str, list, str] | None:
+    """oneDNN's (attr, scalars, algorithm) for the activation ``epi``, or None when it has
+    no exact equivalent. ``("none", [], "")`` for no epilogue."""
+    if epi is None:
+        return ("none", [], "")
+    a = epi.attrs
+    if epi.op == "gelu":
+        return ("gelu", [], a["approximate"])
+    simple = {"relu": "relu", "silu": "swish", "sigmoid": "sigmoid", "tanh": "tanh", "hardswish": "hardswish"}
+    if epi.op in simple:
+        return (simple[epi.op], [], "")
+    if epi.op == "leaky_relu":
+        return ("leaky_relu", [float(a["alpha"])], "")
+    if epi.op == "hardsigmoid" and abs(a["alpha"] - 1 / 6) < 1e-12 and a["beta"] == 0.5:
+        return ("hardsigmoid", [], "")
+    if epi.op == "clip" and a["min"] is not None and a["max"] is not None and a["min"] <= a["max"]:
+        return ("hardtanh", [float(a["min"]), float(a["max"])], "")
+    return None
+
+
+CONV_EPILOGUE = frozenset({"relu", "silu", "sigmoid", "tanh", "hardswish", "gelu", "leaky_relu",
+                           "hardsigmoid", "clip", "add"})
+# the activations oneDNN applies after a residual add (it refuses the others there)
+CONV_CHAIN = frozenset({"relu"})
+
+
+def _usable() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and \
+            hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    except Exception:  # noqa: BLE001  (an unusual torch build: no oneDNN)
+        return False
+
+
+def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
+    """The oneDNN convolution of ``node`` with its epilogue ``epis`` as post-ops (an
+    activation, a same-shape ``add``, or an ``add`` then an activation), or None outside this
+    module's scope. Inputs in node order, then the ``add``'s other operand."""
+    x_t, w_t = node.inputs[0], node.inputs[1]
+    if x_t is None or w_t is None or x_t.dtype.name != "f32" or x_t.type.rank not in (3, 4) or not _usable():
+        return None
+    if any(v is not None and v.dtype.name != "f32" for v in node.inputs[:3]):
+        return None
+    n = x_t.type.rank - 2
+    st, dl, pd = spatial_param(node.attrs, "stride", n, 1), spatial_param(node.attrs, "dilation", n, 1), \
+        pads(node.attrs, n)
+    if any(p != q for p, q in pd):
+        return None
+    groups = node.attrs["groups"]
+    binary = bool(epis) and epis[0].op == "add"
+    act = list(epis[1:] if binary else epis)
+    if len(act) > 1 or (binary and act and act[0].op not in CONV_CHAIN):
+        return None
+    unary = _unary_post_op(act[0] if act else None)
+    if unary is None:
+        return None
+    if n == 1:   # a 1-D convolution is a 2-D one of height 1
+        stride, dil, padding = [1, st[0]], [1, dl[0]], [0, pd[0][0]]
+    else:
+        stride, dil, padding = list(st), list(dl), [pd[0][0], pd[1][0]]
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    n_in = len(node.inputs)
+    wconst = w_t.const if w_t.is_const else None
+    if wconst is not None and n == 1:
+        wconst = wconst.unsqueeze(2)
+    packed: dict[tuple[int, ...], Tensor] = {}
+    attr, scalars, algo = unary
+    pointwise = torch.ops.mkldnn._convolution_pointwise
+
+    def weight(x: Tensor, w: Tensor) -> Tensor:
+        if wconst is None or w.device.type != "cpu":
+            return (w.unsqueeze(2) if n == 1 else w).contiguous()
+        key = tuple(x.shape)
+        p = packed.get(key)
+        if p is None:
+            p = torch.ops.mkldnn._reorder_convolution_weight(wconst.contiguous(), padding, stride, dil,
+                                                            groups, list(key))
+            if len(packed) >= _PACKED_SHAPES:
+                packed.pop(next(iter(packed)))
+            packed[key] = p
+        return p
+
+    def run(xs: Sequence[Tensor | None], out: Tensor | None) -> Tensor:
+        x, w = xs[0], xs[1]
+        assert x is not None and w is not None
+        b = xs[2] if has_bias else None
+        x4 = x.unsqueeze(2) if n == 1 else x
+        if x4.numel() == 0:
+            # oneDNN builds no primitive for empty tensors; the reference handles them
+            raise _Empty
+        x4 = x4.contiguous(memory_format=torch.channels_last)
+        wp = weight(x4, w)
+        bb = b.contiguous() if b is not None else None
+        if binary:
+            other = xs[n_in]
+            assert other is not None
+            o4 = other.unsqueeze(2) if n == 1 else other
+            y = pointwise.binary(x4, o4.contiguous(memory_format=torch.channels_last), wp, bb, padding, stride,
+                                 dil, groups, "add", None, attr if act else None, scalars, algo if act else None)
+        else:
+            y = pointwise(x4, wp, bb, padding, stride, dil, groups, attr, scalars, algo)
+        return y.squeeze(2) if n == 1 else y
+    return run
+
+
+class _Empty(Exception):
+    """A convolution over an empty batch or channel axis, which the caller's reference runs."""
+
+
+def with_reference(fast: LibFn, reference: LibFn) -> LibFn:
+    """``fast``, falling back to ``reference`` for the empty tensors oneDNN cannot take."""
+    def run(xs: Sequence[Tensor | None], out: Tensor | None) -> Tensor:
+        try:
+            return fast(xs, out)
+        except _Empty:
+            return reference(xs, out)
+    return run
+
+
+__all__ = ["CONV_CHAIN", "CONV_EPILOGUE", "conv_fn", "with_reference"]

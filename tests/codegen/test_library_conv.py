@@ -1,0 +1,131 @@
+"""The CPU library convolution (oneDNN, prepacked weights, channels-last, fused post-ops)
+against the reference interpreter."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import assert_close
+from scalefold.api import build_c
+from scalefold.codegen import c as cgen
+from scalefold.codegen.schedule import partition
+from scalefold.ir import Graph
+from scalefold.runtime.interp import run
+from scalefold.runtime.library_conv import conv_fn
+
+EPILOGUES = {
+    "none": [], "relu": [("relu", {})], "silu": [("silu", {})], "sigmoid": [("sigmoid", {})],
+    "tanh": [("tanh", {})], "hardswish": [("hardswish", {})], "gelu": [("gelu", {})],
+    "gelu_tanh": [("gelu", {"approximate": "tanh"})], "leaky_relu": [("leaky_relu", {"alpha": 0.2})],
+    "hardsigmoid": [("hardsigmoid", {})], "relu6": [("clip", {"min": 0.0, "max": 6.0})],
+    "add": [("add", {})], "add_relu": [("add", {}), ("relu", {})],
+    "add_hardswish": [("add", {}), ("hardswish", {})],
+}
+
+
+def _conv_graph(epilogue: str, groups: int, stride: int, dilation: int, bias: bool) -> Graph:
+    g = Graph("conv")
+    x = g.add_input("f32[B,8,H,W]", "x")
+    w = g.add_const(torch.randn(16, 8 // groups, 3, 3) * 0.3)
+    ins = [x, w, g.add_const(torch.randn(16))] if bias else [x, w]
+    y = g.add("conv", ins, {"stride": (stride,), "padding": (dilation,), "dilation": (dilation,), "groups": groups})
+    oh = f"floor((H - 1)/{stride}) + 1" if stride > 1 else "H"
+    ow = f"floor((W - 1)/{stride}) + 1" if stride > 1 else "W"
+    for op, attrs in EPILOGUES[epilogue]:
+        if op == "add":
+            r = g.add_input(f"f32[B,16,{oh},{ow}]", "r")
+            y = g.add("add", [r, y])
+        else:
+            y = g.add(op, [y], attrs)
+    g.set_outputs([g.add("mul", [y, g.add_const(torch.tensor(2.0))])])
+    return g
+
+
+@pytest.mark.parametrize("epilogue", sorted(EPILOGUES))
+@pytest.mark.parametrize("groups,stride,dilation,bias", [(1, 1, 1, True), (8, 2, 1, False), (2, 1, 2, True)])
+def test_conv_epilogue_matches_interpreter(epilogue: str, groups: int, stride: int, dilation: int,
+                                           bias: bool) -> None:
+    g = _conv_graph(epilogue, groups, stride, dilation, bias)
+    s = partition(g, cgen.CAPS)
+    lib = [k.ops for k in s.kernels if k.kind == "library"]
+    # after an add, oneDNN takes relu only: other activations stay a generated kernel
+    fused = EPILOGUES[epilogue][:1] if epilogue == "add_hardswish" else EPILOGUES[epilogue]
+    assert lib == [["conv", *(op for op, _ in fused)]]
+    conv = s.kernels[[k.kind for k in s.kernels].index("library")].nodes
+    assert conv_fn(conv[0], conv[1:]) is not None
+    cm = build_c(g)
+    for b, h, w in ((1, 9, 11), (3, 6, 5), (2, 9, 11)):   # the first shape again after another
+        oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+        xs = [torch.randn(b, 8, h, w) * 2]
+        if "add" in epilogue:
+            xs.append(torch.randn(b, 16, oh, ow))
+        got, want = cm(*xs), run(g, *xs)[0]
+        assert got.is_contiguous()
+        assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv1d_runs_as_onednn_conv() -> None:
+    g = Graph("c1")
+    x = g.add_input("f32[B,6,L]", "x")
+    y = g.add("conv", [x, g.add_const(torch.randn(10, 3, 5)), g.add_const(torch.randn(10))],
+              {"stride": (2,), "padding": (2,), "groups": 2})
+    g.set_outputs([g.add("gelu", [y])])
+    node = g.nodes[0]
+    assert conv_fn(node, []) is not None
+    cm = build_c(g)
+    for b, n in ((1, 17), (4, 8)):
+        x_ = torch.randn(b, 6, n)
+        assert_close(cm(x_), run(g, x_)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_results_feed_every_kind_of_consumer() -> None:
+    # conv -> per-channel scale (a generated kernel) -> conv -> max_pool -> conv -> reshape ->
+    # linear, and an output taken straight from a convolution
+    g = Graph("chain")
+    x = g.add_input("f32[B,4,12,12]", "x")
+    a = g.add("conv", [x, g.add_const(torch.randn(8, 4, 3, 3) * 0.3)], {"padding": (1,)})
+    a = g.add("mul", [a, g.add_const(torch.rand(1, 8, 1, 1) + 0.5)])
+    b = g.add("conv", [a, g.add_const(torch.randn(8, 1, 3, 3) * 0.3)], {"padding": (1,), "groups": 8})
+    b = g.add("relu", [b])
+    p = g.add("max_pool", [b], {"kernel": (2, 2), "stride": (2, 2)})
+    c = g.add("conv", [p, g.add_const(torch.randn(6, 8, 1, 1) * 0.3)])
+    f = g.add("flatten", [c], {"axis": 1})
+    o = g.add("linear", [f, g.add_const(torch.randn(5, 216) * 0.1)])
+    g.set_outputs([o, c])
+    cm = build_c(g)
+    x_ = torch.randn(3, 4, 12, 12)
+    got, want = cm(x_), run(g, x_)
+    for a_, b_ in zip(got, want):
+        assert a_.is_contiguous()
+        assert_close(a_, b_, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["asymmetric_pad", "weight_input", "empty_batch", "f16",
+                                  "hardsigmoid_attrs", "clip_one_bound", "conv3d"])
+def test_conv_outside_onednn_scope_is_still_exact(case: str) -> None:
+    g = Graph("c")
+    dt = "f16" if case == "f16" else "f32"
+    spatial = "D,H,W" if case == "conv3d" else "H,W"
+    x = g.add_input(f"{dt}[B,4,{spatial}]", "x")
+    kshape = (6, 4, 3, 3, 3) if case == "conv3d" else (6, 4, 3, 3)
+    wt = torch.randn(*kshape) * 0.3
+    w = g.add_input(f"f32[{','.join(map(str, kshape))}]", "w") if case == "weight_input" else \
+        g.add_const(wt.to(torch.float16) if case == "f16" else wt)
+    attrs = {"padding": (0, 1, 2, 1)} if case == "asymmetric_pad" else {"padding": (1,)}
+    y = g.add("conv", [x, w], attrs)
+    if case == "hardsigmoid_attrs":
+        y = g.add("hardsigmoid", [y], {"alpha": 0.2, "beta": 0.5})
+    elif case == "clip_one_bound":
+        y = g.add("clip", [y], {"min": 0.0})
+    g.set_outputs([y])
+    n = g.nodes[0]
+    if case in ("asymmetric_pad", "f16", "conv3d"):
+        assert conv_fn(n, []) is None
+    cm = build_c(g)
+    shape = (0 if case == "empty_batch" else 2, 4, *((5,) if case == "conv3d" else ()), 7, 6)
+    xs = [torch.randn(*shape).to(torch.float16 if case == "f16" else torch.float32)]
+    if case == "weight_input":
+        xs.append(wt)
+    got, want = cm(*xs), run(g, *xs)[0]
+    assert got.shape == want.shape
+    assert_close(got, want, rtol=1e-3 if case == "f16" else 1e-5, atol=1e-3 if case == "f16" else 1e-5)
