@@ -23,12 +23,13 @@ EPILOGUES = {
 }
 
 
-def _conv_graph(epilogue: str, groups: int, stride: int, dilation: int, bias: bool) -> Graph:
+def _conv_graph(epilogue: str, groups: int, stride: int, dilation: int, bias: bool, k: int) -> Graph:
     g = Graph("conv")
     x = g.add_input("f32[B,8,H,W]", "x")
-    w = g.add_const(torch.randn(16, 8 // groups, 3, 3) * 0.3)
+    w = g.add_const(torch.randn(16, 8 // groups, k, k) * 0.3)
     ins = [x, w, g.add_const(torch.randn(16))] if bias else [x, w]
-    y = g.add("conv", ins, {"stride": (stride,), "padding": (dilation,), "dilation": (dilation,), "groups": groups})
+    y = g.add("conv", ins, {"stride": (stride,), "padding": (dilation * (k // 2),), "dilation": (dilation,),
+                            "groups": groups})
     oh = f"floor((H - 1)/{stride}) + 1" if stride > 1 else "H"
     ow = f"floor((W - 1)/{stride}) + 1" if stride > 1 else "W"
     for op, attrs in EPILOGUES[epilogue]:
@@ -42,10 +43,13 @@ def _conv_graph(epilogue: str, groups: int, stride: int, dilation: int, bias: bo
 
 
 @pytest.mark.parametrize("epilogue", sorted(EPILOGUES))
-@pytest.mark.parametrize("groups,stride,dilation,bias", [(1, 1, 1, True), (8, 2, 1, False), (2, 1, 2, True)])
+# k = 1: the 1x1 convolutions that run as a GEMM over the channels-last rows
+@pytest.mark.parametrize("groups,stride,dilation,bias,k", [(1, 1, 1, True, 3), (8, 2, 1, False, 3),
+                                                           (2, 1, 2, True, 3), (1, 1, 1, True, 1),
+                                                           (1, 1, 1, False, 1), (1, 2, 1, True, 1)])
 def test_conv_epilogue_matches_interpreter(epilogue: str, groups: int, stride: int, dilation: int,
-                                           bias: bool) -> None:
-    g = _conv_graph(epilogue, groups, stride, dilation, bias)
+                                           bias: bool, k: int) -> None:
+    g = _conv_graph(epilogue, groups, stride, dilation, bias, k)
     s = partition(g, cgen.CAPS)
     lib = [k.ops for k in s.kernels if k.kind == "library"]
     # after an add, oneDNN takes relu only: other activations stay a generated kernel
@@ -54,7 +58,7 @@ def test_conv_epilogue_matches_interpreter(epilogue: str, groups: int, stride: i
     conv = s.kernels[[k.kind for k in s.kernels].index("library")].nodes
     assert conv_fn(conv[0], conv[1:]) is not None
     cm = build_c(g)
-    for b, h, w in ((1, 9, 11), (3, 6, 5), (2, 9, 11)):   # the first shape again after another
+    for b, h, w in ((1, 9, 11), (3, 6, 5), (2, 9, 11), (2, 1, 1)):   # the first again after another
         oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
         xs = [torch.randn(b, 8, h, w) * 2]
         if "add" in epilogue:
@@ -69,7 +73,8 @@ def test_conv1d_runs_as_onednn_conv() -> None:
     x = g.add_input("f32[B,6,L]", "x")
     y = g.add("conv", [x, g.add_const(torch.randn(10, 3, 5)), g.add_const(torch.randn(10))],
               {"stride": (2,), "padding": (2,), "groups": 2})
-    g.set_outputs([g.add("gelu", [y])])
+    y = g.add("conv", [g.add("gelu", [y]), g.add_const(torch.randn(7, 10, 1))])     # a 1x1 GEMM
+    g.set_outputs([g.add("tanh", [y])])
     node = g.nodes[0]
     assert conv_fn(node, []) is not None
     cm = build_c(g)

@@ -1,0 +1,86 @@
+"""End-to-end CPU benchmark of convolutional networks: timm models with random weights.
+
+Compares scalefold ``target="c"`` (after ``fold_batchnorm``) with torch eager and with
+onnxruntime running scalefold's own ONNX export of the same graph, all in this one process on
+the same input. The runners are timed in interleaved rounds (one call of each per round), so
+that a load change on the machine reaches them alike; prints medians and ratios.
+
+    .venv/bin/python benchmarks/cnn_cpu.py [--models resnet18,mobilenetv3_small_100,...]
+        [--batch 1] [--size 224] [--threads 2] [--rounds 30]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = "resnet18,resnet50,mobilenetv3_small_100,efficientnet_b0,convnext_atto,regnety_002"
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds of each runner over ``rounds`` rounds of one call each."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) * 1e3 for k, v in ts.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=MODELS)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=30)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+
+    import onnxruntime as ort
+    import timm
+
+    import scalefold as sf
+
+    print(f"timm models, random weights, fp32, batch {a.batch}, {a.size}x{a.size}, {a.threads} threads, "
+          f"median of {a.rounds} interleaved rounds; onnxruntime {ort.__version__} on scalefold's export")
+    print(f"{'model':<24}{'torch ms':>10}{'sf ms':>9}{'ort ms':>9}{'sf/torch':>10}{'sf/ort':>8}{'rel err':>10}")
+    gen = torch.Generator().manual_seed(0)
+    for name in filter(None, a.models.split(",")):
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False).eval()
+        x = torch.randn(a.batch, 3, a.size, a.size, generator=gen)
+        with torch.no_grad():
+            ref = model(x)
+            cm = sf.compile(model, (x,), passes="fold_batchnorm", target="c")
+            out = cm(x)
+            err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = a.threads
+            so.inter_op_num_threads = 1
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "m.onnx")
+                sf.to_onnx(cm.graph, path)
+                sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            feed = {sess.get_inputs()[0].name: x.numpy()}
+            ms = interleaved({"torch": lambda: model(x), "sf": lambda: cm(x),
+                              "ort": lambda: sess.run(None, feed)}, a.rounds)
+        print(f"{name:<24}{ms['torch']:>10.2f}{ms['sf']:>9.2f}{ms['ort']:>9.2f}"
+              f"{ms['sf'] / ms['torch']:>10.2f}{ms['sf'] / ms['ort']:>8.2f}{err:>10.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
