@@ -37,6 +37,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .interp import bind_symbols, check_shape, declared_shapes
+from .layout import is_channels_last, torch_kernel
 from .library import library_fn, qlinear_fallback
 
 Step = Callable[[list], None]
@@ -164,8 +165,13 @@ class Executor:
                 return run_launch
             ptrs = (ctypes.c_void_p * len(order))()
             qarr = (ctypes.c_int64 * max(len(q), 1))(*q)
+            alt = torch_kernel(k, slot, env) if self.device.type == "cpu" else None
+            in_slots = [slot[id(v)] for v in k.inputs]
 
             def run_fused(vals: list) -> None:
+                if alt is not None and any(is_channels_last(vals[s]) for s in in_slots):
+                    alt(vals)
+                    return
                 for i, s in enumerate(order):
                     t = vals[s]
                     if not t.is_contiguous():  # a transposed view from an earlier step

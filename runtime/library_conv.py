@@ -30,6 +30,8 @@ LibFn = Callable[[Sequence[Tensor | None], Tensor | None], Tensor]
 
 # packed weights kept per convolution: one per input shape seen, the oldest dropped first
 _PACKED_SHAPES = 8
+# up to this many GEMM rows a 1x1 convolution calls BLAS rather than oneDNN
+_FEW_ROWS = 8
 
 
 def _unary_post_op(epi: Node | None) -> tuple[str, list, str] | None:
@@ -50,6 +52,19 @@ def _unary_post_op(epi: Node | None) -> tuple[str, list, str] | None:
     if epi.op == "clip" and a["min"] is not None and a["max"] is not None and a["min"] <= a["max"]:
         return ("hardtanh", [float(a["min"]), float(a["max"])], "")
     return None
+
+
+def _torch_activation(attr: str, scalars: list, algo: str) -> Callable[[Tensor], Tensor]:
+    """torch's own function for the oneDNN post-op ``attr`` (as ``_unary_post_op`` maps it)."""
+    import torch.nn.functional as F
+    fns: dict[str, Callable[[Tensor], Tensor]] = {
+        "none": lambda t: t, "relu": torch.relu, "swish": F.silu, "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
+        "gelu": lambda t: F.gelu(t, approximate=algo or "none"),
+        "leaky_relu": lambda t: F.leaky_relu(t, scalars[0]) if scalars else t,
+        "hardtanh": lambda t: t.clamp(*scalars) if scalars else t,
+    }
+    return fns[attr]
 
 
 CONV_EPILOGUE = frozenset({"relu", "silu", "sigmoid", "tanh", "hardswish", "gelu", "leaky_relu",
@@ -107,12 +122,20 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
     w2const = wconst.reshape(wconst.shape[0], -1).contiguous() if wconst is not None and gemm else None
     linear = torch.ops.mkldnn._linear_pointwise
 
+    torch_act = _torch_activation(attr, scalars, algo)
+
     def run_gemm(x4: Tensor, w: Tensor, b: Tensor | None, other: Tensor | None) -> Tensor:
         nb, c, h, wd = x4.shape
         w2 = w2const if w2const is not None and w.device.type == "cpu" else w.reshape(w.shape[0], -1).contiguous()
         x2 = x4.permute(0, 2, 3, 1).reshape(-1, c)           # a view: x4 is channels-last
-        if other is not None:
-            o2 = other.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(x2.shape[0], -1)
+        o2 = None if other is None else \
+            other.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(x2.shape[0], -1)
+        if x2.shape[0] <= _FEW_ROWS:
+            # a few rows (a squeeze-excite's pooled image): BLAS and torch's activation cost
+            # a third of oneDNN's fixed overhead per call
+            y2 = torch.addmm(b, x2, w2.t()) if b is not None else torch.mm(x2, w2.t())
+            y2 = y2 + o2 if o2 is not None else torch_act(y2)
+        elif o2 is not None:
             y2 = linear.binary(x2, o2, w2, b, "add")
         else:
             y2 = linear(x2, w2, b, attr, scalars, algo)

@@ -134,3 +134,38 @@ def test_conv_outside_onednn_scope_is_still_exact(case: str) -> None:
     got, want = cm(*xs), run(g, *xs)[0]
     assert got.shape == want.shape
     assert_close(got, want, rtol=1e-3 if case == "f16" else 1e-5, atol=1e-3 if case == "f16" else 1e-5)
+
+
+def test_squeeze_excite_on_channels_last_runs_torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # conv -> mean over H, W -> 1x1 convs -> hardsigmoid -> mul by the conv's output -> add
+    # of the block's input -> conv: the mean, mul and add kernels read channels-last results
+    import scalefold.runtime.executor as ex
+    ran: list[str] = []
+    real = ex.torch_kernel
+
+    def counting(k, slot, env):  # type: ignore[no-untyped-def]
+        fn = real(k, slot, env)
+        if fn is None:
+            return None
+
+        def run(vals: list) -> None:
+            ran.append("+".join(k.ops))
+            fn(vals)
+        return run
+    monkeypatch.setattr(ex, "torch_kernel", counting)
+    g = Graph("se")
+    x = g.add_input("f32[B,8,H,W]", "x")
+    a = g.add("conv", [x, g.add_const(torch.randn(8, 1, 3, 3) * 0.3)], {"padding": (1,), "groups": 8})
+    m = g.add("reduce_mean", [a], {"axes": (2, 3), "keepdims": True})
+    s = g.add("relu", [g.add("conv", [m, g.add_const(torch.randn(4, 8, 1, 1) * 0.3)])])
+    s = g.add("hardsigmoid", [g.add("conv", [s, g.add_const(torch.randn(8, 4, 1, 1) * 0.3)])])
+    y = g.add("add", [g.add("mul", [a, s]), x])
+    g.set_outputs([g.add("conv", [y, g.add_const(torch.randn(5, 8, 1, 1) * 0.3)]), y])
+    cm = build_c(g)
+    for shape in ((2, 8, 9, 7), (1, 8, 1, 1)):
+        x_ = torch.randn(*shape)
+        got, want = cm(x_), run(g, x_)
+        for a_, b_ in zip(got, want):
+            assert a_.is_contiguous()
+            assert_close(a_, b_, rtol=1e-5, atol=1e-5)
+    assert "reduce_mean" in ran and any("mul" in r for r in ran)

@@ -1,0 +1,69 @@
+"""Fused kernels whose inputs arrive channels-last run as torch ops instead.
+
+The CPU convolutions leave their results channels-last (``runtime/library_conv.py``). A
+generated kernel reads contiguous NCHW buffers, so such an input would first be copied into
+NCHW, and the next convolution would copy the kernel's NCHW result back: two passes over the
+tensor, each about ten times the cost of the elementwise work itself (a squeeze-excite's
+``mul``, its ``reduce_mean``, a residual ``add``). torch's own elementwise ops and reductions
+take channels-last tensors as they are and keep the layout, so a small fused kernel runs its
+nodes' reference implementations (exact IR semantics) whenever an input comes in that way.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import sympy
+import torch
+
+from ..codegen.schedule import Kernel
+from ..ir.ops import get_op
+from ..ir.ops.common import bind_dims
+
+# kernels of more nodes keep their generated code (torch would make one pass per node)
+MAX_NODES = 6
+
+
+def is_channels_last(t: torch.Tensor | None) -> bool:
+    """Whether ``t`` is a 4-D tensor laid out channels-last and not also contiguous."""
+    return t is not None and t.dim() == 4 and not t.is_contiguous() and \
+        t.is_contiguous(memory_format=torch.channels_last)
+
+
+def torch_kernel(k: Kernel, slot: Mapping[int, int], env: Mapping[sympy.Symbol, int]
+                 ) -> Callable[[list], None] | None:
+    """A step running fused kernel ``k``'s nodes as torch references on the executor's value
+    list (``slot``: value id -> index), or None for kernels this is not meant for (more than
+    MAX_NODES nodes, or no 4-D input)."""
+    if k.kind != "fused" or len(k.nodes) > MAX_NODES or not any(v.type.rank == 4 for v in k.inputs):
+        return None
+    refs = [(get_op(n.op).reference, bind_dims(n.attrs, env)) for n in k.nodes]
+    nodes = k.nodes
+    outs = [(id(o), slot[id(o)]) for o in k.outputs]
+
+    def run(vals: list) -> None:
+        local: dict[int, torch.Tensor] = {}
+        ins: list[torch.Tensor] = []
+        for n, (ref, attrs) in zip(nodes, refs):
+            xs = []
+            for v in n.inputs:
+                if v is None:
+                    xs.append(None)
+                elif id(v) in local:
+                    xs.append(local[id(v)])
+                else:
+                    t = vals[slot[id(v)]]
+                    ins.append(t)
+                    xs.append(t)
+            res = ref(xs, attrs)
+            for o, t in zip(n.outputs, res if isinstance(res, (tuple, list)) else [res]):
+                local[id(o)] = t
+        bases = {t.untyped_storage().data_ptr() for t in ins}
+        for vid, s in outs:
+            t = local[vid]
+            # a result aliasing an input (identity, a same-shape expand) would be overwritten
+            # once the buffer plan reuses that input's memory
+            vals[s] = t.clone() if t.untyped_storage().data_ptr() in bases else t
+    return run
+
+
+__all__ = ["MAX_NODES", "is_channels_last", "torch_kernel"]
