@@ -37,7 +37,7 @@ REFERENCE_OPS: dict[str, str] = {
     "cumprod": "scan; rare in inference graphs",
     "concat": "a copy; torch.cat",
     "split": "a copy; torch.split",
-    "slice": "a strided copy; torch indexing",
+    "slice": "a strided view for positive steps (schedule.is_view), else a copy by torch indexing",
     "transpose": "a strided copy; torch.permute().contiguous()",
     "expand": "a broadcast copy",
     "tile": "a copy",

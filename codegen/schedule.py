@@ -28,6 +28,17 @@ from ..ir.types import dims_equal
 # Reshape-like ops alias their input; ``transpose`` is a strided view that consumers needing
 # contiguous data (generated kernels) materialise, while torch library kernels read it as is.
 VIEW_OPS = frozenset({"reshape", "squeeze", "unsqueeze", "flatten", "identity", "transpose"})
+
+
+def is_view(n: Node) -> bool:
+    """Whether node ``n`` runs as a view of its input: the VIEW_OPS, and ``slice`` with
+    positive steps (a strided view, like ``transpose``; the q / k / v slices of a fused QKV
+    projection were whole-tensor copies)."""
+    if len(n.outputs) != 1:
+        return False
+    if n.op == "slice":
+        return all(k > 0 for k in (n.attrs["steps"] or (1,)))
+    return n.op in VIEW_OPS
 LIBRARY_OPS = frozenset({"linear", "matmul", "conv", "conv_transpose", "sdpa", "max_pool", "avg_pool",
                          "global_avg_pool", "global_max_pool"})
 ROW_OPS = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm", "reduce_sum", "reduce_mean",
@@ -145,7 +156,7 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
                 readers[id(v)] = readers.get(id(v), 0) + 1
 
     def kind_of(n: Node) -> str:
-        if n.op in VIEW_OPS and len(n.outputs) == 1:
+        if is_view(n):
             return "view"
         if n.op in caps.elementwise and (get_op(n.op).elementwise or n.op in caps.pointwise) \
                 and caps.node_ok(n):

@@ -37,7 +37,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .interp import bind_symbols, check_shape, declared_shapes
-from .layout import is_channels_last, torch_kernel
+from .layout import is_channels_last, slice_index, torch_kernel
 from .library import library_fn, qlinear_fallback
 
 Step = Callable[[list], None]
@@ -192,6 +192,17 @@ class Executor:
                 def run_permute(vals: list) -> None:
                     vals[dst] = vals[src].permute(perm)
                 return run_permute
+            if node.op == "slice":
+                index = slice_index(node, env)
+                want_sl = declared_shapes(node, env)
+
+                def run_slice(vals: list) -> None:
+                    t = vals[src][index]
+                    # a dim simplified on a wrong premise (Min(1, S) as 1) must not reach a
+                    # kernel that reads the declared extent
+                    check_shape(node, 0, t, want_sl)
+                    vals[dst] = t
+                return run_slice
             shape = node.outputs[0].type.concrete(env)
 
             def run_view(vals: list) -> None:

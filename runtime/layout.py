@@ -1,4 +1,5 @@
-"""Fused kernels whose inputs arrive channels-last run as torch ops instead.
+"""Memory layouts at run time: fused kernels whose inputs arrive channels-last run as torch
+ops, and slices run as strided views.
 
 The CPU convolutions leave their results channels-last (``runtime/library_conv.py``). A
 generated kernel reads contiguous NCHW buffers, so such an input would first be copied into
@@ -17,7 +18,9 @@ import torch
 
 from ..codegen.schedule import Kernel
 from ..ir.ops import get_op
+from ..ir.graph import Node
 from ..ir.ops.common import bind_dims
+from ..ir.ops.shape import slice_ranges
 
 # kernels of more nodes keep their generated code (torch would make one pass per node)
 MAX_NODES = 6
@@ -66,4 +69,15 @@ def torch_kernel(k: Kernel, slot: Mapping[int, int], env: Mapping[sympy.Symbol, 
     return run
 
 
-__all__ = ["MAX_NODES", "is_channels_last", "torch_kernel"]
+def slice_index(node: Node, env: Mapping[sympy.Symbol, int]) -> tuple[slice, ...]:
+    """The basic index of a ``slice`` node with positive steps under ``env``: indexing with it
+    gives a strided view of the input, not a copy (``codegen.schedule.is_view``)."""
+    shape = node.inputs[0].type.concrete(dict(env))
+    index = [slice(None)] * len(shape)
+    for ax, r in slice_ranges(shape, bind_dims(node.attrs, env)):
+        # an empty range may have stop < start; torch wants them ordered
+        index[ax] = slice(r.start, max(r.stop, r.start), r.step)
+    return tuple(index)
+
+
+__all__ = ["MAX_NODES", "is_channels_last", "slice_index", "torch_kernel"]

@@ -263,11 +263,18 @@ def _slice_shape(ins: Sequence[TensorType | None], a: Attrs) -> list[TensorType]
     return [x.with_shape(_dims(shape))]
 
 
+def slice_ranges(shape: Sequence[int], a: Attrs) -> list[tuple[int, range]]:
+    """The (axis, index range) pairs a ``slice`` with bound (integer) attrs takes from an
+    input of concrete ``shape``."""
+    axes, starts, ends, steps = _slice_params(len(shape), a)
+    return [(ax, range(*slice(s, e, k).indices(shape[ax])))
+            for ax, s, e, k in zip(axes, _ints(starts, "start"), _ints(ends, "end"), steps)]
+
+
 def _slice_ref(xs: Sequence[Tensor | None], a: Attrs) -> Tensor:
     x = xs[0]
-    axes, starts, ends, steps = _slice_params(x.dim(), a)
-    for ax, s, e, k in zip(axes, _ints(starts, "start"), _ints(ends, "end"), steps):
-        x = x.index_select(ax, _range(range(*slice(s, e, k).indices(x.shape[ax]))))
+    for ax, r in slice_ranges(tuple(x.shape), a):
+        x = x.index_select(ax, _range(r))
     return x
 
 
