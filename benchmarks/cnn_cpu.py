@@ -3,7 +3,8 @@
 Compares scalefold ``target="c"`` (after ``fold_batchnorm``) with torch eager and with
 onnxruntime running scalefold's own ONNX export of the same graph, all in this one process on
 the same input. The runners are timed in interleaved rounds (one call of each per round), so
-that a load change on the machine reaches them alike; prints medians and ratios.
+that a load change on the machine reaches them alike (onnxruntime's threads do not spin
+between calls, which would slow the next runner); prints medians and ratios.
 
     .venv/bin/python benchmarks/cnn_cpu.py [--models resnet18,mobilenetv3_small_100,...]
         [--batch 1] [--size 224] [--threads 2] [--rounds 30]
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             so = ort.SessionOptions()
             so.intra_op_num_threads = a.threads
             so.inter_op_num_threads = 1
+            # onnxruntime's pool spins after each call and would slow the runner timed next
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             with tempfile.TemporaryDirectory() as d:
                 path = os.path.join(d, "m.onnx")
                 sf.to_onnx(cm.graph, path)

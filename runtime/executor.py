@@ -225,9 +225,9 @@ class Executor:
                 res = fn_lib(xs, vals[dst] if writes_out else None)
                 check_shape(last, 0, res, want_lib)
                 # a channels-last result (oneDNN convolutions, pools of them) stays so: the
-                # next convolution reads it as it is, other steps make it contiguous
-                keep = res.is_contiguous() or (res.dim() == 4 and res.is_contiguous(memory_format=torch.channels_last))
-                vals[dst] = res if keep else res.contiguous()
+                # next convolution reads it as it is, a small fused kernel runs as torch ops
+                # on it (runtime/layout.py), other steps make it contiguous
+                vals[dst] = res if res.is_contiguous() or is_channels_last(res) else res.contiguous()
             return run_lib
         want = declared_shapes(node, env)
         if node.op == "qlinear":

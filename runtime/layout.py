@@ -27,17 +27,21 @@ MAX_NODES = 6
 
 
 def is_channels_last(t: torch.Tensor | None) -> bool:
-    """Whether ``t`` is a 4-D tensor laid out channels-last and not also contiguous."""
-    return t is not None and t.dim() == 4 and not t.is_contiguous() and \
-        t.is_contiguous(memory_format=torch.channels_last)
+    """Whether ``t`` is laid out channels-last and not also contiguous: a 4-D NCHW tensor
+    stored NHWC, or a 3-D NCL one stored NLC (a 1-D convolution's result)."""
+    if t is None or t.dim() not in (3, 4) or t.is_contiguous():
+        return False
+    if t.dim() == 4:
+        return t.is_contiguous(memory_format=torch.channels_last)
+    return t.transpose(1, 2).is_contiguous()
 
 
 def torch_kernel(k: Kernel, slot: Mapping[int, int], env: Mapping[sympy.Symbol, int]
                  ) -> Callable[[list], None] | None:
     """A step running fused kernel ``k``'s nodes as torch references on the executor's value
     list (``slot``: value id -> index), or None for kernels this is not meant for (more than
-    MAX_NODES nodes, or no 4-D input)."""
-    if k.kind != "fused" or len(k.nodes) > MAX_NODES or not any(v.type.rank == 4 for v in k.inputs):
+    MAX_NODES nodes, or no 3-D or 4-D input)."""
+    if k.kind != "fused" or len(k.nodes) > MAX_NODES or not any(v.type.rank in (3, 4) for v in k.inputs):
         return None
     refs = [(get_op(n.op).reference, bind_dims(n.attrs, env)) for n in k.nodes]
     nodes = k.nodes

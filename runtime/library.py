@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..ir.graph import Node
 from ..ir.ops import get_op
-from .library_conv import conv_fn, with_reference
+from .library_conv import conv_fn, split_activation, with_reference
 
 Tensor = torch.Tensor
 LibFn = Callable[[Sequence[Tensor | None], Tensor | None], Tensor]
@@ -39,18 +39,6 @@ def _onednn_linear() -> bool:
     return _ONEDNN
 
 
-def _post_op(epi: Node | None) -> tuple[str, list, str] | None:
-    """oneDNN post-op (name, scalars, algorithm) of an activation epilogue, or None."""
-    if epi is None:
-        return ("none", [], "")
-    if epi.op == "gelu":
-        return ("gelu", [], epi.attrs["approximate"])
-    simple = {"relu": "relu", "silu": "swish", "sigmoid": "sigmoid", "tanh": "tanh"}
-    if epi.op in simple:
-        return (simple[epi.op], [], "")
-    return None
-
-
 def _linear(node: Node, epi: Node | None) -> LibFn | None:
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     n_in = len(node.inputs)  # an omitted bias still holds its (None) place in xs
@@ -63,14 +51,15 @@ def _linear(node: Node, epi: Node | None) -> LibFn | None:
                 x, w, b, other = xs[0], xs[1], xs[2] if has_bias else None, xs[n_in]
                 return lin.binary(x.contiguous(), other.contiguous(), w.contiguous(), b, "add")
             return run_add
-        post = _post_op(epi)
+        post = split_activation(epi)
         if post is not None:
-            name, scalars, algo = post
+            (name, scalars, algo), after = post
 
             def run(xs: Sequence[Tensor | None], out: Tensor | None) -> Tensor:
                 # oneDNN wants dense operands (a weight computed at run time may be a view)
-                return lin(xs[0].contiguous(), xs[1].contiguous(), xs[2] if has_bias else None,
-                           name, scalars, algo)
+                y = lin(xs[0].contiguous(), xs[1].contiguous(), xs[2] if has_bias else None,
+                        name, scalars, algo)
+                return after(y) if after is not None else y
             return run
     if epi is not None:
         return None

@@ -13,8 +13,9 @@ convolution or pool reads it as it is, and a generated kernel makes it contiguou
 Scope: float32, 1-D (as a 2-D convolution of height 1) and 2-D convolutions with symmetric
 padding. Everything else (half types, 3-D, asymmetric padding, a batch or channel count of
 zero) returns None and runs the op's reference. The results equal the reference up to float
-summation order, except that oneDNN's ``relu`` / ``clip`` / ``leaky_relu`` / ``hardswish``
-post-ops map a NaN convolution output to a number (as onnxruntime's fused Conv does).
+summation order, NaN included: the activations whose oneDNN post-op maps NaN to a number
+(relu, clip, hardsigmoid), and any activation after a residual add, run as torch's in-place
+ops on the convolution's fresh result.
 """
 from __future__ import annotations
 
@@ -54,23 +55,48 @@ def _unary_post_op(epi: Node | None) -> tuple[str, list, str] | None:
     return None
 
 
+# oneDNN's relu, clip (hardtanh) and hardsigmoid post-ops turn a NaN into a number; the IR
+# ops (and the generated kernels) keep it, so those run as torch's in-place ops instead
+_NAN_DROPPING = frozenset({"relu", "hardtanh", "hardsigmoid"})
+
+
 def _torch_activation(attr: str, scalars: list, algo: str) -> Callable[[Tensor], Tensor]:
-    """torch's own function for the oneDNN post-op ``attr`` (as ``_unary_post_op`` maps it)."""
+    """torch's own in-place function for the oneDNN post-op ``attr`` (as ``_unary_post_op``
+    maps it): exact IR semantics, NaN kept."""
     import torch.nn.functional as F
     fns: dict[str, Callable[[Tensor], Tensor]] = {
-        "none": lambda t: t, "relu": torch.relu, "swish": F.silu, "sigmoid": torch.sigmoid,
-        "tanh": torch.tanh, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
+        "none": lambda t: t, "relu": torch.relu_, "swish": lambda t: F.silu(t, inplace=True),
+        "sigmoid": torch.sigmoid_, "tanh": torch.tanh_, "hardswish": lambda t: F.hardswish(t, inplace=True),
+        "hardsigmoid": lambda t: F.hardsigmoid(t, inplace=True),
         "gelu": lambda t: F.gelu(t, approximate=algo or "none"),
-        "leaky_relu": lambda t: F.leaky_relu(t, scalars[0]) if scalars else t,
-        "hardtanh": lambda t: t.clamp(*scalars) if scalars else t,
+        "leaky_relu": lambda t: F.leaky_relu_(t, scalars[0]),
+        "hardtanh": lambda t: t.clamp_(*scalars),
     }
     return fns[attr]
 
 
+def split_activation(epi: Node | None) -> tuple[tuple[str, list, str], Callable[[Tensor], Tensor] | None] | None:
+    """The activation ``epi`` (None: no epilogue) as a oneDNN post-op (attr, scalars,
+    algorithm) plus a torch function to apply to the result after it (None: nothing), or None
+    when ``epi`` has no exact equivalent. The activations oneDNN gets wrong on NaN come back
+    as ``("none", [], "")`` and torch's in-place op."""
+    unary = _unary_post_op(epi)
+    if unary is None or unary[0] not in _NAN_DROPPING:
+        return (unary, None) if unary is not None else None
+    return ("none", [], ""), _torch_activation(*unary)
+
+
+def _torch_activation_of(epi: Node | None) -> Callable[[Tensor], Tensor]:
+    unary = _unary_post_op(epi)
+    assert unary is not None
+    return _torch_activation(*unary)
+
+
 CONV_EPILOGUE = frozenset({"relu", "silu", "sigmoid", "tanh", "hardswish", "gelu", "leaky_relu",
                            "hardsigmoid", "clip", "add"})
-# the activations oneDNN applies after a residual add (it refuses the others there)
-CONV_CHAIN = frozenset({"relu"})
+# the activations a convolution also takes after its residual add (applied by torch: oneDNN
+# refuses all but relu there, and its relu maps NaN to 0)
+CONV_CHAIN = CONV_EPILOGUE - {"add"}
 
 
 def _usable() -> bool:
@@ -98,11 +124,15 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
     groups = node.attrs["groups"]
     binary = bool(epis) and epis[0].op == "add"
     act = list(epis[1:] if binary else epis)
-    if len(act) > 1 or (binary and act and act[0].op not in CONV_CHAIN):
+    if len(act) > 1:
         return None
-    unary = _unary_post_op(act[0] if act else None)
-    if unary is None:
+    split = split_activation(act[0] if act else None)
+    if split is None:
         return None
+    (attr, scalars, algo), after = split
+    if binary and act:   # oneDNN adds the residual, torch applies the activation
+        attr, scalars, algo = "none", [], ""
+        after = _torch_activation_of(act[0])
     if n == 1:   # a 1-D convolution is a 2-D one of height 1
         stride, dil, padding = [1, st[0]], [1, dl[0]], [0, pd[0][0]]
     else:
@@ -113,16 +143,14 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
     if wconst is not None and n == 1:
         wconst = wconst.unsqueeze(2)
     packed: dict[tuple[int, ...], Tensor] = {}
-    attr, scalars, algo = unary
     pointwise = torch.ops.mkldnn._convolution_pointwise
     # a 1x1 convolution is a GEMM over the channels-last buffer's [N*H*W, C] rows, which
     # oneDNN's matmul runs with less overhead (3x less on a squeeze-excite's 1x1 images)
-    gemm = groups == 1 and stride == [1, 1] and padding == [0, 0] and not (binary and act) and \
-        all(k == 1 for k in w_t.shape[2:])
+    gemm = groups == 1 and stride == [1, 1] and padding == [0, 0] and all(k == 1 for k in w_t.shape[2:])
     w2const = wconst.reshape(wconst.shape[0], -1).contiguous() if wconst is not None and gemm else None
     linear = torch.ops.mkldnn._linear_pointwise
 
-    torch_act = _torch_activation(attr, scalars, algo)
+    few_rows_act = _torch_activation_of(act[0] if act else None)
 
     def run_gemm(x4: Tensor, w: Tensor, b: Tensor | None, other: Tensor | None) -> Tensor:
         nb, c, h, wd = x4.shape
@@ -134,11 +162,14 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
             # a few rows (a squeeze-excite's pooled image): BLAS and torch's activation cost
             # a third of oneDNN's fixed overhead per call
             y2 = torch.addmm(b, x2, w2.t()) if b is not None else torch.mm(x2, w2.t())
-            y2 = y2 + o2 if o2 is not None else torch_act(y2)
-        elif o2 is not None:
+            if o2 is not None:
+                y2 += o2
+            return few_rows_act(y2).view(nb, h, wd, -1).permute(0, 3, 1, 2)
+        if o2 is not None:
             y2 = linear.binary(x2, o2, w2, b, "add")
         else:
             y2 = linear(x2, w2, b, attr, scalars, algo)
+        y2 = after(y2) if after is not None else y2
         return y2.view(nb, h, wd, -1).permute(0, 3, 1, 2)
 
     def weight(x: Tensor, w: Tensor) -> Tensor:
@@ -178,9 +209,11 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
             assert other is not None
             o4 = other.unsqueeze(2) if n == 1 else other
             y = pointwise.binary(x4, o4.contiguous(memory_format=torch.channels_last), wp, bb, padding, stride,
-                                 dil, groups, "add", None, attr if act else None, scalars, algo if act else None)
+                                 dil, groups, "add", None, None, [], None)
         else:
             y = pointwise(x4, wp, bb, padding, stride, dil, groups, attr, scalars, algo)
+        if after is not None:
+            y = after(y)
         return y.squeeze(2) if n == 1 else y
     return run
 
@@ -199,4 +232,4 @@ def with_reference(fast: LibFn, reference: LibFn) -> LibFn:
     return run
 
 
-__all__ = ["CONV_CHAIN", "CONV_EPILOGUE", "conv_fn", "with_reference"]
+__all__ = ["CONV_CHAIN", "CONV_EPILOGUE", "conv_fn", "split_activation", "with_reference"]

@@ -73,3 +73,14 @@ def test_linear_with_zero_input_features(act: str) -> None:
     g.set_outputs([g.add("add", [r, y]) if act == "add" else g.add(act, [y])])
     xs = (torch.randn(3, 0), torch.randn(3, 6))
     assert torch.equal(build_c(g)(*xs), run(g, *xs)[0])
+
+
+def test_linear_relu_epilogue_keeps_nan() -> None:
+    # oneDNN's relu post-op maps NaN to 0; the IR's relu keeps it
+    g = Graph("linrelu")
+    x = g.add_input("f32[B,6]", "x")
+    g.set_outputs([g.add("relu", [g.add("linear", [x, g.add_const(torch.randn(5, 6))])])])
+    x_ = torch.randn(4, 6)
+    x_[2, 3] = float("nan")
+    got = build_c(g)(x_)
+    assert torch.equal(got.isnan(), run(g, x_)[0].isnan()) and bool(got[2].isnan().all())
