@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from typing import Callable
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scalefold.runtime.timing import median_ms  # noqa: E402
 
 MODELS = "resnet18,resnet50,mobilenetv3_small_100,efficientnet_b0,convnext_atto,regnety_002"
 
@@ -33,14 +32,7 @@ def blocks(fns: dict[str, Callable[[], object]], calls: int, repeats: int = 2) -
     best = {k: float("inf") for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
-            for _ in range(3):
-                f()
-            ts = []
-            for _ in range(calls):
-                t = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t)
-            best[k] = min(best[k], statistics.median(ts) * 1e3)
+            best[k] = min(best[k], median_ms(f, calls))
     return best
 
 
