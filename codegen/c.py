@@ -37,7 +37,7 @@ REFERENCE_OPS: dict[str, str] = {
     "cumprod": "scan; rare in inference graphs",
     "concat": "a copy; torch.cat",
     "split": "a copy; torch.split",
-    "slice": "a strided view for positive steps (schedule.is_view), else a copy by torch indexing",
+    "slice": "negative steps, a copy by torch indexing (positive ones are strided views)",
     "transpose": "a strided copy; torch.permute().contiguous()",
     "expand": "a broadcast copy",
     "tile": "a copy",
@@ -469,8 +469,9 @@ def row_renderable(n: Node) -> bool:
         n.outputs[0].dtype.name in ok
 
 
-# Activations and residual adds after a linear (or a convolution: CONV_EPILOGUE) run as
-# oneDNN post-ops of its GEMM.
+# Activations and residual adds after a linear (or a convolution: CONV_EPILOGUE, and an
+# activation after a convolution's residual add: CONV_CHAIN) run in its library kernel: as
+# oneDNN post-ops, or as torch's in-place op where oneDNN's would turn NaN into a number.
 LINEAR_EPILOGUE = frozenset({"gelu", "relu", "silu", "sigmoid", "tanh", "add"})
 
 
@@ -513,8 +514,8 @@ def op_coverage() -> dict[str, str]:
     for name, od in all_ops().items():
         if name in EXPR and od.elementwise:
             cov[name] = "c"
-        elif name in ("quantize", "qlinear"):
-            kind = "c" if name == "quantize" else "template"
+        elif name in ("quantize", "qlinear", "slice"):
+            kind = {"quantize": "c", "qlinear": "template", "slice": "view"}[name]
             cov[name] = f"{kind} (partly; reference: {REFERENCE_OPS[name]})"
         elif name in ROW_OPS:
             cov[name] = "row"

@@ -4,7 +4,8 @@ Kernel kinds:
 - ``fused``: a tree of elementwise ops, optionally feeding one *row op* (a reduction or
   normalisation over the trailing axes: softmax, layer_norm, rms_norm, reduce_*) whose result
   may in turn feed a chain of elementwise ops (the epilogue). One loop nest, one kernel.
-- ``view``: reshape-like ops; buffers are contiguous, so the output aliases the input.
+- ``view``: reshape-like ops, transposes and positive-step slices: the output aliases the
+  input's buffer (transposes and slices as strided views).
 - ``library``: dense float GEMM, convolution, attention and pooling, run by torch (oneDNN/MKL
   on CPU, cuBLAS on GPU) where a generated kernel would not beat it.
 - ``template``: one matmul-like compression op rendered from a backend template.
@@ -39,6 +40,8 @@ def is_view(n: Node) -> bool:
     if n.op == "slice":
         return all(k > 0 for k in (n.attrs["steps"] or (1,)))
     return n.op in VIEW_OPS
+
+
 LIBRARY_OPS = frozenset({"linear", "matmul", "conv", "conv_transpose", "sdpa", "max_pool", "avg_pool",
                          "global_avg_pool", "global_max_pool"})
 ROW_OPS = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm", "reduce_sum", "reduce_mean",

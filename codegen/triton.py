@@ -331,8 +331,9 @@ def op_coverage() -> dict[str, str]:
             cov[name] = "triton" + (" (f64: reference)" if name in F32_ONLY else "")
         elif name in ROW_OPS:
             cov[name] = "row"
-        elif name == "qlinear":
-            cov[name] = f"template (partly; reference: {REFERENCE_OPS[name]})"
+        elif name in ("qlinear", "slice"):
+            kind = "template" if name == "qlinear" else "view"
+            cov[name] = f"{kind} (partly; reference: {REFERENCE_OPS[name]})"
         elif name in VIEW_OPS:
             cov[name] = "view"
         elif name in LIBRARY_OPS:

@@ -37,7 +37,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .interp import bind_symbols, check_shape, declared_shapes
-from .layout import is_channels_last, slice_index, torch_kernel
+from .layout import channels_last_values, is_channels_last, slice_index, torch_kernel
 from .library import library_fn, qlinear_fallback
 
 Step = Callable[[list], None]
@@ -107,6 +107,8 @@ class Executor:
                     order.append(self._slot[id(it)])
             self._args[name] = order
         self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
+        self._cl_values = channels_last_values(schedule)
+        self._libfns: dict[str, tuple[Callable, bool]] = {}
         self._lock = threading.Lock()
         # Ops like nonzero bind new symbols from their data: such graphs cannot be planned
         # before the call, so they run step by step with fresh buffers (see _run_dynamic).
@@ -165,11 +167,10 @@ class Executor:
                 return run_launch
             ptrs = (ctypes.c_void_p * len(order))()
             qarr = (ctypes.c_int64 * max(len(q), 1))(*q)
-            alt = torch_kernel(k, slot, env) if self.device.type == "cpu" else None
-            in_slots = [slot[id(v)] for v in k.inputs]
+            alt = torch_kernel(k, slot, env, self._cl_values) if self.device.type == "cpu" else None
 
             def run_fused(vals: list) -> None:
-                if alt is not None and any(is_channels_last(vals[s]) for s in in_slots):
+                if alt is not None and any(is_channels_last(vals[s]) for s in ins):
                     alt(vals)
                     return
                 for i, s in enumerate(order):
@@ -209,7 +210,10 @@ class Executor:
                 vals[dst] = vals[src].reshape(shape)  # a view unless the source is strided
             return run_view
         if k.kind == "library":
-            fn_lib, writes_out = library_fn(k.nodes, self.device.type)
+            # one per kernel for every binding: a convolution keeps its prepacked weights
+            if k.name not in self._libfns:
+                self._libfns[k.name] = library_fn(k.nodes, self.device.type)
+            fn_lib, writes_out = self._libfns[k.name]
             # epilogue nodes: their operands from outside the kernel follow the op's inputs
             inner = {id(o) for m in k.nodes for o in m.outputs}
             ins = ins + [slot[id(v)] for m in k.nodes[1:] for v in m.inputs if id(v) not in inner]
@@ -332,15 +336,19 @@ class Executor:
             res = []
             arena = b.arena.untyped_storage().data_ptr()
             given = _storages(inputs)
+            taken: set[int] = set()
             for v in g.outputs:
                 t = vals[self._slot[id(v)]]
                 at = t.untyped_storage().data_ptr()
-                if v.is_const or at == arena or at in given or at in self._const_storages:
-                    # never hand out the arena, a constant or the caller's own input (an
-                    # output may be an input passed through: x.clone() became identity)
-                    t = t.clone()
+                if v.is_const or at == arena or at in given or at in self._const_storages or \
+                        (at in taken and t.numel()):
+                    # never hand out the arena, a constant, the caller's own input (an output
+                    # may be an input passed through: x.clone() became identity), or memory
+                    # another output holds (a slice or reshape of an output is a view)
+                    t = t.clone(memory_format=torch.contiguous_format)
                 elif not t.is_contiguous():
                     t = t.contiguous()
+                taken.add(at)
                 res.append(t.to(home))
             return res
 
@@ -399,10 +407,13 @@ class Executor:
                             env[d] = int(size)
         res = []
         given = _storages(inputs)
+        taken: set[int] = set()
         for v in g.outputs:
             t = vals[self._slot[id(v)]]
             at = t.untyped_storage().data_ptr()
-            res.append(t.clone() if v.is_const or at in given or at in self._const_storages else t.contiguous())
+            shared = v.is_const or at in given or at in self._const_storages or (at in taken and t.numel())
+            res.append(t.clone(memory_format=torch.contiguous_format) if shared else t.contiguous())
+            taken.add(at)
         return res
 
     def memory_report(self, env: Mapping[sympy.Symbol, int]) -> BufferPlan:

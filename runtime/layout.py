@@ -11,12 +11,12 @@ nodes' reference implementations (exact IR semantics) whenever an input comes in
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import sympy
 import torch
 
-from ..codegen.schedule import Kernel
+from ..codegen.schedule import Kernel, Schedule
 from ..ir.ops import get_op
 from ..ir.graph import Node
 from ..ir.ops.common import bind_dims
@@ -36,12 +36,31 @@ def is_channels_last(t: torch.Tensor | None) -> bool:
     return t.transpose(1, 2).is_contiguous()
 
 
-def torch_kernel(k: Kernel, slot: Mapping[int, int], env: Mapping[sympy.Symbol, int]
-                 ) -> Callable[[list], None] | None:
+# library ops whose CPU results may come back channels-last
+_CL_OPS = frozenset({"conv", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool"})
+
+
+def channels_last_values(schedule: Schedule) -> set[int]:
+    """Ids of the values that may hold channels-last data at run time: results of library
+    convolutions and pools, of views of those, and of the fused kernels reading them (which
+    :func:`torch_kernel` may run as torch ops that keep the layout). A transposed view of a
+    linear's output also looks channels-last, but its kernels keep their generated code."""
+    out: set[int] = set()
+    for k in schedule.kernels:
+        src = (k.kind == "library" and k.nodes[0].op in _CL_OPS) or \
+            (k.kind in ("view", "fused") and any(id(v) in out for v in k.inputs))
+        if src:
+            out.update(id(o) for o in k.outputs)
+    return out
+
+
+def torch_kernel(k: Kernel, slot: Mapping[int, int], env: Mapping[sympy.Symbol, int],
+                 sources: Collection[int]) -> Callable[[list], None] | None:
     """A step running fused kernel ``k``'s nodes as torch references on the executor's value
-    list (``slot``: value id -> index), or None for kernels this is not meant for (more than
-    MAX_NODES nodes, or no 3-D or 4-D input)."""
-    if k.kind != "fused" or len(k.nodes) > MAX_NODES or not any(v.type.rank in (3, 4) for v in k.inputs):
+    list (``slot``: value id -> index), or None for kernels this is not meant for: more than
+    MAX_NODES nodes, or no 3-D or 4-D input among ``sources`` (channels_last_values)."""
+    if k.kind != "fused" or len(k.nodes) > MAX_NODES or \
+            not any(v.type.rank in (3, 4) and id(v) in sources for v in k.inputs):
         return None
     refs = [(get_op(n.op).reference, bind_dims(n.attrs, env)) for n in k.nodes]
     nodes = k.nodes
@@ -84,4 +103,4 @@ def slice_index(node: Node, env: Mapping[sympy.Symbol, int]) -> tuple[slice, ...
     return tuple(index)
 
 
-__all__ = ["MAX_NODES", "is_channels_last", "slice_index", "torch_kernel"]
+__all__ = ["MAX_NODES", "channels_last_values", "is_channels_last", "slice_index", "torch_kernel"]

@@ -19,9 +19,11 @@ ops on the convolution's fresh result.
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..ir.graph import Node
 from ..ir.ops.nn import pads, spatial_param
@@ -29,7 +31,8 @@ from ..ir.ops.nn import pads, spatial_param
 Tensor = torch.Tensor
 LibFn = Callable[[Sequence[Tensor | None], Tensor | None], Tensor]
 
-# packed weights kept per convolution: one per input shape seen, the oldest dropped first
+# packed weights kept per convolution (the executor keeps its library functions across
+# bindings): one per input shape seen, the oldest dropped first
 _PACKED_SHAPES = 8
 # up to this many GEMM rows a 1x1 convolution calls BLAS rather than oneDNN
 _FEW_ROWS = 8
@@ -63,7 +66,6 @@ _NAN_DROPPING = frozenset({"relu", "hardtanh", "hardsigmoid"})
 def _torch_activation(attr: str, scalars: list, algo: str) -> Callable[[Tensor], Tensor]:
     """torch's own in-place function for the oneDNN post-op ``attr`` (as ``_unary_post_op``
     maps it): exact IR semantics, NaN kept."""
-    import torch.nn.functional as F
     fns: dict[str, Callable[[Tensor], Tensor]] = {
         "none": lambda t: t, "relu": torch.relu_, "swish": lambda t: F.silu(t, inplace=True),
         "sigmoid": torch.sigmoid_, "tanh": torch.tanh_, "hardswish": lambda t: F.hardswish(t, inplace=True),
@@ -143,6 +145,7 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
     if wconst is not None and n == 1:
         wconst = wconst.unsqueeze(2)
     packed: dict[tuple[int, ...], Tensor] = {}
+    lock = threading.Lock()
     pointwise = torch.ops.mkldnn._convolution_pointwise
     # a 1x1 convolution is a GEMM over the channels-last buffer's [N*H*W, C] rows, which
     # oneDNN's matmul runs with less overhead (3x less on a squeeze-excite's 1x1 images)
@@ -180,9 +183,10 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
         if p is None:
             p = torch.ops.mkldnn._reorder_convolution_weight(wconst.contiguous(), padding, stride, dil,
                                                             groups, list(key))
-            if len(packed) >= _PACKED_SHAPES:
-                packed.pop(next(iter(packed)))
-            packed[key] = p
+            with lock:   # graphs with data-dependent sizes run without the executor's lock
+                if len(packed) >= _PACKED_SHAPES:
+                    packed.pop(next(iter(packed)))
+                packed[key] = p
         return p
 
     def run(xs: Sequence[Tensor | None], out: Tensor | None) -> Tensor:

@@ -134,15 +134,14 @@ def test_conv_outside_onednn_scope_is_still_exact(case: str) -> None:
     assert_close(got, want, rtol=1e-3 if case == "f16" else 1e-5, atol=1e-3 if case == "f16" else 1e-5)
 
 
-def test_squeeze_excite_on_channels_last_runs_torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    # conv -> mean over H, W -> 1x1 convs -> hardsigmoid -> mul by the conv's output -> add
-    # of the block's input -> conv: the mean, mul and add kernels read channels-last results
+def _count_torch_kernels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ops of each fused kernel run as torch ops (runtime/layout.py), call by call."""
     import scalefold.runtime.executor as ex
     ran: list[str] = []
     real = ex.torch_kernel
 
-    def counting(k, slot, env):  # type: ignore[no-untyped-def]
-        fn = real(k, slot, env)
+    def counting(k, *args):  # type: ignore[no-untyped-def]
+        fn = real(k, *args)
         if fn is None:
             return None
 
@@ -151,6 +150,13 @@ def test_squeeze_excite_on_channels_last_runs_torch_kernels(monkeypatch: pytest.
             fn(vals)
         return run
     monkeypatch.setattr(ex, "torch_kernel", counting)
+    return ran
+
+
+def test_squeeze_excite_on_channels_last_runs_torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # conv -> mean over H, W -> 1x1 convs -> hardsigmoid -> mul by the conv's output -> add
+    # of the block's input -> conv: the mean, mul and add kernels read channels-last results
+    ran = _count_torch_kernels(monkeypatch)
     g = Graph("se")
     x = g.add_input("f32[B,8,H,W]", "x")
     a = g.add("conv", [x, g.add_const(torch.randn(8, 1, 3, 3) * 0.3)], {"padding": (1,), "groups": 8})
@@ -189,9 +195,10 @@ def test_nan_stays_nan_through_every_epilogue(epilogue: str, k: int, shape: tupl
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
-def test_conv1d_stack_keeps_channels_last_between_steps() -> None:
+def test_conv1d_stack_keeps_channels_last_between_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     # conv1d -> conv1d (+ residual add) -> mul by a per-channel scale -> conv1d: the 1-D
-    # results stay [N, L, C] in memory between the steps
+    # results stay [N, L, C] in memory between the steps (the mul finds its input so)
+    ran = _count_torch_kernels(monkeypatch)
     g = Graph("c1stack")
     x = g.add_input("f32[B,6,L]", "x")
     a = g.add("conv", [x, g.add_const(torch.randn(6, 6, 3) * 0.3)], {"padding": (1,)})
@@ -203,3 +210,36 @@ def test_conv1d_stack_keeps_channels_last_between_steps() -> None:
     got = cm(x_)
     assert got.is_contiguous()
     assert_close(got, run(g, x_)[0], rtol=1e-5, atol=1e-5)
+    assert ran == ["mul"]
+
+
+def test_transposed_linear_output_keeps_its_generated_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a transposed view of a linear's result is laid out like a 1-D convolution's, but no
+    # convolution made it: its fused kernel stays generated code
+    ran = _count_torch_kernels(monkeypatch)
+    g = Graph("lt")
+    x = g.add_input("f32[B,S,8]", "x")
+    y = g.add("transpose", [g.add("linear", [x, g.add_const(torch.randn(6, 8))])], {"perm": (0, 2, 1)})
+    g.set_outputs([g.add("tanh", [g.add("add", [y, g.add_const(torch.randn(1, 6, 1))])])])
+    x_ = torch.randn(2, 5, 8)
+    assert_close(build_c(g)(x_), run(g, x_)[0], rtol=1e-5, atol=1e-5)
+    assert ran == []
+
+
+def test_conv_library_functions_live_across_bindings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the prepacked weights belong to the kernel's library function, built once per
+    # executor, not once per binding of the sizes
+    import scalefold.runtime.executor as ex
+    made: list[str] = []
+    real = ex.library_fn
+
+    def counting(nodes, *args):  # type: ignore[no-untyped-def]
+        made.append(nodes[0].op)
+        return real(nodes, *args)
+    monkeypatch.setattr(ex, "library_fn", counting)
+    g = _conv_graph("relu", 1, 1, 1, True, 3)
+    cm = build_c(g)
+    for h in (5, 6, 7, 5):
+        x_ = torch.randn(1, 8, h, 4)
+        assert_close(cm(x_), run(g, x_)[0], rtol=1e-5, atol=1e-5)
+    assert made == ["conv"]
