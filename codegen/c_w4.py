@@ -192,12 +192,12 @@ def _codes_in_range(w: torch.Tensor, wdtype: dt.DType) -> bool:
     return bool(((w >= lo) & (w <= hi)).all())
 
 
-def _prologue_f32(K: int, g: int, G: int, gp: int, kp: int, cpg: int, sub: int, growth: float
-                  ) -> list[str]:
+def _prologue_f32(K: int, g: int, G: int, gp: int, kp: int, cpg: int, sub: int) -> list[str]:
     """Chunk sums of x (``cpg`` chunks of ``sub`` columns per group), the padded copy of x
     when the group layout is not the identity, and the rows the fold cannot take (``bad``):
-    sum |x| times ``growth`` (a bound of |code value| * max(1, |scale|) + |scale * zero|, so of
-    every partial sum the kernel forms, per unit of sum |x|) above 1e38, or not finite."""
+    sum |x| times ``growth`` (a C variable: a bound of |code value| * max(1, |scale|) +
+    |scale * zero|, so of every partial sum the kernel forms, per unit of sum |x|) above 1e38,
+    or not finite."""
     pad = kp != K
     out = []
     if pad:
@@ -220,7 +220,7 @@ def _prologue_f32(K: int, g: int, G: int, gp: int, kp: int, cpg: int, sub: int, 
             "    float a = 0;",
             "    #pragma omp simd reduction(+:a)",
             f"    for (int64_t kk = 0; kk < {K}; kk++) a += fabsf(xr[kk]);",
-            f"    bad[m] = !(a * {growth!r}f <= 1e38f);",
+            "    bad[m] = !(a * growth <= 1e38f);",
             "  }",
             f"  const float *xa = {'xpad' if pad else 'x'}; const int64_t ldx = {kp};"]
     return out
@@ -262,7 +262,8 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     """C source of a ``template`` kernel holding one supported weight-only ``qlinear`` (4- or
     8-bit codes, group-wise or per channel), with its packed constants. Pointer ABI: x, packed
     blob (codes, scales and zero points interleaved per group, runtime/w4pack.py and
-    runtime/w8pack.py), [bias], y; ``q[0]`` = M."""
+    runtime/w8pack.py), [bias], y, and for float32 x the layer's growth bound (one float,
+    see :func:`_prologue_f32`); ``q[0]`` = M."""
     n = k.nodes[0]
     x, w, scale = n.inputs[0], n.inputs[1], n.inputs[2]
     zero = n.inputs[3] if len(n.inputs) > 3 else None
@@ -297,6 +298,13 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
         decl.append(f"  const {storage_type(bias.dtype)} *restrict bias = "
                     f"(const {storage_type(bias.dtype)} *)p[2];")
     decl.append(f"  float *restrict y = (float *)p[{3 if bias is not None else 2}];")
+    if not isint:
+        # the layer's growth bound comes in as data (after y), so that layers of one shape
+        # share one source and compile once
+        vmax = {"f4e2m1": 6.0, "f8e4m3": 448.0, "f8e5m2": 57344.0}.get(w.dtype.name, float((1 << bits) - 1))
+        growth = vmax * max(1.0, float(packed.scale.abs().max())) + float(packed.sz.abs().max())
+        args.append(torch.tensor([min(growth, 3e38)], dtype=torch.float32))
+        decl.append(f"  const float growth = *(const float *)p[{len(args) - 1}];")
 
     # Weight-only, groups longer than 2 * chunk_slots (per-channel weights above all) run as
     # chunks of chunk_slots that share the group's scale and zero point: the fold is linear
@@ -311,9 +319,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     if isint:
         body += _prologue_int8(K, g, G, gp, kp, (1 << (n.attrs["abits"] - 1)) - 1, cpg, sub)
     else:
-        vmax = {"f4e2m1": 6.0, "f8e4m3": 448.0, "f8e5m2": 57344.0}.get(w.dtype.name, float((1 << bits) - 1))
-        growth = vmax * max(1.0, float(packed.scale.abs().max())) + float(packed.sz.abs().max())
-        body += _prologue_f32(K, g, G, gp, kp, cpg, sub, min(growth, 3e38))
+        body += _prologue_f32(K, g, G, gp, kp, cpg, sub)
 
     # ---- calls of the tiles for one chunk of a group
     targs = "xa + m * ldx + 8 * b0, ldx, {w}, nbk, scg, szg, xs + m * " + str(xg) + " + xi, " + \

@@ -703,3 +703,27 @@ def test_int8_activations_with_huge_weights_stay_finite() -> None:
     got, want = api.build_c(q)(x), interp.run(q, x)[0]
     assert torch.isfinite(want).all() and torch.isfinite(got).all()
     assert torch.allclose(got, want, rtol=1e-5), (got, want)
+
+
+def test_layers_of_one_shape_share_a_source_and_keep_their_own_bounds() -> None:
+    """Two weight-only linears of one shape compile to one source (a model's many layers
+    compile once per shape); each still guards its rows with its own growth bound: layer B's
+    zero points cancel its codes, and with its scale of 1e37 the fold's partial sums would be
+    inf - inf, so its rows must take the exact path, which layer A's small bound would skip."""
+    N, K = 8, 32
+    g = Graph("two")
+    x = g.add_input(f"f32[M,{K}]", "x")
+    wa, sa, za = codes(N, K, 16, sym=False)
+    ya = g.add("qlinear", [x, g.add_const(wa, "u4", "wa"), g.add_const(sa, "f32", "sa"),
+                           g.add_const(za, "u4", "za"), None], {"group": 16})
+    wb = torch.full((N, K), 15, dtype=torch.uint8)
+    yb = g.add("qlinear", [x, g.add_const(wb, "u4", "wb"), g.add_const(torch.full((N, 2), 1e37), "f32", "sb"),
+                           g.add_const(torch.full((N, 2), 15, dtype=torch.uint8), "u4", "zb"), None], {"group": 16})
+    g.set_outputs([ya, yb])
+    cm = api.build_c(g)
+    srcs = [src for src in cm.sources.values() if "growth" in src]
+    assert len(srcs) == 2 and srcs[0] == srcs[1]
+    xv = torch.full((3, K), 4.0)
+    (ga, gb), (wa_, wb_) = cm(xv), interp.run(g, xv)
+    assert torch.equal(gb, torch.zeros(3, N)) and torch.equal(wb_, gb)
+    assert torch.allclose(ga, wa_, rtol=1e-5, atol=1e-5)
