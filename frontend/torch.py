@@ -130,6 +130,12 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: A
     # (a frozen Dropout / BatchNorm inside a training model came back in training mode)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    # a transformers model returns its KV cache (a Cache object, not tensors) unless told not
+    # to; the IR has no such value, so the export runs without it, as if use_cache=False
+    config = getattr(model, "config", None)
+    cache = getattr(config, "use_cache", None) if config is not None and "use_cache" not in kwargs else None
+    if cache:
+        config.use_cache = False
     try:
         # MoE blocks are swapped after eval() so that they are recognised in inference mode.
         with torch.no_grad(), (moe_blocks_swapped(model) if moe_blocks else nullcontext()):
@@ -142,6 +148,8 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: A
     finally:
         for m, flag in modes:
             m.training = flag
+        if cache:
+            config.use_cache = cache
 
 
 def _decomp_table() -> Any:
