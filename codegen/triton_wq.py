@@ -45,7 +45,7 @@ from ..runtime.scratch import Scratch
 from ..runtime.w8pack import finite_codes
 from ..runtime.wqpack_gpu import WQ_DTYPES, WQPacked, effective_group, pack_wq, rebias, KIND
 from .schedule import Kernel
-from .triton_dense import DENSE_MIN_M, Fill, dense_launch
+from .triton_dense import Fill, dense_launch
 from .triton_template import Launch, PackedConstants, pow2, quiet, template_slots, weight_only_parts
 from .triton_wq_src import SOURCE
 
@@ -147,8 +147,15 @@ def _pow2_divisor(g: int) -> int:
     return g & -g
 
 
+# The 8-bit / FP4 GEMM slows down sharply from 160 rows (H200, probe of the twelfth session:
+# 4096 x 11008, 8192², 11008 x 4096, every form: 1.3-3.3x slower than the dense path at 160-224
+# rows; at 96-128 rows mixed, within 30% either way), so its dense path starts earlier than
+# W4's, whose GEMM holds up to 256 rows on most shapes.
+WQ_DENSE_MIN_M = 129
+
+
 def wq_config(M: int, N: int, K: int, group: int, interpret: bool = False, cpw: int = 4,
-              gemv: bool = True, dense_min: int = DENSE_MIN_M) -> dict[str, int]:
+              gemv: bool = True, dense_min: int = WQ_DENSE_MIN_M) -> dict[str, int]:
     """Tiles for M rows: up to GEMV_MAX_M the CUDA-core GEMV when a group holds whole words of
     ``cpw`` codes (4 bytes, 8 nibbles), K tiles of 128 and about 16 programs per SM (an H200
     sweep of 32 / 64 / 128 channels x 1..16 splits x 4 / 8 warps, int8 and fp8, 4096 x 11008

@@ -116,7 +116,7 @@ def test_kernel_matches_the_reference(wd: str, group: int, zero: str | None, xd:
 @pytest.mark.parametrize("wd,group,zero", FORMS)
 @pytest.mark.parametrize("xd,chunk", [("f32", 0), ("bf16", 16), ("f16", 0)])
 def test_dense_path_matches_the_reference(wd: str, group: int, zero: str | None, xd: str, chunk: int) -> None:
-    """The dense path (``wq_dequant``, then torch's GEMM; by default from 256 rows on a GPU) on
+    """The dense path (``wq_dequant``, then torch's GEMM; by default from 129 rows on a GPU) on
     every form, whole or in chunks of channels with a short last one: f32 x gets the
     reference's weights exactly; f16 / bf16 x that weight rounded once."""
     N, K, M = 37, 75, 6
@@ -263,10 +263,10 @@ def test_config() -> None:
     assert wq_config(16, 4096, 4096, 0)["BK"] == 128 and wq_config(16, 4096, 4096, 20)["BK"] == 128
     # few tiles: split K to fill the GPU; many: none
     assert wq_config(16, 4096, 4096, 128)["SPLIT"] > 1
-    assert wq_config(255, 16384, 4096, 128)["SPLIT"] == 1
-    # from 256 rows the dense path (dequantise, then cuBLAS), never on the interpreter
-    assert wq_config(256, 4096, 4096, 128) == {"DENSE": 1} == wq_config(4096, 8192, 8192, 0, cpw=8)
-    assert "DENSE" not in wq_config(255, 4096, 4096, 128) and "DENSE" not in wq_config(512, 64, 64, 0, interpret=True)
+    assert wq_config(255, 16384, 4096, 128, dense_min=1 << 62)["SPLIT"] == 1
+    # from 129 rows the dense path (dequantise, then cuBLAS), never on the interpreter
+    assert wq_config(129, 4096, 4096, 128) == {"DENSE": 1} == wq_config(4096, 8192, 8192, 0, cpw=8)
+    assert "DENSE" not in wq_config(128, 4096, 4096, 128) and "DENSE" not in wq_config(512, 64, 64, 0, interpret=True)
     assert wq_config(1, 4096, 4096, 128, interpret=True)["SPLIT"] == 1
 
 
