@@ -8,11 +8,13 @@ blocked layout (``mkldnn._reorder_convolution_weight``), the activation goes in 
 channels-last (NHWC in memory, still logically NCHW to every consumer), and an activation or
 a residual ``add`` after the convolution runs as a oneDNN post-op of the same primitive
 (``mkldnn._convolution_pointwise``). The executor keeps the channels-last result; the next
-convolution or pool reads it as it is, and a generated kernel makes it contiguous first.
+convolution or pool reads it as it is, a small fused kernel runs as torch ops on it
+(``runtime/layout.py``), and other generated kernels make it contiguous first. 1x1
+convolutions run as oneDNN GEMMs over the channels-last rows.
 
 Scope: float32, 1-D (as a 2-D convolution of height 1) and 2-D convolutions with symmetric
-padding. Everything else (half types, 3-D, asymmetric padding, a batch or channel count of
-zero) returns None and runs the op's reference. The results equal the reference up to float
+padding. Everything else (half types, 3-D, asymmetric padding) returns None and runs the
+op's reference, as does a call on an empty tensor. The results equal the reference up to float
 summation order, NaN included: the activations whose oneDNN post-op maps NaN to a number
 (relu, clip, hardsigmoid), and any activation after a residual add, run as torch's in-place
 ops on the convolution's fresh result.
@@ -64,8 +66,8 @@ _NAN_DROPPING = frozenset({"relu", "hardtanh", "hardsigmoid"})
 
 
 def _torch_activation(attr: str, scalars: list, algo: str) -> Callable[[Tensor], Tensor]:
-    """torch's own in-place function for the oneDNN post-op ``attr`` (as ``_unary_post_op``
-    maps it): exact IR semantics, NaN kept."""
+    """torch's own function for the oneDNN post-op ``attr`` (as ``_unary_post_op`` maps it),
+    in place where torch has one (gelu returns a new tensor): exact IR semantics, NaN kept."""
     fns: dict[str, Callable[[Tensor], Tensor]] = {
         "none": lambda t: t, "relu": torch.relu_, "swish": lambda t: F.silu(t, inplace=True),
         "sigmoid": torch.sigmoid_, "tanh": torch.tanh_, "hardswish": lambda t: F.hardswish(t, inplace=True),
