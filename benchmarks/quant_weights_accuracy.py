@@ -191,6 +191,14 @@ def calibration_batches(m: acc.Minilm, calibration: str = "base") -> list:
     return out
 
 
+def measure_spec(m: acc.Minilm, spec: str, ref, cal: list) -> tuple[float, float, dict]:
+    """(min cosine, mean cosine, quant_weights counters) of one pipeline ``spec``, calibrated
+    on ``cal`` and compared with the fp32 embeddings ``ref``."""
+    g, counters = acc.quantise(m, spec, calibration=cal)
+    c = acc.cosines(acc.embed_graph(m, g), ref)
+    return float(c.min()), float(c.mean()), counters.as_dict().get("quant_weights", {})
+
+
 def measure(specs: dict[str, str], m: acc.Minilm | None = None, verbose: bool = False,
             calibration: str = "base") -> dict[str, tuple[float, float, dict]]:
     """{label: (min cosine, mean cosine, counters)} for each spec, calibrated on
@@ -201,12 +209,11 @@ def measure(specs: dict[str, str], m: acc.Minilm | None = None, verbose: bool = 
     out = {}
     for label, spec in specs.items():
         t0 = time.perf_counter()
-        g, counters = acc.quantise(m, spec, calibration=cal)
-        c = acc.cosines(acc.embed_graph(m, g), ref)
-        out[label] = (float(c.min()), float(c.mean()), counters.as_dict().get("quant_weights", {}))
+        out[label] = measure_spec(m, spec, ref, cal)
         if verbose:
-            print(f"{label:38s} min {c.min():.4f}  mean {c.mean():.4f}   ({time.perf_counter() - t0:.0f} s)  "
-                  f"{out[label][2]}", flush=True)
+            lo, mean, counters = out[label]
+            print(f"{label:38s} min {lo:.4f}  mean {mean:.4f}   ({time.perf_counter() - t0:.0f} s)  "
+                  f"{counters}", flush=True)
     return out
 
 

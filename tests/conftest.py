@@ -22,6 +22,13 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if _is_worker(config):
+        # Each xdist worker gets its share of the cores for torch's intra-op pool: two workers
+        # with a full pool each on two cores made the MiniLM accuracy fixtures (torch-bound)
+        # spin against each other. Our C kernels' OpenMP threads are left as they are, so the
+        # multi-threaded kernel paths stay covered.
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     if not _is_worker(config) and _LOG not in os.environ:
         # Workers of pytest-xdist inherit this and log the goldens they use into it.
         os.environ[_LOG] = tempfile.mkdtemp(prefix="sf-goldens-")
