@@ -148,17 +148,18 @@ def _packed_only(rendered: list) -> set[int]:
     return packed - other
 
 
-def _own_weights(graph: Graph, model: Any) -> None:
+def _own_weights(graph: Graph, model: Any) -> int:
     """Give ``graph`` its own copy of the constants it shares with a torch ``model``: the
     compiled model must not follow later in-place updates of the module, since the kernels
     that prepacked a weight would not (half old, half new). One copy per storage view, so
-    tied weights stay one tensor; the import itself shares them (no copy for to_onnx)."""
+    tied weights stay one tensor; the import itself shares them (no copy for to_onnx).
+    Returns the bytes copied."""
     if isinstance(model, torch.nn.Module):
         tensors = list(model.parameters()) + list(model.buffers())
     elif isinstance(model, torch.export.ExportedProgram):
         tensors = list(model.state_dict.values()) + list(model.constants.values())
     else:
-        return
+        return 0
     shared = {t.untyped_storage().data_ptr() for t in tensors if isinstance(t, torch.Tensor) and t.numel()}
     copies: dict[tuple, torch.Tensor] = {}
     for v in graph.constants():
@@ -167,6 +168,7 @@ def _own_weights(graph: Graph, model: Any) -> None:
             continue
         key = (c.untyped_storage().data_ptr(), c.storage_offset(), tuple(c.shape), tuple(c.stride()), c.dtype)
         v.const = copies.setdefault(key, c.clone())
+    return sum(c.numel() * c.element_size() for c in copies.values())
 
 
 def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, passes: Iterable[str] | str = (),
@@ -189,7 +191,10 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, pa
         passes = split_pipeline(passes)
     passes = list(passes)
     graph = to_graph(model, example_inputs, dynamic_shapes).clone()
-    _own_weights(graph, model)
+    # The snapshot of the module's weights is taken after the passes (which build new
+    # constants and never write to the ones they read): the weights a pass replaces
+    # (quantised, folded) are then never copied, so compiling a model for int4 does not
+    # first hold a second float copy of it.
     if passes:
         try:
             from .passes import run_pipeline
@@ -197,6 +202,7 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, pa
             # The pass registry is not built yet: every requested pass is unknown.
             raise ScalefoldError(f"unknown pass(es): {', '.join(passes)} (no passes are available)") from None
         graph = run_pipeline(graph, passes, calibration=calibration)
+    _own_weights(graph, model)
     from .ir.verify import verify
     verify(graph)
     return build(graph, target)
