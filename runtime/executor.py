@@ -258,7 +258,11 @@ class Executor:
                     res = ref(xs, attrs)
                 except RuntimeError as e:
                     # A reference that builds CPU tensors of its own mixes devices: run it on
-                    # the CPU from now on.
+                    # the CPU from now on (slow on a GPU: two copies per call and no CUDA
+                    # graph, so references build their tensors on their inputs' device).
+                    # Not under ``with torch.device``: 0-d host scalars, which mix freely,
+                    # would become device tensors, each a synchronous copy that CUDA graphs
+                    # cannot capture.
                     if "device" not in str(e):
                         raise
                     on_cpu[0] = True

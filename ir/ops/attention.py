@@ -72,7 +72,7 @@ def sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     keep = None
     if causal:
         n_l, n_s = q.shape[-2], k.shape[-2]
-        keep = torch.ones(n_l, n_s, dtype=torch.bool).tril()
+        keep = torch.ones(n_l, n_s, dtype=torch.bool, device=q.device).tril()
     if mask is not None:
         if mask.dtype == torch.bool:
             keep = mask if keep is None else keep & mask

@@ -65,11 +65,11 @@ def _coeffs(ratios: torch.Tensor, scale: float, attrs: Attrs) -> torch.Tensor:
         s = min(scale, 1.0)
         if mode == "linear":
             start = int(math.floor(-1 / s) + 1)
-            idx = torch.arange(start, 2 - start, dtype=torch.float64)[None, :]
+            idx = torch.arange(start, 2 - start, dtype=torch.float64, device=r.device)[None, :]
             c = (1 - ((idx - r) * s).abs()).clamp(0, 1)
         else:
             start = int(math.floor(-2 / s) + 1)
-            idx = torch.arange(start, 2 - start, dtype=torch.float64)[None, :]
+            idx = torch.arange(start, 2 - start, dtype=torch.float64, device=r.device)[None, :]
             x = (s * (idx - r)).abs()
             c = torch.where(x <= 1, (A + 2) * x ** 3 - (A + 3) * x ** 2 + 1,
                             torch.where(x < 2, A * x ** 3 - 5 * A * x ** 2 + 8 * A * x - 4 * A,
@@ -93,7 +93,9 @@ def _resize_axis(x: torch.Tensor, axis: int, scale: float, out_n: int, roi: tupl
         shape[axis] = out_n
         return x.new_zeros(shape)
     out_w = scale * in_n
-    y = torch.arange(out_n, dtype=torch.float64)
+    # every index / coefficient tensor lives on x's device: a CPU one would send the whole
+    # step to the CPU on a GPU target (and keep the step out of CUDA graphs)
+    y = torch.arange(out_n, dtype=torch.float64, device=x.device)
     ctm, extra = attrs["coordinate_transformation_mode"], None
     if ctm == "align_corners":
         xo = torch.zeros_like(y) if out_w == 1 else y * (in_n - 1) / (out_w - 1)
@@ -124,11 +126,11 @@ def _resize_axis(x: torch.Tensor, axis: int, scale: float, out_n: int, roi: tupl
     p = xi + pad
     frac = xo - xi
     if n % 2 == 0:
-        off = torch.where(frac == 0, torch.tensor(-(n // 2.0)), torch.tensor(-(n // 2.0) + 1))
+        off = torch.where(frac == 0, -(n // 2.0), -(n // 2.0) + 1)
     else:
         base = -((n - 1) // 2)
-        off = torch.where(frac <= 0.5, torch.tensor(float(base)), torch.tensor(base + 1.0))
-    idx = (p + off).long()[:, None] + torch.arange(n)[None, :] - pad
+        off = torch.where(frac <= 0.5, float(base), base + 1.0)
+    idx = (p + off).long()[:, None] + torch.arange(n, device=x.device)[None, :] - pad
     if attrs["exclude_outside"]:
         c = torch.where((idx < 0) | (idx >= in_n), torch.zeros_like(c), c)
         tot = c.sum(1, keepdim=True)
@@ -138,7 +140,7 @@ def _resize_axis(x: torch.Tensor, axis: int, scale: float, out_n: int, roi: tupl
     g = xm[..., idx.reshape(-1)].reshape(*xm.shape[:-1], out_n, n)
     res = (g * c).sum(-1)
     if extra is not None:
-        res = torch.where(extra, torch.tensor(attrs["extrapolation_value"], dtype=res.dtype), res)
+        res = torch.where(extra, float(attrs["extrapolation_value"]), res)
     return res.movedim(-1, axis)
 
 

@@ -115,7 +115,7 @@ def dequant_experts(q: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, gr
         se = s[e] if group > 0 else s[e][:, 0]
         ze = None if z is None else (z[e] if group > 0 else z[e][:, 0])
         out.append(dequant_weight(q[e], se, ze, group, fp4))
-    return torch.stack(out) if out else torch.zeros(q.shape, dtype=torch.float32)
+    return torch.stack(out) if out else torch.zeros(q.shape, dtype=torch.float32, device=q.device)
 
 
 def _qmoe_ref(ins: Sequence[torch.Tensor | None], attrs: Attrs) -> torch.Tensor:

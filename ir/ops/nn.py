@@ -374,13 +374,14 @@ def pool_generic(x: torch.Tensor, k: Sequence[int], st: Sequence[int], dl: Seque
     if mode == "max":
         return win.amax(dim=red)
     total = win.sum(dim=red)
-    divisor = torch.ones((), dtype=total.dtype)
+    dev = total.device
+    divisor = torch.ones((), dtype=total.dtype, device=dev)
     for i in range(n):
         length = int(x.shape[2 + i])
         pv = 1.0 if count_include_pad else 0.0
-        m = torch.cat([torch.full((pd[i][0],), pv), torch.ones(length),
-                       torch.full((max(min(rights[i], pd[i][1]), 0),), pv),
-                       torch.zeros(max(rights[i] - pd[i][1], 0))])[:pd[i][0] + length + rights[i]]
+        m = torch.cat([torch.full((pd[i][0],), pv, device=dev), torch.ones(length, device=dev),
+                       torch.full((max(min(rights[i], pd[i][1]), 0),), pv, device=dev),
+                       torch.zeros(max(rights[i] - pd[i][1], 0), device=dev)])[:pd[i][0] + length + rights[i]]
         cnt = m.unfold(0, spans[i], st[i])[:, ::dl[i]].sum(-1).to(total.dtype)
         divisor = divisor.unsqueeze(-1) * cnt
     return total / divisor

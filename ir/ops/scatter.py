@@ -99,7 +99,7 @@ def _scatter_nd_shape(ins: Sequence[TensorType | None], attrs: Attrs) -> list[Te
 def _linear_index(idx: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Row-major offsets of the (wrapped) index tuples in ``idx[..., k]`` over ``shape[:k]``."""
     k = idx.shape[-1]
-    lin = torch.zeros(idx.shape[:-1], dtype=torch.long)
+    lin = torch.zeros(idx.shape[:-1], dtype=torch.long, device=idx.device)
     for j in range(k):
         lin = lin * shape[j] + _wrap(idx[..., j], shape[j])
     return lin.reshape(-1)
@@ -160,7 +160,7 @@ def _gather_nd_ref(xs: Sequence[torch.Tensor | None], attrs: Attrs) -> torch.Ten
     d3 = data.reshape(nb, int(prod(list(data.shape[b:b + k]))), *data.shape[b + k:])
     i3 = idx.reshape(nb, -1, k)
     lin = _linear_index(i3, data.shape[b:]).reshape(nb, -1)
-    out = d3[torch.arange(nb)[:, None], lin]
+    out = d3[torch.arange(nb, device=d3.device)[:, None], lin]
     return out.reshape(*idx.shape[:-1], *data.shape[b + k:])
 
 

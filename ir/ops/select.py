@@ -30,7 +30,7 @@ def _nonzero_shape(ins: Sequence[TensorType | None], attrs: Attrs) -> list[Tenso
 def _nonzero_ref(xs: Sequence[torch.Tensor | None], attrs: Attrs) -> torch.Tensor:
     x = xs[0]
     if x.dim() == 0:  # numpy treats a scalar as a 1-element vector, but the rank stays 0
-        return torch.zeros((0, int(bool(x.item()))), dtype=torch.long)
+        return torch.zeros((0, int(bool(x.item()))), dtype=torch.long, device=x.device)
     return x.nonzero().T.contiguous()
 
 
@@ -102,12 +102,12 @@ def _unique_ref(xs: Sequence[torch.Tensor | None], attrs: Attrs) -> tuple[torch.
     # torch.unique(dim=0) sorts rows lexicographically, as numpy.unique(axis=...) does
     uniq, inv, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
     u = uniq.shape[0]
-    first = torch.full((u,), m, dtype=torch.long).scatter_reduce(
-        0, inv, torch.arange(m), "amin", include_self=True)
+    first = torch.full((u,), m, dtype=torch.long, device=rows.device).scatter_reduce(
+        0, inv, torch.arange(m, device=rows.device), "amin", include_self=True)
     if not attrs["sorted"]:
         order = torch.argsort(first)
         rank = torch.empty_like(order)
-        rank[order] = torch.arange(u)
+        rank[order] = torch.arange(u, device=rows.device)
         uniq, first, counts, inv = uniq[order], first[order], counts[order], rank[inv]
     if axis is None:
         y = uniq.reshape(-1)

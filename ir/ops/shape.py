@@ -75,9 +75,9 @@ def _bytes_view(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     return run
 
 
-def _range(r: range) -> Tensor:
+def _range(r: range, device: torch.device | None = None) -> Tensor:
     """A python range as an int64 tensor (torch.arange rejects empty ranges of the wrong sign)."""
-    return torch.arange(len(r), dtype=torch.int64) * r.step + r.start
+    return torch.arange(len(r), dtype=torch.int64, device=device) * r.step + r.start
 
 
 def _axes(axes: Sequence[int], rank: int) -> list[int]:
@@ -274,7 +274,7 @@ def slice_ranges(shape: Sequence[int], a: Attrs) -> list[tuple[int, range]]:
 def _slice_ref(xs: Sequence[Tensor | None], a: Attrs) -> Tensor:
     x = xs[0]
     for ax, r in slice_ranges(tuple(x.shape), a):
-        x = x.index_select(ax, _range(r))
+        x = x.index_select(ax, _range(r, x.device))
     return x
 
 
@@ -420,8 +420,8 @@ def _pad_shape(ins: Sequence[TensorType | None], a: Attrs) -> list[TensorType]:
                                 zip(x.shape, pads[:x.rank], pads[x.rank:])]))]
 
 
-def _pad_index(n: int, b: int, e: int, mode: str) -> Tensor:
-    i = torch.arange(-b, n + e, dtype=torch.int64)
+def _pad_index(n: int, b: int, e: int, mode: str, device: torch.device | None = None) -> Tensor:
+    i = torch.arange(-b, n + e, dtype=torch.int64, device=device)
     if mode == "edge":
         return i.clamp(0, n - 1)
     period = 2 * (n - 1)
@@ -443,12 +443,14 @@ def _pad_ref(xs: Sequence[Tensor | None], a: Attrs) -> Tensor:
         fill = cast_tensor(torch.tensor(a["value"], dtype=torch.float64), dt.from_torch(x.dtype)) \
             if x.dtype != torch.uint8 else torch.tensor(a["value"]).to(torch.uint8)
         out_shape = [n + max(pads[ax], 0) + max(pads[r + ax], 0) for ax, n in enumerate(x.shape)]
-        out = fill.expand(out_shape).clone()
+        # filled on x's device (fill_ reads the 0-d CPU value on the host: no copy, so the
+        # step stays on the GPU and inside CUDA graphs there)
+        out = torch.empty(out_shape, dtype=x.dtype, device=x.device).fill_(fill)
         out[tuple(slice(max(pads[ax], 0), max(pads[ax], 0) + n) for ax, n in enumerate(x.shape))] = x
         return out
     for ax in range(r):
         if pads[ax] or pads[r + ax]:
-            x = x.index_select(ax, _pad_index(x.shape[ax], pads[ax], pads[r + ax], a["mode"]))
+            x = x.index_select(ax, _pad_index(x.shape[ax], pads[ax], pads[r + ax], a["mode"], x.device))
     return x
 
 
