@@ -3,9 +3,12 @@
 The driver here loads and checks the model (garbage, truncation, cycles, missing tensors,
 external data that escapes the model's folder), makes graph inputs with ``dim_param`` names as
 symbols, turns initializers into constants, and converts nodes in topological order through
-the op table (``frontend/onnx_ops_*.py``, registered with ``onnx_ctx.onnx_op``). Every
-unsupported op of the model is reported at once; the one contrib op read is onnxruntime's
-``com.microsoft::MatMulNBits`` (``onnx_ops/matmulnbits.py``, into ``qlinear``); QDQ weights
+the op table (``frontend/onnx_ops/*.py``, registered with ``onnx_ctx.onnx_op``). Every
+unsupported op of the model is reported at once. onnxruntime's ``com.microsoft`` contrib ops
+are read where its tools write them: ``MatMulNBits`` (``onnx_ops/matmulnbits.py``, into
+``qlinear``), the transformer optimizer's fusions (``onnx_ops/contrib*.py``: FusedMatMul, the
+GELU family, the fused norms, Attention, MultiHeadAttention, RotaryEmbedding) and the
+quantizer's QOperator / dynamic ops (``onnx_ops/contrib_quant.py``); QDQ weights
 (DequantizeLinear of constant integer codes into MatMul / Gemm) also become ``qlinear``
 (``onnx_ops/qdq_weight.py``). Each ONNX
 node's name goes to the main IR node it becomes (``MAIN_OPS``), so that per-layer overrides
@@ -24,7 +27,6 @@ import onnx
 import torch
 from google.protobuf.message import DecodeError
 
-from ..ir import dtypes as dt
 from ..ir.errors import FrontendError, ScalefoldError, ShapeError, UnsupportedOpError
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import TensorType, sym
