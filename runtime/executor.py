@@ -57,6 +57,20 @@ class _Bound:
     no_graph: bool = False          # capture failed: run step by step
 
 
+def mixes_devices(e: RuntimeError, dev: torch.device) -> bool:
+    """Whether a reference's error on ``dev`` says it mixed devices (a CPU tensor it built met
+    ours), which running it on the CPU cures. Not a CUDA error (whose text mentions
+    "device-side assertions"), and nothing raised while a CUDA graph is being captured: a
+    reference that syncs (nonzero, item) fails there, and sending it to the CPU for good
+    made every later call slower and its results differ from the first call's."""
+    msg = str(e)
+    if dev.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    if "CUDA error" in msg or "stream is capturing" in msg:
+        return False
+    return "same device" in msg or "expected device" in msg or "device as the indexed tensor" in msg
+
+
 class Executor:
     """Callable runner of ``schedule`` with ``kernels`` (name -> ctypes function, or an object
     with ``bind``) for its fused kernels and ``params`` (name -> sympy expressions of their
@@ -263,7 +277,7 @@ class Executor:
                     # Not under ``with torch.device``: 0-d host scalars, which mix freely,
                     # would become device tensors, each a synchronous copy that CUDA graphs
                     # cannot capture.
-                    if "device" not in str(e):
+                    if not mixes_devices(e, dev):
                         raise
                     on_cpu[0] = True
                     res = ref([x.cpu() if x is not None else None for x in xs], attrs)
