@@ -65,6 +65,35 @@ def _var(ctx: Ctx, n: fx.Node, a: dict) -> Value:
                     correction=1 if corr is None else int(corr))
 
 
+@aten("linalg_vector_norm.default")
+def _vector_norm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    """torch.linalg.vector_norm (F.normalize, torch.norm): the p-norm over ``dim`` (all dims
+    when None) of x in the result's dtype, p = ord: 2 -> reduce_l2, 1 -> sum |x|, inf / -inf
+    -> max / min |x|, 0 -> the count of non-zeros, else (sum |x|^p)^(1/p)."""
+    out = ctx.out_dtype(n)
+    x = ctx.cast(ctx.t(a["self"]), out)
+    p = float(a.get("ord", 2))
+    kw = dict(axes=_axes(a.get("dim")), keepdims=bool(a.get("keepdim", False)))
+    if x.type.rank == 0:
+        kw["axes"] = None
+        x = ctx.emit("reshape", [x], shape=(1,))
+        kw["keepdims"] = False
+    if p == 2:
+        return ctx.emit("reduce_l2", [x], **kw)
+    if p == 0:
+        nz = ctx.cast(ctx.emit("ne", [x, ctx.scalar(0, out)]), out)
+        return ctx.emit("reduce_sum", [nz], **kw)
+    ax = ctx.emit("abs", [x])
+    if p == float("inf"):
+        return ctx.emit("reduce_max", [ax], **kw)
+    if p == float("-inf"):
+        return ctx.emit("reduce_min", [ax], **kw)
+    if p == 1:
+        return ctx.emit("reduce_sum", [ax], **kw)
+    total = ctx.emit("reduce_sum", [ctx.emit("pow", [ax, ctx.scalar(p, out)])], **kw)
+    return ctx.emit("pow", [total, ctx.scalar(1.0 / p, out)])
+
+
 @aten("max.dim", "min.dim")
 def _max_dim(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
     x = ctx.t(a["self"])

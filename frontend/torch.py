@@ -53,6 +53,9 @@ KEEP = (
     _A.log_softmax.int, _A.hardswish.default, _A.hardsigmoid.default, _A.mish.default,
     _A.softplus.default, _A.logsumexp.default, _A.tril.default, _A.triu.default,
     _A.adaptive_avg_pool1d.default, _A.adaptive_avg_pool2d.default, _A.adaptive_avg_pool3d.default,
+    # F.normalize / torch.norm: one reduce_l2 (aten_reduce.py), the same on every torch
+    # version (older ones keep it whole, newer ones decompose it)
+    _A.linalg_vector_norm.default,
 ) + tuple(  # F.interpolate: one resize each (aten_image.py) rather than index arithmetic
     getattr(getattr(_A, op), v)
     for op in ("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
