@@ -73,7 +73,7 @@ def wq_gemm(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
     else:
         acc = tl.full([BM, BN], 0, tl.float32)
     t0 = pid_k * NT_PER
-    t1 = tl.minimum(t0 + NT_PER, tl.cdiv(K, BK))
+    t1 = tl.minimum(t0 + NT_PER, (K + BK - 1) // BK)   # not tl.cdiv: a tl.standard jit function (see triton_expr)
     for t in range(t0, t1):
         k0 = t * BK
         km = (k0 + kk) < K
@@ -191,7 +191,7 @@ def wq_gemv(X, W, S, Z, B, Y, WS, CNT, M, N, K, KB, NG, NT_PER, GROUP: tl.conste
         flip = 0
         zc = 8388608.0
     t0 = pid_k * NT_PER
-    t1 = tl.minimum(t0 + NT_PER, tl.cdiv(K, BK))
+    t1 = tl.minimum(t0 + NT_PER, (K + BK - 1) // BK)   # not tl.cdiv: a tl.standard jit function (see triton_expr)
     for t in range(t0, t1):
         k0 = t * BK
         w = tl.load(wp + k0 // CPW, mask=(k0 // CPW + jw < KB // 4)[None, :], other=0,

@@ -622,15 +622,19 @@ def test_mma_gemv_layout_for_sm90(tmp_path) -> None:
     assert "sizePerThread = [1, 4], threadsPerWarp = [8, 4], warpsPerCTA = [4, 1]" in layout
 
 
-def test_sources_call_no_jit_library_functions() -> None:
-    """``tl.standard`` helpers (``tl.zeros``, ``tl.sum``, ...) are jit functions decorated when
-    triton is imported: a W4 source that calls one fails under the interpreter whenever triton was
-    imported before ``TRITON_INTERPRET=1`` was set (a CPU user compiling for ``target="triton"``
-    got a raw InterpreterError from every W4 launch). Only builtins may be called."""
+@pytest.mark.parametrize("module", ["triton_w4_src", "triton_wq_src", "triton_qgemm", "triton_quant"])
+def test_sources_call_no_jit_library_functions(module: str) -> None:
+    """``tl.standard`` helpers (``tl.zeros``, ``tl.sum``, ``tl.cdiv``, ...) are jit functions
+    decorated when triton is imported: a source that calls one fails under the interpreter
+    whenever triton was imported before ``TRITON_INTERPRET=1`` was set (a CPU user compiling for
+    ``target="triton"`` got a raw InterpreterError from every W4 launch, and from every 8-bit
+    weight-only one through ``tl.cdiv``). Only builtins may be called."""
+    import importlib
     import re
     import triton.language as tl
-    from scalefold.codegen.triton_w4_src import SOURCE
-    called = sorted(set(re.findall(r"\btl\.(\w+)\(", SOURCE)))
+    mod = importlib.import_module(f"scalefold.codegen.{module}")
+    source = getattr(mod, "SOURCE", None) or mod.QUANT_PRELUDE
+    called = sorted(set(re.findall(r"\btl\.(\w+)\(", source)))
     jitted = [n for n in called if type(getattr(tl, n, None)).__name__ in ("JITFunction", "InterpretedFunction")]
     assert called and not jitted, jitted
 
