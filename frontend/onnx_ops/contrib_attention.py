@@ -129,6 +129,11 @@ def attend(ctx: Ctx, q: Value, k: Value, v: Value, a: dict[str, Any], *, mask: V
             raise FrontendError(f"{ctx.where()}: attention_bias must have the query's type {f.name}, "
                                 f"got {attn_bias.type}")
         parts.append(attn_bias)
+    if causal and not dims_equal(total, _add(past, n_q)):
+        # onnxruntime's causal loop then leaves the last query row unmasked (it attends every
+        # key), which is no causal rule the IR could state
+        raise unsupported(ctx, f"unidirectional with {total} keys for {n_q} queries after {past} "
+                               f"past ones (only past + query length)")
     plain_causal = causal and not parts and past == 0 and dims_equal(n_q, total)
     if causal and not plain_causal:
         parts.append(causal_bias(ctx, n_q, past, total, f))

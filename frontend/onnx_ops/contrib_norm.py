@@ -38,7 +38,9 @@ def _param(ctx: Ctx, v: Value | None, shape: Sequence[Dim], what: str) -> Value 
 
 def _stats(ctx: Ctx, x: Value, axis: int, eps: float, centred: bool) -> tuple[Value | None, Value]:
     """(mean, 1/sqrt(var + eps)) of ``x`` over axis..rank-1 with the dims kept as 1; the RMS form
-    (``centred=False``) has no mean and uses mean(x^2) for the variance."""
+    (``centred=False``) has no mean and uses mean(x^2) for the variance. In float32 whatever x's
+    type, as onnxruntime types these outputs (U = float)."""
+    x = cast(ctx, x, dt.f32)
     axes = tuple(range(axis, x.type.rank))
     if centred:
         mean = ctx.add("reduce_mean", [x], {"axes": axes, "keepdims": True})
@@ -46,7 +48,7 @@ def _stats(ctx: Ctx, x: Value, axis: int, eps: float, centred: bool) -> tuple[Va
     else:
         mean = None
         var = ctx.add("reduce_mean", [ctx.add("mul", [x, x])], {"axes": axes, "keepdims": True})
-    inv = ctx.add("rsqrt", [ctx.add("add", [var, scalar(ctx, eps, x.dtype)])])
+    inv = ctx.add("rsqrt", [ctx.add("add", [var, scalar(ctx, eps, dt.f32)])])
     return mean, inv
 
 
@@ -103,7 +105,14 @@ def _simplified_layer_norm(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     if not 0 <= axis < r:
         raise FrontendError(f"{ctx.where()}: axis {a.get('axis')} out of range for {x.type}")
     eps = float(a.get("epsilon", SIMPLIFIED_LN_EPS))
-    y = ctx.add("rms_norm", [x, _param(ctx, scale, x.shape[axis:], "scale")], {"axis": axis, "eps": eps})
+    if scale.dtype is not x.dtype:
+        # X (T) and scale (V) may differ; the output is V: normalise in float32, then cast
+        require_float(ctx, scale, "scale")
+        xf, sf = cast(ctx, x, dt.f32), cast(ctx, scale, dt.f32)
+        y = ctx.add("rms_norm", [xf, _param(ctx, sf, x.shape[axis:], "scale")], {"axis": axis, "eps": eps})
+        y = cast(ctx, y, scale.dtype)
+    else:
+        y = ctx.add("rms_norm", [x, _param(ctx, scale, x.shape[axis:], "scale")], {"axis": axis, "eps": eps})
     if not wants(node, 1):
         return [y]
     return [y, _stats(ctx, x, axis, eps, centred=False)[1]]
@@ -122,6 +131,8 @@ def _embed_layer_norm(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     mask, pos_ids = ctx.input(7), ctx.input(8)
     if ids.type.rank != 2:
         raise FrontendError(f"{ctx.where()}: input_ids must be 2-D [batch, sequence], got {ids.type}")
+    if mask is not None and mask.type.rank != 2:
+        raise FrontendError(f"{ctx.where()}: mask must be 2-D [batch, sequence], got {mask.type}")
     if (seg_ids is None) != (seg_table is None):
         raise FrontendError(f"{ctx.where()}: segment_ids and segment_embedding go together")
     b, s = ids.shape

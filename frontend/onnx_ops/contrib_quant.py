@@ -18,13 +18,17 @@ inputs built to hit ties):
   ((a_scale * b_scale) / c_scale) + c_zp`` likewise;
 - QLinearAveragePool: average of the dequantised window in float32, ``/ y_scale + y_zp``,
   rounded; QLinearGlobalAveragePool: the exact integer sum minus ``x_zp * n`` times the float32
-  multiplier ``x_scale / (y_scale * n)``, ``+ y_zp``, rounded;
+  multiplier ``x_scale / (y_scale * n)``, rounded, then ``+ y_zp`` as an integer;
 - QGemm: the int32 accumulator (C added as int32) times ``((alpha * a_scale) * b_scale) /
   y_scale`` rounded plus ``y_zp``, or, without y_scale, times ``(alpha * a_scale) * b_scale``
   as the float output;
 - DynamicQuantizeMatMul / MatMulIntegerToFloat: ``float(acc) * (a_scale * b_scale) + bias``,
   A quantised dynamically like ONNX DynamicQuantizeLinear (uint8, per tensor).
 
+Where onnxruntime's own kernels disagree with that order, results can land one code away at
+exact ties: QLinearAdd's AVX2 kernel folds the zero points into one constant first (a tie of
+127.5 came out 127.49999 there, 128 here), and QLinearSoftmax sums a fixed-point exp table
+(145 of 2312 codes one off on a CLIP attention softmax; exact on the tests' random inputs).
 All results saturate to the code type's range. Per-tensor parameters are required where the
 spec says "scalar"; B of QGemm / DynamicQuantizeMatMul / MatMulIntegerToFloat may be per
 column. Unsupported forms raise UnsupportedOpError / FrontendError naming the node.
@@ -37,20 +41,15 @@ import onnx
 import torch
 
 from ...ir import dtypes as dt
-from ...ir.errors import FrontendError, UnsupportedOpError
+from ...ir.errors import FrontendError
 from ...ir.graph import Value
 from ..onnx_ctx import Ctx, onnx_op
+from .contrib import unsupported as _unsupported
 from .matmulnbits import MS_DOMAIN
 from .nn import _conv_geometry, _pads_or_pad_node
-from .quant import cast, scalar
+from .quant import cast, dynamic_quantize_u8, scalar
 
 _CODES = (dt.u8, dt.i8)
-
-
-def _unsupported(ctx: Ctx, what: str) -> UnsupportedOpError:
-    """An UnsupportedOpError for an unsupported form of the current contrib op, naming the node."""
-    assert ctx.node is not None
-    return UnsupportedOpError({f"{MS_DOMAIN}::{ctx.node.op_type} with {what}": 1}, where=ctx.where())
 
 
 def _codes(ctx: Ctx, i: int, what: str) -> Value:
@@ -280,8 +279,9 @@ def _qlinear_gap(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     if xz is not None:
         total = ctx.add("sub", [total, ctx.add("mul", [cast(ctx, xz, dt.i32), scalar(ctx, n, dt.i32)])])
     mult = ctx.add("div", [xs, ctx.add("mul", [ys, scalar(ctx, float(n), dt.f32)])])
-    v = ctx.add("add", [_mul_f32(ctx, cast(ctx, total, dt.f32), mult), _zero_f32(ctx, yz)])
-    return [_round_sat(ctx, v, code)]
+    # MLAS rounds acc * mult first and adds the zero point as an integer after (adding it in
+    # float before rounding moves ties by one code when the zero point is odd)
+    return [_quant(ctx, _mul_f32(ctx, cast(ctx, total, dt.f32), mult), scalar(ctx, 1.0, dt.f32), yz, code)]
 
 
 @onnx_op("QLinearAveragePool", domain=MS_DOMAIN)
@@ -301,6 +301,11 @@ def _qlinear_avg_pool(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     kernel = list(a["kernel_shape"])
     strides, _, pads = _conv_geometry(ctx, a, f, kernel)
     cip = bool(a.get("count_include_pad", 0))
+    if cip and a.get("ceil_mode", 0):
+        # onnxruntime's QLinear kernel then divides the windows that ceil mode adds past the
+        # padding by a count unlike its own float AveragePool's (up to 51 codes off); no
+        # definition to follow
+        raise _unsupported(ctx, "ceil_mode together with count_include_pad")
     f, pads = _pads_or_pad_node(ctx, f, pads, 0.0 if cip else None)
     y = ctx.add("avg_pool", [f], {"kernel": tuple(kernel), "stride": tuple(strides),
                                   "padding": tuple(pads), "count_include_pad": cip,
@@ -437,19 +442,6 @@ def _matmul_integer_to_float(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     sb, zb = _b_params(ctx, qb, 3, 5)
     acc = ctx.add("matmul", [_int_minus_zero(ctx, qa, za), _int_minus_zero(ctx, qb, zb)])
     return [_to_float(ctx, acc, sa, sb, ctx.input(6))]
-
-
-def dynamic_quantize_u8(ctx: Ctx, x: Value) -> tuple[Value, Value, Value]:
-    """(codes, scale, zero point) of float ``x`` quantised to uint8 per tensor as ONNX
-    DynamicQuantizeLinear does: the range [min(x, 0), max(x, 0)] over 255 steps."""
-    f = x.type.dtype
-    zero = scalar(ctx, 0.0, f)
-    hi = ctx.add("maximum", [ctx.add("reduce_max", [x], {"keepdims": False}), zero])
-    lo = ctx.add("minimum", [ctx.add("reduce_min", [x], {"keepdims": False}), zero])
-    scale = ctx.add("div", [ctx.add("sub", [hi, lo]), scalar(ctx, 255.0, f)])
-    zpf = ctx.add("round", [ctx.add("sub", [zero, ctx.add("div", [lo, scale])])])
-    zp = ctx.add("cast", [ctx.add("clip", [zpf], {"min": 0.0, "max": 255.0})], {"to": "u8"})
-    return _quant(ctx, x, scale, zp, dt.u8), scale, zp
 
 
 @onnx_op("DynamicQuantizeMatMul", domain=MS_DOMAIN)

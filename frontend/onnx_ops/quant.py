@@ -123,9 +123,9 @@ def _dequantize_linear(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     return [y]
 
 
-@onnx_op("DynamicQuantizeLinear")
-def _dynamic_quantize_linear(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
-    x = ctx.input(0)
+def dynamic_quantize_u8(ctx: Ctx, x: Value) -> tuple[Value, Value, Value]:
+    """(codes, scale, zero point) of float ``x`` quantised to uint8 per tensor as ONNX
+    DynamicQuantizeLinear does: the range [min(x, 0), max(x, 0)] over 255 steps."""
     f = x.type.dtype
     zero = scalar(ctx, 0.0, f)
     hi = ctx.add("maximum", [ctx.add("reduce_max", [x], {"keepdims": False}), zero])
@@ -135,7 +135,12 @@ def _dynamic_quantize_linear(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     zpf = ctx.add("clip", [zpf], {"min": 0.0, "max": 255.0})
     zp = ctx.add("cast", [zpf], {"to": "u8"})
     y = ctx.add("quantize", [x, scale, zp], {"dtype": "u8", "axis": -1, "block": 0})
-    return [y, scale, zp]
+    return y, scale, zp
+
+
+@onnx_op("DynamicQuantizeLinear")
+def _dynamic_quantize_linear(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
+    return list(dynamic_quantize_u8(ctx, ctx.input(0)))
 
 
 def _int_operand(ctx: Ctx, x: Value, zp: Value | None, row_axis: bool) -> Value:

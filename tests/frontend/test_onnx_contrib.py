@@ -228,6 +228,26 @@ def test_simplified_layer_norm_default_domain(axis: int, outputs: tuple) -> None
     _compare(m, feeds)
 
 
+def test_norm_statistics_are_float32_for_half_inputs_and_mixed_types() -> None:
+    # onnxruntime types mean / inv_std_var as float (U) whatever the input type, and
+    # SimplifiedLayerNormalization's X (T) and scale (V) may differ (the output is V)
+    r = _rng(13)
+    feeds = {"x": _f32(r, 2, 5, 16).astype(np.float16), "skip": _f32(r, 2, 5, 16).astype(np.float16)}
+    inits = {"gamma": _f32(r, 16).astype(np.float16), "beta": _f32(r, 16).astype(np.float16)}
+    m = _model("SkipLayerNormalization", feeds, inits, outputs=("y", "mean", "inv", "sum"))
+    want = _ort(m, feeds)
+    assert [w.dtype for w in want] == [np.float16, np.float32, np.float32, np.float16]
+    got = _compare(m, feeds, want=want, rtol=2e-3, c=False)
+    assert [t.dtype for t in got] == [torch.float16, torch.float32, torch.float32, torch.float16]
+    fx = {"x": _f32(r, 2, 3, 8)}
+    m = _model("SimplifiedLayerNormalization", fx, {"scale": _f32(r, 8).astype(np.float16)},
+               attrs={"epsilon": 1e-6}, outputs=("y", "inv"), domain="")
+    want = _ort(m, fx)
+    assert [w.dtype for w in want] == [np.float16, np.float32]
+    got = _compare(m, fx, want=want, rtol=2e-3)
+    assert [t.dtype for t in got] == [torch.float16, torch.float32]
+
+
 def _embed_inputs(r: np.random.Generator, b: int, s: int, h: int = 16, vocab: int = 20) -> dict[str, np.ndarray]:
     return {"we": _f32(r, vocab, h), "pe": _f32(r, 32, h), "se": _f32(r, 2, h), "gamma": _f32(r, h),
             "beta": _f32(r, h)}
@@ -441,6 +461,16 @@ def test_multi_head_attention_packed_forms_match_unpacked() -> None:
     kv = np.ascontiguousarray(np.concatenate(heads[1:], axis=3))
     _compare(_mha({"q": q, "kv": kv, "m": mask}, {}, ["q", "kv", "", "", "m"]), {"q": q, "kv": kv, "m": mask},
              want=want)
+
+
+def test_multi_head_attention_unidirectional_cross_attention_is_unsupported() -> None:
+    # 7 keys for 5 queries and no past: onnxruntime's causal loop leaves the last query row
+    # unmasked, which no causal rule states; refused rather than imported differently
+    r = _rng(35)
+    feeds = {"q": _f32(r, B, S, HID), "k": _f32(r, B, 7, HID), "v": _f32(r, B, 7, HID)}
+    m = _model("MultiHeadAttention", feeds, attrs={"num_heads": NH, "unidirectional": 1}, name="mha_uni")
+    with pytest.raises(UnsupportedOpError, match=r"mha_uni.*unidirectional with 7 keys for 5 queries"):
+        from_onnx(m)
 
 
 def test_multi_head_attention_qk_output_is_unsupported() -> None:

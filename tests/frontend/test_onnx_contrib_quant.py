@@ -200,6 +200,23 @@ def test_qlinear_global_average_pool(code: type, channels_last: int, hw: tuple[i
 
 
 @pytest.mark.parametrize("code", CODES)
+@pytest.mark.parametrize("channels_last", [0, 1])
+def test_qlinear_global_average_pool_ties_with_odd_zero_points(code: type, channels_last: int) -> None:
+    """Windows of 2 with equal scales: every odd sum is a tie, which onnxruntime rounds before
+    it adds the output zero point (so an odd zero point must not move it)."""
+    rng = np.random.default_rng(17)
+    shape = (2, 1, 2, 16) if channels_last else (2, 16, 1, 2)
+    x = _rand_codes(rng, code, shape)
+    zx, zy = (code(0), code(3)) if code is np.int8 else (code(0), code(129))
+    y = _assert_codes(Op("QLinearGlobalAveragePool", [(x, False), (_f32(1.0), True), (np.array(zx), True),
+                                                      (_f32(1.0), True), (np.array(zy), True)],
+                         ONNX_T[np.dtype(code)], channels_last=channels_last))
+    sums = x.astype(np.int64).sum(axis=(1, 2) if channels_last else (2, 3))
+    assert (sums % 2 == 1).sum() > 4          # ties do occur
+    assert y.shape[0] == 2
+
+
+@pytest.mark.parametrize("code", CODES)
 @pytest.mark.parametrize("attrs", [
     dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2], count_include_pad=0),
     dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2], count_include_pad=1),
@@ -336,6 +353,15 @@ def test_unsupported_qgemm_quantized_output_without_zero_point() -> None:
     ins = _qgemm_case(np.uint8, np.int8, False, 1, 15)
     m = Op("QGemm", ins + [(_f32(0.1), True)], TensorProto.UINT8, transB=1)
     with pytest.raises(UnsupportedOpError, match="the_QGemm.*y_scale but no y_zero_point"):
+        scalefold.from_onnx(m.model)
+
+
+def test_unsupported_average_pool_ceil_mode_with_count_include_pad() -> None:
+    x = _rand_codes(np.random.default_rng(3), np.uint8, (1, 2, 6, 6))
+    m = Op("QLinearAveragePool", [(x, False), (_f32(0.1), True), (np.array(np.uint8(3)), True),
+                                  (_f32(0.1), True), (np.array(np.uint8(3)), True)], TensorProto.UINT8,
+           kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1, count_include_pad=1)
+    with pytest.raises(UnsupportedOpError, match="the_QLinearAveragePool.*ceil_mode together with count_include_pad"):
         scalefold.from_onnx(m.model)
 
 
