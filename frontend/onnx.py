@@ -151,12 +151,15 @@ def _name_main(new: list[Node], outs: list[Value | None], name: str) -> None:
 
 def _check_supported(nodes: list[onnx.NodeProto], opsets: Mapping[str, int], where: str) -> None:
     missing: Counter[str] = Counter()
-    for n in nodes:
+    first: dict[str, str] = {}
+    for i, n in enumerate(nodes):
         dom = n.domain if n.domain != "ai.onnx" else ""
         if converter(dom, n.op_type) is None:
-            missing[f"{dom + '::' if dom else ''}{n.op_type}"] += 1
+            key = f"{dom + '::' if dom else ''}{n.op_type}"
+            missing[key] += 1
+            first.setdefault(key, n.name or f"#{i}")
     if missing:
-        raise UnsupportedOpError(dict(missing), where=where)
+        raise UnsupportedOpError(dict(missing), where=where, first=first)
 
 
 class _DimNames:

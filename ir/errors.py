@@ -34,13 +34,16 @@ class ShapeError(ScalefoldError):
 class UnsupportedOpError(ScalefoldError):
     """One or more ops are unknown. ``ops`` maps each op name to how often it occurs."""
 
-    def __init__(self, ops: dict[str, int] | str, where: str = ""):
+    def __init__(self, ops: dict[str, int] | str, where: str = "", first: dict[str, str] | None = None):
         if isinstance(ops, str):
             ops = {ops: 1}
         self.ops = dict(sorted(ops.items()))
+        self.first = dict(first or {})
         listing = ", ".join(f"{k} (x{v})" for k, v in self.ops.items())
         prefix = f"{where}: " if where else ""
-        super().__init__(f"{prefix}unsupported op(s): {listing}")
+        nodes = "; first node of each: " + ", ".join(f"{k} {self.first[k]!r}" for k in self.ops
+                                                       if k in self.first) if self.first else ""
+        super().__init__(f"{prefix}unsupported op(s): {listing}{nodes}")
 
 
 class AttributeError_(ScalefoldError):

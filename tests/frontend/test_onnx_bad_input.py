@@ -97,15 +97,18 @@ def test_missing_initializer() -> None:
 
 
 def test_unsupported_ops_listed_with_counts() -> None:
-    nodes = [helper.make_node("FrobnicateOp", ["x"], ["a"]),
+    nodes = [helper.make_node("FrobnicateOp", ["x"], ["a"], name="frob_1"),
              helper.make_node("Relu", ["a"], ["b"]),
-             helper.make_node("FrobnicateOp", ["b"], ["c"]),
+             helper.make_node("FrobnicateOp", ["b"], ["c"], name="frob_2"),
              helper.make_node("WarpOp", ["c"], ["y"])]
     with pytest.raises(UnsupportedOpError) as e:
         from_onnx(model(nodes, [x_info()], ["y"]))
     msg = one_line(e)
     assert e.value.ops == {"FrobnicateOp": 2, "WarpOp": 1}
     assert "FrobnicateOp (x2)" in msg and "WarpOp (x1)" in msg
+    # the first node of each, by name (or by index when unnamed), to find them in the file
+    assert e.value.first == {"FrobnicateOp": "frob_1", "WarpOp": "#3"}
+    assert "FrobnicateOp 'frob_1'" in msg and "WarpOp '#3'" in msg
 
 
 def test_shape_mismatch_names_node() -> None:
