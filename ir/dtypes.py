@@ -102,24 +102,32 @@ def from_torch(dtype: torch.dtype) -> DType:
 FP4_E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
+def _fp4_magnitude(c: torch.Tensor) -> torch.Tensor:
+    """|value| of E2M1 codes 0..7 (int64), computed on their device: 0.5 m for e = 0, else
+    2^(e-1) (1 + m / 2). No host table: copying one to a GPU would sync on every call and keep
+    the step out of CUDA graphs."""
+    e, m = (c >> 1) & 3, (c & 1).to(torch.float32)
+    return torch.where(e == 0, 0.5 * m, torch.exp2(e.to(torch.float32) - 1.0) * (1.0 + 0.5 * m))
+
+
 def fp4_e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
     """Float32 values of 4-bit E2M1 codes held in uint8 (low nibble)."""
-    grid = torch.tensor(FP4_E2M1_GRID, dtype=torch.float32)
     c = codes.to(torch.int64) & 0xF
-    mag = grid[c & 0x7]
+    mag = _fp4_magnitude(c & 0x7)
     return torch.where((c & 0x8) != 0, -mag, mag)
 
 
 def fp4_e2m1_encode(x: torch.Tensor) -> torch.Tensor:
     """Round float values to the nearest E2M1 code (ties to even code), saturating at ±6."""
-    grid = torch.tensor(FP4_E2M1_GRID, dtype=torch.float32)
+    codes = torch.arange(8, device=x.device)
+    grid = _fp4_magnitude(codes)
     xf = x.to(torch.float32)
     mag = xf.abs().clamp(max=6.0)
     dist = (mag.unsqueeze(-1) - grid).abs()
     # Ties go to the even code (mantissa bit 0), matching IEEE round-half-to-even.
     best = dist.min(dim=-1, keepdim=True).values
     tie_ok = (dist == best)
-    even = (torch.arange(8) % 2 == 0)
+    even = codes % 2 == 0
     pick_even = tie_ok & even
     idx = torch.where(pick_even.any(-1), pick_even.to(torch.int8).argmax(-1),
                       tie_ok.to(torch.int8).argmax(-1))

@@ -70,6 +70,25 @@ def test_other_references_build_on_the_input_device() -> None:
     _run_meta("scatter_nd", [data, idx, torch.zeros(3, 6)])
 
 
+def test_fp4_codes_are_made_and_read_on_the_input_device() -> None:
+    # the E2M1 grid is computed on the codes' device (a host table indexed by device codes,
+    # or moved to the device at each call, would sync and keep the step out of CUDA graphs)
+    cast, deq = get_op("cast"), get_op("dequantize")
+    x = torch.zeros(4, 8, device="meta")
+    assert cast.reference([x], cast.bind_attrs({"to": "f4e2m1"})).device.type == "meta"
+    codes = torch.zeros(4, 8, dtype=torch.uint8, device="meta")
+    out = cast.reference([codes], cast.bind_attrs({"to": "f32", "from_dtype": "f4e2m1"}))
+    assert out.device.type == "meta" and out.dtype == torch.float32
+    out = deq.reference([codes, torch.ones(4, 1, device="meta"), None],
+                        deq.bind_attrs({"axis": 0, "qtype": "f4e2m1"}))
+    assert out.device.type == "meta"
+    # and the grid is the one of the format
+    from scalefold.ir.dtypes import FP4_E2M1_GRID, fp4_e2m1_decode, fp4_e2m1_encode
+    all_codes = torch.arange(16, dtype=torch.uint8)
+    assert fp4_e2m1_decode(all_codes).tolist() == list(FP4_E2M1_GRID) + [-v for v in FP4_E2M1_GRID]
+    assert torch.equal(fp4_e2m1_encode(fp4_e2m1_decode(all_codes)), all_codes)
+
+
 def test_pad_and_resize_on_meta_match_their_cpu_shapes_and_values_on_cpu() -> None:
     # the same calls on the CPU still give the values the references always gave
     x = torch.arange(12.0).reshape(1, 1, 3, 4)
