@@ -90,8 +90,11 @@ def _vector_norm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
         return ctx.emit("reduce_min", [ax], **kw)
     if p == 1:
         return ctx.emit("reduce_sum", [ax], **kw)
-    total = ctx.emit("reduce_sum", [ctx.emit("pow", [ax, ctx.scalar(p, out)])], **kw)
-    return ctx.emit("pow", [total, ctx.scalar(1.0 / p, out)])
+    # |x|^p overflows half types long before the norm does: torch sums in float32, so here too
+    wide = dt.f32 if out in (dt.f16, dt.bf16) else out
+    ax = ctx.cast(ax, wide)
+    total = ctx.emit("reduce_sum", [ctx.emit("pow", [ax, ctx.scalar(p, wide)])], **kw)
+    return ctx.cast(ctx.emit("pow", [total, ctx.scalar(1.0 / p, wide)]), out)
 
 
 @aten("max.dim", "min.dim")

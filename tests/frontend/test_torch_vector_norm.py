@@ -45,3 +45,14 @@ def test_normalize_and_norm_and_a_dtype_argument() -> None:
     assert "reduce_l2" in [n.op for n in g.nodes]
     cm = sf.compile(M(), (x, h), target="c")
     torch.testing.assert_close(cm(x, h), M()(x, h), rtol=1e-5, atol=1e-5)
+
+
+def test_general_p_in_half_types_does_not_overflow() -> None:
+    # 300^3 overflows float16; torch sums |x|^p in float32
+    x = torch.full((4, 40), 300.0, dtype=torch.float16)
+    m = Norm(3, -1, False)
+    want = m(x)
+    for target in ("interp", "c"):
+        got = sf.compile(m, (x,), target=target)(x)
+        assert got.dtype == torch.float16 and torch.isfinite(got).all(), target
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=0)
