@@ -21,6 +21,13 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))      # the cores this process may use (cgroups, taskset)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if _is_worker(config):
         # Each xdist worker gets its share of the cores for torch's intra-op pool: two workers
@@ -28,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # spin against each other. Our C kernels' OpenMP threads are left as they are, so the
         # multi-threaded kernel paths stay covered.
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(max(1, _cores() // workers))
     if not _is_worker(config) and _LOG not in os.environ:
         # Workers of pytest-xdist inherit this and log the goldens they use into it.
         os.environ[_LOG] = tempfile.mkdtemp(prefix="sf-goldens-")

@@ -25,10 +25,6 @@ PT, PTOK, ORT = "W8A8 per-tensor", "W8A8 per-token", "onnxruntime quantize_dynam
 
 SPECS = {k: acc.PIPELINES[k] for k in (PT, PTOK, INT8, NOSYM8, INT6, NOSYM6)}
 
-# One worker runs the module: its tests share the costly ``measured`` fixture, which xdist's
-# per-test scheduling would otherwise compute on both workers.
-pytestmark = pytest.mark.xdist_group("minilm_outliertune")
-
 
 @pytest.fixture(scope="module")
 def measured():
