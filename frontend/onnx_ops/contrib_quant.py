@@ -144,6 +144,18 @@ def _out_code(ctx: Ctx, z: Value | None, like: Value) -> dt.DType:
 
 # ---- elementwise -----------------------------------------------------------------------------
 
+def _one_input(ctx: Ctx, xs_name: str = "x_scale", xz_name: str = "x_zero_point",
+               ys_name: str = "y_scale", yz_name: str = "y_zero_point"
+               ) -> tuple[Value, dt.DType, Value, Value | None, Value, Value | None]:
+    """(codes, code type, x scale, x zero point, y scale, y zero point) of a one-input QLinear
+    op (inputs X, x_scale, x_zero_point, y_scale, y_zero_point; the names as its spec spells
+    them, for the error messages)."""
+    x = _codes(ctx, 0, "X")
+    code = x.type.dtype
+    return (x, code, _scale(ctx, 1, xs_name), _zero(ctx, 2, code, xz_name), _scale(ctx, 3, ys_name),
+            _zero(ctx, 4, code, yz_name))
+
+
 @onnx_op("QLinearAdd", "QLinearMul", domain=MS_DOMAIN)
 def _qlinear_binary(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     qa, qb = _codes(ctx, 0, "A"), _codes(ctx, 3, "B")
@@ -168,9 +180,7 @@ def _qlinear_binary(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
 
 def _unary(ctx: Ctx, fn: str, attrs: dict[str, Any] | None = None) -> Value:
     """quantize(fn(dequantize(X))) with per-tensor X and Y parameters."""
-    x = _codes(ctx, 0, "X")
-    xs, ys = _scale(ctx, 1, "X_scale"), _scale(ctx, 3, "Y_scale")
-    xz, yz = _zero(ctx, 2, x.type.dtype, "X_zero_point"), _zero(ctx, 4, x.type.dtype, "Y_zero_point")
+    x, _, xs, xz, ys, yz = _one_input(ctx, "X_scale", "X_zero_point", "Y_scale", "Y_zero_point")
     y = ctx.add(fn, [_dequant(ctx, x, xs, xz)], attrs or {})
     return _quant(ctx, y, ys, yz, x.type.dtype)
 
@@ -259,10 +269,7 @@ def _to_nhwc(ctx: Ctx, x: Value) -> Value:
 
 @onnx_op("QLinearGlobalAveragePool", domain=MS_DOMAIN)
 def _qlinear_gap(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
-    x = _codes(ctx, 0, "X")
-    code = x.type.dtype
-    xs, ys = _scale(ctx, 1, "x_scale"), _scale(ctx, 3, "y_scale")
-    xz, yz = _zero(ctx, 2, code, "x_zero_point"), _zero(ctx, 4, code, "y_zero_point")
+    x, code, xs, xz, ys, yz = _one_input(ctx)
     r = x.type.rank
     if r < 3:
         raise FrontendError(f"{ctx.where()}: X must have rank >= 3, got {x.type}")
@@ -286,10 +293,7 @@ def _qlinear_gap(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
 
 @onnx_op("QLinearAveragePool", domain=MS_DOMAIN)
 def _qlinear_avg_pool(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
-    x = _codes(ctx, 0, "X")
-    code = x.type.dtype
-    xs, ys = _scale(ctx, 1, "x_scale"), _scale(ctx, 3, "y_scale")
-    xz, yz = _zero(ctx, 2, code, "x_zero_point"), _zero(ctx, 4, code, "y_zero_point")
+    x, code, xs, xz, ys, yz = _one_input(ctx)
     if "kernel_shape" not in a:
         raise FrontendError(f"{ctx.where()}: attribute kernel_shape is missing")
     if any(d != 1 for d in a.get("dilations", ())):
@@ -319,10 +323,7 @@ def _qlinear_avg_pool(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
 
 @onnx_op("QLinearSoftmax", domain=MS_DOMAIN)
 def _qlinear_softmax(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
-    x = _codes(ctx, 0, "X")
-    code = x.type.dtype
-    xs, ys = _scale(ctx, 1, "X_scale"), _scale(ctx, 3, "y_scale")
-    xz, yz = _zero(ctx, 2, code, "x_zero_point"), _zero(ctx, 4, code, "y_zero_point")
+    x, code, xs, xz, ys, yz = _one_input(ctx, "X_scale")
     if "opset" not in a:
         raise FrontendError(f"{ctx.where()}: attribute opset is missing")
     legacy = int(a["opset"]) < 13
