@@ -146,11 +146,33 @@ def dim_str(d: Dim) -> str:
 
 
 def dims_equal(a: Dim, b: Dim) -> bool:
-    """Whether two dimensions are provably equal."""
+    """Whether two dimensions are provably equal. Both are sizes, so neither is negative: a
+    ``Max(0, e)`` in one side whose ``e`` equals the other side is that side (a slice's clamped
+    length ``Min(n, Max(0, n - 1))`` against a convolution's ``n - 1`` when sympy cannot prove
+    n >= 1, as for n = floor(t / 10))."""
     if isinstance(a, int) and isinstance(b, int):
         return a == b
+    if _provably_equal(a, b):
+        return True
+    return _provably_equal(_unclamp(b, a), a) or _provably_equal(_unclamp(a, b), b)
+
+
+def _provably_equal(a: Dim, b: Dim) -> bool:
     diff = sympy.expand(merge_floors(sympy.sympify(a)) - merge_floors(sympy.sympify(b)))
     return diff == 0 or sympy.simplify(diff) == 0
+
+
+def _unclamp(x: Dim, size: Dim) -> Dim:
+    """``x`` with each ``Max(0, e)`` where e provably equals ``size`` replaced by ``size``
+    (which is a size, so not negative)."""
+    if isinstance(x, int):
+        return x
+    x = sympy.sympify(x)
+
+    def clamps(t: sympy.Basic) -> bool:
+        return isinstance(t, sympy.Max) and len(t.args) == 2 and sympy.S.Zero in t.args and \
+            _provably_equal(next(u for u in t.args if u != 0), size)
+    return x.replace(clamps, lambda t: sympy.sympify(size))
 
 
 @dataclass(frozen=True)
