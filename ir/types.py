@@ -154,7 +154,12 @@ def dims_equal(a: Dim, b: Dim) -> bool:
         return a == b
     if _provably_equal(a, b):
         return True
-    return _provably_equal(_unclamp(b, a), a) or _provably_equal(_unclamp(a, b), b)
+    # only expressions holding a clamp are tried again (a failed comparison costs a simplify)
+    for x, size in ((b, a), (a, b)):
+        y = _unclamp(x, size)
+        if y is not x and _provably_equal(y, size):
+            return True
+    return False
 
 
 def _provably_equal(a: Dim, b: Dim) -> bool:
@@ -165,7 +170,7 @@ def _provably_equal(a: Dim, b: Dim) -> bool:
 def _unclamp(x: Dim, size: Dim) -> Dim:
     """``x`` with each ``Max(0, e)`` where e provably equals ``size`` replaced by ``size``
     (which is a size, so not negative)."""
-    if isinstance(x, int):
+    if isinstance(x, int) or not sympy.sympify(x).has(sympy.Max):
         return x
     x = sympy.sympify(x)
 
