@@ -7,11 +7,9 @@ BERT / GPT-2 / LLaMA-style models, lowered onto existing IR ops:
 - ``contrib_norm.py``: SkipLayerNormalization, SkipSimplifiedLayerNormalization,
   SimplifiedLayerNormalization (default domain, as onnxruntime registers it),
   EmbedLayerNormalization;
-- ``contrib_attention.py``: Attention (packed QKV weight), MultiHeadAttention, RotaryEmbedding.
-
-GroupQueryAttention is not converted yet (its KV cache is written at per-batch positions
-given at run time by ``seqlens_k``, which needs a scatter the converter does not build); it
-is reported as an unsupported op like any unknown one.
+- ``contrib_attention.py``: Attention (packed QKV weight), MultiHeadAttention, RotaryEmbedding;
+- ``contrib_gqa.py``: GroupQueryAttention (its KV cache is written at the per-batch positions
+  ``seqlens_k`` gives at run time, as a gather over past and new rows).
 
 Semantics follow onnxruntime's CPU kernels where the contrib-op spec leaves room (checked
 against onnxruntime 1.32 in tests/frontend/test_onnx_contrib.py). Forms the IR cannot say
