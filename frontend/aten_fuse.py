@@ -6,6 +6,7 @@
   LlamaRMSNorm) becomes one ``rms_norm`` when it is computed in the model's own dtype.
 - The tanh-approximated GELU written out in python (GPT-2's ``gelu_new``,
   ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))``) becomes ``gelu[approximate="tanh"]``.
+- transformers' ``repeat_kv`` before attention becomes ``sdpa[gqa=true]`` (``fuse_gqa.py``).
 - Nodes whose results are unused are removed.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import dims_equal
+from .fuse_gqa import fuse_repeat_kv
 
 
 def cleanup(g: Graph) -> None:
@@ -24,6 +26,7 @@ def cleanup(g: Graph) -> None:
     _fuse_reshape_linear(g)
     _fuse_rms_norm(g)
     _fuse_gelu_tanh(g)
+    fuse_repeat_kv(g)
     dce(g)
 
 
