@@ -262,11 +262,12 @@ class Executor:
         attrs = bind_dims(node.attrs, env)
         dev = self.device
         on_cpu = [dev.type == "cpu"]
-        if dev.type != "cpu" and all(s < 0 for s in ins):
+        if all(s < 0 for s in ins):
             # A generator (arange, full, dim_values): its output depends only on the bound
-            # sizes, so it is made once per binding and copied on the device at each call. Made
-            # on the host and moved at each call, it synced, and the binding never became a
-            # CUDA graph (ONNX attention masks: arange over a symbolic sequence length).
+            # sizes, so it is made once per binding and copied at each call. Made on the host
+            # and moved at each call, it synced, and the binding never became a CUDA graph
+            # (ONNX attention masks: arange over a symbolic sequence length); on the CPU the
+            # copy skips the reference's per-call Python (decode steps run dozens of them).
             made = ref([None] * len(ins), attrs)
             made = [t.to(dev) for t in (made if isinstance(made, (tuple, list)) else [made])]
             for i, t in enumerate(made):
