@@ -14,7 +14,8 @@ The scales go into the op only when torch used scale factors (and not align_corn
 maps by the output size), so the coordinate transform divides by the same factor torch
 multiplies by; for nearest and linear modes an axis whose size does not change gets scale 1,
 a copy, as torch's kernels do.
-Antialiased resizing is refused by name.
+Antialiased bilinear / bicubic resizing (static sizes) is one ``linear`` per axis by the
+filter matrix torch's own kernel gives on the basis vectors.
 
 ``adaptive_avg_pool`` whose output sizes do not divide the input: torch averages window i of an
 axis over [floor(i * in / out), ceil((i + 1) * in / out)), a rectangle whose mean is the
@@ -82,8 +83,37 @@ def _upsample(ctx: Ctx, n: fx.Node, a: dict) -> Value:
 @aten("_upsample_bilinear2d_aa.vec", "_upsample_bilinear2d_aa.default",
       "_upsample_bicubic2d_aa.vec", "_upsample_bicubic2d_aa.default")
 def _upsample_aa(ctx: Ctx, n: fx.Node, a: dict) -> Value:
-    raise FrontendError(f"{ctx.node_name}: antialiased interpolation (F.interpolate(antialias=True)) "
-                        f"is not supported")
+    """Antialiased bilinear / bicubic resizing: torch's filter is separable with weights that
+    depend only on the sizes, the scale factor and align_corners, so each spatial axis becomes
+    one ``linear`` by a constant [out, in] matrix (static spatial sizes only)."""
+    x = ctx.t(a["input"] if "input" in a else a["self"])
+    out = ctx.out_type(n).shape
+    ins = x.shape[2:]
+    if not all(isinstance(d, int) for d in tuple(ins) + tuple(out[2:])):
+        raise FrontendError(f"{ctx.node_name}: antialiased interpolation needs static spatial sizes, "
+                            f"got {tuple(ins)} -> {tuple(out[2:])}")
+    scales = _scales(a, 2)
+    op = n.target.overloadpacket.default  # type: ignore[union-attr]
+    mats = {}
+    for ax in (2, 3):
+        s = None if scales is None else scales[ax - 2]  # torch decides what align_corners keeps
+        mats[ax] = aa_matrix(op, int(ins[ax - 2]), int(out[ax]), bool(a.get("align_corners")), s, ax)
+    return axis_matrices(ctx, x, mats)
+
+
+def aa_matrix(op: object, size_in: int, size_out: int, align_corners: bool, scale: float | None,
+              axis: int) -> torch.Tensor:
+    """[out, in] f64 weights of torch's antialiased filter along one axis, read off torch's own
+    kernel applied to the basis vectors (so they are torch's, including edge renormalisation).
+    The other axis is 3 wide and kept at 3 (an identity): a 1-wide one misbehaves in torch."""
+    basis = torch.eye(size_in, dtype=torch.float64)
+    if axis == 2:
+        inp = basis[:, None, :, None].expand(size_in, 1, size_in, 3).contiguous()
+        y = op(inp, [size_out, 3], align_corners, scale, None)  # type: ignore[operator]
+        return y[:, 0, :, 1].T.contiguous()
+    inp = basis[:, None, None, :].expand(size_in, 1, 3, size_in).contiguous()
+    y = op(inp, [3, size_out], align_corners, None, scale)  # type: ignore[operator]
+    return y[:, 0, 1, :].T.contiguous()
 
 
 def averaging_matrix(size_in: int, size_out: int) -> torch.Tensor:
@@ -97,17 +127,21 @@ def averaging_matrix(size_in: int, size_out: int) -> torch.Tensor:
 
 def adaptive_avg_pool(ctx: Ctx, x: Value, out: tuple[int, ...]) -> Value:
     """x [N, C, *spatial] (static spatial sizes) averaged to ``out`` per torch's windows."""
-    rank = x.type.rank
     ins = x.shape[2:]
     if not all(isinstance(i, int) for i in ins):
         raise FrontendError(f"{ctx.node_name}: adaptive_avg_pool from {ins} to {out} needs static "
                             f"spatial sizes when the output does not divide them")
+    return axis_matrices(ctx, x, {ax: averaging_matrix(i, o)
+                                  for ax, (i, o) in enumerate(zip(ins, out), start=2) if i != o})
+
+
+def axis_matrices(ctx: Ctx, x: Value, mats: dict[int, torch.Tensor]) -> Value:
+    """x with each axis ``ax`` in ``mats`` mapped by the matrix [out, in]: y = M @ x along ax."""
+    rank = x.type.rank
     # in f32 for half types, rounded once at the end (as torch accumulates)
     y = ctx.cast(x, dt.f32) if x.dtype in (dt.f16, dt.bf16) else x
-    for ax, (i, o) in enumerate(zip(ins, out), start=2):
-        if i == o:
-            continue
-        w = ctx.const(averaging_matrix(i, o).to(y.dtype.container), y.dtype)
+    for ax, m in sorted(mats.items()):
+        w = ctx.const(m.to(y.dtype.container), y.dtype)
         perm = [d for d in range(rank) if d != ax] + [ax]
         inv = [perm.index(d) for d in range(rank)]
         moved = ctx.emit("transpose", [y], perm=tuple(perm)) if ax != rank - 1 else y

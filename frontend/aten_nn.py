@@ -6,6 +6,7 @@ product with a constant 2-D right operand (GPT-2's Conv1D ``addmm``, ``x @ W``) 
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Sequence
 
 import torch
@@ -257,16 +258,25 @@ def _max_pool(ctx: Ctx, n: fx.Node, a: dict) -> Any:
     x = ctx.t(a["self"])
     nsp = x.type.rank - 2
     y = ctx.emit("max_pool", [x], dilation=_ints(a["dilation"], nsp), **_pool_args(a, nsp))
-    return (y, None) if "with_indices" in str(n.target) else y
+    if "with_indices" not in str(n.target):
+        return y
+    # the indices only when something reads them (max_unpool, a returned tensor): they cost a
+    # window gather and an argmax (aten_pool_index.py)
+    if not any(u.target is not operator.getitem or u.args[1] == 1 for u in n.users):
+        return y, None
+    from .aten_pool_index import max_pool_indices
+    return y, max_pool_indices(ctx, x, ctx.out_type(n, 0).shape, dilation=_ints(a["dilation"], nsp),
+                               **_pool_args(a, nsp))
 
 
 @aten("avg_pool1d.default", "avg_pool2d.default", "avg_pool3d.default")
 def _avg_pool(ctx: Ctx, n: fx.Node, a: dict) -> Value:
-    if a.get("divisor_override") is not None:
-        raise FrontendError(f"{ctx.node_name}: avg_pool divisor_override is not supported")
     x = ctx.t(a["self"])
-    return ctx.emit("avg_pool", [x], count_include_pad=bool(a["count_include_pad"]),
-                    **_pool_args(a, x.type.rank - 2))
+    args = _pool_args(a, x.type.rank - 2)
+    if a.get("divisor_override") is not None:
+        from .aten_pool_index import avg_pool_divisor
+        return avg_pool_divisor(ctx, x, ctx.out_type(n).shape, int(a["divisor_override"]), **args)
+    return ctx.emit("avg_pool", [x], count_include_pad=bool(a["count_include_pad"]), **args)
 
 
 @aten("adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default", "adaptive_avg_pool3d.default",

@@ -33,6 +33,7 @@ from ..ir.errors import FrontendError, ScalefoldError, UnsupportedOpError
 from ..ir.graph import Graph, Value
 from ..ir.types import Dim, TensorType, canon_dim, dims_equal, sym
 from . import aten_elementwise, aten_image, aten_nn, aten_reduce, aten_shape  # noqa: F401  (registration)
+from . import aten_scan, aten_scatter  # noqa: F401  (registration)
 from .aten_table import ATEN, Ctx, bind_args, op_name
 from .aten_fuse import cleanup
 from .hf_moe import moe_blocks_swapped, recognise
@@ -56,6 +57,9 @@ KEEP = (
     # F.normalize / torch.norm: one reduce_l2 (aten_reduce.py), the same on every torch
     # version (older ones keep it whole, newer ones decompose it)
     _A.linalg_vector_norm.default,
+    # F.pad: torch decomposes the circular mode into writes into an empty tensor; one concat
+    # per axis instead (aten_scatter.py), and the IR pad op for the other modes
+    _A.pad.default,
 ) + tuple(  # F.interpolate: one resize each (aten_image.py) rather than index arithmetic
     getattr(getattr(_A, op), v)
     for op in ("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",

@@ -298,18 +298,19 @@ def test_static_shape_computations_fold_to_constants() -> None:
 
 class UsesUnsupported(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = torch.cummin(x, dim=-1).values
-        b = torch.cummin(a * 2, dim=0).values
-        return torch.cumprod(a, 1) + torch.cumprod(b, 0) + torch.cummax(x, 0).values + x.relu()
+        a = torch.logcumsumexp(x, dim=-1)
+        b = torch.logcumsumexp(a * 2, dim=0)
+        return (torch.kthvalue(a, 2, 1, keepdim=True).values + torch.kthvalue(b, 1, 1, keepdim=True).values
+                + torch.median(x, 0).values + x.relu())
 
 
 def test_unsupported_ops_are_all_listed_with_counts() -> None:
     with pytest.raises(UnsupportedOpError) as info:
         from_torch(UsesUnsupported(), (torch.randn(3, 4),))
-    assert info.value.ops == {"aten.cumprod.default": 2, "aten.cummax.default": 1,
-                              "aten.cummin.default": 2}
+    assert info.value.ops == {"aten.kthvalue.default": 2, "aten.logcumsumexp.default": 2,
+                              "aten.median.dim": 1}
     msg = str(info.value)
-    assert "aten.cummin.default (x2)" in msg and "aten.cumprod.default (x2)" in msg
+    assert "aten.logcumsumexp.default (x2)" in msg and "aten.kthvalue.default (x2)" in msg
     assert "UsesUnsupported" in msg
 
 
@@ -513,13 +514,15 @@ def test_batch_norm_without_running_stats_uses_the_batch(bn: nn.Module, shape: t
     assert "batch_norm" not in _ops(g) and "reduce_mean" in _ops(g)
 
 
-def test_unproduced_outputs_are_named() -> None:
+def test_max_pool_indices_need_static_spatial_sizes() -> None:
+    """max_pool's indices are lowered through a constant window table (aten_pool_index.py),
+    so dynamic spatial dims are refused, naming the node."""
     class M(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y, idx = F.max_pool2d(x, 2, return_indices=True)
             return y + idx.float()
-    with pytest.raises(FrontendError, match="an output the import does not produce.*max_pool's indices"):
-        from_torch(M(), (torch.randn(1, 2, 8, 8),))
+    with pytest.raises(FrontendError, match="max_pool2d_with_indices.*static spatial sizes"):
+        from_torch(M(), (torch.randn(1, 2, 8, 8),), dynamic_shapes=({2: Dim("H", min=4, max=64)},))
 
 
 def test_stacked_strided_convs_with_dynamic_spatial_dims() -> None:
