@@ -21,16 +21,27 @@ this step and ``past_b = max(tot_b - S, 0)`` tokens before it:
   softcap > 0, then + ``attention_bias``; a ``head_sink`` (or 0 with ``smooth_softmax``) is
   an extra softmax logit per head whose probability is dropped.
 - q heads h use kv head h // (num_heads / kv_num_heads).
+- ``sliding_window_cache=1`` (the builder's Gemma-2 / -3 local layers on CPU): past and present
+  are window buffers of C = P rows (the capacity, >= W) whose rows [0, L(t)) hold the L(t) most
+  recent positions after t tokens, L(t) = t if t <= C else t - G * ceil((t - C) / G) with
+  G = C - W + 1; present rows past L(tot_b) are unspecified (here 0). Attention reads the
+  resident past rows and the new rows by absolute position, with the same window rule.
+
+Rows that onnxruntime leaves unspecified may differ from it: the outputs of right-padding query
+rows (s >= tot_b - past_b; they differ from onnxruntime's with softcap and a local window)
+and the presents of later layers at those padding rows. The builder's past / present head dim is
+a free symbol (``kv_cache_dim``); it is pinned to the query's head size.
 
 Preconditions (as onnxruntime validates them): tot_b <= T, past_b <= P, and T = P + S (a
-growing cache) or T <= P (a preallocated one). ``total_sequence_length`` must be known at
-compile time (a constant, or computed from shapes as the model builder does) when there is a
-past, because it sets the present length.
+growing cache) or T <= P (a preallocated one); neither applies to a window cache.
+``total_sequence_length`` must be known at compile time (a constant, or computed from shapes as
+the model builder does) when there is a past, because it sets the present length (not for a
+window cache, whose present length is P).
 
 Refused with UnsupportedOpError naming the node: quantised KV caches (non-float past,
 k_scale / v_scale, kv_cache_bit_width, k/v_quant_type), q/k norm weights, ``query_seqlens``,
-``position_ids``, ``sliding_window_cache``, the ``output_qk`` output / ``qk_output``, an
-``attention_bias`` whose last dim is not provably the present length.
+``position_ids``, the ``output_qk`` output / ``qk_output``, an ``attention_bias`` whose last
+dim is not provably the present length, or any ``attention_bias`` with a window cache.
 """
 from __future__ import annotations
 
@@ -85,8 +96,6 @@ def _check_refused(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]) -> None:
         raise unsupported(ctx, "query_seqlens (right-padded query chunks)")
     if named[_POS_IDS]:
         raise unsupported(ctx, "position_ids")
-    if int(a.get("sliding_window_cache", 0) or 0):
-        raise unsupported(ctx, "sliding_window_cache=1 (window-sized KV buffers)")
     if int(a.get("qk_output", 0) or 0) or wants(node, 3):
         raise unsupported(ctx, "the output_qk output (qk_output)")
     causal = int(a.get("causal", 1))
@@ -135,9 +144,18 @@ def _past(ctx: Ctx, kv_heads: int, d: int, f: dt.DType) -> tuple[Value | None, V
         return None, None
     if pk.dtype is not f or pv.dtype is not f:
         raise unsupported(ctx, f"a {pk.dtype.name} KV cache (only the query's float type {f.name})")
+    out = []
     for t, what in ((pk, "past_key"), (pv, "past_value")):
-        if t.type.rank != 4 or not dims_equal(t.shape[1], kv_heads) or not dims_equal(t.shape[3], d):
+        ok = t.type.rank == 4 and all(dims_equal(t.shape[i], want) or not isinstance(t.shape[i], int)
+                                      for i, want in ((1, kv_heads), (3, d)))
+        if not ok:
             raise FrontendError(f"{ctx.where()}: {what} must be [B, {kv_heads}, P, {d}] (BNSH), got {t.type}")
+        if not (dims_equal(t.shape[1], kv_heads) and dims_equal(t.shape[3], d)):
+            # the model builder declares the head dim as a free symbol ("kv_cache_dim"); pin it
+            # to the static head size (a run-time size mismatch then fails in the reshape)
+            t = ctx.add("reshape", [t], {"shape": (t.shape[0], kv_heads, t.shape[2], d)})
+        out.append(t)
+    pk, pv = out
     if not dims_equal(pk.shape[2], pv.shape[2]):
         raise FrontendError(f"{ctx.where()}: past_key and past_value lengths differ: {pk.type}, {pv.type}")
     return pk, pv
@@ -202,7 +220,7 @@ def _cache_index(ctx: Ctx, past_b: Value, p: Dim, new: Value, c: Dim) -> Value:
     """Row index [B, Hk, C, d] into [past (P rows) | new (S rows) | one zero row] that builds
     present: rows t < past_b from past, t in [past_b, past_b + S) from new row t - past_b, the
     rest the zero row. Shared by the key and the value cache."""
-    b, hk, s, d = new.shape
+    s = new.shape[2]
     t = ctx.add("reshape", [ctx.add("arange", [], {"end": c})], {"shape": (1, -1)})   # [1, C]
     pb = ctx.add("reshape", [past_b], {"shape": (-1, 1)})                           # [B, 1]
     p_t, s_t = _dim_tensor(ctx, p), _dim_tensor(ctx, s)
@@ -211,8 +229,68 @@ def _cache_index(ctx: Ctx, past_b: Value, p: Dim, new: Value, c: Dim) -> Value:
     # past rows only below past_b *and* inside the past buffer (a bad seqlens_k cannot index out)
     from_past = ctx.add("logical_and", [ctx.add("lt", [t, pb]), ctx.add("lt", [t, p_t])])
     idx = ctx.add("where", [from_new, ctx.add("add", [rel, p_t]), ctx.add("add", [p_t, s_t])])
-    idx = ctx.add("where", [from_past, t, idx])                                     # [B, C]
+    return _expand_rows(ctx, ctx.add("where", [from_past, t, idx]), new)
+
+
+def _expand_rows(ctx: Ctx, idx: Value, new: Value) -> Value:
+    """Per-row index [B, C] -> [B, Hk, C, d] for gather_elements along the sequence axis."""
+    b, hk, _, d = new.shape
+    c = idx.shape[1]
     return ctx.add("expand", [ctx.add("reshape", [idx], {"shape": (b, 1, c, 1)})], {"shape": (b, hk, c, d)})
+
+
+def _resident(ctx: Ctx, t: Value, cap: Value, window: int) -> Value:
+    """L(T) of a windowed cache (onnxruntime's contract): T if T <= C, else T - G * ceil((T - C) / G)
+    with G = C - W + 1, so eviction frees G rows at once. i64 [B]. (G is held >= 1 so that an
+    invalid C < W, which onnxruntime rejects, cannot divide by zero here.)"""
+    g = ctx.add("maximum", [ctx.add("sub", [cap, scalar(ctx, window - 1, dt.i64)]), scalar(ctx, 1, dt.i64)])
+    over = ctx.add("maximum", [ctx.add("sub", [t, cap]), scalar(ctx, 0, dt.i64)])
+    steps = ctx.add("div", [ctx.add("add", [over, ctx.add("sub", [g, scalar(ctx, 1, dt.i64)])]), g])
+    return ctx.add("sub", [t, ctx.add("mul", [g, steps])])
+
+
+def _window_cache(ctx: Ctx, past: tuple[Value, Value], new: tuple[Value, Value], tot: Value,
+                  past_b: Value, window: int) -> tuple[Value, Value, Value, Value, Value, Value]:
+    """``sliding_window_cache=1``: past / present are C-row windows (C = past_key's length) whose
+    rows [0, L(T)) hold the L(T) most recent absolute positions, T - L(T) + i in row i.
+
+    Attention reads [past rows | new rows] (C + S keys) directly: past row r holds position
+    past_b - L(past_b) + r (valid for r < L(past_b)), new row s position past_b + s (valid for
+    s < tot - past_b). Returns those keys / values, their positions and validity [B, 1, C + S],
+    and the presents gathered from the same buffer (rows past L(T) zero; onnxruntime leaves them
+    unspecified)."""
+    (pk, pv), (k, v) = past, new
+    cap, s = pk.shape[2], k.shape[2]
+    cap_t, s_t = _dim_tensor(ctx, cap), _dim_tensor(ctx, s)
+
+    def col(x: Value) -> Value:                                                    # [B] -> [B, 1]
+        return ctx.add("reshape", [x], {"shape": (-1, 1)})
+
+    lp, lt = _resident(ctx, past_b, cap_t, window), _resident(ctx, tot, cap_t, window)
+    start_p = col(ctx.add("sub", [past_b, lp]))                                    # position of past row 0
+    r = ctx.add("reshape", [ctx.add("arange", [], {"end": canon_dim(sympy.sympify(cap) + s)})], {"shape": (1, -1)})
+    in_past = ctx.add("lt", [r, cap_t])
+    rel_new = ctx.add("sub", [r, cap_t])
+    kpos = ctx.add("where", [in_past, ctx.add("add", [start_p, r]), ctx.add("add", [col(past_b), rel_new])])
+    valid = ctx.add("where", [in_past, ctx.add("lt", [r, col(lp)]),
+                              ctx.add("lt", [rel_new, col(ctx.add("sub", [tot, past_b]))])])
+    # present row i <- position a = T - L(T) + i: from past row a - start_p below past_b, else
+    # from new row a - past_b (buffer row C + a - past_b); rows i >= L(T) take the zero row
+    i = ctx.add("reshape", [ctx.add("arange", [], {"end": cap})], {"shape": (1, -1)})
+    a = ctx.add("add", [col(ctx.add("sub", [tot, lt])), i])
+    src = ctx.add("where", [ctx.add("lt", [a, col(past_b)]), ctx.add("sub", [a, start_p]),
+                            ctx.add("add", [ctx.add("sub", [a, col(past_b)]), cap_t])])
+    src = ctx.add("where", [ctx.add("lt", [i, col(lt)]), src, ctx.add("add", [cap_t, s_t])])
+    idx = _expand_rows(ctx, src, k)
+    pres = [_gather_cache(ctx, x, y, idx) for x, y in ((pk, k), (pv, v))]
+    # rows that are not resident hold whatever onnxruntime left there (it hands back present rows
+    # past L(T) uninitialised, and genai feeds them in again): zero them, since a NaN there would
+    # survive the mask (0 * NaN in p @ v)
+    rows4 = ctx.add("reshape", [valid], {"shape": (k.shape[0], 1, canon_dim(sympy.sympify(cap) + s), 1)})
+    keys, vals = (ctx.add("where", [rows4, ctx.add("concat", [x, y], {"axis": 2}), scalar(ctx, 0.0, k.dtype)])
+                  for x, y in ((pk, k), (pv, v)))
+    kpos, valid = (ctx.add("unsqueeze", [x], {"axes": (1,)}) for x in (kpos, valid))   # [B, 1, C + S]
+    return keys, vals, kpos, valid, pres[0], pres[1]
 
 
 def _gather_cache(ctx: Ctx, past: Value | None, new: Value, idx: Value) -> Value:
@@ -222,16 +300,16 @@ def _gather_cache(ctx: Ctx, past: Value | None, new: Value, idx: Value) -> Value
     return ctx.add("gather_elements", [buf, idx], {"axis": 2})
 
 
-def _keep_mask(ctx: Ctx, tot: Value, pos: Value, c: Dim, causal: bool, window: int) -> Value:
-    """bool [B, 1, S, C]: key j is seen by the query at ``pos`` [B, S]."""
-    j = ctx.add("reshape", [ctx.add("arange", [], {"end": c})], {"shape": (1, 1, -1)})   # [1, 1, C]
-    keep = ctx.add("lt", [j, ctx.add("reshape", [tot], {"shape": (-1, 1, 1)})])
+def _keep_mask(ctx: Ctx, kpos: Value, valid: Value, pos: Value, causal: bool, window: int) -> Value:
+    """bool [B, 1, S, R]: key r (absolute position ``kpos`` [B|1, 1, R], present if ``valid``) is
+    seen by the query at ``pos`` [B, S]."""
     pos3 = ctx.add("unsqueeze", [pos], {"axes": (2,)})                                  # [B, S, 1]
+    keep = valid
     if causal:
-        keep = ctx.add("logical_and", [keep, ctx.add("le", [j, pos3])])
+        keep = ctx.add("logical_and", [keep, ctx.add("le", [kpos, pos3])])
     if window > 0:
         lo = ctx.add("sub", [pos3, scalar(ctx, window, dt.i64)])
-        keep = ctx.add("logical_and", [keep, ctx.add("gt", [j, lo])])
+        keep = ctx.add("logical_and", [keep, ctx.add("gt", [kpos, lo])])
     return ctx.add("unsqueeze", [keep], {"axes": (1,)})
 
 
@@ -278,8 +356,23 @@ def _group_query_attention(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     f = q.dtype
     b, _, s, _ = q.shape
     past_k, past_v = _past(ctx, kv_heads, d, f)
+    causal = bool(int(a.get("causal", 1)))
+    window = int(a.get("local_window_size", -1))
+    if window > 0 and not causal:
+        raise FrontendError(f"{ctx.where()}: local_window_size needs causal=1")
+    windowed = bool(int(a.get("sliding_window_cache", 0) or 0))
+    if windowed:
+        if window <= 0 or past_k is None:
+            raise FrontendError(f"{ctx.where()}: sliding_window_cache=1 needs local_window_size > 0 and "
+                                f"past_key / past_value (their length is the window capacity)")
+        if isinstance(past_k.shape[2], int) and past_k.shape[2] < window:
+            raise FrontendError(f"{ctx.where()}: the window cache capacity {past_k.shape[2]} is below "
+                                f"local_window_size {window}")
+        if ctx.input(_BIAS) is not None:
+            raise unsupported(ctx, "attention_bias together with sliding_window_cache=1")
     p: Dim = past_k.shape[2] if past_k is not None else 0
-    c = _present_len(ctx, s, p, past_k is not None)
+    # a window cache keeps its capacity; otherwise present is max(total, past) long
+    c = p if windowed else _present_len(ctx, s, p, past_k is not None)
     tot, past_b = _lengths(ctx, s)
     pos = _positions(ctx, past_b, s)
     if int(a.get("do_rotary", 0) or 0):
@@ -289,18 +382,21 @@ def _group_query_attention(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
                 for t in (cos, sin)]                                                      # [B, 1, S, rd/2]
         inter = bool(a.get("rotary_interleaved", 0))
         q, k = _rotary(ctx, q, *rows, inter), _rotary(ctx, k, *rows, inter)
-    if past_k is None and dims_equal(c, s):
-        # a first prompt: past_b is 0 for every valid row, so the cache is the new k / v as is
-        pres_k, pres_v = k, v
+    if windowed:
+        assert past_k is not None and past_v is not None
+        keys, vals, kpos, valid, pres_k, pres_v = _window_cache(ctx, (past_k, past_v), (k, v), tot, past_b, window)
     else:
-        idx = _cache_index(ctx, past_b, p, k, c)
-        pres_k, pres_v = _gather_cache(ctx, past_k, k, idx), _gather_cache(ctx, past_v, v, idx)
-
-    causal = bool(int(a.get("causal", 1)))
-    window = int(a.get("local_window_size", -1))
-    if window > 0 and not causal:
-        raise FrontendError(f"{ctx.where()}: local_window_size needs causal=1")
-    keep = _keep_mask(ctx, tot, pos, c, causal, window)
+        if past_k is None and dims_equal(c, s):
+            # a first prompt: past_b is 0 for every valid row, so the cache is the new k / v as is
+            pres_k, pres_v = k, v
+        else:
+            idx = _cache_index(ctx, past_b, p, k, c)
+            pres_k, pres_v = _gather_cache(ctx, past_k, k, idx), _gather_cache(ctx, past_v, v, idx)
+        # key j of the present sits at absolute position j; rows j >= tot_b are not there yet
+        keys, vals = pres_k, pres_v
+        kpos = ctx.add("reshape", [ctx.add("arange", [], {"end": c})], {"shape": (1, 1, -1)})   # [1, 1, C]
+        valid = ctx.add("lt", [kpos, ctx.add("reshape", [tot], {"shape": (-1, 1, 1)})])
+    keep = _keep_mask(ctx, kpos, valid, pos, causal, window)
     scale = float(a.get("scale", 0.0) or 0.0) or 1.0 / float(d) ** 0.5
     softcap = float(a.get("softcap", 0.0) or 0.0)
     bias, sink = ctx.input(_BIAS), ctx.input(_SINK)
@@ -313,12 +409,12 @@ def _group_query_attention(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     if sink is not None and sink.type.rank not in (0, 1):
         raise FrontendError(f"{ctx.where()}: head_sink must be 1-D [num_heads], got {sink.type}")
     if softcap > 0 or sink is not None:
-        y = _explicit_attention(ctx, q, pres_k, pres_v, keep, bias, scale, softcap, sink)
+        y = _explicit_attention(ctx, q, keys, vals, keep, bias, scale, softcap, sink)
     else:
         mask = keep
         if bias is not None:
             mask = ctx.add("add", [ctx.add("where", [keep, scalar(ctx, 0.0, f), scalar(ctx, float("-inf"), f)]),
                                    bias])
-        y = ctx.add("sdpa", [q, pres_k, pres_v, mask],
+        y = ctx.add("sdpa", [q, keys, vals, mask],
                     {"causal": False, "scale": scale, "gqa": heads != kv_heads})
     return [merge_heads(ctx, y), pres_k if wants(node, 1) else None, pres_v if wants(node, 2) else None]

@@ -10,6 +10,9 @@ tolerance, as onnxruntime accumulates in f32 and rounds once).
 - per-batch ``seqlens_k``: right-padded prompts, ragged decode rows, a past buffer longer than
   the valid tokens (rows past the valid ones come back zeroed, as onnxruntime clears them);
 - local_window_size, softcap, smooth_softmax, head_sink, causal=0, scale, attention_bias;
+- sliding_window_cache=1 (window-sized caches, eviction by onnxruntime's L(T) rule, chunked
+  steps, ragged decode rows, stale / NaN rows past the resident ones), compared on the rows
+  onnxruntime specifies;
 - symbolic batch / sequence / past / total dims with seqlens_k and total_sequence_length
   computed from an attention mask as onnxruntime-genai's model builder writes them, one
   compiled model serving prompt and decode shapes;
@@ -372,6 +375,105 @@ def test_int4_decoder_layer() -> None:
     _run_chain(model, _steps(r, n, nk, hidden, [4, 2], 2, False), 2, nk)
 
 
+# ---- sliding_window_cache=1: window-sized KV buffers (model builder's Gemma-2 / -3 local layers) --
+
+def _resident(t: int, cap: int, w: int) -> int:
+    """Rows of a window cache that hold positions after ``t`` tokens (onnxruntime's contract)."""
+    g = cap - w + 1
+    return t if t <= cap else t - g * -(-(t - cap) // g)
+
+
+def _window_chain(model: onnx.ModelProto, steps: Sequence[dict[str, np.ndarray]], cap: int, w: int, nk: int,
+                  d: int = D, c: bool = True, first: np.ndarray | None = None) -> None:
+    """Run ``steps`` (feeds without pasts; ``attention_mask`` gives each row's T) in onnxruntime,
+    each fed the previous step's presents, and in scalefold on the same feeds (interp; C unless
+    ``c`` is False, one compiled model). Present rows at or past L(T) are unspecified in
+    onnxruntime (they hold stale rows), so both sides are compared on rows [0, L(T)) only."""
+    g = from_onnx(model)
+    cm = scalefold.compile(model, target="c") if c else None
+    b = steps[0]["attention_mask"].shape[0]
+    # random first buffers: rows a step must not read (all of them on a first prompt) are noise
+    pk, pv = np.random.default_rng(16).standard_normal((2, b, nk, cap, d)).astype(np.float32) if first is None \
+        else first
+    for f in steps:
+        f = dict(f, past_key=pk, past_value=pv)
+        want = _ort(model, f)
+        ins = [torch.from_numpy(np.ascontiguousarray(f[v.name])) for v in g.inputs]
+        gots = [("interp", run(g, *ins))] + ([("C", list(cm(*ins)))] if cm is not None else [])
+        pk, pv = want[1], want[2]            # stale rows go back in, as onnxruntime-genai does
+        lens = [_resident(int(t), cap, w) for t in f["attention_mask"].sum(1)]
+        # (np.where, not a product: the unspecified rows may be uninitialised memory, NaN included)
+        want = [want[0]] + [np.stack([np.where((np.arange(cap) < ln)[None, :, None], x[i], 0) for i, ln in
+                                      enumerate(lens)]) for x in want[1:]]
+        for what, got in gots:
+            assert got[1].shape == (b, nk, cap, d)
+            assert all(not got[j][i, :, ln:].any() for j in (1, 2) for i, ln in enumerate(lens))
+            _check(got, want, RTOL, what)
+
+
+def _window_model(n: int, nk: int, attrs: dict[str, Any], d: int = D) -> onnx.ModelProto:
+    """The model builder's windowed GQA layer: packed qkv, past declared [batch, nk,
+    past_sliding_length, kv_cache_dim] (a free symbol for the head size, as the builder writes
+    it), seqlens_k / total from the attention mask, rotary."""
+    names = ["qkv", "", "", "past_key", "past_value", "seqlens_k", "total", "cos", "sin"]
+    a = {"num_heads": n, "kv_num_heads": nk, "do_rotary": 1, "sliding_window_cache": 1, **attrs}
+    inputs = [_info("qkv", np.float32, ["batch_size", "sequence_length", (n + 2 * nk) * d]),
+              _info("past_key", np.float32, ["batch_size", nk, "past_sliding_length", "kv_cache_dim"]),
+              _info("past_value", np.float32, ["batch_size", nk, "past_sliding_length", "kv_cache_dim"]),
+              _info("attention_mask", np.int64, ["batch_size", "total_sequence_length"])]
+    cs = _caches(np.random.default_rng(13), d // 2)
+    return _model(_mask_nodes() + [_gqa_node(a, names)], inputs, ("out", "present_key", "present_value"),
+                  {**_MASK_INITS, **cs})
+
+
+def _qkv_steps(r: np.random.Generator, n: int, nk: int, b: int, sizes: Sequence[int],
+               start: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:
+    """Steps of ``sizes`` new tokens each over ``b`` rows (row i begins with start[i] tokens)."""
+    done = list(start or [0] * b)
+    out = []
+    for sl in sizes:
+        done = [t + sl for t in done]
+        mask = np.zeros((b, max(done)), np.int64)
+        for i, t in enumerate(done):
+            mask[i, :t] = 1
+        out.append({"attention_mask": mask, "qkv": r.standard_normal((b, sl, (n + 2 * nk) * D)).astype(np.float32)})
+    return out
+
+
+@pytest.mark.parametrize("cap,w,sizes", [
+    (5, 3, (4, 1, 1, 1, 1, 1)),        # eviction frees G = 3 rows at once
+    (4, 4, (2, 1, 1, 1, 1)),           # C == W (the CUDA layout): one row per step
+    (6, 3, (8, 1, 1)),                 # a prompt longer than the capacity
+])
+def test_window_cache_prompt_then_decode(cap: int, w: int, sizes: Sequence[int]) -> None:
+    r = np.random.default_rng(14)
+    m = _window_model(4, 2, {"local_window_size": w})
+    _window_chain(m, _qkv_steps(r, 4, 2, 1, sizes), cap, w, 2)
+
+
+def test_window_cache_chunks_softcap_and_batches() -> None:
+    """Chunked prefill (S > 1 after a past, evicting inside the step), softcap (Gemma-2's
+    explicit-softmax path), and a batch of two decode rows at different lengths."""
+    r = np.random.default_rng(15)
+    m = _window_model(4, 1, {"local_window_size": 3, "softcap": 2.0})
+    _window_chain(m, _qkv_steps(r, 4, 1, 1, (2, 3, 4, 1)), 5, 3, 1, c=False)
+    m = _window_model(4, 2, {"local_window_size": 3})
+    # decode rows with 6 and 2 tokens before (their windows come from random past rows)
+    steps = _qkv_steps(r, 4, 2, 2, (1, 1, 1), start=(6, 2))
+    _window_chain(m, steps, 5, 3, 2, c=False)
+
+
+def test_window_cache_ignores_stale_rows() -> None:
+    """Rows past L(T) are unspecified (onnxruntime hands them back uninitialised and genai feeds
+    them in again): NaN there must not reach the output, as 0 * NaN would in p @ v."""
+    r = np.random.default_rng(17)
+    m = _window_model(4, 2, {"local_window_size": 3})
+    first = r.standard_normal((2, 2, 2, 5, D)).astype(np.float32)
+    first[:, 0, :, 4:] = np.nan            # row 0 had 7 tokens: L(7) = 7 - 3 = 4 resident rows
+    first[:, 1, :, 2:] = np.inf            # row 1 had 2 tokens: L(2) = 2
+    _window_chain(m, _qkv_steps(r, 4, 2, 2, (1, 1), start=(7, 2)), 5, 3, 2, first=first)
+
+
 # ---- refused forms -------------------------------------------------------------------------
 
 def _refused(attrs: dict, extra: dict[int, str], match: str, total_const: bool = True) -> None:
@@ -396,7 +498,8 @@ def _refused(attrs: dict, extra: dict[int, str], match: str, total_const: bool =
     ({}, {16: "qs"}, "query_seqlens", True),
     ({"k_quant_type": "PER_TENSOR", "v_quant_type": "PER_TENSOR"}, {12: "ks", 13: "vs"}, "a quantised KV cache",
      True),
-    ({"local_window_size": 2, "sliding_window_cache": 1}, {}, "sliding_window_cache", True),
+    ({"local_window_size": 2, "sliding_window_cache": 1}, {10: "bias"}, "attention_bias together with "
+     "sliding_window_cache", True),
     ({}, {}, "a total_sequence_length known only at run time", False),
 ])
 def test_refused_forms(attrs: dict, extra: dict, match: str, total_const: bool) -> None:
