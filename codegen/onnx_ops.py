@@ -286,7 +286,15 @@ def _split(cx: Emitter, node: Node) -> list[str]:
 def _gather(cx: Emitter, node: Node) -> list[str]:
     axis = node.attrs.get("axis", 0)
     op = "GatherElements" if node.op == "gather_elements" else "Gather"
-    return [cx.op(op, [inp(cx, node, 0), inp(cx, node, 1)], axis=axis)]
+    src = node.inputs[0]
+    assert src is not None
+    wide = {"i4": dt.i8, "u4": dt.u8}.get(src.dtype.name)
+    if wide is None:
+        return [cx.op(op, [inp(cx, node, 0), inp(cx, node, 1)], axis=axis)]
+    # ONNX's Gather / GatherElements take no 4-bit types: gather the codes widened to 8 bits
+    # (exact) and narrow the rows again
+    rows = cx.op(op, [cx.cast(inp(cx, node, 0), src.dtype, wide), inp(cx, node, 1)], axis=axis)
+    return [cx.cast(rows, wide, src.dtype)]
 
 
 @render("expand")
