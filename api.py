@@ -231,7 +231,7 @@ class BackendFallbackWarning(UserWarning):
     """The ``scalefold`` torch.compile backend could not take a graph and runs it eagerly."""
 
 
-def dynamo_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **_: Any) -> Any:
+def dynamo_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> Any:
     """The ``torch.compile(model, backend="scalefold")`` backend (registered through the
     ``torch_dynamo_backends`` entry point).
 
@@ -241,10 +241,19 @@ def dynamo_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **_:
     unsupported op, dynamic shapes, non-CPU tensors, a compiler error) the graph falls back
     to running ``gm`` eagerly and a :class:`BackendFallbackWarning` says why. At call time the
     eager graph also runs when autograd needs it (grad enabled and an input requiring grad),
-    since the compiled kernels record no backward.
+    since the compiled kernels record no backward. It takes no ``options`` (nor ``mode``): the
+    parameters are inputs, not constants a compression pass could rewrite, so options are
+    reported as ignored rather than dropped silently (``scalefold.compile(model, passes=...)``
+    runs passes).
     """
     import warnings
 
+    given = {k: v for k, v in kwargs.items() if v}
+    if given:
+        warnings.warn(f"scalefold backend: torch.compile {', '.join(f'{k}={v!r}' for k, v in given.items())} "
+                      "ignored: this backend compiles the graph as it is, with the parameters as inputs; "
+                      "run compression passes with scalefold.compile(model, example_inputs, passes=[...])",
+                      UserWarning, stacklevel=2)
     fx_out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     try:
         if not all(isinstance(x, torch.Tensor) and x.device.type == "cpu" for x in example_inputs):

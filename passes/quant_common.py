@@ -20,11 +20,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from ..ir import dtypes as dt
-from ..ir.errors import CalibrationError, OptionError
+from ..ir.errors import CalibrationError, OptionError, ScalefoldError
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops.common import norm_axis
 from ..ir.printer import Namer
 from ..runtime.interp import Interpreter
+from .wq_options import name_matches
 from .calibrate import (EPS, ChannelStats, Stats, _as_inputs, graph_hash, mask_input, masked_sequences,
                         real_rows)
 
@@ -341,6 +342,14 @@ def parse_overrides(spec: Any) -> list[tuple[Any, Setting]]:
     return [(check_key(k, "overrides"), _setting(v, k)) for k, v in items]
 
 
+def require_finite(w: torch.Tensor, what: str) -> None:
+    """Raise a ScalefoldError naming ``what`` when weight ``w`` holds NaN or inf: a group's
+    scale from a max over them makes the whole group's codes NaN, silently."""
+    if not bool(torch.isfinite(w).all()):
+        bad = int((~torch.isfinite(w)).sum())
+        raise ScalefoldError(f"quant_weights: the weight of {what} holds {bad} NaN or infinite value(s); it cannot be quantised")
+
+
 def override_for(node: Node, index: int, overrides: Iterable[tuple[Any, Setting]]) -> Setting | None:
     """The first override matching ``node`` (the ``index``-th quantisable linear), or None."""
     wname = node.inputs[1].name or ""
@@ -351,11 +360,13 @@ def override_for(node: Node, index: int, overrides: Iterable[tuple[Any, Setting]
         elif key.startswith("re:"):
             if re.search(key[3:], wname) or (node.name and re.search(key[3:], node.name)):
                 return setting
-        elif key in wname or (node.name and key in node.name):
+        elif name_matches(key, wname) or (node.name and name_matches(key, node.name)):
             return setting
     return None
 
 
+
 __all__ = ["NORMS", "WEIGHT_MODES", "RangeCalibration", "RangeStats", "calibrate_ranges", "dynamic_qlinear",
            "floored", "linear_bias", "norm_producer", "observe_ranges", "override_for", "parse_overrides", "qmax",
-           "quantizable_linear", "quantize_weight", "replace_with_qlinear"]
+           "quantizable_linear", "quantize_weight", "replace_with_qlinear",
+           "require_finite"]

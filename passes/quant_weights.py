@@ -36,7 +36,7 @@ from .awq import run_awq
 from .calibrate import stats_for
 from .counters import Counters, bump, bump_all, counting
 from .pipeline import register_pass
-from .quant_common import linear_bias, override_for, quantizable_linear
+from .quant_common import linear_bias, override_for, quantizable_linear, require_finite
 from .wq_fp import FP4_FORMATS, fp4_codes, fp8_codes, search_clip, search_fp4, fp8_fake
 from .wq_gptq import gptq_quantize
 from .wq_int import clip_search, int_quantize
@@ -148,6 +148,7 @@ def _quantize_one(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | 
 def _quantize_new(graph: Graph, n: Node, st: LayerSetting, gram: torch.Tensor | None, clip_ok: bool,
                   qact: str, points: int, rounding: str, fp4: tuple[str, ...]) -> tuple[str, Consts]:
     w = n.inputs[1].const.to(torch.float32)
+    require_finite(w, n.describe() + (f" ({n.inputs[1].name})" if n.inputs[1].name else ""))
     if st.format in INT_BITS:
         bits = INT_BITS[st.format]
         if st.method in ("awq", "search") and clip_ok:
@@ -250,6 +251,10 @@ def quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", g
     linear whose bias the correction changed.
     """
     _warn_float_convs(graph)
+    if not any(quantizable_linear(n) or quantizable_moe(n) for n in graph.nodes):
+        # e.g. a second quant_weights, or one after w8a8: a silent no-op hides a wrong pipeline
+        warnings.warn("quant_weights: the graph has no float linear or moe with constant weights "
+                      "left to quantise; it is returned unchanged", stacklevel=3)
     if calibration is not None and iter_once(calibration):
         # several steps read the batches (scale search, statistics, budget trials, a second
         # attempt below): a generator would be spent after the first
@@ -304,6 +309,10 @@ def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", 
         low(v) for v in (format, act_format, method, act, rounding, mixed, clip, sensitivity, awq_loss))
     base = LayerSetting(format, as_int(group, "quant_weights: group", 0), method, as_bool(sym, "quant_weights: sym"))
     check_setting(base, "quant_weights")
+    if base.sym and format in FP_FORMATS:
+        # sym would be silently meaningless: the FP formats have no zero point to drop
+        raise ScalefoldError(f"quant_weights: sym applies to the integer formats ({', '.join(INT_BITS)}); "
+                             f"format={format} is symmetric by construction")
     grid = as_int(grid, "quant_weights: grid", 1)
     points = as_int(points, "quant_weights: points", 2)
     act_reparam = as_bool(act_reparam, "quant_weights: act_reparam")

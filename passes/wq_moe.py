@@ -30,9 +30,11 @@ from ..ir import dtypes as dt
 from ..ir.errors import CalibrationError
 from ..ir.graph import Graph, Node
 from .calibrate import stats_for
+from .quant_common import require_finite
 from .counters import bump
 from .wq_fp import FP4_FORMATS, fp4_codes, fp4_fake, fp8_codes, fp8_fake, search_clip
 from .wq_int import clip_search, int_quantize
+from .wq_options import name_matches
 from .wq_settings import INT_BITS
 
 PASS = "quant_weights"
@@ -54,7 +56,7 @@ def moe_setting(node: Node, base: Any, overrides: Sequence[tuple[Any, Any]]) -> 
         if key.startswith("re:"):
             if any(nm and re.search(key[3:], nm) for nm in names):
                 return st
-        elif any(nm and key in nm for nm in names):
+        elif any(nm and name_matches(key, nm) for nm in names):
             return st
     return base
 
@@ -118,6 +120,7 @@ def quantize_moe(graph: Graph, node: Node, setting: Any, gram: torch.Tensor | No
             continue
         per: list[tuple] = []
         for e in range(wv.const.shape[0]):
+            require_finite(wv.const[e], f"expert {e} ({m}) of {node.describe()}")
             per.append(_quantize_matrix(wv.const[e], setting, gram if m != "down" else None, points))
         cdt, wtype = per[0][1], per[0][4]
         codes = torch.stack([p[0] for p in per])

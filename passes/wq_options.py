@@ -64,7 +64,22 @@ def key_matches(key: Any, names: Sequence[str], index: int | None) -> bool:
         return index is not None and key == index
     if key.startswith("re:"):
         return any(nm and re.search(key[3:], nm) for nm in names)
-    return any(nm and key in nm for nm in names)
+    return any(nm and name_matches(key, nm) for nm in names)
+
+
+def name_matches(key: str, name: str) -> bool:
+    """Whether plain override ``key`` occurs in layer or weight ``name`` without cutting a
+    number: "layers.1" names "layers.1.mlp" but not "layers.10.mlp" (a plain substring test
+    took layers 10-19 too)."""
+    at = name.find(key)
+    while at >= 0:
+        end = at + len(key)
+        cuts = (key[-1:].isdigit() and end < len(name) and name[end].isdigit()) or \
+            (key[:1].isdigit() and at > 0 and name[at - 1].isdigit())
+        if not cuts:
+            return True
+        at = name.find(key, at + 1)
+    return False
 
 
 def check_all_used(keys: Iterable[Any], linears: Sequence[Node], moes: Sequence[Node], where: str) -> None:
@@ -90,4 +105,5 @@ def iter_once(x: Any) -> bool:
     return not isinstance(x, (list, tuple, str, bytes, dict, os.PathLike)) and hasattr(x, "__next__")
 
 
-__all__ = ["as_bool", "as_int", "bool_word", "check_all_used", "check_key", "iter_once", "key_matches"]
+__all__ = ["as_bool", "as_int", "bool_word", "check_all_used", "check_key", "iter_once", "key_matches",
+           "name_matches"]

@@ -80,6 +80,9 @@ def parse_layer_overrides(spec: Any, base: LayerSetting) -> list[tuple[Any, Laye
                                      as_bool(x, f"{at} sym") if f == "sym" else str(x).strip().lower())
                                  for f, x in v.items()})
         check_setting(st, f"quant_weights: override for {k!r}")
+        if v.get("sym") is not None and as_bool(v["sym"], f"{at} sym") and st.format in FP_FORMATS:
+            raise ScalefoldError(f"{at} sym applies to the integer formats ({', '.join(INT_BITS)}); "
+                                 f"{st.format} is symmetric by construction")
         out.append((k, st))
     return out
 

@@ -107,3 +107,13 @@ def test_autograd_still_works() -> None:
         cm(x).sum().backward()
     assert m.weight.grad is not None
     torch.testing.assert_close(m.weight.grad, x.sum(0).expand(3, 6))
+
+
+def test_options_are_reported_as_ignored() -> None:
+    """The backend takes no options: passes given through torch.compile would silently not run."""
+    m = torch.nn.Linear(16, 8).eval()
+    cm = torch.compile(m, backend="scalefold", options={"passes": ["quant_weights(format=int4)"]})
+    x = torch.randn(3, 16)
+    with torch.no_grad(), pytest.warns(UserWarning, match=r"options=.*quant_weights.*ignored.*scalefold\.compile"):
+        y = cm(x)
+    torch.testing.assert_close(y, m(x), rtol=1e-5, atol=1e-5)
