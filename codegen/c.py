@@ -489,13 +489,22 @@ CAPS = Caps(elementwise=frozenset(C_EXPR), row=ROW_OPS, node_ok=c_node_ok, row_o
 
 def render(schedule: Schedule) -> list[CKernel]:
     """C source for every fused and template kernel of ``schedule`` (other kinds need no
-    source). Template kernels carry their prepacked constants in ``CKernel.args``."""
+    source), and for the library kernels of float linears that have a small-M alternative
+    (c_f32gemv.py: the executor runs it at bindings with few enough rows). Template kernels
+    carry their prepacked constants in ``CKernel.args``; the alternatives name the graph's
+    own weight there (read in place, no copy)."""
     out = []
     for k in schedule.kernels:
         if k.kind == "template":
             from .c_qgemm import qlinear_supported, render_qlinear
             from .c_w4 import render_w4
             out.append(render_qlinear(k) if qlinear_supported(k.nodes[0]) else render_w4(k))
+            continue
+        if k.kind == "library":
+            # a float linear at small M: a C alternative the executor picks per binding
+            from .c_f32gemv import gemv_supported, render_gemv
+            if gemv_supported(k):
+                out.append(render_gemv(k))
             continue
         if k.kind != "fused":
             continue

@@ -161,7 +161,7 @@ class Executor:
 
     def _step(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> Step:
         slot = self._slot
-        if k.kind in ("fused", "template"):
+        if k.kind in ("fused", "template") or self._runs_compiled(k, env):
             fn = self.kernels[k.name]
             ins = [slot[id(v)] for v in k.inputs]
             outs = [slot[id(v)] for v in k.outputs]
@@ -310,6 +310,16 @@ class Executor:
                 vals[s] = t if t.is_contiguous() else t.contiguous()
         return run_ref
 
+    def _runs_compiled(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> bool:
+        """Whether library kernel ``k`` runs its compiled alternative at this binding instead
+        of the library call: the backend compiled one (the C target's small-M float linear,
+        codegen/c_f32gemv.py) and its runtime integers ``q[0]`` (the rows) and ``q[1]`` (the
+        most rows it takes) say it covers this binding."""
+        if k.kind != "library" or k.name not in self.kernels:
+            return False
+        m, top = (int(sympy.sympify(e).subs(env)) for e in self.params[k.name][:2])
+        return m <= top
+
     def _qlinear_fallback(self, node: Node) -> Callable | None:
         """The dequantise-once GEMM of a reference ``qlinear`` (``library.qlinear_fallback``),
         built once per node and shared by every binding of the sizes."""
@@ -417,7 +427,7 @@ class Executor:
         for v, x in zip(g.inputs, inputs):
             vals[self._slot[id(v)]] = x
         for k in self.schedule.kernels:
-            if k.kind in ("fused", "template"):
+            if k.kind in ("fused", "template") or self._runs_compiled(k, env):
                 for o in k.outputs:
                     vals[self._slot[id(o)]] = torch.empty(o.type.concrete(env), dtype=o.dtype.container,
                                                           device=self.device)

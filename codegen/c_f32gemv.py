@@ -1,0 +1,298 @@
+"""Float32 ``linear`` with a constant weight at small M (the GEMV shape of LLM decoding) as C.
+
+The C target runs a float ``linear`` as a ``library`` kernel: oneDNN's ``_linear_pointwise``
+(runtime/library.py) with its activation or residual ``add`` epilogue as a post-op. At one
+to a few rows that streams the weight (out of cache) at ~26-38 GB/s on this project's 2-core
+Zen 5, where onnxruntime's prepacked MLAS GEMV reaches ~31-48 (benchmarks/f32_gemv_cpu.py). This module
+renders, for such a kernel, a C alternative that the executor runs instead of the library
+call at every binding of the sizes whose row count M is at most :attr:`GemvConfig.max_m`
+(runtime/executor.py ``_runs_compiled``); larger M keeps the library path. A static M above
+the threshold renders nothing.
+
+Weights: read in place. The kernel's weight argument is the graph's own constant [N, K]
+(row-major, as the library path and save/load read it): no packed copy, nothing allocated
+per weight, so the alternative costs no memory. A 32-channel panel layout interleaved along
+K (an earlier version) streamed a little better at M >= 2 but doubled the memory of every
+f32 linear weight on the C target (dynamic-M BERT-style models included), since the graph
+keeps its constant for the library path; that is not worth it.
+
+Loop: the output channels are cut into blocks of ``rows`` weight rows, which the threads
+take as contiguous runs (OpenMP dynamic, a few runs per thread). Per block and tile of
+``mr`` x rows, one zmm accumulator per (x row, weight row) sums over K in steps of 16 (each
+x vector loaded once per step and shared by the tile's weight rows; the last ``K % 16``
+columns by masked loads), then a horizontal sum, plus bias, epilogue, store. Each output is
+this same f32 sequence whatever the tile and whatever the thread, so results do not depend
+on the thread count (only the summation order differs from oneDNN / torch). Software
+prefetch measured no gain (the hardware prefetchers follow the few sequential row streams).
+
+Threshold: measured on the 2-core Zen 5 with the weights out of cache (copies cycled over
+>= 128 MB; benchmarks/f32_gemv_cpu.py, TinyLlama shapes 2048x2048, 2048x5632, 5632x2048,
+2048x32000), this kernel streams ~38-48 GB/s at M = 1 (oneDNN 30-38), ~34-46 at M = 2
+(oneDNN 26-31) and ~31-37 at M = 4 (oneDNN 26-31); at M = 8 it ties or trails (22-27 vs
+25-30) and at 16 trails (18-20 vs 21-25), whether tiles take 4 or 8 x rows. Hence
+``max_m = 4``.
+
+Kernel ABI (c.py): ``p`` = x [M, K], the weight constant [N, K] itself (the graph's Value
+in ``CKernel.args``, so the executor passes the tensor it holds anyway), [bias [N]], [the
+epilogue ``add``'s other operand, y-shaped], y [M, N]; ``q[0]`` = M and ``q[1]`` =
+:attr:`GemvConfig.max_m` (both always runtime integers, so one source serves every M and
+every model of the shape; the executor reads ``q[1]`` to choose the path). Epilogues:
+whatever elementwise op the linear's library kernel took (c.py ``LINEAR_EPILOGUE``: gelu,
+relu, silu, sigmoid, tanh, add) in the fused C kernels' own expressions (c_expr.py), on each
+f32 sum plus bias. Without AVX-512 a portable scalar dot product per output is compiled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from ..ir.graph import Node
+from ..ir.types import dims_equal
+from .c import CKernel, _prod
+from .c_quant import C_EXPR, c_node_ok
+from .c_types import PRELUDE
+from .schedule import Kernel
+
+PAR_MACS = 1 << 21   # below this many multiply-adds the kernel runs on one thread
+ACC = 16             # zmm accumulators per tile at most (of 32)
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """``max_m``: the most rows of x the kernel takes (0: never rendered; 4, the largest M
+    where it outstreams oneDNN with the weights out of cache: module docstring); ``rows``:
+    weight rows (output channels) per block, the unit the threads share out; ``mr``: x rows
+    per tile (more rows run as further tiles over the same weight rows, then in L1 / L2);
+    ``runs``: runs of blocks per thread (scheduled dynamically, so that a thread whose core
+    another process holds does less); ``vec=False`` renders the portable scalar loop only
+    (tests)."""
+
+    max_m: int = 4
+    rows: int = 8
+    mr: int = 4
+    runs: int = 4
+    vec: bool = True
+
+    def __post_init__(self) -> None:
+        for f in ("rows", "mr", "runs"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"GemvConfig.{f} must be >= 1, got {getattr(self, f)}")
+        if self.max_m < 0:
+            raise ValueError(f"GemvConfig.max_m must be >= 0, got {self.max_m}")
+        if self.mr * self.rows > 1024:
+            raise ValueError("GemvConfig: mr * rows too large for the tile's stack buffer")
+
+    def width(self, r: int) -> int:
+        """Weight rows per tile of ``r`` x rows: the largest divisor of ``rows`` that keeps
+        ``r * width`` accumulators within 16 zmm (at least 1)."""
+        return max([d for d in range(1, self.rows + 1) if self.rows % d == 0 and r * d <= ACC] or [1])
+
+
+GEMV = GemvConfig()
+
+
+def gemv_supported(k: Kernel, cfg: GemvConfig | None = None) -> bool:
+    """Whether ``k`` (a ``library`` kernel) is a float32 ``linear`` this module renders:
+    x f32 [..., K] with static K >= 1, a constant f32 weight [N, K] with static N >= 1,
+    bias absent or f32 [N], output f32, at most one f32 epilogue node the fused C kernels
+    evaluate (an activation of the linear's output, or an ``add`` of a same-shaped tensor),
+    and M (the product of x's leading dims) not statically above ``cfg.max_m``."""
+    cfg = cfg or GEMV
+    if k.kind != "library" or not k.nodes or k.nodes[0].op != "linear" or len(k.nodes) > 2 \
+            or cfg.max_m < 1:
+        return False
+    n = k.nodes[0]
+    x, w = n.inputs[0], n.inputs[1]
+    bias = n.inputs[2] if len(n.inputs) > 2 else None
+    if x is None or w is None or not w.is_const or w.type.rank != 2 or x.type.rank < 1:
+        return False
+    N, K = w.type.shape
+    if not isinstance(N, int) or not isinstance(K, int) or N < 1 or K < 1 or x.type.shape[-1] != K:
+        return False
+    if any(v is not None and v.dtype.name != "f32" for v in (x, w, bias, n.outputs[0])):
+        return False
+    if bias is not None and tuple(bias.type.shape) != (N,):
+        return False
+    m = _prod(x.type.shape[:-1])
+    if isinstance(m, int) and m > cfg.max_m:
+        return False
+    if len(k.nodes) == 2:
+        return _epilogue_ok(n, k.nodes[1])
+    return True
+
+
+def _epilogue_ok(lin: Node, e: Node) -> bool:
+    """An f32 unary activation of the linear's output or an ``add`` of it and another f32
+    tensor of y's shape, which the fused kernels' C expressions evaluate."""
+    out = lin.outputs[0]
+    if len(e.outputs) != 1 or not c_node_ok(e) or e.op not in C_EXPR:
+        return False
+    if any(v is None or v.dtype.name != "f32" for v in (*e.inputs, e.outputs[0])):
+        return False
+    if e.op == "add":
+        if len(e.inputs) != 2 or sum(v is out for v in e.inputs) != 1:
+            return False
+        other = e.inputs[1] if e.inputs[0] is out else e.inputs[0]
+        return len(other.type.shape) == len(out.type.shape) and \
+            all(dims_equal(a, b) for a, b in zip(other.type.shape, out.type.shape))
+    return len(e.inputs) == 1 and e.inputs[0] is out
+
+
+def _tile_vec(r: int, c: int, K: int) -> list[str]:
+    """AVX-512 tile ``sf_gv{r}_{c}``: ``r`` rows of x (row stride ``K``) times ``c`` rows of
+    the weight (row-major [N, K]: rows ``w``, ``w + K``, ...) into ``ct[i * c + j]``. One zmm
+    accumulator per (x row, weight row), FMAs over K in steps of 16 (the x vectors loaded
+    once per step and shared by the ``c`` weight rows), the last ``K % 16`` columns by masked
+    loads, then a horizontal sum. Every output is this same sequence whatever the tile, so
+    the tiling (and the threads' split) does not change a result."""
+    acc = [[f"a{i}_{j}" for j in range(c)] for i in range(r)]
+    out = [f"static inline void sf_gv{r}_{c}(const float *restrict x, const float *restrict w, "
+           "float *restrict ct, int64_t ldc) {"]
+    for i in range(r):
+        out.append("  " + " ".join(f"__m512 {acc[i][j]} = _mm512_setzero_ps();" for j in range(c)))
+
+    def step(k: str, mask: str | None) -> list[str]:
+        ld = (lambda e: f"_mm512_maskz_loadu_ps({mask}, {e})") if mask else (lambda e: f"_mm512_loadu_ps({e})")
+        s = [f"    const __m512 x{i} = {ld(f'x + {i * K} + {k}')};" for i in range(r)]
+        for j in range(c):
+            s.append(f"    {{ const __m512 wv = {ld(f'w + {j * K} + {k}')};")
+            s += [f"      {acc[i][j]} = _mm512_fmadd_ps(x{i}, wv, {acc[i][j]});" for i in range(r)]
+            s.append("    }")
+        return s
+
+    if K >= 16:
+        out.append(f"  for (int64_t k = 0; k < {K - K % 16}; k += 16) {{")
+        out += step("k", None)
+        out.append("  }")
+    if K % 16:
+        out.append("  {")
+        out.append(f"    const __mmask16 km = (__mmask16)0x{(1 << (K % 16)) - 1:x};")
+        out += step(str(K - K % 16), "km")
+        out.append("  }")
+    for i in range(r):
+        for j in range(c):
+            out.append(f"  ct[{i} * ldc + {j}] = _mm512_reduce_add_ps({acc[i][j]});")
+    out.append("}")
+    return out
+
+
+def _tile_scalar(K: int) -> list[str]:
+    """Portable tile: ``R`` rows of x times ``C`` weight rows, plain f32 dot products."""
+    return ["static inline void sf_gv_s(int64_t R, int64_t C, const float *restrict x, "
+            "const float *restrict w, float *restrict ct, int64_t ldc) {",
+            "  for (int64_t i = 0; i < R; i++)",
+            "    for (int64_t j = 0; j < C; j++) {",
+            "      float s = 0.0f;",
+            f"      for (int64_t k = 0; k < {K}; k++) s += x[i * {K} + k] * w[j * {K} + k];",
+            "      ct[i * ldc + j] = s;",
+            "    }",
+            "}"]
+
+
+def _epilogue_expr(k: Kernel) -> str:
+    """C expression of the stored value from ``v`` (the sum plus bias) and, for an ``add``
+    epilogue, ``o`` (the other operand's element)."""
+    if len(k.nodes) == 1:
+        return "v"
+    lin, e = k.nodes
+    args = ["v" if a is lin.outputs[0] else "o" for a in e.inputs]
+    return C_EXPR[e.op](args, e, "float")
+
+
+def render_gemv(k: Kernel, cfg: GemvConfig | None = None) -> CKernel:
+    """C source of the small-M alternative of library kernel ``k`` (``gemv_supported``); its
+    ``args`` name the graph's own weight Value, read in place (ABI in the module docstring)."""
+    cfg = cfg or GEMV
+    n = k.nodes[0]
+    x, w = n.inputs[0], n.inputs[1]
+    bias = n.inputs[2] if len(n.inputs) > 2 else None
+    N, K = w.type.shape
+    assert isinstance(N, int) and isinstance(K, int)
+    rows, mr = cfg.rows, cfg.mr
+    nblk = -(-N // rows)
+    other = None
+    if len(k.nodes) == 2 and k.nodes[1].op == "add":
+        e = k.nodes[1]
+        other = e.inputs[1] if e.inputs[0] is n.outputs[0] else e.inputs[0]
+    y = k.nodes[-1].outputs[0]
+    args: list = [x, w]
+    decl = ["  const float *restrict x = (const float *)p[0];",
+            "  const float *restrict w = (const float *)p[1];"]
+    if bias is not None:
+        decl.append(f"  const float *restrict bias = (const float *)p[{len(args)}];")
+        args.append(bias)
+    if other is not None:
+        decl.append(f"  const float *restrict oth = (const float *)p[{len(args)}];")
+        args.append(other)
+    decl.append(f"  float *restrict y = (float *)p[{len(args)}];")
+    args.append(y)
+
+    v = f"ct[i * {rows} + jj]" + (" + bias[n0 + jj]" if bias is not None else "")
+    store = [f"          const float v = {v};"]
+    if other is not None:
+        store.append(f"          const float o = oth[(m0 + i) * {N} + n0 + jj];")
+    store.append(f"          y[(m0 + i) * {N} + n0 + jj] = {_epilogue_expr(k)};")
+    # full blocks: tiles of width(R) weight rows; the last, partial block: one row at a time
+    full, part = [], []
+    for r in range(mr, 0, -1):
+        c = cfg.width(r)
+        full.append(f"          case {r}: for (int64_t j = 0; j < {rows}; j += {c}) "
+                    f"sf_gv{r}_{c}(xm, wb + j * {K}, ct + j, {rows}); break;")
+        part.append(f"          case {r}: for (int64_t j = 0; j < nv; j++) "
+                    f"sf_gv{r}_1(xm, wb + j * {K}, ct + j, {rows}); break;")
+    body = [
+        "  const int64_t M = q[0];",
+        "  if (M <= 0) return;",
+        "#ifdef _OPENMP",
+        "  const int64_t nth = omp_get_max_threads();",
+        "#else",
+        "  const int64_t nth = 1;",
+        "#endif",
+        # runs of whole blocks (contiguous weight rows) per thread; a few per thread and
+        # handed out dynamically, so that a thread that lost its core leaves the rest to the other
+        f"  const int64_t CH = ({nblk} + nth * {cfg.runs} - 1) / (nth * {cfg.runs});",
+        f"  #pragma omp parallel if (M * {N * K} > {PAR_MACS})",
+        "  {",
+        f"    float ct[{mr * rows}] __attribute__((aligned(64)));",
+        "    #pragma omp for schedule(dynamic, CH) nowait",
+        f"    for (int64_t b = 0; b < {nblk}; b++) {{",
+        f"      const int64_t n0 = b * {rows}, nv = {N} - n0 < {rows} ? {N} - n0 : {rows};",
+        f"      const float *wb = w + n0 * {K};",
+        # further x-row tiles re-read the block's weight rows from L1 / L2
+        f"      for (int64_t m0 = 0; m0 < M; m0 += {mr}) {{",
+        f"        const int64_t R = M - m0 < {mr} ? M - m0 : {mr};",
+        f"        const float *xm = x + m0 * {K};",
+        "#if SF_GEMV_VEC",
+        f"        if (nv == {rows}) {{",
+        "          switch (R) {", *full, "          default: break;", "          }",
+        "        } else {",
+        "          switch (R) {", *part, "          default: break;", "          }",
+        "        }",
+        "#else",
+        f"        for (int64_t j = 0; j < nv; j++) sf_gv_s(R, 1, xm, wb + j * {K}, ct + j, {rows});",
+        "#endif",
+        "        for (int64_t i = 0; i < R; i++) {",
+        "          #pragma omp simd",
+        "          for (int64_t jj = 0; jj < nv; jj++) {",
+        *["  " + s for s in store],
+        "          }",
+        "        }",
+        "      }",
+        "    }",
+        "  }",
+    ]
+    head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
+    if not cfg.vec:
+        head.append("#define SF_NO_VEC 1")
+    head += ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_GEMV_VEC 1",
+             "#include <immintrin.h>"]
+    tiles = sorted({(r, cfg.width(r)) for r in range(1, mr + 1)} | {(r, 1) for r in range(1, mr + 1)})
+    for r, c in tiles:
+        head += _tile_vec(r, c, K)
+    head += ["#else", "#define SF_GEMV_VEC 0", *_tile_scalar(K), "#endif"]
+    src = "\n".join([PRELUDE] + head + [
+        "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
+    # q[0] = M and q[1] = max_m are runtime integers even where static: the executor reads both
+    params = [sympy.sympify(_prod(x.type.shape[:-1])), sympy.Integer(cfg.max_m)]
+    return CKernel(k, src, params, args)
