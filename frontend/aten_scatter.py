@@ -36,7 +36,10 @@ _END = 2 ** 63 - 1  # what torch writes for an open slice end (ONNX: to the end)
 
 
 def _norm_index(i: Dim, size: Dim) -> Dim:
-    """A python-style (possibly negative) position on an axis of ``size`` made non-negative."""
+    """A python-style (possibly negative) position on an axis of ``size`` made non-negative,
+    clamped to [0, size] where both are known, as torch clamps slice bounds."""
+    if isinstance(i, int) and isinstance(size, int):
+        return min(max(i + size if i < 0 else i, 0), size)
     if isinstance(i, int) and i < 0:
         return canon_dim(size + i)
     return i

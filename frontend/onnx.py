@@ -32,7 +32,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.types import TensorType, sym
 from . import onnx_ops  # noqa: F401  (registers the converters)
 from .onnx_ctx import Ctx, converter, node_attrs
-from .onnx_fuse import fuse_linear_bias
+from .onnx_fuse import fuse_linear_bias, share_equal_constants
 from .onnx_tensors import numpy_to_torch, onnx_dtype, resolve_external_data, tensor_to_torch
 
 MIN_OPSET = 13
@@ -399,6 +399,7 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
     g.set_outputs(outs, names)
     _drop_dead_dequantize(g)
     fuse_linear_bias(g)
+    share_equal_constants(g)
     from ..ir.verify import verify
     try:
         verify(g)

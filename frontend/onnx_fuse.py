@@ -4,8 +4,13 @@
   ``linear(x, W, b)``. Exporters write a bias-free MatMul and an Add for every linear on a
   3-D (or higher) input (torch.onnx's ``nn.Linear``), and the passes that read a linear's bias
   (bias correction, scale folding into a following per-channel mul) look for it there.
+- Equal constants made by separate converters become one (``share_equal_constants``): a tied
+  model's quantised embedding (GatherBlockQuantized) and lm_head (MatMulNBits) each unpack
+  the one initializer they share into their own codes tensor.
 """
 from __future__ import annotations
+
+import torch
 
 from ..ir.graph import Graph, Value
 from ..ir.types import dims_equal
@@ -46,3 +51,25 @@ def _along_features(c: Value, y: Value) -> bool:
         return False
     shape = tuple(c.shape)
     return bool(shape) and dims_equal(shape[-1], y.shape[-1]) and all(d == 1 for d in shape[:-1])
+
+
+def share_equal_constants(g: Graph, min_numel: int = 1024) -> int:
+    """Point the readers of constants equal to an earlier one (same dtype, shape and bits) at
+    that one; returns how many were merged. Only constants of at least ``min_numel``
+    elements are compared (small ones cost nothing), and only within a (dtype, shape) group,
+    so an import without duplicates compares nothing."""
+    groups: dict[tuple, list[Value]] = {}
+    for c in g.constants():
+        if c.const.numel() >= min_numel:
+            groups.setdefault((c.dtype, tuple(c.shape)), []).append(c)
+    merged = 0
+    for vals in groups.values():
+        kept: list[Value] = []
+        for v in vals:
+            same = next((k for k in kept if torch.equal(k.const, v.const)), None)
+            if same is None:
+                kept.append(v)
+            else:
+                g.replace_all_uses(v, same)
+                merged += 1
+    return merged

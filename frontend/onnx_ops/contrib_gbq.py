@@ -109,7 +109,8 @@ def _uint8_codes(ctx: Ctx, data: torch.Tensor, bits: int, zp: tuple[torch.Tensor
     codes = _unpack_last(data, bits, data.shape[-1] * per) if per > 1 else data.to(torch.int64)
     if zp is None:
         # The default zero point 2^(bits-1) makes the codes signed: q - zp needs no zero point
-        # and is the same tensor the MatMulNBits import keeps for the lm_head of a tied model.
+        # and holds the same values the MatMulNBits import makes for the lm_head of a tied
+        # model (the import then keeps one of the two: onnx_fuse.share_equal_constants).
         return codes - (1 << (bits - 1)), (dt.i4 if bits == 4 else dt.i8), None
     z, zd = zp
     want = tuple(data.shape[:-1]) + (-(-nblocks // per),)
@@ -248,7 +249,8 @@ def _gather_block_quantized(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
                                     ctx.add("add", [safe, scalar(ctx, n, d)]), safe])
         s_idx = ctx.add("div", [wrapped, scalar(ctx, block, d)])
         # block 1 along any axis is element-wise; a scalar output takes a per-tensor scale
-        dq_attrs = {"axis": g, "block": 1} if out_rank else {"axis": -1, "block": 0}
+        # (a scalar index removes axis g, which may have been the last)
+        dq_attrs = {"axis": min(g, out_rank - 1), "block": 1} if out_rank else {"axis": -1, "block": 0}
     y_s = ctx.add("gather", [ws, s_idx], {"axis": g})
     y_z = ctx.add("gather", [wz, s_idx], {"axis": g}) if wz is not None else None
     dq_attrs["dtype"] = sd.name

@@ -313,6 +313,11 @@ def test_tied_embedding_with_matmulnbits_lm_head(fold: bool, monkeypatch: pytest
     got_emb, got_logits = run(g, torch.from_numpy(ids))
     _same(got_emb.numpy(), emb)
     np.testing.assert_allclose(got_logits.numpy(), logits, rtol=1e-5, atol=1e-5 * np.abs(logits).max())
+    # one codes tensor for both readers of the shared initializer, not an unpacked copy each
+    codes = [c for c in g.constants() if c.dtype.name in ("i4", "u4") and tuple(c.shape) == (v, d)]
+    assert len(codes) == 1, [(c.name, c.type) for c in codes]
+    readers = {n.op for n, _ in codes[0].uses}
+    assert readers == {"gather", "qlinear"}, readers
 
 
 @pytest.mark.parametrize("axis", [0, 1])
@@ -362,3 +367,15 @@ def test_refusals() -> None:
     del m.graph.initializer[0]
     with pytest.raises(FrontendError, match=f"'{NAME}'.*must be a constant"):
         scalefold.from_onnx(m)
+
+
+@pytest.mark.parametrize("shape,g", [((40, 48), 1), ((3, 10, 48), 2), ((40, 48), 0)])
+def test_int4_scalar_index_along_the_quantized_axis(shape: tuple[int, ...], g: int) -> None:
+    """A 0-d index removes the gathered axis; when it is the quantised (and last) axis the
+    element-wise scales must sit on an axis that is still there."""
+    block = 16
+    sshape = list(shape)
+    sshape[g] = -(-shape[g] // block)
+    m = _model(_int4("data", RNG.integers(-8, 8, size=shape), True), _scales(tuple(sshape)),
+               None, [], gather_axis=g, quantize_axis=g, block_size=block)
+    _check(m, np.array(shape[g] - 3, dtype=np.int64))

@@ -180,6 +180,16 @@ def test_in_place_writes() -> None:
           dynamic_shapes=({0: Dim("B")}, {0: Dim("B")}))
 
 
+def test_write_bounds_past_the_axis_are_clamped() -> None:
+    """Slice bounds beyond the axis clamp as in torch: x[:, -100:2] is x[:, 0:2]."""
+    def fn(s: nn.Module, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        y[:, -100:2] = v
+        y[:, 3:100] = v * 2
+        return y
+    check(Fn(fn), (rnd(3, 5), rnd(3, 2, seed=4)), exact=True)
+
+
 # ---- pooling ----------------------------------------------------------------------------------
 
 
