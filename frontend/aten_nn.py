@@ -7,6 +7,7 @@ product with a constant 2-D right operand (GPT-2's Conv1D ``addmm``, ``x @ W``) 
 from __future__ import annotations
 
 import operator
+import re
 from typing import Any, Sequence
 
 import torch
@@ -89,8 +90,27 @@ def _conv_padding(padding: Any, w: Value, dilation: Sequence[int], nsp: int) -> 
     return _ints(padding, nsp)
 
 
+def _batch1(ctx: Ctx, x: Value, nsp: int) -> tuple[Value, bool]:
+    """x with a batch axis of 1 in front when it is unbatched ([C, *spatial], which torch's
+    convolutions and pools accept), and whether one was added (see :func:`_unbatch`)."""
+    if x.type.rank == nsp + 1:
+        return ctx.emit("unsqueeze", [x], axes=(0,)), True
+    return x, False
+
+
+def _unbatch(ctx: Ctx, y: Value | None, added: bool) -> Value | None:
+    return ctx.emit("squeeze", [y], axes=(0,)) if added and y is not None else y
+
+
 def _conv(ctx: Ctx, x: Value, w: Value, b: Value | None, stride: Any, padding: Any,
           dilation: Any, groups: int, transposed: bool = False, output_padding: Any = 0) -> Value:
+    x, added = _batch1(ctx, x, w.type.rank - 2)
+    y = _conv_batched(ctx, x, w, b, stride, padding, dilation, groups, transposed, output_padding)
+    return _unbatch(ctx, y, added)  # type: ignore[return-value]
+
+
+def _conv_batched(ctx: Ctx, x: Value, w: Value, b: Value | None, stride: Any, padding: Any,
+                  dilation: Any, groups: int, transposed: bool, output_padding: Any) -> Value:
     nsp = x.type.rank - 2
     dil = _ints(dilation, nsp)
     attrs = dict(stride=_ints(stride, nsp), padding=_conv_padding(padding, w, dil, nsp),
@@ -251,40 +271,77 @@ def _pool_args(a: dict, nsp: int) -> dict:
                 ceil_mode=bool(a["ceil_mode"]))
 
 
+def _spatial(n: fx.Node) -> int:
+    """The spatial rank an ``aten.*pool{1,2,3}d`` op works on (its name says it)."""
+    m = re.search(r"pool(\d)d", str(n.target))
+    assert m is not None, n.target
+    return int(m.group(1))
+
+
 @aten("max_pool1d_with_indices.default", "max_pool2d_with_indices.default",
       "max_pool3d_with_indices.default", "max_pool1d.default", "max_pool2d.default",
       "max_pool3d.default")
 def _max_pool(ctx: Ctx, n: fx.Node, a: dict) -> Any:
-    x = ctx.t(a["self"])
-    nsp = x.type.rank - 2
+    nsp = _spatial(n)
+    x, added = _batch1(ctx, ctx.t(a["self"]), nsp)
     y = ctx.emit("max_pool", [x], dilation=_ints(a["dilation"], nsp), **_pool_args(a, nsp))
     if "with_indices" not in str(n.target):
-        return y
+        return _unbatch(ctx, y, added)
     # the indices only when something reads them (max_unpool, a returned tensor): they cost a
     # window gather and an argmax (aten_pool_index.py)
     if not any(u.target is not operator.getitem or u.args[1] == 1 for u in n.users):
-        return y, None
+        return _unbatch(ctx, y, added), None
     from .aten_pool_index import max_pool_indices
-    return y, max_pool_indices(ctx, x, ctx.out_type(n, 0).shape, dilation=_ints(a["dilation"], nsp),
-                               **_pool_args(a, nsp))
+    out = ((1,) if added else ()) + tuple(ctx.out_type(n, 0).shape)
+    idx = max_pool_indices(ctx, x, out, dilation=_ints(a["dilation"], nsp), **_pool_args(a, nsp))
+    return _unbatch(ctx, y, added), _unbatch(ctx, idx, added)
 
 
 @aten("avg_pool1d.default", "avg_pool2d.default", "avg_pool3d.default")
 def _avg_pool(ctx: Ctx, n: fx.Node, a: dict) -> Value:
-    x = ctx.t(a["self"])
-    args = _pool_args(a, x.type.rank - 2)
+    nsp = _spatial(n)
+    x, added = _batch1(ctx, ctx.t(a["self"]), nsp)
+    args = _pool_args(a, nsp)
     if a.get("divisor_override") is not None:
         from .aten_pool_index import avg_pool_divisor
-        return avg_pool_divisor(ctx, x, ctx.out_type(n).shape, int(a["divisor_override"]), **args)
-    return ctx.emit("avg_pool", [x], count_include_pad=bool(a["count_include_pad"]), **args)
+        out = ((1,) if added else ()) + tuple(ctx.out_type(n).shape)
+        y = avg_pool_divisor(ctx, x, out, int(a["divisor_override"]), **args)
+    else:
+        y = ctx.emit("avg_pool", [x], count_include_pad=bool(a["count_include_pad"]), **args)
+    return _unbatch(ctx, y, added)  # type: ignore[return-value]
 
 
 @aten("adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default", "adaptive_avg_pool3d.default",
       "_adaptive_avg_pool2d.default", "_adaptive_avg_pool3d.default")
 def _adaptive_avg_pool(ctx: Ctx, n: fx.Node, a: dict) -> Value:
-    x = ctx.t(a["self"])
-    nsp = x.type.rank - 2
+    nsp = _spatial(n)
+    x, added = _batch1(ctx, ctx.t(a["self"]), nsp)
+    return _unbatch(ctx, _adaptive_avg_batched(ctx, x, _ints(a["output_size"], nsp)), added)  # type: ignore[return-value]
+
+
+@aten("adaptive_max_pool1d.default", "adaptive_max_pool2d.default", "adaptive_max_pool3d.default")
+def _adaptive_max_pool(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value | None, None]:
+    """Adaptive max pooling whose output divides the input (timm's "max" / "avgmax" global
+    pools: output 1): one ``max_pool`` with kernel = stride = input / output. Its indices and
+    windows of unequal sizes are refused by name."""
+    if any(u.target is not operator.getitem or u.args[1] == 1 for u in n.users):
+        raise FrontendError(f"{ctx.node_name}: adaptive max pooling's indices are not supported")
+    nsp = _spatial(n)
+    x, added = _batch1(ctx, ctx.t(a["self"]), nsp)
     out = _ints(a["output_size"], nsp)
+    ins = x.shape[2:]
+    if all(o == 1 for o in out):
+        y = ctx.emit("reduce_max", [x], axes=tuple(range(2, 2 + nsp)), keepdims=True)
+    elif all(isinstance(i, int) and i % o == 0 for i, o in zip(ins, out)):
+        k = tuple(int(i) // o for i, o in zip(ins, out))
+        y = ctx.emit("max_pool", [x], kernel=k, stride=k)
+    else:
+        raise FrontendError(f"{ctx.node_name}: adaptive max pooling from {tuple(ins)} to {out} "
+                            f"(windows of unequal sizes) is not supported")
+    return _unbatch(ctx, y, added), None
+
+
+def _adaptive_avg_batched(ctx: Ctx, x: Value, out: tuple[int, ...]) -> Value:
     if all(o == 1 for o in out):
         return ctx.emit("global_avg_pool", [x])
     ins = x.shape[2:]

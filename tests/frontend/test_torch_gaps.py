@@ -281,3 +281,42 @@ def test_antialiased_interpolation(kw: dict) -> None:
     exact = F.interpolate(x.double(), antialias=True, **kw)
     assert (interp.run(g, x)[0].double() - exact).abs().max() <= (m(x).double() - exact).abs().max() + 5e-7
     assert _ops(g) <= {"linear", "transpose"}
+
+
+# ---- unbatched inputs and adaptive max pooling ------------------------------------------------
+
+
+@pytest.mark.parametrize("name,fn", [
+    ("conv2d", lambda s, x: F.conv2d(x, s.mods[0].weight, s.mods[0].bias, padding=1)),
+    ("conv_transpose2d", lambda s, x: F.conv_transpose2d(x, s.mods[1].weight, stride=2)),
+    ("max_pool2d", lambda s, x: F.max_pool2d(x, 2, 1)),
+    ("max_pool2d_indices", lambda s, x: F.max_pool2d(x, 2, return_indices=True)),
+    ("avg_pool2d", lambda s, x: F.avg_pool2d(x, 3, 2, padding=1)),
+    ("avg_pool2d_divisor", lambda s, x: F.avg_pool2d(x, 2, divisor_override=3)),
+    ("adaptive_avg_pool2d", lambda s, x: F.adaptive_avg_pool2d(x, (3, 2))),
+    ("adaptive_max_pool2d", lambda s, x: F.adaptive_max_pool2d(x, (3, 2))),
+    ("max_pool1d", lambda s, x: F.max_pool1d(x.flatten(1), 3)),
+])
+def test_unbatched_inputs(name: str, fn: Callable[..., Any]) -> None:
+    """torch's convolutions and pools accept [C, *spatial] without a batch axis."""
+    torch.manual_seed(0)
+    m = Fn(fn, nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(3, 2, 2))
+    check(m, (rnd(3, 6, 8),), exact=name.startswith(("max", "adaptive_max")), rtol=1e-5, atol=1e-5)
+
+
+def test_adaptive_max_pool_global_and_divisible() -> None:
+    """timm's "max" / "avgmax" heads: adaptive max pooling to 1 (and to divisors) is a max."""
+    m = Fn(lambda s, x: (F.adaptive_max_pool2d(x, 1), F.adaptive_max_pool2d(x, (2, 4)),
+                         F.adaptive_max_pool1d(x.flatten(2), 1)))
+    x = rnd(2, 3, 6, 8)
+    x[0, 0, 1, 1] = float("nan")
+    check(m, (x,), exact=True)
+    check(m, (x,), more=[(rnd(5, 3, 6, 8, seed=3),)], exact=True, dynamic_shapes=({0: Dim("B")},))
+
+
+def test_adaptive_max_pool_refusals_name_the_node() -> None:
+    with pytest.raises(FrontendError, match="adaptive_max_pool2d.*unequal sizes"):
+        sf.from_torch(Fn(lambda s, x: F.adaptive_max_pool2d(x, 4)), (rnd(1, 2, 6, 6),))
+    with pytest.raises(FrontendError, match="adaptive_max_pool2d.*indices"):
+        sf.from_torch(Fn(lambda s, x: F.adaptive_max_pool2d(x, 2, return_indices=True)[1].float()),
+                      (rnd(1, 2, 6, 6),))
