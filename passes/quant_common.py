@@ -25,9 +25,9 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops.common import norm_axis
 from ..ir.printer import Namer
 from ..runtime.interp import Interpreter
-from .wq_options import name_matches
 from .calibrate import (EPS, ChannelStats, Stats, _as_inputs, graph_hash, mask_input, masked_sequences,
                         real_rows)
+from .wq_options import name_matches
 
 NORMS = ("layer_norm", "rms_norm")
 WEIGHT_MODES = ("per_channel", "per_channel_asym")
@@ -363,7 +363,6 @@ def override_for(node: Node, index: int, overrides: Iterable[tuple[Any, Setting]
         elif name_matches(key, wname) or (node.name and name_matches(key, node.name)):
             return setting
     return None
-
 
 
 __all__ = ["NORMS", "WEIGHT_MODES", "RangeCalibration", "RangeStats", "calibrate_ranges", "dynamic_qlinear",

@@ -30,8 +30,8 @@ from ..ir import dtypes as dt
 from ..ir.errors import CalibrationError
 from ..ir.graph import Graph, Node
 from .calibrate import stats_for
-from .quant_common import require_finite
 from .counters import bump
+from .quant_common import require_finite
 from .wq_fp import FP4_FORMATS, fp4_codes, fp4_fake, fp8_codes, fp8_fake, search_clip
 from .wq_int import clip_search, int_quantize
 from .wq_options import name_matches
