@@ -2,6 +2,7 @@
 (ONNX GridSample)."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -85,17 +86,51 @@ def _coeffs(ratios: torch.Tensor, scale: float, attrs: Attrs) -> torch.Tensor:
 
 
 def _resize_axis(x: torch.Tensor, axis: int, scale: float, out_n: int, roi: tuple[float, float] | None,
-                 attrs: Attrs) -> torch.Tensor:
-    """Resize float64 ``x`` along one axis (ONNX's separable per-axis interpolation)."""
+                 attrs: Attrs, dense: bool = False) -> torch.Tensor:
+    """Resize float64 ``x`` along one axis (ONNX's separable per-axis interpolation);
+    ``dense`` allows the matmul form on small axes (float results only: its f64 sums may
+    differ from the taps' in the last bit, which rounding to an integer could show)."""
     in_n = x.shape[axis]
     if out_n == 0 or in_n == 0:
         shape = list(x.shape)
         shape[axis] = out_n
         return x.new_zeros(shape)
+    idx, c, extra = _axis_taps(in_n, out_n, scale, roi, _tap_key(attrs), str(x.device))
+    xm = x.movedim(axis, -1)
+    n = c.shape[1]
+    if dense and in_n * out_n <= _DENSE_LIMIT:
+        # small axes (CNN feature maps): one f64 matmul by the [in, out] interpolation matrix
+        # is far cheaper than materialising [..., out, taps] gathers
+        res = xm @ _dense_taps(in_n, out_n, scale, roi, _tap_key(attrs), str(x.device))
+    else:
+        g = xm[..., idx.reshape(-1)].reshape(*xm.shape[:-1], out_n, n)
+        res = (g * c).sum(-1)
+    if extra is not None:
+        res = torch.where(extra, float(attrs["extrapolation_value"]), res)
+    return res.movedim(-1, axis)
+
+
+_DENSE_LIMIT = 1 << 14
+_TAP_ATTRS = ("mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a", "exclude_outside",
+              "antialias")
+
+
+def _tap_key(attrs: Attrs) -> tuple:
+    return tuple(attrs[k] for k in _TAP_ATTRS)
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_taps(in_n: int, out_n: int, scale: float, roi: tuple[float, float] | None, key: tuple,
+               device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(source index [out, taps] clamped to the axis, f64 coefficients [out, taps], the
+    outputs outside the input for tf_crop_and_resize or None) of one axis. They depend only
+    on the sizes and attributes, so they are made once per shape (the reference of a resize
+    in a model runs at every call); callers must not write into them."""
+    attrs = dict(zip(_TAP_ATTRS, key))
     out_w = scale * in_n
     # every index / coefficient tensor lives on x's device: a CPU one would send the whole
     # step to the CPU on a GPU target (and keep the step out of CUDA graphs)
-    y = torch.arange(out_n, dtype=torch.float64, device=x.device)
+    y = torch.arange(out_n, dtype=torch.float64, device=device)
     ctm, extra = attrs["coordinate_transformation_mode"], None
     if ctm == "align_corners":
         xo = torch.zeros_like(y) if out_w == 1 else y * (in_n - 1) / (out_w - 1)
@@ -118,7 +153,7 @@ def _resize_axis(x: torch.Tensor, axis: int, scale: float, out_n: int, roi: tupl
         xo = offset + (y + 0.5) / scale - 0.5
     xi = torch.floor(xo)
     ratios = torch.where(xo == xi, torch.ones_like(xo), xo - xi)
-    c = _coeffs(ratios, scale, attrs)
+    c = _coeffs(ratios, scale, attrs)  # type: ignore[arg-type]
     n = c.shape[1]
     pad = (n + 1) // 2
     # the taps from xo's own floor: floor(xo + pad) can round to the next integer when xo is
@@ -130,18 +165,24 @@ def _resize_axis(x: torch.Tensor, axis: int, scale: float, out_n: int, roi: tupl
     else:
         base = -((n - 1) // 2)
         off = torch.where(frac <= 0.5, float(base), base + 1.0)
-    idx = (p + off).long()[:, None] + torch.arange(n, device=x.device)[None, :] - pad
+    idx = (p + off).long()[:, None] + torch.arange(n, device=device)[None, :] - pad
     if attrs["exclude_outside"]:
         c = torch.where((idx < 0) | (idx >= in_n), torch.zeros_like(c), c)
         tot = c.sum(1, keepdim=True)
         c = c / torch.where(tot == 0, torch.ones_like(tot), tot)
-    idx = idx.clamp(0, in_n - 1)
-    xm = x.movedim(axis, -1)
-    g = xm[..., idx.reshape(-1)].reshape(*xm.shape[:-1], out_n, n)
-    res = (g * c).sum(-1)
-    if extra is not None:
-        res = torch.where(extra, float(attrs["extrapolation_value"]), res)
-    return res.movedim(-1, axis)
+    return idx.clamp(0, in_n - 1), c, extra
+
+
+@functools.lru_cache(maxsize=64)      # at most 2^14 f64 each: 8 MB in all
+def _dense_taps(in_n: int, out_n: int, scale: float, roi: tuple[float, float] | None, key: tuple,
+                device: str) -> torch.Tensor:
+    """The f64 [in, out] matrix of one axis' taps (coefficients of equal source pixels add,
+    as the gathered sum adds them)."""
+    idx, c, _ = _axis_taps(in_n, out_n, scale, roi, key, device)
+    m = torch.zeros(in_n, out_n, dtype=torch.float64, device=device)
+    cols = torch.arange(out_n, device=device)[:, None].expand_as(idx)
+    m.index_put_((idx.reshape(-1), cols.reshape(-1)), c.reshape(-1), accumulate=True)
+    return m
 
 
 def _resize_ref(xs: Sequence[torch.Tensor | None], attrs: Attrs) -> torch.Tensor:
@@ -150,13 +191,24 @@ def _resize_ref(xs: Sequence[torch.Tensor | None], attrs: Attrs) -> torch.Tensor
     sizes = [int(d) for d in attrs["sizes"]]
     scales = list(attrs["scales"]) or [sizes[i] / x.shape[i] if x.shape[i] else 1.0 for i in range(r)]
     roi = attrs["roi"]
-    res = x.double()
+    # nearest picks one source pixel per output: a gather in x's own dtype, exact, with no
+    # f64 copy (outside tf_crop_and_resize's extrapolation and exclude_outside's renormalising)
+    pick = attrs["mode"] == "nearest" and not attrs["exclude_outside"] and \
+        attrs["coordinate_transformation_mode"] != "tf_crop_and_resize"
+    res = x if pick else x.double()
     for ax in range(r):
         ax_roi = (roi[ax], roi[ax + r]) if roi else None
         if (math.isclose(scales[ax], 1.0) and sizes[ax] == res.shape[ax]
                 and (ax_roi is None or (math.isclose(ax_roi[0], 0.0) and math.isclose(ax_roi[1], 1.0)))):
             continue
-        res = _resize_axis(res, ax, float(scales[ax]), sizes[ax], ax_roi, attrs)
+        if pick and sizes[ax] and res.shape[ax]:
+            idx, c, _ = _axis_taps(res.shape[ax], sizes[ax], float(scales[ax]), ax_roi, _tap_key(attrs),
+                                   str(x.device))
+            res = res.index_select(ax, idx.gather(1, c.argmax(1, keepdim=True)).reshape(-1))
+            continue
+        res = _resize_axis(res, ax, float(scales[ax]), sizes[ax], ax_roi, attrs, x.is_floating_point())
+    if pick and res.dtype == x.dtype:
+        return res if res is not x else x.clone()
     if x.is_floating_point():
         return res.to(x.dtype)
     info = torch.iinfo(x.dtype)
