@@ -10,6 +10,7 @@ from typing import Iterable, Union
 import sympy
 
 from . import dtypes as dt
+from .dim_eval import eval_dim
 from .errors import IRError
 
 Dim = Union[int, sympy.Expr]
@@ -230,10 +231,10 @@ class TensorType:
             if isinstance(d, int):
                 out.append(d)
             else:
-                v = d.subs(env)
-                if not v.is_Integer:
+                v = eval_dim(d, env)
+                if not isinstance(v, int):
                     raise IRError(f"dimension {dim_str(d)} is not bound")
-                out.append(int(v))
+                out.append(v)
         return tuple(out)
 
     def __str__(self) -> str:

@@ -32,6 +32,7 @@ import sympy
 import torch
 
 from ..codegen.schedule import BufferPlan, Kernel, Schedule, plan_buffers
+from ..ir.dim_eval import eval_dim
 from ..ir.errors import ExecutionError, ScalefoldError, ShapeError
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
@@ -166,7 +167,7 @@ class Executor:
             ins = [slot[id(v)] for v in k.inputs]
             outs = [slot[id(v)] for v in k.outputs]
             order = self._args.get(k.name) or ins + outs
-            q = [int(sympy.sympify(e).subs(env)) for e in self.params.get(k.name, [])]
+            q = [int(eval_dim(e, env)) for e in self.params.get(k.name, [])]
             if hasattr(fn, "bind"):
                 launch = fn.bind(q)
 
@@ -317,7 +318,7 @@ class Executor:
         most rows it takes) say it covers this binding."""
         if k.kind != "library" or k.name not in self.kernels:
             return False
-        m, top = (int(sympy.sympify(e).subs(env)) for e in self.params[k.name][:2])
+        m, top = (int(eval_dim(e, env)) for e in self.params[k.name][:2])
         return m <= top
 
     def _qlinear_fallback(self, node: Node) -> Callable | None:
