@@ -5,6 +5,7 @@ from typing import Any, Mapping, Sequence
 
 import sympy
 
+from ..dim_eval import eval_dim
 from ..errors import ShapeError
 from ..graph import Attrs
 from ..types import Dim, TensorType, dim_str, dims_equal
@@ -80,8 +81,7 @@ def bind_dims(attrs: Attrs, env: Mapping[sympy.Symbol, int]) -> Attrs:
         if isinstance(v, tuple):
             return tuple(sub(x) for x in v)
         if isinstance(v, sympy.Basic) and v.free_symbols:
-            r = v.subs(env)
-            return int(r) if r.is_Integer else r  # plain int: a bound value may be negative
+            return eval_dim(v, env)  # a plain int when bound: a bound value may be negative
         return v
     if not any(isinstance(v, (tuple, sympy.Basic)) for v in attrs.values()):
         return attrs
