@@ -56,8 +56,9 @@ def _compile(e: sympy.Expr) -> _Fn | None:
 
 
 @lru_cache(maxsize=8192)
-def _compiled(e: sympy.Expr) -> _Fn | None:
-    return _compile(e)
+def _compiled(e: sympy.Expr) -> tuple[_Fn | None, frozenset]:
+    # free_symbols is recomputed by sympy at every access on many expression types
+    return _compile(e), frozenset(e.free_symbols)
 
 
 def eval_dim(e: Any, env: Env) -> Any:
@@ -67,8 +68,8 @@ def eval_dim(e: Any, env: Env) -> Any:
     if isinstance(e, int):
         return e
     e = sympy.sympify(e)
-    fn = _compiled(e)
-    if fn is not None and e.free_symbols <= set(env):
+    fn, free = _compiled(e)
+    if fn is not None and all(x in env for x in free):
         v = fn(env)
         if isinstance(v, Fraction):
             if v.denominator == 1:

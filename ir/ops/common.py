@@ -80,7 +80,7 @@ def bind_dims(attrs: Attrs, env: Mapping[sympy.Symbol, int]) -> Attrs:
     def sub(v: Any) -> Any:
         if isinstance(v, tuple):
             return tuple(sub(x) for x in v)
-        if isinstance(v, sympy.Basic) and v.free_symbols:
+        if isinstance(v, sympy.Expr) and not v.is_Number:
             return eval_dim(v, env)  # a plain int when bound: a bound value may be negative
         return v
     if not any(isinstance(v, (tuple, sympy.Basic)) for v in attrs.values()):
