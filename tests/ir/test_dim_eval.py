@@ -8,7 +8,7 @@ import itertools
 import pytest
 import sympy
 
-from scalefold.ir.dim_eval import eval_dim
+from scalefold.ir.dim_eval import _compiled, eval_dim
 from scalefold.ir.types import IRError, TensorType
 
 P, S, B = sympy.symbols("P S B", integer=True, positive=True)
@@ -22,11 +22,15 @@ EXPRS = [
 
 @pytest.mark.parametrize("expr", EXPRS, ids=str)
 def test_matches_subs(expr: sympy.Expr) -> None:
+    # the compiled closure itself, not the subs fallback, must give the value
+    fn, _ = _compiled(expr)
+    assert fn is not None, f"{expr} falls back to subs"
     for p, s, b in itertools.product([1, 2, 3, 9, 10, 11, 29, 30, 31, 70, 1023, 12345], [1, 7, 8, 64], [1, 3]):
         env = {P: p, S: s, B: b}
         want = expr.subs(env)
         got = eval_dim(expr, env)
         assert isinstance(got, int) and got == int(want), (expr, env, got, want)
+        assert fn(env) == int(want), (expr, env)
 
 
 def test_unbound_and_concrete() -> None:
