@@ -9,7 +9,10 @@ them inside ``forward``). Two steps are measured, each in one process on the sam
 
 - decode: batch 1, one new token on a KV cache of ``--past`` tokens (the past length is the
   dynamic dimension ``P`` of one exported graph, so one compiled model serves every step);
-- prompt: batch 1, ``--prompt`` tokens and no past (a second, static graph).
+- prompt: batch 1, ``--prompt`` tokens and no past (a second, static graph);
+- generation: ``--generate`` greedy tokens from the decode step's cache, each step's present
+  KV fed back, so each call meets a cache one token longer (a new binding of the sizes per
+  token, as in a real generation loop; the decode row above reuses one binding).
 
 Runners: torch eager fp32; scalefold ``target="c"`` fp32; scalefold ``target="c"`` with
 ``quant_weights(format=int4, group=128, method=rtn)`` (f32 activations, nibbles dequantised
@@ -32,7 +35,7 @@ then stall kernels for a scheduler tick, so ``OMP_WAIT_POLICY=PASSIVE`` is set (
 onnxruntime's ``session.intra_op.allow_spinning`` is 0) unless ``--omp-spin`` is given.
 
     PYTHONPATH=/tmp/pkg .venv/bin/python benchmarks/llm_decode_cpu.py [--layers 4] [--past 256]
-        [--prompt 64] [--hidden 2048] [--intermediate 5632] [--kv-heads 4] [--iters 10]
+        [--prompt 64] [--generate 32] [--hidden 2048] [--intermediate 5632] [--kv-heads 4] [--iters 10]
         [--rounds 3] [--threads 2] [--omp-spin] [--quick] [--out results.json]
 
 ``--quick`` is a smoke run (2 layers, hidden 512, fewer iterations).
@@ -181,6 +184,28 @@ def profile_steps(cm: Any, inputs: Sequence[torch.Tensor], calls: int) -> list[t
     return sorted(rows, key=lambda r: -r[2])
 
 
+def generate(fn: Callable[..., Sequence[torch.Tensor]], ids: torch.Tensor, past: Sequence[torch.Tensor],
+             n: int) -> tuple[float, list[int]]:
+    """Greedy generation of ``n`` tokens with ``fn`` (``fn(ids, *past) -> (logits, *present)``),
+    each step's present KV fed back as the next step's past, so every call meets a cache one
+    token longer: a new binding of the sizes at every token. Returns (ms per token, tokens)."""
+    toks: list[int] = []
+    kv = list(past)
+    t = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(n):
+            out = fn(ids, *kv)
+            ids = out[0].reshape(1, -1).argmax(-1).reshape(1, 1)
+            kv = list(out[1:])
+            toks.append(int(ids))
+    return (time.perf_counter() - t) / n * 1e3, toks
+
+
+def ort_fn(sess: Any, names: list[str]) -> Callable[..., list[torch.Tensor]]:
+    """``sess`` as a function of torch tensors (for ``generate``)."""
+    return lambda *xs: [torch.from_numpy(o) for o in sess.run(None, {k: x.numpy() for k, x in zip(names, xs)})]
+
+
 def table(title: str, times: dict[str, list[float]], ntok: int, wbytes: dict[str, int],
           errs: dict[str, str], ort_of: dict[str, str]) -> list[str]:
     base = statistics.median(times["torch eager fp32"])
@@ -197,6 +222,37 @@ def table(title: str, times: dict[str, list[float]], ntok: int, wbytes: dict[str
     return out + [""]
 
 
+def generation(a: argparse.Namespace, dec: Any, cm32: Any, cm4: Any, cm4a: Any, sess: dict[str, Any],
+               names: list[str], dec_in: Sequence[torch.Tensor], results: dict[str, Any]) -> list[str]:
+    """Greedy generation of ``--generate`` tokens from the decode inputs' cache, per runner,
+    in ``--rounds`` interleaved rounds: the cache grows by one each token."""
+    gens: dict[str, Callable[..., Sequence[torch.Tensor]]] = {
+        "torch eager fp32": dec, "scalefold c fp32": cm32, "ORT fp32": ort_fn(sess["fp32"], names),
+        "scalefold c int4 g128": cm4, "scalefold c int4 g128 act=int8": cm4a,
+        "ORT int4 acc0": ort_fn(sess["int4_acc0"], names), "ORT int4 acc4": ort_fn(sess["int4_acc4"], names)}
+    print(f"[generate] {a.generate} tokens x {a.rounds} rounds", flush=True)
+    ms: dict[str, list[float]] = {k: [] for k in gens}
+    toks: dict[str, list[int]] = {}
+    for _ in range(a.rounds):
+        for nm, f in gens.items():
+            t, toks[nm] = generate(f, dec_in[0], dec_in[1:], a.generate)
+            ms[nm].append(t)
+    base = statistics.median(ms["torch eager fp32"])
+    out = [f"### greedy generation: {a.generate} tokens from {a.past} past (a new cache length, so a "
+           f"new binding of the sizes, at every token)", "",
+           "| runner | ms/token (median) | spread (min..max) | tokens/s | vs torch fp32 | tokens equal to |",
+           "|---|---|---|---|---|---|"]
+    for nm, ts in ms.items():
+        m = statistics.median(ts)
+        ref = "torch eager fp32" if "int4" not in nm else "scalefold c int4 g128"
+        same = sum(x == y for x, y in zip(toks[nm], toks[ref]))
+        out.append(f"| {nm} | {m:.2f} | {min(ts):.2f}..{max(ts):.2f} | {1e3 / m:.1f} | {base / m:.2f}x | "
+                   f"{same}/{a.generate} of {ref} |")
+    results["generate"] = {"ms_per_token": ms, "tokens": toks}
+    print("\n".join(out), flush=True)
+    return out + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=4)
@@ -210,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--generate", type=int, default=32,
+                    help="tokens of greedy generation from the decode cache, a new cache length each (0: skip)")
     ap.add_argument("--profile-calls", type=int, default=10, help="calls for the per-kernel breakdown (0: skip)")
     ap.add_argument("--omp-spin", action="store_true",
                     help="leave OMP_WAIT_POLICY and ORT's thread spinning at their defaults (else passive / off)")
@@ -219,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.layers, a.hidden, a.intermediate, a.heads, a.kv_heads = 2, 512, 1408, 8, 2
         a.iters, a.rounds, a.past, a.prompt, a.profile_calls = 5, 1, min(a.past, 64), min(a.prompt, 16), 3
+        a.generate = min(a.generate, 8)
     if a.hidden % a.heads or a.heads % a.kv_heads or a.hidden % 128 or a.intermediate % 128:
         ap.error("--hidden must divide by --heads (and 128), --heads by --kv-heads, --intermediate by 128")
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
@@ -319,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                 lines += [f"int4 graph: {nq} qlinear, {nl} linear left in float; KV cache read per step "
                           f"{kvb / 1e6:.1f} MB (not counted above)", ""]
                 profile_cm = (cm4, inputs, fns["ORT int4 acc0"])
+                if a.generate:
+                    lines += generation(a, dec, cm32, cm4, cm4a, sess, names, dec_in, results)
             results[step] = {"times_ms": times, "errors": errs, "weight_bytes": {"fp32": b32, "int4": b4}}
             print("\n".join(lines[-(len(fns) + 6):]), flush=True)
             sess, fns, cm32, cm4a = {}, {}, None, None   # free this step's models before the next

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 import sympy
+import torch
 
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
@@ -377,19 +378,28 @@ class BufferPlan:
 ALIGN = 64
 
 
-def plan_buffers(schedule: Schedule, env: Mapping[sympy.Symbol, int],
-                 exclude: Iterable[Value] = ()) -> BufferPlan:
-    """Assign arena offsets to kernel outputs by liveness (first-fit on an interval graph).
+@dataclass
+class Liveness:
+    """The binding-independent half of a buffer plan: which values get arena space, the
+    value each view aliases, and which planned buffers are live at the same time."""
 
-    Values in ``exclude`` (graph outputs, which must outlive a call) and graph inputs and
-    constants get no arena space. A view's output aliases its input's buffer, so the base
-    stays live as long as any view of it does.
-    """
+    planned: list[int]                  # ids of planned values, in order of their first step
+    value: dict[int, Value]             # id -> the planned Value (its type gives the size)
+    alias: dict[int, int]               # id(view Value) -> id(base Value)
+    conflicts: dict[int, list[int]]     # id -> planned ids live with it and placed before it
+    symbolic: frozenset[int]            # planned ids whose size depends on the binding
+
+
+def liveness(schedule: Schedule, exclude: Iterable[Value] = ()) -> Liveness:
+    """Live intervals (in kernel steps) of the values ``plan_buffers`` places, and their
+    conflicts. Values in ``exclude`` (graph outputs, which must outlive a call), graph inputs
+    and constants get no arena space. A view's output aliases its input's buffer, so the base
+    stays live as long as any view of it does."""
     excluded = {id(v) for v in exclude}
     base: dict[int, int] = {}
     step_of_def: dict[int, int] = {}
     last_use: dict[int, int] = {}
-    size: dict[int, int] = {}
+    value: dict[int, Value] = {}
     for step, k in enumerate(schedule.kernels):
         for v in k.inputs:
             b = base.get(id(v), id(v))
@@ -400,42 +410,68 @@ def plan_buffers(schedule: Schedule, env: Mapping[sympy.Symbol, int],
                 base[id(o)] = base.get(id(src), id(src))
                 continue
             step_of_def[id(o)] = step
-            shape = o.type.concrete(env)
-            n = 1
-            for d in shape:
-                n *= d
-            # the runtime holds sub-byte codes one per byte of their container: size by it
-            size[id(o)] = n * o.type.dtype.container.itemsize
+            value[id(o)] = o
     # A view of an excluded value (graph output) or of a graph input needs no planning. A
     # planned value viewed by a graph output must survive to the end of the call: the output
     # is read (and copied out of the arena) only after the last kernel.
     for vid in excluded:
         if vid in base:
             last_use[base[vid]] = len(schedule.kernels)
-    intervals = []
-    for vid, s in step_of_def.items():
-        if vid in excluded:
-            continue
-        intervals.append((s, last_use.get(vid, s), vid))
-    # Two buffers conflict when their live intervals (in kernel steps) overlap: the conflict
-    # graph is an interval graph. Buffers are placed in order of their first step (the optimal
-    # colouring order for interval graphs), each at the lowest offset clear of the placed
-    # buffers it conflicts with (first fit).
+    intervals = sorted((s, last_use.get(vid, s), vid) for vid, s in step_of_def.items() if vid not in excluded)
+    # Two buffers conflict when their live intervals overlap: the conflict graph is an
+    # interval graph, and placing buffers in order of their first step is the optimal
+    # colouring order for it. Only conflicts with buffers placed earlier matter to first fit.
     import networkx as nx
 
-    intervals.sort()
-    conflicts = nx.Graph()
-    conflicts.add_nodes_from(v for _, _, v in intervals)
+    g = nx.Graph()
+    g.add_nodes_from(v for _, _, v in intervals)
     active: list[tuple[int, int]] = []  # (end, vid), sweeping by start
     for s, e, vid in intervals:
         active = [(pe, pv) for pe, pv in active if pe >= s]
-        conflicts.add_edges_from((vid, pv) for _, pv in active)
+        g.add_edges_from((vid, pv) for _, pv in active)
         active.append((e, vid))
+    rank = {vid: i for i, (_, _, vid) in enumerate(intervals)}
+    conflicts = {vid: [u for u in g[vid] if rank[u] < rank[vid]] for _, _, vid in intervals}
+    symbolic = frozenset(v for _, _, v in intervals if not value[v].type.is_static)
+    return Liveness([v for _, _, v in intervals], {v: value[v] for _, _, v in intervals}, base, conflicts,
+                    symbolic)
+
+
+def plan_buffers(schedule: Schedule, env: Mapping[sympy.Symbol, int],
+                 exclude: Iterable[Value] = (), live: Liveness | None = None) -> BufferPlan:
+    """Assign arena offsets to kernel outputs by liveness (first fit on an interval graph).
+
+    ``live`` is ``liveness(schedule, exclude)`` when the caller keeps it across bindings
+    (only the sizes, and so the offsets, depend on ``env``). Postcondition: two planned values
+    live at the same step never overlap in the arena, and every offset is 64-byte aligned.
+    """
+    if live is None:
+        live = liveness(schedule, exclude)
+    size: dict[int, int] = {}
+    for vid in live.planned:
+        t = live.value[vid].type
+        size[vid] = value_bytes(t.concrete(env), t.dtype.container)
+    return first_fit(live, size)
+
+
+def value_bytes(shape: Iterable[int], container: torch.dtype) -> int:
+    """Bytes of a runtime buffer of ``shape``: sub-byte codes are held one per byte of their
+    container, so they are sized by it."""
+    n = 1
+    for d in shape:
+        n *= d
+    return n * container.itemsize
+
+
+def first_fit(live: Liveness, size: Mapping[int, int]) -> BufferPlan:
+    """The plan of ``live``'s values with ``size`` (bytes by value id, for every planned value):
+    each buffer, in order of its first step, at the lowest 64-byte aligned offset clear of the
+    earlier-placed buffers it is live with."""
     offsets: dict[int, int] = {}
     arena = 0
-    for _, _, vid in intervals:
+    for vid in live.planned:
         need = max(size[vid], 1)
-        taken = sorted((offsets[u], offsets[u] + max(size[u], 1)) for u in conflicts[vid] if u in offsets)
+        taken = sorted((offsets[u], offsets[u] + max(size[u], 1)) for u in live.conflicts[vid])
         off = 0
         for lo, hi in taken:
             if off + need <= lo:
@@ -443,8 +479,8 @@ def plan_buffers(schedule: Schedule, env: Mapping[sympy.Symbol, int],
             off = max(off, _align(hi))
         offsets[vid] = off
         arena = max(arena, off + need)
-    naive = sum(_align(size[v]) for _, _, v in intervals)
-    return BufferPlan(offsets, size, base, _align(arena), naive)
+    naive = sum(_align(size[v]) for v in live.planned)
+    return BufferPlan(offsets, {v: size[v] for v in live.planned}, live.alias, _align(arena), naive)
 
 
 def _align(n: int) -> int:

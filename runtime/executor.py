@@ -2,7 +2,11 @@
 
 Per binding of the symbols (cached, LRU) the executor evaluates each kernel's runtime sizes,
 plans one arena by liveness (``codegen.schedule.plan_buffers``) and pre-builds one step per
-kernel. A call then only fills pointer arrays and calls: no per-element Python.
+kernel. A call then only fills pointer arrays and calls: no per-element Python. A step depends
+on the binding only through the symbols in its kernel's shapes, attributes and runtime
+integers, so a new binding reuses the steps of every kernel whose symbols kept their values:
+a decode loop, whose KV cache grows by one each token, rebuilds only its attention and cache
+steps (the buffer liveness is also planned once, only the sizes and offsets per binding).
 Graph outputs never live in the arena (it is reused by the next call), so they are returned
 as fresh tensors.
 
@@ -31,7 +35,8 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 import sympy
 import torch
 
-from ..codegen.schedule import BufferPlan, Kernel, Schedule, plan_buffers
+from ..codegen.schedule import (BufferPlan, Kernel, Liveness, Schedule, first_fit, liveness, plan_buffers,
+                                value_bytes)
 from ..ir.dim_eval import eval_dim
 from ..ir.errors import ExecutionError, ScalefoldError, ShapeError
 from ..ir.graph import Graph, Node, Value
@@ -43,6 +48,28 @@ from .library import library_fn, qlinear_fallback
 
 Step = Callable[[list], None]
 ENV_CACHE = 8
+
+
+@dataclass
+class _KStep:
+    """One kernel's step for one binding of its symbols, and its outputs: (id(Value), slot,
+    shape, contiguous strides, container dtype, bytes) each (none for a view kernel, whose
+    outputs alias)."""
+    step: Step
+    outs: list[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype, int]]
+
+
+class _Typed(dict):
+    """An arena's views as each dtype, made on first use (offsets are 64-byte aligned, so
+    every planned buffer starts on an element of its dtype)."""
+
+    def __init__(self, arena: torch.Tensor) -> None:
+        super().__init__()
+        self.arena = arena
+
+    def __missing__(self, dtype: torch.dtype) -> torch.Tensor:
+        t = self[dtype] = self.arena.view(dtype)
+        return t
 
 
 @dataclass
@@ -125,11 +152,27 @@ class Executor:
         self._cl_values = channels_last_values(schedule)
         self._libfns: dict[str, tuple[Callable, bool]] = {}
         self._lock = threading.Lock()
+        # per kernel: the symbols its step depends on, and its steps by their values (LRU)
+        ksyms = [_kernel_symbols(k, self.params.get(k.name, ())) for k in schedule.kernels]
+        self._symsets = list(dict.fromkeys(ksyms))   # most kernels share a few: evaluate each once
+        where = {t: j for j, t in enumerate(self._symsets)}
+        self._ksym = [where[t] for t in ksyms]
+        self._kstep: list[OrderedDict[tuple, _KStep]] = [OrderedDict() for _ in schedule.kernels]
+        self._liveness: Liveness | None = None
+        self._last_arena: tuple[BufferPlan, torch.Tensor, _Typed] | None = None
         # Ops like nonzero bind new symbols from their data: such graphs cannot be planned
         # before the call, so they run step by step with fresh buffers (see _run_dynamic).
         self._dynamic = any(get_op(n.op).binds for n in graph.nodes)
 
     # ---- binding ------------------------------------------------------------------------
+    def forget_bindings(self) -> None:
+        """Drop every binding, step and arena made so far: the next call builds them anew."""
+        with self._lock:
+            self._bound.clear()
+            for c in self._kstep:
+                c.clear()
+            self._last_arena = None
+
     def _bind(self, env: dict[sympy.Symbol, int]) -> _Bound:
         key = tuple(sorted((s.name, v) for s, v in env.items()))
         b = self._bound.get(key)
@@ -138,27 +181,68 @@ class Executor:
             return b
         g = self.graph
         outs = {id(v) for v in g.outputs}
-        plan = plan_buffers(self.schedule, env, exclude=g.outputs)
-        arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8, device=self.device)
+        if self._liveness is None:
+            self._liveness = liveness(self.schedule, exclude=g.outputs)
+        live = self._liveness
+        keys = [tuple(env.get(s) for s in t) for t in self._symsets]
+        made = [self._cached_step(i, k, env, keys[j]) for i, (k, j) in enumerate(zip(self.schedule.kernels, self._ksym))]
+        size = {vid: nbytes for m in made for vid, _, _, _, _, nbytes in m.outs if vid in live.value}
+        plan, arena, typed = self._arena_for(size)
         vals: list = [None] * len(self._slot)
         for s, t in self._consts:
             vals[s] = t
         fresh = []
-        for k in self.schedule.kernels:
-            if k.kind == "view":
-                continue
-            for o in k.outputs:
-                shape = o.type.concrete(env)
-                if id(o) in plan.offsets:
-                    vals[self._slot[id(o)]] = _view(arena, plan.offsets[id(o)], shape, o.dtype.container)
-                elif id(o) in outs:
-                    fresh.append((self._slot[id(o)], shape, o.dtype.container))
-        steps = [self._step(k, env) for k in self.schedule.kernels]
+        for m in made:
+            for vid, s, shape, strides, dtype, _ in m.outs:
+                if vid in plan.offsets:
+                    vals[s] = typed[dtype].as_strided(shape, strides, plan.offsets[vid] // dtype.itemsize)
+                elif vid in outs:
+                    fresh.append((s, shape, dtype))
+        steps = [m.step for m in made]
         b = _Bound(env, plan, arena, vals, steps, fresh)
         self._bound[key] = b
         if len(self._bound) > ENV_CACHE:
             self._bound.popitem(last=False)
         return b
+
+    def _arena_for(self, size: Mapping[int, int]) -> tuple[BufferPlan, torch.Tensor, _Typed]:
+        """A buffer plan and arena that hold buffers of ``size`` bytes (by value id), and the
+        arena's view per dtype. The last ones made are reused while every buffer fits in the
+        room they planned for it (room to spare only shrinks buffers, never adds overlap):
+        sizes that depend on the binding are planned with an eighth to spare, so a growing KV
+        cache re-plans every few tokens, not at every one."""
+        live = self._liveness
+        assert live is not None
+        last = self._last_arena
+        if last is not None and all(n <= last[0].sizes[v] for v, n in size.items()):
+            return last
+        room = {v: (n + n // 8 if v in live.symbolic else n) for v, n in size.items()}
+        plan = first_fit(live, room)
+        arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8, device=self.device)
+        typed = _Typed(arena)
+        self._last_arena = (plan, arena, typed)
+        return self._last_arena
+
+    def _cached_step(self, i: int, k: Kernel, env: Mapping[sympy.Symbol, int], key: tuple) -> _KStep:
+        """Kernel ``i``'s step and output sizes under ``env``: those made for the same values
+        of its symbols if there are any (steps hold slots, not addresses, so any binding can
+        run them); ``key`` is the values of its symbols."""
+        cache = self._kstep[i]
+        m = cache.get(key)
+        if m is None:
+            outs = []
+            if k.kind != "view":
+                for o in k.outputs:
+                    shape = o.type.concrete(env)
+                    dtype = o.dtype.container
+                    outs.append((id(o), self._slot[id(o)], shape, _strides(shape), dtype,
+                                 value_bytes(shape, dtype)))
+            m = cache[key] = _KStep(self._step(k, env), outs)
+            if len(cache) > ENV_CACHE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return m
 
     def _step(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> Step:
         slot = self._slot
@@ -466,6 +550,28 @@ class Executor:
         return plan_buffers(self.schedule, env, exclude=self.graph.outputs)
 
 
+def _kernel_symbols(k: Kernel, params: Sequence[sympy.Expr]) -> tuple[sympy.Symbol, ...]:
+    """The symbols kernel ``k``'s step reads from a binding (name order): those of its nodes'
+    input and output shapes, of their attributes and of its runtime integers."""
+    syms: set[sympy.Symbol] = set()
+
+    def add(v: Any) -> None:
+        if isinstance(v, tuple):
+            for x in v:
+                add(x)
+        elif isinstance(v, sympy.Basic):
+            syms.update(v.free_symbols)
+    for n in k.nodes:
+        for v in (*n.inputs, *n.outputs):
+            if v is not None:
+                syms.update(v.type.symbols)
+        for a in n.attrs.values():
+            add(a)
+    for e in params:
+        add(e)
+    return tuple(sorted(syms, key=lambda s: s.name))
+
+
 def _storages(xs: Sequence[Any]) -> set[int]:
     """The storage addresses of the tensors among ``xs``."""
     return {x.untyped_storage().data_ptr() for x in xs if isinstance(x, torch.Tensor) and x.numel()}
@@ -500,12 +606,14 @@ def _to_device(x: Any, i: int, g: Graph, device: torch.device) -> Any:
                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
 
 
-def _view(arena: torch.Tensor, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    n = 1
-    for d in shape:
-        n *= d
-    item = torch.empty(0, dtype=dtype).element_size()
-    return arena[offset:offset + n * item].view(dtype).view(shape)
+def _strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of ``shape``."""
+    out = []
+    acc = 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return tuple(reversed(out))
 
 
 def _consts(graph: Graph) -> list[Value]:

@@ -74,15 +74,19 @@ def prod(ds: Sequence[Dim]) -> Dim:
     return p if isinstance(p, int) else sympy.sympify(p)
 
 
+def _bind_value(v: Any, env: Mapping[sympy.Symbol, int]) -> Any:
+    if isinstance(v, tuple):
+        return tuple(_bind_value(x, env) for x in v)
+    if isinstance(v, sympy.Expr) and not v.is_Number:
+        return eval_dim(v, env)  # a plain int when bound: a bound value may be negative
+    return v
+
+
 def bind_dims(attrs: Attrs, env: Mapping[sympy.Symbol, int]) -> Attrs:
     """``attrs`` with symbolic dims substituted from ``env``: what reference implementations
     expect for "dim"/"dims" attributes (e.g. reshape's target, arange's end)."""
-    def sub(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return tuple(sub(x) for x in v)
-        if isinstance(v, sympy.Expr) and not v.is_Number:
-            return eval_dim(v, env)  # a plain int when bound: a bound value may be negative
-        return v
+    # a module-level helper, not a recursive closure: that closure was a reference cycle per
+    # call, garbage that set off full collections during decode loops (a new binding per token)
     if not any(isinstance(v, (tuple, sympy.Basic)) for v in attrs.values()):
         return attrs
-    return Attrs({k: sub(v) for k, v in attrs.items()})
+    return Attrs({k: _bind_value(v, env) for k, v in attrs.items()})

@@ -215,7 +215,7 @@ def test_executor_uses_gemv_only_up_to_threshold(monkeypatch: pytest.MonkeyPatch
         return run_, wo
     monkeypatch.setattr(executor, "library_fn", counting)
     ex._libfns.clear()
-    ex._bound.clear()
+    ex.forget_bindings()
     for m in (1, MAX_M):
         cm(torch.randn(m, 48))
     assert calls["lib"] == 0
