@@ -156,7 +156,7 @@ def profile_steps(cm: Any, inputs: Sequence[torch.Tensor], calls: int) -> list[t
     group, count, ms per call), slowest first. Uses the executor's private step list."""
     ex = cm._runner
     cm(*inputs)
-    b = next(iter(ex._bound.values()))
+    b = next(reversed(ex._bound.values()))   # the binding of these inputs: the last used
     acc: dict[int, float] = collections.defaultdict(float)
     orig = list(b.steps)
 

@@ -75,11 +75,12 @@ class _Typed(dict):
 @dataclass
 class _Bound:
     env: dict[sympy.Symbol, int]
+    keys: list[tuple]               # the values of each of the executor's symbol sets
     plan: BufferPlan
     arena: torch.Tensor
     base_vals: list
     steps: list[Step]
-    fresh: list[tuple[int, tuple[int, ...], torch.dtype]]   # graph outputs allocated per call
+    fresh: dict[int, tuple[tuple[int, ...], torch.dtype]]   # slot -> graph output allocated per call
     calls: int = 0
     cuda_graph: Any = None          # (CUDAGraph, static inputs, outputs) once captured
     no_graph: bool = False          # capture failed: run step by step
@@ -157,6 +158,9 @@ class Executor:
         self._symsets = list(dict.fromkeys(ksyms))   # most kernels share a few: evaluate each once
         where = {t: j for j, t in enumerate(self._symsets)}
         self._ksym = [where[t] for t in ksyms]
+        self._group = [[i for i, j in enumerate(self._ksym) if j == jj] for jj in range(len(self._symsets))]
+        self._prev: _Bound | None = None       # the binding used last: new ones start from it
+        self._out_ids = {id(v) for v in graph.outputs}
         self._kstep: list[OrderedDict[tuple, _KStep]] = [OrderedDict() for _ in schedule.kernels]
         self._liveness: Liveness | None = None
         self._last_arena: tuple[BufferPlan, torch.Tensor, _Typed] | None = None
@@ -172,38 +176,73 @@ class Executor:
             for c in self._kstep:
                 c.clear()
             self._last_arena = None
+            self._prev = None
 
     def _bind(self, env: dict[sympy.Symbol, int]) -> _Bound:
         key = tuple(sorted((s.name, v) for s, v in env.items()))
         b = self._bound.get(key)
         if b is not None:
             self._bound.move_to_end(key)
+            self._prev = b
             return b
-        g = self.graph
-        outs = {id(v) for v in g.outputs}
         if self._liveness is None:
-            self._liveness = liveness(self.schedule, exclude=g.outputs)
-        live = self._liveness
+            self._liveness = liveness(self.schedule, exclude=self.graph.outputs)
         keys = [tuple(env.get(s) for s in t) for t in self._symsets]
+        b = self._bind_from(self._prev, env, keys) or self._bind_all(env, keys)
+        self._bound[key] = self._prev = b
+        if len(self._bound) > ENV_CACHE:
+            self._bound.popitem(last=False)
+        return b
+
+    def _bind_from(self, prev: _Bound | None, env: dict[sympy.Symbol, int], keys: list[tuple]) -> _Bound | None:
+        """The binding ``env`` made from ``prev`` by redoing only the kernels whose symbols
+        changed value (the rest keep their steps and arena views), or None where that cannot
+        be done: no ``prev`` on the current arena, or a changed buffer outgrowing its room."""
+        last = self._last_arena
+        if prev is None or last is None or prev.plan is not last[0]:
+            return None
+        plan, arena, typed = last
+        live = self._liveness
+        assert live is not None
+        made = {}
+        for j, (now, was) in enumerate(zip(keys, prev.keys)):
+            if now != was:
+                for i in self._group[j]:
+                    made[i] = m = self._cached_step(i, self.schedule.kernels[i], env, now)
+                    for vid, _, _, _, _, nbytes in m.outs:
+                        if vid in live.value and nbytes > plan.sizes[vid]:
+                            return None
+        vals, steps, fresh = list(prev.base_vals), list(prev.steps), dict(prev.fresh)
+        outs = self._out_ids
+        for i, m in made.items():
+            steps[i] = m.step
+            for vid, s, shape, strides, dtype, _ in m.outs:
+                if vid in plan.offsets:
+                    vals[s] = typed[dtype].as_strided(shape, strides, plan.offsets[vid] // dtype.itemsize)
+                elif vid in outs:
+                    fresh[s] = (shape, dtype)
+        return _Bound(env, keys, plan, arena, vals, steps, fresh)
+
+    def _bind_all(self, env: dict[sympy.Symbol, int], keys: list[tuple]) -> _Bound:
+        """The binding ``env`` made kernel by kernel (steps still come from the per-kernel
+        caches), on the last arena if every buffer fits it, else on a new plan and arena."""
+        live = self._liveness
+        assert live is not None
         made = [self._cached_step(i, k, env, keys[j]) for i, (k, j) in enumerate(zip(self.schedule.kernels, self._ksym))]
         size = {vid: nbytes for m in made for vid, _, _, _, _, nbytes in m.outs if vid in live.value}
         plan, arena, typed = self._arena_for(size)
         vals: list = [None] * len(self._slot)
         for s, t in self._consts:
             vals[s] = t
-        fresh = []
+        fresh = {}
+        outs = self._out_ids
         for m in made:
             for vid, s, shape, strides, dtype, _ in m.outs:
                 if vid in plan.offsets:
                     vals[s] = typed[dtype].as_strided(shape, strides, plan.offsets[vid] // dtype.itemsize)
                 elif vid in outs:
-                    fresh.append((s, shape, dtype))
-        steps = [m.step for m in made]
-        b = _Bound(env, plan, arena, vals, steps, fresh)
-        self._bound[key] = b
-        if len(self._bound) > ENV_CACHE:
-            self._bound.popitem(last=False)
-        return b
+                    fresh[s] = (shape, dtype)
+        return _Bound(env, keys, plan, arena, vals, [m.step for m in made], fresh)
 
     def _arena_for(self, size: Mapping[int, int]) -> tuple[BufferPlan, torch.Tensor, _Typed]:
         """A buffer plan and arena that hold buffers of ``size`` bytes (by value id), and the
@@ -449,7 +488,7 @@ class Executor:
             vals = list(b.base_vals)
             for v, x in zip(g.inputs, inputs):
                 vals[self._slot[id(v)]] = x
-            for s, shape, dtype in b.fresh:
+            for s, (shape, dtype) in b.fresh.items():
                 vals[s] = torch.empty(shape, dtype=dtype, device=self.device)
             for i, step in enumerate(b.steps):
                 try:
@@ -490,7 +529,7 @@ class Executor:
                 vals[self._slot[id(v)]] = x
             cg = torch.cuda.CUDAGraph()
             with torch.cuda.graph(cg):
-                for s, shape, dtype in b.fresh:
+                for s, (shape, dtype) in b.fresh.items():
                     vals[s] = torch.empty(shape, dtype=dtype, device=self.device)
                 for step in b.steps:
                     step(vals)

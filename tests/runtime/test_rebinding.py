@@ -72,6 +72,10 @@ def test_steps_without_the_changed_symbol_are_shared(compiled) -> None:
     for i, k in enumerate(ex.schedule.kernels):
         depends = bool(ex._symsets[ex._ksym[i]])
         assert (i in rebuilt) == depends, (k.name, [n.op for n in k.nodes])
+    # made from the previous binding: the shared kernels' buffers are the very same views
+    planned = [ex._slot[id(o)] for i in shared for o in ex.schedule.kernels[i].outputs
+               if ex.schedule.kernels[i].kind != "view" and b10.base_vals[ex._slot[id(o)]] is not None]
+    assert planned and all(b10.base_vals[s] is b11.base_vals[s] for s in planned)
     # the one-token linear depends on no symbol; the cache concat does
     ops = {i: {n.op for n in k.nodes} for i, k in enumerate(ex.schedule.kernels)}
     assert any("concat" in ops[i] for i in rebuilt)
