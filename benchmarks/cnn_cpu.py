@@ -1,13 +1,14 @@
 """End-to-end CPU benchmark of convolutional networks: timm models with random weights.
 
-Compares scalefold ``target="c"`` (after ``fold_batchnorm``) with torch eager and with
+Compares scalefold ``target="c"`` (after ``--passes``, default ``fold_batchnorm``; ``--passes ""``
+is plain ``scalefold.compile(model)``, batch norms kept) with torch eager and with
 onnxruntime running scalefold's own ONNX export of the same graph, all in this one process on
 the same input. Each runner is timed in blocks of back-to-back calls (onnxruntime with its
 default thread spinning, which would slow a runner interleaved with it), twice over; prints
 the better block median of each and the ratios.
 
     .venv/bin/python benchmarks/cnn_cpu.py [--models resnet18,mobilenetv3_small_100,...]
-        [--batch 1] [--size 224] [--threads 2] [--calls 30]
+        [--batch 1] [--size 224] [--threads 2] [--calls 30] [--passes fold_batchnorm]
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--passes", default="fold_batchnorm", help='scalefold pass pipeline ("": none)')
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"timm models, random weights, fp32, batch {a.batch}, {a.size}x{a.size}, {a.threads} threads, "
           f"best of two block medians of {a.calls} calls; onnxruntime {ort.__version__} (default "
-          f"session options, {a.threads} intra-op threads) on scalefold's export")
+          f"session options, {a.threads} intra-op threads) on scalefold's export; passes {a.passes!r}")
     print(f"{'model':<24}{'torch ms':>10}{'sf ms':>9}{'ort ms':>9}{'sf/torch':>10}{'sf/ort':>8}{'rel err':>10}")
     gen = torch.Generator().manual_seed(0)
     for name in filter(None, a.models.split(",")):
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(a.batch, 3, a.size, a.size, generator=gen)
         with torch.no_grad():
             ref = model(x)
-            cm = sf.compile(model, (x,), passes="fold_batchnorm", target="c")
+            cm = sf.compile(model, (x,), passes=a.passes, target="c")
             out = cm(x)
             err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
             so = ort.SessionOptions()

@@ -378,10 +378,10 @@ def main(argv: list[str] | None = None) -> int:
                 lines += [f"int4 graph: {nq} qlinear, {nl} linear left in float; KV cache read per step "
                           f"{kvb / 1e6:.1f} MB (not counted above)", ""]
                 profile_cm = (cm4, inputs, fns["ORT int4 acc0"])
-                if a.generate:
-                    lines += generation(a, dec, cm32, cm4, cm4a, sess, names, dec_in, results)
             results[step] = {"times_ms": times, "errors": errs, "weight_bytes": {"fp32": b32, "int4": b4}}
             print("\n".join(lines[-(len(fns) + 6):]), flush=True)
+            if step == "decode" and a.generate:
+                lines += generation(a, dec, cm32, cm4, cm4a, sess, names, dec_in, results)
             sess, fns, cm32, cm4a = {}, {}, None, None   # free this step's models before the next
 
         if profile_cm is not None and a.profile_calls:

@@ -192,8 +192,10 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
         r = next(u for u in out.users() if id(u) in kinds)          # its one live reader
         # an add of two GEMM results (a parallel residual: GPT-NeoX, Phi) is the epilogue
         # of the first GEMM only; claimed twice, it sat in two kernels that waited on each other
-        if kinds[id(r)] == "epilogue" or r.op not in allowed or not caps.node_ok(r) or \
-                not _same_shape(r.outputs[0], out):
+        # a batch norm after a convolution is run by the library step itself (torch's
+        # inference kernel), not by generated code
+        if kinds[id(r)] == "epilogue" or r.op not in allowed or \
+                (r.op != "batch_norm" and not caps.node_ok(r)) or not _same_shape(r.outputs[0], out):
             continue
         if r.op == "add":
             other = r.inputs[1] if r.inputs[0] is out else r.inputs[0]
@@ -201,7 +203,7 @@ def partition(graph: Graph, caps: Caps) -> Schedule:
                 continue
         epilogue[id(n)] = [r]
         kinds[id(r)] = "epilogue"
-        if r.op == "add" and n.op in caps.library_chain:
+        if r.op in ("add", "batch_norm") and n.op in caps.library_chain:
             a = sole_reader(r.outputs[0])
             if a is not None and a.op in caps.library_chain[n.op] and kinds[id(a)] == "elementwise" \
                     and caps.node_ok(a) and len(a.inputs) == 1 and _same_shape(a.outputs[0], out):

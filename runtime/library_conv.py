@@ -97,10 +97,10 @@ def _torch_activation_of(epi: Node | None) -> Callable[[Tensor], Tensor]:
 
 
 CONV_EPILOGUE = frozenset({"relu", "silu", "sigmoid", "tanh", "hardswish", "gelu", "leaky_relu",
-                           "hardsigmoid", "clip", "add"})
-# the activations a convolution also takes after its residual add (applied by torch: oneDNN
-# refuses all but relu there, and its relu maps NaN to 0)
-CONV_CHAIN = CONV_EPILOGUE - {"add"}
+                           "hardsigmoid", "clip", "add", "batch_norm"})
+# the activations a convolution also takes after its residual add or its batch norm (applied
+# by torch: oneDNN refuses all but relu after an add, and its relu maps NaN to 0)
+CONV_CHAIN = CONV_EPILOGUE - {"add", "batch_norm"}
 
 
 def _usable() -> bool:
@@ -113,8 +113,10 @@ def _usable() -> bool:
 
 def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
     """The oneDNN convolution of ``node`` with its epilogue ``epis`` as post-ops (an
-    activation, a same-shape ``add``, or an ``add`` then an activation), or None outside this
-    module's scope. Inputs in node order, then the ``add``'s other operand."""
+    activation, a same-shape ``add``, or an ``add`` then an activation), or a ``batch_norm``
+    (then optionally an activation) applied by torch to the convolution's channels-last result,
+    as eager PyTorch runs conv, BN and activation; None outside this module's scope. Inputs in
+    node order, then the ``add``'s other operand or the batch norm's four parameters."""
     x_t, w_t = node.inputs[0], node.inputs[1]
     if x_t is None or w_t is None or x_t.dtype.name != "f32" or x_t.type.rank not in (3, 4) or not _usable():
         return None
@@ -127,16 +129,28 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
         return None
     groups = node.attrs["groups"]
     binary = bool(epis) and epis[0].op == "add"
-    act = list(epis[1:] if binary else epis)
+    bn = epis[0] if epis and epis[0].op == "batch_norm" else None
+    act = list(epis[1:] if binary or bn is not None else epis)
     if len(act) > 1:
+        return None
+    if bn is not None and any(v is None or v.dtype.name != "f32" for v in bn.inputs):
         return None
     split = split_activation(act[0] if act else None)
     if split is None:
         return None
     (attr, scalars, algo), after = split
-    if binary and act:   # oneDNN adds the residual, torch applies the activation
+    if (binary or bn is not None) and act:   # oneDNN adds the residual, torch applies the activation
         attr, scalars, algo = "none", [], ""
         after = _torch_activation_of(act[0])
+    if bn is not None:
+        # the normalisation comes between the convolution and its activation: torch's
+        # inference batch norm (eager's own kernel, channels-last kept), then the activation
+        bn_eps, bn_act = float(bn.attrs["eps"]), after or (lambda t: t)
+
+        def after_bn(y: Tensor, p: Sequence[Tensor | None]) -> Tensor:
+            scale, bias, mean, var = p
+            return bn_act(F.batch_norm(y, mean, var, scale, bias, training=False, eps=bn_eps))
+        after = None
     if n == 1:   # a 1-D convolution is a 2-D one of height 1
         stride, dil, padding = [1, st[0]], [1, dl[0]], [0, pd[0][0]]
     else:
@@ -155,7 +169,7 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
     w2const = wconst.reshape(wconst.shape[0], -1).contiguous() if wconst is not None and gemm else None
     linear = torch.ops.mkldnn._linear_pointwise
 
-    few_rows_act = _torch_activation_of(act[0] if act else None)
+    few_rows_act = _torch_activation_of(act[0] if act else None) if bn is None else (lambda t: t)
 
     def run_gemm(x4: Tensor, w: Tensor, b: Tensor | None, other: Tensor | None) -> Tensor:
         nb, c, h, wd = x4.shape
@@ -191,6 +205,19 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
                 packed[key] = p
         return p
 
+    def run_conv(x4: Tensor, w: Tensor, bb: Tensor | None, other: Tensor | None) -> Tensor:
+        """The convolution of channels-last ``x4`` with the post-ops (``other``: the residual
+        of a binary add, given as the 4-D operand)."""
+        if gemm:
+            return run_gemm(x4, w, bb, other)
+        wp = weight(x4, w)
+        if other is not None:
+            y = pointwise.binary(x4, other.contiguous(memory_format=torch.channels_last), wp, bb, padding, stride,
+                                 dil, groups, "add", None, None, [], None)
+        else:
+            y = pointwise(x4, wp, bb, padding, stride, dil, groups, attr, scalars, algo)
+        return after(y) if after is not None else y
+
     def run(xs: Sequence[Tensor | None], out: Tensor | None) -> Tensor:
         x, w = xs[0], xs[1]
         assert x is not None and w is not None
@@ -201,25 +228,14 @@ def conv_fn(node: Node, epis: Sequence[Node] = ()) -> LibFn | None:
             raise _Empty
         x4 = x4.contiguous(memory_format=torch.channels_last)
         bb = b.contiguous() if b is not None else None
-        if gemm:
-            o4 = None
-            if binary:
-                o4 = xs[n_in]
-                assert o4 is not None
-                o4 = o4.unsqueeze(2) if n == 1 else o4
-            y = run_gemm(x4, w, bb, o4)
-            return y.squeeze(2) if n == 1 else y
-        wp = weight(x4, w)
+        o4 = None
         if binary:
-            other = xs[n_in]
-            assert other is not None
-            o4 = other.unsqueeze(2) if n == 1 else other
-            y = pointwise.binary(x4, o4.contiguous(memory_format=torch.channels_last), wp, bb, padding, stride,
-                                 dil, groups, "add", None, None, [], None)
-        else:
-            y = pointwise(x4, wp, bb, padding, stride, dil, groups, attr, scalars, algo)
-        if after is not None:
-            y = after(y)
+            o4 = xs[n_in]
+            assert o4 is not None
+            o4 = o4.unsqueeze(2) if n == 1 else o4
+        y = run_conv(x4, w, bb, o4)
+        if bn is not None:
+            y = after_bn(y, xs[n_in:n_in + 4])
         return y.squeeze(2) if n == 1 else y
     return run
 

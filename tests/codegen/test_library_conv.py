@@ -20,6 +20,9 @@ EPILOGUES = {
     "hardsigmoid": [("hardsigmoid", {})], "relu6": [("clip", {"min": 0.0, "max": 6.0})],
     "add": [("add", {})], "add_relu": [("add", {}), ("relu", {})],
     "add_hardswish": [("add", {}), ("hardswish", {})],
+    # inference batch norm (torch's kernel on the channels-last result), then an activation
+    "bn": [("batch_norm", {"eps": 1e-3})], "bn_relu": [("batch_norm", {}), ("relu", {})],
+    "bn_silu": [("batch_norm", {}), ("silu", {})], "bn_relu6": [("batch_norm", {}), ("clip", {"min": 0.0, "max": 6.0})],
 }
 
 
@@ -36,6 +39,9 @@ def _conv_graph(epilogue: str, groups: int, stride: int, dilation: int, bias: bo
         if op == "add":
             r = g.add_input(f"f32[B,16,{oh},{ow}]", "r")
             y = g.add("add", [r, y])
+        elif op == "batch_norm":
+            y = g.add("batch_norm", [y, g.add_const(torch.randn(16)), g.add_const(torch.randn(16)),
+                                     g.add_const(torch.randn(16)), g.add_const(torch.rand(16) + 0.1)], attrs)
         else:
             y = g.add(op, [y], attrs)
     g.set_outputs([g.add("mul", [y, g.add_const(torch.tensor(2.0))])])
@@ -63,6 +69,37 @@ def test_conv_epilogue_matches_interpreter(epilogue: str, groups: int, stride: i
             xs.append(torch.randn(b, 16, oh, ow))
         got, want = cm(*xs), run(g, *xs)[0]
         assert got.is_contiguous()
+        assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if epilogue.startswith("bn"):   # NaN stays NaN through the norm and the activation
+        x_ = torch.randn(2, 8, 9, 11)
+        x_[1, 3, 4, 4] = float("nan")   # an even position: a stride-2 1x1 convolution reads it
+        got, want = cm(x_), run(g, x_)[0]
+        assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+        assert_close(got.nan_to_num(), want.nan_to_num(), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_epilogue_scope() -> None:
+    """A batch norm joins its convolution's library step only as the convolution's sole
+    reader; an add after it, or a second reader of the convolution, keeps it apart, and the
+    results stay the interpreter's."""
+    g = Graph("bn")
+    x = g.add_input("f32[B,4,8,8]", "x")
+    r = g.add_input("f32[B,6,8,8]", "r")
+
+    def bn(v):
+        return g.add("batch_norm", [v, *(g.add_const(torch.randn(6)) for _ in range(3)),
+                                    g.add_const(torch.rand(6) + 0.5)])
+    a = g.add("conv", [x, g.add_const(torch.randn(6, 4, 3, 3) * 0.3)], {"padding": (1,)})
+    a2 = g.add("add", [bn(a), r])                       # BN then a residual add: BN fused, add not
+    b = g.add("conv", [x, g.add_const(torch.randn(6, 4, 1, 1))])
+    b2 = bn(b)                                         # the conv also read elsewhere: not fused
+    g.set_outputs([a2, g.add("add", [b2, b]), g.add("sigmoid", [bn(g.add("conv", [x, g.add_const(torch.randn(6, 4, 1, 1))]))])])
+    s = partition(g, cgen.CAPS)
+    lib = sorted(k.ops for k in s.kernels if k.kind == "library")
+    assert lib == [["conv"], ["conv", "batch_norm"], ["conv", "batch_norm", "sigmoid"]], lib
+    cm = build_c(g)
+    xs = (torch.randn(2, 4, 8, 8), torch.randn(2, 6, 8, 8))
+    for got, want in zip(cm(*xs), run(g, *xs)):
         assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
