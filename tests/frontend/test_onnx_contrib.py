@@ -5,6 +5,8 @@ onnxruntime's transformer optimizer writes them.
   onnxruntime (CPUExecutionProvider) and in scalefold, both on the reference interpreter and
   compiled for the C target; fp32 tolerance.
 - Unsupported forms raise UnsupportedOpError naming the node and the form.
+- FusedConv / FusedGemm, which onnxruntime's own graph optimizer writes into the files it saves,
+  hand-built and in a file onnxruntime optimised itself.
 - End to end: tiny random-weight BERT and GPT-2 exported with torch.onnx.export and optimised
   by ``onnxruntime.transformers.optimizer.optimize_model``; the test first asserts that the
   optimised file holds the fused contrib ops, then compares scalefold with onnxruntime on it.
@@ -637,3 +639,110 @@ def test_gpt2_optimized(tmp_path: Path) -> None:
     sln = [n for n in onnx.load(str(dst)).graph.node if n.op_type == "SkipLayerNormalization"]
     assert any(len(n.output) > 3 and n.output[3] for n in sln)
     _check_e2e(dst, ["input_ids", "attention_mask"])
+
+
+# ---- FusedConv / FusedGemm (onnxruntime's own optimiser, contrib_fused.py) -----------------
+
+CONV_ACTS: list[tuple[str, list[float]]] = [
+    ("", []), ("Relu", []), ("Tanh", []), ("Sigmoid", []), ("LeakyRelu", [0.2]), ("Clip", [-0.5, 0.75]),
+    ("HardSigmoid", [0.3, 0.4]),
+]
+
+
+@pytest.mark.parametrize("act,params", CONV_ACTS)
+@pytest.mark.parametrize("with_z,group,stride", [(False, 1, 1), (True, 1, 1), (False, 2, 2), (True, 4, 1)])
+def test_fused_conv(act: str, params: list[float], with_z: bool, group: int, stride: int) -> None:
+    r = _rng(len(act) + 7 * group + stride)
+    x = _f32(r, 2, 4, 7, 6)
+    w, b = _f32(r, 8, 4 // group, 3, 3), _f32(r, 8)
+    feeds = {"X": x}
+    names = ["X", "W", "B"]
+    oh, ow = (7 + 2 - 3) // stride + 1, (6 + 2 - 3) // stride + 1
+    if with_z:
+        feeds["Z"] = _f32(r, 2, 8, oh, ow)
+        names.append("Z")
+    attrs: dict[str, Any] = {"pads": [1, 1, 1, 1], "strides": [stride, stride], "group": group,
+                             "kernel_shape": [3, 3]}
+    if act:
+        attrs["activation"] = act
+    if params:
+        attrs["activation_params"] = params
+    m = _model("FusedConv", feeds, {"W": w, "B": b}, attrs, inputs=names)
+    _compare(m, feeds)
+
+
+@pytest.mark.parametrize("act,attrs", [
+    ("Relu", {}), ("Tanh", {}), ("Sigmoid", {}), ("LeakyRelu", {"activation_alpha": 0.3}),
+    ("HardSigmoid", {"activation_alpha": 0.25, "activation_beta": 0.6}), ("Elu", {"activation_alpha": 0.7}),
+])
+@pytest.mark.parametrize("trans_b,alpha,beta,const_w", [(1, 1.0, 1.0, True), (0, 0.5, 2.0, True), (1, 1.0, 1.0, False)])
+def test_fused_gemm(act: str, attrs: dict[str, Any], trans_b: int, alpha: float, beta: float, const_w: bool) -> None:
+    r = _rng(len(act) + trans_b)
+    a = _f32(r, 5, 6)
+    w = _f32(r, 7, 6) if trans_b else _f32(r, 6, 7)
+    c = _f32(r, 7)
+    feeds = {"A": a}
+    inits = {"C": c}
+    if const_w:
+        inits = {"W": w, "C": c}
+    else:
+        feeds["W"] = w
+    full = {"transB": trans_b, "alpha": alpha, "beta": beta, **attrs}
+    if act:
+        full["activation"] = act
+    m = _model("FusedGemm", feeds, inits, full, inputs=["A", "W", "C"])
+    _compare(m, feeds)
+
+
+@pytest.mark.parametrize("op,act,params,what", [
+    ("FusedConv", "Softplus", {}, "Softplus"), ("FusedGemm", "Clip", {}, "Clip"), ("FusedGemm", "Selu", {}, "Selu"),
+    ("FusedGemm", "", {}, "no activation"), ("FusedConv", "LeakyRelu", {}, "alpha"),
+    ("FusedConv", "Clip", {"activation_params": [0.0]}, "1 activation_params"),
+    ("FusedGemm", "HardSigmoid", {"activation_alpha": 0.2}, "beta"), ("FusedGemm", "Elu", {}, "alpha"),
+])
+def test_unsupported_activation_is_named(op: str, act: str, params: dict[str, Any], what: str) -> None:
+    """Forms onnxruntime refuses too (it has no default for these parameters)."""
+    r = _rng()
+    attrs = {"activation": act, **params} if act else dict(params)
+    if op == "FusedConv":
+        m = _model(op, {"X": _f32(r, 1, 2, 4, 4)}, {"W": _f32(r, 3, 2, 1, 1)}, attrs, name="fc7")
+    else:
+        m = _model(op, {"A": _f32(r, 2, 3)}, {"W": _f32(r, 3, 4)}, attrs, name="fc7")
+    with pytest.raises(UnsupportedOpError, match=rf"(?s)fc7.*{what}|{what}.*fc7"):
+        from_onnx(m)
+
+
+def test_file_onnxruntime_optimised_imports(tmp_path: Path) -> None:
+    """Conv + Add + Relu, Conv + Clip and Gemm + LeakyRelu, saved by onnxruntime at its
+    extended optimisation level: the file holds FusedConv and FusedGemm, and imports to
+    onnxruntime's numbers."""
+    r = _rng(3)
+    w1, b1, w2 = _f32(r, 8, 3, 3, 3), _f32(r, 8), _f32(r, 8, 8, 1, 1)
+    wg, bg = _f32(r, 10, 8 * 5 * 5), _f32(r, 10)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+        helper.make_node("Add", ["c2", "r1"], ["s2"]),
+        helper.make_node("Relu", ["s2"], ["r2"]),
+        helper.make_node("Clip", ["r2", "lo", "hi"], ["k2"]),
+        helper.make_node("Flatten", ["k2"], ["f"]),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["g"], transB=1),
+        helper.make_node("LeakyRelu", ["g"], ["y"], alpha=0.1),
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in
+             {"w1": w1, "b1": b1, "w2": w2, "wg": wg, "bg": bg,
+              "lo": np.array(0.0, np.float32), "hi": np.array(1.5, np.float32)}.items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 5, 5])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 10])], initializer=inits)
+    src = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    opt = tmp_path / "opt.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(opt)
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(opt)).graph.node}
+    assert {"FusedConv", "FusedGemm"} <= ops, ops
+    feeds = {"x": _f32(r, 2, 3, 5, 5)}
+    _compare(str(opt), feeds)
