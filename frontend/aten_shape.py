@@ -85,8 +85,16 @@ def _squeeze(ctx: Ctx, n: fx.Node, a: dict) -> Value:
 def _bound(ctx: Ctx, v: Any, default: int) -> Dim:
     if v is None:
         return default
-    d = ctx.dim(v)
-    return d
+    return ctx.dim(v)
+
+
+def _from_end(ctx: Ctx, i: Dim, size: Dim) -> Dim:
+    """A symbolic index counted from the end (provably negative: -(P + 1)) as a position,
+    which is what the IR's symbolic slice bounds are (clamped at 0 on a static dim, as python
+    clamps, unless the declared ranges rule that out); ints keep python's own handling."""
+    if isinstance(i, sympy.Basic) and i.is_negative:
+        return ctx.tighten(canon_dim(sympy.Max(0, i + size)) if isinstance(size, int) else canon_dim(i + size))
+    return i
 
 
 @aten("slice.Tensor", "slice_copy.Tensor")
@@ -94,6 +102,7 @@ def _slice(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     x = ctx.t(a["self"])
     axis = int(a["dim"]) % x.type.rank
     start, end = _bound(ctx, a["start"], 0), _bound(ctx, a["end"], _END)
+    start, end = _from_end(ctx, start, x.shape[axis]), _from_end(ctx, end, x.shape[axis])
     step = int(a["step"])
     if step == 1 and _same_shape(x.shape, ctx.out_type(n).shape):
         return x
@@ -117,6 +126,11 @@ def _slice(ctx: Ctx, n: fx.Node, a: dict) -> Value:
         first = start + size if isinstance(start, int) and start < 0 else start
         idx = ctx.emit("arange", [], start=first, end=first + want * step, step=step, dtype="i64")
         return ctx.emit("gather", [x, idx], axis=axis)
+    if not dims_equal(got, want) and step > 0 and not isinstance(start, int):
+        # a symbolic start from the end on a static dim (x[:, -(P + 1):] on 64 columns:
+        # start Max(0, 63 - P)): torch's length holds for the sizes the export allows
+        idx = ctx.emit("arange", [], start=start, end=start + want * step, step=step, dtype="i64")
+        return ctx.emit("gather", [x, idx], axis=axis)
     return ctx.emit("slice", [x], **attrs)
 
 
@@ -124,12 +138,13 @@ def _slice(ctx: Ctx, n: fx.Node, a: dict) -> Value:
 def _select(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     x = ctx.t(a["self"])
     axis = int(a["dim"]) % x.type.rank
-    i = ctx.dim(a["index"])
+    i = _from_end(ctx, ctx.dim(a["index"]), x.shape[axis])
     if isinstance(i, int) and i < 0 and isinstance(x.shape[axis], int):
         i += x.shape[axis]
-    if not isinstance(x.shape[axis], int):
-        # a slice of one row of a symbolic dim has length Max(0, Min(i+1, S) - Min(i, S)),
-        # which no squeeze accepts; a gather at a 0-d index (negative: from the end) drops the axis
+    if not isinstance(x.shape[axis], int) or not isinstance(i, int):
+        # a slice of one row of a symbolic dim (or at a symbolic index) has length
+        # Max(0, Min(i+1, S) - Min(i, S)), which no squeeze accepts; a gather at a 0-d index
+        # (negative: from the end) drops the axis
         return ctx.emit("gather", [x, ctx.scalar(i, dt.i64)], axis=axis)
     end = _END if isinstance(i, int) and i == -1 else i + 1
     s = ctx.emit("slice", [x], starts=(i,), ends=(end,), axes=(axis,), steps=(1,))

@@ -74,6 +74,9 @@ class Ctx:
         self.node_name: str | None = None
         self.fold = True
         self._dim_values: dict[tuple, Value] = {}
+        # Max / Min in a size resolved by the Dims' declared ranges (frontend/dim_ranges.py);
+        # the torch frontend sets it
+        self.tighten: Callable[[Dim], Dim] = lambda d: d
 
     # ---- reading arguments --------------------------------------------------------------
     def t(self, a: Any) -> Value:
@@ -101,7 +104,9 @@ class Ctx:
             v = self.env[a]
             if isinstance(v, Value):
                 raise FrontendError(f"{self.node_name}: a tensor is used as a shape")
-            return canon_dim(v) if not isinstance(v, int) or v >= 0 else v
+            if isinstance(v, int) and v < 0 or isinstance(v, sympy.Basic) and v.is_negative:
+                return v   # an index from the end, not a size (slice and select take one)
+            return canon_dim(v)
         if isinstance(a, torch.SymInt):
             return self._expr(a.node.expr)
         return int(a)

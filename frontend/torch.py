@@ -36,6 +36,7 @@ from . import aten_elementwise, aten_image, aten_nn, aten_reduce, aten_shape  # 
 from . import aten_scan, aten_scatter  # noqa: F401  (registration)
 from .aten_table import ATEN, Ctx, bind_args, op_name
 from .aten_fuse import cleanup
+from .dim_ranges import Range, tighten
 from .hf_moe import moe_blocks_swapped, recognise
 
 __all__ = ["from_torch", "KEEP", "supported_ops"]
@@ -216,8 +217,29 @@ def _dim_names(model: Any, ep: ExportedProgram, args: tuple, kwargs: dict,
 class _Symbols:
     """Maps torch's shape symbols (s0, s77, ...) to IR symbols named after the user's Dims."""
 
-    def __init__(self) -> None:
+    def __init__(self, ranges: Mapping[sympy.Symbol, Any] | None = None) -> None:
         self.map: dict[sympy.Symbol, sympy.Expr] = {}
+        self._torch_ranges = dict(ranges or {})     # torch symbol -> ValueRanges (the Dims')
+        self._ranges: tuple[int, dict[sympy.Symbol, Range]] = (-1, {})
+
+    def ranges(self) -> dict[sympy.Symbol, Range]:
+        """The declared inclusive range of each IR symbol that stands for a torch symbol."""
+        if self._ranges[0] != len(self.map):
+            out: dict[sympy.Symbol, Range] = {}
+            for ts, ir in self.map.items():
+                vr = self._torch_ranges.get(ts)
+                if vr is None or not isinstance(ir, sympy.Symbol):
+                    continue
+                out[ir] = (_finite_int(vr.lower), _finite_int(vr.upper))
+            self._ranges = (len(self.map), out)
+        return self._ranges[1]
+
+    def tighten(self, d: Dim) -> Dim:
+        """``d`` with its Max / Min resolved by the declared ranges (frontend/dim_ranges.py)."""
+        if isinstance(d, sympy.Basic):
+            t = tighten(d, self.ranges())
+            return canon_dim(t) if t.is_integer is not False and not t.is_negative else t
+        return d
 
     def bind(self, expr: sympy.Expr, name: str | None, fallback: str) -> None:
         free = list(expr.free_symbols)
@@ -243,10 +265,21 @@ class _Symbols:
                 F.PythonMod: sympy.Mod, F.Mod: sympy.Mod, F.Max: sympy.Max, F.Min: sympy.Min}
         for cls, fn in repl.items():
             r = r.replace(lambda x, c=cls: isinstance(x, c), lambda x, f=fn: f(*x.args))
-        return canon_dim(r) if r.is_integer is not False else r
+        r = tighten(r, self.ranges())
+        # a provably negative integer (a slice start from the end, -(P + 1)) is an index,
+        # not a size: kept as it is, like a negative int; ops that take one normalise it
+        return canon_dim(r) if r.is_integer is not False and not r.is_negative else r
 
 
 # ---- conversion -------------------------------------------------------------------------------
+
+
+def _finite_int(v: Any) -> int | None:
+    """A range bound of torch's (an int, or sympy's / torch's own infinity) as an int, or None
+    when unbounded."""
+    if isinstance(v, sympy.Integer) or isinstance(v, int) and not isinstance(v, bool):
+        return int(v)
+    return None
 
 
 def _is_symbolic(val: Any) -> bool:
@@ -273,9 +306,10 @@ def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str
     gm = ep.graph_module
     _scan(gm, gname)
     sig = ep.graph_signature
-    syms = _Symbols()
+    syms = _Symbols(ep.range_constraints)
     g = Graph(gname)
     ctx = Ctx(g, syms.expr)
+    ctx.tighten = syms.tighten
 
     from torch.export.graph_signature import InputKind, OutputKind
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
