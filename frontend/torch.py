@@ -221,6 +221,7 @@ class _Symbols:
         self.map: dict[sympy.Symbol, sympy.Expr] = {}
         self._torch_ranges = dict(ranges or {})     # torch symbol -> ValueRanges (the Dims')
         self._ranges: tuple[int, dict[sympy.Symbol, Range]] = (-1, {})
+        self.relied: set[sympy.Symbol] = set()     # IR symbols whose ranges simplified a size
 
     def ranges(self) -> dict[sympy.Symbol, Range]:
         """The declared inclusive range of each IR symbol that stands for a torch symbol."""
@@ -234,10 +235,16 @@ class _Symbols:
             self._ranges = (len(self.map), out)
         return self._ranges[1]
 
+    def _tight(self, e: sympy.Expr) -> sympy.Expr:
+        t = tighten(e, self.ranges())
+        if t != e:   # the graph now holds only inside these symbols' ranges
+            self.relied |= {s for s in e.free_symbols if s in self.ranges()}
+        return t
+
     def tighten(self, d: Dim) -> Dim:
         """``d`` with its Max / Min resolved by the declared ranges (frontend/dim_ranges.py)."""
         if isinstance(d, sympy.Basic):
-            t = tighten(d, self.ranges())
+            t = self._tight(d)
             return canon_dim(t) if t.is_integer is not False and not t.is_negative else t
         return d
 
@@ -265,7 +272,7 @@ class _Symbols:
                 F.PythonMod: sympy.Mod, F.Mod: sympy.Mod, F.Max: sympy.Max, F.Min: sympy.Min}
         for cls, fn in repl.items():
             r = r.replace(lambda x, c=cls: isinstance(x, c), lambda x, f=fn: f(*x.args))
-        r = tighten(r, self.ranges())
+        r = self._tight(r)
         # a provably negative integer (a slice start from the end, -(P + 1)) is an index,
         # not a size: kept as it is, like a negative int; ops that take one normalise it
         return canon_dim(r) if r.is_integer is not False and not r.is_negative else r
@@ -371,6 +378,8 @@ def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str
             v = ctx.scalar(v, dt.from_torch(torch.tensor(v).dtype))
         outs.append(v)
     g.set_outputs(outs, _output_names(ep, len(outs)))
+    ranges = syms.ranges()
+    g.dim_ranges = {s.name: ranges[s] for s in sorted(syms.relied, key=lambda s: s.name)}
     cleanup(g)
     return g
 

@@ -179,6 +179,9 @@ class Graph:
         self.nodes: list[Node] = []
         self.outputs: list[Value] = []
         self.output_names: list[str] = []
+        # symbol name -> inclusive (low, high) bounds (None: unbounded) the graph's sizes were
+        # simplified with at import (frontend/dim_ranges.py); bindings outside are refused
+        self.dim_ranges: dict[str, tuple[int | None, int | None]] = {}
 
     # ---- construction -------------------------------------------------------------
     def add_input(self, type: TensorType | str, name: str | None = None) -> Value:
@@ -351,6 +354,7 @@ class Graph:
                 vmap[id(n.outputs[i])] = o
             g.append(nn_)
         g.outputs = [m(v) for v in self.outputs]  # type: ignore[misc]
+        g.dim_ranges = dict(self.dim_ranges)
         g.output_names = list(self.output_names)
         return g
 

@@ -168,6 +168,7 @@ def save(cm: "CompiledModel", path: str | os.PathLike) -> Path:
         "ir": str(g),
         "inputs": input_names(g),
         "outputs": _output_names(g),
+        "dim_ranges": {k: list(v) for k, v in sorted(g.dim_ranges.items())},
         "kernels": kernels,
         "weights": {"file": WEIGHTS, "sha256": _sha256(weights_bytes)},
     }
@@ -314,6 +315,12 @@ def load_graph(path: str | os.PathLike) -> tuple[Graph, dict[str, Any], dict[str
     if input_names(g) != plan["inputs"] or len(plan["outputs"]) != len(g.outputs):
         raise ArtifactError(f"{root / PLAN}: input/output names do not match the IR")
     g.output_names = [str(n) for n in plan["outputs"]]
+    ranges = plan.get("dim_ranges", {})   # absent in artifacts written before it existed
+    if not isinstance(ranges, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(b is None or type(b) is int for b in v)
+            for v in ranges.values()):
+        raise ArtifactError(f"{root / PLAN}: dim_ranges is malformed")
+    g.dim_ranges = {str(k): (v[0], v[1]) for k, v in ranges.items()}
     return g, plan, saved_sources
 
 

@@ -73,6 +73,14 @@ def bind_symbols(graph: Graph, inputs: Sequence[torch.Tensor]) -> dict[sympy.Sym
             raise ShapeError(f"{label}: dim {ax} is {n}, which fits no positive integer "
                              f"{free[0]} in {dim_str(d)}")
         env[free[0]] = int(sols[0])
+    ranges = getattr(graph, "dim_ranges", None)
+    if ranges:
+        for s, n in env.items():
+            lo, hi = ranges.get(s.name, (None, None))
+            if (lo is not None and n < lo) or (hi is not None and n > hi):
+                raise ShapeError(f"graph @{graph.name}: {s.name} = {n} is outside {lo}..{hi}, the range "
+                                 f"declared for it at export, with which sizes of this graph were "
+                                 f"simplified; export with a wider Dim range")
     return env
 
 

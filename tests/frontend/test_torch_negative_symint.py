@@ -85,3 +85,29 @@ def test_mpt_decodes_with_a_dynamic_past() -> None:
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
             ids, past = want[0].argmax(-1), list(want[1:])
+
+
+def test_ranges_relied_on_are_checked_at_run_time(tmp_path) -> None:
+    """A graph whose sizes were simplified with a Dim's range refuses sizes outside it (the
+    simplified sizes would be wrong there), also after save / load; a graph that relied on
+    no range keeps running at any size."""
+    m = TailSlice()
+    table, k = torch.randn(4, 64), torch.randn(1, 2, 5, 16)
+    cm = sf.compile(m, (table, k), dynamic_shapes=(None, {2: Dim("P", min=2, max=60)}))
+    assert cm.graph.dim_ranges == {"P": (2, 60)}
+    kk = torch.randn(1, 2, 60, 16)
+    torch.testing.assert_close(cm(table, kk)[0], m(table, kk)[0])
+    for bad in (61, 1):
+        with pytest.raises(sf.ScalefoldError, match=r"P = %d is outside 2\.\.60" % bad):
+            cm(table, torch.randn(1, 2, bad, 16))
+    cm.save(tmp_path / "a")
+    back = sf.load(tmp_path / "a")
+    assert back.graph.dim_ranges == {"P": (2, 60)}
+    with pytest.raises(sf.ScalefoldError, match="outside"):
+        back(table, torch.randn(1, 2, 61, 16))
+
+    lin = torch.nn.Linear(8, 4)
+    plain = sf.compile(lin, (torch.randn(3, 8),), dynamic_shapes=({0: Dim("B", min=2, max=8)},))
+    assert plain.graph.dim_ranges == {}
+    x = torch.randn(20, 8)
+    torch.testing.assert_close(plain(x), lin(x))
