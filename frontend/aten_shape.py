@@ -90,10 +90,17 @@ def _bound(ctx: Ctx, v: Any, default: int) -> Dim:
 
 def _from_end(ctx: Ctx, i: Dim, size: Dim) -> Dim:
     """A symbolic index counted from the end (provably negative: -(P + 1)) as a position,
-    which is what the IR's symbolic slice bounds are (clamped at 0 on a static dim, as python
-    clamps, unless the declared ranges rule that out); ints keep python's own handling."""
+    which is what the IR's symbolic slice bounds are: ``size + i``, which torch.export too
+    assumes non-negative (python would clamp it at 0); the graph records that as a guard
+    checked at every binding (``Graph.dim_guards``). Ints keep python's own handling."""
     if isinstance(i, sympy.Basic) and i.is_negative:
-        return ctx.tighten(canon_dim(sympy.Max(0, i + size)) if isinstance(size, int) else canon_dim(i + size))
+        pos = sympy.sympify(i + size)
+        if pos.is_negative:
+            return 0
+        pos = canon_dim(pos)
+        if not isinstance(pos, int):
+            ctx.guards.append(pos)
+        return pos
     return i
 
 

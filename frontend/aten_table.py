@@ -77,6 +77,7 @@ class Ctx:
         # Max / Min in a size resolved by the Dims' declared ranges (frontend/dim_ranges.py);
         # the torch frontend sets it
         self.tighten: Callable[[Dim], Dim] = lambda d: d
+        self.guards: list[Dim] = []     # size expressions the conversion assumed >= 0
 
     # ---- reading arguments --------------------------------------------------------------
     def t(self, a: Any) -> Value:

@@ -380,6 +380,7 @@ def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str
     g.set_outputs(outs, _output_names(ep, len(outs)))
     ranges = syms.ranges()
     g.dim_ranges = {s.name: ranges[s] for s in sorted(syms.relied, key=lambda s: s.name)}
+    g.dim_guards = list(dict.fromkeys(ctx.guards))
     cleanup(g)
     return g
 

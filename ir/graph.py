@@ -182,6 +182,9 @@ class Graph:
         # symbol name -> inclusive (low, high) bounds (None: unbounded) the graph's sizes were
         # simplified with at import (frontend/dim_ranges.py); bindings outside are refused
         self.dim_ranges: dict[str, tuple[int | None, int | None]] = {}
+        # size expressions that must be >= 0 at every binding: conditions between symbols the
+        # importer relied on (torch.export's guards, e.g. W - N for x[:, -N:] on W columns)
+        self.dim_guards: list[Dim] = []
 
     # ---- construction -------------------------------------------------------------
     def add_input(self, type: TensorType | str, name: str | None = None) -> Value:
@@ -355,6 +358,7 @@ class Graph:
             g.append(nn_)
         g.outputs = [m(v) for v in self.outputs]  # type: ignore[misc]
         g.dim_ranges = dict(self.dim_ranges)
+        g.dim_guards = list(self.dim_guards)
         g.output_names = list(self.output_names)
         return g
 

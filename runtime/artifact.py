@@ -30,6 +30,7 @@ import torch
 
 from ..ir.errors import ArtifactError, ScalefoldError
 from ..ir.graph import Graph
+from ..ir.types import dim_str, parse_dim
 
 if TYPE_CHECKING:
     from ..api import CompiledModel
@@ -169,6 +170,7 @@ def save(cm: "CompiledModel", path: str | os.PathLike) -> Path:
         "inputs": input_names(g),
         "outputs": _output_names(g),
         "dim_ranges": {k: list(v) for k, v in sorted(g.dim_ranges.items())},
+        "dim_guards": [dim_str(e) for e in g.dim_guards],
         "kernels": kernels,
         "weights": {"file": WEIGHTS, "sha256": _sha256(weights_bytes)},
     }
@@ -321,6 +323,13 @@ def load_graph(path: str | os.PathLike) -> tuple[Graph, dict[str, Any], dict[str
             for v in ranges.values()):
         raise ArtifactError(f"{root / PLAN}: dim_ranges is malformed")
     g.dim_ranges = {str(k): (v[0], v[1]) for k, v in ranges.items()}
+    guards = plan.get("dim_guards", [])
+    if not isinstance(guards, list) or not all(isinstance(e, str) for e in guards):
+        raise ArtifactError(f"{root / PLAN}: dim_guards is malformed")
+    try:
+        g.dim_guards = [parse_dim(e) for e in guards]    # never evaluated as Python
+    except ScalefoldError as e:
+        raise ArtifactError(f"{root / PLAN}: dim_guards: {e}") from None
     return g, plan, saved_sources
 
 

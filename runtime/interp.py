@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 import sympy
 import torch
 
+from ..ir.dim_eval import eval_dim
 from ..ir.errors import ExecutionError, ScalefoldError, ShapeError
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
@@ -79,8 +80,15 @@ def bind_symbols(graph: Graph, inputs: Sequence[torch.Tensor]) -> dict[sympy.Sym
             lo, hi = ranges.get(s.name, (None, None))
             if (lo is not None and n < lo) or (hi is not None and n > hi):
                 raise ShapeError(f"graph @{graph.name}: {s.name} = {n} is outside {lo}..{hi}, the range "
-                                 f"declared for it at export, with which sizes of this graph were "
+                                 f"torch.export gave it, with which sizes of this graph were "
                                  f"simplified; export with a wider Dim range")
+    for e in getattr(graph, "dim_guards", ()):
+        v = eval_dim(e, env)
+        if isinstance(v, int) and v < 0:
+            bound = ", ".join(f"{s.name} = {n}" for s, n in sorted(env.items(), key=lambda kv: kv[0].name)
+                              if s in e.free_symbols)
+            raise ShapeError(f"graph @{graph.name}: {bound} breaks {dim_str(e)} >= 0, a condition "
+                             f"torch.export assumed for these sizes (its exported program refuses them too)")
     return env
 
 

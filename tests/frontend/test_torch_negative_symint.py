@@ -56,6 +56,42 @@ def test_negative_symbolic_slice_start(dynamic_width: bool, target: str) -> None
             torch.testing.assert_close(a, b)
 
 
+def test_guards_torch_assumed_are_checked_at_run_time(tmp_path) -> None:
+    """x[:, -n:] on W columns is W - n onward only while n <= W (python would clamp; torch.export
+    assumes it and its program refuses other sizes): the graph keeps W - n >= 0 as a guard and
+    refuses sizes that break it, also after save / load; sizes that keep it run, range or not."""
+    m = TailSlice()
+    table, k = torch.randn(4, 64), torch.randn(1, 2, 5, 16)
+    cm = sf.compile(m, (table, k), dynamic_shapes=(None, {2: Dim("P", min=2, max=60)}))
+    assert [str(e) for e in cm.graph.dim_guards] == ["63 - P"]
+    for p in (62, 63):    # past the Dim's max, but the guard holds: still exact
+        kk = torch.randn(1, 2, p, 16)
+        for a, b in zip(cm(table, kk), m(table, kk)):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(sf.ScalefoldError, match=r"P = 64 breaks -P\+63 >= 0"):
+        cm(table, torch.randn(1, 2, 64, 16))
+    cm.save(tmp_path / "a")
+    back = sf.load(tmp_path / "a")
+    assert [str(e) for e in back.graph.dim_guards] == ["63 - P"]
+    with pytest.raises(sf.ScalefoldError, match="breaks"):
+        back(table, torch.randn(1, 2, 64, 16))
+
+    dyn = sf.compile(m, (table, k), dynamic_shapes=({1: Dim("S", min=3, max=90)}, {2: Dim("P", min=2, max=60)}))
+    assert [str(e) for e in dyn.graph.dim_guards] == ["-P + S - 1"]
+    t = torch.randn(4, 12)
+    kk = torch.randn(1, 2, 11, 16)
+    for a, b in zip(dyn(t, kk), m(t, kk)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(sf.ScalefoldError, match="breaks"):
+        dyn(t, torch.randn(1, 2, 12, 16))       # torch's own program refuses this too
+
+    lin = torch.nn.Linear(8, 4)
+    plain = sf.compile(lin, (torch.randn(3, 8),), dynamic_shapes=({0: Dim("B", min=2, max=8)},))
+    assert plain.graph.dim_ranges == {} and plain.graph.dim_guards == []
+    x = torch.randn(20, 8)
+    torch.testing.assert_close(plain(x), lin(x))
+
+
 def test_mpt_decodes_with_a_dynamic_past() -> None:
     """MPT slices its ALiBi bias with -(past + 1): the import had failed with 'bad dimension'."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,29 +121,10 @@ def test_mpt_decodes_with_a_dynamic_past() -> None:
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
             ids, past = want[0].argmax(-1), list(want[1:])
+    # torch.export's size of the bias slice, 256 - Max(0, 255 - P), is P + 1 only inside the
+    # declared range: the graph records the range it was simplified with and refuses the rest
+    assert cm.graph.dim_ranges == {"P": (2, 100)}
+    with pytest.raises(sf.ScalefoldError, match=r"P = 101 is outside 2\.\.100"):
+        cm(ids, *[torch.randn(1, 4, 101, 16) for _ in past])
 
 
-def test_ranges_relied_on_are_checked_at_run_time(tmp_path) -> None:
-    """A graph whose sizes were simplified with a Dim's range refuses sizes outside it (the
-    simplified sizes would be wrong there), also after save / load; a graph that relied on
-    no range keeps running at any size."""
-    m = TailSlice()
-    table, k = torch.randn(4, 64), torch.randn(1, 2, 5, 16)
-    cm = sf.compile(m, (table, k), dynamic_shapes=(None, {2: Dim("P", min=2, max=60)}))
-    assert cm.graph.dim_ranges == {"P": (2, 60)}
-    kk = torch.randn(1, 2, 60, 16)
-    torch.testing.assert_close(cm(table, kk)[0], m(table, kk)[0])
-    for bad in (61, 1):
-        with pytest.raises(sf.ScalefoldError, match=r"P = %d is outside 2\.\.60" % bad):
-            cm(table, torch.randn(1, 2, bad, 16))
-    cm.save(tmp_path / "a")
-    back = sf.load(tmp_path / "a")
-    assert back.graph.dim_ranges == {"P": (2, 60)}
-    with pytest.raises(sf.ScalefoldError, match="outside"):
-        back(table, torch.randn(1, 2, 61, 16))
-
-    lin = torch.nn.Linear(8, 4)
-    plain = sf.compile(lin, (torch.randn(3, 8),), dynamic_shapes=({0: Dim("B", min=2, max=8)},))
-    assert plain.graph.dim_ranges == {}
-    x = torch.randn(20, 8)
-    torch.testing.assert_close(plain(x), lin(x))
