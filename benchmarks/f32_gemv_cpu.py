@@ -78,7 +78,9 @@ def compile_linear(lin: torch.nn.Linear, gemv: bool, max_m: int | None = None):
     g = from_torch(lin, (torch.randn(2, lin.in_features),), dynamic_shapes=({0: Dim("M")},))
     old = c_f32gemv.GEMV
     if not gemv or max_m is not None:
-        c_f32gemv.GEMV = dataclasses.replace(old, max_m=max_m if gemv else 0)
+        m = max_m if gemv and max_m is not None else 0
+        # one threshold for every weight size (GemvConfig.limit would raise it for small ones)
+        c_f32gemv.GEMV = dataclasses.replace(old, max_m=m, max_m_mid=m, max_m_small=m)
     try:
         return api.build_c(g)
     finally:
@@ -97,7 +99,8 @@ def main() -> int:
                     help="cycle copies of each linear holding at least this many MB of weights "
                          "(L3 is 32 MB here), so that they stream from memory; 0: one copy, hot")
     ap.add_argument("--max-m", type=int, default=None,
-                    help="'sf default' with the GEMV kernel up to this M (default: GEMV.max_m)")
+                    help="'sf default' with the GEMV kernel up to this M for every weight "
+                         "(default: GEMV.limit of each weight)")
     ap.add_argument("--no-onednn", action="store_true", help="leave out the 'sf onednn' runner")
     ap.add_argument("--omp-spin", action="store_true")
     a = ap.parse_args()

@@ -5,7 +5,7 @@ The C target runs a float ``linear`` as a ``library`` kernel: oneDNN's ``_linear
 to a few rows that streams the weight (out of cache) at ~26-38 GB/s on this project's 2-core
 Zen 5, where onnxruntime's prepacked MLAS GEMV reaches ~31-48 (benchmarks/f32_gemv_cpu.py). This module
 renders, for such a kernel, a C alternative that the executor runs instead of the library
-call at every binding of the sizes whose row count M is at most :attr:`GemvConfig.max_m`
+call at every binding of the sizes whose row count M is at most :meth:`GemvConfig.limit` for its weight
 (runtime/executor.py ``_runs_compiled``); larger M keeps the library path. A static M above
 the threshold renders nothing.
 
@@ -25,17 +25,29 @@ this same f32 sequence whatever the tile and whatever the thread, so results do 
 on the thread count (only the summation order differs from oneDNN / torch). Software
 prefetch measured no gain (the hardware prefetchers follow the few sequential row streams).
 
-Threshold: measured on the 2-core Zen 5 with the weights out of cache (copies cycled over
->= 128 MB; benchmarks/f32_gemv_cpu.py, TinyLlama shapes 2048x2048, 2048x5632, 5632x2048,
-2048x32000), this kernel streams ~38-48 GB/s at M = 1 (oneDNN 30-38), ~34-46 at M = 2
-(oneDNN 26-31) and ~31-37 at M = 4 (oneDNN 26-31); at M = 8 it ties or trails (22-27 vs
-25-30) and at 16 trails (18-20 vs 21-25), whether tiles take 4 or 8 x rows. Hence
-``max_m = 4``.
+Threshold, by the weight's size (:meth:`GemvConfig.limit`). Measured on the 2-core Zen 5:
+- weights out of cache (copies cycled over >= 128 MB; benchmarks/f32_gemv_cpu.py, TinyLlama
+  shapes 2048x2048, 2048x5632, 5632x2048, 2048x32000): this kernel streams ~38-48 GB/s at
+  M = 1 (oneDNN 30-38), ~34-46 at M = 2 (oneDNN 26-31) and ~31-37 at M = 4 (oneDNN 26-31);
+  at M = 8 it ties or trails (22-27 vs 25-30) and at 16 trails (18-20 vs 21-25), whether
+  tiles take 4 or 8 x rows. Hence ``max_m = 4`` for large weights;
+- weights that stay in cache from call to call (BERT-size linears; fifteenth session,
+  ``probe/gm.py``, not kept: one compiled linear, µs per call, library / this kernel): at
+  M = 8 it wins on every shape tried (384x384 35 / 25, 384x1536 70 / 52, 1536x384 72 / 48,
+  768x768 71 / 52, 768x3072 198 / 174, 3072x768 194 / 178); at M = 16 only the 0.6 MB
+  384x384 weight still wins (40 / 24; 2.4 MB ones tie or lose: 90 / 93, 90 / 79, 89 / 99),
+  and it keeps winning there up to M = 32-64 (51 / 38, 68 / 64; M = 128 109 / 118). With
+  the weights out of cache the two tie at M = 8 (f32_gemv_cpu.py --m 8: 2048x2048 0.658 /
+  0.647 ms, 768x3072 0.420 / 0.406, 3072x768 0.404 / 0.409, 768x768 0.162 / 0.164). Hence
+  ``max_m_mid = 8`` up to ``mid_bytes`` (8 MB) and ``max_m_small = 32`` up to
+  ``small_bytes`` (1 MB). End to end, all-MiniLM-L6-v2 at batch 1 (whose 42 MB of linear
+  weights do not all stay in the 32 MB L3) went 2.93 -> 2.66 ms at 8 tokens, 3.16 -> 2.86 at
+  16 and 4.48 -> 4.13 at 32 (``probe/mlg.py``, not kept).
 
 Kernel ABI (c.py): ``p`` = x [M, K], the weight constant [N, K] itself (the graph's Value
 in ``CKernel.args``, so the executor passes the tensor it holds anyway), [bias [N]], [the
 epilogue ``add``'s other operand, y-shaped], y [M, N]; ``q[0]`` = M and ``q[1]`` =
-:attr:`GemvConfig.max_m` (both always runtime integers, so one source serves every M and
+:meth:`GemvConfig.limit` of the weight (both always runtime integers, so one source serves every M and
 every model of the shape; the executor reads ``q[1]`` to choose the path). Epilogues:
 whatever elementwise op the linear's library kernel took (c.py ``LINEAR_EPILOGUE``: gelu,
 relu, silu, sigmoid, tanh, add) in the fused C kernels' own expressions (c_expr.py), on each
@@ -60,8 +72,9 @@ ACC = 16             # zmm accumulators per tile at most (of 32)
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """``max_m``: the most rows of x the kernel takes (0: never rendered; 4, the largest M
-    where it outstreams oneDNN with the weights out of cache: module docstring); ``rows``:
+    """``max_m``: the most rows of x the kernel takes for large weights (0: never rendered; 4,
+    the largest M where it outstreams oneDNN with the weights out of cache: module docstring;
+    ``limit`` raises it for weights that stay in cache); ``rows``:
     weight rows (output channels) per block, the unit the threads share out; ``mr``: x rows
     per tile (more rows run as further tiles over the same weight rows, then in L1 / L2);
     ``runs``: runs of blocks per thread (scheduled dynamically, so that a thread whose core
@@ -73,6 +86,10 @@ class GemvConfig:
     mr: int = 4
     runs: int = 4
     vec: bool = True
+    max_m_mid: int = 8
+    mid_bytes: int = 8 << 20
+    max_m_small: int = 32
+    small_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         for f in ("rows", "mr", "runs"):
@@ -82,6 +99,19 @@ class GemvConfig:
             raise ValueError(f"GemvConfig.max_m must be >= 0, got {self.max_m}")
         if self.mr * self.rows > 1024:
             raise ValueError("GemvConfig: mr * rows too large for the tile's stack buffer")
+
+    def limit(self, n: int, k: int) -> int:
+        """The most rows of x the kernel takes for an f32 weight [n, k]: ``max_m``, raised to
+        ``max_m_mid`` / ``max_m_small`` for weights of at most ``mid_bytes`` / ``small_bytes``,
+        which stay in cache from call to call (0 when ``max_m`` is 0: never rendered)."""
+        if self.max_m < 1:
+            return 0
+        size = 4 * n * k
+        if size <= self.small_bytes:
+            return max(self.max_m, self.max_m_small)
+        if size <= self.mid_bytes:
+            return max(self.max_m, self.max_m_mid)
+        return self.max_m
 
     def width(self, r: int) -> int:
         """Weight rows per tile of ``r`` x rows: the largest divisor of ``rows`` that keeps
@@ -115,7 +145,7 @@ def gemv_supported(k: Kernel, cfg: GemvConfig | None = None) -> bool:
     if bias is not None and tuple(bias.type.shape) != (N,):
         return False
     m = _prod(x.type.shape[:-1])
-    if isinstance(m, int) and m > cfg.max_m:
+    if isinstance(m, int) and m > cfg.limit(N, K):
         return False
     if len(k.nodes) == 2:
         return _epilogue_ok(n, k.nodes[1])
@@ -293,6 +323,6 @@ def render_gemv(k: Kernel, cfg: GemvConfig | None = None) -> CKernel:
     head += ["#else", "#define SF_GEMV_VEC 0", *_tile_scalar(K), "#endif"]
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
-    # q[0] = M and q[1] = max_m are runtime integers even where static: the executor reads both
-    params = [sympy.sympify(_prod(x.type.shape[:-1])), sympy.Integer(cfg.max_m)]
+    # q[0] = M and q[1] = limit(N, K) are runtime integers even where static: the executor reads both
+    params = [sympy.sympify(_prod(x.type.shape[:-1])), sympy.Integer(cfg.limit(N, K))]
     return CKernel(k, src, params, args)

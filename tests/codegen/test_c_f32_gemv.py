@@ -20,7 +20,7 @@ from scalefold.codegen.schedule import partition
 from scalefold.ir import Graph
 from scalefold.runtime.interp import run
 
-MAX_M = c_f32gemv.GEMV.max_m
+LIMIT = c_f32gemv.GEMV.limit    # the most rows the GEMV takes, by weight [N, K]
 
 
 def lin_graph(K: int, N: int, bias: bool = True, epi: str | None = None, lead: str = "M",
@@ -90,13 +90,14 @@ def _cache(kernel_cache_dir: str) -> Iterator[None]:
 @pytest.mark.parametrize("K,N", [(64, 32), (37, 45), (100, 1), (1, 17), (129, 200), (300, 65)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_matches_torch_dynamic_m(K: int, N: int, bias: bool) -> None:
-    """One compiled model (dynamic M) at M = 1 .. MAX_M and above: small M runs the GEMV,
+    """One compiled model (dynamic M) at M = 1 .. its limit and above: small M runs the GEMV,
     larger M the library path; both match torch."""
     g = lin_graph(K, N, bias, seed=K + N)
     cm = build_c(g)
     assert kinds(cm) == [("library", True)]
     gen = torch.Generator().manual_seed(1)
-    for m in sorted({1, 2, 3, 4, 5, 8, 9, 16, MAX_M, MAX_M + 1, 2 * MAX_M + 3}):
+    lim = LIMIT(N, K)
+    for m in sorted({1, 2, 3, 4, 5, 8, 9, 16, lim, lim + 1, 2 * lim + 3}):
         x = torch.randn(m, K, generator=gen)
         close(cm(x), reference(g, x))
 
@@ -110,7 +111,7 @@ def test_epilogues(epi: str) -> None:
     src = next(iter(cm.sources.values()))
     assert "sf_gv1_" in src
     gen = torch.Generator().manual_seed(2)
-    for m in (1, 4, MAX_M + 2):
+    for m in (1, 4, 7, LIMIT(50, 70) + 2):
         xs = (torch.randn(m, 70, generator=gen) * 3,) + ((torch.randn(m, 50, generator=gen),) if epi == "add" else ())
         close(cm(*xs), reference(g, *xs))
 
@@ -174,8 +175,8 @@ def test_dispatch_and_gating() -> None:
     """Static M at or below the threshold renders the GEMV, above it nothing; non-constant
     weights, f16 / f64 and epilogues outside the table keep the library path only; the source
     is deterministic and carries no M."""
-    assert kinds(build_c(lin_graph(20, 24, lead=str(MAX_M)))) == [("library", True)]
-    assert kinds(build_c(lin_graph(20, 24, lead=str(MAX_M + 1)))) == [("library", False)]
+    assert kinds(build_c(lin_graph(20, 24, lead=str(LIMIT(24, 20))))) == [("library", True)]
+    assert kinds(build_c(lin_graph(20, 24, lead=str(LIMIT(24, 20) + 1)))) == [("library", False)]
     g = Graph("wx")
     x = g.add_input("f32[M,8]", "x")
     w = g.add_input("f32[4,8]", "w")
@@ -190,7 +191,7 @@ def test_dispatch_and_gating() -> None:
     k = partition(lin_graph(37, 45, True, "gelu"), cgen.CAPS).kernels[0]
     a, b = render_gemv(k), render_gemv(k)
     assert a.source == b.source and "sf_gelu_float" in a.source
-    assert [int(p) for p in a.params[1:]] == [MAX_M]
+    assert [int(p) for p in a.params[1:]] == [LIMIT(45, 37)]
     # the same shape at another static M compiles to the same source
     k2 = partition(lin_graph(37, 45, True, "gelu", lead="3"), cgen.CAPS).kernels[0]
     assert render_gemv(k2).source == a.source
@@ -198,7 +199,7 @@ def test_dispatch_and_gating() -> None:
 
 
 def test_executor_uses_gemv_only_up_to_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    """At M <= max_m the compiled C function runs, above it the library call (counted)."""
+    """At M up to the limit the compiled C function runs, above it the library call (counted)."""
     from scalefold.runtime import executor
     g = lin_graph(48, 40, True)
     cm = build_c(g)
@@ -216,11 +217,23 @@ def test_executor_uses_gemv_only_up_to_threshold(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(executor, "library_fn", counting)
     ex._libfns.clear()
     ex.forget_bindings()
-    for m in (1, MAX_M):
+    lim = LIMIT(40, 48)
+    for m in (1, lim):
         cm(torch.randn(m, 48))
     assert calls["lib"] == 0
-    cm(torch.randn(MAX_M + 1, 48))
+    cm(torch.randn(lim + 1, 48))
     assert calls["lib"] == 1
+
+
+def test_limit_by_weight_size() -> None:
+    """Weights that stay in cache take the GEMV to more rows (module docstring's figures):
+    32 up to 1 MB, 8 up to 8 MB, 4 above; max_m = 0 renders nothing at any size."""
+    cfg = GemvConfig()
+    assert cfg.limit(384, 384) == 32 and cfg.limit(512, 512) == 32          # 0.6 / 1.0 MB
+    assert cfg.limit(1536, 384) == 8 and cfg.limit(1024, 2048) == 8        # 2.4 / 8 MB
+    assert cfg.limit(2048, 2048) == 4 and cfg.limit(32000, 2048) == 4      # above 8 MB
+    assert GemvConfig(max_m=0).limit(8, 8) == 0
+    assert GemvConfig(max_m=40).limit(384, 384) == 40                      # never below max_m
 
 
 def test_scalar_tile_and_other_blockings() -> None:
