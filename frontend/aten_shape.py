@@ -134,8 +134,8 @@ def _slice(ctx: Ctx, n: fx.Node, a: dict) -> Value:
         idx = ctx.emit("arange", [], start=first, end=first + want * step, step=step, dtype="i64")
         return ctx.emit("gather", [x, idx], axis=axis)
     if not dims_equal(got, want) and step > 0 and not isinstance(start, int):
-        # a symbolic start from the end on a static dim (x[:, -(P + 1):] on 64 columns:
-        # start Max(0, 63 - P)): torch's length holds for the sizes the export allows
+        # a symbolic start whose slice length the IR states with clamps torch's length has
+        # not (torch's holds for the sizes the export allows, which the guards check)
         idx = ctx.emit("arange", [], start=start, end=start + want * step, step=step, dtype="i64")
         return ctx.emit("gather", [x, idx], axis=axis)
     return ctx.emit("slice", [x], **attrs)
