@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import sympy
 import torch
 import torch.fx as fx
 
@@ -103,12 +104,33 @@ def _clamp(ctx: Ctx, n: fx.Node, a: dict) -> Value:
         lo, hi = a["min_val"], a["max_val"]
     else:
         lo, hi = a.get("min"), a.get("max")
-    lo = None if lo is None else float(lo)
-    hi = None if hi is None else float(hi)
+    lo, hi = _clamp_bound(ctx, lo, out), _clamp_bound(ctx, hi, out)
+    if isinstance(lo, Value) or isinstance(hi, Value):
+        # a bound computed from the sizes (clamp(pos, max=L - 1)): min(max(x, lo), hi) at run time
+        for b, op in ((lo, "maximum"), (hi, "minimum")):
+            if b is not None:
+                x = ctx.emit(op, [x, b if isinstance(b, Value) else ctx.scalar(b, out)])
+        return x
     if any(v is not None and v != v for v in (lo, hi)):
         # a NaN bound makes every element NaN in torch; the IR's clip keeps NaN bounds out
         return ctx.emit("add", [x, ctx.scalar(float("nan"), out)])
     return ctx.emit("clip", [x], min=lo, max=hi)
+
+
+def _clamp_bound(ctx: Ctx, v: Any, out: dt.DType) -> float | Value | None:
+    """A clamp bound as a python float, or, when it is a symbolic size expression (a SymInt
+    or SymFloat of the input sizes), a 0-d Value of ``out`` computing it at run time."""
+    if v is None:
+        return None
+    if isinstance(v, fx.Node):
+        v = ctx.env[v]
+    elif isinstance(v, (torch.SymInt, torch.SymFloat)):
+        v = ctx._expr(v.node.expr)
+    if isinstance(v, sympy.Basic):
+        if v.free_symbols:
+            return ctx.scalar(v, out)
+        v = float(v)
+    return float(v)
 
 
 @aten("clamp.Tensor", "clamp_min.Tensor", "clamp_max.Tensor")

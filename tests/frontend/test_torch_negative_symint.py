@@ -128,3 +128,25 @@ def test_mpt_decodes_with_a_dynamic_past() -> None:
         cm(ids, *[torch.randn(1, 4, 101, 16) for _ in past])
 
 
+
+
+class SizeClamp(torch.nn.Module):
+    """Clamps whose bounds are computed from a dynamic size (a sliding window's positions)."""
+
+    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = q.shape[1]
+        pos = torch.arange(n)
+        hi = torch.clamp(pos + 3, max=n - 1)                      # SymInt bound
+        lo = torch.clamp(pos - 2, min=0, max=n // 2)              # int and SymInt bounds
+        scaled = torch.clamp(q, min=-(n * 0.25), max=n * 0.5)     # SymFloat bounds
+        return q[:, hi] + q[:, lo], scaled
+
+
+@pytest.mark.parametrize("target", ["interp", "c"])
+def test_clamp_bounds_from_sizes(target: str) -> None:
+    m = SizeClamp()
+    cm = sf.compile(m, (torch.randn(2, 12, 3),), dynamic_shapes=({1: Dim("L", min=2, max=40)},), target=target)
+    for n in (2, 5, 12, 40):
+        q = torch.randn(2, n, 3) * n
+        for a, b in zip(cm(q), m(q)):
+            torch.testing.assert_close(a, b)
