@@ -29,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 import sympy
@@ -42,48 +41,12 @@ from ..ir.errors import ExecutionError, ScalefoldError, ShapeError
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
+from .binding import Bound, KStep, Step, Typed, contiguous_strides, kernel_symbols
 from .interp import bind_symbols, check_shape, declared_shapes
 from .layout import channels_last_values, is_channels_last, slice_index, torch_kernel
 from .library import library_fn, qlinear_fallback
 
-Step = Callable[[list], None]
 ENV_CACHE = 8
-
-
-@dataclass
-class _KStep:
-    """One kernel's step for one binding of its symbols, and its outputs: (id(Value), slot,
-    shape, contiguous strides, container dtype, bytes) each (none for a view kernel, whose
-    outputs alias)."""
-    step: Step
-    outs: list[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype, int]]
-
-
-class _Typed(dict):
-    """An arena's views as each dtype, made on first use (offsets are 64-byte aligned, so
-    every planned buffer starts on an element of its dtype)."""
-
-    def __init__(self, arena: torch.Tensor) -> None:
-        super().__init__()
-        self.arena = arena
-
-    def __missing__(self, dtype: torch.dtype) -> torch.Tensor:
-        t = self[dtype] = self.arena.view(dtype)
-        return t
-
-
-@dataclass
-class _Bound:
-    env: dict[sympy.Symbol, int]
-    keys: list[tuple]               # the values of each of the executor's symbol sets
-    plan: BufferPlan
-    arena: torch.Tensor
-    base_vals: list
-    steps: list[Step]
-    fresh: dict[int, tuple[tuple[int, ...], torch.dtype]]   # slot -> graph output allocated per call
-    calls: int = 0
-    cuda_graph: Any = None          # (CUDAGraph, static inputs, outputs) once captured
-    no_graph: bool = False          # capture failed: run step by step
 
 
 def mixes_devices(e: RuntimeError, dev: torch.device) -> bool:
@@ -149,21 +112,21 @@ class Executor:
                 else:
                     order.append(self._slot[id(it)])
             self._args[name] = order
-        self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
+        self._bound: OrderedDict[tuple, Bound] = OrderedDict()
         self._cl_values = channels_last_values(schedule)
         self._libfns: dict[str, tuple[Callable, bool]] = {}
         self._lock = threading.Lock()
         # per kernel: the symbols its step depends on, and its steps by their values (LRU)
-        ksyms = [_kernel_symbols(k, self.params.get(k.name, ())) for k in schedule.kernels]
+        ksyms = [kernel_symbols(k, self.params.get(k.name, ())) for k in schedule.kernels]
         self._symsets = list(dict.fromkeys(ksyms))   # most kernels share a few: evaluate each once
         where = {t: j for j, t in enumerate(self._symsets)}
         self._ksym = [where[t] for t in ksyms]
         self._group = [[i for i, j in enumerate(self._ksym) if j == jj] for jj in range(len(self._symsets))]
-        self._prev: _Bound | None = None       # the binding used last: new ones start from it
+        self._prev: Bound | None = None       # the binding used last: new ones start from it
         self._out_ids = {id(v) for v in graph.outputs}
-        self._kstep: list[OrderedDict[tuple, _KStep]] = [OrderedDict() for _ in schedule.kernels]
+        self._kstep: list[OrderedDict[tuple, KStep]] = [OrderedDict() for _ in schedule.kernels]
         self._liveness: Liveness | None = None
-        self._last_arena: tuple[BufferPlan, torch.Tensor, _Typed] | None = None
+        self._last_arena: tuple[BufferPlan, torch.Tensor, Typed] | None = None
         # Ops like nonzero bind new symbols from their data: such graphs cannot be planned
         # before the call, so they run step by step with fresh buffers (see _run_dynamic).
         self._dynamic = any(get_op(n.op).binds for n in graph.nodes)
@@ -178,7 +141,7 @@ class Executor:
             self._last_arena = None
             self._prev = None
 
-    def _bind(self, env: dict[sympy.Symbol, int]) -> _Bound:
+    def _bind(self, env: dict[sympy.Symbol, int]) -> Bound:
         key = tuple(sorted((s.name, v) for s, v in env.items()))
         b = self._bound.get(key)
         if b is not None:
@@ -194,7 +157,7 @@ class Executor:
             self._bound.popitem(last=False)
         return b
 
-    def _bind_from(self, prev: _Bound | None, env: dict[sympy.Symbol, int], keys: list[tuple]) -> _Bound | None:
+    def _bind_from(self, prev: Bound | None, env: dict[sympy.Symbol, int], keys: list[tuple]) -> Bound | None:
         """The binding ``env`` made from ``prev`` by redoing only the kernels whose symbols
         changed value (the rest keep their steps and arena views), or None where that cannot
         be done: no ``prev`` on the current arena, or a changed buffer outgrowing its room."""
@@ -221,9 +184,9 @@ class Executor:
                     vals[s] = typed[dtype].as_strided(shape, strides, plan.offsets[vid] // dtype.itemsize)
                 elif vid in outs:
                     fresh[s] = (shape, dtype)
-        return _Bound(env, keys, plan, arena, vals, steps, fresh)
+        return Bound(env, keys, plan, arena, vals, steps, fresh)
 
-    def _bind_all(self, env: dict[sympy.Symbol, int], keys: list[tuple]) -> _Bound:
+    def _bind_all(self, env: dict[sympy.Symbol, int], keys: list[tuple]) -> Bound:
         """The binding ``env`` made kernel by kernel (steps still come from the per-kernel
         caches), on the last arena if every buffer fits it, else on a new plan and arena."""
         live = self._liveness
@@ -242,9 +205,9 @@ class Executor:
                     vals[s] = typed[dtype].as_strided(shape, strides, plan.offsets[vid] // dtype.itemsize)
                 elif vid in outs:
                     fresh[s] = (shape, dtype)
-        return _Bound(env, keys, plan, arena, vals, [m.step for m in made], fresh)
+        return Bound(env, keys, plan, arena, vals, [m.step for m in made], fresh)
 
-    def _arena_for(self, size: Mapping[int, int]) -> tuple[BufferPlan, torch.Tensor, _Typed]:
+    def _arena_for(self, size: Mapping[int, int]) -> tuple[BufferPlan, torch.Tensor, Typed]:
         """A buffer plan and arena that hold buffers of ``size`` bytes (by value id), and the
         arena's view per dtype. The last ones made are reused while every buffer fits in the
         room they planned for it (room to spare only shrinks buffers, never adds overlap):
@@ -258,11 +221,11 @@ class Executor:
         room = {v: (n + n // 8 if v in live.symbolic else n) for v, n in size.items()}
         plan = first_fit(live, room)
         arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8, device=self.device)
-        typed = _Typed(arena)
+        typed = Typed(arena)
         self._last_arena = (plan, arena, typed)
         return self._last_arena
 
-    def _cached_step(self, i: int, k: Kernel, env: Mapping[sympy.Symbol, int], key: tuple) -> _KStep:
+    def _cached_step(self, i: int, k: Kernel, env: Mapping[sympy.Symbol, int], key: tuple) -> KStep:
         """Kernel ``i``'s step and output sizes under ``env``: those made for the same values
         of its symbols if there are any (steps hold slots, not addresses, so any binding can
         run them); ``key`` is the values of its symbols."""
@@ -274,9 +237,9 @@ class Executor:
                 for o in k.outputs:
                     shape = o.type.concrete(env)
                     dtype = o.dtype.container
-                    outs.append((id(o), self._slot[id(o)], shape, _strides(shape), dtype,
+                    outs.append((id(o), self._slot[id(o)], shape, contiguous_strides(shape), dtype,
                                  value_bytes(shape, dtype)))
-            m = cache[key] = _KStep(self._step(k, env), outs)
+            m = cache[key] = KStep(self._step(k, env), outs)
             if len(cache) > ENV_CACHE:
                 cache.popitem(last=False)
         else:
@@ -519,7 +482,7 @@ class Executor:
                 res.append(t.to(home))
             return res
 
-    def _capture(self, b: _Bound, inputs: Sequence[torch.Tensor]) -> None:
+    def _capture(self, b: Bound, inputs: Sequence[torch.Tensor]) -> None:
         """Record every step of binding ``b`` into one CUDA graph (see the module doc)."""
         g = self.graph
         try:
@@ -589,28 +552,6 @@ class Executor:
         return plan_buffers(self.schedule, env, exclude=self.graph.outputs)
 
 
-def _kernel_symbols(k: Kernel, params: Sequence[sympy.Expr]) -> tuple[sympy.Symbol, ...]:
-    """The symbols kernel ``k``'s step reads from a binding (name order): those of its nodes'
-    input and output shapes, of their attributes and of its runtime integers."""
-    syms: set[sympy.Symbol] = set()
-
-    def add(v: Any) -> None:
-        if isinstance(v, tuple):
-            for x in v:
-                add(x)
-        elif isinstance(v, sympy.Basic):
-            syms.update(v.free_symbols)
-    for n in k.nodes:
-        for v in (*n.inputs, *n.outputs):
-            if v is not None:
-                syms.update(v.type.symbols)
-        for a in n.attrs.values():
-            add(a)
-    for e in params:
-        add(e)
-    return tuple(sorted(syms, key=lambda s: s.name))
-
-
 def _storages(xs: Sequence[Any]) -> set[int]:
     """The storage addresses of the tensors among ``xs``."""
     return {x.untyped_storage().data_ptr() for x in xs if isinstance(x, torch.Tensor) and x.numel()}
@@ -643,16 +584,6 @@ def _to_device(x: Any, i: int, g: Graph, device: torch.device) -> Any:
         name = g.inputs[i].name if i < len(g.inputs) else f"#{i}"
         raise ShapeError(f"input {name!r} (#{i}): cannot be moved to {device}: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
-
-
-def _strides(shape: Sequence[int]) -> tuple[int, ...]:
-    """The strides of a contiguous tensor of ``shape``."""
-    out = []
-    acc = 1
-    for d in reversed(shape):
-        out.append(acc)
-        acc *= d
-    return tuple(reversed(out))
 
 
 def _consts(graph: Graph) -> list[Value]:
