@@ -80,7 +80,7 @@ def compile_linear(lin: torch.nn.Linear, gemv: bool, max_m: int | None = None):
     if not gemv or max_m is not None:
         m = max_m if gemv and max_m is not None else 0
         # one threshold for every weight size (GemvConfig.limit would raise it for small ones)
-        c_f32gemv.GEMV = dataclasses.replace(old, max_m=m, max_m_mid=m, max_m_small=m)
+        c_f32gemv.GEMV = dataclasses.replace(old, max_m=m, tiers=())
     try:
         return api.build_c(g)
     finally:

@@ -38,11 +38,14 @@ Threshold, by the weight's size (:meth:`GemvConfig.limit`). Measured on the 2-co
   384x384 weight still wins (40 / 24; 2.4 MB ones tie or lose: 90 / 93, 90 / 79, 89 / 99),
   and it keeps winning there up to M = 32-64 (51 / 38, 68 / 64; M = 128 109 / 118). With
   the weights out of cache the two tie at M = 8 (f32_gemv_cpu.py --m 8: 2048x2048 0.658 /
-  0.647 ms, 768x3072 0.420 / 0.406, 3072x768 0.404 / 0.409, 768x768 0.162 / 0.164). Hence
-  ``max_m_mid = 8`` up to ``mid_bytes`` (8 MB) and ``max_m_small = 32`` up to
-  ``small_bytes`` (1 MB). End to end, all-MiniLM-L6-v2 at batch 1 (whose 42 MB of linear
-  weights do not all stay in the 32 MB L3) went 2.93 -> 2.66 ms at 8 tokens, 3.16 -> 2.86 at
-  16 and 4.48 -> 4.13 at 32 (``probe/mlg.py``, not kept).
+  0.647 ms, 768x3072 0.420 / 0.406, 3072x768 0.404 / 0.409, 768x768 0.162 / 0.164), and at
+  M = 16 the kernel wins up to 2.4 MB and loses at 4 MB (--m 16 --max-m 16: 768x768 0.219 /
+  0.225, 384x1536 0.224 / 0.250, 1536x384 0.190 / 0.202, 1024x1024 0.328 / 0.301). Hence
+  ``tiers``: 32 rows up to 1 MB, 16 up to 3 MB, 8 up to 8 MB. End to end, all-MiniLM-L6-v2
+  at batch 1 (whose 42 MB of linear weights do not all stay in the 32 MB L3; ``probe/mlg.py``
+  and ``probe/mlg2.py``, not kept): 2.93 -> 2.66 ms at 8 tokens, 3.16 -> 2.86 at 16 and 4.48
+  -> 4.13 at 32 with 32 rows up to 1 MB and 8 up to 8 MB; the 16-row tier then took 16
+  tokens from 3.18 to 3.01 ms and 12 from 3.40 to 3.07 (interleaved rounds, a slower hour).
 
 Kernel ABI (c.py): ``p`` = x [M, K], the weight constant [N, K] itself (the graph's Value
 in ``CKernel.args``, so the executor passes the tensor it holds anyway), [bias [N]], [the
@@ -86,10 +89,8 @@ class GemvConfig:
     mr: int = 4
     runs: int = 4
     vec: bool = True
-    max_m_mid: int = 8
-    mid_bytes: int = 8 << 20
-    max_m_small: int = 32
-    small_bytes: int = 1 << 20
+    # (weight bytes at most, rows): smaller weights take the kernel to more rows (module doc)
+    tiers: tuple[tuple[int, int], ...] = ((1 << 20, 32), (3 << 20, 16), (8 << 20, 8))
 
     def __post_init__(self) -> None:
         for f in ("rows", "mr", "runs"):
@@ -102,16 +103,12 @@ class GemvConfig:
 
     def limit(self, n: int, k: int) -> int:
         """The most rows of x the kernel takes for an f32 weight [n, k]: ``max_m``, raised to
-        ``max_m_mid`` / ``max_m_small`` for weights of at most ``mid_bytes`` / ``small_bytes``,
-        which stay in cache from call to call (0 when ``max_m`` is 0: never rendered)."""
+        the rows of the first of ``tiers`` whose size the weight's bytes do not exceed (0 when
+        ``max_m`` is 0: never rendered)."""
         if self.max_m < 1:
             return 0
         size = 4 * n * k
-        if size <= self.small_bytes:
-            return max(self.max_m, self.max_m_small)
-        if size <= self.mid_bytes:
-            return max(self.max_m, self.max_m_mid)
-        return self.max_m
+        return max(self.max_m, next((rows for most, rows in self.tiers if size <= most), self.max_m))
 
     def width(self, r: int) -> int:
         """Weight rows per tile of ``r`` x rows: the largest divisor of ``rows`` that keeps

@@ -226,11 +226,12 @@ def test_executor_uses_gemv_only_up_to_threshold(monkeypatch: pytest.MonkeyPatch
 
 
 def test_limit_by_weight_size() -> None:
-    """Weights that stay in cache take the GEMV to more rows (module docstring's figures):
-    32 up to 1 MB, 8 up to 8 MB, 4 above; max_m = 0 renders nothing at any size."""
+    """Smaller weights take the GEMV to more rows (module docstring's figures): 32 up to
+    1 MB, 16 up to 3 MB, 8 up to 8 MB, 4 above; max_m = 0 renders nothing at any size."""
     cfg = GemvConfig()
     assert cfg.limit(384, 384) == 32 and cfg.limit(512, 512) == 32          # 0.6 / 1.0 MB
-    assert cfg.limit(1536, 384) == 8 and cfg.limit(1024, 2048) == 8        # 2.4 / 8 MB
+    assert cfg.limit(1536, 384) == 16 and cfg.limit(768, 768) == 16        # 2.4 MB
+    assert cfg.limit(1024, 1024) == 8 and cfg.limit(1024, 2048) == 8       # 4 / 8 MB
     assert cfg.limit(2048, 2048) == 4 and cfg.limit(32000, 2048) == 4      # above 8 MB
     assert GemvConfig(max_m=0).limit(8, 8) == 0
     assert GemvConfig(max_m=40).limit(384, 384) == 40                      # never below max_m
