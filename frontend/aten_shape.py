@@ -134,8 +134,9 @@ def _slice(ctx: Ctx, n: fx.Node, a: dict) -> Value:
         idx = ctx.emit("arange", [], start=first, end=first + want * step, step=step, dtype="i64")
         return ctx.emit("gather", [x, idx], axis=axis)
     if not dims_equal(got, want) and step > 0 and not isinstance(start, int):
-        # a symbolic start whose slice length the IR states with clamps torch's length has
-        # not (torch's holds for the sizes the export allows, which the guards check)
+        # a symbolic start from the end (63 - P on 64 columns): the IR's slice states its
+        # length with clamps (64 - Min(64, Max(0, 63 - P))), torch's is P + 1, which holds
+        # wherever the start's guard does (_from_end)
         idx = ctx.emit("arange", [], start=start, end=start + want * step, step=step, dtype="i64")
         return ctx.emit("gather", [x, idx], axis=axis)
     return ctx.emit("slice", [x], **attrs)

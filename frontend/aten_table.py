@@ -74,9 +74,6 @@ class Ctx:
         self.node_name: str | None = None
         self.fold = True
         self._dim_values: dict[tuple, Value] = {}
-        # Max / Min in a size resolved by the Dims' declared ranges (frontend/dim_ranges.py);
-        # the torch frontend sets it
-        self.tighten: Callable[[Dim], Dim] = lambda d: d
         self.guards: list[Dim] = []     # size expressions the conversion assumed >= 0
 
     # ---- reading arguments --------------------------------------------------------------

@@ -241,13 +241,6 @@ class _Symbols:
             self.relied |= {s for s in e.free_symbols if s in self.ranges()}
         return t
 
-    def tighten(self, d: Dim) -> Dim:
-        """``d`` with its Max / Min resolved by the declared ranges (frontend/dim_ranges.py)."""
-        if isinstance(d, sympy.Basic):
-            t = self._tight(d)
-            return canon_dim(t) if t.is_integer is not False and not t.is_negative else t
-        return d
-
     def bind(self, expr: sympy.Expr, name: str | None, fallback: str) -> None:
         free = list(expr.free_symbols)
         if isinstance(expr, sympy.Symbol):
@@ -316,7 +309,6 @@ def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str
     syms = _Symbols(ep.range_constraints)
     g = Graph(gname)
     ctx = Ctx(g, syms.expr)
-    ctx.tighten = syms.tighten
 
     from torch.export.graph_signature import InputKind, OutputKind
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import sympy
 import torch
@@ -176,14 +176,9 @@ class Executor:
                         if vid in live.value and nbytes > plan.sizes[vid]:
                             return None
         vals, steps, fresh = list(prev.base_vals), list(prev.steps), dict(prev.fresh)
-        outs = self._out_ids
         for i, m in made.items():
             steps[i] = m.step
-            for vid, s, shape, strides, dtype, _ in m.outs:
-                if vid in plan.offsets:
-                    vals[s] = typed[dtype].as_strided(shape, strides, plan.offsets[vid] // dtype.itemsize)
-                elif vid in outs:
-                    fresh[s] = (shape, dtype)
+        self._place(made.values(), plan, typed, vals, fresh)
         return Bound(env, keys, plan, arena, vals, steps, fresh)
 
     def _bind_all(self, env: dict[sympy.Symbol, int], keys: list[tuple]) -> Bound:
@@ -197,15 +192,20 @@ class Executor:
         vals: list = [None] * len(self._slot)
         for s, t in self._consts:
             vals[s] = t
-        fresh = {}
-        outs = self._out_ids
+        fresh: dict[int, tuple[tuple[int, ...], torch.dtype]] = {}
+        self._place(made, plan, typed, vals, fresh)
+        return Bound(env, keys, plan, arena, vals, [m.step for m in made], fresh)
+
+    def _place(self, made: Iterable[KStep], plan: BufferPlan, typed: Typed, vals: list,
+               fresh: dict[int, tuple[tuple[int, ...], torch.dtype]]) -> None:
+        """Point the slots of ``made``'s outputs at their arena views (``vals``), or list the
+        graph outputs among them, which each call allocates, in ``fresh``."""
         for m in made:
             for vid, s, shape, strides, dtype, _ in m.outs:
                 if vid in plan.offsets:
                     vals[s] = typed[dtype].as_strided(shape, strides, plan.offsets[vid] // dtype.itemsize)
-                elif vid in outs:
+                elif vid in self._out_ids:
                     fresh[s] = (shape, dtype)
-        return Bound(env, keys, plan, arena, vals, [m.step for m in made], fresh)
 
     def _arena_for(self, size: Mapping[int, int]) -> tuple[BufferPlan, torch.Tensor, Typed]:
         """A buffer plan and arena that hold buffers of ``size`` bytes (by value id), and the
