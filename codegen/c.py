@@ -489,8 +489,9 @@ CAPS = Caps(elementwise=frozenset(C_EXPR), row=ROW_OPS, node_ok=c_node_ok, row_o
 
 def render(schedule: Schedule) -> list[CKernel]:
     """C source for every fused and template kernel of ``schedule`` (other kinds need no
-    source), and for the library kernels of float linears that have a small-M alternative
-    (c_f32gemv.py: the executor runs it at bindings with few enough rows). Template kernels
+    source), for the library kernels of float linears that have a small-M alternative
+    (c_f32gemv.py: the executor runs it at bindings with few enough rows), and for float
+    convolutions (c_conv.py: the executor runs them instead of oneDNN). Template kernels
     carry their prepacked constants in ``CKernel.args``; the alternatives name the graph's
     own weight there (read in place, no copy)."""
     out = []
@@ -501,10 +502,14 @@ def render(schedule: Schedule) -> list[CKernel]:
             out.append(render_qlinear(k) if qlinear_supported(k.nodes[0]) else render_w4(k))
             continue
         if k.kind == "library":
-            # a float linear at small M: a C alternative the executor picks per binding
+            # a float linear at small M: a C alternative the executor picks per binding;
+            # a float convolution: a generated one that replaces the library call
+            from .c_conv import conv_form, render_conv
             from .c_f32gemv import gemv_supported, render_gemv
             if gemv_supported(k):
                 out.append(render_gemv(k))
+            elif conv_form(k) is not None:
+                out.append(render_conv(k))
             continue
         if k.kind != "fused":
             continue

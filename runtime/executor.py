@@ -42,6 +42,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .binding import Bound, KStep, Step, Typed, contiguous_strides, kernel_symbols
+from .cconv import conv_step
 from .interp import bind_symbols, check_shape, declared_shapes
 from .layout import channels_last_values, is_channels_last, slice_index, torch_kernel
 from .library import library_fn, qlinear_fallback
@@ -310,6 +311,8 @@ class Executor:
             def run_view(vals: list) -> None:
                 vals[dst] = vals[src].reshape(shape)  # a view unless the source is strided
             return run_view
+        if k.kind == "library" and k.name in self.kernels and node.op == "conv":
+            return self._conv_step(k, env)
         if k.kind == "library":
             # one per kernel for every binding: a convolution keeps its prepacked weights
             if k.name not in self._libfns:
@@ -402,10 +405,22 @@ class Executor:
         of the library call: the backend compiled one (the C target's small-M float linear,
         codegen/c_f32gemv.py) and its runtime integers ``q[0]`` (the rows) and ``q[1]`` (the
         most rows it takes) say it covers this binding."""
-        if k.kind != "library" or k.name not in self.kernels:
+        if k.kind != "library" or k.name not in self.kernels or k.nodes[0].op == "conv":
             return False
         m, top = (int(eval_dim(e, env)) for e in self.params[k.name][:2])
         return m <= top
+
+    def _conv_step(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> Step:
+        """The step of a convolution the C backend generated (codegen/c_conv.py): x and the
+        residual operand go in channels-last, the result comes out so."""
+        node, last = k.nodes[0], k.nodes[-1]
+        acts = {self._slot[id(node.inputs[0])]}
+        for prev, e in zip(k.nodes, k.nodes[1:]):
+            if e.op == "add":
+                acts.add(self._slot[id(e.inputs[1] if e.inputs[0] is prev.outputs[0] else e.inputs[0])])
+        q = [int(eval_dim(e, env)) for e in self.params[k.name]]
+        return conv_step(self.kernels[k.name], self._args[k.name], frozenset(acts),
+                         self._slot[id(last.outputs[0])], last.outputs[0].type.concrete(env), q)
 
     def _qlinear_fallback(self, node: Node) -> Callable | None:
         """The dequantise-once GEMM of a reference ``qlinear`` (``library.qlinear_fallback``),

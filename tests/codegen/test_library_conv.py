@@ -1,5 +1,5 @@
 """The CPU library convolution (oneDNN, prepacked weights, channels-last, fused post-ops)
-against the reference interpreter."""
+against the reference interpreter, with the generated C convolutions switched off."""
 from __future__ import annotations
 
 import pytest
@@ -12,40 +12,14 @@ from scalefold.codegen.schedule import partition
 from scalefold.ir import Graph
 from scalefold.runtime.interp import run
 from scalefold.runtime.library_conv import conv_fn
-
-EPILOGUES = {
-    "none": [], "relu": [("relu", {})], "silu": [("silu", {})], "sigmoid": [("sigmoid", {})],
-    "tanh": [("tanh", {})], "hardswish": [("hardswish", {})], "gelu": [("gelu", {})],
-    "gelu_tanh": [("gelu", {"approximate": "tanh"})], "leaky_relu": [("leaky_relu", {"alpha": 0.2})],
-    "hardsigmoid": [("hardsigmoid", {})], "relu6": [("clip", {"min": 0.0, "max": 6.0})],
-    "add": [("add", {})], "add_relu": [("add", {}), ("relu", {})],
-    "add_hardswish": [("add", {}), ("hardswish", {})],
-    # inference batch norm (torch's kernel on the channels-last result), then an activation
-    "bn": [("batch_norm", {"eps": 1e-3})], "bn_relu": [("batch_norm", {}), ("relu", {})],
-    "bn_silu": [("batch_norm", {}), ("silu", {})], "bn_relu6": [("batch_norm", {}), ("clip", {"min": 0.0, "max": 6.0})],
-}
+from conv_cases import EPILOGUES, conv_graph as _conv_graph
 
 
-def _conv_graph(epilogue: str, groups: int, stride: int, dilation: int, bias: bool, k: int) -> Graph:
-    g = Graph("conv")
-    x = g.add_input("f32[B,8,H,W]", "x")
-    w = g.add_const(torch.randn(16, 8 // groups, k, k) * 0.3)
-    ins = [x, w, g.add_const(torch.randn(16))] if bias else [x, w]
-    y = g.add("conv", ins, {"stride": (stride,), "padding": (dilation * (k // 2),), "dilation": (dilation,),
-                            "groups": groups})
-    oh = f"floor((H - 1)/{stride}) + 1" if stride > 1 else "H"
-    ow = f"floor((W - 1)/{stride}) + 1" if stride > 1 else "W"
-    for op, attrs in EPILOGUES[epilogue]:
-        if op == "add":
-            r = g.add_input(f"f32[B,16,{oh},{ow}]", "r")
-            y = g.add("add", [r, y])
-        elif op == "batch_norm":
-            y = g.add("batch_norm", [y, g.add_const(torch.randn(16)), g.add_const(torch.randn(16)),
-                                     g.add_const(torch.randn(16)), g.add_const(torch.rand(16) + 0.1)], attrs)
-        else:
-            y = g.add(op, [y], attrs)
-    g.set_outputs([g.add("mul", [y, g.add_const(torch.tensor(2.0))])])
-    return g
+@pytest.fixture(autouse=True)
+def _onednn_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This file tests the oneDNN path: no generated C convolutions (test_c_conv.py has those)."""
+    import scalefold.codegen.c_conv as cc
+    monkeypatch.setattr(cc, "conv_form", lambda k: None)
 
 
 @pytest.mark.parametrize("epilogue", sorted(EPILOGUES))

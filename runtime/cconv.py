@@ -1,0 +1,73 @@
+"""Runs a generated C convolution (``codegen/c_conv.py``) on the executor's values.
+
+The kernel reads and writes channels-last (NHWC) memory, the layout the CPU convolutions keep
+between steps (``runtime/library_conv.py``): x and the residual operand come as they are when
+already channels-last (else one copy), and the result is a fresh tensor that is logically
+NCHW (NCL for 1-D) and channels-last in memory, as the oneDNN path returns it, written into
+the buffer the executor planned for it.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Callable, Sequence
+
+import torch
+
+Step = Callable[[list], None]
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (rank 3 or 4, logically channels-first) with channels-last contiguous memory."""
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _nhwc_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """Strides of a logically channels-first ``shape`` stored channels-last."""
+    if len(shape) == 4:
+        n, c, h, w = shape
+        return (h * w * c, 1, w * c, c)
+    n, c, length = shape
+    return (length * c, 1, c)
+
+
+def _out(t: torch.Tensor | None, shape: tuple[int, ...], strides: tuple[int, ...]) -> torch.Tensor:
+    """The result tensor: the buffer the executor placed for it (an arena view, or a graph
+    output's fresh tensor) seen channels-last, so that no call allocates (a fresh tensor of a
+    few hundred KB costs page faults on every call); a new one if there is none."""
+    n = 1
+    for d in shape:
+        n *= d
+    if t is not None and t.dtype == torch.float32 and t.numel() == n and t.is_contiguous():
+        return t.as_strided(shape, strides)
+    return torch.empty_strided(shape, strides, dtype=torch.float32)
+
+
+def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], out_slot: int,
+              out_shape: Sequence[int], q: Sequence[int]) -> Step:
+    """A step calling kernel ``fn`` with the values in slots ``order`` (ABI: c_conv.py): those
+    in ``activations`` passed channels-last, ``out_slot`` a new channels-last tensor of
+    ``out_shape``, the others contiguous; runtime integers ``q``."""
+    ptrs = (ctypes.c_void_p * len(order))()
+    qarr = (ctypes.c_int64 * len(q))(*q)
+    shape = tuple(int(d) for d in out_shape)
+    strides = _nhwc_strides(shape)
+
+    def run(vals: list) -> None:
+        y = _out(vals[out_slot], shape, strides)
+        keep = []   # channels-last copies must outlive the call
+        for i, s in enumerate(order):
+            if s == out_slot:
+                ptrs[i] = y.data_ptr()
+                continue
+            t = vals[s]
+            if s in activations:
+                t = _nhwc(t)
+                keep.append(t)
+            elif not t.is_contiguous():
+                t = vals[s] = t.contiguous()
+            ptrs[i] = t.data_ptr()
+        fn(ptrs, qarr)
+        vals[out_slot] = y
+    return run
