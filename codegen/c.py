@@ -96,10 +96,12 @@ class CKernel:
     # pointer order for ``p``: graph Values and prepacked constant tensors (templates);
     # None means the kernel's inputs then outputs
     args: list | None = None
+    # a second alternative of the same library kernel is named with a suffix (c_f32gemm.py)
+    suffix: str = ""
 
     @property
     def name(self) -> str:
-        return self.kernel.name
+        return self.kernel.name + self.suffix
 
 
 class _Params:
@@ -489,9 +491,9 @@ CAPS = Caps(elementwise=frozenset(C_EXPR), row=ROW_OPS, node_ok=c_node_ok, row_o
 
 def render(schedule: Schedule) -> list[CKernel]:
     """C source for every fused and template kernel of ``schedule`` (other kinds need no
-    source), for the library kernels of float linears that have a small-M alternative
-    (c_f32gemv.py: the executor runs it at bindings with few enough rows), and for float
-    convolutions (c_conv.py: the executor runs them instead of oneDNN). Template kernels
+    source), for the library kernels of float linears (c_f32gemv.py at bindings with few
+    enough rows, c_f32gemm.py at the others), and for float convolutions (c_conv.py: the
+    executor runs them instead of oneDNN). Template kernels
     carry their prepacked constants in ``CKernel.args``; the alternatives name the graph's
     own weight there (read in place, no copy)."""
     out = []
@@ -505,9 +507,12 @@ def render(schedule: Schedule) -> list[CKernel]:
             # a float linear at small M: a C alternative the executor picks per binding;
             # a float convolution: a generated one that replaces the library call
             from .c_conv import conv_form, render_conv
+            from .c_f32gemm import gemm_supported, render_gemm_linear
             from .c_f32gemv import gemv_supported, render_gemv
             if gemv_supported(k):
                 out.append(render_gemv(k))
+            if gemm_supported(k):
+                out.append(render_gemm_linear(k))
             elif conv_form(k) is not None:
                 out.append(render_conv(k))
             continue

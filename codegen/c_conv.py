@@ -236,7 +236,7 @@ def pack_weight(w: torch.Tensor, f: ConvForm) -> torch.Tensor:
     return full.reshape(npnl, f.nb, *w.shape[1:]).permute(0, 3, 4, 2, 1).contiguous()
 
 
-def _epilogue(k: Kernel, bias: bool, bn: bool) -> list[str]:
+def epilogue(k: Kernel, bias: bool, bn: bool) -> list[str]:
     """C statements turning ``v`` (the sum) into the stored value, channel ``c``, other operand
     element ``o`` (read where an ``add`` needs it)."""
     s = []
@@ -253,7 +253,7 @@ def _epilogue(k: Kernel, bias: bool, bn: bool) -> list[str]:
     return s
 
 
-def _tile_fn(f: ConvForm) -> list[str]:
+def tile_fn(f: ConvForm) -> list[str]:
     """``sf_tile``: add to (or, with ``init``, start) ``ct`` [MR][NB] the sums over input
     channels ``c0 .. c0 + cc`` of one tile, from the row pointers ``xr[t][r]`` of each tap t
     (tap-major; a padded pixel points at a zero row) and the panel's weights ``w`` at tap
@@ -282,7 +282,7 @@ def _tile_fn(f: ConvForm) -> list[str]:
     return out
 
 
-def _tile_scalar(f: ConvForm) -> list[str]:
+def tile_scalar(f: ConvForm) -> list[str]:
     """Portable ``sf_tile``: the same sums in plain C (same order per output)."""
     return ["static inline void sf_tile(const float *const *restrict xr, int64_t taps, int64_t c0, "
             "const float *restrict w0p, int64_t ts, int64_t cc, float *restrict ct, int init) {",
@@ -311,12 +311,17 @@ def _store_tile(f: ConvForm, epi: list[str], other: bool) -> list[str]:
     return body
 
 
-def _render_gemm(f: ConvForm, epi: list[str], other: bool) -> list[str]:
+def render_gemm(f: ConvForm, epi: list[str], other: bool, rows: bool = False) -> list[str]:
     """Body of the ``pw`` and ``dense`` forms. Output pixels (flattened over image, row and
     column) go in tiles of MR, tiles in groups of ``GROUP``; a thread takes (panel, group)
     pairs. Within a group the input channels go in chunks of ``chunk_ci`` whose weights stay
     in L1 while every tile of the group uses them (a panel of a 3x3 convolution over 512
-    channels is 590 KB: streamed from L2 once per tile it ran at 0.65x of oneDNN)."""
+    channels is 590 KB: streamed from L2 once per tile it ran at 0.65x of oneDNN).
+
+    ``rows``: the weight ``w`` is a row-major [CO, CI] matrix read in place (a ``linear``'s
+    own constant, c_f32gemm.py); each thread packs the panel it works on into its own
+    [CI][NB] buffer when its panel changes (a static schedule hands a thread consecutive
+    groups of one panel)."""
     mr, nb = f.mr, f.nb
     taps = f.kh * f.kw
     cmax = chunk_ci(f)
@@ -330,6 +335,8 @@ def _render_gemm(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         "    float *zrow = (float *)calloc((size_t)CI, sizeof(float));",
         f"    float ctg[{GROUP * mr * nb}] __attribute__((aligned(64)));",
         f"    const float **xr = (const float **)malloc(sizeof(const float *) * {GROUP * taps * mr});",
+        *([f"    float *wbuf = (float *)aligned_alloc(64, (size_t)CI * {nb * 4});",
+           "    int64_t packed = -1;"] if rows else []),
         "    #pragma omp for collapse(2) schedule(static)",
         "    for (int64_t np = 0; np < NP; np++)",
         "    for (int64_t gi = 0; gi < NG; gi++) {",
@@ -354,9 +361,30 @@ def _render_gemm(f: ConvForm, epi: list[str], other: bool) -> list[str]:
             "            }",
             "          }",
         ]
+    if rows:
+        # 16 x 16 blocks by the AVX-512 transpose (sf_tr16, c_f32gemm.py); the rest, and the
+        # zero channels past CO, one element at a time
+        wpan = ["      if (np != packed) {",
+                "#if SF_CONV_VEC",
+                "        const int64_t nfull = nv / 16 * 16, kfull = CI / 16 * 16;",
+                "        for (int64_t j0 = 0; j0 < nfull; j0 += 16)",
+                "          for (int64_t c = 0; c < kfull; c += 16)",
+                f"            sf_tr16(w + (n0 + j0) * CI + c, CI, wbuf + c * {nb} + j0, {nb});",
+                "#else",
+                "        const int64_t nfull = 0, kfull = 0;",
+                "#endif",
+                f"        for (int64_t c = 0; c < CI; c++) for (int64_t j = nfull; j < {nb}; j++)",
+                f"          wbuf[c * {nb} + j] = j < nv ? w[(n0 + j) * CI + c] : 0.0f;",
+                "        for (int64_t c = kfull; c < CI; c++) for (int64_t j = 0; j < nfull; j++)",
+                f"          wbuf[c * {nb} + j] = w[(n0 + j) * CI + c];",
+                "        packed = np;",
+                "      }",
+                "      const float *wpan = wbuf;"]
+    else:
+        wpan = [f"      const float *wpan = wp + np * {taps} * CI * {nb};"]
     lines += [
         "        }",
-        f"      const float *wpan = wp + np * {taps} * CI * {nb};",
+        *wpan,
         "      for (int64_t c0 = 0; c0 < CI; c0 += CC) {",
         "        const int64_t cc = CI - c0 < CC ? CI - c0 : CC;",
         "        for (int64_t tt = 0; tt < tn; tt++)",
@@ -368,7 +396,7 @@ def _render_gemm(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         f"        const int64_t pix0 = (t0 + tt) * {mr}, mr = P - pix0 < {mr} ? P - pix0 : {mr};",
     ]
     lines += ["  " + s for s in _store_tile(f, epi, other)]
-    lines += ["      }", "    }", "    free(xr);", "    free(zrow);", "  }"]
+    lines += ["      }", "    }", "    free(xr);", "    free(zrow);", *(["    free(wbuf);"] if rows else []), "  }"]
     return lines
 
 
@@ -544,7 +572,7 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
              "  const int64_t CI = q[5], CO = q[6], PH = q[7], PW = q[8];",
              "  (void)CI; (void)PH; (void)PW; (void)H; (void)W;",
              "  if (N <= 0 || OH <= 0 || OW <= 0) return;"]
-    epi = _epilogue(k, bias is not None, bn is not None)
+    epi = epilogue(k, bias is not None, bn is not None)
     head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
     if not cfg.vec:
         head.append("#define SF_NO_VEC 1")
@@ -554,8 +582,8 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
         head += ["#else", "#define SF_CONV_VEC 0", "#endif"]
         body = _render_dw(f, epi, other is not None)
     else:
-        head += _tile_fn(f) + ["#else", "#define SF_CONV_VEC 0"] + _tile_scalar(f) + ["#endif"]
-        body = _render_gemm(f, epi, other is not None)
+        head += tile_fn(f) + ["#else", "#define SF_CONV_VEC 0"] + tile_scalar(f) + ["#endif"]
+        body = render_gemm(f, epi, other is not None)
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     params = _params(node, y)

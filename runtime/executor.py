@@ -118,7 +118,8 @@ class Executor:
         self._libfns: dict[str, tuple[Callable, bool]] = {}
         self._lock = threading.Lock()
         # per kernel: the symbols its step depends on, and its steps by their values (LRU)
-        ksyms = [kernel_symbols(k, self.params.get(k.name, ())) for k in schedule.kernels]
+        ksyms = [kernel_symbols(k, [*self.params.get(k.name, ()), *self.params.get(k.name + "_gemm", ())])
+                 for k in schedule.kernels]
         self._symsets = list(dict.fromkeys(ksyms))   # most kernels share a few: evaluate each once
         where = {t: j for j, t in enumerate(self._symsets)}
         self._ksym = [where[t] for t in ksyms]
@@ -249,12 +250,13 @@ class Executor:
 
     def _step(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> Step:
         slot = self._slot
-        if k.kind in ("fused", "template") or self._runs_compiled(k, env):
-            fn = self.kernels[k.name]
+        name = k.name if k.kind in ("fused", "template") else self._compiled_alt(k, env)
+        if name is not None:
+            fn = self.kernels[name]
             ins = [slot[id(v)] for v in k.inputs]
             outs = [slot[id(v)] for v in k.outputs]
-            order = self._args.get(k.name) or ins + outs
-            q = [int(eval_dim(e, env)) for e in self.params.get(k.name, [])]
+            order = self._args.get(name) or ins + outs
+            q = [int(eval_dim(e, env)) for e in self.params.get(name, [])]
             if hasattr(fn, "bind"):
                 launch = fn.bind(q)
 
@@ -401,14 +403,24 @@ class Executor:
         return run_ref
 
     def _runs_compiled(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> bool:
-        """Whether library kernel ``k`` runs its compiled alternative at this binding instead
-        of the library call: the backend compiled one (the C target's small-M float linear,
-        codegen/c_f32gemv.py) and its runtime integers ``q[0]`` (the rows) and ``q[1]`` (the
-        most rows it takes) say it covers this binding."""
-        if k.kind != "library" or k.name not in self.kernels or k.nodes[0].op == "conv":
-            return False
-        m, top = (int(eval_dim(e, env)) for e in self.params[k.name][:2])
-        return m <= top
+        """Whether library kernel ``k`` runs a compiled alternative at this binding instead
+        of the library call (``_compiled_alt``)."""
+        return self._compiled_alt(k, env) is not None
+
+    def _compiled_alt(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> str | None:
+        """The name of the compiled alternative library kernel ``k`` runs at this binding, or
+        None for the library call: the C target's small-M float linear (codegen/c_f32gemv.py)
+        where its runtime integers ``q[0]`` (the rows) and ``q[1]`` (the most rows it takes)
+        say it covers the binding, else its GEMM (codegen/c_f32gemm.py, named with the
+        suffix "_gemm") if there is one. Convolutions run theirs through ``_conv_step``."""
+        if k.kind != "library" or k.nodes[0].op == "conv":
+            return None
+        if k.name in self.kernels:
+            m, top = (int(eval_dim(e, env)) for e in self.params[k.name][:2])
+            if m <= top:
+                return k.name
+        gemm = k.name + "_gemm"
+        return gemm if gemm in self.kernels else None
 
     def _conv_step(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> Step:
         """The step of a convolution the C backend generated (codegen/c_conv.py): x and the

@@ -19,30 +19,9 @@ from scalefold.codegen.c_f32gemv import GemvConfig, gemv_supported, render_gemv
 from scalefold.codegen.schedule import partition
 from scalefold.ir import Graph
 from scalefold.runtime.interp import run
+from linear_cases import lin_graph
 
 LIMIT = c_f32gemv.GEMV.limit    # the most rows the GEMV takes, by weight [N, K]
-
-
-def lin_graph(K: int, N: int, bias: bool = True, epi: str | None = None, lead: str = "M",
-              seed: int = 0) -> Graph:
-    """x f32[lead, K] -> linear (constant w [N, K], bias [N]) -> optional epilogue ``epi``
-    (an activation name, "gelu_tanh", or "add" of a second input r of y's shape)."""
-    gen = torch.Generator().manual_seed(seed)
-    g = Graph("lin")
-    x = g.add_input(f"f32[{lead},{K}]", "x")
-    r = g.add_input(f"f32[{lead},{N}]", "r") if epi == "add" else None
-    ins = [x, g.add_const(torch.randn(N, K, generator=gen) * K ** -0.5)]
-    if bias:
-        ins.append(g.add_const(torch.randn(N, generator=gen)))
-    y = g.add("linear", ins)
-    if epi == "add":
-        y = g.add("add", [r, y])
-    elif epi == "gelu_tanh":
-        y = g.add("gelu", [y], {"approximate": "tanh"})
-    elif epi is not None:
-        y = g.add(epi, [y])
-    g.set_outputs([y])
-    return g
 
 
 def reference(g: Graph, *xs: torch.Tensor) -> torch.Tensor:
@@ -199,8 +178,11 @@ def test_dispatch_and_gating() -> None:
 
 
 def test_executor_uses_gemv_only_up_to_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    """At M up to the limit the compiled C function runs, above it the library call (counted)."""
+    """At M up to the limit the compiled C function runs, above it the library call (counted)
+    where no GEMM alternative was rendered (c_f32gemm.py; test_c_f32_gemm.py covers it)."""
+    from scalefold.codegen import c_f32gemm
     from scalefold.runtime import executor
+    monkeypatch.setattr(c_f32gemm, "gemm_supported", lambda k: False)
     g = lin_graph(48, 40, True)
     cm = build_c(g)
     ex = cm._runner
