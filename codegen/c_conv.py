@@ -12,18 +12,15 @@ Forms (``conv_form``), all on channels-last (NHWC) activations:
 
 - ``pw``: 1x1, stride 1, no padding, one group: a GEMM over the image's pixels as rows;
 - ``dense``: one group, any kernel size, stride, padding (asymmetric too) and dilation: per
-  tile of ``mr`` output pixels and panel of ``nb`` output channels, a sum over the kernel's
-  taps of pointwise products; a tap's pixel that falls in the padding reads a row of zeros,
-  so the inner loop has no branch;
-- ``dw``: depthwise (groups = input channels = output channels): 16 channels per zmm, the tap
-  weights of a channel block held in registers while the output row is swept, interior pixels
-  without bounds tests.
+  tile of output pixels and panel of output channels, a sum over the kernel's taps of
+  pointwise products; a tap's pixel that falls in the padding reads a row of zeros, so the
+  inner loop has no branch;
+- ``dw``: depthwise (groups = input channels = output channels), ``codegen/c_conv_dw.py``.
 
-Loop of ``pw`` / ``dense``: output pixels (flattened over image, row and column) go in tiles
-of ``mr`` and tiles in groups of ``GROUP``; the threads take (panel, group) pairs. Within a
-group the input channels go in chunks (``chunk_ci``) whose weights stay in L1 while every tile
-of the group uses them: a panel of a 3x3 convolution over 512 channels is 590 KB, and streamed
-from L2 once per tile it ran at 0.65x of oneDNN (0.75x with the chunks).
+``pw`` and ``dense`` run the tile loop of ``codegen/c_tile.py`` (tiles of pixels x channels
+in groups; input channels in L1-sized chunks: a panel of a 3x3 convolution over 512 channels
+is 590 KB, and streamed from L2 once per tile it ran at 0.65x of oneDNN, 0.75x with the
+chunks).
 
 Where oneDNN stays (``_library_faster``; measured on the 2-core Zen 5 in resnet18 / resnet50,
 ``probe/cmp.py``, not kept): kernels larger than 1x1 over 256 x 256 channels or more (3x3 at
@@ -65,45 +62,11 @@ from ..ir.types import dims_equal
 from .c import CKernel
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
+from .c_conv_dw import render_dw
+from .c_tile import ConvForm, render_gemm, tile_fn, tile_scalar
 from .schedule import Kernel
 
-PAR_MACS = 1 << 18   # below this many multiply-adds a convolution runs on one thread
 STEM_MACS = 20_000_000   # few-input-channel convolutions above this many MACs stay on oneDNN
-GROUP = 8            # tiles that share one pass over a chunk of a panel's weights
-L1_WEIGHTS = 24 << 10   # bytes of a weight chunk (half the 48 KB L1 data cache)
-
-
-def chunk_ci(f: "ConvForm") -> int:
-    """Input channels per chunk: the most whose weights for one panel and every tap fit
-    ``L1_WEIGHTS`` (at least 8)."""
-    return max(8, L1_WEIGHTS // (4 * f.kh * f.kw * f.nb))
-
-
-@dataclass(frozen=True)
-class ConvForm:
-    """What a rendered convolution is specialised on (everything else is a runtime integer):
-    ``kind`` ("pw", "dense", "dw"), kernel size, strides and dilations, and the tile: ``nb``
-    output channels (a multiple of 16) by ``mr`` output pixels."""
-
-    kind: str
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    dh: int
-    dw: int
-    nb: int = 32
-    mr: int = 6
-
-
-def dw_pixels(f: "ConvForm") -> int:
-    """Output pixels a depthwise step computes together: 8 (independent FMA chains enough to
-    hide the FMA latency) unless their input columns, accumulators and one kernel row of
-    weights would not fit the 32 zmm registers, then fewer."""
-    for pt in (8, 6, 4, 2):
-        if (pt - 1) * f.sw + (f.kw - 1) * f.dw + 1 + pt + f.kw <= 30:
-            return pt
-    return 1
 
 
 def _static(*ds: object) -> bool:
@@ -253,282 +216,6 @@ def epilogue(k: Kernel, bias: bool, bn: bool) -> list[str]:
     return s
 
 
-def tile_fn(f: ConvForm) -> list[str]:
-    """``sf_tile``: add to (or, with ``init``, start) ``ct`` [MR][NB] the sums over input
-    channels ``c0 .. c0 + cc`` of one tile, from the row pointers ``xr[t][r]`` of each tap t
-    (tap-major; a padded pixel points at a zero row) and the panel's weights ``w`` at tap
-    stride ``ts`` ([taps][CI][NB], already offset to channel ``c0``)."""
-    nv, mr = f.nb // 16, f.mr
-    acc = [[f"a{r}_{v}" for v in range(nv)] for r in range(mr)]
-    out = ["static inline void sf_tile(const float *const *restrict xr, int64_t taps, int64_t c0, "
-           "const float *restrict w0p, int64_t ts, int64_t cc, float *restrict ct, int init) {"]
-    for r in range(mr):
-        out.append("  " + " ".join(
-            f"__m512 {acc[r][v]} = init ? _mm512_setzero_ps() : _mm512_loadu_ps(ct + {r * f.nb + 16 * v});"
-            for v in range(nv)))
-    out.append("  for (int64_t t = 0; t < taps; t++) {")
-    out += [f"    const float *restrict x{r} = xr[t * {mr} + {r}] + c0;" for r in range(mr)]
-    out.append("    const float *restrict w = w0p + t * ts;")
-    out.append("    for (int64_t c = 0; c < cc; c++) {")
-    out += [f"      const __m512 w{v} = _mm512_loadu_ps(w + c * {f.nb} + {16 * v});" for v in range(nv)]
-    for r in range(mr):
-        out.append(f"      {{ const __m512 xv = _mm512_set1_ps(x{r}[c]);")
-        out += [f"        {acc[r][v]} = _mm512_fmadd_ps(xv, w{v}, {acc[r][v]});" for v in range(nv)]
-        out.append("      }")
-    out += ["    }", "  }"]
-    for r in range(mr):
-        out += [f"  _mm512_storeu_ps(ct + {r * f.nb + 16 * v}, {acc[r][v]});" for v in range(nv)]
-    out.append("}")
-    return out
-
-
-def tile_scalar(f: ConvForm) -> list[str]:
-    """Portable ``sf_tile``: the same sums in plain C (same order per output)."""
-    return ["static inline void sf_tile(const float *const *restrict xr, int64_t taps, int64_t c0, "
-            "const float *restrict w0p, int64_t ts, int64_t cc, float *restrict ct, int init) {",
-            f"  if (init) for (int64_t i = 0; i < {f.mr * f.nb}; i++) ct[i] = 0.0f;",
-            "  for (int64_t t = 0; t < taps; t++)",
-            f"    for (int64_t r = 0; r < {f.mr}; r++)",
-            "      for (int64_t c = 0; c < cc; c++)",
-            f"        for (int64_t j = 0; j < {f.nb}; j++)",
-            f"          ct[r * {f.nb} + j] += xr[t * {f.mr} + r][c0 + c] * w0p[t * ts + c * {f.nb} + j];",
-            "}"]
-
-
-def _store_tile(f: ConvForm, epi: list[str], other: bool) -> list[str]:
-    """Epilogue and store of one tile: rows ``mr`` (valid pixels from ``pix0``, consecutive),
-    channels ``n0 .. n0 + nv``, sums in ``ct``."""
-    body = ["      for (int64_t r = 0; r < mr; r++) {",
-            "        const int64_t pix = pix0 + r;",
-            "        #pragma omp simd",
-            "        for (int64_t j = 0; j < nv; j++) {",
-            "          const int64_t c = n0 + j;",
-            f"          float v = ct[r * {f.nb} + j];"]
-    if other:
-        body.append("          const float o = oth[pix * CO + c];")
-    body += ["          " + s for s in epi]
-    body += ["          y[pix * CO + c] = v;", "        }", "      }"]
-    return body
-
-
-def render_gemm(f: ConvForm, epi: list[str], other: bool, rows: bool = False) -> list[str]:
-    """Body of the ``pw`` and ``dense`` forms. Output pixels (flattened over image, row and
-    column) go in tiles of MR, tiles in groups of ``GROUP``; a thread takes (panel, group)
-    pairs. Within a group the input channels go in chunks of ``chunk_ci`` whose weights stay
-    in L1 while every tile of the group uses them (a panel of a 3x3 convolution over 512
-    channels is 590 KB: streamed from L2 once per tile it ran at 0.65x of oneDNN).
-
-    ``rows``: the weight ``w`` is a row-major [CO, CI] matrix read in place (a ``linear``'s
-    own constant, c_f32gemm.py); each thread packs the panel it works on into its own
-    [CI][NB] buffer when its panel changes (a static schedule hands a thread consecutive
-    groups of one panel)."""
-    mr, nb = f.mr, f.nb
-    taps = f.kh * f.kw
-    cmax = chunk_ci(f)
-    lines = [
-        f"  const int64_t NP = (CO + {nb - 1}) / {nb}, P = N * OH * OW;",
-        f"  const int64_t TI = (P + {mr - 1}) / {mr}, NG = (TI + {GROUP - 1}) / {GROUP};",
-        f"  const int64_t CC = CI < {cmax} ? CI : {cmax};",
-        f"  const int64_t macs = P * CO * CI * {taps};",
-        f"  #pragma omp parallel if (macs > {PAR_MACS})",
-        "  {",
-        "    float *zrow = (float *)calloc((size_t)CI, sizeof(float));",
-        f"    float ctg[{GROUP * mr * nb}] __attribute__((aligned(64)));",
-        f"    const float **xr = (const float **)malloc(sizeof(const float *) * {GROUP * taps * mr});",
-        *([f"    float *wbuf = (float *)aligned_alloc(64, (size_t)CI * {nb * 4});",
-           "    int64_t packed = -1;"] if rows else []),
-        "    #pragma omp for collapse(2) schedule(static)",
-        "    for (int64_t np = 0; np < NP; np++)",
-        "    for (int64_t gi = 0; gi < NG; gi++) {",
-        f"      const int64_t n0 = np * {nb}, nv = CO - n0 < {nb} ? CO - n0 : {nb};",
-        f"      const int64_t t0 = gi * {GROUP}, tn = TI - t0 < {GROUP} ? TI - t0 : {GROUP};",
-        "      for (int64_t tt = 0; tt < tn; tt++)",
-        f"        for (int64_t r = 0; r < {mr}; r++) {{",
-        f"          const int64_t p = (t0 + tt) * {mr} + r;",
-        f"          const float **xt = xr + tt * {taps * mr};",
-    ]
-    if f.kind == "pw":
-        lines += ["          xt[r] = p < P ? x + p * CI : zrow;"]
-    else:
-        lines += [
-            "          const int64_t ow = p % OW, nh = p / OW, oh = nh % OH, n = nh / OH;",
-            f"          for (int64_t i = 0; i < {f.kh}; i++) {{",
-            f"            const int64_t ih = oh * {f.sh} - PH + i * {f.dh};",
-            f"            for (int64_t j = 0; j < {f.kw}; j++) {{",
-            f"              const int64_t iw = ow * {f.sw} - PW + j * {f.dw};",
-            "              const int ok = p < P && ih >= 0 && ih < H && iw >= 0 && iw < W;",
-            f"              xt[(i * {f.kw} + j) * {mr} + r] = ok ? x + ((n * H + ih) * W + iw) * CI : zrow;",
-            "            }",
-            "          }",
-        ]
-    if rows:
-        # 16 x 16 blocks by the AVX-512 transpose (sf_tr16, c_f32gemm.py); the rest, and the
-        # zero channels past CO, one element at a time
-        wpan = ["      if (np != packed) {",
-                "#if SF_CONV_VEC",
-                "        const int64_t nfull = nv / 16 * 16, kfull = CI / 16 * 16;",
-                "        for (int64_t j0 = 0; j0 < nfull; j0 += 16)",
-                "          for (int64_t c = 0; c < kfull; c += 16)",
-                f"            sf_tr16(w + (n0 + j0) * CI + c, CI, wbuf + c * {nb} + j0, {nb});",
-                "#else",
-                "        const int64_t nfull = 0, kfull = 0;",
-                "#endif",
-                f"        for (int64_t c = 0; c < CI; c++) for (int64_t j = nfull; j < {nb}; j++)",
-                f"          wbuf[c * {nb} + j] = j < nv ? w[(n0 + j) * CI + c] : 0.0f;",
-                "        for (int64_t c = kfull; c < CI; c++) for (int64_t j = 0; j < nfull; j++)",
-                f"          wbuf[c * {nb} + j] = w[(n0 + j) * CI + c];",
-                "        packed = np;",
-                "      }",
-                "      const float *wpan = wbuf;"]
-    else:
-        wpan = [f"      const float *wpan = wp + np * {taps} * CI * {nb};"]
-    lines += [
-        "        }",
-        *wpan,
-        "      for (int64_t c0 = 0; c0 < CI; c0 += CC) {",
-        "        const int64_t cc = CI - c0 < CC ? CI - c0 : CC;",
-        "        for (int64_t tt = 0; tt < tn; tt++)",
-        f"          sf_tile(xr + tt * {taps * mr}, {taps}, c0, wpan + c0 * {nb}, CI * {nb}, cc, "
-        f"ctg + tt * {mr * nb}, c0 == 0);",
-        "      }",
-        "      for (int64_t tt = 0; tt < tn; tt++) {",
-        f"        const float *ct = ctg + tt * {mr * nb};",
-        f"        const int64_t pix0 = (t0 + tt) * {mr}, mr = P - pix0 < {mr} ? P - pix0 : {mr};",
-    ]
-    lines += ["  " + s for s in _store_tile(f, epi, other)]
-    lines += ["      }", "    }", "    free(xr);", "    free(zrow);", *(["    free(wbuf);"] if rows else []), "  }"]
-    return lines
-
-
-def _dw_pixelwise(f: ConvForm, epi: list[str], other: bool) -> list[str]:
-    """Depthwise vector loop for kernels of up to 9 taps: one output pixel at a time, every
-    tap weight of the channel block in a register for the whole row, interior pixels without
-    bounds tests."""
-    taps = f.kh * f.kw
-    return [
-        f"        __m512 wv[{taps}];",
-        f"        for (int64_t t = 0; t < {taps}; t++) wv[t] = _mm512_loadu_ps(wp + t * CP + c0);",
-        "        for (int64_t ow = 0; ow < OW; ow++) {",
-        "          __m512 acc = _mm512_setzero_ps();",
-        f"          const int64_t iw0 = ow * {f.sw} - PW;",
-        f"          const int inner = iw0 >= 0 && iw0 + {(f.kw - 1) * f.dw} < W;",
-        f"          for (int64_t i = 0; i < {f.kh}; i++) {{",
-        f"            const int64_t ih = oh * {f.sh} - PH + i * {f.dh};",
-        "            if (ih < 0 || ih >= H) continue;",
-        "            const float *xrow = x + (n * H + ih) * W * C + c0;",
-        "            if (inner) {",
-        f"              for (int64_t j = 0; j < {f.kw}; j++)",
-        f"                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, xrow + (iw0 + j * {f.dw}) * C), "
-        f"wv[i * {f.kw} + j], acc);",
-        "            } else {",
-        f"              for (int64_t j = 0; j < {f.kw}; j++) {{",
-        f"                const int64_t iw = iw0 + j * {f.dw};",
-        "                if (iw >= 0 && iw < W)",
-        f"                  acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, xrow + iw * C), wv[i * {f.kw} + j], acc);",
-        "              }",
-        "            }",
-        "          }",
-        "          _mm512_storeu_ps(ct, acc);",
-        "          const int64_t pix0 = (n * OH + oh) * OW + ow, mr = 1;",
-        "          const int64_t n0 = c0;",
-        *["  " + s for s in _store_tile(ConvForm("dw", 1, 1, 1, 1, 1, 1, 16, 1), epi, other)],
-        "        }",
-    ]
-
-
-def _dw_rows(f: ConvForm, epi: list[str], other: bool) -> list[str]:
-    """Depthwise vector loop for larger kernels: ``dw_pixels`` output pixels at a time, each
-    input column of a kernel row loaded once and shared by the pixels whose taps meet it, the
-    pixels' FMA chains interleaved (one pixel at a time, a 5x5 kernel's chain of 25 dependent
-    FMAs ran 1.4-1.6x slower). Columns outside the image load nothing (zero mask, address
-    clamped into the row)."""
-    pt = dw_pixels(f)
-    cols = (pt - 1) * f.sw + (f.kw - 1) * f.dw + 1
-    edge: list[str] = []
-    for u in range(cols):
-        edge += [f"              __m512 x{u}; {{ const int64_t iw = iwa + {u};",
-                 "                const __mmask16 m = (iw >= 0 && iw < W) ? km : (__mmask16)0;",
-                 "                const int64_t ic = iw < 0 ? 0 : (iw >= W ? W - 1 : iw);",
-                 f"                x{u} = _mm512_maskz_loadu_ps(m, xrow + ic * C); }}"]
-    fmas = [f"              a{t} = _mm512_fmadd_ps(x{t * f.sw + j * f.dw}, w{j}, a{t});"
-            for j in range(f.kw) for t in range(pt)]
-    return [
-        f"        for (int64_t ow0 = 0; ow0 < OW; ow0 += {pt}) {{",
-        f"          const int64_t iwa = ow0 * {f.sw} - PW;",
-        f"          const int inner = iwa >= 0 && iwa + {cols - 1} < W;",
-        "          " + " ".join(f"__m512 a{t} = _mm512_setzero_ps();" for t in range(pt)),
-        f"          for (int64_t i = 0; i < {f.kh}; i++) {{",
-        f"            const int64_t ih = oh * {f.sh} - PH + i * {f.dh};",
-        "            if (ih < 0 || ih >= H) continue;",
-        "            const float *xrow = x + (n * H + ih) * W * C + c0;",
-        f"            const float *wr = wp + i * {f.kw} * CP + c0;",
-        *[f"            const __m512 w{j} = _mm512_loadu_ps(wr + {j} * CP);" for j in range(f.kw)],
-        "            if (inner) {",
-        *[f"              const __m512 x{u} = _mm512_maskz_loadu_ps(km, xrow + (iwa + {u}) * C);"
-          for u in range(cols)],
-        *fmas,
-        "            } else {",
-        *edge,
-        *fmas,
-        "            }",
-        "          }",
-        *[f"          _mm512_storeu_ps(ct + {16 * t}, a{t});" for t in range(pt)],
-        f"          const int64_t pix0 = (n * OH + oh) * OW + ow0, mr = OW - ow0 < {pt} ? OW - ow0 : {pt};",
-        "          const int64_t n0 = c0;",
-        *["  " + s for s in _store_tile(ConvForm("dw", 1, 1, 1, 1, 1, 1, 16, 1), epi, other)],
-        "        }",
-    ]
-
-
-def _render_dw(f: ConvForm, epi: list[str], other: bool) -> list[str]:
-    """Body of the depthwise form: per (image, output row, 16-channel block), the vector loop
-    of ``_dw_pixelwise`` (up to 9 taps) or ``_dw_rows`` (A/B on this CPU: 3x3 kernels ran
-    1.2-1.6x faster one pixel at a time, 5x5 ones 1.1-1.7x faster by rows), or the portable
-    scalar loop."""
-    taps = f.kh * f.kw
-    rows = taps > 9
-    vec = _dw_rows(f, epi, other) if rows else _dw_pixelwise(f, epi, other)
-    scalar = [
-        "        for (int64_t ow = 0; ow < OW; ow++) {",
-        "          for (int64_t j = 0; j < 16; j++) ct[j] = 0.0f;",
-        f"          for (int64_t i = 0; i < {f.kh}; i++) {{",
-        f"            const int64_t ih = oh * {f.sh} - PH + i * {f.dh};",
-        "            if (ih < 0 || ih >= H) continue;",
-        f"            for (int64_t jw = 0; jw < {f.kw}; jw++) {{",
-        f"              const int64_t iw = ow * {f.sw} - PW + jw * {f.dw};",
-        "              if (iw < 0 || iw >= W) continue;",
-        "              for (int64_t j = 0; j < nv; j++)",
-        f"                ct[j] += x[((n * H + ih) * W + iw) * C + c0 + j] * wp[(i * {f.kw} + jw) * CP + c0 + j];",
-        "            }",
-        "          }",
-        "          const int64_t pix0 = (n * OH + oh) * OW + ow, mr = 1;",
-        "          const int64_t n0 = c0;",
-        *["  " + s for s in _store_tile(ConvForm("dw", 1, 1, 1, 1, 1, 1, 16, 1), epi, other)],
-        "        }",
-    ]
-    return [
-        "  const int64_t C = CO, CP = (C + 15) / 16 * 16;",
-        f"  const int64_t macs = N * OH * OW * C * {taps};",
-        f"  #pragma omp parallel if (macs > {PAR_MACS})",
-        "  {",
-        f"    float ct[{16 * (dw_pixels(f) if rows else 1)}] __attribute__((aligned(64)));",
-        "    #pragma omp for collapse(2) schedule(static)",
-        "    for (int64_t n = 0; n < N; n++)",
-        "    for (int64_t oh = 0; oh < OH; oh++) {",
-        "      for (int64_t c0 = 0; c0 < C; c0 += 16) {",
-        "        const int64_t nv = C - c0 < 16 ? C - c0 : 16;",
-        "#if SF_CONV_VEC",
-        "        const __mmask16 km = nv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nv) - 1);",
-        *vec,
-        "#else",
-        *scalar,
-        "#endif",
-        "      }",
-        "    }",
-        "  }",
-    ]
-
-
 @dataclass(frozen=True)
 class ConvConfig:
     """``vec=False`` renders the portable scalar loops only (tests)."""
@@ -580,7 +267,7 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
              "#include <immintrin.h>"]
     if f.kind == "dw":
         head += ["#else", "#define SF_CONV_VEC 0", "#endif"]
-        body = _render_dw(f, epi, other is not None)
+        body = render_dw(f, epi, other is not None)
     else:
         head += tile_fn(f) + ["#else", "#define SF_CONV_VEC 0"] + tile_scalar(f) + ["#endif"]
         body = render_gemm(f, epi, other is not None)

@@ -30,44 +30,12 @@ import sympy
 
 from .c import CKernel, _prod
 from . import c_conv
-from .c_conv import ConvForm, epilogue, render_gemm, tile_fn, tile_scalar
+from .c_conv import epilogue
+from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar
 from .c_f32gemv import _epilogue_ok
 from .c_types import PRELUDE
 from .schedule import Kernel
 
-# dst[c * ldd + r] = src[r * ld + c] for a 16 x 16 block: four rounds of AVX-512 shuffles
-TRANSPOSE16 = r"""
-static inline void sf_tr16(const float *src, int64_t ld, float *dst, int64_t ldd) {
-  __m512 r0 = _mm512_loadu_ps(src + 0 * ld), r1 = _mm512_loadu_ps(src + 1 * ld), r2 = _mm512_loadu_ps(src + 2 * ld), r3 = _mm512_loadu_ps(src + 3 * ld);
-  __m512 r4 = _mm512_loadu_ps(src + 4 * ld), r5 = _mm512_loadu_ps(src + 5 * ld), r6 = _mm512_loadu_ps(src + 6 * ld), r7 = _mm512_loadu_ps(src + 7 * ld);
-  __m512 r8 = _mm512_loadu_ps(src + 8 * ld), r9 = _mm512_loadu_ps(src + 9 * ld), r10 = _mm512_loadu_ps(src + 10 * ld), r11 = _mm512_loadu_ps(src + 11 * ld);
-  __m512 r12 = _mm512_loadu_ps(src + 12 * ld), r13 = _mm512_loadu_ps(src + 13 * ld), r14 = _mm512_loadu_ps(src + 14 * ld), r15 = _mm512_loadu_ps(src + 15 * ld);
-  __m512 t0 = _mm512_unpacklo_ps(r0, r1), t1 = _mm512_unpackhi_ps(r0, r1), t2 = _mm512_unpacklo_ps(r2, r3), t3 = _mm512_unpackhi_ps(r2, r3);
-  __m512 t4 = _mm512_unpacklo_ps(r4, r5), t5 = _mm512_unpackhi_ps(r4, r5), t6 = _mm512_unpacklo_ps(r6, r7), t7 = _mm512_unpackhi_ps(r6, r7);
-  __m512 t8 = _mm512_unpacklo_ps(r8, r9), t9 = _mm512_unpackhi_ps(r8, r9), t10 = _mm512_unpacklo_ps(r10, r11), t11 = _mm512_unpackhi_ps(r10, r11);
-  __m512 t12 = _mm512_unpacklo_ps(r12, r13), t13 = _mm512_unpackhi_ps(r12, r13), t14 = _mm512_unpacklo_ps(r14, r15), t15 = _mm512_unpackhi_ps(r14, r15);
-#define LO(a, b) _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
-#define HI(a, b) _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
-  r0 = LO(t0, t2); r1 = HI(t0, t2); r2 = LO(t1, t3); r3 = HI(t1, t3);
-  r4 = LO(t4, t6); r5 = HI(t4, t6); r6 = LO(t5, t7); r7 = HI(t5, t7);
-  r8 = LO(t8, t10); r9 = HI(t8, t10); r10 = LO(t9, t11); r11 = HI(t9, t11);
-  r12 = LO(t12, t14); r13 = HI(t12, t14); r14 = LO(t13, t15); r15 = HI(t13, t15);
-#undef LO
-#undef HI
-  t0 = _mm512_shuffle_f32x4(r0, r4, 0x88); t1 = _mm512_shuffle_f32x4(r1, r5, 0x88); t2 = _mm512_shuffle_f32x4(r2, r6, 0x88); t3 = _mm512_shuffle_f32x4(r3, r7, 0x88);
-  t4 = _mm512_shuffle_f32x4(r0, r4, 0xdd); t5 = _mm512_shuffle_f32x4(r1, r5, 0xdd); t6 = _mm512_shuffle_f32x4(r2, r6, 0xdd); t7 = _mm512_shuffle_f32x4(r3, r7, 0xdd);
-  t8 = _mm512_shuffle_f32x4(r8, r12, 0x88); t9 = _mm512_shuffle_f32x4(r9, r13, 0x88); t10 = _mm512_shuffle_f32x4(r10, r14, 0x88); t11 = _mm512_shuffle_f32x4(r11, r15, 0x88);
-  t12 = _mm512_shuffle_f32x4(r8, r12, 0xdd); t13 = _mm512_shuffle_f32x4(r9, r13, 0xdd); t14 = _mm512_shuffle_f32x4(r10, r14, 0xdd); t15 = _mm512_shuffle_f32x4(r11, r15, 0xdd);
-  r0 = _mm512_shuffle_f32x4(t0, t8, 0x88); r1 = _mm512_shuffle_f32x4(t1, t9, 0x88); r2 = _mm512_shuffle_f32x4(t2, t10, 0x88); r3 = _mm512_shuffle_f32x4(t3, t11, 0x88);
-  r4 = _mm512_shuffle_f32x4(t4, t12, 0x88); r5 = _mm512_shuffle_f32x4(t5, t13, 0x88); r6 = _mm512_shuffle_f32x4(t6, t14, 0x88); r7 = _mm512_shuffle_f32x4(t7, t15, 0x88);
-  r8 = _mm512_shuffle_f32x4(t0, t8, 0xdd); r9 = _mm512_shuffle_f32x4(t1, t9, 0xdd); r10 = _mm512_shuffle_f32x4(t2, t10, 0xdd); r11 = _mm512_shuffle_f32x4(t3, t11, 0xdd);
-  r12 = _mm512_shuffle_f32x4(t4, t12, 0xdd); r13 = _mm512_shuffle_f32x4(t5, t13, 0xdd); r14 = _mm512_shuffle_f32x4(t6, t14, 0xdd); r15 = _mm512_shuffle_f32x4(t7, t15, 0xdd);
-  _mm512_storeu_ps(dst + 0 * ldd, r0); _mm512_storeu_ps(dst + 1 * ldd, r1); _mm512_storeu_ps(dst + 2 * ldd, r2); _mm512_storeu_ps(dst + 3 * ldd, r3);
-  _mm512_storeu_ps(dst + 4 * ldd, r4); _mm512_storeu_ps(dst + 5 * ldd, r5); _mm512_storeu_ps(dst + 6 * ldd, r6); _mm512_storeu_ps(dst + 7 * ldd, r7);
-  _mm512_storeu_ps(dst + 8 * ldd, r8); _mm512_storeu_ps(dst + 9 * ldd, r9); _mm512_storeu_ps(dst + 10 * ldd, r10); _mm512_storeu_ps(dst + 11 * ldd, r11);
-  _mm512_storeu_ps(dst + 12 * ldd, r12); _mm512_storeu_ps(dst + 13 * ldd, r13); _mm512_storeu_ps(dst + 14 * ldd, r14); _mm512_storeu_ps(dst + 15 * ldd, r15);
-}
-"""
 
 SUFFIX = "_gemm"            # the alternative's name: the library kernel's name plus this
 MAX_WEIGHT = 16 << 20       # bytes: larger f32 weights keep oneDNN (module doc)
