@@ -32,7 +32,7 @@ from .c import CKernel, _prod
 from . import c_conv
 from .c_conv import epilogue
 from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar
-from .c_f32gemv import _epilogue_ok
+from .c_f32gemv import f32_linear, linear_args
 from .c_types import PRELUDE
 from .schedule import Kernel
 
@@ -46,23 +46,10 @@ def gemm_supported(k: Kernel) -> bool:
     [..., K] with static K >= 1, a constant f32 weight [N, K] of static shape and at most
     ``MAX_WEIGHT`` bytes, bias absent or f32 [N], output f32, and at most one epilogue node
     of the GEMV's kinds."""
-    if k.kind != "library" or not k.nodes or k.nodes[0].op != "linear" or len(k.nodes) > 2:
+    if not f32_linear(k):
         return False
-    n = k.nodes[0]
-    x, w = n.inputs[0], n.inputs[1]
-    bias = n.inputs[2] if len(n.inputs) > 2 else None
-    if x is None or w is None or not w.is_const or w.type.rank != 2 or x.type.rank < 1:
-        return False
-    N, K = w.type.shape
-    if not isinstance(N, int) or not isinstance(K, int) or N < 1 or K < 1 or x.type.shape[-1] != K:
-        return False
-    if 4 * N * K > MAX_WEIGHT:
-        return False
-    if any(v is not None and v.dtype.name != "f32" for v in (x, w, bias, n.outputs[0])):
-        return False
-    if bias is not None and tuple(bias.type.shape) != (N,):
-        return False
-    return len(k.nodes) == 1 or _epilogue_ok(n, k.nodes[1])
+    N, K = k.nodes[0].inputs[1].type.shape
+    return 4 * N * K <= MAX_WEIGHT
 
 
 def render_gemm_linear(k: Kernel) -> CKernel:
@@ -72,22 +59,7 @@ def render_gemm_linear(k: Kernel) -> CKernel:
     x, w = n.inputs[0], n.inputs[1]
     bias = n.inputs[2] if len(n.inputs) > 2 else None
     N, K = w.type.shape
-    other = None
-    if len(k.nodes) == 2 and k.nodes[1].op == "add":
-        e = k.nodes[1]
-        other = e.inputs[1] if e.inputs[0] is n.outputs[0] else e.inputs[0]
-    y = k.nodes[-1].outputs[0]
-    args: list = [x, w]
-    decl = ["  const float *restrict x = (const float *)p[0];",
-            "  const float *restrict w = (const float *)p[1];"]
-    if bias is not None:
-        decl.append(f"  const float *restrict bias = (const float *)p[{len(args)}];")
-        args.append(bias)
-    if other is not None:
-        decl.append(f"  const float *restrict oth = (const float *)p[{len(args)}];")
-        args.append(other)
-    decl.append(f"  float *restrict y = (float *)p[{len(args)}];")
-    args.append(y)
+    args, decl, other = linear_args(k)
     # the convolutions' pointwise loop over an "image" of M rows, one column
     decl += ["  const int64_t M = q[0];",
              f"  const int64_t N = 1, H = M, W = 1, OH = M, OW = 1, CI = {K}, CO = {N}, PH = 0, PW = 0;",

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from ..ir.graph import Node
+from ..ir.graph import Node, Value
 from ..ir.types import dims_equal
 from .c import CKernel, _prod
 from .c_quant import C_EXPR, c_node_ok
@@ -126,8 +126,20 @@ def gemv_supported(k: Kernel, cfg: GemvConfig | None = None) -> bool:
     evaluate (an activation of the linear's output, or an ``add`` of a same-shaped tensor),
     and M (the product of x's leading dims) not statically above ``cfg.max_m``."""
     cfg = cfg or GEMV
-    if k.kind != "library" or not k.nodes or k.nodes[0].op != "linear" or len(k.nodes) > 2 \
-            or cfg.max_m < 1:
+    if cfg.max_m < 1 or not f32_linear(k):
+        return False
+    x, w = k.nodes[0].inputs[0], k.nodes[0].inputs[1]
+    N, K = w.type.shape
+    m = _prod(x.type.shape[:-1])
+    return not (isinstance(m, int) and m > cfg.limit(N, K))
+
+
+def f32_linear(k: Kernel) -> bool:
+    """Whether ``k`` is a library float32 ``linear`` the C alternatives take (this module's
+    and c_f32gemm.py's): x f32 [..., K] with static K >= 1, a constant f32 weight [N, K] of
+    static shape, bias absent or f32 [N], output f32, at most one epilogue node
+    (``_epilogue_ok``)."""
+    if k.kind != "library" or not k.nodes or k.nodes[0].op != "linear" or len(k.nodes) > 2:
         return False
     n = k.nodes[0]
     x, w = n.inputs[0], n.inputs[1]
@@ -141,12 +153,7 @@ def gemv_supported(k: Kernel, cfg: GemvConfig | None = None) -> bool:
         return False
     if bias is not None and tuple(bias.type.shape) != (N,):
         return False
-    m = _prod(x.type.shape[:-1])
-    if isinstance(m, int) and m > cfg.limit(N, K):
-        return False
-    if len(k.nodes) == 2:
-        return _epilogue_ok(n, k.nodes[1])
-    return True
+    return len(k.nodes) == 1 or _epilogue_ok(n, k.nodes[1])
 
 
 def _epilogue_ok(lin: Node, e: Node) -> bool:
@@ -164,6 +171,29 @@ def _epilogue_ok(lin: Node, e: Node) -> bool:
         return len(other.type.shape) == len(out.type.shape) and \
             all(dims_equal(a, b) for a, b in zip(other.type.shape, out.type.shape))
     return len(e.inputs) == 1 and e.inputs[0] is out
+
+
+def linear_args(k: Kernel) -> tuple[list, list[str], Value | None]:
+    """The pointer arguments of a float linear's C alternative (ABI in the module doc: x, the
+    graph's weight, [bias], [the add's other operand], y), their C declarations, and the
+    other operand (None without an ``add`` epilogue). Shared with c_f32gemm.py."""
+    n = k.nodes[0]
+    x, w = n.inputs[0], n.inputs[1]
+    bias = n.inputs[2] if len(n.inputs) > 2 else None
+    other = None
+    if len(k.nodes) == 2 and k.nodes[1].op == "add":
+        e = k.nodes[1]
+        other = e.inputs[1] if e.inputs[0] is n.outputs[0] else e.inputs[0]
+    args: list = [x, w]
+    decl = ["  const float *restrict x = (const float *)p[0];",
+            "  const float *restrict w = (const float *)p[1];"]
+    for name, v in (("bias", bias), ("oth", other)):
+        if v is not None:
+            decl.append(f"  const float *restrict {name} = (const float *)p[{len(args)}];")
+            args.append(v)
+    decl.append(f"  float *restrict y = (float *)p[{len(args)}];")
+    args.append(k.nodes[-1].outputs[0])
+    return args, decl, other
 
 
 def _tile_vec(r: int, c: int, K: int) -> list[str]:
@@ -238,22 +268,7 @@ def render_gemv(k: Kernel, cfg: GemvConfig | None = None) -> CKernel:
     assert isinstance(N, int) and isinstance(K, int)
     rows, mr = cfg.rows, cfg.mr
     nblk = -(-N // rows)
-    other = None
-    if len(k.nodes) == 2 and k.nodes[1].op == "add":
-        e = k.nodes[1]
-        other = e.inputs[1] if e.inputs[0] is n.outputs[0] else e.inputs[0]
-    y = k.nodes[-1].outputs[0]
-    args: list = [x, w]
-    decl = ["  const float *restrict x = (const float *)p[0];",
-            "  const float *restrict w = (const float *)p[1];"]
-    if bias is not None:
-        decl.append(f"  const float *restrict bias = (const float *)p[{len(args)}];")
-        args.append(bias)
-    if other is not None:
-        decl.append(f"  const float *restrict oth = (const float *)p[{len(args)}];")
-        args.append(other)
-    decl.append(f"  float *restrict y = (float *)p[{len(args)}];")
-    args.append(y)
+    args, decl, other = linear_args(k)
 
     v = f"ct[i * {rows} + jj]" + (" + bias[n0 + jj]" if bias is not None else "")
     store = [f"          const float v = {v};"]

@@ -115,3 +115,13 @@ def assert_fired(counters: Counters, pass_name: str, rule: str, times: int | Non
     else:
         assert n == times, f"rule {pass_name}.{rule} fired {n} times, expected {times}; " \
                            f"counters: {counters.as_dict()}"
+
+
+def at_threads(fn, threads: int):  # type: ignore[no-untyped-def]
+    """``fn()`` run with torch (and the kernels' shared OpenMP pool) at ``threads`` threads."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        return fn()
+    finally:
+        torch.set_num_threads(old)

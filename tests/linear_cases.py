@@ -1,6 +1,8 @@
 """Linear graphs shared by the C target's GEMV and GEMM tests."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from scalefold.ir import Graph
@@ -26,3 +28,21 @@ def lin_graph(K: int, N: int, bias: bool = True, epi: str | None = None, lead: s
         y = g.add(epi, [y])
     g.set_outputs([y])
     return g
+
+
+def count_library_calls(monkeypatch: Any) -> dict[str, int]:
+    """Count, in the returned dict's "lib", the calls of library functions the executor
+    builds from now on (runtime/executor.py ``library_fn``)."""
+    from scalefold.runtime import executor
+    calls = {"lib": 0}
+    real = executor.library_fn
+
+    def counting(nodes, device="cpu"):  # type: ignore[no-untyped-def]
+        fn, wo = real(nodes, device)
+
+        def run_(xs, out):  # type: ignore[no-untyped-def]
+            calls["lib"] += 1
+            return fn(xs, out)
+        return run_, wo
+    monkeypatch.setattr(executor, "library_fn", counting)
+    return calls

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conv_cases import EPILOGUES, conv_graph
-from harness import assert_close
+from harness import assert_close, at_threads
 from scalefold.api import build_c
 from scalefold.codegen import c as cgen
 from scalefold.codegen import c_conv
@@ -108,14 +108,7 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
     g = conv_graph("bn_relu", 1, 1, 1, True, 3, ci=40, co=72)
     cm = build_c(g)
     x = torch.randn(2, 40, 30, 30)
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = cm(x)
-        torch.set_num_threads(2)
-        two = cm(x)
-    finally:
-        torch.set_num_threads(old)
+    one, two = at_threads(lambda: cm(x), 1), at_threads(lambda: cm(x), 2)
     assert torch.equal(one, two)
     assert_close(two, run(g, x)[0], rtol=1e-4, atol=1e-4)
 

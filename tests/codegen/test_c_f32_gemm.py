@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import assert_close
+from harness import assert_close, at_threads
 from scalefold.api import build_c
 from scalefold.codegen import c as cgen
 from scalefold.codegen import c_conv, c_f32gemm, c_f32gemv
 from scalefold.codegen.schedule import partition
 from scalefold.ir import Graph
 from scalefold.runtime.interp import run
-from linear_cases import lin_graph
+from linear_cases import count_library_calls, lin_graph
 
 LIMIT = c_f32gemv.GEMV.limit
 
@@ -47,18 +47,7 @@ def test_leading_dims_and_static_m() -> None:
 
 
 def test_executor_takes_gemv_then_gemm_never_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
-    from scalefold.runtime import executor
-    calls = {"lib": 0}
-    real = executor.library_fn
-
-    def counting(nodes, device="cpu"):
-        fn, wo = real(nodes, device)
-
-        def run_(xs, out):
-            calls["lib"] += 1
-            return fn(xs, out)
-        return run_, wo
-    monkeypatch.setattr(executor, "library_fn", counting)
+    calls = count_library_calls(monkeypatch)
     g = lin_graph(48, 40)
     cm = build_c(g)
     k = _kernel(g)
@@ -105,14 +94,7 @@ def test_thread_count_and_nan() -> None:
     cm = build_c(g)
     x = torch.randn(120, 300)
     x[7, 11] = float("nan")
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = cm(x)
-        torch.set_num_threads(2)
-        two = cm(x)
-    finally:
-        torch.set_num_threads(old)
+    one, two = at_threads(lambda: cm(x), 1), at_threads(lambda: cm(x), 2)
     assert torch.equal(one.isnan(), two.isnan()) and one[7].isnan().all() and not one[8].isnan().any()
     assert torch.equal(one.nan_to_num(), two.nan_to_num())
     want = run(g, x)[0]

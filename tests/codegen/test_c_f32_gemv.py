@@ -19,7 +19,7 @@ from scalefold.codegen.c_f32gemv import GemvConfig, gemv_supported, render_gemv
 from scalefold.codegen.schedule import partition
 from scalefold.ir import Graph
 from scalefold.runtime.interp import run
-from linear_cases import lin_graph
+from linear_cases import count_library_calls, lin_graph
 
 LIMIT = c_f32gemv.GEMV.limit    # the most rows the GEMV takes, by weight [N, K]
 
@@ -181,22 +181,11 @@ def test_executor_uses_gemv_only_up_to_threshold(monkeypatch: pytest.MonkeyPatch
     """At M up to the limit the compiled C function runs, above it the library call (counted)
     where no GEMM alternative was rendered (c_f32gemm.py; test_c_f32_gemm.py covers it)."""
     from scalefold.codegen import c_f32gemm
-    from scalefold.runtime import executor
     monkeypatch.setattr(c_f32gemm, "gemm_supported", lambda k: False)
     g = lin_graph(48, 40, True)
     cm = build_c(g)
     ex = cm._runner
-    calls = {"lib": 0}
-    real = executor.library_fn
-
-    def counting(nodes, device="cpu"):
-        fn, wo = real(nodes, device)
-
-        def run_(xs, out):
-            calls["lib"] += 1
-            return fn(xs, out)
-        return run_, wo
-    monkeypatch.setattr(executor, "library_fn", counting)
+    calls = count_library_calls(monkeypatch)
     ex._libfns.clear()
     ex.forget_bindings()
     lim = LIMIT(40, 48)
