@@ -511,10 +511,13 @@ def render(schedule: Schedule) -> list[CKernel]:
             from .c_f32gemv import gemv_supported, render_gemv
             if gemv_supported(k):
                 out.append(render_gemv(k))
+            from .c_sdpa import render_sdpa, sdpa_supported
             if gemm_supported(k):
                 out.append(render_gemm_linear(k))
             elif conv_form(k) is not None:
                 out.append(render_conv(k))
+            elif sdpa_supported(k):
+                out.append(render_sdpa(k))
             continue
         if k.kind != "fused":
             continue

@@ -1,0 +1,249 @@
+"""Float32 scaled dot-product attention as generated C (the C target's ``sdpa``).
+
+The C target ran ``sdpa`` as a ``library`` kernel: torch's CPU attention, which on the
+shapes of small encoders leaves most of the FMA units idle (ViT-tiny's 3 heads of 197 tokens:
+220-280 µs a call for 30 MFLOP). This module renders, for such a kernel, a C alternative that
+the executor runs instead (runtime/executor.py ``_compiled_alt``).
+
+Scope (``sdpa_supported``): q [B, Hq, L, D] or [Hq, L, D], k [.., Hk, S, D], v [.., Hk, S, Dv],
+all f32, D and Dv static; an optional mask of q's rank or less, bool (True = attend) or f32
+(added), broadcasting to [B, Hq, L, S]; ``causal``, ``scale`` and ``gqa`` as the op defines
+them. Rows with every key masked give zeros, and NaN probabilities become 0, as the op's
+reference does (``ir/ops/attention.py``).
+
+Loop: the threads share (batch, q head, group of ``GROUP`` tiles of ``MR`` query rows). A
+thread packs the keys of the k head it works on into 16-key panels [D][16] (``sf_tr16`` for
+whole 16 x 16 blocks) when the head changes. Per tile: the scores [MR, S] (one zmm accumulator
+per query row and 16 keys, broadcast query elements times key panels), scaled; mask, causal
+limit and the softmax of each row in ``omp simd`` loops (the fused kernels' exponential); then
+the rows times v (one zmm per row and 16 value channels, v's rows read in place). The scores
+of a tile live in a per-thread buffer, so memory is MR x S floats per thread whatever L.
+
+Kernel ABI (c.py): ``p`` = q, k, v, [mask], y (contiguous); ``q`` = B, Hq, Hk, L, S and, with
+a mask, its element strides over [B, Hq, L, S] (0 where it broadcasts).
+"""
+from __future__ import annotations
+
+import math
+
+import sympy
+
+from . import c_conv
+from .c import CKernel
+from .c_tile import TRANSPOSE16
+from .c_types import PRELUDE
+from .schedule import Kernel
+
+MR = 6          # query rows per tile
+GROUP = 8       # tiles per work item (one packing of the keys serves them)
+PAR_FLOPS = 1 << 19
+
+
+def sdpa_supported(k: Kernel) -> bool:
+    """Whether library kernel ``k`` is an ``sdpa`` this module renders (module doc)."""
+    if k.kind != "library" or len(k.nodes) != 1 or k.nodes[0].op != "sdpa":
+        return False
+    n = k.nodes[0]
+    q, kk, v = n.inputs[:3]
+    mask = n.inputs[3] if len(n.inputs) > 3 else None
+    if any(t is None or t.dtype.name != "f32" for t in (q, kk, v, n.outputs[0])):
+        return False
+    if q.type.rank not in (3, 4) or kk.type.rank != q.type.rank or v.type.rank != q.type.rank:
+        return False
+    if not isinstance(q.type.shape[-1], int) or not isinstance(v.type.shape[-1], int):
+        return False
+    if mask is not None and (mask.dtype.name not in ("f32", "bool") or mask.type.rank > 4):
+        return False
+    return True
+
+
+def _mask_strides(mask_shape: list) -> list[sympy.Expr]:
+    """Element strides of a contiguous mask of ``mask_shape`` over the [B, Hq, L, S] it
+    broadcasts to (right-aligned; 0 where its size is 1 or it lacks the dim)."""
+    shape = [1] * (4 - len(mask_shape)) + list(mask_shape)
+    strides: list[sympy.Expr] = []
+    acc: sympy.Expr = sympy.Integer(1)
+    for d in reversed(shape):
+        strides.append(sympy.Integer(0) if d == 1 else acc)
+        acc = acc * sympy.sympify(d)
+    return list(reversed(strides))
+
+
+def _qk_tile(d: int) -> list[str]:
+    """``sf_qk``: scores of MR query rows against one 16-key panel [D][16]."""
+    out = ["static inline void sf_qk(const float *const *restrict qr, const float *restrict kp, "
+           "float scale, float *restrict out, int64_t ld) {"]
+    out.append("  " + " ".join(f"__m512 a{r} = _mm512_setzero_ps();" for r in range(MR)))
+    out.append(f"  for (int64_t d = 0; d < {d}; d++) {{")
+    out.append("    const __m512 w = _mm512_loadu_ps(kp + d * 16);")
+    out += [f"    a{r} = _mm512_fmadd_ps(_mm512_set1_ps(qr[{r}][d]), w, a{r});" for r in range(MR)]
+    out.append("  }")
+    out += [f"  _mm512_storeu_ps(out + {r} * ld, _mm512_mul_ps(a{r}, _mm512_set1_ps(scale)));" for r in range(MR)]
+    out.append("}")
+    return out
+
+
+def _pv_tile() -> list[str]:
+    """``sf_pv``: MR probability rows (stride ``ldp``, ``s`` keys) times 16 value channels of
+    v (rows ``ldv`` apart; ``km`` masks channels past Dv) into ``out`` (MR x 16)."""
+    out = ["static inline void sf_pv(const float *restrict pr, int64_t ldp, int64_t s, "
+           "const float *restrict v, int64_t ldv, __mmask16 km, float *restrict out) {"]
+    out.append("  " + " ".join(f"__m512 a{r} = _mm512_setzero_ps();" for r in range(MR)))
+    out.append("  for (int64_t j = 0; j < s; j++) {")
+    out.append("    const __m512 w = _mm512_maskz_loadu_ps(km, v + j * ldv);")
+    out += [f"    a{r} = _mm512_fmadd_ps(_mm512_set1_ps(pr[{r} * ldp + j]), w, a{r});" for r in range(MR)]
+    out.append("  }")
+    out += [f"  _mm512_storeu_ps(out + {r * 16}, a{r});" for r in range(MR)]
+    out.append("}")
+    return out
+
+
+def _scalar_tiles(d: int) -> list[str]:
+    return [
+        "static inline void sf_qk(const float *const *restrict qr, const float *restrict kp, "
+        "float scale, float *restrict out, int64_t ld) {",
+        f"  for (int64_t r = 0; r < {MR}; r++) for (int64_t j = 0; j < 16; j++) {{",
+        "    float a = 0.0f;",
+        f"    for (int64_t d = 0; d < {d}; d++) a += qr[r][d] * kp[d * 16 + j];",
+        "    out[r * ld + j] = a * scale;",
+        "  }",
+        "}",
+        "static inline void sf_pv(const float *restrict pr, int64_t ldp, int64_t s, "
+        "const float *restrict v, int64_t ldv, int64_t nv, float *restrict out) {",
+        f"  for (int64_t r = 0; r < {MR}; r++) for (int64_t c = 0; c < 16; c++) {{",
+        "    float a = 0.0f;",
+        "    if (c < nv) for (int64_t j = 0; j < s; j++) a += pr[r * ldp + j] * v[j * ldv + c];",
+        "    out[r * 16 + c] = a;",
+        "  }",
+        "}",
+    ]
+
+
+def render_sdpa(k: Kernel) -> CKernel:
+    """C source of the attention alternative of library kernel ``k`` (``sdpa_supported``);
+    ``c_conv.CONV.vec`` False renders the portable scalar loops only (tests)."""
+    vec = c_conv.CONV.vec
+    n = k.nodes[0]
+    q, kk, v = n.inputs[:3]
+    mask = n.inputs[3] if len(n.inputs) > 3 else None
+    y = n.outputs[0]
+    a = n.attrs
+    d, dv = q.type.shape[-1], v.type.shape[-1]
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
+    bmask = mask is not None and mask.dtype.name == "bool"
+    args: list = [q, kk, v] + ([mask] if mask is not None else []) + [y]
+    mtype = "uint8_t" if bmask else "float"
+    decl = ["  const float *restrict Q = (const float *)p[0];",
+            "  const float *restrict K = (const float *)p[1];",
+            "  const float *restrict V = (const float *)p[2];"]
+    if mask is not None:
+        decl.append(f"  const {mtype} *restrict Mk = (const {mtype} *)p[3];")
+    decl += [f"  float *restrict Y = (float *)p[{len(args) - 1}];",
+             "  const int64_t B = q[0], HQ = q[1], HK = q[2], L = q[3], S = q[4];",
+             "  if (B <= 0 || HQ <= 0 || L <= 0) return;"]
+    if mask is not None:
+        decl.append("  const int64_t mb = q[5], mh = q[6], mi = q[7], mj = q[8];")
+    if bmask:
+        apply_mask = "v = Mk[mo + j * mj] ? v : -INFINITY;"
+    elif mask is not None:
+        apply_mask = "v = v + Mk[mo + j * mj];"
+    else:
+        apply_mask = ""
+    causal = "if (j > i) v = -INFINITY;" if a["causal"] else ""
+    body = [
+        "  const int64_t G = HQ / HK, SP = (S + 15) / 16 * 16;",
+        f"  const int64_t TI = (L + {MR - 1}) / {MR}, NG = (TI + {GROUP - 1}) / {GROUP};",
+        f"  #pragma omp parallel if (B * HQ * L * S * {d + dv} > {PAR_FLOPS})",
+        "  {",
+        f"    float *kt = (float *)aligned_alloc(64, (size_t)(SP > 0 ? SP : 16) * {d} * 4);",
+        f"    float *sc = (float *)aligned_alloc(64, (size_t)(SP > 0 ? SP : 16) * {MR} * 4);",
+        f"    float ct[{MR * 16}] __attribute__((aligned(64)));",
+        f"    float zq[{d}];",
+        f"    for (int64_t t = 0; t < {d}; t++) zq[t] = 0.0f;",
+        "    int64_t packed = -1;",
+        "    #pragma omp for collapse(3) schedule(static)",
+        "    for (int64_t b = 0; b < B; b++)",
+        "    for (int64_t h = 0; h < HQ; h++)",
+        "    for (int64_t gi = 0; gi < NG; gi++) {",
+        "      const int64_t hk = h / G, key = b * HK + hk;",
+        f"      const float *Kh = K + key * S * {d};",
+        f"      const float *Vh = V + key * S * {dv};",
+        "      if (key != packed) {",
+        "        for (int64_t j0 = 0; j0 < SP; j0 += 16) {",
+        f"          float *pan = kt + j0 * {d};",
+        "#if SF_SDPA_VEC",
+        f"          if (j0 + 16 <= S && {int(d % 16 == 0)}) {{",
+        f"            for (int64_t c = 0; c < {d}; c += 16) sf_tr16(Kh + j0 * {d} + c, {d}, pan + c * 16, 16);",
+        "            continue;",
+        "          }",
+        "#endif",
+        f"          for (int64_t c = 0; c < {d}; c++) for (int64_t j = 0; j < 16; j++)",
+        f"            pan[c * 16 + j] = j0 + j < S ? Kh[(j0 + j) * {d} + c] : 0.0f;",
+        "        }",
+        "        packed = key;",
+        "      }",
+        f"      for (int64_t t = gi * {GROUP}; t < TI && t < (gi + 1) * {GROUP}; t++) {{",
+        f"        const int64_t i0 = t * {MR}, mr = L - i0 < {MR} ? L - i0 : {MR};",
+        f"        const float *qr[{MR}];",
+        f"        for (int64_t r = 0; r < {MR}; r++) qr[r] = r < mr ? Q + ((b * HQ + h) * L + i0 + r) * {d} : zq;",
+        "        for (int64_t j0 = 0; j0 < SP; j0 += 16)",
+        f"          sf_qk(qr, kt + j0 * {d}, {scale!r}f, sc + j0, SP);",
+        "        for (int64_t r = 0; r < mr; r++) {",
+        "          const int64_t i = i0 + r;",
+        "          float *row = sc + r * SP;",
+        *(["          const int64_t mo = b * mb + h * mh + i * mi;"] if mask is not None else []),
+        "          float mx = -INFINITY;",
+        "          #pragma omp simd reduction(max:mx)",
+        "          for (int64_t j = 0; j < S; j++) {",
+        "            float v = row[j];",
+        f"            {apply_mask}",
+        f"            {causal}",
+        "            row[j] = v;",
+        "            mx = v > mx ? v : mx;",
+        "          }",
+        "          float sum = 0.0f;",
+        "          if (mx == -INFINITY) {",
+        "            for (int64_t j = 0; j < SP; j++) row[j] = 0.0f;",
+        "          } else {",
+        "            #pragma omp simd reduction(+:sum)",
+        "            for (int64_t j = 0; j < S; j++) { const float e = sf_exp_float(row[j] - mx); row[j] = e; sum += e; }",
+        "            const float inv = 1.0f / sum;",
+        "            #pragma omp simd",
+        "            for (int64_t j = 0; j < S; j++) { const float pj = row[j] * inv; row[j] = pj != pj ? 0.0f : pj; }",
+        "            for (int64_t j = S; j < SP; j++) row[j] = 0.0f;",
+        "          }",
+        "        }",
+        f"        for (int64_t r = mr; r < {MR}; r++) for (int64_t j = 0; j < SP; j++) sc[r * SP + j] = 0.0f;",
+        f"        for (int64_t c0 = 0; c0 < {dv}; c0 += 16) {{",
+        f"          const int64_t nv = {dv} - c0 < 16 ? {dv} - c0 : 16;",
+        "#if SF_SDPA_VEC",
+        "          const __mmask16 km = nv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nv) - 1);",
+        f"          sf_pv(sc, SP, S, Vh + c0, {dv}, km, ct);",
+        "#else",
+        f"          sf_pv(sc, SP, S, Vh + c0, {dv}, nv, ct);",
+        "#endif",
+        "          for (int64_t r = 0; r < mr; r++)",
+        "            for (int64_t c = 0; c < nv; c++)",
+        f"              Y[((b * HQ + h) * L + i0 + r) * {dv} + c0 + c] = ct[r * 16 + c];",
+        "        }",
+        "      }",
+        "    }",
+        "    free(kt);",
+        "    free(sc);",
+        "  }",
+    ]
+    head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
+    if not vec:
+        head.append("#define SF_NO_VEC 1")
+    head += ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_SDPA_VEC 1",
+             "#include <immintrin.h>", TRANSPOSE16, *_qk_tile(d), *_pv_tile(),
+             "#else", "#define SF_SDPA_VEC 0", *_scalar_tiles(d), "#endif"]
+    src = "\n".join([PRELUDE] + head + [
+        "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
+    qs, ks = list(q.type.shape), list(kk.type.shape)
+    if len(qs) == 3:
+        qs, ks = [1] + qs, [1] + ks
+    params = [sympy.sympify(x) for x in (qs[0], qs[1], ks[1], qs[2], ks[2])]
+    if mask is not None:
+        params += _mask_strides(list(mask.type.shape))
+    return CKernel(k, src, params, args)

@@ -1,0 +1,105 @@
+"""The C target's generated attention (codegen/c_sdpa.py) against the reference interpreter:
+ranks, head sizes, key lengths, GQA, causal, bool and float masks of every broadcast shape,
+fully masked rows, NaN, dynamic sizes, the portable loops and the thread count."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import assert_close, at_threads
+from scalefold.api import build_c
+from scalefold.codegen import c as cgen
+from scalefold.codegen import c_conv, c_sdpa
+from scalefold.codegen.schedule import partition
+from scalefold.ir import Graph
+from scalefold.runtime.interp import run
+
+
+def _graph(q: str, k: str, v: str, mask: str | None = None, **attrs) -> Graph:
+    g = Graph("att")
+    ins = [g.add_input(f"f32[{q}]", "q"), g.add_input(f"f32[{k}]", "k"), g.add_input(f"f32[{v}]", "v")]
+    if mask:
+        ins.append(g.add_input(mask, "m"))
+    g.set_outputs([g.add("sdpa", ins, attrs)])
+    return g
+
+
+def _mask(dtype: str, shape: tuple) -> torch.Tensor:
+    if dtype == "bool":
+        return torch.rand(*shape) > 0.3
+    return torch.randn(*shape)
+
+
+CASES = {
+    # name: (q, k, v, mask type and shape (None: no mask), attrs)
+    "vit": ("1,3,197,64", "1,3,197,64", "1,3,197,64", None, {}),
+    "rank3_causal": ("5,7,16", "5,9,16", "5,9,24", None, {"causal": True}),
+    "odd_d": ("2,2,11,20", "2,2,13,20", "2,2,13,7", None, {"scale": 0.3}),
+    "bool_pad": ("2,4,9,8", "2,4,9,8", "2,4,9,8", ("bool", (2, 1, 1, 9)), {}),
+    "bool_full": ("2,2,5,32", "2,2,6,32", "2,2,6,32", ("bool", (2, 2, 5, 6)), {}),
+    "f32_ls": ("1,2,6,16", "1,2,17,16", "1,2,17,16", ("f32", (6, 17)), {}),
+    "f32_causal_gqa": ("2,4,10,16", "2,2,10,16", "2,2,10,16", ("f32", (2, 1, 10, 10)), {"causal": True, "gqa": True}),
+    "long_keys": ("1,1,8,64", "1,1,300,64", "1,1,300,64", None, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_interpreter(name: str) -> None:
+    q, k, v, mask, attrs = CASES[name]
+    mspec = None if mask is None else f"{mask[0]}[{','.join(map(str, mask[1]))}]"
+    g = _graph(q, k, v, mspec, **attrs)
+    kern = next(kk for kk in partition(g, cgen.CAPS).kernels if kk.kind == "library")
+    assert c_sdpa.sdpa_supported(kern)
+    cm = build_c(g)
+    assert kern.name in cm.sources
+    xs = [torch.randn(*map(int, s.split(","))) for s in (q, k, v)]
+    if mask is not None:
+        xs.append(_mask(*mask))
+    assert_close(cm(*xs), run(g, *xs)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_sizes_and_masked_rows() -> None:
+    g = _graph("B,4,L,16", "B,4,S,16", "B,4,S,16", "bool[B,1,L,S]", causal=True)
+    cm = build_c(g)
+    for b, n_l, n_s in ((2, 9, 9), (1, 1, 30), (3, 20, 5), (2, 9, 9)):
+        xs = [torch.randn(b, 4, n_l, 16), torch.randn(b, 4, n_s, 16), torch.randn(b, 4, n_s, 16),
+              torch.rand(b, 1, n_l, n_s) > 0.5]
+        xs[3][0, 0, 0] = False             # a row with no key: zeros
+        got, want = cm(*xs), run(g, *xs)[0]
+        assert torch.equal(got[0, :, 0], torch.zeros_like(got[0, :, 0]))
+        assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_rows_follow_the_reference() -> None:
+    g = _graph("1,2,8,16", "1,2,8,16", "1,2,8,16", "f32[1,1,8,8]")
+    cm = build_c(g)
+    xs = [torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 1, 8, 8)]
+    xs[0][0, 1, 3, 2] = float("nan")
+    xs[3][0, 0, 5] = float("-inf")         # every key masked by -inf: zeros
+    got, want = cm(*xs), run(g, *xs)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_portable_loops_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = _graph("2,3,40,24", "2,3,33,24", "2,3,33,20", "f32[2,3,40,33]", causal=True)
+    xs = [torch.randn(2, 3, 40, 24), torch.randn(2, 3, 33, 24), torch.randn(2, 3, 33, 20), torch.randn(2, 3, 40, 33)]
+    want = run(g, *xs)[0]
+    cm = build_c(g)
+    one, two = at_threads(lambda: cm(*xs), 1), at_threads(lambda: cm(*xs), 2)
+    assert torch.equal(one, two)
+    assert_close(two, want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(c_conv, "CONV", c_conv.ConvConfig(vec=False))
+    cm = build_c(g)
+    assert any("#define SF_NO_VEC 1" in s for s in cm.sources.values())
+    assert_close(cm(*xs), want, rtol=1e-5, atol=1e-5)
+
+
+def test_scope() -> None:
+    def kern(g: Graph):
+        return next(kk for kk in partition(g, cgen.CAPS).kernels if kk.kind == "library")
+    g = Graph("h")
+    ins = [g.add_input("f16[1,2,4,8]", n) for n in "qkv"]
+    g.set_outputs([g.add("sdpa", ins)])
+    assert not c_sdpa.sdpa_supported(kern(g))
+    g = _graph("1,2,4,D", "1,2,4,D", "1,2,4,D")
+    assert not c_sdpa.sdpa_supported(kern(g))          # head size not static
