@@ -76,6 +76,7 @@ def test_nan_rows_follow_the_reference() -> None:
     xs = [torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 1, 8, 8)]
     xs[0][0, 1, 3, 2] = float("nan")
     xs[3][0, 0, 5] = float("-inf")         # every key masked by -inf: zeros
+    xs[3][0, 0, 6, 2] = float("nan")       # one NaN score: the row's probabilities are NaN -> 0
     got, want = cm(*xs), run(g, *xs)[0]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
 
