@@ -3,7 +3,8 @@
 The C target ran ``sdpa`` as a ``library`` kernel: torch's CPU attention, which on the
 shapes of small encoders leaves most of the FMA units idle (ViT-tiny's 3 heads of 197 tokens:
 220-280 µs a call for 30 MFLOP). This module renders, for such a kernel, a C alternative that
-the executor runs instead (runtime/executor.py ``_compiled_alt``).
+the executor runs instead (runtime/executor.py ``_compiled_alt``) at bindings of at least
+``MIN_ROWS`` query rows: below, most of a tile's rows would be padding.
 
 Scope (``sdpa_supported``): q [B, Hq, L, D] or [Hq, L, D], k [.., Hk, S, D], v [.., Hk, S, Dv],
 all f32, D and Dv static; an optional mask of q's rank or less, bool (True = attend) or f32
@@ -35,6 +36,8 @@ from .c_types import PRELUDE
 from .schedule import Kernel
 
 MR = 6          # query rows per tile
+# fewer query rows (a decoding step's one) keep torch's kernel: a tile would compute MR rows
+MIN_ROWS = 4
 GROUP = 8       # tiles per work item (one packing of the keys serves them)
 PAR_FLOPS = 1 << 19
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 import sympy
 import torch
 
+from ..codegen.c_sdpa import MIN_ROWS as SDPA_MIN_ROWS
 from ..codegen.schedule import (BufferPlan, Kernel, Liveness, Schedule, first_fit, liveness, plan_buffers,
                                 value_bytes)
 from ..ir.dim_eval import eval_dim
@@ -416,8 +417,9 @@ class Executor:
         if k.kind != "library" or k.nodes[0].op == "conv":
             return None
         if k.name in self.kernels:
-            if k.nodes[0].op != "linear":     # attention (codegen/c_sdpa.py): every binding
-                return k.name
+            if k.nodes[0].op == "sdpa":       # attention (codegen/c_sdpa.py): from MIN_ROWS queries
+                rows = int(eval_dim(self.params[k.name][3], env))
+                return k.name if rows >= SDPA_MIN_ROWS else None
             m, top = (int(eval_dim(e, env)) for e in self.params[k.name][:2])
             if m <= top:
                 return k.name

@@ -104,3 +104,15 @@ def test_scope() -> None:
     assert not c_sdpa.sdpa_supported(kern(g))
     g = _graph("1,2,4,D", "1,2,4,D", "1,2,4,D")
     assert not c_sdpa.sdpa_supported(kern(g))          # head size not static
+
+
+def test_decode_rows_keep_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one query row (a decoding step) keeps torch's kernel; MIN_ROWS and more run the C one
+    from linear_cases import count_library_calls
+    calls = count_library_calls(monkeypatch)
+    g = _graph("1,8,L,32", "1,2,S,32", "1,2,S,32", gqa=True)
+    cm = build_c(g)
+    for n_l, lib in ((1, 1), (c_sdpa.MIN_ROWS - 1, 2), (c_sdpa.MIN_ROWS, 2), (40, 2)):
+        xs = [torch.randn(1, 8, n_l, 32), torch.randn(1, 2, 50, 32), torch.randn(1, 2, 50, 32)]
+        assert_close(cm(*xs), run(g, *xs)[0], rtol=1e-5, atol=1e-5)
+        assert calls["lib"] == lib
