@@ -13,11 +13,12 @@ them. Rows with every key masked give zeros, and NaN probabilities become 0, as 
 reference does (``ir/ops/attention.py``).
 
 Loop: the threads share (batch, q head, group of ``GROUP`` tiles of ``MR`` query rows). A
-thread packs the keys of the k head it works on into 16-key panels [D][16] (``sf_tr16`` for
-whole 16 x 16 blocks) when the head changes. Per tile: the scores [MR, S] (one zmm accumulator
-per query row and 16 keys, broadcast query elements times key panels), scaled; mask, causal
-limit and the softmax of each row in ``omp simd`` loops (the fused kernels' exponential); then
-the rows times v (one zmm per row and 16 value channels, v's rows read in place). The scores
+thread packs the keys of the k head it works on into 32-key panels [D][32] (``sf_tr16`` for
+whole 16 x 16 blocks) when the head changes (a static schedule hands it consecutive tiles of
+one head). Per tile: the scores [MR, S] (two zmm accumulators per query row and 32 keys,
+broadcast query elements times key panels), scaled; mask, causal limit and the softmax of each
+row in ``omp simd`` loops (the fused kernels' exponential); then the rows times v (two zmm per
+row and 32 value channels, v's rows read in place). The scores
 of a tile live in a per-thread buffer, so memory is MR x S floats per thread whatever L.
 
 Kernel ABI (c.py): ``p`` = q, k, v, [mask], y (contiguous); ``q`` = B, Hq, Hk, L, S and, with
@@ -38,7 +39,7 @@ from .schedule import Kernel
 MR = 6          # query rows per tile
 # fewer query rows (a decoding step's one) keep torch's kernel: a tile would compute MR rows
 MIN_ROWS = 4
-GROUP = 8       # tiles per work item (one packing of the keys serves them)
+GROUP = 1       # tiles per work item (finer: 3 heads x 33 tiles of ViT-tiny balance over 2 threads)
 PAR_FLOPS = 1 << 19
 
 
@@ -73,30 +74,37 @@ def _mask_strides(mask_shape: list) -> list[sympy.Expr]:
 
 
 def _qk_tile(d: int) -> list[str]:
-    """``sf_qk``: scores of MR query rows against one 16-key panel [D][16]."""
+    """``sf_qk``: scores of MR query rows against one 32-key panel [D][32] (two zmm per row:
+    each broadcast query element serves 32 keys)."""
     out = ["static inline void sf_qk(const float *const *restrict qr, const float *restrict kp, "
            "float scale, float *restrict out, int64_t ld) {"]
-    out.append("  " + " ".join(f"__m512 a{r} = _mm512_setzero_ps();" for r in range(MR)))
+    out.append("  " + " ".join(f"__m512 a{r} = _mm512_setzero_ps(), b{r} = _mm512_setzero_ps();" for r in range(MR)))
     out.append(f"  for (int64_t d = 0; d < {d}; d++) {{")
-    out.append("    const __m512 w = _mm512_loadu_ps(kp + d * 16);")
-    out += [f"    a{r} = _mm512_fmadd_ps(_mm512_set1_ps(qr[{r}][d]), w, a{r});" for r in range(MR)]
+    out.append("    const __m512 w0 = _mm512_loadu_ps(kp + d * 32), w1 = _mm512_loadu_ps(kp + d * 32 + 16);")
+    for r in range(MR):
+        out.append(f"    {{ const __m512 x = _mm512_set1_ps(qr[{r}][d]); a{r} = _mm512_fmadd_ps(x, w0, a{r}); "
+                   f"b{r} = _mm512_fmadd_ps(x, w1, b{r}); }}")
     out.append("  }")
-    out += [f"  _mm512_storeu_ps(out + {r} * ld, _mm512_mul_ps(a{r}, _mm512_set1_ps(scale)));" for r in range(MR)]
+    out.append("  const __m512 sv = _mm512_set1_ps(scale);")
+    out += [f"  _mm512_storeu_ps(out + {r} * ld, _mm512_mul_ps(a{r}, sv)); "
+            f"_mm512_storeu_ps(out + {r} * ld + 16, _mm512_mul_ps(b{r}, sv));" for r in range(MR)]
     out.append("}")
     return out
 
 
 def _pv_tile() -> list[str]:
-    """``sf_pv``: MR probability rows (stride ``ldp``, ``s`` keys) times 16 value channels of
-    v (rows ``ldv`` apart; ``km`` masks channels past Dv) into ``out`` (MR x 16)."""
+    """``sf_pv``: MR probability rows (stride ``ldp``, ``s`` keys) times 32 value channels of
+    v (rows ``ldv`` apart; ``k0`` / ``k1`` mask channels past Dv) into ``out`` (MR x 32)."""
     out = ["static inline void sf_pv(const float *restrict pr, int64_t ldp, int64_t s, "
-           "const float *restrict v, int64_t ldv, __mmask16 km, float *restrict out) {"]
-    out.append("  " + " ".join(f"__m512 a{r} = _mm512_setzero_ps();" for r in range(MR)))
+           "const float *restrict v, int64_t ldv, __mmask16 k0, __mmask16 k1, float *restrict out) {"]
+    out.append("  " + " ".join(f"__m512 a{r} = _mm512_setzero_ps(), b{r} = _mm512_setzero_ps();" for r in range(MR)))
     out.append("  for (int64_t j = 0; j < s; j++) {")
-    out.append("    const __m512 w = _mm512_maskz_loadu_ps(km, v + j * ldv);")
-    out += [f"    a{r} = _mm512_fmadd_ps(_mm512_set1_ps(pr[{r} * ldp + j]), w, a{r});" for r in range(MR)]
+    out.append("    const __m512 w0 = _mm512_maskz_loadu_ps(k0, v + j * ldv), w1 = _mm512_maskz_loadu_ps(k1, v + j * ldv + 16);")
+    for r in range(MR):
+        out.append(f"    {{ const __m512 x = _mm512_set1_ps(pr[{r} * ldp + j]); a{r} = _mm512_fmadd_ps(x, w0, a{r}); "
+                   f"b{r} = _mm512_fmadd_ps(x, w1, b{r}); }}")
     out.append("  }")
-    out += [f"  _mm512_storeu_ps(out + {r * 16}, a{r});" for r in range(MR)]
+    out += [f"  _mm512_storeu_ps(out + {r * 32}, a{r}); _mm512_storeu_ps(out + {r * 32 + 16}, b{r});" for r in range(MR)]
     out.append("}")
     return out
 
@@ -105,18 +113,18 @@ def _scalar_tiles(d: int) -> list[str]:
     return [
         "static inline void sf_qk(const float *const *restrict qr, const float *restrict kp, "
         "float scale, float *restrict out, int64_t ld) {",
-        f"  for (int64_t r = 0; r < {MR}; r++) for (int64_t j = 0; j < 16; j++) {{",
+        f"  for (int64_t r = 0; r < {MR}; r++) for (int64_t j = 0; j < 32; j++) {{",
         "    float a = 0.0f;",
-        f"    for (int64_t d = 0; d < {d}; d++) a += qr[r][d] * kp[d * 16 + j];",
+        f"    for (int64_t d = 0; d < {d}; d++) a += qr[r][d] * kp[d * 32 + j];",
         "    out[r * ld + j] = a * scale;",
         "  }",
         "}",
         "static inline void sf_pv(const float *restrict pr, int64_t ldp, int64_t s, "
         "const float *restrict v, int64_t ldv, int64_t nv, float *restrict out) {",
-        f"  for (int64_t r = 0; r < {MR}; r++) for (int64_t c = 0; c < 16; c++) {{",
+        f"  for (int64_t r = 0; r < {MR}; r++) for (int64_t c = 0; c < 32; c++) {{",
         "    float a = 0.0f;",
         "    if (c < nv) for (int64_t j = 0; j < s; j++) a += pr[r * ldp + j] * v[j * ldv + c];",
-        "    out[r * 16 + c] = a;",
+        "    out[r * 32 + c] = a;",
         "  }",
         "}",
     ]
@@ -154,13 +162,13 @@ def render_sdpa(k: Kernel) -> CKernel:
         apply_mask = ""
     causal = "if (j > i) v = -INFINITY;" if a["causal"] else ""
     body = [
-        "  const int64_t G = HQ / HK, SP = (S + 15) / 16 * 16;",
+        "  const int64_t G = HQ / HK, SP = (S + 31) / 32 * 32;",
         f"  const int64_t TI = (L + {MR - 1}) / {MR}, NG = (TI + {GROUP - 1}) / {GROUP};",
         f"  #pragma omp parallel if (B * HQ * L * S * {d + dv} > {PAR_FLOPS})",
         "  {",
-        f"    float *kt = (float *)aligned_alloc(64, (size_t)(SP > 0 ? SP : 16) * {d} * 4);",
-        f"    float *sc = (float *)aligned_alloc(64, (size_t)(SP > 0 ? SP : 16) * {MR} * 4);",
-        f"    float ct[{MR * 16}] __attribute__((aligned(64)));",
+        f"    float *kt = (float *)aligned_alloc(64, (size_t)(SP > 0 ? SP : 32) * {d} * 4);",
+        f"    float *sc = (float *)aligned_alloc(64, (size_t)(SP > 0 ? SP : 32) * {MR} * 4);",
+        f"    float ct[{MR * 32}] __attribute__((aligned(64)));",
         f"    float zq[{d}];",
         f"    for (int64_t t = 0; t < {d}; t++) zq[t] = 0.0f;",
         "    int64_t packed = -1;",
@@ -172,16 +180,17 @@ def render_sdpa(k: Kernel) -> CKernel:
         f"      const float *Kh = K + key * S * {d};",
         f"      const float *Vh = V + key * S * {dv};",
         "      if (key != packed) {",
-        "        for (int64_t j0 = 0; j0 < SP; j0 += 16) {",
+        "        for (int64_t j0 = 0; j0 < SP; j0 += 32) {",
         f"          float *pan = kt + j0 * {d};",
         "#if SF_SDPA_VEC",
-        f"          if (j0 + 16 <= S && {int(d % 16 == 0)}) {{",
-        f"            for (int64_t c = 0; c < {d}; c += 16) sf_tr16(Kh + j0 * {d} + c, {d}, pan + c * 16, 16);",
+        f"          if (j0 + 32 <= S && {int(d % 16 == 0)}) {{",
+        f"            for (int64_t c = 0; c < {d}; c += 16) {{ sf_tr16(Kh + j0 * {d} + c, {d}, pan + c * 32, 32); "
+        f"sf_tr16(Kh + (j0 + 16) * {d} + c, {d}, pan + c * 32 + 16, 32); }}",
         "            continue;",
         "          }",
         "#endif",
-        f"          for (int64_t c = 0; c < {d}; c++) for (int64_t j = 0; j < 16; j++)",
-        f"            pan[c * 16 + j] = j0 + j < S ? Kh[(j0 + j) * {d} + c] : 0.0f;",
+        f"          for (int64_t c = 0; c < {d}; c++) for (int64_t j = 0; j < 32; j++)",
+        f"            pan[c * 32 + j] = j0 + j < S ? Kh[(j0 + j) * {d} + c] : 0.0f;",
         "        }",
         "        packed = key;",
         "      }",
@@ -189,7 +198,7 @@ def render_sdpa(k: Kernel) -> CKernel:
         f"        const int64_t i0 = t * {MR}, mr = L - i0 < {MR} ? L - i0 : {MR};",
         f"        const float *qr[{MR}];",
         f"        for (int64_t r = 0; r < {MR}; r++) qr[r] = r < mr ? Q + ((b * HQ + h) * L + i0 + r) * {d} : zq;",
-        "        for (int64_t j0 = 0; j0 < SP; j0 += 16)",
+        "        for (int64_t j0 = 0; j0 < SP; j0 += 32)",
         f"          sf_qk(qr, kt + j0 * {d}, {scale!r}f, sc + j0, SP);",
         "        for (int64_t r = 0; r < mr; r++) {",
         "          const int64_t i = i0 + r;",
@@ -217,17 +226,18 @@ def render_sdpa(k: Kernel) -> CKernel:
         "          }",
         "        }",
         f"        for (int64_t r = mr; r < {MR}; r++) for (int64_t j = 0; j < SP; j++) sc[r * SP + j] = 0.0f;",
-        f"        for (int64_t c0 = 0; c0 < {dv}; c0 += 16) {{",
-        f"          const int64_t nv = {dv} - c0 < 16 ? {dv} - c0 : 16;",
+        f"        for (int64_t c0 = 0; c0 < {dv}; c0 += 32) {{",
+        f"          const int64_t nv = {dv} - c0 < 32 ? {dv} - c0 : 32;",
         "#if SF_SDPA_VEC",
-        "          const __mmask16 km = nv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nv) - 1);",
-        f"          sf_pv(sc, SP, S, Vh + c0, {dv}, km, ct);",
+        "          const __mmask16 k0 = nv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nv) - 1);",
+        "          const __mmask16 k1 = nv >= 32 ? (__mmask16)0xFFFF : (nv > 16 ? (__mmask16)((1u << (nv - 16)) - 1) : (__mmask16)0);",
+        f"          sf_pv(sc, SP, S, Vh + c0, {dv}, k0, k1, ct);",
         "#else",
         f"          sf_pv(sc, SP, S, Vh + c0, {dv}, nv, ct);",
         "#endif",
         "          for (int64_t r = 0; r < mr; r++)",
         "            for (int64_t c = 0; c < nv; c++)",
-        f"              Y[((b * HQ + h) * L + i0 + r) * {dv} + c0 + c] = ct[r * 16 + c];",
+        f"              Y[((b * HQ + h) * L + i0 + r) * {dv} + c0 + c] = ct[r * 32 + c];",
         "        }",
         "      }",
         "    }",
