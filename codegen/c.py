@@ -492,8 +492,8 @@ CAPS = Caps(elementwise=frozenset(C_EXPR), row=ROW_OPS, node_ok=c_node_ok, row_o
 def render(schedule: Schedule) -> list[CKernel]:
     """C source for every fused and template kernel of ``schedule`` (other kinds need no
     source), for the library kernels of float linears (c_f32gemv.py at bindings with few
-    enough rows, c_f32gemm.py at the others), and for float convolutions (c_conv.py: the
-    executor runs them instead of oneDNN). Template kernels
+    enough rows, c_f32gemm.py at the others), and for float convolutions and attention
+    (c_conv.py, c_sdpa.py: the executor runs them instead of torch). Template kernels
     carry their prepacked constants in ``CKernel.args``; the alternatives name the graph's
     own weight there (read in place, no copy)."""
     out = []
@@ -504,14 +504,14 @@ def render(schedule: Schedule) -> list[CKernel]:
             out.append(render_qlinear(k) if qlinear_supported(k.nodes[0]) else render_w4(k))
             continue
         if k.kind == "library":
-            # a float linear at small M: a C alternative the executor picks per binding;
-            # a float convolution: a generated one that replaces the library call
+            # C alternatives of library kernels: a float linear's GEMV and GEMM (the executor
+            # picks one per binding), a float convolution or attention (replacing the call)
             from .c_conv import conv_form, render_conv
             from .c_f32gemm import gemm_supported, render_gemm_linear
             from .c_f32gemv import gemv_supported, render_gemv
+            from .c_sdpa import render_sdpa, sdpa_supported
             if gemv_supported(k):
                 out.append(render_gemv(k))
-            from .c_sdpa import render_sdpa, sdpa_supported
             if gemm_supported(k):
                 out.append(render_gemm_linear(k))
             elif conv_form(k) is not None:

@@ -2,9 +2,9 @@
 
 The kernel reads and writes channels-last (NHWC) memory, the layout the CPU convolutions keep
 between steps (``runtime/library_conv.py``): x and the residual operand come as they are when
-already channels-last (else one copy), and the result is a fresh tensor that is logically
-NCHW (NCL for 1-D) and channels-last in memory, as the oneDNN path returns it, written into
-the buffer the executor planned for it.
+already channels-last (else one copy), and the result is logically NCHW (NCL for 1-D) and
+channels-last in memory, as the oneDNN path returns it, written into the buffer the executor
+planned for it.
 """
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def _out(t: torch.Tensor | None, shape: tuple[int, ...], strides: tuple[int, ...
 def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], out_slot: int,
               out_shape: Sequence[int], q: Sequence[int]) -> Step:
     """A step calling kernel ``fn`` with the values in slots ``order`` (ABI: c_conv.py): those
-    in ``activations`` passed channels-last, ``out_slot`` a new channels-last tensor of
-    ``out_shape``, the others contiguous; runtime integers ``q``."""
+    in ``activations`` passed channels-last, the others contiguous, and ``out_slot`` the
+    buffer placed for the result (``_out``) seen channels-last with ``out_shape``; runtime
+    integers ``q``."""
     ptrs = (ctypes.c_void_p * len(order))()
     qarr = (ctypes.c_int64 * len(q))(*q)
     shape = tuple(int(d) for d in out_shape)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 import sympy
 import torch
 
+from ..codegen.c_f32gemm import SUFFIX as GEMM_SUFFIX
 from ..codegen.c_sdpa import MIN_ROWS as SDPA_MIN_ROWS
 from ..codegen.schedule import (BufferPlan, Kernel, Liveness, Schedule, first_fit, liveness, plan_buffers,
                                 value_bytes)
@@ -119,7 +120,7 @@ class Executor:
         self._libfns: dict[str, tuple[Callable, bool]] = {}
         self._lock = threading.Lock()
         # per kernel: the symbols its step depends on, and its steps by their values (LRU)
-        ksyms = [kernel_symbols(k, [*self.params.get(k.name, ()), *self.params.get(k.name + "_gemm", ())])
+        ksyms = [kernel_symbols(k, [*self.params.get(k.name, ()), *self.params.get(k.name + GEMM_SUFFIX, ())])
                  for k in schedule.kernels]
         self._symsets = list(dict.fromkeys(ksyms))   # most kernels share a few: evaluate each once
         where = {t: j for j, t in enumerate(self._symsets)}
@@ -413,7 +414,8 @@ class Executor:
         None for the library call: the C target's small-M float linear (codegen/c_f32gemv.py)
         where its runtime integers ``q[0]`` (the rows) and ``q[1]`` (the most rows it takes)
         say it covers the binding, else its GEMM (codegen/c_f32gemm.py, named with the
-        suffix "_gemm") if there is one. Convolutions run theirs through ``_conv_step``."""
+        suffix "_gemm") if there is one; attention's (codegen/c_sdpa.py) from ``MIN_ROWS``
+        query rows. Convolutions run theirs through ``_conv_step``."""
         if k.kind != "library" or k.nodes[0].op == "conv":
             return None
         if k.name in self.kernels:
@@ -423,7 +425,7 @@ class Executor:
             m, top = (int(eval_dim(e, env)) for e in self.params[k.name][:2])
             if m <= top:
                 return k.name
-        gemm = k.name + "_gemm"
+        gemm = k.name + GEMM_SUFFIX
         return gemm if gemm in self.kernels else None
 
     def _conv_step(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> Step:
