@@ -10,7 +10,7 @@ the tile loop of the convolutions (c_conv.py, a 1x1 convolution is the same GEMM
 
 This module renders, for such a kernel, a second C alternative (``CKernel.suffix`` "_gemm")
 that the executor runs at every binding whose rows the GEMV does not take
-(runtime/executor.py ``_compiled_alt``).
+(runtime/alternatives.py ``compiled_alt``).
 
 Weights: read in place, as the GEMV reads them: the kernel's weight argument is the graph's
 own constant [N, K]. Each thread packs the 32-channel panel it works on into a [K][32]

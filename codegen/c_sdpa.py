@@ -3,7 +3,7 @@
 The C target ran ``sdpa`` as a ``library`` kernel: torch's CPU attention, which on the
 shapes of small encoders leaves most of the FMA units idle (ViT-tiny's 3 heads of 197 tokens:
 220-280 µs a call for 30 MFLOP). This module renders, for such a kernel, a C alternative that
-the executor runs instead (runtime/executor.py ``_compiled_alt``) at bindings of at least
+the executor runs instead (runtime/alternatives.py ``compiled_alt``) at bindings of at least
 ``MIN_ROWS`` query rows: below, most of a tile's rows would be padding.
 
 Scope (``sdpa_supported``): q [B, Hq, L, D] or [Hq, L, D], k [.., Hk, S, D], v [.., Hk, S, Dv],

@@ -34,8 +34,6 @@ from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 import sympy
 import torch
 
-from ..codegen.c_f32gemm import SUFFIX as GEMM_SUFFIX
-from ..codegen.c_sdpa import MIN_ROWS as SDPA_MIN_ROWS
 from ..codegen.schedule import (BufferPlan, Kernel, Liveness, Schedule, first_fit, liveness, plan_buffers,
                                 value_bytes)
 from ..ir.dim_eval import eval_dim
@@ -44,7 +42,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .binding import Bound, KStep, Step, Typed, contiguous_strides, kernel_symbols
-from .cconv import conv_step
+from .alternatives import alt_params, compiled_alt, conv_kernel_step
 from .interp import bind_symbols, check_shape, declared_shapes
 from .layout import channels_last_values, is_channels_last, slice_index, torch_kernel
 from .library import library_fn, qlinear_fallback
@@ -120,8 +118,7 @@ class Executor:
         self._libfns: dict[str, tuple[Callable, bool]] = {}
         self._lock = threading.Lock()
         # per kernel: the symbols its step depends on, and its steps by their values (LRU)
-        ksyms = [kernel_symbols(k, [*self.params.get(k.name, ()), *self.params.get(k.name + GEMM_SUFFIX, ())])
-                 for k in schedule.kernels]
+        ksyms = [kernel_symbols(k, alt_params(k, self.params)) for k in schedule.kernels]
         self._symsets = list(dict.fromkeys(ksyms))   # most kernels share a few: evaluate each once
         where = {t: j for j, t in enumerate(self._symsets)}
         self._ksym = [where[t] for t in ksyms]
@@ -316,7 +313,7 @@ class Executor:
                 vals[dst] = vals[src].reshape(shape)  # a view unless the source is strided
             return run_view
         if k.kind == "library" and k.name in self.kernels and node.op == "conv":
-            return self._conv_step(k, env)
+            return conv_kernel_step(k, slot, self.kernels, self._args, self.params, env)
         if k.kind == "library":
             # one per kernel for every binding: a convolution keeps its prepacked weights
             if k.name not in self._libfns:
@@ -410,35 +407,9 @@ class Executor:
         return self._compiled_alt(k, env) is not None
 
     def _compiled_alt(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> str | None:
-        """The name of the compiled alternative library kernel ``k`` runs at this binding, or
-        None for the library call: the C target's small-M float linear (codegen/c_f32gemv.py)
-        where its runtime integers ``q[0]`` (the rows) and ``q[1]`` (the most rows it takes)
-        say it covers the binding, else its GEMM (codegen/c_f32gemm.py, named with the
-        suffix "_gemm") if there is one; attention's (codegen/c_sdpa.py) from ``MIN_ROWS``
-        query rows. Convolutions run theirs through ``_conv_step``."""
-        if k.kind != "library" or k.nodes[0].op == "conv":
-            return None
-        if k.name in self.kernels:
-            if k.nodes[0].op == "sdpa":       # attention (codegen/c_sdpa.py): from MIN_ROWS queries
-                rows = int(eval_dim(self.params[k.name][3], env))
-                return k.name if rows >= SDPA_MIN_ROWS else None
-            m, top = (int(eval_dim(e, env)) for e in self.params[k.name][:2])
-            if m <= top:
-                return k.name
-        gemm = k.name + GEMM_SUFFIX
-        return gemm if gemm in self.kernels else None
-
-    def _conv_step(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> Step:
-        """The step of a convolution the C backend generated (codegen/c_conv.py): x and the
-        residual operand go in channels-last, the result comes out so."""
-        node, last = k.nodes[0], k.nodes[-1]
-        acts = {self._slot[id(node.inputs[0])]}
-        for prev, e in zip(k.nodes, k.nodes[1:]):
-            if e.op == "add":
-                acts.add(self._slot[id(e.inputs[1] if e.inputs[0] is prev.outputs[0] else e.inputs[0])])
-        q = [int(eval_dim(e, env)) for e in self.params[k.name]]
-        return conv_step(self.kernels[k.name], self._args[k.name], frozenset(acts),
-                         self._slot[id(last.outputs[0])], last.outputs[0].type.concrete(env), q)
+        """The compiled alternative library kernel ``k`` runs at this binding, or None
+        (runtime/alternatives.py)."""
+        return compiled_alt(k, self.kernels, self.params, env)
 
     def _qlinear_fallback(self, node: Node) -> Callable | None:
         """The dequantise-once GEMM of a reference ``qlinear`` (``library.qlinear_fallback``),
