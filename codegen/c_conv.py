@@ -165,8 +165,9 @@ def _epilogue_ok(k: Kernel) -> bool:
     return True
 
 
-def _other(k: Kernel) -> Value | None:
-    """The residual ``add``'s other operand, if the epilogue has one."""
+def residual_operand(k: Kernel) -> Value | None:
+    """The residual ``add``'s other operand, if the library kernel's epilogue has one (shared
+    by the linear alternatives and the convolution's step)."""
     for prev, e in zip(k.nodes, k.nodes[1:]):
         if e.op == "add":
             return e.inputs[1] if e.inputs[0] is prev.outputs[0] else e.inputs[0]
@@ -237,7 +238,7 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     bn = next((e for e in k.nodes[1:] if e.op == "batch_norm"), None)
-    other = _other(k)
+    other = residual_operand(k)
     y = k.nodes[-1].outputs[0]
     args: list = [x, pack_weight(w.const, f)]
     decl = ["  const float *restrict x = (const float *)p[0];",

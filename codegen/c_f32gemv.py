@@ -65,6 +65,7 @@ import sympy
 from ..ir.graph import Node, Value
 from ..ir.types import dims_equal
 from .c import CKernel, _prod
+from .c_conv import residual_operand
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
 from .schedule import Kernel
@@ -180,10 +181,7 @@ def linear_args(k: Kernel) -> tuple[list, list[str], Value | None]:
     n = k.nodes[0]
     x, w = n.inputs[0], n.inputs[1]
     bias = n.inputs[2] if len(n.inputs) > 2 else None
-    other = None
-    if len(k.nodes) == 2 and k.nodes[1].op == "add":
-        e = k.nodes[1]
-        other = e.inputs[1] if e.inputs[0] is n.outputs[0] else e.inputs[0]
+    other = residual_operand(k)
     args: list = [x, w]
     decl = ["  const float *restrict x = (const float *)p[0];",
             "  const float *restrict w = (const float *)p[1];"]

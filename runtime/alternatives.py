@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import sympy
 
+from ..codegen.c_conv import residual_operand
 from ..codegen.c_f32gemm import SUFFIX as GEMM_SUFFIX
 from ..codegen.c_sdpa import MIN_ROWS as SDPA_MIN_ROWS
 from ..codegen.schedule import Kernel
@@ -52,10 +53,8 @@ def conv_kernel_step(k: Kernel, slot: Mapping[int, int], kernels: Mapping[str, C
     """The step of a convolution the C backend generated (codegen/c_conv.py): x and the
     residual operand go in channels-last, the result comes out so."""
     node, last = k.nodes[0], k.nodes[-1]
-    acts = {slot[id(node.inputs[0])]}
-    for prev, e in zip(k.nodes, k.nodes[1:]):
-        if e.op == "add":
-            acts.add(slot[id(e.inputs[1] if e.inputs[0] is prev.outputs[0] else e.inputs[0])])
+    other = residual_operand(k)
+    acts = {slot[id(node.inputs[0])]} | ({slot[id(other)]} if other is not None else set())
     q = [int(eval_dim(e, env)) for e in params[k.name]]
     return conv_step(kernels[k.name], args[k.name], frozenset(acts), slot[id(last.outputs[0])],
                      last.outputs[0].type.concrete(env), q)

@@ -32,13 +32,11 @@ def _nhwc_strides(shape: Sequence[int]) -> tuple[int, ...]:
     return (length * c, 1, c)
 
 
-def _out(t: torch.Tensor | None, shape: tuple[int, ...], strides: tuple[int, ...]) -> torch.Tensor:
-    """The result tensor: the buffer the executor placed for it (an arena view, or a graph
-    output's fresh tensor) seen channels-last, so that no call allocates (a fresh tensor of a
-    few hundred KB costs page faults on every call); a new one if there is none."""
-    n = 1
-    for d in shape:
-        n *= d
+def _out(t: torch.Tensor | None, shape: tuple[int, ...], strides: tuple[int, ...], n: int) -> torch.Tensor:
+    """The result tensor of ``n`` elements: the buffer the executor placed for it (an arena
+    view, or a graph output's fresh tensor) seen channels-last, so that no call allocates (a
+    fresh tensor of a few hundred KB costs page faults on every call); a new one if there is
+    none."""
     if t is not None and t.dtype == torch.float32 and t.numel() == n and t.is_contiguous():
         return t.as_strided(shape, strides)
     return torch.empty_strided(shape, strides, dtype=torch.float32)
@@ -54,9 +52,12 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
     qarr = (ctypes.c_int64 * len(q))(*q)
     shape = tuple(int(d) for d in out_shape)
     strides = _nhwc_strides(shape)
+    numel = 1
+    for d in shape:
+        numel *= d
 
     def run(vals: list) -> None:
-        y = _out(vals[out_slot], shape, strides)
+        y = _out(vals[out_slot], shape, strides, numel)
         keep = []   # channels-last copies must outlive the call
         for i, s in enumerate(order):
             if s == out_slot:
