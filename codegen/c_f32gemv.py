@@ -47,6 +47,16 @@ Threshold, by the weight's size (:meth:`GemvConfig.limit`). Measured on the 2-co
   -> 4.13 at 32 with 32 rows up to 1 MB and 8 up to 8 MB; the 16-row tier then took 16
   tokens from 3.18 to 3.01 ms and 12 from 3.40 to 3.07 (interleaved rounds, a slower hour).
 
+Blocking by the weight's size (``GemvConfig.small``; seventeenth session, ``probe/gvt2.py``,
+not kept: one compiled linear in cache, µs per call less the executor's ~10 µs, best of
+three rounds): weights up to 3 MB take tiles of 8 x rows x 3 weight rows (24 accumulators,
+blocks of 12 weight rows) instead of 4 x 4. At 2.4 MB (1536x384, 384x1536, 768x768) that
+is 1.3-1.6x faster from M = 4 to 32 (M = 16: 80.1 / 49.8, 81.2 / 61.5, 82.7 / 56.4; M = 8:
+41.1 / 27.9, 48.3 / 30.9, 42.8 / 25.5) and level at M = 1; at 0.6 MB (384x384) 1.05-1.2x.
+Larger weights keep 4 x 4: at 9.4 MB (768x3072) the wider tile lost at M = 1 (58.3 against
+49.7). The sums of a tile's accumulators share their shuffles (four at a time), in the
+order of ``_mm512_reduce_add_ps``, so a result still does not depend on the tile.
+
 Kernel ABI (c.py): ``p`` = x [M, K], the weight constant [N, K] itself (the graph's Value
 in ``CKernel.args``, so the executor passes the tensor it holds anyway), [bias [N]], [the
 epilogue ``add``'s other operand, y-shaped], y [M, N]; ``q[0]`` = M and ``q[1]`` =
@@ -58,7 +68,7 @@ f32 sum plus bias. Without AVX-512 a portable scalar dot product per output is c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 
@@ -71,7 +81,6 @@ from .c_types import PRELUDE
 from .schedule import Kernel
 
 PAR_MACS = 1 << 21   # below this many multiply-adds the kernel runs on one thread
-ACC = 16             # zmm accumulators per tile at most (of 32)
 
 
 @dataclass(frozen=True)
@@ -82,21 +91,27 @@ class GemvConfig:
     weight rows (output channels) per block, the unit the threads share out; ``mr``: x rows
     per tile (more rows run as further tiles over the same weight rows, then in L1 / L2);
     ``runs``: runs of blocks per thread (scheduled dynamically, so that a thread whose core
-    another process holds does less); ``vec=False`` renders the portable scalar loop only
-    (tests)."""
+    another process holds does less); ``acc``: zmm accumulators per tile at most;
+    ``vec=False`` renders the portable scalar loop only (tests); ``small``: (weight bytes at
+    most, rows, mr, acc) for weights that small, which run at more rows from cache (module
+    docstring), or None."""
 
     max_m: int = 4
     rows: int = 8
     mr: int = 4
     runs: int = 4
+    acc: int = 16
     vec: bool = True
     # (weight bytes at most, rows): smaller weights take the kernel to more rows (module doc)
     tiers: tuple[tuple[int, int], ...] = ((1 << 20, 32), (3 << 20, 16), (8 << 20, 8))
+    small: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
-        for f in ("rows", "mr", "runs"):
+        for f in ("rows", "mr", "runs", "acc"):
             if getattr(self, f) < 1:
                 raise ValueError(f"GemvConfig.{f} must be >= 1, got {getattr(self, f)}")
+        if self.acc > 28:
+            raise ValueError(f"GemvConfig.acc must be <= 28 (of 32 zmm, the x and weight vectors need the rest), got {self.acc}")
         if self.max_m < 0:
             raise ValueError(f"GemvConfig.max_m must be >= 0, got {self.max_m}")
         if self.mr * self.rows > 1024:
@@ -113,11 +128,21 @@ class GemvConfig:
 
     def width(self, r: int) -> int:
         """Weight rows per tile of ``r`` x rows: the largest divisor of ``rows`` that keeps
-        ``r * width`` accumulators within 16 zmm (at least 1)."""
-        return max([d for d in range(1, self.rows + 1) if self.rows % d == 0 and r * d <= ACC] or [1])
+        ``r * width`` accumulators within ``acc`` zmm (at least 1)."""
+        return max([d for d in range(1, self.rows + 1) if self.rows % d == 0 and r * d <= self.acc] or [1])
+
+    def for_weight(self, n: int, k: int) -> GemvConfig:
+        """The config the kernel of an f32 weight [n, k] renders with: ``small``'s blocking
+        where the weight is that small, else this one."""
+        if self.small is None or 4 * n * k > self.small[0]:
+            return self
+        _, rows, mr, acc = self.small
+        return replace(self, rows=rows, mr=mr, acc=acc, small=None)
 
 
-GEMV = GemvConfig()
+# Weights up to 3 MB (BERT-size linears, in cache from call to call) take 8 x rows x 3
+# weight rows per tile: 1.1-1.6x faster than 4 x 4 at M = 4..32 (module docstring).
+GEMV = GemvConfig(small=(3 << 20, 12, 8, 24))
 
 
 def gemv_supported(k: Kernel, cfg: GemvConfig | None = None) -> bool:
@@ -199,8 +224,9 @@ def _tile_vec(r: int, c: int, K: int) -> list[str]:
     the weight (row-major [N, K]: rows ``w``, ``w + K``, ...) into ``ct[i * c + j]``. One zmm
     accumulator per (x row, weight row), FMAs over K in steps of 16 (the x vectors loaded
     once per step and shared by the ``c`` weight rows), the last ``K % 16`` columns by masked
-    loads, then a horizontal sum. Every output is this same sequence whatever the tile, so
-    the tiling (and the threads' split) does not change a result."""
+    loads, then the horizontal sums (``sf_gv_hsum*``, four accumulators at a time by one
+    fixed tree). Every output is this same sequence whatever the tile, so the tiling (and the
+    threads' split) does not change a result."""
     acc = [[f"a{i}_{j}" for j in range(c)] for i in range(r)]
     out = [f"static inline void sf_gv{r}_{c}(const float *restrict x, const float *restrict w, "
            "float *restrict ct, int64_t ldc) {"]
@@ -226,10 +252,45 @@ def _tile_vec(r: int, c: int, K: int) -> list[str]:
         out += step(str(K - K % 16), "km")
         out.append("  }")
     for i in range(r):
-        for j in range(c):
-            out.append(f"  ct[{i} * ldc + {j}] = _mm512_reduce_add_ps({acc[i][j]});")
+        for j in range(0, c, 4):
+            grp = acc[i][j:j + 4]
+            out.append(f"  sf_gv_hsum{len(grp)}({', '.join(grp)}, ct + {i} * ldc + {j});")
     out.append("}")
     return out
+
+
+# Horizontal sums of up to four accumulators at once, by one fixed tree for every lane count:
+# 256-bit halves, then 128-bit quarters, then lanes j + 2, then j + 1 (the order of
+# _mm512_reduce_add_ps). Grouping the accumulators shares the shuffles, and since each sum
+# follows the same tree whatever the group, a result does not depend on the tile's width.
+HSUM = [
+    "static inline __m512 sf_gv_half(__m512 a, __m512 b) {",
+    "  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));",
+    "}",
+    "static inline __m512 sf_gv_quarter(__m512 u, __m512 v) {",
+    "  const __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(u, v, 0x88), _mm512_shuffle_f32x4(u, v, 0xDD));",
+    "  const __m512 t = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4E));",
+    "  return _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));",
+    "}",
+    # lane 0 of each 128-bit block holds one sum: a, b, c, d in blocks 0..3
+    "static inline void sf_gv_put(__m512 s, __mmask16 m, float *restrict o) {",
+    "  _mm512_mask_compressstoreu_ps(o, m, s);",
+    "}",
+    "static inline void sf_gv_hsum4(__m512 a, __m512 b, __m512 c, __m512 d, float *restrict o) {",
+    "  sf_gv_put(sf_gv_quarter(sf_gv_half(a, b), sf_gv_half(c, d)), 0x1111, o);",
+    "}",
+    "static inline void sf_gv_hsum3(__m512 a, __m512 b, __m512 c, float *restrict o) {",
+    "  sf_gv_put(sf_gv_quarter(sf_gv_half(a, b), sf_gv_half(c, c)), 0x0111, o);",
+    "}",
+    "static inline void sf_gv_hsum2(__m512 a, __m512 b, float *restrict o) {",
+    "  const __m512 u = sf_gv_half(a, b);",
+    "  sf_gv_put(sf_gv_quarter(u, u), 0x0011, o);",
+    "}",
+    "static inline void sf_gv_hsum1(__m512 a, float *restrict o) {",
+    "  const __m512 u = sf_gv_half(a, a);",
+    "  sf_gv_put(sf_gv_quarter(u, u), 0x0001, o);",
+    "}",
+]
 
 
 def _tile_scalar(K: int) -> list[str]:
@@ -258,12 +319,12 @@ def _epilogue_expr(k: Kernel) -> str:
 def render_gemv(k: Kernel, cfg: GemvConfig | None = None) -> CKernel:
     """C source of the small-M alternative of library kernel ``k`` (``gemv_supported``); its
     ``args`` name the graph's own weight Value, read in place (ABI in the module docstring)."""
-    cfg = cfg or GEMV
     n = k.nodes[0]
     x, w = n.inputs[0], n.inputs[1]
     bias = n.inputs[2] if len(n.inputs) > 2 else None
     N, K = w.type.shape
     assert isinstance(N, int) and isinstance(K, int)
+    cfg = (cfg or GEMV).for_weight(N, K)
     rows, mr = cfg.rows, cfg.mr
     nblk = -(-N // rows)
     args, decl, other = linear_args(k)
@@ -328,6 +389,7 @@ def render_gemv(k: Kernel, cfg: GemvConfig | None = None) -> CKernel:
     head += ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_GEMV_VEC 1",
              "#include <immintrin.h>"]
     tiles = sorted({(r, cfg.width(r)) for r in range(1, mr + 1)} | {(r, 1) for r in range(1, mr + 1)})
+    head += HSUM
     for r, c in tiles:
         head += _tile_vec(r, c, K)
     head += ["#else", "#define SF_GEMV_VEC 0", *_tile_scalar(K), "#endif"]

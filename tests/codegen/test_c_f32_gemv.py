@@ -218,7 +218,7 @@ def test_scalar_tile_and_other_blockings() -> None:
     want = reference(g, x)
     vec = []
     for cfg in (GemvConfig(vec=False), GemvConfig(rows=1, mr=3), GemvConfig(rows=6, mr=2, runs=1),
-                GemvConfig(rows=16, mr=8), GemvConfig()):
+                GemvConfig(rows=16, mr=8), GemvConfig(rows=12, mr=8, acc=24), GemvConfig()):
         ck = render_gemv(k, cfg)
         assert "sf_gv_s" in ck.source and ("#define SF_NO_VEC 1" in ck.source) == (not cfg.vec)
         fn = load_kernel(build(ck.source))
@@ -271,3 +271,19 @@ def test_saved_model_keeps_the_small_m_path(tmp_path) -> None:
         with torch.no_grad():
             torch.testing.assert_close(cm2(xi), m(xi), rtol=1e-5, atol=1e-5)
             assert torch.equal(cm2(xi), cm(xi))
+
+
+def test_blocking_by_weight_size() -> None:
+    """Weights up to 3 MB render 8 x rows x 3 weight rows per tile (blocks of 12 rows), larger
+    ones 4 x 4 (blocks of 8); an explicit config without ``small`` keeps its own blocking."""
+    cfg = c_f32gemv.GEMV
+    s = cfg.for_weight(1536, 384)                      # 2.4 MB
+    assert (s.rows, s.mr, s.acc, s.small) == (12, 8, 24, None) and s.limit(1536, 384) == cfg.limit(1536, 384)
+    assert cfg.for_weight(1024, 1024) is cfg            # 4 MB
+    assert GemvConfig().for_weight(8, 8) == GemvConfig()
+    small = render_gemv(partition(lin_graph(64, 48), cgen.CAPS).kernels[0]).source
+    large = render_gemv(partition(lin_graph(1024, 1024), cgen.CAPS).kernels[0]).source
+    assert "sf_gv8_3(" in small and "sf_gv4_4(" not in small
+    assert "sf_gv4_4(" in large and "sf_gv8_3(" not in large
+    with pytest.raises(ValueError, match="acc"):
+        GemvConfig(acc=29)
