@@ -431,3 +431,24 @@ def test_rank0_and_dead_code() -> None:
     g.set_outputs([g.add("neg", [g.add("exp", [x])])])
     got, want = build_and_compare(g, [torch.tensor(0.5)])
     assert_close(got[0], want[0])
+
+
+def test_gelu_f32_relative_accuracy_in_the_tails() -> None:
+    """The f32 gelu keeps relative accuracy where x Phi(x) is tiny (x down to -9, where
+    1 + erf(x / sqrt 2) cancels) and near zero: within 1e-5 of x erfc(-x / sqrt 2) / 2
+    computed in double (at x = -9 the f32 exponent -x^2 / 2 alone is off by ~2e-6); +inf stays +inf, -inf and NaN give NaN, -0 stays -0."""
+    xs = torch.cat([torch.linspace(-9.0, 9.0, 4001), torch.tensor([1e-30, -1e-30, 1e-3, -1e-3])])
+    got = api.build(_gelu_graph(xs.numel()), "c")(xs)
+    want = torch.tensor([x * math.erfc(-x / math.sqrt(2.0)) / 2 for x in xs.double().tolist()], dtype=torch.float64)
+    rel = (got.double() - want).abs() / want.abs().clamp_min(1e-300)
+    assert rel.max().item() < 1e-5, f"worst relative error {rel.max().item():.3g} at x = {xs[rel.argmax()].item()}"
+    special = api.build(_gelu_graph(4), "c")(
+        torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0]))
+    assert special[0].item() == float("inf") and special[1].isnan() and special[2].isnan()
+    assert special[3].item() == 0.0 and math.copysign(1.0, special[3].item()) < 0
+
+
+def _gelu_graph(n: int) -> Graph:
+    g = Graph("gelu")
+    g.set_outputs([g.add("gelu", [g.add_input(f"f32[{n}]", "x")])])
+    return g
