@@ -23,7 +23,8 @@ x vector loaded once per step and shared by the tile's weight rows; the last ``K
 columns by masked loads), then a horizontal sum, plus bias, epilogue, store. Each output is
 this same f32 sequence whatever the tile and whatever the thread, so results do not depend
 on the thread count (only the summation order differs from oneDNN / torch). Software
-prefetch measured no gain (the hardware prefetchers follow the few sequential row streams).
+prefetch measured no gain for large weights streamed at M = 1 (the hardware prefetchers
+follow the few sequential row streams); small weights prefetch (below).
 
 Threshold, by the weight's size (:meth:`GemvConfig.limit`). Measured on the 2-core Zen 5:
 - weights out of cache (copies cycled over >= 128 MB; benchmarks/f32_gemv_cpu.py, TinyLlama
@@ -54,7 +55,13 @@ blocks of 12 weight rows) instead of 4 x 4. At 2.4 MB (1536x384, 384x1536, 768x7
 is 1.3-1.6x faster from M = 4 to 32 (M = 16: 80.1 / 49.8, 81.2 / 61.5, 82.7 / 56.4; M = 8:
 41.1 / 27.9, 48.3 / 30.9, 42.8 / 25.5) and level at M = 1; at 0.6 MB (384x384) 1.05-1.2x.
 Larger weights keep 4 x 4: at 9.4 MB (768x3072) the wider tile lost at M = 1 (58.3 against
-49.7). The sums of a tile's accumulators share their shuffles (four at a time), in the
+49.7). Small weights' tiles of several x rows also prefetch the next tile's weight rows
+into L1 as they go: in a model such weights come from L3 or DRAM (all-MiniLM-L6-v2's 42 MB
+do not stay in the 32 MB L3), which the first pass of a block over its rows otherwise waits
+on. ``probe/steps.py`` / ``steps2.py`` (not kept: chains of 50 384x384 linears, 29 MB, and
+of 16 alternating 384x1536 / 1536x384, 38 MB; µs per linear): 384x384 at M = 16 32.6 -> 19.6;
+2.4 MB at M = 4 58.1 -> 32.4 and M = 16 105.7 -> 87.8; at M = 1 it lost (41.5 -> 48.4), so
+single-row tiles do not prefetch, and large weights (f32_gemv_cpu.py) measured no gain. The sums of a tile's accumulators share their shuffles (four at a time), in the
 order of ``_mm512_reduce_add_ps``, so a result still does not depend on the tile.
 
 Kernel ABI (c.py): ``p`` = x [M, K], the weight constant [N, K] itself (the graph's Value
@@ -92,19 +99,21 @@ class GemvConfig:
     per tile (more rows run as further tiles over the same weight rows, then in L1 / L2);
     ``runs``: runs of blocks per thread (scheduled dynamically, so that a thread whose core
     another process holds does less); ``acc``: zmm accumulators per tile at most;
+    ``prefetch``: tiles of several x rows ask for the next tile's weight rows as they go;
     ``vec=False`` renders the portable scalar loop only (tests); ``small``: (weight bytes at
-    most, rows, mr, acc) for weights that small, which run at more rows from cache (module
-    docstring), or None."""
+    most, rows, mr, acc, prefetch) for weights that small, which run at more rows from cache
+    (module docstring), or None."""
 
     max_m: int = 4
     rows: int = 8
     mr: int = 4
     runs: int = 4
     acc: int = 16
+    prefetch: bool = False
     vec: bool = True
     # (weight bytes at most, rows): smaller weights take the kernel to more rows (module doc)
     tiers: tuple[tuple[int, int], ...] = ((1 << 20, 32), (3 << 20, 16), (8 << 20, 8))
-    small: tuple[int, int, int, int] | None = None
+    small: tuple[int, int, int, int, bool] | None = None
 
     def __post_init__(self) -> None:
         for f in ("rows", "mr", "runs", "acc"):
@@ -136,13 +145,13 @@ class GemvConfig:
         where the weight is that small, else this one."""
         if self.small is None or 4 * n * k > self.small[0]:
             return self
-        _, rows, mr, acc = self.small
-        return replace(self, rows=rows, mr=mr, acc=acc, small=None)
+        _, rows, mr, acc, prefetch = self.small
+        return replace(self, rows=rows, mr=mr, acc=acc, prefetch=prefetch, small=None)
 
 
 # Weights up to 3 MB (BERT-size linears, in cache from call to call) take 8 x rows x 3
 # weight rows per tile: 1.1-1.6x faster than 4 x 4 at M = 4..32 (module docstring).
-GEMV = GemvConfig(small=(3 << 20, 12, 8, 24))
+GEMV = GemvConfig(small=(3 << 20, 12, 8, 24, True))
 
 
 def gemv_supported(k: Kernel, cfg: GemvConfig | None = None) -> bool:
@@ -219,7 +228,7 @@ def linear_args(k: Kernel) -> tuple[list, list[str], Value | None]:
     return args, decl, other
 
 
-def _tile_vec(r: int, c: int, K: int) -> list[str]:
+def _tile_vec(r: int, c: int, K: int, prefetch: bool = False) -> list[str]:
     """AVX-512 tile ``sf_gv{r}_{c}``: ``r`` rows of x (row stride ``K``) times ``c`` rows of
     the weight (row-major [N, K]: rows ``w``, ``w + K``, ...) into ``ct[i * c + j]``. One zmm
     accumulator per (x row, weight row), FMAs over K in steps of 16 (the x vectors loaded
@@ -236,6 +245,10 @@ def _tile_vec(r: int, c: int, K: int) -> list[str]:
     def step(k: str, mask: str | None) -> list[str]:
         ld = (lambda e: f"_mm512_maskz_loadu_ps({mask}, {e})") if mask else (lambda e: f"_mm512_loadu_ps({e})")
         s = [f"    const __m512 x{i} = {ld(f'x + {i * K} + {k}')};" for i in range(r)]
+        if prefetch and r > 1 and mask is None:
+            # the next tile's weight rows, at this step's columns: one line each per step
+            # (past the weight's end for the last tile: a prefetch never faults)
+            s += [f"    _mm_prefetch((const char *)(w + {(c + j) * K} + {k}), _MM_HINT_T0);" for j in range(c)]
         for j in range(c):
             s.append(f"    {{ const __m512 wv = {ld(f'w + {j * K} + {k}')};")
             s += [f"      {acc[i][j]} = _mm512_fmadd_ps(x{i}, wv, {acc[i][j]});" for i in range(r)]
@@ -391,7 +404,7 @@ def render_gemv(k: Kernel, cfg: GemvConfig | None = None) -> CKernel:
     tiles = sorted({(r, cfg.width(r)) for r in range(1, mr + 1)} | {(r, 1) for r in range(1, mr + 1)})
     head += HSUM
     for r, c in tiles:
-        head += _tile_vec(r, c, K)
+        head += _tile_vec(r, c, K, cfg.prefetch)
     head += ["#else", "#define SF_GEMV_VEC 0", *_tile_scalar(K), "#endif"]
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
 from typing import Iterator
 
 import pytest
@@ -278,12 +279,18 @@ def test_blocking_by_weight_size() -> None:
     ones 4 x 4 (blocks of 8); an explicit config without ``small`` keeps its own blocking."""
     cfg = c_f32gemv.GEMV
     s = cfg.for_weight(1536, 384)                      # 2.4 MB
-    assert (s.rows, s.mr, s.acc, s.small) == (12, 8, 24, None) and s.limit(1536, 384) == cfg.limit(1536, 384)
+    assert (s.rows, s.mr, s.acc, s.prefetch, s.small) == (12, 8, 24, True, None)
+    assert s.limit(1536, 384) == cfg.limit(1536, 384)
     assert cfg.for_weight(1024, 1024) is cfg            # 4 MB
     assert GemvConfig().for_weight(8, 8) == GemvConfig()
     small = render_gemv(partition(lin_graph(64, 48), cgen.CAPS).kernels[0]).source
     large = render_gemv(partition(lin_graph(1024, 1024), cgen.CAPS).kernels[0]).source
     assert "sf_gv8_3(" in small and "sf_gv4_4(" not in small
     assert "sf_gv4_4(" in large and "sf_gv8_3(" not in large
+    # several-row tiles of small weights prefetch the next tile's rows; one-row tiles and
+    # large weights do not
+    tiles = {m.group(1): m.group(0) for m in re.finditer(r"static inline void (sf_gv\d+_\d+)\(.*?\n}", small, re.S)}
+    assert "_mm_prefetch" in tiles["sf_gv8_3"] and "_mm_prefetch" not in tiles["sf_gv1_12"]
+    assert "_mm_prefetch" not in large
     with pytest.raises(ValueError, match="acc"):
         GemvConfig(acc=29)
