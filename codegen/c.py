@@ -35,7 +35,6 @@ REFERENCE_OPS: dict[str, str] = {
     "argmin": "index reductions are rare in inference graphs",
     "cumsum": "scan; rare in inference graphs",
     "cumprod": "scan; rare in inference graphs",
-    "concat": "a copy; torch.cat",
     "split": "a copy; torch.split",
     "slice": "negative steps, a copy by torch indexing (positive ones are strided views)",
     "transpose": "a strided copy; torch.permute().contiguous()",
@@ -478,6 +477,9 @@ LINEAR_EPILOGUE = frozenset({"gelu", "relu", "silu", "sigmoid", "tanh", "add"})
 
 
 def _template_ok(n: Node) -> bool:
+    if n.op == "concat":
+        from .c_concat import concat_supported
+        return concat_supported(n)
     from .c_qgemm import qlinear_supported
     from .c_w4 import w4_supported
     return qlinear_supported(n) or w4_supported(n)
@@ -486,7 +488,7 @@ def _template_ok(n: Node) -> bool:
 CAPS = Caps(elementwise=frozenset(C_EXPR), row=ROW_OPS, node_ok=c_node_ok, row_ok=row_renderable,
             library_epilogue={"linear": LINEAR_EPILOGUE, "conv": CONV_EPILOGUE},
             library_chain={"conv": CONV_CHAIN}, pointwise=frozenset({"quantize"}),
-            template=frozenset({"qlinear"}), template_ok=_template_ok)
+            template=frozenset({"qlinear", "concat"}), template_ok=_template_ok)
 
 
 def render(schedule: Schedule) -> list[CKernel]:
@@ -498,6 +500,10 @@ def render(schedule: Schedule) -> list[CKernel]:
     own weight there (read in place, no copy)."""
     out = []
     for k in schedule.kernels:
+        if k.kind == "template" and k.nodes[0].op == "concat":
+            from .c_concat import render_concat
+            out.append(render_concat(k))
+            continue
         if k.kind == "template":
             from .c_qgemm import qlinear_supported, render_qlinear
             from .c_w4 import render_w4
@@ -536,6 +542,8 @@ def op_coverage() -> dict[str, str]:
     for name, od in all_ops().items():
         if name in EXPR and od.elementwise:
             cov[name] = "c"
+        elif name == "concat":
+            cov[name] = "template"
         elif name in ("quantize", "qlinear", "slice"):
             kind = {"quantize": "c", "qlinear": "template", "slice": "view"}[name]
             cov[name] = f"{kind} (partly; reference: {REFERENCE_OPS[name]})"

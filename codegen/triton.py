@@ -46,7 +46,7 @@ from .triton_wq import REASON as WQ_REASON, render_wq, wq_supported
 _QUANT = "Triton kernels land with the quantisation issues; torch reference on the device"
 REFERENCE_OPS: dict[str, str] = {**C_REFERENCE_OPS, "quantize": "blocked / other-axis / f64 / float-code "
                                  "quantize; per-tensor and last-axis forms fuse into kernels",
-                                 "dequantize": _QUANT,
+                                 "dequantize": _QUANT, "concat": "a copy; torch.cat on the device",
                                  "qlinear": QGEMM_REASON + "; " + W4_REASON + "; " + WQ_REASON}
 
 ROW_MAX = 8192      # longest row held in one block; longer rows loop over ROW_CHUNK chunks
