@@ -4,7 +4,10 @@ The C target ran ``sdpa`` as a ``library`` kernel: torch's CPU attention, which 
 shapes of small encoders leaves most of the FMA units idle (ViT-tiny's 3 heads of 197 tokens:
 220-280 µs a call for 30 MFLOP). This module renders, for such a kernel, a C alternative that
 the executor runs instead (runtime/alternatives.py ``compiled_alt``) at bindings of at least
-``MIN_ROWS`` query rows: below, most of a tile's rows would be padding.
+``MIN_ROWS`` rows per k head (query rows times the q heads sharing it): below, most of a
+tile's rows would be padding. With GQA the q heads of one k head are consecutive, so their
+rows are one contiguous block that tiles run over: a decoding step of a GQA model (one query
+row, 8 q heads per k head in Llama-style models) fills tiles as a prompt's rows do.
 
 Scope (``sdpa_supported``): q [B, Hq, L, D] or [Hq, L, D], k [.., Hk, S, D], v [.., Hk, S, Dv],
 all f32, D and Dv static; an optional mask of q's rank or less, bool (True = attend) or f32
@@ -12,7 +15,7 @@ all f32, D and Dv static; an optional mask of q's rank or less, bool (True = att
 them. Rows with every key masked give zeros, and NaN probabilities become 0, as the op's
 reference does (``ir/ops/attention.py``).
 
-Loop: the threads share (batch, q head, group of ``GROUP`` tiles of ``MR`` query rows). A
+Loop: the threads share (batch, k head, group of ``GROUP`` tiles of ``MR`` rows). A
 thread packs the keys of the k head it works on into 32-key panels [D][32] (``sf_tr16`` for
 whole 16 x 16 blocks) when the head changes (a static schedule hands it consecutive tiles of
 one head). Per tile: the scores [MR, S] (two zmm accumulators per query row and 32 keys,
@@ -37,7 +40,8 @@ from .c_types import PRELUDE
 from .schedule import Kernel
 
 MR = 6          # query rows per tile
-# fewer query rows (a decoding step's one) keep torch's kernel: a tile would compute MR rows
+# fewer rows per k head (a decoding step without GQA) keep torch's kernel: a tile would
+# compute MR rows
 MIN_ROWS = 4
 GROUP = 1       # tiles per work item (finer: 3 heads x 33 tiles of ViT-tiny balance over 2 threads)
 PAR_FLOPS = 1 << 19
@@ -162,8 +166,11 @@ def render_sdpa(k: Kernel) -> CKernel:
         apply_mask = ""
     causal = "if (j > i) v = -INFINITY;" if a["causal"] else ""
     body = [
-        "  const int64_t G = HQ / HK, SP = (S + 31) / 32 * 32;",
-        f"  const int64_t TI = (L + {MR - 1}) / {MR}, NG = (TI + {GROUP - 1}) / {GROUP};",
+        # the G query heads of a k head are consecutive, so their G x L rows are one
+        # contiguous block of q (and of y): tiles run over it, a decoding step's G heads of
+        # one row each filling a tile as the L rows of one head do
+        "  const int64_t G = HQ / HK, SP = (S + 31) / 32 * 32, R = G * L;",
+        f"  const int64_t TI = (R + {MR - 1}) / {MR}, NG = (TI + {GROUP - 1}) / {GROUP};",
         f"  #pragma omp parallel if (B * HQ * L * S * {d + dv} > {PAR_FLOPS})",
         "  {",
         f"    float *kt = (float *)aligned_alloc(64, (size_t)(SP > 0 ? SP : 32) * {d} * 4);",
@@ -174,9 +181,9 @@ def render_sdpa(k: Kernel) -> CKernel:
         "    int64_t packed = -1;",
         "    #pragma omp for collapse(3) schedule(static)",
         "    for (int64_t b = 0; b < B; b++)",
-        "    for (int64_t h = 0; h < HQ; h++)",
+        "    for (int64_t hk = 0; hk < HK; hk++)",
         "    for (int64_t gi = 0; gi < NG; gi++) {",
-        "      const int64_t hk = h / G, key = b * HK + hk;",
+        "      const int64_t key = b * HK + hk, row0 = (b * HQ + hk * G) * L;",
         f"      const float *Kh = K + key * S * {d};",
         f"      const float *Vh = V + key * S * {dv};",
         "      if (key != packed) {",
@@ -195,13 +202,13 @@ def render_sdpa(k: Kernel) -> CKernel:
         "        packed = key;",
         "      }",
         f"      for (int64_t t = gi * {GROUP}; t < TI && t < (gi + 1) * {GROUP}; t++) {{",
-        f"        const int64_t i0 = t * {MR}, mr = L - i0 < {MR} ? L - i0 : {MR};",
+        f"        const int64_t i0 = t * {MR}, mr = R - i0 < {MR} ? R - i0 : {MR};",
         f"        const float *qr[{MR}];",
-        f"        for (int64_t r = 0; r < {MR}; r++) qr[r] = r < mr ? Q + ((b * HQ + h) * L + i0 + r) * {d} : zq;",
+        f"        for (int64_t r = 0; r < {MR}; r++) qr[r] = r < mr ? Q + (row0 + i0 + r) * {d} : zq;",
         "        for (int64_t j0 = 0; j0 < SP; j0 += 32)",
         f"          sf_qk(qr, kt + j0 * {d}, {scale!r}f, sc + j0, SP);",
         "        for (int64_t r = 0; r < mr; r++) {",
-        "          const int64_t i = i0 + r;",
+        "          const int64_t h = hk * G + (i0 + r) / L, i = (i0 + r) % L;",
         "          float *row = sc + r * SP;",
         *(["          const int64_t mo = b * mb + h * mh + i * mi;"] if mask is not None else []),
         "          float mx = -INFINITY;",
@@ -237,7 +244,7 @@ def render_sdpa(k: Kernel) -> CKernel:
         "#endif",
         "          for (int64_t r = 0; r < mr; r++)",
         "            for (int64_t c = 0; c < nv; c++)",
-        f"              Y[((b * HQ + h) * L + i0 + r) * {dv} + c0 + c] = ct[r * 32 + c];",
+        f"              Y[(row0 + i0 + r) * {dv} + c0 + c] = ct[r * 32 + c];",
         "        }",
         "      }",
         "    }",

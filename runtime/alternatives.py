@@ -33,7 +33,8 @@ def compiled_alt(k: Kernel, kernels: Mapping[str, Callable], params: Mapping[str
         return None
     if k.name in kernels:
         if k.nodes[0].op == "sdpa":       # below MIN_ROWS most of a tile's rows would be padding
-            rows = int(eval_dim(params[k.name][3], env))
+            hq, hk, L = (int(eval_dim(e, env)) for e in params[k.name][1:4])
+            rows = L * (hq // hk) if hk > 0 else L    # a tile takes the rows of a k head's q heads
             return k.name if rows >= SDPA_MIN_ROWS else None
         m, top = (int(eval_dim(e, env)) for e in params[k.name][:2])
         if m <= top:

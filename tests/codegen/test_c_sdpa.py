@@ -40,6 +40,11 @@ CASES = {
     "f32_ls": ("1,2,6,16", "1,2,17,16", "1,2,17,16", ("f32", (6, 17)), {}),
     "f32_causal_gqa": ("2,4,10,16", "2,2,10,16", "2,2,10,16", ("f32", (2, 1, 10, 10)), {"causal": True, "gqa": True}),
     "long_keys": ("1,1,8,64", "1,1,300,64", "1,1,300,64", None, {}),
+    # GQA: a k head's q heads share a tile, rows (head, query) in order, so a tile crosses
+    # heads (G = 3, L = 3: tiles of rows 0-5 and 6-8), the mask and causal limit per row
+    "gqa_rows_cross_heads": ("2,6,3,16", "2,2,5,16", "2,2,5,16", ("f32", (2, 6, 3, 5)), {"causal": True, "gqa": True}),
+    "gqa_decode": ("1,8,1,64", "1,2,33,64", "1,2,33,64", ("bool", (1, 1, 1, 33)), {"gqa": True}),
+    "gqa_decode_heads_mask": ("1,12,1,32", "1,3,70,32", "1,3,70,48", ("f32", (1, 12, 1, 70)), {"gqa": True}),
 }
 
 
@@ -107,12 +112,18 @@ def test_scope() -> None:
 
 
 def test_decode_rows_keep_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    # one query row (a decoding step) keeps torch's kernel; MIN_ROWS and more run the C one
+    # fewer than MIN_ROWS rows per k head (a decoding step without GQA) keep torch's kernel;
+    # MIN_ROWS and more run the C one, and a GQA decoding step's G heads count as G rows
     from linear_cases import count_library_calls
     calls = count_library_calls(monkeypatch)
-    g = _graph("1,8,L,32", "1,2,S,32", "1,2,S,32", gqa=True)
+    g = _graph("1,2,L,32", "1,2,S,32", "1,2,S,32")
     cm = build_c(g)
     for n_l, lib in ((1, 1), (c_sdpa.MIN_ROWS - 1, 2), (c_sdpa.MIN_ROWS, 2), (40, 2)):
-        xs = [torch.randn(1, 8, n_l, 32), torch.randn(1, 2, 50, 32), torch.randn(1, 2, 50, 32)]
+        xs = [torch.randn(1, 2, n_l, 32), torch.randn(1, 2, 50, 32), torch.randn(1, 2, 50, 32)]
         assert_close(cm(*xs), run(g, *xs)[0], rtol=1e-5, atol=1e-5)
         assert calls["lib"] == lib
+    g = _graph("1,8,L,32", "1,2,S,32", "1,2,S,32", gqa=True)      # G = 4 = MIN_ROWS
+    cm = build_c(g)
+    xs = [torch.randn(1, 8, 1, 32), torch.randn(1, 2, 50, 32), torch.randn(1, 2, 50, 32)]
+    assert_close(cm(*xs), run(g, *xs)[0], rtol=1e-5, atol=1e-5)
+    assert calls["lib"] == 2
