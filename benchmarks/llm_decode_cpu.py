@@ -30,6 +30,15 @@ fp32 runners against torch, int4 runners against scalefold int4 (max abs error /
 of the reference, over the logits and over the new KV). Then a per-kernel breakdown of the scalefold int4 decode step (the executor's
 steps timed one by one), compile times and the process peak RSS.
 
+Each round starts with a full garbage collection (``gc.collect()``). Compiling seven models
+leaves hundreds of thousands of new objects behind, and the first full collection after that
+walks every object of the process (torch, transformers and the models: 250-270 ms here).
+Without the explicit collection it landed inside whichever runner's timing reached the
+collector's thresholds first: one 266 ms pause in 8 tokens read as 39 ms per token. After
+one collection, 400 generated tokens of the int4 model (a new binding each) set off no
+further full collection (seventeenth session, ``probe/gcr.py``, not kept). An application
+does the same by calling ``gc.collect()`` (or ``gc.freeze()``) once after compiling.
+
 The machine this was written on has 2 cores shared with other jobs: OpenMP's spinning barriers
 then stall kernels for a scheduler tick, so ``OMP_WAIT_POLICY=PASSIVE`` is set (and
 onnxruntime's ``session.intra_op.allow_spinning`` is 0) unless ``--omp-spin`` is given.
@@ -44,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import json
 import os
 import resource
@@ -128,6 +138,7 @@ def time_rounds(fns: dict[str, Runner], rounds: int, iters: int) -> dict[str, li
     res: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
         for _ in range(rounds):
+            gc.collect()       # see the module docstring: compile-time garbage, not the runners'
             for nm, f in fns.items():
                 res[nm].append(median_ms(f, iters, warmup=2))
     return res
@@ -234,6 +245,7 @@ def generation(a: argparse.Namespace, dec: Any, cm32: Any, cm4: Any, cm4a: Any, 
     ms: dict[str, list[float]] = {k: [] for k in gens}
     toks: dict[str, list[int]] = {}
     for _ in range(a.rounds):
+        gc.collect()
         for nm, f in gens.items():
             t, toks[nm] = generate(f, dec_in[0], dec_in[1:], a.generate)
             ms[nm].append(t)
