@@ -15,7 +15,9 @@ Forms (``conv_form``), all on channels-last (NHWC) activations:
   tile of output pixels and panel of output channels, a sum over the kernel's taps of
   pointwise products; a tap's pixel that falls in the padding reads a row of zeros, so the
   inner loop has no branch;
-- ``dw``: depthwise (groups = input channels = output channels), ``codegen/c_conv_dw.py``.
+- ``dw``: depthwise (groups = input channels = output channels), ``codegen/c_conv_dw.py``;
+- ``stem``: one group over at most ``STEM_CI`` input channels (an RGB stem), reading x as it
+  comes, NCHW, 16 output pixels of a row to a zmm (``codegen/c_conv_stem.py``).
 
 ``pw`` and ``dense`` run the tile loop of ``codegen/c_tile.py`` (tiles of pixels x channels
 in groups; input channels in L1-sized chunks: a panel of a 3x3 convolution over 512 channels
@@ -25,13 +27,15 @@ chunks).
 Where oneDNN stays (``_library_faster``; measured on the 2-core Zen 5 in resnet18 / resnet50,
 ``probe/cmp.py``, not kept): kernels larger than 1x1 over 256 x 256 channels or more (3x3 at
 14 x 14 over 256 channels 0.8-0.9x, at 7 x 7 over 512 0.75x), and RGB stems of more than 20 M
-multiply-adds (7x7 over 224 x 224: 0.79x). Elsewhere the generated kernel ties or wins: 3x3
+multiply-adds (7x7 over 224 x 224: 0.79x in the ``dense`` form; the ``stem`` form took 858
+against oneDNN's 683 µs inside resnet50, seventeenth session). Elsewhere the generated kernel ties or wins: 3x3
 over 64-128 channels 0.95-1.05x (the FMA units' limit, ~460 GFLOP/s, for both), 1x1 ones
 1.1-1.9x, MobileNet-sized ones 1.5-3x.
 
 Weights (packed once at render time, ``CKernel.args``): ``pw`` / ``dense`` as panels
 [ceil(CO / NB)][KH][KW][CI][NB] (output channels innermost, the last panel padded with zero
-channels); ``dw`` as [KH * KW][ceil16(C)] (channels innermost, zero-padded). A batch norm in
+channels); ``dw`` as [KH * KW][ceil16(C)] (channels innermost, zero-padded); ``stem`` as
+[CI][KH][KW][ceil16(CO)]. A batch norm in
 the epilogue, with constant parameters, becomes a per-channel scale and shift [CO] computed
 as torch's inference kernel does (``gamma / sqrt(var + eps)``, ``beta - mean * scale``).
 
@@ -40,7 +44,7 @@ Epilogue: the sum plus the bias, then each epilogue node in order (batch norm, r
 own expressions (c_expr.py), so NaN and inf follow the IR's semantics. Accumulators go
 through a per-thread tile buffer and the epilogue runs as an ``omp simd`` loop over it.
 
-Kernel ABI (c.py): ``p`` = x (NHWC), the packed weight, [bias [CO]], [scale, shift [CO]],
+Kernel ABI (c.py): ``p`` = x (NHWC; NCHW for ``stem``), the packed weight, [bias [CO]], [scale, shift [CO]],
 [the add's other operand (NHWC)], y (NHWC); ``q`` = N, H, W, OH, OW, CI, CO, PH, PW (runtime
 integers, so one source serves every convolution with the same kernel size, strides and
 epilogue: a MobileNet's 1x1 convolutions share a handful of sources). A 1-D convolution runs
@@ -63,7 +67,8 @@ from .c import CKernel
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
 from .c_conv_dw import render_dw
-from .c_tile import ConvForm, render_gemm, tile_fn, tile_scalar
+from .c_conv_stem import STEM_CI, pack_stem, render_stem
+from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar
 from .schedule import Kernel
 
 STEM_MACS = 20_000_000   # few-input-channel convolutions above this many MACs stay on oneDNN
@@ -109,6 +114,8 @@ def conv_form(k: Kernel) -> ConvForm | None:
     if groups == 1 and cig == ci:
         if _library_faster(kh * kw, ci, co, node):
             return None
+        if ci <= STEM_CI:
+            return ConvForm("stem", kh, kw, sh, sw, dh, dw, 16, 16)
         nb = 32 if co > 16 else 16
         mr = 6 if nb == 32 else 8
         pw = kh == kw == 1 and sh == sw == 1 and all(p == 0 for pp in pd for p in pp)
@@ -184,6 +191,8 @@ def _bn_fold(bn: Node) -> tuple[torch.Tensor, torch.Tensor]:
 def pack_weight(w: torch.Tensor, f: ConvForm) -> torch.Tensor:
     """The packed weight of form ``f`` (layouts in the module doc) from the conv weight
     [CO, CI/g, (KH,) KW]."""
+    if f.kind == "stem":
+        return pack_stem(w)
     w = w.to(torch.float32)
     if w.dim() == 3:
         w = w.unsqueeze(2)
@@ -269,6 +278,9 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
     if f.kind == "dw":
         head += ["#else", "#define SF_CONV_VEC 0", "#endif"]
         body = render_dw(f, epi, other is not None)
+    elif f.kind == "stem":
+        head += [TRANSPOSE16, "#else", "#define SF_CONV_VEC 0", "#endif"]
+        body = render_stem(f, epi, other is not None)
     else:
         head += tile_fn(f) + ["#else", "#define SF_CONV_VEC 0"] + tile_scalar(f) + ["#endif"]
         body = render_gemm(f, epi, other is not None)

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import sympy
 
-from ..codegen.c_conv import residual_operand
+from ..codegen.c_conv import conv_form, residual_operand
 from ..codegen.c_f32gemm import SUFFIX as GEMM_SUFFIX
 from ..codegen.c_sdpa import MIN_ROWS as SDPA_MIN_ROWS
 from ..codegen.schedule import Kernel
@@ -55,7 +55,10 @@ def conv_kernel_step(k: Kernel, slot: Mapping[int, int], kernels: Mapping[str, C
     residual operand go in channels-last, the result comes out so."""
     node, last = k.nodes[0], k.nodes[-1]
     other = residual_operand(k)
-    acts = {slot[id(node.inputs[0])]} | ({slot[id(other)]} if other is not None else set())
+    form = conv_form(k)
+    # the stem form reads x as it comes, NCHW (codegen/c_conv_stem.py)
+    acts = ({slot[id(node.inputs[0])]} if form is None or form.kind != "stem" else set()) | \
+        ({slot[id(other)]} if other is not None else set())
     q = [int(eval_dim(e, env)) for e in params[k.name]]
     return conv_step(kernels[k.name], args[k.name], frozenset(acts), slot[id(last.outputs[0])],
                      last.outputs[0].type.concrete(env), q)

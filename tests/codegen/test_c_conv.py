@@ -21,16 +21,22 @@ VARIANTS = {
     "dense5_d2": (1, 1, 2, True, 5, 5, 33),
     "dense1_s2": (1, 2, 1, True, 1, 12, 20),    # 1x1 with a stride is not a GEMM over rows
     "pw": (1, 1, 1, True, 1, 24, 40),
-    "pw_narrow": (1, 1, 1, False, 1, 3, 7),
+    "pw_narrow": (1, 1, 1, False, 1, 5, 7),
     "pw_wide": (1, 1, 1, True, 1, 200, 20),     # input channels in two chunks
     "dw3": (24, 1, 1, True, 3, 24, 24),         # a partial 16-channel block
     "dw5_s2": (16, 2, 1, False, 5, 16, 16),
     "dw3_d2": (40, 1, 2, True, 3, 40, 40),
     "dw7": (20, 1, 1, True, 7, 20, 20),         # row-wise loop of larger kernels
+    "stem3_s2": (1, 2, 1, True, 3, 3, 16),      # NCHW input; stride 2: two loads and a permute
+    "stem7_s2": (1, 2, 1, False, 7, 3, 40),     # three 16-channel blocks, the last partial
+    "stem5_d2": (1, 1, 2, True, 5, 1, 20),      # stride 1: one masked load; dilation
+    "stem3_s3": (1, 3, 1, True, 3, 4, 17),      # stride 3: a gather
+    "stem1": (1, 1, 1, False, 1, 2, 9),         # a 1x1 over two channels
 }
 FORM = {"dense3": "dense", "dense3_s2": "dense", "dense5_d2": "dense", "dense1_s2": "dense",
         "pw": "pw", "pw_narrow": "pw", "pw_wide": "pw", "dw3": "dw", "dw5_s2": "dw", "dw3_d2": "dw",
-        "dw7": "dw"}
+        "dw7": "dw", "stem3_s2": "stem", "stem7_s2": "stem", "stem5_d2": "stem", "stem3_s3": "stem",
+        "stem1": "stem"}
 # the first again after others; 40 columns: the row-wise depthwise loop's interior steps
 SIZES = ((1, 9, 11), (3, 6, 5), (2, 1, 1), (1, 2, 3), (1, 3, 40), (2, 9, 11))
 
@@ -65,7 +71,7 @@ def _check(variant: str, epilogue: str) -> None:
 
 
 @pytest.mark.parametrize("epilogue", sorted(EPILOGUES))
-@pytest.mark.parametrize("variant", ["dense3", "pw", "dw3"])
+@pytest.mark.parametrize("variant", ["dense3", "pw", "dw3", "stem3_s2"])
 def test_every_epilogue_matches_interpreter(variant: str, epilogue: str) -> None:
     _check(variant, epilogue)
 
@@ -76,7 +82,7 @@ def test_every_form_matches_interpreter(variant: str, epilogue: str) -> None:
     _check(variant, epilogue)
 
 
-@pytest.mark.parametrize("variant", ["dense3", "pw", "dw5_s2"])
+@pytest.mark.parametrize("variant", ["dense3", "pw", "dw5_s2", "stem7_s2"])
 def test_portable_scalar_loops_match(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # the loops compiled where there is no AVX-512
     monkeypatch.setattr(c_conv, "CONV", c_conv.ConvConfig(vec=False))
@@ -89,7 +95,7 @@ def test_portable_scalar_loops_match(variant: str, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("epilogue", ["none", "relu", "add_relu", "bn_relu6", "hardsigmoid"])
-@pytest.mark.parametrize("variant", ["dense3", "pw", "dw3"])
+@pytest.mark.parametrize("variant", ["dense3", "pw", "dw3", "stem3_s2"])
 def test_nan_and_inf_follow_the_ir(variant: str, epilogue: str) -> None:
     g = conv_graph(epilogue, *VARIANTS[variant])
     cm = build_c(g)
@@ -104,16 +110,17 @@ def test_nan_and_inf_follow_the_ir(variant: str, epilogue: str) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
-def test_results_do_not_depend_on_the_thread_count() -> None:
-    g = conv_graph("bn_relu", 1, 1, 1, True, 3, ci=40, co=72)
+@pytest.mark.parametrize("ci", [40, 3])      # dense, stem
+def test_results_do_not_depend_on_the_thread_count(ci: int) -> None:
+    g = conv_graph("bn_relu", 1, 1, 1, True, 3, ci=ci, co=72)
     cm = build_c(g)
-    x = torch.randn(2, 40, 30, 30)
+    x = torch.randn(2, ci, 30, 30)
     one, two = at_threads(lambda: cm(x), 1), at_threads(lambda: cm(x), 2)
     assert torch.equal(one, two)
     assert_close(two, run(g, x)[0], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["dense3", "pw", "dw3"])
+@pytest.mark.parametrize("variant", ["dense3", "pw", "dw3", "stem5_d2"])
 def test_conv1d(variant: str) -> None:
     g = conv_graph("add_relu", *VARIANTS[variant], rank=3)
     assert c_conv.conv_form(_conv_kernel(g)) is not None
@@ -179,7 +186,8 @@ def test_forms_and_scope() -> None:
     assert form(16, 32, 3, const=False) is None
     # where oneDNN measured faster: wide 3x3 convolutions, an RGB stem on a large image
     assert form(256, 256, 3) is None and form(256, 256, 1).kind == "pw"
-    assert form(3, 64, 7, hw="224,224") is None and form(3, 16, 3, hw="32,32").kind == "dense"
+    assert form(3, 64, 7, hw="224,224") is None and form(3, 16, 3, hw="32,32").kind == "stem"
+    assert form(4, 16, 3).kind == "stem" and form(5, 16, 3).kind == "dense"
 
 
 def test_sources_are_deterministic_and_shared() -> None:
