@@ -495,9 +495,13 @@ def render(schedule: Schedule) -> list[CKernel]:
     """C source for every fused and template kernel of ``schedule`` (other kinds need no
     source), for the library kernels of float linears (c_f32gemv.py at bindings with few
     enough rows, c_f32gemm.py at the others), and for float convolutions and attention
-    (c_conv.py, c_sdpa.py: the executor runs them instead of torch). Template kernels
+    (c_conv.py, c_sdpa.py: the executor runs them instead of torch), and a channels-last
+    source for small fused kernels that may read a convolution's result (c_cl.py). Template kernels
     carry their prepacked constants in ``CKernel.args``; the alternatives name the graph's
     own weight there (read in place, no copy)."""
+    from ..runtime.layout import channels_last_values
+    from .c_cl import cl_form, render_cl
+    cl_values = channels_last_values(schedule)
     out = []
     for k in schedule.kernels:
         if k.kind == "template" and k.nodes[0].op == "concat":
@@ -530,6 +534,9 @@ def render(schedule: Schedule) -> list[CKernel]:
         em = _Emitter(k)
         src = em.render()
         out.append(CKernel(k, src, em.q.exprs))
+        # a second source on channels-last memory where a convolution's result may come in
+        if any(id(v) in cl_values for v in k.inputs) and cl_form(k) is not None:
+            out.append(render_cl(k))
     return out
 
 

@@ -13,10 +13,12 @@ from typing import Callable, Mapping, Sequence
 import sympy
 
 from ..codegen.c_conv import conv_form, residual_operand
+from ..codegen.c_cl import SUFFIX as CL_SUFFIX
 from ..codegen.c_f32gemm import SUFFIX as GEMM_SUFFIX
 from ..codegen.c_sdpa import MIN_ROWS as SDPA_MIN_ROWS
 from ..codegen.schedule import Kernel
 from ..ir.dim_eval import eval_dim
+from .ccl import cl_step
 from .cconv import conv_step
 
 Step = Callable[[list], None]
@@ -62,3 +64,14 @@ def conv_kernel_step(k: Kernel, slot: Mapping[int, int], kernels: Mapping[str, C
     q = [int(eval_dim(e, env)) for e in params[k.name]]
     return conv_step(kernels[k.name], args[k.name], frozenset(acts), slot[id(last.outputs[0])],
                      last.outputs[0].type.concrete(env), q)
+
+
+def cl_alternative(k: Kernel, kernels: Mapping[str, Callable], params: Mapping[str, Sequence[sympy.Expr]],
+                   slot: Mapping[int, int], env: Mapping[sympy.Symbol, int]) -> Callable[[list], bool] | None:
+    """The step of fused kernel ``k``'s channels-last alternative (codegen/c_cl.py), if it has
+    one: it runs when the inputs arrive channels-last and reports whether it did."""
+    name = k.name + CL_SUFFIX
+    if name not in kernels:
+        return None
+    q = [int(eval_dim(e, env)) for e in params[name]]
+    return cl_step(kernels[name], k, slot, k.outputs[0].type.concrete(env), q)

@@ -42,7 +42,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .binding import Bound, KStep, Step, Typed, contiguous_strides, kernel_symbols
-from .alternatives import alt_params, compiled_alt, conv_kernel_step
+from .alternatives import alt_params, cl_alternative, compiled_alt, conv_kernel_step
 from .interp import bind_symbols, check_shape, declared_shapes
 from .layout import channels_last_values, is_channels_last, slice_index, torch_kernel
 from .library import library_fn, qlinear_fallback
@@ -271,10 +271,12 @@ class Executor:
             ptrs = (ctypes.c_void_p * len(order))()
             qarr = (ctypes.c_int64 * max(len(q), 1))(*q)
             alt = torch_kernel(k, slot, env, self._cl_values) if self.device.type == "cpu" else None
+            cl = cl_alternative(k, self.kernels, self.params, slot, env) if alt is not None else None
 
             def run_fused(vals: list) -> None:
                 if alt is not None and any(is_channels_last(vals[s]) for s in ins):
-                    alt(vals)
+                    if cl is None or not cl(vals):
+                        alt(vals)
                     return
                 for i, s in enumerate(order):
                     t = vals[s]

@@ -7,7 +7,9 @@ NCHW, and the next convolution would copy the kernel's NCHW result back: two pas
 tensor, each about ten times the cost of the elementwise work itself (a squeeze-excite's
 ``mul``, its ``reduce_mean``, a residual ``add``). torch's own elementwise ops and reductions
 take channels-last tensors as they are and keep the layout, so a small fused kernel runs its
-nodes' reference implementations (exact IR semantics) whenever an input comes in that way.
+nodes' reference implementations (exact IR semantics) whenever an input comes in that way,
+unless it has a generated channels-last alternative (``codegen/c_cl.py``: the spatial mean
+and elementwise chains with per-channel operands, run by ``runtime/ccl.py``).
 """
 from __future__ import annotations
 

@@ -1,0 +1,62 @@
+"""Runs the channels-last alternative of a fused kernel (``codegen/c_cl.py``) on the
+executor's values, when its inputs arrive channels-last.
+
+The step reads each full-size input in NHWC memory as it is, the per-channel and
+single-element inputs contiguous, and writes the result into the buffer the executor planned
+for it, seen channels-last (a ``mean`` result [N, C, 1, 1] is the same either way). It
+reports False, leaving the kernel to the torch ops of ``runtime/layout.torch_kernel``, when a
+full-size input is not channels-last (a mix of layouts)."""
+from __future__ import annotations
+
+import ctypes
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from ..codegen.c_cl import cl_form, operand_kind
+from ..codegen.schedule import Kernel
+from .cconv import _nhwc_strides, _out
+
+
+def _nhwc(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def cl_step(fn: Callable, k: Kernel, slot: Mapping[int, int], out_shape: Sequence[int],
+            q: Sequence[int]) -> Callable[[list], bool]:
+    """A step calling channels-last kernel ``fn`` of fused kernel ``k`` (ABI: c_cl.py) with
+    output shape ``out_shape`` and runtime integers ``q``; it returns whether it ran."""
+    form = cl_form(k)
+    out = k.outputs[0]
+    ins = [slot[id(v)] for v in k.inputs]
+    full = [form == "mean" or operand_kind(v, out) == "full" for v in k.inputs]
+    dst = slot[id(out)]
+    ptrs = (ctypes.c_void_p * (len(ins) + 1))()
+    qarr = (ctypes.c_int64 * len(q))(*q)
+    shape = tuple(int(d) for d in out_shape)
+    numel = 1
+    for d in shape:
+        numel *= d
+    strides = _nhwc_strides(shape) if form == "ew" else None
+
+    def run(vals: list) -> bool:
+        keep = []
+        for i, (s, f) in enumerate(zip(ins, full)):
+            t = vals[s]
+            if f:
+                if not _nhwc(t):
+                    return False
+            elif not t.is_contiguous():
+                t = t.contiguous()
+                keep.append(t)
+            ptrs[i] = t.data_ptr()
+        y = vals[dst]
+        if strides is not None:
+            y = _out(y, shape, strides, numel)
+        elif y is None or not y.is_contiguous() or y.numel() != numel:
+            y = torch.empty(shape, dtype=torch.float32)
+        ptrs[len(ins)] = y.data_ptr()
+        fn(ptrs, qarr)
+        vals[dst] = y
+        return True
+    return run

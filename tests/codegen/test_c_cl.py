@@ -1,0 +1,126 @@
+"""Small fused kernels on channels-last activations (codegen/c_cl.py, runtime/ccl.py): the
+squeeze-excite mean and scale, residual adds and broadcasts read a convolution's NHWC result
+as it is, match torch, run (not the torch ops) when the inputs are channels-last, and give
+way to the torch ops when layouts mix."""
+from __future__ import annotations
+
+import pytest
+import torch
+from harness import assert_close, at_threads
+
+import scalefold as sf
+from scalefold.codegen import c as cgen
+from scalefold.codegen.c_cl import cl_form
+from scalefold.codegen.schedule import partition
+from scalefold.ir import Graph
+from scalefold.runtime import alternatives
+
+
+class SE(torch.nn.Module):
+    """conv -> relu -> squeeze-excite (mean, two 1x1 convs, sigmoid, scale) -> a 1x1 conv plus
+    the scaled tensor times a constant."""
+
+    def __init__(self, keepdim: bool = True) -> None:
+        super().__init__()
+        self.c = torch.nn.Conv2d(16, 40, 3, padding=1)
+        self.f1, self.f2 = torch.nn.Conv2d(40, 8, 1), torch.nn.Conv2d(8, 40, 1)
+        self.c2 = torch.nn.Conv2d(40, 40, 1)
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.c(x))
+        m = y.mean((2, 3), keepdim=self.keepdim)
+        if not self.keepdim:
+            m = m[:, :, None, None]
+        z = y * torch.sigmoid(self.f2(torch.relu(self.f1(m))))
+        return self.c2(z) + z * 0.5
+
+
+def _count_cl(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    counts = {"ran": 0, "declined": 0}
+    real = alternatives.cl_step
+
+    def counting(*a):  # type: ignore[no-untyped-def]
+        step = real(*a)
+
+        def run(vals):  # type: ignore[no-untyped-def]
+            ok = step(vals)
+            counts["ran" if ok else "declined"] += 1
+            return ok
+        return run
+    monkeypatch.setattr(alternatives, "cl_step", counting)
+    return counts
+
+
+@pytest.mark.parametrize("keepdim", [True, False])
+@pytest.mark.parametrize("shape", [(1, 16, 9, 11), (3, 16, 5, 1), (2, 16, 40, 33)])
+def test_squeeze_excite_matches_torch(shape: tuple[int, ...], keepdim: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    counts = _count_cl(monkeypatch)
+    torch.manual_seed(0)
+    m = SE(keepdim).eval()
+    x = torch.randn(*shape)
+    cm = sf.compile(m, (x,), target="c")
+    assert sum(name.endswith("_cl") for name in cm.sources) >= 3
+    with torch.no_grad():
+        want = m(x)
+    assert_close(cm(x), want, rtol=1e-5, atol=1e-5)
+    assert counts["ran"] >= 3 and counts["declined"] == 0
+
+
+def test_threads_equal() -> None:
+    torch.manual_seed(1)
+    m = SE().eval()
+    x = torch.randn(2, 16, 64, 48)        # above the kernels' one-thread limit
+    cm = sf.compile(m, (x,), target="c")
+    one, two = at_threads(lambda: cm(x), 1), at_threads(lambda: cm(x), 2)
+    assert torch.equal(one, two)
+
+
+def test_nan_and_inf() -> None:
+    """A NaN pixel makes its channel's mean NaN and so every scaled pixel of that channel;
+    inf in the mean stays inf."""
+    g = Graph("m")
+    x = g.add_input("f32[1,8,4,4]", "x")
+    w = g.add_const(torch.ones(8, 1, 1, 1))
+    y = g.add("conv", [x, w], {"groups": 8})                      # identity, channels-last result
+    mean = g.add("reduce_mean", [y], {"axes": (2, 3), "keepdims": True})
+    g.set_outputs([g.add("mul", [y, mean])])
+    cm = sf.api.build_c(g)
+    assert any(k.endswith("_cl") for k in cm.sources)
+    xv = torch.randn(1, 8, 4, 4)
+    xv[0, 2, 1, 1] = float("nan")
+    xv[0, 5, 0, 0] = float("inf")
+    got = cm(xv)
+    want = xv * xv.mean((2, 3), keepdim=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert got[0, 2].isnan().all() and got[0, 5, 0, 0] == float("inf")
+
+
+def test_mixed_layouts_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A residual add of a convolution's channels-last result and the NCHW graph input: the
+    channels-last kernel declines, the torch ops run, the result is right."""
+    counts = _count_cl(monkeypatch)
+    g = Graph("r")
+    x = g.add_input("f32[2,8,5,6]", "x")
+    y = g.add("conv", [x, g.add_const(torch.randn(8, 8, 3, 3))], {"padding": (1,)})
+    g.set_outputs([g.add("add", [g.add("relu", [y]), x])])
+    cm = sf.api.build_c(g)
+    xv = torch.randn(2, 8, 5, 6)
+    want = torch.relu(torch.nn.functional.conv2d(xv, g.constants()[0].const, padding=1)) + xv
+    assert_close(cm(xv), want, rtol=1e-5, atol=1e-5)
+    assert counts["declined"] >= 1
+
+
+def test_scope() -> None:
+    def kern(op: str, attrs: dict, shape: str = "1,8,4,4", dtype: str = "f32"):
+        g = Graph("s")
+        x = g.add_input(f"{dtype}[{shape}]", "x")
+        g.set_outputs([g.add(op, [x], attrs)])
+        return partition(g, cgen.CAPS).kernels[0]     # a reference kernel where not fused
+    assert cl_form(kern("reduce_mean", {"axes": (2, 3), "keepdims": True})) == "mean"
+    assert cl_form(kern("reduce_mean", {"axes": (-1, -2), "keepdims": False})) == "mean"
+    assert cl_form(kern("reduce_mean", {"axes": (1,), "keepdims": True})) is None
+    assert cl_form(kern("reduce_mean", {"axes": (1, 2), "keepdims": True}, shape="8,4,4")) is None
+    assert cl_form(kern("relu", {})) == "ew"
+    assert cl_form(kern("relu", {}, dtype="f16")) is None
+    assert cl_form(kern("relu", {}, shape="8,4,4")) is None
