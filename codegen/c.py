@@ -501,11 +501,11 @@ def render(schedule: Schedule) -> list[CKernel]:
     own weight there (read in place, no copy)."""
     from ..runtime.layout import channels_last_values
     from .c_cl import cl_form, render_cl
+    from .c_concat import render_concat
     cl_values = channels_last_values(schedule)
     out = []
     for k in schedule.kernels:
         if k.kind == "template" and k.nodes[0].op == "concat":
-            from .c_concat import render_concat
             out.append(render_concat(k))
             continue
         if k.kind == "template":

@@ -61,8 +61,9 @@ do not stay in the 32 MB L3), which the first pass of a block over its rows othe
 on. ``probe/steps.py`` / ``steps2.py`` (not kept: chains of 50 384x384 linears, 29 MB, and
 of 16 alternating 384x1536 / 1536x384, 38 MB; µs per linear): 384x384 at M = 16 32.6 -> 19.6;
 2.4 MB at M = 4 58.1 -> 32.4 and M = 16 105.7 -> 87.8; at M = 1 it lost (41.5 -> 48.4), so
-single-row tiles do not prefetch, and large weights (f32_gemv_cpu.py) measured no gain. The sums of a tile's accumulators share their shuffles (four at a time), in the
-order of ``_mm512_reduce_add_ps``, so a result still does not depend on the tile.
+single-row tiles do not prefetch, and large weights (f32_gemv_cpu.py) measured no gain.
+The sums of a tile's accumulators share their shuffles (four at a time), in the order of
+``_mm512_reduce_add_ps``, so a result still does not depend on the tile.
 
 Kernel ABI (c.py): ``p`` = x [M, K], the weight constant [N, K] itself (the graph's Value
 in ``CKernel.args``, so the executor passes the tensor it holds anyway), [bias [N]], [the
@@ -150,7 +151,7 @@ class GemvConfig:
 
 
 # Weights up to 3 MB (BERT-size linears, in cache from call to call) take 8 x rows x 3
-# weight rows per tile: 1.1-1.6x faster than 4 x 4 at M = 4..32 (module docstring).
+# weight rows per tile, prefetching: 1.05-1.6x faster than 4 x 4 at M = 4..32 (module docstring).
 GEMV = GemvConfig(small=(3 << 20, 12, 8, 24, True))
 
 
