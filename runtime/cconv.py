@@ -56,19 +56,42 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
     for d in shape:
         numel *= d
 
+    # Most values are the same tensor objects at every call of a binding (the arena's views,
+    # the constants, the channels-last view this step made of its buffer last time): their
+    # pointers and that view are kept, which saves a few torch calls per step (``seen``: the
+    # object each argument slot held last call where its own memory was passed; ``out``:
+    # the buffer and its channels-last view). A fresh buffer (a graph output) or a value that
+    # needed a copy is redone at every call.
+    seen: list = [None] * len(order)
+    out: list = [None, None]
+
     def run(vals: list) -> None:
-        y = _out(vals[out_slot], shape, strides, numel)
+        buf = vals[out_slot]
+        if buf is None or buf is not out[0]:
+            y = _out(buf, shape, strides, numel)
+            out[0], out[1] = buf, y
+        else:
+            y = out[1]
         keep = []   # channels-last copies must outlive the call
         for i, s in enumerate(order):
             if s == out_slot:
                 ptrs[i] = y.data_ptr()
                 continue
             t = vals[s]
+            if t is seen[i]:
+                continue
+            seen[i] = None
             if s in activations:
-                t = _nhwc(t)
-                keep.append(t)
+                c = _nhwc(t)
+                if c is not t:
+                    keep.append(c)
+                    ptrs[i] = c.data_ptr()
+                    continue
             elif not t.is_contiguous():
                 t = vals[s] = t.contiguous()
+                ptrs[i] = t.data_ptr()
+                continue
+            seen[i] = t
             ptrs[i] = t.data_ptr()
         fn(ptrs, qarr)
         vals[out_slot] = y

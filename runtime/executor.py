@@ -26,7 +26,6 @@ host) keeps running step by step.
 """
 from __future__ import annotations
 
-import ctypes
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
@@ -43,6 +42,7 @@ from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .binding import Bound, KStep, Step, Typed, contiguous_strides, kernel_symbols
 from .alternatives import alt_params, cl_alternative, compiled_alt, conv_kernel_step
+from .cstep import c_step
 from .interp import bind_symbols, check_shape, declared_shapes
 from .layout import channels_last_values, is_channels_last, slice_index, torch_kernel
 from .library import library_fn, qlinear_fallback
@@ -268,23 +268,9 @@ class Executor:
                         ts.append(t)
                     launch(ts)
                 return run_launch
-            ptrs = (ctypes.c_void_p * len(order))()
-            qarr = (ctypes.c_int64 * max(len(q), 1))(*q)
             alt = torch_kernel(k, slot, env, self._cl_values) if self.device.type == "cpu" else None
             cl = cl_alternative(k, self.kernels, self.params, slot, env) if alt is not None else None
-
-            def run_fused(vals: list) -> None:
-                if alt is not None and any(is_channels_last(vals[s]) for s in ins):
-                    if cl is None or not cl(vals):
-                        alt(vals)
-                    return
-                for i, s in enumerate(order):
-                    t = vals[s]
-                    if not t.is_contiguous():  # a transposed view from an earlier step
-                        t = vals[s] = t.contiguous()
-                    ptrs[i] = t.data_ptr()
-                fn(ptrs, qarr)
-            return run_fused
+            return c_step(fn, order, ins, q, alt, cl)
         node = k.nodes[0]
         ins = [slot[id(v)] if v is not None else -1 for v in node.inputs]
         out_slots = [slot[id(o)] for o in node.outputs]

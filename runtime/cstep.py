@@ -1,0 +1,52 @@
+"""The step of a generated C kernel (fused or template) on the executor's values.
+
+Pointers go to the kernel as they are for contiguous tensors; a strided view from an
+earlier step (a transpose) is copied first. Where a CPU convolution's channels-last result
+comes in, the step runs the kernel's channels-last alternative (``runtime/ccl.py``) or its
+nodes as torch ops (``runtime/layout.torch_kernel``) instead.
+
+At every call of a binding most arguments are the same tensor objects (the arena's views,
+the constants, an earlier step's cached view). When all of them are the ones of the last
+call that ran the kernel on their own memory, the pointers of that call still hold and the
+step calls the kernel at once: no layout test, no ``is_contiguous`` or ``data_ptr`` per
+argument (a few µs per step over the ~100 steps of a small network).
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Callable, Sequence
+
+from .layout import is_channels_last
+
+Step = Callable[[list], None]
+
+
+def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[int],
+           alt: Step | None, cl: Callable[[list], bool] | None) -> Step:
+    """A step calling kernel ``fn`` with the values in slots ``order`` and runtime integers
+    ``q``; ``alt`` (torch ops) and ``cl`` (the channels-last kernel, which may decline) run
+    instead when an input among ``ins`` is channels-last."""
+    ptrs = (ctypes.c_void_p * len(order))()
+    qarr = (ctypes.c_int64 * max(len(q), 1))(*q)
+    seen: list = [None] * len(order)
+    valid = [False]        # whether ``seen`` and ``ptrs`` are those of the last C call
+
+    def run(vals: list) -> None:
+        if valid[0] and all(vals[s] is t for s, t in zip(order, seen)):
+            fn(ptrs, qarr)
+            return
+        valid[0] = False
+        if alt is not None and any(is_channels_last(vals[s]) for s in ins):
+            if cl is None or not cl(vals):
+                alt(vals)
+            return
+        for i, s in enumerate(order):
+            t = vals[s]
+            if not t.is_contiguous():  # a transposed view from an earlier step
+                # the copy is a new object, which the next call's values never hold
+                t = vals[s] = t.contiguous()
+            seen[i] = t
+            ptrs[i] = t.data_ptr()
+        fn(ptrs, qarr)
+        valid[0] = True
+    return run

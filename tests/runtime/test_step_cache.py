@@ -1,0 +1,87 @@
+"""The steps of generated kernels keep the pointers of the last call while their arguments
+are the same tensor objects (runtime/cstep.py, runtime/cconv.py), and redo them whenever an
+argument changes or needed a copy: new contents in the same object are read, a strided
+argument is copied again at every call."""
+from __future__ import annotations
+
+import torch
+
+import scalefold as sf
+from scalefold.ir import Graph
+from scalefold.runtime.cstep import c_step
+
+
+def test_c_step_reuses_pointers_only_for_the_same_objects() -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def fn(ptrs, q):  # type: ignore[no-untyped-def]
+        calls.append(tuple(ptrs))
+    a, b = torch.zeros(4), torch.zeros(4)
+    step = c_step(fn, [0, 1], [0], [], None, None)
+    vals = [a, b]
+    step(vals)
+    step(vals)
+    assert calls[0] == calls[1] == (a.data_ptr(), b.data_ptr())
+    c = torch.zeros(4)
+    vals[0] = c
+    step(vals)
+    assert calls[2] == (c.data_ptr(), b.data_ptr())
+    t = torch.zeros(3, 2).t()                      # a strided view: copied at every call
+    vals[0] = t
+    step(vals)
+    first_copy = vals[0]
+    assert first_copy is not t and first_copy.is_contiguous() and calls[3][0] == first_copy.data_ptr()
+    vals[0] = t
+    step(vals)
+    assert vals[0] is not t and vals[0] is not first_copy
+
+
+def test_same_objects_new_contents_are_read() -> None:
+    """A chain of convolutions (cached channels-last views between them) and fused kernels,
+    called with one input tensor whose contents change in place: every result follows."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.Hardswish(),
+                            torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16), torch.nn.ReLU(),
+                            torch.nn.Conv2d(16, 24, 1), torch.nn.Flatten(), torch.nn.Linear(24 * 8 * 8, 10)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    cm = sf.compile(m, (x,), target="c")
+    for _ in range(3):
+        x.copy_(torch.randn(1, 3, 16, 16))
+        with torch.no_grad():
+            want = m(x)
+        torch.testing.assert_close(cm(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_kernel_on_a_transposed_view_each_call() -> None:
+    g = Graph("t")
+    x = g.add_input("f32[5,7]", "x")
+    y = g.add("transpose", [x], {"perm": [1, 0]})
+    g.set_outputs([g.add("mul", [g.add("exp", [y]), y])])
+    cm = sf.api.build_c(g)
+    for _ in range(3):
+        xv = torch.randn(5, 7)
+        torch.testing.assert_close(cm(xv), torch.exp(xv.t()) * xv.t())
+
+
+class _AffineConv(torch.nn.Module):
+    """x * 2 + 1 (a fused kernel writing NCHW into the arena, the same buffer object at every
+    call) into a convolution that needs it channels-last: a copy at every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = torch.nn.Conv2d(8, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.c(x * 2 + 1))
+
+
+def test_copied_activation_is_redone_each_call() -> None:
+    torch.manual_seed(1)
+    m = _AffineConv().eval()
+    x = torch.randn(2, 8, 9, 9)
+    cm = sf.compile(m, (x,), target="c")
+    for _ in range(3):
+        x.copy_(torch.randn(2, 8, 9, 9))
+        with torch.no_grad():
+            want = m(x)
+        torch.testing.assert_close(cm(x), want, rtol=1e-5, atol=1e-5)
