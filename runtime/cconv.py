@@ -9,6 +9,7 @@ planned for it.
 from __future__ import annotations
 
 import ctypes
+import weakref
 from typing import Callable, Sequence
 
 import torch
@@ -58,10 +59,11 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
 
     # Most values are the same tensor objects at every call of a binding (the arena's views,
     # the constants, the channels-last view this step made of its buffer last time): their
-    # pointers and that view are kept, which saves a few torch calls per step (``seen``: the
-    # object each argument slot held last call where its own memory was passed; ``out``:
-    # the buffer and its channels-last view). A fresh buffer (a graph output) or a value that
-    # needed a copy is redone at every call.
+    # pointers and that view are kept, which saves a few torch calls per step (``seen``: weak
+    # references to the objects whose own memory each slot passed last call; ``out``: the
+    # buffer and its channels-last view, kept only for a view of the arena, which the binding
+    # holds anyway, never for a graph output's fresh tensor). A value that needed a copy is
+    # redone at every call.
     seen: list = [None] * len(order)
     out: list = [None, None]
 
@@ -69,7 +71,8 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
         buf = vals[out_slot]
         if buf is None or buf is not out[0]:
             y = _out(buf, shape, strides, numel)
-            out[0], out[1] = buf, y
+            if buf is not None and buf._base is not None:
+                out[0], out[1] = buf, y
         else:
             y = out[1]
         keep = []   # channels-last copies must outlive the call
@@ -78,7 +81,8 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
                 ptrs[i] = y.data_ptr()
                 continue
             t = vals[s]
-            if t is seen[i]:
+            r = seen[i]
+            if r is not None and r() is t:
                 continue
             seen[i] = None
             if s in activations:
@@ -91,7 +95,7 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
                 t = vals[s] = t.contiguous()
                 ptrs[i] = t.data_ptr()
                 continue
-            seen[i] = t
+            seen[i] = weakref.ref(t)
             ptrs[i] = t.data_ptr()
         fn(ptrs, qarr)
         vals[out_slot] = y

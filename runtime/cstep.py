@@ -7,13 +7,14 @@ nodes as torch ops (``runtime/layout.torch_kernel``) instead.
 
 At every call of a binding most arguments are the same tensor objects (the arena's views,
 the constants, an earlier step's cached view). When all of them are the ones of the last
-call that ran the kernel on their own memory, the pointers of that call still hold and the
-step calls the kernel at once: no layout test, no ``is_contiguous`` or ``data_ptr`` per
+call (weak references: the step keeps no tensor alive), the pointers of that call still hold
+and the step calls the kernel at once: no layout test, no ``is_contiguous`` or ``data_ptr`` per
 argument (a few µs per step over the ~100 steps of a small network).
 """
 from __future__ import annotations
 
 import ctypes
+import weakref
 from typing import Callable, Sequence
 
 from .layout import is_channels_last
@@ -28,11 +29,13 @@ def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[i
     instead when an input among ``ins`` is channels-last."""
     ptrs = (ctypes.c_void_p * len(order))()
     qarr = (ctypes.c_int64 * max(len(q), 1))(*q)
+    # weak references: the step must not keep the last call's inputs and outputs alive (a
+    # decoder's previous KV cache would stay in memory until the next token)
     seen: list = [None] * len(order)
     valid = [False]        # whether ``seen`` and ``ptrs`` are those of the last C call
 
     def run(vals: list) -> None:
-        if valid[0] and all(vals[s] is t for s, t in zip(order, seen)):
+        if valid[0] and all(r() is vals[s] for s, r in zip(order, seen)):
             fn(ptrs, qarr)
             return
         valid[0] = False
@@ -45,7 +48,7 @@ def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[i
             if not t.is_contiguous():  # a transposed view from an earlier step
                 # the copy is a new object, which the next call's values never hold
                 t = vals[s] = t.contiguous()
-            seen[i] = t
+            seen[i] = weakref.ref(t)
             ptrs[i] = t.data_ptr()
         fn(ptrs, qarr)
         valid[0] = True

@@ -85,3 +85,27 @@ def test_copied_activation_is_redone_each_call() -> None:
         with torch.no_grad():
             want = m(x)
         torch.testing.assert_close(cm(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_steps_keep_no_input_or_output_alive() -> None:
+    """A decoder's KV cache goes into a concat and comes out as a new tensor at every token:
+    once the caller drops the old ones, nothing of the compiled model may keep them (nor a
+    convolution's input and output)."""
+    import gc
+    import weakref
+    g = Graph("kv")
+    past = g.add_input("f32[1,4,P,8]", "past")
+    new = g.add_input("f32[1,4,1,8]", "new")
+    g.set_outputs([g.add("concat", [past, new], {"axis": 2})])
+    cm = sf.api.build_c(g)
+    conv = sf.compile(_AffineConv().eval(), (torch.randn(1, 8, 6, 6),), target="c")
+    refs = []
+    for _ in range(2):
+        p, n = torch.randn(1, 4, 5, 8), torch.randn(1, 4, 1, 8)
+        out = cm(p, n)
+        x = torch.randn(1, 8, 6, 6)
+        y = conv(x)
+        refs += [weakref.ref(t) for t in (p, n, out, x, y)]
+        del p, n, out, x, y
+    gc.collect()
+    assert all(r() is None for r in refs)
