@@ -43,10 +43,16 @@ def test_same_objects_new_contents_are_read() -> None:
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.Hardswish(),
                             torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16), torch.nn.ReLU(),
                             torch.nn.Conv2d(16, 24, 1), torch.nn.Flatten(), torch.nn.Linear(24 * 8 * 8, 10)).eval()
-    x = torch.randn(1, 3, 16, 16)
+    _follows_in_place_changes(m, (1, 3, 16, 16))
+
+
+def _follows_in_place_changes(m: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    """``m`` compiled, called three times with one input tensor whose contents change in
+    place between calls, matches torch every time."""
+    x = torch.randn(*shape)
     cm = sf.compile(m, (x,), target="c")
     for _ in range(3):
-        x.copy_(torch.randn(1, 3, 16, 16))
+        x.copy_(torch.randn(*shape))
         with torch.no_grad():
             want = m(x)
         torch.testing.assert_close(cm(x), want, rtol=1e-5, atol=1e-5)
@@ -77,14 +83,7 @@ class _AffineConv(torch.nn.Module):
 
 def test_copied_activation_is_redone_each_call() -> None:
     torch.manual_seed(1)
-    m = _AffineConv().eval()
-    x = torch.randn(2, 8, 9, 9)
-    cm = sf.compile(m, (x,), target="c")
-    for _ in range(3):
-        x.copy_(torch.randn(2, 8, 9, 9))
-        with torch.no_grad():
-            want = m(x)
-        torch.testing.assert_close(cm(x), want, rtol=1e-5, atol=1e-5)
+    _follows_in_place_changes(_AffineConv().eval(), (2, 8, 9, 9))
 
 
 def test_steps_keep_no_input_or_output_alive() -> None:
