@@ -77,7 +77,7 @@ def cl_form(k: Kernel) -> str | None:
     return "ew" if all(operand_kind(v, out) is not None for v in k.inputs) else None
 
 
-def _mean(k: Kernel) -> list[str]:
+def _mean() -> list[str]:
     return [
         "  const float *restrict x = (const float *)p[0];",
         "  float *restrict y = (float *)p[1];",
@@ -143,7 +143,7 @@ def render_cl(k: Kernel) -> CKernel:
     assert form is not None
     x = k.nodes[0].inputs[0] if form == "mean" else k.outputs[0]
     n, c, h, w = x.type.shape
-    lines = _mean(k) if form == "mean" else _ew(k)
+    lines = _mean() if form == "mean" else _ew(k)
     src = "\n".join([PRELUDE, "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *lines, "}"]) + "\n"
     params = [sympy.sympify(n), sympy.sympify(c), sympy.sympify(_prod([h, w]))]
     return CKernel(k, src, params, None, SUFFIX)

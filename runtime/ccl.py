@@ -4,8 +4,9 @@ executor's values, when its inputs arrive channels-last.
 The step reads each full-size input in NHWC memory as it is, the per-channel and
 single-element inputs contiguous, and writes the result into the buffer the executor planned
 for it, seen channels-last (a ``mean`` result [N, C, 1, 1] is the same either way). It
-reports False, leaving the kernel to the torch ops of ``runtime/layout.torch_kernel``, when a
-full-size input is not channels-last (a mix of layouts)."""
+reports False, leaving the kernel to the torch ops of ``runtime/layout.torch_kernel`` (or to
+the generated kernel on contiguous copies), when a full-size input is not channels-last (a
+mix of layouts)."""
 from __future__ import annotations
 
 import ctypes
@@ -18,7 +19,7 @@ from ..codegen.schedule import Kernel
 from .cconv import _nhwc_strides, _out
 
 
-def _nhwc(t: torch.Tensor) -> bool:
+def _stored_nhwc(t: torch.Tensor) -> bool:
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -44,7 +45,7 @@ def cl_step(fn: Callable, k: Kernel, slot: Mapping[int, int], out_shape: Sequenc
         for i, (s, f) in enumerate(zip(ins, full)):
             t = vals[s]
             if f:
-                if not _nhwc(t):
+                if not _stored_nhwc(t):
                     return False
             elif not t.is_contiguous():
                 t = t.contiguous()

@@ -25,8 +25,9 @@ Step = Callable[[list], None]
 def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[int],
            alt: Step | None, cl: Callable[[list], bool] | None) -> Step:
     """A step calling kernel ``fn`` with the values in slots ``order`` and runtime integers
-    ``q``; ``alt`` (torch ops) and ``cl`` (the channels-last kernel, which may decline) run
-    instead when an input among ``ins`` is channels-last."""
+    ``q``. When an input among ``ins`` is channels-last, ``cl`` (the channels-last kernel,
+    which may decline) runs instead, else ``alt`` (torch ops), else ``fn`` on contiguous
+    copies."""
     ptrs = (ctypes.c_void_p * len(order))()
     qarr = (ctypes.c_int64 * max(len(q), 1))(*q)
     # weak references: the step must not keep the last call's inputs and outputs alive (a
@@ -39,10 +40,12 @@ def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[i
             fn(ptrs, qarr)
             return
         valid[0] = False
-        if alt is not None and any(is_channels_last(vals[s]) for s in ins):
-            if cl is None or not cl(vals):
+        if (alt is not None or cl is not None) and any(is_channels_last(vals[s]) for s in ins):
+            if cl is not None and cl(vals):
+                return
+            if alt is not None:
                 alt(vals)
-            return
+                return
         for i, s in enumerate(order):
             t = vals[s]
             if not t.is_contiguous():  # a transposed view from an earlier step

@@ -269,7 +269,7 @@ class Executor:
                     launch(ts)
                 return run_launch
             alt = torch_kernel(k, slot, env, self._cl_values) if self.device.type == "cpu" else None
-            cl = cl_alternative(k, self.kernels, self.params, slot, env) if alt is not None else None
+            cl = cl_alternative(k, self.kernels, self.params, slot, env) if self.device.type == "cpu" else None
             return c_step(fn, order, ins, q, alt, cl)
         node = k.nodes[0]
         ins = [slot[id(v)] if v is not None else -1 for v in node.inputs]

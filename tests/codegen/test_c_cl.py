@@ -124,3 +124,28 @@ def test_scope() -> None:
     assert cl_form(kern("relu", {})) == "ew"
     assert cl_form(kern("relu", {}, dtype="f16")) is None
     assert cl_form(kern("relu", {}, shape="8,4,4")) is None
+
+
+def test_long_chain_runs_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain of more elementwise ops than the torch-ops path takes (layout.MAX_NODES) on a
+    convolution's channels-last result still runs its channels-last kernel."""
+    from scalefold.runtime.layout import MAX_NODES
+    counts = _count_cl(monkeypatch)
+    g = Graph("long")
+    x = g.add_input("f32[2,8,5,6]", "x")
+    y = g.add("conv", [x, g.add_const(torch.randn(8, 8, 3, 3) * 0.3)], {"padding": (1,)})
+    s = g.add_input("f32[2,8,1,1]", "s")
+    v = y
+    ops = ["relu", "exp", "tanh", "sigmoid", "neg", "abs", "sqrt"]
+    assert len(ops) > MAX_NODES
+    for op in ops:
+        v = g.add(op, [v])
+    v = g.add("mul", [v, s])
+    g.set_outputs([v])
+    cm = sf.api.build_c(g)
+    xv, sv = torch.randn(2, 8, 5, 6), torch.randn(2, 8, 1, 1)
+    want = torch.nn.functional.conv2d(xv, g.constants()[0].const, padding=1)
+    for f in (torch.relu, torch.exp, torch.tanh, torch.sigmoid, torch.neg, torch.abs, torch.sqrt):
+        want = f(want)
+    assert_close(cm(xv, sv), want * sv, rtol=1e-5, atol=1e-5)
+    assert counts["ran"] >= 1
