@@ -105,6 +105,7 @@ def from_torch(model: torch.nn.Module | ExportedProgram, example_inputs: Any,
             else _export(model, args, kwargs, dynamic_shapes, moe_blocks)
         try:
             ep = ep.run_decompositions(_decomp_table())
+            ep = _decompose_unsupported(ep)
         except Exception as e:  # torch raises many kinds
             raise FrontendError(f"decomposing {gname} failed: {_one_line(e)}") from e
         dim_names = _dim_names(model, ep, args, kwargs, dynamic_shapes)
@@ -166,6 +167,31 @@ def _decomp_table() -> Any:
         if op in table:
             del table[op]
     return table
+
+
+FALLBACK_ROUNDS = 3   # a decomposition may itself call ops that need one
+
+
+def _decompose_unsupported(ep: ExportedProgram) -> ExportedProgram:
+    """``ep`` with each ATen op that has no conversion here but has a decomposition in
+    torch's wider table (``torch._decomp.decomposition_table``: var_mean, hypot, copysign,
+    diagonal, bucketize, grid_sampler_2d, ...) decomposed, so that it arrives as ops the
+    frontend converts. The core ATen set the default export table lowers to leaves these
+    whole. Ops without a conversion and without a decomposition stay for ``_scan`` to name."""
+    from torch._decomp import decomposition_table
+    for _ in range(FALLBACK_ROUNDS):
+        extra = {}
+        for n in ep.graph_module.graph.nodes:
+            if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) \
+                    and op_name(n.target) not in ATEN and op_name(n.target) not in _SKIP \
+                    and n.target in decomposition_table:
+                extra[n.target] = decomposition_table[n.target]
+        if not extra:
+            return ep
+        table = _decomp_table()
+        table.update(extra)
+        ep = ep.run_decompositions(table)
+    return ep
 
 
 # ---- symbols ----------------------------------------------------------------------------------

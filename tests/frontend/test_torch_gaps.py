@@ -1,7 +1,9 @@
 """ATen ops the torch frontend used to refuse, now lowered onto existing IR ops: cumprod /
 cummax / cummin (``aten_scan.py``), circular padding, F.fold / Tensor.unfold and in-place
 writes (``aten_scatter.py``), max_pool's indices with max_unpool and avg_pool's
-divisor_override (``aten_pool_index.py``), antialiased interpolation (``aten_image.py``).
+divisor_override (``aten_pool_index.py``), antialiased interpolation (``aten_image.py``), and
+ops torch's wider decomposition table lowers (grid_sample, bucketize; ``frontend/torch.py``
+``_decompose_unsupported``).
 Each is checked against torch eager on the reference interpreter and the C target, exactly
 where the lowering only moves or selects values, with static and dynamic shapes."""
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch.export import Dim
 
 import scalefold as sf
 from harness import assert_close
-from scalefold.ir.errors import FrontendError
+from scalefold.ir.errors import FrontendError, UnsupportedOpError
 from scalefold.runtime import interp
 
 
@@ -320,3 +322,35 @@ def test_adaptive_max_pool_refusals_name_the_node() -> None:
     with pytest.raises(FrontendError, match="adaptive_max_pool2d.*indices"):
         sf.from_torch(Fn(lambda s, x: F.adaptive_max_pool2d(x, 2, return_indices=True)[1].float()),
                       (rnd(1, 2, 6, 6),))
+
+
+# ---- ops lowered by torch's wider decomposition table -----------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_grid_sample_through_the_decomposition_fallback(mode: str, padding_mode: str) -> None:
+    """grid_sample has no conversion of its own; torch's decomposition table lowers it to
+    index arithmetic and gathers the frontend converts. Sample points reach past the border."""
+    def grid(b: int, seed: int) -> torch.Tensor:
+        return torch.rand(b, 5, 4, 2, generator=torch.Generator().manual_seed(seed)) * 2.4 - 1.2
+
+    for align in (False, True):
+        m = Fn(lambda s, x, g, a=align: F.grid_sample(x, g, mode=mode, padding_mode=padding_mode, align_corners=a))
+        g = check(m, (rnd(2, 3, 9, 11), grid(2, 1)), more=[(rnd(3, 3, 9, 11, seed=2), grid(3, 3))],
+                  dynamic_shapes=({0: Dim("B")}, {0: Dim("B")}), rtol=1e-5, atol=1e-5)
+        assert "gather" in _ops(g)
+
+
+def test_bucketize_through_the_decomposition_fallback() -> None:
+    """Values on a boundary go left or right as ``right`` says; ``out_int32`` keeps its dtype."""
+    b = torch.tensor([-1.0, 0.0, 0.5, 1.0])
+    m = Fn(lambda s, x: (torch.bucketize(x, b), torch.bucketize(x, b, right=True, out_int32=True)))
+    x = rnd(4, 6)
+    x[0, :4] = b
+    check(m, (x,), more=[(rnd(3, 6, seed=1),)], exact=True, dynamic_shapes=({0: Dim("B")},))
+
+
+def test_ops_without_conversion_or_decomposition_are_named() -> None:
+    with pytest.raises(UnsupportedOpError, match=r"aten\.kthvalue\.default \(x1\)"):
+        sf.from_torch(Fn(lambda s, x: torch.kthvalue(x, 2, 1)[0]), (rnd(3, 5),))
