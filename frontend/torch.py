@@ -174,23 +174,38 @@ FALLBACK_ROUNDS = 3   # a decomposition may itself call ops that need one
 
 def _decompose_unsupported(ep: ExportedProgram) -> ExportedProgram:
     """``ep`` with each ATen op that has no conversion here but has a decomposition in
-    torch's wider table (``torch._decomp.decomposition_table``: var_mean, hypot, copysign,
-    diagonal, bucketize, grid_sampler_2d, ...) decomposed, so that it arrives as ops the
-    frontend converts. The core ATen set the default export table lowers to leaves these
-    whole. Ops without a conversion and without a decomposition stay for ``_scan`` to name."""
-    from torch._decomp import decomposition_table
-    for _ in range(FALLBACK_ROUNDS):
-        extra = {}
-        for n in ep.graph_module.graph.nodes:
-            if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) \
-                    and op_name(n.target) not in ATEN and op_name(n.target) not in _SKIP \
-                    and n.target in decomposition_table:
-                extra[n.target] = decomposition_table[n.target]
-        if not extra:
-            return ep
-        table = _decomp_table()
-        table.update(extra)
-        ep = ep.run_decompositions(table)
+    torch's wider table (``torch._decomp.decomposition_table``: grid_sampler_2d, bucketize,
+    ...) decomposed, so that it arrives as ops the frontend converts; the core ATen set the
+    default export table lowers to leaves these whole. A decomposition is kept only if
+    everything it leads to converts (it may take ``FALLBACK_ROUNDS`` rounds: a decomposition
+    may call ops that need one), so an op whose decomposition ends in prims the frontend does
+    not know (var_mean, hypot) stays whole for ``_scan`` to name."""
+    from torch._decomp import decomposition_table as wide
+
+    def unsupported(e: ExportedProgram) -> dict[str, Any]:
+        return {op_name(n.target): n.target for n in e.graph_module.graph.nodes
+                if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+                and not _converts(n)}
+
+    bad = unsupported(ep)
+    for name, op in sorted(bad.items()):
+        if op not in wide:
+            continue
+        trial, todo = ep, {name: op}
+        try:
+            for _ in range(FALLBACK_ROUNDS):
+                table = _decomp_table()
+                table.update({o: wide[o] for o in todo.values()})
+                trial = trial.run_decompositions(table)
+                # ops the decomposition brought in, with a decomposition of their own
+                todo = {k: o for k, o in unsupported(trial).items() if k not in bad and o in wide}
+                if not todo:
+                    break
+        except Exception:  # torch raises many kinds; the op then stays whole and is named
+            continue
+        left = unsupported(trial)
+        if name not in left and set(left) <= set(bad):
+            ep, bad = trial, left
     return ep
 
 
@@ -312,16 +327,21 @@ def _is_symbolic(val: Any) -> bool:
     return isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool))
 
 
+def _converts(n: fx.Node) -> bool:
+    """Whether call_function node ``n`` has a conversion (or needs none: skipped asserts,
+    getitem, size arithmetic)."""
+    key = op_name(n.target)
+    return key in ATEN or key in _SKIP or n.target is operator.getitem \
+        or _is_symbolic(n.meta.get("val")) or isinstance(n.meta.get("val"), (int, float))
+
+
 def _scan(gm: fx.GraphModule, gname: str) -> None:
     """Raise UnsupportedOpError naming every op without a conversion, with counts."""
     bad: Counter[str] = Counter()
     for n in gm.graph.nodes:
         if n.op == "call_function":
-            key = op_name(n.target)
-            if key in ATEN or key in _SKIP or n.target is operator.getitem \
-                    or _is_symbolic(n.meta.get("val")) or isinstance(n.meta.get("val"), (int, float)):
-                continue
-            bad[key] += 1
+            if not _converts(n):
+                bad[op_name(n.target)] += 1
         elif n.op in ("call_module", "call_method", "get_attr"):
             bad[f"{n.op}:{n.target}"] += 1
     if bad:

@@ -354,3 +354,13 @@ def test_bucketize_through_the_decomposition_fallback() -> None:
 def test_ops_without_conversion_or_decomposition_are_named() -> None:
     with pytest.raises(UnsupportedOpError, match=r"aten\.kthvalue\.default \(x1\)"):
         sf.from_torch(Fn(lambda s, x: torch.kthvalue(x, 2, 1)[0]), (rnd(3, 5),))
+
+
+def test_decompositions_into_unknown_ops_are_not_taken() -> None:
+    """var_mean and hypot decompose into prims the frontend has no conversion for: the error
+    names the op the model used, not the prims."""
+    with pytest.raises(UnsupportedOpError, match=r"aten\.var_mean\.correction \(x1\)") as e:
+        sf.from_torch(Fn(lambda s, x: torch.var_mean(x, 1)[0]), (rnd(3, 5),))
+    assert "prims" not in str(e.value)
+    with pytest.raises(UnsupportedOpError, match=r"aten\.hypot\.default \(x1\)"):
+        sf.from_torch(Fn(lambda s, x: torch.hypot(x, x + 1)), (rnd(3, 5),))
