@@ -65,6 +65,16 @@ def _var(ctx: Ctx, n: fx.Node, a: dict) -> Value:
                     correction=1 if corr is None else int(corr))
 
 
+@aten("var_mean.correction", "var_mean.dim", "std_mean.correction", "std_mean.dim")
+def _var_mean(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
+    """torch.var_mean / std_mean: the spread as ``_var`` gives it, and the mean over the same
+    axes."""
+    spread = _var(ctx, n, a)
+    x = ctx.t(a["self"])
+    mean = ctx.emit("reduce_mean", [x], axes=_axes(a.get("dim")), keepdims=bool(a.get("keepdim", False)))
+    return spread, mean
+
+
 @aten("linalg_vector_norm.default")
 def _vector_norm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     """torch.linalg.vector_norm (F.normalize, torch.norm): the p-norm over ``dim`` (all dims

@@ -357,10 +357,18 @@ def test_ops_without_conversion_or_decomposition_are_named() -> None:
 
 
 def test_decompositions_into_unknown_ops_are_not_taken() -> None:
-    """var_mean and hypot decompose into prims the frontend has no conversion for: the error
+    """copysign and hypot decompose into prims the frontend has no conversion for: the error
     names the op the model used, not the prims."""
-    with pytest.raises(UnsupportedOpError, match=r"aten\.var_mean\.correction \(x1\)") as e:
-        sf.from_torch(Fn(lambda s, x: torch.var_mean(x, 1)[0]), (rnd(3, 5),))
+    with pytest.raises(UnsupportedOpError, match=r"aten\.copysign\.Tensor \(x1\)") as e:
+        sf.from_torch(Fn(lambda s, x: torch.copysign(x, x - 1)), (rnd(3, 5),))
     assert "prims" not in str(e.value)
     with pytest.raises(UnsupportedOpError, match=r"aten\.hypot\.default \(x1\)"):
         sf.from_torch(Fn(lambda s, x: torch.hypot(x, x + 1)), (rnd(3, 5),))
+
+
+def test_var_mean_and_std_mean() -> None:
+    """torch.var_mean / std_mean (timm's LayerNormExp2d): both results, over given axes or
+    all, with either correction form."""
+    m = Fn(lambda s, x: (*torch.var_mean(x, 1, keepdim=True), *torch.std_mean(x, (0, 2), correction=0),
+                         *torch.var_mean(x), torch.var_mean(x, 2, unbiased=False)[0]))
+    check(m, (rnd(3, 5, 7),), more=[(rnd(4, 5, 7, seed=1),)], dynamic_shapes=({0: Dim("B")},), rtol=1e-5, atol=1e-6)
