@@ -150,6 +150,79 @@ def _sort(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
     return ctx.emit("topk", [x], k=x.shape[axis], axis=axis, largest=bool(a["descending"]), sorted=True)
 
 
+def _order_stat(ctx: Ctx, x: Value, axis: int, k: Any, keepdim: bool) -> tuple[Value, Value]:
+    """The value and index of the element at (0-based) position ``k`` of ``x`` sorted
+    ascending along ``axis`` (NaN last, as torch sorts); ``k`` an int or a Value of indices
+    with the keepdims shape."""
+    vals, idx = ctx.emit("topk", [x], k=x.shape[axis], axis=axis, largest=False, sorted=True)
+    if isinstance(k, Value):
+        v, i = ctx.emit("gather_elements", [vals, k], axis=axis), ctx.emit("gather_elements", [idx, k], axis=axis)
+        if not keepdim:
+            v, i = ctx.emit("squeeze", [v], axes=(axis,)), ctx.emit("squeeze", [i], axes=(axis,))
+        return v, i
+    # a 0-d index drops the axis; it may be symbolic (the median of a dynamic axis)
+    at = ctx.scalar(k, dt.i64)
+    v, i = ctx.emit("gather", [vals, at], axis=axis), ctx.emit("gather", [idx, at], axis=axis)
+    if keepdim:
+        v, i = ctx.emit("unsqueeze", [v], axes=(axis,)), ctx.emit("unsqueeze", [i], axes=(axis,))
+    return v, i
+
+
+def _whole_axis(ctx: Ctx, a: dict) -> tuple[Value, int]:
+    x = ctx.t(a["self"])
+    if "dim" not in a:   # median.default: over every element
+        x = ctx.emit("reshape", [x], shape=(-1,))
+        return x, 0
+    if x.type.rank == 0:
+        x = ctx.emit("reshape", [x], shape=(1,))
+    return x, int(a["dim"]) % x.type.rank
+
+
+def _rank0(ctx: Ctx, a: dict, pair: tuple[Value, Value]) -> tuple[Value, Value]:
+    """A 0-d input's statistic is 0-d (keepdim or not)."""
+    if "dim" in a and ctx.t(a["self"]).type.rank == 0:
+        return tuple(ctx.emit("reshape", [t], shape=()) for t in pair)  # type: ignore[return-value]
+    return pair
+
+
+@aten("kthvalue.default")
+def _kthvalue(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
+    """torch.kthvalue: the k-th smallest (1-based) along ``dim``. Among equal values torch
+    may return any of their indices; here the first in the axis."""
+    x, axis = _whole_axis(ctx, a)
+    k = int(a["k"])
+    size = x.shape[axis]
+    if not 1 <= k or isinstance(size, int) and k > size:
+        raise FrontendError(f"{ctx.node_name}: kthvalue k={k} outside 1..{size}")
+    return _rank0(ctx, a, _order_stat(ctx, x, axis, k - 1, bool(a.get("keepdim", False))))
+
+
+@aten("median.dim", "median.default", "nanmedian.dim", "nanmedian.default")
+def _median(ctx: Ctx, n: fx.Node, a: dict) -> Any:
+    """torch.median: the lower median ((n - 1) // 2-th smallest) along ``dim`` (of every
+    element without it, value only), NaN where the slice holds a NaN (with the first NaN's
+    index). nanmedian: the lower median of the slice's non-NaN values, NaN (index 0) where all
+    are NaN. Among equal values torch may return any of their indices; here the first."""
+    x, axis = _whole_axis(ctx, a)
+    keep = bool(a.get("keepdim", False)) if "dim" in a else False
+    nan = ctx.emit("isnan", [x])
+    if "nanmedian" in str(n.target):
+        count = ctx.emit("reduce_sum", [ctx.cast(ctx.emit("logical_not", [nan]), dt.i64)], axes=(axis,), keepdims=True)
+        # (count - 1) / 2 truncates toward zero: an all-NaN slice takes position 0 (a NaN)
+        k = ctx.emit("div", [ctx.emit("sub", [count, ctx.scalar(1, dt.i64)]), ctx.scalar(2, dt.i64)])
+        pair = _order_stat(ctx, x, axis, k, keep)
+    else:
+        size = x.shape[axis]
+        k = max(size - 1, 0) // 2 if isinstance(size, int) else canon_dim(sympy.floor((size - 1) / 2))
+        v, i = _order_stat(ctx, x, axis, k, keep)
+        any_nan = ctx.emit("reduce_max", [nan], axes=(axis,), keepdims=keep)
+        first_nan = ctx.emit("argmax", [ctx.cast(nan, dt.i32)], axis=axis, keepdims=keep)
+        pair = (ctx.emit("where", [any_nan, ctx.scalar(float("nan"), x.dtype), v]),
+                ctx.emit("where", [any_nan, first_nan, i]))
+    pair = _rank0(ctx, a, pair)
+    return pair if "dim" in a else pair[0]
+
+
 # ---- creation ---------------------------------------------------------------------------------
 
 
