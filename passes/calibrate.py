@@ -19,6 +19,9 @@ Guards:
   - a NaN/Inf in an observed value raises :class:`CalibrationError` naming the value (its
     printed name) and the node that produced it;
   - no batches (or no rows) raises :class:`CalibrationError`;
+  - fewer than ``FEW_ROWS`` rows of an observed value warn: a handful of one-token batches
+    (position 0 only) gave static per-channel ranges that clipped every later position of a
+    decoder (outliertune, cos 0.55 against 0.99 with 4 batches of 8 tokens);
   - all-zero or constant channels: :meth:`ChannelStats.absmax_floored` and
     :meth:`ChannelStats.mean_abs_floored` clamp every channel to at least ``eps`` (1e-5)
     times the tensor's largest channel (1.0 for an all-zero tensor), so a scale computed from
@@ -36,6 +39,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -49,6 +53,7 @@ from ..runtime.interp import Interpreter, bind_symbols
 
 #: Relative floor of per-channel magnitudes (see the module docstring).
 EPS = 1e-5
+FEW_ROWS = 64   # fewer observed rows than this draw a warning
 
 Batch = Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | torch.Tensor
 
@@ -443,11 +448,26 @@ def calibrate(graph: Graph, batches: Iterable[Batch], values: Iterable[Value] | 
     for v in vals:
         if aggs[id(v)].rows == 0:
             raise CalibrationError(f"calibration saw no rows of {names[id(v)]} ({v.type})")
+    warn_few_rows(graph, [(names[id(v)], v, aggs[id(v)].rows) for v in vals], nbatch)
     st = Stats(ghash, {names[id(v)]: aggs[id(v)] for v in vals}, nbatch, mask_name)
     st._bind_names(graph)
     if cache is not None:
         st.save(cache)
     return st
+
+
+def warn_few_rows(graph: Graph, seen: Sequence[tuple[str, Value, int]], nbatch: int) -> None:
+    """Warn when the least-observed of ``seen`` (name, value, rows) has fewer than
+    ``FEW_ROWS`` rows (module docstring). The text names no value, so that a pass calibrating
+    layer after layer on the same batches warns once."""
+    if not seen:
+        return
+    rows = min(r for _, _, r in seen)
+    if rows < FEW_ROWS:
+        warnings.warn(f"calibration of @{graph.name} saw only {rows} rows (tokens or positions) of an observed "
+                      f"activation in {nbatch} batch(es); statistics from so few rows rarely cover the "
+                      f"model's inputs (a lone first position is atypical): calibrate on more or longer "
+                      f"samples", stacklevel=3)
 
 
 def stats_for(graph: Graph, calibration: Any, values: Sequence[Value], gram: bool | Iterable[Value] = False,

@@ -26,7 +26,7 @@ from ..ir.ops.common import norm_axis
 from ..ir.printer import Namer
 from ..runtime.interp import Interpreter
 from .calibrate import (EPS, ChannelStats, Stats, _as_inputs, graph_hash, mask_input, masked_sequences,
-                        real_rows)
+                        real_rows, warn_few_rows)
 from .wq_options import name_matches
 
 NORMS = ("layer_norm", "rms_norm")
@@ -55,6 +55,7 @@ class RangeStats:
     max: torch.Tensor      # [C] float64
     mid_sum: torch.Tensor  # [C] float64
     samples: int
+    rows: int = 0          # real rows (tokens, positions) seen
 
     @staticmethod
     def empty(c: int) -> "RangeStats":
@@ -66,7 +67,7 @@ class RangeStats:
     def from_channel_stats(cs: ChannelStats) -> "RangeStats":
         """Ranges from generic calibration stats: one 'sample', so the shift is the overall
         mid-range (max + min)/2 (per-sample mid-ranges were not recorded)."""
-        return RangeStats(cs.min.clone(), cs.max.clone(), (cs.max + cs.min) / 2, 1)
+        return RangeStats(cs.min.clone(), cs.max.clone(), (cs.max + cs.min) / 2, 1, cs.rows)
 
     def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Add ``x`` [..., C]; with ``mask`` (the graph's attention mask [batch, seq]) only
@@ -83,8 +84,10 @@ class RangeStats:
                 return
             mn = torch.where(keep, per, float("inf")).amin(1)
             mx = torch.where(keep, per, float("-inf")).amax(1)
+            self.rows += int(keep.sum())
         else:
             mn, mx = per.amin(1), per.amax(1)            # [samples, C]
+            self.rows += per.shape[0] * per.shape[1]
         self.min = torch.minimum(self.min, mn.amin(0))
         self.max = torch.maximum(self.max, mx.amax(0))
         self.mid_sum += ((mx + mn) / 2).sum(0)
@@ -211,6 +214,7 @@ def observe_ranges(graph: Graph, calibration: Any, values: Sequence[Value]) -> d
     for v in values:
         if aggs[id(v)].samples == 0:
             raise CalibrationError(f"calibration saw no rows of {namer(v)} ({v.type})")
+    warn_few_rows(graph, [(namer(v), v, aggs[id(v)].rows) for v in values], nbatch)
     return aggs
 
 

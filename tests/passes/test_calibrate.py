@@ -235,3 +235,20 @@ def test_load_of_what_is_not_a_stats_file(tmp_path) -> None:
     save_file({k: v for k, v in tensors.items() if not k.endswith("/min")}, str(bad), metadata=meta)
     with pytest.raises(CalibrationError, match="damaged calibration stats"):
         Stats.load(bad, g)
+
+
+def test_few_rows_warn_once_and_enough_rows_do_not() -> None:
+    """Fewer than FEW_ROWS observed rows (here 2 batches of 2 x 4 tokens) warn, through both
+    the channel stats and the range observers of outliertune; 8 batches (>= 64 rows) do not."""
+    import warnings
+
+    from scalefold.passes.calibrate import FEW_ROWS
+    from scalefold.passes.quant_common import observe_ranges
+    g, ln, _ = _graph()
+    for observe in (lambda b: calibrate(g, b, values=[ln], progress=False),
+                    lambda b: observe_ranges(g, b, [ln])):
+        with pytest.warns(UserWarning, match=r"saw only 16 rows .* in 2 batch\(es\)"):
+            observe([(torch.randn(2, 4, 6),)] * 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            observe([(torch.randn(2, 4, 6),)] * (FEW_ROWS // 8))
