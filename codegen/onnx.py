@@ -43,6 +43,7 @@ import copy
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Any
 
 import onnx
@@ -102,6 +103,7 @@ def to_onnx(graph: Graph | Any, path: str | os.PathLike | None = None, opset: in
         raise ExportError(f"ONNX export: nbits_accuracy must be 0..4 (MatMulNBits accuracy_level), "
                           f"got {nbits_accuracy!r}")
     model = build_model(graph, opset, nbits_accuracy)
+    _warn_bf16(graph)
     big = _data_bytes(model) > EXTERNAL_THRESHOLD
     if path is None:
         if external_data:
@@ -114,6 +116,24 @@ def to_onnx(graph: Graph | Any, path: str | os.PathLike | None = None, opset: in
         return model
     _write_checked(model, os.fspath(path), bool(external_data) or big)
     return model
+
+
+# ops that only move, reinterpret or convert values: bfloat16 through them runs anywhere
+_MOVES = {"cast", "reshape", "transpose", "squeeze", "unsqueeze", "flatten", "slice", "concat", "identity",
+          "gather", "shape", "expand"}
+
+
+def _warn_bf16(graph: Graph) -> None:
+    """Warn when ``graph`` computes in bfloat16: onnxruntime's CPU provider has no bfloat16
+    kernels for MatMul, Gemm, Expand and most arithmetic, so such a file fails to load there
+    (NOT_IMPLEMENTED) although it is valid ONNX that GPU providers run."""
+    ops = sorted({n.op for n in graph.nodes if n.op not in _MOVES
+                  and any(v is not None and v.dtype is dt.bf16 for v in (*n.inputs, *n.outputs))})
+    if ops:
+        warnings.warn(f"ONNX export of graph @{graph.name}: it computes in bfloat16 ({', '.join(ops[:6])}"
+                      f"{', ...' if len(ops) > 6 else ''}); onnxruntime's CPU provider has no bfloat16 kernels "
+                      f"for most of these, so the file runs on providers that have them (CUDA), not on the "
+                      f"CPU; compile the model in float32 or float16 for a CPU file", stacklevel=3)
 
 
 def build_model(graph: Graph, opset: int, nbits_accuracy: int = 0) -> onnx.ModelProto:
