@@ -350,3 +350,20 @@ def _adaptive_avg_batched(ctx: Ctx, x: Value, out: tuple[int, ...]) -> Value:
         return adaptive_avg_pool(ctx, x, out)
     k = tuple(i // o for i, o in zip(ins, out))
     return ctx.emit("avg_pool", [x], kernel=k, stride=k)
+
+
+@aten("_trilinear.default")
+def _trilinear(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    """aten._trilinear (nn.Bilinear): the three inputs, each unsqueezed at its ``expand``
+    positions, multiplied and summed over ``sumdim``; one einsum whose letters are those
+    positions."""
+    xs = [ctx.t(a[k]) for k in ("i1", "i2", "i3")]
+    expands = [tuple(int(d) for d in a[k]) for k in ("expand1", "expand2", "expand3")]
+    rank = xs[0].type.rank + len(expands[0])
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    if rank > len(letters):
+        raise FrontendError(f"{ctx.node_name}: _trilinear of rank {rank}")
+    terms = ["".join(letters[p] for p in range(rank) if p not in ex) for ex in expands]
+    summed = {int(d) for d in a["sumdim"]}
+    out = "".join(letters[p] for p in range(rank) if p not in summed)
+    return ctx.emit("einsum", xs, equation=",".join(terms) + "->" + out)

@@ -408,3 +408,13 @@ def test_median_and_nanmedian_values_with_nan_and_ties() -> None:
 def test_kthvalue_out_of_range_is_refused() -> None:
     with pytest.raises(FrontendError, match="kthvalue"):
         sf.from_torch(Fn(lambda s, x: torch.kthvalue(x, 6, 1)[0]), (rnd(3, 5),))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bilinear_is_one_einsum(bias: bool) -> None:
+    """nn.Bilinear (aten._trilinear) with leading dims, static and dynamic."""
+    torch.manual_seed(0)
+    m = Fn(lambda s, x, y: s.mods[0](x, y), nn.Bilinear(8, 6, 4, bias=bias))
+    g = check(m, (rnd(2, 3, 8), rnd(2, 3, 6, seed=1)), more=[(rnd(5, 3, 8, seed=2), rnd(5, 3, 6, seed=3))],
+              dynamic_shapes=({0: Dim("B")}, {0: Dim("B")}), rtol=1e-5, atol=1e-6)
+    assert "einsum" in _ops(g)
