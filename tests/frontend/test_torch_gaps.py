@@ -418,3 +418,49 @@ def test_bilinear_is_one_einsum(bias: bool) -> None:
     g = check(m, (rnd(2, 3, 8), rnd(2, 3, 6, seed=1)), more=[(rnd(5, 3, 8, seed=2), rnd(5, 3, 6, seed=3))],
               dynamic_shapes=({0: Dim("B")}, {0: Dim("B")}), rtol=1e-5, atol=1e-6)
     assert "einsum" in _ops(g)
+
+
+# ---- torch.scatter and its reductions (aten_scatter_elems.py) ---------------------------------
+
+_IDX = torch.tensor([[0, 1, 2, 3, 1, 0, 4], [3, 4, 0, 0, 2, 2, 1]])   # distinct in every column
+_DUP = torch.tensor([[0, 1, 2, 0, 1, 0, 4], [3, 1, 2, 0, 1, 0, 4]])   # repeats within columns
+
+_SCATTERS = {
+    "src": lambda x: torch.zeros_like(x).scatter(0, _IDX, x[:2]),
+    "src_larger_than_index": lambda x: x.scatter(1, _IDX[:, :3], x[:, 1:] * 2),
+    "value": lambda x: x.scatter(1, _IDX[:, :3], 2.0),
+    "one_hot_of_topk": lambda x: torch.zeros_like(x).scatter(1, x.topk(2, 1)[1], 1.0),
+    "add": lambda x: x.scatter_add(0, _DUP, x[:2]),
+    "reduce_multiply": lambda x: x.scatter(0, _DUP, 1.5, reduce="multiply"),
+}
+_REDUCES = {f"{how}_{'self' if inc else 'noself'}": (how, inc)
+            for how in ("sum", "prod", "amax", "amin", "mean") for inc in (True, False)}
+
+
+@pytest.mark.parametrize("name", sorted(_SCATTERS))
+def test_scatter_forms(name: str) -> None:
+    fn = _SCATTERS[name]
+    check(Fn(lambda s, x: fn(x)), (rnd(5, 7),), more=[(rnd(5, 7, seed=1),)], exact=name != "add",
+          rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(_REDUCES))
+def test_scatter_reduce(name: str) -> None:
+    """Every reduction with and without self; untouched positions keep self (row 4 of _DUP is
+    reached only in some columns)."""
+    how, inc = _REDUCES[name]
+    m = Fn(lambda s, x: x.scatter_reduce(0, _DUP, x[:2] * 3, how, include_self=inc))
+    check(m, (rnd(5, 7),), more=[(rnd(5, 7, seed=1),)], rtol=1e-6, atol=1e-6)
+
+
+def test_scatter_reduce_integers_and_a_dynamic_batch() -> None:
+    m = Fn(lambda s, x, i: ((x * 10).long().scatter_reduce(1, i, (x * 7).long(), "amax", include_self=False),
+                            x.scatter_add(1, i, x), x.scatter(1, i, -1.0)))
+    idx = torch.tensor([[0, 2, 1], [1, 1, 0], [2, 0, 2]])
+    check(m, (rnd(3, 3), idx), more=[(rnd(5, 3, seed=1), torch.tensor([[2, 0, 1]] * 5))], exact=False,
+          dynamic_shapes=({0: Dim("B")}, {0: Dim("B")}), rtol=1e-6, atol=1e-6)
+
+
+def test_scatter_refusals_name_the_node() -> None:
+    with pytest.raises(FrontendError, match="scatter_reduce mean of i64"):
+        sf.from_torch(Fn(lambda s, x: x.long().scatter_reduce(0, _DUP, x[:2].long(), "mean")), (rnd(5, 7),))
