@@ -33,7 +33,7 @@ from ..ir.errors import FrontendError, ScalefoldError, UnsupportedOpError
 from ..ir.graph import Graph, Value
 from ..ir.types import Dim, TensorType, canon_dim, dims_equal, sym
 from . import aten_elementwise, aten_image, aten_nn, aten_reduce, aten_shape  # noqa: F401  (registration)
-from . import aten_scan, aten_scatter, aten_scatter_elems  # noqa: F401  (registration)
+from . import aten_embedding_bag, aten_scan, aten_scatter, aten_scatter_elems  # noqa: F401  (registration)
 from .aten_table import ATEN, Ctx, bind_args, op_name
 from .aten_fuse import cleanup
 from .dim_ranges import Range, tighten
