@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import operator
 import threading
+import warnings
 from collections import Counter
 from contextlib import nullcontext
 from typing import Any, Mapping
@@ -29,7 +30,7 @@ import torch.utils._pytree as pytree
 from torch.export import ExportedProgram
 
 from ..ir import dtypes as dt
-from ..ir.errors import FrontendError, ScalefoldError, UnsupportedOpError
+from ..ir.errors import FrontendError, ScalefoldError, ShapeError, UnsupportedOpError
 from ..ir.graph import Graph, Value
 from ..ir.types import Dim, TensorType, canon_dim, dims_equal, sym
 from . import aten_elementwise, aten_image, aten_nn, aten_reduce, aten_shape  # noqa: F401  (registration)
@@ -109,7 +110,7 @@ def from_torch(model: torch.nn.Module | ExportedProgram, example_inputs: Any,
         except Exception as e:  # torch raises many kinds
             raise FrontendError(f"decomposing {gname} failed: {_one_line(e)}") from e
         dim_names = _dim_names(model, ep, args, kwargs, dynamic_shapes)
-        return _convert(ep, gname, dim_names)
+        return _convert_or_pin(ep, gname, dim_names)
 
 
 # ---- export -----------------------------------------------------------------------------------
@@ -258,8 +259,10 @@ def _dim_names(model: Any, ep: ExportedProgram, args: tuple, kwargs: dict,
 class _Symbols:
     """Maps torch's shape symbols (s0, s77, ...) to IR symbols named after the user's Dims."""
 
-    def __init__(self, ranges: Mapping[sympy.Symbol, Any] | None = None) -> None:
-        self.map: dict[sympy.Symbol, sympy.Expr] = {}
+    def __init__(self, ranges: Mapping[sympy.Symbol, Any] | None = None,
+                 pins: Mapping[sympy.Symbol, int] | None = None) -> None:
+        # pinned torch symbols stand for their example value (see _pinned)
+        self.map: dict[sympy.Symbol, sympy.Expr] = {s: sympy.Integer(v) for s, v in (pins or {}).items()}
         self._torch_ranges = dict(ranges or {})     # torch symbol -> ValueRanges (the Dims')
         self._ranges: tuple[int, dict[sympy.Symbol, Range]] = (-1, {})
         self.relied: set[sympy.Symbol] = set()     # IR symbols whose ranges simplified a size
@@ -348,11 +351,98 @@ def _scan(gm: fx.GraphModule, gname: str) -> None:
         raise UnsupportedOpError(dict(bad), where=f"model {gname}")
 
 
-def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str]]) -> Graph:
+def _convert_or_pin(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str]]) -> Graph:
+    """``_convert``; where that fails on shapes and torch.export kept equality guards on the
+    dynamic dims (``_pinned``), convert again with the sizes those guards constrain fixed at
+    the example's (then with every size they mention), with a warning naming the inputs'
+    fixed dims. torch's own exported program holds only where its guards do: DINOv2's patch
+    grid ((H // 8) * (W // 8) == 16) or Swin's window arithmetic tie the "dynamic" sizes to
+    the example, and the graph's sizes otherwise never unify."""
+    try:
+        return _convert(ep, gname, dim_names)
+    except (ShapeError, FrontendError) as e:
+        first = e
+    tight, loose = _pinned(ep)
+    for pins in dict.fromkeys((tuple(sorted(tight.items(), key=str)), tuple(sorted(loose.items(), key=str)))):
+        if not pins:
+            continue
+        try:
+            g = _convert(ep, gname, dim_names, dict(pins))
+        except ScalefoldError:
+            continue
+        fixed = _fixed_dims(ep, g)
+        warnings.warn(f"{gname}: torch.export kept guards that tie dynamic sizes to the example, so "
+                      f"{fixed} are compiled fixed at the example's sizes (torch's exported program only "
+                      f"holds there; other sizes are refused)", stacklevel=3)
+        return g
+    raise first
+
+
+def _fixed_dims(ep: ExportedProgram, g: Graph) -> str:
+    """"input 'x' dims 2, 3" for the user inputs' dims that are symbolic in ``ep`` but static
+    in ``g``."""
+    from torch.export.graph_signature import InputKind
+    phs = [n for n in ep.graph_module.graph.nodes if n.op == "placeholder"]
+    users = [ph for spec, ph in zip(ep.graph_signature.input_specs, phs) if spec.kind == InputKind.USER_INPUT]
+    parts = []
+    for ph, v in zip((ph for ph in users if isinstance(ph.meta.get("val"), torch.Tensor)), g.inputs):
+        axes = [str(i) for i, (d, d2) in enumerate(zip(ph.meta["val"].shape, v.shape))
+                if isinstance(d, torch.SymInt) and isinstance(d2, int)]
+        if axes:
+            parts.append(f"input {ph.name!r} dim{'s' if len(axes) > 1 else ''} {', '.join(axes)}")
+    return "; ".join(parts) or "some sizes"
+
+
+def _pinned(ep: ExportedProgram) -> tuple[dict[sympy.Symbol, int], dict[sympy.Symbol, int]]:
+    """Example values of the torch shape symbols that the equality guards of the export's
+    shape environment constrain (the guard fails when the symbol alone takes another value
+    of its range), and of every symbol those guards mention. Guards that torch's own
+    replacements already satisfy do not count."""
+    env = None
+    for n in ep.graph_module.graph.nodes:
+        fm = getattr(n.meta.get("val"), "fake_mode", None)
+        if fm is not None and getattr(fm, "shape_env", None) is not None:
+            env = fm.shape_env
+            break
+    if env is None:
+        return {}, {}
+    repl = dict(getattr(env, "replacements", {}) or {})
+    values = dict(getattr(env, "backed_var_to_val", None) or getattr(env, "var_to_val", {}) or {})
+    ranges = dict(ep.range_constraints)
+    tight: dict[sympy.Symbol, int] = {}
+    loose: dict[sympy.Symbol, int] = {}
+    for guard in getattr(env, "guards", []):
+        e = getattr(guard, "expr", None)
+        if not isinstance(e, sympy.Eq):
+            continue
+        for _ in range(4):     # replacements may chain
+            e2 = e.xreplace(repl)
+            if e2 == e:
+                break
+            e = e2
+        if not isinstance(e, sympy.Eq) or not e.free_symbols or not e.free_symbols <= set(values):
+            continue
+        at = {x: sympy.Integer(int(values[x])) for x in e.free_symbols}
+        for x, v in at.items():
+            loose[x] = int(v)
+            lo, hi = (_finite_int(getattr(ranges.get(x), b, None)) for b in ("lower", "upper"))
+            others = [int(v) + d for d in (1, -1, 2, int(v)) if (lo is None or int(v) + d >= lo)
+                      and (hi is None or int(v) + d <= hi)]
+            try:
+                holds = all(bool(e.xreplace({**at, x: sympy.Integer(o)})) for o in others)
+            except TypeError:   # not decidable on numbers: treat as constraining
+                holds = False
+            if not holds:
+                tight[x] = int(v)
+    return tight, loose
+
+
+def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str]],
+             pins: Mapping[sympy.Symbol, int] | None = None) -> Graph:
     gm = ep.graph_module
     _scan(gm, gname)
     sig = ep.graph_signature
-    syms = _Symbols(ep.range_constraints)
+    syms = _Symbols(ep.range_constraints, pins)
     g = Graph(gname)
     ctx = Ctx(g, syms.expr)
 
