@@ -52,8 +52,8 @@ from onnx import helper
 
 from ..ir import dtypes as dt
 from ..ir.errors import ScalefoldError, UnsupportedOpError
-from ..ir.graph import Graph, Value
-from ..ir.types import dim_str
+from ..ir.graph import Graph, Node, Value
+from ..ir.types import TensorType, dim_str
 from . import onnx_extra, onnx_nn, onnx_qmoe, onnx_quant  # noqa: F401  (register their ops)
 from .onnx_build import DTYPE_MIN_OPSET, ONNX_DTYPE, Emitter, ExportError
 from .onnx_ops import RENDER
@@ -126,8 +126,9 @@ _MOVES = {"cast", "reshape", "transpose", "squeeze", "unsqueeze", "flatten", "sl
 def _warn_bf16(graph: Graph) -> None:
     """Warn when ``graph`` computes in bfloat16: onnxruntime's CPU provider has no bfloat16
     kernels for MatMul, Gemm, Expand and most arithmetic, so such a file fails to load there
-    (NOT_IMPLEMENTED) although it is valid ONNX that GPU providers run."""
-    ops = sorted({n.op for n in graph.nodes if n.op not in _MOVES
+    (NOT_IMPLEMENTED) although it is valid ONNX that GPU providers run. Ops exported in
+    float32 between casts (``_NO_BF16``) do not count."""
+    ops = sorted({n.op for n in graph.nodes if n.op not in _MOVES and n.op not in _NO_BF16
                   and any(v is not None and v.dtype is dt.bf16 for v in (*n.inputs, *n.outputs))})
     if ops:
         warnings.warn(f"ONNX export of graph @{graph.name}: it computes in bfloat16 ({', '.join(ops[:6])}"
@@ -182,7 +183,7 @@ def build_model(graph: Graph, opset: int, nbits_accuracy: int = 0) -> onnx.Model
         cx.current = node
         start = len(cx.nodes)
         try:
-            outs = RENDER[node.op](cx, node)
+            outs = _render_lifted(cx, node) if _needs_lift(node) else RENDER[node.op](cx, node)
         except ScalefoldError:
             raise
         except Exception as e:  # a renderer bug or an unforeseen attribute combination
@@ -222,6 +223,36 @@ def _version() -> str:
         return __version__
     except Exception:  # pragma: no cover - partial installs
         return "0"
+
+
+# ops whose ONNX form takes no bfloat16 (Conv, pools, InstanceNormalization, TopK, LRN)
+_NO_BF16 = {"conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool",
+            "lp_pool", "instance_norm", "lrn", "topk"}
+
+
+def _needs_lift(node: Node) -> bool:
+    return node.op in _NO_BF16 and any(v is not None and v.dtype is dt.bf16 for v in node.inputs)
+
+
+def _render_lifted(cx: Emitter, node: Node) -> list[str]:
+    """``node`` rendered in float32 on inputs cast from bfloat16, its bfloat16 results cast
+    back: the ONNX op takes no bfloat16 (``_NO_BF16``), and float32 arithmetic rounded once to
+    bfloat16 is what the IR's reference computes for these ops. The float32 stand-in lives in
+    a scratch graph; ``node``'s own graph is not touched."""
+    scratch = Graph("lift")
+    ins: list[Value | None] = []
+    for v in node.inputs:
+        if v is None or v.dtype is not dt.bf16:
+            ins.append(v)
+        elif v.is_const:
+            ins.append(scratch.add_const(v.const.float(), dt.f32))
+        else:
+            w = scratch.add_input(TensorType(dt.f32, v.shape), "x")
+            cx.names[id(w)] = cx.cast(cx.value(v), dt.bf16, dt.f32)
+            ins.append(w)
+    stand_in = scratch.create_node(node.op, ins, dict(node.attrs))
+    outs = RENDER[node.op](cx, stand_in)
+    return [cx.cast(name, s.dtype, v.dtype) for name, s, v in zip(outs, stand_in.outputs, node.outputs)]
 
 
 def _need_dtype(cx: Emitter, v: Value, name: str) -> None:

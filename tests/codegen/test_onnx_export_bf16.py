@@ -10,6 +10,7 @@ import torch
 
 import scalefold as sf
 from scalefold.ir.graph import Graph
+from scalefold.runtime import interp
 
 
 def _linear(dtype: torch.dtype, name: str) -> Graph:
@@ -40,3 +41,41 @@ def test_float32_and_bf16_moves_do_not_warn(tmp_path) -> None:
         sf.to_onnx(g, tmp_path / "b.onnx")
     s = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"])
     assert s.get_outputs()[0].shape[0] == 8
+
+
+class _ConvPoolTopk(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = torch.nn.Conv2d(3, 4, 3)
+        self.p = torch.nn.MaxPool2d(2)
+        self.t = torch.nn.ConvTranspose2d(4, 2, 2, 2)
+        self.n = torch.nn.InstanceNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.n(self.t(self.p(self.c(x))))
+        return torch.nn.functional.avg_pool2d(y, 2).topk(2, -1)[0]
+
+
+def test_ops_without_onnx_bf16_compute_in_float32(tmp_path) -> None:
+    """Conv, ConvTranspose, pools, InstanceNormalization and TopK take no bfloat16 in ONNX:
+    they are exported between casts, the file passes the checker, and onnx's reference
+    evaluator (onnxruntime's CPU provider cannot run the rest) gives the IR reference's
+    bfloat16 result, within a bfloat16 step of torch's own."""
+    import numpy as np
+    from onnx.reference import ReferenceEvaluator
+    import ml_dtypes
+
+    torch.manual_seed(0)
+    m = _ConvPoolTopk().eval().to(torch.bfloat16)
+    x = torch.randn(1, 3, 13, 13, dtype=torch.bfloat16)
+    g = sf.from_torch(m, (x,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")     # nothing computes in bfloat16 in the file
+        model = sf.to_onnx(g, tmp_path / "m.onnx")
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "MaxPool", "TopK")]
+    assert len(convs) == 4
+    ev = ReferenceEvaluator(str(tmp_path / "m.onnx"))
+    got = ev.run(None, {ev.input_names[0]: x.float().numpy().astype(ml_dtypes.bfloat16)})[0]
+    got = torch.from_numpy(got.astype(np.float32))
+    torch.testing.assert_close(got, interp.run(g, x)[0].float(), rtol=0, atol=0)
+    torch.testing.assert_close(got, m(x).float(), rtol=2 ** -7, atol=2 ** -7)
