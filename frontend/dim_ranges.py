@@ -17,6 +17,14 @@ import sympy
 Range = tuple[int | None, int | None]     # inclusive bounds; None: unbounded
 
 
+def finite_int(v: object) -> int | None:
+    """A range bound of torch's (an int, or sympy's / torch's own infinity) as an int, or None
+    when unbounded."""
+    if isinstance(v, sympy.Integer) or isinstance(v, int) and not isinstance(v, bool):
+        return int(v)
+    return None
+
+
 def _linear_bounds(d: sympy.Expr, ranges: Mapping[sympy.Symbol, Range]) -> tuple[float, float] | None:
     """(min, max) of ``d`` over ``ranges`` when ``d`` is linear in ranged symbols, else None."""
     d = sympy.expand(d)

@@ -37,7 +37,8 @@ from . import aten_elementwise, aten_image, aten_nn, aten_reduce, aten_shape  # 
 from . import aten_embedding_bag, aten_scan, aten_scatter, aten_scatter_elems  # noqa: F401  (registration)
 from .aten_table import ATEN, Ctx, bind_args, op_name
 from .aten_fuse import cleanup
-from .dim_ranges import Range, tighten
+from .dim_ranges import Range, finite_int, tighten
+from .export_guards import fixed_dims, pinned
 from .hf_moe import moe_blocks_swapped, recognise
 
 __all__ = ["from_torch", "KEEP", "supported_ops"]
@@ -261,7 +262,7 @@ class _Symbols:
 
     def __init__(self, ranges: Mapping[sympy.Symbol, Any] | None = None,
                  pins: Mapping[sympy.Symbol, int] | None = None) -> None:
-        # pinned torch symbols stand for their example value (see _pinned)
+        # pinned torch symbols stand for their example value (export_guards.pinned)
         self.map: dict[sympy.Symbol, sympy.Expr] = {s: sympy.Integer(v) for s, v in (pins or {}).items()}
         self._torch_ranges = dict(ranges or {})     # torch symbol -> ValueRanges (the Dims')
         self._ranges: tuple[int, dict[sympy.Symbol, Range]] = (-1, {})
@@ -275,7 +276,7 @@ class _Symbols:
                 vr = self._torch_ranges.get(ts)
                 if vr is None or not isinstance(ir, sympy.Symbol):
                     continue
-                out[ir] = (_finite_int(vr.lower), _finite_int(vr.upper))
+                out[ir] = (finite_int(vr.lower), finite_int(vr.upper))
             self._ranges = (len(self.map), out)
         return self._ranges[1]
 
@@ -318,14 +319,6 @@ class _Symbols:
 # ---- conversion -------------------------------------------------------------------------------
 
 
-def _finite_int(v: Any) -> int | None:
-    """A range bound of torch's (an int, or sympy's / torch's own infinity) as an int, or None
-    when unbounded."""
-    if isinstance(v, sympy.Integer) or isinstance(v, int) and not isinstance(v, bool):
-        return int(v)
-    return None
-
-
 def _is_symbolic(val: Any) -> bool:
     return isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool))
 
@@ -353,7 +346,7 @@ def _scan(gm: fx.GraphModule, gname: str) -> None:
 
 def _convert_or_pin(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str]]) -> Graph:
     """``_convert``; where that fails on shapes and torch.export kept equality guards on the
-    dynamic dims (``_pinned``), convert again with the sizes those guards constrain fixed at
+    dynamic dims (``export_guards.pinned``), convert again with the sizes those guards constrain fixed at
     the example's (then with every size they mention), with a warning naming the inputs'
     fixed dims. torch's own exported program holds only where its guards do: DINOv2's patch
     grid ((H // 8) * (W // 8) == 16) or Swin's window arithmetic tie the "dynamic" sizes to
@@ -362,7 +355,7 @@ def _convert_or_pin(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[i
         return _convert(ep, gname, dim_names)
     except (ShapeError, FrontendError) as e:
         first = e
-    tight, loose = _pinned(ep)
+    tight, loose = pinned(ep)
     for pins in dict.fromkeys((tuple(sorted(tight.items(), key=str)), tuple(sorted(loose.items(), key=str)))):
         if not pins:
             continue
@@ -370,71 +363,12 @@ def _convert_or_pin(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[i
             g = _convert(ep, gname, dim_names, dict(pins))
         except ScalefoldError:
             continue
-        fixed = _fixed_dims(ep, g)
+        fixed = fixed_dims(ep, g)
         warnings.warn(f"{gname}: torch.export kept guards that tie dynamic sizes to the example, so "
                       f"{fixed} are compiled fixed at the example's sizes (torch's exported program only "
                       f"holds there; other sizes are refused)", stacklevel=3)
         return g
     raise first
-
-
-def _fixed_dims(ep: ExportedProgram, g: Graph) -> str:
-    """"input 'x' dims 2, 3" for the user inputs' dims that are symbolic in ``ep`` but static
-    in ``g``."""
-    from torch.export.graph_signature import InputKind
-    phs = [n for n in ep.graph_module.graph.nodes if n.op == "placeholder"]
-    users = [ph for spec, ph in zip(ep.graph_signature.input_specs, phs) if spec.kind == InputKind.USER_INPUT]
-    parts = []
-    for ph, v in zip((ph for ph in users if isinstance(ph.meta.get("val"), torch.Tensor)), g.inputs):
-        axes = [str(i) for i, (d, d2) in enumerate(zip(ph.meta["val"].shape, v.shape))
-                if isinstance(d, torch.SymInt) and isinstance(d2, int)]
-        if axes:
-            parts.append(f"input {ph.name!r} dim{'s' if len(axes) > 1 else ''} {', '.join(axes)}")
-    return "; ".join(parts) or "some sizes"
-
-
-def _pinned(ep: ExportedProgram) -> tuple[dict[sympy.Symbol, int], dict[sympy.Symbol, int]]:
-    """Example values of the torch shape symbols that the equality guards of the export's
-    shape environment constrain (the guard fails when the symbol alone takes another value
-    of its range), and of every symbol those guards mention. Guards that torch's own
-    replacements already satisfy do not count."""
-    env = None
-    for n in ep.graph_module.graph.nodes:
-        fm = getattr(n.meta.get("val"), "fake_mode", None)
-        if fm is not None and getattr(fm, "shape_env", None) is not None:
-            env = fm.shape_env
-            break
-    if env is None:
-        return {}, {}
-    repl = dict(getattr(env, "replacements", {}) or {})
-    values = dict(getattr(env, "backed_var_to_val", None) or getattr(env, "var_to_val", {}) or {})
-    ranges = dict(ep.range_constraints)
-    tight: dict[sympy.Symbol, int] = {}
-    loose: dict[sympy.Symbol, int] = {}
-    for guard in getattr(env, "guards", []):
-        e = getattr(guard, "expr", None)
-        if not isinstance(e, sympy.Eq):
-            continue
-        for _ in range(4):     # replacements may chain
-            e2 = e.xreplace(repl)
-            if e2 == e:
-                break
-            e = e2
-        if not isinstance(e, sympy.Eq) or not e.free_symbols or not e.free_symbols <= set(values):
-            continue
-        at = {x: sympy.Integer(int(values[x])) for x in e.free_symbols}
-        for x, v in at.items():
-            loose[x] = int(v)
-            lo, hi = (_finite_int(getattr(ranges.get(x), b, None)) for b in ("lower", "upper"))
-            others = [int(v) + d for d in (1, -1, 2, int(v)) if (lo is None or int(v) + d >= lo)
-                      and (hi is None or int(v) + d <= hi)]
-            try:
-                holds = all(bool(e.xreplace({**at, x: sympy.Integer(o)})) for o in others)
-            except TypeError:   # not decidable on numbers: treat as constraining
-                holds = False
-            if not holds:
-                tight[x] = int(v)
-    return tight, loose
 
 
 def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str]],
