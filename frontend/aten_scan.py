@@ -1,4 +1,5 @@
-"""ATen -> IR: running scans other than ``cumsum`` (``cumprod``, ``cummax``, ``cummin``).
+"""ATen -> IR: running scans other than ``cumsum`` (``cumprod``, ``cummax``, ``cummin``,
+``logcumsumexp``).
 
 - ``cumprod`` maps onto the IR ``cumprod`` op (ONNX CumProd) one-to-one.
 - ``cummax`` / ``cummin`` have no IR op; they are lowered exactly onto existing ops.
@@ -17,6 +18,10 @@
 
   Values read or selected are never recomputed, so both paths are exact, for floats and
   integers alike.
+- ``logcumsumexp``: the same two shapes of scan with log-add-exp as the operator, computed as
+  torch's kernel does, max + log(1 + exp(min - max)), with equal infinities passed through and
+  NaN kept; along a symbolic axis a masked [.., n, n] ``reduce_logsumexp``. The association
+  order differs from torch's sequential one, so results agree to rounding.
 """
 from __future__ import annotations
 
@@ -146,3 +151,39 @@ def _cum_extreme_on(ctx: Ctx, x: Value, axis: int, is_max: bool,
     if isinstance(x.shape[axis], int):
         return _scan_static(ctx, x, axis, is_max, with_idx)
     return _scan_dynamic(ctx, x, axis, is_max)
+
+
+def _log_add_exp(ctx: Ctx, a: Value, b: Value) -> Value:
+    """log(exp(a) + exp(b)) as torch's logcumsumexp combines: equal infinities give a."""
+    mx, mn = ctx.emit("maximum", [a, b]), ctx.emit("minimum", [a, b])
+    one = ctx.scalar(1.0, a.dtype)
+    r = ctx.emit("add", [mx, ctx.emit("log", [ctx.emit("add", [one, ctx.emit("exp", [ctx.emit("sub", [mn, mx])])])])])
+    same_inf = ctx.emit("logical_and", [ctx.emit("eq", [mn, mx]), ctx.emit("isinf", [mn])])
+    return ctx.emit("where", [same_inf, a, r])
+
+
+@aten("logcumsumexp.default")
+def _logcumsumexp(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    if not x.dtype.is_float:
+        raise FrontendError(f"{ctx.node_name}: logcumsumexp of {x.dtype.name}")
+    r = x.type.rank
+    if r == 0:
+        return ctx.emit("identity", [x])
+    axis = int(a["dim"]) % r
+    size = x.shape[axis]
+    if isinstance(size, int):
+        v, k = x, 1
+        while k < size:
+            va, vb = _slice(ctx, v, axis, 0, size - k), _slice(ctx, v, axis, k, _END)
+            v = ctx.emit("concat", [_slice(ctx, v, axis, 0, k), _log_add_exp(ctx, va, vb)], axis=axis)
+            k *= 2
+        return v
+    perm = tuple(d for d in range(r) if d != axis) + (axis,)
+    xm = ctx.emit("transpose", [x], perm=perm) if axis != r - 1 else x
+    pos = ctx.emit("arange", [], start=0, end=size, step=1, dtype="i64")
+    mask = ctx.emit("le", [ctx.emit("unsqueeze", [pos], axes=(0,)), ctx.emit("unsqueeze", [pos], axes=(1,))])
+    xj = ctx.emit("unsqueeze", [xm], axes=(r - 1,))                     # [..., 1, n]
+    rows = ctx.emit("where", [mask, xj, ctx.scalar(float("-inf"), x.dtype)])   # [..., n, n]
+    out = ctx.emit("reduce_logsumexp", [rows], axes=(r,), keepdims=False)
+    return ctx.emit("transpose", [out], perm=tuple(perm.index(d) for d in range(r))) if axis != r - 1 else out

@@ -96,6 +96,20 @@ def _ties_and_nans(n: int) -> torch.Tensor:
     return x
 
 
+def test_logcumsumexp_static_and_dynamic_with_infinities_and_nan() -> None:
+    """The log-add-exp scan: -inf prefixes stay -inf, +inf stays, NaN spreads forward, a
+    -200 among O(1) values does not underflow the sum."""
+    inf, nan = float("inf"), float("nan")
+    x = rnd(4, 9)
+    x[0, 2], x[0, 6] = -inf, -200.0
+    x[1, :3] = -inf
+    x[2, 4] = x[2, 6] = inf
+    x[3, 5] = nan
+    m = Fn(lambda s, x: (torch.logcumsumexp(x, 1), torch.logcumsumexp(x * 30, 0)))
+    check(m, (x,), more=[(rnd(4, 9, seed=1) * 50,)], rtol=1e-5, atol=1e-5)
+    check(m, (x,), more=[(rnd(4, 5, seed=2),)], dynamic_shapes=({1: Dim("W")},), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("op", [torch.cummax, torch.cummin])
 def test_cummax_cummin_values_and_indices_static(op: Callable) -> None:
     """Ties take the last index, a NaN wins and stays (the latest NaN's index), as torch."""
@@ -352,8 +366,8 @@ def test_bucketize_through_the_decomposition_fallback() -> None:
 
 
 def test_ops_without_conversion_or_decomposition_are_named() -> None:
-    with pytest.raises(UnsupportedOpError, match=r"aten\.logcumsumexp\.default \(x1\)"):
-        sf.from_torch(Fn(lambda s, x: torch.logcumsumexp(x, 1)), (rnd(3, 5),))
+    with pytest.raises(UnsupportedOpError, match=r"aten\.erfinv\.default \(x1\)"):
+        sf.from_torch(Fn(lambda s, x: torch.erfinv(x.tanh())), (rnd(3, 5),))
 
 
 def test_decompositions_into_unknown_ops_are_not_taken() -> None:
