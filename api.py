@@ -17,21 +17,29 @@ TARGETS = ("c", "interp", "triton")
 def to_graph(model: Any, example_inputs: Sequence[torch.Tensor] | None = None,
              dynamic_shapes: Any = None) -> Graph:
     """Import ``model``: an ``sf.Graph``, an ONNX path / ModelProto / bytes, an
-    ``nn.Module`` or ``fx.GraphModule`` (needs ``example_inputs``)."""
+    ``nn.Module`` or ``fx.GraphModule`` (needs ``example_inputs``: a tuple, a dict by name, an
+    (args, kwargs) pair or a single tensor), or a ``torch.export`` ExportedProgram."""
     if isinstance(model, Graph):
         return model
     import onnx
     if isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto)):
         from .frontend.onnx import from_onnx
         return from_onnx(model)
-    if isinstance(model, torch.nn.Module):
-        if example_inputs is None:
+    from torch.export import ExportedProgram
+    if isinstance(model, (torch.nn.Module, ExportedProgram)):
+        if example_inputs is None and not isinstance(model, ExportedProgram):
             raise ScalefoldError("compiling a torch module needs example_inputs")
         from .frontend.torch import from_torch
-        inputs = example_inputs if isinstance(example_inputs, dict) else tuple(example_inputs)
+        inputs: Any = example_inputs
+        if example_inputs is None:
+            inputs = ()
+        elif not isinstance(example_inputs, (dict, torch.Tensor)):
+            # a list, a tuple or another iterable of inputs (a lone tensor is one input, not
+            # its rows)
+            inputs = tuple(example_inputs)
         return from_torch(model, inputs, dynamic_shapes=dynamic_shapes)
     raise ScalefoldError(f"cannot compile an object of type {type(model).__name__}: expected an "
-                         f"nn.Module, fx.GraphModule, ONNX path/ModelProto or scalefold Graph")
+                         f"nn.Module, fx.GraphModule, ExportedProgram, ONNX path/ModelProto or scalefold Graph")
 
 
 class CompiledModel:
@@ -211,9 +219,15 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, pa
 def build(graph: Graph, target: str) -> CompiledModel:
     """Wrap an already verified ``graph`` for ``target`` (no passes; used by compile and load)."""
     if target == "interp":
+        from .runtime.executor import refuse_grad
         from .runtime.interp import Interpreter
         interp = Interpreter(graph)
-        return CompiledModel(graph, "interp", lambda *xs: interp.run(xs))
+
+        def run(*xs: Any) -> list[torch.Tensor]:
+            refuse_grad(xs)
+            with torch.no_grad():
+                return interp.run(xs)
+        return CompiledModel(graph, "interp", run)
     if target == "c":
         return build_c(graph)
     if target == "triton":

@@ -140,7 +140,10 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: A
     # each module's own flag: train(flag) on the root would set every submodule to the root's
     # (a frozen Dropout / BatchNorm inside a training model came back in training mode)
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:  # ExportedProgram.module() refuses eval(); it is already traced
+        pass
     # a transformers model returns its KV cache (a Cache object, not tensors) unless told not
     # to; the IR has no such value, so the export runs without it, as if use_cache=False
     config = getattr(model, "config", None)

@@ -64,6 +64,16 @@ def mixes_devices(e: RuntimeError, dev: torch.device) -> bool:
     return "same device" in msg or "expected device" in msg or "device as the indexed tensor" in msg
 
 
+def refuse_grad(inputs: Sequence[Any]) -> None:
+    """The ExecutionError of a call that would need gradients (an input requires grad under
+    grad mode): generated kernels write through raw pointers, so autograd would see only the
+    library steps, a partial graph and silently wrong gradients. Every target refuses alike."""
+    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
+        raise ExecutionError("compiled models compute no gradients: call them under torch.no_grad() "
+                             "or pass inputs that do not require grad (torch.compile(backend="
+                             "'scalefold') falls back to eager for training)")
+
+
 class Executor:
     """Callable runner of ``schedule`` with ``kernels`` (name -> ctypes function, or an object
     with ``bind``) for its fused kernels and ``params`` (name -> sympy expressions of their
@@ -412,12 +422,7 @@ class Executor:
         return self.run(inputs)
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
-            # generated kernels write through raw pointers, so autograd would see only the
-            # library steps: a partial graph and silently wrong gradients
-            raise ExecutionError("compiled models compute no gradients: call them under torch.no_grad() "
-                                 "or pass inputs that do not require grad (torch.compile(backend="
-                                 "'scalefold') falls back to eager for training)")
+        refuse_grad(inputs)
         with torch.no_grad():
             return self._run(inputs)
 

@@ -205,3 +205,42 @@ def test_compiled_model_takes_inputs_by_name() -> None:
         cm(input_ids=ids)
     with pytest.raises(sf.ScalefoldError, match="positionally and by name"):
         cm(ids, input_ids=ids)
+
+
+class _Mlp(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(16, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x).relu())
+
+
+def test_a_lone_example_tensor_is_one_input_not_its_rows() -> None:
+    m, x = _Mlp().eval(), torch.randn(1, 16)
+    cm = sf.compile(m, x, target="interp")
+    assert str(cm.graph.inputs[0].type) == "f32[1,16]"
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), m(x))
+    assert str(sf.compile(m, torch.randn(4, 16), target="interp").graph.inputs[0].type) == "f32[4,16]"
+
+
+def test_exported_programs_and_their_modules_compile() -> None:
+    m, x = _Mlp().eval(), torch.randn(4, 16)
+    ep = torch.export.export(m, (x,))
+    with torch.no_grad():
+        want = m(x)
+        torch.testing.assert_close(sf.compile(ep, target="c")(x), want)
+        torch.testing.assert_close(sf.compile(ep, (x,), target="c")(x), want)
+        # ExportedProgram.module() refuses eval(): compile must not call it blindly
+        torch.testing.assert_close(sf.compile(ep.module(), (x,), target="c")(x), want)
+
+
+@pytest.mark.parametrize("target", ["interp", "c"])
+def test_every_target_refuses_gradients_alike(target: str) -> None:
+    m, x = _Mlp().eval(), torch.randn(4, 16)
+    cm = sf.compile(m, (x,), target=target)
+    with pytest.raises(sf.ScalefoldError, match="compute no gradients"):
+        cm(x.clone().requires_grad_())
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x.clone().requires_grad_()), m(x))
