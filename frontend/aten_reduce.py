@@ -205,16 +205,19 @@ def _median(ctx: Ctx, n: fx.Node, a: dict) -> Any:
     are NaN. Among equal values torch may return any of their indices; here the first."""
     x, axis = _whole_axis(ctx, a)
     keep = bool(a.get("keepdim", False)) if "dim" in a else False
-    nan = ctx.emit("isnan", [x])
-    if "nanmedian" in str(n.target):
-        count = ctx.emit("reduce_sum", [ctx.cast(ctx.emit("logical_not", [nan]), dt.i64)], axes=(axis,), keepdims=True)
+    size = x.shape[axis]
+    lower = max(size - 1, 0) // 2 if isinstance(size, int) else canon_dim(sympy.floor((size - 1) / 2))
+    if not x.dtype.is_float:        # integers: no NaN to place or skip
+        pair = _order_stat(ctx, x, axis, lower, keep)
+    elif "nanmedian" in str(n.target):
+        real = ctx.cast(ctx.emit("logical_not", [ctx.emit("isnan", [x])]), dt.i64)
+        count = ctx.emit("reduce_sum", [real], axes=(axis,), keepdims=True)
         # (count - 1) / 2 truncates toward zero: an all-NaN slice takes position 0 (a NaN)
         k = ctx.emit("div", [ctx.emit("sub", [count, ctx.scalar(1, dt.i64)]), ctx.scalar(2, dt.i64)])
         pair = _order_stat(ctx, x, axis, k, keep)
     else:
-        size = x.shape[axis]
-        k = max(size - 1, 0) // 2 if isinstance(size, int) else canon_dim(sympy.floor((size - 1) / 2))
-        v, i = _order_stat(ctx, x, axis, k, keep)
+        nan = ctx.emit("isnan", [x])
+        v, i = _order_stat(ctx, x, axis, lower, keep)
         any_nan = ctx.emit("reduce_max", [nan], axes=(axis,), keepdims=keep)
         first_nan = ctx.emit("argmax", [ctx.cast(nan, dt.i32)], axis=axis, keepdims=keep)
         pair = (ctx.emit("where", [any_nan, ctx.scalar(float("nan"), x.dtype), v]),

@@ -419,6 +419,11 @@ def test_median_and_nanmedian_values_with_nan_and_ties() -> None:
     assert med_idx[0] == 2 and med_idx[3] == 4      # the first NaN
 
 
+def test_median_and_kthvalue_of_integers() -> None:
+    m = Fn(lambda s, x: (*torch.median(x, 1), torch.median(x), *torch.nanmedian(x, 0), *torch.kthvalue(x, 2, 1)))
+    check(m, (torch.randperm(28, generator=torch.Generator().manual_seed(0)).reshape(4, 7),), exact=True)
+
+
 def test_kthvalue_out_of_range_is_refused() -> None:
     with pytest.raises(FrontendError, match="kthvalue"):
         sf.from_torch(Fn(lambda s, x: torch.kthvalue(x, 6, 1)[0]), (rnd(3, 5),))
