@@ -78,16 +78,22 @@ def _var_mean(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
 @aten("linalg_vector_norm.default")
 def _vector_norm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     """torch.linalg.vector_norm (F.normalize, torch.norm): the p-norm over ``dim`` (all dims
-    when None) of x in the result's dtype, p = ord: 2 -> reduce_l2, 1 -> sum |x|, inf / -inf
-    -> max / min |x|, 0 -> the count of non-zeros, else (sum |x|^p)^(1/p)."""
+    when None) of x in the result's dtype (``p_norm``)."""
     out = ctx.out_dtype(n)
     x = ctx.cast(ctx.t(a["self"]), out)
-    p = float(a.get("ord", 2))
     kw = dict(axes=_axes(a.get("dim")), keepdims=bool(a.get("keepdim", False)))
     if x.type.rank == 0:
         kw["axes"] = None
         x = ctx.emit("reshape", [x], shape=(1,))
         kw["keepdims"] = False
+    return p_norm(ctx, x, float(a.get("ord", 2)), **kw)
+
+
+def p_norm(ctx: Ctx, x: Value, p: float, axes: tuple[int, ...] | None, keepdims: bool) -> Value:
+    """The p-norm of float ``x`` over ``axes``: 2 -> reduce_l2, 1 -> sum |x|, inf / -inf ->
+    max / min |x|, 0 -> the count of non-zeros, else (sum |x|^p)^(1/p)."""
+    out = x.dtype
+    kw = dict(axes=axes, keepdims=keepdims)
     if p == 2:
         return ctx.emit("reduce_l2", [x], **kw)
     if p == 0:
@@ -105,6 +111,45 @@ def _vector_norm(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     ax = ctx.cast(ax, wide)
     total = ctx.emit("reduce_sum", [ctx.emit("pow", [ax, ctx.scalar(p, wide)])], **kw)
     return ctx.cast(ctx.emit("pow", [total, ctx.scalar(1.0 / p, wide)]), out)
+
+
+@aten("_cdist_forward.default")
+def _cdist(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    """torch.cdist: the p-norm of every row difference, [..., P, M] x [..., R, M] ->
+    [..., P, R], from the [..., P, R, M] differences (torch's matrix-product shortcut for p = 2
+    on large inputs rounds differently, within a few ulps of the norm)."""
+    x1, x2 = ctx.t(a["x1"]), ctx.t(a["x2"])
+    if not x1.dtype.is_float or x1.type.rank < 2 or x2.type.rank < 2:
+        raise FrontendError(f"{ctx.node_name}: cdist of {x1.type} and {x2.type}")
+    diff = ctx.emit("sub", [ctx.emit("unsqueeze", [x1], axes=(-2,)), ctx.emit("unsqueeze", [x2], axes=(-3,))])
+    return p_norm(ctx, diff, float(a["p"]), axes=(-1,), keepdims=False)
+
+
+@aten("searchsorted.Tensor", "searchsorted.Scalar")
+def _searchsorted(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    """torch.searchsorted / bucketize's general form: for each value, how many entries of the
+    sorted last axis lie below it (``right``: at or below), counted by one comparison table
+    [..., K, M]; ``sorter`` first reorders the sequence."""
+    seq = ctx.t(a["sorted_sequence"])
+    v = a["self"]
+    right = bool(a.get("right", False)) or a.get("side") == "right"
+    if seq.type.rank == 0:
+        raise FrontendError(f"{ctx.node_name}: searchsorted in a 0-d sequence")
+    if a.get("sorter") is not None:
+        seq = ctx.emit("gather_elements", [seq, ctx.t(a["sorter"])], axis=-1)
+    vals = ctx.t(v) if isinstance(v, fx.Node) else ctx.scalar(v, seq.dtype)
+    if vals.dtype is not seq.dtype:
+        common = seq.dtype if seq.dtype.is_float else vals.dtype
+        seq, vals = ctx.cast(seq, common), ctx.cast(vals, common)
+    if seq.type.rank == 1:
+        table = ctx.emit("le" if right else "lt", [seq, ctx.emit("unsqueeze", [vals], axes=(-1,))])
+    else:
+        if vals.type.rank != seq.type.rank:
+            raise FrontendError(f"{ctx.node_name}: searchsorted values {vals.type} for a sequence {seq.type}")
+        table = ctx.emit("le" if right else "lt", [ctx.emit("unsqueeze", [seq], axes=(-2,)),
+                                                   ctx.emit("unsqueeze", [vals], axes=(-1,))])
+    count = ctx.emit("reduce_sum", [ctx.cast(table, dt.i64)], axes=(-1,), keepdims=False)
+    return ctx.cast(count, dt.i32 if a.get("out_int32") else dt.i64)
 
 
 @aten("max.dim", "min.dim")

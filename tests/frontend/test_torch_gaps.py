@@ -483,3 +483,23 @@ def test_scatter_reduce_integers_and_a_dynamic_batch() -> None:
 def test_scatter_refusals_name_the_node() -> None:
     with pytest.raises(FrontendError, match="scatter_reduce mean of i64"):
         sf.from_torch(Fn(lambda s, x: x.long().scatter_reduce(0, _DUP, x[:2].long(), "mean")), (rnd(5, 7),))
+
+
+def test_cdist_for_every_p() -> None:
+    m = Fn(lambda s, x, y: tuple(torch.cdist(x, y, p=p) for p in (2.0, 1.0, float("inf"), 3.0, 0.0)))
+    check(m, (rnd(2, 5, 4), rnd(2, 6, 4, seed=1)), more=[(rnd(2, 5, 4, seed=2) * 3, rnd(2, 6, 4, seed=3))],
+          rtol=1e-5, atol=1e-5)
+
+
+def test_searchsorted_left_right_batched_scalar_and_sorter() -> None:
+    """Values equal to a boundary go left or right as asked; a batched sequence searches its
+    own row; ``sorter`` reorders an unsorted one."""
+    seq = torch.tensor([-1.0, 0.0, 0.5, 0.5, 2.0])
+    perm = torch.tensor([2, 0, 4, 1, 3])
+    m = Fn(lambda s, x: (torch.searchsorted(seq, x), torch.searchsorted(seq, x, right=True, out_int32=True),
+                         torch.searchsorted(torch.sort(x, -1)[0], x[:, :3] * 0.5),
+                         torch.searchsorted(seq, 0.5, side="right"),
+                         torch.searchsorted(seq[perm], x, sorter=torch.argsort(seq[perm]))))
+    x = rnd(3, 6)
+    x[0, :5] = seq
+    check(m, (x,), more=[(rnd(3, 6, seed=1) * 2,)], exact=True)
