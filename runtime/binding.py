@@ -48,6 +48,7 @@ class Bound:
     calls: int = 0
     cuda_graph: Any = None          # (CUDAGraph, static inputs, outputs) once captured
     no_graph: bool = False          # capture failed: run step by step
+    seg_plan: Any = None            # the steps with runs of C steps as segments (runtime/cseg.py)
 
 
 def kernel_symbols(k: Kernel, params: Sequence[sympy.Expr]) -> tuple[sympy.Symbol, ...]:

@@ -34,14 +34,17 @@ def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[i
     # decoder's previous KV cache would stay in memory until the next token)
     seen: list = [None] * len(order)
     valid = [False]        # whether ``seen`` and ``ptrs`` are those of the last C call
+    copied = [False]       # whether that call passed a copy of some value
+    by_cl = [False]        # whether the last call ran the channels-last kernel
 
     def run(vals: list) -> None:
         if valid[0] and all(r() is vals[s] for s, r in zip(order, seen)):
             fn(ptrs, qarr)
             return
-        valid[0] = False
+        valid[0] = copied[0] = by_cl[0] = False
         if (alt is not None or cl is not None) and any(is_channels_last(vals[s]) for s in ins):
             if cl is not None and cl(vals):
+                by_cl[0] = True
                 return
             if alt is not None:
                 alt(vals)
@@ -51,8 +54,18 @@ def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[i
             if not t.is_contiguous():  # a transposed view from an earlier step
                 # the copy is a new object, which the next call's values never hold
                 t = vals[s] = t.contiguous()
+                copied[0] = True
             seen[i] = weakref.ref(t)
             ptrs[i] = t.data_ptr()
         fn(ptrs, qarr)
         valid[0] = True
+    def last_call() -> tuple | None:
+        """(kernel, pointers, integers) of the last call when it passed every value straight
+        through, for a Segment (runtime/cseg.py) to repeat; None otherwise."""
+        if valid[0] and not copied[0]:
+            return fn, ptrs, qarr
+        if by_cl[0]:
+            return getattr(cl, "last_call", lambda: None)()
+        return None
+    run.order, run.last_call = list(order), last_call
     return run

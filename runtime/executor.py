@@ -26,6 +26,7 @@ host) keeps running step by step.
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
@@ -42,6 +43,7 @@ from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .binding import Bound, KStep, Step, Typed, contiguous_strides, kernel_symbols
 from .alternatives import alt_params, cl_alternative, compiled_alt, conv_kernel_step
+from . import cseg
 from .cstep import c_step
 from .interp import bind_symbols, check_shape, declared_shapes
 from .layout import channels_last_values, is_channels_last, slice_index, torch_kernel
@@ -127,6 +129,9 @@ class Executor:
         self._cl_values = channels_last_values(schedule)
         self._libfns: dict[str, tuple[Callable, bool]] = {}
         self._lock = threading.Lock()
+        # runs of C steps called as one (runtime/cseg.py); off to time steps one by one
+        self.segments = os.environ.get("SCALEFOLD_SEGMENTS", "1") != "0"
+        self._last_run: Bound | None = None
         # per kernel: the symbols its step depends on, and its steps by their values (LRU)
         ksyms = [kernel_symbols(k, alt_params(k, self.params)) for k in schedule.kernels]
         self._symsets = list(dict.fromkeys(ksyms))   # most kernels share a few: evaluate each once
@@ -450,12 +455,27 @@ class Executor:
                 vals[self._slot[id(v)]] = x
             for s, (shape, dtype) in b.fresh.items():
                 vals[s] = torch.empty(shape, dtype=dtype, device=self.device)
-            for i, step in enumerate(b.steps):
+            # the previous run of this executor was of this binding: the steps it shares with
+            # other bindings still hold this binding's pointers (runtime/cseg.py)
+            fast = self._last_run is b
+            self._last_run = b
+            if self.segments and self.device.type == "cpu":
+                if b.seg_plan is None:
+                    b.seg_plan = cseg.plan(b.steps, set(b.fresh))
+                items = b.seg_plan
+            else:
+                items = list(enumerate(b.steps))
+            for i, step in items:
                 try:
-                    step(vals)
+                    if step.__class__ is cseg.Segment:
+                        step(vals, fast)
+                    else:
+                        step(vals)
                 except ScalefoldError:
                     raise
                 except Exception as e:  # torch / kernel errors name the kernel and its nodes
+                    if step.__class__ is cseg.Segment:
+                        i += max(step.current, 0)
                     err = _failed(self.schedule.kernels[i], e)
                     if err is e:
                         raise

@@ -1,0 +1,123 @@
+"""Runs of consecutive generated-C steps called as one (``Segment``).
+
+Each C step (``cstep.c_step``, ``cconv.conv_step``) already keeps its last call's pointers
+while its arguments are the same tensor objects; what is left per step is Python: the
+identity checks, the closure and a ctypes call, about 2-3 µs. A small network is mostly
+such steps (MobileNetV3-small: 72 of its 74), so that cost rivals the arithmetic. A segment
+checks once, at its start, that every slot its steps touch holds the object of the last
+call, then runs all of its kernels through ``sf_run_seq``, a C loop over (function,
+pointers, integers) triples, and re-applies the slot assignments the steps made (a
+convolution's channels-last view of its buffer).
+
+The fast path is taken only when the previous call of the same binding ran the segment
+step by step (or fast) and every step ended that call in its cached state (no copies, no
+fallback to torch ops, no fresh output): the kernels then see exactly the pointers they saw
+last time. Steps are shared between bindings, so the executor allows the fast path only
+when the previous run was of the same binding (``fast``). Anything else runs step by step,
+which refreshes the steps' pointers and re-arms the segment.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+import weakref
+from typing import Any, Callable, Sequence
+
+_SEQ_SOURCE = r"""
+#include <stdint.h>
+typedef void (*sf_fn)(void **, const int64_t *);
+void sf_run_seq(int64_t n, void **fns, void **ps, void **qs) {
+  for (int64_t i = 0; i < n; i++) ((sf_fn)fns[i])((void **)ps[i], (const int64_t *)qs[i]);
+}
+"""
+_SEQ: list = []
+_SEQ_LOCK = threading.Lock()
+
+
+def _run_seq() -> Callable:
+    """The compiled ``sf_run_seq`` (built once, through the kernel cache)."""
+    with _SEQ_LOCK:
+        if not _SEQ:
+            from .cache import build
+            lib = ctypes.CDLL(str(build(_SEQ_SOURCE)))
+            fn = lib.sf_run_seq
+            fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+            fn.restype = None
+            _SEQ.append(fn)
+        return _SEQ[0]
+
+
+def segmentable(step: Any) -> bool:
+    """Whether ``step`` is a C step a segment can call directly: it exposes its slots and
+    ``last_call``, the (kernel, pointers, integers) its last call used while that call passed
+    every value straight through."""
+    return hasattr(step, "last_call") and hasattr(step, "order")
+
+
+class Segment:
+    """Consecutive segmentable steps (module docstring). ``current``: the index, within the
+    segment, of the step running step by step (for error messages)."""
+
+    def __init__(self, steps: Sequence[Any]) -> None:
+        self.steps = list(steps)
+        n = len(self.steps)
+        self.n = n
+        # filled from the steps' last calls after each step-by-step run
+        self.fns, self.ps, self.qs = ((ctypes.c_void_p * n)() for _ in range(3))
+        self.slots = sorted({s for st in self.steps for s in st.order})
+        self.start: list = []      # (slot, weak reference) at the last step-by-step run's start
+        self.after: list = []      # (slot, object) the steps assigned during that run
+        self.ready = False
+        self.current = -1
+        self._seq = _run_seq()
+
+    def __call__(self, vals: list, fast: bool) -> None:
+        if fast and self.ready:
+            for s, r in self.start:
+                if r() is not vals[s]:
+                    break
+            else:
+                self._seq(self.n, self.fns, self.ps, self.qs)
+                for s, o in self.after:
+                    vals[s] = o
+                return
+        self.ready = False
+        before = [(s, vals[s]) for s in self.slots]
+        for i, st in enumerate(self.steps):
+            self.current = i
+            st(vals)
+        self.current = -1
+        calls = [st.last_call() for st in self.steps]
+        if any(v is None for _, v in before) or any(c is None or not isinstance(c[0], ctypes._CFuncPtr)
+                                                    for c in calls):
+            return   # a copy, a fallback, a fresh output or a checked kernel: step by step
+        for i, (k, p, q) in enumerate(calls):   # type: ignore[misc]
+            self.fns[i] = ctypes.cast(k, ctypes.c_void_p).value
+            self.ps[i], self.qs[i] = ctypes.addressof(p), ctypes.addressof(q)
+        self.start = [(s, weakref.ref(v)) for s, v in before]
+        self.after = [(s, vals[s]) for s, v in before if vals[s] is not v]
+        self.ready = True
+
+
+def plan(steps: Sequence[Any], fresh: set[int]) -> list[tuple[int, Any]]:
+    """``steps`` as (index of the first step, step or Segment): runs of at least two
+    segmentable steps that touch no ``fresh`` slot (a graph output allocated per call) become
+    segments."""
+    out: list[tuple[int, Any]] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        if len(run) >= 2:
+            out.append((run[0], Segment([steps[i] for i in run])))
+        else:
+            out.extend((i, steps[i]) for i in run)
+        run.clear()
+
+    for i, st in enumerate(steps):
+        if segmentable(st) and not fresh.intersection(st.order):
+            run.append(i)
+        else:
+            flush()
+            out.append((i, st))
+    flush()
+    return out

@@ -1,0 +1,85 @@
+"""Runs of generated-C steps called as one (runtime/cseg.py): the fast path is taken once a
+step-by-step run has armed the segment, gives the step-by-step results, re-reads new
+contents of the same objects, falls back for new objects and for another binding's turn,
+and keeps applying the views the steps assign (a convolution's channels-last output)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.export import Dim
+
+import scalefold as sf
+from scalefold.runtime import cseg
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.Hardswish(),
+        torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 24, 1), torch.nn.Sigmoid(), torch.nn.Conv2d(24, 8, 3, 1, 1),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10)).eval()
+
+
+def _segments(cm: sf.CompiledModel) -> list[cseg.Segment]:
+    return [s for b in cm._runner._bound.values() for _, s in (b.seg_plan or []) if isinstance(s, cseg.Segment)]
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many fast-path calls segments made."""
+    seq = cseg._run_seq()
+    calls: list[int] = []
+
+    def counting(n, fns, ps, qs):  # type: ignore[no-untyped-def]
+        calls.append(n)
+        seq(n, fns, ps, qs)
+    monkeypatch.setattr(cseg.Segment, "__init__", _init_with(counting))
+    return calls
+
+
+def _init_with(seq):  # type: ignore[no-untyped-def]
+    original = cseg.Segment.__init__
+
+    def init(self, steps):  # type: ignore[no-untyped-def]
+        original(self, steps)
+        self._seq = seq
+    return init
+
+
+def test_fast_path_runs_and_follows_in_place_changes(counted: list[int]) -> None:
+    m, x = _net(), torch.randn(1, 3, 16, 16)
+    cm = sf.compile(m, (x,), target="c")
+    for i in range(4):
+        x.copy_(torch.randn(1, 3, 16, 16))
+        with torch.no_grad():
+            want = m(x)
+        torch.testing.assert_close(cm(x), want, rtol=1e-5, atol=1e-5)
+    segs = _segments(cm)
+    assert segs and all(s.ready for s in segs)
+    assert len(counted) >= 2 * len(segs) and min(counted) >= 2   # calls 3 and 4 were fast
+
+
+def test_new_input_objects_and_alternating_bindings(counted: list[int]) -> None:
+    m = _net()
+    cm = sf.compile(torch.nn.Sequential(*list(m)[:7]), (torch.randn(2, 3, 16, 16),), target="c",
+                    dynamic_shapes=({0: Dim("B")},))
+    seq = torch.nn.Sequential(*list(m)[:7])
+    for i in range(6):
+        x = torch.randn(2 if i % 3 else 3, 3, 16, 16)     # batch 3, 2, 2, 3, 2, 2
+        with torch.no_grad():
+            want = seq(x)
+        torch.testing.assert_close(cm(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cm(x), want, rtol=1e-5, atol=1e-5)   # the same object again
+    assert counted, "the repeated calls of one binding took the fast path"
+
+
+def test_results_equal_step_by_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    m, x = _net(), torch.randn(1, 3, 16, 16)
+    monkeypatch.setenv("SCALEFOLD_SEGMENTS", "0")
+    plain = sf.compile(m, (x,), target="c")
+    monkeypatch.setenv("SCALEFOLD_SEGMENTS", "1")
+    fast = sf.compile(m, (x,), target="c")
+    assert not plain._runner.segments and fast._runner.segments
+    for _ in range(3):
+        assert torch.equal(fast(x), plain(x))
