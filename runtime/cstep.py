@@ -69,3 +69,28 @@ def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[i
         return None
     run.order, run.last_call = list(order), last_call
     return run
+
+
+def view_step(src: int, dst: int, make: Callable, in_arena: Callable) -> Step:
+    """A view step (reshape, permute, slice of slot ``src`` into ``dst``) that hands out the
+    same view object while the source is the same object, so that the C steps after it keep
+    their cached pointers (and a Segment its fast path, runtime/cseg.py). The view is kept
+    only for a source in the executor's arena (``in_arena``), which the binding holds anyway:
+    a view of a graph input or of a per-call result would keep that memory alive, and only
+    while it shares the source's memory (a reshape of a strided source is a copy, whose
+    contents would go stale)."""
+    last: list = [None, None]
+
+    def run(vals: list) -> None:
+        t = vals[src]
+        r = last[0]
+        if r is not None and r() is t:
+            vals[dst] = last[1]
+            return
+        y = make(t)
+        vals[dst] = y
+        if in_arena(t) and y.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+            last[0], last[1] = weakref.ref(t), y
+        else:
+            last[0] = last[1] = None
+    return run

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
@@ -44,7 +45,7 @@ from ..ir.ops.common import bind_dims
 from .binding import Bound, KStep, Step, Typed, contiguous_strides, kernel_symbols
 from .alternatives import alt_params, cl_alternative, compiled_alt, conv_kernel_step
 from . import cseg
-from .cstep import c_step
+from .cstep import c_step, view_step
 from .interp import bind_symbols, check_shape, declared_shapes
 from .layout import channels_last_values, is_channels_last, slice_index, torch_kernel
 from .library import library_fn, qlinear_fallback
@@ -132,6 +133,7 @@ class Executor:
         # runs of C steps called as one (runtime/cseg.py); off to time steps one by one
         self.segments = os.environ.get("SCALEFOLD_SEGMENTS", "1") != "0"
         self._last_run: Bound | None = None
+        self._arenas: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
         # per kernel: the symbols its step depends on, and its steps by their values (LRU)
         ksyms = [kernel_symbols(k, alt_params(k, self.params)) for k in schedule.kernels]
         self._symsets = list(dict.fromkeys(ksyms))   # most kernels share a few: evaluate each once
@@ -223,6 +225,12 @@ class Executor:
                 elif vid in self._out_ids:
                     fresh[s] = (shape, dtype)
 
+    def _in_arena(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` lives in one of this executor's live arenas or constants (which it
+        holds anyway, so a step may keep a view of it)."""
+        at = t.untyped_storage().data_ptr()
+        return at in self._const_storages or self._arenas.get(at) is not None
+
     def _arena_for(self, size: Mapping[int, int]) -> tuple[BufferPlan, torch.Tensor, Typed]:
         """A buffer plan and arena that hold buffers of ``size`` bytes (by value id), and the
         arena's view per dtype. The last ones made are reused while every buffer fits in the
@@ -237,6 +245,7 @@ class Executor:
         room = {v: (n + n // 8 if v in live.symbolic else n) for v, n in size.items()}
         plan = first_fit(live, room)
         arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8, device=self.device)
+        self._arenas[arena.untyped_storage().data_ptr()] = arena
         typed = Typed(arena)
         self._last_arena = (plan, arena, typed)
         return self._last_arena
@@ -295,26 +304,21 @@ class Executor:
                 perm = node.attrs["perm"]
                 if perm is None:
                     perm = tuple(reversed(range(node.inputs[0].type.rank)))
-
-                def run_permute(vals: list) -> None:
-                    vals[dst] = vals[src].permute(perm)
-                return run_permute
+                return view_step(src, dst, lambda t: t.permute(perm), self._in_arena)
             if node.op == "slice":
                 index = slice_index(node, env)
                 want_sl = declared_shapes(node, env)
 
-                def run_slice(vals: list) -> None:
-                    t = vals[src][index]
+                def sliced(t: torch.Tensor) -> torch.Tensor:
+                    t = t[index]
                     # a dim simplified on a wrong premise (Min(1, S) as 1) must not reach a
                     # kernel that reads the declared extent
                     check_shape(node, 0, t, want_sl)
-                    vals[dst] = t
-                return run_slice
+                    return t
+                return view_step(src, dst, sliced, self._in_arena)
             shape = node.outputs[0].type.concrete(env)
-
-            def run_view(vals: list) -> None:
-                vals[dst] = vals[src].reshape(shape)  # a view unless the source is strided
-            return run_view
+            # a view unless the source is strided
+            return view_step(src, dst, lambda t: t.reshape(shape), self._in_arena)
         if k.kind == "library" and k.name in self.kernels and node.op == "conv":
             return conv_kernel_step(k, slot, self.kernels, self._args, self.params, env)
         if k.kind == "library":

@@ -108,3 +108,35 @@ def test_steps_keep_no_input_or_output_alive() -> None:
         del p, n, out, x, y
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+def test_view_steps_hand_out_one_view_of_the_arena_but_keep_nothing_else() -> None:
+    """A reshape of an arena buffer is the same object at every call (so the C steps after it
+    keep their pointers); a view of the caller's input is made afresh and not kept."""
+    import gc
+    import weakref
+
+    from scalefold.runtime.cstep import view_step
+    arena = torch.zeros(8)
+    held = {arena.untyped_storage().data_ptr()}
+    step = view_step(0, 1, lambda t: t.reshape(2, 4), lambda t: t.untyped_storage().data_ptr() in held)
+    vals = [arena[:8], None]
+    step(vals)
+    first = vals[1]
+    vals2 = [vals[0], None]
+    step(vals2)
+    assert vals2[1] is first and first.data_ptr() == arena.data_ptr()
+    x = torch.zeros(8)                      # not in the arena: a new view each call, none kept
+    step([x, None])
+    ref = weakref.ref(x)
+    del x
+    gc.collect()
+    assert ref() is None
+    strided = torch.zeros(4, 2).t()         # flattening it copies: never handed out again
+    held.add(strided.untyped_storage().data_ptr())
+    flat = view_step(0, 1, lambda t: t.reshape(8), lambda t: t.untyped_storage().data_ptr() in held)
+    v1, v2 = [strided, None], [strided, None]
+    flat(v1)
+    strided.fill_(3.0)
+    flat(v2)
+    assert v2[1] is not v1[1] and float(v2[1].sum()) == 24.0 and float(v1[1].sum()) == 0.0
