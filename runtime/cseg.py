@@ -7,7 +7,8 @@ such steps (MobileNetV3-small: 72 of its 74), so that cost rivals the arithmetic
 checks once, at its start, that every slot its steps touch holds the object of the last
 call, then runs all of its kernels through ``sf_run_seq``, a C loop over (function,
 pointers, integers) triples, and re-applies the slot assignments the steps made (a
-convolution's channels-last view of its buffer).
+convolution's channels-last view of its buffer, the kept view of a reshape or transpose:
+view steps join segments and call nothing).
 
 The fast path is taken only when the previous call of the same binding ran the segment
 step by step (or fast) and every step ended that call in its cached state (no copies, no
@@ -61,20 +62,21 @@ class Segment:
     def __init__(self, steps: Sequence[Any]) -> None:
         self.steps = list(steps)
         n = len(self.steps)
-        self.n = n
         # filled from the steps' last calls after each step-by-step run
         self.fns, self.ps, self.qs = ((ctypes.c_void_p * n)() for _ in range(3))
+        self.n = 0                 # kernels to call (view steps call none)
         self.slots = sorted({s for st in self.steps for s in st.order})
-        self.start: list = []      # (slot, weak reference) at the last step-by-step run's start
+        self.start: list = []      # (slot, weak reference or None) at the last step-by-step run's start
         self.after: list = []      # (slot, object) the steps assigned during that run
         self.ready = False
+        self.bad: list[int] = []   # steps whose last step-by-step call cannot be repeated
         self.current = -1
         self._seq = _run_seq()
 
     def __call__(self, vals: list, fast: bool) -> None:
         if fast and self.ready:
             for s, r in self.start:
-                if r() is not vals[s]:
+                if (r() if r is not None else None) is not vals[s]:
                     break
             else:
                 self._seq(self.n, self.fns, self.ps, self.qs)
@@ -88,36 +90,54 @@ class Segment:
             st(vals)
         self.current = -1
         calls = [st.last_call() for st in self.steps]
-        if any(v is None for _, v in before) or any(c is None or not isinstance(c[0], ctypes._CFuncPtr)
-                                                    for c in calls):
-            return   # a copy, a fallback, a fresh output or a checked kernel: step by step
-        for i, (k, p, q) in enumerate(calls):   # type: ignore[misc]
+        self.bad = [i for i, c in enumerate(calls) if c is None or c and not isinstance(c[0], ctypes._CFuncPtr)]
+        if self.bad:
+            return   # a copy, a fallback, a fresh output or a checked kernel: see split()
+        # view steps call nothing (``()``): their slot assignments are re-applied after
+        kernels = [c for c in calls if c]
+        self.n = len(kernels)
+        for i, (k, p, q) in enumerate(kernels):
             self.fns[i] = ctypes.cast(k, ctypes.c_void_p).value
             self.ps[i], self.qs[i] = ctypes.addressof(p), ctypes.addressof(q)
-        self.start = [(s, weakref.ref(v)) for s, v in before]
+        # a slot empty at the start (a view step's output) must be empty again
+        self.start = [(s, weakref.ref(v) if v is not None else None) for s, v in before]
         self.after = [(s, vals[s]) for s, v in before if vals[s] is not v]
         self.ready = True
 
 
-def plan(steps: Sequence[Any], fresh: set[int]) -> list[tuple[int, Any]]:
-    """``steps`` as (index of the first step, step or Segment): runs of at least two
-    segmentable steps that touch no ``fresh`` slot (a graph output allocated per call) become
-    segments."""
+def plan(steps: Sequence[Any], fresh: set[int], first: int = 0,
+         apart: frozenset[int] = frozenset()) -> list[tuple[int, Any]]:
+    """``steps`` (the first one the binding's step ``first``) as (index of the first step,
+    step or Segment): runs of at least two segmentable steps (C kernels and view steps) that
+    touch no ``fresh`` slot (a graph output allocated per call) and are not among ``apart``
+    (positions in ``steps``) become segments."""
     out: list[tuple[int, Any]] = []
     run: list[int] = []
 
     def flush() -> None:
         if len(run) >= 2:
-            out.append((run[0], Segment([steps[i] for i in run])))
+            out.append((first + run[0], Segment([steps[i] for i in run])))
         else:
-            out.extend((i, steps[i]) for i in run)
+            out.extend((first + i, steps[i]) for i in run)
         run.clear()
 
     for i, st in enumerate(steps):
-        if segmentable(st) and not fresh.intersection(st.order):
+        if segmentable(st) and not fresh.intersection(st.order) and i not in apart:
             run.append(i)
         else:
             flush()
-            out.append((i, st))
+            out.append((first + i, st))
     flush()
+    return out
+
+
+def split(items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """``items`` with each segment that has steps it cannot repeat (``Segment.bad``: a view
+    that copies, a kernel whose input needs a copy) cut into the segments around them."""
+    out: list[tuple[int, Any]] = []
+    for first, it in items:
+        if it.__class__ is Segment and it.bad:
+            out.extend(plan(it.steps, set(), first, frozenset(it.bad)))
+        else:
+            out.append((first, it))
     return out

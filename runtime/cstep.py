@@ -93,4 +93,10 @@ def view_step(src: int, dst: int, make: Callable, in_arena: Callable) -> Step:
             last[0], last[1] = weakref.ref(t), y
         else:
             last[0] = last[1] = None
+
+    def last_call() -> tuple | None:
+        """No kernel to call (``()``) when the last call handed out the kept view, for a
+        Segment, which then only re-applies the assignment; None otherwise."""
+        return () if last[0] is not None else None
+    run.order, run.last_call = [src, dst], last_call
     return run

@@ -469,10 +469,12 @@ class Executor:
                 items = b.seg_plan
             else:
                 items = list(enumerate(b.steps))
+            cut = False
             for i, step in items:
                 try:
                     if step.__class__ is cseg.Segment:
                         step(vals, fast)
+                        cut = cut or bool(step.bad)
                     else:
                         step(vals)
                 except ScalefoldError:
@@ -484,6 +486,8 @@ class Executor:
                     if err is e:
                         raise
                     raise err from e
+            if cut:
+                b.seg_plan = cseg.split(b.seg_plan)
             res = []
             arena = b.arena.untyped_storage().data_ptr()
             given = _storages(inputs)
