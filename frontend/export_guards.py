@@ -40,7 +40,8 @@ def pinned(ep: ExportedProgram) -> tuple[dict[sympy.Symbol, int], dict[sympy.Sym
     if env is None:
         return {}, {}
     repl = dict(getattr(env, "replacements", {}) or {})
-    values = dict(getattr(env, "backed_var_to_val", None) or getattr(env, "var_to_val", {}) or {})
+    # torch 2.14 renamed var_to_val (the old name warns)
+    values = dict(env.backed_var_to_val if hasattr(env, "backed_var_to_val") else getattr(env, "var_to_val", {}))
     ranges = dict(ep.range_constraints)
     tight: dict[sympy.Symbol, int] = {}
     loose: dict[sympy.Symbol, int] = {}

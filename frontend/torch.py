@@ -434,6 +434,12 @@ def _convert(ep: ExportedProgram, gname: str, dim_names: dict[int, dict[int, str
         if spec.kind != OutputKind.USER_OUTPUT:
             if spec.kind == OutputKind.BUFFER_MUTATION:
                 raise FrontendError(f"the model mutates buffer {spec.target!r}; not supported")
+            if spec.kind.name in ("USER_INPUT_MUTATION", "PARAMETER_MUTATION"):
+                # dropping the write would give silently wrong results (a torch.compile graph
+                # sees a module's buffers as inputs: a counter's add_ arrives here)
+                what = "input" if spec.kind.name == "USER_INPUT_MUTATION" else "parameter"
+                raise FrontendError(f"the model writes into its {what} {spec.target!r} in place; compiled "
+                                    f"models do not write into their inputs (return the new value instead)")
             continue
         v = ctx.env.get(a) if isinstance(a, fx.Node) else a
         if not isinstance(v, Value):

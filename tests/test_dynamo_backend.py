@@ -117,3 +117,45 @@ def test_options_are_reported_as_ignored() -> None:
     with torch.no_grad(), pytest.warns(UserWarning, match=r"options=.*quant_weights.*ignored.*scalefold\.compile"):
         y = cm(x)
     torch.testing.assert_close(y, m(x), rtol=1e-5, atol=1e-5)
+
+
+class _Counter(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("count", torch.zeros(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.count.add_(1)
+        return x + self.count
+
+
+def test_in_place_writes_to_buffers_and_inputs_run_eagerly() -> None:
+    """A buffer counter and an input written in place: dropping the writes gave the first
+    call's result at every call; the graph now runs eagerly with a warning."""
+    torch._dynamo.reset()
+    m = _Counter()
+    cm = torch.compile(m, backend="scalefold")
+    with pytest.warns(BackendFallbackWarning, match="in place"):
+        outs = [cm(torch.zeros(2)).tolist() for _ in range(3)]
+    assert outs == [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]] and m.count.tolist() == [3.0, 3.0]
+
+    def double(x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2)
+        return x + 1
+    torch._dynamo.reset()
+    x = torch.ones(3)
+    with pytest.warns(BackendFallbackWarning, match="in place"):
+        y = torch.compile(double, backend="scalefold")(x)
+    assert x.tolist() == [2.0, 2.0, 2.0] and y.tolist() == [3.0, 3.0, 3.0]
+
+
+def test_sf_compile_refuses_a_model_that_writes_into_its_input() -> None:
+    import scalefold as sf
+    from scalefold.ir.errors import FrontendError
+
+    class Writes(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x.mul_(2)
+            return x + 1
+    with pytest.raises(FrontendError, match="writes into its input 'x' in place"):
+        sf.compile(Writes(), (torch.ones(3),))
