@@ -80,7 +80,7 @@ class CompiledModel:
 
     def save(self, path: str | os.PathLike) -> Path:
         from .runtime.artifact import save
-        return save(self, Path(path))
+        return save(self, path)
 
     def __repr__(self) -> str:
         return f"<CompiledModel @{self.graph.name} target={self.target}>"
@@ -238,7 +238,7 @@ def build(graph: Graph, target: str) -> CompiledModel:
 def load(path: str | os.PathLike) -> CompiledModel:
     """Load an artifact written by ``CompiledModel.save`` (no pickle; hashes checked)."""
     from .runtime.artifact import load as _load
-    return _load(Path(path))
+    return _load(path)
 
 
 class BackendFallbackWarning(UserWarning):

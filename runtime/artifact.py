@@ -134,6 +134,8 @@ def destination_problem(path: str | os.PathLike) -> str | None:
 def check_destination(path: str | os.PathLike) -> Path:
     """The absolute path an artifact may be saved to, or an ArtifactError naming ``path``
     (see :func:`destination_problem`)."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise ArtifactError(f"save needs a directory path (str or os.PathLike), got {type(path).__name__}")
     why = destination_problem(path)
     if why:
         raise ArtifactError(f"{str(Path(path)).replace(chr(0), '<NUL>')}: {why}")
@@ -152,7 +154,10 @@ def save(cm: "CompiledModel", path: str | os.PathLike) -> Path:
     from ..ir.printer import input_names
 
     dest = check_destination(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot save to {dest}: cannot create {dest.parent}: {e.strerror or e}") from e
     g = cm.graph
     tensors, packed = _weights(g)
     weights_bytes = st_save(tensors, metadata={"packed4": json.dumps(packed, sort_keys=True)} if packed else None)
@@ -176,9 +181,16 @@ def save(cm: "CompiledModel", path: str | os.PathLike) -> Path:
     }
     plan["plan_sha256"] = _plan_digest(plan)
 
-    tmp = Path(tempfile.mkdtemp(prefix=".sf-save-", dir=dest.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".sf-save-", dir=dest.parent))
+    except OSError as e:
+        raise ArtifactError(f"cannot save to {dest}: cannot write in {dest.parent}: {e.strerror or e}") from e
     old: Path | None = None
     try:
+        # mkdtemp makes 0700 directories: the artifact gets the mode a plain mkdir would
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)
         (tmp / KERNELS).mkdir()
         for k in kernels:
             (tmp / k["file"]).write_bytes(cm.sources[k["name"]].encode())
@@ -190,13 +202,18 @@ def save(cm: "CompiledModel", path: str | os.PathLike) -> Path:
             os.rmdir(old)
             os.replace(dest, old)
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and old.exists() and not dest.exists():
             os.replace(old, dest)
+        if isinstance(e, OSError):
+            raise ArtifactError(f"cannot save to {dest}: {e.strerror or e}") from e
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+        if old.exists():
+            warnings.warn(f"saved {dest}, but the previous artifact, moved aside to {old}, could not be "
+                          f"removed (its files are not writable); delete it by hand", stacklevel=3)
     return dest
 
 
@@ -302,6 +319,8 @@ def load_graph(path: str | os.PathLike) -> tuple[Graph, dict[str, Any], dict[str
     from ..ir.parser import parse
     from ..ir.printer import input_names
 
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise ArtifactError(f"load needs an artifact directory path (str or os.PathLike), got {type(path).__name__}")
     root = Path(path)
     if not root.is_dir():
         raise ArtifactError(f"{root}: no artifact directory here")

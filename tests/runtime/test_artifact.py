@@ -152,14 +152,14 @@ def test_failed_save_leaves_nothing(saved, tmp_path: Path, monkeypatch: pytest.M
         return real(self, data)
 
     monkeypatch.setattr(Path, "write_bytes", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(ArtifactError, match=r"cannot save to .*new: No space left on device"):
         cm.save(tmp_path / "new")
     assert list(tmp_path.iterdir()) == []
 
     # An existing artifact survives a failed overwrite untouched.
     old = _copy(path, tmp_path)
     before = {p.name: p.read_bytes() for p in old.rglob("*") if p.is_file()}
-    with pytest.raises(OSError):
+    with pytest.raises(ArtifactError):
         cm.save(old)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
     assert {p.name: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
@@ -266,3 +266,23 @@ def test_save_to_a_path_with_a_nul_byte(saved, tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="NUL byte"):
         cm.save(str(tmp_path / "a\0b"))
     assert os.listdir(tmp_path) == []
+
+
+def test_saved_directory_mode_follows_the_umask(saved, tmp_path: Path) -> None:
+    """mkdtemp's 0700 used to reach the artifact: other users could not load a shared one."""
+    cm, _ = saved
+    old = os.umask(0o022)
+    try:
+        dest = cm.save(tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert dest.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("bad", [None, 3, b"dir"])
+def test_save_and_load_of_a_non_path(saved, bad: object) -> None:
+    cm, _ = saved
+    with pytest.raises(ArtifactError, match="needs a directory path"):
+        cm.save(bad)  # type: ignore[arg-type]
+    with pytest.raises(ArtifactError, match="needs an artifact directory path"):
+        sf.load(bad)  # type: ignore[arg-type]
