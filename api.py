@@ -192,12 +192,20 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, pa
     """
     if target not in TARGETS:
         raise ScalefoldError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if passes is None:
+        passes = []
     if isinstance(passes, str):
         # one pipeline string ("fold_batchnorm,smooth(alpha=0.8)"), as the CLI takes it; list()
         # would split it into characters
         from .passes.pipeline import split_pipeline
         passes = split_pipeline(passes)
-    passes = list(passes)
+    try:
+        passes = list(passes)
+    except TypeError:
+        passes = [passes]
+    if not all(isinstance(p, str) for p in passes):
+        raise ScalefoldError(f"passes must be pass specs (strings such as \"smooth(alpha=0.8)\") in a list, or one "
+                             f"comma-separated string, got {passes!r}"[:300])
     graph = to_graph(model, example_inputs, dynamic_shapes).clone()
     # The snapshot of the module's weights is taken after the passes (which build new
     # constants and never write to the ones they read): the weights a pass replaces

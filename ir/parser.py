@@ -427,6 +427,8 @@ def parse(text: str, constants: Mapping[str, Any] | None = None, verify: bool = 
     until their graphs are collected (so ``parse(str(g)) == g`` while ``g`` lives). Raises ParseError naming the line and the
     offending op, value or constant.
     """
+    if not isinstance(text, str):
+        raise ParseError(f"IR text must be a str, got {type(text).__name__}")
     if constants is None:
         constants = ct.PrintedConstants()
     lines = [(i + 1, _strip_comment(raw).strip()) for i, raw in enumerate(text.split("\n"))]

@@ -244,3 +244,15 @@ def test_every_target_refuses_gradients_alike(target: str) -> None:
         cm(x.clone().requires_grad_())
     with torch.no_grad():
         torch.testing.assert_close(cm(x.clone().requires_grad_()), m(x))
+
+
+def test_bad_passes_and_ir_text_types_are_clean_errors() -> None:
+    m, x = _Mlp().eval(), torch.randn(4, 16)
+    assert sf.compile(m, (x,), passes=None, target="interp").graph.inputs
+    assert sf.compile(m, (x,), passes=(p for p in ["dce"]), target="interp").graph.inputs
+    for bad in (3, [3], ["dce", None]):
+        with pytest.raises(sf.ScalefoldError, match="passes must be pass specs"):
+            sf.compile(m, (x,), passes=bad, target="interp")
+    for text in (None, b"graph"):
+        with pytest.raises(sf.ScalefoldError, match="IR text must be a str"):
+            sf.ir.parse(text)  # type: ignore[arg-type]
