@@ -231,8 +231,12 @@ class PassManager:
     def _dump(self, step: int, name: str, when: str, g: Graph) -> None:
         if self.dump_dir is None:
             return
-        self.dump_dir.mkdir(parents=True, exist_ok=True)
-        (self.dump_dir / f"{step:02d}-{name}-{when}.ir").write_text(str(g))
+        try:
+            self.dump_dir.mkdir(parents=True, exist_ok=True)
+            (self.dump_dir / f"{step:02d}-{name}-{when}.ir").write_text(str(g))
+        except OSError as e:
+            raise ScalefoldError(f"cannot dump the IR into {self.dump_dir} (dump_dir, or the SCALEFOLD_DUMP_IR "
+                                 f"environment variable): {e.strerror or e}") from e
 
     def run(self, graph: Graph) -> Graph:
         """Run every pass in order on a clone of ``graph`` and return the result."""

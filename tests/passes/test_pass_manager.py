@@ -58,6 +58,13 @@ def test_dump_ir_writes_numbered_before_and_after(tmp_path, monkeypatch) -> None
     assert "mul" not in (d / "00-fold_constant_scales-after.ir").read_text()
 
 
+def test_dump_into_a_file_names_the_variable(tmp_path, monkeypatch) -> None:
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("SCALEFOLD_DUMP_IR", str(tmp_path / "f"))
+    with pytest.raises(ScalefoldError, match=r"cannot dump the IR into .*f \(dump_dir, or the SCALEFOLD_DUMP_IR"):
+        PassManager("cleanup").run(parse(TEXT))
+
+
 def test_no_dump_without_the_variable(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("SCALEFOLD_DUMP_IR", raising=False)
     monkeypatch.chdir(tmp_path)
