@@ -494,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="A compiler for compressed neural networks. MODEL is an "
                                             ".onnx file or a saved artifact directory.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"scalefold {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     raw = argparse.RawDescriptionHelpFormatter
 
@@ -577,6 +579,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scalefold: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (``scalefold inspect m.onnx | head``): stop quietly, and keep
+        # the interpreter's final flush of stdout from raising again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as e:  # noqa: BLE001 - a CLI prints one line, never a traceback
         if os.environ.get("SCALEFOLD_TRACEBACK"):
             raise

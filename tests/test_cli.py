@@ -394,3 +394,17 @@ def test_inspect_binds_data_dependent_sizes(tmp_path: Path, cli) -> None:
     assert f"peak memory at N=4,{count}=2" in r.stdout
     r = cli("inspect", str(path), "--bind", f"N=4,{count}=2,Q=1")
     assert r.returncode != 0 and "unknown symbol(s) Q" in r.stderr and r.stdout == ""
+
+
+def test_version_and_a_closed_pipe() -> None:
+    import scalefold
+    r = subprocess.run([sys.executable, "-m", "scalefold", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"scalefold {scalefold.__version__}"
+    # the reader stops after one line (as `| head -1` does): no error, no traceback
+    p = subprocess.Popen([sys.executable, "-m", "scalefold", "demo", "--example"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, bufsize=0)
+    assert p.stdout is not None
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read().decode() if p.stderr is not None else ""
+    assert p.wait() == 0 and "error" not in err and "Traceback" not in err
