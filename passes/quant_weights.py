@@ -288,9 +288,9 @@ def _warn_float_convs(graph: Graph) -> None:
         return
     lin = sum(n.inputs[1].const.numel() for n in graph.nodes if quantizable_linear(n))
     if conv > lin:
-        warnings.warn(f"quant_weights: {conv} of the graph's {conv + lin} conv and linear weights are "
-                      f"convolution weights, which stay in float (weight-only quantisation takes "
-                      f"linear and MoE expert weights)", stacklevel=3)
+        warnings.warn(f"quant_weights: {conv / (conv + lin):.0%} of the graph's conv and linear weight "
+                      f"elements ({conv} of {conv + lin}) are convolution weights, which stay in float "
+                      f"(weight-only quantisation takes linear and MoE expert weights)", stacklevel=3)
 
 
 def _quant_weights(graph: Graph, calibration: Any = None, format: str = "int4", group: int = 128,

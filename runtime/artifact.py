@@ -165,7 +165,8 @@ def save(cm: "CompiledModel", path: str | os.PathLike) -> Path:
     for name, src in sorted(cm.sources.items()):
         if not _KERNEL_NAME.match(name):
             raise ArtifactError(f"kernel name {name!r} is not usable as a file name")
-        kernels.append({"name": name, "file": f"{KERNELS}/{name}.c", "sha256": _sha256(src.encode())})
+        ext = _SOURCE_EXT.get(cm.target, ".c")
+        kernels.append({"name": name, "file": f"{KERNELS}/{name}{ext}", "sha256": _sha256(src.encode())})
     plan: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -277,11 +278,17 @@ def _load_weights(root: Path, plan: dict[str, Any]) -> tuple[dict[str, torch.Ten
     return tensors, packed
 
 
+# kernel source files by target: Triton kernels are Python (artifacts before this named every
+# source .c, which still loads)
+_SOURCE_EXT = {"c": ".c", "triton": ".py"}
+
+
 def _check_kernels(root: Path, plan: dict[str, Any]) -> dict[str, str]:
     sources: dict[str, str] = {}
     for k in plan["kernels"]:
         name, rel = (k.get("name"), k.get("file")) if isinstance(k, dict) else (None, None)
-        if not (isinstance(name, str) and _KERNEL_NAME.match(name) and rel == f"{KERNELS}/{name}.c"):
+        if not (isinstance(name, str) and _KERNEL_NAME.match(name)
+                and rel in (f"{KERNELS}/{name}{ext}" for ext in (".c", ".py"))):
             raise ArtifactError(f"{root / PLAN}: malformed kernel entry {k!r}")
         data = _read(root, rel)
         _check_hash(root, rel, data, k.get("sha256"))

@@ -405,3 +405,19 @@ def test_damaged_cached_module_is_rewritten(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("SCALEFOLD_CACHE_DIR", str(tmp_path / "file"))
     with pytest.raises(CompileError, match="cannot be used"):
         triton_exec.source_path(src)
+
+
+def test_saved_triton_kernels_are_python_files(tmp_path: Path) -> None:
+    """A Triton artifact names its kernel sources .py (they are Python), and loads back."""
+    import scalefold as sf
+    g = Graph("tri")
+    x = g.add_input("f32[B,8]", "x")
+    g.set_outputs([g.add("relu", [g.add("exp", [x])])], ["y"])
+    cm = api.build_triton(g, DEVICE)
+    x0 = torch.randn(3, 8)
+    dest = cm.save(tmp_path / "a")
+    names = {p.name for p in (dest / "kernels").iterdir()}
+    assert names and all(n.endswith(".py") for n in names)
+    back = sf.load(dest)
+    assert back.target == "triton"
+    torch.testing.assert_close(back(x0.to(DEVICE)).cpu(), cm(x0.to(DEVICE)).cpu())
