@@ -166,6 +166,7 @@ def profile_steps(cm: Any, inputs: Sequence[torch.Tensor], calls: int) -> list[t
     """Time each executor step of ``cm`` (scalefold C) over ``calls`` calls; rows (kind:op
     group, count, ms per call), slowest first. Uses the executor's private step list."""
     ex = cm._runner
+    segments, ex.segments = ex.segments, False   # one call per step, so that each is timed
     cm(*inputs)
     b = next(reversed(ex._bound.values()))   # the binding of these inputs: the last used
     acc: dict[int, float] = collections.defaultdict(float)
@@ -184,6 +185,7 @@ def profile_steps(cm: Any, inputs: Sequence[torch.Tensor], calls: int) -> list[t
             cm(*inputs)
     finally:
         b.steps[:] = orig
+        ex.segments = segments
     groups: dict[str, list[float]] = collections.defaultdict(list)
     for i, k in enumerate(cm.schedule.kernels):
         ops = "+".join(n.op for n in k.nodes[:4]) + ("+..." if len(k.nodes) > 4 else "")
