@@ -281,11 +281,27 @@ def _gmp(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
 
 @onnx_op("BatchNormalization")
 def _batch_norm(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
-    if a.get("training_mode", 0) or any(_wants(node, i) for i in (1, 2)):
-        raise FrontendError(f"{ctx.where()}: only inference BatchNormalization "
-                            f"(training_mode=0, one output) is supported")
-    ins = [_x(ctx, i) for i in range(5)]
-    return [ctx.add("batch_norm", ins, {"eps": float(a.get("epsilon", 1e-5))})]
+    """Inference form: the ``batch_norm`` op. ``training_mode=1`` with only Y read (torch's
+    exporter writes it for timm's weight-standardised convolutions, F.batch_norm(w,
+    training=True), over constant weights): normalised by the batch's own statistics, the
+    mean and the biased variance over every axis but the channel's, as onnxruntime does."""
+    # the running statistics outputs are not produced: a node that reads one fails to import
+    # naming it (exporters write them unread)
+    eps = float(a.get("epsilon", 1e-5))
+    if not a.get("training_mode", 0):
+        ins = [_x(ctx, i) for i in range(5)]
+        return [ctx.add("batch_norm", ins, {"eps": eps})]
+    from .quant import scalar
+    x, scale, bias = _x(ctx), _x(ctx, 1), _x(ctx, 2)
+    r = x.type.rank
+    axes = (0,) + tuple(range(2, r))
+    mean = ctx.add("reduce_mean", [x], {"axes": axes, "keepdims": True})
+    var = ctx.add("reduce_var", [x], {"axes": axes, "keepdims": True, "correction": 0})
+    inv = ctx.add("rsqrt", [ctx.add("add", [var, scalar(ctx, eps, x.dtype)])])
+    per = (-1,) + (1,) * (r - 2)
+    scale, bias = (ctx.add("reshape", [v], {"shape": per}) for v in (scale, bias))
+    y = ctx.add("mul", [ctx.add("mul", [ctx.add("sub", [x, mean]), inv]), scale])
+    return [ctx.add("add", [y, bias])]
 
 
 @onnx_op("InstanceNormalization")
