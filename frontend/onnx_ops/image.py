@@ -1,13 +1,16 @@
 """Image converters: Resize, Upsample, GridSample, AffineGrid, CenterCropPad."""
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import onnx
+import sympy
 import torch
 
 from ...ir.errors import FrontendError
-from ...ir.types import Dim
+from ...ir.types import Dim, canon_dim
 from ..onnx_ctx import Ctx, onnx_op
 
 
@@ -35,6 +38,20 @@ def _static_dim(ctx: Ctx, d: Dim, what: str) -> int:
     if not isinstance(d, int):
         raise FrontendError(f"{ctx.where()}: {what} needs a static input dim, got {d}")
     return d
+
+
+def _scaled_dim(ctx: Ctx, d: Dim, s: float) -> Dim:
+    """floor(d * s) as onnxruntime computes it, in float32 (0.7f * 10 is 7.0f, so 7, where
+    float64 arithmetic gave 6). A symbolic d takes only scales whose float32 product is exact
+    for any size below 2^16 (at most 8 significant bits: 2, 0.5, 1.5, 0.25...): floor(d * s)
+    then holds exactly; other scales need a static dim."""
+    if isinstance(d, int):
+        return int(np.float32(s) * np.float32(d))
+    frac = Fraction(s)
+    if s > 0 and frac.numerator.bit_length() <= 8:
+        return canon_dim(sympy.floor(d * sympy.Rational(frac.numerator, frac.denominator)))
+    raise FrontendError(f"{ctx.where()}: scale {s} of a dynamic dim {d} (its float32 product is rounded; "
+                        f"give sizes, or a static dim)")
 
 
 @onnx_op("Resize", "Upsample")
@@ -77,7 +94,7 @@ def _resize(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
         for ax, s in zip(axes, sv):
             scales[ax] = s
             if s != 1.0:
-                out[ax] = int(s * _static_dim(ctx, shape[ax], "a scale"))
+                out[ax] = _scaled_dim(ctx, shape[ax], s)
     else:
         assert sizes is not None
         if len(sizes) != len(axes):

@@ -131,3 +131,43 @@ def test_legacy_nearest_resize_mixing_up_and_down_is_refused_by_name() -> None:
     m.ir_version = 5
     with pytest.raises(FrontendError, match="scales some axes up and some down"):
         from_onnx(m)
+
+
+def test_resize_output_size_rounds_in_float32() -> None:
+    """0.7f * 10 is 7.0f: onnxruntime (and torch) give 7 rows where float64 arithmetic gave 6.
+    (Linear mode: onnxruntime computes the source coordinates in float32 too, which can break
+    a nearest-mode tie the other way than the IR's float64 coordinates.)"""
+    x = RNG.standard_normal((1, 1, 10, 10)).astype(np.float32)
+    m = build("Resize", {"x": x}, {"mode": "linear"}, inits={"scales": np.array([1, 1, 0.7, 0.7], np.float32)},
+              node_inputs=["x", "", "scales"])
+    got = compare(m, {"x": x})
+    assert tuple(got[0].shape) == (1, 1, 7, 7)
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.5, 1.5])
+def test_resize_scales_of_dynamic_spatial_dims(scale: float) -> None:
+    """FPN / U-Net upsampling exported with dynamic H and W: floor(H * s) stays symbolic for
+    scales whose float32 product is exact; results equal onnxruntime's at several sizes."""
+    x = RNG.standard_normal((1, 2, 6, 8)).astype(np.float32)
+    m = build("Resize", {"x": x}, {"mode": "nearest"}, inits={"scales": np.array([1, 1, scale, scale], np.float32)},
+              node_inputs=["x", "", "scales"])
+    for i, name in ((2, "H"), (3, "W")):
+        m.graph.input[0].type.tensor_type.shape.dim[i].dim_param = name
+    import scalefold as sf
+    cm = sf.compile(m, target="c")
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    for shape in ((1, 2, 6, 8), (1, 2, 7, 5)):
+        xx = RNG.standard_normal(shape).astype(np.float32)
+        want = torch.from_numpy(sess.run(None, {"x": xx})[0])
+        got = cm(torch.from_numpy(xx))
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want)
+
+
+def test_resize_inexact_scale_of_a_dynamic_dim_is_refused_by_name() -> None:
+    x = RNG.standard_normal((1, 2, 6, 8)).astype(np.float32)
+    m = build("Resize", {"x": x}, {"mode": "nearest"}, inits={"scales": np.array([1, 1, 0.7, 1], np.float32)},
+              node_inputs=["x", "", "scales"])
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    with pytest.raises(FrontendError, match=r"scale 0\.699.* of a dynamic dim H"):
+        from_onnx(m)
