@@ -135,6 +135,11 @@ def _warn_bf16(graph: Graph) -> None:
                       f"{', ...' if len(ops) > 6 else ''}); onnxruntime's CPU provider has no bfloat16 kernels "
                       f"for most of these, so the file runs on providers that have them (CUDA), not on the "
                       f"CPU; compile the model in float32 or float16 for a CPU file", stacklevel=3)
+    if any(n.op in ("conv", "conv_transpose") and n.inputs[0].dtype is dt.f64 for n in graph.nodes):
+        # an imported ConvInteger / QLinearConv: the IR convolves the integer codes exactly in f64
+        warnings.warn(f"ONNX export of graph @{graph.name}: it holds float64 convolutions (integer "
+                      f"convolutions, ConvInteger / QLinearConv, are computed exactly in float64), which "
+                      f"onnxruntime's CPU provider cannot run (no double Conv kernel)", stacklevel=3)
 
 
 def build_model(graph: Graph, opset: int, nbits_accuracy: int = 0) -> onnx.ModelProto:

@@ -79,3 +79,16 @@ def test_ops_without_onnx_bf16_compute_in_float32(tmp_path) -> None:
     got = torch.from_numpy(got.astype(np.float32))
     torch.testing.assert_close(got, interp.run(g, x)[0].float(), rtol=0, atol=0)
     torch.testing.assert_close(got, m(x).float(), rtol=2 ** -7, atol=2 ** -7)
+
+
+def test_float64_convolutions_warn(tmp_path) -> None:
+    """An imported integer convolution is computed exactly in float64, which onnxruntime's CPU
+    provider has no Conv kernel for: the export says so."""
+    g = Graph("iconv")
+    x = g.add_input("f64[1,2,5,5]", "x")
+    w = g.add_const(torch.randint(-3, 3, (3, 2, 3, 3)).double(), name="w")
+    g.set_outputs([g.add("conv", [x, w, None])], ["y"])
+    with pytest.warns(UserWarning, match="float64 convolutions"):
+        sf.to_onnx(g, tmp_path / "c.onnx")
+    with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
+        ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
