@@ -17,13 +17,15 @@ can name imported layers.
 from __future__ import annotations
 
 import os
+import warnings
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import networkx as nx
 import onnx
+import sympy
 import torch
 from google.protobuf.message import DecodeError
 
@@ -192,7 +194,8 @@ class _DimNames:
         return self._unique(base)
 
 
-def _input_type(v: onnx.ValueInfoProto, fallback: str, names: _DimNames) -> TensorType:
+def _input_type(v: onnx.ValueInfoProto, fallback: str, names: _DimNames,
+                merge: Mapping[str, str] | None = None) -> TensorType:
     tt = v.type.tensor_type
     if not v.type.HasField("tensor_type"):
         raise FrontendError(f"graph input '{v.name}': only tensor inputs are supported")
@@ -207,6 +210,8 @@ def _input_type(v: onnx.ValueInfoProto, fallback: str, names: _DimNames) -> Tens
             dims.append(sym(names.param(dim.dim_param)))
         else:
             dims.append(sym(names.fresh(f"{fallback}_{i}")))
+    if merge:
+        dims = [sym(merge.get(x.name, x.name)) if isinstance(x, sympy.Symbol) else x for x in dims]
     return TensorType(d, dims)
 
 
@@ -334,6 +339,73 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
             _mark_legacy_resizes(proto, legacy, where)
         opsets = _opsets(proto)
         opset = opsets.get("", MIN_OPSET)
+    merge: dict[str, str] = {}
+    for _ in range(MAX_MERGES + 1):
+        try:
+            g = _import_graph(proto, base, where, opset, opsets, input_values, name, merge)
+        except _Unify as u:
+            if len(merge) >= MAX_MERGES:
+                raise u.error from None
+            merge.update(u.pairs)
+            continue
+        if merge:
+            warnings.warn(f"{where}: graph input dims {', '.join(f'{t} and {s}' for t, s in sorted(merge.items()))} "
+                          f"are taken to be equal (an op needs them equal, as onnxruntime checks when it runs); "
+                          f"the compiled model refuses inputs where they differ", stacklevel=2)
+        return g
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+MAX_MERGES = 8     # pairs of graph-input dims one import may take to be equal
+
+
+class _Unify(Exception):
+    """Raised inside an import when a node's shapes fail only because two graph-input dims
+    with different symbols must be equal (``pairs``: symbol name -> the name it becomes)."""
+
+    def __init__(self, pairs: dict[str, str], error: ScalefoldError) -> None:
+        super().__init__(str(error))
+        self.pairs, self.error = pairs, error
+
+
+def _unifiable(node: onnx.NodeProto, ctx: Ctx, input_syms: set[str]) -> dict[str, str]:
+    """Pairs of distinct graph-input symbols the failing ``node`` meets at the same place:
+    aligned from the right across its inputs (broadcasting, Concat's other axes), and a
+    MatMul / Gemm's contraction dims."""
+    types = []
+    for nm in node.input:
+        v = ctx.env.get(nm) if nm else None
+        types.append(v.type.shape if v is not None and hasattr(v, "type") else None)
+    pairs: dict[str, str] = {}
+
+    def meet(a: Any, b: Any) -> None:
+        if isinstance(a, sympy.Symbol) and isinstance(b, sympy.Symbol) and a != b \
+                and a.name in input_syms and b.name in input_syms:
+            keep, drop = sorted((a.name, b.name))
+            pairs.setdefault(drop, keep)
+
+    shapes = [t for t in types if t is not None]
+    matmul = node.op_type in ("MatMul", "Gemm")
+    for x in range(len(shapes)):
+        for y in range(x + 1, len(shapes)):
+            # a product's matrix dims do not broadcast: only its batch dims line up
+            sx, sy = (shapes[x][:-2], shapes[y][:-2]) if matmul else (shapes[x], shapes[y])
+            for a, b in zip(reversed(sx), reversed(sy)):
+                meet(a, b)
+    if matmul and len(shapes) >= 2 and len(shapes[0]) >= 1 and len(shapes[1]) >= 1:
+        ta = dict(node_attrs(node)).get("transA", 0) if node.op_type == "Gemm" else 0
+        tb = dict(node_attrs(node)).get("transB", 0) if node.op_type == "Gemm" else 0
+        ka = shapes[0][-2] if ta and len(shapes[0]) >= 2 else shapes[0][-1]
+        kb = shapes[1][-1] if tb else (shapes[1][-2] if len(shapes[1]) >= 2 else shapes[1][-1])
+        meet(ka, kb)
+    return pairs
+
+
+def _import_graph(proto: onnx.ModelProto, base: Any, where: str, opset: int, opsets: dict[str, int],
+                  input_values: Mapping[str, torch.Tensor] | None, name: str | None,
+                  merge: Mapping[str, str]) -> Graph:
+    """The body of :func:`from_onnx` once the opset is settled; graph-input dims named in
+    ``merge`` take the symbol it maps them to."""
     gp = proto.graph
     nodes = _check_structure(gp, where)
     _check_supported(nodes, opsets, where)
@@ -350,7 +422,7 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
     for i, v in enumerate(gp.input):
         if v.name in inits:
             continue  # an input with an initializer default is treated as a constant
-        t = _input_type(v, _sanitize(v.name, f"in{i}"), names)
+        t = _input_type(v, _sanitize(v.name, f"in{i}"), names, merge)
         if v.name in frozen:
             x = frozen.pop(v.name)
             if not isinstance(x, torch.Tensor):
@@ -363,6 +435,7 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
         ctx.set(v.name, g.add_input(t, v.name))
     if frozen:
         raise FrontendError(f"{where}: input_values names unknown input(s): {', '.join(frozen)}")
+    input_syms = {d.name for v in g.inputs for d in v.type.shape if isinstance(d, sympy.Symbol)}
 
     for n in nodes:
         ctx.node = n
@@ -381,7 +454,11 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
             label = ctx.where()
             if label not in msg:
                 msg = f"{label}: {msg}"
-            raise type(e)(msg) if type(e) in (FrontendError, ShapeError) else FrontendError(msg) from None
+            err = type(e)(msg) if type(e) in (FrontendError, ShapeError) else FrontendError(msg)
+            pairs = _unifiable(n, ctx, input_syms) if isinstance(e, ShapeError) else {}
+            if pairs:
+                raise _Unify(pairs, err) from None
+            raise err from None
         if n.name:
             _name_main(g.nodes[start:], outs, n.name)
         if len(outs) < len(n.output):
