@@ -167,10 +167,25 @@ def _qlinear_matmul(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     if A.type.dtype.is_float:
         raise FrontendError(f"{ctx.where()}: float8 QLinearMatMul is not supported")
     acc = ctx.add("matmul", [_int_operand(ctx, A, Az, True), _int_operand(ctx, B, Bz, False)])
+    return [_requantize_acc(ctx, acc, As, Bs, Ys, Yz, None)]
+
+
+def _requantize_acc(ctx: Ctx, acc: Value, xs: Value, ws: Value, ys: Value, yz: Value | None,
+                    channel_shape: tuple[int, ...] | None) -> Value:
+    """The integer accumulator ``acc`` requantised as onnxruntime does it: one float32
+    multiplier (x_scale * w_scale) / y_scale (per output channel, reshaped to
+    ``channel_shape``), times float32(acc), rounded half to even, plus the zero point. Dividing
+    by y_scale after the product instead rounds differently at exact ties (36.5 became
+    36.500004: one code off, and off again in every later layer)."""
     f = dt.f32
-    s = ctx.add("mul", [cast(ctx, As, f), cast(ctx, Bs, f)])
-    y = ctx.add("mul", [cast(ctx, acc, f), s])
-    return [_requantize(ctx, y, Ys, Yz)]
+    m = ctx.add("div", [ctx.add("mul", [cast(ctx, xs, f), cast(ctx, ws, f)]),
+                        cast(ctx, ctx.add("reshape", [ys], {"shape": ()}) if ys.type.rank == 1 else ys, f)])
+    if channel_shape is not None and m.type.rank == 1:
+        m = ctx.add("reshape", [m], {"shape": channel_shape})
+    y = ctx.add("mul", [cast(ctx, acc, f), m])
+    if yz is not None and yz.type.rank == 1 and yz.type.shape[0] == 1:
+        yz = ctx.add("reshape", [yz], {"shape": ()})
+    return _requantize(ctx, y, scalar(ctx, 1.0, f), yz)
 
 
 def _requantize(ctx: Ctx, y: Value, ys: Value, yz: Value | None) -> Value:
@@ -223,8 +238,4 @@ def _qlinear_conv(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     if bias is not None:
         acc = ctx.add("add", [acc, ctx.add("reshape", [cast(ctx, bias, dt.f64)],
                                            {"shape": (-1,) + (1,) * (x.type.rank - 2)})])
-    s = ctx.add("mul", [cast(ctx, xs, dt.f64), cast(ctx, ws, dt.f64)])
-    if s.type.rank == 1:
-        s = ctx.add("reshape", [s], {"shape": (-1,) + (1,) * (x.type.rank - 2)})
-    y = cast(ctx, ctx.add("mul", [acc, s]), dt.f32)
-    return [_requantize(ctx, y, ys, yz)]
+    return [_requantize_acc(ctx, acc, xs, ws, ys, yz, (-1,) + (1,) * (x.type.rank - 2))]

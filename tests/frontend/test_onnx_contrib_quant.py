@@ -576,3 +576,29 @@ def test_bert_quantize_dynamic(float_models: dict[str, Path], tmp_path: Path) ->
     assert ops["DynamicQuantizeMatMul"] >= 4 and ops["MatMulIntegerToFloat"] >= 4, ops
     assert sum(ops.values()) == ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"]
     _compare(q, [_bert_feed(2, 8, 9), _bert_feed(3, 5, 10)], 1e-5, c_target=True)
+
+
+def test_qlinearconv_requantises_with_onnxruntime_s_multiplier() -> None:
+    """(x_scale * w_scale) / y_scale is 0.5 exactly in float32 here, so every odd accumulator
+    is a tie that onnxruntime rounds to even; multiplying by x_scale * w_scale and dividing
+    by y_scale afterwards landed beside the tie (one code off, 36.500004 -> 37)."""
+    import onnxruntime as ort
+    from onnx import TensorProto as TP, helper as H, numpy_helper as NH
+
+    import scalefold as sf
+    r = np.random.default_rng(0)
+    w = r.integers(-20, 20, (8, 4, 3, 3)).astype(np.int8)
+    inits = [NH.from_array(np.array(0.02, np.float32), "xs"), NH.from_array(np.array(3, np.uint8), "xz"),
+             NH.from_array(w, "w"), NH.from_array(np.array(0.05, np.float32), "ws"),
+             NH.from_array(np.array(0, np.int8), "wz"), NH.from_array(np.array(0.002, np.float32), "ys"),
+             NH.from_array(np.array(128, np.uint8), "yz")]
+    node = H.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1, 1, 1, 1])
+    g = H.make_graph([node], "g", [H.make_tensor_value_info("x", TP.UINT8, [1, 4, 6, 6])],
+                     [H.make_tensor_value_info("y", TP.UINT8, None)], inits)
+    m = H.make_model(g, opset_imports=[H.make_opsetid("", 17)])
+    m.ir_version = 8
+    x = r.integers(0, 8, (1, 4, 6, 6)).astype(np.uint8)
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    for target in ("interp", "c"):
+        got = sf.compile(m, target=target)(torch.from_numpy(x)).numpy()
+        assert np.array_equal(got, want), (target, int((got != want).sum()))
