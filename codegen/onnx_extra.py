@@ -11,6 +11,7 @@ dim_values, lp_pool and lrn. Registered into ``onnx_ops.RENDER``.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from onnx import TensorProto, helper
 
@@ -184,12 +185,20 @@ def _resize(cx: Emitter, node: Node) -> list[str]:
     if a["scales"]:
         xs, ys = node.inputs[0].shape, node.outputs[0].shape
         for ax, (sc, d, o) in enumerate(zip(a["scales"], xs, ys)):
-            if isinstance(d, int) and isinstance(o, int) and int(d * sc) != o:
+            # onnxruntime's rows from a scale: floor(scale * size) in float32 (0.7 of 10 is 7)
+            rows = int(np.float32(sc) * np.float32(d)) if isinstance(d, int) else None
+            if rows is not None and isinstance(o, int) and rows != o:
                 # keep_aspect_ratio_policy: one scale for the coordinates, sizes rounded from it;
                 # ONNX's scales input would make floor(d * scale) rows instead
-                raise cx.fail(f"axis {ax} has {o} rows where scale {sc} gives {int(d * sc)} (an imported "
+                raise cx.fail(f"axis {ax} has {o} rows where scale {sc} gives {rows} (an imported "
                               f"keep_aspect_ratio_policy); ONNX Resize cannot say both")
         scales, sizes = cx.const(list(a["scales"]), dt.f32, [len(a["scales"])]), ""
+        if any(isinstance(d, int) and int(np.float32(sc) * np.float32(d)) != int(sc * d)
+               for sc, d in zip(a["scales"], xs)):
+            # onnx's shape inference takes floor(scale * size) in float64, onnxruntime in
+            # float32: where they differ the checker refuses the file, so the sizes say it
+            # (onnxruntime then maps coordinates with sizes / in, a few ulps from the scale)
+            scales, sizes = "", cx.dims(list(ys))
     else:
         scales, sizes = "", cx.dims(list(a["sizes"]))
     if a["antialias"]:

@@ -171,3 +171,18 @@ def test_resize_inexact_scale_of_a_dynamic_dim_is_refused_by_name() -> None:
     m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
     with pytest.raises(FrontendError, match=r"scale 0\.699.* of a dynamic dim H"):
         from_onnx(m)
+
+
+def test_resize_with_a_float32_rounded_size_round_trips(tmp_path) -> None:
+    """Imported 0.7 of 10 rows (7, onnxruntime's count) exports with its sizes: onnx's checker
+    counts 6 from the scale in float64 and refused the file."""
+    import scalefold as sf
+    x = RNG.standard_normal((1, 1, 10, 10)).astype(np.float32)
+    m = build("Resize", {"x": x}, {"mode": "linear"}, inits={"scales": np.array([1, 1, 0.7, 0.7], np.float32)},
+              node_inputs=["x", "", "scales"])
+    g = from_onnx(m)
+    sf.to_onnx(g, tmp_path / "rt.onnx")
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(tmp_path / "rt.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert got.shape == want.shape == (1, 1, 7, 7)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
