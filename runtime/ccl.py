@@ -84,10 +84,10 @@ def cl_step(fn: Callable, k: Kernel, slot: Mapping[int, int], out_shape: Sequenc
         return True
 
     def last_call() -> tuple | None:
-        """(kernel, pointers, integers) when the last call passed every value straight
-        through and wrote the cached output view (runtime/cseg.py)."""
+        """(kernel, pointers, integers, the slot of each pointer) when the last call passed
+        every value straight through and wrote the cached output view (runtime/cseg.py)."""
         if out[0] is None or any(r is None for r in seen):
             return None
-        return fn, ptrs, qarr
+        return fn, ptrs, qarr, ins + [dst]
     run.last_call = last_call
     return run

@@ -100,10 +100,11 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
         fn(ptrs, qarr)
         vals[out_slot] = y
     def last_call() -> tuple | None:
-        """(kernel, pointers, integers) when the last call passed every value straight
-        through and wrote the cached view of its buffer, for a Segment (runtime/cseg.py)."""
+        """(kernel, pointers, integers, the slot of each pointer) when the last call passed
+        every value straight through and wrote the cached view of its buffer, for a Segment
+        (runtime/cseg.py)."""
         if out[0] is None or any(r is None for s, r in zip(order, seen) if s != out_slot):
             return None
-        return fn, ptrs, qarr
+        return fn, ptrs, qarr, order
     run.order, run.last_call = list(order), last_call
     return run

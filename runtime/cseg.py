@@ -13,7 +13,10 @@ view steps join segments and call nothing).
 The fast path is taken only when the previous call of the same binding ran the segment
 step by step (or fast) and every step ended that call in its cached state (no copies, no
 fallback to torch ops, no fresh output): the kernels then see exactly the pointers they saw
-last time. Steps are shared between bindings, so the executor allows the fast path only
+last time. A slot that holds a new tensor of the very same layout (dtype, device, shape,
+strides: a library step's per-call result, a new input) is no reason to leave the fast
+path: the steps would pass it as they passed the old one, so its address replaces the old
+one in the kernels' pointer arrays. Steps are shared between bindings, so the executor allows the fast path only
 when the previous run was of the same binding (``fast``). Anything else runs step by step,
 which refreshes the steps' pointers and re-arms the segment.
 """
@@ -23,6 +26,8 @@ import ctypes
 import threading
 import weakref
 from typing import Any, Callable, Sequence
+
+import torch
 
 _SEQ_SOURCE = r"""
 #include <stdint.h>
@@ -66,7 +71,9 @@ class Segment:
         self.fns, self.ps, self.qs = ((ctypes.c_void_p * n)() for _ in range(3))
         self.n = 0                 # kernels to call (view steps call none)
         self.slots = sorted({s for st in self.steps for s in st.order})
-        self.start: list = []      # (slot, weak reference or None) at the last step-by-step run's start
+        # per slot at the armed call's start: [slot, weak reference or None, layout, pointer
+        # positions] (layout and positions for the slots no step assigns)
+        self.start: list = []
         self.after: list = []      # (slot, object) the steps assigned during that run
         self.ready = False
         self.bad: list[int] = []   # steps whose last step-by-step call cannot be repeated
@@ -74,15 +81,11 @@ class Segment:
         self._seq = _run_seq()
 
     def __call__(self, vals: list, fast: bool) -> None:
-        if fast and self.ready:
-            for s, r in self.start:
-                if (r() if r is not None else None) is not vals[s]:
-                    break
-            else:
-                self._seq(self.n, self.fns, self.ps, self.qs)
-                for s, o in self.after:
-                    vals[s] = o
-                return
+        if fast and self.ready and self._same(vals):
+            self._seq(self.n, self.fns, self.ps, self.qs)
+            for s, o in self.after:
+                vals[s] = o
+            return
         self.ready = False
         before = [(s, vals[s]) for s in self.slots]
         for i, st in enumerate(self.steps):
@@ -96,13 +99,40 @@ class Segment:
         # view steps call nothing (``()``): their slot assignments are re-applied after
         kernels = [c for c in calls if c]
         self.n = len(kernels)
-        for i, (k, p, q) in enumerate(kernels):
+        self.after = [(s, vals[s]) for s, v in before if vals[s] is not v]
+        assigned = {s for s, _ in self.after}
+        where: dict[int, list] = {}
+        for i, (k, p, q, slots) in enumerate(kernels):
             self.fns[i] = ctypes.cast(k, ctypes.c_void_p).value
             self.ps[i], self.qs[i] = ctypes.addressof(p), ctypes.addressof(q)
+            for j, s in enumerate(slots):
+                if s not in assigned:
+                    where.setdefault(s, []).append((p, j))
         # a slot empty at the start (a view step's output) must be empty again
-        self.start = [(s, weakref.ref(v) if v is not None else None) for s, v in before]
-        self.after = [(s, vals[s]) for s, v in before if vals[s] is not v]
+        self.start = [[s, weakref.ref(v) if v is not None else None,
+                       _layout(v) if s in where else None, where.get(s, ())] for s, v in before]
         self.ready = True
+
+    def _same(self, vals: list) -> bool:
+        """Whether every slot holds the object of the armed call, or (a per-call result of a
+        library step, a new input) a tensor of the very same layout, whose address then
+        replaces the old one in the kernels' pointer arrays (the steps would pass it as it
+        is, as they passed the old one)."""
+        for e in self.start:
+            r, o = e[1], vals[e[0]]
+            if (r() if r is not None else None) is o:
+                continue
+            if e[2] is None or not isinstance(o, torch.Tensor) or _layout(o) != e[2]:
+                return False
+            at = o.data_ptr()
+            for p, j in e[3]:
+                p[j] = at
+            e[1] = weakref.ref(o)
+        return True
+
+
+def _layout(t: Any) -> tuple | None:
+    return (t.dtype, t.device, tuple(t.shape), t.stride()) if isinstance(t, torch.Tensor) else None
 
 
 def plan(steps: Sequence[Any], fresh: set[int], first: int = 0,

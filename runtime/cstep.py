@@ -60,10 +60,11 @@ def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[i
         fn(ptrs, qarr)
         valid[0] = True
     def last_call() -> tuple | None:
-        """(kernel, pointers, integers) of the last call when it passed every value straight
-        through, for a Segment (runtime/cseg.py) to repeat; None otherwise."""
+        """(kernel, pointers, integers, the slot of each pointer) of the last call when it
+        passed every value straight through, for a Segment (runtime/cseg.py) to repeat; None
+        otherwise."""
         if valid[0] and not copied[0]:
-            return fn, ptrs, qarr
+            return fn, ptrs, qarr, order
         if by_cl[0]:
             return getattr(cl, "last_call", lambda: None)()
         return None

@@ -83,3 +83,21 @@ def test_results_equal_step_by_step(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not plain._runner.segments and fast._runner.segments
     for _ in range(3):
         assert torch.equal(fast(x), plain(x))
+
+
+def test_new_objects_of_the_same_layout_keep_the_fast_path(counted: list[int]) -> None:
+    """A library step (a grouped convolution on oneDNN) makes a new result every call, and
+    the caller passes a new input every call: the segments after them keep their fast path
+    with the new addresses, and every result follows the new contents."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 1, 1), torch.nn.ReLU(),
+                            torch.nn.Conv2d(16, 16, 3, 1, 1, groups=4), torch.nn.Hardswish(),
+                            torch.nn.Conv2d(16, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU(),
+                            torch.nn.Conv2d(8, 8, 1), torch.nn.Sigmoid(), torch.nn.Conv2d(8, 8, 1)).eval()
+    cm = sf.compile(m, (torch.randn(1, 3, 12, 12),), target="c")
+    for i in range(5):
+        x = torch.randn(1, 3, 12, 12)
+        with torch.no_grad():
+            want = m(x)
+        torch.testing.assert_close(cm(x), want, rtol=1e-5, atol=1e-5)
+    assert counted, "no segment took the fast path"
