@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scalefold.runtime.executor import mixes_devices
+from scalefold.runtime.step_errors import mixes_devices
 
 
 def _error(f) -> RuntimeError:
