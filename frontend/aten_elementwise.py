@@ -351,19 +351,52 @@ def _round_decimals(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     return ctx.cast(y, x.dtype) if y.dtype is not x.dtype else y
 
 
+def _negative(ctx: Ctx, v: Value) -> Value:
+    """v < 0, or v = -0.0 (1 / -0.0 = -inf): the sign bit, but for NaN (read as positive)."""
+    z, one = ctx.scalar(0.0, v.dtype), ctx.scalar(1.0, v.dtype)
+    return ctx.emit("logical_or", [ctx.emit("lt", [v, z]), ctx.emit("logical_and", [
+        ctx.emit("eq", [v, z]), ctx.emit("lt", [ctx.emit("div", [one, v]), z])])])
+
+
+def _float_pair(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, Value]:
+    out = ctx.out_dtype(n)
+    return tuple(ctx.cast(v, out) if v.dtype is not out else v  # type: ignore[return-value]
+                 for v in (ctx.t(a["self"]), ctx.t(a["other"])))
+
+
+@aten("hypot.default")
+def _hypot(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    """sqrt(a^2 + b^2) without overflow or underflow, as max * sqrt(1 + (min / max)^2): 0 where
+    both are 0, +inf where either is infinite (even beside a NaN, as C's hypot)."""
+    x, y = (ctx.emit("abs", [v]) for v in _float_pair(ctx, n, a))
+    big, small = ctx.emit("maximum", [x, y]), ctx.emit("minimum", [x, y])
+    z, one = ctx.scalar(0.0, x.dtype), ctx.scalar(1.0, x.dtype)
+    r = ctx.emit("div", [small, big])
+    res = ctx.emit("mul", [big, ctx.emit("sqrt", [ctx.emit("add", [one, ctx.emit("mul", [r, r])])])])
+    res = ctx.emit("where", [ctx.emit("eq", [big, z]), z, res])
+    inf = ctx.emit("logical_or", [ctx.emit("isinf", [x]), ctx.emit("isinf", [y])])
+    return ctx.emit("where", [inf, ctx.scalar(float("inf"), x.dtype), res])
+
+
+@aten("copysign.Tensor", "copysign.Scalar")
+def _copysign(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    """|a| with the sign of b, -0.0 included (a NaN b counts as positive)."""
+    out = ctx.out_dtype(n)
+    x = ctx.cast(ctx.t(a["self"]), out)
+    other = a["other"]
+    y = ctx.cast(ctx.t(other), out) if isinstance(other, fx.Node) else ctx.scalar(float(other), out)
+    mag = ctx.emit("abs", [x])
+    return ctx.emit("where", [_negative(ctx, y), ctx.emit("neg", [mag]), mag])
+
+
 @aten("atan2.default")
 def _atan2(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     y, x = ctx.t(a["self"]), ctx.t(a["other"])
     out = ctx.out_dtype(n)
     y, x = (ctx.cast(v, out) if v.dtype is not out else v for v in (y, x))
     z, one = ctx.scalar(0.0, out), ctx.scalar(1.0, out)
-
-    def negative(v: Value) -> Value:
-        # v < 0, or v = -0.0 (1 / -0.0 = -inf)
-        return ctx.emit("logical_or", [ctx.emit("lt", [v, z]), ctx.emit("logical_and", [
-            ctx.emit("eq", [v, z]), ctx.emit("lt", [ctx.emit("div", [one, v]), z])])])
-    ysign = ctx.emit("where", [negative(y), ctx.scalar(-1.0, out), one])
-    negx = negative(x)
+    ysign = ctx.emit("where", [_negative(ctx, y), ctx.scalar(-1.0, out), one])
+    negx = _negative(ctx, x)
     # atan(y / x), then +-pi (y's sign) where x is negative: right for finite x != 0, x = +-inf
     # with finite y, and x = +-0 with y != 0 (y / x = +-inf)
     res = ctx.emit("add", [ctx.emit("atan", [ctx.emit("div", [y, x])]),

@@ -371,13 +371,25 @@ def test_ops_without_conversion_or_decomposition_are_named() -> None:
 
 
 def test_decompositions_into_unknown_ops_are_not_taken() -> None:
-    """copysign and hypot decompose into prims the frontend has no conversion for: the error
+    """lgamma and digamma decompose into prims the frontend has no conversion for: the error
     names the op the model used, not the prims."""
-    with pytest.raises(UnsupportedOpError, match=r"aten\.copysign\.Tensor \(x1\)") as e:
-        sf.from_torch(Fn(lambda s, x: torch.copysign(x, x - 1)), (rnd(3, 5),))
+    with pytest.raises(UnsupportedOpError, match=r"aten\.lgamma\.default \(x1\)") as e:
+        sf.from_torch(Fn(lambda s, x: torch.lgamma(x.abs() + 1)), (rnd(3, 5),))
     assert "prims" not in str(e.value)
-    with pytest.raises(UnsupportedOpError, match=r"aten\.hypot\.default \(x1\)"):
-        sf.from_torch(Fn(lambda s, x: torch.hypot(x, x + 1)), (rnd(3, 5),))
+    with pytest.raises(UnsupportedOpError, match=r"aten\.digamma\.default \(x1\)"):
+        sf.from_torch(Fn(lambda s, x: torch.digamma(x.abs() + 1)), (rnd(3, 5),))
+
+
+def test_hypot_and_copysign_with_zeros_infinities_and_nan() -> None:
+    """hypot without overflow (1e30) or underflow (1e-30), +inf beside a NaN; copysign with
+    -0.0 as a sign and a scalar sign."""
+    inf, nan = float("inf"), float("nan")
+    a = torch.tensor([3., 0., -0., 1e30, 1e-30, inf, nan, -inf, 5., -2.])
+    b = torch.tensor([4., 0., 0., 1e30, 1e-30, nan, 1., 3., -0., 7.])
+    m = Fn(lambda s, x, y: (torch.hypot(x, y), torch.copysign(x, y), torch.copysign(x, -1.5)))
+    check(m, (a, b), exact=True)
+    check(m, (rnd(10) * 1e20, rnd(10, seed=1)), rtol=1e-6, atol=0)
+
 
 
 def test_var_mean_and_std_mean() -> None:
