@@ -211,8 +211,17 @@ def _input_type(v: onnx.ValueInfoProto, fallback: str, names: _DimNames,
         else:
             dims.append(sym(names.fresh(f"{fallback}_{i}")))
     if merge:
-        dims = [sym(merge.get(x.name, x.name)) if isinstance(x, sympy.Symbol) else x for x in dims]
+        dims = [sym(_merged(x.name, merge)) if isinstance(x, sympy.Symbol) else x for x in dims]
     return TensorType(d, dims)
+
+
+def _merged(name: str, merge: Mapping[str, str]) -> str:
+    """The symbol ``name`` becomes under ``merge``, followed to its end (b -> a -> c)."""
+    seen = {name}
+    while name in merge and merge[name] not in seen:
+        name = merge[name]
+        seen.add(name)
+    return name
 
 
 def _drop_dead_dequantize(g: Graph) -> None:
@@ -344,16 +353,17 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
         try:
             g = _import_graph(proto, base, where, opset, opsets, input_values, name, merge)
         except _Unify as u:
-            if len(merge) >= MAX_MERGES:
+            new = {k: v for k, v in u.pairs.items() if k not in merge}
+            if not new or len(merge) >= MAX_MERGES:
                 raise u.error from None
-            merge.update(u.pairs)
+            merge.update(new)
             continue
         if merge:
             warnings.warn(f"{where}: graph input dims {', '.join(f'{t} and {s}' for t, s in sorted(merge.items()))} "
                           f"are taken to be equal (an op needs them equal, as onnxruntime checks when it runs); "
                           f"the compiled model refuses inputs where they differ", stacklevel=2)
         return g
-    raise AssertionError("unreachable")  # pragma: no cover
+    raise AssertionError("unreachable")  # pragma: no cover - every pass merges or returns
 
 
 MAX_MERGES = 8     # pairs of graph-input dims one import may take to be equal

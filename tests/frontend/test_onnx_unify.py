@@ -53,3 +53,11 @@ def test_static_mismatches_are_still_errors() -> None:
                [NH.from_array(np.ones((3, 5), np.float32), "w")])
     with pytest.raises(ShapeError, match="cannot broadcast"):
         sf.from_onnx(m)
+
+
+def test_three_unrelated_dims_merge_in_a_chain() -> None:
+    """a + b, then that + c: the second merge meets the first one's survivor."""
+    m = _model([H.make_node("Add", ["a", "b"], ["t"]), H.make_node("Add", ["t", "c"], ["y"])],
+               [("a", ["z1", 4]), ("b", ["y1", 4]), ("c", ["a0", 4])])
+    r = np.random.default_rng(2)
+    _check(m, {k: r.standard_normal((3, 4)).astype(np.float32) for k in "abc"})
