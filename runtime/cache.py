@@ -135,7 +135,7 @@ def _compile(source: str, flags: tuple[str, ...], cc: str, key: str, tmp: Path, 
         raise CompileError(f"C compilation failed ({' '.join(cmd[:1] + list(flags))}): "
                            f"kernel {key[:12]}", r.stderr)
     dig = tmp / "kernel.sha256"
-    dig.write_text(_digest(out))
+    dig.write_text(f"{_digest(out)} {key}")
     os.replace(out, target)
     # the digest lands after the entry: a build killed in between leaves an entry that fails
     # _intact and is rebuilt
@@ -161,9 +161,12 @@ def _digest(path: Path) -> str:
 
 
 def _intact(target: Path) -> bool:
-    """Whether ``target`` is a complete entry: a file whose digest its sidecar records."""
+    """Whether ``target`` is a complete entry: a file whose digest its sidecar records, with
+    the sidecar naming this entry's key (an entry and sidecar copied over another key's are
+    rebuilt, not loaded as that key's kernel)."""
     try:
-        return target.is_file() and _digest(target) == _digest_path(target).read_text().strip()
+        recorded = _digest_path(target).read_text().split()
+        return target.is_file() and recorded == [_digest(target), target.stem]
     except OSError:
         return False
 

@@ -236,7 +236,7 @@ def test_entry_without_its_digest_is_rebuilt(cache_root: Path) -> None:
     mtime = path.stat().st_mtime_ns
     time.sleep(0.01)
     assert cache.build(src) == path and path.stat().st_mtime_ns != mtime
-    assert path.with_suffix(".sha256").read_text() == cache._digest(path)
+    assert path.with_suffix(".sha256").read_text() == f"{cache._digest(path)} {path.stem}"
 
 
 def test_unusable_cache_paths(cache_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,7 +269,7 @@ def test_directories_at_the_digest_or_source_path_are_cleared(cache_root: Path) 
         (entries / name / "junk").write_text("x")
         path = cache.build(src)
         assert path.is_file() and (entries / f"{key}.sha256").is_file()
-        assert (entries / f"{key}.sha256").read_text() == cache._digest(path)
+        assert (entries / f"{key}.sha256").read_text() == f"{cache._digest(path)} {key}"
         cache._LOADED.pop(str(path), None)
         for p in entries.iterdir():
             cache._clear(p)
@@ -294,3 +294,18 @@ def test_a_read_only_cache_still_serves_entries_without_a_digest(cache_root: Pat
     path.unlink()                                  # nothing to serve: the error names the cache
     with pytest.raises(CompileError, match="cannot be used: .*Read-only"):
         cache.build(src)
+
+
+def test_an_entry_copied_over_another_key_is_rebuilt(cache_root: Path) -> None:
+    """Another key's entry and its sidecar copied over this key's (both files consistent with
+    each other) used to load as this key's kernel: the sidecar names its key now."""
+    import shutil
+    a, b = _kernel_source(), _kernel_source().replace("sf_kernel", "sf_kernel", 1) + "\n/* other */\n"
+    pa, pb = cache.build(a), cache.build(b)
+    for p in (pa, pb):
+        cache._LOADED.pop(str(p), None)
+    shutil.copy(pb, pa)
+    shutil.copy(pb.with_suffix(".sha256"), pa.with_suffix(".sha256"))
+    assert not cache._intact(pa)
+    assert cache.build(a) == pa and cache._intact(pa)
+    assert pa.with_suffix(".sha256").read_text().split()[1] == pa.stem
