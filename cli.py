@@ -74,6 +74,8 @@ def parse_bind(text: str | None) -> dict[str, int]:
         name, val = name.strip(), val.strip()
         if not eq or not name.isidentifier() or not val.lstrip("+").isdigit() or int(val) <= 0:
             raise ScalefoldError(f"bad binding {item!r}: expected NAME=POSITIVE_INT, e.g. B=8,S=128")
+        if name in out:
+            raise ScalefoldError(f"{name} is bound twice in {text!r}")
         out[name] = int(val)
     return out
 
@@ -367,6 +369,8 @@ def _read_inputs(specs: Sequence[str]) -> dict[str, Any]:
         name, eq, file = spec.partition("=")
         if not eq or not name or not file:
             raise ScalefoldError(f"bad --input {spec!r}: expected NAME=FILE.npy")
+        if name in out:
+            raise ScalefoldError(f"input {name!r} is given twice (--input {spec})")
         try:
             # allow_pickle=False: an input file must never run code.
             arr = np.load(file, allow_pickle=False)

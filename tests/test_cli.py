@@ -408,3 +408,15 @@ def test_version_and_a_closed_pipe() -> None:
     p.stdout.close()
     err = p.stderr.read().decode() if p.stderr is not None else ""
     assert p.wait() == 0 and "error" not in err and "Traceback" not in err
+
+
+def test_a_symbol_or_input_given_twice_is_an_error(tmp_path: Path) -> None:
+    from scalefold.cli import parse_bind
+    from scalefold.ir.errors import ScalefoldError
+    assert parse_bind("B=3,S=4") == {"B": 3, "S": 4}
+    with pytest.raises(ScalefoldError, match="B is bound twice"):
+        parse_bind("B=3,B=4")
+    model = gemm_relu_onnx(tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((2, 8), np.float32))
+    r = sf_cli("run", str(model), "--input", f"x={tmp_path / 'x.npy'}", "--input", f"x={tmp_path / 'x.npy'}")
+    assert r.returncode == 2 and "input 'x' is given twice" in r.stderr
