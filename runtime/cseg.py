@@ -12,13 +12,13 @@ view steps join segments and call nothing).
 
 The fast path is taken only when the previous call of the same binding ran the segment
 step by step (or fast) and every step ended that call in its cached state (no copies, no
-fallback to torch ops, no fresh output): the kernels then see exactly the pointers they saw
-last time. A slot that holds a new tensor of the very same layout (dtype, device, shape,
-strides: a library step's per-call result, a new input) is no reason to leave the fast
-path: the steps would pass it as they passed the old one, so its address replaces the old
-one in the kernels' pointer arrays. Steps are shared between bindings, so the executor allows the fast path only
-when the previous run was of the same binding (``fast``). Anything else runs step by step,
-which refreshes the steps' pointers and re-arms the segment.
+fallback to torch ops): the kernels then see exactly the pointers they saw last time. A slot
+that holds a new tensor of the very same layout (dtype, device, shape, strides: a library
+step's per-call result, a new input, a graph output allocated per call) is no reason to leave
+the fast path: the steps would pass it as they passed the old one, so its address replaces
+the old one in the kernels' pointer arrays. Steps are shared between bindings, so the
+executor allows the fast path only when the previous run was of the same binding (``fast``).
+Anything else runs step by step, which refreshes the steps' pointers and re-arms the segment.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class Segment:
         calls = [st.last_call() for st in self.steps]
         self.bad = [i for i, c in enumerate(calls) if c is None or c and not isinstance(c[0], ctypes._CFuncPtr)]
         if self.bad:
-            return   # a copy, a fallback, a fresh output or a checked kernel: see split()
+            return   # a copy, a fallback, an uncached output view or a checked kernel: see split()
         # view steps call nothing (``()``): their slot assignments are re-applied after
         kernels = [c for c in calls if c]
         self.n = len(kernels)
@@ -135,12 +135,11 @@ def _layout(t: Any) -> tuple | None:
     return (t.dtype, t.device, tuple(t.shape), t.stride()) if isinstance(t, torch.Tensor) else None
 
 
-def plan(steps: Sequence[Any], fresh: set[int], first: int = 0,
-         apart: frozenset[int] = frozenset()) -> list[tuple[int, Any]]:
+def plan(steps: Sequence[Any], first: int = 0, apart: frozenset[int] = frozenset()) -> list[tuple[int, Any]]:
     """``steps`` (the first one the binding's step ``first``) as (index of the first step,
-    step or Segment): runs of at least two segmentable steps (C kernels and view steps) that
-    touch no ``fresh`` slot (a graph output allocated per call) and are not among ``apart``
-    (positions in ``steps``) become segments."""
+    step or Segment): runs of at least two segmentable steps (C kernels and view steps) not
+    among ``apart`` (positions in ``steps``) become segments. A graph output allocated per
+    call is a new tensor of the same layout at every call, which the fast path takes."""
     out: list[tuple[int, Any]] = []
     run: list[int] = []
 
@@ -152,7 +151,7 @@ def plan(steps: Sequence[Any], fresh: set[int], first: int = 0,
         run.clear()
 
     for i, st in enumerate(steps):
-        if segmentable(st) and not fresh.intersection(st.order) and i not in apart:
+        if segmentable(st) and i not in apart:
             run.append(i)
         else:
             flush()
@@ -167,7 +166,7 @@ def split(items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
     out: list[tuple[int, Any]] = []
     for first, it in items:
         if it.__class__ is Segment and it.bad:
-            out.extend(plan(it.steps, set(), first, frozenset(it.bad)))
+            out.extend(plan(it.steps, first, frozenset(it.bad)))
         else:
             out.append((first, it))
     return out

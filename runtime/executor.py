@@ -452,7 +452,7 @@ class Executor:
             self._last_run = b
             if self.segments and self.device.type == "cpu":
                 if b.seg_plan is None:
-                    b.seg_plan = cseg.plan(b.steps, set(b.fresh))
+                    b.seg_plan = cseg.plan(b.steps)
                 items = b.seg_plan
             else:
                 items = list(enumerate(b.steps))

@@ -101,3 +101,20 @@ def test_new_objects_of_the_same_layout_keep_the_fast_path(counted: list[int]) -
             want = m(x)
         torch.testing.assert_close(cm(x), want, rtol=1e-5, atol=1e-5)
     assert counted, "no segment took the fast path"
+
+
+def test_graph_outputs_allocated_per_call_stay_in_the_segment(counted: list[int]) -> None:
+    """The last kernel writes the graph output, a new tensor at every call: the segment keeps
+    its fast path (the new output's address is refreshed), and no call's result is written
+    over by a later call."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 16),
+                            torch.nn.LayerNorm(16)).eval()
+    cm = sf.compile(m, (torch.randn(4, 16),), target="c")
+    xs = [torch.randn(4, 16) for _ in range(5)]
+    outs = [cm(x) for x in xs]
+    assert len({o.data_ptr() for o in outs}) == len(outs)
+    with torch.no_grad():
+        for o, x in zip(outs, xs):
+            torch.testing.assert_close(o, m(x), rtol=1e-5, atol=1e-5)
+    assert len(counted) >= 3
