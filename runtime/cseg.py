@@ -40,12 +40,19 @@ _SEQ: list = []
 _SEQ_LOCK = threading.Lock()
 
 
-def _run_seq() -> Callable:
-    """The compiled ``sf_run_seq`` (built once, through the kernel cache)."""
+def _run_seq() -> Callable | None:
+    """The compiled ``sf_run_seq`` (built once, through the kernel cache), or None where it
+    cannot be built or loaded (a read-only cache made before it existed): the steps then run
+    one by one, as they did without segments."""
     with _SEQ_LOCK:
         if not _SEQ:
+            from ..ir.errors import ScalefoldError
             from .cache import build
-            lib = ctypes.CDLL(str(build(_SEQ_SOURCE)))
+            try:
+                lib = ctypes.CDLL(str(build(_SEQ_SOURCE)))
+            except (ScalefoldError, OSError):
+                _SEQ.append(None)
+                return None
             fn = lib.sf_run_seq
             fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
             fn.restype = None
@@ -142,6 +149,8 @@ def plan(steps: Sequence[Any], first: int = 0, apart: frozenset[int] = frozenset
     call is a new tensor of the same layout at every call, which the fast path takes."""
     out: list[tuple[int, Any]] = []
     run: list[int] = []
+    if _run_seq() is None:
+        return [(first + i, st) for i, st in enumerate(steps)]
 
     def flush() -> None:
         if len(run) >= 2:

@@ -118,3 +118,15 @@ def test_graph_outputs_allocated_per_call_stay_in_the_segment(counted: list[int]
         for o, x in zip(outs, xs):
             torch.testing.assert_close(o, m(x), rtol=1e-5, atol=1e-5)
     assert len(counted) >= 3
+
+
+def test_without_the_segment_runner_steps_run_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the C loop cannot be built (a read-only kernel cache made before it existed), the
+    steps run one by one instead of failing the call."""
+    monkeypatch.setattr(cseg, "_SEQ", [None])
+    m, x = _net(), torch.randn(1, 3, 16, 16)
+    cm = sf.compile(m, (x,), target="c")
+    for _ in range(3):
+        with torch.no_grad():
+            torch.testing.assert_close(cm(x), m(x), rtol=1e-5, atol=1e-5)
+    assert not _segments(cm)
