@@ -123,18 +123,8 @@ def check_output(path: str, directory: bool = False) -> None:
 def split_passes(specs: Sequence[str] | None) -> list[str]:
     """Pass specs from repeated ``-p`` options, each a comma list; commas inside parentheses
     belong to a pass's options (``outliertune(bits=8,group=128)``)."""
-    out: list[str] = []
-    for spec in specs or ():
-        depth, cur = 0, ""
-        for ch in spec:
-            depth += (ch == "(") - (ch == ")")
-            if ch == "," and depth == 0:
-                out.append(cur)
-                cur = ""
-            else:
-                cur += ch
-        out.append(cur)
-    return [p.strip() for p in out if p.strip()]
+    from .passes.pipeline import split_pipeline
+    return [p for spec in specs or () for p in split_pipeline(spec)]
 
 
 def _symbols(env: dict[str, int]) -> dict[Any, int]:
