@@ -99,6 +99,7 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
             ptrs[i] = t.data_ptr()
         fn(ptrs, qarr)
         vals[out_slot] = y
+
     def last_call() -> tuple | None:
         """(kernel, pointers, integers, the slot of each pointer) when the last call passed
         every value straight through and wrote the cached view of its buffer, for a Segment

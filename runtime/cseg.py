@@ -107,13 +107,16 @@ class Segment:
         kernels = [c for c in calls if c]
         self.n = len(kernels)
         self.after = [(s, vals[s]) for s, v in before if vals[s] is not v]
-        assigned = {s for s, _ in self.after}
+        # a slot's address can be refreshed only where every step that reads it takes it as
+        # a pointer: not where a step assigns it, nor where a view step keeps a view of it
+        fixed = {s for s, _ in self.after}
+        fixed |= {s for st, c in zip(self.steps, calls) if c == () for s in st.order}
         where: dict[int, list] = {}
         for i, (k, p, q, slots) in enumerate(kernels):
             self.fns[i] = ctypes.cast(k, ctypes.c_void_p).value
             self.ps[i], self.qs[i] = ctypes.addressof(p), ctypes.addressof(q)
             for j, s in enumerate(slots):
-                if s not in assigned:
+                if s not in fixed:
                     where.setdefault(s, []).append((p, j))
         # a slot empty at the start (a view step's output) must be empty again
         self.start = [[s, weakref.ref(v) if v is not None else None,

@@ -59,6 +59,7 @@ def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[i
             ptrs[i] = t.data_ptr()
         fn(ptrs, qarr)
         valid[0] = True
+
     def last_call() -> tuple | None:
         """(kernel, pointers, integers, the slot of each pointer) of the last call when it
         passed every value straight through, for a Segment (runtime/cseg.py) to repeat; None
