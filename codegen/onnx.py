@@ -103,7 +103,7 @@ def to_onnx(graph: Graph | Any, path: str | os.PathLike | None = None, opset: in
         raise ExportError(f"ONNX export: nbits_accuracy must be 0..4 (MatMulNBits accuracy_level), "
                           f"got {nbits_accuracy!r}")
     model = build_model(graph, opset, nbits_accuracy)
-    _warn_bf16(graph)
+    _warn_no_cpu_kernels(graph)
     big = _data_bytes(model) > EXTERNAL_THRESHOLD
     if path is None:
         if external_data:
@@ -123,8 +123,8 @@ _MOVES = {"cast", "reshape", "transpose", "squeeze", "unsqueeze", "flatten", "sl
           "gather", "shape", "expand"}
 
 
-def _warn_bf16(graph: Graph) -> None:
-    """Warn when ``graph`` computes in bfloat16: onnxruntime's CPU provider has no bfloat16
+def _warn_no_cpu_kernels(graph: Graph) -> None:
+    """Warn when ``graph`` computes in bfloat16 or convolves in float64: onnxruntime's CPU provider has no bfloat16
     kernels for MatMul, Gemm, Expand and most arithmetic, so such a file fails to load there
     (NOT_IMPLEMENTED) although it is valid ONNX that GPU providers run. Ops exported in
     float32 between casts (``_NO_BF16``) do not count."""

@@ -1,5 +1,5 @@
 """to_onnx warns when the exported graph computes in bfloat16, which onnxruntime's CPU
-provider cannot run (codegen/onnx.py ``_warn_bf16``)."""
+provider cannot run (codegen/onnx.py ``_warn_no_cpu_kernels``)."""
 from __future__ import annotations
 
 import warnings
