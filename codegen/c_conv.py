@@ -68,6 +68,7 @@ from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
 from .c_conv_dw import render_dw
 from .c_conv_stem import STEM_CI, pack_stem, render_stem
+from .c_conv_wino import pack_wino, render_wino, wino_fits
 from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar
 from .schedule import Kernel
 
@@ -112,12 +113,14 @@ def conv_form(k: Kernel) -> ConvForm | None:
     sh, sw = (1, st[0]) if n == 1 else (st[0], st[1])
     dh, dw = (1, dl[0]) if n == 1 else (dl[0], dl[1])
     if groups == 1 and cig == ci:
+        nb = 32 if co > 16 else 16
+        mr = 6 if nb == 32 else 8
+        if wino_fits(kh, kw, sh, sw, dh, dw, ci, co, node.outputs[0].type.shape[2:]):
+            return ConvForm("wino", kh, kw, sh, sw, dh, dw, nb, mr)
         if _library_faster(kh * kw, ci, co, node):
             return None
         if ci <= STEM_CI:
             return ConvForm("stem", kh, kw, sh, sw, dh, dw, 16, 16)
-        nb = 32 if co > 16 else 16
-        mr = 6 if nb == 32 else 8
         pw = kh == kw == 1 and sh == sw == 1 and all(p == 0 for pp in pd for p in pp)
         return ConvForm("pw" if pw else "dense", kh, kw, sh, sw, dh, dw, nb, mr)
     if groups == ci == co and cig == 1:
@@ -193,6 +196,8 @@ def pack_weight(w: torch.Tensor, f: ConvForm) -> torch.Tensor:
     [CO, CI/g, (KH,) KW]."""
     if f.kind == "stem":
         return pack_stem(w)
+    if f.kind == "wino":
+        return pack_wino(w, f.nb)
     w = w.to(torch.float32)
     if w.dim() == 3:
         w = w.unsqueeze(2)
@@ -252,6 +257,9 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
     args: list = [x, pack_weight(w.const, f)]
     decl = ["  const float *restrict x = (const float *)p[0];",
             "  const float *restrict wp = (const float *)p[1];"]
+    if f.kind == "wino":
+        # the direct sum of tiles with non-finite values reads the filters as they are
+        args.append(w.const.to(torch.float32).contiguous())
     if bias is not None:
         decl.append(f"  const float *restrict bias = (const float *)p[{len(args)}];")
         args.append(bias)
@@ -281,6 +289,9 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
     elif f.kind == "stem":
         head += [TRANSPOSE16, "#else", "#define SF_CONV_VEC 0", "#endif"]
         body = render_stem(f, epi, other is not None)
+    elif f.kind == "wino":
+        head += tile_fn(f) + ["#else", "#define SF_CONV_VEC 0"] + tile_scalar(f) + ["#endif"]
+        body = render_wino(f, epi, other is not None)
     else:
         head += tile_fn(f) + ["#else", "#define SF_CONV_VEC 0"] + tile_scalar(f) + ["#endif"]
         body = render_gemm(f, epi, other is not None)
