@@ -67,20 +67,51 @@ def wino_fits(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ci: int, co:
     return True
 
 
-_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]],
-                  dtype=torch.float64)
+# Transform matrices (Lavin & Gray): F(2x2, 3x3) on points 0, 1, -1, inf; F(4x4, 3x3) on 0, 1,
+# -1, 2, -2, inf. Bᵀ maps an a x a patch (a = m + 2) to the a x a positions, G a filter, Aᵀ the
+# positions back to an m x m block of outputs.
+_BT = {2: [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+       4: [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+           [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]}
+_G = {2: [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
+      4: [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+          [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]}
+_AT = {2: [[1, 1, 1, 0], [0, 1, -1, -1]],
+       4: [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]}
 
 
-def pack_wino(w: torch.Tensor, nb: int) -> torch.Tensor:
-    """U = G g Gᵀ of every filter of ``w`` [CO, CI, 3, 3], computed in float64, rounded once
-    to float32 and laid out [ceil(CO / nb)][16][CI][nb] (zero channels past CO)."""
+WINO_M = 2   # output tile: F(2x2, 3x3)
+
+
+def pack_wino(w: torch.Tensor, nb: int, m: int | None = None) -> torch.Tensor:
+    """U = G g Gᵀ of every filter of ``w`` [CO, CI, 3, 3] for F(m x m, 3 x 3), computed in
+    float64, rounded once to float32 and laid out [ceil(CO / nb)][a * a][CI][nb] (a = m + 2,
+    zero channels past CO)."""
     co, ci = w.shape[0], w.shape[1]
-    u = torch.einsum("ik,ockl,jl->ijoc", _G, w.to(torch.float64), _G).reshape(16, co, ci)
+    m = m or WINO_M
+    a = m + 2
+    g = torch.tensor(_G[m], dtype=torch.float64)
+    u = torch.einsum("ik,ockl,jl->ijoc", g, w.to(torch.float64), g).reshape(a * a, co, ci)
     npnl = -(-co // nb)
-    full = torch.zeros(16, npnl * nb, ci, dtype=torch.float64)
+    full = torch.zeros(a * a, npnl * nb, ci, dtype=torch.float64)
     full[:, :co] = u
-    # [16, NP, NB, CI] -> [NP, 16, CI, NB]
-    return full.reshape(16, npnl, nb, ci).permute(1, 0, 3, 2).to(torch.float32).contiguous()
+    # [P, NP, NB, CI] -> [NP, P, CI, NB]
+    return full.reshape(a * a, npnl, nb, ci).permute(1, 0, 3, 2).to(torch.float32).contiguous()
+
+
+def _lin(row: list[float], terms: list[str]) -> str:
+    """The C expression sum_k row[k] * terms[k] (zero coefficients left out, ±1 as adds)."""
+    out = ""
+    for c, t in zip(row, terms):
+        if c == 0:
+            continue
+        mag = abs(c)
+        term = t if mag == 1 else f"{float(mag)!r}f * {t}"
+        if not out:
+            out = term if c > 0 else f"-{term}"
+        else:
+            out += f" {'+' if c > 0 else '-'} {term}"
+    return out or "0.0f"
 
 
 def _store(epi: list[str], other: bool, name: str, ok: str, pix: str) -> list[str]:
@@ -93,17 +124,20 @@ def _store(epi: list[str], other: bool, name: str, ok: str, pix: str) -> list[st
     return out
 
 
-def render_wino(f: ConvForm, epi: list[str], other: bool) -> list[str]:
-    """Body of the ``wino`` form (ABI and blocking in the module doc); ``sf_tile`` of
-    ``c_tile.tile_fn`` / ``tile_scalar`` for ``f`` must precede it."""
+def render_wino(f: ConvForm, epi: list[str], other: bool, m: int | None = None) -> list[str]:
+    """Body of the ``wino`` form for F(m x m, 3 x 3) (ABI and blocking in the module doc);
+    ``sf_tile`` of ``c_tile.tile_fn`` / ``tile_scalar`` for ``f`` must precede it."""
     mr, nb = f.mr, f.nb
+    m = m or WINO_M
+    a = m + 2
+    npos = a * a
     cc_max = max(8, L1_U // (4 * nb))
-    pix = ["pix00", "pix01", "pix10", "pix11"]
+    bt, at = _BT[m], _AT[m]
     lines = [
         "  const float *restrict gw = (const float *)p[2];",
-        "  const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2, T = N * TH * TW;",
+        f"  const int64_t TH = (OH + {m - 1}) / {m}, TW = (OW + {m - 1}) / {m}, T = N * TH * TW;",
         f"  const int64_t NP = (CO + {nb - 1}) / {nb};",
-        f"  int64_t tbm = {L2_V} / (64 * CI);",
+        f"  int64_t tbm = {L2_V} / ({4 * npos} * CI);",
         f"  tbm = tbm < {TB_MIN} ? {TB_MIN} : tbm > {TB_MAX} ? {TB_MAX} : tbm;",
         "  const int64_t NBLK = (T + tbm - 1) / tbm;",
         f"  const int64_t TB = ((T + NBLK - 1) / NBLK + {mr - 1}) / {mr} * {mr};",
@@ -115,11 +149,11 @@ def render_wino(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         "  int64_t PS = NBLK >= 2 * nth ? 1 : (2 * nth + NBLK - 1) / NBLK;",
         "  if (PS > NP) PS = NP;",
         f"  const int64_t CC = CI < {cc_max} ? CI : {cc_max};",
-        "  const int64_t macs = T * CO * CI * 16;",
+        f"  const int64_t macs = T * CO * CI * {npos};",
         f"  #pragma omp parallel if (macs > {PAR_MACS})",
         "  {",
-        "    float *V = (float *)aligned_alloc(64, (size_t)((16 * TB * CI * 4 + 63) / 64 * 64));",
-        f"    float *Mb = (float *)aligned_alloc(64, (size_t)(16 * TB * {nb * 4}));",
+        f"    float *V = (float *)aligned_alloc(64, (size_t)(({npos} * TB * CI * 4 + 63) / 64 * 64));",
+        f"    float *Mb = (float *)aligned_alloc(64, (size_t)({npos} * TB * {nb * 4}));",
         "    unsigned char *bad = (unsigned char *)malloc((size_t)TB);",
         "    float *zrow = (float *)calloc((size_t)CI, sizeof(float));",
         f"    const float *xr[{mr}];",
@@ -130,11 +164,11 @@ def render_wino(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         "      const int64_t np0 = ps * NP / PS, np1 = (ps + 1) * NP / PS;",
         "      for (int64_t t = 0; t < tbn; t++) {",
         "        const int64_t tile = tb0 + t, tw = tile % TW, r = tile / TW, th = r % TH, n = r / TH;",
-        "        const float *d[16];",
-        "        for (int64_t i = 0; i < 4; i++)",
-        "          for (int64_t j = 0; j < 4; j++) {",
-        "            const int64_t ih = 2 * th - PH + i, iw = 2 * tw - PW + j;",
-        "            d[i * 4 + j] = ih >= 0 && ih < H && iw >= 0 && iw < W ? x + ((n * H + ih) * W + iw) * CI : zrow;",
+        f"        const float *d[{npos}];",
+        f"        for (int64_t i = 0; i < {a}; i++)",
+        f"          for (int64_t j = 0; j < {a}; j++) {{",
+        f"            const int64_t ih = {m} * th - PH + i, iw = {m} * tw - PW + j;",
+        f"            d[i * {a} + j] = ih >= 0 && ih < H && iw >= 0 && iw < W ? x + ((n * H + ih) * W + iw) * CI : zrow;",
         "          }",
         "        float *vt = V + t * CI;",
         "        const int64_t vs = TB * CI;",
@@ -142,28 +176,27 @@ def render_wino(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         "        #pragma omp simd reduction(+:z)",
         "        for (int64_t c = 0; c < CI; c++) {",
     ]
-    # t = Bᵀ d (rows), then V = t B (columns): Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
-    for j in range(4):
-        lines.append(f"          const float d0{j} = d[{j}][c], d1{j} = d[{4 + j}][c], "
-                     f"d2{j} = d[{8 + j}][c], d3{j} = d[{12 + j}][c];")
-        lines.append(f"          const float t0{j} = d0{j} - d2{j}, t1{j} = d1{j} + d2{j}, "
-                     f"t2{j} = d2{j} - d1{j}, t3{j} = d1{j} - d3{j};")
-    for i in range(4):
-        lines.append(f"          const float v{i}0 = t{i}0 - t{i}2, v{i}1 = t{i}1 + t{i}2, "
-                     f"v{i}2 = t{i}2 - t{i}1, v{i}3 = t{i}1 - t{i}3;")
-    for i in range(4):
-        for j in range(4):
-            lines.append(f"          vt[{i * 4 + j} * vs + c] = v{i}{j};")
+    for j in range(a):
+        lines.append("          const float " + ", ".join(f"d{i}_{j} = d[{i * a + j}][c]" for i in range(a)) + ";")
+    # t = Bᵀ d (over rows), then V = t B (over columns)
+    for j in range(a):
+        lines.append("          const float " + ", ".join(
+            f"t{i}_{j} = {_lin(bt[i], [f'd{k}_{j}' for k in range(a)])}" for i in range(a)) + ";")
+    for i in range(a):
+        lines.append("          const float " + ", ".join(
+            f"v{i}_{j} = {_lin(bt[j], [f't{i}_{k}' for k in range(a)])}" for j in range(a)) + ";")
+    for i in range(a):
+        lines.append("          " + " ".join(f"vt[{i * a + j} * vs + c] = v{i}_{j};" for j in range(a)))
     # finite values times zero are zero; an infinity or NaN makes the sum NaN
-    lines.append("          z += (" + " + ".join(f"v{i}{j}" for i in range(4) for j in range(4)) + ") * 0.0f;")
+    lines.append("          z += (" + " + ".join(f"v{i}_{j}" for i in range(a) for j in range(a)) + ") * 0.0f;")
     lines += [
         "        }",
         "        bad[t] = !(z == 0.0f);",
         "      }",
         "      for (int64_t np = np0; np < np1; np++) {",
         f"        const int64_t n0 = np * {nb}, nv = CO - n0 < {nb} ? CO - n0 : {nb};",
-        "        for (int64_t pos = 0; pos < 16; pos++) {",
-        f"          const float *up = wp + (np * 16 + pos) * CI * {nb};",
+        f"        for (int64_t pos = 0; pos < {npos}; pos++) {{",
+        f"          const float *up = wp + (np * {npos} + pos) * CI * {nb};",
         "          const float *vp = V + pos * TB * CI;",
         "          for (int64_t c0 = 0; c0 < CI; c0 += CC) {",
         "            const int64_t cc = CI - c0 < CC ? CI - c0 : CC;",
@@ -176,10 +209,9 @@ def render_wino(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         "        }",
         "        for (int64_t t = 0; t < tbn; t++) {",
         "          const int64_t tile = tb0 + t, tw = tile % TW, r = tile / TW, th = r % TH, n = r / TH;",
-        "          const int64_t oh = 2 * th, ow = 2 * tw;",
-        "          const int okr = oh + 1 < OH, okc = ow + 1 < OW;",
-        "          const int64_t pix00 = (n * OH + oh) * OW + ow, pix01 = pix00 + 1;",
-        "          const int64_t pix10 = pix00 + OW, pix11 = pix10 + 1;",
+        f"          const int64_t oh = {m} * th, ow = {m} * tw;",
+        "          const int64_t pix0 = (n * OH + oh) * OW + ow;",
+        "          const int64_t nr = OH - oh, nc = OW - ow;",
         f"          const float *mt = Mb + t * {nb};",
         f"          const int64_t ms = TB * {nb};",
         "          if (!bad[t]) {",
@@ -187,25 +219,28 @@ def render_wino(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         "            for (int64_t j = 0; j < nv; j++) {",
         "              const int64_t c = n0 + j;",
     ]
-    for i in range(4):
-        lines.append("              " + " ".join(
-            f"const float m{i}{j} = mt[{i * 4 + j} * ms + j];" for j in range(4)))
-    # s = Aᵀ M (rows), Y = s A (columns): Aᵀ = [1 1 1 0; 0 1 -1 -1]
-    for j in range(4):
-        lines.append(f"              const float s0{j} = m0{j} + m1{j} + m2{j}, s1{j} = m1{j} - m2{j} - m3{j};")
-    lines += ["              const float y00 = s00 + s01 + s02, y01 = s01 - s02 - s03;",
-              "              const float y10 = s10 + s11 + s12, y11 = s11 - s12 - s13;"]
-    for name, ok, px in (("y00", "1", pix[0]), ("y01", "okc", pix[1]), ("y10", "okr", pix[2]),
-                         ("y11", "okr && okc", pix[3])):
-        lines += ["    " + s for s in _store(epi, other, name, ok, px)]
+    for i in range(a):
+        lines.append("              const float " + ", ".join(
+            f"m{i}_{j} = mt[{i * a + j} * ms + j]" for j in range(a)) + ";")
+    # s = Aᵀ M (over rows), Y = s A (over columns)
+    for j in range(a):
+        lines.append("              const float " + ", ".join(
+            f"s{i}_{j} = {_lin(at[i], [f'm{k}_{j}' for k in range(a)])}" for i in range(m)) + ";")
+    for i in range(m):
+        lines.append("              const float " + ", ".join(
+            f"y{i}_{j} = {_lin(at[j], [f's{i}_{k}' for k in range(a)])}" for j in range(m)) + ";")
+    for i in range(m):
+        for j in range(m):
+            ok = " && ".join(c for c in ((f"nr > {i}" if i else ""), (f"nc > {j}" if j else "")) if c) or "1"
+            lines += ["    " + s_ for s_ in _store(epi, other, f"y{i}_{j}", ok, f"pix0 + {i} * OW + {j}")]
     lines += [
         "            }",
         "          } else {",
         "            for (int64_t j = 0; j < nv; j++) {",
         "              const int64_t c = n0 + j;",
-        "              float yy[4];",
-        "              for (int64_t k = 0; k < 4; k++) {",
-        "                const int64_t a = k / 2, b = k % 2;",
+        f"              for (int64_t k = 0; k < {m * m}; k++) {{",
+        f"                const int64_t a = k / {m}, b = k % {m};",
+        "                if (a >= nr || b >= nc) continue;",
         "                float s = 0.0f;",
         "                for (int64_t i = 0; i < 3; i++)",
         "                  for (int64_t jj = 0; jj < 3; jj++) {",
@@ -215,12 +250,10 @@ def render_wino(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         "                    const float *gp = gw + c * CI * 9 + i * 3 + jj;",
         "                    for (int64_t ci = 0; ci < CI; ci++) s += xp[ci] * gp[ci * 9];",
         "                  }",
-        "                yy[k] = s;",
-        "              }",
     ]
-    for k, (ok, px) in enumerate((("1", pix[0]), ("okc", pix[1]), ("okr", pix[2]), ("okr && okc", pix[3]))):
-        lines += ["    " + s for s in _store(epi, other, f"yy[{k}]", ok, px)]
+    lines += ["    " + s_ for s_ in _store(epi, other, "s", "1", "pix0 + a * OW + b")]
     lines += [
+        "              }",
         "            }",
         "          }",
         "        }",

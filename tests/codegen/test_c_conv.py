@@ -218,11 +218,12 @@ def test_sources_are_deterministic_and_shared() -> None:
         assert src[0] == src[1] == src[2]
 
 
-def test_save_and_load(tmp_path) -> None:
+@pytest.mark.parametrize("variant", ["dw3", "wino3"])
+def test_save_and_load(tmp_path, variant: str) -> None:
     import scalefold
-    g = conv_graph("bn_silu", *VARIANTS["dw3"])
+    g = conv_graph("bn_silu", *VARIANTS[variant])
     cm = build_c(g)
-    x = torch.randn(2, 24, 7, 9)
+    x = torch.randn(2, VARIANTS[variant][5], 7, 9)
     cm.save(tmp_path / "m")
     back = scalefold.load(tmp_path / "m")
     assert back.sources == cm.sources
