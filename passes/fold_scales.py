@@ -157,6 +157,43 @@ BN_RULES = [Rule(op, Pattern("batch_norm", {0: op, 1: CONST, 2: CONST, 3: CONST,
                                                3: CONST, 4: CONST}), _bn_rows_rewrite, _bn_rows_check)]
 
 
+def _affine_check(m: Match) -> str | None:
+    bn = m.node
+    x = bn.inputs[0]
+    assert x is not None
+    if x.dtype.name not in ("f32", "f64"):
+        # a bfloat16 / float16 batch norm computes in float32 inside torch's kernel; a mul and
+        # an add in x's dtype would round twice more
+        return f"x is {x.dtype.name}, not f32 / f64"
+    if x.type.rank < 2:
+        return f"x has rank {x.type.rank} (no channel dim)"
+    if any(v is None or v.dtype is not x.dtype for v in bn.inputs[1:5]):
+        return "the parameters' dtype is not x's"
+    return _var_reason(bn)
+
+
+def _affine_rewrite(graph: Graph, m: Match) -> bool:
+    bn = m.node
+    x = bn.inputs[0]
+    assert x is not None
+    gamma, beta, mean, var = (_const(bn.inputs[i]) for i in range(1, 5))
+    s = gamma / torch.sqrt(var + bn.attrs["eps"])  # type: ignore[operator]
+    t = beta - mean * s  # type: ignore[operator]
+    shape = (1, -1) + (1,) * (x.type.rank - 2)
+    scaled = graph.create_node("mul", [x, _new_const(s.reshape(shape), x.dtype)])
+    graph.insert_before(bn, scaled)
+    shifted = graph.create_node("add", [scaled.output, _new_const(t.reshape(shape), x.dtype)], name=bn.name)
+    graph.insert_before(bn, shifted)
+    graph.replace_all_uses(bn.output, shifted.output)
+    remove_if_dead(graph, bn)
+    return True
+
+
+# after the folds: what is left of each batch norm is its per-channel affine map
+AFFINE_RULES = [Rule("affine", Pattern("batch_norm", {1: CONST, 2: CONST, 3: CONST, 4: CONST}),
+                     _affine_rewrite, _affine_check)]
+
+
 @register_pass("fold_batchnorm")
 def fold_batchnorm(graph: Graph) -> Graph:
     """Fold inference BatchNorm into the preceding conv / conv_transpose / linear.
@@ -176,8 +213,16 @@ def fold_batchnorm(graph: Graph) -> Graph:
     ``linear_rows``, the reshape of it), whose output type is the BN's. ``linear_rows`` also
     needs the linear's and the reshape's outputs read only by the next node, and the reshape's
     output [M, N] with the linear's N (so each row is a row of the linear).
+    Rule ``affine`` (after the others have run to a fixpoint): a batch norm none of them
+    folds (after a concat or an add, with a second reader of the conv, or ahead of its conv as
+    in pre-activation networks) becomes ``x · s + (β - μ·s)`` (a ``mul`` and an ``add`` by
+    constants of shape [1, C, 1, ...]), the form torch's inference kernel computes, which the
+    code generators fuse with the ops around it. Preconditions: x is f32 or f64 with rank >= 2,
+    the four parameters constants of x's dtype, σ²+eps > 0. Postcondition: no batch norm with
+    constant parameters on such an x is left.
     """
     apply_rules(graph, BN_RULES, "fold_batchnorm")
+    apply_rules(graph, AFFINE_RULES, "fold_batchnorm")
     return graph
 
 
