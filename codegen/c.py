@@ -507,6 +507,8 @@ def render(schedule: Schedule) -> list[CKernel]:
     for k in schedule.kernels:
         if k.kind == "template" and k.nodes[0].op == "concat":
             out.append(render_concat(k))
+            if any(id(v) in cl_values for v in k.inputs) and cl_form(k) is not None:
+                out.append(render_cl(k))
             continue
         if k.kind == "template":
             from .c_qgemm import qlinear_supported, render_qlinear

@@ -14,14 +14,19 @@ Forms (``cl_form``), all f32, rank 4 [N, C, H, W] logically:
 
 - ``mean``: one ``reduce_mean`` over H and W (keepdims or not): per image, channels in
   vectors, summed over the pixels in order, then divided by H * W;
+- ``cat``: a ``concat`` (template kernel) over the channels of rank-4 inputs: per pixel, each
+  input's run of channels copied in turn (in NHWC memory the channel axis is the innermost,
+  so this is the contiguous concat with N * H * W rows); a DenseNet block's concat of its
+  convolutions' results stays channels-last for the next convolution;
 - ``ew``: a chain of elementwise ops the fused C kernels evaluate, with one output of rank 4,
   whose inputs are each the output's shape (read NHWC), per-channel ([N or 1, C, 1, 1], read
   at ``n * C + c`` or ``c``) or a single element. Per (image, pixel), the channels in an
   ``omp simd`` loop, the ops in the fused kernels' own expressions, so NaN and inf follow the
   IR's semantics.
 
-Kernel ABI (c.py): ``p`` = the kernel's inputs (``Kernel.inputs`` order) then its output;
-``q`` = N, C, H * W.
+Kernel ABI (c.py): ``p`` = the kernel's inputs (``Kernel.inputs`` order; for ``cat`` the
+concat's own inputs, in order, a value given twice passed twice) then its output; ``q`` = N, C,
+H * W (``cat``: N * H * W, then each input's channel count).
 """
 from __future__ import annotations
 
@@ -56,7 +61,14 @@ def operand_kind(v: Value, out: Value) -> str | None:
 
 
 def cl_form(k: Kernel) -> str | None:
-    """"mean" or "ew" if this module renders fused kernel ``k`` (module docstring), else None."""
+    """"mean", "cat" or "ew" if this module renders kernel ``k`` (module docstring), else None."""
+    if k.kind == "template" and k.nodes[0].op == "concat":
+        n = k.nodes[0]
+        out = n.outputs[0]
+        if out.type.rank == 4 and n.attrs["axis"] % 4 == 1 and _f32(out) and n.inputs and \
+                all(_f32(v) and v.type.rank == 4 for v in n.inputs):
+            return "cat"
+        return None
     if k.kind != "fused" or len(k.outputs) != 1 or k.outputs[0] is not k.nodes[-1].outputs[0]:
         return None
     out = k.outputs[0]
@@ -97,6 +109,22 @@ def _mean() -> list[str]:
         "    for (int64_t c = 0; c < nc; c++) y[n * C + c0 + c] = acc[c] / (float)P;",
         "  }",
     ]
+
+
+def _cat(k: Kernel) -> list[str]:
+    ins = k.nodes[0].inputs
+    lines = [f"  const float *restrict a{i} = (const float *)p[{i}];" for i in range(len(ins))]
+    lines += [f"  float *restrict y = (float *)p[{len(ins)}];",
+              "  const int64_t P = q[0];",
+              "  const int64_t " + ", ".join(f"c{i} = q[{i + 1}]" for i in range(len(ins))) + ";",
+              "  const int64_t C = " + " + ".join(f"c{i}" for i in range(len(ins))) + ";",
+              f"  #pragma omp parallel for schedule(static) if (P * C > {PAR_ELEMS * 4})",
+              "  for (int64_t i = 0; i < P; i++) {",
+              "    float *restrict yr = y + i * C;"]
+    for i in range(len(ins)):
+        lines += [f"    memcpy(yr, a{i} + i * c{i}, (size_t)c{i} * sizeof(float));", f"    yr += c{i};"]
+    lines.append("  }")
+    return lines
 
 
 def _ew(k: Kernel) -> list[str]:
@@ -143,7 +171,10 @@ def render_cl(k: Kernel) -> CKernel:
     assert form is not None
     x = k.nodes[0].inputs[0] if form == "mean" else k.outputs[0]
     n, c, h, w = x.type.shape
-    lines = _mean() if form == "mean" else _ew(k)
+    lines = {"mean": _mean, "cat": _cat, "ew": _ew}[form](*(() if form == "mean" else (k,)))
     src = "\n".join([PRELUDE, "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *lines, "}"]) + "\n"
-    params = [sympy.sympify(n), sympy.sympify(c), sympy.sympify(_prod([h, w]))]
+    if form == "cat":
+        params = [sympy.sympify(_prod([n, h, w]))] + [sympy.sympify(v.type.shape[1]) for v in k.nodes[0].inputs]
+    else:
+        params = [sympy.sympify(n), sympy.sympify(c), sympy.sympify(_prod([h, w]))]
     return CKernel(k, src, params, None, SUFFIX)

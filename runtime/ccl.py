@@ -30,8 +30,10 @@ def cl_step(fn: Callable, k: Kernel, slot: Mapping[int, int], out_shape: Sequenc
     output shape ``out_shape`` and runtime integers ``q``; it returns whether it ran."""
     form = cl_form(k)
     out = k.outputs[0]
-    ins = [slot[id(v)] for v in k.inputs]
-    full = [form == "mean" or operand_kind(v, out) == "full" for v in k.inputs]
+    # a concat passes its own inputs, in order (one value may come twice), all channels-last
+    srcs = k.nodes[0].inputs if form == "cat" else k.inputs
+    ins = [slot[id(v)] for v in srcs]
+    full = [form in ("mean", "cat") or operand_kind(v, out) == "full" for v in srcs]
     dst = slot[id(out)]
     ptrs = (ctypes.c_void_p * (len(ins) + 1))()
     qarr = (ctypes.c_int64 * len(q))(*q)
@@ -39,7 +41,7 @@ def cl_step(fn: Callable, k: Kernel, slot: Mapping[int, int], out_shape: Sequenc
     numel = 1
     for d in shape:
         numel *= d
-    strides = _nhwc_strides(shape) if form == "ew" else None
+    strides = _nhwc_strides(shape) if form in ("ew", "cat") else None
 
     # as in cconv.conv_step: values that are the objects of the last call keep their
     # pointers (weak references), and the output keeps its channels-last view of an arena

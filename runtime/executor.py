@@ -47,7 +47,7 @@ from .alternatives import alt_params, cl_alternative, compiled_alt, conv_kernel_
 from . import cseg
 from .cstep import c_step, view_step
 from .interp import bind_symbols, check_shape, declared_shapes
-from .layout import channels_last_values, is_channels_last, slice_index, torch_kernel
+from .layout import KEEPS_LAYOUT, channels_last_values, is_channels_last, slice_index, torch_kernel
 from .library import library_fn, qlinear_fallback
 from .step_errors import failed as _failed, mixes_devices
 
@@ -363,8 +363,11 @@ class Executor:
                     vals[s] = t.clone()
             return run_gen
 
+        keeps = node.op in KEEPS_LAYOUT and dev.type == "cpu"
+
         def run_ref(vals: list) -> None:
-            xs = [vals[s].contiguous() if s >= 0 else None for s in ins]
+            xs = [vals[s].contiguous() if s >= 0 and not (keeps and i == 0 and is_channels_last(vals[s]))
+                  else vals[s] if s >= 0 else None for i, s in enumerate(ins)]
             if on_cpu[0]:
                 res = ref([x.cpu() if x is not None else None for x in xs], attrs)
             else:
@@ -392,7 +395,7 @@ class Executor:
                 # kernel would overwrite the "output"; such results are copied
                 if t.untyped_storage().data_ptr() in bases:
                     t = t.clone(memory_format=torch.contiguous_format)
-                vals[s] = t if t.is_contiguous() else t.contiguous()
+                vals[s] = t if t.is_contiguous() or (keeps and is_channels_last(t)) else t.contiguous()
         return run_ref
 
     def _runs_compiled(self, k: Kernel, env: Mapping[sympy.Symbol, int]) -> bool:

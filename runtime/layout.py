@@ -18,6 +18,7 @@ from typing import Callable, Collection, Mapping
 import sympy
 import torch
 
+from ..codegen.c_cl import cl_form
 from ..codegen.schedule import Kernel, Schedule
 from ..ir.ops import get_op
 from ..ir.graph import Node
@@ -40,17 +41,25 @@ def is_channels_last(t: torch.Tensor | None) -> bool:
 
 # library ops whose CPU results may come back channels-last
 _CL_OPS = frozenset({"conv", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool"})
+# reference ops whose torch implementation takes a channels-last x (input 0) as it is and
+# returns that layout: the executor passes x through rather than copying it (an inference
+# batch norm ahead of a convolution in pre-activation networks, compiled without passes)
+KEEPS_LAYOUT = frozenset({"batch_norm"})
 
 
 def channels_last_values(schedule: Schedule) -> set[int]:
     """Ids of the values that may hold channels-last data at run time: results of library
-    convolutions and pools, of views of those, and of the fused kernels reading them (which
-    :func:`torch_kernel` may run as torch ops that keep the layout). A transposed view of a
+    convolutions and pools, of views of those, of the fused kernels reading them (which
+    :func:`torch_kernel` may run as torch ops that keep the layout) and of channel concats
+    of them (``codegen/c_cl.py``'s ``cat``), and of the reference ops in ``KEEPS_LAYOUT``
+    reading them. A transposed view of a
     linear's output also looks channels-last, but its kernels keep their generated code."""
     out: set[int] = set()
     for k in schedule.kernels:
         src = (k.kind == "library" and k.nodes[0].op in _CL_OPS) or \
-            (k.kind in ("view", "fused") and any(id(v) in out for v in k.inputs))
+            (k.kind in ("view", "fused") and any(id(v) in out for v in k.inputs)) or \
+            (k.kind == "template" and any(id(v) in out for v in k.inputs) and cl_form(k) == "cat") or \
+            (k.kind == "reference" and k.nodes[0].op in KEEPS_LAYOUT and id(k.nodes[0].inputs[0]) in out)
         if src:
             out.update(id(o) for o in k.outputs)
     return out
@@ -105,4 +114,4 @@ def slice_index(node: Node, env: Mapping[sympy.Symbol, int]) -> tuple[slice, ...
     return tuple(index)
 
 
-__all__ = ["MAX_NODES", "channels_last_values", "is_channels_last", "slice_index", "torch_kernel"]
+__all__ = ["KEEPS_LAYOUT", "MAX_NODES", "channels_last_values", "is_channels_last", "slice_index", "torch_kernel"]

@@ -149,3 +149,95 @@ def test_long_chain_runs_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
         want = f(want)
     assert_close(cm(xv, sv), want * sv, rtol=1e-5, atol=1e-5)
     assert counts["ran"] >= 1
+
+
+class DenseBlock(torch.nn.Module):
+    """DenseNet's pre-activation layers: each adds its batch norm -> relu -> 1x1 conv ->
+    batch norm -> relu -> 3x3 conv result to the channels it read (a concat)."""
+
+    def __init__(self, c: int = 16, grow: int = 8, layers: int = 3) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, c, 3, padding=1)
+        self.layers = torch.nn.ModuleList(torch.nn.Sequential(
+            torch.nn.BatchNorm2d(c + i * grow), torch.nn.ReLU(), torch.nn.Conv2d(c + i * grow, 16, 1),
+            torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.Conv2d(16, grow, 3, padding=1))
+            for i in range(layers))
+        for m in self.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], 1)
+        return x
+
+
+@pytest.mark.parametrize("passes", ["fold_batchnorm", ""])
+@pytest.mark.parametrize("shape", [(1, 3, 9, 11), (2, 3, 6, 5), (1, 3, 1, 1)])
+def test_dense_block_concat_stays_channels_last(shape: tuple[int, ...], passes: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each concat of channels-last inputs runs the ``cat`` kernel, whose NHWC result the next
+    batch norm (its mul and add after fold_batchnorm, else torch's kernel) and convolution
+    read without a copy."""
+    import scalefold.runtime.cconv as cconv
+    counts = _count_cl(monkeypatch)
+    copies = [0]
+    real = cconv._nhwc
+
+    def spy(t: torch.Tensor) -> torch.Tensor:
+        c = real(t)
+        copies[0] += c is not t
+        return c
+    monkeypatch.setattr(cconv, "_nhwc", spy)
+    torch.manual_seed(0)
+    m = DenseBlock().eval()
+    x = torch.randn(*shape)
+    cm = sf.compile(m, (x,), target="c", passes=passes)
+    cats = [k for k in cm.schedule.kernels if k.kind == "template" and k.nodes[0].op == "concat"]
+    assert len(cats) == 3 and all(cl_form(k) == "cat" and k.name + "_cl" in cm.sources for k in cats)
+    with torch.no_grad():
+        want = m(x)
+    for _ in range(2):
+        got = cm(x)
+        assert got.is_contiguous()
+        assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if shape[2:] != (1, 1):       # one pixel: NCHW and NHWC are the same memory, no kernel choice
+        assert counts["ran"] >= 3 * 2 and counts["declined"] == 0
+    # every convolution read its input as it came: without passes the batch norms run torch's
+    # kernel, which keeps the channels-last layout (runtime/layout.KEEPS_LAYOUT)
+    assert copies[0] == 0
+
+
+def test_concat_mixed_layouts_and_repeated_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A concat of a convolution's channels-last result with itself and another's runs the
+    ``cat`` kernel; one of it with the NCHW graph input declines and copies."""
+    counts = _count_cl(monkeypatch)
+    g = Graph("cat")
+    x = g.add_input("f32[B,16,H,W]", "x")
+    a = g.add("conv", [x, g.add_const(torch.randn(24, 16, 3, 3) * 0.2)], {"padding": (1,)})
+    b = g.add("conv", [x, g.add_const(torch.randn(8, 16, 1, 1) * 0.2)])
+    c = g.add("concat", [a, b, a], {"axis": 1})
+    e = g.add("conv", [g.add("relu", [c]), g.add_const(torch.randn(16, 56, 1, 1) * 0.2)])
+    g.set_outputs([g.add("concat", [e, x], {"axis": 1}), c])
+    cm = sf.api.build_c(g)
+    from scalefold.runtime.interp import run
+    for shp in ((2, 16, 9, 7), (1, 16, 1, 1)):
+        xv = torch.randn(*shp)
+        for got, want in zip(cm(xv), run(g, xv)):
+            assert got.is_contiguous()
+            assert_close(got, want, rtol=1e-5, atol=1e-5)
+        if shp == (2, 16, 9, 7):
+            assert counts["ran"] >= 2 and counts["declined"] >= 1
+
+
+def test_concat_scope() -> None:
+    def kern(shape: str, axis: int, dtype: str = "f32"):
+        g = Graph("s")
+        x = g.add_input(f"{dtype}[{shape}]", "x")
+        g.set_outputs([g.add("concat", [x, x], {"axis": axis})])
+        return next(k for k in partition(g, cgen.CAPS).kernels if k.nodes[0].op == "concat")
+    assert cl_form(kern("1,8,4,4", 1)) == "cat" and cl_form(kern("1,8,4,4", -3)) == "cat"
+    assert cl_form(kern("1,8,4,4", 2)) is None and cl_form(kern("8,4,4", 0)) is None
+    assert cl_form(kern("1,8,4,4", 1, "f16")) is None
