@@ -23,7 +23,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scalefold.runtime.timing import median_ms  # noqa: E402
 
-MODELS = "resnet18,resnet50,mobilenetv3_small_100,efficientnet_b0,convnext_atto,regnety_002"
+MODELS = (
+    "resnet18,resnet50,mobilenetv3_small_100,efficientnet_b0,convnext_atto,regnety_002,"
+    "densenet121,inception_v3,vgg11"
+)
 
 
 def blocks(fns: dict[str, Callable[[], object]], calls: int, repeats: int = 2) -> dict[str, float]:
