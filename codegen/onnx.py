@@ -256,6 +256,7 @@ def _render_lifted(cx: Emitter, node: Node) -> list[str]:
             cx.names[id(w)] = cx.cast(cx.value(v), dt.bf16, dt.f32)
             ins.append(w)
     stand_in = scratch.create_node(node.op, ins, dict(node.attrs))
+    cx.keep_alive(stand_in)     # its inputs and outputs: their ids key the emitter's caches
     outs = RENDER[node.op](cx, stand_in)
     return [cx.cast(name, s.dtype, v.dtype) for name, s, v in zip(outs, stand_in.outputs, node.outputs)]
 

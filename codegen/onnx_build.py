@@ -88,6 +88,15 @@ class Emitter:
         self._dim_syms: dict[sympy.Symbol, tuple[str, int]] = {}
         self.current: Node | None = None
         self._counter = 0
+        # stand-in Values made during the export (a bfloat16 node's float32 copy, dequantised
+        # experts): the caches above are keyed by id(Value), so these stay alive until the
+        # export ends, or a later Value could reuse an id and be given another's tensor
+        self._alive: list = []
+
+    def keep_alive(self, obj: Any) -> None:
+        """Hold ``obj`` (stand-in Values, or a scratch graph holding them) for the whole
+        export (``_alive``)."""
+        self._alive.append(obj)
 
     # ---- names ---------------------------------------------------------------------------
     def reserve(self, name: str) -> None:

@@ -49,7 +49,8 @@ def _qmoe(cx: Emitter, node: Node) -> list[str]:
     a = node.attrs
     weights: list[Value | None] = []
     wts: dict[str, str] = {}
-    keep: list = cx.__dict__.setdefault("_qmoe_keep", [])
+    keep: list = []
+    cx.keep_alive(keep)
     cd = compute_dtype(ins[0].dtype)
     for j, m in enumerate(MATS):
         q, s, z = ins[2 + 3 * j: 5 + 3 * j]
@@ -67,8 +68,6 @@ def _qmoe(cx: Emitter, node: Node) -> list[str]:
                             a["wtype"] == "f4e2m1")
         d = dt.f64 if w.dtype == dt.f64.container else dt.f32
         weights.append(Value(TensorType(d, tuple(w.shape)), name=f"{q.name or m}_dq", const=w))
-    # The emitter caches derived initializers by id(Value): keep the stand-ins alive for the
-    # whole export so that no later Value can reuse their ids.
     keep.append(weights)
     stand_in = SimpleNamespace(inputs=[ins[0], ins[1], *weights, ins[11]], attrs=a)
     return _moe(cx, stand_in, wts)  # type: ignore[arg-type]

@@ -92,3 +92,34 @@ def test_float64_convolutions_warn(tmp_path) -> None:
         sf.to_onnx(g, tmp_path / "c.onnx")
     with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
         ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_each_lifted_conv_keeps_its_own_weight(tmp_path) -> None:
+    """Many bfloat16 convolutions, each exported through a float32 stand-in: every Conv node
+    reads its own layer's weight. The stand-ins' constants were dropped after each node, and
+    a later one could reuse an id the emitter had cached, naming an earlier layer's weight
+    (the hunt's repro: 3 to 40 of 60 Conv nodes wrong, varying between runs)."""
+    import warnings as w_
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(*[torch.nn.Conv2d(8, 8, 3, padding=1, bias=False) for _ in range(60)])
+    m = m.eval().to(torch.bfloat16)
+    x = torch.randn(1, 8, 16, 16, dtype=torch.bfloat16)
+    p = tmp_path / "c.onnx"
+    with torch.no_grad(), w_.catch_warnings():
+        w_.simplefilter("ignore")      # bfloat16 compute: the CPU-provider warning
+        cm = sf.compile(m, (x,), target="interp")
+        sf.to_onnx(cm.graph, p)
+        want = cm(x)
+    onnx_m = onnx.load(str(p))
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx_m.graph.initializer}
+    convs = [n for n in onnx_m.graph.node if n.op_type == "Conv"]
+    assert len(convs) == len(m)
+    for n, layer in zip(convs, m):
+        assert np.array_equal(inits[n.input[1]], layer.weight.detach().float().numpy()), n.input[1]
+    # and the file computes what the graph does
+    back = sf.compile(str(p), target="interp")
+    assert torch.equal(back(x), want)
