@@ -163,9 +163,42 @@ def dims_equal(a: Dim, b: Dim) -> bool:
     return False
 
 
+def _ceil_as_floor(c: sympy.Basic) -> sympy.Basic:
+    """ceiling(p / q) -> floor((p + q - 1) / q) for a positive integer q and an integer-valued
+    polynomial p (equal for every integer p), so that a ceil-mode pool's size, written by one
+    side with ceiling and by the other with floor, compares equal."""
+    num, den = sympy.fraction(sympy.together(c.args[0]))
+    if not den.is_Integer or den <= 0 or not num.is_integer:
+        return c
+    return sympy.floor((num + den - 1) / den)
+
+
+def _frac_const(f: sympy.Basic) -> sympy.Basic:
+    """floor(e + c) -> floor(e + (c - floor(c))) + floor(c) for a rational constant c: the
+    constant inside every floor in [0, 1), one form for floor(x/4 - 3/4) + 1 and floor(x/4 + 1/4)."""
+    c, rest = f.args[0].as_coeff_Add()
+    if not c.is_Rational or c.is_Integer or rest == 0:
+        return f
+    n = sympy.floor(c)
+    return sympy.floor(rest + (c - n)) + n
+
+
+def _floors_only(d: sympy.Basic) -> sympy.Basic:
+    """``d`` in floors only (:func:`_ceil_as_floor`), nests merged, constants normalised."""
+    if d.has(sympy.ceiling):
+        d = d.replace(lambda e: isinstance(e, sympy.ceiling), _ceil_as_floor)
+    d = merge_floors(d)
+    return d.replace(lambda e: isinstance(e, sympy.floor), _frac_const)
+
+
 def _provably_equal(a: Dim, b: Dim) -> bool:
     diff = sympy.expand(merge_floors(sympy.sympify(a)) - merge_floors(sympy.sympify(b)))
-    return diff == 0 or sympy.simplify(diff) == 0
+    if diff == 0 or sympy.simplify(diff) == 0:
+        return True
+    if not diff.has(sympy.ceiling, sympy.floor):
+        return False
+    diff = sympy.expand(_floors_only(sympy.sympify(a)) - _floors_only(sympy.sympify(b)))
+    return diff == 0
 
 
 def _unclamp(x: Dim, size: Dim) -> Dim:
