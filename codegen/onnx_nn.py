@@ -74,10 +74,27 @@ def _pool(cx: Emitter, node: Node) -> list[str]:
     attrs = _window_attrs(node, n, True)
     a = node.attrs
     ceil = int(a["ceil_mode"]) and not _floor_suffices(node, n, attrs)
+    include_pad = int(a.get("count_include_pad", 0))
+    if ceil and _ceil_differs(node, n, attrs):
+        # per axis, torch's rule keeps a last window on some axes and drops it on others:
+        # floor mode with that window's overhang as end padding (ignored by MaxPool, and by
+        # AveragePool's count without count_include_pad) gives every axis its count
+        if node.op == "avg_pool" and include_pad:
+            if any(attrs["pads"]):
+                raise cx.fail("a ceil_mode average pool with count_include_pad and padding whose "
+                              "last window starts past the input on some axis has no ONNX form "
+                              "(the overhang would count as padding)")
+            include_pad = 0     # no padding to count: the same divisors
+        grown = _overhang_pads(node, n, attrs)
+        if grown is None:
+            raise cx.fail("a ceil_mode pool whose count onnx computes differently on one axis "
+                          "and that has a dynamic size on another has no ONNX form")
+        attrs = dict(attrs, pads=grown)
+        ceil = 0
     if node.op == "max_pool":
         return [cx.op("MaxPool", [inp(cx, node, 0)], ceil_mode=ceil, **attrs)]
     return [cx.op("AveragePool", [inp(cx, node, 0)], ceil_mode=ceil,
-                  count_include_pad=int(a["count_include_pad"]), **attrs)]
+                  count_include_pad=include_pad, **attrs)]
 
 
 def _floor_suffices(node: Node, n: int, attrs: dict) -> bool:
@@ -95,6 +112,37 @@ def _floor_suffices(node: Node, n: int, attrs: dict) -> bool:
         if (size + attrs["pads"][i] + attrs["pads"][n + i] - span) // attrs["strides"][i] + 1 != out:
             return False
     return True
+
+
+def _ceil_differs(node: Node, n: int, attrs: dict) -> bool:
+    """Whether onnx's ceil_mode count (which keeps a last window starting past the input)
+    differs from the IR's on some static axis."""
+    x, y = node.inputs[0].shape, node.outputs[0].shape
+    dil = attrs.get("dilations", [1] * n)
+    for i in range(n):
+        size, out = x[2 + i], y[2 + i]
+        if not isinstance(size, int) or not isinstance(out, int):
+            continue
+        span = (attrs["kernel_shape"][i] - 1) * dil[i] + 1
+        if -(-(size + attrs["pads"][i] + attrs["pads"][n + i] - span) // attrs["strides"][i]) + 1 != out:
+            return True
+    return False
+
+
+def _overhang_pads(node: Node, n: int, attrs: dict) -> list[int] | None:
+    """``pads`` with each axis's end padding grown so that the floor count is the IR's; None
+    if a size is dynamic."""
+    x, y = node.inputs[0].shape, node.outputs[0].shape
+    dil = attrs.get("dilations", [1] * n)
+    pads = list(attrs["pads"])
+    for i in range(n):
+        size, out = x[2 + i], y[2 + i]
+        if not isinstance(size, int) or not isinstance(out, int):
+            return None
+        span = (attrs["kernel_shape"][i] - 1) * dil[i] + 1
+        need = (out - 1) * attrs["strides"][i] + span - (size + pads[i] + pads[n + i])
+        pads[n + i] += max(0, need)
+    return pads
 
 
 @render("global_avg_pool", "global_max_pool")
