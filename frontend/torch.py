@@ -158,7 +158,15 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: A
             return torch.export.export(root, args, kwargs, dynamic_shapes=dynamic_shapes,
                                        strict=False)
     except Exception as e:  # torch raises many kinds
-        raise FrontendError(f"torch.export failed for {type(model).__name__}: {_one_line(e)}") from e
+        hint = ""
+        if "DataDependent" in type(e).__name__ or "data-dependent" in str(e).lower() or \
+                "DataDependent" in str(e):
+            # torch names the guard, not the model code: say what kind of model this is
+            hint = (" (the model branches on or sizes a tensor by its values, as detection "
+                    "post-processing does with NMS or nonzero; scalefold compiles graphs whose "
+                    "shapes follow from the input shapes, so compile the part before it, such "
+                    "as the backbone)")
+        raise FrontendError(f"torch.export failed for {type(model).__name__}{hint}: {_one_line(e)}") from e
     finally:
         for m, flag in modes:
             m.training = flag
