@@ -529,7 +529,7 @@ def render(schedule: Schedule) -> list[CKernel]:
             elif conv_form(k) is not None:
                 out.append(render_conv(k))
             elif sdpa_supported(k):
-                out.append(render_sdpa(k))
+                out.append(render_sdpa(k, schedule.graph.outputs))
             continue
         if k.kind != "fused":
             continue

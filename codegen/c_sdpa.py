@@ -24,16 +24,23 @@ row in ``omp simd`` loops (the fused kernels' exponential); then the rows times 
 row and 32 value channels, v's rows read in place). The scores
 of a tile live in a per-thread buffer, so memory is MR x S floats per thread whatever L.
 
-Kernel ABI (c.py): ``p`` = q, k, v, [mask], y (contiguous); ``q`` = B, Hq, Hk, L, S and, with
-a mask, its element strides over [B, Hq, L, S] (0 where it broadcasts).
+Kernel ABI (c.py): ``p`` = q, k, v, [mask], y; ``q`` = B, Hq, Hk, L, S, with a mask its
+element strides over [B, Hq, L, S] (0 where it broadcasts), then the element strides over
+(batch, head, row) of q, k, v and y (rows unit-stride). q, k and v come as they are when their
+rows are (``runtime/csdpa.py``: the strided q / k / v views of a fused QKV projection are not
+copied). y is written [B, L, H, Dv]-major where its readers transpose heads and rows
+(``blhd_output``), so that the head merge after it is a view; else contiguous. The mask is
+contiguous.
 """
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import sympy
 
 from . import c_conv
+from ..ir.graph import Value
 from .c import CKernel
 from .c_tile import TRANSPOSE16
 from .c_types import PRELUDE
@@ -134,9 +141,10 @@ def _scalar_tiles(d: int) -> list[str]:
     ]
 
 
-def render_sdpa(k: Kernel) -> CKernel:
+def render_sdpa(k: Kernel, graph_outputs: Sequence[Value] = ()) -> CKernel:
     """C source of the attention alternative of library kernel ``k`` (``sdpa_supported``);
-    ``c_conv.CONV.vec`` False renders the portable scalar loops only (tests)."""
+    ``c_conv.CONV.vec`` False renders the portable scalar loops only (tests).
+    ``graph_outputs``: the graph's outputs (y among them keeps the contiguous layout)."""
     vec = c_conv.CONV.vec
     n = k.nodes[0]
     q, kk, v = n.inputs[:3]
@@ -158,6 +166,9 @@ def render_sdpa(k: Kernel) -> CKernel:
              "  if (B <= 0 || HQ <= 0 || L <= 0) return;"]
     if mask is not None:
         decl.append("  const int64_t mb = q[5], mh = q[6], mi = q[7], mj = q[8];")
+    o = 9 if mask is not None else 5
+    decl.append("  const int64_t " + ", ".join(
+        f"{t}s{a} = q[{o + 3 * i + j}]" for i, t in enumerate("qkvy") for j, a in enumerate("bhl")) + ";")
     if bmask:
         apply_mask = "v = Mk[mo + j * mj] ? v : -INFINITY;"
     elif mask is not None:
@@ -183,28 +194,31 @@ def render_sdpa(k: Kernel) -> CKernel:
         "    for (int64_t b = 0; b < B; b++)",
         "    for (int64_t hk = 0; hk < HK; hk++)",
         "    for (int64_t gi = 0; gi < NG; gi++) {",
-        "      const int64_t key = b * HK + hk, row0 = (b * HQ + hk * G) * L;",
-        f"      const float *Kh = K + key * S * {d};",
-        f"      const float *Vh = V + key * S * {dv};",
+        "      const int64_t key = b * HK + hk;",
+        "      const float *Kh = K + b * ksb + hk * ksh;",
+        "      const float *Vh = V + b * vsb + hk * vsh;",
         "      if (key != packed) {",
         "        for (int64_t j0 = 0; j0 < SP; j0 += 32) {",
         f"          float *pan = kt + j0 * {d};",
         "#if SF_SDPA_VEC",
         f"          if (j0 + 32 <= S && {int(d % 16 == 0)}) {{",
-        f"            for (int64_t c = 0; c < {d}; c += 16) {{ sf_tr16(Kh + j0 * {d} + c, {d}, pan + c * 32, 32); "
-        f"sf_tr16(Kh + (j0 + 16) * {d} + c, {d}, pan + c * 32 + 16, 32); }}",
+        f"            for (int64_t c = 0; c < {d}; c += 16) {{ sf_tr16(Kh + j0 * ksl + c, ksl, pan + c * 32, 32); "
+        "sf_tr16(Kh + (j0 + 16) * ksl + c, ksl, pan + c * 32 + 16, 32); }",
         "            continue;",
         "          }",
         "#endif",
         f"          for (int64_t c = 0; c < {d}; c++) for (int64_t j = 0; j < 32; j++)",
-        f"            pan[c * 32 + j] = j0 + j < S ? Kh[(j0 + j) * {d} + c] : 0.0f;",
+        "            pan[c * 32 + j] = j0 + j < S ? Kh[(j0 + j) * ksl + c] : 0.0f;",
         "        }",
         "        packed = key;",
         "      }",
         f"      for (int64_t t = gi * {GROUP}; t < TI && t < (gi + 1) * {GROUP}; t++) {{",
         f"        const int64_t i0 = t * {MR}, mr = R - i0 < {MR} ? R - i0 : {MR};",
         f"        const float *qr[{MR}];",
-        f"        for (int64_t r = 0; r < {MR}; r++) qr[r] = r < mr ? Q + (row0 + i0 + r) * {d} : zq;",
+        f"        for (int64_t r = 0; r < {MR}; r++) {{",
+        "          const int64_t rr = i0 + (r < mr ? r : 0), h = hk * G + rr / L, i = rr % L;",
+        "          qr[r] = r < mr ? Q + b * qsb + h * qsh + i * qsl : zq;",
+        "        }",
         "        for (int64_t j0 = 0; j0 < SP; j0 += 32)",
         f"          sf_qk(qr, kt + j0 * {d}, {scale!r}f, sc + j0, SP);",
         "        for (int64_t r = 0; r < mr; r++) {",
@@ -238,13 +252,15 @@ def render_sdpa(k: Kernel) -> CKernel:
         "#if SF_SDPA_VEC",
         "          const __mmask16 k0 = nv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nv) - 1);",
         "          const __mmask16 k1 = nv >= 32 ? (__mmask16)0xFFFF : (nv > 16 ? (__mmask16)((1u << (nv - 16)) - 1) : (__mmask16)0);",
-        f"          sf_pv(sc, SP, S, Vh + c0, {dv}, k0, k1, ct);",
+        "          sf_pv(sc, SP, S, Vh + c0, vsl, k0, k1, ct);",
         "#else",
-        f"          sf_pv(sc, SP, S, Vh + c0, {dv}, nv, ct);",
+        "          sf_pv(sc, SP, S, Vh + c0, vsl, nv, ct);",
         "#endif",
-        "          for (int64_t r = 0; r < mr; r++)",
-        "            for (int64_t c = 0; c < nv; c++)",
-        f"              Y[(row0 + i0 + r) * {dv} + c0 + c] = ct[r * 32 + c];",
+        "          for (int64_t r = 0; r < mr; r++) {",
+        "            const int64_t h = hk * G + (i0 + r) / L, i = (i0 + r) % L;",
+        "            float *yr = Y + b * ysb + h * ysh + i * ysl + c0;",
+        "            for (int64_t c = 0; c < nv; c++) yr[c] = ct[r * 32 + c];",
+        "          }",
         "        }",
         "      }",
         "    }",
@@ -266,4 +282,26 @@ def render_sdpa(k: Kernel) -> CKernel:
     params = [sympy.sympify(x) for x in (qs[0], qs[1], ks[1], qs[2], ks[2])]
     if mask is not None:
         params += _mask_strides(list(mask.type.shape))
+    # element strides over (batch, head, row) of q, k, v and y: those of contiguous tensors
+    # here; the step (runtime/csdpa.py) passes the real ones of q, k and v, and y's layout
+    hq, hk, L, S = params[1:5]
+    params += [hq * L * d, L * d, sympy.Integer(d), hk * S * d, S * d, sympy.Integer(d),
+               hk * S * dv, S * dv, sympy.Integer(dv)]
+    if blhd_output(k, graph_outputs):
+        params += [L * hq * dv, sympy.Integer(dv), hq * dv]
+    else:
+        params += [hq * L * dv, L * dv, sympy.Integer(dv)]
     return CKernel(k, src, params, args)
+
+
+def blhd_output(k: Kernel, graph_outputs: Sequence[Value]) -> bool:
+    """Whether the kernel writes y [B, H, L, Dv] in [B, L, H, Dv] memory: when every reader
+    of a rank-4 y is a transpose of its heads and rows (``y.transpose(1, 2)`` before the
+    heads are merged, as in every Hugging Face and timm attention), which is then contiguous,
+    and the merging reshape a view instead of a copy."""
+    y = k.nodes[0].outputs[0]
+    if y.type.rank != 4 or any(o is y for o in graph_outputs):
+        return False
+    users = y.users()
+    return bool(users) and all(u.op == "transpose" and tuple(u.attrs.get("perm") or ()) == (0, 2, 1, 3)
+                               for u in users)

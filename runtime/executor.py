@@ -44,6 +44,7 @@ from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .binding import Bound, KStep, Step, Typed, contiguous_strides, kernel_symbols
 from .alternatives import alt_params, cl_alternative, compiled_alt, conv_kernel_step
+from .csdpa import sdpa_step
 from . import cseg
 from .cstep import c_step, view_step
 from .interp import bind_symbols, check_shape, declared_shapes
@@ -267,6 +268,10 @@ class Executor:
             outs = [slot[id(v)] for v in k.outputs]
             order = self._args.get(name) or ins + outs
             q = [int(eval_dim(e, env)) for e in self.params.get(name, [])]
+            if k.kind == "library" and k.nodes[0].op == "sdpa" and not hasattr(fn, "bind"):
+                # q, k and v as they come (strided head views), y in the rendered layout
+                at = 5 + 4 * (len(k.nodes[0].inputs) > 3 and k.nodes[0].inputs[3] is not None)
+                return sdpa_step(fn, order, q, at, k.nodes[0].outputs[0].type.concrete(env))
             if hasattr(fn, "bind"):
                 launch = fn.bind(q)
 

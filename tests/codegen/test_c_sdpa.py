@@ -127,3 +127,86 @@ def test_decode_rows_keep_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     xs = [torch.randn(1, 8, 1, 32), torch.randn(1, 2, 50, 32), torch.randn(1, 2, 50, 32)]
     assert_close(cm(*xs), run(g, *xs)[0], rtol=1e-5, atol=1e-5)
     assert calls["lib"] == 2
+
+
+def _sdpa_steps(cm) -> list:
+    b = next(iter(cm._runner._bound.values()))
+    return [s for s in b.steps if getattr(s, "__qualname__", "").startswith("sdpa_step")]
+
+
+def _vit_attention(heads: int = 3, dim: int = 48, gqa_expand: bool = False) -> Graph:
+    """timm's attention: one QKV projection split into strided per-head q, k and v views,
+    attention, then heads and rows transposed back and merged."""
+    g = Graph("vit_att")
+    x = g.add_input(f"f32[B,N,{dim}]", "x")
+    B, N = x.type.shape[:2]
+    d = dim // heads
+    qkv = g.add("linear", [x, g.add_const(torch.randn(3 * dim, dim) * 0.2)])
+    qkv = g.add("reshape", [qkv], {"shape": (B, N, 3, heads, d)})
+    qkv = g.add("transpose", [qkv], {"perm": (2, 0, 3, 1, 4)})
+    q, k, v = (g.add("squeeze", [g.add("slice", [qkv], {"starts": (i,), "ends": (i + 1,), "axes": (0,)})],
+                     {"axes": (0,)}) for i in range(3))
+    y = g.add("sdpa", [q, k, v], {})
+    y = g.add("transpose", [y], {"perm": (0, 2, 1, 3)})
+    y = g.add("reshape", [y], {"shape": (B, N, dim)})
+    g.set_outputs([g.add("linear", [y, g.add_const(torch.randn(dim, dim) * 0.2)])])
+    return g
+
+
+def test_strided_heads_read_in_place_and_heads_merged_without_a_copy() -> None:
+    torch.manual_seed(0)
+    g = _vit_attention()
+    cm = build_c(g)
+    sd = next(k for k in cm.schedule.kernels if k.nodes[0].op == "sdpa")
+    assert c_sdpa.blhd_output(sd, cm.schedule.graph.outputs)
+    for shape in ((2, 17, 48), (1, 5, 48), (3, 40, 48)):
+        x = torch.randn(*shape)
+        for _ in range(2):
+            assert_close(cm(x), run(g, x)[0], rtol=1e-5, atol=1e-5)
+        # every input passed as it came and the result written into its planned buffer
+        (step,) = [s for s in _sdpa_steps(cm) if s.last_call() is not None] or [None]
+        assert step is not None
+
+
+def test_output_layouts_where_readers_need_contiguous_heads() -> None:
+    """y read as [B, H, L, Dv] (a graph output, or a reduction over rows) stays contiguous."""
+    torch.manual_seed(1)
+    g = Graph("att2")
+    q, k, v = (g.add_input("f32[2,3,9,16]", n) for n in "qkv")
+    y = g.add("sdpa", [q, k, v], {})
+    g.set_outputs([y, g.add("reduce_sum", [y], {"axes": (2,), "keepdims": False})])
+    cm = build_c(g)
+    sd = next(kk for kk in cm.schedule.kernels if kk.nodes[0].op == "sdpa")
+    assert not c_sdpa.blhd_output(sd, cm.schedule.graph.outputs)
+    xs = [torch.randn(2, 3, 9, 16) for _ in range(3)]
+    got = cm(*xs)
+    assert got[0].is_contiguous()
+    for a, b in zip(got, run(g, *xs)):
+        assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_hf_heads_mask_and_expanded_gqa_keys() -> None:
+    """Hugging Face's view + transpose heads, a padding mask, and keys / values expanded to
+    the q heads (stride 0 over the repeated heads) as repeat_kv leaves them."""
+    torch.manual_seed(2)
+    g = Graph("hf")
+    x = g.add_input("f32[B,S,32]", "x")
+    m = g.add_input("bool[B,1,1,S]", "m")
+    B, S = x.type.shape[:2]
+
+    def heads(w: torch.Tensor, h: int) -> object:
+        t = g.add("linear", [x, g.add_const(w)])
+        t = g.add("reshape", [t], {"shape": (B, S, h, 8)})
+        return g.add("transpose", [t], {"perm": (0, 2, 1, 3)})
+    q = heads(torch.randn(32, 32) * 0.2, 4)
+    kv = [heads(torch.randn(16, 32) * 0.2, 2) for _ in range(2)]
+    kv = [g.add("reshape", [g.add("expand", [g.add("unsqueeze", [t], {"axes": (2,)})],
+                                   {"shape": (B, 2, 2, S, 8)})], {"shape": (B, 4, S, 8)}) for t in kv]
+    y = g.add("sdpa", [q, kv[0], kv[1], m], {})
+    y = g.add("reshape", [g.add("transpose", [y], {"perm": (0, 2, 1, 3)})], {"shape": (B, S, 32)})
+    g.set_outputs([y])
+    cm = build_c(g)
+    for b, s in ((2, 7), (1, 12)):
+        xv, mv = torch.randn(b, s, 32), torch.rand(b, 1, 1, s) > 0.3
+        mv[..., 0] = True
+        assert_close(cm(xv, mv), run(g, xv, mv)[0], rtol=1e-5, atol=1e-5)
