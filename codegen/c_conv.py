@@ -15,6 +15,9 @@ Forms (``conv_form``), all on channels-last (NHWC) activations:
   tile of output pixels and panel of output channels, a sum over the kernel's taps of
   pointwise products; a tap's pixel that falls in the padding reads a row of zeros, so the
   inner loop has no branch;
+- ``wino``: 3x3, stride 1, dilation 1, one group, from 16 input and output channels on images
+  of at least 36 2x2 tiles: Winograd F(2x2, 3x3), ``codegen/c_conv_wino.py`` (1.6-1.9x the
+  ``dense`` form, which runs at the FMA units' limit, on resnet18's 56x56 and 28x28 layers);
 - ``dw``: depthwise (groups = input channels = output channels), ``codegen/c_conv_dw.py``;
 - ``stem``: one group over at most ``STEM_CI`` input channels (an RGB stem), reading x as it
   comes, NCHW, 16 output pixels of a row to a zmm (``codegen/c_conv_stem.py``).
@@ -24,7 +27,7 @@ in groups; input channels in L1-sized chunks: a panel of a 3x3 convolution over 
 is 590 KB, and streamed from L2 once per tile it ran at 0.65x of oneDNN, 0.75x with the
 chunks).
 
-Where oneDNN stays (``_library_faster``; measured on the 2-core Zen 5 in resnet18 / resnet50,
+Where oneDNN stays (``_library_faster``, for what the ``wino`` form does not take; measured on the 2-core Zen 5 in resnet18 / resnet50,
 ``probe/cmp.py``, not kept): kernels larger than 1x1 over 256 x 256 channels or more (3x3 at
 14 x 14 over 256 channels 0.8-0.9x, at 7 x 7 over 512 0.75x), and RGB stems of more than 20 M
 multiply-adds (7x7 over 224 x 224: 0.79x in the ``dense`` form; the ``stem`` form took 858
