@@ -91,5 +91,8 @@ def cl_step(fn: Callable, k: Kernel, slot: Mapping[int, int], out_shape: Sequenc
         if out[0] is None or any(r is None for r in seen):
             return None
         return fn, ptrs, qarr, ins + [dst]
-    run.last_call = last_call
+    def forget() -> None:
+        """Drop the cached pointers (a Segment rewrote an address in ``ptrs``)."""
+        seen[:] = [None] * len(seen)
+    run.last_call, run.forget = last_call, forget
     return run

@@ -107,5 +107,8 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
         if out[0] is None or any(r is None for s, r in zip(order, seen) if s != out_slot):
             return None
         return fn, ptrs, qarr, order
-    run.order, run.last_call = list(order), last_call
+    def forget() -> None:
+        """Drop the cached pointers (a Segment rewrote an address in ``ptrs``)."""
+        seen[:] = [None] * len(seen)
+    run.order, run.last_call, run.forget = list(order), last_call, forget
     return run

@@ -84,5 +84,8 @@ def sdpa_step(fn: Callable, order: Sequence[int], q: Sequence[int], strides_at: 
         if out[0] is None or any(r is None for r in seen):
             return None
         return fn, ptrs, qarr, order
-    run.order, run.last_call = list(order), last_call
+    def forget() -> None:
+        """Drop the cached pointers (a Segment rewrote an address in ``ptrs``)."""
+        seen[:] = [None] * len(seen)
+    run.order, run.last_call, run.forget = list(order), last_call, forget
     return run

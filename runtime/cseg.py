@@ -128,6 +128,7 @@ class Segment:
         library step, a new input) a tensor of the very same layout, whose address then
         replaces the old one in the kernels' pointer arrays (the steps would pass it as it
         is, as they passed the old one)."""
+        patched = False
         for e in self.start:
             r, o = e[1], vals[e[0]]
             if (r() if r is not None else None) is o:
@@ -138,6 +139,15 @@ class Segment:
             for p, j in e[3]:
                 p[j] = at
             e[1] = weakref.ref(o)
+            patched = True
+        if patched:
+            # the steps' own caches still name the old objects, whose addresses their pointer
+            # arrays no longer hold: a later step-by-step run (after another binding ran)
+            # would take the old object back and pass the new one's, perhaps freed, address
+            for st in self.steps:
+                forget = getattr(st, "forget", None)
+                if forget is not None:
+                    forget()
         return True
 
 

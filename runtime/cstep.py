@@ -69,7 +69,14 @@ def c_step(fn: Callable, order: Sequence[int], ins: Sequence[int], q: Sequence[i
         if by_cl[0]:
             return getattr(cl, "last_call", lambda: None)()
         return None
-    run.order, run.last_call = list(order), last_call
+    def forget() -> None:
+        """Drop the cached pointers (a Segment rewrote an address in ``ptrs``)."""
+        valid[0] = False
+        seen[:] = [None] * len(order)
+        f = getattr(cl, "forget", None)
+        if f is not None:
+            f()
+    run.order, run.last_call, run.forget = list(order), last_call, forget
     return run
 
 

@@ -130,3 +130,28 @@ def test_without_the_segment_runner_steps_run_one_by_one(monkeypatch: pytest.Mon
         with torch.no_grad():
             torch.testing.assert_close(cm(x), m(x), rtol=1e-5, atol=1e-5)
     assert not _segments(cm)
+
+
+class _CatRelu(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(torch.cat([x, x], 1))
+
+
+def test_an_earlier_input_after_a_patched_address_and_another_binding() -> None:
+    """call(x), call(x2) (the fast path patches x2's address into the pointer arrays), a call
+    at another size (another binding), then call(x) again step by step: the steps must not
+    take x for the object they cached and pass x2's freed address (the fuzzer's finding:
+    errors up to 3e38, the memory of whatever reused x2's block)."""
+    torch.manual_seed(0)
+    m = _CatRelu().eval()
+    x = torch.randn(2, 32, 24, 24)
+    cm = sf.compile(m, (x,), target="c", dynamic_shapes=({0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO},))
+    assert torch.equal(cm(x), m(x))
+    x2 = torch.randn(2, 32, 24, 24)
+    assert torch.equal(cm(x2), m(x2))
+    del x2
+    assert torch.equal(cm(torch.ones(1, 32, 4, 4)), torch.ones(1, 64, 4, 4))
+    junk = [torch.full((2, 32, 24, 24), 1e6) for _ in range(4)]    # reuse the freed block
+    for _ in range(2):
+        assert torch.equal(cm(x), m(x))
+    del junk
