@@ -165,12 +165,14 @@ def window_out(length: Dim, pb: int, pe: int, k: Dim, s: int, d: int, ceil_mode:
     """Output length of a sliding window: floor((L + pb + pe - d*(k-1) - 1) / s) + 1.
 
     With ``ceil_mode`` the division rounds up, but a window may not start past the input plus
-    the begin padding (torch/ONNX rule), hence the Min with floor((L + pb - 1) / s) + 1.
+    the begin padding (torch/ONNX rule), hence the Min with floor((L + pb - 1) / s) + 1. So in
+    ceil mode a window longer than the padded input still gives one output (torch pools a 1x1
+    image with a 2x2 window, stride 2) while the rounded-up count is at least 1.
     """
     span = d * (k - 1) + 1
     if isinstance(length, int) and isinstance(span, int):
         x = length + pb + pe - span
-        if x < 0:
+        if x < 0 and (not ceil_mode or -(-x // s) + 1 < 1 or length + pb < 1):
             raise ShapeError(f"window of extent {span} does not fit input length {length} "
                              f"padded by ({pb}, {pe})")
         if not ceil_mode:

@@ -21,6 +21,9 @@ CASES = [
     # H keeps its last window (ceil count), W drops one (onnx's ceil count is one more)
     (torch.nn.MaxPool2d((3, 2), (2, 3), padding=1, ceil_mode=True), (1, 2, 8, 7)),
     (torch.nn.AvgPool2d((3, 2), (2, 3), padding=1, ceil_mode=True, count_include_pad=False), (1, 2, 8, 7)),
+    # a window longer than the input: ceil mode still pools it once (the IR refused these)
+    (torch.nn.MaxPool2d(2, 2, ceil_mode=True), (1, 4, 1, 5)),
+    (torch.nn.AvgPool2d(2, 2, ceil_mode=True), (1, 4, 1, 1)),
 ]
 
 
