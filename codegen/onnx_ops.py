@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..ir import dtypes as dt
-from ..ir.graph import Node
+from ..ir.graph import Node, Value
 from onnx import helper
 
 from ..ir.ops.elementwise import cast_tensor
@@ -156,6 +156,10 @@ def _clip(cx: Emitter, node: Node, x: str, d: dt.DType) -> str:
 @render(*_UNARY, *_BINARY, "ne", "rsqrt", "gelu", "silu", "leaky_relu", "elu", "hardsigmoid",
         "mish", "mod", "clip")
 def _elementwise(cx: Emitter, node: Node) -> list[str]:
+    if node.op in ("mul", "add"):
+        pair = _affine_pair(cx, node)
+        if pair is not None:
+            return pair
     d = node.inputs[0].dtype
     xs = [inp(cx, node, i) for i in range(len(node.inputs))]
     if node.op == "relu" and not d.is_float and not d.is_signed:
@@ -176,6 +180,60 @@ def _elementwise(cx: Emitter, node: Node) -> list[str]:
                           saturate=0 if d.name.startswith("f8") else None)]
         return [body]
     return [_elementwise_body(cx, node, xs, d)]
+
+
+def _per_channel(c: Value | None, x: Value) -> bool:
+    """Whether ``c`` is a constant [1, C, 1, ...] of x's rank, dtype and channels."""
+    if c is None or not c.is_const or c.dtype is not x.dtype or c.type.rank != x.type.rank:
+        return False
+    s = c.type.shape
+    return s[0] == 1 and s[1] == x.type.shape[1] and all(v == 1 for v in s[2:])
+
+
+def _affine_scale(cx: Emitter, m: Node) -> tuple[Value, Value, Node, Value] | None:
+    """(x, scale, add, shift) where ``m`` is ``mul(x, scale)`` read only by ``add(m, shift)``,
+    both constants per channel ([1, C, 1, ...]), x f32 or f64 of rank >= 2: the per-channel
+    affine map ``fold_batchnorm`` leaves of a batch norm it cannot fold."""
+    if m.op != "mul" or len(m.inputs) != 2:
+        return None
+    y = m.outputs[0]
+    if any(o is y for o in cx.graph.outputs):
+        return None
+    users = y.users()
+    if len(users) != 1 or users[0].op != "add" or len(users[0].inputs) != 2:
+        return None
+    add = users[0]
+    shift = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+    for x, c in ((m.inputs[0], m.inputs[1]), (m.inputs[1], m.inputs[0])):
+        if x is not None and not x.is_const and x.dtype.name in ("f32", "f64") and x.type.rank >= 2 \
+                and isinstance(x.type.shape[1], int) and _per_channel(c, x) and _per_channel(shift, x) \
+                and shift is not y:
+            return x, c, add, shift
+    return None
+
+
+def _affine_pair(cx: Emitter, node: Node) -> list[str] | None:
+    """A per-channel ``mul`` then ``add`` as one BatchNormalization (mean 0, variance 1,
+    epsilon 0: x·scale + shift exactly), which onnxruntime runs in its blocked convolution
+    layout where a Mul and an Add by [1, C, 1, 1] constants cost it reorders (DenseNet-121's
+    pre-activation batch norms: 14.0 against 16.3 ms). The mul renders as its input's name;
+    the add as the node."""
+    if node.op == "mul":
+        found = _affine_scale(cx, node)
+        return None if found is None else [cx.value(found[0])]
+    m = next((v.producer for v in node.inputs if v is not None and v.producer is not None
+              and v.producer.op == "mul"), None)
+    found = _affine_scale(cx, m) if m is not None else None
+    if found is None or found[2] is not node:
+        return None
+    x, scale, _, shift = found
+    ch = x.type.shape[1]
+
+    def flat(v: Value, key: str) -> str:
+        return cx.derived(v, key, lambda t: t.reshape(-1).contiguous(), v.dtype)
+    zeros, ones = cx.const([0.0] * ch, x.dtype, [ch]), cx.const([1.0] * ch, x.dtype, [ch])
+    return [cx.op("BatchNormalization", [cx.value(x), flat(scale, "bn_s"), flat(shift, "bn_t"), zeros, ones],
+                  epsilon=0.0)]
 
 
 @render("where")
