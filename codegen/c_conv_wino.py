@@ -113,6 +113,20 @@ def _lin(row: list[float], terms: list[str]) -> str:
     return out or "0.0f"
 
 
+def _separable(mt: list[list[float]], src: str, mid: str, dst: str, indent: str) -> list[str]:
+    """C declarations of ``dst = mt · src · mtᵀ`` for an n x n block of scalars ``src{i}_{j}``
+    (n = len(mt[0])) into len(mt) x len(mt) ``dst{i}_{j}``: first over the rows (``mid``), then
+    over the columns."""
+    n, k = len(mt[0]), len(mt)
+    out = [indent + "const float " + ", ".join(
+        f"{mid}{i}_{j} = {_lin(mt[i], [f'{src}{r}_{j}' for r in range(n)])}" for i in range(k)) + ";"
+        for j in range(n)]
+    out += [indent + "const float " + ", ".join(
+        f"{dst}{i}_{j} = {_lin(mt[j], [f'{mid}{i}_{r}' for r in range(n)])}" for j in range(k)) + ";"
+        for i in range(k)]
+    return out
+
+
 def _store(epi: list[str], other: bool, name: str, ok: str, pix: str) -> list[str]:
     """Epilogue and store of output value ``name`` at pixel ``pix`` if ``ok``."""
     out = [f"          if ({ok}) {{", f"            float v = {name};"]
@@ -181,13 +195,7 @@ def render_wino(f: ConvForm, epi: list[str], other: bool, m: int | None = None) 
     ]
     for j in range(a):
         lines.append("          const float " + ", ".join(f"d{i}_{j} = d[{i * a + j}][c]" for i in range(a)) + ";")
-    # t = Bᵀ d (over rows), then V = t B (over columns)
-    for j in range(a):
-        lines.append("          const float " + ", ".join(
-            f"t{i}_{j} = {_lin(bt[i], [f'd{k}_{j}' for k in range(a)])}" for i in range(a)) + ";")
-    for i in range(a):
-        lines.append("          const float " + ", ".join(
-            f"v{i}_{j} = {_lin(bt[j], [f't{i}_{k}' for k in range(a)])}" for j in range(a)) + ";")
+    lines += _separable(bt, "d", "t", "v", "          ")     # V = Bᵀ d B
     for i in range(a):
         lines.append("          " + " ".join(f"vt[{i * a + j} * vs + c] = v{i}_{j};" for j in range(a)))
     # finite values times zero are zero; an infinity or NaN makes the sum NaN
@@ -225,13 +233,7 @@ def render_wino(f: ConvForm, epi: list[str], other: bool, m: int | None = None) 
     for i in range(a):
         lines.append("              const float " + ", ".join(
             f"m{i}_{j} = mt[{i * a + j} * ms + j]" for j in range(a)) + ";")
-    # s = Aᵀ M (over rows), Y = s A (over columns)
-    for j in range(a):
-        lines.append("              const float " + ", ".join(
-            f"s{i}_{j} = {_lin(at[i], [f'm{k}_{j}' for k in range(a)])}" for i in range(m)) + ";")
-    for i in range(m):
-        lines.append("              const float " + ", ".join(
-            f"y{i}_{j} = {_lin(at[j], [f's{i}_{k}' for k in range(a)])}" for j in range(m)) + ";")
+    lines += _separable(at, "m", "s", "y", "              ")   # Y = Aᵀ M A
     for i in range(m):
         for j in range(m):
             ok = " && ".join(c for c in ((f"nr > {i}" if i else ""), (f"nc > {j}" if j else "")) if c) or "1"

@@ -83,6 +83,7 @@ class Segment:
         self.start: list = []
         self.after: list = []      # (slot, object) the steps assigned during that run
         self.ready = False
+        self.forgot = False        # whether the steps' caches were dropped since arming
         self.bad: list[int] = []   # steps whose last step-by-step call cannot be repeated
         self.current = -1
         self._seq = _run_seq()
@@ -93,7 +94,7 @@ class Segment:
             for s, o in self.after:
                 vals[s] = o
             return
-        self.ready = False
+        self.ready = self.forgot = False
         before = [(s, vals[s]) for s in self.slots]
         for i, st in enumerate(self.steps):
             self.current = i
@@ -140,14 +141,16 @@ class Segment:
                 p[j] = at
             e[1] = weakref.ref(o)
             patched = True
-        if patched:
+        if patched and not self.forgot:
             # the steps' own caches still name the old objects, whose addresses their pointer
             # arrays no longer hold: a later step-by-step run (after another binding ran)
-            # would take the old object back and pass the new one's, perhaps freed, address
+            # would take the old object back and pass the new one's, perhaps freed, address.
+            # Once per arming: the steps cache nothing again until they run step by step.
             for st in self.steps:
                 forget = getattr(st, "forget", None)
                 if forget is not None:
                     forget()
+            self.forgot = True
         return True
 
 
