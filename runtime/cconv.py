@@ -43,6 +43,19 @@ def _out(t: torch.Tensor | None, shape: tuple[int, ...], strides: tuple[int, ...
     return torch.empty_strided(shape, strides, dtype=torch.float32)
 
 
+def planned_out(buf: torch.Tensor | None, cache: list, shape: tuple[int, ...],
+                strides: tuple[int, ...], n: int) -> torch.Tensor:
+    """``_out`` of the planned buffer ``buf``, the same view object while ``buf`` is
+    (``cache`` = [buffer, view], kept for an arena view, which the binding holds anyway), so
+    that the steps after this one see the same object at every call."""
+    if buf is not None and buf is cache[0]:
+        return cache[1]
+    y = _out(buf, shape, strides, n)
+    if buf is not None and buf._base is not None:
+        cache[0], cache[1] = buf, y
+    return y
+
+
 def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], out_slot: int,
               out_shape: Sequence[int], q: Sequence[int]) -> Step:
     """A step calling kernel ``fn`` with the values in slots ``order`` (ABI: c_conv.py): those
@@ -68,13 +81,7 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
     out: list = [None, None]
 
     def run(vals: list) -> None:
-        buf = vals[out_slot]
-        if buf is None or buf is not out[0]:
-            y = _out(buf, shape, strides, numel)
-            if buf is not None and buf._base is not None:
-                out[0], out[1] = buf, y
-        else:
-            y = out[1]
+        y = planned_out(vals[out_slot], out, shape, strides, numel)
         keep = []   # channels-last copies must outlive the call
         for i, s in enumerate(order):
             if s == out_slot:

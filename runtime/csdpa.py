@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .cconv import planned_out
+
 Step = Callable[[list], None]
 
 
@@ -63,16 +65,7 @@ def sdpa_step(fn: Callable, order: Sequence[int], q: Sequence[int], strides_at: 
             if i < 3:
                 qarr[strides_at + 3 * i: strides_at + 3 * i + 3] = list(_bhl(t))
             ptrs[i] = t.data_ptr()
-        buf = vals[out_slot]
-        if buf is not None and buf is out[0]:
-            y = out[1]
-        else:
-            if buf is not None and buf.dtype == torch.float32 and buf.numel() == numel and buf.is_contiguous():
-                y = buf.as_strided(shape, strides)
-                if buf._base is not None:    # an arena view: keep its strided view
-                    out[0], out[1] = buf, y
-            else:
-                y = torch.empty_strided(shape, strides, dtype=torch.float32)
+        y = planned_out(vals[out_slot], out, shape, strides, numel)
         ptrs[n_in] = y.data_ptr()
         fn(ptrs, qarr)
         vals[out_slot] = y

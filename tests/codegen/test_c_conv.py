@@ -61,8 +61,10 @@ def _inputs(g: Graph, variant: str, epilogue: str, b: int, h: int, w: int) -> li
 
 def _atol(variant: str) -> float:
     """Winograd's transforms add a few roundings at the scale of the sums (|sum| up to ~30
-    here), which a batch norm's scale then multiplies: a wider absolute tolerance."""
-    return 2e-4 if variant.startswith("wino") else 1e-5
+    here), which a batch norm's scale then multiplies; sums over 200 input channels differ
+    from oneDNN's order by up to ~2e-5 (seen once in pw_wide with a residual add): a wider
+    absolute tolerance for both."""
+    return 2e-4 if variant.startswith("wino") or variant.endswith("_wide") else 1e-5
 
 
 def _check(variant: str, epilogue: str) -> None:
