@@ -70,26 +70,23 @@ def wino_fits(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ci: int, co:
     return True
 
 
-# Transform matrices of F(2x2, 3x3) (Lavin & Gray; points 0, 1, -1, inf), keyed by the output
-# tile m: Bᵀ maps an a x a patch (a = m + 2) to the a x a positions, G a filter, Aᵀ the
-# positions back to an m x m block of outputs. F(4x4, 3x3) (points 0, ±1, ±2, inf) renders
-# from its matrices the same way, but measured no faster here (1.63-1.93x the direct kernel
+# Transform matrices of F(2x2, 3x3) (Lavin & Gray; points 0, 1, -1, inf), for output tiles of
+# m = 2: Bᵀ maps an a x a patch (a = m + 2) to the a x a positions, G a filter, Aᵀ the
+# positions back to an m x m block of outputs. The renderer takes its sizes from them, so
+# F(4x4, 3x3) (points 0, ±1, ±2, inf) rendered from its matrices alone, but measured no faster here (1.63-1.93x the direct kernel
 # against 1.69-1.82x on resnet18's layers at one thread, 0.66x at 7x7 x 512) with about ten
 # times the direct sum's error (1e-5 of the output's scale at 256 channels), so it is not kept.
-_BT = {2: [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]}
-_G = {2: [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]}
-_AT = {2: [[1, 1, 1, 0], [0, 1, -1, -1]]}
-WINO_M = 2
+_BT = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+_G = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
+_AT = [[1, 1, 1, 0], [0, 1, -1, -1]]
 
 
-def pack_wino(w: torch.Tensor, nb: int, m: int | None = None) -> torch.Tensor:
-    """U = G g Gᵀ of every filter of ``w`` [CO, CI, 3, 3] for F(m x m, 3 x 3), computed in
-    float64, rounded once to float32 and laid out [ceil(CO / nb)][a * a][CI][nb] (a = m + 2,
-    zero channels past CO)."""
+def pack_wino(w: torch.Tensor, nb: int) -> torch.Tensor:
+    """U = G g Gᵀ of every filter of ``w`` [CO, CI, 3, 3], computed in float64, rounded once to
+    float32 and laid out [ceil(CO / nb)][16][CI][nb] (zero channels past CO)."""
     co, ci = w.shape[0], w.shape[1]
-    m = m or WINO_M
-    a = m + 2
-    g = torch.tensor(_G[m], dtype=torch.float64)
+    a = len(_G)
+    g = torch.tensor(_G, dtype=torch.float64)
     u = torch.einsum("ik,ockl,jl->ijoc", g, w.to(torch.float64), g).reshape(a * a, co, ci)
     npnl = -(-co // nb)
     full = torch.zeros(a * a, npnl * nb, ci, dtype=torch.float64)
@@ -137,15 +134,14 @@ def _store(epi: list[str], other: bool, name: str, ok: str, pix: str) -> list[st
     return out
 
 
-def render_wino(f: ConvForm, epi: list[str], other: bool, m: int | None = None) -> list[str]:
-    """Body of the ``wino`` form for F(m x m, 3 x 3) (ABI and blocking in the module doc);
+def render_wino(f: ConvForm, epi: list[str], other: bool) -> list[str]:
+    """Body of the ``wino`` form (ABI and blocking in the module doc);
     ``sf_tile`` of ``c_tile.tile_fn`` / ``tile_scalar`` for ``f`` must precede it."""
     mr, nb = f.mr, f.nb
-    m = m or WINO_M
-    a = m + 2
+    bt, at = _BT, _AT
+    m, a = len(at), len(bt)
     npos = a * a
     cc_max = max(8, L1_U // (4 * nb))
-    bt, at = _BT[m], _AT[m]
     lines = [
         "  const float *restrict gw = (const float *)p[2];",
         f"  const int64_t TH = (OH + {m - 1}) / {m}, TW = (OW + {m - 1}) / {m}, T = N * TH * TW;",

@@ -17,7 +17,7 @@ import torch
 
 from ..codegen.c_cl import cl_form, operand_kind
 from ..codegen.schedule import Kernel
-from .cconv import _nhwc_strides, _out
+from .cconv import _nhwc_strides, _out, repeatable
 
 
 def _stored_nhwc(t: torch.Tensor) -> bool:
@@ -85,14 +85,4 @@ def cl_step(fn: Callable, k: Kernel, slot: Mapping[int, int], out_shape: Sequenc
         vals[dst] = y
         return True
 
-    def last_call() -> tuple | None:
-        """(kernel, pointers, integers, the slot of each pointer) when the last call passed
-        every value straight through and wrote the cached output view (runtime/cseg.py)."""
-        if out[0] is None or any(r is None for r in seen):
-            return None
-        return fn, ptrs, qarr, ins + [dst]
-    def forget() -> None:
-        """Drop the cached pointers (a Segment rewrote an address in ``ptrs``)."""
-        seen[:] = [None] * len(seen)
-    run.last_call, run.forget = last_call, forget
-    return run
+    return repeatable(run, fn, ptrs, qarr, ins + [dst], seen, out)

@@ -56,6 +56,25 @@ def planned_out(buf: torch.Tensor | None, cache: list, shape: tuple[int, ...],
     return y
 
 
+def repeatable(run: Callable, fn: Callable, ptrs: object, qarr: object, slots: list[int],
+               seen: list, out: list, skip: int = -1) -> Callable:
+    """``run`` with the two methods a Segment (runtime/cseg.py) needs of a step that keeps
+    its arguments' pointers (``seen``: weak references per pointer, ``skip`` the output's
+    position, which has none) and its output view (``out``): ``last_call()``, the (kernel,
+    pointers, integers, the slot of each pointer) of the last call when it passed every value
+    straight through and wrote the cached view of its buffer, else None; and ``forget()``,
+    which drops the cached pointers (after a Segment rewrote an address in ``ptrs``)."""
+    def last_call() -> tuple | None:
+        if out[0] is None or any(r is None for i, r in enumerate(seen) if i != skip):
+            return None
+        return fn, ptrs, qarr, slots
+
+    def forget() -> None:
+        seen[:] = [None] * len(seen)
+    run.last_call, run.forget = last_call, forget   # type: ignore[attr-defined]
+    return run
+
+
 def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], out_slot: int,
               out_shape: Sequence[int], q: Sequence[int]) -> Step:
     """A step calling kernel ``fn`` with the values in slots ``order`` (ABI: c_conv.py): those
@@ -107,15 +126,5 @@ def conv_step(fn: Callable, order: Sequence[int], activations: frozenset[int], o
         fn(ptrs, qarr)
         vals[out_slot] = y
 
-    def last_call() -> tuple | None:
-        """(kernel, pointers, integers, the slot of each pointer) when the last call passed
-        every value straight through and wrote the cached view of its buffer, for a Segment
-        (runtime/cseg.py)."""
-        if out[0] is None or any(r is None for s, r in zip(order, seen) if s != out_slot):
-            return None
-        return fn, ptrs, qarr, order
-    def forget() -> None:
-        """Drop the cached pointers (a Segment rewrote an address in ``ptrs``)."""
-        seen[:] = [None] * len(seen)
-    run.order, run.last_call, run.forget = list(order), last_call, forget
-    return run
+    run.order = list(order)
+    return repeatable(run, fn, ptrs, qarr, list(order), seen, out, skip=list(order).index(out_slot))

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .cconv import planned_out
+from .cconv import planned_out, repeatable
 
 Step = Callable[[list], None]
 
@@ -70,15 +70,5 @@ def sdpa_step(fn: Callable, order: Sequence[int], q: Sequence[int], strides_at: 
         fn(ptrs, qarr)
         vals[out_slot] = y
 
-    def last_call() -> tuple | None:
-        """(kernel, pointers, integers, the slot of each pointer) when the last call passed
-        every value straight through and wrote the cached view of its buffer, for a Segment
-        (runtime/cseg.py)."""
-        if out[0] is None or any(r is None for r in seen):
-            return None
-        return fn, ptrs, qarr, order
-    def forget() -> None:
-        """Drop the cached pointers (a Segment rewrote an address in ``ptrs``)."""
-        seen[:] = [None] * len(seen)
-    run.order, run.last_call, run.forget = list(order), last_call, forget
-    return run
+    run.order = list(order)
+    return repeatable(run, fn, ptrs, qarr, list(order), seen, out)
