@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .ir.errors import ScalefoldError
+from .runtime.feeds import (gather_inputs, load_calibration, random_inputs, read_inputs,  # noqa: F401
+                            write_atomically)
 
 # A small pre-LN MLP block, written as IR text with seeded constants, so the demo needs no
 # download and no model file.
@@ -179,91 +181,7 @@ def load_model(model: str, target: str | None) -> Any:
         return api.compile(g, target=target or "c")
 
 
-def random_inputs(graph: Any, env: dict[str, int], seed: int = 0) -> dict[str, Any]:
-    """Seeded random tensors for every graph input, symbols bound by ``env``."""
-    import torch
-
-    from .ir import dtypes as dt
-    from .ir.printer import input_names
-    gen = torch.Generator().manual_seed(seed)
-    senv = _symbols(env)
-    out = {}
-    for name, v in zip(input_names(graph), graph.inputs):
-        missing = sorted(s.name for s in v.type.symbols - set(senv))
-        if missing:
-            raise ScalefoldError(f"input {name}: {v.type} needs a size for {', '.join(missing)} "
-                                 f"(e.g. --random {','.join(m + '=2' for m in missing)})")
-        shape = v.type.concrete(senv)
-        if v.dtype.is_float:
-            x = torch.randn(shape, generator=gen)
-        elif v.dtype.name == "bool":
-            x = torch.randint(0, 2, shape, generator=gen).bool()
-        else:
-            # Small non-negative integers are valid token ids and indices for most models.
-            x = torch.randint(0, 4, shape, generator=gen)
-        out[name] = dt.to_container(x, v.dtype)
-    return out
-
-
 # ---- verbs ------------------------------------------------------------------------------------
-
-
-def load_calibration(path: str, graph: Any, batch: int) -> list[tuple[Any, ...]]:
-    """Calibration batches from a .npz or .safetensors file holding one array per graph input
-    (by input name), samples along axis 0, cut into batches of ``batch`` samples (the input's
-    static leading size when it has one). A missing input, mismatched sample counts or an
-    unreadable file is a ScalefoldError naming it."""
-    import numpy as np
-    import torch
-
-    from .ir import dtypes as dt
-    from .ir.printer import input_names
-    if batch < 1:
-        raise ScalefoldError(f"calibration batch size must be at least 1, got {batch}")
-    p = Path(path)
-    if not p.is_file():
-        raise ScalefoldError(f"calibration file {path}: no such file")
-    try:
-        if p.suffix == ".npz":
-            with np.load(p) as z:
-                arrays = {k: torch.from_numpy(z[k]) for k in z.files}
-        elif p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            arrays = load_file(str(p))
-        else:
-            raise ScalefoldError(f"calibration file {path}: want .npz or .safetensors")
-    except ScalefoldError:
-        raise
-    except Exception as e:
-        raise ScalefoldError(f"calibration file {path}: cannot read it ({type(e).__name__}: {e})") from None
-    names = input_names(graph)
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise ScalefoldError(f"calibration file {path}: no array for input(s) {', '.join(missing)} "
-                             f"(it has {', '.join(sorted(arrays)) or 'none'})")
-    counts = {n: int(arrays[n].shape[0]) if arrays[n].dim() else 0 for n in names}
-    if len(set(counts.values())) != 1 or not next(iter(counts.values())):
-        raise ScalefoldError(f"calibration file {path}: inputs must hold the same (non-zero) number of "
-                             f"samples along axis 0, got {counts}")
-    for n, v in zip(names, graph.inputs):
-        a = arrays[n]
-        # float data for an integer input (token ids saved as float) would be truncated
-        # silently: only exactly integral values are taken
-        if not v.dtype.is_float and a.is_floating_point() and not bool(torch.all(a == a.round())):
-            raise ScalefoldError(f"calibration file {path}: input {n} is {v.dtype.name}, but its array holds "
-                                 f"non-integral {str(a.dtype).replace('torch.', '')} values")
-    lead = {v.type.shape[0] for v in graph.inputs if v.type.rank and isinstance(v.type.shape[0], int)}
-    step = lead.pop() if len(lead) == 1 else batch
-    total = next(iter(counts.values()))
-    out = []
-    for lo in range(0, total - step + 1, step):
-        out.append(tuple(dt.to_container(arrays[n][lo:lo + step], v.dtype) for n, v in zip(names, graph.inputs)))
-    if not out:
-        raise ScalefoldError(f"calibration file {path}: {total} samples, fewer than one batch of {step}")
-    if total % step:
-        print(f"scalefold: note: calibration file {path}: {total} samples in batches of {step}; the last "
-              f"{total % step} are left out", file=sys.stderr)
-    return out
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -351,43 +269,6 @@ def _subs(x: Any, env: dict[Any, int]) -> Any:
     return int(sympy.ceiling(y)) if y.is_number else y
 
 
-def _read_inputs(specs: Sequence[str]) -> dict[str, Any]:
-    import numpy as np
-    import torch
-    out = {}
-    for spec in specs:
-        name, eq, file = spec.partition("=")
-        if not eq or not name or not file:
-            raise ScalefoldError(f"bad --input {spec!r}: expected NAME=FILE.npy")
-        if name in out:
-            raise ScalefoldError(f"input {name!r} is given twice (--input {spec})")
-        try:
-            # allow_pickle=False: an input file must never run code.
-            arr = np.load(file, allow_pickle=False)
-        except FileNotFoundError:
-            raise ScalefoldError(f"{file}: no such file") from None
-        except (OSError, ValueError) as e:
-            raise ScalefoldError(f"{file}: not a readable .npy array ({' '.join(str(e).split())})") from None
-        if not isinstance(arr, np.ndarray):
-            raise ScalefoldError(f"{file}: expected one array (.npy), got an archive")
-        out[name] = torch.from_numpy(np.ascontiguousarray(arr))
-    return out
-
-
-def _gather_inputs(graph: Any, given: dict[str, Any], random_spec: str | None) -> list[Any]:
-    from .ir.printer import input_names
-    names = input_names(graph)
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise ScalefoldError(f"unknown input(s) {', '.join(unknown)}; the model takes {', '.join(names)}")
-    missing = [n for n in names if n not in given]
-    if missing and random_spec is None:
-        raise ScalefoldError(f"missing input(s) {', '.join(missing)}: give --input NAME=FILE.npy "
-                             f"or --random with sizes for the symbols")
-    rand = random_inputs(graph, parse_bind(random_spec)) if missing else {}
-    return [given[n] if n in given else rand[n] for n in names]
-
-
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -395,9 +276,9 @@ def _run(args: argparse.Namespace) -> int:
         args.output += ".npz"          # what numpy's savez writes
     if args.output:
         check_output(args.output)
-    given = _read_inputs(args.input or [])
+    given = read_inputs(args.input or [])
     cm = load_model(args.model, args.target)
-    xs = _gather_inputs(cm.graph, given, args.random)
+    xs = gather_inputs(cm.graph, given, None if args.random is None else parse_bind(args.random))
     with torch.no_grad():
         outs = cm(*xs)
     outs = list(outs) if isinstance(outs, tuple) else [outs]
@@ -409,7 +290,7 @@ def _run(args: argparse.Namespace) -> int:
               f"max {f.max().item():+.6g}")
     if args.output:
         arrays = {n: (y.float() if y.dtype == torch.bfloat16 else y).numpy() for n, y in zip(names, outs)}
-        np.savez(args.output, **arrays)
+        write_atomically(args.output, lambda f: np.savez(f, **arrays))
         print(f"wrote {args.output}")
     return 0
 
@@ -529,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model", metavar="MODEL")
     r.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input array (repeatable)")
     r.add_argument("--random", nargs="?", const="", metavar="B=2,S=16",
-                   help="seeded random values for inputs not given, with sizes for symbolic dims")
+                   help="seeded random values for inputs not given, with sizes for symbolic dims "
+                        "(sizes the given inputs fix are taken from them)")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs as .npz")
     r.add_argument("--target", choices=("c", "interp"), default=None,
                    help="compile for this target (default: c, or the artifact's own target)")

@@ -46,7 +46,7 @@ def _embedding_bag(ctx: Ctx, n: fx.Node, a: dict) -> tuple[Value, None, None, No
     after = ctx.emit("ge", [ctx.emit("unsqueeze", [pos], axes=(1,)),
                             ctx.emit("unsqueeze", [ctx.cast(starts, dt.i64)], axes=(0,))])
     bag = ctx.emit("reduce_sum", [ctx.cast(after, dt.i64)], axes=(1,), keepdims=False)     # [N]
-    rows = ctx.emit("embedding", [w, idx])                                                 # [N, D]
+    rows = ctx.emit("embedding", [w, idx], wrap=False)                                     # [N, D]
     if psw is not None:
         rows = ctx.emit("mul", [rows, ctx.emit("unsqueeze", [ctx.cast(psw, w.dtype)], axes=(1,))])
     keep = None if pad is None else ctx.emit("ne", [idx, ctx.scalar(pad, idx.dtype)])     # [N]

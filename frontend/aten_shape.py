@@ -325,7 +325,7 @@ def tiled_shapes(shape: Sequence[Dim], reps: Sequence[Dim]) -> tuple[tuple[Dim, 
 
 @aten("embedding.default")
 def _embedding(ctx: Ctx, n: fx.Node, a: dict) -> Value:
-    return ctx.emit("embedding", [ctx.t(a["weight"]), ctx.t(a["indices"])])
+    return ctx.emit("embedding", [ctx.t(a["weight"]), ctx.t(a["indices"])], wrap=False)
 
 
 @aten("flip.default")

@@ -184,6 +184,45 @@ def test_run_output_names_the_file_numpy_writes(model: Path, tmp_path: Path, cli
     assert sorted(os.listdir(tmp_path)) == ["o.npz"]
 
 
+def _two_input_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+    info = helper.make_tensor_value_info
+    g = helper.make_graph([helper.make_node("Add", ["x", "m"], ["y"])], "add2",
+                          [info("x", TensorProto.FLOAT, ["B", "S"]), info("m", TensorProto.FLOAT, ["B", "S"])],
+                          [info("y", TensorProto.FLOAT, ["B", "S"])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_run_random_takes_sizes_from_given_inputs(tmp_path: Path, cli) -> None:
+    """--random beside --input: the symbols the given inputs fix need no binding, and a binding
+    that contradicts them is refused by name."""
+    model = _two_input_onnx(tmp_path / "add2.onnx")
+    x = np.arange(15, dtype=np.float32).reshape(3, 5)
+    np.save(tmp_path / "x.npy", x)
+    r = cli("run", str(model), "--input", f"x={tmp_path / 'x.npy'}", "--random", "-o", str(tmp_path / "y"))
+    assert r.returncode == 0, r.stderr
+    assert "y: float32[3, 5]" in r.stdout
+    y = np.load(tmp_path / "y.npz")["y"]
+    assert y.shape == (3, 5) and not np.array_equal(y, x)           # m was drawn, not zeros
+    r = cli("run", str(model), "--input", f"x={tmp_path / 'x.npy'}", "--random", "B=3,S=5")
+    assert r.returncode == 0, r.stderr
+    r = cli("run", str(model), "--input", f"x={tmp_path / 'x.npy'}", "--random", "B=2")
+    assert r.returncode != 0 and "--random binds B=2, but the given inputs have B=3" in r.stderr
+
+
+def test_run_output_is_written_whole_or_not_at_all(model: Path, tmp_path: Path, cli, monkeypatch) -> None:
+    def fail_midway(f, **arrays):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+    (tmp_path / "o.npz").write_bytes(b"old")
+    monkeypatch.setattr(np, "savez", fail_midway)
+    r = cli("run", str(model), "--random", "B=2", "--target", "interp", "-o", str(tmp_path / "o.npz"))
+    assert r.returncode != 0 and "No space left" in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["o.npz"] and (tmp_path / "o.npz").read_bytes() == b"old"
+
+
 @pytest.mark.parametrize("flag", ["--batch", "--seq", "--iters", "--threads"])
 def test_demo_sizes_must_be_positive(flag: str, capsys) -> None:
     with pytest.raises(SystemExit) as ei:

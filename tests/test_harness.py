@@ -23,6 +23,25 @@ def test_golden_missing_stale_and_update(tmp_path, monkeypatch) -> None:
         assert_golden("a\nc\n", p)
 
 
+def test_golden_inline_constants_match_up_to_float_order(tmp_path, monkeypatch) -> None:
+    """Inline float constants may differ in the last bits between CPUs (BLAS sum order); all
+    else, including the constants' shape, names and nesting, must match exactly."""
+    monkeypatch.delenv("UPDATE_GOLDEN", raising=False)
+    p = tmp_path / "c.golden"
+    p.write_text("  %0 = add(%x, #c0)\n#c0 = const f32[2,2] [[0.5, -1.25], [3.0, nan]]\n")
+    assert_golden("  %0 = add(%x, #c0)\n#c0 = const f32[2,2] [[0.50000001, -1.2500003], [3.0, nan]]",
+                  p)
+    for bad in ("#c0 = const f32[2,2] [[0.5, -1.26], [3.0, nan]]",     # beyond 1e-5 of the scale
+                "#c0 = const f32[2,2] [[0.5, -1.25], [3.0, 1.0]]",     # nan must stay nan
+                "#c0 = const f32[4] [0.5, -1.25, 3.0, nan]",           # other shape
+                "#c1 = const f32[2,2] [[0.5, -1.25], [3.0, nan]]",     # other name
+                "#c0 = const f32[2,2] [[0.5, -1.25, 3.0], [nan]]"):    # other nesting
+        with pytest.raises(AssertionError, match="stale golden"):
+            assert_golden("  %0 = add(%x, #c0)\n" + bad, p)
+    with pytest.raises(AssertionError, match="stale golden"):
+        assert_golden("  %0 = add(%x, #c0)\n#c0 = const f32[2,2] [[0.5, -1.25], [3.0, nan]]\nx", p)
+
+
 def test_orphan_goldens_are_found(tmp_path) -> None:
     (tmp_path / "x").mkdir()
     used = tmp_path / "x" / "used.golden"

@@ -389,11 +389,18 @@ _op("gather_elements", 2, ("data", "indices"), _gather_elements_shape, _gather_e
     doc="gather_elements(data, indices)[axis] (ONNX GatherElements): output has indices' shape "
         "and output[p] = data[p with p[axis] replaced by indices[p]]; same rank for both; "
         "negative indices count from the end of the axis.")
-_op("embedding", 2, ("weight", "indices"), _embedding_shape,
-    lambda xs, a: _gather_ref(xs, Attrs({"axis": 0})), _moved_cost,
-    doc="embedding(weight, indices): weight [V,D], integer indices of any shape; output "
-        "indices.shape + [D] with rows weight[indices] (gather on axis 0; negative indices "
-        "count from V).")
+def _embedding_ref(xs: Sequence[Tensor | None], a: Attrs) -> Tensor:
+    if not a["wrap"] and xs[1].numel() and int(xs[1].min()) < 0:
+        # torch.embedding refuses negative ids; wrapping them would read another row silently.
+        raise IndexError(f"negative index {int(xs[1].min())} (embedding takes ids 0..V-1)")
+    return _gather_ref(xs, Attrs({"axis": 0}))
+
+
+_op("embedding", 2, ("weight", "indices"), _embedding_shape, _embedding_ref, _moved_cost,
+    attrs={"wrap": AttrSpec("bool", True)},
+    doc="embedding(weight, indices)[wrap]: weight [V,D], integer indices of any shape; output "
+        "indices.shape + [D] with rows weight[indices] (gather on axis 0). With wrap, negative "
+        "indices count from V (ONNX Gather); without it they fail, as torch.embedding does.")
 
 # ---- expand, tile, pad, trilu ---------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.export import Dim
 
 import scalefold as sf
+from scalefold.ir.ops import get_op
 from scalefold.runtime import interp
 
 W = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
@@ -63,3 +64,20 @@ def test_module_with_dynamic_indices_and_bags() -> None:
     for i2, o2 in ((i, o), (torch.tensor([9, 8, 7, 6, 5, 4, 3, 2]), torch.tensor([0, 3, 3, 4, 7]))):
         torch.testing.assert_close(cm(i2, o2), m(i2, o2), rtol=1e-6, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("module", [nn.Embedding(10, 4), nn.EmbeddingBag(10, 4, mode="sum")],
+                         ids=["embedding", "embedding_bag"])
+def test_negative_ids_fail_as_in_torch(module: nn.Module) -> None:
+    """torch refuses negative ids; the compiled model must not wrap them to rows from the end,
+    while an ONNX Gather (wrap on) still counts them from V."""
+    i = torch.tensor([[1, 2, 3]])
+    cm = sf.compile(module.eval(), (i,), target="c")
+    torch.testing.assert_close(cm(i), module(i))
+    with pytest.raises((IndexError, RuntimeError)):  # torch: IndexError / RuntimeError
+        module(torch.tensor([[1, -1, 3]]))
+    with pytest.raises(sf.ScalefoldError, match="negative index -1"):
+        cm(torch.tensor([[1, -1, 3]]))
+    op = get_op("embedding")
+    torch.testing.assert_close(op.reference([W, torch.tensor([-1])], op.bind_attrs({}, where="t")),
+                               W[9:])
