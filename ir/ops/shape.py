@@ -284,7 +284,7 @@ _op("slice", 1, ("x",), _slice_shape, _slice_ref, _moved_cost,
     doc="slice(x)[starts, ends, axes, steps] takes x[start:end:step] along each listed axis with "
         "python semantics: negative int starts/ends count from the end, then both clamp into "
         "range (so ends past the dim mean 'to the end'); steps may be negative (not 0). "
-        f"Int bounds of magnitude >= 2**31 mean 'to the end' / 'from the start' in the step's "
+        "Int bounds of magnitude >= 2**31 mean 'to the end' / 'from the start' in the step's "
         "direction (as ONNX writes INT64_MAX). Symbolic starts/ends are non-negative positions. "
         "axes default to 0..len(starts)-1, steps to 1.")
 
