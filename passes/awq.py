@@ -135,7 +135,9 @@ def run_awq(graph: Graph, calibration: Any, bits: int = 4, group: int = 128, gri
     if loss not in ("block", "layer"):
         raise OptionError(f"awq_scales: loss must be block or layer, got {loss!r}")
     grid = as_int(grid, "awq_scales: grid", 1)
-    bits = as_int(bits, "awq_scales: bits", 1)
+    bits = as_int(bits, "awq_scales: bits", 2)
+    if bits > 16:
+        raise OptionError(f"awq_scales: bits must be in 2..16, got {bits}")
     targets = consumer_groups(graph)
     if not targets:
         return graph

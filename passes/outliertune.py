@@ -39,6 +39,8 @@ e.g. ``overrides={"output.dense": 8}`` keeps the FC2 inputs at 8 bits in an Int6
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Any
 
 import torch
@@ -65,15 +67,19 @@ def _check_keys(ovr: list, groups: list, where: str) -> None:
 ACTS = ("per_channel", "per_token", "per_tensor")
 
 
-def _group_linears(graph: Graph) -> list[tuple[Value, list[tuple[Node, int]]]]:
+def _group_linears(graph: Graph, where: str) -> list[tuple[Value, list[tuple[Node, int]]]]:
     """Quantisable linears grouped by their activation input, in graph order; each linear
-    carries its index among all quantisable linears (the key of integer overrides)."""
+    carries its index among all quantisable linears (the key of integer overrides). None is a
+    warning naming ``where``: a repeated pass would otherwise drop its settings silently."""
     groups: dict[int, tuple[Value, list[tuple[Node, int]]]] = {}
     idx = 0
     for n in graph.nodes:
         if quantizable_linear(n):
             groups.setdefault(id(n.inputs[0]), (n.inputs[0], []))[1].append((n, idx))
             idx += 1
+    if not groups:
+        warnings.warn(f"{where}: the graph has no float linear with constant weights left to "
+                      f"quantise; it is returned unchanged", stacklevel=4)
     return list(groups.values())
 
 
@@ -175,7 +181,7 @@ def outliertune(graph: Graph, calibration: Any, bits: int = 8, symmetrize: bool 
     _check_options(bits, weight, act, dynamic, wbits)
     sym = weight == "per_channel"
     ovr = parse_overrides(overrides)
-    groups = _group_linears(graph)
+    groups = _group_linears(graph, PASS)
     _check_keys(ovr, groups, PASS)
     plans = []
     for x, members in groups:
@@ -295,7 +301,7 @@ def w8a8(graph: Graph, act: str = "per_token", bits: int = 8, weight: str = "per
     if weight not in WEIGHT_MODES:
         raise OptionError(f"w8a8: weight must be one of {', '.join(WEIGHT_MODES)}, got {weight!r}")
     ovr = parse_overrides(overrides)
-    groups = _group_linears(graph)
+    groups = _group_linears(graph, "w8a8")
     _check_keys(ovr, groups, "w8a8")
     for x, members in groups:
         for node, idx in members:

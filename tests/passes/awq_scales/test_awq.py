@@ -107,7 +107,9 @@ def test_awq_then_rtn_beats_rtn_on_held_out_inputs() -> None:
 
 
 @pytest.mark.parametrize("opts,msg", [("grid=0", "grid must be >= 1, got 0"), ("grid=-1", "grid must be >= 1"),
-                                      ("grid=0, loss=layer", "grid must be >= 1"), ("bits=0", "bits must be >= 1")])
+                                      ("grid=0, loss=layer", "grid must be >= 1"), ("bits=0", "bits must be >= 2"),
+                                      ("bits=1", "awq_scales: bits must be >= 2, got 1"),
+                                      ("bits=17", "awq_scales: bits must be in 2..16, got 17")])
 def test_bad_grid_and_bits_are_option_errors(opts: str, msg: str) -> None:
     """grid 0 or below reached the search's ``assert best is not None`` (a bare AssertionError)."""
     from scalefold.ir.errors import ScalefoldError

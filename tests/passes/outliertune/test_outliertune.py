@@ -219,6 +219,16 @@ def test_w8a8_baselines(act: str) -> None:
     assert pm.counters["w8a8"] == {"per_token": 1, "kept_float": 1}
 
 
+@pytest.mark.parametrize("spec", ["outliertune(bits=8), outliertune(bits=6)", "w8a8, w8a8(bits=6)"])
+def test_a_repeated_pass_warns_that_it_changes_nothing(spec: str) -> None:
+    """The first pass quantises every linear; the second has none left, and says so rather
+    than dropping its bits silently."""
+    g, calib, _ = _case("post_ln")
+    with pytest.warns(UserWarning, match="no float linear with constant weights left to quantise"):
+        r = PassManager(spec, calibration=calib).run(g)
+    assert [n.attrs["abits"] for n in r.nodes if n.op == "qlinear"] == [8, 8]
+
+
 def test_symmetrised_dynamic_mode() -> None:
     g, calib, xs = _case("pre_ln")
     pm = PassManager("outliertune(act='per_token')", calibration=calib)
