@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator, Mapping
 
 import sympy
 
@@ -38,6 +40,19 @@ _FALLBACK = re.compile(r"in[0-9]+\Z")
 # aside). Sub-byte and fp8 types always go by hash.
 LITERAL_DTYPES = frozenset({"f64", "f32", "f16", "bf16", "i64", "i32", "i16", "i8", "u8", "bool"})
 MAX_LITERAL_NUMEL = 16
+_literal_limit: ContextVar[int] = ContextVar("literal_limit", default=MAX_LITERAL_NUMEL)
+
+
+@contextmanager
+def literal_limit(numel: int) -> Iterator[None]:
+    """Print constants of up to ``numel`` elements as literals inside the block (golden tests:
+    values computed by float sums may differ in their last bit between CPUs, which a hash
+    cannot tell from a real change, while literals can be compared to a tolerance)."""
+    token = _literal_limit.set(numel)
+    try:
+        yield
+    finally:
+        _literal_limit.reset(token)
 
 
 def format_float(x: float) -> str:
@@ -119,7 +134,7 @@ def is_literal_const(v: Value) -> bool:
     """Whether constant ``v`` prints as an exact literal rather than by hash."""
     c = v.const
     return (c is not None and v.dtype.name in LITERAL_DTYPES and v.type.is_static
-            and c.numel() <= MAX_LITERAL_NUMEL and c.dtype == v.dtype.container)
+            and c.numel() <= _literal_limit.get() and c.dtype == v.dtype.container)
 
 
 def format_const(v: Value) -> str:

@@ -30,12 +30,13 @@ def _ops(g: Graph) -> Counter:
     return Counter(n.op for n in g.nodes)
 
 
-def _check(g: Graph, inputs: dict[str, torch.Tensor], expected: list[torch.Tensor]) -> None:
+def _check(g: Graph, inputs: dict[str, torch.Tensor], expected: list[torch.Tensor],
+           rtol: float = 1e-5) -> None:
     verify(g)
     outs = run(g, *[inputs[v.name] for v in g.inputs])
     assert len(outs) >= len(expected)
     for i, (o, e) in enumerate(zip(outs, expected)):
-        assert_close(o, e, rtol=1e-5, rel_to_scale=True, what=f"{g.name} output {i}")
+        assert_close(o, e, rtol=rtol, rel_to_scale=True, what=f"{g.name} output {i}")
 
 
 def _ids(b: int, s: int) -> torch.Tensor:
@@ -176,7 +177,9 @@ def test_all_minilm_l6_v2_real_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     g = from_torch(m, enc)
     assert _ops(g)["linear"] == 6 * 6 + 1
     assert {v.name for v in g.inputs} == set(enc)
-    _check(g, enc, [m(**enc).last_hidden_state])
+    # trained weights: six layers of sums in another order than eager's reach 1.3e-5 of the
+    # output's scale on some CPUs (an Intel Xeon with AMX; 1e-5 held on a Zen 5)
+    _check(g, enc, [m(**enc).last_hidden_state], rtol=3e-5)
 
 
 # ---- timm ---------------------------------------------------------------------------------------

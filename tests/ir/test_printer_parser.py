@@ -12,7 +12,7 @@ from scalefold.ir import dtypes as dt
 from scalefold.ir.ops import AttrSpec, defop, memory_cost, registry
 from scalefold.ir import const_text
 from scalefold.ir.parser import parse, parse_type
-from scalefold.ir.printer import format_attr_value, print_graph
+from scalefold.ir.printer import format_attr_value, literal_limit, print_graph
 
 B, S = sym("B"), sym("S")
 PROBE = "probe_attrs"
@@ -233,6 +233,23 @@ def test_literal_vs_hash_threshold() -> None:
     assert f"#c3 = const f8e4m3[1] sha256:{f8.const_hash()}" in text
     g2 = roundtrip(g)
     assert torch.equal(g2.nodes[0].inputs[3].const, torch.tensor([-8, 7], dtype=torch.int8))
+
+
+def test_literal_limit_widens_literals_inside_its_block_only() -> None:
+    g = Graph()
+    x = g.add_input("f32[4]", "x")
+    big = g.add_const(torch.arange(17.0))
+    g.set_outputs([g.add(PROBE, [x, big, big, big, big])])
+    with literal_limit(17):
+        text = print_graph(g)
+        assert "#c0 = const f32[17] [0.0, 1.0, 2.0" in text
+        with literal_limit(16):
+            assert "sha256" in print_graph(g)
+        assert print_graph(g) == text
+        assert torch.equal(parse(text).nodes[0].inputs[1].const, big.const)
+    with pytest.raises(RuntimeError), literal_limit(100):
+        raise RuntimeError
+    assert f"#c0 = const f32[17] sha256:{big.const_hash()}" in print_graph(g)
 
 
 def test_hashed_constants_by_hash_and_by_name() -> None:
