@@ -57,6 +57,7 @@ from ..runtime.w8pack import finite_codes, pack_w8
 from .c import CKernel, _Params, _prod
 from .c_types import PRELUDE, load, storage_type
 from .c_w4_src import decode_group, decode_u8, tile_f32_buf, tile_f32_direct, tile_scalar, tile_vnni
+from .c_w4_amx import amx_head, amx_ok, amx_panel, amx_prologue, amx_rows
 from .c_w4_exact import row_exact
 from .c_w8_src import decode_group8, tile_f32_direct8, tile_scalar8
 from .schedule import Kernel
@@ -80,7 +81,9 @@ class W4Config:
     overrun), hence 12 KiB); ``perm``: weight-only nibbles to float by one ``vpermps`` on
     the table 0..15 instead of mask + convert (M = 1: ~0.40 -> ~0.31 ms); ``split_rows``: up
     to this many rows, one contiguous run of panels per thread instead of single-panel tasks;
-    ``vec=False`` renders the portable scalar path only."""
+    ``vec=False`` renders the portable scalar path only; ``amx``: int8-activation row chunks
+    of 16 rows and more take the AMX tiles of ``c_w4_amx.py`` where the CPU has them
+    (bit-identical results)."""
 
     nb: int = 2
     nb_vnni: int = 4
@@ -93,6 +96,7 @@ class W4Config:
     split_rows: int = 16
     perm: bool = True
     vec: bool = True
+    amx: bool = True
     chunk_slots: int = 128
 
     def __post_init__(self) -> None:
@@ -231,11 +235,12 @@ def _prologue_int8(K: int, g: int, G: int, gp: int, kp: int, qmax: int, cpg: int
     """Per-row dynamic quantisation (the reference's arithmetic) into ``xq`` [M, kp] in the
     padded group layout, chunk code sums ``xs`` (as :func:`_prologue_f32`), row scale ``sx``
     and NaN flags."""
+    ldq = kp
     quant = ["          float v = nearbyintf(xr[c0 + c] / sc);",
              f"          v = v != v ? 0 : (v < -{qmax} ? -{qmax} : (v > {qmax} ? {qmax} : v));",
              "          const int32_t q8 = (int32_t)v; qr[c] = (int8_t)q8;"]
     return [
-        f"  int8_t *xq = (int8_t *)malloc((size_t)M * {kp});",
+        f"  int8_t *xq = (int8_t *)malloc((size_t)M * {ldq});",
         "  float *sx = (float *)malloc((size_t)M * sizeof(float));",
         "  int *nanrow = (int *)malloc((size_t)M * sizeof(int));",
         f"  #pragma omp parallel for if (M * {K} > {PAR_MACS})",
@@ -249,13 +254,13 @@ def _prologue_int8(K: int, g: int, G: int, gp: int, kp: int, qmax: int, cpg: int
         f"    for (int64_t gi = 0; gi < {G}; gi++) {{",
         f"      const int64_t c0 = gi * {g}, len = {K} - c0 < {g} ? {K} - c0 : {g};",
         f"      const int64_t lp = gi == {G - 1} ? {kp - (G - 1) * gp} : {gp};",
-        f"      int8_t *qr = xq + m * {kp} + gi * {gp};",
+        f"      int8_t *qr = xq + m * {ldq} + gi * {gp};",
         *_chunk_sum(quant, "q8", "int32_t", G * cpg, cpg, sub),
         "      for (int64_t c = len; c < lp; c++) qr[c] = 0;",
         "    }",
         "    sx[m] = sc; nanrow[m] = nan;",
         "  }",
-        f"  const int8_t *xa = xq; const int64_t ldx = {kp};"]
+        f"  const int8_t *xa = xq; const int64_t ldx = {ldq};"]
 
 
 def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
@@ -313,11 +318,16 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     # route decodes nothing and measured the same or slightly slower chunked, so it is not.
     sub = cfg.chunk_slots if gp > 2 * cfg.chunk_slots and not isint else gp
     cpg, subb = -(-gp // sub), sub // 8
+    use_amx = isint and cfg.amx and not cfg.vnni_buf and amx_ok(nb, gp, glp, cfg.mc)
+    # the float group buffer, or two decoded groups for the AMX tiles
+    wf_bytes = max(sub * nr * 4, 2 * gp * nr if use_amx else 0)
     xg = G * cpg
     body = ["  const int64_t M = " + M + ";", "  if (M <= 0) return;",
             f"  float *xs = (float *)malloc((size_t)M * {xg} * sizeof(float));"]
     if isint:
         body += _prologue_int8(K, g, G, gp, kp, (1 << (n.attrs["abits"] - 1)) - 1, cpg, sub)
+        if use_amx:
+            body += amx_prologue("M", G, gp, glp, "ldx")
     else:
         body += _prologue_f32(K, g, G, gp, kp, cpg, sub)
 
@@ -325,8 +335,8 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     targs = "xa + m * ldx + 8 * b0, ldx, {w}, nbk, scg, szg, xs + m * " + str(xg) + " + xi, " + \
         str(xg) + ", ct + (m - mlo) * " + str(nr)
 
-    def calls(name: str, mr: int, wsrc: str) -> list[str]:
-        o = [f"          for (int64_t m = mlo; m < mhi; m += {mr}) {{",
+    def calls(name: str, mr: int, wsrc: str, start: str = "int64_t m = mlo") -> list[str]:
+        o = [f"          for ({start}; m < mhi; m += {mr}) {{",
              f"            const int64_t R = mhi - m < {mr} ? mhi - m : {mr};",
              "            switch (R) {"]
         for r in range(mr, 0, -1):
@@ -344,6 +354,9 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
         vec_calls += ["        }"]
     elif isint:
         vec_calls = calls("sf_qd", cfg.mr_vnni, wdirect)
+        if use_amx:
+            # rows before mst went through the AMX tiles
+            vec_calls = calls("sf_qd", cfg.mr_vnni, wdirect, start="int64_t m = mst")
     else:
         vec_calls = ["        if (mhi - mlo <= " + str(cfg.mr_direct) + ") {"]
         vec_calls += calls("sf_fd", cfg.mr_direct, wdirect)
@@ -372,9 +385,10 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              *(["    SF_CSR_SAVE"] if fp8 else []),
              f"    float *ct = (float *)aligned_alloc(64, {cfg.mc * nr * 4});",
              # the decoded-group buffer of the GEMM-shape routes only
-             "    float *wf = " + ("NULL;" if isint and not (cfg.vnni_buf and bits == 4) else
-                                   f"(float *)aligned_alloc(64, {sub * nr * 4});"),
+             "    float *wf = " + ("NULL;" if isint and not ((cfg.vnni_buf or use_amx) and bits == 4)
+                                   else f"(float *)aligned_alloc(64, {wf_bytes});"),
              "    (void)wf;",
+             *(["#if SF_AMX", "    if (amx) _tile_loadconfig(&sf_amx_cfg);", "#endif"] if use_amx else []),
              "    #pragma omp for schedule(dynamic, CH) nowait",
              "    for (int64_t t = 0; t < T; t++) {",
              f"      const int64_t pi = t / MB, mlo = (t % MB) * {cfg.mc};",
@@ -382,6 +396,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              f"      memset(ct, 0, (size_t)(mhi - mlo) * {nr * 4});",
              f"      const int64_t n0 = pi * {nr}, nv = {N} - n0 < {nr} ? {N} - n0 : {nr};",
              f"      const uint8_t *wpp = wp + pi * {pbytes};",
+             *(amx_rows(G, gp, nr, xg) if use_amx else []),
              f"      for (int64_t gi = 0; gi < {G}; gi++) {{",
              f"        const int64_t nbg = gi == {G - 1} ? {glp // 8} : {gp // 8};",
              f"        const uint8_t *wgg = wpp + gi * {gs};",
@@ -403,12 +418,15 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              "        }",
              "      }",
              "    }",
+             *(["#if SF_AMX", "    if (amx) _tile_release();", "#endif"] if use_amx else []),
              "    free(ct); free(wf);",
              *(["    SF_CSR_RESTORE"] if fp8 else []),
              "  }",
              "  free(xs);"]
     if isint:
         body += ["  free(xq); free(sx); free(nanrow);"]
+        if use_amx:
+            body += ["#if SF_AMX", "  free(xt);", "#endif"]
     else:
         body += ["  {", *(["    SF_CSR_SAVE"] if fp8 else []),
                  "    for (int64_t m = 0; m < M; m++)",
@@ -470,6 +488,9 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
             head += tile_f32_buf(r, nb, not (fp4 or fp8))
     head += ["#else"] + (tile_scalar8(nb, isint, fp8) if bits == 8 else
                          tile_scalar(nb, isint, fp4)) + ["#endif"]
+    if use_amx:
+        head += amx_head() + ["#if SF_AMX"] + (decode_u8(nb, fp4) if bits == 4 else []) + \
+            amx_panel(G, gp, glp, gs, bits) + ["#endif"]
     if not isint:
         head += row_exact(N=N, K=K, g=g, G=G, gp=gp, glp=glp, nr=nr, P=P, pbytes=pbytes, gs=gs,
                           bits=bits, zbytes=packed.zbytes, fp4=fp4, fp8=fp8, bias=bias is not None)

@@ -13,6 +13,7 @@ the same bounds.
 """
 from __future__ import annotations
 
+import subprocess
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from scalefold.ir import dtypes as dt
 from scalefold.ir.graph import Graph
 from scalefold.ir.ops.quant import dequant_weight
 from scalefold.runtime import interp
-from scalefold.runtime.cache import build, load_kernel
+from scalefold.runtime.cache import build, compiler, load_kernel
 from scalefold.runtime.executor import Executor
 from scalefold.runtime.w4pack import (FP4_LUT_F32, FP4_LUT_U8, group_slots, group_stride, pack_w4,
                                       unpack, unpack_scales)
@@ -727,3 +728,70 @@ def test_layers_of_one_shape_share_a_source_and_keep_their_own_bounds() -> None:
     (ga, gb), (wa_, wb_) = cm(xv), interp.run(g, xv)
     assert torch.equal(gb, torch.zeros(3, N)) and torch.equal(wb_, gb)
     assert torch.allclose(ga, wa_, rtol=1e-5, atol=1e-5)
+
+
+# ---- AMX tiles (codegen/c_w4_amx.py) ----------------------------------------------------------
+def _amx_host() -> bool:
+    try:
+        return "amx_int8" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+AMX_CASES = [("u4", 256, 100, 128), ("i4", 512, 300, 64), ("f4e2m1", 384, 64, 128),
+             ("u8", 256, 80, 128), ("i8", 192, 70, 0)]
+
+
+@pytest.mark.parametrize("wdt,K,N,group", AMX_CASES)
+@pytest.mark.parametrize("mc", [64, 32])
+def test_amx_tiles_match_the_vnni_tiles_bit_for_bit(wdt: str, K: int, N: int, group: int, mc: int) -> None:
+    """Int8-activation chunks of 16 rows and more run on AMX where the CPU has it; their int32
+    group sums are exact and go through the VNNI tiles' fold, so the outputs are the same bits
+    at every M (whole tiles, tiles plus VNNI rows, several chunks). Elsewhere both builds run
+    the VNNI tiles, and the check against the reference still holds."""
+    g = (w8graph(K, N, group, wdt, act="per_token", seed=K) if wdt in ("u8", "i8") else
+         w4graph(K, N, group, act="per_token", sym=wdt == "i4", fp4=wdt == "f4e2m1", seed=K))
+    ck_amx, amx = _build_with(g, W4Config(mc=mc))
+    ck_vnni, vnni = _build_with(g, W4Config(mc=mc, amx=False))
+    assert "sf_qa_panel" in ck_amx.source and "sf_qa_panel" not in ck_vnni.source
+    for M in (1, 15, 16, 17, 37, 64, 100):
+        x = torch.randn(1, M, K, generator=torch.Generator().manual_seed(M)) * 2
+        x[0, M // 2] = 0                                  # a row of zeros: scale 1, all codes 0
+        a, v = amx(x), vnni(x)
+        assert torch.equal(a, v), f"M={M}: max diff {(a - v).abs().max()}"
+    check(g, type("CM", (), {"__call__": lambda self, x: amx(x)})())
+
+
+def test_amx_tiles_run_where_the_cpu_has_them() -> None:
+    """On a CPU with AMX-INT8 (and a compiler targeting it), a call of 16 rows or more takes
+    the AMX tiles, and one of fewer rows does not; elsewhere neither does."""
+    import ctypes
+    g = w4graph(256, 100, 128, act="per_token", seed=7)
+    ck, run = _build_with(g, W4Config())
+    # the same shared object the executor loaded (dlopen hands back its handle)
+    used = ctypes.c_int.in_dll(ctypes.CDLL(str(build(ck.source))), "sf_amx_used")
+    used.value = 0                  # layers of one shape share the object: earlier tests ran it
+    run(torch.randn(1, 15, 256))
+    assert used.value == 0
+    run(torch.randn(1, 16, 256))
+    want = _amx_host() and "__AMX_INT8__" in subprocess.run(
+        [compiler(), "-march=native", "-dM", "-E", "-"], input="", capture_output=True, text=True).stdout
+    assert used.value == int(want)
+
+
+def test_amx_nan_rows_and_gates() -> None:
+    """A NaN row inside an AMX tile stays NaN and leaves its neighbours alone; the AMX tiles
+    are rendered only for the int8-activation route with four 16-channel columns, groups of
+    whole 64-slot steps and row chunks of whole 16-row tiles."""
+    g = w4graph(256, 100, 128, act="per_token", seed=5)
+    _, amx = _build_with(g, W4Config())
+    _, vnni = _build_with(g, W4Config(amx=False))
+    x = torch.randn(1, 32, 256)
+    x[0, 3, 7] = float("nan")
+    a = amx(x)
+    assert bool(a[0, 3].isnan().all()) and not bool(a[0, torch.arange(32) != 3].isnan().any())
+    assert torch.equal(a.nan_to_num(), vnni(x).nan_to_num())
+    for gg, cfg in ((g, W4Config(nb_vnni=3)), (g, W4Config(mc=40)), (g, W4Config(vnni_buf=True)),
+                    (w4graph(260, 100, 20, act="per_token"), W4Config()),
+                    (w4graph(256, 100, 128), W4Config())):
+        assert "sf_qa_panel" not in _build_with(gg, cfg)[0].source
