@@ -20,7 +20,9 @@ float32 x, in one of two forms chosen by the node's ``act``:
   exactly as the reference's ``dynamic_quant`` (absmax / qmax, round-half-even, clamp) into
   the padded group layout, with per-group code sums; the nibbles are masked / shifted to u8
   bytes and multiplied by the s8 codes with AVX-512 VNNI ``vpdpbusd`` into exact int32 group
-  sums, folded into float as above; epilogue ``sx * sum + bias`` (NaN rows stay NaN).
+  sums, folded into float as above; epilogue ``sx * sum + bias`` (NaN rows stay NaN). On
+  CPUs with AMX-INT8, row chunks of 16 rows and more take the AMX tiles of ``c_w4_amx.py``
+  instead (the same sums and fold, bit-identical results).
 
 Parallel work: tiles of (panel of ``nr`` channels, chunk of ``mc`` rows), panel-major and
 handed out dynamically to the OpenMP threads, in one parallel region per call whose work loop

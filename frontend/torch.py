@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import os
 import threading
 import warnings
 from collections import Counter
@@ -470,7 +471,13 @@ def _convert_node(ctx: Ctx, n: fx.Node, syms: _Symbols) -> Any:
         src = ctx.env[n.args[0]]
         return src[n.args[1]]
     if _is_symbolic(val):
-        return syms.expr(val.node.expr)
+        try:
+            return syms.expr(val.node.expr)
+        except FrontendError as e:
+            # a size read from tensor data (.item(), .tolist()): say which op and source line
+            raise FrontendError(f"{n.name} ({op_name(n.target) if callable(n.target) else n.target}"
+                                f"{_source_line(n)}): {e}; the model reads a tensor's values to "
+                                f"form a size, which a compiled graph cannot follow") from None
     if isinstance(val, (int, float)) and not isinstance(n.target, torch._ops.OpOverload):
         return val
     key = op_name(n.target)
@@ -489,6 +496,13 @@ def _convert_node(ctx: Ctx, n: fx.Node, syms: _Symbols) -> Any:
         raise FrontendError(f"{n.name} ({key}): cannot convert: {_one_line(e)}") from e
     _check(ctx, n, res)
     return res
+
+
+def _source_line(n: fx.Node) -> str:
+    """`` at FILE:LINE`` of the model code that made ``n`` (torch.export's stack trace), or ""."""
+    import re
+    found = re.findall(r'File "([^"]+)", line (\d+)', n.meta.get("stack_trace") or "")
+    return f" at {os.path.basename(found[-1][0])}:{found[-1][1]}" if found else ""
 
 
 def _check(ctx: Ctx, n: fx.Node, res: Any) -> None:

@@ -515,3 +515,21 @@ def test_searchsorted_left_right_batched_scalar_and_sorter() -> None:
     x = rnd(3, 6)
     x[0, :5] = seq
     check(m, (x,), more=[(rnd(3, 6, seed=1) * 2,)], exact=True)
+
+
+class _ItemSized(nn.Module):
+    def forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        k = n.item()                       # a size read from tensor data
+        torch._check(k >= 1)
+        torch._check(k <= x.shape[1])
+        return x[:, :k] * 2
+
+
+def test_a_size_read_from_tensor_data_names_the_op_and_the_line() -> None:
+    """torch.export keeps ``.item()`` as an unbacked size (DeBERTa's relative positions do
+    this); the refusal names the node, its op and the model's source line."""
+    ep = torch.export.export(_ItemSized(), (torch.randn(2, 8), torch.tensor(3)))
+    with pytest.raises(FrontendError, match=r"\(aten\._local_scalar_dense\.default at "
+                                            r"test_torch_gaps\.py:\d+\): data-dependent .*reads a "
+                                            r"tensor's values to form a size"):
+        sf.from_torch(ep, (torch.randn(2, 8), torch.tensor(3)))
