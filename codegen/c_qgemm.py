@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import dtypes as dt
 from ..ir.graph import Node, Value
 from ..runtime.qpack import MAX_K, pack_qlinear
 from .c import CKernel, _Params, _prod
 from .c_expr import compute_type
+from .c_qgemm_amx import qgemm_amx_head, qgemm_amx_ok, qgemm_amx_prologue, qgemm_amx_rows
 from .c_types import PRELUDE, load, storage_type, store
 from .schedule import Kernel
 
@@ -40,7 +40,9 @@ class GemmConfig:
     """Blocking of the template: ``mr`` rows x ``16 * nb`` channels per register tile, ``mc``
     rows per parallel tile, ``kc`` columns of K per pass (a multiple of 4: the panel slice of
     ``16 * nb * kc`` bytes and ``mc * kc`` activation bytes stay in L1 while the register tiles
-    walk the rows); ``vnni=False`` renders the portable scalar path only."""
+    walk the rows); ``vnni=False`` renders the portable scalar path only; ``amx``: chunks of
+    16 rows and more take the AMX tiles of ``c_qgemm_amx.py`` where the CPU has them
+    (bit-identical results)."""
 
     mr: int = 8
     nb: int = 3
@@ -48,6 +50,7 @@ class GemmConfig:
     kc: int = 0
     vnni: bool = True
     dyn: bool = True
+    amx: bool = True
 
     @property
     def nr(self) -> int:
@@ -279,11 +282,14 @@ def render_qlinear(k: Kernel, cfg: GemmConfig = DEFAULT) -> CKernel:
                      f"    for (int64_t kk = 0; kk < {K}; kk++) s += xa[m * {K} + kk];",
                      "    rs[m] = s;",
                      "  }"]
-    zf_arg = "zf" if packed.zf is not None else "NULL"
-    bias_arg = "bias" if bias is not None else "NULL"
     k4 = K // 4
     kcg = max(1, min(cfg.kc // 4, k4) if cfg.kc > 0 else k4)   # k-groups per pass
     nkb = max(1, -(-k4 // kcg))
+    use_amx = cfg.amx and cfg.vnni and qgemm_amx_ok(cfg.nb, K, cfg.mc, nkb == 1)
+    if use_amx:
+        body += qgemm_amx_prologue(K)
+    zf_arg = "zf" if packed.zf is not None else "NULL"
+    bias_arg = "bias" if bias is not None else "NULL"
     tile_args = "xa + m * ldx + 4 * g0, ldx, wpp + g0 * " + str(nr * 4) + \
         ", ct + (m - mlo) * " + str(nr) + ", ng, tail"
     call_tile = ["#if SF_USE_VNNI", "          switch (R) {"]
@@ -305,6 +311,7 @@ def render_qlinear(k: Kernel, cfg: GemmConfig = DEFAULT) -> CKernel:
              "  {",
              # int32 sums of one (panel, row chunk) tile, kept over the passes along K
              f"    int32_t *ct = (int32_t *)aligned_alloc(64, {cfg.mc * nr * 4});",
+             *(["#if SF_AMX", "    if (amx) _tile_loadconfig(&sf_amx_cfg);", "#endif"] if use_amx else []),
              "    #pragma omp for schedule(dynamic, CH)" if cfg.dyn else "    #pragma omp for schedule(static)",
              "    for (int64_t t = 0; t < T; t++) {",
              "      const int64_t pi = t / MB, mlo = (t % MB) * " + str(cfg.mc) + ";",
@@ -312,10 +319,18 @@ def render_qlinear(k: Kernel, cfg: GemmConfig = DEFAULT) -> CKernel:
              f"      memset(ct, 0, (size_t)(mhi - mlo) * {nr * 4});",
              f"      const int64_t n0 = pi * {nr}, nv = {N} - n0 < {nr} ? {N} - n0 : {nr};",
              f"      const uint8_t *wpp = wp + pi * {(kp // 4) * nr * 4};",
+             *(qgemm_amx_rows(K, nr) if use_amx else []),
              f"      for (int64_t kb = 0; kb < {nkb}; kb++) {{",
-             f"        const int64_t g0 = kb * {kcg}, ng = {k4} - g0 < {kcg} ? {k4} - g0 : {kcg};",
              f"        const int tail = kb == {nkb - 1} && {K % 4};",
-             f"        for (int64_t m = mlo; m < mhi; m += {cfg.mr}) {{",
+             *(["        {",
+                "          const int64_t g0 = gst, ng = " + str(k4) + " - gst;",
+                "          if (ng > 0 || tail)",
+                f"            for (int64_t m = mlo; m < mst; m += {cfg.mr}) {{",
+                f"              const int64_t R = mst - m < {cfg.mr} ? mst - m : {cfg.mr};"] + call_tile + [
+                "            }",
+                "        }"] if use_amx else []),
+             f"        const int64_t g0 = kb * {kcg}, ng = {k4} - g0 < {kcg} ? {k4} - g0 : {kcg};",
+             f"        for (int64_t m = {'mst' if use_amx else 'mlo'}; m < mhi; m += {cfg.mr}) {{",
              f"          const int64_t R = mhi - m < {cfg.mr} ? mhi - m : {cfg.mr};"] + call_tile + [
              "        }",
              "      }",
@@ -325,8 +340,11 @@ def render_qlinear(k: Kernel, cfg: GemmConfig = DEFAULT) -> CKernel:
              f"sx, nanrow, {bias_arg}, y);",
              "      }",
              "    }",
+             *(["#if SF_AMX", "    if (amx) _tile_release();", "#endif"] if use_amx else []),
              "    free(ct);",
              "  }"]
+    if use_amx:
+        body += ["#if SF_AMX", "  free(xt);", "#endif"]
     if dynamic:
         body.append("  free(xq);")
     body += ["  free(rs); free(sx); free(nanrow);"]
@@ -346,6 +364,8 @@ def render_qlinear(k: Kernel, cfg: GemmConfig = DEFAULT) -> CKernel:
     for r in range(1, cfg.mr + 1):
         head += _tile_vnni(r, cfg, K)
     head += ["#else"] + _tile_scalar(cfg, K) + ["#endif"]
+    if use_amx:
+        head += qgemm_amx_head(cfg.nb)
     src = "\n".join([PRELUDE] + head + epi + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     return CKernel(k, src, q.exprs, args)

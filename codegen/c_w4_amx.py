@@ -35,11 +35,12 @@ def amx_ok(nb: int, gp: int, glp: int, mc: int) -> bool:
     return nb == NB and gp % SLOTS == 0 and glp % SLOTS == 0 and mc % ROWS == 0
 
 
-def amx_head() -> list[str]:
-    """``SF_AMX`` (compiled for AMX-INT8 on Linux), the once-per-process permission request
-    ``sf_amx_ready()`` and the tile configuration ``sf_amx_cfg`` (8 tiles of 16 x 64 bytes)."""
+def amx_head(vec: str = "SF_W4_VEC") -> list[str]:
+    """``SF_AMX`` (compiled for AMX-INT8 on Linux, and the kernel's vector tiles, macro
+    ``vec``, on), the once-per-process permission request ``sf_amx_ready()`` and the tile
+    configuration ``sf_amx_cfg`` (8 tiles of 16 x 64 bytes)."""
     return [
-        "#if SF_W4_VEC && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__linux__)",
+        f"#if {vec} && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__linux__)",
         "#define SF_AMX 1",
         "#include <sys/syscall.h>",
         "#include <unistd.h>",

@@ -245,3 +245,45 @@ def test_unsupported_variants_stay_on_reference(variant: str) -> None:
     # stands in for the reference, only the float summation differs; integer x: exact
     assert_close(cm(xin).cpu(), interp.run(g, xin)[0], rtol=2e-6 if xd == "f32" else 0.0, atol=0.0,
                  rel_to_scale=True)
+
+
+# ---- AMX tiles (codegen/c_qgemm_amx.py) -------------------------------------------------------
+@pytest.mark.parametrize("K,N,wd,zero,xd,act", [
+    (384, 100, "i8", "int", "i8", "none"),           # whole 64-column steps
+    (203, 70, "u8", "int", "i8", "none"),            # 3 steps, then 11 columns (2 groups + tail 3)
+    (130, 48, "i4", None, "i4", "none"),             # i4 weights and codes, 2 steps + 2 columns
+    (256, 33, "i8", "float", "f32", "per_token"),    # dynamic codes, float zero points
+    (320, 40, "u8", "int", "f32", "per_tensor")])
+@pytest.mark.parametrize("mc", [48, 32])
+def test_amx_tiles_match_the_vnni_tiles_bit_for_bit(K: int, N: int, wd: str, zero: str | None,
+                                                    xd: str, act: str, mc: int) -> None:
+    """Chunks of 16 rows and more run on AMX where the CPU has it, over K's whole 64-column
+    steps, and the VNNI tiles add the rest; int32 sums are exact, so every M gives the VNNI
+    build's bits (and, where the CPU lacks AMX, both builds run the VNNI tiles)."""
+    g = qgraph(K, N, wd=wd, zero=zero, xd=xd, act=act, seed=K)
+    ck_amx, amx = _build_with(g, GemmConfig(mc=mc))
+    ck_vnni, vnni = _build_with(g, GemmConfig(mc=mc, amx=False))
+    assert "sf_qa_gemm" in ck_amx.source and "sf_qa_gemm" not in ck_vnni.source
+    for M in (1, 15, 16, 17, 33, 48, 100):
+        gen = torch.Generator().manual_seed(M)
+        if xd == "f32":
+            x = torch.randn(1, M, K, generator=gen) * 3
+            x[0, M // 2, K // 3] = float("nan") if M > 20 else x[0, M // 2, K // 3]
+        else:
+            lo, hi = dt.get(xd).int_range()
+            x = torch.randint(lo, hi + 1, (1, M, K), generator=gen, dtype=torch.int8)
+        a, v = amx(x), vnni(x)
+        assert torch.equal(a.nan_to_num(), v.nan_to_num()) and torch.equal(a.isnan(), v.isnan()), \
+            f"M={M}: max diff {(a - v).abs().max()}"
+        if xd != "f32":
+            err = (a.double() - interp.run(g, x)[0].double()).abs()
+            assert bool((err <= bound(g, x)).all()), f"M={M}: max err {err.max()}"
+
+
+def test_amx_gates() -> None:
+    """The AMX tiles are rendered for at most four 16-channel columns, K of one whole
+    64-column step or more, row chunks of whole 16-row tiles and one pass over K."""
+    g = qgraph(384, 100, seed=1)
+    for cfg in (GemmConfig(nb=5), GemmConfig(mc=40), GemmConfig(kc=128), GemmConfig(vnni=False)):
+        assert "sf_qa_gemm" not in _build_with(g, cfg)[0].source
+    assert "sf_qa_gemm" not in _build_with(qgraph(63, 100, seed=1), GemmConfig())[0].source
