@@ -46,6 +46,24 @@ def qgemm_amx_head(nb: int) -> list[str]:
                 f"    _tile_dpbsud({4 + j}, 0, {bt});"]
     out += ["  }"]
     out += [f"  _tile_stored({4 + j}, ct + {16 * j}, {4 * nr});" for j in range(nb)]
+    out += ["}"]
+    # two row tiles at once: A tiles 0-1, B tiles 2-3, accumulators 4-7 over column pairs, so
+    # each B tile loaded serves two products (the panel streams from L2 half as often)
+    out += ["static void sf_qa_gemm2(const int8_t *restrict x, int64_t steps, "
+            "const uint8_t *restrict wp, int32_t *restrict ct) {",
+            f"  const int8_t *x1 = x + steps * {ROWS * SLOTS};"]
+    for c0 in range(0, nb, 2):
+        cols = list(range(c0, min(nb, c0 + 2)))
+        out += [f"  _tile_zero({4 + 2 * i + c}); " for i in range(2) for c in range(len(cols))]
+        out += ["  for (int64_t s = 0; s < steps; s++) {",
+                f"    _tile_loadd(0, x + s * {ROWS * SLOTS}, {SLOTS});",
+                f"    _tile_loadd(1, x1 + s * {ROWS * SLOTS}, {SLOTS});"]
+        for c, col in enumerate(cols):
+            out += [f"    _tile_loadd({2 + c}, wp + s * {SLOTS * nr} + {64 * col}, {4 * nr});"]
+            out += [f"    _tile_dpbsud({4 + 2 * i + c}, {i}, {2 + c});" for i in range(2)]
+        out += ["  }"]
+        out += [f"  _tile_stored({4 + 2 * i + c}, ct + {i * ROWS * nr + 16 * col}, {4 * nr});"
+                for i in range(2) for c, col in enumerate(cols)]
     return out + ["}", "#endif"]
 
 
@@ -76,6 +94,8 @@ def qgemm_amx_rows(k: int, nr: int) -> list[str]:
     rows before it."""
     S = k // SLOTS
     return ["      int64_t mst = mlo, gst = 0;", "#if SF_AMX", "      if (amx && mhi - mlo >= 16) {",
+            f"        for (; mst + {2 * ROWS} <= mhi; mst += {2 * ROWS})",
+            f"          sf_qa_gemm2(xt + mst * {S * SLOTS}, {S}, wpp, ct + (mst - mlo) * {nr});",
             f"        for (; mst + {ROWS} <= mhi; mst += {ROWS})",
             f"          sf_qa_gemm(xt + mst * {S * SLOTS}, {S}, wpp, ct + (mst - mlo) * {nr});",
             f"        gst = {S * SLOTS // 4};",

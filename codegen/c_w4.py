@@ -387,7 +387,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              *(["    SF_CSR_SAVE"] if fp8 else []),
              f"    float *ct = (float *)aligned_alloc(64, {cfg.mc * nr * 4});",
              # the decoded-group buffer of the GEMM-shape routes only
-             "    float *wf = " + ("NULL;" if isint and not ((cfg.vnni_buf or use_amx) and bits == 4)
+             "    float *wf = " + ("NULL;" if isint and not (cfg.vnni_buf and bits == 4 or use_amx)
                                    else f"(float *)aligned_alloc(64, {wf_bytes});"),
              "    (void)wf;",
              *(["#if SF_AMX", "    if (amx) _tile_loadconfig(&sf_amx_cfg);", "#endif"] if use_amx else []),
@@ -491,8 +491,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     head += ["#else"] + (tile_scalar8(nb, isint, fp8) if bits == 8 else
                          tile_scalar(nb, isint, fp4)) + ["#endif"]
     if use_amx:
-        head += amx_head() + ["#if SF_AMX"] + (decode_u8(nb, fp4) if bits == 4 else []) + \
-            amx_panel(G, gp, glp, gs, bits) + ["#endif"]
+        head += amx_head() + ["#if SF_AMX"] + amx_panel(G, gp, glp, gs, bits, fp4) + ["#endif"]
     if not isint:
         head += row_exact(N=N, K=K, g=g, G=G, gp=gp, glp=glp, nr=nr, P=P, pbytes=pbytes, gs=gs,
                           bits=bits, zbytes=packed.zbytes, fp4=fp4, fp8=fp8, bias=bias is not None)
