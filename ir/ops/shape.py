@@ -390,10 +390,12 @@ _op("gather_elements", 2, ("data", "indices"), _gather_elements_shape, _gather_e
         "and output[p] = data[p with p[axis] replaced by indices[p]]; same rank for both; "
         "negative indices count from the end of the axis.")
 def _embedding_ref(xs: Sequence[Tensor | None], a: Attrs) -> Tensor:
-    if not a["wrap"] and xs[1].numel() and int(xs[1].min()) < 0:
-        # torch.embedding refuses negative ids; wrapping them would read another row silently.
-        raise IndexError(f"negative index {int(xs[1].min())} (embedding takes ids 0..V-1)")
-    return _gather_ref(xs, Attrs({"axis": 0}))
+    if a["wrap"]:
+        return _gather_ref(xs, Attrs({"axis": 0}))
+    # Unwrapped ids go to index_select as they are: it refuses negative ones as torch.embedding
+    # does (IndexError; a device assert on CUDA, as in eager), with no host sync to check them.
+    w, idx = xs[0], xs[1]
+    return w.index_select(0, idx.reshape(-1).to(torch.int64)).reshape(idx.shape + w.shape[1:])
 
 
 _op("embedding", 2, ("weight", "indices"), _embedding_shape, _embedding_ref, _moved_cost,
