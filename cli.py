@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .ir.errors import ScalefoldError
-from .runtime.feeds import (gather_inputs, load_calibration, random_inputs, read_inputs,  # noqa: F401
+from .runtime.feeds import (gather_inputs, load_calibration, random_inputs, read_inputs, symbols,
                             write_atomically)
 
 # A small pre-LN MLP block, written as IR text with seeded constants, so the demo needs no
@@ -129,11 +129,6 @@ def split_passes(specs: Sequence[str] | None) -> list[str]:
     return [p for spec in specs or () for p in split_pipeline(spec)]
 
 
-def _symbols(env: dict[str, int]) -> dict[Any, int]:
-    from .ir.types import sym
-    return {sym(k): v for k, v in env.items()}
-
-
 def _check_binding(g: Any, env: dict[Any, int], text: str) -> None:
     """--bind must bind every symbol of the graph's inputs and name no symbol the graph lacks
     (data-dependent sizes, such as NonZero's count, may be bound too); checked before the IR
@@ -220,7 +215,7 @@ def _fmt(x: Any) -> str:
 
 def _inspect(args: argparse.Namespace) -> int:
     from .ir.analysis import constant_bytes, cost_table, graph_cost, peak_memory
-    env = _symbols(parse_bind(args.bind)) if args.bind else None
+    env = symbols(parse_bind(args.bind)) if args.bind else None
     g = load_graph(args.model)
     if env is not None:
         _check_binding(g, env, args.bind)
@@ -309,7 +304,7 @@ def _bench(args: argparse.Namespace) -> int:
     from .runtime.timing import median_ms
     cm = load_model(args.model, "c")
     env = parse_bind(args.bind)
-    _check_binding(cm.graph, _symbols(env), args.bind or "")
+    _check_binding(cm.graph, symbols(env), args.bind or "")
     feeds = random_inputs(cm.graph, env)
     xs = list(feeds.values())
     try:

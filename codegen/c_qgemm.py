@@ -27,6 +27,7 @@ from .c import CKernel, _Params, _prod
 from .c_expr import compute_type
 from .c_qgemm_amx import qgemm_amx_head, qgemm_amx_ok, qgemm_amx_prologue, qgemm_amx_rows
 from .c_types import PRELUDE, load, storage_type, store
+from .c_w4_amx import amx_only
 from .schedule import Kernel
 
 X_INT = frozenset({"i8", "i4"})          # activation codes the kernel reads as s8
@@ -311,7 +312,7 @@ def render_qlinear(k: Kernel, cfg: GemmConfig = DEFAULT) -> CKernel:
              "  {",
              # int32 sums of one (panel, row chunk) tile, kept over the passes along K
              f"    int32_t *ct = (int32_t *)aligned_alloc(64, {cfg.mc * nr * 4});",
-             *(["#if SF_AMX", "    if (amx) _tile_loadconfig(&sf_amx_cfg);", "#endif"] if use_amx else []),
+             *(amx_only("    if (amx) _tile_loadconfig(&sf_amx_cfg);") if use_amx else []),
              "    #pragma omp for schedule(dynamic, CH)" if cfg.dyn else "    #pragma omp for schedule(static)",
              "    for (int64_t t = 0; t < T; t++) {",
              "      const int64_t pi = t / MB, mlo = (t % MB) * " + str(cfg.mc) + ";",
@@ -340,11 +341,11 @@ def render_qlinear(k: Kernel, cfg: GemmConfig = DEFAULT) -> CKernel:
              f"sx, nanrow, {bias_arg}, y);",
              "      }",
              "    }",
-             *(["#if SF_AMX", "    if (amx) _tile_release();", "#endif"] if use_amx else []),
+             *(amx_only("    if (amx) _tile_release();") if use_amx else []),
              "    free(ct);",
              "  }"]
     if use_amx:
-        body += ["#if SF_AMX", "  free(xt);", "#endif"]
+        body += amx_only("  free(xt);")
     if dynamic:
         body.append("  free(xq);")
     body += ["  free(rs); free(sx); free(nanrow);"]

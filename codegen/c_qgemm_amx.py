@@ -17,7 +17,7 @@ which measured about twice the time of the products.
 """
 from __future__ import annotations
 
-from .c_w4_amx import ROWS, SLOTS, amx_head
+from .c_w4_amx import ROWS, SLOTS, amx_grant, amx_head, amx_only
 
 MAX_NB = 4          # accumulator tiles 4..7
 
@@ -72,19 +72,14 @@ def qgemm_amx_prologue(k: int) -> list[str]:
     ``xt``: the codes ``xa`` (rows ``ldx`` apart) of whole 16-row tiles, per tile and step one
     1 KiB block."""
     S = k // SLOTS
-    return [
-        "#if SF_AMX",
-        f"  const int amx = M >= {ROWS} && sf_amx_ready();",
-        f"  const int64_t MT = amx ? M / {ROWS} : 0;",
-        f"  int8_t *xt = amx ? (int8_t *)aligned_alloc(64, (size_t)MT * {S * ROWS * SLOTS}) : NULL;",
-        "  if (amx) sf_amx_used = 1;",
+    return amx_only(
+        *amx_grant("M", S * ROWS * SLOTS),
         f"  #pragma omp parallel for if (MT * {S * ROWS * SLOTS} > {1 << 20})",
         f"  for (int64_t ts = 0; ts < MT * {S}; ts++) {{",
         f"    const int64_t T = ts / {S}, s = ts % {S};",
         f"    for (int64_t r = 0; r < {ROWS}; r++)",
         f"      memcpy(xt + (ts * {ROWS} + r) * {SLOTS}, xa + (T * {ROWS} + r) * ldx + s * {SLOTS}, {SLOTS});",
-        "  }",
-        "#endif"]
+        "  }")
 
 
 def qgemm_amx_rows(k: int, nr: int) -> list[str]:
@@ -93,10 +88,12 @@ def qgemm_amx_rows(k: int, nr: int) -> list[str]:
     first row left to the VNNI tiles, ``gst`` the first group of 4 columns they take for the
     rows before it."""
     S = k // SLOTS
-    return ["      int64_t mst = mlo, gst = 0;", "#if SF_AMX", "      if (amx && mhi - mlo >= 16) {",
-            f"        for (; mst + {2 * ROWS} <= mhi; mst += {2 * ROWS})",
-            f"          sf_qa_gemm2(xt + mst * {S * SLOTS}, {S}, wpp, ct + (mst - mlo) * {nr});",
-            f"        for (; mst + {ROWS} <= mhi; mst += {ROWS})",
-            f"          sf_qa_gemm(xt + mst * {S * SLOTS}, {S}, wpp, ct + (mst - mlo) * {nr});",
-            f"        gst = {S * SLOTS // 4};",
-            "      }", "#endif"]
+    return ["      int64_t mst = mlo, gst = 0;"] + amx_only(
+        "      if (amx && mhi - mlo >= 16) {",
+        f"        for (; mst + {2 * ROWS} <= mhi; mst += {2 * ROWS})",
+        f"          sf_qa_gemm2(xt + mst * {S * SLOTS}, {S}, wpp, ct + (mst - mlo) * {nr});",
+        f"        for (; mst + {ROWS} <= mhi; mst += {ROWS})",
+        f"          sf_qa_gemm(xt + mst * {S * SLOTS}, {S}, wpp, ct + (mst - mlo) * {nr});",
+        f"        gst = {S * SLOTS // 4};",
+        "        sf_amx_used = 1;",
+        "      }")

@@ -59,7 +59,7 @@ from ..runtime.w8pack import finite_codes, pack_w8
 from .c import CKernel, _Params, _prod
 from .c_types import PRELUDE, load, storage_type
 from .c_w4_src import decode_group, decode_u8, tile_f32_buf, tile_f32_direct, tile_scalar, tile_vnni
-from .c_w4_amx import amx_head, amx_ok, amx_panel, amx_prologue, amx_rows
+from .c_w4_amx import amx_head, amx_ok, amx_only, amx_panel, amx_prologue, amx_rows
 from .c_w4_exact import row_exact
 from .c_w8_src import decode_group8, tile_f32_direct8, tile_scalar8
 from .schedule import Kernel
@@ -237,12 +237,11 @@ def _prologue_int8(K: int, g: int, G: int, gp: int, kp: int, qmax: int, cpg: int
     """Per-row dynamic quantisation (the reference's arithmetic) into ``xq`` [M, kp] in the
     padded group layout, chunk code sums ``xs`` (as :func:`_prologue_f32`), row scale ``sx``
     and NaN flags."""
-    ldq = kp
     quant = ["          float v = nearbyintf(xr[c0 + c] / sc);",
              f"          v = v != v ? 0 : (v < -{qmax} ? -{qmax} : (v > {qmax} ? {qmax} : v));",
              "          const int32_t q8 = (int32_t)v; qr[c] = (int8_t)q8;"]
     return [
-        f"  int8_t *xq = (int8_t *)malloc((size_t)M * {ldq});",
+        f"  int8_t *xq = (int8_t *)malloc((size_t)M * {kp});",
         "  float *sx = (float *)malloc((size_t)M * sizeof(float));",
         "  int *nanrow = (int *)malloc((size_t)M * sizeof(int));",
         f"  #pragma omp parallel for if (M * {K} > {PAR_MACS})",
@@ -256,13 +255,13 @@ def _prologue_int8(K: int, g: int, G: int, gp: int, kp: int, qmax: int, cpg: int
         f"    for (int64_t gi = 0; gi < {G}; gi++) {{",
         f"      const int64_t c0 = gi * {g}, len = {K} - c0 < {g} ? {K} - c0 : {g};",
         f"      const int64_t lp = gi == {G - 1} ? {kp - (G - 1) * gp} : {gp};",
-        f"      int8_t *qr = xq + m * {ldq} + gi * {gp};",
+        f"      int8_t *qr = xq + m * {kp} + gi * {gp};",
         *_chunk_sum(quant, "q8", "int32_t", G * cpg, cpg, sub),
         "      for (int64_t c = len; c < lp; c++) qr[c] = 0;",
         "    }",
         "    sx[m] = sc; nanrow[m] = nan;",
         "  }",
-        f"  const int8_t *xa = xq; const int64_t ldx = {ldq};"]
+        f"  const int8_t *xa = xq; const int64_t ldx = {kp};"]
 
 
 def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
@@ -355,10 +354,9 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
         vec_calls += calls("sf_qb", cfg.mr_vnni, "(const uint8_t *)wf")
         vec_calls += ["        }"]
     elif isint:
-        vec_calls = calls("sf_qd", cfg.mr_vnni, wdirect)
-        if use_amx:
-            # rows before mst went through the AMX tiles
-            vec_calls = calls("sf_qd", cfg.mr_vnni, wdirect, start="int64_t m = mst")
+        # with AMX, the rows before mst went through its tiles
+        vec_calls = calls("sf_qd", cfg.mr_vnni, wdirect,
+                          start="int64_t m = mst" if use_amx else "int64_t m = mlo")
     else:
         vec_calls = ["        if (mhi - mlo <= " + str(cfg.mr_direct) + ") {"]
         vec_calls += calls("sf_fd", cfg.mr_direct, wdirect)
@@ -390,7 +388,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              "    float *wf = " + ("NULL;" if isint and not (cfg.vnni_buf and bits == 4 or use_amx)
                                    else f"(float *)aligned_alloc(64, {wf_bytes});"),
              "    (void)wf;",
-             *(["#if SF_AMX", "    if (amx) _tile_loadconfig(&sf_amx_cfg);", "#endif"] if use_amx else []),
+             *(amx_only("    if (amx) _tile_loadconfig(&sf_amx_cfg);") if use_amx else []),
              "    #pragma omp for schedule(dynamic, CH) nowait",
              "    for (int64_t t = 0; t < T; t++) {",
              f"      const int64_t pi = t / MB, mlo = (t % MB) * {cfg.mc};",
@@ -420,7 +418,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
              "        }",
              "      }",
              "    }",
-             *(["#if SF_AMX", "    if (amx) _tile_release();", "#endif"] if use_amx else []),
+             *(amx_only("    if (amx) _tile_release();") if use_amx else []),
              "    free(ct); free(wf);",
              *(["    SF_CSR_RESTORE"] if fp8 else []),
              "  }",
@@ -428,7 +426,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     if isint:
         body += ["  free(xq); free(sx); free(nanrow);"]
         if use_amx:
-            body += ["#if SF_AMX", "  free(xt);", "#endif"]
+            body += amx_only("  free(xt);")
     else:
         body += ["  {", *(["    SF_CSR_SAVE"] if fp8 else []),
                  "    for (int64_t m = 0; m < M; m++)",
@@ -491,7 +489,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     head += ["#else"] + (tile_scalar8(nb, isint, fp8) if bits == 8 else
                          tile_scalar(nb, isint, fp4)) + ["#endif"]
     if use_amx:
-        head += amx_head() + ["#if SF_AMX"] + amx_panel(G, gp, glp, gs, bits, fp4) + ["#endif"]
+        head += amx_head() + amx_only(*amx_panel(G, gp, glp, gs, bits, fp4))
     if not isint:
         head += row_exact(N=N, K=K, g=g, G=G, gp=gp, glp=glp, nr=nr, P=P, pbytes=pbytes, gs=gs,
                           bits=bits, zbytes=packed.zbytes, fp4=fp4, fp8=fp8, bias=bias is not None)

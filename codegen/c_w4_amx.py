@@ -58,7 +58,7 @@ def amx_head(vec: str = "SF_W4_VEC") -> list[str]:
         "#else",
         "#define SF_AMX 0",
         "#endif",
-        # set once a call took the AMX tiles: tests read it to tell them from the VNNI fallback
+        # set once a tile ran on AMX: tests read it to tell them from the VNNI fallback
         "int sf_amx_used = 0;",
     ]
 
@@ -155,6 +155,19 @@ def amx_panel(G: int, gp: int, glp: int, gs: int, bits: int, fp4: bool) -> list[
     return out
 
 
+def amx_only(*lines: str) -> list[str]:
+    """``lines`` compiled only where the kernel runs AMX tiles (``SF_AMX``)."""
+    return ["#if SF_AMX", *lines, "#endif"]
+
+
+def amx_grant(M: str, tile_bytes: int) -> list[str]:
+    """``amx`` (at least 16 rows and the tile state granted), ``MT`` whole 16-row tiles and
+    ``xt``: ``tile_bytes`` of re-laid activation codes per tile (inside ``SF_AMX``)."""
+    return [f"  const int amx = {M} >= {ROWS} && sf_amx_ready();",
+            f"  const int64_t MT = amx ? {M} / {ROWS} : 0;",
+            f"  int8_t *xt = amx ? (int8_t *)aligned_alloc(64, (size_t)MT * {tile_bytes}) : NULL;"]
+
+
 def amx_prologue(M: str, G: int, gp: int, glp: int, ldq: str) -> list[str]:
     """After the int8 prologue: ``amx`` (at least 16 rows and the tile state granted) and,
     with it, ``xt``: the codes of whole 16-row tiles, per tile, group and 64-slot step one 1 KiB
@@ -162,12 +175,8 @@ def amx_prologue(M: str, G: int, gp: int, glp: int, ldq: str) -> list[str]:
     time of the products (8 products and 2 loads: 111 against 47 ns); tile loads of rows 64
     bytes apart are the fastest measured (a B tile: 10.6 ns against 12.0 for rows 192 bytes
     apart and 24.1 for 256)."""
-    return [
-        "#if SF_AMX",
-        f"  const int amx = {M} >= {ROWS} && sf_amx_ready();",
-        f"  const int64_t MT = amx ? {M} / {ROWS} : 0;",
-        f"  int8_t *xt = amx ? (int8_t *)aligned_alloc(64, (size_t)MT * {ROWS * G * gp}) : NULL;",
-        "  if (amx) sf_amx_used = 1;",
+    return amx_only(
+        *amx_grant(M, ROWS * G * gp),
         f"  #pragma omp parallel for if (MT * {ROWS * G * gp} > {1 << 20})",
         f"  for (int64_t tg = 0; tg < MT * {G}; tg++) {{",
         f"    const int64_t T = tg / {G}, gi = tg % {G}, ns = gi == {G - 1} ? {glp // SLOTS} : {gp // SLOTS};",
@@ -175,16 +184,17 @@ def amx_prologue(M: str, G: int, gp: int, glp: int, ldq: str) -> list[str]:
         f"      for (int64_t r = 0; r < {ROWS}; r++)",
         f"        memcpy(xt + tg * {ROWS * gp} + (s * {ROWS} + r) * {SLOTS}, "
         f"xq + (T * {ROWS} + r) * {ldq} + gi * {gp} + s * {SLOTS}, {SLOTS});",
-        "  }",
-        "#endif"]
+        "  }")
 
 
 def amx_rows(G: int, gp: int, nr: int, xg: int) -> list[str]:
     """The kernel's tile body before its group loop: with AMX granted, the chunk's whole
     16-row tiles through :func:`amx_panel` (``wf`` holds its decoded groups); ``mst`` is the
     first row left to the VNNI tiles."""
-    return ["      int64_t mst = mlo;", "#if SF_AMX", "      if (amx && mhi - mlo >= 16) {",
-            f"        const int64_t nt = (mhi - mlo) / {ROWS};",
-            f"        sf_qa_panel(xt + mlo * {G * gp}, nt, wpp, (uint8_t *)wf, xs + mlo * {xg}, {xg}, ct);",
-            f"        mst = mlo + nt * {ROWS};",
-            "      }", "#endif"]
+    return ["      int64_t mst = mlo;"] + amx_only(
+        "      if (amx && mhi - mlo >= 16) {",
+        f"        const int64_t nt = (mhi - mlo) / {ROWS};",
+        f"        sf_qa_panel(xt + mlo * {G * gp}, nt, wpp, (uint8_t *)wf, xs + mlo * {xg}, {xg}, ct);",
+        f"        mst = mlo + nt * {ROWS};",
+        "        sf_amx_used = 1;",
+        "      }")

@@ -12,7 +12,8 @@ from typing import Any, Callable, Sequence
 from ..ir.errors import ScalefoldError
 
 
-def _symbols(env: dict[str, int]) -> dict[Any, int]:
+def symbols(env: dict[str, int]) -> dict[Any, int]:
+    """``{"B": 8}`` -> ``{sym("B"): 8}``."""
     from ..ir.types import sym
     return {sym(k): v for k, v in env.items()}
 
@@ -24,7 +25,7 @@ def random_inputs(graph: Any, env: dict[str, int], seed: int = 0) -> dict[str, A
     from ..ir import dtypes as dt
     from ..ir.printer import input_names
     gen = torch.Generator().manual_seed(seed)
-    senv = _symbols(env)
+    senv = symbols(env)
     out = {}
     for name, v in zip(input_names(graph), graph.inputs):
         missing = sorted(s.name for s in v.type.symbols - set(senv))

@@ -15,6 +15,7 @@ import torch
 from harness import assert_close
 from scalefold import api
 from scalefold.codegen import c as cgen
+from amx import amx_expected, amx_used
 from scalefold.codegen.c_qgemm import GemmConfig, render_qlinear
 from scalefold.codegen.schedule import partition
 from scalefold.ir import dtypes as dt
@@ -264,6 +265,7 @@ def test_amx_tiles_match_the_vnni_tiles_bit_for_bit(K: int, N: int, wd: str, zer
     ck_amx, amx = _build_with(g, GemmConfig(mc=mc))
     ck_vnni, vnni = _build_with(g, GemmConfig(mc=mc, amx=False))
     assert "sf_qa_gemm" in ck_amx.source and "sf_qa_gemm" not in ck_vnni.source
+    used = amx_used(ck_amx.source)
     for M in (1, 15, 16, 17, 33, 48, 100):
         gen = torch.Generator().manual_seed(M)
         if xd == "f32":
@@ -278,6 +280,8 @@ def test_amx_tiles_match_the_vnni_tiles_bit_for_bit(K: int, N: int, wd: str, zer
         if xd != "f32":
             err = (a.double() - interp.run(g, x)[0].double()).abs()
             assert bool((err <= bound(g, x)).all()), f"M={M}: max err {err.max()}"
+        # the AMX tiles ran from 16 rows on, wherever kernels built here can run them
+        assert used.value == int(M >= 16 and amx_expected())
 
 
 def test_amx_gates() -> None:

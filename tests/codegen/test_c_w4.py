@@ -13,20 +13,19 @@ the same bounds.
 """
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import torch
 
 from scalefold import api
 from scalefold.codegen import c as cgen
+from amx import amx_expected, amx_used
 from scalefold.codegen.c_w4 import W4Config, render_w4
 from scalefold.codegen.schedule import partition
 from scalefold.ir import dtypes as dt
 from scalefold.ir.graph import Graph
 from scalefold.ir.ops.quant import dequant_weight
 from scalefold.runtime import interp
-from scalefold.runtime.cache import build, compiler, load_kernel
+from scalefold.runtime.cache import build, load_kernel
 from scalefold.runtime.executor import Executor
 from scalefold.runtime.w4pack import (FP4_LUT_F32, FP4_LUT_U8, group_slots, group_stride, pack_w4,
                                       unpack, unpack_scales)
@@ -731,11 +730,6 @@ def test_layers_of_one_shape_share_a_source_and_keep_their_own_bounds() -> None:
 
 
 # ---- AMX tiles (codegen/c_w4_amx.py) ----------------------------------------------------------
-def _amx_host() -> bool:
-    try:
-        return "amx_int8" in open("/proc/cpuinfo").read()
-    except OSError:
-        return False
 
 
 AMX_CASES = [("u4", 256, 100, 128), ("i4", 512, 300, 64), ("f4e2m1", 384, 64, 128),
@@ -765,18 +759,13 @@ def test_amx_tiles_match_the_vnni_tiles_bit_for_bit(wdt: str, K: int, N: int, gr
 def test_amx_tiles_run_where_the_cpu_has_them() -> None:
     """On a CPU with AMX-INT8 (and a compiler targeting it), a call of 16 rows or more takes
     the AMX tiles, and one of fewer rows does not; elsewhere neither does."""
-    import ctypes
     g = w4graph(256, 100, 128, act="per_token", seed=7)
     ck, run = _build_with(g, W4Config())
-    # the same shared object the executor loaded (dlopen hands back its handle)
-    used = ctypes.c_int.in_dll(ctypes.CDLL(str(build(ck.source))), "sf_amx_used")
-    used.value = 0                  # layers of one shape share the object: earlier tests ran it
+    used = amx_used(ck.source)
     run(torch.randn(1, 15, 256))
     assert used.value == 0
     run(torch.randn(1, 16, 256))
-    want = _amx_host() and "__AMX_INT8__" in subprocess.run(
-        [compiler(), "-march=native", "-dM", "-E", "-"], input="", capture_output=True, text=True).stdout
-    assert used.value == int(want)
+    assert used.value == int(amx_expected())
 
 
 def test_amx_nan_rows_and_gates() -> None:
