@@ -72,7 +72,7 @@ from .c_types import PRELUDE
 from .c_conv_dw import render_dw
 from .c_conv_stem import STEM_CI, pack_stem, render_stem
 from .c_conv_wino import pack_wino, render_wino, wino_fits
-from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar
+from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar, tile_shape
 from .schedule import Kernel
 
 STEM_MACS = 20_000_000   # few-input-channel convolutions above this many MACs stay on oneDNN
@@ -116,8 +116,7 @@ def conv_form(k: Kernel) -> ConvForm | None:
     sh, sw = (1, st[0]) if n == 1 else (st[0], st[1])
     dh, dw = (1, dl[0]) if n == 1 else (dl[0], dl[1])
     if groups == 1 and cig == ci:
-        nb = 32 if co > 16 else 16
-        mr = 6 if nb == 32 else 8
+        nb, mr = tile_shape(co)
         if wino_fits(kh, kw, sh, sw, dh, dw, ci, co, node.outputs[0].type.shape[2:]):
             return ConvForm("wino", kh, kw, sh, sw, dh, dw, nb, mr)
         if _library_faster(kh * kw, ci, co, node):

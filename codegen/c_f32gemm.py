@@ -13,9 +13,10 @@ that the executor runs at every binding whose rows the GEMV does not take
 (runtime/alternatives.py ``compiled_alt``).
 
 Weights: read in place, as the GEMV reads them: the kernel's weight argument is the graph's
-own constant [N, K]. Each thread packs the 32-channel panel it works on into a [K][32]
-buffer of its own when its panel changes (c_conv.render_gemm, ``rows``), so the alternative
-costs no memory beyond K * 128 bytes per thread. Weights above ``MAX_WEIGHT`` bytes keep
+own constant [N, K]. Each thread packs the panel it works on (32 or 64 channels,
+c_tile.tile_shape) into a [K][nb] buffer of its own when its panel changes
+(c_tile.render_gemm, ``rows``), so the alternative costs no memory beyond K * 256 bytes per
+thread. Weights above ``MAX_WEIGHT`` bytes keep
 oneDNN: the panel is re-read once per group of 48 rows, which stays in the L3 only for
 weights that fit it.
 
@@ -31,7 +32,7 @@ import sympy
 from .c import CKernel, _prod
 from . import c_conv
 from .c_conv import epilogue
-from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar
+from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar, tile_shape
 from .c_f32gemv import f32_linear, linear_args
 from .c_types import PRELUDE
 from .schedule import Kernel
@@ -65,7 +66,7 @@ def render_gemm_linear(k: Kernel) -> CKernel:
              f"  const int64_t N = 1, H = M, W = 1, OH = M, OW = 1, CI = {K}, CO = {N}, PH = 0, PW = 0;",
              "  (void)H; (void)W; (void)PH; (void)PW;",
              "  if (M <= 0) return;"]
-    f = ConvForm("pw", 1, 1, 1, 1, 1, 1, 32 if N > 16 else 16, 6 if N > 16 else 8)
+    f = ConvForm("pw", 1, 1, 1, 1, 1, 1, *tile_shape(N))
     epi = epilogue(k, bias is not None, False)
     head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
     if not c_conv.CONV.vec:   # read at render time (tests switch it)

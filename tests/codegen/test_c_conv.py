@@ -35,11 +35,16 @@ VARIANTS = {
     "wino3": (1, 1, 1, True, 3, 16, 40),        # Winograd: two panels, the second partial
     "wino3_n16": (1, 1, 1, False, 3, 20, 16),   # a 16-channel panel (8-tile rows)
     "wino3_wide": (1, 1, 1, True, 3, 200, 24),  # input channels in two chunks
+    # 64-channel panels (c_tile.tile_shape)
+    "pw64": (1, 1, 1, True, 1, 24, 100),        # two panels, the second partial
+    "dense3_s2_64": (1, 2, 1, False, 3, 8, 64),
+    "wino3_64": (1, 1, 1, True, 3, 16, 192),    # three panels
 }
 FORM = {"dense3": "dense", "dense3_s2": "dense", "dense5_d2": "dense", "dense1_s2": "dense",
         "pw": "pw", "pw_narrow": "pw", "pw_wide": "pw", "dw3": "dw", "dw5_s2": "dw", "dw3_d2": "dw",
         "dw7": "dw", "stem3_s2": "stem", "stem7_s2": "stem", "stem5_d2": "stem", "stem3_s3": "stem",
-        "stem1": "stem", "wino3": "wino", "wino3_n16": "wino", "wino3_wide": "wino"}
+        "stem1": "stem", "wino3": "wino", "wino3_n16": "wino", "wino3_wide": "wino", "pw64": "pw", "dense3_s2_64": "dense",
+        "wino3_64": "wino"}
 # the first again after others; 40 columns: the row-wise depthwise loop's interior steps
 SIZES = ((1, 9, 11), (3, 6, 5), (2, 1, 1), (1, 2, 3), (1, 3, 40), (2, 9, 11))
 
@@ -93,7 +98,7 @@ def test_every_form_matches_interpreter(variant: str, epilogue: str) -> None:
     _check(variant, epilogue)
 
 
-@pytest.mark.parametrize("variant", ["dense3", "pw", "dw5_s2", "stem7_s2", "wino3"])
+@pytest.mark.parametrize("variant", ["dense3", "pw", "dw5_s2", "stem7_s2", "wino3", "pw64"])
 def test_portable_scalar_loops_match(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # the loops compiled where there is no AVX-512
     monkeypatch.setattr(c_conv, "CONV", c_conv.ConvConfig(vec=False))
@@ -121,9 +126,11 @@ def test_nan_and_inf_follow_the_ir(variant: str, epilogue: str) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=_atol(variant), equal_nan=True)
 
 
-@pytest.mark.parametrize("ci", [40, 8, 3])      # wino, dense, stem
-def test_results_do_not_depend_on_the_thread_count(ci: int) -> None:
-    g = conv_graph("bn_relu", 1, 1, 1, True, 3, ci=ci, co=72)
+@pytest.mark.parametrize("ci,k,co", [(40, 3, 72), (8, 3, 72), (3, 3, 72), (24, 1, 128), (24, 1, 64)])
+def test_results_do_not_depend_on_the_thread_count(ci: int, k: int, co: int) -> None:
+    # wino, dense, stem; pw with 64-channel panels: two panels over 1800 pixels (group-major
+    # order, c_tile.render_gemm) and one
+    g = conv_graph("bn_relu", 1, 1, 1, True, k, ci=ci, co=co)
     cm = build_c(g)
     x = torch.randn(2, ci, 30, 30)
     one, two = at_threads(lambda: cm(x), 1), at_threads(lambda: cm(x), 2)
@@ -191,6 +198,9 @@ def test_forms_and_scope() -> None:
         g.set_outputs([g.add("conv", [x, w], {"padding": (k // 2,), "groups": groups})])
         return c_conv.conv_form(_conv_kernel(g))
     assert form(16, 32, 1).kind == "pw" and form(16, 32, 1).nb == 32 and form(16, 16, 1).nb == 16
+    # 64-channel panels where they pad no more than 32-channel ones
+    assert (form(16, 64, 1).nb, form(16, 64, 1).mr) == (64, 6) and form(16, 100, 1).nb == 64
+    assert form(16, 96, 1).nb == 32 and form(16, 160, 3).nb == 32 and form(16, 192, 3).nb == 64
     assert form(8, 32, 3).kind == "dense" and form(32, 32, 3, groups=32).kind == "dw"
     # Winograd: 3x3, stride 1, from 16 channels, unless the image has under 36 2x2 tiles
     assert form(16, 32, 3).kind == "wino" and form(64, 64, 3, hw="12,12").kind == "wino"

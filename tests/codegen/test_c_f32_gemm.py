@@ -23,7 +23,7 @@ def _kernel(g: Graph):
     return next(k for k in partition(g, cgen.CAPS).kernels if k.kind == "library")
 
 
-@pytest.mark.parametrize("K,N", [(5, 7), (16, 16), (48, 40), (200, 33), (192, 576), (37, 130)])
+@pytest.mark.parametrize("K,N", [(5, 7), (16, 16), (48, 40), (200, 33), (192, 576), (37, 130), (37, 100)])
 @pytest.mark.parametrize("epi", [None, "relu", "gelu", "silu", "add"])
 def test_matches_interpreter(K: int, N: int, epi: str | None) -> None:
     g = lin_graph(K, N, bias=N % 2 == 0, epi=epi)
