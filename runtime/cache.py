@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -30,8 +31,13 @@ from filelock import FileLock
 
 from ..ir.errors import CompileError
 
+# gcc's -march=native on Intel AVX-512 CPUs auto-vectorises at 256 bits: the generated
+# epilogues (an exp per silu, a division per sigmoid) then take twice the instructions. At 512
+# bits EfficientNet-B0's convolutions with fused silu ran 1.1-1.3x faster on the 2-core Xeon
+# (intrinsics code is unchanged; CPUs without AVX-512 have no 512-bit vectors to prefer).
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno",
-          "-fno-trapping-math", "-std=gnu11")
+          "-fno-trapping-math", "-std=gnu11") + (("-mprefer-vector-width=512",) if _X86 else ())
 
 
 def cache_dir() -> Path:
