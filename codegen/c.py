@@ -495,7 +495,7 @@ def render(schedule: Schedule) -> list[CKernel]:
     """C source for every fused and template kernel of ``schedule`` (other kinds need no
     source), for the library kernels of float linears (c_f32gemv.py at bindings with few
     enough rows, c_f32gemm.py at the others), and for float convolutions and attention
-    (c_conv.py, c_sdpa.py: the executor runs them instead of torch), and a channels-last
+    and pools (c_conv.py, c_sdpa.py, c_pool.py: the executor runs them instead of torch), and a channels-last
     source for small fused kernels that may read a convolution's result (c_cl.py). Template kernels
     carry their prepacked constants in ``CKernel.args``; the alternatives name the graph's
     own weight there (read in place, no copy)."""
@@ -522,6 +522,7 @@ def render(schedule: Schedule) -> list[CKernel]:
             from .c_f32gemm import gemm_supported, render_gemm_linear
             from .c_f32gemv import gemv_supported, render_gemv
             from .c_sdpa import render_sdpa, sdpa_supported
+            from .c_pool import pool_supported, render_pool
             if gemv_supported(k):
                 out.append(render_gemv(k))
             if gemm_supported(k):
@@ -530,6 +531,8 @@ def render(schedule: Schedule) -> list[CKernel]:
                 out.append(render_conv(k))
             elif sdpa_supported(k):
                 out.append(render_sdpa(k, schedule.graph.outputs))
+            elif pool_supported(k):
+                out.append(render_pool(k))
             continue
         if k.kind != "fused":
             continue

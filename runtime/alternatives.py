@@ -15,6 +15,7 @@ import sympy
 from ..codegen.c_conv import conv_form, residual_operand
 from ..codegen.c_cl import SUFFIX as CL_SUFFIX
 from ..codegen.c_f32gemm import SUFFIX as GEMM_SUFFIX
+from ..codegen.c_pool import POOL_OPS
 from ..codegen.c_sdpa import MIN_ROWS as SDPA_MIN_ROWS
 from ..codegen.schedule import Kernel
 from ..ir.dim_eval import eval_dim
@@ -29,9 +30,9 @@ def compiled_alt(k: Kernel, kernels: Mapping[str, Callable], params: Mapping[str
     """The name of the compiled alternative library kernel ``k`` runs at binding ``env``, or
     None for the library call: the small-M float linear where its runtime integers ``q[0]``
     (the rows) and ``q[1]`` (the most rows it takes) say it covers the binding, else the
-    linear's GEMM if there is one; attention's from ``MIN_ROWS`` query rows. Convolutions run
-    theirs through ``conv_kernel_step``."""
-    if k.kind != "library" or k.nodes[0].op == "conv":
+    linear's GEMM if there is one; attention's from ``MIN_ROWS`` query rows. Convolutions and
+    pools run theirs through ``conv_kernel_step``."""
+    if k.kind != "library" or k.nodes[0].op == "conv" or k.nodes[0].op in POOL_OPS:
         return None
     if k.name in kernels:
         if k.nodes[0].op == "sdpa":       # below MIN_ROWS most of a tile's rows would be padding
@@ -53,8 +54,9 @@ def alt_params(k: Kernel, params: Mapping[str, Sequence[sympy.Expr]]) -> list[sy
 def conv_kernel_step(k: Kernel, slot: Mapping[int, int], kernels: Mapping[str, Callable],
                      args: Mapping[str, Sequence[int]], params: Mapping[str, Sequence[sympy.Expr]],
                      env: Mapping[sympy.Symbol, int]) -> Step:
-    """The step of a convolution the C backend generated (codegen/c_conv.py): x and the
-    residual operand go in channels-last, the result comes out so."""
+    """The step of a convolution or pool the C backend generated (codegen/c_conv.py,
+    codegen/c_pool.py): x and the residual operand go in channels-last, the result comes out
+    so."""
     node, last = k.nodes[0], k.nodes[-1]
     other = residual_operand(k)
     form = conv_form(k)
