@@ -550,6 +550,7 @@ def op_coverage() -> dict[str, str]:
     'reference: <reason>', or for ops rendered only in some forms 'c (partly; ...)' /
     'template (partly; ...)' naming the forms left to the reference."""
     from ..ir.ops import all_ops
+    from .c_pool import POOL_OPS
     cov = {}
     for name, od in all_ops().items():
         if name in EXPR and od.elementwise:
@@ -563,6 +564,8 @@ def op_coverage() -> dict[str, str]:
             cov[name] = "row"
         elif name in VIEW_OPS:
             cov[name] = "view"
+        elif name in POOL_OPS:
+            cov[name] = "library (c on rank-4 float32: c_pool.py)"
         elif name in LIBRARY_OPS:
             cov[name] = "library"
         elif name in REFERENCE_OPS:

@@ -104,3 +104,10 @@ def test_scope() -> None:
     assert not pool_supported(kernel("max_pool", {"kernel": (2,)}, "f32[1,4,D,H,W]"))      # 3-D
     assert not pool_supported(kernel("global_avg_pool", {}, "f32[1,4,L]"))
     assert pool_supported(kernel("global_max_pool", {}))
+
+
+def test_coverage_names_the_c_pools() -> None:
+    cov = cgen.op_coverage()
+    for op in ("max_pool", "avg_pool", "global_avg_pool", "global_max_pool"):
+        assert cov[op].startswith("library (c on rank-4 float32")
+    assert cov["conv_transpose"] == "library"
