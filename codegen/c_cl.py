@@ -35,6 +35,7 @@ import sympy
 from ..ir.graph import Value
 from ..ir.types import dims_equal
 from .c import CKernel, _prod
+from .c_pool import nhwc_reduce
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
 from .schedule import Kernel
@@ -94,20 +95,7 @@ def _mean() -> list[str]:
         "  const float *restrict x = (const float *)p[0];",
         "  float *restrict y = (float *)p[1];",
         "  const int64_t N = q[0], C = q[1], P = q[2];",
-        "  const int64_t CB = (C + 63) / 64;",
-        f"  #pragma omp parallel for collapse(2) schedule(static) if (N * C * P > {PAR_ELEMS})",
-        "  for (int64_t n = 0; n < N; n++)",
-        "  for (int64_t cb = 0; cb < CB; cb++) {",
-        "    const int64_t c0 = cb * 64, nc = C - c0 < 64 ? C - c0 : 64;",
-        "    float acc[64];",
-        "    for (int64_t c = 0; c < nc; c++) acc[c] = 0.0f;",
-        "    for (int64_t i = 0; i < P; i++) {",
-        "      const float *restrict xr = x + (n * P + i) * C + c0;",
-        "      #pragma omp simd",
-        "      for (int64_t c = 0; c < nc; c++) acc[c] += xr[c];",
-        "    }",
-        "    for (int64_t c = 0; c < nc; c++) y[n * C + c0 + c] = acc[c] / (float)P;",
-        "  }",
+        *nhwc_reduce(False, PAR_ELEMS),
     ]
 
 

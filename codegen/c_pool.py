@@ -111,13 +111,16 @@ def _windowed(node: Node) -> list[str]:
     return lines
 
 
-def _global(node: Node) -> list[str]:
-    is_max = node.op == "global_max_pool"
+def nhwc_reduce(is_max: bool, par_elems: int) -> list[str]:
+    """C statements reducing NHWC ``x`` over its ``P`` pixels into ``y`` [N, C]: the sum
+    divided by P, or with ``is_max`` the maximum (a NaN wins); per (image, block of 64
+    channels), the pixels in order. Expects ``x``, ``y``, ``N``, ``C`` and ``P`` declared
+    (shared with the ``mean`` form of c_cl.py)."""
     step = ("{ const float v = xp[c], m = acc[c]; acc[c] = (v > m || v != v) ? v : m; }"
             if is_max else "acc[c] += xp[c];")
     return [
-        "  const int64_t P = H * W, CB = (C + 63) / 64;",
-        f"  #pragma omp parallel for collapse(2) schedule(static) if (N * C * P > {PAR_ELEMS})",
+        "  const int64_t CB = (C + 63) / 64;",
+        f"  #pragma omp parallel for collapse(2) schedule(static) if (N * C * P > {par_elems})",
         "  for (int64_t n = 0; n < N; n++)",
         "  for (int64_t cb = 0; cb < CB; cb++) {",
         "    const int64_t c0 = cb * 64, nc = C - c0 < 64 ? C - c0 : 64;",
@@ -139,7 +142,8 @@ def render_pool(k: Kernel) -> CKernel:
     node = k.nodes[0]
     x, y = node.inputs[0], node.outputs[0]
     glob = node.op.startswith("global_")
-    body = _global(node) if glob else _windowed(node)
+    body = ["  const int64_t P = H * W;", *nhwc_reduce(node.op == "global_max_pool", PAR_ELEMS)] \
+        if glob else _windowed(node)
     src = "\n".join([
         PRELUDE, "#ifdef _OPENMP", "#include <omp.h>", "#endif",
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {",
@@ -157,4 +161,4 @@ def render_pool(k: Kernel) -> CKernel:
     return CKernel(k, src, params, [x, y])
 
 
-__all__ = ["POOL_OPS", "pool_supported", "render_pool"]
+__all__ = ["POOL_OPS", "nhwc_reduce", "pool_supported", "render_pool"]

@@ -9,9 +9,10 @@ import torch
 from harness import assert_close, at_threads
 from scalefold.api import build_c
 from scalefold.codegen import c as cgen
-from scalefold.codegen.c_pool import pool_supported
+from scalefold.codegen.c_pool import POOL_OPS, pool_supported
 from scalefold.codegen.schedule import partition
 from scalefold.ir import Graph
+from scalefold.runtime import executor
 from scalefold.runtime.interp import run
 
 # op, attrs: every rule the kernel implements
@@ -53,7 +54,14 @@ def _pool_kernels(g: Graph) -> list:
 @pytest.mark.parametrize("conv", [False, True])
 @pytest.mark.parametrize("c", [3, 16, 80])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_interpreter(case: str, c: int, conv: bool) -> None:
+def test_matches_interpreter(case: str, c: int, conv: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the pool must run its C kernel: the torch library call is not there to fall back on
+    lib = executor.library_fn
+
+    def no_library_pools(nodes, device="cpu"):
+        assert nodes[0].op not in POOL_OPS, f"{nodes[0].op} ran as a library call"
+        return lib(nodes, device)
+    monkeypatch.setattr(executor, "library_fn", no_library_pools)
     g = _graph(case, c, conv)
     ks = _pool_kernels(g)
     assert len(ks) == 1 and pool_supported(ks[0])
