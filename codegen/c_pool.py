@@ -71,7 +71,8 @@ def _windowed(node: Node) -> list[str]:
     (kh, kw), (sh, sw), (dh, dw) = _window(node)  # type: ignore[misc]
     is_max = node.op == "max_pool"
     lines = [
-        f"  #pragma omp parallel for collapse(2) schedule(static) if (N * OH * OW * C * {kh * kw} > {PAR_ELEMS})",
+        "  #pragma omp parallel for collapse(2) schedule(static) "
+        f"if (N * OH * OW * C * {kh * kw} > {PAR_ELEMS})",
         "  for (int64_t n = 0; n < N; n++)",
         "  for (int64_t oh = 0; oh < OH; oh++) {",
         "    for (int64_t ow = 0; ow < OW; ow++) {",

@@ -8,11 +8,11 @@ innermost). Output rows go in tiles and tiles in groups of ``GROUP``; a thread t
 group) pairs of a static schedule, group-major where the input outweighs the weights (each
 thread then reads only its own rows of x, and all of the weights; panel-major the other way
 round: with 2 threads of 2 MB L2 each on a 480 MB L3 Xeon, resnet50's 56 x 56 1x1
-convolutions ran 1.3-1.6x faster in the network group-major). Within a group the input channels go in chunks
-(``chunk_ci``) whose weights stay in L1 while every tile of the group uses them. A tile's sums
-go through a per-thread buffer, and the epilogue (C statements from the caller) runs as an
-``omp simd`` loop over it. Each output is the same f32 sequence (tap-major, then input
-channel) whatever the thread count.
+convolutions ran 1.3-1.6x faster in the network group-major). Within a group the input
+channels go in chunks (``chunk_ci``) whose weights stay in L1 while every tile of the group
+uses them. A tile's sums go through a per-thread buffer, and the epilogue (C statements from
+the caller) runs as an ``omp simd`` loop over it. Each output is the same f32 sequence
+(tap-major, then input channel) whatever the thread count.
 """
 from __future__ import annotations
 

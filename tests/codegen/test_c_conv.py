@@ -43,8 +43,8 @@ VARIANTS = {
 FORM = {"dense3": "dense", "dense3_s2": "dense", "dense5_d2": "dense", "dense1_s2": "dense",
         "pw": "pw", "pw_narrow": "pw", "pw_wide": "pw", "dw3": "dw", "dw5_s2": "dw", "dw3_d2": "dw",
         "dw7": "dw", "stem3_s2": "stem", "stem7_s2": "stem", "stem5_d2": "stem", "stem3_s3": "stem",
-        "stem1": "stem", "wino3": "wino", "wino3_n16": "wino", "wino3_wide": "wino", "pw64": "pw", "dense3_s2_64": "dense",
-        "wino3_64": "wino"}
+        "stem1": "stem", "wino3": "wino", "wino3_n16": "wino", "wino3_wide": "wino", "pw64": "pw",
+        "dense3_s2_64": "dense", "wino3_64": "wino"}
 # the first again after others; 40 columns: the row-wise depthwise loop's interior steps
 SIZES = ((1, 9, 11), (3, 6, 5), (2, 1, 1), (1, 2, 3), (1, 3, 40), (2, 9, 11))
 
