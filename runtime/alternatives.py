@@ -23,6 +23,8 @@ from .ccl import cl_step
 from .cconv import conv_step
 
 Step = Callable[[list], None]
+# library ops whose generated C runs on channels-last memory through ``conv_kernel_step``
+NHWC_C_OPS = frozenset({"conv", *POOL_OPS})
 
 
 def compiled_alt(k: Kernel, kernels: Mapping[str, Callable], params: Mapping[str, Sequence[sympy.Expr]],
@@ -32,7 +34,7 @@ def compiled_alt(k: Kernel, kernels: Mapping[str, Callable], params: Mapping[str
     (the rows) and ``q[1]`` (the most rows it takes) say it covers the binding, else the
     linear's GEMM if there is one; attention's from ``MIN_ROWS`` query rows. Convolutions and
     pools run theirs through ``conv_kernel_step``."""
-    if k.kind != "library" or k.nodes[0].op == "conv" or k.nodes[0].op in POOL_OPS:
+    if k.kind != "library" or k.nodes[0].op in NHWC_C_OPS:
         return None
     if k.name in kernels:
         if k.nodes[0].op == "sdpa":       # below MIN_ROWS most of a tile's rows would be padding

@@ -43,8 +43,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import get_op
 from ..ir.ops.common import bind_dims
 from .binding import Bound, KStep, Step, Typed, contiguous_strides, kernel_symbols
-from ..codegen.c_pool import POOL_OPS
-from .alternatives import alt_params, cl_alternative, compiled_alt, conv_kernel_step
+from .alternatives import NHWC_C_OPS, alt_params, cl_alternative, compiled_alt, conv_kernel_step
 from .csdpa import sdpa_step
 from . import cseg
 from .cstep import c_step, view_step
@@ -54,8 +53,6 @@ from .library import library_fn, qlinear_fallback
 from .step_errors import failed as _failed, mixes_devices
 
 ENV_CACHE = 8
-# library ops whose generated C runs on channels-last memory (runtime/cconv.py conv_step)
-_NHWC_C_OPS = frozenset({"conv", *POOL_OPS})
 
 
 def refuse_grad(inputs: Sequence[Any]) -> None:
@@ -314,7 +311,7 @@ class Executor:
             shape = node.outputs[0].type.concrete(env)
             # a view unless the source is strided
             return view_step(src, dst, lambda t: t.reshape(shape), self._in_arena)
-        if k.kind == "library" and k.name in self.kernels and node.op in _NHWC_C_OPS:
+        if k.kind == "library" and k.name in self.kernels and node.op in NHWC_C_OPS:
             return conv_kernel_step(k, slot, self.kernels, self._args, self.params, env)
         if k.kind == "library":
             # one per kernel for every binding: a convolution keeps its prepacked weights
