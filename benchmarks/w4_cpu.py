@@ -20,6 +20,11 @@ time). Runners:
     .venv/bin/python benchmarks/w4_cpu.py [--m 1,16,64] [--k 4096] [--n 11008] [--threads 2]
         [--iters 20] [--repeat 3] [--format int4,fp4]
 
+Before the runners, a small generated C kernel (12 independent ``vpdpbusd`` zmm chains per
+thread) measures this CPU's int8 multiply-add ceiling; each M then prints the ``VNNI floor``,
+M·N·K MACs at that rate, below which no int8-activation kernel can go (``--skip peak`` leaves
+it out; CPUs without AVX-512 VNNI print nothing).
+
 With ``--repeat R`` every M is measured R times and the best median of each runner printed
 (the machine is shared; the best median is the least disturbed one). Output differences
 against the reference interpreter (scalefold) and between ORT and scalefold are printed too.
@@ -54,6 +59,53 @@ def _ort_model(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, blo
     zp = (zc[..., 0] | (zc[..., 1] << 4)).to(torch.uint8).reshape(-1)
     del np
     return mnb_model(b, scale, zp, k, n, 4, block, level)
+
+
+_VNNI_PEAK_C = r"""
+#include <immintrin.h>
+#include <stdint.h>
+#include <omp.h>
+/* 12 independent vpdpbusd chains per thread (enough to hide the latency on the cores seen);
+   q[0] iterations; p[0] receives one int32 per thread so that the chains stay live. */
+void sf_kernel(void **p, const int64_t *q) {
+  int32_t *out = (int32_t *)p[0];
+  #pragma omp parallel
+  {
+    __m512i a[12];
+    const __m512i u = _mm512_set1_epi8(1), s = _mm512_set1_epi8(2);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_epi32(i);
+    for (int64_t it = 0; it < q[0]; it++) {
+      #pragma GCC unroll 12
+      for (int j = 0; j < 12; j++) a[j] = _mm512_dpbusd_epi32(a[j], u, s);
+    }
+    __m512i t = a[0];
+    for (int i = 1; i < 12; i++) t = _mm512_add_epi32(t, a[i]);
+    out[omp_get_thread_num()] = _mm512_reduce_add_epi32(t);
+  }
+}
+"""
+
+
+def vnni_peak_gmacs(threads: int, iters: int = 2_000_000) -> float | None:
+    """The int8 multiply-add ceiling of this CPU in GMAC/s (``threads`` OpenMP threads, each
+    running 12 independent ``vpdpbusd`` zmm chains; best of 3), or None without AVX-512 VNNI."""
+    import ctypes
+
+    from scalefold.runtime.cache import CompileError, build, load_kernel
+    try:
+        fn = load_kernel(build(_VNNI_PEAK_C))
+    except CompileError:
+        return None
+    out = (ctypes.c_int32 * max(threads, 64))()
+    ptrs = (ctypes.c_void_p * 1)(ctypes.cast(out, ctypes.c_void_p))
+    q = (ctypes.c_int64 * 1)(iters)
+    fn(ptrs, q)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn(ptrs, q)
+        best = min(best, time.perf_counter() - t0)
+    return iters * 12 * 64 * threads / best / 1e9
 
 
 def best_medians(fns: dict[str, Callable[[], object]], repeat: int, iters: int) -> dict[str, float]:
@@ -95,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma list of runners to skip: ort,fp32")
+    ap.add_argument("--skip", default="", help="comma list of runners to skip: ort,fp32,peak (the VNNI ceiling)")
     ap.add_argument("--format", default="int4", help="comma list of weight formats: int4,fp4")
     a = ap.parse_args(argv)
     formats = set(filter(None, a.format.split(",")))
@@ -167,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
 
     names = [nm for nm, _, _ in ours] + ["ort MatMulNBits acc4", "ort MatMulNBits acc0",
                                          "torch fp32 F.linear"]
+    peak = vnni_peak_gmacs(a.threads) if "peak" not in skip else None
+    if peak is not None:
+        print(f"VNNI int8 ceiling of this CPU, {a.threads} threads: {peak:.0f} GMAC/s "
+              f"(M*N*K int8 MACs take at least the 'VNNI floor' row below)")
     summary = {}
     for M in [int(v) for v in a.m.split(",")]:
         x = torch.randn(M, K, generator=gen)
@@ -195,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                 t = best[nm]
                 print(f"{nm:24s} {t:8.3f} {t / base:10.2f} {wbytes / t / 1e6:7.1f} "
                       f"{2 * M * N * K / t / 1e6:8.1f}")
+        if peak is not None:
+            print(f"{'VNNI floor (M*N*K MACs)':24s} {M * N * K / peak / 1e6:8.3f}")
         summary[M] = best
         sys.stdout.flush()
     return 0
