@@ -21,7 +21,9 @@ _UNARY = {"abs": "abs", "neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt"
           "sin": "sin", "cos": "cos", "tanh": "tanh", "sigmoid": "sigmoid", "erf": "erf",
           "relu": "relu", "silu": "silu", "floor": "floor", "ceil": "ceil",
           "reciprocal": "reciprocal", "logical_not": "logical_not", "isnan": "isnan",
-          "isinf": "isinf", "hardswish": "hardswish", "mish": "mish", "round": "round"}
+          "isinf": "isinf", "hardswish": "hardswish", "mish": "mish", "round": "round",
+          "acos": "acos", "asin": "asin", "atan": "atan", "acosh": "acosh", "asinh": "asinh",
+          "atanh": "atanh", "sinh": "sinh", "cosh": "cosh", "tan": "tan"}
 
 
 def _unary(ir_op: str) -> Handler:
@@ -37,6 +39,43 @@ def _unary(ir_op: str) -> Handler:
 
 for _name, _ir in _UNARY.items():
     aten(f"{_name}.default")(_unary(_ir))
+
+
+@aten("log2.default", "log10.default")
+def _log_base(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    # log(x) / ln(b): within an ulp or two of torch's log2 / log10 (exact powers of the base
+    # may land one ulp off; the IR has no base-2 logarithm)
+    y = _unary("log")(ctx, n, a)
+    base = 2.0 if str(n.target).startswith("aten.log2") else 10.0
+    return ctx.emit("mul", [y, ctx.scalar(1.0 / math.log(base), y.dtype)])
+
+
+@aten("exp2.default")
+def _exp2(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    x = ctx.t(a["self"])
+    out = ctx.out_dtype(n)
+    if x.dtype is not out:
+        x = ctx.cast(x, out)
+    # pow(2, x) is exact at integer x, as torch's exp2 is
+    return ctx.emit("pow", [ctx.scalar(2.0, out), x])
+
+
+def _shift(direction: str) -> Handler:
+    def h(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+        out = ctx.out_dtype(n)
+        if not out.is_int or out is dt.boolean:
+            raise FrontendError(f"{n.target}: bit shifts take integer tensors, got {out.name}")
+        x, y = operands(ctx, n, [a["self"], a["other"]], out)
+        return ctx.emit("bitshift", [x, y], direction=direction)
+    return h
+
+
+for _n in ("Tensor", "Scalar", "Tensor_Scalar", "Scalar_Tensor"):
+    aten(f"bitwise_left_shift.{_n}")(_shift("left"))
+    aten(f"bitwise_right_shift.{_n}")(_shift("right"))
+for _n in ("Tensor", "Scalar"):
+    aten(f"__lshift__.{_n}")(_shift("left"))
+    aten(f"__rshift__.{_n}")(_shift("right"))
 
 
 @aten("sign.default")

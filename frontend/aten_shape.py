@@ -337,3 +337,30 @@ def _flip(ctx: Ctx, n: fx.Node, a: dict) -> Value:
     # ONNX slice semantics: a step of -1 from the last element through the first
     return ctx.emit("slice", [x], starts=(-1,) * len(axes), ends=(-_END,) * len(axes), axes=axes,
                     steps=(-1,) * len(axes))
+
+
+@aten("diagonal.default", "diagonal_copy.default")
+def _diagonal(ctx: Ctx, n: fx.Node, a: dict) -> Value:
+    """The diagonal of dims (dim1, dim2) at ``offset``, moved to the last axis: both dims
+    to the end, flattened to one axis of n * m values, then every (m + 1)-th from the first
+    diagonal element (static n and m)."""
+    x = ctx.t(a["self"])
+    r = x.type.rank
+    d1, d2 = int(a.get("dim1", 0)) % r, int(a.get("dim2", 1)) % r
+    off = int(a.get("offset", 0))
+    nn, m = x.shape[d1], x.shape[d2]
+    if d1 == d2:
+        raise FrontendError(f"{n.target}: dim1 and dim2 are both {d1}")
+    if not isinstance(nn, int) or not isinstance(m, int):
+        raise FrontendError(f"{n.target}: the diagonal of symbolic dims ({nn}, {m}) is not supported")
+    rest = [i for i in range(r) if i not in (d1, d2)]
+    perm = (*rest, d1, d2)
+    if perm != tuple(range(r)):
+        x = ctx.emit("transpose", [x], perm=perm)
+    x = ctx.emit("reshape", [x], shape=(*(x.shape[:-2]), nn * m))
+    length = max(0, min(nn, m - off) if off >= 0 else min(nn + off, m))
+    start = off if off >= 0 else -off * m
+    if length == 0:
+        start = 0
+    end = start + (length - 1) * (m + 1) + 1 if length else 0
+    return ctx.emit("slice", [x], starts=(start,), ends=(end,), axes=(r - 2,), steps=(m + 1,))
