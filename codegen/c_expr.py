@@ -63,6 +63,11 @@ def _clip(a: Sequence[str], n: Node, ct: str) -> str:
         lo = None if lo is None else _lit(lo, ct)
         hi = None if hi is None else _lit(hi, ct)
     # Comparisons are false for NaN, so NaN passes through both bounds.
+    if lo is not None and hi is not None and not d.is_int and n.attrs["min"] <= n.attrs["max"]:
+        # one helper call, not the nested conditional: gcc 12's loop vectoriser crashes
+        # (internal compiler error in const_vector_mask_from_tree) on the nested form under
+        # masked AVX2 stores; with lo <= hi both give the same value, NaN included
+        return f"sf_clamp_{ct}({x}, {lo}, {hi})"
     if lo is not None:
         x = f"({x} < {lo} ? ({ct}){lo} : {x})"
     if hi is not None:

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from typing import Any
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +39,10 @@ from ..ir.errors import CompileError
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno",
           "-fno-trapping-math", "-std=gnu11") + (("-mprefer-vector-width=512",) if _X86 else ())
+
+
+# added for a second build when the compiler crashes (``_compile``); gcc and clang take both
+SAFE_FLAGS = ("-fno-tree-vectorize",)
 
 
 def cache_dir() -> Path:
@@ -133,10 +138,14 @@ def _compile(source: str, flags: tuple[str, ...], cc: str, key: str, tmp: Path, 
     src.write_text(source)
     out = tmp / "kernel.so"
     cmd = [cc, *flags, "-o", str(out), str(src)]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise CompileError(f"C compiler '{cc}' could not run: {e}") from None
+    r = _run_cc(cmd, cc)
+    if r.returncode != 0 and _crashed(r.stderr):
+        # A compiler crash is the compiler's bug, not the kernel's: the same source built
+        # without the loop vectoriser (where such crashes live) is still correct, only slower
+        warnings.warn(f"C compiler '{cc}' crashed on kernel {key[:12]}; built again with "
+                      f"{' '.join(SAFE_FLAGS)}", RuntimeWarning, stacklevel=4)
+        cmd = [cc, *flags, *SAFE_FLAGS, "-o", str(out), str(src)]
+        r = _run_cc(cmd, cc)
     if r.returncode != 0 or not out.exists():
         raise CompileError(f"C compilation failed ({' '.join(cmd[:1] + list(flags))}): "
                            f"kernel {key[:12]}", r.stderr)
@@ -152,6 +161,19 @@ def _compile(source: str, flags: tuple[str, ...], cc: str, key: str, tmp: Path, 
         os.replace(src, entries / f"{key}.c")
     except OSError:
         pass
+
+
+def _run_cc(cmd: list[str], cc: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CompileError(f"C compiler '{cc}' could not run: {e}") from None
+
+
+def _crashed(stderr: str) -> bool:
+    """Whether the compiler's own output reports that it crashed (gcc, clang), as opposed to
+    rejecting the source."""
+    return "internal compiler error" in stderr or "PLEASE submit a bug report" in stderr
 
 
 def _digest_path(target: Path) -> Path:

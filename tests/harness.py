@@ -151,3 +151,30 @@ def at_threads(fn, threads: int):  # type: ignore[no-untyped-def]
         return fn()
     finally:
         torch.set_num_threads(old)
+
+
+_U8S8_SATURATES: list[bool] = []
+
+
+def ort_u8s8_saturates() -> bool:
+    """Whether this host's onnxruntime sums uint8 x int8 products in saturating int16 pairs.
+
+    On x86 CPUs without VNNI, onnxruntime's u8s8 kernels use ``vpmaddubsw``, which adds two
+    products into an int16 and saturates: 255 * -128 twice gives -32768, not -65280
+    (onnxruntime's quantisation docs recommend ``reduce_range`` or uint8 weights there). Its
+    results are then not the exact integer sums that scalefold computes, so tests that compare
+    bit for bit keep int8 weights within 7 bits on such hosts. Probed once, with a MatMulInteger
+    whose exact sum needs the full range."""
+    if not _U8S8_SATURATES:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+        g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 64]),
+                               helper.make_tensor_value_info("b", TensorProto.INT8, [64, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 16])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        y = sess.run(None, {"a": np.full((1, 64), 255, np.uint8), "b": np.full((64, 16), -128, np.int8)})[0]
+        _U8S8_SATURATES.append(bool((y != 64 * 255 * -128).any()))
+    return _U8S8_SATURATES[0]

@@ -169,6 +169,34 @@ def test_failing_compiler_raises_compile_error(cache_root: Path, tmp_path: Path,
         cache.build(_kernel_source())
 
 
+def test_a_compiler_crash_is_retried_without_the_vectoriser(cache_root: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """gcc 12 crashed (internal compiler error) vectorising a generated Winograd epilogue for
+    AVX2: the build goes again without the loop vectoriser and the entry works; a crash with
+    the safe flags too is still a CompileError naming the compiler's output."""
+    log = tmp_path / "calls"
+    cc = _script(tmp_path / "icecc",
+                 'if [ "$1" = "--version" ]; then echo "icecc 1.0"; exit 0; fi\n'
+                 f'echo "$@" >> {log}\n'
+                 'case " $* " in *" -fno-tree-vectorize "*) exec cc "$@";; esac\n'
+                 'echo "kernel.c:1:1: internal compiler error: in some_pass, at expr.cc:1" >&2\nexit 1\n')
+    monkeypatch.setenv("CC", cc)
+    with pytest.warns(RuntimeWarning, match="crashed"):
+        cm = api.build_c(_model())
+    xs = [torch.randn(4, 33), torch.randn(4, 33)]
+    for a, e in zip(cm(*xs), interp.run(_model(), *xs)):
+        assert_close(a, e, rtol=1e-5, atol=1e-6)
+    calls = log.read_text().splitlines()
+    assert any("-fno-tree-vectorize" not in c for c in calls)
+    assert any("-fno-tree-vectorize" in c for c in calls)
+    # a compiler that crashes whatever the flags
+    monkeypatch.setenv("CC", _script(tmp_path / "icecc2", 'if [ "$1" = "--version" ]; then echo "icecc 2"; exit 0; fi\n'
+                                     'echo "internal compiler error: always" >&2\nexit 1\n'))
+    with pytest.warns(RuntimeWarning), pytest.raises(CompileError, match="always"):
+        cache.build(_kernel_source())
+    assert not list((cache_root / "c").glob(".build-*"))
+
+
 def test_leftovers_of_a_crashed_build_are_harmless(cache_root: Path) -> None:
     src = _kernel_source()
     key = cache.cache_key(src)

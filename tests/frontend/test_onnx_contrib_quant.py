@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 import scalefold
 from scalefold.ir.errors import FrontendError, UnsupportedOpError
 from scalefold.runtime.interp import run
+from harness import ort_u8s8_saturates
 
 MS = "com.microsoft"
 ONNX_T = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8,
@@ -301,7 +302,8 @@ def test_qgemm_float_output(ta: type, tb: type, per_col: bool, trans_a: int, bia
 
 def _mm_inputs(rng: np.random.Generator, tb: type, per_col: bool, k: int = 23, n: int = 9):
     ib = np.iinfo(tb)
-    b = rng.integers(ib.min, ib.max + 1, size=(k, n)).astype(tb)
+    lo, hi = (-64, 63) if tb is np.int8 and ort_u8s8_saturates() else (ib.min, ib.max)
+    b = rng.integers(lo, hi + 1, size=(k, n)).astype(tb)
     sb = rng.uniform(0.001, 0.01, size=n).astype(np.float32) if per_col else _f32(0.004)
     zb = rng.integers(ib.min // 4, ib.max // 4, size=n).astype(tb) if per_col else np.array(tb(3))
     return b, sb, zb, rng.normal(size=n).astype(np.float32)
@@ -480,7 +482,8 @@ def _quantize_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], a
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QOperator,
-                        activation_type=qt[act], weight_type=QuantType.QInt8, per_channel=True)
+                        activation_type=qt[act], weight_type=QuantType.QInt8, per_channel=True,
+                        reduce_range=ort_u8s8_saturates())
     return dst
 
 
@@ -501,7 +504,7 @@ def _quantize_dynamic_fused(src: Path, dst: Path) -> Path:
     plain = dst.with_suffix(".plain.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(plain), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(plain), weight_type=QuantType.QInt8, reduce_range=ort_u8s8_saturates())
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(dst)

@@ -107,7 +107,10 @@ def test_minilm_smooth_is_exact_and_refuses_post_ln(minilm: Minilm, alpha: float
     # (the unsmoothed fp32 graph is itself ~1.6e-5 away from float64 in max-abs terms).
     assert fro_rel(out, minilm.ref) <= 1e-5
     truth = minilm.float64_truth()
-    assert max_rel(out, truth) <= 1.5 * max_rel(minilm.ref, truth) + 1e-6
+    # the smoothed weights and activations carry one more rounding each: within 1.5x of the
+    # unsmoothed graph's error on the AVX-512 hosts this was written on, 2.2x at alpha 0.85 on
+    # an AVX2-only Zen 3 (whose BLAS sums in another order); a wrong scale costs far more
+    assert max_rel(out, truth) <= 3 * max_rel(minilm.ref, truth) + 1e-6
     # Power-of-two factors are exact in binary floating point: bit-for-bit the same outputs.
     pm2 = PassManager(f"smooth(alpha={alpha}, pow2=True)", calibration=minilm.calib)
     assert max_rel(minilm.outputs(pm2.run(minilm.graph)), minilm.ref) <= 1e-6
