@@ -85,6 +85,10 @@ REFERENCE_OPS: dict[str, str] = {
 PAR_THRESHOLD = 32768  # below this many elements a kernel runs on one thread
 
 
+# what the vector paths of the generated convolutions, float GEMV / GEMM and attention need
+# (their sources test it with #if; without it they compile to portable scalar loops)
+VEC_MACRO = "__AVX512F__"
+
 @dataclass
 class CKernel:
     """Rendered source of one kernel plus what the executor needs to call it."""
@@ -97,6 +101,10 @@ class CKernel:
     args: list | None = None
     # a second alternative of the same library kernel is named with a suffix (c_f32gemm.py)
     suffix: str = ""
+    # a compiler macro (``__AVX512F__``) without which this replacement of a library call
+    # compiles to its portable scalar loops, several times slower than the library
+    # (api.build_c then leaves it out; runtime/cache.py ``compiler_defines``)
+    needs: str = ""
 
     @property
     def name(self) -> str:

@@ -66,7 +66,7 @@ import torch
 from ..ir.graph import Node, Value
 from ..ir.ops.nn import pads, spatial_param
 from ..ir.types import dims_equal
-from .c import CKernel
+from .c import VEC_MACRO, CKernel
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
 from .c_conv_dw import render_dw
@@ -300,7 +300,7 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     params = _params(node, y)
-    return CKernel(k, src, params, args)
+    return CKernel(k, src, params, args, needs=VEC_MACRO)
 
 
 def _params(node: Node, y: Value) -> list[sympy.Expr]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sympy
 
-from .c import CKernel, _prod
+from .c import VEC_MACRO, CKernel, _prod
 from . import c_conv
 from .c_conv import epilogue
 from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar, tile_shape
@@ -76,4 +76,4 @@ def render_gemm_linear(k: Kernel) -> CKernel:
     body = render_gemm(f, epi, other is not None, rows=True)
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
-    return CKernel(k, src, [sympy.sympify(_prod(x.type.shape[:-1]))], args, suffix=SUFFIX)
+    return CKernel(k, src, [sympy.sympify(_prod(x.type.shape[:-1]))], args, suffix=SUFFIX, needs=VEC_MACRO)

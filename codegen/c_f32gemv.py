@@ -82,7 +82,7 @@ import sympy
 
 from ..ir.graph import Node, Value
 from ..ir.types import dims_equal
-from .c import CKernel, _prod
+from .c import VEC_MACRO, CKernel, _prod
 from .c_conv import residual_operand
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
@@ -411,4 +411,4 @@ def render_gemv(k: Kernel, cfg: GemvConfig | None = None) -> CKernel:
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     # q[0] = M and q[1] = limit(N, K) are runtime integers even where static: the executor reads both
     params = [sympy.sympify(_prod(x.type.shape[:-1])), sympy.Integer(cfg.limit(N, K))]
-    return CKernel(k, src, params, args)
+    return CKernel(k, src, params, args, needs=VEC_MACRO)

@@ -41,7 +41,7 @@ import sympy
 
 from . import c_conv
 from ..ir.graph import Value
-from .c import CKernel
+from .c import VEC_MACRO, CKernel
 from .c_tile import TRANSPOSE16
 from .c_types import PRELUDE
 from .schedule import Kernel
@@ -291,7 +291,7 @@ def render_sdpa(k: Kernel, graph_outputs: Sequence[Value] = ()) -> CKernel:
         params += [L * hq * dv, sympy.Integer(dv), hq * dv]
     else:
         params += [hq * L * dv, L * dv, sympy.Integer(dv)]
-    return CKernel(k, src, params, args)
+    return CKernel(k, src, params, args, needs=VEC_MACRO)
 
 
 def blhd_output(k: Kernel, graph_outputs: Sequence[Value]) -> bool:

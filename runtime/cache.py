@@ -86,6 +86,26 @@ def host_cpu() -> str:
     return "|".join(f"{k}={seen[k]}" for k in sorted(seen)) or f"{platform.machine()} {platform.processor()}"
 
 
+@lru_cache(maxsize=None)
+def _predefined(cc: str, flags: tuple[str, ...]) -> frozenset[str]:
+    args = [f for f in flags if f not in ("-shared", "-fPIC")]
+    try:
+        r = subprocess.run([cc, *args, "-dM", "-E", "-x", "c", "-"], input="", capture_output=True,
+                           text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CompileError(f"C compiler '{cc}' cannot be run: {e}") from None
+    if r.returncode != 0:
+        raise CompileError(f"C compiler '{cc}' failed to list its predefined macros", r.stderr)
+    return frozenset(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("#define "))
+
+
+def compiler_defines(macro: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -> bool:
+    """Whether the compiler predefines ``macro`` (``__AVX512F__``) under ``flags``: what a
+    kernel's ``#if defined(...)`` sees when it is built here (with ``-march=native``, the
+    host CPU's features as this compiler knows them)."""
+    return macro in _predefined(cc or compiler(), tuple(flags))
+
+
 def cache_key(source: str, flags: tuple[str, ...] = CFLAGS, cc: str | None = None) -> str:
     cc = cc or compiler()
     h = hashlib.sha256()

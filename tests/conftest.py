@@ -29,6 +29,10 @@ def _cores() -> int:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Hosts whose compiler has no AVX-512 still build and run the convolution, GEMM and
+    # attention replacements (their portable loops) under test; compiled models leave them
+    # out there by default (api._runs_here, tested in tests/codegen/test_c_host_gate.py).
+    os.environ.setdefault("SCALEFOLD_C_PORTABLE", "1")
     if _is_worker(config):
         # Each xdist worker gets its share of the cores for torch's intra-op pool: two workers
         # with a full pool each on two cores made the MiniLM accuracy fixtures (torch-bound)
