@@ -86,8 +86,10 @@ PAR_THRESHOLD = 32768  # below this many elements a kernel runs on one thread
 
 
 # what the vector paths of the generated convolutions, float GEMV / GEMM and attention need
-# (their sources test it with #if; without it they compile to portable scalar loops)
-VEC_MACRO = "__AVX512F__"
+# (their sources test it with #if; without it they compile to portable scalar loops): AVX-512,
+# or for the tile loop of c_tile.py (GEMM, pointwise / dense / Winograd convolutions) AVX2 + FMA
+VEC_MACRO = ("__AVX512F__",)
+TILE_MACROS = ("__AVX2__", "__FMA__")
 
 @dataclass
 class CKernel:
@@ -101,10 +103,10 @@ class CKernel:
     args: list | None = None
     # a second alternative of the same library kernel is named with a suffix (c_f32gemm.py)
     suffix: str = ""
-    # a compiler macro (``__AVX512F__``) without which this replacement of a library call
+    # compiler macros (``__AVX512F__``) without which this replacement of a library call
     # compiles to its portable scalar loops, several times slower than the library
     # (api.build_c then leaves it out; runtime/cache.py ``compiler_defines``)
-    needs: str = ""
+    needs: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

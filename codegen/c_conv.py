@@ -66,13 +66,13 @@ import torch
 from ..ir.graph import Node, Value
 from ..ir.ops.nn import pads, spatial_param
 from ..ir.types import dims_equal
-from .c import VEC_MACRO, CKernel
+from .c import TILE_MACROS, VEC_MACRO, CKernel
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
 from .c_conv_dw import render_dw
 from .c_conv_stem import STEM_CI, pack_stem, render_stem
 from .c_conv_wino import pack_wino, render_wino, wino_fits
-from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar, tile_shape
+from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_shape, tile_variants
 from .schedule import Kernel
 
 STEM_MACS = 20_000_000   # few-input-channel convolutions above this many MACs stay on oneDNN
@@ -283,24 +283,25 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
     head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
     if not cfg.vec:
         head.append("#define SF_NO_VEC 1")
-    head += ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_CONV_VEC 1",
-             "#include <immintrin.h>"]
+    avx512 = ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_CONV_VEC 1",
+              "#include <immintrin.h>"]
+    needs = VEC_MACRO
     if f.kind == "dw":
-        head += ["#else", "#define SF_CONV_VEC 0", "#endif"]
+        head += avx512 + ["#else", "#define SF_CONV_VEC 0", "#endif"]
         body = render_dw(f, epi, other is not None)
     elif f.kind == "stem":
-        head += [TRANSPOSE16, "#else", "#define SF_CONV_VEC 0", "#endif"]
+        head += avx512 + [TRANSPOSE16, "#else", "#define SF_CONV_VEC 0", "#endif"]
         body = render_stem(f, epi, other is not None)
-    elif f.kind == "wino":
-        head += tile_fn(f) + ["#else", "#define SF_CONV_VEC 0"] + tile_scalar(f) + ["#endif"]
-        body = render_wino(f, epi, other is not None)
     else:
-        head += tile_fn(f) + ["#else", "#define SF_CONV_VEC 0"] + tile_scalar(f) + ["#endif"]
-        body = render_gemm(f, epi, other is not None)
+        # the tile loop has an AVX2 form (c_tile.tile_fn_avx2); the rest is plain C
+        head += tile_variants(f)
+        needs = TILE_MACROS
+        body = render_wino(f, epi, other is not None) if f.kind == "wino" else \
+            render_gemm(f, epi, other is not None)
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     params = _params(node, y)
-    return CKernel(k, src, params, args, needs=VEC_MACRO)
+    return CKernel(k, src, params, args, needs=needs)
 
 
 def _params(node: Node, y: Value) -> list[sympy.Expr]:

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import sympy
 
-from .c import VEC_MACRO, CKernel, _prod
+from .c import TILE_MACROS, CKernel, _prod
 from . import c_conv
 from .c_conv import epilogue
-from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_fn, tile_scalar, tile_shape
+from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_shape, tile_variants
 from .c_f32gemv import f32_linear, linear_args
 from .c_types import PRELUDE
 from .schedule import Kernel
@@ -71,9 +71,8 @@ def render_gemm_linear(k: Kernel) -> CKernel:
     head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
     if not c_conv.CONV.vec:   # read at render time (tests switch it)
         head.append("#define SF_NO_VEC 1")
-    head += ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_CONV_VEC 1",
-             "#include <immintrin.h>", TRANSPOSE16, *tile_fn(f), "#else", "#define SF_CONV_VEC 0", *tile_scalar(f), "#endif"]
+    head += tile_variants(f, [TRANSPOSE16])
     body = render_gemm(f, epi, other is not None, rows=True)
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
-    return CKernel(k, src, [sympy.sympify(_prod(x.type.shape[:-1]))], args, suffix=SUFFIX, needs=VEC_MACRO)
+    return CKernel(k, src, [sympy.sympify(_prod(x.type.shape[:-1]))], args, suffix=SUFFIX, needs=TILE_MACROS)

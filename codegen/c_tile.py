@@ -90,6 +90,60 @@ def tile_fn(f: ConvForm) -> list[str]:
     return out
 
 
+def _row_chunks(mr: int, most: int = 6) -> list[tuple[int, int]]:
+    """(first row, rows) of near-equal chunks of at most ``most`` rows covering ``mr``."""
+    n = -(-mr // most)
+    sizes = [mr // n + (i < mr % n) for i in range(n)]
+    return [(sum(sizes[:i]), sizes[i]) for i in range(n)]
+
+
+def tile_fn_avx2(f: ConvForm) -> list[str]:
+    """``sf_tile`` for AVX2 + FMA (16 ymm registers): the tile goes in passes of 16 channels
+    by at most 6 rows (12 accumulators, two weight vectors and a broadcast), each over all
+    taps and input channels. Every output's sum is the same sequence of fused multiply-adds
+    as in :func:`tile_fn` (tap-major, then input channel), so the results are bit-identical
+    to the AVX-512 tile's."""
+    out = ["static inline void sf_tile(const float *const *restrict xr, int64_t taps, int64_t c0, "
+           "const float *restrict w0p, int64_t ts, int64_t cc, float *restrict ct, int init) {",
+           f"  for (int64_t h = 0; h < {f.nb}; h += 16) {{"]
+    for r0, rn in _row_chunks(f.mr):
+        rows = range(r0, r0 + rn)
+        acc = {r: (f"a{r}_0", f"a{r}_1") for r in rows}
+        out.append("  {")
+        for r in rows:
+            out.append("    " + " ".join(
+                f"__m256 {acc[r][v]} = init ? _mm256_setzero_ps() : _mm256_loadu_ps(ct + {r * f.nb} + h + {8 * v});"
+                for v in range(2)))
+        out.append("    for (int64_t t = 0; t < taps; t++) {")
+        out += [f"      const float *restrict x{r} = xr[t * {f.mr} + {r}] + c0;" for r in rows]
+        out.append("      const float *restrict w = w0p + t * ts + h;")
+        out.append("      for (int64_t c = 0; c < cc; c++) {")
+        out.append(f"        const __m256 w0 = _mm256_loadu_ps(w + c * {f.nb}), "
+                   f"w1 = _mm256_loadu_ps(w + c * {f.nb} + 8);")
+        for r in rows:
+            out.append(f"        {{ const __m256 xv = _mm256_broadcast_ss(x{r} + c); "
+                       f"{acc[r][0]} = _mm256_fmadd_ps(xv, w0, {acc[r][0]}); "
+                       f"{acc[r][1]} = _mm256_fmadd_ps(xv, w1, {acc[r][1]}); }}")
+        out += ["      }", "    }"]
+        for r in rows:
+            out.append("    " + " ".join(f"_mm256_storeu_ps(ct + {r * f.nb} + h + {8 * v}, {acc[r][v]});"
+                                         for v in range(2)))
+        out.append("  }")
+    out += ["  }", "}"]
+    return out
+
+
+def tile_variants(f: ConvForm, avx512_extra: list[str] = ()) -> list[str]:
+    """The preprocessor choice of ``sf_tile``: AVX-512 (with ``avx512_extra``, code that needs
+    it too; ``SF_CONV_VEC`` 1), else AVX2 + FMA (``SF_TILE_AVX2`` 1, with ``sf_tr8``), else
+    portable C; ``SF_NO_VEC`` forces the portable one."""
+    return ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_CONV_VEC 1",
+            "#include <immintrin.h>", *avx512_extra, *tile_fn(f),
+            "#elif defined(__AVX2__) && defined(__FMA__) && !defined(SF_NO_VEC)", "#define SF_CONV_VEC 0",
+            "#define SF_TILE_AVX2 1", "#include <immintrin.h>", TRANSPOSE8, *tile_fn_avx2(f),
+            "#else", "#define SF_CONV_VEC 0", *tile_scalar(f), "#endif"]
+
+
 def tile_scalar(f: ConvForm) -> list[str]:
     """Portable ``sf_tile``: the same sums in plain C (same order per output)."""
     return ["static inline void sf_tile(const float *const *restrict xr, int64_t taps, int64_t c0, "
@@ -172,14 +226,19 @@ def render_gemm(f: ConvForm, epi: list[str], other: bool, rows: bool = False) ->
             "          }",
         ]
     if rows:
-        # 16 x 16 blocks by the AVX-512 transpose (sf_tr16, c_f32gemm.py); the rest, and the
-        # zero channels past CO, one element at a time
+        # 16 x 16 blocks by the AVX-512 transpose (sf_tr16), 8 x 8 ones by AVX2's (sf_tr8);
+        # the rest, and the zero channels past CO, one element at a time
         wpan = ["      if (np != packed) {",
                 "#if SF_CONV_VEC",
                 "        const int64_t nfull = nv / 16 * 16, kfull = CI / 16 * 16;",
                 "        for (int64_t j0 = 0; j0 < nfull; j0 += 16)",
                 "          for (int64_t c = 0; c < kfull; c += 16)",
                 f"            sf_tr16(w + (n0 + j0) * CI + c, CI, wbuf + c * {nb} + j0, {nb});",
+                "#elif SF_TILE_AVX2",
+                "        const int64_t nfull = nv / 8 * 8, kfull = CI / 8 * 8;",
+                "        for (int64_t j0 = 0; j0 < nfull; j0 += 8)",
+                "          for (int64_t c = 0; c < kfull; c += 8)",
+                f"            sf_tr8(w + (n0 + j0) * CI + c, CI, wbuf + c * {nb} + j0, {nb});",
                 "#else",
                 "        const int64_t nfull = 0, kfull = 0;",
                 "#endif",
@@ -241,5 +300,22 @@ static inline void sf_tr16(const float *src, int64_t ld, float *dst, int64_t ldd
   _mm512_storeu_ps(dst + 4 * ldd, r4); _mm512_storeu_ps(dst + 5 * ldd, r5); _mm512_storeu_ps(dst + 6 * ldd, r6); _mm512_storeu_ps(dst + 7 * ldd, r7);
   _mm512_storeu_ps(dst + 8 * ldd, r8); _mm512_storeu_ps(dst + 9 * ldd, r9); _mm512_storeu_ps(dst + 10 * ldd, r10); _mm512_storeu_ps(dst + 11 * ldd, r11);
   _mm512_storeu_ps(dst + 12 * ldd, r12); _mm512_storeu_ps(dst + 13 * ldd, r13); _mm512_storeu_ps(dst + 14 * ldd, r14); _mm512_storeu_ps(dst + 15 * ldd, r15);
+}
+"""
+
+
+# dst[c * ldd + r] = src[r * ld + c] for an 8 x 8 block: AVX2 unpacks, shuffles and lane swaps
+TRANSPOSE8 = r"""
+static inline void sf_tr8(const float *src, int64_t ld, float *dst, int64_t ldd) {
+  __m256 r0 = _mm256_loadu_ps(src + 0 * ld), r1 = _mm256_loadu_ps(src + 1 * ld), r2 = _mm256_loadu_ps(src + 2 * ld), r3 = _mm256_loadu_ps(src + 3 * ld);
+  __m256 r4 = _mm256_loadu_ps(src + 4 * ld), r5 = _mm256_loadu_ps(src + 5 * ld), r6 = _mm256_loadu_ps(src + 6 * ld), r7 = _mm256_loadu_ps(src + 7 * ld);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5), t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  r0 = _mm256_shuffle_ps(t0, t2, 0x44); r1 = _mm256_shuffle_ps(t0, t2, 0xEE); r2 = _mm256_shuffle_ps(t1, t3, 0x44); r3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  r4 = _mm256_shuffle_ps(t4, t6, 0x44); r5 = _mm256_shuffle_ps(t4, t6, 0xEE); r6 = _mm256_shuffle_ps(t5, t7, 0x44); r7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(r0, r4, 0x20)); _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(r1, r5, 0x20));
+  _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(r2, r6, 0x20)); _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(r3, r7, 0x20));
+  _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(r0, r4, 0x31)); _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(r1, r5, 0x31));
+  _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(r2, r6, 0x31)); _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(r3, r7, 0x31));
 }
 """

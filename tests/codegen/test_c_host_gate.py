@@ -9,7 +9,7 @@ import torch
 from harness import assert_close
 
 import scalefold as sf
-from scalefold.codegen.c import VEC_MACRO
+from scalefold.codegen.c import TILE_MACROS, VEC_MACRO
 from scalefold.ir.graph import Graph
 from scalefold.runtime import cache
 from scalefold.runtime.interp import run
@@ -36,7 +36,7 @@ def _compiled(monkeypatch: pytest.MonkeyPatch, portable: str | None, has_vec: bo
         monkeypatch.setenv("SCALEFOLD_C_PORTABLE", portable)
     real = cache.compiler_defines
     monkeypatch.setattr(cache, "compiler_defines",
-                        lambda m, *a, **k: has_vec if m == VEC_MACRO else real(m, *a, **k))
+                        lambda m, *a, **k: has_vec if m in VEC_MACRO + TILE_MACROS else real(m, *a, **k))
     net = _Net().eval()
     x = torch.randn(2, 8, 12, 12)
     with torch.no_grad():
