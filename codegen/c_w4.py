@@ -59,6 +59,7 @@ from ..runtime.w8pack import finite_codes, pack_w8
 from .c import CKernel, _Params, _prod
 from .c_types import PRELUDE, load, storage_type
 from .c_w4_src import decode_group, decode_u8, tile_f32_buf, tile_f32_direct, tile_scalar, tile_vnni
+from .c_w4_avx2 import tile_avx2
 from .c_w4_amx import amx_head, amx_ok, amx_only, amx_panel, amx_prologue, amx_rows
 from .c_w4_exact import row_exact
 from .c_w8_src import decode_group8, tile_f32_direct8, tile_scalar8
@@ -486,8 +487,12 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
         head += decode_group8(nb, pf, fp8) if bits == 8 else decode_group(nb, pf, fp4)
         for r in range(1, cfg.mr_buf + 1):
             head += tile_f32_buf(r, nb, not (fp4 or fp8))
-    head += ["#else"] + (tile_scalar8(nb, isint, fp8) if bits == 8 else
-                         tile_scalar(nb, isint, fp4)) + ["#endif"]
+    portable = tile_scalar8(nb, isint, fp8) if bits == 8 else tile_scalar(nb, isint, fp4)
+    if bits == 4 and not fp4:
+        # AVX2-only hosts: the portable tile's AVX2 form (c_w4_avx2.py)
+        portable = ["#if defined(__AVX2__) && defined(__FMA__) && !defined(SF_NO_VEC)",
+                    "#include <immintrin.h>", *tile_avx2(nb, isint), "#else", *portable, "#endif"]
+    head += ["#else"] + portable + ["#endif"]
     if use_amx:
         head += amx_head() + amx_only(*amx_panel(G, gp, glp, gs, bits, fp4))
     if not isint:
