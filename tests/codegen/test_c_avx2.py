@@ -1,0 +1,83 @@
+"""The AVX2 + FMA forms compiled on hosts without AVX-512 (c_tile.tile_fn_avx2 / sf_tr8 for
+the float GEMM and the pointwise / dense / Winograd convolutions, c_w4_avx2.tile_avx2 for the
+4-bit qlinear template), built here with ``-mno-avx512f`` so that they run on AVX-512 hosts
+too, against the reference interpreter."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conv_cases import conv_graph
+from harness import assert_close
+from w4_cases import check, w4graph
+
+from scalefold import api
+from scalefold.runtime import cache
+from scalefold.runtime.interp import run
+
+pytestmark = pytest.mark.usefixtures("kernel_cache_dir")
+
+NO512 = ("-mno-avx512f",)
+
+
+@pytest.fixture
+def avx2_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every C build of the test goes without AVX-512 (so with AVX2 + FMA where the CPU has
+    them, as on an AVX2-only host)."""
+    flags = cache.CFLAGS + NO512
+    if not (cache.compiler_defines("__AVX2__", flags) and cache.compiler_defines("__FMA__", flags)):
+        pytest.skip("this compiler / CPU has no AVX2 + FMA: the AVX2 forms cannot run here")
+    assert not cache.compiler_defines("__AVX512F__", flags)
+    real = cache.build
+    monkeypatch.setattr(cache, "build", lambda src, flags=cache.CFLAGS, cc=None: real(src, tuple(flags) + NO512, cc))
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 70, 100), (5, 384, 40), (37, 200, 64), (64, 33, 17), (13, 16, 130)])
+def test_linear_gemm(avx2_builds: None, M: int, K: int, N: int) -> None:
+    lin = torch.nn.Linear(K, N).eval()
+    x = torch.randn(M, K)
+    with torch.no_grad():
+        cm = api.compile(lin, (x,), target="c")
+        assert any(n.endswith("_gemm") for n in cm.sources)
+        for _ in range(2):
+            xm = torch.randn(M, K)
+            assert_close(cm(xm), lin(xm), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [(1, 1, 1, True, 1, 24, 40), (1, 1, 1, False, 3, 8, 72),
+                                     (1, 2, 1, True, 3, 5, 33), (1, 1, 1, True, 3, 16, 40),
+                                     (1, 1, 1, True, 1, 200, 16)])
+@pytest.mark.parametrize("epilogue", ["none", "bn_relu6", "add_relu"])
+def test_convolutions(avx2_builds: None, variant: tuple, epilogue: str) -> None:
+    g = conv_graph(epilogue, *variant)
+    cm = api.build_c(g)
+    assert any(k.kind == "library" and k.nodes[0].op == "conv" and k.name in cm.sources
+               for k in cm.schedule.kernels)
+    for b, h, w in [(1, 9, 11), (2, 6, 5), (1, 1, 1)]:
+        s = variant[1]
+        xs = [torch.randn(b, variant[5], h, w) * 2]
+        if "add" in epilogue:
+            xs.append(torch.randn(b, variant[6], (h - 1) // s + 1, (w - 1) // s + 1))
+        want = run(g, *xs)[0]
+        scale = float(want.abs().max())
+        assert_close(cm(*xs), want, rtol=1e-5, atol=max(2e-4, 5e-6 * scale))
+
+
+@pytest.mark.parametrize("act", ["none", "per_token"])
+@pytest.mark.parametrize("K,N,group,sym", [(260, 100, 20, False), (300, 50, 128, True), (67, 33, 32, False)])
+def test_w4_template(avx2_builds: None, act: str, K: int, N: int, group: int, sym: bool) -> None:
+    g = w4graph(K, N, group, act=act, sym=sym, seed=K)
+    cm = api.build_c(g)
+    src = next(iter(cm.sources.values()))
+    assert ("_mm256_maddubs_epi16" if act == "per_token" else "_mm256_broadcast_ss(xb") in src
+    check(g, cm)
+
+
+def test_w4_int8_activation_sums_are_exact_at_the_code_extremes(avx2_builds: None) -> None:
+    """Codes 15 against activations of +-127 everywhere: the largest int16 pair sums of
+    vpmaddubsw (2 * 15 * 127) and their int16 sum (4 * 15 * 127) must not saturate."""
+    g = w4graph(256, 32, 128, act="per_token", seed=1)
+    w = g.nodes[0].inputs[1].const
+    w.fill_(15)
+    cm = api.build_c(g)
+    x = torch.where(torch.arange(256) % 3 == 0, -1.0, 1.0).reshape(1, 1, 256).repeat(2, 3, 1)
+    assert_close(cm(x), run(g, x)[0], rtol=1e-5, atol=1e-5)
