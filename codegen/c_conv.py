@@ -287,7 +287,10 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
               "#include <immintrin.h>"]
     needs = VEC_MACRO
     if f.kind == "dw":
-        head += avx512 + ["#else", "#define SF_CONV_VEC 0", "#endif"]
+        head += avx512 + ["#elif defined(__AVX2__) && defined(__FMA__) && !defined(SF_NO_VEC)",
+                          "#define SF_CONV_VEC 0", "#define SF_TILE_AVX2 1", "#include <immintrin.h>",
+                          "#else", "#define SF_CONV_VEC 0", "#endif"]
+        needs = TILE_MACROS       # c_conv_dw._dw_avx2
         body = render_dw(f, epi, other is not None)
     elif f.kind == "stem":
         head += avx512 + [TRANSPOSE16, "#else", "#define SF_CONV_VEC 0", "#endif"]

@@ -7,7 +7,8 @@ interior pixels without bounds tests) or ``_dw_rows`` for larger ones (``dw_pixe
 pixels at a time, each input column of a kernel row loaded once and shared by the pixels
 whose taps meet it, their FMA chains interleaved). A/B on this CPU (``probe/dwab.py``, not
 kept): 3x3 kernels ran 1.2-1.6x faster one pixel at a time, 5x5 ones 1.1-1.7x faster by rows
-(240 channels over 14x14: 15.3 against 24.8 µs). Without AVX-512, a portable scalar loop.
+(240 channels over 14x14: 15.3 against 24.8 µs). Without AVX-512, ``_dw_avx2`` where the
+compiler has AVX2 + FMA, else a portable scalar loop.
 """
 from __future__ import annotations
 
@@ -103,6 +104,39 @@ def _dw_rows(f: ConvForm, epi: list[str], other: bool) -> list[str]:
     ]
 
 
+def _dw_avx2(f: ConvForm, epi: list[str], other: bool) -> list[str]:
+    """Depthwise loop for AVX2 + FMA (16 ymm registers): one output pixel at a time in two
+    passes of 8 channels over the block, the taps in the order of the AVX-512 loops (so the
+    same sums); a partial last block loads its channels masked."""
+    return [
+        "        for (int64_t ow = 0; ow < OW; ow++) {",
+        f"          const int64_t iw0 = ow * {f.sw} - PW;",
+        "          for (int64_t h = 0; h < nv; h += 8) {",
+        "            const int full = nv - h >= 8;",
+        "            const __m256i k8 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(nv - h)), "
+        "_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));",
+        "            __m256 acc = _mm256_setzero_ps();",
+        f"            for (int64_t i = 0; i < {f.kh}; i++) {{",
+        f"              const int64_t ih = oh * {f.sh} - PH + i * {f.dh};",
+        "              if (ih < 0 || ih >= H) continue;",
+        "              const float *xrow = x + (n * H + ih) * W * C + c0 + h;",
+        f"              const float *wr = wp + i * {f.kw} * CP + c0 + h;",
+        f"              for (int64_t j = 0; j < {f.kw}; j++) {{",
+        f"                const int64_t iw = iw0 + j * {f.dw};",
+        "                if (iw < 0 || iw >= W) continue;",
+        "                const __m256 xv = full ? _mm256_loadu_ps(xrow + iw * C) : _mm256_maskload_ps(xrow + iw * C, k8);",
+        "                acc = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wr + j * CP), acc);",
+        "              }",
+        "            }",
+        "            _mm256_storeu_ps(ct + h, acc);",
+        "          }",
+        "          const int64_t pix0 = (n * OH + oh) * OW + ow, mr = 1;",
+        "          const int64_t n0 = c0;",
+        *["  " + s for s in store_tile(ConvForm("dw", 1, 1, 1, 1, 1, 1, 16, 1), epi, other)],
+        "        }",
+    ]
+
+
 def render_dw(f: ConvForm, epi: list[str], other: bool) -> list[str]:
     """Body of the depthwise form: per (image, output row, 16-channel block), the vector loop
     of ``_dw_pixelwise`` (up to 9 taps) or ``_dw_rows`` (A/B on this CPU: 3x3 kernels ran
@@ -143,6 +177,8 @@ def render_dw(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         "#if SF_CONV_VEC",
         "        const __mmask16 km = nv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nv) - 1);",
         *vec,
+        "#elif SF_TILE_AVX2",
+        *_dw_avx2(f, epi, other),
         "#else",
         *scalar,
         "#endif",

@@ -1,6 +1,6 @@
 """The AVX2 + FMA forms compiled on hosts without AVX-512 (c_tile.tile_fn_avx2 / sf_tr8 for
-the float GEMM and the pointwise / dense / Winograd convolutions, c_w4_avx2.tile_avx2 for the
-4-bit qlinear template), built here with ``-mno-avx512f`` so that they run on AVX-512 hosts
+the float GEMM and the pointwise / dense / Winograd convolutions, c_conv_dw._dw_avx2 for the
+depthwise ones, c_w4_avx2.tile_avx2 for the 4-bit qlinear template), built here with ``-mno-avx512f`` so that they run on AVX-512 hosts
 too, against the reference interpreter."""
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def test_linear_gemm(avx2_builds: None, M: int, K: int, N: int) -> None:
 
 @pytest.mark.parametrize("variant", [(1, 1, 1, True, 1, 24, 40), (1, 1, 1, False, 3, 8, 72),
                                      (1, 2, 1, True, 3, 5, 33), (1, 1, 1, True, 3, 16, 40),
-                                     (1, 1, 1, True, 1, 200, 16)])
+                                     (1, 1, 1, True, 1, 200, 16), (24, 1, 1, True, 3, 24, 24),
+                                     (16, 2, 1, False, 5, 16, 16), (40, 1, 2, True, 3, 40, 40),
+                                     (20, 1, 1, True, 7, 20, 20)])
 @pytest.mark.parametrize("epilogue", ["none", "bn_relu6", "add_relu"])
 def test_convolutions(avx2_builds: None, variant: tuple, epilogue: str) -> None:
     g = conv_graph(epilogue, *variant)
