@@ -91,6 +91,7 @@ PAR_THRESHOLD = 32768  # below this many elements a kernel runs on one thread
 VEC_MACRO = ("__AVX512F__",)
 TILE_MACROS = ("__AVX2__", "__FMA__")
 
+
 @dataclass
 class CKernel:
     """Rendered source of one kernel plus what the executor needs to call it."""
