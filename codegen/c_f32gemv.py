@@ -82,7 +82,7 @@ import sympy
 
 from ..ir.graph import Node, Value
 from ..ir.types import dims_equal
-from .c import VEC_MACRO, CKernel, _prod
+from .c import TILE_MACROS, CKernel, _prod
 from .c_conv import residual_operand
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
@@ -320,6 +320,38 @@ def _tile_scalar(K: int) -> list[str]:
             "}"]
 
 
+def _tile_avx2(K: int) -> list[str]:
+    """AVX2 + FMA form of the portable tile ``sf_gv_s`` (hosts without AVX-512): each dot
+    product in four ymm accumulators over steps of 32 columns, then 8, then the last ``K % 8``
+    one at a time, summed by one fixed tree; every output is this same sequence whatever the
+    tiling or the threads' split."""
+    k32, k8 = K - K % 32, K - K % 8
+    return ["static inline void sf_gv_s(int64_t R, int64_t C, const float *restrict x, "
+            "const float *restrict w, float *restrict ct, int64_t ldc) {",
+            "  for (int64_t i = 0; i < R; i++)",
+            "    for (int64_t j = 0; j < C; j++) {",
+            f"      const float *restrict xi = x + i * {K}, *restrict wj = w + j * {K};",
+            "      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), "
+            "a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();",
+            f"      for (int64_t k = 0; k < {k32}; k += 32) {{",
+            "        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), _mm256_loadu_ps(wj + k), a0);",
+            "        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), _mm256_loadu_ps(wj + k + 8), a1);",
+            "        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 16), _mm256_loadu_ps(wj + k + 16), a2);",
+            "        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 24), _mm256_loadu_ps(wj + k + 24), a3);",
+            "      }",
+            f"      for (int64_t k = {k32}; k < {k8}; k += 8)",
+            "        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), _mm256_loadu_ps(wj + k), a0);",
+            "      const __m256 t = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));",
+            "      __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));",
+            "      u = _mm_add_ps(u, _mm_movehl_ps(u, u));",
+            "      u = _mm_add_ss(u, _mm_movehdup_ps(u));",
+            "      float s = _mm_cvtss_f32(u);",
+            f"      for (int64_t k = {k8}; k < {K}; k++) s += xi[k] * wj[k];",
+            "      ct[i * ldc + j] = s;",
+            "    }",
+            "}"]
+
+
 def _epilogue_expr(k: Kernel) -> str:
     """C expression of the stored value from ``v`` (the sum plus bias) and, for an ``add``
     epilogue, ``o`` (the other operand's element)."""
@@ -406,9 +438,11 @@ def render_gemv(k: Kernel, cfg: GemvConfig | None = None) -> CKernel:
     head += HSUM
     for r, c in tiles:
         head += _tile_vec(r, c, K, cfg.prefetch)
-    head += ["#else", "#define SF_GEMV_VEC 0", *_tile_scalar(K), "#endif"]
+    head += ["#elif defined(__AVX2__) && defined(__FMA__) && !defined(SF_NO_VEC)", "#define SF_GEMV_VEC 0",
+             "#include <immintrin.h>", *_tile_avx2(K),
+             "#else", "#define SF_GEMV_VEC 0", *_tile_scalar(K), "#endif"]
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     # q[0] = M and q[1] = limit(N, K) are runtime integers even where static: the executor reads both
     params = [sympy.sympify(_prod(x.type.shape[:-1])), sympy.Integer(cfg.limit(N, K))]
-    return CKernel(k, src, params, args, needs=VEC_MACRO)
+    return CKernel(k, src, params, args, needs=TILE_MACROS)

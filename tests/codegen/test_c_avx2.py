@@ -1,7 +1,8 @@
-"""The AVX2 + FMA forms compiled on hosts without AVX-512 (c_tile.tile_fn_avx2 / sf_tr8 for
-the float GEMM and the pointwise / dense / Winograd convolutions, c_conv_dw._dw_avx2 for the
-depthwise ones, c_w4_avx2.tile_avx2 for the 4-bit qlinear template), built here with ``-mno-avx512f`` so that they run on AVX-512 hosts
-too, against the reference interpreter."""
+"""The AVX2 + FMA forms compiled on hosts without AVX-512, against the reference interpreter:
+c_tile.tile_fn_avx2 / sf_tr8 (the float GEMM and the pointwise / dense / Winograd
+convolutions), c_f32gemv._tile_avx2 (the float GEMV), c_conv_dw._dw_avx2 (depthwise
+convolutions) and c_w4_avx2.tile_avx2 (the 4-bit qlinear template). They are built here with
+``-mno-avx512f`` so that they run on AVX-512 hosts too."""
 from __future__ import annotations
 
 import pytest
@@ -40,6 +41,20 @@ def test_linear_gemm(avx2_builds: None, M: int, K: int, N: int) -> None:
         assert any(n.endswith("_gemm") for n in cm.sources)
         for _ in range(2):
             xm = torch.randn(M, K)
+            assert_close(cm(xm), lin(xm), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 70, 100), (3, 1000, 33), (2, 33, 17), (1, 7, 5), (4, 256, 64)])
+def test_linear_gemv(avx2_builds: None, M: int, K: int, N: int) -> None:
+    """The float GEMV's AVX2 tile (c_f32gemv._tile_avx2): steps of 32 and 8 columns and a
+    scalar tail."""
+    lin = torch.nn.Linear(K, N).eval()
+    x = torch.randn(M, K)
+    with torch.no_grad():
+        cm = api.compile(lin, (x,), target="c")
+        assert any("_mm_movehdup_ps" in src for src in cm.sources.values())
+        for _ in range(2):
+            xm = torch.randn(M, K) * 3
             assert_close(cm(xm), lin(xm), rtol=1e-5, atol=1e-5)
 
 
