@@ -85,11 +85,6 @@ REFERENCE_OPS: dict[str, str] = {
 PAR_THRESHOLD = 32768  # below this many elements a kernel runs on one thread
 
 
-# what the vector paths of the generated convolutions, float GEMV / GEMM and attention need
-# (their sources test it with #if; without it they compile to portable scalar loops): AVX-512,
-# or for the tile loop of c_tile.py (GEMM, pointwise / dense / Winograd convolutions) AVX2 + FMA
-VEC_MACRO = ("__AVX512F__",)
-TILE_MACROS = ("__AVX2__", "__FMA__")
 
 
 @dataclass

@@ -66,7 +66,8 @@ import torch
 from ..ir.graph import Node, Value
 from ..ir.ops.nn import pads, spatial_param
 from ..ir.types import dims_equal
-from .c import TILE_MACROS, VEC_MACRO, CKernel
+from .c import CKernel
+from .c_isa import TILE_MACROS, VEC_MACRO, isa_variants
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
 from .c_conv_dw import render_dw
@@ -283,17 +284,14 @@ def render_conv(k: Kernel, cfg: ConvConfig | None = None) -> CKernel:
     head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
     if not cfg.vec:
         head.append("#define SF_NO_VEC 1")
-    avx512 = ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_CONV_VEC 1",
-              "#include <immintrin.h>"]
     needs = VEC_MACRO
     if f.kind == "dw":
-        head += avx512 + ["#elif defined(__AVX2__) && defined(__FMA__) && !defined(SF_NO_VEC)",
-                          "#define SF_CONV_VEC 0", "#define SF_TILE_AVX2 1", "#include <immintrin.h>",
-                          "#else", "#define SF_CONV_VEC 0", "#endif"]
+        # the vector loops are in the body (c_conv_dw), behind SF_CONV_VEC / SF_TILE_AVX2
+        head += isa_variants("SF_CONV_VEC", [], [], [], avx2_flag="SF_TILE_AVX2")
         needs = TILE_MACROS       # c_conv_dw._dw_avx2
         body = render_dw(f, epi, other is not None)
     elif f.kind == "stem":
-        head += avx512 + [TRANSPOSE16, "#else", "#define SF_CONV_VEC 0", "#endif"]
+        head += isa_variants("SF_CONV_VEC", [TRANSPOSE16], [])
         body = render_stem(f, epi, other is not None)
     else:
         # the tile loop has an AVX2 form (c_tile.tile_fn_avx2); the rest is plain C

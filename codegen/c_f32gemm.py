@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import sympy
 
-from .c import TILE_MACROS, CKernel, _prod
+from .c import CKernel, _prod
+from .c_isa import TILE_MACROS
 from . import c_conv
 from .c_conv import epilogue
 from .c_tile import TRANSPOSE16, ConvForm, render_gemm, tile_shape, tile_variants

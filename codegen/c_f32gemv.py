@@ -82,7 +82,8 @@ import sympy
 
 from ..ir.graph import Node, Value
 from ..ir.types import dims_equal
-from .c import TILE_MACROS, CKernel, _prod
+from .c import CKernel, _prod
+from .c_isa import TILE_MACROS, isa_variants
 from .c_conv import residual_operand
 from .c_quant import C_EXPR, c_node_ok
 from .c_types import PRELUDE
@@ -432,15 +433,11 @@ def render_gemv(k: Kernel, cfg: GemvConfig | None = None) -> CKernel:
     head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
     if not cfg.vec:
         head.append("#define SF_NO_VEC 1")
-    head += ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_GEMV_VEC 1",
-             "#include <immintrin.h>"]
     tiles = sorted({(r, cfg.width(r)) for r in range(1, mr + 1)} | {(r, 1) for r in range(1, mr + 1)})
-    head += HSUM
+    vec = list(HSUM)
     for r, c in tiles:
-        head += _tile_vec(r, c, K, cfg.prefetch)
-    head += ["#elif defined(__AVX2__) && defined(__FMA__) && !defined(SF_NO_VEC)", "#define SF_GEMV_VEC 0",
-             "#include <immintrin.h>", *_tile_avx2(K),
-             "#else", "#define SF_GEMV_VEC 0", *_tile_scalar(K), "#endif"]
+        vec += _tile_vec(r, c, K, cfg.prefetch)
+    head += isa_variants("SF_GEMV_VEC", vec, _tile_scalar(K), _tile_avx2(K))
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     # q[0] = M and q[1] = limit(N, K) are runtime integers even where static: the executor reads both

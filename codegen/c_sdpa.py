@@ -41,7 +41,8 @@ import sympy
 
 from . import c_conv
 from ..ir.graph import Value
-from .c import VEC_MACRO, CKernel
+from .c import CKernel
+from .c_isa import VEC_MACRO, isa_variants
 from .c_tile import TRANSPOSE16
 from .c_types import PRELUDE
 from .schedule import Kernel
@@ -271,9 +272,7 @@ def render_sdpa(k: Kernel, graph_outputs: Sequence[Value] = ()) -> CKernel:
     head = ["#ifdef _OPENMP", "#include <omp.h>", "#endif"]
     if not vec:
         head.append("#define SF_NO_VEC 1")
-    head += ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_SDPA_VEC 1",
-             "#include <immintrin.h>", TRANSPOSE16, *_qk_tile(d), *_pv_tile(),
-             "#else", "#define SF_SDPA_VEC 0", *_scalar_tiles(d), "#endif"]
+    head += isa_variants("SF_SDPA_VEC", [TRANSPOSE16, *_qk_tile(d), *_pv_tile()], _scalar_tiles(d))
     src = "\n".join([PRELUDE] + head + [
         "void sf_kernel(void **restrict p, const int64_t *restrict q) {", *decl, *body, "}"]) + "\n"
     qs, ks = list(q.type.shape), list(kk.type.shape)

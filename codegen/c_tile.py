@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .c_isa import isa_variants
+
 PAR_MACS = 1 << 18   # below this many multiply-adds a convolution runs on one thread
 GROUP = 8            # tiles that share one pass over a chunk of a panel's weights
 L1_WEIGHTS = 24 << 10   # bytes of a weight chunk (half the 48 KB L1 data cache)
@@ -137,11 +139,8 @@ def tile_variants(f: ConvForm, avx512_extra: list[str] = ()) -> list[str]:
     """The preprocessor choice of ``sf_tile``: AVX-512 (with ``avx512_extra``, code that needs
     it too; ``SF_CONV_VEC`` 1), else AVX2 + FMA (``SF_TILE_AVX2`` 1, with ``sf_tr8``), else
     portable C; ``SF_NO_VEC`` forces the portable one."""
-    return ["#if defined(__AVX512F__) && !defined(SF_NO_VEC)", "#define SF_CONV_VEC 1",
-            "#include <immintrin.h>", *avx512_extra, *tile_fn(f),
-            "#elif defined(__AVX2__) && defined(__FMA__) && !defined(SF_NO_VEC)", "#define SF_CONV_VEC 0",
-            "#define SF_TILE_AVX2 1", "#include <immintrin.h>", TRANSPOSE8, *tile_fn_avx2(f),
-            "#else", "#define SF_CONV_VEC 0", *tile_scalar(f), "#endif"]
+    return isa_variants("SF_CONV_VEC", [*avx512_extra, *tile_fn(f)], tile_scalar(f),
+                        [TRANSPOSE8, *tile_fn_avx2(f)], avx2_flag="SF_TILE_AVX2")
 
 
 def tile_scalar(f: ConvForm) -> list[str]:

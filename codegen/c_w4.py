@@ -57,6 +57,7 @@ from ..ir.graph import Node
 from ..runtime.w4pack import group_slots, group_stride, pack_w4
 from ..runtime.w8pack import finite_codes, pack_w8
 from .c import CKernel, _Params, _prod
+from .c_isa import isa_variants
 from .c_types import PRELUDE, load, storage_type
 from .c_w4_src import decode_group, decode_u8, tile_f32_buf, tile_f32_direct, tile_scalar, tile_vnni
 from .c_w4_avx2 import tile_avx2
@@ -446,8 +447,7 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
                  "#else", "#define SF_CSR_SAVE", "#define SF_CSR_RESTORE", "#endif"]
     if not cfg.vec:
         head.append("#define SF_NO_VEC 1")
-    need = "defined(__AVX512F__) && defined(__AVX512BW__)" + \
-        (" && defined(__AVX512VNNI__)" if isint else "")
+    need = ("__AVX512F__", "__AVX512BW__") + (("__AVX512VNNI__",) if isint else ())
     # exact integer zero-point fold of the int8-activation tiles (c_w4_src._group_end): ze
     # bytes stored and |sum code * (u - ze)| <= 127 * 255 * g inside int32, so it cannot wrap
     zint = isint and packed.zbytes and 127 * 255 * g < 2 ** 31
@@ -460,39 +460,36 @@ def render_w4(k: Kernel, cfg: W4Config = DEFAULT) -> CKernel:
     else:
         head += ["#define SF_LOADZ(z, o, s) _mm512_loadu_ps((const float *)(z) + (o))",
                  "#define SF_Z(z, j, s) (((const float *)(z))[j])"]
-    head += [f"#if {need} && !defined(SF_NO_VEC)", "#define SF_W4_VEC 1",
-             "#include <immintrin.h>", "#else", "#define SF_W4_VEC 0", "#endif", "#if SF_W4_VEC"]
+    vec: list[str] = []
     if isint:
         # Inline asm, as in c_qgemm: gcc 12 spills the accumulators of the intrinsic.
-        head += ["#define SF_DPBUSD(acc, w, b) __asm__(\"vpdpbusd %2, %1, %0\" : \"+v\"(acc) : "
-                 "\"v\"(w), \"v\"(b))",
-                 "static inline int32_t sf_ld32(const int8_t *p) { int32_t v; memcpy(&v, p, 4); "
-                 "return v; }"]
+        vec += ["#define SF_DPBUSD(acc, w, b) __asm__(\"vpdpbusd %2, %1, %0\" : \"+v\"(acc) : "
+                "\"v\"(w), \"v\"(b))",
+                "static inline int32_t sf_ld32(const int8_t *p) { int32_t v; memcpy(&v, p, 4); "
+                "return v; }"]
         if bits == 8:
             # the packed bytes are the decoded u8 layout: the buffered tile reads them as sf_qd
             for r in range(1, cfg.mr_vnni + 1):
-                head += tile_vnni(r, nb, True, name=f"sf_qd{r}")
+                vec += tile_vnni(r, nb, True, name=f"sf_qd{r}")
         else:
             for r in range(1, cfg.mr_vnni + 1):
-                head += tile_vnni(r, nb, pf=cfg.pf_bytes, fp4=fp4)
+                vec += tile_vnni(r, nb, pf=cfg.pf_bytes, fp4=fp4)
         if cfg.vnni_buf and bits == 4:
-            head += decode_u8(nb, fp4)
+            vec += decode_u8(nb, fp4)
             for r in range(1, cfg.mr_vnni + 1):
-                head += tile_vnni(r, nb, True)
+                vec += tile_vnni(r, nb, True)
     else:
         pf = cfg.pf_bytes
         for r in range(1, cfg.mr_direct + 1):
-            head += tile_f32_direct8(r, nb, pf, fp8) if bits == 8 else \
+            vec += tile_f32_direct8(r, nb, pf, fp8) if bits == 8 else \
                 tile_f32_direct(r, nb, pf, fp4, cfg.perm)
-        head += decode_group8(nb, pf, fp8) if bits == 8 else decode_group(nb, pf, fp4)
+        vec += decode_group8(nb, pf, fp8) if bits == 8 else decode_group(nb, pf, fp4)
         for r in range(1, cfg.mr_buf + 1):
-            head += tile_f32_buf(r, nb, not (fp4 or fp8))
+            vec += tile_f32_buf(r, nb, not (fp4 or fp8))
     portable = tile_scalar8(nb, isint, fp8) if bits == 8 else tile_scalar(nb, isint, fp4)
-    if bits == 4 and not fp4:
-        # AVX2-only hosts: the portable tile's AVX2 form (c_w4_avx2.py)
-        portable = ["#if defined(__AVX2__) && defined(__FMA__) && !defined(SF_NO_VEC)",
-                    "#include <immintrin.h>", *tile_avx2(nb, isint), "#else", *portable, "#endif"]
-    head += ["#else"] + portable + ["#endif"]
+    # AVX2-only hosts: the portable tile's AVX2 form (c_w4_avx2.py), same name and sums
+    avx2 = tile_avx2(nb, isint) if bits == 4 and not fp4 else None
+    head += isa_variants("SF_W4_VEC", vec, portable, avx2, avx512_needs=need)
     if use_amx:
         head += amx_head() + amx_only(*amx_panel(G, gp, glp, gs, bits, fp4))
     if not isint:

@@ -2,7 +2,8 @@
 c_tile.tile_fn_avx2 / sf_tr8 (the float GEMM and the pointwise / dense / Winograd
 convolutions), c_f32gemv._tile_avx2 (the float GEMV), c_conv_dw._dw_avx2 (depthwise
 convolutions) and c_w4_avx2.tile_avx2 (the 4-bit qlinear template). They are built here with
-``-mno-avx512f`` so that they run on AVX-512 hosts too."""
+``-mno-avx512f`` so that they run on AVX-512 hosts too. On hosts with both, the tile and
+convolution forms must also agree with the AVX-512 ones bit for bit."""
 from __future__ import annotations
 
 import pytest
@@ -98,3 +99,48 @@ def test_w4_int8_activation_sums_are_exact_at_the_code_extremes(avx2_builds: Non
     cm = api.build_c(g)
     x = torch.where(torch.arange(256) % 3 == 0, -1.0, 1.0).reshape(1, 1, 256).repeat(2, 3, 1)
     assert_close(cm(x), run(g, x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def both_builds(monkeypatch: pytest.MonkeyPatch):
+    """Run a builder twice, once with this host's AVX-512 and once without (AVX2 + FMA), and
+    return both results; skipped where the host lacks either instruction set."""
+    flags = cache.CFLAGS + NO512
+    if not (cache.compiler_defines("__AVX512F__") and cache.compiler_defines("__AVX2__", flags)
+            and cache.compiler_defines("__FMA__", flags)):
+        pytest.skip("needs a host with AVX-512 and AVX2 + FMA to build both forms")
+    real = cache.build
+    extra: list[tuple[str, ...]] = [()]
+    monkeypatch.setattr(cache, "build", lambda src, flags=cache.CFLAGS, cc=None: real(src, tuple(flags) + extra[0], cc))
+
+    def run_both(make):
+        out = []
+        for e in ((), NO512):
+            extra[0] = e
+            out.append(make())
+        return out
+    return run_both
+
+
+@pytest.mark.parametrize("M,K,N", [(37, 200, 64), (64, 33, 17), (130, 96, 50)])
+def test_tile_gemm_forms_are_bit_identical(both_builds, M: int, K: int, N: int) -> None:
+    """c_tile's AVX2 tile gives each output the AVX-512 tile's FMA sequence, so a model's
+    results do not depend on which x86 host compiled it."""
+    lin = torch.nn.Linear(K, N).eval()
+    x = torch.randn(M, K)
+    with torch.no_grad():
+        cms = both_builds(lambda: api.compile(lin, (x,), target="c"))
+        assert all(any(n.endswith("_gemm") for n in cm.sources) for cm in cms)
+        a, b = (cm(x) for cm in cms)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("variant", [(1, 1, 1, True, 1, 24, 40), (1, 1, 1, False, 3, 8, 72),
+                                     (1, 2, 1, True, 3, 5, 33), (24, 1, 1, True, 3, 24, 24),
+                                     (40, 1, 2, True, 3, 40, 40)])
+def test_convolution_forms_are_bit_identical(both_builds, variant: tuple) -> None:
+    """Pointwise, dense, Winograd and depthwise convolutions: same bits either way."""
+    g = conv_graph("bn_relu6", *variant)
+    x = torch.randn(2, variant[5], 9, 11)
+    a, b = both_builds(lambda: api.build_c(g)(x))
+    assert torch.equal(a, b)

@@ -9,7 +9,7 @@ import torch
 from harness import assert_close
 
 import scalefold as sf
-from scalefold.codegen.c import TILE_MACROS, VEC_MACRO
+from scalefold.codegen.c_isa import TILE_MACROS, VEC_MACRO
 from scalefold.ir.graph import Graph
 from scalefold.runtime import cache
 from scalefold.runtime.interp import run
