@@ -22,7 +22,7 @@ from ..ir import dtypes as dt
 from ..ir.errors import FrontendError, ScalefoldError, ShapeError
 from ..ir.graph import Graph, Value
 from ..ir.ops import get_op
-from ..ir.types import Dim, canon_dim
+from ..ir.types import Dim, canon_value
 
 # Folding a node whose inputs are all constant is skipped above this many output elements,
 # so that e.g. an Expand of a scalar to a huge shape stays a node rather than a big constant.
@@ -207,7 +207,7 @@ class Ctx:
 
     def set_dims(self, name: str, vals: Sequence[Dim], d: dt.DType = dt.i64, scalar: bool = False) -> None:
         """Record that tensor ``name`` holds these dims (a shape computation)."""
-        self.dims[name] = ([canon_dim(v) if not isinstance(v, int) else v for v in vals], d, scalar)
+        self.dims[name] = ([canon_value(v) for v in vals], d, scalar)
 
     def fresh_symbol(self, hint: str) -> sympy.Symbol:
         """A new dimension symbol for a data-dependent size (NonZero, Unique...)."""

@@ -78,6 +78,20 @@ def canon_dim(d: Dim | str) -> Dim:
     raise IRError(f"bad dimension {d!r}")
 
 
+
+def canon_value(v: Dim) -> Dim:
+    """Canonical form of an integer that a shape computation holds and that may be negative
+    (``Neg(Shape(x)[1])`` is ``-S``, an index from the end as in ``x[..., -S:]``): as
+    :func:`canon_dim`, with a definitely negative expression kept as the negation of a size."""
+    if isinstance(v, int):
+        return v
+    v = sympy.sympify(v)
+    if v.is_Integer:
+        return int(v)
+    if v.is_negative:
+        return -canon_dim(-v)
+    return canon_dim(v)
+
 _FUNCS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "ceil": sympy.ceiling,
           "Max": sympy.Max, "Min": sympy.Min, "Mod": sympy.Mod}
 

@@ -172,10 +172,16 @@ def _slice(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
         if r is not None:
             ctx.set_dims(node.output[0], r, di.dtype)
             return [None]
+    x = _x(ctx)
+    shape = x.type.shape
+    on = [a % len(shape) if -len(shape) <= a < len(shape) else None for a in axes] \
+        if axes is not None else list(range(len(starts)))
+    starts = [_from_end(v, shape[ax]) if ax is not None else v for v, ax in zip(starts, on)]
+    ends = [_from_end(v, shape[ax]) if ax is not None else v for v, ax in zip(ends, on)]
     attrs = {"starts": tuple(starts), "ends": tuple(ends),
              "axes": tuple(axes) if axes is not None else None,
              "steps": tuple(steps) if steps is not None else None}
-    y = ctx.add("slice", [_x(ctx)], attrs)
+    y = ctx.add("slice", [x], attrs)
     assumed = _assumed_slice_shape(y.shape, starts, ends, axes, steps)
     if assumed is not None:
         # The exporter sliced with a symbolic bound (e.g. position_ids[:, :S] of a 512-row
@@ -187,6 +193,16 @@ def _slice(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
 
 
 _BIG = 2 ** 31
+
+
+def _from_end(v: Any, n: Any) -> Any:
+    """A symbolic slice bound that is negative (``-S``: an index from the end, as in
+    ``x[..., -S:]``) as the position it names on an axis of length ``n``; the IR's symbolic
+    bounds are positions. Past the start it clamps to 0, as Python's slices do."""
+    if isinstance(v, int) or not sympy.sympify(v).is_negative:
+        return v
+    p = sympy.expand(n + v)
+    return sc.canon_or_int(p if p.is_nonnegative else sympy.Max(0, p))
 
 
 def _assumed_slice_shape(shape: tuple, starts: list, ends: list, axes, steps

@@ -25,7 +25,7 @@ import onnx
 import sympy
 
 from ...ir import dtypes as dt
-from ...ir.types import Dim, canon_dim
+from ...ir.types import Dim, canon_value
 
 # Beyond this many elements a tensor is data, not a shape computation.
 MAX_DIMS = 64
@@ -253,11 +253,9 @@ def _record(ctx, node: onnx.NodeProto, vals: list[Dim], d: dt.DType, scalar: boo
 
 
 def canon_or_int(v: Dim) -> Dim:
-    """Canonical dim that may also be negative (dim lists hold -1 / 0 reshape markers)."""
-    if isinstance(v, int):
-        return v
-    v = sympy.sympify(v)
-    return int(v) if v.is_Integer else canon_dim(v)
+    """Canonical dim that may also be negative (dim lists hold -1 / 0 reshape markers, and
+    negated sizes: indices from the end)."""
+    return canon_value(v)
 
 
 def try_binary(ctx, node: onnx.NodeProto, op: str) -> bool:

@@ -221,6 +221,33 @@ def test_slice_symbolic_end_assumed_in_range() -> None:
     assert torch.equal(run(g, x)[0], x + torch.arange(5.0))
 
 
+
+def test_slice_from_a_negated_size() -> None:
+    """y[:, -S:] with S = Shape(x)[1] (Mamba's causal convolution as torch.onnx writes it):
+    on y = concat(x, w) of length S + 3 the start -S is position 3; -S on an axis of length S
+    takes all of it, and on a shorter one it clamps to the start."""
+    nodes = [helper.make_node("Shape", ["x"], ["sh"]), c("i", np.array([1])),
+             helper.make_node("Gather", ["sh", "i"], ["s"], axis=0),
+             helper.make_node("Neg", ["s"], ["ns"]), c("big", np.array([INT_MAX])),
+             c("ax", np.array([1])),
+             helper.make_node("Concat", ["x", "w"], ["y"], axis=1),
+             helper.make_node("Slice", ["y", "ns", "big", "ax"], ["t"]),
+             helper.make_node("Add", ["x", "t"], ["o"]),
+             helper.make_node("Slice", ["x", "ns", "big", "ax"], ["whole"]),
+             helper.make_node("Slice", ["w", "ns", "big", "ax"], ["short"])]
+    m = model(nodes, [("x", F, ["B", "S"]), ("w", F, ["B", 3])],
+              [("o", F, None), ("whole", F, None), ("short", F, None)])
+    g = from_onnx(m)
+    B, S = sym("B"), sym("S")
+    assert g.outputs[0].type.shape == (B, S)
+    assert g.outputs[1].type.shape == (B, S)
+    for s in (1, 2, 6):
+        x, w = torch.randn(2, s), torch.randn(2, 3)
+        o, whole, short = run(g, x, w)
+        assert torch.equal(o, x + torch.cat([x, w], 1)[:, -s:])
+        assert torch.equal(whole, x)
+        assert torch.equal(short, w[:, -s:])
+
 def test_gather_and_gather_elements() -> None:
     m = model([helper.make_node("Gather", ["x", "i"], ["y"], axis=1),
                helper.make_node("GatherElements", ["x", "j"], ["z"], axis=0),
