@@ -85,8 +85,6 @@ REFERENCE_OPS: dict[str, str] = {
 PAR_THRESHOLD = 32768  # below this many elements a kernel runs on one thread
 
 
-
-
 @dataclass
 class CKernel:
     """Rendered source of one kernel plus what the executor needs to call it."""

@@ -78,7 +78,6 @@ def canon_dim(d: Dim | str) -> Dim:
     raise IRError(f"bad dimension {d!r}")
 
 
-
 def canon_value(v: Dim) -> Dim:
     """Canonical form of an integer that a shape computation holds and that may be negative
     (``Neg(Shape(x)[1])`` is ``-S``, an index from the end as in ``x[..., -S:]``): as
@@ -91,6 +90,7 @@ def canon_value(v: Dim) -> Dim:
     if v.is_negative:
         return -canon_dim(-v)
     return canon_dim(v)
+
 
 _FUNCS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "ceil": sympy.ceiling,
           "Max": sympy.Max, "Min": sympy.Min, "Mod": sympy.Mod}

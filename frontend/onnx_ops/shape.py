@@ -174,8 +174,10 @@ def _slice(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
             return [None]
     x = _x(ctx)
     shape = x.type.shape
-    on = [a % len(shape) if -len(shape) <= a < len(shape) else None for a in axes] \
-        if axes is not None else list(range(len(starts)))
+    # the axis of each bound (None where out of range: the slice op then reports it)
+    rank = len(shape)
+    on = [(a + rank if a < 0 else a) if -rank <= a < rank else None
+          for a in (axes if axes is not None else range(len(starts)))]
     starts = [_from_end(v, shape[ax]) if ax is not None else v for v, ax in zip(starts, on)]
     ends = [_from_end(v, shape[ax]) if ax is not None else v for v, ax in zip(ends, on)]
     attrs = {"starts": tuple(starts), "ends": tuple(ends),
