@@ -349,10 +349,22 @@ def _gather_shape(ins: Sequence[TensorType | None], a: Attrs) -> list[TensorType
     return [x.with_shape(x.shape[:ax] + idx.shape + x.shape[ax + 1:])]
 
 
+def _select(x: Tensor, ax: int, flat: Tensor, idx: Tensor, lo: int) -> Tensor:
+    """``x.index_select(ax, flat)``; an index out of range is an IndexError that names the
+    valid range (``lo`` .. size of the axis) and the range of ``idx``, the indices as given.
+    The extremes are computed only on failure, so the call costs no reduction."""
+    try:
+        return x.index_select(ax, flat)
+    except IndexError:
+        n = x.shape[ax]
+        raise IndexError(f"indices must lie in [{lo}, {n}) (axis {ax} has {n} entries), got indices "
+                         f"from {int(idx.min())} to {int(idx.max())}") from None
+
+
 def _gather_ref(xs: Sequence[Tensor | None], a: Attrs) -> Tensor:
     x, idx = xs[0], xs[1]
     ax = a["axis"] % x.dim()
-    out = x.index_select(ax, _wrap(idx, x.shape[ax]).reshape(-1))
+    out = _select(x, ax, _wrap(idx, x.shape[ax]).reshape(-1), idx, -x.shape[ax])
     return out.reshape(x.shape[:ax] + idx.shape + x.shape[ax + 1:])
 
 
@@ -395,7 +407,7 @@ def _embedding_ref(xs: Sequence[Tensor | None], a: Attrs) -> Tensor:
     # Unwrapped ids go to index_select as they are: it refuses negative ones as torch.embedding
     # does (IndexError; a device assert on CUDA, as in eager), with no host sync to check them.
     w, idx = xs[0], xs[1]
-    return w.index_select(0, idx.reshape(-1).to(torch.int64)).reshape(idx.shape + w.shape[1:])
+    return _select(w, 0, idx.reshape(-1).to(torch.int64), idx, 0).reshape(idx.shape + w.shape[1:])
 
 
 _op("embedding", 2, ("weight", "indices"), _embedding_shape, _embedding_ref, _moved_cost,

@@ -76,7 +76,8 @@ def test_negative_ids_fail_as_in_torch(module: nn.Module) -> None:
     torch.testing.assert_close(cm(i), module(i))
     with pytest.raises((IndexError, RuntimeError)):  # torch: IndexError / RuntimeError
         module(torch.tensor([[1, -1, 3]]))
-    with pytest.raises(sf.ScalefoldError, match="index out of range"):
+    with pytest.raises(sf.ScalefoldError, match=r"indices must lie in \[0, 10\) \(axis 0 has 10 "
+                       r"entries\), got indices from -1 to 3"):
         cm(torch.tensor([[1, -1, 3]]))
     op = get_op("embedding")
     torch.testing.assert_close(op.reference([W, torch.tensor([-1])], op.bind_attrs({}, where="t")),
