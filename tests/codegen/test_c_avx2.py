@@ -111,13 +111,21 @@ def both_builds(monkeypatch: pytest.MonkeyPatch):
         pytest.skip("needs a host with AVX-512 and AVX2 + FMA to build both forms")
     real = cache.build
     extra: list[tuple[str, ...]] = [()]
-    monkeypatch.setattr(cache, "build", lambda src, flags=cache.CFLAGS, cc=None: real(src, tuple(flags) + extra[0], cc))
+    built: list[tuple[str, ...]] = []
+
+    def build(src, flags=cache.CFLAGS, cc=None):
+        built.append(extra[0])
+        return real(src, tuple(flags) + extra[0], cc)
+    monkeypatch.setattr(cache, "build", build)
 
     def run_both(make):
         out = []
         for e in ((), NO512):
             extra[0] = e
+            built.clear()
             out.append(make())
+            # each pass compiled its own kernels (no in-process reuse of the other pass's)
+            assert built and all(b == e for b in built), built
         return out
     return run_both
 
