@@ -24,15 +24,24 @@ def dw_pixels(f: "ConvForm") -> int:
     return 1
 
 
+# Output pixels whose sums _dw_pixelwise keeps before running the epilogue over them together:
+# one pixel at a time, a fused silu's exp chain sat on the critical path of every pixel.
+DW_EPI_PIXELS = 16
+
+
 def _dw_pixelwise(f: ConvForm, epi: list[str], other: bool) -> list[str]:
     """Depthwise vector loop for kernels of up to 9 taps: one output pixel at a time, every
     tap weight of the channel block in a register for the whole row, interior pixels without
-    bounds tests."""
+    bounds tests; the sums of ``DW_EPI_PIXELS`` pixels at a time go through the epilogue
+    together."""
     taps = f.kh * f.kw
+    pb = DW_EPI_PIXELS
     return [
         f"        __m512 wv[{taps}];",
         f"        for (int64_t t = 0; t < {taps}; t++) wv[t] = _mm512_loadu_ps(wp + t * CP + c0);",
-        "        for (int64_t ow = 0; ow < OW; ow++) {",
+        f"        for (int64_t owc = 0; owc < OW; owc += {pb}) {{",
+        f"         const int64_t owe = OW - owc < {pb} ? OW : owc + {pb};",
+        "         for (int64_t ow = owc; ow < owe; ow++) {",
         "          __m512 acc = _mm512_setzero_ps();",
         f"          const int64_t iw0 = ow * {f.sw} - PW;",
         f"          const int inner = iw0 >= 0 && iw0 + {(f.kw - 1) * f.dw} < W;",
@@ -52,8 +61,9 @@ def _dw_pixelwise(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         "              }",
         "            }",
         "          }",
-        "          _mm512_storeu_ps(ct, acc);",
-        "          const int64_t pix0 = (n * OH + oh) * OW + ow, mr = 1;",
+        "          _mm512_storeu_ps(ct + (ow - owc) * 16, acc);",
+        "         }",
+        "          const int64_t pix0 = (n * OH + oh) * OW + owc, mr = owe - owc;",
         "          const int64_t n0 = c0;",
         *["  " + s for s in store_tile(ConvForm("dw", 1, 1, 1, 1, 1, 1, 16, 1), epi, other)],
         "        }",
@@ -168,7 +178,7 @@ def render_dw(f: ConvForm, epi: list[str], other: bool) -> list[str]:
         f"  const int64_t macs = N * OH * OW * C * {taps};",
         f"  #pragma omp parallel if (macs > {PAR_MACS})",
         "  {",
-        f"    float ct[{16 * (dw_pixels(f) if rows else 1)}] __attribute__((aligned(64)));",
+        f"    float ct[{16 * (dw_pixels(f) if rows else DW_EPI_PIXELS)}] __attribute__((aligned(64)));",
         "    #pragma omp for collapse(2) schedule(static)",
         "    for (int64_t n = 0; n < N; n++)",
         "    for (int64_t oh = 0; oh < OH; oh++) {",

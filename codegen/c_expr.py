@@ -188,7 +188,7 @@ EXPR: dict[str, Expr] = {
     "rsqrt": lambda a, n, ct: f"(({ct})1 / {_f('sqrt', ct)}({a[0]}))",
     "reciprocal": lambda a, n, ct: f"(({ct})1 / {a[0]})",
     "sigmoid": lambda a, n, ct: f"sf_sigmoid_{ct}({a[0]})",
-    "silu": lambda a, n, ct: f"({a[0]} * sf_sigmoid_{ct}({a[0]}))",
+    "silu": lambda a, n, ct: f"sf_silu_{ct}({a[0]})",
     "gelu": _gelu,
     "sign": _sign,
     "logical_not": lambda a, n, ct: f"(!{a[0]})",

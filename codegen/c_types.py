@@ -55,10 +55,12 @@ static inline uint16_t sf_f_to_bf16(float f) {
    ~1.2e-38 flush to 0. sf_erf_float: odd Taylor series for |x| < 0.5, else 1 - erfc with a
    Chebyshev fit of relative error < 1.2e-7. */
 static inline float sf_exp_float(float x) {
-  /* ternaries, not fminf/fmaxf: gcc does not vectorise the latter without -ffast-math */
-  float xc = x < -87.0f ? -87.0f : (x > 88.72283f ? 88.72283f : x);
-  float n = nearbyintf(xc * 1.44269504088896341f);
-  float r = fmaf(n, -0.693359375f, xc);
+  /* x is not clamped: outside [-87, 88.72283] the fixups at the end replace whatever the
+     polynomial gave (clamping first, as ternaries that gcc turns into compares and blends,
+     took a quarter of the instructions). n's bits come from a float add, so no float-to-int
+     conversion can overflow. Same results as with the clamps, checked on all 2^32 inputs. */
+  float n = nearbyintf(x * 1.44269504088896341f);
+  float r = fmaf(n, -0.693359375f, x);
   r = fmaf(n, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
   p = fmaf(p, r, 1.3981999507e-3f);
@@ -67,8 +69,9 @@ static inline float sf_exp_float(float x) {
   p = fmaf(p, r, 1.6666665459e-1f);
   p = fmaf(p, r, 5.0000001201e-1f);
   p = fmaf(p, r * r, r) + 1.0f;
+  union { float f; uint32_t u; } b = { n + 12582912.0f };   /* 1.5 * 2^23 + n: n in the low bits */
   union { uint32_t u; float f; } s;
-  s.u = (uint32_t)((int32_t)n + 126) << 23;   /* 2^(n-1): n = 128 stays finite */
+  s.u = (b.u - 0x4B400000u + 126u) << 23;   /* 2^(n-1): n = 128 stays finite */
   float y = p * s.f * 2.0f;
   y = x > 88.72283f ? INFINITY : y;
   y = x < -87.0f ? 0.0f : y;
@@ -102,6 +105,10 @@ static inline float sf_tanh_float(float x) {
 }
 static inline float sf_sigmoid_float(float x) { return 1.0f / (1.0f + sf_exp_float(-x)); }
 static inline double sf_sigmoid_double(double x) { return 1.0 / (1.0 + exp(-x)); }
+/* silu as torch computes it, x / (1 + exp(-x)): one division, where x * sigmoid(x) took a
+   division and a product (1.5-1.9x the time per element) */
+static inline float sf_silu_float(float x) { return x / (1.0f + sf_exp_float(-x)); }
+static inline double sf_silu_double(double x) { return x / (1.0 + exp(-x)); }
 /* gelu(x) = x Phi(x) from erfc(|x| / sqrt 2) = t exp(-a^2 + P(t)) (the fit sf_erf_float uses):
    x (1 - erfc / 2) for x >= 0, x erfc / 2 below. No 1 + erf cancellation for negative x, no
    series branch, about half the operations of the erf form. +inf gives +inf, -inf NaN. */

@@ -452,3 +452,38 @@ def _gelu_graph(n: int) -> Graph:
     g = Graph("gelu")
     g.set_outputs([g.add("gelu", [g.add_input(f"f32[{n}]", "x")])])
     return g
+
+
+def _unary_graph(op: str, n: int) -> Graph:
+    g = Graph(op)
+    g.set_outputs([g.add(op, [g.add_input(f"f32[{n}]", "x")])])
+    return g
+
+
+def test_exp_and_silu_f32_over_the_whole_range() -> None:
+    """The f32 exp (no input clamps: out-of-range x is handled by the fixups alone) stays
+    within 2 ulp of the double exp between -86.5 and overflow, gives +inf above 88.72283 and 0
+    below -87, and keeps NaN, also for huge |x| whose exponent would overflow an int. silu,
+    computed as x / (1 + exp(-x)) like torch's, stays within 4e-7 (about 3 ulp) of the double
+    silu (relative; absolute below 1e-30) and keeps torch's special values."""
+    xs = torch.cat([torch.linspace(-86.5, 88.72, 20001), torch.linspace(-1.0, 1.0, 2001),
+                    torch.tensor([88.72283, 88.7229, 89.0, 1e4, 3e38, -87.0001, -88.0, -1e4, -3e38])])
+    got = api.build(_unary_graph("exp", xs.numel()), "c")(xs).double()
+    want = torch.exp(xs.double())
+    finite = (want > 1e-37) & (want < 3.4e38)      # results below ~1.2e-38 flush to 0
+    ulp = (got[finite] - want[finite]).abs() / (want[finite] * 2.0 ** -23)
+    assert ulp.max().item() < 2.0, f"{ulp.max().item():.2f} ulp at x = {xs[finite][ulp.argmax()].item()}"
+    assert torch.isinf(got[xs > 88.72283]).all() and (got[xs < -87.0] == 0).all()
+    special = api.build(_unary_graph("exp", 4), "c")(torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0]))
+    assert special[0].item() == float("inf") and special[1].item() == 0.0 and special[2].isnan()
+    assert special[3].item() == 1.0
+    ys = torch.cat([torch.linspace(-100.0, 100.0, 40001), torch.tensor([-1e30, 1e30, -3e38, 3e38])])
+    got = api.build(_unary_graph("silu", ys.numel()), "c")(ys).double()
+    want = ys.double() / (1.0 + torch.exp(-ys.double()))
+    err = (got - want).abs() / want.abs().clamp_min(1e-30)
+    assert err.max().item() < 4e-7, f"silu {err.max().item():.3g} at x = {ys[err.argmax()].item()}"
+    sx = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, -200.0])
+    special = api.build(_unary_graph("silu", 5), "c")(sx)
+    ts = torch.nn.functional.silu(sx)
+    assert special[0].item() == float("inf") and special[1].isnan() == ts[1].isnan() and special[2].isnan()
+    assert special[3].item() == 0.0 and special[4].item() == ts[4].item()
