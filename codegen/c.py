@@ -73,6 +73,8 @@ REFERENCE_OPS: dict[str, str] = {
     "lrn": "cross-channel window normalisation (ONNX LRN); torch",
     "resize": "separable gather-and-blend interpolation (ONNX Resize); torch",
     "grid_sample": "data-dependent sampling positions; torch.grid_sample",
+    "roi_align": "per-region sampling grids (object detection heads); torch",
+    "nms": "greedy, data-dependent selection (object detection); torch",
     "scatter_elements": "indexed writes with reductions; torch.scatter_reduce",
     "scatter_nd": "indexed slice writes with reductions; torch indexing",
     "gather_nd": "indexed slice reads; torch indexing",

@@ -139,6 +139,23 @@ def _nonzero(cx: Emitter, node: Node) -> list[str]:
     return [cx.op("NonZero", [inp(cx, node, 0)])]
 
 
+@render("roi_align")
+def _roi_align(cx: Emitter, node: Node) -> list[str]:
+    a = node.attrs
+    # export opsets start at 17, past RoiAlign-16's coordinate_transformation_mode
+    return [cx.op("RoiAlign", [inp(cx, node, 0), inp(cx, node, 1), inp(cx, node, 2)], mode=a["mode"],
+                  output_height=a["output_height"], output_width=a["output_width"],
+                  sampling_ratio=a["sampling_ratio"], spatial_scale=float(a["spatial_scale"]),
+                  coordinate_transformation_mode="half_pixel" if a["half_pixel"] else "output_half_pixel")]
+
+
+@render("nms")
+def _nms(cx: Emitter, node: Node) -> list[str]:
+    a = node.attrs
+    ins = [inp(cx, node, i) for i in range(5 if a["score_filter"] else 4)]
+    return [cx.op("NonMaxSuppression", ins, center_point_box=int(a["center_point_box"]))]
+
+
 @render("unique")
 def _unique(cx: Emitter, node: Node) -> list[str]:
     return cx.op("Unique", [inp(cx, node, 0)], n_out=4, axis=node.attrs["axis"],

@@ -17,3 +17,4 @@ from . import contrib_quant  # noqa: F401
 from . import contrib, contrib_attention, contrib_gqa, contrib_norm  # noqa: F401
 from . import contrib_gbq  # noqa: F401
 from . import contrib_fused  # noqa: F401
+from . import detection  # noqa: F401

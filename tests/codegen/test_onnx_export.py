@@ -185,6 +185,17 @@ _N = sym("N")
 case("compress", unit("compress", X, In(torch.tensor([True, False, True, True, False])), axis=1, count=_N))
 case("compress_flat", unit("compress", X, In(torch.rand(9) > 0.5), count=_N))
 case("nonzero", unit("nonzero", In(torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, -1.0]])), count=_N))
+case("roi_align", unit("roi_align", "f32[2,3,8,9]", In(torch.tensor([[0.5, 1.0, 6.0, 7.5], [-2.0, 3.0, 4.0, 9.0],
+                                                                        [2.0, 2.0, 2.4, 2.2]])),
+                       In(torch.tensor([1, 0, 1])), output_height=2, output_width=3, spatial_scale=0.8))
+case("roi_align_max_output_half_pixel",
+     unit("roi_align", "f32[1,2,6,6]", In(torch.tensor([[0.5, 1.0, 4.0, 5.5], [1.0, 1.0, 1.2, 1.1]])),
+          In(torch.tensor([0, 0])), mode="max", sampling_ratio=2, half_pixel=False))
+case("nms", unit("nms", In(torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.1, 1.0, 1.1], [0.0, -0.1, 1.0, 0.9],
+                                          [0.0, 10.0, 1.0, 11.0], [0.0, 10.1, 1.0, 11.1]]])),
+                 In(torch.tensor([[[0.9, 0.75, 0.6, 0.95, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5]]])),
+                 C(torch.tensor([2]), "i64"), C(torch.tensor([0.5]), "f32"), C(torch.tensor([0.15]), "f32"),
+                 score_filter=True, count=_N))
 case("unique_sorted", unit("unique", In(torch.tensor([3, 1, 3, 2, 1, 7])), count=_N))
 case("unique_first_seen", unit("unique", In(torch.tensor([3.0, 1.0, 3.0, 2.0, 1.0])), sorted=False, count=_N))
 case("gather_nd", unit("gather_nd", "f32[2,3,4]", In(torch.tensor([[0, 1], [1, -1]]))))
