@@ -75,6 +75,7 @@ REFERENCE_OPS: dict[str, str] = {
     "grid_sample": "data-dependent sampling positions; torch.grid_sample",
     "roi_align": "per-region sampling grids (object detection heads); torch",
     "nms": "greedy, data-dependent selection (object detection); torch",
+    "if_select": "picks one of two computed tensors (an ONNX If on a computed condition)",
     "scatter_elements": "indexed writes with reductions; torch.scatter_reduce",
     "scatter_nd": "indexed slice writes with reductions; torch indexing",
     "gather_nd": "indexed slice reads; torch indexing",

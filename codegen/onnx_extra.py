@@ -156,6 +156,19 @@ def _nms(cx: Emitter, node: Node) -> list[str]:
     return [cx.op("NonMaxSuppression", ins, center_point_box=int(a["center_point_box"]))]
 
 
+@render("if_select")
+def _if_select(cx: Emitter, node: Node) -> list[str]:
+    """An If whose branches pass the two computed values on (subgraphs may read outer names)."""
+    branches = {}
+    for key, i in (("then_branch", 1), ("else_branch", 2)):
+        v = node.inputs[i]
+        out = cx.fresh(key)
+        branches[key] = helper.make_graph(
+            [helper.make_node("Identity", [cx.value(v)], [out])], key, [],
+            [helper.make_tensor_value_info(out, onnx_type(v.dtype), None)])
+    return [cx.op("If", [inp(cx, node, 0)], **branches)]
+
+
 @render("unique")
 def _unique(cx: Emitter, node: Node) -> list[str]:
     return cx.op("Unique", [inp(cx, node, 0)], n_out=4, axis=node.attrs["axis"],

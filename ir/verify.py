@@ -209,8 +209,9 @@ def _check_node(graph: Graph, node: Node, seen_nodes: set[int], producer_of: dic
     # data-dependent sizes such as nonzero's count).
     for a in (opdef.binds if opdef is not None else ()):
         val = node.attrs.get(a)
-        if isinstance(val, sympy.Basic):
-            bound_syms |= val.free_symbols
+        for d in (val if isinstance(val, tuple) else (val,)):
+            if isinstance(d, sympy.Basic):
+                bound_syms |= d.free_symbols
     for k, v in enumerate(node.outputs):
         for s in sorted(v.type.symbols - bound_syms, key=lambda s: s.name):
             yield f"{where}: output {k} ({v.type}) uses unbound symbol {s.name}"

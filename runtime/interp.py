@@ -168,6 +168,11 @@ class Interpreter:
                 hook(node, outs)
             for o, t in zip(node.outputs, outs):
                 vals[id(o)] = t
+                if opdef.binds:
+                    # data-dependent sizes (nonzero's count): later nodes may read them
+                    for d, n in zip(o.type.shape, t.shape):
+                        if isinstance(d, sympy.Symbol) and d not in env:
+                            env[d] = int(n)
             for v in self._free_after[step]:
                 vals.pop(id(v), None)
         # the caller gets fresh tensors: never a graph constant or its own input passed

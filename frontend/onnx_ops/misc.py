@@ -11,7 +11,7 @@ import torch
 from ...ir import dtypes as dt
 from ...ir.errors import FrontendError
 from ...ir.graph import Value
-from ...ir.types import canon_dim
+from ...ir.types import canon_dim, dims_equal
 from ..onnx_ctx import Ctx, converter, node_attrs, onnx_op
 from .quant import cast, scalar
 
@@ -122,13 +122,9 @@ def _one_hot(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     return [ctx.add("where", [hot, on, off])]
 
 
-@onnx_op("If")
-def _if(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
-    c = ctx.const(0)
-    if c is None:
-        raise FrontendError(f"{ctx.where()}: input 0 (cond) must be known at compile time "
-                            "(only constant-condition If is inlined)")
-    branch: onnx.GraphProto = a["then_branch"] if bool(c.reshape(-1)[0]) else a["else_branch"]
+def _inline_branch(ctx: Ctx, branch: onnx.GraphProto) -> list[Value]:
+    """Convert the nodes of an If branch into the graph (its initializers become constants);
+    its outputs as Values."""
     outer = ctx.node
     try:
         for t in branch.initializer:
@@ -148,3 +144,32 @@ def _if(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
     finally:
         ctx.node = outer
     return [ctx.value(o.name) for o in branch.output]
+
+
+@onnx_op("If")
+def _if(ctx: Ctx, node: onnx.NodeProto, a: dict[str, Any]):
+    c = ctx.const(0)
+    if c is not None:
+        return _inline_branch(ctx, a["then_branch"] if bool(c.reshape(-1)[0]) else a["else_branch"])
+    # A computed condition: both branches are evaluated and each output picks one. Outputs of
+    # one shape become a where; others an if_select, whose differing dims are symbols it binds.
+    cond = ctx.input(0)
+    if cond.dtype is not dt.boolean:
+        raise FrontendError(f"{ctx.where()}: input 0 (cond) must be bool, got {cond.dtype.name}")
+    then = _inline_branch(ctx, a["then_branch"])
+    other = _inline_branch(ctx, a["else_branch"])
+    if len(then) != len(other):
+        raise FrontendError(f"{ctx.where()}: the branches have {len(then)} and {len(other)} outputs")
+    flag = ctx.add("reshape", [cond], {"shape": ()}) if cond.type.rank else cond
+    outs = []
+    for i, (t, e) in enumerate(zip(then, other)):
+        if t.dtype is not e.dtype or t.type.rank != e.type.rank:
+            raise FrontendError(f"{ctx.where()}: output {i} is {t.type} in then_branch and {e.type} in "
+                                "else_branch; a computed condition needs one dtype and rank")
+        if all(dims_equal(x, y) for x, y in zip(t.type.shape, e.type.shape)):
+            outs.append(ctx.add("where", [flag, t, e]))
+        else:
+            shape = tuple(x if dims_equal(x, y) else ctx.fresh_symbol("ifdim")
+                          for x, y in zip(t.type.shape, e.type.shape))
+            outs.append(ctx.add("if_select", [cond, t, e], {"shape": shape}))
+    return outs

@@ -60,16 +60,35 @@ def _prod(x: torch.Tensor, dims: tuple[int, ...], keep: bool) -> torch.Tensor:
     return x
 
 
+def _extreme(fn: Reducer, x: torch.Tensor, d: Sequence[int], k: bool, low: bool) -> torch.Tensor:
+    """amax / amin, and over an empty set ONNX's identity (ReduceMax-18: -inf, or the type's
+    smallest value; ReduceMin the opposite), where torch refuses to reduce."""
+    if all(x.shape[a] for a in d):
+        return fn(x, dim=d, keepdim=k)
+    shape = [1 if a in d else n for a, n in enumerate(x.shape)] if k else \
+        [n for a, n in enumerate(x.shape) if a not in d]
+    if x.dtype == torch.bool:
+        fill: float | int | bool = low
+    elif x.dtype.is_floating_point:
+        fill = float("inf") if low else float("-inf")
+    else:
+        info = torch.iinfo(x.dtype)
+        fill = info.max if low else info.min
+    return torch.full(shape, fill, dtype=x.dtype, device=x.device)
+
+
 _REDUCERS: dict[str, tuple[Reducer, Sequence[str], int, str]] = {
     # name: (torch function, dtypes, flops per input element, semantics)
     "reduce_sum": (lambda x, d, k: torch.sum(x, dim=d, keepdim=k), FLOATS + INTS, 1,
                    "the sum of the elements"),
     "reduce_mean": (lambda x, d, k: torch.mean(x, dim=d, keepdim=k), FLOATS, 1,
                     "the arithmetic mean of the elements"),
-    "reduce_max": (lambda x, d, k: torch.amax(x, dim=d, keepdim=k), FLOATS + INTS + ("bool",), 1,
-                   "the largest element (NaN propagates)"),
-    "reduce_min": (lambda x, d, k: torch.amin(x, dim=d, keepdim=k), FLOATS + INTS + ("bool",), 1,
-                   "the smallest element (NaN propagates)"),
+    "reduce_max": (lambda x, d, k: _extreme(torch.amax, x, d, k, False), FLOATS + INTS + ("bool",), 1,
+                   "the largest element (NaN propagates; over no elements -inf, or the type's "
+                   "smallest value)"),
+    "reduce_min": (lambda x, d, k: _extreme(torch.amin, x, d, k, True), FLOATS + INTS + ("bool",), 1,
+                   "the smallest element (NaN propagates; over no elements +inf, or the type's "
+                   "largest value)"),
     "reduce_prod": (_prod, FLOATS + INTS, 1, "the product of the elements"),
     "reduce_l2": (lambda x, d, k: torch.linalg.vector_norm(x, 2, dim=d, keepdim=k), FLOATS, 2,
                   "sqrt(sum(x^2)), the Euclidean norm"),

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import ShapeError
 from ..graph import Attrs
-from ..types import TensorType
+from ..types import TensorType, dims_equal
 from .common import norm_axis, prod, require
 from .registry import AttrSpec, Cost, defop, io_bytes, numel
 
@@ -134,5 +134,35 @@ _UNIQUE = defop("unique", family="select", inputs=1, input_names=("x",),
           "in x (along axis), inverse_indices maps every position of x to its entry of y, "
           "counts[i] is how often y[i] occurs. The number of entries is the symbol count.")
 
+
+# ---- if_select ----------------------------------------------------------------------------
+def _if_select_shape(ins: Sequence[TensorType | None], attrs: Attrs) -> list[TensorType]:
+    c, t, e = require(ins[0], "cond"), require(ins[1], "then"), require(ins[2], "else")
+    if c.dtype.name != "bool" or not dims_equal(prod(list(c.shape)), 1):
+        raise ShapeError(f"if_select cond must be one bool, got {c}")
+    if t.dtype != e.dtype or t.rank != e.rank:
+        raise ShapeError(f"if_select branches must have one dtype and rank, got {t} and {e}")
+    if len(attrs["shape"]) != t.rank:
+        raise ShapeError(f"if_select shape {attrs['shape']} does not have the branches' rank {t.rank}")
+    return [TensorType(t.dtype, tuple(attrs["shape"]))]
+
+
+def _if_select_ref(xs: Sequence[torch.Tensor | None], attrs: Attrs) -> torch.Tensor:
+    return xs[1] if bool(xs[0].reshape(-1)[0]) else xs[2]
+
+
+def _if_select_cost(ins: Sequence[TensorType | None], outs: Sequence[TensorType], attrs: Attrs) -> Cost:
+    return Cost(0, io_bytes(ins[:1], outs))
+
+
+_IF_SELECT = defop("if_select", family="select", inputs=3, input_names=("cond", "then", "else"),
+      attrs={"shape": AttrSpec("dims", doc="the output dims: the branches' where they agree, "
+                                           "fresh symbols where they differ")},
+      shape=_if_select_shape, reference=_if_select_ref, cost=_if_select_cost,
+      doc="if_select(cond, then, else)[shape] (an ONNX If on a computed condition, both branches "
+          "evaluated): then when the one-element bool cond is true, else otherwise. The branches "
+          "share dtype and rank; dims where their shapes differ are symbols bound by this node.")
+
 # each node binds its own count symbol (see OpDef.binds)
 _NONZERO.binds = _COMPRESS.binds = _UNIQUE.binds = ("count",)
+_IF_SELECT.binds = ("shape",)

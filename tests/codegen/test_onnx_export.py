@@ -191,6 +191,7 @@ case("roi_align", unit("roi_align", "f32[2,3,8,9]", In(torch.tensor([[0.5, 1.0, 
 case("roi_align_max_output_half_pixel",
      unit("roi_align", "f32[1,2,6,6]", In(torch.tensor([[0.5, 1.0, 4.0, 5.5], [1.0, 1.0, 1.2, 1.1]])),
           In(torch.tensor([0, 0])), mode="max", sampling_ratio=2, half_pixel=False))
+case("if_select", unit("if_select", In(torch.tensor([False])), "f32[2,3]", "f32[4,3]", shape=(_N, 3)))
 case("nms", unit("nms", In(torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.1, 1.0, 1.1], [0.0, -0.1, 1.0, 0.9],
                                           [0.0, 10.0, 1.0, 11.0], [0.0, 10.1, 1.0, 11.1]]])),
                  In(torch.tensor([[[0.9, 0.75, 0.6, 0.95, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5]]])),
